@@ -1,0 +1,143 @@
+"""The training stream: games mixed by weight, episodes globally shuffled, each host's part of the batch.
+
+Built from Grain ``MapDataset``s, which are lazy and indexable, so the whole stream is one indexable
+sequence of windows and global batch ``k`` is a pure function of ``(seed, k)``:
+
+1. per game, the episodes of all its datasets are concatenated, globally shuffled (an index
+   permutation, no buffer, reshuffled every epoch) and repeated forever; each episode gives one
+   window ending at a uniformly drawn step (``windows.random_window``, seeded by element index);
+2. the games are interleaved in proportion to their weights (uniform by default), so every global
+   batch holds each game in that proportion;
+3. global batch ``k`` is elements ``[k * B, (k + 1) * B)`` of that sequence; host ``p`` of ``P``
+   takes every ``P``-th of them, starting at ``p``.
+
+A resumed run therefore needs only the step to continue exactly where it stopped, and a run on a
+different number of hosts still sees the same global batches. Memory is bounded by Grain's prefetch
+buffer: episodes are read one at a time and nothing else is cached.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from mgdt_jax.data import windows
+from mgdt_jax.data.rlds_source import DataError, Episode, RldsDataset, find_datasets
+
+_MAX_REDRAWS = 100  # draws of another episode when one has no step that can end a window
+
+
+class _GameWindows:
+    """Grain random map from an episode to one random window of it.
+
+    An episode without any step (a lone terminal observation) is swapped for another episode of the
+    same game drawn with the same generator, so every element stays a window and batch positions
+    never shift.
+    """
+
+    def __init__(self, episodes: grain.MapDataset, num_steps: int, game: str):
+        self._episodes = episodes
+        self._num_steps = num_steps
+        self._game = game
+
+    def __call__(self, episode: Episode, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        for _ in range(_MAX_REDRAWS):
+            if len(episode):
+                return windows.random_window(episode, rng, self._num_steps)
+            episode = self._episodes[int(rng.integers(len(self._episodes)))]
+        raise DataError(f"{self._game}: {_MAX_REDRAWS} episodes drawn in a row have no steps")
+
+
+class TrainingData:
+    """This host's part of every global batch of the training stream, addressable by step."""
+
+    def __init__(
+        self,
+        datasets: Sequence[RldsDataset],
+        *,
+        global_batch_size: int,
+        num_steps: int,
+        seed: int,
+        game_weights: Mapping[str, float] | None = None,
+        process_index: int = 0,
+        process_count: int = 1,
+        num_threads: int = 16,
+    ):
+        if global_batch_size % process_count:
+            raise ValueError(f"global batch {global_batch_size} does not split over {process_count} hosts")
+        self.local_batch_size = global_batch_size // process_count
+        self.num_threads = num_threads
+        by_game: dict[str, list[RldsDataset]] = {}
+        for dataset in datasets:
+            by_game.setdefault(dataset.game, []).append(dataset)
+        self.game_weights = _resolve_weights(sorted(by_game), game_weights)
+        per_game = [
+            self._game_windows(game, by_game[game], num_steps, _game_seed(seed, game))
+            for game in self.game_weights
+        ]
+        mixed = grain.MapDataset.mix(per_game, list(self.game_weights.values()))
+        self._elements = mixed[process_index::process_count]
+
+    @staticmethod
+    def _game_windows(
+        game: str, datasets: Sequence[RldsDataset], num_steps: int, seed: int
+    ) -> grain.MapDataset:
+        episodes = grain.MapDataset.concatenate([grain.MapDataset.source(d) for d in datasets])
+        return (
+            episodes.shuffle(seed=seed)
+            .repeat()
+            .random_map(_GameWindows(episodes, num_steps, game), seed=seed)
+        )
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """This host's part of global batch ``step``, read synchronously (tests, inspection)."""
+        size = self.local_batch_size
+        elements = [self._elements[i] for i in range(step * size, (step + 1) * size)]
+        return {key: np.stack([element[key] for element in elements]) for key in elements[0]}
+
+    def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """This host's parts of global batches ``start_step, start_step + 1, ...``, read ahead by threads."""
+        start = start_step * self.local_batch_size
+        read_options = grain.ReadOptions(
+            num_threads=self.num_threads, prefetch_buffer_size=max(2 * self.local_batch_size, self.num_threads)
+        )
+        stream = self._elements[start:].to_iter_dataset(read_options).batch(self.local_batch_size)
+        return iter(stream)
+
+
+def training_data(config: Any, *, process_index: int = 0, process_count: int = 1) -> TrainingData:
+    """The training stream a config describes (``data.*``, ``train.batch_size``, ``model.num_steps``)."""
+    if not config.data.sources:
+        raise DataError("config.data.sources is empty: give one or more RLDS dataset directories")
+    return TrainingData(
+        find_datasets(list(config.data.sources)),
+        global_batch_size=config.train.batch_size,
+        num_steps=config.model.num_steps,
+        seed=config.data.seed,
+        game_weights=dict(config.data.game_weights),
+        process_index=process_index,
+        process_count=process_count,
+        num_threads=config.data.num_threads,
+    )
+
+
+def _resolve_weights(games: Sequence[str], weights: Mapping[str, float] | None) -> dict[str, float]:
+    """Game -> mixing weight: uniform when none are given, else only the games given (> 0)."""
+    if not weights:
+        return {game: 1.0 for game in games}
+    unknown = sorted(set(weights) - set(games))
+    if unknown:
+        raise DataError(f"game_weights names {unknown}, which no data source holds (found {list(games)})")
+    bad = {game: weight for game, weight in weights.items() if not weight >= 0}
+    if bad or not any(weights.values()):
+        raise DataError(f"game_weights must be >= 0 with at least one > 0, got {dict(weights)}")
+    return {game: float(weights[game]) for game in games if weights.get(game, 0) > 0}
+
+
+def _game_seed(seed: int, game: str) -> int:
+    """A per-game seed that does not depend on which other games are mixed in."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(game.encode())]).generate_state(1)[0])

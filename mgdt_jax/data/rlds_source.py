@@ -1,0 +1,148 @@
+"""Random access to the episodes of RLDS Atari datasets, without TensorFlow.
+
+Reads TFDS datasets prepared as ``array_record`` (ours, written by ``mgdt-convert``, and TFDS
+``rlu_atari``): ``tfds.builder_from_directory`` opens a dataset version directory, its
+``as_data_source`` gives the raw records by index, and TFDS's NumPy example parser turns one record
+into arrays. Frames stay PNG-encoded until a window asks for them, so reading an episode costs one
+protobuf parse and only the frames a window uses are decoded (with OpenCV).
+
+Every dataset holds one game. The game is read from the ``game`` episode metadata where the dataset
+has it, else from the TFDS config name (``Pong_run_1`` -> ``Pong``). Actions are stored as indices
+into the game's minimal action set (as in the DQN Replay logs) and are mapped to the full 18-action
+set here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core import example_parser
+
+from mgdt_jax import atari, tokens
+
+_DATASET_INFO = "dataset_info.json"
+_CONFIG_NAME = re.compile(r"^(?P<game>[A-Za-z]+)_run_\d+$")
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used as MGDT training data; the message names it and the problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Episode:
+    """One episode's steps that carry an action and a reward, with frames still encoded.
+
+    RLDS ends a terminated episode with an observation-only step (``is_last`` and ``is_terminal``:
+    its action and reward mean nothing), so that step is left out here.
+    """
+
+    game: str
+    actions: np.ndarray  # int32 [T], full 18-action-set ids
+    rewards: np.ndarray  # float32 [T], clipped to [-1, 1]
+    encoded_frames: np.ndarray  # object [T], one encoded 84x84x1 frame per step
+    decode_frame: Callable[[bytes], np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def frames(self, steps: Sequence[int]) -> np.ndarray:
+        """Decodes the frames of the given steps: uint8 [len(steps), 84, 84, 1]."""
+        return np.stack([self.decode_frame(self.encoded_frames[step]) for step in steps])
+
+
+class RldsDataset(Sequence[Episode]):
+    """One RLDS dataset (a TFDS version directory) as a random-access sequence of episodes."""
+
+    def __init__(self, directory: str | Path, split: str = "train"):
+        self.directory = Path(directory)
+        try:
+            builder = tfds.builder_from_directory(self.directory)
+            self._records = builder.as_data_source(
+                split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
+            )
+        except NotImplementedError:
+            raise DataError(
+                f"{self.directory}: not stored as array_record (random access is needed); convert it "
+                "with `tfds convert_format --out_file_format=array_record`"
+            ) from None
+        except (KeyError, ValueError, OSError) as error:
+            raise DataError(f"{self.directory}: cannot open as an RLDS dataset ({error})") from None
+        features = builder.info.features
+        if "steps" not in features or "observation" not in features["steps"]:
+            raise DataError(f"{self.directory}: not an RLDS dataset (no steps/observation feature)")
+        observation = features["steps"]["observation"]
+        if tuple(observation.shape) != tokens.FRAME_SHAPE:
+            raise DataError(
+                f"{self.directory}: observations are {tuple(observation.shape)}, expected "
+                f"{tokens.FRAME_SHAPE} (84x84 grayscale Atari frames)"
+            )
+        self._decode_frame = observation.decode_example_np
+        self._parser = example_parser.ExampleParserNp(features.get_serialized_info())
+        if len(self._records) == 0:
+            raise DataError(f"{self.directory}: the {split!r} split has no episodes")
+        self.game = self._game(builder.info.config_name, has_game_metadata="game" in features)
+        self._full_action_ids = np.asarray(atari.minimal_to_full(self.game), dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> Episode:  # type: ignore[override]
+        example = self._parser.parse_example(self._records[index])
+        steps = example["steps"]
+        num_steps = len(steps["action"])
+        if num_steps and steps["is_last"][-1] and steps["is_terminal"][-1]:
+            num_steps -= 1  # the observation-only terminal step
+        actions = np.asarray(steps["action"][:num_steps])
+        if actions.size and (actions.min() < 0 or actions.max() >= len(self._full_action_ids)):
+            raise DataError(
+                f"{self.directory}: episode {index} has action {int(actions.max())}, outside "
+                f"{self.game}'s {len(self._full_action_ids)} minimal actions"
+            )
+        return Episode(
+            game=self.game,
+            actions=self._full_action_ids[actions],
+            rewards=np.clip(np.asarray(steps["reward"][:num_steps], np.float32), -1.0, 1.0),
+            encoded_frames=steps["observation"][:num_steps],
+            decode_frame=self._decode_frame,
+        )
+
+    def _game(self, config_name: str | None, *, has_game_metadata: bool) -> str:
+        if has_game_metadata:
+            game = self._parser.parse_example(self._records[0])["game"]
+            game = game.decode() if isinstance(game, bytes) else str(game)
+        elif config_name and (match := _CONFIG_NAME.match(config_name)):
+            game = match["game"]
+        else:
+            raise DataError(
+                f"{self.directory}: cannot tell the game: no `game` episode metadata and the config "
+                f"name {config_name!r} is not like 'Pong_run_1'"
+            )
+        try:
+            return atari.check_game(game)
+        except atari.UnknownGameError as error:
+            raise DataError(f"{self.directory}: {error}") from None
+
+
+def find_datasets(sources: Sequence[str | Path]) -> list[RldsDataset]:
+    """Opens every dataset under the given paths, in a stable order.
+
+    A path is either a dataset version directory (it holds ``dataset_info.json``) or any directory
+    above such directories, e.g. a TFDS data dir holding ``rlu_atari/<Game>_run_<r>/1.3.0``.
+    """
+    directories: list[Path] = []
+    for source in sources:
+        path = Path(source).expanduser()
+        if not path.is_dir():
+            raise DataError(f"{path}: no such dataset directory")
+        found = [path] if (path / _DATASET_INFO).is_file() else sorted(
+            info.parent for info in path.rglob(_DATASET_INFO)
+        )
+        if not found:
+            raise DataError(f"{path}: holds no RLDS dataset (no {_DATASET_INFO} below it)")
+        directories.extend(found)
+    return [RldsDataset(directory) for directory in dict.fromkeys(directories)]
