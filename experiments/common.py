@@ -1,0 +1,68 @@
+"""The shared base of every experiment config (schema: docs/architecture.md).
+
+Each experiment file calls ``base_config()`` and changes what differs. Defaults are the paper's
+pretraining recipe (Lee et al. 2022, §4.1) at the DT-40M size.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    config.model = ml_collections.ConfigDict()
+    model = config.model
+    model.num_layers = 6
+    model.d_model = 768
+    model.num_heads = 12  # d_model // 64: MGDT keeps GPT-2's 64-wide heads
+    model.mlp_ratio = 4  # GPT-2 MLP width 4 * d_model
+    model.dropout_rate = 0.1  # released model; on attention and MLP outputs only
+    model.num_steps = 4  # context of 4 timesteps = 156 tokens
+    model.single_return_token = True  # released model: only the window's first return is an input
+    model.behaviour_cloning = False  # True: the BC baseline (no return or reward tokens)
+    model.dtype = "float32"  # matmul compute dtype; "bfloat16" on GPU/TPU (params stay float32)
+    model.param_dtype = "float32"
+    model.remat = False  # recompute block activations in backward: for models that do not fit
+
+    # Device mesh sizes; -1 takes all remaining devices. Pure data parallelism by default, which is
+    # fastest while the model and optimizer state fit on one device.
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1
+    config.mesh.fsdp = 1
+    config.mesh.tensor = 1
+
+    config.optimizer = ml_collections.ConfigDict()
+    optimizer = config.optimizer
+    optimizer.name = "lamb"  # paper; "adamw" for comparison
+    optimizer.learning_rate = 3e-4
+    optimizer.warmup_steps = 4000  # linear warm-up from 0
+    optimizer.schedule = "constant"  # after warm-up; the paper does not state one ("cosine", "linear")
+    optimizer.b1 = 0.9
+    optimizer.b2 = 0.999
+    optimizer.eps = 1e-6  # not stated by the paper; optax's LAMB default
+    optimizer.weight_decay = 0.0  # paper: none for pretraining (applies to matrices only)
+    optimizer.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
+
+    config.data = ml_collections.ConfigDict()
+    data = config.data
+    data.sources = []  # RLDS dataset directories (ours or rlu_atari), set per run
+    data.game_weights = {}  # game name -> sampling weight; empty = uniform over games
+    data.seed = 0  # data order; with the step it fixes which windows every batch holds
+    data.num_threads = 8  # host threads decoding and windowing episodes
+
+    config.train = ml_collections.ConfigDict()
+    train = config.train
+    train.batch_size = 2048  # global, in 4-step windows (paper)
+    train.grad_accum_steps = 1  # micro-batches per optimizer step, when a batch does not fit
+    train.num_steps = 10_000_000  # paper: 10M steps
+    train.seed = 0  # parameter init and dropout
+    train.log_every = 100
+    train.checkpoint_every = 5_000
+    train.keep_checkpoints = 3
+    train.eval_every = 0  # steps between in-training evaluations; 0 = never
+    train.eval_games = []  # games played at evaluation; empty = none
+    train.eval_episodes = 16  # per game (paper: 16 trials)
+    train.init_from = ""  # a checkpoint directory to start from (fine-tuning); empty = scratch
+    return config

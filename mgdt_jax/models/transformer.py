@@ -1,0 +1,223 @@
+"""A generic pre-LayerNorm GPT decoder over already-embedded tokens with a caller-given attention mask.
+
+Nothing here knows about Atari or about MGDT's token layout: callers embed their own tokens, build
+their own boolean mask (causal, block-bidirectional, padded...) and read their own positions, so
+other token layouts (multi-modal, in-context RL, memory tokens) reuse the same core.
+
+Every parameter carries logical axis names (``out_sharding`` metadata) that mgdt_jax/sharding.py
+maps onto the mesh. ``eager_sharding=False`` keeps model construction mesh-free: the train step
+places parameters through jit ``out_shardings`` instead.
+
+Block layout follows the released MGDT (Haiku GPT-2 style): ``x + Dropout(MHA(LN(x)))`` then
+``x + Dropout(MLP(LN(x)))``, GELU with the tanh approximation, LayerNorm eps 1e-5, a final LayerNorm.
+Query/key/value/output projections are separate ``(D, D)`` kernels with biases so a released
+checkpoint maps onto them one-to-one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+LAYER_NORM_EPSILON = 1e-5
+# Added to masked attention logits. Finite on purpose: a fully masked row (a padded query) then
+# softmaxes to a uniform distribution instead of NaN.
+MASK_VALUE = -1e30
+
+
+def sharded(initializer: nnx.Initializer, logical_axes: Sequence[str | None]) -> nnx.Initializer:
+    """Tags an initializer's parameter with logical axis names, without needing a mesh to build it."""
+    return nnx.with_partitioning(initializer, tuple(logical_axes), eager_sharding=False)
+
+
+def dense(
+    in_features: int,
+    out_features: int,
+    logical_axes: tuple[str | None, str | None],
+    *,
+    kernel_init: nnx.Initializer,
+    dtype: jnp.dtype,
+    param_dtype: jnp.dtype,
+    rngs: nnx.Rngs,
+) -> nnx.Linear:
+    """A Linear layer with a (in, out) kernel and a bias, both named for sharding."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        kernel_init=sharded(kernel_init, logical_axes),
+        bias_init=sharded(nnx.initializers.zeros_init(), logical_axes[1:]),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+
+
+def layer_norm(d_model: int, *, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(
+        d_model,
+        epsilon=LAYER_NORM_EPSILON,
+        scale_init=sharded(nnx.initializers.ones_init(), ("embed",)),
+        bias_init=sharded(nnx.initializers.zeros_init(), ("embed",)),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
+
+
+class MultiHeadAttention(nnx.Module):
+    """Multi-head self-attention with a boolean mask (True = may attend)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        *,
+        kernel_init: nnx.Initializer,
+        dtype: jnp.dtype,
+        param_dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+    ):
+        if d_model % num_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.dtype = dtype
+        projection = dict(kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        # The output axis of q/k/v is head-major (heads x head_dim), as in Haiku's MultiHeadAttention.
+        self.query = dense(d_model, d_model, ("embed", "heads"), **projection)
+        self.key = dense(d_model, d_model, ("embed", "heads"), **projection)
+        self.value = dense(d_model, d_model, ("embed", "heads"), **projection)
+        self.out = dense(d_model, d_model, ("heads", "embed"), **projection)
+
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        """x: [B, T, D]; mask: bool, broadcastable to [B, H, T, T] (query, key)."""
+        batch, length, d_model = x.shape
+        head_dim = d_model // self.num_heads
+
+        def heads(projected: jax.Array) -> jax.Array:
+            return projected.reshape(batch, length, self.num_heads, head_dim)  # [B, T, H, K]
+
+        query, key, value = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        # Logits and softmax in float32 whatever the compute dtype: bf16 softmax loses the mask.
+        logits = jnp.einsum("bqhk,bthk->bhqt", query, key, preferred_element_type=jnp.float32)
+        logits = jnp.where(mask, logits * head_dim**-0.5, MASK_VALUE)
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        attended = jnp.einsum("bhqt,bthk->bqhk", weights, value)  # [B, T, H, K]
+        return self.out(attended.reshape(batch, length, d_model))
+
+
+class MLP(nnx.Module):
+    def __init__(
+        self,
+        d_model: int,
+        hidden: int,
+        *,
+        kernel_init: nnx.Initializer,
+        dtype: jnp.dtype,
+        param_dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+    ):
+        projection = dict(kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.linear_in = dense(d_model, hidden, ("embed", "mlp"), **projection)
+        self.linear_out = dense(hidden, d_model, ("mlp", "embed"), **projection)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.linear_out(jax.nn.gelu(self.linear_in(x), approximate=True))
+
+
+class Block(nnx.Module):
+    """One pre-LayerNorm GPT block."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        mlp_hidden: int,
+        dropout_rate: float,
+        *,
+        kernel_init: nnx.Initializer,
+        dtype: jnp.dtype,
+        param_dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+    ):
+        kinds = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.ln_1 = layer_norm(d_model, **kinds)
+        self.attn = MultiHeadAttention(d_model, num_heads, kernel_init=kernel_init, **kinds)
+        self.ln_2 = layer_norm(d_model, **kinds)
+        self.mlp = MLP(d_model, mlp_hidden, kernel_init=kernel_init, **kinds)
+        self.dropout = nnx.Dropout(dropout_rate)
+
+    def __call__(self, x: jax.Array, mask: jax.Array, *, deterministic: bool, dropout_key: jax.Array | None) -> jax.Array:
+        attn_key, mlp_key = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
+        x = x + self.dropout(self.attn(self.ln_1(x), mask), deterministic=deterministic, rngs=attn_key)
+        return x + self.dropout(self.mlp(self.ln_2(x)), deterministic=deterministic, rngs=mlp_key)
+
+
+class Transformer(nnx.Module):
+    """A stack of pre-LN GPT blocks followed by a final LayerNorm.
+
+    Attention/MLP kernels use MGDT's init, variance scaling 2 / num_layers (fan-in, truncated normal),
+    which keeps the residual stream's variance flat with depth.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_layers: int,
+        d_model: int,
+        num_heads: int,
+        mlp_ratio: int,
+        dropout_rate: float,
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        kernel_init = nnx.initializers.variance_scaling(2.0 / num_layers, "fan_in", "truncated_normal")
+        self.blocks = nnx.List(
+            [
+                Block(
+                    d_model,
+                    num_heads,
+                    mlp_ratio * d_model,
+                    dropout_rate,
+                    kernel_init=kernel_init,
+                    dtype=dtype,
+                    param_dtype=param_dtype,
+                    rngs=rngs,
+                )
+                for _ in range(num_layers)
+            ]
+        )
+        self.ln_f = layer_norm(d_model, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.remat = remat
+
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array,
+        *,
+        deterministic: bool,
+        dropout_key: jax.Array | None = None,
+    ) -> jax.Array:
+        """x: [B, T, D] embedded tokens; mask: bool [B, T, T] (query, key), True = may attend.
+
+        ``dropout_key`` is required unless ``deterministic``.
+        """
+        if not deterministic and dropout_key is None:
+            raise ValueError("Transformer: a dropout_key is needed when deterministic=False")
+        mask = mask[:, None]  # [B, 1, T, T]: the same mask for every head
+
+        def apply_block(block: Block, x: jax.Array, key: jax.Array | None) -> jax.Array:
+            return block(x, mask, deterministic=deterministic, dropout_key=key)
+
+        if self.remat:
+            # Recompute each block's activations in the backward pass: memory O(layers) instead of
+            # O(layers x activations), for ~1/3 more compute.
+            apply_block = nnx.remat(apply_block)
+        for index, block in enumerate(self.blocks):
+            key = jax.random.fold_in(dropout_key, index) if dropout_key is not None else None
+            x = apply_block(block, x, key)
+        return self.ln_f(x)

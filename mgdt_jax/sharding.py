@@ -1,0 +1,127 @@
+"""The device mesh, the logical-axis rules and global batch assembly.
+
+This is the one place that maps the logical axis names carried by parameters and activations
+(``embed``, ``heads``, ``mlp``, ``batch`` ...) onto the physical mesh axes ``(data, fsdp, tensor)``:
+
+* ``data``: pure data parallelism (parameters replicated, batch split).
+* ``fsdp``: the batch is split over it too, and parameters are sharded over their ``embed`` axis
+  (ZeRO-3 style: all-gathered for the matmul, gradients reduce-scattered).
+* ``tensor``: Megatron-style tensor parallelism over attention heads and the MLP hidden axis.
+
+The mesh uses ``AxisType.Auto`` deliberately: parameters and the batch get explicit shardings at the
+jit boundary and XLA's propagation places every intermediate, so the model code stays free of
+per-op sharding annotations (Explicit mode would need ``out_sharding=`` on every einsum).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical name -> mesh axis (or axes, or None = replicated). Parameters name their axes in
+# mgdt_jax/models; the batch and activations use "batch".
+LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", None),
+    ("patch", None),
+    ("position", None),
+)
+
+
+def maybe_initialize_distributed() -> None:
+    """Joins a multi-host job when the launcher says there is one; a no-op on one host.
+
+    Must run before any JAX computation. SLURM, Open MPI and Cloud TPU pods are detected by
+    ``jax.distributed.initialize()`` itself; a plain launch can set ``JAX_COORDINATOR_ADDRESS``,
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``.
+    """
+    launched_multi_host = any(
+        name in os.environ
+        for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
+    )
+    if not launched_multi_host or jax.distributed.is_initialized():
+        return
+    if "SLURM_NTASKS" in os.environ and int(os.environ["SLURM_NTASKS"]) <= 1:
+        return
+    jax.distributed.initialize()
+
+
+def mesh_shape(mesh_config: Any, num_devices: int) -> tuple[int, int, int]:
+    """Resolves ``(data, fsdp, tensor)`` sizes from a config where at most one size is -1 (= the rest)."""
+    sizes = [int(_field(mesh_config, axis)) for axis in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh: at most one of {MESH_AXES} may be -1, got {dict(zip(MESH_AXES, sizes))}")
+    known = math.prod(size for size in sizes if size != -1)
+    if any(size == 0 or size < -1 for size in sizes) or num_devices % known:
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} does not divide {num_devices} devices")
+    sizes = [num_devices // known if size == -1 else size for size in sizes]
+    if math.prod(sizes) != num_devices:
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} of {num_devices} devices")
+    return tuple(sizes)  # type: ignore[return-value]
+
+
+def make_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Builds the ``(data, fsdp, tensor)`` mesh over all devices (or ``devices``).
+
+    ``mesh_config`` is anything with ``data``, ``fsdp`` and ``tensor`` attributes or keys.
+    """
+    devices = list(devices) if devices is not None else jax.devices()
+    shape = mesh_shape(mesh_config, len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def logical_to_spec(logical_axes: Sequence[str | None]) -> PartitionSpec:
+    """Maps logical axis names to a PartitionSpec with LOGICAL_AXIS_RULES."""
+    rules = dict(LOGICAL_AXIS_RULES)
+    return PartitionSpec(*(rules.get(name) if name is not None else None for name in logical_axes))
+
+
+def variable_shardings(state: Any, mesh: Mesh) -> Any:
+    """NamedShardings for a Flax NNX state from each Variable's logical ``out_sharding`` names.
+
+    Works on concrete or abstract (``jax.ShapeDtypeStruct``) states; unnamed variables are replicated.
+    """
+
+    def sharding_of(variable: nnx.Variable) -> nnx.Variable:
+        logical_axes = variable.get_metadata().get("out_sharding") or ()
+        return variable.replace(NamedSharding(mesh, logical_to_spec(logical_axes)))
+
+    return jax.tree.map(sharding_of, state, is_leaf=lambda node: isinstance(node, nnx.Variable))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of every batch array: leading (batch) axis over ``data`` x ``fsdp``, rest replicated."""
+    return NamedSharding(mesh, logical_to_spec(("batch",)))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assembles the global batch from this host's slice of it (the whole batch on one host).
+
+    Every host passes its own ``[B / num_hosts, ...]`` rows; the result is one global array per key,
+    sharded over the batch axis.
+    """
+    sharding = batch_sharding(mesh)
+    return {
+        name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+        for name, value in local_batch.items()
+    }
+
+
+def _field(config: Any, name: str) -> Any:
+    return config[name] if isinstance(config, Mapping) else getattr(config, name)

@@ -1,0 +1,193 @@
+"""The train state and the jitted, sharded train step.
+
+The state is created directly on the mesh (a jitted init with ``out_shardings``: no host-side full
+copy of the parameters ever exists) and the step is one ``jax.jit`` with explicit in/out shardings
+and the old state's buffers donated to the new one. Parameters stay float32; ``model.dtype`` sets
+the matmul compute dtype (bfloat16 on accelerators).
+
+How to use::
+
+    import numpy as np
+    from mgdt_jax import sharding
+    from mgdt_jax.training.train_step import Trainer
+
+    config = experiments.tiny.get_config()          # or a plain dict-of-dicts with the same fields
+    mesh = sharding.make_mesh(config.mesh)          # (data, fsdp, tensor) over all devices
+    trainer = Trainer(config, mesh)
+    state = trainer.init(seed=config.train.seed)    # sharded TrainState(step, params, opt_state, rng)
+    for numpy_batch in batches:                      # this host's rows of the batch contract
+        state, metrics = trainer.step(state, trainer.shard_batch(numpy_batch))
+    model = trainer.model(state)                     # an nnx module for evaluation/policies
+
+``trainer.abstract_state`` (shapes, dtypes and shardings, no memory) is the Orbax restore target on
+any mesh. ``metrics`` holds ``loss``, ``<head>_loss``, ``<head>_accuracy``, ``grad_norm`` and
+``learning_rate`` (of the step just taken) as replicated scalars.
+
+Randomness: the dropout key of step ``n`` is ``fold_in(state.rng, n)``, a function of the step,
+so a resumed run draws exactly the masks an uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from mgdt_jax import sharding
+from mgdt_jax.config_sections import read_section
+from mgdt_jax.models.mgdt import ModelConfig, MultiGameDecisionTransformer, loss_and_metrics
+from mgdt_jax.training.optimizer import make_optimizer
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: nnx.State  # the model's parameters (float32)
+    opt_state: optax.OptState
+    rng: jax.Array  # uint32 [2] raw key data, the base of every step's dropout key
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The fields of the ``train`` config section the step needs."""
+
+    batch_size: int = 32
+    grad_accum_steps: int = 1
+    num_steps: int = 1000
+
+
+def _section(config: Any, name: str) -> Any:
+    return config[name] if isinstance(config, Mapping) else getattr(config, name)
+
+
+class Trainer:
+    """The optimizer, the shardings and the jitted init/step of one config on one mesh."""
+
+    def __init__(self, config: Any, mesh: Mesh):
+        self.mesh = mesh
+        self.model_config = ModelConfig.from_config(_section(config, "model"))
+        self.train_config = read_section(TrainConfig, _section(config, "train"))
+        if self.train_config.grad_accum_steps < 1:
+            raise ValueError(f"train.grad_accum_steps must be >= 1, got {self.train_config.grad_accum_steps}")
+        self.optimizer, self.learning_rate = make_optimizer(_section(config, "optimizer"), self.train_config.num_steps)
+
+        abstract_model = nnx.eval_shape(lambda: MultiGameDecisionTransformer(self.model_config, rngs=nnx.Rngs(0)))
+        self.graphdef, abstract_params = nnx.split(abstract_model)
+        params_sharding = sharding.variable_shardings(abstract_params, mesh)
+        abstract_state = jax.eval_shape(self._init_state, jnp.int32(0))
+        replicated = sharding.replicated(mesh)
+        self.state_sharding = TrainState(
+            step=replicated,
+            params=params_sharding,
+            # Optimizer moments are sharded like the parameters they follow; counters are replicated.
+            opt_state=optax.tree_map_params(
+                self.optimizer,
+                lambda _, param_sharding: param_sharding,
+                abstract_state.opt_state,
+                params_sharding,
+                transform_non_params=lambda _: replicated,
+                is_leaf=lambda node: isinstance(node, nnx.Variable),
+            ),
+            rng=replicated,
+        )
+        self.abstract_state = jax.tree.map(
+            lambda leaf, leaf_sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf_sharding),
+            abstract_state,
+            self.state_sharding,
+        )
+        self.batch_sharding = sharding.batch_sharding(mesh)
+        self._init = jax.jit(self._init_state, out_shardings=self.state_sharding)
+        self._step = jax.jit(
+            self._train_step,
+            in_shardings=(self.state_sharding, self.batch_sharding),
+            out_shardings=(self.state_sharding, replicated),
+            donate_argnums=0,
+        )
+
+    def init(self, seed: int) -> TrainState:
+        """A fresh train state, created sharded on the mesh."""
+        return self._init(jnp.int32(seed))
+
+    def step(self, state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One optimizer step on a global batch (see ``shard_batch``). ``state`` is donated."""
+        return self._step(state, batch)
+
+    def shard_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        """This host's numpy rows of the batch -> the global batch, sharded over the batch axis."""
+        return sharding.global_batch(local_batch, self.mesh)
+
+    def model(self, state: TrainState) -> MultiGameDecisionTransformer:
+        """The model with the state's parameters (for evaluation and policies)."""
+        return nnx.merge(self.graphdef, state.params)
+
+    def lower_step(self, batch: Mapping[str, jax.ShapeDtypeStruct]) -> jax.stages.Lowered:
+        """The lowered step for a batch of these shapes (cost analysis, AOT compile checks)."""
+        return self._step.lower(self.abstract_state, batch)
+
+    def _init_state(self, seed: jax.Array) -> TrainState:
+        params_key, dropout_key = jax.random.split(jax.random.key(seed))
+        model = MultiGameDecisionTransformer(self.model_config, rngs=nnx.Rngs(params=params_key))
+        params = nnx.state(model)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=self.optimizer.init(params),
+            rng=jax.random.key_data(dropout_key),
+        )
+
+    def _loss(
+        self, params: nnx.State, batch: Mapping[str, jax.Array], dropout_key: jax.Array
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        model = nnx.merge(self.graphdef, params)
+        logits = model(batch, deterministic=False, dropout_key=dropout_key)
+        return loss_and_metrics(logits, batch, self.model_config)
+
+    def _gradients(
+        self, params: nnx.State, batch: Mapping[str, jax.Array], dropout_key: jax.Array
+    ) -> tuple[nnx.State, dict[str, jax.Array]]:
+        """Gradients and metrics, averaged over ``grad_accum_steps`` micro-batches."""
+        grad_fn = jax.grad(self._loss, has_aux=True)
+        num_micro = self.train_config.grad_accum_steps
+        if num_micro == 1:
+            return grad_fn(params, batch, dropout_key)
+
+        def split(array: jax.Array) -> jax.Array:
+            # [B, ...] -> [A, B/A, ...] taking every A-th row, so each micro-batch stays spread over
+            # all devices of the batch axis instead of living on B/A of them.
+            micro = array.reshape(array.shape[0] // num_micro, num_micro, *array.shape[1:])
+            return jnp.swapaxes(micro, 0, 1)
+
+        def accumulate(carry, inputs):
+            micro_batch, index = inputs
+            grads, metrics = grad_fn(params, micro_batch, jax.random.fold_in(dropout_key, index))
+            return jax.tree.map(jnp.add, carry, (grads, metrics)), None
+
+        zeros = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), jax.eval_shape(grad_fn, params, batch, dropout_key))
+        micro_batches = {name: split(value) for name, value in batch.items()}
+        totals, _ = jax.lax.scan(accumulate, zeros, (micro_batches, jnp.arange(num_micro)))
+        return jax.tree.map(lambda total: total / num_micro, totals)
+
+    def _train_step(
+        self, state: TrainState, batch: Mapping[str, jax.Array]
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        grads, metrics = self._gradients(state.params, batch, dropout_key)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        head_losses = [value for name, value in metrics.items() if name.endswith("_loss")]
+        metrics = {
+            **metrics,
+            "loss": sum(head_losses) / len(head_losses),
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": self.learning_rate(state.step),
+        }
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng)
+        return new_state, metrics
