@@ -1,0 +1,169 @@
+"""Evaluation results -> report.json, scores.csv, scores.png and per-game MP4 episodes.
+
+report.json is written last (atomically), so a directory with a report.json holds a complete report.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import imageio.v2 as imageio
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mgdt_jax.actor import GameResult  # noqa: E402
+from mgdt_jax.evaluation import scores  # noqa: E402
+
+REPORT_JSON, SCORES_CSV, SCORES_PNG = "report.json", "scores.csv", "scores.png"
+VIDEO_FPS = 15  # agent steps per second: 60 emulator frames / frame skip 4
+VIDEO_UPSCALE = 4  # 84 -> 336 pixels, a multiple of the encoder's 16-pixel blocks
+
+
+@dataclasses.dataclass(frozen=True)
+class GameSummary:
+    game: str
+    raw_scores: list[float]
+    episode_lengths: list[int]
+    raw_mean: float
+    normalised: scores.Interval | None  # None: no human score (reported raw only)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationSummary:
+    games: list[GameSummary]
+    aggregates: dict[str, scores.Interval]  # iqm, median, mean of human-normalised scores
+    excluded_from_aggregates: list[str]  # games without a human score
+    settings: dict[str, Any]  # protocol, sampling, episodes, seed, checkpoint...
+
+    def one_line(self) -> str:
+        """E.g. 'IQM 1.26 [1.10, 1.41], median ..., mean ... human-normalised over 39 games'."""
+        if not self.aggregates:
+            return f"no game with a human score; raw means: {', '.join(f'{g.game} {g.raw_mean:.1f}' for g in self.games)}"
+        parts = [f"{name.upper() if name == 'iqm' else name} {i.value:.3f} [{i.low:.3f}, {i.high:.3f}]" for name, i in self.aggregates.items()]
+        count = len(self.games) - len(self.excluded_from_aggregates)
+        return f"{', '.join(parts)} human-normalised over {count} game(s)"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "aggregates": {name: dataclasses.asdict(interval) for name, interval in self.aggregates.items()},
+            "excluded_from_aggregates": {
+                game: "no human reference score: reported raw, left out of normalised aggregates"
+                for game in self.excluded_from_aggregates
+            },
+            "games": {
+                g.game: {
+                    "raw_scores": g.raw_scores,
+                    "episode_lengths": g.episode_lengths,
+                    "raw_mean": g.raw_mean,
+                    "human_normalised": None if g.normalised is None else dataclasses.asdict(g.normalised),
+                }
+                for g in self.games
+            },
+            "settings": self.settings,
+        }
+
+
+def summarise(results: Sequence[GameResult], settings: Mapping[str, Any]) -> EvaluationSummary:
+    """Per-game raw and human-normalised scores, and the aggregates over games with a human score."""
+    normalised_by_game = {r.game: scores.human_normalised(r.game, r.scores) for r in results if scores.has_human_score(r.game)}
+    games = [
+        GameSummary(
+            game=r.game,
+            raw_scores=[float(s) for s in r.scores],
+            episode_lengths=[int(n) for n in r.lengths],
+            raw_mean=float(np.mean(r.scores)),
+            normalised=scores.game_interval(normalised_by_game[r.game]) if r.game in normalised_by_game else None,
+        )
+        for r in results
+    ]
+    return EvaluationSummary(
+        games=games,
+        aggregates=scores.aggregate(normalised_by_game) if normalised_by_game else {},
+        excluded_from_aggregates=[r.game for r in results if r.game not in normalised_by_game],
+        settings=dict(settings),
+    )
+
+
+def write_report(summary: EvaluationSummary, out_dir: Path) -> Path:
+    """Writes the CSV and the plot, then report.json (atomically); returns the JSON's path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_csv(summary, out_dir / SCORES_CSV)
+    _plot(summary, out_dir / SCORES_PNG)
+    report_path = out_dir / REPORT_JSON
+    partial = report_path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(summary.to_json(), indent=2))
+    os.replace(partial, report_path)
+    return report_path
+
+
+def _write_csv(summary: EvaluationSummary, path: Path) -> None:
+    partial = path.with_suffix(".csv.partial")
+    with partial.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["game", "episodes", "raw_mean", "raw_std", "hns_mean", "hns_low", "hns_high", "in_aggregates"])
+        for g in summary.games:
+            hns = ("", "", "") if g.normalised is None else (g.normalised.value, g.normalised.low, g.normalised.high)
+            writer.writerow([g.game, len(g.raw_scores), g.raw_mean, float(np.std(g.raw_scores)), *hns, g.normalised is not None])
+    os.replace(partial, path)
+
+
+def _plot(summary: EvaluationSummary, path: Path) -> None:
+    """Per-game human-normalised means with 95% intervals, and the aggregates below them."""
+    normalised = [g for g in summary.games if g.normalised is not None]
+    rows = [(g.game, g.normalised) for g in normalised] + [(f"[{n.upper()}]", i) for n, i in summary.aggregates.items()]
+    height = 1.0 + 0.28 * max(len(rows), 1)
+    fig, ax = plt.subplots(figsize=(7.0, height))
+    if rows:
+        labels, intervals = zip(*rows)
+        y = np.arange(len(rows))[::-1]
+        values = np.array([i.value for i in intervals])
+        errors = np.array([[i.value - i.low for i in intervals], [i.high - i.value for i in intervals]])
+        colours = ["tab:blue"] * len(normalised) + ["tab:orange"] * len(summary.aggregates)
+        ax.barh(y, values, xerr=errors, color=colours, capsize=2)
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.axvline(1.0, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("human-normalised score (mean, 95% CI)")
+    if summary.excluded_from_aggregates:
+        ax.set_title(f"not shown (no human score): {', '.join(summary.excluded_from_aggregates)}", fontsize=8)
+    fig.tight_layout()
+    partial = path.with_suffix(".partial.png")
+    fig.savefig(partial, dpi=100)
+    plt.close(fig)
+    os.replace(partial, path)
+
+
+class VideoWriter:
+    """Streams each game's first episode into <out_dir>/<game>.mp4 (renamed into place when closed)."""
+
+    def __init__(self, out_dir: Path):
+        self._out_dir = out_dir
+        self._writers: dict[str, Any] = {}
+
+    def add_frame(self, game: str, frame: np.ndarray) -> None:
+        """frame: uint8 [84, 84, 1]."""
+        if game not in self._writers:
+            self._out_dir.mkdir(parents=True, exist_ok=True)
+            self._writers[game] = imageio.get_writer(
+                self._out_dir / f"{game}.partial.mp4", fps=VIDEO_FPS, macro_block_size=16
+            )
+        big = np.repeat(np.repeat(frame[..., 0], VIDEO_UPSCALE, axis=0), VIDEO_UPSCALE, axis=1)
+        self._writers[game].append_data(big)
+
+    def close(self) -> list[Path]:
+        paths = []
+        for game, writer in self._writers.items():
+            writer.close()
+            path = self._out_dir / f"{game}.mp4"
+            os.replace(self._out_dir / f"{game}.partial.mp4", path)
+            paths.append(path)
+        self._writers.clear()
+        return paths
