@@ -1,0 +1,151 @@
+"""`mgdt-record`: play real ALE games and log them in the DQN Replay format.
+
+For users without the original bucket, for tests and for the demo: the logs it writes go through
+exactly the code paths of the real dataset (Dopamine 2019 preprocessing and buffer semantics, so also
+its circular-buffer order, final partial dumps and skipped chunks).
+
+Preprocessing as Dopamine's AtariPreprocessing: grayscale, max-pool of the last two frames, 84x84
+INTER_AREA resize, frame skip 4, no life-loss terminals, sticky actions. An episode ends at game
+over or after --max-episode-steps agent steps (both logged as terminal, as in the dataset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import tqdm
+
+from data_pipelines import replay_logs
+from mgdt_jax import atari
+
+
+class Policy(Protocol):
+    """Chooses minimal-action-set indices; shaped like Dopamine's agent so a trained agent (or an
+    MGDT checkpoint with its own history) can be plugged in through POLICIES."""
+
+    def begin_episode(self, observation: np.ndarray) -> int:
+        """First action of an episode, given its first 84x84 frame."""
+
+    def step(self, reward: float, observation: np.ndarray) -> int:
+        """Next action, given the clipped reward of the last action and the frame it led to."""
+
+
+class RandomPolicy:
+    """Uniform over the game's minimal action set."""
+
+    def __init__(self, num_actions: int, seed: int):
+        self._num_actions = num_actions
+        self._rng = np.random.default_rng(seed)
+
+    def begin_episode(self, observation: np.ndarray) -> int:
+        return int(self._rng.integers(self._num_actions))
+
+    def step(self, reward: float, observation: np.ndarray) -> int:
+        return int(self._rng.integers(self._num_actions))
+
+
+# Policy name -> factory(game, seed).
+POLICIES: dict[str, Callable[[str, int], Policy]] = {
+    "random": lambda game, seed: RandomPolicy(len(atari.MINIMAL_ACTION_SETS[game]), seed),
+}
+
+
+def make_environment(game: str, sticky_actions: float, max_episode_steps: int):
+    """ALE with Dopamine's preprocessing; frames come back as uint8 [84, 84]."""
+    import ale_py
+    import gymnasium as gym
+    from gymnasium.wrappers import AtariPreprocessing
+
+    gym.register_envs(ale_py)
+    env = gym.make(
+        f"ALE/{game}-v5",
+        frameskip=1,  # the wrapper skips frames and max-pools the last two
+        repeat_action_probability=sticky_actions,
+        full_action_space=False,  # actions index the minimal set, as logged
+        max_num_frames_per_episode=4 * max_episode_steps,
+    )
+    return AtariPreprocessing(env, noop_max=0, frame_skip=4, screen_size=84, terminal_on_life_loss=False)
+
+
+@dataclasses.dataclass
+class RecordReport:
+    log_dir: Path
+    steps: int
+    episodes_finished: int
+    checkpoints: int
+
+
+def record(game: str, steps: int, out: Path, run: int = 1, capacity: int = replay_logs.DEFAULT_CAPACITY,
+           max_episode_steps: int = replay_logs.DEFAULT_MAX_EPISODE_STEPS, sticky_actions: float = 0.25,
+           policy: str = "random", seed: int = 0, progress: bool = True) -> RecordReport:
+    """Plays `steps` agent steps and writes out/<Game>/<run>/replay_logs/.
+
+    Recording stops after exactly `steps` rows even mid-episode; like any run's last episode
+    without a terminal row, a reader drops it as incomplete.
+    """
+    game = atari.check_game(game)
+    log_dir = Path(out) / game / str(run) / "replay_logs"
+    if log_dir.is_dir() and any(log_dir.iterdir()):
+        raise FileExistsError(f"{log_dir}: already holds replay logs; choose another --run or --out")
+    env = make_environment(game, sticky_actions, max_episode_steps)
+    agent = POLICIES[policy](game, seed)
+    buffer = replay_logs.LoggedReplayBuffer(log_dir, capacity)
+    episodes = 0
+    observation, _ = env.reset(seed=seed)
+    action = agent.begin_episode(observation)
+    episode_steps = 0
+    with tqdm.tqdm(total=steps, unit="step", desc=f"record {game}", disable=not progress) as bar:
+        for _ in range(steps):
+            next_observation, reward, game_over, ale_truncated, _ = env.step(action)
+            episode_steps += 1
+            reward = float(np.clip(reward, -1.0, 1.0))
+            end = game_over or ale_truncated or episode_steps == max_episode_steps
+            buffer.add(observation, action, reward, end)
+            bar.update()
+            if end:
+                episodes += 1
+                episode_steps = 0
+                observation, _ = env.reset()
+                action = agent.begin_episode(observation)
+            else:
+                observation = next_observation
+                action = agent.step(reward, observation)
+    buffer.log_final_buffer()
+    env.close()
+    return RecordReport(log_dir, steps, episodes, buffer.num_dumps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mgdt-record", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--game", required=True, help="one of the 60 DQN Replay games, e.g. Pong")
+    parser.add_argument("--steps", type=int, required=True, help="agent steps (logged rows) to play")
+    parser.add_argument("--out", type=Path, required=True, help="writes OUT/<Game>/<run>/replay_logs/")
+    parser.add_argument("--run", type=int, default=1)
+    parser.add_argument("--capacity", type=int, default=replay_logs.DEFAULT_CAPACITY,
+                        help="rows per dump (the replay buffer size)")
+    parser.add_argument("--max-episode-steps", type=int, default=replay_logs.DEFAULT_MAX_EPISODE_STEPS)
+    parser.add_argument("--sticky-actions", type=float, default=0.25, help="repeat-action probability")
+    parser.add_argument("--policy", choices=sorted(POLICIES), default="random")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.max_episode_steps < 1 or not 0.0 <= args.sticky_actions <= 1.0:
+        parser.error("--steps and --max-episode-steps must be positive, --sticky-actions in [0, 1]")
+    try:
+        report = record(args.game, args.steps, args.out, args.run, args.capacity, args.max_episode_steps,
+                        args.sticky_actions, args.policy, args.seed)
+    except (atari.UnknownGameError, FileExistsError, ValueError) as error:
+        print(f"mgdt-record: error: {error}", file=sys.stderr)
+        return 2
+    print(f"recorded {report.steps} steps ({report.episodes_finished} finished episodes, "
+          f"{report.checkpoints} checkpoints) to {report.log_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
