@@ -3,7 +3,7 @@
 Built from Grain ``MapDataset``s, which are lazy and indexable, so the whole stream is one indexable
 sequence of windows and global batch ``k`` is a pure function of ``(seed, k)``:
 
-1. per game, the episodes of all its datasets are concatenated, globally shuffled (an index
+1. per game, its episodes in all datasets are concatenated, globally shuffled (an index
    permutation, no buffer, reshuffled every epoch) and repeated forever; each episode gives one
    window ending at a uniformly drawn step (``windows.random_window``, seeded by element index);
 2. the games are interleaved in proportion to their weights (uniform by default), so every global
@@ -46,6 +46,8 @@ class _GameWindows:
 
     def __call__(self, episode: Episode, rng: np.random.Generator) -> dict[str, np.ndarray]:
         for _ in range(_MAX_REDRAWS):
+            if episode.game != self._game:
+                raise DataError(f"an episode of {episode.game} is stored among {self._game}'s: one game per shard")
             if len(episode):
                 return windows.random_window(episode, rng, self._num_steps)
             episode = self._episodes[int(rng.integers(len(self._episodes)))]
@@ -71,9 +73,11 @@ class TrainingData:
             raise ValueError(f"global batch {global_batch_size} does not split over {process_count} hosts")
         self.local_batch_size = global_batch_size // process_count
         self.num_threads = num_threads
-        by_game: dict[str, list[RldsDataset]] = {}
+        by_game: dict[str, list[grain.MapDataset]] = {}
         for dataset in datasets:
-            by_game.setdefault(dataset.game, []).append(dataset)
+            for game, index_ranges in dataset.game_ranges.items():
+                episodes = grain.MapDataset.source(dataset)
+                by_game.setdefault(game, []).extend(episodes[r.start : r.stop] for r in index_ranges)
         self.game_weights = _resolve_weights(sorted(by_game), game_weights)
         per_game = [
             self._game_windows(game, by_game[game], num_steps, _game_seed(seed, game))
@@ -83,10 +87,8 @@ class TrainingData:
         self._elements = mixed[process_index::process_count]
 
     @staticmethod
-    def _game_windows(
-        game: str, datasets: Sequence[RldsDataset], num_steps: int, seed: int
-    ) -> grain.MapDataset:
-        episodes = grain.MapDataset.concatenate([grain.MapDataset.source(d) for d in datasets])
+    def _game_windows(game: str, parts: Sequence[grain.MapDataset], num_steps: int, seed: int) -> grain.MapDataset:
+        episodes = grain.MapDataset.concatenate(parts)
         return (
             episodes.shuffle(seed=seed)
             .repeat()

@@ -6,8 +6,10 @@ Reads TFDS datasets prepared as ``array_record`` (ours, written by ``mgdt-conver
 into arrays. Frames stay PNG-encoded until a window asks for them, so reading an episode costs one
 protobuf parse and only the frames a window uses are decoded (with OpenCV).
 
-Every dataset holds one game. The game is read from the ``game`` episode metadata where the dataset
-has it, else from the TFDS config name (``Pong_run_1`` -> ``Pong``). Actions are stored as indices
+Games: a TFDS ``rlu_atari`` dataset holds one game, named by its config (``Pong_run_1`` -> ``Pong``).
+Ours hold many, with a ``game`` episode metadata field and one game per shard (a shard is one
+(game, run, checkpoint)), so the first episode of each shard tells which game its episodes are; a
+reader never has to scan a whole dataset to group episodes by game. Actions are stored as indices
 into the game's minimal action set (as in the DQN Replay logs) and are mapped to the full 18-action
 set here.
 """
@@ -37,8 +39,8 @@ class DataError(ValueError):
 class Episode:
     """One episode's steps that carry an action and a reward, with frames still encoded.
 
-    RLDS ends a terminated episode with an observation-only step (``is_last`` and ``is_terminal``:
-    its action and reward mean nothing), so that step is left out here.
+    An RLDS episode ends with an ``is_last`` step whose action and reward mean nothing (the final
+    observation), so that step is left out here.
     """
 
     game: str
@@ -83,10 +85,17 @@ class RldsDataset(Sequence[Episode]):
             )
         self._decode_frame = observation.decode_example_np
         self._parser = example_parser.ExampleParserNp(features.get_serialized_info())
+        self._has_game_metadata = "game" in features
+        match = _CONFIG_NAME.match(builder.info.config_name or "")
+        self._config_game = self._checked_game(match["game"]) if match else None
+        if not self._has_game_metadata and self._config_game is None:
+            raise DataError(
+                f"{self.directory}: cannot tell the game: no `game` episode metadata and the config "
+                f"name {builder.info.config_name!r} is not like 'Pong_run_1'"
+            )
         if len(self._records) == 0:
             raise DataError(f"{self.directory}: the {split!r} split has no episodes")
-        self.game = self._game(builder.info.config_name, has_game_metadata="game" in features)
-        self._full_action_ids = np.asarray(atari.minimal_to_full(self.game), dtype=np.int32)
+        self.game_ranges = self._find_game_ranges(builder.info.splits[split].shard_lengths)
 
     def __len__(self) -> int:
         return len(self._records)
@@ -94,34 +103,45 @@ class RldsDataset(Sequence[Episode]):
     def __getitem__(self, index: int) -> Episode:  # type: ignore[override]
         example = self._parser.parse_example(self._records[index])
         steps = example["steps"]
-        num_steps = len(steps["action"])
-        if num_steps and steps["is_last"][-1] and steps["is_terminal"][-1]:
-            num_steps -= 1  # the observation-only terminal step
+        game = self._episode_game(example)
+        num_steps = len(steps["action"]) - bool(len(steps["is_last"]) and steps["is_last"][-1])
         actions = np.asarray(steps["action"][:num_steps])
-        if actions.size and (actions.min() < 0 or actions.max() >= len(self._full_action_ids)):
+        full_action_ids = np.asarray(atari.minimal_to_full(game), dtype=np.int32)
+        if actions.size and (actions.min() < 0 or actions.max() >= len(full_action_ids)):
             raise DataError(
                 f"{self.directory}: episode {index} has action {int(actions.max())}, outside "
-                f"{self.game}'s {len(self._full_action_ids)} minimal actions"
+                f"{game}'s {len(full_action_ids)} minimal actions"
             )
         return Episode(
-            game=self.game,
-            actions=self._full_action_ids[actions],
+            game=game,
+            actions=full_action_ids[actions],
             rewards=np.clip(np.asarray(steps["reward"][:num_steps], np.float32), -1.0, 1.0),
             encoded_frames=steps["observation"][:num_steps],
             decode_frame=self._decode_frame,
         )
 
-    def _game(self, config_name: str | None, *, has_game_metadata: bool) -> str:
-        if has_game_metadata:
-            game = self._parser.parse_example(self._records[0])["game"]
-            game = game.decode() if isinstance(game, bytes) else str(game)
-        elif config_name and (match := _CONFIG_NAME.match(config_name)):
-            game = match["game"]
-        else:
-            raise DataError(
-                f"{self.directory}: cannot tell the game: no `game` episode metadata and the config "
-                f"name {config_name!r} is not like 'Pong_run_1'"
-            )
+    def _episode_game(self, example: dict) -> str:
+        if not self._has_game_metadata:
+            return self._config_game  # type: ignore[return-value]
+        game = example["game"]
+        return self._checked_game(game.decode() if isinstance(game, bytes) else str(game))
+
+    def _find_game_ranges(self, shard_lengths: Sequence[int]) -> dict[str, list[range]]:
+        """Game -> the episode index ranges holding it (adjacent shards of one game merged)."""
+        ranges: dict[str, list[range]] = {}
+        start = 0
+        for length in shard_lengths:
+            if length:
+                game = self._config_game or self[start].game
+                previous = ranges.setdefault(game, [])
+                if previous and previous[-1].stop == start:
+                    previous[-1] = range(previous[-1].start, start + length)
+                else:
+                    previous.append(range(start, start + length))
+            start += length
+        return ranges
+
+    def _checked_game(self, game: str) -> str:
         try:
             return atari.check_game(game)
         except atari.UnknownGameError as error:
