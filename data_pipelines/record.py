@@ -35,6 +35,9 @@ class Policy(Protocol):
     def step(self, reward: float, observation: np.ndarray) -> int:
         """Next action, given the clipped reward of the last action and the frame it led to."""
 
+    def end_episode(self, reward: float) -> None:
+        """The clipped reward of the episode's last action."""
+
 
 class RandomPolicy:
     """Uniform over the game's minimal action set."""
@@ -48,6 +51,9 @@ class RandomPolicy:
 
     def step(self, reward: float, observation: np.ndarray) -> int:
         return int(self._rng.integers(self._num_actions))
+
+    def end_episode(self, reward: float) -> None:
+        pass
 
 
 # Policy name -> factory(game, seed).
@@ -109,6 +115,7 @@ def record(game: str, steps: int, out: Path, run: int = 1, capacity: int = repla
             buffer.add(observation, action, reward, end)
             bar.update()
             if end:
+                agent.end_episode(reward)
                 episodes += 1
                 episode_steps = 0
                 observation, _ = env.reset()

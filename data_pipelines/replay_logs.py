@@ -199,15 +199,21 @@ class Checkpoint:
 
     @property
     def is_full(self) -> bool:
-        return self.add_count >= self.capacity or (self.suffix == 0 and self.add_count == self.capacity - 1)
+        """A dump taken by the add_count trigger (not the final partial one)."""
+        return self.add_count >= self.capacity or self.starts_logging and self.add_count == self.capacity - 1
+
+    @property
+    def starts_logging(self) -> bool:
+        """Its first row is the first row ever added (only the first dump, unless its trigger was skipped)."""
+        return self.suffix == 0 and self.add_count < self.capacity
 
 
 def temporal_slots(suffix: int, add_count: int, capacity: int) -> np.ndarray:
     """Buffer slots of a dump's valid rows, oldest first (the circular-buffer order of §1.5)."""
-    if suffix == 0:  # the first dump: nothing before slot 0; slot C-1 never written
-        return np.arange(min(add_count, capacity - 1))
     if add_count >= capacity:  # a full dump, taken when the cursor was at C-1
         return np.concatenate([[capacity - 1], np.arange(capacity - 1)])
+    if suffix == 0:  # the first dump (full at C-1, or the only one): slot C-1 never written
+        return np.arange(min(add_count, capacity - 1))
     if add_count == capacity - 1:  # a final dump right after a full one: no new rows
         return np.arange(0)
     return np.concatenate([[capacity - 1], np.arange(add_count)])  # final: C-1, then 0..cursor-1
@@ -396,7 +402,7 @@ class RunReader:
         current = suffix
         while True:
             if not self.contiguous_with_previous(current):
-                return rows if current == 0 else None
+                return rows if self.checkpoint(current).starts_logging else None
             previous = self.checkpoint(current - 1)
             ends = np.flatnonzero(previous.terminals)
             if len(ends):
@@ -423,7 +429,7 @@ class RunReader:
         """Complete episodes starting in checkpoint `suffix`, in temporal order."""
         report = report if report is not None else CheckpointReport(suffix)
         checkpoint = self.checkpoint(suffix)
-        report.discontinuous_with_previous = suffix != 0 and not self.contiguous_with_previous(suffix)
+        report.discontinuous_with_previous = not checkpoint.starts_logging and not self.contiguous_with_previous(suffix)
         ends = np.flatnonzero(checkpoint.terminals)
         since_terminal = self._rows_since_last_terminal(suffix)
         if since_terminal is None or since_terminal >= PADDING_ROWS:

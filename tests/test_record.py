@@ -1,0 +1,127 @@
+"""mgdt-record: what is played is what the logs, and the dataset converted from them, give back."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from data_pipelines import convert, record, replay_logs
+from mgdt_jax import atari
+
+
+@dataclasses.dataclass
+class PlayedEpisode:
+    frames: list
+    actions: list
+    rewards: list
+
+
+class WatchingPolicy(record.RandomPolicy):
+    """The random policy, also keeping every frame, action and reward it went through."""
+
+    def __init__(self, num_actions, seed):
+        super().__init__(num_actions, seed)
+        self.episodes = []
+
+    def begin_episode(self, observation):
+        self.episodes.append(PlayedEpisode([observation.copy()], [super().begin_episode(observation)], []))
+        return self.episodes[-1].actions[-1]
+
+    def step(self, reward, observation):
+        episode = self.episodes[-1]
+        episode.rewards.append(reward)
+        episode.frames.append(observation.copy())
+        episode.actions.append(super().step(reward, observation))
+        return episode.actions[-1]
+
+    def end_episode(self, reward):
+        self.episodes[-1].rewards.append(reward)
+
+
+@pytest.fixture(scope="module")
+def played(tmp_path_factory):
+    """Breakout recorded with a dump every 64 rows and a 150-step time limit, plus what was played."""
+    policies = []
+
+    def watching(game, seed):
+        policies.append(WatchingPolicy(len(atari.MINIMAL_ACTION_SETS[game]), seed))
+        return policies[-1]
+
+    out = tmp_path_factory.mktemp("played")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(record.POLICIES, "watching", watching)
+        result = record.record("Breakout", steps=900, out=out, capacity=64, max_episode_steps=150,
+                               policy="watching", seed=3, progress=False)
+    finished = [e for e in policies[0].episodes if len(e.rewards) == len(e.actions)]
+    return result.log_dir, finished
+
+
+def test_reading_gives_back_every_finished_episode_exactly(played):
+    log_dir, finished = played
+    episodes = list(replay_logs.read_run(log_dir, max_episode_steps=150))
+    assert len(episodes) == len(finished) >= 4
+    for got, want in zip(episodes, finished):
+        np.testing.assert_array_equal(got.observations, np.stack(want.frames))
+        np.testing.assert_array_equal(got.actions, want.actions)
+        np.testing.assert_array_equal(got.rewards, want.rewards)
+        assert got.truncated == (len(want.actions) == 150)
+    assert any(e.truncated for e in episodes) and not all(e.truncated for e in episodes)
+    # Episodes are longer than a dump, so they were stitched across several checkpoint files.
+    assert all(e.last_checkpoint_id > e.checkpoint_id for e in episodes if e.num_steps > 64)
+
+
+def test_dumps_follow_the_logging_trigger_and_end_with_a_partial_one(played):
+    log_dir, _ = played
+    suffixes = replay_logs.list_checkpoints(log_dir)
+    add_counts = [replay_logs.load_checkpoint(log_dir, s).add_count for s in suffixes]
+    # 900 rows plus 3 padding rows per episode: full dumps at 63, 127, ..., then the cursor.
+    assert add_counts[:-1] == [64 * (k + 1) - 1 for k in range(len(suffixes) - 1)]
+    assert 0 <= add_counts[-1] < 63
+
+
+def test_each_checkpoint_yields_the_episodes_starting_in_it(played):
+    log_dir, finished = played
+    reader = replay_logs.RunReader(log_dir, max_episode_steps=150)
+    per_checkpoint = {s: list(reader.episodes(s)) for s in reader.suffixes}
+    lengths = [e.num_steps for s in reader.suffixes for e in per_checkpoint[s]]
+    assert lengths == [len(e.actions) for e in finished]
+    for suffix, episodes in per_checkpoint.items():
+        assert [e.episode_id for e in episodes] == list(range(len(episodes)))
+        assert all(e.checkpoint_id == suffix for e in episodes)
+
+
+
+
+def test_record_convert_read_gives_back_what_was_played(played, tmp_path):
+    log_dir, finished = played
+    convert.convert(log_dir.parent.parent.parent, tmp_path / "data", max_episode_steps=150, progress=False)
+    source = tfds.builder_from_directory(tmp_path / "data").as_data_source("train")
+    assert len(source) == len(finished)
+    for index, want in enumerate(finished):
+        steps = list(source[index]["steps"])
+        frames = np.stack([s["observation"] for s in steps])  # [T + 1, 84, 84, 1]
+        np.testing.assert_array_equal(frames[:-1, :, :, 0], np.stack(want.frames))
+        np.testing.assert_array_equal([s["action"] for s in steps[:-1]], want.actions)
+        np.testing.assert_array_equal([s["reward"] for s in steps[:-1]], want.rewards)
+
+
+def test_unknown_game_and_existing_logs_are_refused(played, capsys):
+    log_dir, _ = played
+    assert record.main(["--game", "Pongg", "--steps", "10", "--out", str(log_dir)]) == 2
+    assert "unknown game 'Pongg'" in capsys.readouterr().err
+    out = log_dir.parent.parent.parent
+    assert record.main(["--game", "breakout", "--steps", "10", "--out", str(out)]) == 2
+    assert f"{log_dir}: already holds replay logs" in capsys.readouterr().err
+
+
+def test_cli_writes_the_logged_format(tmp_path, capsys):
+    assert record.main(["--game", "Pong", "--steps", "50", "--capacity", "20", "--run", "2",
+                        "--sticky-actions", "0", "--out", str(tmp_path)]) == 0
+    log_dir = tmp_path / "Pong" / "2" / "replay_logs"
+    assert capsys.readouterr().out.strip().endswith(f"to {log_dir}")
+    # 3 padding rows + 50 steps: full dumps at add_count 19 and 39, then the final one (cursor 13).
+    assert replay_logs.list_checkpoints(log_dir) == [0, 1, 2]
+    checkpoint = replay_logs.load_checkpoint(log_dir, 2)
+    assert checkpoint.add_count == 13 and checkpoint.num_rows == 14
+    assert set(checkpoint.actions) <= set(range(len(atari.MINIMAL_ACTION_SETS["Pong"])))
