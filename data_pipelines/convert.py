@@ -96,14 +96,18 @@ def _write_json(path: Path, content: dict) -> None:
     os.replace(partial, path)
 
 
-def completed_shard(out_dir: Path, task: ShardTask) -> dict | None:
-    """The report of a shard an earlier run finished, if its file is still there unchanged."""
+def shard_report(out_dir: Path, task: ShardTask) -> dict | None:
+    """The report written with a shard, if the shard was written."""
     report_path = _shard_report_path(out_dir, task)
-    if not report_path.exists():
-        return None
-    report = json.loads(report_path.read_text())
+    return json.loads(report_path.read_text()) if report_path.exists() else None
+
+
+def completed_shard(out_dir: Path, task: ShardTask) -> dict | None:
+    """The report of a shard an earlier run converted, if its file is still there unchanged."""
+    report = shard_report(out_dir, task)
     path = shard_path(out_dir, task)
-    if report["status"] != "converted" or not path.exists() or path.stat().st_size != report["num_bytes"]:
+    if report is None or report["status"] != "converted" or not path.exists() \
+            or path.stat().st_size != report["num_bytes"]:
         return None
     return report
 

@@ -129,3 +129,18 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir
     assert code == 1 and err.startswith("mgdt-convert: error: ")
     assert expected in err
     assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == before
+
+
+def test_beam_direct_runner_writes_the_same_episodes(replay_logs_dir, rlds_dataset_dir, tmp_path, capsys):
+    out = tmp_path / "data"
+    code, summary, _ = _run(capsys, "--logs", replay_logs_dir, "--out", out, "--runner", "DirectRunner",
+                            "--beam-option=--direct_num_workers=2")
+    assert code == 0 and f"into 8 shards at {out}" in summary
+
+    def contents(data_dir):
+        return [(e["game"], e["checkpoint_id"], e["episode_id"], np.stack([s["observation"] for s in e["steps"]]),
+                 [s["action"] for s in e["steps"]], [s["reward"] for s in e["steps"]]) for e in _episodes(data_dir)]
+
+    for beam_episode, local_episode in zip(contents(out), contents(rlds_dataset_dir), strict=True):
+        assert beam_episode[:3] == local_episode[:3] and beam_episode[4:] == local_episode[4:]
+        np.testing.assert_array_equal(beam_episode[3], local_episode[3])

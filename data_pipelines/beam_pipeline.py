@@ -1,0 +1,61 @@
+"""The conversion of convert.py as an Apache Beam pipeline, for many cores or a cluster.
+
+The shards are the unit of work: Beam distributes `convert_shard` calls, each worker writes its
+shard and its report straight into the output directory, and the driver finalizes the dataset once
+the pipeline has finished. Locally the DirectRunner runs in multi-processing mode; on Dataflow,
+Flink or Spark pass the runner's options through (see docs/data.md). The log and output
+directories must be visible to every worker under the same path (a shared or FUSE-mounted
+filesystem).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+from data_pipelines import convert
+
+
+def _convert_and_log(task_fields: dict, out_dir: str, max_episode_steps: int) -> dict:
+    """One shard on a worker; faults are recorded in its report (status "skipped"), never raised,
+    so that one bad checkpoint does not make Beam retry or abort the others."""
+    task = convert.ShardTask(**task_fields)
+    report = convert.convert_shard(task, Path(out_dir), max_episode_steps, on_bad_checkpoint="skip")
+    rate = report["steps"] / max(report["seconds"], 1e-9)
+    print(f"shard {task.index + 1}/{task.num_shards} {task.name}: {report['status']}, {report['episodes']} "
+          f"episodes, {report['steps']} steps, {rate:,.0f} steps/s", flush=True)
+    return report
+
+
+def pipeline_options(runner: str, beam_options: list[str]):
+    """Beam options for `runner`; the DirectRunner defaults to one process per core."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    flags = [f"--runner={runner}", *beam_options]
+    if runner == "DirectRunner" and not any(f.startswith("--direct_running_mode") for f in beam_options):
+        flags += ["--direct_running_mode=multi_processing", f"--direct_num_workers={os.cpu_count() or 1}"]
+    return PipelineOptions(flags)
+
+
+def convert_with_beam(tasks: list[convert.ShardTask], out_dir: Path, max_episode_steps: int,
+                      on_bad_checkpoint: str, runner: str, beam_options: list[str]) -> list[dict]:
+    """Runs every shard through Beam; returns the shard reports the workers wrote."""
+    import apache_beam as beam
+
+    started = time.perf_counter()
+    with beam.Pipeline(options=pipeline_options(runner, beam_options)) as pipeline:
+        _ = (pipeline
+             | "Shards" >> beam.Create([dataclasses.asdict(task) for task in tasks])  # plain data pickles anywhere
+             | "Spread" >> beam.Reshuffle()
+             | "Convert" >> beam.Map(_convert_and_log, out_dir=str(out_dir), max_episode_steps=max_episode_steps))
+    reports = [convert.shard_report(out_dir, task) for task in tasks]
+    missing = [task.name for task, report in zip(tasks, reports) if report is None]
+    if missing:
+        raise convert.ConversionError(f"{out_dir}: the {runner} pipeline finished without shards {missing}")
+    skipped = [report for report in reports if report["status"] == "skipped"]
+    if skipped and on_bad_checkpoint == "fail":
+        raise convert.ConversionError(skipped[0]["error"])
+    print(f"{runner}: {len(tasks)} shards in {time.perf_counter() - started:.1f} s", flush=True)
+    return reports
