@@ -186,7 +186,7 @@ class Trainer:
         metrics = {
             **metrics,
             "loss": sum(head_losses) / len(head_losses),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "learning_rate": self.learning_rate(state.step),
         }
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng)

@@ -1,0 +1,258 @@
+"""The MGDT model: token layout, attention masks, where heads read, causality, padding, BC, loss."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mgdt_jax import tokens
+from mgdt_jax.models.mgdt import (
+    ModelConfig,
+    MultiGameDecisionTransformer,
+    attention_mask,
+    loss_and_metrics,
+    patchify,
+)
+
+TINY = ModelConfig(num_layers=2, d_model=64, num_heads=2, dropout_rate=0.1)
+STEPS = tokens.DEFAULT_NUM_STEPS
+PER_STEP = tokens.TOKENS_PER_STEP
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compiles():
+    """Tiny models on CPU: XLA's optimisation passes cost more than they save here."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def random_batch(batch_size: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "observations": rng.integers(0, 256, (batch_size, STEPS, *tokens.FRAME_SHAPE), dtype=np.uint8),
+        "returns_to_go": rng.integers(0, tokens.NUM_RETURNS, (batch_size, STEPS), dtype=np.int32),
+        "actions": rng.integers(0, tokens.NUM_ACTIONS, (batch_size, STEPS), dtype=np.int32),
+        "rewards": rng.choice([0, 1, 3], (batch_size, STEPS)).astype(np.int32),
+        "step_mask": np.ones((batch_size, STEPS), bool),
+    }
+
+
+def expected_mask(step_mask: list[bool], single_return_token: bool) -> np.ndarray:
+    """The mask written out token by token from the reference's rules, for one window."""
+    length = STEPS * PER_STEP
+    first_real = step_mask.index(True) if any(step_mask) else None
+    mask = np.zeros((length, length), bool)
+    for query in range(length):
+        for key in range(length):
+            query_step, query_offset = divmod(query, PER_STEP)
+            key_step, key_offset = divmod(key, PER_STEP)
+            both_patches_of_one_frame = (
+                query_step == key_step and query_offset < tokens.NUM_PATCHES and key_offset < tokens.NUM_PATCHES
+            )
+            hidden_return = (
+                single_return_token and key_offset == tokens.RETURN_OFFSET and key_step != first_real
+            )
+            mask[query, key] = (
+                (key <= query or both_patches_of_one_frame) and step_mask[key_step] and not hidden_return
+            )
+    return mask
+
+
+@pytest.fixture(scope="module")
+def model() -> MultiGameDecisionTransformer:
+    return MultiGameDecisionTransformer(TINY, rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope="module")
+def apply(model):
+    """Deterministic forward pass, jitted once for the module."""
+    graphdef, params = nnx.split(model)
+
+    @jax.jit
+    def forward(params, batch):
+        return nnx.merge(graphdef, params)(batch, deterministic=True)
+
+    return lambda batch: jax.tree.map(np.asarray, forward(params, batch))
+
+
+@pytest.mark.parametrize(
+    "step_mask, single_return_token",
+    [([True] * 4, True), ([True] * 4, False), ([False, False, True, True], True), ([False, True, True, True], False)],
+)
+def test_attention_mask_matches_reference_rules_token_by_token(step_mask, single_return_token):
+    config = ModelConfig(single_return_token=single_return_token)
+    mask = np.asarray(attention_mask(jnp.array([step_mask]), config))[0]
+    np.testing.assert_array_equal(mask, expected_mask(step_mask, single_return_token))
+
+
+def test_attention_mask_spot_checks():
+    mask = np.asarray(attention_mask(jnp.ones((1, STEPS), bool), ModelConfig()))[0]
+    first_patch, last_patch = 0, tokens.NUM_PATCHES - 1
+    assert mask[first_patch, last_patch]  # patches of one frame see each other both ways
+    assert not mask[first_patch, PER_STEP]  # ...but not the next frame's patches
+    assert mask[PER_STEP, tokens.RETURN_OFFSET]  # the first return-to-go is visible later
+    assert not mask[3 * PER_STEP, PER_STEP + tokens.RETURN_OFFSET]  # later ones are hidden
+    assert not mask[tokens.RETURN_OFFSET, tokens.ACTION_OFFSET]  # the return token cannot see its action
+    assert mask.shape == (156, 156)
+
+
+def test_patchify_is_row_major_over_the_six_by_six_grid():
+    frame = np.zeros((1, 1, 84, 84, 1), np.uint8)
+    frame[0, 0, 14:28, 70:84, 0] = 255  # grid row 1, column 5 -> patch 1 * 6 + 5 = 11
+    patches = np.asarray(patchify(jnp.asarray(frame)))
+    assert patches.shape == (1, 1, 36, 196)
+    assert np.flatnonzero(patches[0, 0].sum(axis=1)).tolist() == [11]
+    np.testing.assert_allclose(patches[0, 0, 11], 1.0)
+
+
+def test_output_shapes_and_parameter_tree(model, apply):
+    logits = apply(random_batch())
+    assert {name: value.shape for name, value in logits.items()} == {
+        "return_logits": (2, STEPS, 120),
+        "action_logits": (2, STEPS, 18),
+        "reward_logits": (2, STEPS, 4),
+    }
+    # The tree the checkpoint importer maps the released names onto (module docstring).
+    params = nnx.state(model)
+    assert params["image_emb"]["kernel"].shape == (196, TINY.d_model)
+    assert params["image_pos_enc"].shape == (36, TINY.d_model)
+    assert params["positional_embeddings"].shape == (156, TINY.d_model)
+    assert params["transformer"]["blocks"][1]["attn"]["query"]["kernel"].shape == (TINY.d_model, TINY.d_model)
+    assert params["transformer"]["blocks"][1]["mlp"]["linear_in"]["kernel"].shape == (TINY.d_model, 4 * TINY.d_model)
+
+
+def changed(before: dict[str, np.ndarray], after: dict[str, np.ndarray], head: str, step: int) -> bool:
+    return not np.array_equal(before[f"{head}_logits"][:, step], after[f"{head}_logits"][:, step])
+
+
+def perturbed(batch: dict[str, np.ndarray], key: str, step: int) -> dict[str, np.ndarray]:
+    batch = {name: value.copy() for name, value in batch.items()}
+    if key == "observations":
+        batch[key][:, step] = 255 - batch[key][:, step]
+    else:
+        batch[key][:, step] = (batch[key][:, step] + 1) % 3  # stays a valid token of every vocabulary
+    return batch
+
+
+def test_heads_read_the_released_positions_and_the_model_is_causal(apply):
+    # Return logits come from the frame's last patch, action logits from the return token and reward
+    # logits from the action token: each head sees its own step's inputs up to that position only.
+    batch = random_batch()
+    base = apply(batch)
+    step = 1
+    after_frame = apply(perturbed(batch, "observations", step))
+    after_action = apply(perturbed(batch, "actions", step))
+    after_reward = apply(perturbed(batch, "rewards", step))
+    assert changed(base, after_frame, "return", step)
+    assert not changed(base, after_action, "action", step)
+    assert changed(base, after_action, "reward", step)
+    assert not changed(base, after_reward, "reward", step)
+    assert changed(base, after_reward, "return", step + 1)
+    for later in (after_frame, after_action, after_reward):
+        for head in ("return", "action", "reward"):
+            assert not changed(base, later, head, step - 1)
+
+
+def test_return_token_sets_the_action_logits_when_visible(apply):
+    batch = random_batch()
+    base = apply(batch)
+    # single_return_token: step 0's return-to-go is an input, step 2's is hidden and ignored.
+    assert changed(base, apply(perturbed(batch, "returns_to_go", 0)), "action", 0)
+    after_hidden = apply(perturbed(batch, "returns_to_go", 2))
+    for head in ("return", "action", "reward"):
+        for step in range(STEPS):
+            assert not changed(base, after_hidden, head, step)
+
+
+def test_left_padding_is_ignored(apply):
+    batch = random_batch()
+    batch["step_mask"][:, :2] = False
+    base = apply(batch)
+    garbage = random_batch(seed=1)
+    for key in ("observations", "returns_to_go", "actions", "rewards"):
+        batch[key][:, :2] = garbage[key][:, :2]
+    after = apply(batch)
+    for head in ("return", "action", "reward"):
+        np.testing.assert_allclose(base[f"{head}_logits"][:, 2:], after[f"{head}_logits"][:, 2:], atol=1e-5)
+        assert np.isfinite(after[f"{head}_logits"]).all()
+
+
+def test_fully_padded_window_gives_finite_logits_and_zero_loss(apply):
+    batch = random_batch()
+    batch["step_mask"][:] = False
+    logits = apply(batch)
+    assert all(np.isfinite(value).all() for value in logits.values())
+    loss, _ = loss_and_metrics(logits, batch, TINY)
+    assert float(loss) == 0.0
+
+
+def log_softmax_ce(logits: np.ndarray, target: np.ndarray) -> np.ndarray:
+    logits = logits - logits.max(-1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return -np.take_along_axis(log_probs, target[..., None], -1)[..., 0]
+
+
+def test_loss_is_mean_of_per_token_cross_entropies_over_real_steps(apply):
+    batch = random_batch()
+    batch["step_mask"][0, 0] = False  # row 0 starts one step later
+    logits = apply(batch)
+    loss, metrics = loss_and_metrics(logits, batch, TINY)
+    real = batch["step_mask"]
+    action = log_softmax_ce(logits["action_logits"], batch["actions"])[real].mean()
+    reward = log_softmax_ce(logits["reward_logits"], batch["rewards"])[real].mean()
+    # single_return_token: only the visible return (the first real step of each row) is a target.
+    returns = log_softmax_ce(logits["return_logits"], batch["returns_to_go"])
+    first_return = np.array([returns[0, 1], returns[1, 0]]).mean()
+    np.testing.assert_allclose(float(metrics["action_loss"]), action, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["reward_loss"]), reward, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["return_loss"]), first_return, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), (action + reward + first_return) / 3, rtol=1e-5)
+
+
+def test_dropout_changes_outputs_only_when_training(model):
+    batch = random_batch()
+    key = jax.random.key(3)
+    training = model(batch, deterministic=False, dropout_key=key)["action_logits"]
+    again = model(batch, deterministic=False, dropout_key=key)["action_logits"]
+    evaluation = model(batch, deterministic=True)["action_logits"]
+    np.testing.assert_array_equal(training, again)
+    assert not np.allclose(training, evaluation)
+    with pytest.raises(ValueError, match="dropout_key"):
+        model(batch, deterministic=False)
+
+
+def test_behaviour_cloning_variant():
+    config = ModelConfig(num_layers=1, d_model=64, num_heads=1, behaviour_cloning=True)
+    model = MultiGameDecisionTransformer(config, rngs=nnx.Rngs(0))
+    params = nnx.state(model)
+    assert "return_emb" not in params and "reward_head" not in params
+    assert params["positional_embeddings"].shape == (STEPS * 37, 64)  # [36 patches, action] per step
+    batch = random_batch()
+    base = model(batch, deterministic=True)
+    assert set(base) == {"action_logits"}
+    # Actions are predicted from the frame's last patch, before the action token.
+    after_action = model(perturbed(batch, "actions", 1), deterministic=True)
+    assert not changed(base, after_action, "action", 1)
+    assert changed(base, after_action, "action", 2)
+    # Returns and rewards are not inputs at all.
+    after_return = model(perturbed(perturbed(batch, "returns_to_go", 0), "rewards", 0), deterministic=True)
+    np.testing.assert_array_equal(base["action_logits"], after_return["action_logits"])
+    loss, metrics = loss_and_metrics(base, batch, config)
+    assert set(metrics) == {"action_loss", "action_accuracy"}
+    np.testing.assert_allclose(float(loss), float(metrics["action_loss"]))
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+    config = ModelConfig(num_layers=1, d_model=64, num_heads=1, dtype="bfloat16")
+    model = MultiGameDecisionTransformer(config, rngs=nnx.Rngs(0))
+    assert {leaf.dtype for leaf in jax.tree.leaves(nnx.state(model))} == {jnp.dtype("float32")}
+    reference = MultiGameDecisionTransformer(ModelConfig(num_layers=1, d_model=64, num_heads=1), rngs=nnx.Rngs(0))
+    batch = random_batch()
+    low, full = model(batch, deterministic=True), reference(batch, deterministic=True)
+    assert low["action_logits"].dtype == jnp.float32
+    np.testing.assert_allclose(low["action_logits"], full["action_logits"], atol=0.1)
