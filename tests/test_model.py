@@ -22,15 +22,6 @@ STEPS = tokens.DEFAULT_NUM_STEPS
 PER_STEP = tokens.TOKENS_PER_STEP
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-    """Tiny models on CPU: XLA's optimisation passes cost more than they save here."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
-
-
 def random_batch(batch_size: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
