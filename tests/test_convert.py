@@ -144,3 +144,11 @@ def test_beam_direct_runner_writes_the_same_episodes(replay_logs_dir, rlds_datas
     for beam_episode, local_episode in zip(contents(out), contents(rlds_dataset_dir), strict=True):
         assert beam_episode[:3] == local_episode[:3] and beam_episode[4:] == local_episode[4:]
         np.testing.assert_array_equal(beam_episode[3], local_episode[3])
+
+
+def test_records_are_what_tfds_would_serialize(replay_logs_dir):
+    from data_pipelines import rlds_format
+
+    episode = next(replay_logs.read_run(replay_logs_dir / "Breakout" / "1" / "replay_logs"))
+    example = rlds_format.episode_to_example(episode, "Breakout", 1)
+    assert rlds_format.serialize_episode(episode, "Breakout", 1) == rlds_format.features().serialize_example(example)
