@@ -74,6 +74,16 @@ def episode_seed(seed: int, game: str) -> int:
     return (seed * 1_000_003 + sum(ord(c) * 31**i for i, c in enumerate(game))) % 2**30
 
 
+def action_table(games: Sequence[str], envs_per_game: int) -> np.ndarray:
+    """int [len(games) * envs_per_game, 18]: row b maps a full-set action to env b's minimal index."""
+    return np.concatenate([np.tile(atari.full_to_minimal(game), (envs_per_game, 1)) for game in games])
+
+
+def to_minimal_actions(table: np.ndarray, full_actions: np.ndarray) -> np.ndarray:
+    """[B] full-set action ids -> [B] minimal-set indices of each row's game (NOOP where missing)."""
+    return np.take_along_axis(table, np.asarray(full_actions)[:, None], axis=1)[:, 0].astype(np.int32)
+
+
 def jpeg_round_trip(frames: np.ndarray, quality: int) -> np.ndarray:
     """[B, 84, 84, 1] uint8 -> the same frames after JPEG encoding and decoding."""
     flag = [cv2.IMWRITE_JPEG_QUALITY, quality]
@@ -132,13 +142,11 @@ def play(
         raise ValueError(f"episodes_per_game must be >= 1, got {episodes_per_game}")
     envs_per_game = min(episodes_per_game, max_envs_per_game or episodes_per_game)
     runs: list[_GameEnvs] = []
-    observations, action_maps = [], []
+    observations = []
     for index, game in enumerate(games):
         env = make_vector_env(game, envs_per_game, protocol)
         first_observations, _ = env.reset(seed=episode_seed(seed, game))
         observations.append(first_observations.reshape(envs_per_game, *tokens.FRAME_SHAPE))
-        # Row j: full-set action id -> this game's minimal-set index.
-        action_maps.append(np.tile(atari.full_to_minimal(game), (envs_per_game, 1)))
         start = index * envs_per_game
         runs.append(
             _GameEnvs(
@@ -153,7 +161,7 @@ def play(
             )
         )
     observations = np.concatenate(observations)  # [B, 84, 84, 1]
-    action_map = np.concatenate(action_maps)  # [B, 18]
+    actions_to_minimal = action_table(games, envs_per_game)  # [B, 18]
     batch_size = len(observations)
     episode_starts = np.ones(batch_size, bool)
     reward_tokens = np.zeros(batch_size, np.int32)
@@ -165,10 +173,10 @@ def play(
             rng, step_rng = jax.random.split(rng)
             frames = observations if protocol.jpeg_quality is None else jpeg_round_trip(observations, protocol.jpeg_quality)
             actions, context = policy.act(context, frames, episode_starts, reward_tokens, step_rng)
-            minimal_actions = np.take_along_axis(action_map, np.asarray(actions)[:, None], axis=1)[:, 0]
+            minimal_actions = to_minimal_actions(actions_to_minimal, actions)
             running = [run for run in runs if not run.done]
             for run in running:
-                run.env.send(minimal_actions[run.batch_slice].astype(np.int32))
+                run.env.send(minimal_actions[run.batch_slice])
             for run in running:
                 env_steps += _receive(run, observations, episode_starts, reward_tokens, on_frame)
             if on_progress is not None:

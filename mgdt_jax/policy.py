@@ -11,15 +11,16 @@ Sampling modes (docs/evaluation.md):
   ``log P(R) + kappa * (R - R_low) / (R_high - R_low)`` (kappa = 10), then the action from
   ``P(a | R)``.
 * ``colab``: the released notebook's variant: 128 returns sampled at inverse temperature 0.75, the
-  largest kept; the action sampled among the logits strictly above their 50th percentile.
+  largest kept; the action sampled among the logits strictly above their 50th percentile; episode
+  starts padded with blank frames.
 * ``target``: a fixed target return written into every return slot (not decremented).
 * ``bc``: behaviour cloning; the return slots stay at class 0 and only the action is sampled.
 
 Episode starts are *masked*: the steps before an episode's first frame get ``step_mask=False``,
 which is how the input pipeline pads windows at episode starts, so the model sees at evaluation
-what it saw in training. The released notebook instead feeds three blank frames as if they were
-real; ``mask_episode_start=False`` reproduces that for the imported released model, which was
-evaluated that way.
+what it saw in training (with a single return token, the first real step's return is the visible
+one). The released notebook instead feeds three blank frames as if they were real;
+``mask_episode_start=False`` reproduces that for the imported released model, evaluated that way.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class SamplingConfig:
 
 _PRESETS: dict[str, SamplingConfig] = {
     "expert": SamplingConfig(mode="expert"),
-    "colab": SamplingConfig(mode="colab", action_top_percentile=50.0),
+    "colab": SamplingConfig(mode="colab", action_top_percentile=50.0, mask_episode_start=False),
     "target": SamplingConfig(mode="target"),
     "bc": SamplingConfig(mode="bc"),
 }
@@ -146,10 +147,22 @@ def advance_context(
     return shifted
 
 
+def return_slots(step_mask: jax.Array, single_return_token: bool) -> jax.Array:
+    """int [B]: the window step whose return-to-go is sampled and written.
+
+    With a single return token the model sees only the first real step's return (step 0 once the
+    window is full), so that one is re-sampled every step, as in the released notebook. Otherwise
+    the newest step's return is sampled and earlier samples stay in the window as its history.
+    """
+    if single_return_token:
+        return jnp.argmax(step_mask, axis=1)
+    return jnp.full(step_mask.shape[:1], step_mask.shape[1] - 1)
+
+
 def _sample_step(
     graphdef: nnx.GraphDef,
     sampling: SamplingConfig,
-    return_slot: int,
+    single_return_token: bool,
     state: nnx.State,
     context: Context,
     rng: jax.Array,
@@ -162,14 +175,16 @@ def _sample_step(
         target = int(tokens.encode_return(np.asarray(sampling.target_return)))
         returns = jnp.full_like(returns, target)
     elif sampling.mode in ("expert", "colab"):
-        return_logits = model(context, deterministic=True)["return_logits"][:, return_slot]
+        rows = jnp.arange(returns.shape[0])
+        slots = return_slots(context["step_mask"], single_return_token)
+        return_logits = model(context, deterministic=True)["return_logits"][rows, slots]  # [B, 120]
         if sampling.mode == "expert":
             chosen = sample_expert_returns(return_rng, return_logits, sampling.kappa)
         else:
             chosen = sample_max_returns(
                 return_rng, return_logits, sampling.num_return_samples, sampling.return_inverse_temperature
             )
-        returns = returns.at[:, return_slot].set(chosen.astype(jnp.int32))
+        returns = returns.at[rows, slots].set(chosen.astype(jnp.int32))
     context = dict(context, returns_to_go=returns)
     action_logits = model(context, deterministic=True)["action_logits"][:, -1]
     actions = sample_actions(action_rng, action_logits, sampling).astype(jnp.int32)
@@ -177,25 +192,26 @@ def _sample_step(
 
 
 class Policy:
-    """One model, one jitted sampling step for a fixed number of environments.
+    """One model, one jitted sampling step for any fixed number of environments.
 
-    The model's visible return slot decides where returns are sampled and written: with a single
-    return token (the released model) only the oldest step's return is seen, so it is re-sampled
-    from the oldest frame every step, as in the released notebook; otherwise the newest step's
-    return is sampled and earlier samples stay in the window as its history.
+    The model must follow the batch contract and carry its `ModelConfig` as ``model.config``
+    (num_steps, single_return_token, behaviour_cloning).
     """
 
-    def __init__(self, model: nnx.Module, *, num_steps: int, single_return_token: bool, sampling: SamplingConfig):
+    def __init__(self, model: nnx.Module, sampling: SamplingConfig):
+        config = model.config
+        if (sampling.mode == "bc") != config.behaviour_cloning:
+            kind = "a behaviour-cloning" if config.behaviour_cloning else "a return-conditioned"
+            raise ValueError(f"sampling mode {sampling.mode!r} does not fit {kind} model")
         graphdef, self._state = nnx.split(model)
-        self.num_steps = num_steps
+        self.num_steps = config.num_steps
         self.sampling = sampling
-        return_slot = 0 if single_return_token else num_steps - 1
 
         def step(state, context, observations, episode_starts, previous_reward_tokens, rng):
             context = advance_context(
                 context, observations, episode_starts, previous_reward_tokens, sampling.mask_episode_start
             )
-            return _sample_step(graphdef, sampling, return_slot, state, context, rng)
+            return _sample_step(graphdef, sampling, config.single_return_token, state, context, rng)
 
         self._step = jax.jit(step, donate_argnums=(1,))
 

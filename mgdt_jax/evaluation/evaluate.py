@@ -30,7 +30,6 @@ def resolve_games(suite: str | None = None, games: Sequence[str] | None = None) 
 
 def evaluate(
     model: nnx.Module,
-    model_config: Any,
     games: Sequence[str],
     *,
     episodes: int,
@@ -45,7 +44,7 @@ def evaluate(
 ) -> report.EvaluationSummary:
     """Plays `episodes` episodes of every game with one batched policy and summarises the scores.
 
-    model_config needs `num_steps` and `single_return_token` (the `model` section of a config).
+    The model follows the batch contract and carries its ModelConfig as ``model.config``.
     With `out_dir`, writes report.json, scores.csv, scores.png (and one MP4 per game with `video`).
     """
     sampling = sampling_preset(sampling) if isinstance(sampling, str) else sampling
@@ -54,12 +53,7 @@ def evaluate(
             raise ValueError(f"unknown protocol {protocol!r}: expected one of {', '.join(actor.PROTOCOLS)}")
         protocol = actor.PROTOCOLS[protocol]
     games = [atari.check_game(game) for game in games]
-    policy = Policy(
-        model,
-        num_steps=model_config.num_steps,
-        single_return_token=model_config.single_return_token,
-        sampling=sampling,
-    )
+    policy = Policy(model, sampling)
     videos = report.VideoWriter(out_dir / "videos") if video and out_dir is not None else None
     bar = tqdm(total=episodes * len(games), unit="episode", desc="evaluating", disable=not show_progress)
     start = time.perf_counter()
