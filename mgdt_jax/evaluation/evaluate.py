@@ -3,17 +3,54 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from flax import nnx
 from tqdm import tqdm
 
-from mgdt_jax import actor, atari
+from mgdt_jax import actor, atari, checkpointing
 from mgdt_jax.evaluation import report
+from mgdt_jax.models.mgdt import ModelConfig, MultiGameDecisionTransformer
 from mgdt_jax.policy import Policy, SamplingConfig, sampling_preset
+from mgdt_jax.training.loop import CONFIG_FILE
+
+EVAL_DIR = "eval"  # <workdir>/eval/<step>/: reports of the periodic evaluation during training
+
+
+def load_model(workdir: Path, step: int | None = None) -> tuple[MultiGameDecisionTransformer, int]:
+    """The model of a run's checkpoint (the latest by default), built from the run's config.json.
+
+    Raises CheckpointError naming the file when the config or the checkpoint is missing, corrupt,
+    or the config does not fit the saved weights.
+    """
+    config_path = Path(workdir) / CONFIG_FILE
+    try:
+        model_section = json.loads(config_path.read_text())["model"]
+        config = ModelConfig.from_config(model_section)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise checkpointing.CheckpointError(f"{config_path}: not a readable run config ({error})") from None
+    directory = checkpointing.checkpoint_directory(workdir)
+    step = step if step is not None else _latest_step(directory)
+    abstract = nnx.eval_shape(lambda: MultiGameDecisionTransformer(config, rngs=nnx.Rngs(0)))
+    graphdef, abstract_params = nnx.split(abstract)
+    try:
+        params = checkpointing.load_params(directory, target=abstract_params, step=step)
+    except checkpointing.CheckpointError:
+        raise
+    except Exception as error:  # a damaged checkpoint surfaces as anything from TensorStore to JSON
+        raise checkpointing.CheckpointError(f"{directory / str(step)}: unreadable checkpoint ({error})") from None
+    return nnx.merge(graphdef, params), step
+
+
+def _latest_step(directory: Path) -> int:
+    steps = [int(p.name) for p in directory.glob("*") if p.name.isdigit()] if directory.is_dir() else []
+    if not steps:
+        raise checkpointing.CheckpointError(f"{directory}: holds no checkpoint")
+    return max(steps)
 
 
 def resolve_games(suite: str | None = None, games: Sequence[str] | None = None) -> list[str]:
@@ -89,3 +126,22 @@ def evaluate(
     if out_dir is not None:
         report.write_report(summary, out_dir)
     return summary
+
+
+def training_evaluator(train_config: Any, workdir: Path) -> Callable[[nnx.Module, int], dict[str, float]]:
+    """The periodic evaluation hook of the train loop: plays `eval_games` x `eval_episodes` episodes.
+
+    Writes each report to <workdir>/eval/<step>/ and returns the scalars to log: the aggregates
+    (``hns_iqm``, ``hns_median``, ``hns_mean``) and every game's raw mean (``<Game>_raw``).
+    """
+    games = [atari.check_game(game) for game in train_config.eval_games]
+
+    def run(model: nnx.Module, step: int) -> dict[str, float]:
+        summary = evaluate(
+            model, games, episodes=train_config.eval_episodes, out_dir=Path(workdir) / EVAL_DIR / str(step),
+            show_progress=False, extra_settings={"step": step},
+        )
+        scalars = {f"hns_{name}": interval.value for name, interval in summary.aggregates.items()}
+        return scalars | {f"{game.game}_raw": game.raw_mean for game in summary.games}
+
+    return run

@@ -1,0 +1,49 @@
+"""``mgdt-import-checkpoint``: the released MGDT pickle -> a workdir that mgdt-eval and fine-tuning read.
+
+    mgdt-import-checkpoint --pickle checkpoint_38274228.pkl --workdir runs/released200m
+
+Writes WORKDIR/checkpoints/<step>/params (Orbax) and WORKDIR/config.json (the 200M experiment config
+with the model size read from the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from experiments import mgdt_200m
+from mgdt_jax import checkpointing
+from mgdt_jax.import_checkpoint import CheckpointImportError, build_model, load_released_pickle, save_params
+from mgdt_jax.training.loop import CONFIG_FILE
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mgdt-import-checkpoint", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pickle", type=Path, required=True, help="the released (params, state) pickle")
+    parser.add_argument("--workdir", type=Path, required=True, help="new run directory to write")
+    parser.add_argument("--step", type=int, default=0, help="checkpoint step to file the weights under")
+    args = parser.parse_args(argv)
+    if (args.workdir / checkpointing.CHECKPOINTS / str(args.step)).exists():
+        print(f"mgdt-import-checkpoint: error: {args.workdir} already holds checkpoint {args.step}", file=sys.stderr)
+        return 1
+    try:
+        print(f"reading {args.pickle} ...", flush=True)
+        model = build_model(load_released_pickle(args.pickle))
+        print(f"writing a {model.config.num_layers}-layer d{model.config.d_model} model ...", flush=True)
+        checkpoint = save_params(model, args.workdir.expanduser().absolute(), args.step)
+        config = mgdt_200m.get_config()
+        config.model.update(
+            {key: getattr(model.config, key) for key in ("num_layers", "d_model", "num_heads", "mlp_ratio",
+                                                         "num_steps", "single_return_token", "behaviour_cloning", "dtype")}
+        )
+        (args.workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1) + "\n")
+    except (CheckpointImportError, OSError) as error:
+        print(f"mgdt-import-checkpoint: error: {error}", file=sys.stderr)
+        return 1
+    print(f"imported {args.pickle} into {checkpoint} with config {args.workdir / CONFIG_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
