@@ -248,11 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beam-option", action="append", default=[], dest="beam_options", metavar="FLAG",
                         help="passed to Beam, e.g. --beam-option=--direct_num_workers=4 (repeatable)")
     args = parser.parse_args(argv)
+    if args.max_episode_steps < 1:
+        parser.error("--max-episode-steps must be positive")
     started = time.perf_counter()
     try:
         report = convert(args.logs, args.out, args.max_episode_steps, args.on_bad_checkpoint, args.runner,
                          args.beam_options)
-    except ConversionError as error:
+    except (ConversionError, OSError) as error:
         print(f"mgdt-convert: error: {error}", file=sys.stderr)
         return 1
     print(summary_line(report, args.out, time.perf_counter() - started))

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = record(args.game, args.steps, args.out, args.run, args.capacity, args.max_episode_steps,
                         args.sticky_actions, args.policy, args.seed)
-    except (atari.UnknownGameError, FileExistsError, ValueError) as error:
+    except (ValueError, OSError) as error:  # unknown game, existing logs, unwritable --out
         print(f"mgdt-record: error: {error}", file=sys.stderr)
         return 2
     print(f"recorded {report.steps} steps ({report.episodes_finished} finished episodes, "

@@ -30,6 +30,7 @@ the episode at hand are kept (a 1M-row dump holds 7 GB of frames).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gzip
@@ -98,7 +99,7 @@ class LoggedReplayBuffer:
         self.capacity = capacity
         self.add_count = 0
         self.num_dumps = 0
-        self._store = {name: np.zeros((capacity, *((FRAME_SHAPE) if name == "observation" else ())), dtype)
+        self._store = {name: np.zeros((capacity, *FRAME_SHAPE) if name == "observation" else capacity, dtype)
                        for name, dtype in STORE_DTYPES.items()}
         self._invalid_range = _invalid_range(0, capacity)
 
@@ -158,18 +159,15 @@ def list_checkpoints(log_dir: Path) -> list[int]:
     return sorted(found)
 
 
-def _gzip_errors_as(path: Path):
+@contextlib.contextmanager
+def _gzip_errors_as(path: Path) -> Iterator[None]:
     """Turns the ways a gzip'd .npy can be broken into one ReplayLogError naming the file."""
-    class _Guard:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, kind, error, traceback):
-            if error is not None and isinstance(error, (OSError, EOFError, zlib.error, ValueError)) \
-                    and not isinstance(error, ReplayLogError):
-                raise ReplayLogError(f"{path}: unreadable ({type(error).__name__}: {error})") from error
-            return False
-    return _Guard()
+    try:
+        yield
+    except ReplayLogError:
+        raise
+    except (OSError, EOFError, zlib.error, ValueError) as error:
+        raise ReplayLogError(f"{path}: unreadable ({type(error).__name__}: {error})") from error
 
 
 def _load_array(path: Path, dtype: np.dtype, shape: tuple[int, ...] | None) -> np.ndarray:
@@ -200,7 +198,7 @@ class Checkpoint:
     @property
     def is_full(self) -> bool:
         """A dump taken by the add_count trigger (not the final partial one)."""
-        return self.add_count >= self.capacity or self.starts_logging and self.add_count == self.capacity - 1
+        return self.add_count >= self.capacity or (self.starts_logging and self.add_count == self.capacity - 1)
 
     @property
     def starts_logging(self) -> bool:
@@ -209,7 +207,7 @@ class Checkpoint:
 
 
 def temporal_slots(suffix: int, add_count: int, capacity: int) -> np.ndarray:
-    """Buffer slots of a dump's valid rows, oldest first (the circular-buffer order of §1.5)."""
+    """Buffer slots of a dump's valid rows, oldest first (see the module docstring)."""
     if add_count >= capacity:  # a full dump, taken when the cursor was at C-1
         return np.concatenate([[capacity - 1], np.arange(capacity - 1)])
     if suffix == 0:  # the first dump (full at C-1, or the only one): slot C-1 never written
@@ -265,8 +263,8 @@ class ObservationStream:
     def __init__(self, path: Path, capacity: int):
         self.path = path
         self._capacity = capacity
-        self._file = gzip.open(path, "rb")
         with _gzip_errors_as(path):
+            self._file = gzip.open(path, "rb")
             _read_npy_header(self._file, path)
         self._position = 0
 
