@@ -30,13 +30,21 @@ def _convert_and_log(task_fields: dict, out_dir: str, max_episode_steps: int) ->
 
 
 def pipeline_options(runner: str, beam_options: list[str]):
-    """Beam options for `runner`; the DirectRunner defaults to one process per core."""
+    """Beam options for `runner`: the DirectRunner defaults to one process per core, and workers
+    log warnings only, so that their shard lines stay readable; `beam_options` override both."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    flags = [f"--runner={runner}", *beam_options]
-    if runner == "DirectRunner" and not any(f.startswith("--direct_running_mode") for f in beam_options):
-        flags += ["--direct_running_mode=multi_processing", f"--direct_num_workers={os.cpu_count() or 1}"]
-    return PipelineOptions(flags)
+    def given(flag: str) -> bool:
+        return any(option.startswith(flag) for option in beam_options)
+
+    flags = [f"--runner={runner}"]
+    if runner == "DirectRunner" and not given("--direct_running_mode"):
+        flags += ["--direct_running_mode=multi_processing"]
+        if not given("--direct_num_workers"):
+            flags += [f"--direct_num_workers={os.cpu_count() or 1}"]
+    if not given("--default_sdk_harness_log_level"):
+        flags += ["--default_sdk_harness_log_level=WARNING"]
+    return PipelineOptions(flags + list(beam_options))
 
 
 def convert_with_beam(tasks: list[convert.ShardTask], out_dir: Path, max_episode_steps: int,

@@ -113,7 +113,7 @@ def completed_shard(out_dir: Path, task: ShardTask) -> dict | None:
 
 
 def convert_shard(task: ShardTask, out_dir: Path, max_episode_steps: int, on_bad_checkpoint: str,
-                  on_steps: Callable[[int], None] = lambda steps: None) -> dict:
+                  on_episode: Callable[[int], None] = lambda steps: None) -> dict:
     """Writes one shard (or finds it written) and returns its report.
 
     With on_bad_checkpoint="skip", unreadable logs leave an empty shard and a "skipped" report (a
@@ -134,7 +134,7 @@ def convert_shard(task: ShardTask, out_dir: Path, max_episode_steps: int, on_bad
             reader = replay_logs.RunReader(Path(task.log_dir), max_episode_steps)
             for episode in reader.episodes(task.checkpoint, counts):
                 writer.write(rlds_format.serialize_episode(episode, task.game, task.run))
-                on_steps(episode.num_steps)
+                on_episode(episode.num_steps)
         finally:
             writer.close()
     except replay_logs.ReplayLogError as fault:
@@ -203,12 +203,22 @@ def finalize(out_dir: Path, tasks: list[ShardTask], reports: Iterable[dict]) -> 
 
 def convert_locally(tasks: list[ShardTask], out_dir: Path, max_episode_steps: int,
                     on_bad_checkpoint: str, progress: bool = True) -> list[dict]:
-    """Converts the shards one after another in this process, with a steps/s progress bar."""
+    """Converts the shards one after another in this process; the bar counts shards (for the ETA)
+    and shows steps/s after every episode."""
     reports = []
-    with tqdm.tqdm(unit="step", unit_scale=True, disable=not progress, smoothing=0.1) as bar:
+    started = time.perf_counter()
+    steps = 0
+    with tqdm.tqdm(total=len(tasks), unit="shard", disable=not progress) as bar:
+
+        def count(episode_steps: int) -> None:
+            nonlocal steps
+            steps += episode_steps
+            bar.set_postfix_str(f"{steps:,} steps, {steps / (time.perf_counter() - started):,.0f} steps/s")
+
         for task in tasks:
-            bar.set_description(f"shard {task.index + 1}/{task.num_shards} {task.name}")
-            reports.append(convert_shard(task, out_dir, max_episode_steps, on_bad_checkpoint, bar.update))
+            bar.set_description(task.name)
+            reports.append(convert_shard(task, out_dir, max_episode_steps, on_bad_checkpoint, count))
+            bar.update()
     return reports
 
 
