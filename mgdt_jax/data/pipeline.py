@@ -64,7 +64,7 @@ class TrainingData:
         global_batch_size: int,
         num_steps: int,
         seed: int,
-        game_weights: Mapping[str, float] | None = None,
+        game_weights: Mapping[str, float] | str | None = None,
         process_index: int = 0,
         process_count: int = 1,
         num_threads: int = 16,
@@ -73,6 +73,7 @@ class TrainingData:
             raise ValueError(f"global batch {global_batch_size} does not split over {process_count} hosts")
         self.local_batch_size = global_batch_size // process_count
         self.num_threads = num_threads
+        self.num_episodes = sum(len(dataset) for dataset in datasets)
         by_game: dict[str, list[grain.MapDataset]] = {}
         for dataset in datasets:
             for game, index_ranges in dataset.game_ranges.items():
@@ -120,15 +121,29 @@ def training_data(config: Any, *, process_index: int = 0, process_count: int = 1
         global_batch_size=config.train.batch_size,
         num_steps=config.model.num_steps,
         seed=config.data.seed,
-        game_weights=dict(config.data.game_weights),
+        game_weights=config.data.game_weights,
         process_index=process_index,
         process_count=process_count,
         num_threads=config.data.num_threads,
     )
 
 
-def _resolve_weights(games: Sequence[str], weights: Mapping[str, float] | None) -> dict[str, float]:
+def parse_game_weights(text: str) -> dict[str, float]:
+    """``"Pong=2,Breakout=1"`` (the command-line form of ``data.game_weights``) -> a mapping."""
+    weights = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        game, _, weight = item.partition("=")
+        try:
+            weights[game.strip()] = float(weight)
+        except ValueError:
+            raise DataError(f"game_weights: {item!r} is not Game=weight (e.g. 'Pong=2,Breakout=1')") from None
+    return weights
+
+
+def _resolve_weights(games: Sequence[str], weights: Mapping[str, float] | str | None) -> dict[str, float]:
     """Game -> mixing weight: uniform when none are given, else only the games given (> 0)."""
+    if isinstance(weights, str):
+        weights = parse_game_weights(weights)
     if not weights:
         return {game: 1.0 for game in games}
     unknown = sorted(set(weights) - set(games))

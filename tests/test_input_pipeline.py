@@ -1,0 +1,142 @@
+"""The input pipeline on real recorded ALE data: windows and returns-to-go against the episodes as
+TFDS decodes them, game mixing, determinism, per-host parts, resume position, errors."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from mgdt_jax import atari, tokens
+from mgdt_jax.data import windows
+from mgdt_jax.data.pipeline import TrainingData, parse_game_weights
+from mgdt_jax.data.rlds_source import DataError, RldsDataset, find_datasets
+
+STEPS = tokens.DEFAULT_NUM_STEPS
+
+
+@pytest.fixture(scope="module")
+def reference_episodes(rlds_dataset_dir) -> list[dict]:
+    """Every episode decoded by TFDS itself: the independent reference for the reader."""
+    source = tfds.builder_from_directory(rlds_dataset_dir).as_data_source("train")
+    episodes = []
+    for index in range(len(source)):
+        episode = source[index]
+        steps = [episode["steps"][t] for t in range(len(episode["steps"]))]
+        assert steps[-1]["is_last"] and not any(step["is_last"] for step in steps[:-1])
+        logged = steps[:-1]  # the last step is the final observation only
+        game = episode["game"].decode()
+        episodes.append({
+            "game": game,
+            "return": float(episode["episode_return"]),
+            "frames": np.stack([step["observation"] for step in logged]),
+            "actions": np.array([atari.minimal_to_full(game)[step["action"]] for step in logged]),
+            "rewards": np.array([step["reward"] for step in logged], np.float32),
+        })
+    return episodes
+
+
+@pytest.fixture(scope="module")
+def dataset(rlds_dataset_dir) -> RldsDataset:
+    return RldsDataset(rlds_dataset_dir)
+
+
+def frame_key(frame: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(frame).tobytes()).hexdigest()
+
+
+def test_reader_groups_episodes_by_game(dataset, reference_episodes):
+    games_by_index = {i: ref["game"] for i, ref in enumerate(reference_episodes)}
+    assert set(dataset.game_ranges) == {"Pong", "Breakout"}
+    for game, index_ranges in dataset.game_ranges.items():
+        indices = [i for index_range in index_ranges for i in index_range]
+        assert indices and all(games_by_index[i] == game for i in indices)
+    assert sorted(i for rs in dataset.game_ranges.values() for r in rs for i in r) == list(range(len(dataset)))
+
+
+def test_every_window_matches_its_episode(dataset, reference_episodes):
+    for index, reference in enumerate(reference_episodes):
+        episode = dataset[index]
+        assert episode.game == reference["game"] and len(episode) == len(reference["actions"])
+        returns_to_go = np.cumsum(reference["rewards"][::-1])[::-1]
+        assert returns_to_go[0] == pytest.approx(reference["return"])  # the whole episode's return
+        ends = sorted({0, 1, 2, 3, len(episode) // 2, len(episode) - 1} & set(range(len(episode))))
+        for end in ends:
+            window = windows.cut_window(episode, end, STEPS)
+            real = np.arange(max(0, end - STEPS + 1), end + 1)
+            padding = STEPS - len(real)
+            assert window["step_mask"].tolist() == [False] * padding + [True] * len(real)
+            np.testing.assert_array_equal(window["observations"][padding:], reference["frames"][real])
+            np.testing.assert_array_equal(window["actions"][padding:], reference["actions"][real])
+            np.testing.assert_array_equal(
+                window["returns_to_go"][padding:], tokens.encode_return(returns_to_go[real])
+            )
+            np.testing.assert_array_equal(window["rewards"][padding:], tokens.encode_reward(reference["rewards"][real]))
+            assert not window["observations"][:padding].any() and not window["actions"][:padding].any()
+
+
+def test_batches_follow_the_contract_and_the_game_weights(dataset, reference_episodes):
+    game_of_frame = {frame_key(frame): ref["game"] for ref in reference_episodes for frame in ref["frames"]}
+
+    def games(data: TrainingData, steps: range) -> list[str]:
+        batches = [data.batch(step) for step in steps]
+        # The newest frame of each window names its game.
+        return [game_of_frame[frame_key(obs[-1])] for batch in batches for obs in batch["observations"]]
+
+    uniform = TrainingData([dataset], global_batch_size=8, num_steps=STEPS, seed=0)
+    batch = uniform.batch(0)
+    expected = {"observations": (np.uint8, (8, STEPS, 84, 84, 1)), "returns_to_go": (np.int32, (8, STEPS)),
+                "actions": (np.int32, (8, STEPS)), "rewards": (np.int32, (8, STEPS)), "step_mask": (np.bool_, (8, STEPS))}
+    assert {key: (value.dtype.type, value.shape) for key, value in batch.items()} == expected
+    assert sorted(games(uniform, range(1))) == ["Breakout"] * 4 + ["Pong"] * 4  # every batch, not on average
+
+    weighted = TrainingData([dataset], global_batch_size=8, num_steps=STEPS, seed=0, game_weights="Pong=3,Breakout=1")
+    assert games(weighted, range(4)).count("Pong") == 24
+    only_breakout = TrainingData([dataset], global_batch_size=8, num_steps=STEPS, seed=0, game_weights={"Breakout": 1})
+    assert set(games(only_breakout, range(2))) == {"Breakout"}
+
+
+def test_batch_k_is_a_function_of_seed_and_k(dataset):
+    def data(seed: int, **kwargs) -> TrainingData:
+        return TrainingData([dataset], global_batch_size=8, num_steps=STEPS, seed=seed, num_threads=2, **kwargs)
+
+    first, second = data(seed=3), data(seed=3)
+    for step in (0, 5):
+        assert_batches_equal(first.batch(step), second.batch(step))
+    # A resumed run iterates from its step and sees the batches an uninterrupted run sees there.
+    resumed = first.iterate(start_step=5)
+    for step in (5, 6, 7):
+        assert_batches_equal(next(resumed), second.batch(step))
+    assert not np.array_equal(data(seed=4).batch(0)["observations"], first.batch(0)["observations"])
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_host_parts_partition_the_global_batch(dataset, process_count):
+    whole = TrainingData([dataset], global_batch_size=8, num_steps=STEPS, seed=1).batch(2)
+    parts = [
+        TrainingData([dataset], global_batch_size=8, num_steps=STEPS, seed=1, process_index=p, process_count=process_count).batch(2)
+        for p in range(process_count)
+    ]
+    for p, part in enumerate(parts):
+        assert part["actions"].shape[0] == 8 // process_count
+        for key in whole:  # host p holds global rows p, p + P, p + 2P, ...
+            np.testing.assert_array_equal(part[key], whole[key][p::process_count])
+
+
+def test_bad_sources_fail_with_a_clear_message(dataset, tmp_path):
+    with pytest.raises(DataError, match="no such dataset directory"):
+        find_datasets([tmp_path / "missing"])
+    with pytest.raises(DataError, match="holds no RLDS dataset"):
+        find_datasets([tmp_path])
+    with pytest.raises(DataError, match=r"game_weights names \['Qbert'\]"):
+        TrainingData([dataset], global_batch_size=8, num_steps=STEPS, seed=0, game_weights={"Qbert": 1.0})
+    with pytest.raises(DataError, match="not Game=weight"):
+        parse_game_weights("Pong:2")
+
+
+def assert_batches_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
