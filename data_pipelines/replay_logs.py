@@ -20,7 +20,8 @@ every episode is preceded by 3 all-zero padding rows. Why reading is not a plain
   0..c-1, and the rest are stale copies of the previous dump.
 * The trigger is checked once per `add()`, which can append 4 rows (3 padding + 1); when the padding
   straddles the trigger a whole chunk of C rows is never dumped. Consecutive full dumps whose
-  add_count differ by more than C are therefore not stitched together.
+  add_count differ by more than C are therefore not stitched together; nor is a final dump whose
+  stale slots no longer match the previous dump (the chunk before it was skipped).
 * Episodes run across dumps. An episode belongs to the checkpoint holding its first real row; its
   tail is read from the following checkpoints while they are contiguous.
 
@@ -190,10 +191,18 @@ class Checkpoint:
     actions: np.ndarray  # [n] int32
     rewards: np.ndarray  # [n] float32
     terminals: np.ndarray  # [n] bool
+    stale_rows: np.ndarray  # [m, 3] (action, reward, terminal) of a final dump's stale slots
 
     @property
     def num_rows(self) -> int:
         return len(self.slots)
+
+    def rows_at(self, slots: np.ndarray) -> np.ndarray:
+        """(action, reward, terminal) of the given buffer slots, [len(slots), 3]."""
+        temporal = np.full(self.capacity, -1)
+        temporal[self.slots] = np.arange(self.num_rows)
+        rows = temporal[slots]
+        return np.stack([self.actions[rows], self.rewards[rows], self.terminals[rows]], axis=1).astype(np.float64)
 
     @property
     def is_full(self) -> bool:
@@ -235,8 +244,10 @@ def load_checkpoint(log_dir: Path, suffix: int) -> Checkpoint:
     _load_array(log_file(log_dir, "invalid_range", suffix), np.dtype(np.int64), (_INVALID_RANGE_SIZE,))
     _observation_header(log_file(log_dir, "$store$_observation", suffix), capacity)
     slots = temporal_slots(suffix, int(add_count), capacity)
+    stale = np.arange(int(add_count), capacity - 1) if suffix > 0 and add_count < capacity else np.arange(0)
+    stale_rows = np.stack([actions[stale], rewards[stale], terminals[stale] > 0], axis=1).astype(np.float64)
     return Checkpoint(log_dir, suffix, capacity, int(add_count), slots,
-                      actions[slots], rewards[slots], terminals[slots].astype(bool))
+                      actions[slots], rewards[slots], terminals[slots].astype(bool), stale_rows)
 
 
 def _read_npy_header(f, path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -385,13 +396,15 @@ class RunReader:
 
     def contiguous_with_previous(self, suffix: int) -> bool:
         """True when checkpoint suffix-1 exists and its last row is directly followed by this one's
-        first: full dumps 1M (C) adds apart; the final partial dump always follows its predecessor."""
+        first. Full dumps are then C adds apart. A final dump saved only its cursor, but its stale
+        slots still hold the previous dump's rows, unless a skipped chunk overwrote them."""
         if suffix - 1 not in self.suffixes:
             return False
-        current = self.checkpoint(suffix)
+        current, previous = self.checkpoint(suffix), self.checkpoint(suffix - 1)
         if not current.is_full:
-            return True
-        return current.add_count - self.checkpoint(suffix - 1).add_count == current.capacity
+            stale_slots = np.arange(current.add_count, current.capacity - 1)
+            return np.array_equal(previous.rows_at(stale_slots), current.stale_rows)
+        return current.add_count - previous.add_count == current.capacity
 
     def _rows_since_last_terminal(self, suffix: int) -> int | None:
         """Rows between the last terminal before checkpoint `suffix` and its first row, counting

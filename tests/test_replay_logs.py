@@ -48,6 +48,25 @@ def test_a_skipped_chunk_is_never_stitched_over(tmp_path, replay_logs_dir):
     assert sum(r.dropped_partial_episodes for r in reports.values()) == 3  # 1's tail, 2's head, the last
 
 
+def test_a_chunk_skipped_just_before_the_final_dump_is_detected(tmp_path, replay_logs_dir):
+    frames = next(replay_logs.read_run(replay_logs_dir / "Pong" / "1" / "replay_logs")).observations
+    rng = np.random.default_rng(2)
+    buffer = replay_logs.LoggedReplayBuffer(tmp_path, capacity=20)
+    # Episode 3's padding is added at add_count 36..38: the dump at 39 never happens, and the final
+    # dump (cursor 16) holds rows 39..55, not the rows that followed the dump at 19.
+    first = _feed(buffer, frames, 5, rng)
+    for length in (25, 10):
+        _feed(buffer, frames, length, rng)
+    _feed(buffer, frames, 4, rng, terminal=False)
+    buffer.log_final_buffer()
+    reader = replay_logs.RunReader(tmp_path)
+    assert [reader.checkpoint(s).add_count for s in reader.suffixes] == [19, 16]
+    assert not reader.contiguous_with_previous(1)  # the stale slots 16..18 were overwritten
+    got = list(replay_logs.read_run(tmp_path))
+    assert len(got) == 1
+    np.testing.assert_array_equal(got[0].observations, np.stack(first.frames))
+
+
 def test_the_final_dump_ignores_its_stale_rows(tmp_path, replay_logs_dir):
     frames = next(replay_logs.read_run(replay_logs_dir / "Pong" / "1" / "replay_logs")).observations
     rng = np.random.default_rng(1)
