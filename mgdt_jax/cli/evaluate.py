@@ -12,6 +12,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from absl import logging
+
 from mgdt_jax import actor, atari
 from mgdt_jax.checkpointing import CheckpointError
 from mgdt_jax.evaluation.evaluate import evaluate, load_model, resolve_games
@@ -55,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    logging.set_verbosity(logging.FATAL)  # errors reach the user as one line; Orbax logs are noise
     for name in ("episodes", "max_episode_frames", "max_envs_per_game"):
         value = getattr(args, name)
         if value is not None and value < 1:

@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from absl import logging
+
 from experiments import mgdt_200m
 from mgdt_jax import checkpointing
 from mgdt_jax.import_checkpoint import CheckpointImportError, build_model, load_released_pickle, save_params
@@ -24,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, required=True, help="new run directory to write")
     parser.add_argument("--step", type=int, default=0, help="checkpoint step to file the weights under")
     args = parser.parse_args(argv)
+    logging.set_verbosity(logging.FATAL)  # errors reach the user as one line; Orbax logs are noise
     if (args.workdir / checkpointing.CHECKPOINTS / str(args.step)).exists():
         print(f"mgdt-import-checkpoint: error: {args.workdir} already holds checkpoint {args.step}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ import csv
 import dataclasses
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,9 @@ class VideoWriter:
                 self._out_dir / f"{game}.partial.mp4", fps=VIDEO_FPS, macro_block_size=16
             )
         big = np.repeat(np.repeat(frame[..., 0], VIDEO_UPSCALE, axis=0), VIDEO_UPSCALE, axis=1)
-        self._writers[game].append_data(big)
+        with warnings.catch_warnings():  # the first frame starts ffmpeg: JAX warns on any fork, this one execs
+            warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+            self._writers[game].append_data(big)
 
     def close(self) -> list[Path]:
         paths = []

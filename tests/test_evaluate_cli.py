@@ -1,0 +1,74 @@
+"""`mgdt-eval` on a tiny checkpoint: a real evaluation on two games, and bad input refused cleanly."""
+
+import csv
+import json
+import shutil
+
+import pytest
+from flax import nnx
+
+from experiments import tiny
+from mgdt_jax.cli import evaluate as eval_cli
+from mgdt_jax.import_checkpoint import save_params
+from mgdt_jax.models.mgdt import MultiGameDecisionTransformer
+from mgdt_jax.evaluation.evaluate import CONFIG_FILE
+
+
+@pytest.fixture(scope="module")
+def tiny_workdir(tmp_path_factory):
+    """A workdir holding a tiny model's checkpoint at step 3 and its config."""
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    config = tiny.get_config()
+    save_params(MultiGameDecisionTransformer(config.model, rngs=nnx.Rngs(0)), workdir, step=3)
+    (workdir / CONFIG_FILE).write_text(config.to_json_best_effort())
+    return workdir
+
+
+def test_mgdt_eval_plays_a_tiny_checkpoint_on_two_games(tiny_workdir, tmp_path, capsys):
+    out = tmp_path / "report"
+    argv = ["--workdir", str(tiny_workdir), "--games", "Pong,breakout", "--episodes", "2",
+            "--max-episode-frames", "1000", "--out", str(out), "--video"]
+    assert eval_cli.main(argv) == 0
+    summary_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary_line.startswith("step 3 on 2 game(s) x 2 episodes: IQM") and str(out) in summary_line
+
+    written = json.loads((out / "report.json").read_text())
+    assert list(written["games"]) == ["Pong", "Breakout"]
+    for game in written["games"].values():
+        assert len(game["raw_scores"]) == 2 and all(0 < n <= 250 for n in game["episode_lengths"])
+        assert game["human_normalised"]["low"] <= game["human_normalised"]["value"] <= game["human_normalised"]["high"]
+    assert written["settings"]["step"] == 3 and written["settings"]["sampling"]["mode"] == "expert"
+    assert written["settings"]["protocol"]["sticky_action_probability"] == 0.25
+    assert len(list(csv.DictReader((out / "scores.csv").open()))) == 2
+    assert sorted(p.name for p in (out / "videos").iterdir()) == ["Breakout.mp4", "Pong.mp4"]
+    assert (out / "scores.png").stat().st_size > 0
+
+
+def _fails_with(argv, capsys, *fragments):
+    assert eval_cli.main(argv) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("mgdt-eval: error:") and "\n" not in error and "Traceback" not in error
+    for fragment in fragments:
+        assert fragment in error
+
+
+def test_bad_input_is_one_line_errors(tiny_workdir, tmp_path, capsys):
+    out = ["--out", str(tmp_path / "out")]
+    _fails_with(["--workdir", str(tiny_workdir), "--games", "Pong,Pacman", *out], capsys, "unknown game 'Pacman'")
+    _fails_with(["--workdir", str(tmp_path / "nowhere"), "--games", "Pong", *out], capsys, "nowhere")
+    _fails_with(["--workdir", str(tiny_workdir), "--step", "9", "--games", "Pong", *out], capsys, "step 9")
+
+    wider = tmp_path / "wider"
+    shutil.copytree(tiny_workdir, wider)
+    config = json.loads((wider / CONFIG_FILE).read_text())
+    config["model"]["d_model"] = 256
+    (wider / CONFIG_FILE).write_text(json.dumps(config))
+    _fails_with(["--workdir", str(wider), "--games", "Pong", *out], capsys, "does not fit the weights", "action_emb/embedding")
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_workdir, corrupt)
+    for path in (corrupt / "checkpoints" / "3").rglob("*"):
+        if path.is_file() and path.stat().st_size > 0:
+            path.write_bytes(b"\0" * 8)
+    _fails_with(["--workdir", str(corrupt), "--games", "Pong", *out], capsys, str(corrupt))
+    assert not (tmp_path / "out").exists()  # nothing half-written
