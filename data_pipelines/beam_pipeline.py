@@ -29,6 +29,16 @@ def _convert_and_log(task_fields: dict, out_dir: str, max_episode_steps: int) ->
     return report
 
 
+def check_runner(runner: str) -> None:
+    """Fails before anything is written when Beam does not know the runner."""
+    from apache_beam.runners.runner import create_runner
+
+    try:
+        create_runner(runner)
+    except (ValueError, ImportError) as error:
+        raise convert.ConversionError(f"--runner {runner}: {str(error).splitlines()[0]}") from None
+
+
 def pipeline_options(runner: str, beam_options: list[str]):
     """Beam options for `runner`: the DirectRunner defaults to one process per core, and workers
     log warnings only, so that their shard lines stay readable; `beam_options` override both."""

@@ -227,12 +227,14 @@ def convert(logs_dir: Path, out_dir: Path, max_episode_steps: int = replay_logs.
             progress: bool = True) -> dict:
     """Logs -> dataset; returns the conversion report (also written to out_dir)."""
     tasks = discover_shards(logs_dir)
+    if runner != "local":
+        from data_pipelines import beam_pipeline
+
+        beam_pipeline.check_runner(runner)
     prepare_output(out_dir, tasks, max_episode_steps)
     if runner == "local":
         reports = convert_locally(tasks, out_dir, max_episode_steps, on_bad_checkpoint, progress)
     else:
-        from data_pipelines import beam_pipeline
-
         reports = beam_pipeline.convert_with_beam(tasks, out_dir, max_episode_steps, on_bad_checkpoint,
                                                   runner, beam_options)
     return finalize(out_dir, tasks, reports)
@@ -272,4 +274,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: beam_pipeline raises and pickles the
+    # classes of data_pipelines.convert.
+    from data_pipelines import convert as importable
+
+    sys.exit(importable.main())

@@ -106,9 +106,9 @@ def test_skip_records_bad_checkpoints(logs, tmp_path, capsys):
         (b"Breakout", 1), (b"Breakout", 1), (b"Breakout", 2), (b"Breakout", 3), (b"Pong", 0)]
 
 
-@pytest.mark.parametrize("case", ["unknown game", "empty", "another dataset", "not a run"])
+@pytest.mark.parametrize("case", ["unknown game", "empty", "another dataset", "not a run", "unknown runner"])
 def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir, tmp_path, capsys, case):
-    out = tmp_path / "data"
+    out, options = tmp_path / "data", []
     if case == "unknown game":
         (logs / "Pongg").mkdir()
         expected = f"{logs / 'Pongg'}: unknown game 'Pongg'"
@@ -121,11 +121,14 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir
         shutil.copytree(rlds_dataset_dir, out)
         shutil.rmtree(logs / "Pong")
         expected = f"{out}: holds a conversion of other logs"
-    else:
+    elif case == "not a run":
         (logs / "Pong" / "latest").mkdir()
         expected = f"{logs / 'Pong' / 'latest'}: expected a run number"
+    else:
+        options = ["--runner", "SparkRunnr"]
+        expected = "--runner SparkRunnr: Unexpected pipeline runner"
     before = sorted(p.name for p in out.iterdir()) if out.exists() else None
-    code, _, err = _run(capsys, "--logs", logs, "--out", out)
+    code, _, err = _run(capsys, "--logs", logs, "--out", out, *options)
     assert code == 1 and err.startswith("mgdt-convert: error: ")
     assert expected in err
     assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == before
