@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_serializer
 
-from data_pipelines.replay_logs import Episode
+from data_pipelines.replay_logs import FRAME_SHAPE, Episode
 from mgdt_jax import atari
 
 DATASET_NAME = "dqn_replay"
@@ -43,7 +43,7 @@ def features() -> tfds.features.FeaturesDict:
     """rlu_atari's episode spec plus our episode metadata (numpy dtypes: building it needs no TF)."""
     return tfds.features.FeaturesDict({
         "steps": tfds.features.Dataset({
-            "observation": tfds.features.Image(shape=(84, 84, 1), dtype=np.uint8, encoding_format="png"),
+            "observation": tfds.features.Image(shape=(*FRAME_SHAPE, 1), dtype=np.uint8, encoding_format="png"),
             "action": tfds.features.Scalar(np.int64, doc="Index into the game's minimal action set."),
             "reward": tfds.features.Scalar(np.float32, doc="Clipped reward, value range [-1, 1]."),
             "discount": tfds.features.Scalar(np.float32),
