@@ -1,0 +1,135 @@
+"""Actor-loop throughput: the batched policy against the raw emulators, and batching across games.
+
+    python benchmarks/actor.py [--size tiny|200m] [--steps 150] [--json OUT]
+
+Two figures, in environment steps per second (one step = 4 emulator frames):
+
+1. policy overhead: the actor loop playing with the model (expert sampling) against the same
+   vector environments stepped with uniformly random actions and no model, in the same run
+   (target on a CPU with the tiny model: >= 70% of raw throughput);
+2. multi-game batching: 10 games played at once with one batched policy call per step against the
+   same 10 games played one after the other (target: >= 3x).
+
+``--size 200m`` measures both with the released model's size (randomly initialised; bfloat16 on
+an accelerator), e.g. on a GPU.
+
+Every run plays capped episodes (sticky actions 0.25, the paper protocol with a short cap) after an
+untimed warm-up that compiles the policy, so the timed loops measure steady-state stepping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from experiments import mgdt_200m, tiny
+from mgdt_jax import actor, atari
+from mgdt_jax.models.mgdt import MultiGameDecisionTransformer
+from mgdt_jax.policy import Policy, sampling_preset
+
+TEN_GAMES = ("Alien", "Asterix", "Breakout", "Enduro", "Freeway", "MsPacman", "Pong", "Qbert", "Seaquest", "SpaceInvaders")
+CONFIGS = {"tiny": tiny.get_config, "200m": mgdt_200m.get_config}
+
+
+def raw_env_rate(games: Sequence[str], envs_per_game: int, steps: int, seed: int = 0) -> float:
+    """Env steps/s of the vector environments alone, random minimal-set actions, no model."""
+    protocol = actor.PROTOCOLS["paper"]
+    envs = [actor.make_vector_env(game, envs_per_game, protocol) for game in games]
+    for env in envs:
+        env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    action_counts = [len(atari.minimal_to_full(game)) for game in games]
+    start = time.perf_counter()
+    for _ in range(steps):
+        for env, count in zip(envs, action_counts):
+            env.send(rng.integers(0, count, envs_per_game).astype(np.int32))
+        for env in envs:
+            env.recv()
+    elapsed = time.perf_counter() - start
+    for env in envs:
+        env.close()
+    return steps * envs_per_game * len(games) / elapsed
+
+
+def timed_play(policy: Policy, games: Sequence[str], envs_per_game: int, steps: int) -> tuple[int, float]:
+    """(env steps, seconds) of `actor.play` with one episode of at most `steps` per environment."""
+    protocol = dataclasses.replace(actor.PROTOCOLS["paper"], max_episode_frames=4 * steps)
+    counted = {}
+
+    def on_progress(_, env_steps):
+        counted["steps"] = env_steps
+
+    start = time.perf_counter()
+    actor.play(policy, games, episodes_per_game=envs_per_game, protocol=protocol, on_progress=on_progress)
+    return counted["steps"], time.perf_counter() - start
+
+
+def actor_rate(policy: Policy, games: Sequence[str], envs_per_game: int, steps: int) -> float:
+    env_steps, seconds = timed_play(policy, games, envs_per_game, steps)
+    return env_steps / seconds
+
+
+def warm_up(policy: Policy, games: Sequence[str], envs_per_game: int) -> None:
+    """Compiles the policy for this batch shape (a policy keeps its compiled step)."""
+    timed_play(policy, games, envs_per_game, steps=2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(CONFIGS), default="tiny")
+    parser.add_argument("--steps", type=int, default=150, help="agent steps per timed run")
+    parser.add_argument("--envs-per-game", type=int, default=2, help="for the 10-game comparisons")
+    parser.add_argument("--overhead-envs", type=int, default=16, help="environments of one game for figure 1")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    config = CONFIGS[args.size]()
+    if jax.devices()[0].platform == "cpu":
+        config.model.dtype = "float32"  # bfloat16 matmuls are emulated (slow) on CPUs
+    model = MultiGameDecisionTransformer(config.model, rngs=nnx.Rngs(0))
+    sampling = sampling_preset("expert")
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
+    print(f"{args.size} model: {params:,} parameters on {jax.devices()[0].platform}; {jax.local_device_count()} device(s)")
+    figures: dict[str, float] = {}
+
+    # 1. Policy overhead: one game, many environments.
+    overhead_games = ["Breakout"]
+    policy = Policy(model, sampling)
+    warm_up(policy, overhead_games, args.overhead_envs)
+    figures["raw_env_steps_per_s"] = raw_env_rate(overhead_games, args.overhead_envs, args.steps)
+    figures["actor_env_steps_per_s"] = actor_rate(policy, overhead_games, args.overhead_envs, args.steps)
+    figures["actor_over_raw"] = figures["actor_env_steps_per_s"] / figures["raw_env_steps_per_s"]
+    print(
+        f"1. Breakout x {args.overhead_envs} envs: raw env {figures['raw_env_steps_per_s']:,.0f} steps/s, "
+        f"actor loop {figures['actor_env_steps_per_s']:,.0f} steps/s = {figures['actor_over_raw']:.0%} of raw (target >= 70%)"
+    )
+
+    # 2. Ten games in one batch against one game at a time.
+    batched = Policy(model, sampling)
+    warm_up(batched, TEN_GAMES, args.envs_per_game)
+    single = Policy(model, sampling)  # one compiled step for the one-game batch shape, reused per game
+    warm_up(single, TEN_GAMES[:1], args.envs_per_game)
+    figures["batched_env_steps_per_s"] = actor_rate(batched, TEN_GAMES, args.envs_per_game, args.steps)
+    per_game = [timed_play(single, [game], args.envs_per_game, args.steps) for game in TEN_GAMES]
+    figures["one_at_a_time_env_steps_per_s"] = sum(n for n, _ in per_game) / sum(t for _, t in per_game)
+    figures["batched_over_one_at_a_time"] = figures["batched_env_steps_per_s"] / figures["one_at_a_time_env_steps_per_s"]
+    print(
+        f"2. 10 games x {args.envs_per_game} envs: batched {figures['batched_env_steps_per_s']:,.0f} steps/s, "
+        f"one game at a time {figures['one_at_a_time_env_steps_per_s']:,.0f} steps/s = "
+        f"{figures['batched_over_one_at_a_time']:.2f}x (target >= 3x)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps({"size": args.size, "platform": jax.devices()[0].platform, **figures}, indent=2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
