@@ -132,7 +132,8 @@ def _plot(summary: EvaluationSummary, path: Path) -> None:
         ax.barh(y, values, xerr=errors, color=colours, capsize=2)
         ax.set_yticks(y, labels, fontsize=8)
         ax.axvline(1.0, color="grey", linestyle="--", linewidth=0.8)
-    ax.set_xlabel("human-normalised score (mean, 95% CI)")
+        ax.set_xscale("symlog", linthresh=1.0)  # linear within +-1 (human level), log beyond: HNS spans 0.01..100
+    ax.set_xlabel("human-normalised score (mean, 95% CI; symlog scale)")
     if summary.excluded_from_aggregates:
         ax.set_title(f"not shown (no human score): {', '.join(summary.excluded_from_aggregates)}", fontsize=8)
     fig.tight_layout()
