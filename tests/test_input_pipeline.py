@@ -63,8 +63,9 @@ def test_every_window_matches_its_episode(dataset, reference_episodes):
         returns_to_go = np.cumsum(reference["rewards"][::-1])[::-1]
         assert returns_to_go[0] == pytest.approx(reference["return"])  # the whole episode's return
         ends = sorted({0, 1, 2, 3, len(episode) // 2, len(episode) - 1} & set(range(len(episode))))
-        for end in ends:
-            window = windows.cut_window(episode, end, STEPS)
+        cut = windows.cut_windows(episode, np.array(ends), STEPS)
+        for i, end in enumerate(ends):
+            window = {key: value[i] for key, value in cut.items()}
             real = np.arange(max(0, end - STEPS + 1), end + 1)
             padding = STEPS - len(real)
             assert window["step_mask"].tolist() == [False] * padding + [True] * len(real)
@@ -112,17 +113,27 @@ def test_batch_k_is_a_function_of_seed_and_k(dataset):
     assert not np.array_equal(data(seed=4).batch(0)["observations"], first.batch(0)["observations"])
 
 
-@pytest.mark.parametrize("process_count", [2, 4])
-def test_host_parts_partition_the_global_batch(dataset, process_count):
-    whole = TrainingData([dataset], global_batch_size=8, num_steps=STEPS, seed=1).batch(2)
-    parts = [
-        TrainingData([dataset], global_batch_size=8, num_steps=STEPS, seed=1, process_index=p, process_count=process_count).batch(2)
-        for p in range(process_count)
-    ]
+@pytest.mark.parametrize("process_count, group", [(2, 1), (4, 1), (2, 2)])
+def test_host_parts_partition_the_global_batch(dataset, process_count, group):
+    def data(**kwargs) -> TrainingData:
+        return TrainingData([dataset], global_batch_size=8, num_steps=STEPS, seed=1, windows_per_episode=group, **kwargs)
+
+    whole = data().batch(2)
+    parts = [data(process_index=p, process_count=process_count).batch(2) for p in range(process_count)]
     for p, part in enumerate(parts):
         assert part["actions"].shape[0] == 8 // process_count
-        for key in whole:  # host p holds global rows p, p + P, p + 2P, ...
-            np.testing.assert_array_equal(part[key], whole[key][p::process_count])
+        for key in whole:  # host p holds the global batch's groups p, p + P, p + 2P, ...
+            groups = whole[key].reshape(-1, group, *whole[key].shape[1:])
+            np.testing.assert_array_equal(part[key], groups[p::process_count].reshape(part[key].shape))
+
+
+def test_groups_of_windows_come_from_one_episode(dataset, reference_episodes):
+    episode_of_frame = {frame_key(frame): i for i, ref in enumerate(reference_episodes) for frame in ref["frames"]}
+    batch = TrainingData([dataset], global_batch_size=8, num_steps=STEPS, seed=0, windows_per_episode=4).batch(0)
+    episodes = [episode_of_frame[frame_key(obs[-1])] for obs in batch["observations"]]
+    assert len(set(episodes[:4])) == 1 and len(set(episodes[4:])) == 1 and episodes[0] != episodes[4]
+    last_frames = {frame_key(obs[-1]) for obs in batch["observations"][:4]}
+    assert len(last_frames) == 4  # four distinct end steps
 
 
 def test_bad_sources_fail_with_a_clear_message(dataset, tmp_path):
@@ -134,6 +145,8 @@ def test_bad_sources_fail_with_a_clear_message(dataset, tmp_path):
         TrainingData([dataset], global_batch_size=8, num_steps=STEPS, seed=0, game_weights={"Qbert": 1.0})
     with pytest.raises(DataError, match="not Game=weight"):
         parse_game_weights("Pong:2")
+    with pytest.raises(DataError, match="does not split into groups of 3"):
+        TrainingData([dataset], global_batch_size=8, num_steps=STEPS, seed=0, windows_per_episode=3)
 
 
 def assert_batches_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:

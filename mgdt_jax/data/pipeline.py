@@ -1,15 +1,18 @@
 """The training stream: games mixed by weight, episodes globally shuffled, each host's part of the batch.
 
 Built from Grain ``MapDataset``s, which are lazy and indexable, so the whole stream is one indexable
-sequence of windows and global batch ``k`` is a pure function of ``(seed, k)``:
+sequence and global batch ``k`` is a pure function of ``(seed, k)``:
 
 1. per game, its episodes in all datasets are concatenated, globally shuffled (an index
-   permutation, no buffer, reshuffled every epoch) and repeated forever; each episode gives one
-   window ending at a uniformly drawn step (``windows.random_window``, seeded by element index);
+   permutation, no buffer, reshuffled every epoch) and repeated forever; each episode read gives a
+   group of ``windows_per_episode`` windows ending at distinct uniformly drawn steps
+   (``windows.random_windows``, seeded by the element's index). Reading an episode costs far more
+   than cutting a window from it, so groups of more than one window multiply the throughput, at the
+   price of batches holding several windows of one episode;
 2. the games are interleaved in proportion to their weights (uniform by default), so every global
    batch holds each game in that proportion;
-3. global batch ``k`` is elements ``[k * B, (k + 1) * B)`` of that sequence; host ``p`` of ``P``
-   takes every ``P``-th of them, starting at ``p``.
+3. global batch ``k`` is groups ``[k * G, (k + 1) * G)`` of that sequence (``G`` = batch size /
+   windows per episode); host ``p`` of ``P`` takes every ``P``-th of them, starting at ``p``.
 
 A resumed run therefore needs only the step to continue exactly where it stopped, and a run on a
 different number of hosts still sees the same global batches. Memory is bounded by Grain's prefetch
@@ -32,24 +35,25 @@ _MAX_REDRAWS = 100  # draws of another episode when one has no step that can end
 
 
 class _GameWindows:
-    """Grain random map from an episode to one random window of it.
+    """Grain random map from an episode to a group of random windows of it.
 
     An episode without any step (a lone terminal observation) is swapped for another episode of the
-    same game drawn with the same generator, so every element stays a window and batch positions
-    never shift.
+    same game drawn with the same generator, so every element stays a full group and batch
+    positions never shift.
     """
 
-    def __init__(self, episodes: grain.MapDataset, num_steps: int, game: str):
+    def __init__(self, episodes: grain.MapDataset, game: str, num_steps: int, count: int):
         self._episodes = episodes
-        self._num_steps = num_steps
         self._game = game
+        self._num_steps = num_steps
+        self._count = count
 
     def __call__(self, episode: Episode, rng: np.random.Generator) -> dict[str, np.ndarray]:
         for _ in range(_MAX_REDRAWS):
             if episode.game != self._game:
                 raise DataError(f"an episode of {episode.game} is stored among {self._game}'s: one game per shard")
             if len(episode):
-                return windows.random_window(episode, rng, self._num_steps)
+                return windows.random_windows(episode, rng, self._num_steps, self._count)
             episode = self._episodes[int(rng.integers(len(self._episodes)))]
         raise DataError(f"{self._game}: {_MAX_REDRAWS} episodes drawn in a row have no steps")
 
@@ -65,13 +69,18 @@ class TrainingData:
         num_steps: int,
         seed: int,
         game_weights: Mapping[str, float] | str | None = None,
+        windows_per_episode: int = 1,
         process_index: int = 0,
         process_count: int = 1,
         num_threads: int = 16,
     ):
-        if global_batch_size % process_count:
-            raise ValueError(f"global batch {global_batch_size} does not split over {process_count} hosts")
+        if windows_per_episode < 1 or global_batch_size % (windows_per_episode * process_count):
+            raise DataError(
+                f"global batch {global_batch_size} does not split into groups of {windows_per_episode} "
+                f"windows per episode over {process_count} host(s)"
+            )
         self.local_batch_size = global_batch_size // process_count
+        self._groups_per_batch = self.local_batch_size // windows_per_episode
         self.num_threads = num_threads
         self.num_episodes = sum(len(dataset) for dataset in datasets)
         by_game: dict[str, list[grain.MapDataset]] = {}
@@ -80,36 +89,33 @@ class TrainingData:
                 episodes = grain.MapDataset.source(dataset)
                 by_game.setdefault(game, []).extend(episodes[r.start : r.stop] for r in index_ranges)
         self.game_weights = _resolve_weights(sorted(by_game), game_weights)
-        per_game = [
-            self._game_windows(game, by_game[game], num_steps, _game_seed(seed, game))
-            for game in self.game_weights
-        ]
+        per_game = []
+        for game in self.game_weights:
+            episodes = grain.MapDataset.concatenate(by_game[game])
+            seed_of_game = _game_seed(seed, game)
+            group = _GameWindows(episodes, game, num_steps, windows_per_episode)
+            per_game.append(episodes.shuffle(seed=seed_of_game).repeat().random_map(group, seed=seed_of_game))
         mixed = grain.MapDataset.mix(per_game, list(self.game_weights.values()))
-        self._elements = mixed[process_index::process_count]
-
-    @staticmethod
-    def _game_windows(game: str, parts: Sequence[grain.MapDataset], num_steps: int, seed: int) -> grain.MapDataset:
-        episodes = grain.MapDataset.concatenate(parts)
-        return (
-            episodes.shuffle(seed=seed)
-            .repeat()
-            .random_map(_GameWindows(episodes, num_steps, game), seed=seed)
-        )
+        self._groups = mixed[process_index::process_count]
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """This host's part of global batch ``step``, read synchronously (tests, inspection)."""
-        size = self.local_batch_size
-        elements = [self._elements[i] for i in range(step * size, (step + 1) * size)]
-        return {key: np.stack([element[key] for element in elements]) for key in elements[0]}
+        first = step * self._groups_per_batch
+        groups = [self._groups[i] for i in range(first, first + self._groups_per_batch)]
+        return _flatten_groups({key: np.stack([group[key] for group in groups]) for key in groups[0]})
 
     def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """This host's parts of global batches ``start_step, start_step + 1, ...``, read ahead by threads."""
-        start = start_step * self.local_batch_size
         read_options = grain.ReadOptions(
-            num_threads=self.num_threads, prefetch_buffer_size=max(2 * self.local_batch_size, self.num_threads)
+            num_threads=self.num_threads, prefetch_buffer_size=max(2 * self._groups_per_batch, self.num_threads)
         )
-        stream = self._elements[start:].to_iter_dataset(read_options).batch(self.local_batch_size)
-        return iter(stream)
+        groups = self._groups[start_step * self._groups_per_batch :].to_iter_dataset(read_options)
+        return iter(groups.batch(self._groups_per_batch).map(_flatten_groups))
+
+
+def _flatten_groups(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """[G, W, ...] groups of windows -> [G * W, ...] windows."""
+    return {key: value.reshape(-1, *value.shape[2:]) for key, value in batch.items()}
 
 
 def training_data(config: Any, *, process_index: int = 0, process_count: int = 1) -> TrainingData:
@@ -122,6 +128,7 @@ def training_data(config: Any, *, process_index: int = 0, process_count: int = 1
         num_steps=config.model.num_steps,
         seed=config.data.seed,
         game_weights=config.data.game_weights,
+        windows_per_episode=config.data.get("windows_per_episode", 1),
         process_index=process_index,
         process_count=process_count,
         num_threads=config.data.num_threads,

@@ -15,33 +15,37 @@ from mgdt_jax import tokens
 from mgdt_jax.data.rlds_source import Episode
 
 
-def cut_window(episode: Episode, end: int, num_steps: int) -> dict[str, np.ndarray]:
-    """The window of ``num_steps`` steps ending at step ``end``, as one batch-contract element.
+def cut_windows(episode: Episode, ends: np.ndarray, num_steps: int) -> dict[str, np.ndarray]:
+    """The windows of ``num_steps`` steps ending at the steps ``ends``, in the batch contract.
 
-    Returns ``observations`` uint8 [S, 84, 84, 1] and ``returns_to_go``, ``actions``, ``rewards``
-    int32 [S] and ``step_mask`` bool [S].
+    Returns ``observations`` uint8 [W, S, 84, 84, 1] and ``returns_to_go``, ``actions``, ``rewards``
+    int32 [W, S] and ``step_mask`` bool [W, S], for ``W = len(ends)``. A frame shared by
+    overlapping windows is decoded once.
     """
-    if not 0 <= end < len(episode):
-        raise IndexError(f"window end {end} outside an episode of {len(episode)} steps")
-    first = max(0, end - num_steps + 1)
-    steps = np.arange(first, end + 1)
-    padding = num_steps - len(steps)
-    returns_to_go = tokens.returns_to_go(episode.rewards)
+    ends = np.asarray(ends)
+    if ends.size and not (0 <= ends.min() and ends.max() < len(episode)):
+        raise IndexError(f"window ends {ends.tolist()} outside an episode of {len(episode)} steps")
+    steps = ends[:, None] - np.arange(num_steps)[::-1]  # [W, S]: the step in each slot, < 0 = padding
+    step_mask = steps >= 0
+    steps = np.where(step_mask, steps, 0)
+    decoded, position = np.unique(steps, return_inverse=True)
+    observations = episode.frames(decoded)[position.reshape(steps.shape)]  # [W, S, 84, 84, 1]
+    observations[~step_mask] = 0
+    returns_to_go = tokens.encode_return(tokens.returns_to_go(episode.rewards))
 
-    def left_padded(values: np.ndarray, dtype: type) -> np.ndarray:
-        padded = np.zeros((num_steps, *values.shape[1:]), dtype)
-        padded[padding:] = values
-        return padded
+    def padded(per_step: np.ndarray) -> np.ndarray:
+        return np.where(step_mask, per_step[steps], 0).astype(np.int32)
 
     return {
-        "observations": left_padded(episode.frames(steps), np.uint8),
-        "returns_to_go": left_padded(tokens.encode_return(returns_to_go[steps]), np.int32),
-        "actions": left_padded(episode.actions[steps], np.int32),
-        "rewards": left_padded(tokens.encode_reward(episode.rewards[steps]), np.int32),
-        "step_mask": np.arange(num_steps) >= padding,
+        "observations": observations,
+        "returns_to_go": padded(returns_to_go),
+        "actions": padded(episode.actions),
+        "rewards": padded(tokens.encode_reward(episode.rewards)),
+        "step_mask": step_mask,
     }
 
 
-def random_window(episode: Episode, rng: np.random.Generator, num_steps: int) -> dict[str, np.ndarray]:
-    """A window ending at a step drawn uniformly from the episode."""
-    return cut_window(episode, int(rng.integers(len(episode))), num_steps)
+def random_windows(episode: Episode, rng: np.random.Generator, num_steps: int, count: int) -> dict[str, np.ndarray]:
+    """``count`` windows ending at distinct steps drawn uniformly (repeating only in shorter episodes)."""
+    ends = np.sort(rng.choice(len(episode), size=count, replace=len(episode) < count))
+    return cut_windows(episode, ends, num_steps)
