@@ -21,6 +21,7 @@ buffer: episodes are read one at a time and nothing else is cached.
 
 from __future__ import annotations
 
+import sys
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -72,7 +73,8 @@ class TrainingData:
         windows_per_episode: int = 1,
         process_index: int = 0,
         process_count: int = 1,
-        num_threads: int = 16,
+        num_threads: int = 2,
+        num_workers: int = 0,
     ):
         if windows_per_episode < 1 or global_batch_size % (windows_per_episode * process_count):
             raise DataError(
@@ -82,6 +84,7 @@ class TrainingData:
         self.local_batch_size = global_batch_size // process_count
         self._groups_per_batch = self.local_batch_size // windows_per_episode
         self.num_threads = num_threads
+        self.num_workers = num_workers
         self.num_episodes = sum(len(dataset) for dataset in datasets)
         by_game: dict[str, list[grain.MapDataset]] = {}
         for dataset in datasets:
@@ -105,12 +108,19 @@ class TrainingData:
         return _flatten_groups({key: np.stack([group[key] for group in groups]) for key in groups[0]})
 
     def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        """This host's parts of global batches ``start_step, start_step + 1, ...``, read ahead by threads."""
-        read_options = grain.ReadOptions(
-            num_threads=self.num_threads, prefetch_buffer_size=max(2 * self._groups_per_batch, self.num_threads)
-        )
-        groups = self._groups[start_step * self._groups_per_batch :].to_iter_dataset(read_options)
-        return iter(groups.batch(self._groups_per_batch).map(_flatten_groups))
+        """This host's parts of global batches ``start_step, start_step + 1, ...``, built ahead of use.
+
+        Each batch is built whole by one of ``num_threads`` threads, in each of ``num_workers``
+        worker processes if there are any. Decoding holds Python's GIL, so only processes read in
+        parallel (docs/input_pipeline.md); building whole batches keeps every batch the same for
+        any number of threads or workers. Close the iterator when done to stop the workers.
+        """
+        batches = grain.MapDataset.range(start_step, sys.maxsize).map(self.batch)
+        read_options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=2 * max(self.num_threads, 1))
+        stream = batches.to_iter_dataset(read_options)
+        if self.num_workers:
+            stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers, per_worker_buffer_size=2))
+        return iter(stream)
 
 
 def _flatten_groups(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -132,6 +142,7 @@ def training_data(config: Any, *, process_index: int = 0, process_count: int = 1
         process_index=process_index,
         process_count=process_count,
         num_threads=config.data.num_threads,
+        num_workers=config.data.get("num_workers", 0),
     )
 
 
