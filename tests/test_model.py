@@ -16,6 +16,7 @@ from mgdt_jax.models.mgdt import (
     loss_and_metrics,
     patchify,
 )
+from mgdt_jax.models.transformer import dropout
 
 TINY = ModelConfig(num_layers=2, d_model=64, num_heads=2, dropout_rate=0.1)
 STEPS = tokens.DEFAULT_NUM_STEPS
@@ -215,6 +216,16 @@ def test_dropout_changes_outputs_only_when_training(model):
     assert not np.allclose(training, evaluation)
     with pytest.raises(ValueError, match="dropout_key"):
         model(batch, deterministic=False)
+
+
+def test_dropout_drops_the_configured_fraction_independently_per_key():
+    ones = jnp.ones((32, 156, 128))
+    first, second = dropout(ones, 0.1, jax.random.key(0)), dropout(ones, 0.1, jax.random.key(1))
+    dropped_first, dropped_second = np.asarray(first) == 0, np.asarray(second) == 0
+    assert abs(dropped_first.mean() - 0.1) < 0.002
+    np.testing.assert_allclose(np.asarray(first)[~dropped_first], 1 / 0.9, rtol=1e-6)
+    assert abs((dropped_first & dropped_second).mean() - 0.01) < 0.001  # masks of two keys are independent
+    assert abs((dropped_first[:, :, 1:] & dropped_first[:, :, :-1]).mean() - 0.01) < 0.001  # and so are neighbours
 
 
 def test_behaviour_cloning_variant():

@@ -50,6 +50,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -76,7 +77,7 @@ class ModelConfig:
     num_steps: int = tokens.DEFAULT_NUM_STEPS
     single_return_token: bool = True
     behaviour_cloning: bool = False
-    dtype: str = "float32"  # compute dtype of matmuls ("bfloat16" on accelerators)
+    dtype: str = "float32"  # matmul input dtype ("bfloat16": 2x faster); accumulation stays float32
     param_dtype: str = "float32"
     remat: bool = False
 
@@ -125,7 +126,9 @@ def attention_mask(step_mask: jax.Array, config: ModelConfig) -> jax.Array:
     tokens of every step but the visible one.
     """
     per_step = config.tokens_per_step
-    position = jnp.arange(config.sequence_length)
+    # The layout part is a compile-time constant (NumPy): computed on device, XLA fuses the integer
+    # div/mod into every layer's attention and recomputes it B x H x T x T times per layer.
+    position = np.arange(config.sequence_length)
     step, offset = position // per_step, position % per_step
     is_patch = offset < tokens.NUM_PATCHES
     causal = position[:, None] >= position[None, :]
@@ -182,7 +185,7 @@ class MultiGameDecisionTransformer(nnx.Module):
                 vocabulary,
                 d_model,
                 embedding_init=sharded(nnx.initializers.truncated_normal(1.0), ("vocab", "embed")),
-                dtype=dtype,
+                dtype=jnp.float32,  # a lookup: the residual stream is float32
                 param_dtype=param_dtype,
                 rngs=rngs,
             )
@@ -193,7 +196,7 @@ class MultiGameDecisionTransformer(nnx.Module):
                 vocabulary,
                 ("embed", "vocab"),
                 kernel_init=nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
-                dtype=jnp.float32,  # logits and the loss in float32
+                dtype=jnp.float32,  # small: logits and the loss entirely in float32
                 param_dtype=param_dtype,
                 rngs=rngs,
             )
@@ -222,8 +225,7 @@ class MultiGameDecisionTransformer(nnx.Module):
         config = self.config
         observations = batch["observations"]
         batch_size = observations.shape[0]
-        patches = self.image_emb(patchify(observations).astype(self.image_emb.dtype))
-        patches = patches + self.image_pos_enc[...].astype(patches.dtype)  # [B, S, 36, D]
+        patches = self.image_emb(patchify(observations)) + self.image_pos_enc[...]  # [B, S, 36, D]
         per_step = [patches, self.action_emb(batch["actions"])[:, :, None]]
         if not config.behaviour_cloning:
             returns = self.return_emb(batch["returns_to_go"])  # [B, S, D]
@@ -232,9 +234,9 @@ class MultiGameDecisionTransformer(nnx.Module):
             returns = jnp.where(visible[:, :, None], returns, 0)
             rewards = self.reward_emb(batch["rewards"])
             per_step = [patches, returns[:, :, None], per_step[1], rewards[:, :, None]]
-        sequence = jnp.concatenate([part.astype(patches.dtype) for part in per_step], axis=2)
+        sequence = jnp.concatenate(per_step, axis=2)
         sequence = sequence.reshape(batch_size, config.sequence_length, config.d_model)  # [B, T, D]
-        return sequence + self.positional_embeddings[...].astype(sequence.dtype)
+        return sequence + self.positional_embeddings[...]
 
     def __call__(
         self,
@@ -255,7 +257,7 @@ class MultiGameDecisionTransformer(nnx.Module):
             deterministic=deterministic,
             dropout_key=dropout_key,
         )
-        hidden = hidden.reshape(batch_size, num_steps, config.tokens_per_step, config.d_model).astype(jnp.float32)
+        hidden = hidden.reshape(batch_size, num_steps, config.tokens_per_step, config.d_model)
         last_patch = hidden[:, :, tokens.NUM_PATCHES - 1]
         if config.behaviour_cloning:
             return {"action_logits": self.action_head(last_patch)}

@@ -28,6 +28,35 @@ LAYER_NORM_EPSILON = 1e-5
 MASK_VALUE = -1e30
 
 
+def _mix32(bits: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finaliser: every input bit flips each output bit with probability ~1/2."""
+    bits ^= bits >> 16
+    bits *= jnp.uint32(0x85EBCA6B)
+    bits ^= bits >> 13
+    bits *= jnp.uint32(0xC2B2AE35)
+    return bits ^ (bits >> 16)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+    """Inverted dropout whose mask is a counter-based hash of (element index, key).
+
+    Drawing the mask with jax.random (threefry) cost ~9% of a CPU training step; hashing the
+    element index with two key-derived seeds costs ~0.1% and is ample randomness for dropout. The
+    mask depends on global element indices only, so it is the same on every mesh.
+    """
+    if rate == 0.0:
+        return x
+    seed_in, seed_out = jax.random.bits(key, (2,), jnp.uint32)
+    index = jnp.zeros(x.shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(x.ndim)):  # row-major flat index, wrapping past 2**32
+        index += jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis) * jnp.uint32(stride % 2**32)
+        stride *= x.shape[axis]
+    bits = _mix32(_mix32(index * jnp.uint32(0x9E3779B1) ^ seed_in) ^ seed_out)
+    keep = bits >= jnp.uint32(min(int(rate * 2**32), 2**32 - 1))
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
 def sharded(initializer: nnx.Initializer, logical_axes: Sequence[str | None]) -> nnx.Initializer:
     """Tags an initializer's parameter with logical axis names, without needing a mesh to build it."""
     return nnx.with_partitioning(initializer, tuple(logical_axes), eager_sharding=False)
@@ -43,7 +72,12 @@ def dense(
     param_dtype: jnp.dtype,
     rngs: nnx.Rngs,
 ) -> nnx.Linear:
-    """A Linear layer with a (in, out) kernel and a bias, both named for sharding."""
+    """A Linear layer with a (in, out) kernel and a bias, both named for sharding.
+
+    Inputs and kernel are cast to ``dtype`` for the matmul, which accumulates and returns float32:
+    bf16 matmuls at full speed (2x float32 on AVX512-BF16 CPUs, tensor cores on GPUs) while the
+    residual stream, LayerNorms, softmax and GELU stay float32.
+    """
     return nnx.Linear(
         in_features,
         out_features,
@@ -51,17 +85,19 @@ def dense(
         bias_init=sharded(nnx.initializers.zeros_init(), logical_axes[1:]),
         dtype=dtype,
         param_dtype=param_dtype,
+        preferred_element_type=jnp.float32,
         rngs=rngs,
     )
 
 
-def layer_norm(d_model: int, *, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+def layer_norm(d_model: int, *, param_dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """LayerNorm in float32 (the residual stream's dtype) whatever the matmul dtype."""
     return nnx.LayerNorm(
         d_model,
         epsilon=LAYER_NORM_EPSILON,
         scale_init=sharded(nnx.initializers.ones_init(), ("embed",)),
         bias_init=sharded(nnx.initializers.zeros_init(), ("embed",)),
-        dtype=dtype,
+        dtype=jnp.float32,
         param_dtype=param_dtype,
         rngs=rngs,
     )
@@ -97,14 +133,17 @@ class MultiHeadAttention(nnx.Module):
         head_dim = d_model // self.num_heads
 
         def heads(projected: jax.Array) -> jax.Array:
-            return projected.reshape(batch, length, self.num_heads, head_dim)  # [B, T, H, K]
+            # [B, T, H*K] -> [B, H, T, K]: heads as a batch axis makes both attention matmuls plain
+            # batched GEMMs (measured ~2x faster on CPU than contracting with heads in the middle).
+            return projected.reshape(batch, length, self.num_heads, head_dim).transpose(0, 2, 1, 3)
 
-        query, key, value = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-        # Logits and softmax in float32 whatever the compute dtype: bf16 softmax loses the mask.
-        logits = jnp.einsum("bqhk,bthk->bhqt", query, key, preferred_element_type=jnp.float32)
-        logits = jnp.where(mask, logits * head_dim**-0.5, MASK_VALUE)
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        attended = jnp.einsum("bhqt,bthk->bqhk", weights, value)  # [B, T, H, K]
+        query = heads((self.query(x) * head_dim**-0.5).astype(self.dtype))
+        key, value = heads(self.key(x).astype(self.dtype)), heads(self.value(x).astype(self.dtype))
+        # Logits and softmax in float32 whatever the matmul dtype: bf16 softmax loses the mask.
+        logits = jnp.einsum("bhqk,bhtk->bhqt", query, key, preferred_element_type=jnp.float32)
+        weights = jax.nn.softmax(jnp.where(mask, logits, MASK_VALUE), axis=-1).astype(self.dtype)
+        attended = jnp.einsum("bhqt,bhtk->bhqk", weights, value, preferred_element_type=jnp.float32)
+        attended = attended.transpose(0, 2, 1, 3)  # [B, T, H, K]
         return self.out(attended.reshape(batch, length, d_model))
 
 
@@ -143,16 +182,20 @@ class Block(nnx.Module):
         rngs: nnx.Rngs,
     ):
         kinds = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.ln_1 = layer_norm(d_model, **kinds)
+        self.ln_1 = layer_norm(d_model, param_dtype=param_dtype, rngs=rngs)
         self.attn = MultiHeadAttention(d_model, num_heads, kernel_init=kernel_init, **kinds)
-        self.ln_2 = layer_norm(d_model, **kinds)
+        self.ln_2 = layer_norm(d_model, param_dtype=param_dtype, rngs=rngs)
         self.mlp = MLP(d_model, mlp_hidden, kernel_init=kernel_init, **kinds)
-        self.dropout = nnx.Dropout(dropout_rate)
+        self.dropout_rate = dropout_rate
 
     def __call__(self, x: jax.Array, mask: jax.Array, *, deterministic: bool, dropout_key: jax.Array | None) -> jax.Array:
-        attn_key, mlp_key = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
-        x = x + self.dropout(self.attn(self.ln_1(x), mask), deterministic=deterministic, rngs=attn_key)
-        return x + self.dropout(self.mlp(self.ln_2(x)), deterministic=deterministic, rngs=mlp_key)
+        def regularised(update: jax.Array, stream: int) -> jax.Array:
+            if deterministic:
+                return update
+            return dropout(update, self.dropout_rate, jax.random.fold_in(dropout_key, stream))
+
+        x = x + regularised(self.attn(self.ln_1(x), mask), 0)
+        return x + regularised(self.mlp(self.ln_2(x)), 1)
 
 
 class Transformer(nnx.Module):
@@ -191,7 +234,7 @@ class Transformer(nnx.Module):
                 for _ in range(num_layers)
             ]
         )
-        self.ln_f = layer_norm(d_model, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.ln_f = layer_norm(d_model, param_dtype=param_dtype, rngs=rngs)
         self.remat = remat
 
     def __call__(
