@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import cv2
 import jax
@@ -93,7 +94,7 @@ def jpeg_round_trip(frames: np.ndarray, quality: int) -> np.ndarray:
 
 @dataclasses.dataclass
 class _GameEnvs:
-    """One game's vector environment and its share of the policy batch."""
+    """One vector environment of a game and its rows of its group's policy batch."""
 
     game: str
     env: AtariVectorEnv
@@ -103,11 +104,28 @@ class _GameEnvs:
     episode_lengths: np.ndarray  # [E] agent steps of the running episode
     scores: list[float]
     lengths: list[int]
-    recording: bool = True  # environment 0 is still in its first episode (the one put on video)
+    recording: bool  # its environment 0 plays the game's first episode, the one put on video
 
     @property
     def done(self) -> bool:
         return not self.episodes_left.any()
+
+
+@dataclasses.dataclass
+class _Group:
+    """Environments sharing one policy batch: one vector environment per game."""
+
+    runs: list[_GameEnvs]
+    observations: np.ndarray  # [B, 84, 84, 1] the latest frame of every row
+    episode_starts: np.ndarray  # [B] bool
+    reward_tokens: np.ndarray  # [B] int32, of the step that led to the latest frame
+    actions_to_minimal: np.ndarray  # [B, 18]
+    context: Any = None
+    pending_actions: jax.Array | None = None  # dispatched, maybe still computing
+
+    @property
+    def done(self) -> bool:
+        return all(run.done for run in self.runs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +139,43 @@ ProgressFn = Callable[[int, int], None]  # (episodes finished so far, environmen
 FrameFn = Callable[[str, np.ndarray], None]  # (game, [84, 84, 1] frame of its first episode)
 
 
+def _make_group(
+    games: Sequence[str], first_env: int, num_envs: int, episodes_per_game: int, envs_per_game: int,
+    protocol: EvalProtocol, seed: int,
+) -> _Group:
+    """Environments first_env .. first_env + num_envs - 1 of every game, reset with distinct seeds.
+
+    Environment j of a game plays its episodes j, j + envs_per_game, ... (fixed up front).
+    """
+    runs, observations = [], []
+    for index, game in enumerate(games):
+        env = make_vector_env(game, num_envs, protocol)
+        first_observations, _ = env.reset(seed=episode_seed(seed, game) + first_env)
+        observations.append(first_observations.reshape(num_envs, *tokens.FRAME_SHAPE))
+        env_ids = range(first_env, first_env + num_envs)
+        runs.append(
+            _GameEnvs(
+                game=game,
+                env=env,
+                batch_slice=slice(index * num_envs, (index + 1) * num_envs),
+                episodes_left=np.array([len(range(j, episodes_per_game, envs_per_game)) for j in env_ids]),
+                episode_returns=np.zeros(num_envs),
+                episode_lengths=np.zeros(num_envs, np.int64),
+                scores=[],
+                lengths=[],
+                recording=first_env == 0,
+            )
+        )
+    batch_size = num_envs * len(games)
+    return _Group(
+        runs=runs,
+        observations=np.concatenate(observations),
+        episode_starts=np.ones(batch_size, bool),
+        reward_tokens=np.zeros(batch_size, np.int32),
+        actions_to_minimal=action_table(games, num_envs),
+    )
+
+
 def play(
     policy: Policy,
     games: Sequence[str],
@@ -129,79 +184,83 @@ def play(
     protocol: EvalProtocol = PROTOCOLS["paper"],
     seed: int = 0,
     max_envs_per_game: int | None = None,
+    overlap: bool = True,
     on_progress: ProgressFn | None = None,
     on_frame: FrameFn | None = None,
 ) -> list[GameResult]:
     """Plays `episodes_per_game` episodes of every game with one batched policy; raw scores per game.
 
-    Each game runs min(episodes, max_envs_per_game) environments. A finished game's environments
-    stop stepping; their (stale) rows stay in the batch so the policy is compiled once.
+    Each game runs min(episodes, max_envs_per_game) environments. With `overlap` (and at least 2
+    environments per game) they form two halves that alternate: the emulators of one half step
+    while the device samples the other half's actions. A finished game's environments stop
+    stepping; their (stale) rows stay in the batch so the policy is compiled once per half.
     """
     games = [atari.check_game(game) for game in games]
     if episodes_per_game < 1:
         raise ValueError(f"episodes_per_game must be >= 1, got {episodes_per_game}")
     envs_per_game = min(episodes_per_game, max_envs_per_game or episodes_per_game)
-    runs: list[_GameEnvs] = []
-    observations = []
-    for index, game in enumerate(games):
-        env = make_vector_env(game, envs_per_game, protocol)
-        first_observations, _ = env.reset(seed=episode_seed(seed, game))
-        observations.append(first_observations.reshape(envs_per_game, *tokens.FRAME_SHAPE))
-        start = index * envs_per_game
-        runs.append(
-            _GameEnvs(
-                game=game,
-                env=env,
-                batch_slice=slice(start, start + envs_per_game),
-                episodes_left=np.array([len(range(j, episodes_per_game, envs_per_game)) for j in range(envs_per_game)]),
-                episode_returns=np.zeros(envs_per_game),
-                episode_lengths=np.zeros(envs_per_game, np.int64),
-                scores=[],
-                lengths=[],
-            )
-        )
-    observations = np.concatenate(observations)  # [B, 84, 84, 1]
-    actions_to_minimal = action_table(games, envs_per_game)  # [B, 18]
-    batch_size = len(observations)
-    episode_starts = np.ones(batch_size, bool)
-    reward_tokens = np.zeros(batch_size, np.int32)
-    context = policy.initial_context(batch_size)
+    halves = 2 if overlap and envs_per_game >= 2 else 1
+    first_half = -(-envs_per_game // halves)  # ceil
+    sizes = [first_half, envs_per_game - first_half][:halves]
+    groups = [
+        _make_group(games, first_env, size, episodes_per_game, envs_per_game, protocol, seed)
+        for first_env, size in zip((0, first_half), sizes)
+    ]
     rng = jax.random.key(seed)
     env_steps = 0
+
+    def dispatch(group: _Group) -> None:
+        """Starts sampling the group's next actions; returns before the device is done."""
+        nonlocal rng
+        rng, step_rng = jax.random.split(rng)
+        # Copies: the device may still read its inputs while the next receive overwrites the buffers.
+        frames = group.observations.copy()
+        if protocol.jpeg_quality is not None:
+            frames = jpeg_round_trip(frames, protocol.jpeg_quality)
+        group.pending_actions, group.context = policy.act(
+            group.context, frames, group.episode_starts.copy(), group.reward_tokens.copy(), step_rng
+        )
+
     try:
-        while not all(run.done for run in runs):
-            rng, step_rng = jax.random.split(rng)
-            frames = observations if protocol.jpeg_quality is None else jpeg_round_trip(observations, protocol.jpeg_quality)
-            actions, context = policy.act(context, frames, episode_starts, reward_tokens, step_rng)
-            minimal_actions = to_minimal_actions(actions_to_minimal, actions)
-            running = [run for run in runs if not run.done]
-            for run in running:
-                run.env.send(minimal_actions[run.batch_slice])
-            for run in running:
-                env_steps += _receive(run, observations, episode_starts, reward_tokens, on_frame)
+        for group in groups:
+            group.context = policy.initial_context(len(group.observations))
+            dispatch(group)
+        while not all(group.done for group in groups):
+            for group in groups:
+                if group.done:
+                    continue
+                minimal_actions = to_minimal_actions(group.actions_to_minimal, np.asarray(group.pending_actions))
+                running = [run for run in group.runs if not run.done]
+                for run in running:
+                    run.env.send(minimal_actions[run.batch_slice])
+                for run in running:
+                    env_steps += _receive(run, group, on_frame)
+                dispatch(group)
             if on_progress is not None:
-                on_progress(sum(len(run.scores) for run in runs), env_steps)
+                on_progress(sum(len(run.scores) for group in groups for run in group.runs), env_steps)
     finally:
-        for run in runs:
-            run.env.close()
-    return [GameResult(run.game, np.array(run.scores), np.array(run.lengths)) for run in runs]
+        for group in groups:
+            for run in group.runs:
+                run.env.close()
+    return [
+        GameResult(
+            game,
+            np.array([s for group in groups for s in group.runs[index].scores]),
+            np.array([n for group in groups for n in group.runs[index].lengths]),
+        )
+        for index, game in enumerate(games)
+    ]
 
 
-def _receive(
-    run: _GameEnvs,
-    observations: np.ndarray,
-    episode_starts: np.ndarray,
-    reward_tokens: np.ndarray,
-    on_frame: FrameFn | None,
-) -> int:
-    """Collects one step of a game's environments into the batch buffers; returns steps taken."""
+def _receive(run: _GameEnvs, group: _Group, on_frame: FrameFn | None) -> int:
+    """Collects one step of a game's environments into its group's buffers; returns steps taken."""
     step_observations, rewards, terminated, truncated, info = run.env.recv()
     rows = np.asarray(info["env_id"])  # the environments this receive covers, in its order
     batch_rows = run.batch_slice.start + rows
     ended = terminated | truncated
-    observations[batch_rows] = step_observations.reshape(len(rows), *tokens.FRAME_SHAPE)
-    episode_starts[batch_rows] = ended
-    reward_tokens[batch_rows] = tokens.encode_reward(rewards)
+    group.observations[batch_rows] = step_observations.reshape(len(rows), *tokens.FRAME_SHAPE)
+    group.episode_starts[batch_rows] = ended
+    group.reward_tokens[batch_rows] = tokens.encode_reward(rewards)
     counted = run.episodes_left[rows] > 0
     run.episode_returns[rows] += rewards
     run.episode_lengths[rows] += 1
