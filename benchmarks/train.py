@@ -1,0 +1,237 @@
+"""Training throughput and MFU of mgdt_jax, against the machine's matmul peak and the PyTorch peer.
+
+Times full training steps (forward, backward, optimizer; dropout on) on one fixed synthetic batch
+and reports tokens/s, achieved FLOP/s (mgdt_jax.training.flops, the peer's formula) and MFU against
+the best fp32 (CPU) / bf16 (GPU) matmul measured in the same run. With ``--peer-python`` (an
+interpreter with torch and transformers) it also runs ../shared/peers/torch_mgdt.py on each size,
+right after ours so both see the same machine load, and prints ours/peer ratios.
+
+Needs only jax, flax, optax and numpy (no TensorFlow, no ml_collections), so it runs on a bare
+accelerator machine. Sizes (layers x d_model): tiny 2x128, 10m 4x512, 40m 6x768, 200m 10x1280,
+1b 20x2048 (as experiments/*.py). Default sizes: tiny,10m,40m on CPU; also 200m,1b on GPU.
+
+    python benchmarks/train.py --peer-python ../peer-venv/bin/python --json train_cpu.json
+    python benchmarks/train.py --sizes 200m@256,1b@64 --dtype bfloat16      # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mgdt_jax import sharding, tokens
+from mgdt_jax.training import flops
+from mgdt_jax.training.train_step import Trainer
+
+SIZES = {  # name -> (num_layers, d_model, remat)
+    "tiny": (2, 128, False),
+    "10m": (4, 512, False),
+    "40m": (6, 768, False),
+    "200m": (10, 1280, False),
+    "1b": (20, 2048, True),
+}
+PEER_SIZES = ("tiny", "10m", "40m")  # what torch_mgdt.py implements
+DATASHEET_PEAK = {"NVIDIA H200": 989e12, "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA A100-SXM4-80GB": 312e12}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def matmul_peak(dtype: jnp.dtype, size: int, reps: int = 5) -> float:
+    """Best FLOP/s of one square matmul on the default device (the same probe as the peer's)."""
+    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+    b = jax.random.normal(jax.random.key(1), (size, size), dtype)
+    matmul = jax.jit(jnp.dot)
+    matmul(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+def synthetic_batch(batch_size: int, num_steps: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    shape = (batch_size, num_steps)
+    return {
+        "observations": rng.integers(0, 256, (*shape, *tokens.FRAME_SHAPE), dtype=np.uint8),
+        "returns_to_go": rng.integers(0, tokens.NUM_RETURNS, shape, dtype=np.int32),
+        "actions": rng.integers(0, tokens.NUM_ACTIONS, shape, dtype=np.int32),
+        "rewards": rng.choice(np.array([0, 1, 3], np.int32), shape),
+        "step_mask": np.ones(shape, bool),
+    }
+
+
+def bench_ours(size: str, batch_size: int, optimizer: str, dtype: str, steps: int, warmup: int,
+               peak: float, cross_check: bool) -> dict:
+    num_layers, d_model, remat = SIZES[size]
+    config = {
+        "model": {"num_layers": num_layers, "d_model": d_model, "num_heads": d_model // 64, "dtype": dtype,
+                  "remat": remat},
+        "optimizer": {"name": optimizer},
+        "train": {"batch_size": batch_size, "num_steps": 1_000_000},
+    }
+    trainer = Trainer(config, sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}))
+    state = trainer.init(seed=0)
+    batch = trainer.shard_batch(synthetic_batch(batch_size, trainer.model_config.num_steps))
+    analytic = flops.training_flops(trainer.model_config, batch_size)
+    result = {"size": size, "optimizer": optimizer, "dtype": dtype, "batch": batch_size,
+              "params": sum(leaf.size for leaf in jax.tree.leaves(state.params)),
+              "train_flops_per_step": analytic.total, "peer_formula_flops_per_step": analytic.blocks + analytic.attention}
+    if cross_check:
+        compiled = trainer.lower_step(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), batch)).compile()
+        xla_flops = flops.compiled_flops(compiled)
+        result["xla_cost_analysis_flops"] = xla_flops
+        if xla_flops:
+            print(f"  cross-check: XLA cost analysis {xla_flops / 1e9:,.1f} GFLOP/step per device program vs "
+                  f"analytic {analytic.total / 1e9:,.1f} ({xla_flops * jax.device_count() / analytic.total:.3f}x over "
+                  f"{jax.device_count()} device(s))", flush=True)
+
+    start = time.perf_counter()
+    for _ in range(warmup):  # the first step compiles
+        state, metrics = trainer.step(state, batch)
+        first_loss = float(metrics["loss"])
+    result["warmup_s"] = time.perf_counter() - start
+    step_times = []
+    timed_start = time.perf_counter()
+    for _ in range(steps):
+        start = time.perf_counter()
+        state, metrics = trainer.step(state, batch)
+        last_loss = float(metrics["loss"])  # blocks, like the peer's loss.item()
+        step_times.append(time.perf_counter() - start)
+    elapsed = time.perf_counter() - timed_start
+    steps_per_s = steps / elapsed
+    result.update(
+        step_s_median=statistics.median(step_times), step_s_min=min(step_times), step_s_max=max(step_times),
+        tokens_per_s=steps_per_s * analytic.tokens,
+        achieved_flops=steps_per_s * analytic.total,
+        mfu=flops.model_flops_utilisation(analytic.total, 1 / steps_per_s, peak * jax.device_count()),
+        loss_first=first_loss, loss_last=last_loss,
+    )
+    return result
+
+
+def peer_available(peer_python: str) -> str | None:
+    """None if the interpreter can run the peer, else why not."""
+    probe = subprocess.run([peer_python, "-c", "import torch, transformers"], capture_output=True, text=True)
+    if probe.returncode:
+        return probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "import failed"
+    return None
+
+
+def bench_peer(peer_python: str, peer_script: Path, size: str, batch_size: int, steps: int, warmup: int) -> dict:
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "peer.json"
+        command = [peer_python, str(peer_script), "--sizes", f"{size}@{batch_size}", "--steps", str(steps),
+                   "--warmup", str(warmup), "--threads", str(os.cpu_count()), "--json", str(out)]
+        run = subprocess.run(command, capture_output=True, text=True)
+        if run.returncode or not out.exists():
+            raise RuntimeError(f"peer benchmark failed ({' '.join(command)}): {run.stderr.strip()[-500:]}")
+        report = json.loads(out.read_text())
+    result = report["results"][0]
+    result["peer_peak_flops"] = report["peak_gflops_used_for_mfu"] * 1e9
+    return result
+
+
+def parse_sizes(text: str, default_batch: int) -> list[tuple[str, int]]:
+    entries = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        name, _, batch = entry.lower().partition("@")
+        if name not in SIZES:
+            raise SystemExit(f"--sizes: unknown size {name!r}; choose from {', '.join(SIZES)}")
+        if batch and not batch.isdigit():
+            raise SystemExit(f"--sizes: batch of {entry!r} is not a positive integer")
+        entries.append((name, int(batch) if batch else default_batch))
+    return entries
+
+
+def main(argv: list[str] | None = None) -> int:
+    on_cpu = jax.default_backend() == "cpu"
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="tiny,10m,40m" if on_cpu else "tiny,10m,40m,200m,1b",
+                        help="comma list of tiny,10m,40m,200m,1b; NAME@B sets that size's batch")
+    parser.add_argument("--batch", type=int, default=32 if on_cpu else 256, help="global batch in windows")
+    parser.add_argument("--dtype", default="float32" if on_cpu else "bfloat16", choices=["float32", "bfloat16"],
+                        help="matmul dtype (the peer is float32)")
+    parser.add_argument("--optimizers", default="lamb,adamw",
+                        help="lamb (our default, the paper's) and/or adamw (the peer's, for like-for-like)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per size")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per size (the first compiles)")
+    parser.add_argument("--peer-python", help="interpreter with torch + transformers; runs the PyTorch peer")
+    parser.add_argument("--peer-script", type=Path, default=REPO.parent / "shared" / "peers" / "torch_mgdt.py")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    args = parser.parse_args(argv)
+
+    sizes = parse_sizes(args.sizes, args.batch)
+    optimizers = [name.strip() for name in args.optimizers.split(",") if name.strip()]
+    if unknown := set(optimizers) - {"lamb", "adamw"}:
+        raise SystemExit(f"--optimizers: unknown {sorted(unknown)}; choose lamb and/or adamw")
+    run_peer = args.peer_python is not None
+    if run_peer:
+        if not args.peer_script.is_file():
+            raise SystemExit(f"--peer-script: {args.peer_script} does not exist")
+        if why := peer_available(args.peer_python):
+            raise SystemExit(f"--peer-python {args.peer_python}: cannot import torch and transformers ({why})")
+
+    device = jax.devices()[0]
+    print(f"# jax {jax.__version__}  backend={jax.default_backend()}  devices={jax.device_count()} x "
+          f"{device.device_kind}  cpus={os.cpu_count()}  {platform.processor() or platform.machine()}", flush=True)
+    peak_dtype, peak_size = (jnp.float32, 4096) if on_cpu else (jnp.bfloat16, 8192)
+    peak = matmul_peak(peak_dtype, peak_size)
+    datasheet = DATASHEET_PEAK.get(device.device_kind)
+    print(f"peak: {jnp.dtype(peak_dtype).name} matmul {peak_size}^3 best {peak / 1e9:,.1f} GFLOP/s per device"
+          + (f" (datasheet {datasheet / 1e12:.0f} TFLOP/s; MFU below uses the measured peak)" if datasheet else ""),
+          flush=True)
+
+    results, peers = [], []
+    for index, (size, batch_size) in enumerate(sizes):
+        for optimizer in optimizers:
+            print(f"{size} B={batch_size} {optimizer} {args.dtype}: compiling and timing {args.warmup}+{args.steps} steps...",
+                  flush=True)
+            ours = bench_ours(size, batch_size, optimizer, args.dtype, args.steps, args.warmup, peak, cross_check=index == 0
+                              and optimizer == optimizers[0])
+            results.append(ours)
+            print(f"  ours  {size:>4} {optimizer:<5} {ours['tokens_per_s']:>9,.0f} tok/s  step {ours['step_s_median']:.3f}s  "
+                  f"{ours['achieved_flops'] / 1e9:,.1f} GFLOP/s  MFU {100 * ours['mfu']:.1f}%  "
+                  f"loss {ours['loss_first']:.3f}->{ours['loss_last']:.3f}", flush=True)
+        if run_peer and size in PEER_SIZES:
+            print(f"{size} B={batch_size}: PyTorch peer (AdamW, float32)...", flush=True)
+            peer = bench_peer(args.peer_python, args.peer_script, size, batch_size, args.steps, args.warmup)
+            peers.append(peer)
+            print(f"  peer  {size:>4} adamw {peer['tokens_per_s']:>9,.0f} tok/s  step {peer['step_s_median']:.3f}s  "
+                  f"{peer['achieved_gflops']:,.1f} GFLOP/s  MFU {100 * peer['mfu']:.1f}% (of its own torch peak "
+                  f"{peer['peer_peak_flops'] / 1e9:,.1f})", flush=True)
+            for ours in results[-len(optimizers):]:
+                ours[f"ratio_vs_peer"] = ours["tokens_per_s"] / peer["tokens_per_s"]
+                print(f"  ratio {size:>4} ours({ours['optimizer']}) / peer(adamw): {ours['ratio_vs_peer']:.2f}x tokens/s",
+                      flush=True)
+
+    print("\nsize  B    optimizer dtype     tokens/s    GFLOP/s  MFU    vs peer")
+    for ours in results:
+        ratio = f"{ours['ratio_vs_peer']:.2f}x" if "ratio_vs_peer" in ours else "-"
+        print(f"{ours['size']:<5} {ours['batch']:<4} {ours['optimizer']:<9} {ours['dtype']:<9} {ours['tokens_per_s']:>9,.0f} "
+              f"{ours['achieved_flops'] / 1e9:>9,.1f}  {100 * ours['mfu']:4.1f}%  {ratio}")
+    if args.json:
+        report = {"jax": jax.__version__, "backend": jax.default_backend(), "device_kind": device.device_kind,
+                  "device_count": jax.device_count(), "python": sys.version.split()[0],
+                  "matmul_peak_flops": peak, "datasheet_peak_flops": datasheet, "ours": results, "peer": peers}
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    else:
+        print("wrote nothing (pass --json PATH to keep these figures)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
