@@ -146,6 +146,19 @@ def training_data(config: Any, *, process_index: int = 0, process_count: int = 1
     )
 
 
+def stream_identity(config: Any) -> dict[str, Any]:
+    """The config values that fix the stream, saved with checkpoints: with them, batch ``k`` is known."""
+    weights = config.data.game_weights
+    return {
+        "sources": [str(source) for source in config.data.sources],
+        "game_weights": weights if isinstance(weights, str) else {k: float(v) for k, v in dict(weights).items()},
+        "seed": config.data.seed,
+        "global_batch_size": config.train.batch_size,
+        "windows_per_episode": config.data.get("windows_per_episode", 1),
+        "num_steps": config.model.num_steps,
+    }
+
+
 def parse_game_weights(text: str) -> dict[str, float]:
     """``"Pong=2,Breakout=1"`` (the command-line form of ``data.game_weights``) -> a mapping."""
     weights = {}

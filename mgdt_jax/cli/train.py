@@ -1,0 +1,57 @@
+"""``mgdt-train``: pretrain or fine-tune an MGDT from an experiment config, resuming if the workdir has a checkpoint.
+
+    mgdt-train --config experiments/mgdt_40m.py --workdir DIR [--config.field=value ...]
+
+Run the same command on every host of a multi-host job (see docs/training.md).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from mgdt_jax import sharding
+from mgdt_jax.checkpointing import CHECKPOINTS, CheckpointError
+from mgdt_jax.data.rlds_source import DataError
+from mgdt_jax.training import loop
+from mgdt_jax.training.metric_writer import METRICS_FILE, TENSORBOARD_DIR
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file, e.g. experiments/mgdt_40m.py")
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, TensorBoard events, metrics")
+
+
+def _train(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    sharding.maybe_initialize_distributed()  # before any JAX computation
+    config = _CONFIG.value
+    try:
+        evaluate = None
+        if config.train.eval_every and config.train.eval_games:
+            from mgdt_jax.evaluation.evaluate import training_evaluator  # plays ALE: imported only when used
+
+            evaluate = training_evaluator(config.train, Path(_WORKDIR.value))
+        result = loop.train(config, _WORKDIR.value, evaluate=evaluate)
+    except (DataError, CheckpointError, loop.TrainingDiverged, ValueError, OSError) as error:
+        print(f"mgdt-train: error: {error}", file=sys.stderr)
+        return 1
+    checkpoint = "none" if result.last_checkpoint is None else f"latest step {result.last_checkpoint}"
+    stopped = "preempted at" if result.preempted else "reached"
+    print(
+        f"trained steps {result.first_step}..{result.last_step} ({stopped} step {result.last_step}); "
+        f"checkpoints in {result.workdir / CHECKPOINTS} ({checkpoint}), TensorBoard events in "
+        f"{result.workdir / TENSORBOARD_DIR}, metrics in {result.workdir / METRICS_FILE}"
+    )
+    return 0
+
+
+def main() -> None:
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(_train)
+
+
+if __name__ == "__main__":
+    main()

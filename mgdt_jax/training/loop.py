@@ -1,0 +1,244 @@
+"""The train loop: mesh, state, restore-or-init, data from the restored step, steps, metrics, checkpoints.
+
+One function, ``train``, read top to bottom. Exact resume rests on three facts: the checkpoint
+holds the whole train state (parameters, optimizer state, step, RNG); the dropout key of a step is a
+function of the step (train_step.py); and the data stream's batch ``k`` is a function of the data
+seed and ``k`` (mgdt_jax/data/pipeline.py). So a run restored at step ``n`` computes exactly the
+steps ``n, n+1, ...`` an uninterrupted run would have.
+
+A non-finite loss stops the run before anything is saved from the broken state, so the newest
+checkpoint is the last good one. The loss is looked at on log steps and save steps (reading it
+every step would stall the device queue).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import signal
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mgdt_jax import checkpointing, sharding
+from mgdt_jax.data import pipeline
+from mgdt_jax.training import flops
+from mgdt_jax.training.metric_writer import MetricWriter, Throughput, peak_flops_per_device
+from mgdt_jax.training.train_step import Trainer, TrainState
+
+# The periodic evaluation hook: (model, step) -> scalars to log under "eval/".
+Evaluator = Callable[[nnx.Module, int], Mapping[str, float]]
+
+CONFIG_FILE = "config.json"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the message says at which step and which checkpoint is intact."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    workdir: Path
+    first_step: int  # where this run started (0, or the step it resumed from)
+    last_step: int  # the step reached (num_steps, or earlier when preempted)
+    last_checkpoint: int | None
+    preempted: bool
+
+
+def train(config: Any, workdir: str | Path, *, evaluate: Evaluator | None = None) -> TrainResult:
+    """Trains ``config`` in ``workdir``, resuming from its newest checkpoint if it has one."""
+    workdir = Path(workdir).expanduser().absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    primary = jax.process_index() == 0
+    train_config = config.train
+    if primary:
+        (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1) + "\n")
+
+    # --- Data (first, so a bad source fails before anything compiles) -----------------------------
+    data = pipeline.training_data(config, process_index=jax.process_index(), process_count=jax.process_count())
+
+    # --- Mesh and train step -------------------------------------------------------------------
+    mesh = sharding.make_mesh(config.mesh)
+    trainer = Trainer(config, mesh)
+
+    writer = MetricWriter(workdir, enabled=primary)
+    checkpointer = checkpointing.Checkpointer(
+        workdir, save_every=train_config.checkpoint_every, keep=train_config.keep_checkpoints
+    )
+    preemption = _Preemption(checkpointer)
+    stream: Iterator[dict[str, Any]] = iter(())
+    try:
+        writer.print(
+            f"data: {data.num_episodes} episodes, game weights {data.game_weights}; mesh {dict(mesh.shape)} "
+            f"over {jax.device_count()} {jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)"
+        )
+
+        # --- Restore or init -------------------------------------------------------------------
+        data_position = pipeline.stream_identity(config)
+        if checkpointer.latest_step() is not None:
+            state, saved_position = checkpointer.restore(trainer.abstract_state)
+            _warn_if_data_changed(saved_position, data_position, writer)
+            writer.print(f"resumed from {checkpointer.directory / str(int(state.step))}")
+        else:
+            state = trainer.init(train_config.seed)
+            if train_config.init_from:
+                params = checkpointing.load_params(train_config.init_from, target=trainer.abstract_state.params)
+                state = state.replace(params=params)
+                writer.print(f"initialised the parameters from {train_config.init_from}")
+        first_step = last_step = int(state.step)
+        preempted = False
+        if first_step >= train_config.num_steps:
+            writer.print(f"nothing to do: the run is at step {first_step} of {train_config.num_steps}")
+            return TrainResult(workdir, first_step, last_step, checkpointer.latest_step(), preempted)
+
+        # --- The data from the restored step on; the step compiled once, ahead of time ---------
+        stream = data.iterate(first_step)
+        batches = map(trainer.shard_batch, stream)
+        first_batch = next(batches)
+        compiled_step = trainer.lower_step(_shapes(first_batch)).compile()
+        step_flops = flops.training_flops(trainer.model_config, train_config.batch_size)
+        writer.print(_flops_cross_check(step_flops.total, compiled_step))
+        throughput = Throughput(
+            tokens_per_step=step_flops.tokens,
+            flops_per_step=step_flops.total,
+            num_devices=jax.device_count(),
+            peak_flops_per_device=peak_flops_per_device(jax.devices()[0], trainer.model_config.dtype),
+        )
+
+        # --- Steps ---------------------------------------------------------------------------------
+        steps = range(first_step + 1, train_config.num_steps + 1)
+        for last_step, batch in zip(steps, itertools.chain([first_batch], batches)):
+            state, metrics = compiled_step(state, batch)
+            if last_step == first_step + 1:
+                jax.block_until_ready(metrics)
+                throughput.start(last_step)  # compilation and the first step are not timed
+            preempted = preemption.reached(last_step)
+            save = checkpointer.should_save(last_step) or preempted or last_step == steps[-1]
+            if last_step % train_config.log_every == 0 or save:
+                scalars = _finite_scalars(metrics, last_step, checkpointer)
+                rates, eta = throughput.report(last_step, steps[-1])
+                writer.write(last_step, {**scalars, **rates})
+                writer.print(_console_line(last_step, steps[-1], scalars, rates, eta))
+            if save:
+                with throughput.paused():
+                    _check_finite_params(state, last_step, checkpointer)
+                    checkpointer.save(state, {**data_position, "next_batch": last_step}, force=True)
+            if preempted:
+                writer.print(f"preempted: saved step {last_step}, stopping")
+                break
+            if evaluate is not None and train_config.eval_every and last_step % train_config.eval_every == 0:
+                with throughput.paused():
+                    scores = evaluate(trainer.model(state), last_step)
+                writer.write(last_step, {f"eval/{name}": value for name, value in scores.items()})
+    finally:
+        getattr(stream, "close", lambda: None)()  # stops the data worker processes
+        preemption.close()
+        checkpointer.close()
+        writer.close()
+    return TrainResult(workdir, first_step, last_step, checkpointer.latest_step(), preempted)
+
+
+def _warn_if_data_changed(saved: Mapping[str, Any], current: Mapping[str, Any], writer: MetricWriter) -> None:
+    changed = {key: (saved.get(key), value) for key, value in current.items() if saved.get(key) != value}
+    if changed:
+        writer.print(
+            "warning: the data stream differs from the checkpoint's (saved -> now: "
+            + ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
+            + "); the resumed run will not see the batches an uninterrupted run would have"
+        )
+
+
+def _finite_scalars(metrics: Mapping[str, jax.Array], step: int, checkpointer: checkpointing.Checkpointer) -> dict[str, float]:
+    scalars = {f"train/{name}": float(value) for name, value in jax.device_get(metrics).items()}
+    for name in ("train/loss", "train/grad_norm"):
+        if not math.isfinite(scalars[name]):
+            _stop_diverged(f"{name.removeprefix('train/')} is {scalars[name]} at step {step}", checkpointer)
+    return scalars
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.stack([jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)]).all()
+
+
+def _check_finite_params(state: TrainState, step: int, checkpointer: checkpointing.Checkpointer) -> None:
+    """A finite loss was computed before the update, so the updated parameters are checked too."""
+    if not bool(_all_finite(state.params)):
+        _stop_diverged(f"the parameters became non-finite at step {step}", checkpointer)
+
+
+def _stop_diverged(what: str, checkpointer: checkpointing.Checkpointer) -> None:
+    checkpointer.wait_until_finished()
+    kept = checkpointer.latest_step()
+    raise TrainingDiverged(
+        f"{what}: training stopped; "
+        + (f"the last good checkpoint is step {kept} in {checkpointer.directory}" if kept is not None else "no checkpoint was saved")
+    )
+
+
+def _console_line(step: int, last_step: int, scalars: Mapping[str, float], rates: Mapping[str, float], eta: str) -> str:
+    heads = " ".join(
+        f"{head} {scalars[f'train/{head}_loss']:.3f}/{scalars[f'train/{head}_accuracy']:.2f}"
+        for head in ("return", "action", "reward")
+        if f"train/{head}_loss" in scalars
+    )
+    line = (
+        f"step {step}/{last_step} loss {scalars['train/loss']:.4f} (loss/acc {heads}) "
+        f"lr {scalars['train/learning_rate']:.2e} grad_norm {scalars['train/grad_norm']:.3f}"
+    )
+    if rates:
+        line += f" | {rates['perf/tokens_per_second']:,.0f} tokens/s {rates['perf/tflops_per_second_per_device']:.3f} TFLOP/s/device"
+        if "perf/mfu" in rates:
+            line += f" MFU {rates['perf/mfu']:.1%}"
+    return f"{line} | {eta}"
+
+
+def _shapes(batch: Mapping[str, jax.Array]) -> dict[str, jax.ShapeDtypeStruct]:
+    return {name: jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=value.sharding) for name, value in batch.items()}
+
+
+def _flops_cross_check(analytic_flops: float, compiled_step: jax.stages.Compiled) -> str:
+    """The analytic FLOPs of a step next to XLA's count for the compiled step (once per run).
+
+    XLA's cost analysis describes one device's partition of the step, hence the device count.
+    """
+    per_device = flops.compiled_flops(compiled_step)
+    if per_device is None:
+        return f"FLOPs per step: analytic {analytic_flops:.3e} (no XLA cost analysis on this backend)"
+    xla_flops = per_device * jax.device_count()
+    return (
+        f"FLOPs per step: analytic {analytic_flops:.3e}, XLA cost analysis {xla_flops:.3e} "
+        f"(XLA / analytic = {xla_flops / analytic_flops:.3f}; XLA also counts optimizer and elementwise work)"
+    )
+
+
+class _Preemption:
+    """SIGTERM seen by every host at the same step.
+
+    On several hosts that is Orbax's preemption sync point (JAX's distributed client catches the
+    signal); on one host a signal handler sets a flag the loop reads after each step.
+    """
+
+    def __init__(self, checkpointer: checkpointing.Checkpointer):
+        self._checkpointer = checkpointer
+        self._signalled = False
+        self._previous_handler = None
+        if jax.process_count() == 1:
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signalled = True
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() == 1:
+            return self._signalled
+        return self._checkpointer.reached_preemption(step)
+
+    def close(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)

@@ -1,0 +1,143 @@
+"""Where training metrics go: TensorBoard, a JSON-lines file and one console line per log step.
+
+Only the primary process (index 0) writes; the others keep the same calls as no-ops, so the loop
+needs no branches. TensorBoard event files are written from TensorBoard's own protos and record
+framing: its ``summary.Writer`` imports TensorFlow whenever TensorFlow is installed, which would
+cost seconds at start and could claim accelerator memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import math
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
+
+# Dense bfloat16 peak FLOP/s per device (vendor datasheets, no sparsity), by ``device_kind`` prefix.
+# MFU is reported against these for bfloat16 compute only; other cases have no meaningful peak here.
+BF16_PEAK_FLOPS = {
+    "NVIDIA H200": 989e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA A100": 312e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5": 459e12,  # v5p
+    "TPU v6 lite": 918e12,
+}
+
+TENSORBOARD_DIR = "tensorboard"
+METRICS_FILE = "metrics.jsonl"  # one {"step": ..., name: value, ...} object per log step
+
+
+def peak_flops_per_device(device: Any, compute_dtype: str) -> float | None:
+    """The device's peak FLOP/s for the compute dtype, or None when unknown (CPUs, float32)."""
+    if compute_dtype != "bfloat16":
+        return None
+    kind = getattr(device, "device_kind", "")
+    return next((peak for prefix, peak in BF16_PEAK_FLOPS.items() if kind.startswith(prefix)), None)
+
+
+class _EventFile:
+    """One TensorBoard event file of scalar summaries."""
+
+    def __init__(self, directory: Path):
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
+        self._records = RecordWriter(open(path, "ab"))
+        self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        values = [summary_pb2.Summary.Value(tag=name, simple_value=value) for name, value in scalars.items()]
+        self._write(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values)))
+
+    def _write(self, event: event_pb2.Event) -> None:
+        self._records.write(event.SerializeToString())
+        self._records.flush()
+
+    def close(self) -> None:
+        self._records.close()
+
+
+class MetricWriter:
+    """Scalars per step to ``<workdir>/tensorboard`` and ``<workdir>/metrics.jsonl``."""
+
+    def __init__(self, workdir: Path, *, enabled: bool = True):
+        self.enabled = enabled
+        if enabled:
+            self._tensorboard = _EventFile(workdir / TENSORBOARD_DIR)
+            self._jsonl = open(workdir / METRICS_FILE, "a")  # a resumed run appends
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        scalars = {name: float(value) for name, value in scalars.items()}
+        self._tensorboard.scalars(step, scalars)
+        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self._jsonl.flush()
+
+    def print(self, line: str) -> None:
+        if self.enabled:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._tensorboard.close()
+            self._jsonl.close()
+
+
+class Throughput:
+    """Rates over the steps since the last report, and the ETA from the average since the first.
+
+    The clock starts after the first step of a run has finished, so compilation is not counted, and
+    stops while checkpoints are saved and evaluations run (``paused``), as in big_vision.
+    """
+
+    def __init__(self, *, tokens_per_step: int, flops_per_step: float, num_devices: int, peak_flops_per_device: float | None):
+        self._tokens_per_step = tokens_per_step
+        self._flops_per_step = flops_per_step
+        self._num_devices = num_devices
+        self._peak = peak_flops_per_device
+        self._start_time = self._last_time = 0.0
+        self._start_step = self._last_step = 0
+
+    def start(self, step: int) -> None:
+        self._start_time = self._last_time = time.perf_counter()
+        self._start_step = self._last_step = step
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent inside is not training time: it shifts both clocks forward."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - began
+            self._start_time += spent
+            self._last_time += spent
+
+    def report(self, step: int, last_step: int) -> tuple[dict[str, float], str]:
+        """Scalars (tokens/s, TFLOP/s per device, MFU) and an ETA text, for steps since the last report."""
+        now = time.perf_counter()
+        steps, seconds = step - self._last_step, now - self._last_time
+        self._last_time, self._last_step = now, step
+        if steps <= 0 or seconds <= 0:
+            return {}, "ETA ?"
+        flops_per_device = self._flops_per_step * steps / seconds / self._num_devices
+        scalars = {
+            "perf/steps_per_second": steps / seconds,
+            "perf/tokens_per_second": self._tokens_per_step * steps / seconds,
+            "perf/tflops_per_second_per_device": flops_per_device / 1e12,
+        }
+        if self._peak:
+            scalars["perf/mfu"] = flops_per_device / self._peak
+        per_step = (now - self._start_time) / max(step - self._start_step, 1)
+        eta = datetime.timedelta(seconds=math.ceil(per_step * (last_step - step)))
+        return scalars, f"ETA {eta}"

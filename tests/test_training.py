@@ -1,0 +1,178 @@
+"""The train loop end to end on recorded ALE data (8 fake CPU devices): the loss falls; a run killed
+with SIGKILL and resumed has the losses of an uninterrupted run; checkpoints restore onto other
+meshes; a diverging run stops and keeps its last good checkpoint; bad input ends the CLI cleanly."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from mgdt_jax import checkpointing, sharding
+from mgdt_jax.training import loop
+from mgdt_jax.training.metric_writer import METRICS_FILE, TENSORBOARD_DIR
+from mgdt_jax.training.train_step import Trainer
+
+NUM_STEPS = 24
+CHECKPOINT_EVERY = 6
+
+# A config file, as a user writes one: the tiny experiment shrunk further, on the recorded dataset.
+CONFIG_FILE = """
+from experiments import tiny
+
+
+def get_config():
+    config = tiny.get_config()
+    config.model.num_layers = 1
+    config.model.d_model = 64
+    config.model.num_heads = 2
+    config.mesh.data = 1
+    config.mesh.fsdp = -1  # parameters sharded 8 ways, so restoring onto 1 or 4 devices reshards them
+    config.optimizer.warmup_steps = 4
+    config.data.sources = [{source!r}]
+    config.data.num_threads = 2
+    config.train.batch_size = 16
+    config.train.num_steps = {num_steps}
+    config.train.log_every = 1
+    config.train.checkpoint_every = {checkpoint_every}
+    return config
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compiles(tmp_path_factory):
+    """Tiny models on CPU: XLA's optimisation passes cost more than they save. Yields the
+    environment giving subprocesses the same setting (the same numerics) and a shared compilation
+    cache, so the resumed run does not compile again."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield {
+        "JAX_DISABLE_MOST_OPTIMIZATIONS": "true",
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+@pytest.fixture(scope="module")
+def config_path(rlds_dataset_dir, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "tiny_on_recorded_data.py"
+    path.write_text(CONFIG_FILE.format(source=str(rlds_dataset_dir), num_steps=NUM_STEPS, checkpoint_every=CHECKPOINT_EVERY))
+    return path
+
+
+def load_config(path: Path):
+    spec = importlib.util.spec_from_file_location("experiment_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def losses(workdir: Path) -> dict[int, float]:
+    """Step -> loss from the metrics log; a resumed run's own entry wins over one logged before a kill."""
+    entries = [json.loads(line) for line in (workdir / METRICS_FILE).read_text().splitlines()]
+    return {entry["step"]: entry["train/loss"] for entry in entries}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(config_path, tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = loop.train(load_config(config_path), workdir)
+    assert (result.first_step, result.last_step, result.last_checkpoint) == (0, NUM_STEPS, NUM_STEPS)
+    return workdir
+
+
+def test_loss_falls_and_everything_is_logged(uninterrupted_run):
+    by_step = losses(uninterrupted_run)
+    assert sorted(by_step) == list(range(1, NUM_STEPS + 1))
+    first, last = np.mean([by_step[s] for s in (1, 2, 3)]), np.mean([by_step[s] for s in range(NUM_STEPS - 2, NUM_STEPS + 1)])
+    assert last < 0.85 * first, (first, last)
+    entry = json.loads((uninterrupted_run / METRICS_FILE).read_text().splitlines()[-1])
+    for name in ("return_loss", "action_loss", "reward_loss", "action_accuracy", "learning_rate", "grad_norm"):
+        assert np.isfinite(entry[f"train/{name}"]), name
+    assert entry["perf/tokens_per_second"] > 0 and entry["perf/tflops_per_second_per_device"] > 0
+    assert any((uninterrupted_run / TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+    saved = sorted(int(p.name) for p in (uninterrupted_run / checkpointing.CHECKPOINTS).iterdir() if p.name.isdigit())
+    assert saved == [12, 18, 24]  # every 6 steps, the newest 3 kept
+
+
+def run_cli(config_path: Path, workdir: Path, env: dict[str, str]) -> subprocess.Popen:
+    command = [sys.executable, "-m", "mgdt_jax.cli.train", "--config", str(config_path), "--workdir", str(workdir)]
+    return subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_killed_run_resumes_with_the_losses_of_an_uninterrupted_run(config_path, uninterrupted_run, fast_compiles, tmp_path):
+    workdir = tmp_path / "run"
+    first_checkpoint = workdir / checkpointing.CHECKPOINTS / str(CHECKPOINT_EVERY)
+    process = run_cli(config_path, workdir, fast_compiles)
+    deadline = time.monotonic() + 120
+    while not first_checkpoint.is_dir() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed:\n" + process.stdout.read()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = max(losses(workdir))
+    assert CHECKPOINT_EVERY <= killed_at < NUM_STEPS
+
+    resumed = run_cli(config_path, workdir, fast_compiles)
+    output, _ = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, output
+    assert "resumed from" in output and f"checkpoints in {workdir / checkpointing.CHECKPOINTS}" in output.splitlines()[-1]
+    resumed_losses, reference = losses(workdir), losses(uninterrupted_run)
+    assert sorted(resumed_losses) == sorted(reference)
+    np.testing.assert_array_equal([resumed_losses[s] for s in sorted(reference)], [reference[s] for s in sorted(reference)])
+
+
+@pytest.mark.parametrize(
+    "num_devices, mesh", [(1, {"data": 1, "fsdp": 1, "tensor": 1}), (4, {"data": 1, "fsdp": 2, "tensor": 2})]
+)
+def test_checkpoint_restores_onto_another_mesh(config_path, uninterrupted_run, num_devices, mesh):
+    config = load_config(config_path)
+    config.mesh.update(mesh)
+    trainer = Trainer(config, sharding.make_mesh(config.mesh, jax.devices()[:num_devices]))
+    checkpointer = checkpointing.Checkpointer(uninterrupted_run, save_every=CHECKPOINT_EVERY, keep=3)
+    try:
+        state, position = checkpointer.restore(trainer.abstract_state)
+    finally:
+        checkpointer.close()
+    assert int(state.step) == NUM_STEPS and position["next_batch"] == NUM_STEPS
+    restored = jax.tree.leaves(state.params)
+    assert all(leaf.sharding.mesh.devices.size == num_devices for leaf in restored)
+    saved = jax.tree.leaves(checkpointing.load_params(uninterrupted_run))  # host arrays, same leaf order
+    assert len(saved) == len(restored)
+    for saved_leaf, restored_leaf in zip(saved, restored):
+        np.testing.assert_array_equal(saved_leaf, np.asarray(restored_leaf))
+    assert np.isfinite(np.asarray(jax.tree.leaves(state.opt_state)[-1])).all()
+
+
+def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(config_path, uninterrupted_run, tmp_path):
+    workdir = tmp_path / "diverging"
+    shutil.copytree(uninterrupted_run / checkpointing.CHECKPOINTS, workdir / checkpointing.CHECKPOINTS)
+    config = load_config(config_path)
+    config.train.num_steps = NUM_STEPS + CHECKPOINT_EVERY  # the next save would be the last step
+    config.optimizer.learning_rate = float("inf")  # the first update makes the parameters infinite
+    with pytest.raises(loop.TrainingDiverged, match=rf"at step {NUM_STEPS + 2}.*last good checkpoint is step {NUM_STEPS}"):
+        loop.train(config, workdir)
+    kept = checkpointing.load_params(workdir)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(kept))
+
+
+def test_cli_reports_a_bad_data_source_in_one_line(fast_compiles, tmp_path):
+    config_path = tmp_path / "config.py"
+    missing = tmp_path / "no_such_dataset"
+    config_path.write_text(CONFIG_FILE.format(source=str(missing), num_steps=2, checkpoint_every=1))
+    process = run_cli(config_path, tmp_path / "run", fast_compiles)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert output.strip().splitlines()[-1] == f"mgdt-train: error: {missing}: no such dataset directory"
+    assert not (tmp_path / "run" / checkpointing.CHECKPOINTS).exists()
