@@ -15,6 +15,7 @@ per-op sharding annotations (Explicit mode would need ``out_sharding=`` on every
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,8 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from mgdt_jax.config_sections import read_section
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -58,9 +61,17 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+
 def mesh_shape(mesh_config: Any, num_devices: int) -> tuple[int, int, int]:
     """Resolves ``(data, fsdp, tensor)`` sizes from a config where at most one size is -1 (= the rest)."""
-    sizes = [int(_field(mesh_config, axis)) for axis in MESH_AXES]
+    config = read_section(MeshConfig, mesh_config)
+    sizes = [int(getattr(config, axis)) for axis in MESH_AXES]
     if sizes.count(-1) > 1:
         raise ValueError(f"mesh: at most one of {MESH_AXES} may be -1, got {dict(zip(MESH_AXES, sizes))}")
     known = math.prod(size for size in sizes if size != -1)
@@ -75,7 +86,8 @@ def mesh_shape(mesh_config: Any, num_devices: int) -> tuple[int, int, int]:
 def make_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """Builds the ``(data, fsdp, tensor)`` mesh over all devices (or ``devices``).
 
-    ``mesh_config`` is anything with ``data``, ``fsdp`` and ``tensor`` attributes or keys.
+    ``mesh_config`` is anything with ``data``, ``fsdp`` and ``tensor`` attributes or keys (missing
+    ones default to pure data parallelism).
     """
     devices = list(devices) if devices is not None else jax.devices()
     shape = mesh_shape(mesh_config, len(devices))
@@ -121,7 +133,3 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str,
         name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
         for name, value in local_batch.items()
     }
-
-
-def _field(config: Any, name: str) -> Any:
-    return config[name] if isinstance(config, Mapping) else getattr(config, name)

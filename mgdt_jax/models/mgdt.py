@@ -184,7 +184,9 @@ class MultiGameDecisionTransformer(nnx.Module):
             return nnx.Embed(
                 vocabulary,
                 d_model,
-                embedding_init=sharded(nnx.initializers.truncated_normal(1.0), ("vocab", "embed")),
+                # Replicated: tiny tables, and a sharded one turns the lookup's gradient (a
+                # batch-sharded scatter-add) into an all-to-all XLA can only do by rematerialising.
+                embedding_init=sharded(nnx.initializers.truncated_normal(1.0), ("vocab", None)),
                 dtype=jnp.float32,  # a lookup: the residual stream is float32
                 param_dtype=param_dtype,
                 rngs=rngs,
