@@ -113,7 +113,7 @@ def main() -> None:
     figures["actor_one_batch_env_steps_per_s"] = actor_rate(policy, overhead_games, args.overhead_envs, args.steps, False)
     print(
         f"1. Breakout x {args.overhead_envs} envs: raw env {figures['raw_env_steps_per_s']:,.0f} steps/s, "
-        f"actor loop {figures['actor_env_steps_per_s']:,.0f} steps/s = {figures['actor_over_raw']:.0%} of raw "
+        f"actor loop {figures['actor_env_steps_per_s']:,.1f} steps/s = {figures['actor_over_raw']:.0%} of raw "
         f"(target >= 70%); without overlapping halves {figures['actor_one_batch_env_steps_per_s']:,.0f} steps/s"
     )
 

@@ -7,7 +7,15 @@ from ale_py.vector_env import AtariVectorEnv
 from flax import nnx
 
 from mgdt_jax import atari
-from mgdt_jax.actor import EvalProtocol, action_table, episode_seed, play, rom_name, to_minimal_actions
+from mgdt_jax.actor import (
+    EvalProtocol,
+    action_table,
+    episode_seed,
+    jpeg_round_trip,
+    play,
+    rom_name,
+    to_minimal_actions,
+)
 from mgdt_jax.models.mgdt import ModelConfig
 from mgdt_jax.policy import Policy, sampling_preset
 
@@ -64,3 +72,14 @@ def test_every_game_plays_exactly_its_episodes_and_runs_repeat_with_a_seed():
     again = play(policy, ["Breakout", "Pong"], **kwargs)
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_notebook_jpeg_round_trip_keeps_frames_close_but_lossy():
+    env = AtariVectorEnv("breakout", 2, stack_num=1, noop_max=0, use_fire_reset=False)
+    observations, _ = env.reset(seed=0)
+    env.close()
+    frames = observations.reshape(2, 84, 84, 1)
+    decoded = jpeg_round_trip(frames, quality=95)
+    assert decoded.shape == frames.shape and decoded.dtype == np.uint8
+    difference = np.abs(decoded.astype(int) - frames.astype(int))
+    assert 0 < difference.mean() < 2.0
