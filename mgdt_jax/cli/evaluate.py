@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=SAMPLING_MODES, default="expert", help="how returns and actions are sampled")
     parser.add_argument("--kappa", type=float, help="expert mode: weight of the expert term (default 10)")
     parser.add_argument("--target-return", type=float, help="target mode: the fixed return-to-go")
+    parser.add_argument("--episode-start", choices=("mask", "blank"),
+                        help="pad windows at episode starts with masked steps or with blank frames marked real "
+                             "(default: blank for --mode colab, as the notebook; mask otherwise, as in training)")
     parser.add_argument("--protocol", choices=sorted(actor.PROTOCOLS), default="paper",
                         help="paper: sticky actions 0.25, 108k-frame cap; colab: the released notebook's settings")
     parser.add_argument("--max-episode-frames", type=int, help="override the protocol's episode cap (emulator frames)")
@@ -62,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    overrides = {"kappa": args.kappa, "target_return": args.target_return}
+    overrides = {
+        "kappa": args.kappa,
+        "target_return": args.target_return,
+        "mask_episode_start": None if args.episode_start is None else args.episode_start == "mask",
+    }
     sampling = sampling_preset(args.mode, **{k: v for k, v in overrides.items() if v is not None})
     protocol = actor.PROTOCOLS[args.protocol]
     if args.max_episode_frames is not None:
