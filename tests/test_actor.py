@@ -26,7 +26,7 @@ class _ConstantAction(nnx.Module):
     """Always the same full-set action (or uniformly random actions with ``action=None``)."""
 
     def __init__(self, action: int | None):
-        self.config = ModelConfig()
+        self.config = ModelConfig(single_return_token=False)  # returns from __call__, not the model's parts
         self.action = action
 
     def __call__(self, batch, *, deterministic):

@@ -7,16 +7,19 @@ import pytest
 from flax import nnx
 
 from mgdt_jax import tokens
-from mgdt_jax.models.mgdt import ModelConfig
+from experiments import tiny
+from mgdt_jax.models.mgdt import ModelConfig, MultiGameDecisionTransformer
 from mgdt_jax.policy import (
     Policy,
     advance_context,
     initial_context,
     keep_above_percentile,
+    return_slots,
     sample_actions,
     sample_expert_returns,
     sample_max_returns,
     sampling_preset,
+    visible_frame_return_logits,
 )
 
 NUM_SAMPLES = 40_000
@@ -89,21 +92,20 @@ def test_unknown_mode_is_refused():
 class _FixedLogits(nnx.Module):
     """A model with fixed return logits whose action reveals the return it is conditioned on.
 
-    Action logits put (almost) all mass on action ``visible return class % 18``, where the visible
-    return is the first real step's (the single-return-token rule), so the sampled action tells
-    which return the policy wrote where.
+    Action logits put (almost) all mass on action ``newest return class % 18`` (every step's
+    return is visible: no single return token), so the sampled action tells which return the
+    policy wrote where. The single-return-token path is checked on the real model below.
     """
 
     def __init__(self, return_logits: np.ndarray, action_logits: np.ndarray | None = None, **config):
-        self.config = ModelConfig(**config)
+        self.config = ModelConfig(single_return_token=False, **config)
         self.return_logits = nnx.Variable(jnp.asarray(return_logits))
         self.action_logits = None if action_logits is None else nnx.Variable(jnp.asarray(action_logits))
         self.seen_step_masks = []
 
     def __call__(self, batch, *, deterministic):
         batch_size, steps = batch["actions"].shape
-        first_real = jnp.argmax(batch["step_mask"], axis=1)
-        visible_return = batch["returns_to_go"][jnp.arange(batch_size), first_real]
+        visible_return = batch["returns_to_go"][:, -1]
         if self.action_logits is None:
             action_logits = 30.0 * jax.nn.one_hot(visible_return % 18, 18)
         else:
@@ -135,9 +137,9 @@ def test_expert_policy_writes_the_sampled_return_where_the_model_sees_it():
     model = _FixedLogits(_return_logits())
     actions, context = _play(Policy(model, sampling_preset("expert", kappa=1e4)), batch_size=3, steps=5)
     assert (actions == 100 % 18).all()  # every step conditioned on the highest return with mass
-    # After 5 steps the window is full; the visible (first) return slot holds the sample.
+    # After 5 steps the window is full and every step kept the return sampled for it.
     assert context["step_mask"].all()
-    assert (context["returns_to_go"][:, 0] == 100).all()
+    assert (context["returns_to_go"] == 100).all()
     np.testing.assert_array_equal(context["actions"][:, -1], actions[-1])
 
 
@@ -181,3 +183,22 @@ def test_notebook_padding_marks_blank_history_frames_as_real():
     context = advance_context(initial_context(1, 4), _frames(1, 7), jnp.array([True]), jnp.zeros(1, jnp.int32), False)
     assert np.asarray(context["step_mask"]).all()
     np.testing.assert_array_equal(context["observations"][0, :, 0, 0, 0], [0, 0, 0, 7])
+
+
+def test_visible_frame_return_logits_equal_the_full_forward_pass():
+    """The policy's cheap return pass (one frame's 36 tokens) against the model on whole windows."""
+    model = MultiGameDecisionTransformer(tiny.get_config().model, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    context = {
+        "observations": jnp.asarray(rng.integers(0, 256, (8, 4, 84, 84, 1), dtype=np.uint8)),
+        "returns_to_go": jnp.asarray(rng.integers(0, 120, (8, 4)), jnp.int32),
+        "actions": jnp.asarray(rng.integers(0, 18, (8, 4)), jnp.int32),
+        "rewards": jnp.asarray(rng.choice([0, 1, 3], (8, 4)), jnp.int32),
+        # 1, 2, 3 and 4 real steps after left padding, twice.
+        "step_mask": jnp.asarray(np.array([[0, 0, 0, 1], [0, 0, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]] * 2, bool)),
+    }
+    slots = return_slots(context["step_mask"], single_return_token=True)
+    np.testing.assert_array_equal(slots, [3, 2, 1, 0] * 2)
+    full = nnx.jit(lambda m, c: m(c, deterministic=True)["return_logits"])(model, context)[jnp.arange(8), slots]
+    fast = nnx.jit(visible_frame_return_logits)(model, context, slots)
+    np.testing.assert_allclose(fast, full, atol=1e-5)
