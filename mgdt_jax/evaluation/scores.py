@@ -4,20 +4,20 @@ Human-normalised score (HNS) = (score - random) / (human - random), with the DQN
 table (mgdt_jax/atari.py). Carnival and Pooyan are not in Atari-57 and have no human score: they are
 reported raw and left out of every normalised aggregate.
 
-The aggregates are rliable's (IQM over all episodes of all games, median and mean of per-game means).
-The intervals come from the stratified bootstrap of Agarwal et al. (2021): episodes are resampled
-with replacement within each game, the games themselves are kept. It is written here with NumPy
-because `rliable.library` cannot be imported with the pinned stack (it imports `arch` 7, which
-breaks on pandas 3, and `arch` 8 no longer accepts the `random_state` rliable passes).
+The aggregates and their intervals are rliable's (Agarwal et al., 2021): IQM over all episodes of
+all games, median and mean of per-game means, each with a percentile interval from the stratified
+bootstrap (episodes resampled with replacement within each game, the games themselves kept).
+rliable needs pandas < 3 (its `arch` dependency breaks on pandas 3), which .ci/constraints.txt pins.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Mapping
 
 import numpy as np
-from rliable import metrics
+from rliable import library, metrics
 
 from mgdt_jax import atari
 
@@ -56,19 +56,18 @@ def human_normalised(game: str, raw_scores: np.ndarray) -> np.ndarray:
 def _bootstrap_interval(
     scores: np.ndarray, statistic: Callable[[np.ndarray], float], reps: int, seed: int
 ) -> Interval:
-    """Percentile interval of `statistic` over resamples of the runs (rows) within each task (column).
-
-    scores: [num_runs, num_tasks].
-    """
-    num_runs, num_tasks = scores.shape
-    rng = np.random.default_rng(seed)
-    columns = np.arange(num_tasks)[None, :]  # [1, num_tasks]
-    replicates = np.array(
-        [statistic(scores[rng.integers(0, num_runs, size=scores.shape), columns]) for _ in range(reps)]
-    )
-    tail = (1.0 - CONFIDENCE) / 2 * 100
-    low, high = np.percentile(replicates, [tail, 100 - tail])
-    return Interval(float(statistic(scores)), float(low), float(high))
+    """rliable's stratified-bootstrap percentile interval; scores: [num_runs, num_tasks]."""
+    with warnings.catch_warnings():  # arch deprecates the random_state that rliable passes it
+        warnings.simplefilter("ignore", FutureWarning)
+        points, intervals = library.get_interval_estimates(
+            {"scores": scores},
+            lambda sample: np.array([statistic(sample)]),
+            reps=reps,
+            confidence_interval_size=CONFIDENCE,
+            random_state=np.random.RandomState(seed),
+        )
+    (low,), (high,) = intervals["scores"]
+    return Interval(float(points["scores"][0]), float(low), float(high))
 
 
 def game_interval(normalised_scores: np.ndarray, *, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> Interval:
