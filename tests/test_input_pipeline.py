@@ -4,11 +4,17 @@ TFDS decodes them, game mixing, determinism, per-host parts, resume position, er
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from array_record.python.array_record_module import ArrayRecordWriter
+from tensorflow_datasets.core import dataset_info, naming, splits
 
+from data_pipelines.rlds_format import encode_png
 from mgdt_jax import atari, tokens
 from mgdt_jax.data import windows
 from mgdt_jax.data.pipeline import TrainingData, parse_game_weights
@@ -76,6 +82,53 @@ def test_every_window_matches_its_episode(dataset, reference_episodes):
             )
             np.testing.assert_array_equal(window["rewards"][padding:], tokens.encode_reward(reference["rewards"][real]))
             assert not window["observations"][:padding].any() and not window["actions"][:padding].any()
+
+
+def write_rlu_atari_dataset(source_dir: Path, indices: list[int], data_dir: Path, config_name: str) -> None:
+    """Episodes of our dataset rewritten as TFDS rlu_atari 1.3.0 stores them: its features only (no
+    game metadata), under <data_dir>/rlu_atari/<config_name>/1.3.0."""
+    source = tfds.builder_from_directory(source_dir).as_data_source("train")
+    scalar = tfds.features.Scalar
+    features = tfds.features.FeaturesDict({
+        "steps": tfds.features.Dataset({
+            "observation": tfds.features.Image(shape=(84, 84, 1), dtype=np.uint8, encoding_format="png"),
+            "action": scalar(np.int64), "reward": scalar(np.float32), "discount": scalar(np.float32),
+            "is_first": scalar(np.bool_), "is_last": scalar(np.bool_), "is_terminal": scalar(np.bool_),
+        }),
+        "checkpoint_id": scalar(np.int64), "episode_id": scalar(np.int64), "episode_return": scalar(np.float32),
+    })
+    directory = data_dir / "rlu_atari" / config_name / "1.3.0"
+    directory.mkdir(parents=True)
+    template = naming.ShardedFileTemplate(data_dir=directory, dataset_name="rlu_atari", split="train", filetype_suffix="array_record")
+    writer = ArrayRecordWriter(str(template.sharded_filepath(shard_index=0, num_shards=1)), "group_size:1")
+    for index in indices:
+        episode = source[index]
+        steps = [episode["steps"][t] for t in range(len(episode["steps"]))]
+        writer.write(features.serialize_example({
+            "steps": [{**step, "observation": encode_png(step["observation"][..., 0])} for step in steps],
+            "checkpoint_id": episode["checkpoint_id"], "episode_id": episode["episode_id"],
+            "episode_return": episode["episode_return"],
+        }))
+    writer.close()
+    identity = dataset_info.DatasetIdentity(
+        name="rlu_atari", version="1.3.0", data_dir=str(directory), module_name="rlu_atari", config_name=config_name)
+    info = dataset_info.DatasetInfo(builder=identity, features=features)
+    info.set_file_format("array_record")
+    info.set_splits(splits.SplitDict([splits.SplitInfo(
+        name="train", shard_lengths=[len(indices)], num_bytes=0, filename_template=template)]))
+    info.write_to_directory(directory)
+
+
+def test_reads_rlu_atari_datasets_by_their_config_name(rlds_dataset_dir, reference_episodes, tmp_path):
+    breakout = [i for i, reference in enumerate(reference_episodes) if reference["game"] == "Breakout"]
+    write_rlu_atari_dataset(rlds_dataset_dir, breakout, tmp_path, "Breakout_run_1")
+    [dataset] = find_datasets([tmp_path])  # found below a TFDS data dir
+    assert dataset.game_ranges == {"Breakout": [range(len(breakout))]}
+    for position, index in enumerate(breakout):
+        episode, reference = dataset[position], reference_episodes[index]
+        np.testing.assert_array_equal(episode.actions, reference["actions"])
+        np.testing.assert_array_equal(episode.rewards, reference["rewards"])
+        np.testing.assert_array_equal(episode.frames(range(len(episode))), reference["frames"])
 
 
 def test_batches_follow_the_contract_and_the_game_weights(dataset, reference_episodes):
@@ -155,6 +208,19 @@ def test_bad_sources_fail_with_a_clear_message(dataset, tmp_path):
         parse_game_weights("Pong:2")
     with pytest.raises(DataError, match="does not split into groups of 3"):
         TrainingData([dataset], global_batch_size=8, num_steps=STEPS, seed=0, windows_per_episode=3)
+
+
+def test_reading_batches_imports_no_tensorflow(rlds_dataset_dir):
+    script = (
+        "import sys\n"
+        "from mgdt_jax.data.pipeline import TrainingData\n"
+        "from mgdt_jax.data.rlds_source import find_datasets\n"
+        f"TrainingData(find_datasets([{str(rlds_dataset_dir)!r}]), global_batch_size=4, num_steps=4, seed=0).batch(0)\n"
+        "print(sorted(name for name in sys.modules if name == 'tensorflow' or name.startswith('tensorflow.')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def assert_batches_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:

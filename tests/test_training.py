@@ -1,6 +1,7 @@
-"""The train loop end to end on recorded ALE data (8 fake CPU devices): the loss falls; a run killed
-with SIGKILL and resumed has the losses of an uninterrupted run; checkpoints restore onto other
-meshes; a diverging run stops and keeps its last good checkpoint; bad input ends the CLI cleanly."""
+"""The train loop end to end on recorded ALE data (8 fake CPU devices): the loss falls; a run
+preempted with SIGTERM, resumed, killed with SIGKILL and resumed again has the losses of an
+uninterrupted run; checkpoints restore onto other meshes; a diverging run stops and keeps its last
+good checkpoint; bad input ends the CLI cleanly."""
 
 from __future__ import annotations
 
@@ -102,8 +103,7 @@ def test_loss_falls_and_everything_is_logged(uninterrupted_run):
         assert np.isfinite(entry[f"train/{name}"]), name
     assert entry["perf/tokens_per_second"] > 0 and entry["perf/tflops_per_second_per_device"] > 0
     assert any((uninterrupted_run / TENSORBOARD_DIR).glob("events.out.tfevents.*"))
-    saved = sorted(int(p.name) for p in (uninterrupted_run / checkpointing.CHECKPOINTS).iterdir() if p.name.isdigit())
-    assert saved == [12, 18, 24]  # every 6 steps, the newest 3 kept
+    assert saved_steps(uninterrupted_run) == [12, 18, 24]  # every 6 steps, the newest 3 kept
 
 
 def run_cli(config_path: Path, workdir: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -111,18 +111,42 @@ def run_cli(config_path: Path, workdir: Path, env: dict[str, str]) -> subprocess
     return subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_killed_run_resumes_with_the_losses_of_an_uninterrupted_run(config_path, uninterrupted_run, fast_compiles, tmp_path):
-    workdir = tmp_path / "run"
-    first_checkpoint = workdir / checkpointing.CHECKPOINTS / str(CHECKPOINT_EVERY)
-    process = run_cli(config_path, workdir, fast_compiles)
+def saved_steps(workdir: Path) -> list[int]:
+    directory = workdir / checkpointing.CHECKPOINTS
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
+
+
+def wait_for_checkpoint(process: subprocess.Popen, workdir: Path, step: int) -> None:
+    """Returns once checkpoint ``step`` is complete, with the process still running."""
     deadline = time.monotonic() + 120
-    while not first_checkpoint.is_dir() and process.poll() is None and time.monotonic() < deadline:
+    while not (workdir / checkpointing.CHECKPOINTS / str(step)).is_dir():
+        assert process.poll() is None, "the run ended early:\n" + process.stdout.read()
+        assert time.monotonic() < deadline, f"no checkpoint {step} after 120 s"
         time.sleep(0.02)
-    assert process.poll() is None, "the run ended before it could be killed:\n" + process.stdout.read()
+    assert process.poll() is None, "the run ended before it could be stopped:\n" + process.stdout.read()
+
+
+def test_preempted_and_killed_run_resumes_with_the_losses_of_an_uninterrupted_run(
+    config_path, uninterrupted_run, fast_compiles, tmp_path
+):
+    workdir = tmp_path / "run"
+    # SIGTERM (a preemption notice) once the first checkpoint exists: the run saves where it is and exits.
+    process = run_cli(config_path, workdir, fast_compiles)
+    wait_for_checkpoint(process, workdir, CHECKPOINT_EVERY)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    preempted_at = max(losses(workdir))
+    assert process.returncode == 0 and f"preempted at step {preempted_at}" in output.splitlines()[-1], output
+    assert saved_steps(workdir)[-1] == preempted_at
+
+    # Resumed, then SIGKILL once its next interval checkpoint exists: nothing is saved on the way out.
+    next_checkpoint = (preempted_at // CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY
+    assert next_checkpoint < NUM_STEPS
+    process = run_cli(config_path, workdir, fast_compiles)
+    wait_for_checkpoint(process, workdir, next_checkpoint)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_at = max(losses(workdir))
-    assert CHECKPOINT_EVERY <= killed_at < NUM_STEPS
+    assert next_checkpoint <= max(losses(workdir)) < NUM_STEPS
 
     resumed = run_cli(config_path, workdir, fast_compiles)
     output, _ = resumed.communicate(timeout=180)
