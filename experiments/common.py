@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     data = config.data
-    data.sources = []  # RLDS dataset directories (ours or rlu_atari), set per run
+    data.sources = ()  # RLDS dataset directories (ours or rlu_atari), set per run; a tuple, so flags can set it
     data.game_weights = {}  # game name -> sampling weight; empty = uniform over games
     data.seed = 0  # data order; with the step it fixes which windows every batch holds
     data.num_threads = 8  # host threads decoding and windowing episodes
@@ -62,7 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     train.checkpoint_every = 5_000
     train.keep_checkpoints = 3
     train.eval_every = 0  # steps between in-training evaluations; 0 = never
-    train.eval_games = []  # games played at evaluation; empty = none
+    train.eval_games = ()  # games played at evaluation; empty = none
     train.eval_episodes = 16  # per game (paper: 16 trials)
     train.init_from = ""  # a checkpoint directory to start from (fine-tuning); empty = scratch
     return config

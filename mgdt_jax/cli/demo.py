@@ -60,7 +60,7 @@ def record_games(games: list[str], steps: int, logs_dir: Path) -> None:
 
 def train_config(dataset_dir: Path, train_steps: int) -> ml_collections.ConfigDict:
     config = tiny.get_config()
-    config.data.sources = [str(dataset_dir)]
+    config.data.sources = (str(dataset_dir),)
     config.train.num_steps = train_steps
     config.train.checkpoint_every = max(train_steps // 4, 1)
     config.train.log_every = max(train_steps // 20, 1)
