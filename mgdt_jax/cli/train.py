@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mgdt_jax import sharding
@@ -26,6 +26,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, Ten
 def _train(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        # Library INFO logs (Orbax writes a dozen lines per checkpoint) would bury the progress
+        # lines; --verbosity=0 brings them back.
+        logging.set_verbosity(logging.WARNING)
     sharding.maybe_initialize_distributed()  # before any JAX computation
     config = _CONFIG.value
     try:
