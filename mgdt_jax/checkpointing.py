@@ -57,7 +57,7 @@ class Checkpointer:
             preservation_policy=policies.LatestN(keep),
             enable_async_checkpointing=True,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=_handler_registry())
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -90,17 +90,11 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"{self.directory}: holds no checkpoint")
-        args = ocp.args.Composite(
-            **{
-                PARAMS: ocp.args.StandardRestore(abstract_state.params),
-                TRAINER: ocp.args.StandardRestore(_trainer_item(abstract_state)),
-                DATA: ocp.args.JsonRestore(),
-            }
-        )
-        try:
-            restored = self._manager.restore(step, args=args)
-        except (ValueError, KeyError, FileNotFoundError) as error:
-            raise CheckpointError(f"{self.directory / str(step)}: cannot restore onto this model ({error})") from None
+        targets = {PARAMS: abstract_state.params, TRAINER: _trainer_item(abstract_state)}
+        for name, target in targets.items():
+            _check_fits(self._manager, step, name, target, self.directory)
+        args = {name: ocp.args.StandardRestore(target) for name, target in targets.items()}
+        restored = self._manager.restore(step, args=ocp.args.Composite(**args, **{DATA: ocp.args.JsonRestore()}))
         trainer = restored[TRAINER]
         state = TrainState(
             step=trainer["step"], params=restored[PARAMS], opt_state=trainer["opt_state"], rng=trainer["rng"]
@@ -127,11 +121,8 @@ def load_params(path: str | Path, target: Any = None, step: int | None = None) -
     directory = checkpoint_directory(path)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such checkpoint directory")
-    options = ocp.CheckpointManagerOptions(read_only=True)
-    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
-    if target is None:  # reading the saved tree's metadata needs the handler named up front
-        registry.add(PARAMS, ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler())
-    with ocp.CheckpointManager(directory, options=options, handler_registry=registry) as manager:
+    options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
+    with ocp.CheckpointManager(directory, options=options, handler_registry=_handler_registry()) as manager:
         step = manager.latest_step() if step is None else step
         if step is None or step not in manager.all_steps():
             raise CheckpointError(f"{directory}: no checkpoint {'at all' if step is None else f'at step {step}'}")
@@ -140,11 +131,46 @@ def load_params(path: str | Path, target: Any = None, step: int | None = None) -
             restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
             item = ocp.args.PyTreeRestore(restore_args=restore_args)
         else:
+            _check_fits(manager, step, PARAMS, target, directory)
             item = ocp.args.StandardRestore(target)
-        try:
-            return manager.restore(step, args=ocp.args.Composite(**{PARAMS: item}))[PARAMS]
-        except (ValueError, KeyError) as error:
-            raise CheckpointError(f"{directory / str(step)}: parameters do not fit this model ({error})") from None
+        return manager.restore(step, args=ocp.args.Composite(**{PARAMS: item}))[PARAMS]
+
+
+def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+    """The handler of each item, named up front so its metadata can be read before a restore."""
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for name in (PARAMS, TRAINER):
+        registry.add(name, ocp.args.StandardSave, ocp.StandardCheckpointHandler())
+        registry.add(name, ocp.args.StandardRestore, ocp.StandardCheckpointHandler())
+    registry.add(PARAMS, ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler())
+    registry.add(DATA, ocp.args.JsonSave, ocp.JsonCheckpointHandler())
+    registry.add(DATA, ocp.args.JsonRestore, ocp.JsonCheckpointHandler())
+    return registry
+
+
+def _check_fits(manager: ocp.CheckpointManager, step: int, item: str, target: Any, directory: Path) -> None:
+    """Raises a one-line CheckpointError unless the saved item has ``target``'s names and shapes.
+
+    Checked from the metadata before any array is read: a failed read would surface as a pile of
+    errors from Orbax's background tasks instead.
+    """
+    saved = _shapes_by_name(manager.item_metadata(step)[item])
+    wanted = _shapes_by_name(target)
+    where = f"{directory / str(step)}: {item} do not fit this model"
+    if missing := sorted(wanted.keys() - saved.keys()):
+        raise CheckpointError(f"{where}: the checkpoint lacks {len(missing)} of its arrays, e.g. {missing[0]}")
+    if extra := sorted(saved.keys() - wanted.keys()):
+        raise CheckpointError(f"{where}: the checkpoint has {len(extra)} arrays it lacks, e.g. {extra[0]}")
+    for name, shape in wanted.items():
+        if saved[name] != shape:
+            raise CheckpointError(f"{where}: {name} is {saved[name]} in the checkpoint, {shape} here")
+
+
+def _shapes_by_name(tree: Any) -> dict[str, tuple[int, ...]]:
+    def name(path: tuple) -> str:
+        return "/".join(str(getattr(key, "key", getattr(key, "idx", getattr(key, "name", key)))) for key in path)
+
+    return {name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _trainer_item(state: TrainState) -> dict[str, Any]:

@@ -177,6 +177,14 @@ def test_checkpoint_restores_onto_another_mesh(config_path, uninterrupted_run, n
     assert np.isfinite(np.asarray(jax.tree.leaves(state.opt_state)[-1])).all()
 
 
+def test_checkpoint_of_another_model_is_refused_in_one_line(config_path, uninterrupted_run):
+    config = load_config(config_path)
+    config.model.d_model = 128
+    trainer = Trainer(config, sharding.make_mesh(config.mesh))
+    with pytest.raises(checkpointing.CheckpointError, match=r"params do not fit this model: \S+ is \(\d+, 64\) in the checkpoint, \(\d+, 128\) here"):
+        checkpointing.load_params(uninterrupted_run, target=trainer.abstract_state.params)
+
+
 def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(config_path, uninterrupted_run, tmp_path):
     workdir = tmp_path / "diverging"
     shutil.copytree(uninterrupted_run / checkpointing.CHECKPOINTS, workdir / checkpointing.CHECKPOINTS)
