@@ -77,7 +77,7 @@ def load_config(path: Path):
 def losses(workdir: Path) -> dict[int, float]:
     """Step -> loss from the metrics log; a resumed run's own entry wins over one logged before a kill."""
     entries = [json.loads(line) for line in (workdir / METRICS_FILE).read_text().splitlines()]
-    return {entry["step"]: entry["train/loss"] for entry in entries}
+    return {entry["step"]: entry["train/loss"] for entry in entries if "train/loss" in entry}
 
 
 @pytest.fixture(scope="module")
@@ -201,10 +201,20 @@ def test_fine_tuning_starts_from_the_pretrained_parameters(config_path, uninterr
     config = load_config(config_path)
     config.train.num_steps = 2
     config.train.init_from = str(uninterrupted_run)
-    result = loop.train(config, tmp_path / "finetune")
+    config.train.eval_every = 1
+    evaluated = []
+
+    def evaluate(model, step: int) -> dict[str, float]:  # the periodic evaluation hook
+        evaluated.append(step)
+        return {"return_head_norm": float(np.linalg.norm(np.asarray(model.return_head.kernel[...])))}
+
+    result = loop.train(config, tmp_path / "finetune", evaluate=evaluate)
     assert result.first_step == 0 and result.last_checkpoint == 2  # a new run: step and optimizer start fresh
     scratch_loss, pretrained_loss = losses(uninterrupted_run)[1], losses(tmp_path / "finetune")[1]
     assert pretrained_loss < 0.85 * scratch_loss  # the same first batch, the trained parameters
+    assert evaluated == [1, 2]
+    logged = [json.loads(line) for line in (tmp_path / "finetune" / METRICS_FILE).read_text().splitlines()]
+    assert [entry["step"] for entry in logged if "eval/return_head_norm" in entry] == [1, 2]
 
 
 def test_cli_reports_a_bad_data_source_in_one_line(fast_compiles, tmp_path):
