@@ -48,9 +48,13 @@ def base_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     data = config.data
     data.sources = ()  # RLDS dataset directories (ours or rlu_atari), set per run; a tuple, so flags can set it
-    data.game_weights = {}  # game name -> sampling weight; empty = uniform over games
+    # Game name -> sampling weight; empty = uniform over games. Typed `object` so the command line
+    # can set it: --config.data.game_weights=Pong=2,Breakout=1 (a config file can assign a dict).
+    data.game_weights = ml_collections.FieldReference({}, field_type=object)
     data.seed = 0  # data order; with the step it fixes which windows every batch holds
-    data.num_threads = 8  # host threads decoding and windowing episodes
+    data.windows_per_episode = 1  # windows cut per episode read: reading dominates, 8 is ~5x faster
+    data.num_threads = 2  # threads building batches; decoding holds the GIL, so more add little
+    data.num_workers = 0  # Grain worker processes: the way to use a host's spare cores
 
     config.train = ml_collections.ConfigDict()
     train = config.train
