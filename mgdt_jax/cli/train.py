@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -41,6 +42,15 @@ def _train(argv: list[str]) -> int:
         result = loop.train(config, _WORKDIR.value, evaluate=evaluate)
     except (DataError, CheckpointError, loop.TrainingDiverged, ValueError, OSError) as error:
         print(f"mgdt-train: error: {error}", file=sys.stderr)
+        return 1
+    except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        print(
+            f"mgdt-train: error: the step does not fit in device memory ({str(error).splitlines()[0]}); "
+            "lower train.batch_size, raise train.grad_accum_steps, shard with mesh.fsdp, or set model.remat=True",
+            file=sys.stderr,
+        )
         return 1
     checkpoint = "none" if result.last_checkpoint is None else f"latest step {result.last_checkpoint}"
     stopped = "preempted at" if result.preempted else "reached"
