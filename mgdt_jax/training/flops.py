@@ -1,4 +1,4 @@
-"""Analytic training FLOPs of MGDT, model FLOPs utilisation, and a cross-check against XLA.
+"""Analytic training FLOPs of MGDT (for tokens/s -> FLOP/s -> MFU) and a cross-check against XLA.
 
 Counting (2 FLOPs per multiply-add, x3 for forward + backward):
 
@@ -60,11 +60,6 @@ def training_flops(model_config: Any, batch_size: int) -> TrainingFlops:
         embeddings_and_heads=6.0 * config.d_model * step_tokens * (tokens.NUM_PATCHES * patch_pixels + head_outputs),
         tokens=num_tokens,
     )
-
-
-def model_flops_utilisation(flops_per_step: float, seconds_per_step: float, peak_flops_per_second: float) -> float:
-    """Achieved model FLOP/s over the peak FLOP/s of the devices that ran the step."""
-    return flops_per_step / seconds_per_step / peak_flops_per_second
 
 
 def compiled_flops(compiled: jax.stages.Compiled) -> float | None:
