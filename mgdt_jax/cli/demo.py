@@ -1,7 +1,7 @@
 """``mgdt-demo``: the whole flow on a small real dataset, from playing Atari to a scored report.
 
     mgdt-demo [--workdir mgdt_demo] [--games Breakout,Pong,Boxing] [--record-steps 4000]
-              [--train-steps 1000] [--episodes 2]
+              [--train-steps 1000] [--episodes 2] [--eval-max-frames 10000]
 
 1. records real ALE games (random policy, sticky actions) into DQN-replay logs   (mgdt-record)
 2. converts the logs to an RLDS dataset                                           (mgdt-convert)
@@ -35,7 +35,7 @@ DEFAULT_GAMES = ("Breakout", "Pong", "Boxing")
 # The recorded episodes are short, so is the evaluation cap: 2,500 agent steps (the released
 # notebook's default rollout length) keeps a policy that never serves in Breakout from playing
 # the full 27,000 steps.
-DEMO_PROTOCOL = actor.EvalProtocol("demo", sticky_action_probability=0.25, max_episode_frames=10_000)
+DEFAULT_EVAL_MAX_FRAMES = 10_000
 
 
 def _stage(number: int, text: str) -> None:
@@ -67,14 +67,15 @@ def train_config(dataset_dir: Path, train_steps: int) -> ml_collections.ConfigDi
     return config
 
 
-def evaluate_latest(train_dir: Path, games: list[str], episodes: int, report_dir: Path) -> int:
+def evaluate_latest(train_dir: Path, games: list[str], episodes: int, max_frames: int, report_dir: Path) -> int:
     """Evaluates the newest checkpoint unless the report already holds that checkpoint's scores."""
     model, step = evaluate.load_model(train_dir)
     report_file = report_dir / "report.json"
     if report_file.exists() and json.loads(report_file.read_text()).get("settings", {}).get("step") == step:
         print(f"reusing the report of step {step}: {report_file}")
         return step
-    evaluate.evaluate(model, games, episodes=episodes, protocol=DEMO_PROTOCOL, out_dir=report_dir,
+    protocol = actor.EvalProtocol("demo", sticky_action_probability=0.25, max_episode_frames=max_frames)
+    evaluate.evaluate(model, games, episodes=episodes, protocol=protocol, out_dir=report_dir,
                       extra_settings={"workdir": str(train_dir), "step": step})
     return step
 
@@ -97,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record-steps", type=int, default=4000, help="agent steps recorded per game")
     parser.add_argument("--train-steps", type=int, default=1000)
     parser.add_argument("--episodes", type=int, default=2, help="evaluation episodes per game")
+    parser.add_argument("--eval-max-frames", type=int, default=DEFAULT_EVAL_MAX_FRAMES,
+                        help="evaluation episode cap in emulator frames (4 per agent step)")
     args = parser.parse_args(argv)
-    for name in ("record_steps", "train_steps", "episodes"):
+    for name in ("record_steps", "train_steps", "episodes", "eval_max_frames"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     try:
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trained steps {result.first_step}..{result.last_step}; checkpoints in {train_dir}")
 
     _stage(4, f"evaluating the last checkpoint, {args.episodes} episodes per game")
-    step = evaluate_latest(train_dir, games, args.episodes, report_dir)
+    step = evaluate_latest(train_dir, games, args.episodes, args.eval_max_frames, report_dir)
     print_report(report_dir)
     print(
         f"\ndone in {time.perf_counter() - started:.0f}s: report {report_dir / 'report.json'}, "
