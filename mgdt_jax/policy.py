@@ -159,22 +159,6 @@ def return_slots(step_mask: jax.Array, single_return_token: bool) -> jax.Array:
     return jnp.full(step_mask.shape[:1], step_mask.shape[1] - 1)
 
 
-def visible_frame_return_logits(model: nnx.Module, context: Context, slots: jax.Array) -> jax.Array:
-    """[B, 120] return logits of each window's visible step from that frame's 36 patch tokens alone.
-
-    For a single-return-token model this equals the full forward pass at the step's last patch (the
-    tests check it) for a quarter of its cost: the visible step is the first real one, so every
-    earlier position is padding hidden from attention, and patches attend only to earlier tokens
-    and their own frame. It uses the model's `embed`, `transformer` and `return_head`.
-    """
-    embedded = model.embed(context, context["step_mask"])  # [B, T, D]
-    positions = slots[:, None] * model.config.tokens_per_step + jnp.arange(tokens.NUM_PATCHES)  # [B, 36]
-    frame = jnp.take_along_axis(embedded, positions[:, :, None], axis=1)  # [B, 36, D]
-    within_frame = jnp.ones((1, tokens.NUM_PATCHES, tokens.NUM_PATCHES), bool)
-    hidden = model.transformer(frame, within_frame, deterministic=True)  # [B, 36, D]
-    return model.return_head(hidden[:, -1].astype(jnp.float32))
-
-
 def _sample_step(
     graphdef: nnx.GraphDef,
     sampling: SamplingConfig,
@@ -194,7 +178,7 @@ def _sample_step(
         rows = jnp.arange(returns.shape[0])
         slots = return_slots(context["step_mask"], single_return_token)
         if single_return_token:
-            return_logits = visible_frame_return_logits(model, context, slots)
+            return_logits = model.visible_frame_return_logits(context, slots)
         else:
             return_logits = model(context, deterministic=True)["return_logits"][rows, slots]  # [B, 120]
         if sampling.mode == "expert":

@@ -19,7 +19,6 @@ from mgdt_jax.policy import (
     sample_expert_returns,
     sample_max_returns,
     sampling_preset,
-    visible_frame_return_logits,
 )
 
 NUM_SAMPLES = 40_000
@@ -200,5 +199,5 @@ def test_visible_frame_return_logits_equal_the_full_forward_pass():
     slots = return_slots(context["step_mask"], single_return_token=True)
     np.testing.assert_array_equal(slots, [3, 2, 1, 0] * 2)
     full = nnx.jit(lambda m, c: m(c, deterministic=True)["return_logits"])(model, context)[jnp.arange(8), slots]
-    fast = nnx.jit(visible_frame_return_logits)(model, context, slots)
+    fast = nnx.jit(lambda m, c, s: m.visible_frame_return_logits(c, s))(model, context, slots)
     np.testing.assert_allclose(fast, full, atol=1e-5)

@@ -269,6 +269,21 @@ class MultiGameDecisionTransformer(nnx.Module):
             "reward_logits": self.reward_head(hidden[:, :, tokens.ACTION_OFFSET]),
         }
 
+    def visible_frame_return_logits(self, batch: Mapping[str, jax.Array], steps: jax.Array) -> jax.Array:
+        """[B, 120] return logits of window step ``steps`` [B] from that frame's 36 patch tokens alone.
+
+        For a single-return-token model at its visible step (the first real one) this equals the
+        full forward pass at the step's last patch for a quarter of its cost: every earlier position
+        is padding hidden from attention, and patches attend only to earlier tokens and their own
+        frame. The policy samples returns this way at every environment step.
+        """
+        embedded = self.embed(batch, _step_mask(batch))  # [B, T, D]
+        positions = steps[:, None] * self.config.tokens_per_step + jnp.arange(tokens.NUM_PATCHES)  # [B, 36]
+        frame = jnp.take_along_axis(embedded, positions[:, :, None], axis=1)  # [B, 36, D]
+        within_frame = jnp.ones((1, tokens.NUM_PATCHES, tokens.NUM_PATCHES), bool)
+        hidden = self.transformer(frame, within_frame, deterministic=True)  # [B, 36, D]
+        return self.return_head(hidden[:, -1].astype(jnp.float32))
+
 
 def _step_mask(batch: Mapping[str, jax.Array]) -> jax.Array:
     """The batch's step_mask, or all steps real when the caller (e.g. a policy) gives none."""
