@@ -138,11 +138,11 @@ def training_data(config: Any, *, process_index: int = 0, process_count: int = 1
         num_steps=config.model.num_steps,
         seed=config.data.seed,
         game_weights=config.data.game_weights,
-        windows_per_episode=config.data.get("windows_per_episode", 1),
+        windows_per_episode=config.data.windows_per_episode,
         process_index=process_index,
         process_count=process_count,
         num_threads=config.data.num_threads,
-        num_workers=config.data.get("num_workers", 0),
+        num_workers=config.data.num_workers,
     )
 
 
@@ -154,7 +154,7 @@ def stream_identity(config: Any) -> dict[str, Any]:
         "game_weights": weights if isinstance(weights, str) else {k: float(v) for k, v in dict(weights).items()},
         "seed": config.data.seed,
         "global_batch_size": config.train.batch_size,
-        "windows_per_episode": config.data.get("windows_per_episode", 1),
+        "windows_per_episode": config.data.windows_per_episode,
         "num_steps": config.model.num_steps,
     }
 
