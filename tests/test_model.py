@@ -16,7 +16,7 @@ from mgdt_jax.models.mgdt import (
     loss_and_metrics,
     patchify,
 )
-from mgdt_jax.models.transformer import dropout
+from mgdt_jax.models.transformer import MASK_VALUE, dropout, gelu, masked_attention
 
 TINY = ModelConfig(num_layers=2, d_model=64, num_heads=2, dropout_rate=0.1)
 STEPS = tokens.DEFAULT_NUM_STEPS
@@ -226,6 +226,34 @@ def test_dropout_drops_the_configured_fraction_independently_per_key():
     np.testing.assert_allclose(np.asarray(first)[~dropped_first], 1 / 0.9, rtol=1e-6)
     assert abs((dropped_first & dropped_second).mean() - 0.01) < 0.001  # masks of two keys are independent
     assert abs((dropped_first[:, :, 1:] & dropped_first[:, :, :-1]).mean() - 0.01) < 0.001  # and so are neighbours
+
+
+def test_hand_written_gradients_equal_autodiff_of_the_plain_formulas():
+    """GELU and attention have custom backward passes (speed); their values and gradients must not move."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(0, 3, (4, 64)), jnp.float32)
+    plain_gelu = lambda v: jax.nn.gelu(v, approximate=True)  # noqa: E731
+    np.testing.assert_allclose(gelu(x), plain_gelu(x), rtol=1e-6, atol=1e-6)
+    weights = jnp.asarray(rng.normal(size=(4, 64)), jnp.float32)
+    np.testing.assert_allclose(
+        jax.grad(lambda v: (gelu(v) * weights).sum())(x),
+        jax.grad(lambda v: (plain_gelu(v) * weights).sum())(x),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+    def plain_attention(query, key, value, mask):
+        logits = jnp.einsum("bhqk,bhtk->bhqt", query, key)
+        return jnp.einsum("bhqt,bhtk->bhqk", jax.nn.softmax(jnp.where(mask, logits, MASK_VALUE), axis=-1), value)
+
+    query, key, value = (jnp.asarray(rng.normal(size=(2, 3, 10, 8)), jnp.float32) for _ in range(3))
+    mask = jnp.asarray(rng.random((2, 1, 10, 10)) < 0.6).at[0, 0, 4].set(False)  # row 4: a fully masked query
+    cotangent = jnp.asarray(rng.normal(size=(2, 3, 10, 8)), jnp.float32)
+    ours = jax.vjp(lambda q, k, v: masked_attention(q, k, v, mask), query, key, value)
+    reference = jax.vjp(lambda q, k, v: plain_attention(q, k, v, mask), query, key, value)
+    np.testing.assert_allclose(ours[0], reference[0], rtol=1e-5, atol=1e-5)
+    for got, expected in zip(ours[1](cotangent), reference[1](cotangent)):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_behaviour_cloning_variant():

@@ -57,6 +57,74 @@ def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
+_GELU_C = (2.0 / 3.141592653589793) ** 0.5
+
+
+@jax.custom_vjp
+def gelu(x: jax.Array) -> jax.Array:
+    """GELU, tanh approximation (GPT-2's ``gelu_new``), whose backward pass recomputes tanh.
+
+    Autodiff of ``jax.nn.gelu`` keeps tanh's output as a residual: XLA then writes and re-reads an
+    extra [tokens, 4D] array and splits the forward into two passes over the pre-activation. Saving
+    only the input reads it once per pass, which is what these memory-bound passes cost on CPU.
+    """
+    return 0.5 * x * (1.0 + _gelu_tanh(x))
+
+
+def _gelu_tanh(x: jax.Array) -> jax.Array:
+    return jnp.tanh(_GELU_C * (x + 0.044715 * x**3))
+
+
+def _gelu_forward(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return gelu(x), x
+
+
+def _gelu_backward(x: jax.Array, grad: jax.Array) -> tuple[jax.Array]:
+    x = jax.lax.optimization_barrier(x)  # else XLA merges this tanh with the forward's and stores it
+    tanh = _gelu_tanh(x)
+    slope = 0.5 * (1.0 + tanh) + 0.5 * x * (1.0 - tanh**2) * _GELU_C * (1.0 + 3 * 0.044715 * x**2)
+    return (grad * slope,)
+
+
+gelu.defvjp(_gelu_forward, _gelu_backward)
+
+
+@jax.custom_vjp
+def masked_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array) -> jax.Array:
+    """softmax(q k^T, masked) v for [B, H, T, K] inputs (q pre-scaled); float32 [B, H, T, K] out.
+
+    Logits and softmax are float32 whatever the inputs' dtype (a bf16 softmax loses the mask).
+    The hand-written backward pass keeps only the attention weights and uses the softmax identity
+    dlogits = p * (dp - sum(dp * p)) in one pass; autodiff of softmax materialises several more
+    [B, H, T, T] arrays, and those passes are memory-bound on CPU.
+    """
+    return _attention_forward(query, key, value, mask)[0]
+
+
+def _attention_forward(query, key, value, mask):
+    logits = jnp.einsum("bhqk,bhtk->bhqt", query, key, preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(jnp.where(mask, logits, MASK_VALUE), axis=-1).astype(query.dtype)
+    attended = jnp.einsum("bhqt,bhtk->bhqk", weights, value, preferred_element_type=jnp.float32)
+    return attended, (query, key, value, mask, weights)
+
+
+def _attention_backward(residuals, grad):
+    # Shapes: weights and the logits' gradients [B, H, T(query), T(key)]; the rest [B, H, T, K].
+    query, key, value, mask, weights = residuals
+    grad = grad.astype(value.dtype)
+    grad_weights = jnp.einsum("bhqk,bhtk->bhqt", grad, value, preferred_element_type=jnp.float32)
+    probabilities = weights.astype(jnp.float32)
+    row_dot = jnp.sum(grad_weights * probabilities, axis=-1, keepdims=True)
+    grad_logits = jnp.where(mask, probabilities * (grad_weights - row_dot), 0.0).astype(query.dtype)
+    grad_query = jnp.einsum("bhqt,bhtk->bhqk", grad_logits, key, preferred_element_type=jnp.float32)
+    grad_key = jnp.einsum("bhqt,bhqk->bhtk", grad_logits, query, preferred_element_type=jnp.float32)
+    grad_value = jnp.einsum("bhqt,bhqk->bhtk", weights, grad, preferred_element_type=jnp.float32)
+    return (grad_query.astype(query.dtype), grad_key.astype(key.dtype), grad_value.astype(value.dtype), None)
+
+
+masked_attention.defvjp(_attention_forward, _attention_backward)
+
+
 def sharded(initializer: nnx.Initializer, logical_axes: Sequence[str | None]) -> nnx.Initializer:
     """Tags an initializer's parameter with logical axis names, without needing a mesh to build it."""
     return nnx.with_partitioning(initializer, tuple(logical_axes), eager_sharding=False)
@@ -140,10 +208,7 @@ class MultiHeadAttention(nnx.Module):
         query = heads((self.query(x) * head_dim**-0.5).astype(self.dtype))
         key, value = heads(self.key(x).astype(self.dtype)), heads(self.value(x).astype(self.dtype))
         # Logits and softmax in float32 whatever the matmul dtype: bf16 softmax loses the mask.
-        logits = jnp.einsum("bhqk,bhtk->bhqt", query, key, preferred_element_type=jnp.float32)
-        weights = jax.nn.softmax(jnp.where(mask, logits, MASK_VALUE), axis=-1).astype(self.dtype)
-        attended = jnp.einsum("bhqt,bhtk->bhqk", weights, value, preferred_element_type=jnp.float32)
-        attended = attended.transpose(0, 2, 1, 3)  # [B, T, H, K]
+        attended = masked_attention(query, key, value, mask).transpose(0, 2, 1, 3)  # [B, T, H, K]
         return self.out(attended.reshape(batch, length, d_model))
 
 
@@ -163,7 +228,7 @@ class MLP(nnx.Module):
         self.linear_out = dense(hidden, d_model, ("mlp", "embed"), **projection)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.linear_out(jax.nn.gelu(self.linear_in(x), approximate=True))
+        return self.linear_out(gelu(self.linear_in(x)))
 
 
 class Block(nnx.Module):
