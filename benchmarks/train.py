@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mgdt_jax import sharding, tokens
+from mgdt_jax import host_memory, sharding, tokens
 from mgdt_jax.training import flops
 from mgdt_jax.training.train_step import Trainer
 
@@ -156,6 +156,8 @@ def parse_sizes(text: str, default_batch: int) -> list[tuple[str, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # run as a program, not called from Python
+        host_memory.reexec_with_huge_page_malloc()
     on_cpu = jax.default_backend() == "cpu"
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="tiny,10m,40m" if on_cpu else "tiny,10m,40m,200m,1b",

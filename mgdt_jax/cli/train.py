@@ -14,7 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mgdt_jax import sharding
+from mgdt_jax import host_memory, sharding
 from mgdt_jax.checkpointing import CHECKPOINTS, CheckpointError
 from mgdt_jax.data.rlds_source import DataError
 from mgdt_jax.training import loop
@@ -63,6 +63,7 @@ def _train(argv: list[str]) -> int:
 
 
 def main() -> None:
+    host_memory.reexec_with_huge_page_malloc()
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(_train)
 

@@ -1,0 +1,43 @@
+"""Host memory setting for the commands that run XLA programs on a CPU: huge pages for malloc.
+
+XLA on a CPU takes every step's temporaries (about 1 GB for the 10M model at batch 32) from
+glibc malloc, which maps large blocks fresh with mmap each time; the kernel then faults them in
+4 KiB pages: ~230,000 page faults and ~0.4 s of system time per 10M training step, 8% of the step.
+glibc's tunable ``glibc.malloc.hugetlb=1`` (glibc 2.35+) makes malloc advise transparent huge
+pages on those mappings, 512x fewer faults. glibc reads tunables only when a process starts, so a
+command re-executes itself once, before doing anything else, with the tunable added.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
+_TRANSPARENT_HUGE_PAGES = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def _huge_pages_need_advice() -> bool:
+    """True where the kernel grants transparent huge pages to mappings that ask (mode "madvise")."""
+    try:
+        return "[madvise]" in _TRANSPARENT_HUGE_PAGES.read_text()
+    except OSError:
+        return False
+
+
+def reexec_with_huge_page_malloc() -> None:
+    """Re-executes this process with the tunable set, unless it is set already or cannot help.
+
+    Nothing changes off Linux/glibc, where the kernel gives huge pages unasked ("always") or never,
+    and where GLIBC_TUNABLES already names ``glibc.malloc.hugetlb`` (the user's choice wins; this
+    also ends the re-execution). Call it first thing in a command's ``main``.
+    """
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb" in tunables or platform.libc_ver()[0] != "glibc" or not _huge_pages_need_advice():
+        return
+    environment = dict(os.environ, GLIBC_TUNABLES=":".join(filter(None, [tunables, HUGE_PAGE_TUNABLE])))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, environment)
