@@ -180,7 +180,7 @@ def _sample_step(
         if single_return_token:
             return_logits = model.visible_frame_return_logits(context, slots)
         else:
-            return_logits = model(context, deterministic=True)["return_logits"][rows, slots]  # [B, 120]
+            return_logits = model.step_logits(context, "return", slots)  # [B, 120]
         if sampling.mode == "expert":
             chosen = sample_expert_returns(return_rng, return_logits, sampling.kappa)
         else:
@@ -189,7 +189,8 @@ def _sample_step(
             )
         returns = returns.at[rows, slots].set(chosen.astype(jnp.int32))
     context = dict(context, returns_to_go=returns)
-    action_logits = model(context, deterministic=True)["action_logits"][:, -1]
+    newest = jnp.full(returns.shape[:1], returns.shape[1] - 1)
+    action_logits = model.step_logits(context, "action", newest)  # [B, 18]
     actions = sample_actions(action_rng, action_logits, sampling).astype(jnp.int32)
     return actions, dict(context, actions=context["actions"].at[:, -1].set(actions))
 
@@ -197,8 +198,9 @@ def _sample_step(
 class Policy:
     """One model, one jitted sampling step for any fixed number of environments.
 
-    The model must follow the batch contract and carry its `ModelConfig` as ``model.config``
-    (num_steps, single_return_token, behaviour_cloning).
+    The model must follow the batch contract, carry its `ModelConfig` as ``model.config``
+    (num_steps, single_return_token, behaviour_cloning) and give one head's logits at one window
+    step per row (``step_logits``), as `MultiGameDecisionTransformer` does.
     """
 
     def __init__(self, model: nnx.Module, sampling: SamplingConfig):

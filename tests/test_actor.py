@@ -26,13 +26,13 @@ class _ConstantAction(nnx.Module):
     """Always the same full-set action (or uniformly random actions with ``action=None``)."""
 
     def __init__(self, action: int | None):
-        self.config = ModelConfig(single_return_token=False)  # returns from __call__, not the model's parts
+        self.config = ModelConfig(single_return_token=False)  # returns from step_logits, not the model's parts
         self.action = action
 
-    def __call__(self, batch, *, deterministic):
-        b, s = batch["actions"].shape
-        logits = jnp.zeros((b, s, 18)) if self.action is None else 50.0 * jnp.eye(18)[self.action] * jnp.ones((b, s, 1))
-        return {"return_logits": jnp.zeros((b, s, 120)), "action_logits": logits, "reward_logits": jnp.zeros((b, s, 4))}
+    def step_logits(self, batch, head, steps):
+        if head == "return":
+            return jnp.zeros((steps.shape[0], 120))
+        return jnp.zeros((steps.shape[0], 18)) if self.action is None else 50.0 * jnp.eye(18)[jnp.full(steps.shape, self.action)]
 
 
 def test_full_actions_map_to_each_games_minimal_set_with_noop_for_missing():

@@ -228,6 +228,22 @@ def test_dropout_drops_the_configured_fraction_independently_per_key():
     assert abs((dropped_first[:, :, 1:] & dropped_first[:, :, :-1]).mean() - 0.01) < 0.001  # and so are neighbours
 
 
+@pytest.mark.parametrize("behaviour_cloning", [False, True])
+def test_step_logits_equal_the_full_forward_pass_at_the_read_position(behaviour_cloning):
+    """The inference path that runs the last layer at one position per window changes no logit."""
+    config = ModelConfig(num_layers=2, d_model=64, num_heads=2, behaviour_cloning=behaviour_cloning)
+    model = MultiGameDecisionTransformer(config, rngs=nnx.Rngs(1))
+    batch = random_batch(batch_size=3, seed=5)
+    batch["step_mask"][1, :2] = False  # a window at an episode start
+    full = model(batch, deterministic=True)
+    steps = jnp.array([3, 2, 0])
+    for name in full:
+        head = name.removesuffix("_logits")
+        np.testing.assert_allclose(
+            model.step_logits(batch, head, steps), full[name][jnp.arange(3), steps], rtol=1e-5, atol=1e-5
+        )
+
+
 def test_hand_written_gradients_equal_autodiff_of_the_plain_formulas():
     """GELU and attention have custom backward passes (speed); their values and gradients must not move."""
     rng = np.random.default_rng(0)

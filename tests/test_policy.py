@@ -100,20 +100,14 @@ class _FixedLogits(nnx.Module):
         self.config = ModelConfig(single_return_token=False, **config)
         self.return_logits = nnx.Variable(jnp.asarray(return_logits))
         self.action_logits = None if action_logits is None else nnx.Variable(jnp.asarray(action_logits))
-        self.seen_step_masks = []
 
-    def __call__(self, batch, *, deterministic):
-        batch_size, steps = batch["actions"].shape
-        visible_return = batch["returns_to_go"][:, -1]
+    def step_logits(self, batch, head, steps):
+        batch_size = steps.shape[0]
+        if head == "return":
+            return jnp.broadcast_to(self.return_logits[...], (batch_size, 120))
         if self.action_logits is None:
-            action_logits = 30.0 * jax.nn.one_hot(visible_return % 18, 18)
-        else:
-            action_logits = jnp.broadcast_to(self.action_logits[...], (batch_size, 18))
-        return {
-            "return_logits": jnp.broadcast_to(self.return_logits[...], (batch_size, steps, 120)),
-            "action_logits": jnp.broadcast_to(action_logits[:, None], (batch_size, steps, 18)),
-            "reward_logits": jnp.zeros((batch_size, steps, 4)),
-        }
+            return 30.0 * jax.nn.one_hot(batch["returns_to_go"][:, -1] % 18, 18)
+        return jnp.broadcast_to(self.action_logits[...], (batch_size, 18))
 
 
 def _frames(batch_size: int, value: int) -> np.ndarray:

@@ -260,14 +260,34 @@ class MultiGameDecisionTransformer(nnx.Module):
             dropout_key=dropout_key,
         )
         hidden = hidden.reshape(batch_size, num_steps, config.tokens_per_step, config.d_model)
-        last_patch = hidden[:, :, tokens.NUM_PATCHES - 1]
-        if config.behaviour_cloning:
-            return {"action_logits": self.action_head(last_patch)}
         return {
-            "return_logits": self.return_head(last_patch),
-            "action_logits": self.action_head(hidden[:, :, tokens.RETURN_OFFSET]),
-            "reward_logits": self.reward_head(hidden[:, :, tokens.ACTION_OFFSET]),
+            f"{head}_logits": getattr(self, f"{head}_head")(hidden[:, :, offset])
+            for head, offset in self._read_offsets().items()
         }
+
+    def step_logits(self, batch: Mapping[str, jax.Array], head: str, steps: jax.Array) -> jax.Array:
+        """[B, vocabulary] logits of one head at window step ``steps`` [B], for inference.
+
+        Equal to ``self(batch, deterministic=True)[f"{head}_logits"][rows, steps]``, but the last
+        layer runs only at the position the head reads: a policy reads one position per window.
+        """
+        config = self.config
+        step_mask = _step_mask(batch)
+        offset = self._read_offsets()[head]
+        positions = (steps * config.tokens_per_step + offset)[:, None]  # [B, 1]
+        hidden = self.transformer(
+            self.embed(batch, step_mask),
+            attention_mask(step_mask, config),
+            deterministic=True,
+            output_positions=positions,
+        )  # [B, 1, D]
+        return getattr(self, f"{head}_head")(hidden[:, 0])
+
+    def _read_offsets(self) -> dict[str, int]:
+        """Head -> the offset within a step of the token whose output it reads."""
+        if self.config.behaviour_cloning:
+            return {"action": tokens.NUM_PATCHES - 1}
+        return {"return": tokens.NUM_PATCHES - 1, "action": tokens.RETURN_OFFSET, "reward": tokens.ACTION_OFFSET}
 
     def visible_frame_return_logits(self, batch: Mapping[str, jax.Array], steps: jax.Array) -> jax.Array:
         """[B, 120] return logits of window step ``steps`` [B] from that frame's 36 patch tokens alone.
@@ -281,8 +301,9 @@ class MultiGameDecisionTransformer(nnx.Module):
         positions = steps[:, None] * self.config.tokens_per_step + jnp.arange(tokens.NUM_PATCHES)  # [B, 36]
         frame = jnp.take_along_axis(embedded, positions[:, :, None], axis=1)  # [B, 36, D]
         within_frame = jnp.ones((1, tokens.NUM_PATCHES, tokens.NUM_PATCHES), bool)
-        hidden = self.transformer(frame, within_frame, deterministic=True)  # [B, 36, D]
-        return self.return_head(hidden[:, -1].astype(jnp.float32))
+        last_patch = jnp.full((frame.shape[0], 1), tokens.NUM_PATCHES - 1)
+        hidden = self.transformer(frame, within_frame, deterministic=True, output_positions=last_patch)  # [B, 1, D]
+        return self.return_head(hidden[:, 0])
 
 
 def _step_mask(batch: Mapping[str, jax.Array]) -> jax.Array:
