@@ -134,7 +134,8 @@ def bench_peer(peer_python: str, peer_script: Path, size: str, batch_size: int, 
         out = Path(scratch) / "peer.json"
         command = [peer_python, str(peer_script), "--sizes", f"{size}@{batch_size}", "--steps", str(steps),
                    "--warmup", str(warmup), "--threads", str(os.cpu_count()), "--json", str(out)]
-        run = subprocess.run(command, capture_output=True, text=True)
+        # The peer runs in the environment the benchmark was launched in (its malloc as a user has it).
+        run = subprocess.run(command, capture_output=True, text=True, env=host_memory.launch_environment())
         if run.returncode or not out.exists():
             raise RuntimeError(f"peer benchmark failed ({' '.join(command)}): {run.stderr.strip()[-500:]}")
         report = json.loads(out.read_text())

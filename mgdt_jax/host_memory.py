@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
+_LAUNCH_TUNABLES = "MGDT_JAX_LAUNCH_GLIBC_TUNABLES"  # the user's own value, kept across the re-execution
 _TRANSPARENT_HUGE_PAGES = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
@@ -38,6 +39,22 @@ def reexec_with_huge_page_malloc() -> None:
     if "glibc.malloc.hugetlb" in tunables or platform.libc_ver()[0] != "glibc" or not _huge_pages_need_advice():
         return
     environment = dict(os.environ, GLIBC_TUNABLES=":".join(filter(None, [tunables, HUGE_PAGE_TUNABLE])))
+    environment[_LAUNCH_TUNABLES] = tunables
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, sys.orig_argv, environment)
+
+
+def launch_environment() -> dict[str, str]:
+    """This process's environment as it was launched, without the tunable a re-execution added.
+
+    For child processes that should run as the user started them, e.g. a benchmark's baseline.
+    """
+    environment = dict(os.environ)
+    if _LAUNCH_TUNABLES in environment:
+        launched = environment.pop(_LAUNCH_TUNABLES)
+        if launched:
+            environment["GLIBC_TUNABLES"] = launched
+        else:
+            environment.pop("GLIBC_TUNABLES", None)
+    return environment

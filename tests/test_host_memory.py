@@ -10,7 +10,10 @@ import pytest
 
 from mgdt_jax import host_memory
 
-PROGRAM = "from mgdt_jax import host_memory; host_memory.reexec_with_huge_page_malloc(); import os; print(os.environ.get('GLIBC_TUNABLES', ''))"
+PROGRAM = (
+    "from mgdt_jax import host_memory; host_memory.reexec_with_huge_page_malloc(); import os; "
+    "print(os.environ.get('GLIBC_TUNABLES', ''), host_memory.launch_environment().get('GLIBC_TUNABLES', '-'))"
+)
 
 
 def run(environment: dict[str, str]) -> str:
@@ -22,9 +25,10 @@ def run(environment: dict[str, str]) -> str:
 @pytest.mark.skipif(not host_memory._huge_pages_need_advice(), reason="the kernel's huge pages are not 'madvise'")
 def test_a_command_restarts_itself_with_the_tunable_added_to_the_users_own():
     base = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
-    assert run(base) == host_memory.HUGE_PAGE_TUNABLE
-    assert run(dict(base, GLIBC_TUNABLES="glibc.malloc.arena_max=2")) == f"glibc.malloc.arena_max=2:{host_memory.HUGE_PAGE_TUNABLE}"
+    assert run(base) == f"{host_memory.HUGE_PAGE_TUNABLE} -"  # children can get the launch environment back
+    own = "glibc.malloc.arena_max=2"
+    assert run(dict(base, GLIBC_TUNABLES=own)) == f"{own}:{host_memory.HUGE_PAGE_TUNABLE} {own}"
 
 
 def test_a_users_own_hugetlb_setting_wins():
-    assert run(dict(os.environ, GLIBC_TUNABLES="glibc.malloc.hugetlb=0")) == "glibc.malloc.hugetlb=0"
+    assert run(dict(os.environ, GLIBC_TUNABLES="glibc.malloc.hugetlb=0")) == "glibc.malloc.hugetlb=0 glibc.malloc.hugetlb=0"
