@@ -7,8 +7,9 @@ interpreter with torch and transformers) it also runs ../shared/peers/torch_mgdt
 right after ours so both see the same machine load, and prints ours/peer ratios.
 
 Needs only jax, flax, optax and numpy (no TensorFlow, no ml_collections), so it runs on a bare
-accelerator machine. Sizes (layers x d_model): tiny 2x128, 10m 4x512, 40m 6x768, 200m 10x1280,
-1b 20x2048 (as experiments/*.py). Default sizes: tiny,10m,40m on CPU; also 200m,1b on GPU.
+accelerator machine. Sizes are the experiment configs' (layers x d_model): tiny 2x128, 10m 4x512,
+40m 6x768, 200m 10x1280, 1b 20x2048 (with remat), each on a pure data-parallel mesh. Default sizes:
+tiny,10m,40m on CPU; also 200m,1b on GPU.
 
     python benchmarks/train.py --peer-python ../peer-venv/bin/python --json train_cpu.json
     python benchmarks/train.py --sizes 200m@256,1b@64 --dtype bfloat16      # on a GPU
@@ -31,19 +32,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import mgdt_1b, mgdt_10m, mgdt_40m, mgdt_200m, tiny
 from mgdt_jax import host_memory, sharding, tokens
 from mgdt_jax.training import flops
 from mgdt_jax.training.train_step import Trainer
 
-SIZES = {  # name -> (num_layers, d_model, remat)
-    "tiny": (2, 128, False),
-    "10m": (4, 512, False),
-    "40m": (6, 768, False),
-    "200m": (10, 1280, False),
-    "1b": (20, 2048, True),
-}
+SIZES = {"tiny": tiny, "10m": mgdt_10m, "40m": mgdt_40m, "200m": mgdt_200m, "1b": mgdt_1b}  # name -> experiment
 PEER_SIZES = ("tiny", "10m", "40m")  # what torch_mgdt.py implements
-DATASHEET_PEAK = {"NVIDIA H200": 989e12, "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA A100-SXM4-80GB": 312e12}
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -75,13 +70,11 @@ def synthetic_batch(batch_size: int, num_steps: int) -> dict[str, np.ndarray]:
 
 def bench_ours(size: str, batch_size: int, optimizer: str, dtype: str, steps: int, warmup: int,
                cross_check: bool) -> dict:
-    num_layers, d_model, remat = SIZES[size]
-    config = {
-        "model": {"num_layers": num_layers, "d_model": d_model, "num_heads": d_model // 64, "dtype": dtype,
-                  "remat": remat},
-        "optimizer": {"name": optimizer},
-        "train": {"batch_size": batch_size, "num_steps": 1_000_000},
-    }
+    config = SIZES[size].get_config()
+    config.model.dtype = dtype
+    config.optimizer.name = optimizer
+    config.train.batch_size = batch_size
+    config.train.num_steps = 1_000_000
     trainer = Trainer(config, sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}))
     state = trainer.init(seed=0)
     batch = trainer.shard_batch(synthetic_batch(batch_size, trainer.model_config.num_steps))
@@ -190,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# jax {jax.__version__}  backend={jax.default_backend()}  devices={jax.device_count()} x "
           f"{device.device_kind}  cpus={os.cpu_count()}  {platform.processor() or platform.machine()}", flush=True)
     peak_dtype, peak_size = (jnp.float32, 4096) if on_cpu else (jnp.bfloat16, 8192)
-    datasheet = DATASHEET_PEAK.get(device.device_kind)
+    datasheet = flops.peak_flops_per_device(device, "bfloat16")
     peak = 0.0
 
     results, peers = [], []

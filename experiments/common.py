@@ -2,17 +2,41 @@
 
 Each experiment file calls ``base_config()`` and changes what differs. Defaults are the paper's
 pretraining recipe (Lee et al. 2022, §4.1) at the DT-40M size.
+
+Configs are ``ml_collections.ConfigDict``s. Where ml_collections is not installed (a bare
+accelerator machine running benchmarks/gpu_check.py) the same functions return nested
+``types.SimpleNamespace``s with the same fields and values: enough for the model, the sharding and
+the train step, which read sections by attribute (mgdt_jax/config_sections.py). ``mgdt-train``
+itself needs ml_collections (its ``--config`` flag).
 """
 
 from __future__ import annotations
 
-import ml_collections
+import types
+from typing import TYPE_CHECKING, Any
+
+try:
+    import ml_collections
+except ImportError:
+    ml_collections = None
+
+if TYPE_CHECKING:
+    from ml_collections import ConfigDict
 
 
-def base_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
+def _section() -> Any:
+    return ml_collections.ConfigDict() if ml_collections else types.SimpleNamespace()
 
-    config.model = ml_collections.ConfigDict()
+
+def _settable_object(value: Any) -> Any:
+    """A field the command line may set to another type (a dict in files, a string in flags)."""
+    return ml_collections.FieldReference(value, field_type=object) if ml_collections else value
+
+
+def base_config() -> ConfigDict:
+    config = _section()
+
+    config.model = _section()
     model = config.model
     model.num_layers = 6
     model.d_model = 768
@@ -28,12 +52,12 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Device mesh sizes; -1 takes all remaining devices. Pure data parallelism by default, which is
     # fastest while the model and optimizer state fit on one device.
-    config.mesh = ml_collections.ConfigDict()
+    config.mesh = _section()
     config.mesh.data = -1
     config.mesh.fsdp = 1
     config.mesh.tensor = 1
 
-    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer = _section()
     optimizer = config.optimizer
     optimizer.name = "lamb"  # paper; "adamw" for comparison
     optimizer.learning_rate = 3e-4
@@ -45,18 +69,18 @@ def base_config() -> ml_collections.ConfigDict:
     optimizer.weight_decay = 0.0  # paper: none for pretraining (applies to matrices only)
     optimizer.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
 
-    config.data = ml_collections.ConfigDict()
+    config.data = _section()
     data = config.data
     data.sources = ()  # RLDS dataset directories (ours or rlu_atari), set per run; a tuple, so flags can set it
     # Game name -> sampling weight; empty = uniform over games. Typed `object` so the command line
     # can set it: --config.data.game_weights=Pong=2,Breakout=1 (a config file can assign a dict).
-    data.game_weights = ml_collections.FieldReference({}, field_type=object)
+    data.game_weights = _settable_object({})
     data.seed = 0  # data order; with the step it fixes which windows every batch holds
     data.windows_per_episode = 1  # windows cut per episode read: reading dominates, 8 is ~5x faster
     data.num_threads = 2  # threads building batches; decoding holds the GIL, so more add little
     data.num_workers = 0  # Grain worker processes: the way to use a host's spare cores
 
-    config.train = ml_collections.ConfigDict()
+    config.train = _section()
     train = config.train
     train.batch_size = 2048  # global, in 4-step windows (paper)
     train.grad_accum_steps = 1  # micro-batches per optimizer step, when a batch does not fit

@@ -6,12 +6,15 @@ the model fields must match the checkpoint (DT-200M here, the released size).
 
 from __future__ import annotations
 
-import ml_collections
+from typing import TYPE_CHECKING
 
 from experiments import mgdt_200m
 
+if TYPE_CHECKING:
+    from ml_collections import ConfigDict
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config() -> ConfigDict:
     config = mgdt_200m.get_config()
     config.optimizer.learning_rate = 1e-4
     config.optimizer.weight_decay = 1e-2

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import ml_collections
+from typing import TYPE_CHECKING
 
 from experiments.common import base_config
 
+if TYPE_CHECKING:
+    from ml_collections import ConfigDict
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config() -> ConfigDict:
     config = base_config()
     config.model.num_layers = 4
     config.model.d_model = 512

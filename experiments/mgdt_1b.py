@@ -6,12 +6,15 @@ heads / MLP columns over ``tensor``, with remat, so it trains on devices that ca
 
 from __future__ import annotations
 
-import ml_collections
+from typing import TYPE_CHECKING
 
 from experiments.common import base_config
 
+if TYPE_CHECKING:
+    from ml_collections import ConfigDict
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config() -> ConfigDict:
     config = base_config()
     config.model.num_layers = 20
     config.model.d_model = 2048

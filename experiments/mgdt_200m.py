@@ -5,12 +5,15 @@ Its parameter tree matches the released checkpoint, so ``mgdt-import-checkpoint`
 
 from __future__ import annotations
 
-import ml_collections
+from typing import TYPE_CHECKING
 
 from experiments.common import base_config
 
+if TYPE_CHECKING:
+    from ml_collections import ConfigDict
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config() -> ConfigDict:
     config = base_config()
     config.model.num_layers = 10
     config.model.d_model = 1280

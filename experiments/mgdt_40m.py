@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import ml_collections
+from typing import TYPE_CHECKING
 
 from experiments.common import base_config
 
+if TYPE_CHECKING:
+    from ml_collections import ConfigDict
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config() -> ConfigDict:
     return base_config()

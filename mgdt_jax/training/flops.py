@@ -9,7 +9,8 @@ Counting (2 FLOPs per multiply-add, x3 for forward + backward):
 * ``embeddings_and_heads``: the patch projection (196 x D per patch token) and the output heads.
 
 ``blocks + attention`` is exactly the formula of the PyTorch peer benchmark, so MFU figures compare.
-Optimizer and elementwise work is not counted (it is not model FLOPs).
+Optimizer and elementwise work is not counted (it is not model FLOPs). MFU divides the achieved
+FLOP/s by a peak: ``peak_flops_per_device`` gives the datasheet's.
 """
 
 from __future__ import annotations
@@ -21,6 +22,31 @@ import jax
 
 from mgdt_jax import tokens
 from mgdt_jax.models.mgdt import ModelConfig
+
+# Dense bfloat16 peak FLOP/s per device (vendor datasheets, no sparsity), by ``device_kind`` prefix;
+# the longest matching prefix wins (an "NVIDIA H200 NVL" is not an SXM "NVIDIA H200"). MFU is
+# reported against these for bfloat16 compute only; other cases have no meaningful peak here.
+BF16_PEAK_FLOPS = {
+    "NVIDIA H200": 989e12,  # SXM
+    "NVIDIA H200 NVL": 835e12,
+    "NVIDIA H100": 989e12,  # SXM
+    "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA H100 NVL": 835e12,
+    "NVIDIA A100": 312e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5": 459e12,  # v5p
+    "TPU v6 lite": 918e12,
+}
+
+
+def peak_flops_per_device(device: Any, compute_dtype: str) -> float | None:
+    """The device's datasheet peak FLOP/s for the compute dtype, or None when unknown (CPUs, float32)."""
+    if compute_dtype != "bfloat16":
+        return None
+    kind = getattr(device, "device_kind", "")
+    matches = [prefix for prefix in BF16_PEAK_FLOPS if kind.startswith(prefix)]
+    return BF16_PEAK_FLOPS[max(matches, key=len)] if matches else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ from flax import nnx
 from mgdt_jax import checkpointing, sharding
 from mgdt_jax.data import pipeline
 from mgdt_jax.training import flops
-from mgdt_jax.training.metric_writer import MetricWriter, Throughput, peak_flops_per_device
+from mgdt_jax.training.metric_writer import MetricWriter, Throughput
 from mgdt_jax.training.train_step import Trainer, TrainState
 
 # The periodic evaluation hook: (model, step) -> scalars to log under "eval/".
@@ -107,7 +107,7 @@ def train(config: Any, workdir: str | Path, *, evaluate: Evaluator | None = None
             tokens_per_step=step_flops.tokens,
             flops_per_step=step_flops.total,
             num_devices=jax.device_count(),
-            peak_flops_per_device=peak_flops_per_device(jax.devices()[0], trainer.model_config.dtype),
+            peak_flops_per_device=flops.peak_flops_per_device(jax.devices()[0], trainer.model_config.dtype),
         )
 
         # --- Steps ---------------------------------------------------------------------------------

@@ -16,33 +16,12 @@ import socket
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-# Dense bfloat16 peak FLOP/s per device (vendor datasheets, no sparsity), by ``device_kind`` prefix.
-# MFU is reported against these for bfloat16 compute only; other cases have no meaningful peak here.
-BF16_PEAK_FLOPS = {
-    "NVIDIA H200": 989e12,
-    "NVIDIA H100": 989e12,
-    "NVIDIA A100": 312e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5": 459e12,  # v5p
-    "TPU v6 lite": 918e12,
-}
-
 TENSORBOARD_DIR = "tensorboard"
 METRICS_FILE = "metrics.jsonl"  # one {"step": ..., name: value, ...} object per log step
-
-
-def peak_flops_per_device(device: Any, compute_dtype: str) -> float | None:
-    """The device's peak FLOP/s for the compute dtype, or None when unknown (CPUs, float32)."""
-    if compute_dtype != "bfloat16":
-        return None
-    kind = getattr(device, "device_kind", "")
-    return next((peak for prefix, peak in BF16_PEAK_FLOPS.items() if kind.startswith(prefix)), None)
 
 
 class _EventFile:

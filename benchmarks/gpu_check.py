@@ -1,0 +1,301 @@
+"""Every accelerator figure the project claims, in one command sized to finish within 10 minutes.
+
+    bash benchmarks/gpu_check.sh [--out DIR] [--only NAMES] [--skip NAMES] [--total-s S] [--dry-run]
+
+Runs the sections of ``SECTIONS`` one after another, each in its own process
+(benchmarks/gpu_check_sections.py): each then has its own peak device memory, an out-of-memory or a
+crash in one loses nothing else, and one that overruns its time budget is stopped (what it measured
+by then is kept). At the end it prints each figure beside the goal it serves and writes
+``DIR/gpu_check.json`` (every figure) and ``DIR/gpu_check.md`` (the table). docs/performance.md
+says what each figure means and holds the figures measured so far.
+
+Budgets are seconds on an H200 (the compile times in them are estimates until a first run records
+the real ones, in each section's ``compile_s``). A section starts only if the total budget has time
+left for it; its process gets ``min(budget, time left)``, stops its own timed loops a few seconds
+before that and is killed at it.
+
+``--dry-run`` runs every section at toy sizes on whatever JAX finds (a CPU in the tests) in under a
+minute, so the script is exercised between accelerator sessions; its sections have no budgets of
+their own, only the total.
+
+This process imports no JAX (it must not claim the accelerator's memory before the sections do);
+the sections need jax, flax, optax and numpy only, run from the repository root with
+``PYTHONPATH=.``: nothing needs installing on a machine that has those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SECTIONS_SCRIPT = Path(__file__).with_name("gpu_check_sections.py")
+GRACE_S = 10.0  # a section stops its own work this long before its process is killed
+MIN_START_S = 20.0  # a section given less than this is not started (toy sizes: 5)
+DEFAULT_TOTAL_S = 510.0  # 8.5 minutes: the 10 minutes of one accelerator command, less start-up margin
+DRY_RUN_TOTAL_S = 400.0  # toy sizes take under a minute on an idle CPU; this bounds a loaded or hung one
+MFU_GOAL = 0.45  # DT-200M bf16 on an H200, against the datasheet peak
+# ALE on the development machine: ~5,000 env steps/s on 2 cores (docs/evaluation.md), ~2,500 per core.
+ALE_STEPS_PER_CORE = 2_500
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """One measurement: the function registered under its name in gpu_check_sections.SECTION_FUNCTIONS."""
+
+    name: str
+    goal: str
+    budget_s: float  # on an H200
+    requires: str | None = None  # a module that must exist; absent: the recipe is not built yet
+
+
+SECTIONS = (
+    Section("matmul_peak", "the ceiling every MFU is read against: bf16 matmul measured vs the datasheet", 40),
+    Section("train_200m", "DT-200M bf16 training at the largest batch that fits: MFU >= 45% on an H200", 170),
+    Section("train_1b", "1B training on one device (fsdp mesh, remat): it fits and runs, at what MFU", 150),
+    Section("policy", "policy env steps/s at 64/256/1,024 envs (200M, tiny): the actor's ceiling when "
+            "the emulators keep up; goal: at least ALE's rate on the host's cores", 110),
+    Section("input_pipeline", "input pipeline windows/s on all host cores >= the 200M step's consumption", 90),
+    Section("ad_train", "AD training tokens/s at the AD^epsilon recipe's size", 60, requires="mgdt_jax.recipes.ad"),
+    Section("ad_eval", "AD KV-cached in-context evaluation steps/s at 81 x 100 episodes", 60,
+            requires="mgdt_jax.recipes.ad"),
+    Section("jat_train", "JAT (768 wide, 12 layers) training tokens/s and MFU", 60, requires="mgdt_jax.recipes.jat"),
+    Section("ada_ppo", "AdA environment + Transformer-XL PPO steps/s at 8,192 envs", 60,
+            requires="mgdt_jax.recipes.ada"),
+)
+SECTIONS_BY_NAME = {section.name: section for section in SECTIONS}
+
+
+def module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def run_section(section: Section, seconds: float, dry_run: bool, scratch: Path) -> dict:
+    """Runs one section's process for at most ``seconds``; its result dict (status, figures...)."""
+    result_path = scratch / f"{section.name}.json"
+    started = time.time()
+    command = [sys.executable, str(SECTIONS_SCRIPT), section.name, "--result", str(result_path),
+               "--deadline", f"{started + seconds - GRACE_S:.3f}"] + (["--dry-run"] if dry_run else [])
+    print(f"\n== {section.name} (budget {seconds:.0f} s): {section.goal}", flush=True)
+    # Its own session, so that stopping it also stops the worker processes it started.
+    environment = dict(os.environ)
+    if dry_run:  # toy figures mean nothing: compile without LLVM's optimisations, ~40% less CPU time
+        environment["XLA_FLAGS"] = f"{environment.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+    process = subprocess.Popen(command, start_new_session=True, env=environment)
+    stopped = False
+    try:
+        returncode = process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        stopped = True
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            returncode = process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            returncode = process.wait()
+    try:
+        result = json.loads(result_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        result = {"status": "running", "figures": {}}
+    if stopped:
+        result.update(status="stopped", reason=f"exceeded its {seconds:.0f} s budget; figures are what it had measured")
+    elif result["status"] == "running":  # the process ended without finishing: killed or crashed
+        result.update(status="failed", reason=f"its process ended with exit code {returncode} before finishing")
+    result["seconds"] = round(time.time() - started, 1)
+    result["budget_s"] = round(seconds, 1)
+    return result
+
+
+def select(names: str | None, exclude: str | None) -> list[Section]:
+    chosen = [name.strip() for name in names.split(",") if name.strip()] if names else list(SECTIONS_BY_NAME)
+    excluded = {name.strip() for name in exclude.split(",") if name.strip()} if exclude else set()
+    unknown = sorted((set(chosen) | excluded) - set(SECTIONS_BY_NAME))
+    if unknown:
+        raise SystemExit(f"gpu_check: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS_BY_NAME)}")
+    return [SECTIONS_BY_NAME[name] for name in chosen if name not in excluded]
+
+
+# ---------------------------------------------------------------------------------------------
+# The report: each figure beside its goal
+
+
+def _tflops(value: float | None) -> str:
+    return f"{value / 1e12:,.1f} TFLOP/s" if value else "-"
+
+
+def _percent(value: float | None) -> str:
+    return f"{100 * value:.1f}%" if value is not None else "-"
+
+
+def _gib(value: float | None) -> str:
+    return f"{value / 2**30:,.1f} GiB" if value else "not reported"
+
+
+def peaks(results: dict[str, dict]) -> tuple[float | None, float | None]:
+    """(measured bf16 matmul FLOP/s, datasheet bf16 FLOP/s) from the matmul_peak section."""
+    figures = results.get("matmul_peak", {}).get("figures", {})
+    return figures.get("measured_flops"), figures.get("datasheet_flops")
+
+
+def add_mfu(results: dict[str, dict]) -> None:
+    """MFU of each training section against both peaks (None where a peak is unknown)."""
+    measured, datasheet = peaks(results)
+    for name in ("train_200m", "train_1b"):
+        figures = results.get(name, {}).get("figures", {})
+        if figures.get("flops_per_s"):
+            figures["mfu_vs_measured"] = figures["flops_per_s"] / measured if measured else None
+            figures["mfu_vs_datasheet"] = figures["flops_per_s"] / datasheet if datasheet else None
+
+
+def pipeline_verdict(results: dict[str, dict]) -> list[dict]:
+    """Per reader setting: its windows/s against the 200M training step's consumption."""
+    consumption = results.get("train_200m", {}).get("figures", {}).get("windows_per_s")
+    rows = []
+    for setting in results.get("input_pipeline", {}).get("figures", {}).get("readers", []):
+        rate = setting["windows_per_s"]
+        if not consumption:
+            verdict = "cannot compare: the 200M step was not measured in this run"
+        elif rate >= consumption:
+            verdict = f"keeps up ({rate / consumption:.2f}x what the step consumes)"
+        else:
+            verdict = f"falls short: {rate / consumption:.2f}x what the step consumes"
+        rows.append({**setting, "consumption_windows_per_s": consumption, "verdict": verdict})
+    return rows
+
+
+def table_rows(results: dict[str, dict], cpus: int) -> list[tuple[str, str, str]]:
+    """(goal, figure, verdict) rows, one or more per section, in section order."""
+    rows = []
+    measured, datasheet = peaks(results)
+    for name, result in results.items():
+        section, figures = SECTIONS_BY_NAME[name], result.get("figures", {})
+        if result["status"] not in ("ok", "stopped") or not figures:
+            rows.append((section.goal, f"{result['status']}: {result.get('reason', '')}", "-"))
+            continue
+        suffix = " (stopped at its budget: partial)" if result["status"] == "stopped" else ""
+        if name == "matmul_peak" and measured:
+            ratio = f"{measured / datasheet:.0%} of the datasheet" if datasheet else "no datasheet peak for this device"
+            rows.append((section.goal, f"{_tflops(measured)} measured, {_tflops(datasheet)} datasheet{suffix}", ratio))
+        elif name in ("train_200m", "train_1b") and figures.get("tokens_per_s"):
+            capped = figures.get("batch") == figures.get("batch_cap") and figures.get("predicted_max_batch", 0) > figures["batch"]
+            figure = (f"batch {figures['batch']}{' (the config batch; more would fit)' if capped else ''}: "
+                      f"{figures['tokens_per_s']:,.0f} tokens/s, {_tflops(figures['flops_per_s'])}, "
+                      f"MFU {_percent(figures.get('mfu_vs_measured'))} of measured / {_percent(figures.get('mfu_vs_datasheet'))} "
+                      f"of datasheet, peak memory {_gib(figures.get('peak_bytes_in_use'))}{suffix}")
+            verdict = "runs"
+            if name == "train_200m":
+                mfu = figures.get("mfu_vs_datasheet")
+                verdict = ("no datasheet peak: goal not judged" if mfu is None
+                           else f"{'meets' if mfu >= MFU_GOAL else 'misses'} MFU >= {MFU_GOAL:.0%} (datasheet)")
+            rows.append((section.goal, figure, verdict))
+        elif name == "policy" and figures.get("rates"):
+            ale = ALE_STEPS_PER_CORE * cpus
+            for rate in figures["rates"]:
+                verdict = f"{'above' if rate['env_steps_per_s'] >= ale else 'below'} ~{ale:,} (ALE estimate, {cpus} cores)"
+                rows.append((f"policy {rate['model']} x {rate['envs']} envs",
+                             f"{rate['env_steps_per_s']:,.0f} env steps/s ({rate['dtype']}){suffix}", verdict))
+        elif name == "input_pipeline" and figures.get("readers"):
+            for setting in pipeline_verdict(results):
+                consumption = setting["consumption_windows_per_s"]
+                rows.append((f"input pipeline, {setting['windows_per_episode']} window(s)/episode, {setting['workers']} workers",
+                             f"{setting['windows_per_s']:,.0f} windows/s vs {f'{consumption:,.0f}' if consumption else '-'} "
+                             f"consumed by the 200M step{suffix}", setting["verdict"]))
+        else:  # partial figures, or a section with no row of its own yet
+            rows.append((section.goal, f"{result['status']}: {result.get('reason') or 'figures in gpu_check.json'}", "-"))
+    return rows
+
+
+def markdown_table(rows: list[tuple[str, str, str]]) -> str:
+    lines = ["| goal | figure | verdict |", "|---|---|---|"]
+    lines += [f"| {goal} | {figure} | {verdict} |" for goal, figure, verdict in rows]
+    return "\n".join(lines) + "\n"
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(".bench/gpu_check"), help="where gpu_check.json and .md go")
+    parser.add_argument("--only", help=f"comma list of sections to run: {','.join(SECTIONS_BY_NAME)}")
+    parser.add_argument("--skip", help="comma list of sections to leave out")
+    parser.add_argument("--total-s", type=float, help=f"time for all sections (default {DEFAULT_TOTAL_S:.0f}; "
+                        f"dry run {DRY_RUN_TOTAL_S:.0f})")
+    parser.add_argument("--dry-run", action="store_true", help="toy sizes on whatever JAX finds (a CPU): under a minute")
+    args = parser.parse_args(argv)
+    sections = select(args.only, args.skip)
+    total = args.total_s or (DRY_RUN_TOTAL_S if args.dry_run else DEFAULT_TOTAL_S)
+    if total <= 0:
+        raise SystemExit(f"gpu_check: --total-s must be positive, got {total}")
+    min_start = 5.0 if args.dry_run else MIN_START_S
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(f"gpu_check: cannot create --out {args.out}: {error.strerror}") from None
+
+    started_at = datetime.datetime.now(datetime.timezone.utc)
+    start = time.time()
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as scratch:
+        for section in sections:
+            left = total - (time.time() - start)
+            if section.requires and not module_exists(section.requires):
+                results[section.name] = {"status": "skipped", "reason": f"not built yet (no module {section.requires})"}
+            elif left < min_start:
+                results[section.name] = {"status": "skipped", "reason": f"no time left ({left:.0f} s of {total:.0f} s)"}
+            else:
+                # Toy sizes on a shared CPU take what they take; the total still bounds them.
+                seconds = left if args.dry_run else min(section.budget_s, left)
+                results[section.name] = run_section(section, seconds, args.dry_run, Path(scratch))
+            if results[section.name]["status"] != "ok":
+                print(f"-- {section.name}: {results[section.name]['status']}: {results[section.name].get('reason', '')}",
+                      flush=True)
+
+    add_mfu(results)
+    environment = next((r["environment"] for r in results.values() if r.get("environment")), {})
+    rows = table_rows(results, os.cpu_count() or 1)
+    report = {
+        "date": started_at.isoformat(timespec="seconds"),
+        "dry_run": args.dry_run,
+        "machine": {"host_cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    **environment},
+        "commit": git_commit(),
+        "total_s": round(time.time() - start, 1),
+        "total_budget_s": total,
+        "goals": {name: SECTIONS_BY_NAME[name].goal for name in results},
+        "sections": results,
+        "input_pipeline_vs_training": pipeline_verdict(results),
+        "table": [dict(zip(("goal", "figure", "verdict"), row)) for row in rows],
+    }
+    table = markdown_table(rows)
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "gpu_check.md").write_text(
+        f"{report['date']}, {environment.get('device_kind', 'unknown device')} "
+        f"({'dry run, toy sizes' if args.dry_run else 'full sizes'}), {report['total_s']:.0f} s\n\n{table}")
+    print(f"\n{table}\n{report['total_s']:.0f} s in all; wrote {args.out / 'gpu_check.json'} and {args.out / 'gpu_check.md'}")
+    failed = [name for name, result in results.items() if result["status"] in ("failed", "stopped")]
+    if failed:
+        print(f"gpu_check: {', '.join(failed)} did not finish (see above)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

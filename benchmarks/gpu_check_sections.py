@@ -1,0 +1,563 @@
+"""The sections of benchmarks/gpu_check.py: one function each, run one per process.
+
+    python benchmarks/gpu_check_sections.py SECTION --result FILE --deadline UNIX_TIME [--dry-run]
+
+A section function takes a `Run`: it reads its sizes from ``run.scale`` (full, or toy for
+``--dry-run``), records figures as it measures them (``run.record``, written to the result file at
+once, so a section stopped at its budget keeps what it had) and stops its timed loops when
+``run.left()`` runs short. It raises `SectionSkipped` when it cannot run here (a missing package),
+with the reason. Adding a recipe's check is one function here, registered in ``SECTION_FUNCTIONS``
+under the name of its entry in gpu_check.py's ``SECTIONS``.
+
+Only jax, flax, optax and numpy are needed, and the experiment configs are read without
+ml_collections (experiments/common.py), so this runs on a bare accelerator machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from benchmarks.train import matmul_peak, synthetic_batch
+from data_pipelines import replay_logs
+from experiments import mgdt_1b, mgdt_200m, tiny
+from mgdt_jax import atari, sharding
+from mgdt_jax.models.mgdt import MultiGameDecisionTransformer
+from mgdt_jax.policy import Policy, sampling_preset
+from mgdt_jax.training import flops
+from mgdt_jax.training.train_step import Trainer
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """Every size a section uses: `FULL` on the accelerator, `TOY` for the dry run."""
+
+    toy_model: Mapping[str, Any] | None  # overrides of every model's size fields (None: the real sizes)
+    matmul_sizes: tuple[int, ...]
+    probe_batch: int  # 200M: the batch compiled first, whose memory use predicts the largest that fits
+    batch_granule: int  # the fitted batch is a multiple of this
+    fit_compiles: int  # compiles after the probe's, each at the batch the steps so far predict
+    batch_1b: int
+    assumed_memory_bytes: int | None  # used where the device reports no memory limit (CPUs)
+    warmup_steps: int
+    max_timed_steps: int
+    timed_s: float
+    policy_envs: tuple[int, ...]
+    policy_max_steps: int
+    policy_timed_s: float
+    pipeline_games: tuple[str, ...]
+    pipeline_episodes_per_game: int
+    pipeline_steps_per_episode: int
+    pipeline_batch: int
+    pipeline_windows_per_episode: tuple[int, ...]
+    pipeline_batches_per_worker: int  # timed batches: enough for every worker to deliver several
+    pipeline_timed_s: float
+
+
+FULL = Scale(
+    toy_model=None, matmul_sizes=(8192, 16384), probe_batch=64, batch_granule=64, fit_compiles=3, batch_1b=256,
+    assumed_memory_bytes=None, warmup_steps=2, max_timed_steps=20, timed_s=15.0,
+    policy_envs=(64, 256, 1024), policy_max_steps=50, policy_timed_s=4.0,
+    pipeline_games=("Pong", "Breakout"), pipeline_episodes_per_game=4, pipeline_steps_per_episode=10_000,
+    pipeline_batch=64, pipeline_windows_per_episode=(1, 8), pipeline_batches_per_worker=2, pipeline_timed_s=15.0,
+)
+TOY = Scale(
+    toy_model={"num_layers": 1, "d_model": 64, "num_heads": 1}, matmul_sizes=(256,), probe_batch=2,
+    batch_granule=2, fit_compiles=1, batch_1b=2, assumed_memory_bytes=64 << 20, warmup_steps=1, max_timed_steps=2, timed_s=2.0,
+    policy_envs=(2,), policy_max_steps=2, policy_timed_s=1.0,
+    pipeline_games=("Pong", "Breakout"), pipeline_episodes_per_game=1, pipeline_steps_per_episode=200,
+    pipeline_batch=8, pipeline_windows_per_episode=(8,), pipeline_batches_per_worker=2, pipeline_timed_s=2.0,
+)
+FIT_FRACTION = 0.9  # of the device's memory limit a predicted batch may use (allocator slack)
+OUT_OF_MEMORY = "RESOURCE_EXHAUSTED"
+
+
+class SectionSkipped(Exception):
+    """The section cannot run here; the message says why."""
+
+
+class Run:
+    """One section's process: its sizes, its deadline and its figures (written as they come)."""
+
+    def __init__(self, name: str, result_path: Path, deadline: float, dry_run: bool):
+        self.name = name
+        self.scale = TOY if dry_run else FULL
+        self._path = result_path
+        self._deadline = deadline
+        self._result: dict[str, Any] = {"status": "running", "figures": {}, "notes": []}
+        self._write()
+
+    def left(self) -> float:
+        """Seconds until this section must have stopped."""
+        return self._deadline - time.time()
+
+    def record(self, **figures: Any) -> None:
+        self._result["figures"].update(figures)
+        self._write()
+
+    def note(self, text: str) -> None:
+        """A fact about how the figures were taken (a fallback, a shortened loop)."""
+        self.log(text)
+        self._result["notes"].append(text)
+        self._write()
+
+    def log(self, text: str) -> None:
+        print(f"[{self.name}] {text}", flush=True)
+
+    def finish(self, status: str, reason: str | None = None) -> None:
+        environment: dict[str, Any] = {"jax": jax.__version__}
+        try:
+            environment.update(backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
+                               device_count=jax.device_count())
+        except RuntimeError as error:  # no backend could start: the reason is the figure
+            environment["backend_error"] = str(error)
+        self._result.update(status=status, environment=environment)
+        if reason:
+            self._result["reason"] = reason
+        self._write()
+
+    def _write(self) -> None:
+        partial = self._path.with_name(self._path.name + ".partial")
+        partial.write_text(json.dumps(self._result, indent=2, default=float))
+        os.replace(partial, self._path)  # the parent never reads a half-written file
+
+
+def model_config(experiment: ModuleType, run: Run) -> Any:
+    """The experiment's config, its model shrunk to toy size for the dry run."""
+    config = experiment.get_config()
+    for field, value in (run.scale.toy_model or {}).items():
+        setattr(config.model, field, value)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# matmul_peak
+
+
+def matmul_peak_section(run: Run) -> None:
+    device = jax.devices()[0]
+    run.record(device_kind=device.device_kind, datasheet_flops=flops.peak_flops_per_device(device, "bfloat16"))
+    per_size = {}
+    for size in run.scale.matmul_sizes:
+        per_size[str(size)] = matmul_peak(jnp.bfloat16, size, reps=10)
+        run.log(f"bf16 matmul {size}^3: {per_size[str(size)] / 1e12:,.1f} TFLOP/s (best of 10)")
+        run.record(per_size_flops=per_size, measured_flops=max(per_size.values()))
+
+
+# ---------------------------------------------------------------------------------------------
+# train_200m, train_1b
+
+
+def device_memory_limit(run: Run) -> tuple[int | None, bool]:
+    """(bytes the allocator may hold on device 0, whether the device reported it)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), True
+    return run.scale.assumed_memory_bytes, False
+
+
+def step_bytes(compiled: jax.stages.Compiled) -> int | None:
+    """Device bytes one step holds at its peak by XLA's buffer assignment: inputs, outputs, temporaries."""
+    memory = compiled.memory_analysis()
+    if memory is None:
+        return None
+    return (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+            + memory.temp_size_in_bytes)
+
+
+def abstract_batch(trainer: Trainer, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    example = synthetic_batch(1, trainer.model_config.num_steps)
+    return {key: jax.ShapeDtypeStruct((batch_size, *value.shape[1:]), value.dtype) for key, value in example.items()}
+
+
+def compile_step(trainer: Trainer, batch_size: int, run: Run) -> tuple[jax.stages.Compiled, float]:
+    start = time.perf_counter()
+    compiled = trainer.lower_step(abstract_batch(trainer, batch_size)).compile()
+    seconds = time.perf_counter() - start
+    run.log(f"compiled the step at batch {batch_size} in {seconds:.1f} s; XLA's peak "
+            f"{(step_bytes(compiled) or 0) / 2**30:,.2f} GiB")
+    return compiled, seconds
+
+
+def timed_steps(step: Callable, state: Any, batch: Any, run: Run) -> tuple[Any, dict[str, float]]:
+    """Warm-up steps, then steps timed with one always queued behind the one running.
+
+    Stops after ``max_timed_steps``, ``timed_s`` or when the section's time runs short.
+    """
+    scale = run.scale
+    warmup_start = time.perf_counter()
+    for _ in range(scale.warmup_steps):
+        state, metrics = step(state, batch)
+        first_loss = float(metrics["loss"])
+    step_estimate = (time.perf_counter() - warmup_start) / scale.warmup_steps
+    start = time.perf_counter()
+    pending, done = None, 0
+    while done < scale.max_timed_steps and time.perf_counter() - start < scale.timed_s and run.left() > 2 * step_estimate:
+        state, metrics = step(state, batch)
+        if pending is not None:
+            float(pending["loss"])  # waits for the previous step only
+        pending, done = metrics, done + 1
+    if pending is None:
+        raise SectionSkipped(f"no time left to time a step (one takes ~{step_estimate:.1f} s)")
+    last_loss = float(pending["loss"])
+    elapsed = time.perf_counter() - start
+    return state, {"timed_steps": done, "step_s": elapsed / done, "loss_first": first_loss, "loss_last": last_loss}
+
+
+def predict_batch(points: list[tuple[int, int]], state_bytes: int, budget_bytes: float, granule: int) -> int:
+    """The largest batch (a multiple of ``granule``) whose step is predicted to need <= ``budget_bytes``.
+
+    ``points`` are (batch, step bytes) of compiled steps. From one point, every byte beyond the
+    state counts as per-window (fixed temporaries too), so the prediction errs small; from two or
+    more, the line through the two largest batches (activation memory grows linearly with it).
+    """
+    if len(points) == 1:
+        (batch, total), = points
+        slope, intercept = max(total - state_bytes, 1) / batch, state_bytes
+    else:
+        (batch_a, total_a), (batch_b, total_b) = sorted(points)[-2:]
+        slope = max(total_b - total_a, 1) / (batch_b - batch_a)
+        intercept = total_b - slope * batch_b
+    return max(int((budget_bytes - intercept) / slope) // granule * granule, 0)
+
+
+def train_section(run: Run, experiment: ModuleType, fit: bool) -> None:
+    """One experiment config's training step: throughput, FLOP/s and device memory.
+
+    With ``fit`` the batch is the largest that fits within `FIT_FRACTION` of the device's memory
+    (capped at the config's batch): a probe batch is compiled, the largest batch its memory predicts
+    is compiled next, and the prediction refined from the compiled steps while time allows.
+    Otherwise the batch is ``scale.batch_1b``, halved while XLA says it does not fit.
+    """
+    config = model_config(experiment, run)
+    config.train.num_steps = 1_000_000  # only the learning-rate schedule reads it
+    mesh = sharding.make_mesh(config.mesh)
+    trainer = Trainer(config, mesh)
+    model = trainer.model_config
+    granule = run.scale.batch_granule
+    run.record(num_layers=model.num_layers, d_model=model.d_model, dtype=model.dtype, remat=model.remat,
+               optimizer=config.optimizer.name, mesh=dict(zip(mesh.axis_names, mesh.devices.shape)),
+               batch_cap=config.train.batch_size)
+    start = time.perf_counter()
+    state = trainer.init(seed=0)
+    jax.block_until_ready(state)
+    state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(trainer.abstract_state))
+    limit, reported = device_memory_limit(run)
+    budget = FIT_FRACTION * limit if limit else None
+    run.record(params=sum(leaf.size for leaf in jax.tree.leaves(state.params)), init_s=time.perf_counter() - start,
+               state_bytes=state_bytes, memory_limit_bytes=limit, memory_limit_reported=reported)
+    if not reported:
+        run.note(f"the device reports no memory limit; batch predictions assume {limit} bytes")
+
+    compiled: dict[int, jax.stages.Compiled] = {}
+    points: list[tuple[int, int]] = []  # (batch, XLA's step bytes)
+    compile_seconds: dict[str, float] = {}
+
+    def try_compile(batch_size: int) -> bool:
+        """Compiles the step for this batch; False if XLA runs out of memory doing so."""
+        try:
+            compiled[batch_size], compile_seconds[str(batch_size)] = compile_step(trainer, batch_size, run)
+        except Exception as error:
+            if OUT_OF_MEMORY not in str(error):
+                raise
+            run.note(f"batch {batch_size} does not fit (out of memory while compiling)")
+            return False
+        if (total := step_bytes(compiled[batch_size])) is not None:
+            points.append((batch_size, total))
+        run.record(compile_s=compile_seconds, step_bytes_by_batch={str(b): t for b, t in points})
+        return True
+
+    def fits(batch_size: int) -> bool:
+        total = dict(points).get(batch_size)
+        return batch_size in compiled and (budget is None or total is None or total <= budget)
+
+    batch_size = run.scale.probe_batch if fit else run.scale.batch_1b
+    while not (try_compile(batch_size) and (fit or fits(batch_size))):
+        if batch_size == 1:
+            raise RuntimeError("the step does not fit even at batch 1")
+        compiled.pop(batch_size, None)
+        batch_size //= 2
+    first_compile_s = compile_seconds[str(batch_size)]
+    if fit:
+        run.record(probe_batch=batch_size)
+    if budget and points:
+        run.record(predicted_max_batch=predict_batch(points, state_bytes, budget, granule))
+    if fit and budget and points:
+        tried = set(compiled)
+        for _ in range(run.scale.fit_compiles):  # the first prediction errs small; two points pin the line
+            target = min(predict_batch(points, state_bytes, budget, granule), config.train.batch_size)
+            if target in tried or target <= max(b for b in compiled if fits(b)):
+                break
+            if run.left() < 2 * first_compile_s + 30:
+                run.note(f"no time to compile batch {target} (a compile takes ~{first_compile_s:.0f} s)")
+                break
+            tried.add(target)
+            try_compile(target)
+        run.record(predicted_max_batch=predict_batch(points, state_bytes, budget, granule))
+
+    runnable = sorted((b for b in compiled if fits(b)), reverse=True) or [min(compiled)]
+    for batch_size in runnable:
+        batch = trainer.shard_batch(synthetic_batch(batch_size, model.num_steps))
+        try:
+            state, timing = timed_steps(compiled[batch_size], state, batch, run)
+        except Exception as error:
+            if OUT_OF_MEMORY not in str(error):
+                raise
+            run.note(f"batch {batch_size} does not fit (out of memory while running)")
+            state = trainer.init(seed=0)  # the failed step may have consumed the donated state
+            continue
+        step_flops = flops.training_flops(model, batch_size)
+        stats = jax.devices()[0].memory_stats() or {}
+        steps_per_s = 1.0 / timing["step_s"]
+        per_device_flops = steps_per_s * step_flops.total / jax.device_count()
+        run.record(
+            batch=batch_size, tokens_per_step=step_flops.tokens, flops_per_step=step_flops.total,
+            xla_flops_per_step=flops.compiled_flops(compiled[batch_size]),
+            xla_step_bytes=dict(points).get(batch_size), **timing,
+            tokens_per_s=steps_per_s * step_flops.tokens, windows_per_s=steps_per_s * batch_size,
+            flops_per_s=per_device_flops,
+            peak_bytes_in_use=stats.get("peak_bytes_in_use"), bytes_limit=stats.get("bytes_limit"))
+        run.log(f"batch {batch_size}: {steps_per_s * step_flops.tokens:,.0f} tokens/s, step {timing['step_s']:.3f} s, "
+                f"{per_device_flops / 1e12:,.1f} TFLOP/s per device, loss {timing['loss_first']:.3f} -> "
+                f"{timing['loss_last']:.3f}")
+        if not np.isfinite(timing["loss_last"]):
+            raise RuntimeError(f"the loss is {timing['loss_last']} after {timing['timed_steps']} steps")
+        return
+    raise RuntimeError(f"no compiled batch ({sorted(compiled)}) could run")
+
+
+def train_200m(run: Run) -> None:
+    train_section(run, mgdt_200m, fit=True)
+
+
+def train_1b(run: Run) -> None:
+    train_section(run, mgdt_1b, fit=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# policy
+
+
+def policy_rate(policy: Policy, envs: int, run: Run) -> dict[str, float]:
+    """Env steps/s of `Policy.act` on synthetic frames, as the actor calls it: frames uploaded from
+    the host every step and actions read back (no emulator, no overlapping halves)."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (4, envs, 84, 84, 1), dtype=np.uint8)
+    starts = np.ones(envs, bool)
+    no_starts = np.zeros(envs, bool)
+    rewards = np.zeros(envs, np.int32)
+    key = jax.random.key(0)
+    context = policy.initial_context(envs)
+    start = time.perf_counter()
+    actions, context = policy.act(context, frames[0], starts, rewards, key)  # compiles
+    np.asarray(actions)
+    compile_s = time.perf_counter() - start
+    actions, context = policy.act(context, frames[1], no_starts, rewards, jax.random.fold_in(key, 1))
+    np.asarray(actions)
+    steps, start = 0, time.perf_counter()
+    while steps < run.scale.policy_max_steps and time.perf_counter() - start < run.scale.policy_timed_s and run.left() > 5:
+        actions, context = policy.act(context, frames[steps % 4], no_starts, rewards, jax.random.fold_in(key, steps + 2))
+        np.asarray(actions)
+        steps += 1
+    if not steps:
+        raise SectionSkipped("no time left to time a policy step")
+    elapsed = time.perf_counter() - start
+    return {"envs": envs, "env_steps_per_s": envs * steps / elapsed, "agent_steps": steps,
+            "step_s": elapsed / steps, "compile_s": compile_s}
+
+
+def policy(run: Run) -> None:
+    rates = []
+    for name, experiment in (("200m", mgdt_200m), ("tiny", tiny)):
+        config = model_config(experiment, run)
+        model = MultiGameDecisionTransformer(config.model, rngs=nnx.Rngs(0))
+        sampler = Policy(model, sampling_preset("expert"))
+        params = sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model)))
+        for envs in run.scale.policy_envs:
+            if run.left() < 15:
+                run.note(f"no time left for {name} at {envs} envs")
+                break
+            rate = {"model": name, "params": params, "dtype": config.model.dtype, **policy_rate(sampler, envs, run)}
+            rates.append(rate)
+            run.record(rates=rates)
+            run.log(f"{name} x {envs} envs: {rate['env_steps_per_s']:,.0f} env steps/s "
+                    f"({rate['step_s'] * 1e3:.1f} ms per step; compiled in {rate['compile_s']:.1f} s)")
+
+
+# ---------------------------------------------------------------------------------------------
+# input_pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineReader:
+    """The input pipeline under test, as two functions.
+
+    ``convert(logs_dir, out_dir) -> dataset_dir`` turns DQN-Replay-format logs into its dataset;
+    ``batches(dataset_dir, batch_size, windows_per_episode, workers)`` yields batches of the batch
+    contract, read by ``workers`` processes. Close the iterator (if it has ``close``) when done.
+    """
+
+    name: str
+    convert: Callable[[Path, Path], Path]
+    batches: Callable[[Path, int, int, int], Iterator[dict[str, np.ndarray]]]
+
+
+def pipeline_reader() -> PipelineReader:
+    """The reader of mgdt_jax.data, or `SectionSkipped` naming what it lacks here.
+
+    To measure another reader, return it from here: the section needs nothing else.
+    """
+    try:
+        from absl import flags
+
+        from data_pipelines import convert
+        from mgdt_jax.data.pipeline import TrainingData
+        from mgdt_jax.data.rlds_source import find_datasets
+    except ImportError as error:
+        raise SectionSkipped(f"mgdt_jax.data cannot run here: {error}") from None
+    flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags
+
+    def convert_logs(logs_dir: Path, out_dir: Path) -> Path:
+        convert.convert(logs_dir, out_dir, progress=False)
+        return out_dir
+
+    def batches(dataset: Path, batch_size: int, windows_per_episode: int, workers: int) -> Iterator[dict[str, np.ndarray]]:
+        data = TrainingData(find_datasets([dataset]), global_batch_size=batch_size, num_steps=4, seed=0,
+                            windows_per_episode=windows_per_episode, num_threads=1, num_workers=workers)
+        return data.iterate()
+
+    return PipelineReader("mgdt_jax.data.pipeline.TrainingData (Grain worker processes)", convert_logs, batches)
+
+
+def write_synthetic_logs(root: Path, games: tuple[str, ...], episodes_per_game: int, steps_per_episode: int) -> Path:
+    """DQN-Replay-format logs of complete synthetic episodes: root/<Game>/1/replay_logs/.
+
+    Frames are horizontal grey bands (one random shade per band and episode) with a 4x4 white block
+    moving across them: about as compressible as Atari frames, unlike noise. Actions are uniform
+    over the game's minimal set, rewards 1 with probability 1%.
+    """
+    rng = np.random.default_rng(0)
+    steps = np.arange(steps_per_episode)
+    for game in games:
+        actions = len(atari.minimal_to_full(game))
+        capacity = episodes_per_game * (steps_per_episode + replay_logs.PADDING_ROWS) + 2  # one dump: the final
+        buffer = replay_logs.LoggedReplayBuffer(root / game / "1" / "replay_logs", capacity)
+        for _ in range(episodes_per_game):
+            bands = np.repeat(rng.integers(0, 256, (12, 1), dtype=np.uint8), 7, axis=0)
+            frames = np.broadcast_to(bands, (steps_per_episode, 84, 84)).copy()
+            rows, columns = (steps * 3) % 80, (steps * 5) % 80
+            for dy in range(4):
+                for dx in range(4):
+                    frames[steps, rows + dy, columns + dx] = 255
+            episode_actions = rng.integers(0, actions, steps_per_episode)
+            rewards = (rng.random(steps_per_episode) < 0.01).astype(np.float32)
+            for t in range(steps_per_episode):
+                buffer.add(frames[t], int(episode_actions[t]), float(rewards[t]), t == steps_per_episode - 1)
+        buffer.log_final_buffer()
+    return root
+
+
+def windows_per_second(batches: Iterator[dict[str, np.ndarray]], batch_size: int, workers: int,
+                       run: Run) -> tuple[float, int]:
+    """(windows/s, batches timed) after the first batch (worker start-up) is taken untimed.
+
+    Workers build whole batches in parallel, so the batches right after the first arrive in a
+    burst; timing several per worker averages that out.
+    """
+    next(batches)
+    wanted = run.scale.pipeline_batches_per_worker * workers
+    done, start = 0, time.perf_counter()
+    while done < wanted and time.perf_counter() - start < run.scale.pipeline_timed_s and run.left() > 5:
+        next(batches)
+        done += 1
+    if not done:
+        raise SectionSkipped("no time left to time a batch")
+    return done * batch_size / (time.perf_counter() - start), done
+
+
+def input_pipeline(run: Run) -> None:
+    reader = pipeline_reader()
+    scale = run.scale
+    workers = os.cpu_count() or 1
+    run.record(reader=reader.name, games=list(scale.pipeline_games), episodes_per_game=scale.pipeline_episodes_per_game,
+               steps_per_episode=scale.pipeline_steps_per_episode, batch=scale.pipeline_batch, workers=workers)
+    with tempfile.TemporaryDirectory(prefix="gpu_check_pipeline_") as scratch:
+        start = time.perf_counter()
+        logs = write_synthetic_logs(Path(scratch) / "logs", scale.pipeline_games, scale.pipeline_episodes_per_game,
+                                    scale.pipeline_steps_per_episode)
+        run.record(write_logs_s=time.perf_counter() - start)
+        start = time.perf_counter()
+        dataset = reader.convert(logs, Path(scratch) / "dataset")
+        run.record(convert_s=time.perf_counter() - start)
+        run.log(f"synthetic dataset: {len(scale.pipeline_games) * scale.pipeline_episodes_per_game} episodes of "
+                f"{scale.pipeline_steps_per_episode:,} steps, converted in {time.perf_counter() - start:.1f} s")
+        readers = []
+        for windows_per_episode in scale.pipeline_windows_per_episode:
+            if run.left() < 15:
+                run.note(f"no time left for {windows_per_episode} window(s) per episode")
+                break
+            batches = reader.batches(dataset, scale.pipeline_batch, windows_per_episode, workers)
+            try:
+                rate, timed = windows_per_second(batches, scale.pipeline_batch, workers, run)
+            finally:
+                if hasattr(batches, "close"):
+                    batches.close()
+            readers.append({"windows_per_episode": windows_per_episode, "workers": workers,
+                            "windows_per_s": rate, "batches_timed": timed})
+            run.record(readers=readers)
+            run.log(f"{windows_per_episode} window(s) per episode, {workers} workers: {rate:,.0f} windows/s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("section")
+    parser.add_argument("--result", type=Path, required=True)
+    parser.add_argument("--deadline", type=float, required=True, help="Unix time by which the section must stop")
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args(argv)
+    run = Run(args.section, args.result, args.deadline, args.dry_run)
+    function = SECTION_FUNCTIONS.get(args.section)
+    try:
+        if function is None:
+            raise SectionSkipped(f"no measurement is written for it yet (a function {args.section} in {Path(__file__).name})")
+        if not args.dry_run and jax.default_backend() == "cpu":
+            raise SectionSkipped("JAX found no accelerator (its backend is cpu); full sizes are for accelerators, "
+                                 "--dry-run is for CPUs")
+        function(run)
+    except SectionSkipped as reason:
+        run.finish("skipped", str(reason))
+        return 0
+    except Exception as error:  # reported by the parent; the traceback is for whoever reads the log
+        traceback.print_exc()
+        run.finish("failed", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:500])
+        return 1
+    run.finish("ok")
+    return 0
+
+
+SECTION_FUNCTIONS: dict[str, Callable[[Run], None]] = {
+    "matmul_peak": matmul_peak_section,
+    "train_200m": train_200m,
+    "train_1b": train_1b,
+    "policy": policy,
+    "input_pipeline": input_pipeline,
+}
+
+
+if __name__ == "__main__":  # Grain's worker processes re-import this module
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""benchmarks/gpu_check.sh: the dry run of every section as a bare accelerator machine would run it
+(no ml_collections, no emulator; no TensorFlow or Grain for the input pipeline), the time budgets,
+and the verdicts printed beside each goal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import gpu_check
+
+REPO = Path(__file__).resolve().parents[1]
+BUILT = ("matmul_peak", "train_200m", "train_1b", "policy", "input_pipeline")
+NOT_BUILT = ("ad_train", "ad_eval", "jat_train", "ada_ppo")
+
+
+def hide_modules(root: Path, names: tuple[str, ...]) -> Path:
+    """A directory that, first on PYTHONPATH, makes importing each of ``names`` fail as if absent."""
+    for name in names:
+        (root / name).mkdir(parents=True)
+        (root / name / "__init__.py").write_text(f"raise ModuleNotFoundError(\"No module named '{name}'\", name={name!r})\n")
+    return root
+
+
+def run_check(tmp_path: Path, hidden: tuple[str, ...], *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    environment = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}  # one device, as on the GPU
+    environment.update(PYTHON=sys.executable, PYTHONPATH=str(hide_modules(tmp_path / "hidden", hidden)))
+    out = tmp_path / "out"
+    completed = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", "--out", str(out), *args],
+                               capture_output=True, text=True, env=environment, timeout=600)
+    report = json.loads((out / "gpu_check.json").read_text()) if (out / "gpu_check.json").exists() else {}
+    return completed, report
+
+
+@pytest.mark.slow
+def test_dry_run_measures_every_built_section_without_ml_collections_or_an_emulator(tmp_path):
+    completed, report = run_check(tmp_path, ("ml_collections", "ale_py", "gymnasium"))
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    sections = report["sections"]
+    assert {name: sections[name]["status"] for name in BUILT} == dict.fromkeys(BUILT, "ok"), sections
+    for name in NOT_BUILT:
+        assert sections[name]["status"] == "skipped" and "not built yet" in sections[name]["reason"]
+
+    peak = sections["matmul_peak"]["figures"]["measured_flops"]
+    assert peak > 0
+    fitted = sections["train_200m"]["figures"]
+    # The probe's memory predicted a larger batch, which was compiled and timed.
+    assert fitted["batch"] > fitted["probe_batch"]
+    for name in ("train_200m", "train_1b"):
+        figures = sections[name]["figures"]
+        assert figures["tokens_per_s"] > 0 and np.isfinite(figures["loss_last"])
+        assert figures["mfu_vs_measured"] == pytest.approx(figures["flops_per_s"] / peak)
+        assert figures["tokens_per_s"] == pytest.approx(figures["tokens_per_step"] / figures["step_s"])
+    assert sections["train_1b"]["figures"]["remat"] is True
+    assert {rate["model"] for rate in sections["policy"]["figures"]["rates"]} == {"200m", "tiny"}
+    assert all(rate["env_steps_per_s"] > 0 for rate in sections["policy"]["figures"]["rates"])
+    (comparison,) = report["input_pipeline_vs_training"]
+    assert comparison["windows_per_s"] > 0
+    assert comparison["consumption_windows_per_s"] == pytest.approx(fitted["windows_per_s"])
+    assert "keeps up" in comparison["verdict"] or "falls short" in comparison["verdict"]
+    table = (tmp_path / "out" / "gpu_check.md").read_text()
+    assert "not built yet" in table and "env steps/s" in table and "windows/s" in table
+
+
+def test_input_pipeline_is_skipped_with_its_reason_where_its_packages_are_missing(tmp_path):
+    hidden = ("ml_collections", "tensorflow", "tensorflow_datasets", "grain", "array_record")
+    completed, report = run_check(tmp_path, hidden, "--only", "input_pipeline")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = report["sections"]["input_pipeline"]
+    assert result["status"] == "skipped"
+    assert "cannot run here" in result["reason"] and "No module named" in result["reason"]
+    assert report["input_pipeline_vs_training"] == []
+    assert "skipped: mgdt_jax.data cannot run here" in (tmp_path / "out" / "gpu_check.md").read_text()
+
+
+def running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie (an orphan's exit may wait to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_section_over_its_budget_is_stopped_with_its_workers_and_keeps_its_figures(tmp_path, monkeypatch):
+    script = tmp_path / "slow_section.py"
+    script.write_text(
+        "import json, subprocess, sys, time\n"
+        "result = sys.argv[sys.argv.index('--result') + 1]\n"
+        "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "json.dump({'status': 'running', 'figures': {'tokens_per_s': 5.0, 'worker': worker.pid}}, open(result, 'w'))\n"
+        "time.sleep(60)\n"
+    )
+    monkeypatch.setattr(gpu_check, "SECTIONS_SCRIPT", script)
+    start = time.time()
+    result = gpu_check.run_section(gpu_check.Section("slow", "a goal", 3), 3, dry_run=True, scratch=tmp_path)
+    assert time.time() - start < 15
+    assert result["status"] == "stopped" and "3 s budget" in result["reason"]
+    assert result["figures"]["tokens_per_s"] == 5.0
+    time.sleep(0.5)
+    assert not running(result["figures"]["worker"])  # the section's own worker went with it
+
+
+def test_a_section_that_dies_is_reported_failed(tmp_path, monkeypatch):
+    script = tmp_path / "dying_section.py"
+    script.write_text("import sys; sys.exit(3)\n")
+    monkeypatch.setattr(gpu_check, "SECTIONS_SCRIPT", script)
+    result = gpu_check.run_section(gpu_check.Section("dies", "a goal", 30), 30, dry_run=True, scratch=tmp_path)
+    assert result["status"] == "failed" and "exit code 3" in result["reason"]
+
+
+def test_full_sizes_are_refused_on_a_cpu(tmp_path):
+    result_file = tmp_path / "result.json"
+    environment = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
+    environment["PYTHONPATH"] = str(REPO)  # as gpu_check.sh sets it
+    completed = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check_sections.py"), "train_200m",
+                                "--result", str(result_file), "--deadline", str(time.time() + 60)],
+                               capture_output=True, text=True, env=environment, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads(result_file.read_text())
+    assert result["status"] == "skipped" and "no accelerator" in result["reason"]
+    assert result["environment"]["backend"] == "cpu"
+
+
+def test_sections_that_would_overrun_the_total_are_not_started(tmp_path):
+    assert gpu_check.main(["--only", "train_200m,policy", "--total-s", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    for name in ("train_200m", "policy"):
+        assert report["sections"][name]["status"] == "skipped"
+        assert report["sections"][name]["reason"].startswith("no time left")
+
+
+def test_unknown_sections_are_refused_by_name(tmp_path):
+    with pytest.raises(SystemExit, match="unknown section.*trian_200m"):
+        gpu_check.main(["--only", "trian_200m", "--out", str(tmp_path)])
+
+
+def results_with(mfu_flops: float, pipeline_windows_per_s: float) -> dict[str, dict]:
+    return {
+        "matmul_peak": {"status": "ok", "figures": {"measured_flops": 800e12, "datasheet_flops": 1000e12}},
+        "train_200m": {"status": "ok", "figures": {"batch": 512, "tokens_per_s": 1.0, "flops_per_s": mfu_flops,
+                                                   "windows_per_s": 2000.0, "peak_bytes_in_use": 2**30}},
+        "input_pipeline": {"status": "ok", "figures": {"readers": [
+            {"windows_per_episode": 8, "workers": 16, "windows_per_s": pipeline_windows_per_s}]}},
+    }
+
+
+@pytest.mark.parametrize("flops_per_s, verdict", [(450e12, "meets"), (449e12, "misses")])
+def test_the_mfu_goal_is_judged_against_the_datasheet_peak(flops_per_s, verdict):
+    results = results_with(flops_per_s, 1.0)
+    gpu_check.add_mfu(results)
+    figures = results["train_200m"]["figures"]
+    assert figures["mfu_vs_datasheet"] == pytest.approx(flops_per_s / 1000e12)
+    assert figures["mfu_vs_measured"] == pytest.approx(flops_per_s / 800e12)
+    (row,) = [row for row in gpu_check.table_rows(results, cpus=16) if row[0].startswith("DT-200M")]
+    assert row[2].startswith(verdict)
+
+
+@pytest.mark.parametrize("rate, verdict", [(2500.0, "keeps up (1.25x"), (1000.0, "falls short: 0.50x")])
+def test_the_pipeline_is_compared_with_what_the_200m_step_consumes(rate, verdict):
+    (comparison,) = gpu_check.pipeline_verdict(results_with(450e12, rate))
+    assert comparison["consumption_windows_per_s"] == 2000.0
+    assert comparison["verdict"].startswith(verdict)
+
+
+def test_the_batch_prediction_errs_small_from_one_step_and_is_exact_from_two():
+    from benchmarks.gpu_check_sections import predict_batch
+
+    state, fixed, per_window = 10_000, 3_000, 250  # step bytes = state + fixed temporaries + per window
+    budget = 100_000
+    exact = (budget - state - fixed) // per_window // 8 * 8
+    one = predict_batch([(16, state + fixed + 16 * per_window)], state, budget, granule=8)
+    assert one <= exact and one % 8 == 0
+    two = predict_batch([(16, state + fixed + 16 * per_window), (one, state + fixed + one * per_window)], state,
+                        budget, granule=8)
+    assert two == exact
