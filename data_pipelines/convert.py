@@ -233,7 +233,7 @@ def convert(logs_dir: Path, out_dir: Path, max_episode_steps: int = replay_logs.
     if runner != "local":
         from data_pipelines import beam_pipeline
 
-        beam_pipeline.check_runner(runner)
+        beam_pipeline.check_runner(runner, beam_options)
     prepare_output(out_dir, tasks, max_episode_steps)
     if runner == "local":
         reports = convert_locally(tasks, out_dir, max_episode_steps, on_bad_checkpoint, progress)

@@ -132,7 +132,8 @@ def test_skip_records_bad_checkpoints(logs, tmp_path, capsys):
         (b"Breakout", 1), (b"Breakout", 1), (b"Breakout", 2), (b"Breakout", 3), (b"Pong", 0)]
 
 
-@pytest.mark.parametrize("case", ["unknown game", "empty", "another dataset", "not a run", "unknown runner"])
+@pytest.mark.parametrize("case", ["unknown game", "empty", "another dataset", "not a run", "unknown runner",
+                                  "dataflow as documented"])
 def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir, tmp_path, capsys, case):
     out, options = tmp_path / "data", []
     if case == "unknown game":
@@ -150,9 +151,15 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir
     elif case == "not a run":
         (logs / "Pong" / "latest").mkdir()
         expected = f"{logs / 'Pong' / 'latest'}: expected a run number"
-    else:
+    elif case == "unknown runner":
         options = ["--runner", "SparkRunnr"]
         expected = "--runner SparkRunnr: Unexpected pipeline runner"
+    else:
+        # docs/data.md's Dataflow command with its placeholders: Beam would raise with a traceback
+        # (no GCP extra in this install, or invalid project and bucket names).
+        options = ["--runner", "DataflowRunner", "--beam-option=--project=PROJECT", "--beam-option=--region=REGION",
+                   "--beam-option=--temp_location=gs://BUCKET/tmp"]
+        expected = "--runner DataflowRunner: "
     before = sorted(p.name for p in out.iterdir()) if out.exists() else None
     code, _, err = _run(capsys, "--logs", logs, "--out", out, *options)
     assert code == 1 and err.startswith("mgdt-convert: error: ")
