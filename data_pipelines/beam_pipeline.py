@@ -29,14 +29,27 @@ def _convert_and_log(task_fields: dict, out_dir: str, max_episode_steps: int) ->
     return report
 
 
-def check_runner(runner: str) -> None:
-    """Fails before anything is written when Beam does not know the runner."""
+def check_runner(runner: str, beam_options: list[str] = ()) -> None:
+    """Fails before anything is written when Beam does not know the runner, cannot run it from this
+    install, or rejects the options (what Beam would otherwise raise, with a traceback, on start)."""
+    import apache_beam
+    from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
     from apache_beam.runners.runner import create_runner
 
     try:
-        create_runner(runner)
+        runner_object = create_runner(runner)
     except (ValueError, ImportError) as error:
         raise convert.ConversionError(f"--runner {runner}: {str(error).splitlines()[0]}") from None
+    if runner == "DataflowRunner":
+        try:
+            from apache_beam.runners.dataflow.internal import apiclient  # noqa: F401
+        except ImportError:
+            raise convert.ConversionError(
+                f"--runner DataflowRunner: submitting to Dataflow needs Beam's GCP extra, which this install "
+                f"leaves out: pip install 'apache-beam[gcp]=={apache_beam.__version__}'") from None
+    errors = PipelineOptionsValidator(pipeline_options(runner, beam_options), runner_object).validate()
+    if errors:
+        raise convert.ConversionError(f"--runner {runner}: {'; '.join(error.strip() for error in errors)}")
 
 
 def pipeline_options(runner: str, beam_options: list[str]):

@@ -1,5 +1,8 @@
 """`mgdt-convert`: DQN Replay logs -> an RLDS dataset in TFDS format (array_record shards).
 
+With --from-tfds instead of --logs it rewrites a TFDS dataset stored as TFRecord (such as
+`rlu_atari` as TFDS prepares it) as array_record, which training needs (tfds_format.py).
+
 One shard per (game, run, checkpoint), holding the episodes that start in that checkpoint, so shards
 convert independently (in parallel with Beam, see beam_pipeline.py) and a rerun skips the shards
 already written. Each shard is written under a temporary name and renamed when complete, its
@@ -24,7 +27,7 @@ import tqdm
 from array_record.python.array_record_module import ArrayRecordWriter
 from tensorflow_datasets.core import dataset_info, naming, splits, utils
 
-from data_pipelines import replay_logs, rlds_format
+from data_pipelines import replay_logs, rlds_format, tfds_format
 from mgdt_jax import atari
 
 PROGRESS_DIR = "conversion"  # per-shard reports and the job description, inside the output directory
@@ -230,7 +233,7 @@ def convert(logs_dir: Path, out_dir: Path, max_episode_steps: int = replay_logs.
     if runner != "local":
         from data_pipelines import beam_pipeline
 
-        beam_pipeline.check_runner(runner)
+        beam_pipeline.check_runner(runner, beam_options)
     prepare_output(out_dir, tasks, max_episode_steps)
     if runner == "local":
         reports = convert_locally(tasks, out_dir, max_episode_steps, on_bad_checkpoint, progress)
@@ -243,17 +246,23 @@ def convert(logs_dir: Path, out_dir: Path, max_episode_steps: int = replay_logs.
 def summary_line(report: dict, out_dir: Path, seconds: float) -> str:
     t = report["totals"]
     return (f"converted {t['episodes']} episodes ({t['steps']} steps, {t['steps'] / max(seconds, 1e-9):,.0f} "
-            f"steps/s) into {t['shards']} shards at {out_dir}; dropped {t['dropped_partial_episodes']} partial "
+            f"steps/s, {t['truncated_episodes']} truncated by the time limit) into {t['shards']} shards at "
+            f"{out_dir}; dropped {t['dropped_partial_episodes']} partial "
             f"episodes, {t['discontinuities']} discontinuities, {t['skipped_checkpoints']} skipped checkpoints; "
             f"report: {Path(out_dir) / REPORT_FILE}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--logs", type=Path, required=True, help="holds <Game>/<run>/replay_logs/")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--logs", type=Path, help="holds <Game>/<run>/replay_logs/")
+    source.add_argument("--from-tfds", type=Path, metavar="DIR",
+                        help="a TFDS dataset stored as TFRecord (a version directory, or a directory above such "
+                             "directories): written as array_record under --out, same relative paths")
     parser.add_argument("--out", type=Path, required=True, help="dataset directory (empty, or an earlier run)")
     parser.add_argument("--max-episode-steps", type=int, default=replay_logs.DEFAULT_MAX_EPISODE_STEPS,
-                        help="episodes of exactly this many rows were truncated by the time limit")
+                        help="the time limit the logs were written with, in agent steps: an episode that "
+                             "nothing else ends stops there; one running past it is an error")
     parser.add_argument("--on-bad-checkpoint", choices=("fail", "skip"), default="fail")
     parser.add_argument("--runner", default="local",
                         help="local (in-process), or a Beam runner: DirectRunner, DataflowRunner, FlinkRunner...")
@@ -262,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_episode_steps < 1:
         parser.error("--max-episode-steps must be positive")
+    if args.from_tfds is not None:
+        if (args.max_episode_steps, args.on_bad_checkpoint, args.runner, args.beam_options) != (
+                replay_logs.DEFAULT_MAX_EPISODE_STEPS, "fail", "local", []):
+            parser.error("--max-episode-steps, --on-bad-checkpoint, --runner and --beam-option apply to --logs only")
+        return _main_from_tfds(args.from_tfds, args.out)
     started = time.perf_counter()
     try:
         report = convert(args.logs, args.out, args.max_episode_steps, args.on_bad_checkpoint, args.runner,
@@ -270,6 +284,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mgdt-convert: error: {error}", file=sys.stderr)
         return 1
     print(summary_line(report, args.out, time.perf_counter() - started))
+    return 0
+
+
+def _main_from_tfds(source: Path, out: Path) -> int:
+    try:
+        converted = tfds_format.convert_to_array_record(source, out)
+    except (tfds_format.TfdsFormatError, OSError) as error:
+        print(f"mgdt-convert: error: {error}", file=sys.stderr)
+        return 1
+    for done in converted:
+        print(f"converted {done.source} ({done.records} episodes, {done.shards} shards) to array_record at {done.out}")
     return 0
 
 

@@ -2,11 +2,13 @@
 
 For users without the original bucket, for tests and for the demo: the logs it writes go through
 exactly the code paths of the real dataset (Dopamine 2019 preprocessing and buffer semantics, so also
-its circular-buffer order, final partial dumps and skipped chunks).
+its circular-buffer order, final partial dumps and skipped chunks). `--layout 2021` or `2022` writes
+episode ends as newer Dopamine does instead (see replay_logs.py).
 
 Preprocessing as Dopamine's AtariPreprocessing: grayscale, max-pool of the last two frames, 84x84
 INTER_AREA resize, frame skip 4, no life-loss terminals, sticky actions. An episode ends at game
-over or after --max-episode-steps agent steps (both logged as terminal, as in the dataset).
+over or after --max-episode-steps agent steps (both logged as terminal in the 2019 layout of the
+dataset; the time limit with terminal = 0 in the newer layouts).
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class RecordReport:
 
 def record(game: str, steps: int, out: Path, run: int = 1, capacity: int = replay_logs.DEFAULT_CAPACITY,
            max_episode_steps: int = replay_logs.DEFAULT_MAX_EPISODE_STEPS, sticky_actions: float = 0.25,
-           policy: str = "random", seed: int = 0, progress: bool = True) -> RecordReport:
+           policy: str = "random", seed: int = 0, progress: bool = True, layout: str = "2019") -> RecordReport:
     """Plays `steps` agent steps and writes out/<Game>/<run>/replay_logs/.
 
     Recording stops after exactly `steps` rows even mid-episode; like any run's last episode
@@ -101,7 +103,7 @@ def record(game: str, steps: int, out: Path, run: int = 1, capacity: int = repla
         raise FileExistsError(f"{log_dir}: already holds replay logs; choose another --run or --out")
     env = make_environment(game, sticky_actions, max_episode_steps)
     agent = POLICIES[policy](game, seed)
-    buffer = replay_logs.LoggedReplayBuffer(log_dir, capacity)
+    buffer = replay_logs.LoggedReplayBuffer(log_dir, capacity, layout)
     episodes = 0
     observation, _ = env.reset(seed=seed)
     action = agent.begin_episode(observation)
@@ -112,7 +114,7 @@ def record(game: str, steps: int, out: Path, run: int = 1, capacity: int = repla
             episode_steps += 1
             reward = float(np.clip(reward, -1.0, 1.0))
             end = game_over or ale_truncated or episode_steps == max_episode_steps
-            buffer.add(observation, action, reward, end)
+            buffer.add(observation, action, reward, terminal=game_over, episode_end=end)
             bar.update()
             if end:
                 agent.end_episode(reward)
@@ -140,12 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sticky-actions", type=float, default=0.25, help="repeat-action probability")
     parser.add_argument("--policy", choices=sorted(POLICIES), default="random")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layout", choices=replay_logs.LAYOUTS, default="2019",
+                        help="how episode ends are logged: as the DQN Replay Dataset (2019) or newer Dopamine")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.max_episode_steps < 1 or not 0.0 <= args.sticky_actions <= 1.0:
         parser.error("--steps and --max-episode-steps must be positive, --sticky-actions in [0, 1]")
     try:
         report = record(args.game, args.steps, args.out, args.run, args.capacity, args.max_episode_steps,
-                        args.sticky_actions, args.policy, args.seed)
+                        args.sticky_actions, args.policy, args.seed, layout=args.layout)
     except (ValueError, OSError) as error:  # unknown game, existing logs, unwritable --out
         print(f"mgdt-record: error: {error}", file=sys.stderr)
         return 2

@@ -1,5 +1,5 @@
-"""The DQN Replay on-disk format: writing logs the way Dopamine (2019) did, and reading them back as
-temporally ordered episodes.
+"""The DQN Replay on-disk format: writing logs the way Dopamine did (2019, and its 2021 and 2022
+changes), and reading them back as temporally ordered episodes.
 
 A run directory (`<Game>/<run>/replay_logs/`) holds one dump of a circular replay buffer of capacity
 C per checkpoint N, six gzip'd `.npy` files each:
@@ -7,12 +7,27 @@ C per checkpoint N, six gzip'd `.npy` files each:
     $store$_observation_ckpt.N.gz  uint8 [C, 84, 84]   one preprocessed frame per row
     $store$_action_ckpt.N.gz       int32 [C]           index into the game's minimal action set
     $store$_reward_ckpt.N.gz       float32 [C]         reward clipped to [-1, 1]
-    $store$_terminal_ckpt.N.gz     uint8 [C]           1 on the last row of an episode
+    $store$_terminal_ckpt.N.gz     uint8 [C]           1 on the last row of an episode (see layouts)
     add_count_ckpt.N.gz            int64 []            rows added so far (the cursor, final dump)
     invalid_range_ckpt.N.gz        int64 [5]           rows around the cursor
 
+and, in the 2022 layout, a seventh: `episode_end_indices_ckpt.N.gz`, a pickled set of the buffer
+slots that end an episode.
+
 Row t is (o_t, a_t, r_t, terminal_t); the observation after the last action is never stored, and
-every episode is preceded by 3 all-zero padding rows. Why reading is not a plain loop over rows:
+every episode is preceded by 3 all-zero padding rows (zero frame, action 0, reward 0, terminal 0).
+
+Layouts (`LAYOUTS`), all read by `RunReader`:
+
+* "2019" (the DQN Replay Dataset; Dopamine `circular_replay_buffer.py` of 2019): every episode end,
+  game over or the time limit, is logged as terminal = 1; padding follows terminal rows.
+* "2021" (Dopamine c443e88, Jan 2021, with its JAX agents): an end by the time limit is logged with
+  terminal = 0 and passed to the buffer as `episode_end`; padding follows every episode end. The
+  buffer's end set is private, so no file shows those ends.
+* "2022" (Dopamine 9e8c66a, Apr 2022, to date): as 2021, and the end set is a public member, so
+  each dump also pickles it to `episode_end_indices_ckpt.N.gz` (a set of NumPy int64 slots).
+
+Why reading is not a plain loop over rows:
 
 * A dump is taken when `add_count % C == C - 1`, so the oldest row of dump k >= 1 sits in slot C-1:
   temporal order is [C-1, 0, 1, ..., C-2]. Dump 0 never wrote slot C-1.
@@ -24,6 +39,12 @@ every episode is preceded by 3 all-zero padding rows. Why reading is not a plain
   stale slots no longer match the previous dump (the chunk before it was skipped).
 * Episodes run across dumps. An episode belongs to the checkpoint holding its first real row; its
   tail is read from the following checkpoints while they are contiguous.
+* An episode ends at a terminal row, at a slot of episode_end_indices, or, when neither marks it
+  (a time limit in the 2021 layout), after exactly `max_episode_steps` rows. Every end must be
+  followed by the 3 padding rows (checked on actions, rewards, terminals and frames); padding-like
+  rows inside an episode, or a real row where padding must be, stop the reading with an error that
+  names the row: the logs' time limit is not `max_episode_steps`. So no episode ever holds a
+  padding row and none longer than `max_episode_steps` is read.
 
 Memory stays bounded by one episode: observations are decompressed as a stream and only the rows of
 the episode at hand are kept (a 1M-row dump holds 7 GB of frames).
@@ -35,7 +56,9 @@ import contextlib
 import dataclasses
 import functools
 import gzip
+import io
 import os
+import pickle
 import re
 import zlib
 from collections.abc import Iterator
@@ -48,9 +71,13 @@ DEFAULT_MAX_EPISODE_STEPS = 27_000  # Dopamine's max_steps_per_episode, in agent
 PADDING_ROWS = 3  # stack_size - 1 zero rows before every episode
 FRAME_SHAPE = (84, 84)
 FRAME_BYTES = FRAME_SHAPE[0] * FRAME_SHAPE[1]
+LAYOUTS = ("2019", "2021", "2022")  # see the module docstring
+EPISODE_END_INDICES = "episode_end_indices"
 _INVALID_RANGE_SIZE = 5  # stack_size + update_horizon
 _GZIP_LEVEL = 1  # the format does not depend on it; level 1 makes 1M-row dumps quick to write
 _STREAM_CHUNK_ROWS = 2048  # rows inflated per read while streaming observations (~14 MB)
+_PICKLE_PROTOCOL = 4  # what Dopamine's plain pickle.dump wrote on Python 3.8-3.13
+_PICKLED_BYTES_PER_SLOT = 64  # a pickled NumPy int64 in a set takes ~30 bytes
 
 STORE_DTYPES = {
     "observation": np.dtype(np.uint8),
@@ -71,13 +98,18 @@ def log_file(log_dir: Path, name: str, suffix: int) -> Path:
     return Path(log_dir) / f"{name}_ckpt.{suffix}.gz"
 
 
-def _write_array(path: Path, array: np.ndarray) -> None:
-    """np.save into gzip, as Dopamine did; written under a temporary name so a crash leaves no
+def _write_gzip(path: Path, write) -> None:
+    """Calls write(file) on a gzip stream; written under a temporary name so a crash leaves no
     file that looks complete."""
     partial = path.with_name(path.name + ".partial")
     with open(partial, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=_GZIP_LEVEL) as f:
-        np.save(f, array, allow_pickle=False)
+        write(f)
     os.replace(partial, path)
+
+
+def _write_array(path: Path, array: np.ndarray) -> None:
+    """np.save into gzip, as Dopamine did."""
+    _write_gzip(path, lambda f: np.save(f, array, allow_pickle=False))
 
 
 def _invalid_range(cursor: int, capacity: int) -> np.ndarray:
@@ -86,31 +118,53 @@ def _invalid_range(cursor: int, capacity: int) -> np.ndarray:
 
 
 class LoggedReplayBuffer:
-    """A circular buffer that dumps itself like batch_rl's logged buffer over Dopamine's 2019 add().
+    """A circular buffer that dumps itself like batch_rl's logged buffer over Dopamine's add() of
+    the given layout (see the module docstring).
 
-    `add()` inserts 3 zero rows first when the buffer is empty or the previous row was terminal, and
-    the dump trigger is checked once afterwards, so chunks can be skipped exactly as in the dataset.
+    `add()` inserts 3 zero rows first when an episode begins (2019: the buffer is empty or the
+    previous row was terminal; 2021/2022: the previous add ended an episode), and the dump trigger
+    is checked once afterwards, so chunks can be skipped exactly as in the dataset.
     """
 
-    def __init__(self, log_dir: Path, capacity: int = DEFAULT_CAPACITY):
+    def __init__(self, log_dir: Path, capacity: int = DEFAULT_CAPACITY, layout: str = "2019"):
         if capacity < PADDING_ROWS + 2:
             raise ValueError(f"capacity {capacity} is too small: at least {PADDING_ROWS + 2} rows")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.capacity = capacity
+        self.layout = layout
         self.add_count = 0
         self.num_dumps = 0
         self._store = {name: np.zeros((capacity, *FRAME_SHAPE) if name == "observation" else capacity, dtype)
                        for name, dtype in STORE_DTYPES.items()}
         self._invalid_range = _invalid_range(0, capacity)
+        self._next_row_starts_episode = True
+        # Dopamine's cursor() is add_count (a 0-d array) % capacity: NumPy int64 slots, pickled as such.
+        self._episode_end_slots: set[np.int64] = set()
 
     def _cursor(self) -> int:
         return self.add_count % self.capacity
 
-    def add(self, observation: np.ndarray, action: int, reward: float, terminal: bool) -> None:
-        if self.add_count == 0 or self._store["terminal"][self._cursor() - 1] == 1:
+    def add(self, observation: np.ndarray, action: int, reward: float, terminal: bool,
+            episode_end: bool = False) -> None:
+        """One agent step: `terminal` for game over, `episode_end` for any end (game over or the
+        time limit). The 2019 layout logs every end as terminal, as Dopamine's 2019 runner did."""
+        if self.layout == "2019":
+            terminal = terminal or episode_end
+            starts = self.add_count == 0 or self._store["terminal"][self._cursor() - 1] == 1
+        else:
+            starts = self._next_row_starts_episode
+        if starts:
             for _ in range(PADDING_ROWS):
+                self._episode_end_slots.discard(np.int64(self._cursor()))
                 self._add(np.zeros(FRAME_SHAPE, np.uint8), 0, 0.0, False)
+        self._next_row_starts_episode = terminal or episode_end
+        if self._next_row_starts_episode:
+            self._episode_end_slots.add(np.int64(self._cursor()))
+        else:
+            self._episode_end_slots.discard(np.int64(self._cursor()))
         self._add(observation, action, reward, terminal)
         if self.add_count % self.capacity == self.capacity - 1:
             self._dump(self.add_count)
@@ -132,7 +186,11 @@ class LoggedReplayBuffer:
         for name, array in self._store.items():
             _write_array(log_file(self.log_dir, f"$store$_{name}", self.num_dumps), array)
         _write_array(log_file(self.log_dir, "invalid_range", self.num_dumps), self._invalid_range)
-        # add_count last: a checkpoint is complete once all six files exist.
+        if self.layout == "2022":
+            slots = set(self._episode_end_slots)
+            _write_gzip(log_file(self.log_dir, EPISODE_END_INDICES, self.num_dumps),
+                        lambda f: pickle.dump(slots, f, protocol=_PICKLE_PROTOCOL))
+        # add_count last: a checkpoint is complete once all its files exist.
         _write_array(log_file(self.log_dir, "add_count", self.num_dumps), np.array(add_count, np.int64))
         self.num_dumps += 1
 
@@ -142,7 +200,8 @@ class LoggedReplayBuffer:
 
 
 def list_checkpoints(log_dir: Path) -> list[int]:
-    """Checkpoint suffixes present in a replay_logs directory, each checked to have all six files."""
+    """Checkpoint suffixes present in a replay_logs directory, each checked to have all six files,
+    and the seventh (episode_end_indices) in all of them or in none."""
     log_dir = Path(log_dir)
     if not log_dir.is_dir():
         raise ReplayLogError(f"{log_dir}: not a directory")
@@ -153,10 +212,13 @@ def list_checkpoints(log_dir: Path) -> list[int]:
             found.setdefault(int(match["suffix"]), set()).add(match["name"])
     if not found:
         raise ReplayLogError(f"{log_dir}: no replay logs (*_ckpt.N.gz files) found")
+    with_end_indices = sorted(suffix for suffix, names in found.items() if EPISODE_END_INDICES in names)
     for suffix, names in sorted(found.items()):
-        for name in _FILE_NAMES:
+        for name in _FILE_NAMES + ((EPISODE_END_INDICES,) if with_end_indices else ()):
             if name not in names:
-                raise ReplayLogError(f"{log_file(log_dir, name, suffix)}: missing (checkpoint {suffix} is incomplete)")
+                also = f"; checkpoint {with_end_indices[0]} has one" if name == EPISODE_END_INDICES else ""
+                raise ReplayLogError(
+                    f"{log_file(log_dir, name, suffix)}: missing (checkpoint {suffix} is incomplete{also})")
     return sorted(found)
 
 
@@ -179,6 +241,58 @@ def _load_array(path: Path, dtype: np.dtype, shape: tuple[int, ...] | None) -> n
     return array
 
 
+class _EpisodeEndUnpickler(pickle.Unpickler):
+    """Admits only what Dopamine pickles into episode_end_indices: a set whose items are NumPy
+    integer scalars (`numpy.core` before NumPy 2, `numpy._core` after) or ints. Anything else, such
+    as a callable that would run code, is refused before it is looked up."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in (("builtins", "set"), ("__builtin__", "set")):
+            return set
+        if (module, name) == ("numpy", "dtype"):
+            return _integer_dtype
+        if name == "scalar" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            return _integer_scalar
+        raise pickle.UnpicklingError(f"refusing {module}.{name}: only a set of integers is expected")
+
+
+def _integer_dtype(spec: object, align: bool = False, copy: bool = False) -> np.dtype:
+    dtype = np.dtype(spec, align=False, copy=True) if isinstance(spec, str) else None
+    if dtype is None or dtype.kind not in "iu":
+        raise pickle.UnpicklingError(f"refusing dtype {spec!r}: only integer scalars are expected")
+    return dtype
+
+
+def _integer_scalar(dtype: object, data: object = None) -> int:
+    if not (isinstance(dtype, np.dtype) and dtype.kind in "iu" and isinstance(data, bytes)
+            and len(data) == dtype.itemsize):
+        raise pickle.UnpicklingError("refusing a NumPy scalar that is not an integer")
+    return int(np.frombuffer(data, dtype)[0])
+
+
+def load_episode_end_slots(path: Path, capacity: int) -> np.ndarray:
+    """The buffer slots listed in an episode_end_indices file, sorted int64 [k], each in [0, C).
+
+    The file is a pickle, so it is read by a restricted unpickler (`_EpisodeEndUnpickler`) and
+    its size is bounded by the capacity; anything else is a ReplayLogError naming the file.
+    """
+    limit = _PICKLED_BYTES_PER_SLOT * capacity + 1024
+    with _gzip_errors_as(path), gzip.open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ReplayLogError(f"{path}: more than {limit} bytes, too large for a set of {capacity} slots")
+    try:
+        value = _EpisodeEndUnpickler(io.BytesIO(data)).load()
+    except Exception as error:  # any fault of untrusted bytes (bad opcodes, memo, types) is one error
+        raise ReplayLogError(f"{path}: not a pickled set of slots ({type(error).__name__}: {error})") from None
+    if not isinstance(value, set) or not all(type(item) is int for item in value):
+        raise ReplayLogError(f"{path}: expected a pickled set of integer slots, found {type(value).__name__}")
+    slots = np.array(sorted(value), np.int64)
+    if len(slots) and (slots[0] < 0 or slots[-1] >= capacity):
+        raise ReplayLogError(f"{path}: slot {slots[0] if slots[0] < 0 else slots[-1]} is outside [0, {capacity})")
+    return slots
+
+
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
     """The small arrays of one dump, rows in temporal order (observations stay on disk)."""
@@ -191,7 +305,16 @@ class Checkpoint:
     actions: np.ndarray  # [n] int32
     rewards: np.ndarray  # [n] float32
     terminals: np.ndarray  # [n] bool
+    ends: np.ndarray  # [n] bool: terminal, or listed in episode_end_indices
+    has_end_indices: bool  # an episode_end_indices file was read (the 2022 layout)
+    starts_logging: bool  # its first row is the first row ever added
     stale_rows: np.ndarray  # [m, 3] (action, reward, terminal) of a final dump's stale slots
+
+    @functools.cached_property
+    def blank(self) -> np.ndarray:
+        """[n] bool: rows that may be padding as far as the small arrays tell (no end, action 0,
+        reward 0); padding rows also have all-zero frames."""
+        return ~self.ends & (self.actions == 0) & (self.rewards == 0)
 
     @property
     def num_rows(self) -> int:
@@ -209,17 +332,12 @@ class Checkpoint:
         """A dump taken by the add_count trigger (not the final partial one)."""
         return self.add_count >= self.capacity or (self.starts_logging and self.add_count == self.capacity - 1)
 
-    @property
-    def starts_logging(self) -> bool:
-        """Its first row is the first row ever added (only the first dump, unless its trigger was skipped)."""
-        return self.suffix == 0 and self.add_count < self.capacity
 
-
-def temporal_slots(suffix: int, add_count: int, capacity: int) -> np.ndarray:
+def temporal_slots(add_count: int, capacity: int, starts_logging: bool) -> np.ndarray:
     """Buffer slots of a dump's valid rows, oldest first (see the module docstring)."""
     if add_count >= capacity:  # a full dump, taken when the cursor was at C-1
         return np.concatenate([[capacity - 1], np.arange(capacity - 1)])
-    if suffix == 0:  # the first dump (full at C-1, or the only one): slot C-1 never written
+    if starts_logging:  # the first dump (full at C-1, or the only one): slot C-1 never written
         return np.arange(min(add_count, capacity - 1))
     if add_count == capacity - 1:  # a final dump right after a full one: no new rows
         return np.arange(0)
@@ -243,11 +361,21 @@ def load_checkpoint(log_dir: Path, suffix: int) -> Checkpoint:
         raise ReplayLogError(f"{add_count_path}: expected a non-negative integer scalar, found {add_count!r}")
     _load_array(log_file(log_dir, "invalid_range", suffix), np.dtype(np.int64), (_INVALID_RANGE_SIZE,))
     _observation_header(log_file(log_dir, "$store$_observation", suffix), capacity)
-    slots = temporal_slots(suffix, int(add_count), capacity)
-    stale = np.arange(int(add_count), capacity - 1) if suffix > 0 and add_count < capacity else np.arange(0)
+    add_count = int(add_count)
+    # Dump 0 holds the rows from the first one added, unless its trigger was skipped and the
+    # buffer wrapped before the final dump: then the slots past the cursor were written too.
+    starts_logging = suffix == 0 and (add_count == capacity - 1 or (add_count < capacity - 1 and not (
+        actions[add_count:].any() or rewards[add_count:].any() or terminals[add_count:].any())))
+    slots = temporal_slots(add_count, capacity, starts_logging)
+    stale = np.arange(add_count, capacity - 1) if not starts_logging and add_count < capacity else np.arange(0)
     stale_rows = np.stack([actions[stale], rewards[stale], terminals[stale] > 0], axis=1).astype(np.float64)
-    return Checkpoint(log_dir, suffix, capacity, int(add_count), slots,
-                      actions[slots], rewards[slots], terminals[slots].astype(bool), stale_rows)
+    end_indices_path = log_file(log_dir, EPISODE_END_INDICES, suffix)
+    has_end_indices = end_indices_path.exists()
+    ends = terminals[slots] > 0
+    if has_end_indices:
+        ends |= np.isin(slots, load_episode_end_slots(end_indices_path, capacity))
+    return Checkpoint(log_dir, suffix, capacity, add_count, slots, actions[slots], rewards[slots],
+                      terminals[slots] > 0, ends, has_end_indices, starts_logging, stale_rows)
 
 
 def _read_npy_header(f, path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -335,15 +463,6 @@ def read_frames(checkpoint: Checkpoint, start: int, stop: int,
 # Episodes
 
 
-@dataclasses.dataclass(frozen=True)
-class Piece:
-    """Temporal rows [start, stop) of one checkpoint that belong to an episode."""
-
-    suffix: int
-    start: int
-    stop: int
-
-
 @dataclasses.dataclass
 class Episode:
     """One episode: its real rows (padding removed) in temporal order."""
@@ -382,6 +501,8 @@ class RunReader:
     """
 
     def __init__(self, log_dir: Path, max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS):
+        if max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps {max_episode_steps}: must be positive")
         self.log_dir = Path(log_dir)
         self.max_episode_steps = max_episode_steps
         self.suffixes = list_checkpoints(self.log_dir)
@@ -406,95 +527,190 @@ class RunReader:
             return np.array_equal(previous.rows_at(stale_slots), current.stale_rows)
         return current.add_count - previous.add_count == current.capacity
 
-    def _rows_since_last_terminal(self, suffix: int) -> int | None:
-        """Rows between the last terminal before checkpoint `suffix` and its first row, counting
-        the start of logging as a terminal; None when a discontinuity hides it."""
+    def _rows_since_last_end(self, suffix: int) -> int | None:
+        """Rows between the last marked end (terminal or episode_end_indices) before checkpoint
+        `suffix` and its first row, counting the start of logging as an end; None when a
+        discontinuity hides it."""
         rows = 0
         current = suffix
         while True:
             if not self.contiguous_with_previous(current):
                 return rows if self.checkpoint(current).starts_logging else None
             previous = self.checkpoint(current - 1)
-            ends = np.flatnonzero(previous.terminals)
+            ends = np.flatnonzero(previous.ends)
             if len(ends):
                 return rows + previous.num_rows - 1 - int(ends[-1])
             rows += previous.num_rows
             current -= 1
 
-    def _tail(self, suffix: int) -> list[Piece] | None:
-        """Pieces of an episode continuing after checkpoint `suffix`, up to its terminal row; None
-        when the logs end or break before it."""
-        pieces = []
-        current = suffix + 1
-        while current in self.suffixes and self.contiguous_with_previous(current):
-            checkpoint = self.checkpoint(current)
-            ends = np.flatnonzero(checkpoint.terminals)
-            if len(ends):
-                pieces.append(Piece(current, 0, int(ends[0]) + 1))
-                return pieces
-            pieces.append(Piece(current, 0, checkpoint.num_rows))
-            current += 1
-        return None
-
     def episodes(self, suffix: int, report: CheckpointReport | None = None) -> Iterator[Episode]:
-        """Complete episodes starting in checkpoint `suffix`, in temporal order."""
+        """Complete episodes starting in checkpoint `suffix`, in temporal order.
+
+        Raises ReplayLogError when a row where padding must be is not padding, or padding rows sit
+        inside an episode (see the module docstring).
+        """
         report = report if report is not None else CheckpointReport(suffix)
         checkpoint = self.checkpoint(suffix)
-        report.discontinuous_with_previous = not checkpoint.starts_logging and not self.contiguous_with_previous(suffix)
-        ends = np.flatnonzero(checkpoint.terminals)
-        since_terminal = self._rows_since_last_terminal(suffix)
-        if since_terminal is None or since_terminal >= PADDING_ROWS:
-            # The first rows finish an episode begun earlier: in the previous checkpoint's shard,
-            # or lost behind a discontinuity (then it is incomplete and dropped).
-            if since_terminal is None and not self.contiguous_with_previous(suffix) and checkpoint.num_rows:
+        contiguous = self.contiguous_with_previous(suffix)
+        report.discontinuous_with_previous = not checkpoint.starts_logging and not contiguous
+        rows = _Rows(self, suffix)
+        since_end = self._rows_since_last_end(suffix)
+        if since_end is None:
+            # The rows before the first end finish an episode lost behind a discontinuity.
+            if not contiguous and checkpoint.num_rows:
                 report.dropped_partial_episodes += 1
-            if not len(ends):
+            first_end = rows.first_end(0, checkpoint.num_rows)
+            if first_end is None:
                 return
-            start = int(ends[0]) + 1 + PADDING_ROWS
-            ends = ends[1:]
+            padding_start, after_time_limit = first_end + 1, False
         else:
-            start = PADDING_ROWS - since_terminal
+            # After a marked end, padding and episodes alternate; an episode that nothing ends
+            # stops at the time limit, so the cycle of padding + max steps places this checkpoint.
+            cycle = PADDING_ROWS + self.max_episode_steps
+            padding_start, after_time_limit = -(since_end % cycle), since_end >= cycle
         stream = ObservationStream(log_file(self.log_dir, "$store$_observation", suffix), checkpoint.capacity)
         try:
-            yield from self._episodes_from(checkpoint, start, ends, stream, report)
+            yield from self._episodes_from(rows, padding_start, after_time_limit, stream, report)
         finally:
             stream.close()
 
-    def _episodes_from(self, checkpoint: Checkpoint, start: int, ends: np.ndarray,
+    def _episodes_from(self, rows: _Rows, padding_start: int, after_time_limit: bool,
                        stream: ObservationStream, report: CheckpointReport) -> Iterator[Episode]:
-        for end in [*ends.tolist(), None]:
-            if start >= checkpoint.num_rows:
+        """Walks padding, episode, padding, ... from row `padding_start` (negative: in the previous
+        checkpoints) and yields the episodes that start in rows' own checkpoint."""
+        own = rows.checkpoints[0]
+        while True:
+            self._check_padding(rows, padding_start, after_time_limit, stream)
+            start = padding_start + PADDING_ROWS
+            if start >= own.num_rows:
                 return
-            pieces = [Piece(checkpoint.suffix, start, checkpoint.num_rows if end is None else end + 1)]
-            if end is None:
-                tail = self._tail(checkpoint.suffix)
-                if tail is None:
-                    report.dropped_partial_episodes += 1
+            end = rows.first_end(max(start, 0), start + self.max_episode_steps)
+            time_limit = end is None
+            if time_limit:
+                end = start + self.max_episode_steps - 1
+                # Nothing marks this end: only the padding after it shows it, so it must be there.
+                if not rows.has(end + PADDING_ROWS):
+                    if start >= 0:
+                        report.dropped_partial_episodes += 1
                     return
-                pieces += tail
-            episode = self._assemble(pieces, stream, report.episodes)
-            report.episodes += 1
-            report.steps += episode.num_steps
-            report.truncated_episodes += episode.truncated
-            yield episode
-            if end is not None:
-                start = end + 1 + PADDING_ROWS
+            if start >= 0:
+                episode = self._assemble(rows, start, end, time_limit, stream, report.episodes)
+                report.episodes += 1
+                report.steps += episode.num_steps
+                report.truncated_episodes += episode.truncated
+                yield episode
+            padding_start, after_time_limit = end + 1, time_limit
 
-    def _assemble(self, pieces: list[Piece], stream: ObservationStream, episode_id: int) -> Episode:
-        own = pieces[0]
-        frames = [read_frames(self.checkpoint(own.suffix), own.start, own.stop, stream)]
-        frames += [read_frames(self.checkpoint(p.suffix), p.start, p.stop) for p in pieces[1:]]
-        actions = np.concatenate([self.checkpoint(p.suffix).actions[p.start:p.stop] for p in pieces])
-        rewards = np.concatenate([self.checkpoint(p.suffix).rewards[p.start:p.stop] for p in pieces])
-        return Episode(
-            checkpoint_id=own.suffix,
-            last_checkpoint_id=pieces[-1].suffix,
-            episode_id=episode_id,
-            observations=np.concatenate(frames) if len(frames) > 1 else frames[0],
-            actions=actions,
-            rewards=rewards,
-            truncated=len(actions) == self.max_episode_steps,
-        )
+    def _check_padding(self, rows: _Rows, padding_start: int, after_time_limit: bool,
+                       stream: ObservationStream) -> None:
+        """The rows [padding_start, +3) that exist must be padding: small arrays everywhere, frames
+        in the own checkpoint (the rows of the next one are checked by its own reading)."""
+        stop = padding_start + PADDING_ROWS
+        rows.has(stop - 1)
+        for checkpoint, _, lo, hi in rows.segments(padding_start, stop):
+            bad = np.flatnonzero(~checkpoint.blank[lo:hi])
+            if len(bad):
+                row = lo + int(bad[0])
+                found = (f"action {checkpoint.actions[row]}, reward {checkpoint.rewards[row]:g}, "
+                         f"{'an end' if checkpoint.ends[row] else 'no end'}")
+                raise self._not_padding(checkpoint, row, after_time_limit, found)
+        own = rows.checkpoints[0]
+        lo, hi = max(padding_start, 0), min(stop, own.num_rows)
+        if lo < hi:
+            frames = read_frames(own, lo, hi, stream)
+            bad = np.flatnonzero(frames.reshape(hi - lo, -1).any(axis=1))
+            if len(bad):
+                raise self._not_padding(own, lo + int(bad[0]), after_time_limit, "a frame that is not all zero")
+
+    def _not_padding(self, checkpoint: Checkpoint, row: int, after_time_limit: bool, found: str) -> ReplayLogError:
+        where = (f"{self.log_dir} checkpoint {checkpoint.suffix}: row {row} (slot {checkpoint.slots[row]}) "
+                 f"is not padding ({found})")
+        if after_time_limit:
+            return ReplayLogError(
+                f"{where}, so the episode before it runs past --max-episode-steps {self.max_episode_steps}; "
+                f"pass the time limit these logs were written with")
+        return ReplayLogError(
+            f"{where}, but follows an episode end, after which Dopamine writes {PADDING_ROWS} padding rows")
+
+    def _assemble(self, rows: _Rows, start: int, end: int, time_limit: bool, stream: ObservationStream,
+                  episode_id: int) -> Episode:
+        """The episode of rows [start, end]; frames of the own checkpoint come from `stream`."""
+        own = rows.checkpoints[0]
+        segments = list(rows.segments(start, end + 1))
+        frames = [read_frames(c, lo, hi, stream if c is own else None) for c, _, lo, hi in segments]
+        actions = np.concatenate([c.actions[lo:hi] for c, _, lo, hi in segments])
+        rewards = np.concatenate([c.rewards[lo:hi] for c, _, lo, hi in segments])
+        observations = np.concatenate(frames) if len(frames) > 1 else frames[0]
+        self._check_no_padding_inside(own, start, observations, actions, rewards)
+        last, _, _, last_stop = segments[-1]
+        game_over = not time_limit and bool(last.terminals[last_stop - 1])
+        # Without episode_end_indices the logs may be 2019's, which log the time limit as terminal:
+        # then only the length tells it from game over.
+        truncated = not game_over or (len(actions) == self.max_episode_steps and not last.has_end_indices)
+        return Episode(checkpoint_id=own.suffix, last_checkpoint_id=last.suffix, episode_id=episode_id,
+                       observations=observations, actions=actions, rewards=rewards, truncated=truncated)
+
+    def _check_no_padding_inside(self, own: Checkpoint, start: int, observations: np.ndarray,
+                                 actions: np.ndarray, rewards: np.ndarray) -> None:
+        """Padding rows inside an episode are an end that nothing marks and the time limit did not
+        place: the logs' time limit is shorter than max_episode_steps (2021 layout)."""
+        window = np.ones(PADDING_ROWS, int)
+        blank_runs = np.convolve((actions == 0) & (rewards == 0), window, "valid") == PADDING_ROWS
+        if not blank_runs.any():
+            return
+        candidates = np.unique(np.flatnonzero(blank_runs)[:, None] + np.arange(PADDING_ROWS))
+        zero = np.zeros(len(actions), bool)
+        zero[candidates] = ~observations[candidates].reshape(len(candidates), -1).any(axis=1)
+        padding_runs = np.flatnonzero(blank_runs & (np.convolve(zero, window, "valid") == PADDING_ROWS))
+        if len(padding_runs):
+            steps = int(padding_runs[0])
+            raise ReplayLogError(
+                f"{self.log_dir} checkpoint {own.suffix}: the episode starting at row {start} holds "
+                f"{PADDING_ROWS} padding rows (zero frames, action 0, reward 0) after {steps} steps, where "
+                f"no end is marked: an end by a time limit of {steps} steps? (pass --max-episode-steps {steps})")
+
+
+class _Rows:
+    """The rows of one checkpoint followed by those of the checkpoints contiguous after it,
+    numbered on from its first row (0..n-1, then n.. for the next); a following checkpoint is
+    loaded only when one of its rows is asked for."""
+
+    def __init__(self, reader: RunReader, suffix: int):
+        self._reader = reader
+        self.checkpoints = [reader.checkpoint(suffix)]
+        self._offsets = [0]
+        self._length = self.checkpoints[0].num_rows
+        self._more = True
+
+    def has(self, row: int) -> bool:
+        """Whether rows 0..row all exist (False when the logs end or break before it)."""
+        while row >= self._length and self._more:
+            following = self.checkpoints[-1].suffix + 1
+            if following not in self._reader.suffixes or not self._reader.contiguous_with_previous(following):
+                self._more = False
+                break
+            checkpoint = self._reader.checkpoint(following)
+            self.checkpoints.append(checkpoint)
+            self._offsets.append(self._length)
+            self._length += checkpoint.num_rows
+        return row < self._length
+
+    def segments(self, start: int, stop: int) -> Iterator[tuple[Checkpoint, int, int, int]]:
+        """(checkpoint, its first row's number, local start, local stop) for the loaded rows of
+        [start, stop)."""
+        for checkpoint, offset in zip(self.checkpoints, self._offsets):
+            lo, hi = max(start - offset, 0), min(stop - offset, checkpoint.num_rows)
+            if lo < hi:
+                yield checkpoint, offset, lo, hi
+
+    def first_end(self, start: int, stop: int) -> int | None:
+        """The first row of [start, stop) marked as an end, among those that exist."""
+        self.has(stop - 1)
+        for checkpoint, offset, lo, hi in self.segments(start, stop):
+            ends = np.flatnonzero(checkpoint.ends[lo:hi])
+            if len(ends):
+                return offset + lo + int(ends[0])
+        return None
 
 
 def read_run(log_dir: Path, max_episode_steps: int = DEFAULT_MAX_EPISODE_STEPS) -> Iterator[Episode]:

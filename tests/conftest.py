@@ -11,6 +11,7 @@ from absl import flags  # noqa: E402
 flags.FLAGS.mark_as_parsed()
 
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -35,3 +36,51 @@ def rlds_dataset_dir(replay_logs_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("rlds") / "dqn_replay"
     convert.convert(replay_logs_dir, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def pong_frames(replay_logs_dir):
+    """Real Pong frames: the first recorded episode, uint8 [T, 84, 84] (none of them all zero)."""
+    from data_pipelines import replay_logs
+
+    return next(replay_logs.read_run(replay_logs_dir / "Pong" / "1" / "replay_logs")).observations
+
+
+@pytest.fixture(scope="session")
+def feed():
+    """feed(buffer, frames, length, rng, end) adds one episode of `length` real frames with random
+    actions and rewards, ending by `end` ("game over", "time limit", or None: still running), the
+    way Dopamine's runner hands it to the buffer; returns (frames, actions, rewards) as added."""
+
+    def add_episode(buffer, frames, length, rng, end="game over"):
+        start = rng.integers(len(frames) - length)
+        episode = (frames[start:start + length], rng.integers(0, 4, length), rng.choice([-1.0, 0.0, 1.0], length))
+        for t in range(length):
+            last = t == length - 1
+            buffer.add(episode[0][t], int(episode[1][t]), float(episode[2][t]),
+                       terminal=last and end == "game over", episode_end=last and end is not None)
+        return episode
+
+    return add_episode
+
+
+# 4 Pong episodes of 30 rows (ended by a 30-step time limit), 10, 30 (time limit) and 12 rows.
+TIME_LIMITED_RUN = (("time limit", 30), ("game over", 10), ("time limit", 30), ("game over", 12))
+
+
+@pytest.fixture(scope="session")
+def write_time_limited_run(pong_frames, feed):
+    """write(log_dir, layout, capacity) logs TIME_LIMITED_RUN (a time limit of 30 steps) and 5 rows
+    of a fifth episode still running, as Dopamine of that layout does, with a dump every `capacity`
+    rows and a final partial dump; returns [(end, (frames, actions, rewards))]."""
+    from data_pipelines import replay_logs
+
+    def write(log_dir, layout, capacity, seed=0):
+        rng = np.random.default_rng(seed)
+        buffer = replay_logs.LoggedReplayBuffer(log_dir, capacity, layout)
+        fed = [(end, feed(buffer, pong_frames, length, rng, end)) for end, length in TIME_LIMITED_RUN]
+        feed(buffer, pong_frames, 5, rng, end=None)
+        buffer.log_final_buffer()
+        return fed
+
+    return write

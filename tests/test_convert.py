@@ -43,12 +43,38 @@ def test_episodes_follow_rlds_step_semantics(rlds_dataset_dir, replay_logs_dir):
     assert report["dropped_partial_episodes"] == 2  # each recording stops mid-episode
 
 
-def test_truncated_episodes_end_without_a_terminal(replay_logs_dir, tmp_path):
-    shutil.copytree(replay_logs_dir / "Breakout", tmp_path / "logs" / "Breakout")
-    convert.convert(tmp_path / "logs", tmp_path / "data", max_episode_steps=175, progress=False)
-    lengths = [(len(e["steps"]) - 1, bool(e["steps"][len(e["steps"]) - 1]["is_terminal"]))
-               for e in _episodes(tmp_path / "data")]
-    assert (175, False) in lengths and all(terminal == (n != 175) for n, terminal in lengths)
+@pytest.mark.parametrize("layout", replay_logs.LAYOUTS)
+def test_time_limited_episodes_end_without_a_terminal_in_every_layout(tmp_path, capsys, write_time_limited_run,
+                                                                       layout):
+    # 4 Pong episodes of 30 (time limit), 10, 30 (time limit) and 12 rows, logged as Dopamine of
+    # that layout writes them; the first time-limit end is the last row of dump 0 (capacity 34).
+    fed = write_time_limited_run(tmp_path / "logs" / "Pong" / "1" / "replay_logs", layout, capacity=34)
+    code, summary, _ = _run(capsys, "--logs", tmp_path / "logs", "--out", tmp_path / "data", "--max-episode-steps", 30)
+    assert code == 0 and "converted 4 episodes (82 steps" in summary and "2 truncated by the time limit" in summary
+    episodes = _episodes(tmp_path / "data")
+    assert [(len(e["steps"]) - 1, bool(e["steps"][len(e["steps"]) - 1]["is_terminal"])) for e in episodes] == [
+        (30, False), (10, True), (30, False), (12, True)]
+    for episode, (_, (frames, actions, _)) in zip(episodes, fed):
+        steps = list(episode["steps"])[:-1]
+        np.testing.assert_array_equal(np.stack([s["observation"][..., 0] for s in steps]), frames)
+        np.testing.assert_array_equal([s["action"] for s in steps], actions)
+    totals = json.loads((tmp_path / "data" / convert.REPORT_FILE).read_text())["totals"]
+    assert (totals["episodes"], totals["truncated_episodes"], totals["dropped_partial_episodes"]) == (4, 2, 1)
+
+
+@pytest.mark.parametrize("layout, max_steps, expected", [
+    ("2019", 20, "row 23 (slot 23) is not padding"),
+    ("2022", 20, "runs past --max-episode-steps 20; pass the time limit these logs were written with"),
+    ("2021", 27_000, "holds 3 padding rows (zero frames, action 0, reward 0) after 30 steps, where no end is "
+                     "marked: an end by a time limit of 30 steps? (pass --max-episode-steps 30)"),
+])
+def test_logs_of_another_time_limit_stop_with_one_line(tmp_path, capsys, write_time_limited_run, layout, max_steps,
+                                                        expected):
+    write_time_limited_run(tmp_path / "logs" / "Pong" / "1" / "replay_logs", layout, capacity=40)
+    code, _, err = _run(capsys, "--logs", tmp_path / "logs", "--out", tmp_path / "data",
+                        "--max-episode-steps", max_steps)
+    assert code == 1 and err.startswith("mgdt-convert: error: ") and expected in err
+    assert not (tmp_path / "data" / "dataset_info.json").exists()
 
 
 @pytest.fixture
@@ -106,7 +132,8 @@ def test_skip_records_bad_checkpoints(logs, tmp_path, capsys):
         (b"Breakout", 1), (b"Breakout", 1), (b"Breakout", 2), (b"Breakout", 3), (b"Pong", 0)]
 
 
-@pytest.mark.parametrize("case", ["unknown game", "empty", "another dataset", "not a run", "unknown runner"])
+@pytest.mark.parametrize("case", ["unknown game", "empty", "another dataset", "not a run", "unknown runner",
+                                  "dataflow as documented"])
 def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir, tmp_path, capsys, case):
     out, options = tmp_path / "data", []
     if case == "unknown game":
@@ -124,9 +151,15 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir
     elif case == "not a run":
         (logs / "Pong" / "latest").mkdir()
         expected = f"{logs / 'Pong' / 'latest'}: expected a run number"
-    else:
+    elif case == "unknown runner":
         options = ["--runner", "SparkRunnr"]
         expected = "--runner SparkRunnr: Unexpected pipeline runner"
+    else:
+        # docs/data.md's Dataflow command with its placeholders: Beam would raise with a traceback
+        # (no GCP extra in this install, or invalid project and bucket names).
+        options = ["--runner", "DataflowRunner", "--beam-option=--project=PROJECT", "--beam-option=--region=REGION",
+                   "--beam-option=--temp_location=gs://BUCKET/tmp"]
+        expected = "--runner DataflowRunner: "
     before = sorted(p.name for p in out.iterdir()) if out.exists() else None
     code, _, err = _run(capsys, "--logs", logs, "--out", out, *options)
     assert code == 1 and err.startswith("mgdt-convert: error: ")
@@ -181,3 +214,85 @@ for data_dir in ({str(rlds_dataset_dir)!r}, {str(tmp_path / "data")!r}):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split("\n")[:2] == ["7 Pong 961"] * 2
+
+
+def _write_tfrecord_copy(data_dir, out_dir):
+    """Our dataset as TFDS writes one by default: the same records and shards, in TFRecord files."""
+    import tensorflow as tf
+    from tensorflow_datasets.core import dataset_info
+
+    info = dataset_info.read_proto_from_builder_dir(data_dir)
+    [split] = dataset_info.get_split_dict_from_proto(info, data_dir=data_dir).values()
+    records = tfds.builder_from_directory(data_dir).as_data_source(
+        "train", deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    out_dir.mkdir(parents=True)
+    template = split.filename_template.replace(data_dir=out_dir, filetype_suffix="tfrecord")
+    start = 0
+    for index, length in enumerate(split.shard_lengths):
+        path = template.sharded_filepath(shard_index=index, num_shards=len(split.shard_lengths))
+        with tf.io.TFRecordWriter(str(path)) as writer:
+            for record in range(start, start + length):
+                writer.write(records[record])
+        start += length
+    shutil.copy(data_dir / "features.json", out_dir)
+    info.file_format = "tfrecord"
+    (out_dir / "dataset_info.json").write_text(dataset_info.get_dataset_info_json(info))
+
+
+def test_the_command_recommended_for_tfrecord_datasets_runs_and_gives_them_back(rlds_dataset_dir, tmp_path):
+    import os
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mgdt_jax.data.rlds_source import DataError, RldsDataset
+
+    tfrecord_dir = tmp_path / "tensorflow_datasets" / "dqn_replay" / "1.0.0"
+    _write_tfrecord_copy(rlds_dataset_dir, tfrecord_dir)
+    with pytest.raises(DataError) as error:
+        RldsDataset(tfrecord_dir)
+    command = shlex.split(str(error.value).split("`")[1].replace("NEW_DIR", str(tmp_path / "converted")))
+    assert command[0] == "mgdt-convert"
+    # Run as installed: the console script next to this Python, or (in a bare checkout) the module
+    # pyproject.toml names for it.
+    script = Path(sys.executable).parent / "mgdt-convert"
+    assert 'mgdt-convert = "data_pipelines.convert:main"' in (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    program = [str(script)] if script.exists() else [sys.executable, "-m", "data_pipelines.convert"]
+    root = str(Path(__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(program + command[1:], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == (f"converted {tfrecord_dir} (7 episodes, 8 shards) to array_record at "
+                                     f"{tmp_path / 'converted'}")
+    converted, original = RldsDataset(tmp_path / "converted"), RldsDataset(rlds_dataset_dir)
+    assert len(converted) == len(original) == 7 and converted.game_ranges == original.game_ranges
+    for index in range(len(original)):
+        got, want = converted[index], original[index]
+        assert got.game == want.game
+        np.testing.assert_array_equal(got.actions, want.actions)
+        np.testing.assert_array_equal(got.rewards, want.rewards)
+        np.testing.assert_array_equal(got.frames(range(len(got))), want.frames(range(len(want))))
+
+
+@pytest.mark.parametrize("case", ["array_record already", "corrupt shard", "out holds a dataset", "not a dataset"])
+def test_from_tfds_bad_input_fails_with_one_line(rlds_dataset_dir, tmp_path, capsys, case):
+    tfrecord_dir = tmp_path / "tfr"
+    _write_tfrecord_copy(rlds_dataset_dir, tfrecord_dir)
+    source, out = tfrecord_dir, tmp_path / "out"
+    if case == "array_record already":
+        source, expected = rlds_dataset_dir, f"{rlds_dataset_dir}: already stored as array_record"
+    elif case == "corrupt shard":
+        shard = sorted(tfrecord_dir.glob("*.tfrecord-00003-of-00008"))[0]
+        shard.write_bytes(shard.read_bytes()[:100])
+        expected = f"{shard}: unreadable ("
+    elif case == "out holds a dataset":
+        shutil.copytree(rlds_dataset_dir, out)
+        expected = f"{out}: already holds a dataset; choose another --out"
+    else:
+        source, expected = tmp_path / "empty", f"{tmp_path / 'empty'}: holds no TFDS dataset"
+        source.mkdir()
+    code, _, err = _run(capsys, "--from-tfds", source, "--out", out)
+    assert code == 1 and err.startswith("mgdt-convert: error: ") and expected in err
+    if case != "out holds a dataset":
+        assert not list(out.rglob("dataset_info.json"))  # nothing that looks like a dataset

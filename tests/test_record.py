@@ -39,9 +39,10 @@ class WatchingPolicy(record.RandomPolicy):
         self.episodes[-1].rewards.append(reward)
 
 
-@pytest.fixture(scope="module")
-def played(tmp_path_factory):
-    """Breakout recorded with a dump every 64 rows and a 150-step time limit, plus what was played."""
+@pytest.fixture(scope="module", params=["2019", "2022"])
+def played(tmp_path_factory, request):
+    """Breakout recorded with a dump every 64 rows and a 150-step time limit, in the 2019 layout and
+    in newer Dopamine's, plus what was played."""
     policies = []
 
     def watching(game, seed):
@@ -52,7 +53,7 @@ def played(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(record.POLICIES, "watching", watching)
         result = record.record("Breakout", steps=900, out=out, capacity=64, max_episode_steps=150,
-                               policy="watching", seed=3, progress=False)
+                               policy="watching", seed=3, progress=False, layout=request.param)
     finished = [e for e in policies[0].episodes if len(e.rewards) == len(e.actions)]
     return result.log_dir, finished
 

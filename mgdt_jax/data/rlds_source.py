@@ -69,8 +69,8 @@ class RldsDataset(Sequence[Episode]):
             )
         except NotImplementedError:
             raise DataError(
-                f"{self.directory}: not stored as array_record (random access is needed); convert it "
-                "with `tfds convert_format --out_file_format=array_record`"
+                f"{self.directory}: not stored as array_record (training reads episodes by index); "
+                f"convert it with `mgdt-convert --from-tfds {self.directory} --out NEW_DIR` and train on NEW_DIR"
             ) from None
         except (KeyError, ValueError, OSError) as error:
             raise DataError(f"{self.directory}: cannot open as an RLDS dataset ({error})") from None
