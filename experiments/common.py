@@ -11,6 +11,7 @@ import ml_collections
 
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.recipe = "mgdt"  # what is trained: mgdt_jax/recipes/<recipe>/recipe.py
 
     config.model = ml_collections.ConfigDict()
     model = config.model
