@@ -39,6 +39,7 @@ from experiments import mgdt_1b, mgdt_200m, tiny
 from mgdt_jax import atari, sharding
 from mgdt_jax.models.mgdt import MultiGameDecisionTransformer
 from mgdt_jax.policy import Policy, sampling_preset
+from mgdt_jax.recipes.mgdt import flops as mgdt_flops
 from mgdt_jax.training import flops
 from mgdt_jax.training.train_step import Trainer
 
@@ -181,7 +182,7 @@ def step_bytes(compiled: jax.stages.Compiled) -> int | None:
 
 
 def abstract_batch(trainer: Trainer, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-    example = synthetic_batch(1, trainer.model_config.num_steps)
+    example = synthetic_batch(1, trainer.recipe.model_config.num_steps)
     return {key: jax.ShapeDtypeStruct((batch_size, *value.shape[1:]), value.dtype) for key, value in example.items()}
 
 
@@ -248,7 +249,7 @@ def train_section(run: Run, experiment: ModuleType, fit: bool) -> None:
     config.train.num_steps = 1_000_000  # only the learning-rate schedule reads it
     mesh = sharding.make_mesh(config.mesh)
     trainer = Trainer(config, mesh)
-    model = trainer.model_config
+    model = trainer.recipe.model_config
     granule = run.scale.batch_granule
     run.record(num_layers=model.num_layers, d_model=model.d_model, dtype=model.dtype, remat=model.remat,
                optimizer=config.optimizer.name, mesh=dict(zip(mesh.axis_names, mesh.devices.shape)),
@@ -321,7 +322,7 @@ def train_section(run: Run, experiment: ModuleType, fit: bool) -> None:
             run.note(f"batch {batch_size} does not fit (out of memory while running)")
             state = trainer.init(seed=0)  # the failed step may have consumed the donated state
             continue
-        step_flops = flops.training_flops(model, batch_size)
+        step_flops = mgdt_flops.training_flops(model, batch_size)
         stats = jax.devices()[0].memory_stats() or {}
         steps_per_s = 1.0 / timing["step_s"]
         per_device_flops = steps_per_s * step_flops.total / jax.device_count()

@@ -1,7 +1,7 @@
 """Training throughput and MFU of mgdt_jax, against the machine's matmul peak and the PyTorch peer.
 
 Times full training steps (forward, backward, optimizer; dropout on) on one fixed synthetic batch
-and reports tokens/s, achieved FLOP/s (mgdt_jax.training.flops, the peer's formula) and MFU against
+and reports tokens/s, achieved FLOP/s (mgdt_jax/recipes/mgdt/flops.py, the peer's formula) and MFU against
 the best fp32 (CPU) / bf16 (GPU) matmul measured in the same run. With ``--peer-python`` (an
 interpreter with torch and transformers) it also runs ../shared/peers/torch_mgdt.py on each size,
 right after ours so both see the same machine load, and prints ours/peer ratios.
@@ -34,6 +34,7 @@ import numpy as np
 
 from experiments import mgdt_1b, mgdt_10m, mgdt_40m, mgdt_200m, tiny
 from mgdt_jax import host_memory, sharding, tokens
+from mgdt_jax.recipes.mgdt.flops import training_flops
 from mgdt_jax.training import flops
 from mgdt_jax.training.train_step import Trainer
 
@@ -77,8 +78,8 @@ def bench_ours(size: str, batch_size: int, optimizer: str, dtype: str, steps: in
     config.train.num_steps = 1_000_000
     trainer = Trainer(config, sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}))
     state = trainer.init(seed=0)
-    batch = trainer.shard_batch(synthetic_batch(batch_size, trainer.model_config.num_steps))
-    analytic = flops.training_flops(trainer.model_config, batch_size)
+    batch = trainer.shard_batch(synthetic_batch(batch_size, trainer.recipe.model_config.num_steps))
+    analytic = training_flops(trainer.recipe.model_config, batch_size)
     result = {"size": size, "optimizer": optimizer, "dtype": dtype, "batch": batch_size,
               "params": sum(leaf.size for leaf in jax.tree.leaves(state.params)),
               "train_flops_per_step": analytic.total, "peer_formula_flops_per_step": analytic.blocks + analytic.attention}

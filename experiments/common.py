@@ -35,6 +35,7 @@ def _settable_object(value: Any) -> Any:
 
 def base_config() -> ConfigDict:
     config = _section()
+    config.recipe = "mgdt"  # what is trained: mgdt_jax/recipes/<recipe>/recipe.py
 
     config.model = _section()
     model = config.model

@@ -5,8 +5,9 @@ parameters alone:
 
 * ``params``: the model parameters;
 * ``trainer``: the step, the optimizer state and the base RNG key;
-* ``data``: the data position (JSON): the index of the next global batch and what the stream was
-  built from (seed, global batch size), since the stream is a pure function of those.
+* ``data``: the data position (JSON): the recipe that trained it, the index of the next global
+  batch and what the stream was built from (seed, global batch size), since the stream is a pure
+  function of those.
 
 Saves are asynchronous (training continues while the arrays are written) and happen every
 ``save_every`` steps, on preemption (Orbax's multi-host sync point, which needs
@@ -100,6 +101,10 @@ class Checkpointer:
             step=trainer["step"], params=restored[PARAMS], opt_state=trainer["opt_state"], rng=trainer["rng"]
         )
         return state, dict(restored[DATA])
+
+    def data_position(self, step: int) -> dict[str, Any]:
+        """The data position saved with ``step`` alone (no array is read), e.g. to check its recipe."""
+        return dict(self._manager.restore(step, args=ocp.args.Composite(**{DATA: ocp.args.JsonRestore()}))[DATA])
 
     def wait_until_finished(self) -> None:
         """Blocks until the last asynchronous save is on disk (and surfaces its errors)."""

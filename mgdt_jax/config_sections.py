@@ -27,3 +27,10 @@ def read_section(section_type: type[Section], config: Any) -> Section:
     else:
         values = {name: getattr(config, name) for name in names if hasattr(config, name)}
     return section_type(**values)
+
+
+def section(config: Any, name: str, default: Any = None) -> Any:
+    """The ``name`` section (or field) of a config given as a ConfigDict, a dict or an attribute object."""
+    if isinstance(config, Mapping):
+        return config.get(name, default)
+    return getattr(config, name, default)

@@ -14,6 +14,8 @@ flags.FLAGS.mark_as_parsed()
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from tests.recipe_cases import CASES  # noqa: E402  (imports JAX: after XLA_FLAGS)
+
 
 @pytest.fixture(scope="session")
 def replay_logs_dir(tmp_path_factory):
@@ -84,3 +86,43 @@ def write_time_limited_run(pong_frames, feed):
         return fed
 
     return write
+
+
+@pytest.fixture(scope="session")
+def breakout_windows():
+    """Windows of real Breakout frames: 40 random-policy steps, then every 4-step window of them."""
+    import numpy as np
+
+    from data_pipelines.record import make_environment
+    from mgdt_jax import atari, tokens
+
+    game = "Breakout"
+    env = make_environment(game, sticky_actions=0.0, max_episode_steps=1000)
+    rng = np.random.default_rng(0)
+    minimal_to_full = atari.minimal_to_full(game)
+    frame, _ = env.reset(seed=0)
+    frames, actions, rewards = [], [], []
+    for _ in range(40):
+        action = int(rng.integers(len(minimal_to_full)))
+        frames.append(frame)
+        actions.append(minimal_to_full[action])
+        frame, reward, *_ = env.step(action)
+        rewards.append(float(np.clip(reward, -1, 1)))
+    env.close()
+    frames, actions, rewards = np.stack(frames)[..., None], np.array(actions), np.array(rewards)
+    returns = tokens.encode_return(tokens.returns_to_go(rewards))
+    starts = np.arange(len(frames) - tokens.DEFAULT_NUM_STEPS + 1)
+    window = starts[:, None] + np.arange(tokens.DEFAULT_NUM_STEPS)  # [N, 4] step indices
+    return {
+        "observations": frames[window],
+        "returns_to_go": returns[window],
+        "actions": actions[window].astype(np.int32),
+        "rewards": tokens.encode_reward(rewards[window]),
+        "step_mask": np.ones(window.shape, bool),
+    }
+
+
+@pytest.fixture(scope="session", params=sorted(CASES))
+def recipe_case(request):
+    """Each recipe the generic training tests run on (tests/recipe_cases.py)."""
+    return CASES[request.param]

@@ -65,6 +65,13 @@ def test_bad_input_is_one_line_errors(tiny_workdir, tmp_path, capsys):
     (wider / CONFIG_FILE).write_text(json.dumps(config))
     _fails_with(["--workdir", str(wider), "--games", "Pong", *out], capsys, "does not fit the weights", "action_emb/embedding")
 
+    other_recipe = tmp_path / "other_recipe"
+    shutil.copytree(tiny_workdir, other_recipe)
+    config = json.loads((other_recipe / CONFIG_FILE).read_text())
+    config["recipe"] = "ad"
+    (other_recipe / CONFIG_FILE).write_text(json.dumps(config))
+    _fails_with(["--workdir", str(other_recipe), "--games", "Pong", *out], capsys, "a run of the 'ad' recipe, not an MGDT")
+
     corrupt = tmp_path / "corrupt"
     shutil.copytree(tiny_workdir, corrupt)
     for path in (corrupt / "checkpoints" / "3").rglob("*"):

@@ -1,7 +1,9 @@
-"""The train loop end to end on recorded ALE data (8 fake CPU devices): the loss falls; a run
-preempted with SIGTERM, resumed, killed with SIGKILL and resumed again has the losses of an
-uninterrupted run; checkpoints restore onto other meshes; a diverging run stops and keeps its last
-good checkpoint; bad input ends the CLI cleanly."""
+"""The train loop end to end on 8 fake CPU devices, for every recipe (tests/recipe_cases.py: the MGDT
+on recorded ALE data, a toy next-token recipe): the loss falls; throughput and MFU follow the
+recipe's step cost; a run preempted with SIGTERM, resumed, killed with SIGKILL and resumed again has
+the losses of an uninterrupted run, bit for bit; checkpoints restore onto other meshes; a diverging
+run stops and keeps its last good checkpoint; another recipe's checkpoints are refused; bad input
+ends the CLI cleanly."""
 
 from __future__ import annotations
 
@@ -19,35 +21,19 @@ import jax
 import numpy as np
 import pytest
 
+from flax import nnx
+
 from mgdt_jax import checkpointing, sharding
+from mgdt_jax.recipe import load_recipe
 from mgdt_jax.training import loop
 from mgdt_jax.training.metric_writer import METRICS_FILE, TENSORBOARD_DIR
 from mgdt_jax.training.train_step import Trainer
+from tests.recipe_cases import MGDT_CONFIG_FILE
 
 NUM_STEPS = 24
 CHECKPOINT_EVERY = 6
-
-# A config file, as a user writes one: the tiny experiment shrunk further, on the recorded dataset.
-CONFIG_FILE = """
-from experiments import tiny
-
-
-def get_config():
-    config = tiny.get_config()
-    config.model.num_layers = 1
-    config.model.d_model = 64
-    config.model.num_heads = 2
-    config.mesh.data = 1
-    config.mesh.fsdp = -1  # parameters sharded 8 ways, so restoring onto 1 or 4 devices reshards them
-    config.optimizer.warmup_steps = 4
-    config.data.sources = [{source!r}]
-    config.data.num_threads = 2
-    config.train.batch_size = 16
-    config.train.num_steps = {num_steps}
-    config.train.log_every = 1
-    config.train.checkpoint_every = {checkpoint_every}
-    return config
-"""
+PEAK_FLOPS = 1e9  # the device peak the reference run is told, so that it reports an MFU on CPUs
+REPOSITORY = Path(__file__).resolve().parents[1]  # on the path of subprocesses, for tests.toy_recipe
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,9 +47,9 @@ def fast_compiles():
 
 
 @pytest.fixture(scope="module")
-def config_path(rlds_dataset_dir, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("config") / "tiny_on_recorded_data.py"
-    path.write_text(CONFIG_FILE.format(source=str(rlds_dataset_dir), num_steps=NUM_STEPS, checkpoint_every=CHECKPOINT_EVERY))
+def config_path(recipe_case, request, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / f"tiny_{recipe_case.name}.py"
+    path.write_text(recipe_case.config_file(request, num_steps=NUM_STEPS, checkpoint_every=CHECKPOINT_EVERY))
     return path
 
 
@@ -83,27 +69,54 @@ def losses(workdir: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def uninterrupted_run(config_path, tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    result = loop.train(load_config(config_path), workdir)
+    peaks_asked = []
+
+    def peak_flops_per_device(device, compute_dtype: str) -> float:
+        peaks_asked.append(compute_dtype)
+        return PEAK_FLOPS
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop.flops, "peak_flops_per_device", peak_flops_per_device)
+        result = loop.train(load_config(config_path), workdir)
     assert (result.first_step, result.last_step, result.last_checkpoint) == (0, NUM_STEPS, NUM_STEPS)
+    assert peaks_asked == [load_recipe(load_config(config_path)).step_cost(16).compute_dtype]
     return workdir
 
 
-def test_loss_falls_and_everything_is_logged(uninterrupted_run):
+def test_loss_falls_and_everything_is_logged(recipe_case, uninterrupted_run):
     by_step = losses(uninterrupted_run)
     assert sorted(by_step) == list(range(1, NUM_STEPS + 1))
     first, last = np.mean([by_step[s] for s in (1, 2, 3)]), np.mean([by_step[s] for s in range(NUM_STEPS - 2, NUM_STEPS + 1)])
     assert last < 0.85 * first, (first, last)
     entry = json.loads((uninterrupted_run / METRICS_FILE).read_text().splitlines()[-1])
-    for name in ("return_loss", "action_loss", "reward_loss", "action_accuracy", "learning_rate", "grad_norm"):
+    for name in (*recipe_case.metrics, "learning_rate", "grad_norm"):
         assert np.isfinite(entry[f"train/{name}"]), name
-    assert entry["perf/tokens_per_second"] > 0 and entry["perf/tflops_per_second_per_device"] > 0
     assert any((uninterrupted_run / TENSORBOARD_DIR).glob("events.out.tfevents.*"))
     assert saved_steps(uninterrupted_run) == [12, 18, 24]  # every 6 steps, the newest 3 kept
+    assert json.loads((uninterrupted_run / loop.CONFIG_FILE).read_text())["recipe"] == recipe_case.recipe
+
+
+def test_throughput_and_mfu_follow_the_recipes_step_cost(config_path, uninterrupted_run):
+    config = load_config(config_path)
+    cost = load_recipe(config).step_cost(config.train.batch_size)
+    entries = [json.loads(line) for line in (uninterrupted_run / METRICS_FILE).read_text().splitlines()]
+    timed = [entry for entry in entries if "perf/steps_per_second" in entry]
+    assert len(timed) >= NUM_STEPS - 2  # every log step but the first (compilation is not timed)
+    for entry in timed:
+        steps_per_second = entry["perf/steps_per_second"]
+        assert steps_per_second > 0
+        assert entry["perf/tokens_per_second"] == pytest.approx(cost.tokens * steps_per_second, rel=1e-9)
+        flops_per_device = entry["perf/tflops_per_second_per_device"] * 1e12
+        assert flops_per_device == pytest.approx(cost.flops * steps_per_second / jax.device_count(), rel=1e-9)
+        assert entry["perf/mfu"] == pytest.approx(flops_per_device / PEAK_FLOPS, rel=1e-9)
 
 
 def run_cli(config_path: Path, workdir: Path, env: dict[str, str]) -> subprocess.Popen:
     command = [sys.executable, "-m", "mgdt_jax.cli.train", "--config", str(config_path), "--workdir", str(workdir)]
-    return subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    python_path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        command, env={**os.environ, **env, "PYTHONPATH": python_path}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def saved_steps(workdir: Path) -> list[int]:
@@ -149,10 +162,7 @@ def test_preempted_and_killed_run_resumes_with_the_losses_of_an_uninterrupted_ru
     assert "resumed from" in output and f"checkpoints in {workdir / checkpointing.CHECKPOINTS}" in output.splitlines()[-1]
     resumed_losses, reference = losses(workdir), losses(uninterrupted_run)
     assert sorted(resumed_losses) == sorted(reference)
-    # Equal up to float32 rounding (a different batch or state would differ by far more than 1e-6).
-    np.testing.assert_allclose(
-        [resumed_losses[s] for s in sorted(reference)], [reference[s] for s in sorted(reference)], rtol=1e-6, atol=0
-    )
+    np.testing.assert_array_equal([resumed_losses[s] for s in sorted(reference)], [reference[s] for s in sorted(reference)])
 
 
 @pytest.mark.parametrize(
@@ -179,10 +189,32 @@ def test_checkpoint_restores_onto_another_mesh(config_path, uninterrupted_run, n
 
 def test_checkpoint_of_another_model_is_refused_in_one_line(config_path, uninterrupted_run):
     config = load_config(config_path)
-    config.model.d_model = 128
+    config.model.d_model *= 2
     trainer = Trainer(config, sharding.make_mesh(config.mesh))
-    with pytest.raises(checkpointing.CheckpointError, match=r"params do not fit this model: \S+ is \(\d+, 64\) in the checkpoint, \(\d+, 128\) here"):
+    with pytest.raises(checkpointing.CheckpointError, match=r"params do not fit this model: \S+ is \([\d, ]+\) in the checkpoint, \([\d, ]+\) here$"):
         checkpointing.load_params(uninterrupted_run, target=trainer.abstract_state.params)
+
+
+def test_checkpoints_of_another_recipe_are_refused_in_one_line(config_path, uninterrupted_run, tmp_path):
+    workdir = tmp_path / "other_recipe"
+    shutil.copytree(uninterrupted_run, workdir, ignore=shutil.ignore_patterns(TENSORBOARD_DIR))
+    run_config = (workdir / loop.CONFIG_FILE).read_text()
+    files = sorted(workdir.rglob("*"))
+    config = load_config(config_path)
+    config.train.num_steps = NUM_STEPS + 2
+    recipe = load_recipe(config)
+
+    class Renamed(type(recipe)):  # the same model, so only the recipe's name tells them apart
+        name = "renamed"
+
+    with pytest.raises(
+        checkpointing.CheckpointError,
+        match=rf"^{workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)}: a checkpoint of the '{recipe.name}' recipe, "
+        r"and this config trains 'renamed' \(config.recipe\); use another workdir$",
+    ):
+        loop.train(config, workdir, recipe=Renamed(config))
+    assert (workdir / loop.CONFIG_FILE).read_text() == run_config  # the run's config is left as it was
+    assert sorted(workdir.rglob("*")) == files  # and nothing else is written
 
 
 def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(config_path, uninterrupted_run, tmp_path):
@@ -206,7 +238,7 @@ def test_fine_tuning_starts_from_the_pretrained_parameters(config_path, uninterr
 
     def evaluate(model, step: int) -> dict[str, float]:  # the periodic evaluation hook
         evaluated.append(step)
-        return {"return_head_norm": float(np.linalg.norm(np.asarray(model.return_head.kernel[...])))}
+        return {"parameter_norm": float(np.sqrt(sum(np.sum(np.square(leaf)) for leaf in jax.tree.leaves(nnx.state(model)))))}
 
     result = loop.train(config, tmp_path / "finetune", evaluate=evaluate)
     assert result.first_step == 0 and result.last_checkpoint == 2  # a new run: step and optimizer start fresh
@@ -214,13 +246,13 @@ def test_fine_tuning_starts_from_the_pretrained_parameters(config_path, uninterr
     assert pretrained_loss < 0.85 * scratch_loss  # the same first batch, the trained parameters
     assert evaluated == [1, 2]
     logged = [json.loads(line) for line in (tmp_path / "finetune" / METRICS_FILE).read_text().splitlines()]
-    assert [entry["step"] for entry in logged if "eval/return_head_norm" in entry] == [1, 2]
+    assert [entry["step"] for entry in logged if "eval/parameter_norm" in entry] == [1, 2]
 
 
-def test_cli_reports_a_bad_data_source_in_one_line(fast_compiles, tmp_path):
+def test_cli_reports_a_bad_mgdt_data_source_in_one_line(fast_compiles, tmp_path):
     config_path = tmp_path / "config.py"
     missing = tmp_path / "no_such_dataset"
-    config_path.write_text(CONFIG_FILE.format(source=str(missing), num_steps=2, checkpoint_every=1))
+    config_path.write_text(MGDT_CONFIG_FILE.format(source=str(missing), num_steps=2, checkpoint_every=1))
     process = run_cli(config_path, tmp_path / "run", fast_compiles)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 1

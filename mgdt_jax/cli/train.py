@@ -1,4 +1,5 @@
-"""``mgdt-train``: pretrain or fine-tune an MGDT from an experiment config, resuming if the workdir has a checkpoint.
+"""``mgdt-train``: train the recipe an experiment config names (``config.recipe``, default the MGDT),
+from scratch or a checkpoint, resuming if the workdir has one.
 
     mgdt-train --config experiments/mgdt_40m.py --workdir DIR [--config.field=value ...]
 
@@ -8,7 +9,6 @@ Run the same command on every host of a multi-host job (see docs/training.md).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import jax
 from absl import app, flags, logging
@@ -16,7 +16,6 @@ from ml_collections import config_flags
 
 from mgdt_jax import host_memory, sharding
 from mgdt_jax.checkpointing import CHECKPOINTS, CheckpointError
-from mgdt_jax.data.rlds_source import DataError
 from mgdt_jax.training import loop
 from mgdt_jax.training.metric_writer import METRICS_FILE, TENSORBOARD_DIR
 
@@ -34,13 +33,8 @@ def _train(argv: list[str]) -> int:
     sharding.maybe_initialize_distributed()  # before any JAX computation
     config = _CONFIG.value
     try:
-        evaluate = None
-        if config.train.eval_every and config.train.eval_games:
-            from mgdt_jax.evaluation.evaluate import training_evaluator  # plays ALE: imported only when used
-
-            evaluate = training_evaluator(config.train, Path(_WORKDIR.value))
-        result = loop.train(config, _WORKDIR.value, evaluate=evaluate)
-    except (DataError, CheckpointError, loop.TrainingDiverged, ValueError, OSError) as error:
+        result = loop.train(config, _WORKDIR.value)
+    except (CheckpointError, loop.TrainingDiverged, ValueError, OSError) as error:  # bad data is a ValueError
         print(f"mgdt-train: error: {error}", file=sys.stderr)
         return 1
     except jax.errors.JaxRuntimeError as error:

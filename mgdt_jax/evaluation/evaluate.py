@@ -18,6 +18,8 @@ from mgdt_jax import actor, atari, checkpointing
 from mgdt_jax.evaluation import report
 from mgdt_jax.models.mgdt import ModelConfig, MultiGameDecisionTransformer
 from mgdt_jax.policy import Policy, SamplingConfig, sampling_preset
+from mgdt_jax.recipe import recipe_name
+from mgdt_jax.recipes.mgdt.recipe import MgdtRecipe
 from mgdt_jax.training.loop import CONFIG_FILE
 
 EVAL_DIR = "eval"  # <workdir>/eval/<step>/: reports of the periodic evaluation during training
@@ -32,9 +34,12 @@ def load_model(workdir: Path, step: int | None = None) -> tuple[MultiGameDecisio
     """
     config_path = Path(workdir) / CONFIG_FILE
     try:
-        config = ModelConfig.from_config(json.loads(config_path.read_text())["model"])
+        run_config = json.loads(config_path.read_text())
+        config = ModelConfig.from_config(run_config["model"])
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise checkpointing.CheckpointError(f"{config_path}: not a readable run config ({error})") from None
+    if (recipe := recipe_name(run_config)) != MgdtRecipe.name:
+        raise checkpointing.CheckpointError(f"{config_path}: a run of the {recipe!r} recipe, not an MGDT")
     directory = checkpointing.checkpoint_directory(workdir)
     step = step if step is not None else _latest_step(directory)
     try:

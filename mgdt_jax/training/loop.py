@@ -1,10 +1,11 @@
 """The train loop: mesh, state, restore-or-init, data from the restored step, steps, metrics, checkpoints.
 
-One function, ``train``, read top to bottom. Exact resume rests on three facts: the checkpoint
-holds the whole train state (parameters, optimizer state, step, RNG); the dropout key of a step is a
-function of the step (train_step.py); and the data stream's batch ``k`` is a function of the data
-seed and ``k`` (mgdt_jax/data/pipeline.py). So a run restored at step ``n`` computes exactly the
-steps ``n, n+1, ...`` an uninterrupted run would have.
+One function, ``train``, read top to bottom, the same for every recipe (mgdt_jax/recipe.py): the
+recipe gives the model, loss, data, step cost and evaluation; the loop knows no agent. Exact resume
+rests on three facts: the checkpoint holds the whole train state (parameters, optimizer state,
+step, RNG); the dropout key of a step is a function of the step (train_step.py); and the recipe's
+data stream's batch ``k`` is a function of the config and ``k``. So a run restored at step ``n``
+computes exactly the steps ``n, n+1, ...`` an uninterrupted run would have.
 
 A non-finite loss stops the run before anything is saved from the broken state, so the newest
 checkpoint is the last good one. The loss is looked at on log steps and save steps (reading it
@@ -17,22 +18,18 @@ import dataclasses
 import itertools
 import math
 import signal
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from mgdt_jax import checkpointing, sharding
-from mgdt_jax.data import pipeline
+from mgdt_jax.recipe import DEFAULT_RECIPE, Evaluator, Recipe, load_recipe
 from mgdt_jax.training import flops
 from mgdt_jax.training.metric_writer import MetricWriter, Throughput
 from mgdt_jax.training.train_step import Trainer, TrainState
-
-# The periodic evaluation hook: (model, step) -> scalars to log under "eval/".
-Evaluator = Callable[[nnx.Module, int], Mapping[str, float]]
 
 CONFIG_FILE = "config.json"
 
@@ -50,21 +47,28 @@ class TrainResult:
     preempted: bool
 
 
-def train(config: Any, workdir: str | Path, *, evaluate: Evaluator | None = None) -> TrainResult:
-    """Trains ``config`` in ``workdir``, resuming from its newest checkpoint if it has one."""
+def train(
+    config: Any, workdir: str | Path, *, recipe: Recipe | None = None, evaluate: Evaluator | None = None
+) -> TrainResult:
+    """Trains ``config`` in ``workdir``, resuming from its newest checkpoint if it has one.
+
+    ``recipe`` defaults to the one ``config.recipe`` names, ``evaluate`` to the recipe's evaluator.
+    Raises CheckpointError (one line) when the workdir's checkpoints belong to another recipe.
+    """
     workdir = Path(workdir).expanduser().absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0
     train_config = config.train
-    if primary:
-        (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1) + "\n")
+    recipe = recipe if recipe is not None else load_recipe(config)
 
     # --- Data (first, so a bad source fails before anything compiles) -----------------------------
-    data = pipeline.training_data(config, process_index=jax.process_index(), process_count=jax.process_count())
+    data = recipe.training_data(process_index=jax.process_index(), process_count=jax.process_count())
+    if evaluate is None:
+        evaluate = recipe.evaluator(workdir)
 
     # --- Mesh and train step -------------------------------------------------------------------
     mesh = sharding.make_mesh(config.mesh)
-    trainer = Trainer(config, mesh)
+    trainer = Trainer(config, mesh, recipe)
 
     writer = MetricWriter(workdir, enabled=primary)
     checkpointer = checkpointing.Checkpointer(
@@ -74,15 +78,16 @@ def train(config: Any, workdir: str | Path, *, evaluate: Evaluator | None = None
     stream: Iterator[dict[str, Any]] = iter(())
     try:
         writer.print(
-            f"data: {data.num_episodes} episodes, game weights {data.game_weights}; mesh {dict(mesh.shape)} "
-            f"over {jax.device_count()} {jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)"
+            f"recipe {recipe.name}; data: {data.describe()}; mesh {dict(mesh.shape)} over "
+            f"{jax.device_count()} {jax.devices()[0].platform} device(s) in {jax.process_count()} process(es)"
         )
 
-        # --- Restore or init -------------------------------------------------------------------
-        data_position = pipeline.stream_identity(config)
-        if checkpointer.latest_step() is not None:
-            state, saved_position = checkpointer.restore(trainer.abstract_state)
-            _warn_if_data_changed(saved_position, data_position, writer)
+        # --- Restore or init (the config is written once the checkpoints are known to fit) ------
+        data_identity = data.identity()
+        if (latest := checkpointer.latest_step()) is not None:
+            _check_same_recipe(checkpointer, latest, recipe.name)
+            state, saved_position = checkpointer.restore(trainer.abstract_state, latest)
+            _warn_if_data_changed(saved_position, data_identity, writer)
             writer.print(f"resumed from {checkpointer.directory / str(int(state.step))}")
         else:
             state = trainer.init(train_config.seed)
@@ -90,6 +95,8 @@ def train(config: Any, workdir: str | Path, *, evaluate: Evaluator | None = None
                 params = checkpointing.load_params(train_config.init_from, target=trainer.abstract_state.params)
                 state = state.replace(params=params)
                 writer.print(f"initialised the parameters from {train_config.init_from}")
+        if primary:
+            (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1) + "\n")
         first_step = last_step = int(state.step)
         preempted = False
         if first_step >= train_config.num_steps:
@@ -101,13 +108,13 @@ def train(config: Any, workdir: str | Path, *, evaluate: Evaluator | None = None
         batches = map(trainer.shard_batch, stream)
         first_batch = next(batches)
         compiled_step = trainer.lower_step(_shapes(first_batch)).compile()
-        step_flops = flops.training_flops(trainer.model_config, train_config.batch_size)
-        writer.print(_flops_cross_check(step_flops.total, compiled_step))
+        step_cost = recipe.step_cost(train_config.batch_size)
+        writer.print(_flops_cross_check(step_cost.flops, compiled_step))
         throughput = Throughput(
-            tokens_per_step=step_flops.tokens,
-            flops_per_step=step_flops.total,
+            tokens_per_step=step_cost.tokens,
+            flops_per_step=step_cost.flops,
             num_devices=jax.device_count(),
-            peak_flops_per_device=flops.peak_flops_per_device(jax.devices()[0], trainer.model_config.dtype),
+            peak_flops_per_device=flops.peak_flops_per_device(jax.devices()[0], step_cost.compute_dtype),
         )
 
         # --- Steps ---------------------------------------------------------------------------------
@@ -123,11 +130,12 @@ def train(config: Any, workdir: str | Path, *, evaluate: Evaluator | None = None
                 scalars = _finite_scalars(metrics, last_step, checkpointer)
                 rates, eta = throughput.report(last_step, steps[-1])
                 writer.write(last_step, {**scalars, **rates})
-                writer.print(_console_line(last_step, steps[-1], scalars, rates, eta))
+                writer.print(_console_line(last_step, steps[-1], scalars, rates, eta, recipe))
             if save:
                 with throughput.paused():
                     _check_finite_params(state, last_step, checkpointer)
-                    checkpointer.save(state, {**data_position, "next_batch": last_step}, force=True)
+                    position = {"recipe": recipe.name, **data_identity, "next_batch": last_step}
+                    checkpointer.save(state, position, force=True)
             if preempted:
                 writer.print(f"preempted: saved step {last_step}, stopping")
                 break
@@ -141,6 +149,15 @@ def train(config: Any, workdir: str | Path, *, evaluate: Evaluator | None = None
         checkpointer.close()
         writer.close()
     return TrainResult(workdir, first_step, last_step, checkpointer.latest_step(), preempted)
+
+
+def _check_same_recipe(checkpointer: checkpointing.Checkpointer, step: int, name: str) -> None:
+    saved = checkpointer.data_position(step).get("recipe", DEFAULT_RECIPE)
+    if saved != name:
+        raise checkpointing.CheckpointError(
+            f"{checkpointer.directory / str(step)}: a checkpoint of the {saved!r} recipe, and this config "
+            f"trains {name!r} (config.recipe); use another workdir"
+        )
 
 
 def _warn_if_data_changed(saved: Mapping[str, Any], current: Mapping[str, Any], writer: MetricWriter) -> None:
@@ -181,14 +198,12 @@ def _stop_diverged(what: str, checkpointer: checkpointing.Checkpointer) -> None:
     )
 
 
-def _console_line(step: int, last_step: int, scalars: Mapping[str, float], rates: Mapping[str, float], eta: str) -> str:
-    heads = " ".join(
-        f"{head} {scalars[f'train/{head}_loss']:.3f}/{scalars[f'train/{head}_accuracy']:.2f}"
-        for head in ("return", "action", "reward")
-        if f"train/{head}_loss" in scalars
-    )
+def _console_line(
+    step: int, last_step: int, scalars: Mapping[str, float], rates: Mapping[str, float], eta: str, recipe: Recipe
+) -> str:
+    summary = recipe.summary({name.removeprefix("train/"): value for name, value in scalars.items()})
     line = (
-        f"step {step}/{last_step} loss {scalars['train/loss']:.4f} (loss/acc {heads}) "
+        f"step {step}/{last_step} loss {scalars['train/loss']:.4f}{f' ({summary})' if summary else ''} "
         f"lr {scalars['train/learning_rate']:.2e} grad_norm {scalars['train/grad_norm']:.3f}"
     )
     if rates:

@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any, TextIO
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
@@ -46,17 +47,23 @@ class _EventFile:
 
 
 class MetricWriter:
-    """Scalars per step to ``<workdir>/tensorboard`` and ``<workdir>/metrics.jsonl``."""
+    """Scalars per step to ``<workdir>/tensorboard`` and ``<workdir>/metrics.jsonl``.
+
+    The files are opened at the first ``write``, so a run refused at start leaves the workdir as it was.
+    """
 
     def __init__(self, workdir: Path, *, enabled: bool = True):
         self.enabled = enabled
-        if enabled:
-            self._tensorboard = _EventFile(workdir / TENSORBOARD_DIR)
-            self._jsonl = open(workdir / METRICS_FILE, "a")  # a resumed run appends
+        self._workdir = workdir
+        self._tensorboard: _EventFile | None = None
+        self._jsonl: TextIO | None = None
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:
             return
+        if self._tensorboard is None:
+            self._tensorboard = _EventFile(self._workdir / TENSORBOARD_DIR)
+            self._jsonl = open(self._workdir / METRICS_FILE, "a")  # a resumed run appends
         scalars = {name: float(value) for name, value in scalars.items()}
         self._tensorboard.scalars(step, scalars)
         self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
@@ -67,7 +74,7 @@ class MetricWriter:
             print(line, flush=True)
 
     def close(self) -> None:
-        if self.enabled:
+        if self._tensorboard is not None:
             self._tensorboard.close()
             self._jsonl.close()
 

@@ -1,9 +1,9 @@
-"""The train state and the jitted, sharded train step.
+"""The train state and the jitted, sharded train step of any recipe.
 
 The state is created directly on the mesh (a jitted init with ``out_shardings``: no host-side full
 copy of the parameters ever exists) and the step is one ``jax.jit`` with explicit in/out shardings
-and the old state's buffers donated to the new one. Parameters stay float32; ``model.dtype`` sets
-the matmul compute dtype (bfloat16 on accelerators).
+and the old state's buffers donated to the new one. The model, its loss and metrics come from the
+recipe (mgdt_jax/recipe.py); this module knows no agent.
 
 How to use::
 
@@ -13,15 +13,15 @@ How to use::
 
     config = experiments.tiny.get_config()          # or a plain dict-of-dicts with the same fields
     mesh = sharding.make_mesh(config.mesh)          # (data, fsdp, tensor) over all devices
-    trainer = Trainer(config, mesh)
+    trainer = Trainer(config, mesh)                 # the recipe config.recipe names (default "mgdt")
     state = trainer.init(seed=config.train.seed)    # sharded TrainState(step, params, opt_state, rng)
-    for numpy_batch in batches:                      # this host's rows of the batch contract
+    for numpy_batch in batches:                      # this host's rows of the recipe's batches
         state, metrics = trainer.step(state, trainer.shard_batch(numpy_batch))
     model = trainer.model(state)                     # an nnx module for evaluation/policies
 
 ``trainer.abstract_state`` (shapes, dtypes and shardings, no memory) is the Orbax restore target on
-any mesh. ``metrics`` holds ``loss``, ``<head>_loss``, ``<head>_accuracy``, ``grad_norm`` and
-``learning_rate`` (of the step just taken) as replicated scalars.
+any mesh. ``metrics`` holds the recipe's metrics, ``loss``, ``grad_norm`` and ``learning_rate`` (of
+the step just taken) as replicated scalars, averaged over gradient-accumulation micro-batches.
 
 Randomness: the dropout key of step ``n`` is ``fold_in(state.rng, n)``, a function of the step,
 so a resumed run draws exactly the masks an uninterrupted run would have drawn.
@@ -42,8 +42,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from mgdt_jax import sharding
-from mgdt_jax.config_sections import read_section
-from mgdt_jax.models.mgdt import ModelConfig, MultiGameDecisionTransformer, loss_and_metrics
+from mgdt_jax.config_sections import read_section, section
+from mgdt_jax.recipe import Recipe, load_recipe
 from mgdt_jax.training.optimizer import make_optimizer
 
 
@@ -64,22 +64,21 @@ class TrainConfig:
     num_steps: int = 1000
 
 
-def _section(config: Any, name: str) -> Any:
-    return config[name] if isinstance(config, Mapping) else getattr(config, name)
-
-
 class Trainer:
-    """The optimizer, the shardings and the jitted init/step of one config on one mesh."""
+    """The optimizer, the shardings and the jitted init/step of one config's recipe on one mesh.
 
-    def __init__(self, config: Any, mesh: Mesh):
+    ``recipe`` defaults to the one ``config.recipe`` names (``mgdt_jax.recipe.load_recipe``).
+    """
+
+    def __init__(self, config: Any, mesh: Mesh, recipe: Recipe | None = None):
         self.mesh = mesh
-        self.model_config = ModelConfig.from_config(_section(config, "model"))
-        self.train_config = read_section(TrainConfig, _section(config, "train"))
+        self.recipe = recipe if recipe is not None else load_recipe(config)
+        self.train_config = read_section(TrainConfig, section(config, "train", {}))
         if self.train_config.grad_accum_steps < 1:
             raise ValueError(f"train.grad_accum_steps must be >= 1, got {self.train_config.grad_accum_steps}")
-        self.optimizer, self.learning_rate = make_optimizer(_section(config, "optimizer"), self.train_config.num_steps)
+        self.optimizer, self.learning_rate = make_optimizer(section(config, "optimizer", {}), self.train_config.num_steps)
 
-        abstract_model = nnx.eval_shape(lambda: MultiGameDecisionTransformer(self.model_config, rngs=nnx.Rngs(0)))
+        abstract_model = nnx.eval_shape(lambda: self.recipe.model(nnx.Rngs(0)))
         self.graphdef, abstract_params = nnx.split(abstract_model)
         params_sharding = sharding.variable_shardings(abstract_params, mesh)
         abstract_state = jax.eval_shape(self._init_state, jnp.int32(0))
@@ -124,7 +123,7 @@ class Trainer:
         """This host's numpy rows of the batch -> the global batch, sharded over the batch axis."""
         return sharding.global_batch(local_batch, self.mesh)
 
-    def model(self, state: TrainState) -> MultiGameDecisionTransformer:
+    def model(self, state: TrainState) -> nnx.Module:
         """The model with the state's parameters (for evaluation and policies)."""
         return nnx.merge(self.graphdef, state.params)
 
@@ -134,8 +133,7 @@ class Trainer:
 
     def _init_state(self, seed: jax.Array) -> TrainState:
         params_key, dropout_key = jax.random.split(jax.random.key(seed))
-        model = MultiGameDecisionTransformer(self.model_config, rngs=nnx.Rngs(params=params_key))
-        params = nnx.state(model)
+        params = nnx.state(self.recipe.model(nnx.Rngs(params=params_key)))
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -146,18 +144,21 @@ class Trainer:
     def _loss(
         self, params: nnx.State, batch: Mapping[str, jax.Array], dropout_key: jax.Array
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        model = nnx.merge(self.graphdef, params)
-        logits = model(batch, deterministic=False, dropout_key=dropout_key)
-        return loss_and_metrics(logits, batch, self.model_config)
+        return self.recipe.loss(nnx.merge(self.graphdef, params), batch, dropout_key)
+
+    def _loss_gradients(
+        self, params: nnx.State, batch: Mapping[str, jax.Array], dropout_key: jax.Array
+    ) -> tuple[nnx.State, dict[str, jax.Array]]:
+        (loss, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, batch, dropout_key)
+        return grads, {**metrics, "loss": loss}
 
     def _gradients(
         self, params: nnx.State, batch: Mapping[str, jax.Array], dropout_key: jax.Array
     ) -> tuple[nnx.State, dict[str, jax.Array]]:
-        """Gradients and metrics, averaged over ``grad_accum_steps`` micro-batches."""
-        grad_fn = jax.grad(self._loss, has_aux=True)
+        """Gradients and metrics (with the loss), averaged over ``grad_accum_steps`` micro-batches."""
         num_micro = self.train_config.grad_accum_steps
         if num_micro == 1:
-            return grad_fn(params, batch, dropout_key)
+            return self._loss_gradients(params, batch, dropout_key)
 
         def split(array: jax.Array) -> jax.Array:
             # [B, ...] -> [A, B/A, ...] taking every A-th row, so each micro-batch stays spread over
@@ -167,10 +168,10 @@ class Trainer:
 
         def accumulate(carry, inputs):
             micro_batch, index = inputs
-            grads, metrics = grad_fn(params, micro_batch, jax.random.fold_in(dropout_key, index))
+            grads, metrics = self._loss_gradients(params, micro_batch, jax.random.fold_in(dropout_key, index))
             return jax.tree.map(jnp.add, carry, (grads, metrics)), None
 
-        zeros = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), jax.eval_shape(grad_fn, params, batch, dropout_key))
+        zeros = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), jax.eval_shape(self._loss_gradients, params, batch, dropout_key))
         micro_batches = {name: split(value) for name, value in batch.items()}
         totals, _ = jax.lax.scan(accumulate, zeros, (micro_batches, jnp.arange(num_micro)))
         return jax.tree.map(lambda total: total / num_micro, totals)
@@ -182,10 +183,8 @@ class Trainer:
         grads, metrics = self._gradients(state.params, batch, dropout_key)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        head_losses = [value for name, value in metrics.items() if name.endswith("_loss")]
         metrics = {
             **metrics,
-            "loss": sum(head_losses) / len(head_losses),
             "grad_norm": optax.tree.norm(grads),
             "learning_rate": self.learning_rate(state.step),
         }

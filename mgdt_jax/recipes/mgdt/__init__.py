@@ -1,0 +1,1 @@
+"""The Multi-Game Decision Transformer recipe (Lee et al. 2022)."""

@@ -1,0 +1,103 @@
+"""The MGDT recipe: the Multi-Game Decision Transformer, its loss, its RLDS windows and its Atari evaluation.
+
+Trains with ``config.recipe = "mgdt"`` (the default of configs without the field); the config
+sections it reads are in docs/architecture.md (model, data, train.eval_*). The input pipeline
+(Grain, TFDS) and the evaluation (ALE) are imported only when a run asks for them, so the model and
+the train step stay importable without them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from mgdt_jax.config_sections import read_section, section
+from mgdt_jax.models.mgdt import HEAD_NAMES, ModelConfig, MultiGameDecisionTransformer, loss_and_metrics
+from mgdt_jax.recipe import Evaluator, Recipe, StepCost
+from mgdt_jax.recipes.mgdt.flops import training_flops
+
+if TYPE_CHECKING:
+    from mgdt_jax.data.pipeline import TrainingData
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The fields of the ``train`` config section the periodic evaluation reads."""
+
+    eval_every: int = 0
+    eval_games: tuple[str, ...] = ()
+    eval_episodes: int = 16
+
+
+class MgdtRecipe(Recipe):
+    name = "mgdt"
+
+    def __init__(self, config: Any):
+        super().__init__(config)
+        self.model_config = ModelConfig.from_config(section(config, "model", {}))
+
+    def model(self, rngs: nnx.Rngs) -> MultiGameDecisionTransformer:
+        return MultiGameDecisionTransformer(self.model_config, rngs=rngs)
+
+    def loss(
+        self, model: MultiGameDecisionTransformer, batch: Mapping[str, jax.Array], dropout_key: jax.Array
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The mean of the heads' cross-entropies; ``<head>_loss`` and ``<head>_accuracy`` per head."""
+        logits = model(batch, deterministic=False, dropout_key=dropout_key)
+        return loss_and_metrics(logits, batch, self.model_config)
+
+    def training_data(self, *, process_index: int, process_count: int) -> RldsWindows:
+        from mgdt_jax.data import pipeline  # Grain and TFDS: only when training
+
+        data = pipeline.training_data(self.config, process_index=process_index, process_count=process_count)
+        return RldsWindows(data, pipeline.stream_identity(self.config))
+
+    def step_cost(self, batch_size: int) -> StepCost:
+        analytic = training_flops(self.model_config, batch_size)
+        return StepCost(flops=analytic.total, tokens=analytic.tokens, compute_dtype=self.model_config.dtype)
+
+    def summary(self, metrics: Mapping[str, float]) -> str:
+        heads = " ".join(
+            f"{head} {metrics[f'{head}_loss']:.3f}/{metrics[f'{head}_accuracy']:.2f}"
+            for head in HEAD_NAMES
+            if f"{head}_loss" in metrics
+        )
+        return f"loss/acc {heads}"
+
+    def evaluator(self, workdir: Path) -> Evaluator | None:
+        """Plays ``train.eval_games`` every ``train.eval_every`` steps, when both are set."""
+        train = read_section(EvalConfig, section(self.config, "train", {}))
+        if not (train.eval_every and train.eval_games):
+            return None
+        from mgdt_jax.evaluation.evaluate import training_evaluator  # plays ALE: imported only when used
+
+        return training_evaluator(train, workdir)
+
+
+class RldsWindows:
+    """The MGDT training stream (mgdt_jax/data/pipeline.py) as the core's ``TrainingData``."""
+
+    def __init__(self, data: TrainingData, identity: dict[str, Any]):
+        self._data = data
+        self._identity = identity
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        return self._data.batch(step)
+
+    def iterate(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+        return self._data.iterate(start_step)
+
+    def describe(self) -> str:
+        return f"{self._data.num_episodes} episodes, game weights {self._data.game_weights}"
+
+    def identity(self) -> dict[str, Any]:
+        return self._identity
+
+
+RECIPE = MgdtRecipe
