@@ -41,9 +41,9 @@ def test_recorded_pendulum_expert_beats_random(pendulum_expert, tmp_path):
 
 def test_expert_of_another_env_or_version_is_refused(pendulum_expert):
     versions = references.installed_versions(("gymnasium", "mujoco"))
-    with pytest.raises(ppo.ExpertError, match="trained on InvertedPendulum-v5 .* not Swimmer-v5"):
+    with pytest.raises(tasks.ExpertError, match="trained on InvertedPendulum-v5 .* not Swimmer-v5"):
         ppo.load(pendulum_expert / "mujoco-pendulum.npz", "Swimmer-v5", versions)
-    with pytest.raises(ppo.ExpertError, match="remove it to train a new expert"):
+    with pytest.raises(tasks.ExpertError, match="remove it to train a new expert"):
         ppo.load(pendulum_expert / "mujoco-pendulum.npz", "InvertedPendulum-v5", {**versions, "mujoco": "3.2.7"})
 
 

@@ -119,3 +119,27 @@ def test_cli_records_and_prints_a_summary(tmp_path, capsys):
     line = capsys.readouterr().out.strip()
     assert line.startswith("recorded 1 tasks (2 expert episodes") and "babyai-go-to-red-ball-grey expert" in line
     assert json.loads((tmp_path / "babyai-go-to-red-ball-grey" / "references.json").read_text())["random"]
+
+
+def test_episodes_the_bot_cannot_plan_are_replaced(tmp_path, monkeypatch):
+    from data_pipelines.jat import tasks
+
+    act, calls = tasks.BabyAIBotPolicy.act, {"begin": 0}
+    begin = tasks.BabyAIBotPolicy.begin
+
+    def counting_begin(self, env):
+        calls["begin"] += 1
+        begin(self, env)
+
+    def failing_act(self, observation):
+        if calls["begin"] == 2:  # the second episode's bot fails
+            raise tasks.PlanningError("ValueError: no path")
+        return act(self, observation)
+
+    monkeypatch.setattr(tasks.BabyAIBotPolicy, "begin", counting_begin)
+    monkeypatch.setattr(tasks.BabyAIBotPolicy, "act", failing_act)
+    summary = record.record(["babyai-go-to-red-ball-grey"], tmp_path, 3, random_episodes=1, progress=False)[0]
+    metadata = json.loads((tmp_path / "babyai-go-to-red-ball-grey" / rlds.METADATA_FILE).read_text())
+    assert summary["episodes"] == 3 and summary["skipped_expert_episodes"] == 1
+    assert metadata["skipped_expert_episodes"] == ["ValueError: no path"]
+    assert references.load(tmp_path / "babyai-go-to-red-ball-grey").expert.success_rate == 1.0

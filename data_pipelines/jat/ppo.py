@@ -34,11 +34,8 @@ import numpy as np
 import optax
 import tqdm
 
+from data_pipelines.jat.tasks import ExpertError
 from mgdt_jax.recipes.jat.references import installed_versions
-
-
-class ExpertError(ValueError):
-    """An expert file that does not fit the task; the message names the file and the fault."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -66,7 +66,7 @@ def play(task: tasks.Task, policy_factory: Callable, episodes: int, seed: int,
          skipped: list[str] | None = None) -> Iterator[rlds.Episode]:
     """`episodes` episodes in one environment made with `seed` (first reset seeded, later ones not).
 
-    An episode in which the policy raises (the BabyAI bot can fail to plan) is dropped and replaced;
+    An episode in which the expert fails to plan (tasks.PlanningError) is dropped and replaced;
     its error is appended to `skipped`. More failures than episodes is a RecordError.
     """
     env = task.make_env(seed)
@@ -75,13 +75,12 @@ def play(task: tasks.Task, policy_factory: Callable, episodes: int, seed: int,
     while played < episodes:
         try:
             episode = play_episode(task, env, policy, seed if played + failed == 0 else None)
-        except Exception as error:  # noqa: BLE001  (an expert's own failure, not ours)
+        except tasks.PlanningError as error:
             failed += 1
             if skipped is not None:
-                skipped.append(f"{type(error).__name__}: {error}")
+                skipped.append(str(error))
             if failed > max(episodes, 10):
-                raise RecordError(f"{task.name}: the expert failed in {failed} episodes "
-                                  f"(last: {type(error).__name__}: {error})") from None
+                raise RecordError(f"{task.name}: the expert failed in {failed} episodes (last: {error})") from None
             continue
         played += 1
         yield episode
@@ -218,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summaries = record(args.tasks, args.out, args.episodes, args.seed, args.random_episodes,
                            args.experts if args.experts is not None else args.out / "experts")
-    except (tasks.UnknownTaskError, RecordError, rlds.DatasetError, OSError) as error:
+    except (tasks.UnknownTaskError, tasks.ExpertError, RecordError, rlds.DatasetError, OSError) as error:
         print(f"mgdt-jat-record: error: {error}", file=sys.stderr)
         return 1
     print(summary_line(summaries, args.out, time.perf_counter() - started))

@@ -41,6 +41,14 @@ class UnknownTaskError(ValueError):
     """A task name we cannot record."""
 
 
+class ExpertError(ValueError):
+    """An expert that cannot be used for a task; the message names it and the fault."""
+
+
+class PlanningError(RuntimeError):
+    """The expert failed to choose an action in one episode (the BabyAI bot can fail to plan)."""
+
+
 class Policy(Protocol):
     """Chooses actions in one environment; `begin` is called after each reset."""
 
@@ -121,7 +129,10 @@ class BabyAIBotPolicy:
         self._bot = BabyAIBot(env.unwrapped)
 
     def act(self, observation: Any) -> int:
-        return int(self._bot.replan())
+        try:
+            return int(self._bot.replan())
+        except Exception as error:  # noqa: BLE001  (any fault of the bot's planner ends only this episode)
+            raise PlanningError(f"{type(error).__name__}: {error}") from error
 
 
 def _babyai(name: str, level: str, env_id: str, rgb: bool) -> Task:
