@@ -107,3 +107,12 @@ def test_ragged_episode_leaves_nothing(tmp_path, capsys):
     assert not any((tmp_path / "out").iterdir())
     assert import_parquet.main([str(tmp_path / "missing.parquet"), "--task", "x", "--out", str(tmp_path)]) == 1
     assert "not a readable parquet file" in capsys.readouterr().err
+
+
+def test_files_with_different_columns_are_refused(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    first = _write(tmp_path / "a.parquet", _episodes("babyai", rng, 1))
+    second = _write(tmp_path / "b.parquet", _episodes("metaworld", rng, 1))
+    assert import_parquet.main([str(first), str(second), "--task", "t", "--out", str(tmp_path / "out")]) == 1
+    assert f"{second}: columns" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -142,7 +142,7 @@ def record_task(task: tasks.Task, out_dir: Path, episodes: int, seed: int = 0,
 
     summary = rlds.write_dataset(
         partial, task.spec, play(task, lambda env: task.expert(env, experts_dir), episodes, seed, skipped),
-        {"job": job, "skipped_expert_episodes": skipped}, episodes_per_shard,
+        {"job": job, "final_observation": "recorded", "skipped_expert_episodes": skipped}, episodes_per_shard,
         description=f"JAT task {task.name} ({task.env_id}) played by {task.expert_name}.", on_episode=count)
     random_returns, random_successes, random_steps = [], [], 0
     for episode in play(task, lambda env: tasks.RandomPolicy(env, seed), random_episodes, seed):
@@ -156,7 +156,8 @@ def record_task(task: tasks.Task, out_dir: Path, episodes: int, seed: int = 0,
     jat_references.save(references, partial)
     partial.rename(final)
     return {**summary, "references": references.to_json(), "resumed": False,
-            "played_steps": summary["steps"] + random_steps, "seconds": round(time.perf_counter() - started, 3), "skipped_expert_episodes": len(skipped)}
+            "played_steps": summary["steps"] + random_steps, "seconds": round(time.perf_counter() - started, 3),
+            "skipped_expert_episodes": len(skipped)}
 
 
 def record(task_names: list[str], out_dir: Path, episodes: int, seed: int = 0,
