@@ -69,7 +69,8 @@ SECTIONS = (
     Section("ad_train", "AD training tokens/s at the AD^epsilon recipe's size", 60, requires="mgdt_jax.recipes.ad"),
     Section("ad_eval", "AD KV-cached in-context evaluation steps/s at 81 x 100 episodes", 60,
             requires="mgdt_jax.recipes.ad"),
-    Section("jat_train", "JAT (768 wide, 12 layers) training tokens/s and MFU", 60, requires="mgdt_jax.recipes.jat"),
+    Section("jat_train", "JAT (768 wide, 12 layers) training tokens/s and MFU", 60,
+            requires="mgdt_jax.recipes.jat.model"),
     Section("ada_ppo", "AdA environment + Transformer-XL PPO steps/s at 8,192 envs", 60,
             requires="mgdt_jax.recipes.ada"),
 )

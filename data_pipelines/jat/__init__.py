@@ -1,0 +1,1 @@
+"""JAT data: expert recordings (BabyAI, Meta-World, MuJoCo) and the published dataset, as RLDS."""

@@ -1,0 +1,180 @@
+"""`mgdt-jat-import`: the published JAT dataset's parquet files -> our RLDS layout (rlds.py).
+
+The `jat-project/jat-dataset` files hold one episode a row, in the columns of fields.py:
+`text_observations` list<string>, `discrete_observations` list<list<int64>>,
+`continuous_observations` list<list<float32>>, `image_observations` list<struct<bytes, path>>
+(Hugging Face `Image`, PNG bytes, channel last), `discrete_actions` list<int64>,
+`continuous_actions` list<list<float32>>, `rewards` list<float32>; all of one episode's lists
+have one entry per step. The final observation is not stored, so the imported episodes repeat the
+last one in their final RLDS step (metadata.json says `final_observation: repeated`).
+
+The expert reference is the mean return of the imported episodes; no random reference can be
+measured without the environment, so references.json holds none (JAT's own were measured on
+other environment versions, see mgdt_jax/recipes/jat/references.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tqdm
+
+from data_pipelines.jat import rlds
+from mgdt_jax.recipes.jat import fields as jat_fields
+from mgdt_jax.recipes.jat import references as jat_references
+
+SOURCE = "jat-project/jat-dataset"
+
+
+def _decode_image(value, where: str) -> np.ndarray:
+    encoded = value.get("bytes") if isinstance(value, dict) else value
+    if not isinstance(encoded, bytes):
+        raise rlds.DatasetError(f"{where}: image_observations entry holds no image bytes")
+    image = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise rlds.DatasetError(f"{where}: image_observations entry is not a decodable image")
+    if image.ndim == 2:
+        return image[..., None]
+    return image[..., [2, 1, 0, 3][:image.shape[-1]]]  # OpenCV's BGR(A) -> RGB(A)
+
+
+def _episode(row: dict, names: tuple[str, ...], where: str) -> rlds.Episode:
+    columns = {}
+    for name in names:
+        values = row[name]
+        if values is None:
+            raise rlds.DatasetError(f"{where}: {name} is null")
+        if name == "image_observations":
+            columns[name] = np.stack([_decode_image(value, where) for value in values]) if values else np.zeros((0,))
+        elif name == "text_observations":
+            columns[name] = [str(value) for value in values]
+        else:
+            try:
+                columns[name] = np.asarray(values, jat_fields.FIELDS[name].dtype)
+            except ValueError:
+                raise rlds.DatasetError(f"{where}: {name} rows differ in length") from None
+    lengths = {name: len(column) for name, column in columns.items()}
+    if len(set(lengths.values())) != 1 or not lengths["rewards"]:
+        raise rlds.DatasetError(f"{where}: fields need one entry per step and at least one step, got lengths {lengths}")
+    observations = {name: column + column[-1:] if isinstance(column, list) else np.concatenate([column, column[-1:]])
+                    for name, column in columns.items() if name in jat_fields.OBSERVATION_FIELDS}
+    action = next(name for name in names if name in jat_fields.ACTION_FIELDS)
+    return rlds.Episode(observations, columns[action], columns["rewards"], terminated=False)
+
+
+def _rows(path: Path) -> Iterator[tuple[dict, int]]:
+    import pyarrow.parquet as pq
+
+    index = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=16):
+        for row in batch.to_pylist():
+            yield row, index
+            index += 1
+
+
+def _columns(path: Path) -> tuple[str, ...]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except (OSError, pa.ArrowException) as error:
+        raise rlds.DatasetError(f"{path}: not a readable parquet file ({error})") from None
+    return jat_fields.check_fields(names, str(path))
+
+
+def episodes(files: list[Path]) -> tuple[tuple[str, ...], Iterator[rlds.Episode]]:
+    """Checks every file's columns (all alike, all JAT fields) and returns them (in fields.py
+    order) with an iterator over the files' episodes."""
+    names = None
+    for path in files:
+        found = _columns(path)
+        if names is not None and found != names:
+            raise rlds.DatasetError(f"{path}: columns {list(found)} differ from {list(names)} of {files[0]}")
+        names = found
+
+    def stream() -> Iterator[rlds.Episode]:
+        for path in files:
+            for row, index in _rows(path):
+                yield _episode(row, names, f"{path} row {index}")
+
+    return names, stream()
+
+
+def import_files(files: list[Path], task: str, out_dir: Path, episodes_per_shard: int = 1000,
+                 progress: bool = True) -> dict:
+    """Imports the files into OUT/<task> (written as OUT/<task>.partial, renamed when complete).
+
+    Raises UnknownFieldError for a column that is not a JAT field and DatasetError for other bad
+    input (unreadable files, ragged episodes, an existing OUT/<task>); nothing is left behind then.
+    """
+    files = [Path(f) for f in files]
+    final, partial = Path(out_dir) / task, Path(out_dir) / f"{task}.partial"
+    if final.exists():
+        raise rlds.DatasetError(f"{final}: already exists; choose another --out or remove it")
+    names, stream = episodes(files)
+    first = next(stream, None)
+    if first is None:
+        raise rlds.DatasetError(f"{files[0]}: no episodes")
+    shapes = {name: () if name in ("text_observations", "discrete_actions", "rewards")
+              else np.asarray(first.observations[name] if name in first.observations else first.actions).shape[1:]
+              for name in names}
+    spec = rlds.TaskSpec(task, shapes)
+    shutil.rmtree(partial, ignore_errors=True)
+    returns = []
+
+    def chained() -> Iterator[rlds.Episode]:
+        yield first
+        yield from stream
+
+    with tqdm.tqdm(unit="episode", desc=task, disable=not progress) as bar:
+
+        def count(episode: rlds.Episode) -> None:
+            returns.append(episode.episode_return)
+            bar.update()
+
+        try:
+            summary = rlds.write_dataset(
+                partial, spec, chained(), {"source": SOURCE, "files": [f.name for f in files],
+                                           "final_observation": "repeated"},
+                episodes_per_shard, description=f"JAT task {task} imported from {SOURCE}.", on_episode=count)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    expert = jat_references.Reference(mean_return=float(np.mean(returns)), std_return=float(np.std(returns)),
+                                      episodes=len(returns))
+    jat_references.save(jat_references.TaskReferences(task=task, env_id="", expert=expert, random=None, versions={}),
+                        partial)
+    partial.rename(final)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mgdt-jat-import", description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="+", type=Path, help="parquet files of one task (one episode a row)")
+    parser.add_argument("--out", type=Path, required=True, help="writes OUT/<task>/")
+    parser.add_argument("--task", default=None,
+                        help="task name (default: the folder of the first file, as in the dataset's layout)")
+    args = parser.parse_args(argv)
+    task = args.task or args.files[0].resolve().parent.name
+    started = time.perf_counter()
+    try:
+        summary = import_files(args.files, task, args.out)
+    except (jat_fields.UnknownFieldError, rlds.DatasetError, OSError) as error:
+        print(f"mgdt-jat-import: error: {error}", file=sys.stderr)
+        return 1
+    print(f"imported {summary['episodes']} episodes ({summary['steps']:,} steps, {summary['shards']} shards) of "
+          f"{task} in {time.perf_counter() - started:.1f}s into {args.out / task}; "
+          f"mean return {summary['mean_return']:.4g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""`mgdt-jat-record`: play experts on JAT tasks and write each task as an RLDS dataset.
+
+Each task becomes OUT/<task>/: the expert's episodes (rlds.py layout), references.json (the mean
+return of those episodes and of a uniform-random policy on the same environment version, with the
+package versions) and metadata.json. A task is written into OUT/<task>.partial/ and renamed when
+complete, so a rerun skips the tasks already recorded (with the same options) and redoes any other.
+
+MuJoCo tasks need a PPO expert in --experts (EXPERTS/<task>.npz); a missing one is trained first
+(ppo.py), which takes minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import tqdm
+
+from data_pipelines.jat import rlds, tasks
+from mgdt_jax.recipes.jat import references as jat_references
+
+DEFAULT_RANDOM_EPISODES = 100
+
+
+class RecordError(ValueError):
+    """A recording that cannot go ahead; the message names the task or path and the fault."""
+
+
+def play_episode(task: tasks.Task, env, policy: tasks.Policy, seed: int | None) -> rlds.Episode:
+    """One episode of `policy` in `env` (reset with `seed` when not None)."""
+    with contextlib.redirect_stdout(io.StringIO()):  # minigrid prints its level-sampling retries
+        observation, _ = env.reset(seed=seed)
+    policy.begin(env)
+    rows = [task.observe(observation)]
+    actions, rewards, success = [], [], False
+    while True:
+        action = policy.act(observation)
+        if task.action_bounds is not None:
+            action = np.clip(np.asarray(action, np.float32), *task.action_bounds)
+        observation, reward, terminated, truncated, info = env.step(action)
+        rows.append(task.observe(observation))
+        actions.append(action)
+        rewards.append(reward)
+        success = success or bool(info.get("success", False))
+        if terminated or truncated:
+            break
+    observations = {name: [row[name] for row in rows] if name == "text_observations"
+                    else np.stack([row[name] for row in rows]) for name in rows[0]}
+    if task.domain == "babyai":
+        success = bool(terminated and sum(rewards) > 0)  # BabyAI rewards only reaching the goal
+    elif task.domain == "mujoco":
+        success = None
+    return rlds.Episode(observations, np.asarray(actions), np.asarray(rewards, np.float32), bool(terminated), success)
+
+
+def play(task: tasks.Task, policy_factory: Callable, episodes: int, seed: int,
+         skipped: list[str] | None = None) -> Iterator[rlds.Episode]:
+    """`episodes` episodes in one environment made with `seed` (first reset seeded, later ones not).
+
+    An episode in which the expert fails to plan (tasks.PlanningError) is dropped and replaced;
+    its error is appended to `skipped`. More failures than episodes is a RecordError.
+    """
+    env = task.make_env(seed)
+    policy = policy_factory(env)
+    played = failed = 0
+    while played < episodes:
+        try:
+            episode = play_episode(task, env, policy, seed if played + failed == 0 else None)
+        except tasks.PlanningError as error:
+            failed += 1
+            if skipped is not None:
+                skipped.append(str(error))
+            if failed > max(episodes, 10):
+                raise RecordError(f"{task.name}: the expert failed in {failed} episodes (last: {error})") from None
+            continue
+        played += 1
+        yield episode
+    env.close()
+
+
+def _reference(returns: list[float], successes: list[bool | None]) -> jat_references.Reference:
+    rates = [s for s in successes if s is not None]
+    return jat_references.Reference(mean_return=float(np.mean(returns)), std_return=float(np.std(returns)),
+                                    episodes=len(returns),
+                                    success_rate=float(np.mean(rates)) if rates else None)
+
+
+def _job(task: tasks.Task, episodes: int, random_episodes: int, seed: int) -> dict:
+    return {"task": task.name, "env_id": task.env_id, "expert": task.expert_name, "episodes": episodes,
+            "random_episodes": random_episodes, "seed": seed,
+            "versions": jat_references.installed_versions(task.packages)}
+
+
+def recorded(out_dir: Path, task: tasks.Task, job: dict) -> bool:
+    """Whether OUT/<task> holds a complete recording of this job; RecordError if it holds another."""
+    final = Path(out_dir) / task.name
+    if not (final / "dataset_info.json").exists():
+        if final.exists():
+            raise RecordError(f"{final}: exists but is not a complete dataset; remove it to record {task.name}")
+        return False
+    try:
+        previous = json.loads((final / rlds.METADATA_FILE).read_text())["job"]
+    except (OSError, ValueError, KeyError) as error:
+        raise RecordError(f"{final / rlds.METADATA_FILE}: unreadable ({error})") from None
+    if previous != job:
+        differ = sorted(key for key in job if previous.get(key) != job[key])
+        raise RecordError(f"{final}: recorded with other {', '.join(differ)}; choose another --out or remove it")
+    return True
+
+
+def record_task(task: tasks.Task, out_dir: Path, episodes: int, seed: int = 0,
+                random_episodes: int = DEFAULT_RANDOM_EPISODES, experts_dir: Path | None = None,
+                episodes_per_shard: int = 1000, on_episode: Callable[[rlds.Episode], None] = lambda e: None) -> dict:
+    """Records one task into OUT/<task> (or finds it recorded); returns its summary with references."""
+    if episodes < 1 or random_episodes < 1:
+        raise RecordError(f"{task.name}: episodes and random episodes must be positive")
+    out_dir = Path(out_dir)
+    job = _job(task, episodes, random_episodes, seed)
+    final = out_dir / task.name
+    if recorded(out_dir, task, job):
+        metadata = json.loads((final / rlds.METADATA_FILE).read_text())
+        return {**metadata["summary"], "references": jat_references.load(final).to_json(), "resumed": True,
+                "played_steps": 0}
+    partial = out_dir / f"{task.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    started = time.perf_counter()
+    expert_returns, expert_successes, skipped = [], [], []
+
+    def count(episode: rlds.Episode) -> None:
+        expert_returns.append(episode.episode_return)
+        expert_successes.append(episode.success)
+        on_episode(episode)
+
+    summary = rlds.write_dataset(
+        partial, task.spec, play(task, lambda env: task.expert(env, experts_dir), episodes, seed, skipped),
+        {"job": job, "final_observation": "recorded", "skipped_expert_episodes": skipped}, episodes_per_shard,
+        description=f"JAT task {task.name} ({task.env_id}) played by {task.expert_name}.", on_episode=count)
+    random_returns, random_successes, random_steps = [], [], 0
+    for episode in play(task, lambda env: tasks.RandomPolicy(env, seed), random_episodes, seed):
+        random_steps += episode.num_steps
+        random_returns.append(episode.episode_return)
+        random_successes.append(episode.success)
+        on_episode(episode)
+    references = jat_references.TaskReferences(
+        task=task.name, env_id=task.env_id, expert=_reference(expert_returns, expert_successes),
+        random=_reference(random_returns, random_successes), versions=job["versions"])
+    jat_references.save(references, partial)
+    partial.rename(final)
+    return {**summary, "references": references.to_json(), "resumed": False,
+            "played_steps": summary["steps"] + random_steps, "seconds": round(time.perf_counter() - started, 3),
+            "skipped_expert_episodes": len(skipped)}
+
+
+def record(task_names: list[str], out_dir: Path, episodes: int, seed: int = 0,
+           random_episodes: int = DEFAULT_RANDOM_EPISODES, experts_dir: Path | None = None,
+           progress: bool = True) -> list[dict]:
+    """Records every task in turn (each as record_task); the bar counts episodes, expert and random."""
+    resolved = [tasks.get_task(name) for name in task_names]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started, steps = time.perf_counter(), 0
+    summaries = []
+    with tqdm.tqdm(total=len(resolved) * (episodes + random_episodes), unit="episode", disable=not progress) as bar:
+
+        def count(episode: rlds.Episode) -> None:
+            nonlocal steps
+            steps += episode.num_steps
+            bar.update()
+            bar.set_postfix_str(f"{steps:,} steps, {steps / (time.perf_counter() - started):,.0f} steps/s")
+
+        for task in resolved:
+            bar.set_description(task.name)
+            summary = record_task(task, out_dir, episodes, seed, random_episodes, experts_dir, on_episode=count)
+            if summary["resumed"]:
+                bar.update(episodes + random_episodes)
+            summaries.append(summary)
+    return summaries
+
+
+def summary_line(summaries: list[dict], out_dir: Path, seconds: float) -> str:
+    new = [s for s in summaries if not s["resumed"]]
+    played = sum(s["played_steps"] for s in new)
+    scores = "; ".join(f"{s['task']} expert {s['references']['expert']['mean_return']:.3g} "
+                       f"random {s['references']['random']['mean_return']:.3g}" for s in summaries)
+    return (f"recorded {len(new)} tasks ({sum(s['episodes'] for s in new)} expert episodes, "
+            f"{sum(s['steps'] for s in new):,} steps; {played / max(seconds, 1e-9):,.0f} steps/s with the random "
+            f"reference episodes), {len(summaries) - len(new)} already recorded, "
+            f"into {out_dir}; mean returns: {scores}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mgdt-jat-record", description=__doc__.split("\n\n")[0])
+    parser.add_argument("tasks", nargs="+", help="JAT task names, e.g. babyai-go-to-local metaworld-reach "
+                                                 "mujoco-pendulum babyai-rgb-go-to-red-ball-grey")
+    parser.add_argument("--episodes", type=int, required=True, help="expert episodes per task")
+    parser.add_argument("--out", type=Path, required=True, help="writes OUT/<task>/ for each task")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--random-episodes", type=int, default=DEFAULT_RANDOM_EPISODES,
+                        help="episodes of the uniform-random policy measured for the reference")
+    parser.add_argument("--experts", type=Path, default=None,
+                        help="directory of PPO experts for MuJoCo tasks (default: OUT/experts)")
+    args = parser.parse_args(argv)
+    if args.episodes < 1 or args.random_episodes < 1:
+        parser.error("--episodes and --random-episodes must be positive")
+    started = time.perf_counter()
+    # The env checker's and the scripted policies' chatter would break the progress bar.
+    warnings.filterwarnings("ignore", module="gymnasium")
+    warnings.filterwarnings("ignore", module="metaworld")
+    try:
+        summaries = record(args.tasks, args.out, args.episodes, args.seed, args.random_episodes,
+                           args.experts if args.experts is not None else args.out / "experts")
+    except (tasks.UnknownTaskError, tasks.ExpertError, RecordError, rlds.DatasetError, OSError) as error:
+        print(f"mgdt-jat-record: error: {error}", file=sys.stderr)
+        return 1
+    print(summary_line(summaries, args.out, time.perf_counter() - started))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""JAT tasks as RLDS datasets in TFDS format (array_record shards), one dataset directory per task.
+
+Layout of an episode (open with `tfds.builder_from_directory(DIR).as_data_source("train")`):
+
+    episode["task"], episode["episode_id"], episode["episode_return"]
+    steps = episode["steps"]                  # T + 1 steps
+    steps[t]["observation"][<field>]          # the task's observation fields (fields.py)
+    steps[t]["action"][<field>]               # its one action field
+    steps[t]["reward"], ["discount"], ["is_first"], ["is_last"], ["is_terminal"]
+
+Step t holds observation o_t, the action a_t taken there and the reward r_t it earned, as in
+`rlu_atari` and our Atari datasets. The last step (is_last) holds the final observation with a zero
+action and reward; is_terminal is True when the episode ended in a terminal state and False when a
+time limit cut it. JAT's published rows omit the final observation: imported episodes repeat the last
+one (`final_observation` in metadata.json says which).
+
+A dataset directory also holds `references.json` (the task's expert and random references, see
+mgdt_jax/recipes/jat/references.py) and `metadata.json` (how it was made). `dataset_info.json` is
+written last, so a directory without it is incomplete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tensorflow_datasets as tfds
+from array_record.python.array_record_module import ArrayRecordWriter
+from tensorflow_datasets.core import dataset_info, example_serializer, naming, splits, utils
+
+from mgdt_jax.recipes.jat import fields as jat_fields
+
+VERSION = "1.0.0"
+SPLIT = "train"
+FILE_FORMAT = "array_record"
+METADATA_FILE = "metadata.json"
+
+
+class DatasetError(ValueError):
+    """Input or output that stops writing or reading a JAT dataset; the message names the fault."""
+
+
+@dataclasses.dataclass
+class Episode:
+    """One episode of T actions.
+
+    observations: field -> T + 1 rows (the last is the final observation); arrays of the field's
+      dtype, or a list of str for text_observations.
+    actions: [T] int64 (discrete) or [T, A] float32 (continuous).
+    rewards: float32 [T].
+    terminated: ended in a terminal state (False: cut by a time limit, or unknown).
+    success: the environment's success flag at the end, where it has one.
+    """
+
+    observations: dict[str, np.ndarray | list[str]]
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminated: bool
+    success: bool | None = None
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.rewards)
+
+    @property
+    def episode_return(self) -> float:
+        return float(np.sum(self.rewards, dtype=np.float64))
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """A task's fields and their per-step shapes, e.g. {"continuous_observations": (39,),
+    "continuous_actions": (4,), "rewards": ()}; text_observations and discrete_actions are ()."""
+
+    task: str
+    shapes: dict[str, tuple[int, ...]]
+
+    def __post_init__(self):
+        jat_fields.check_fields(tuple(self.shapes), self.task)
+
+    @property
+    def action_field(self) -> str:
+        return next(name for name in self.shapes if name in jat_fields.ACTION_FIELDS)
+
+    @property
+    def observation_fields(self) -> tuple[str, ...]:
+        return tuple(name for name in jat_fields.OBSERVATION_FIELDS if name in self.shapes)
+
+    def to_json(self) -> dict:
+        return {"task": self.task, "shapes": {name: list(shape) for name, shape in self.shapes.items()}}
+
+
+def dataset_name(task: str) -> str:
+    """TFDS name of a task's dataset: "babyai-go-to-local" -> "jat_babyai_go_to_local"."""
+    return "jat_" + task.replace("-", "_")
+
+
+def _field_feature(name: str, shape: tuple[int, ...]) -> tfds.features.FeatureConnector:
+    modality, dtype = jat_fields.FIELDS[name].modality, jat_fields.FIELDS[name].dtype
+    if modality == "image":
+        return tfds.features.Image(shape=shape, dtype=np.uint8, encoding_format="png")
+    if modality == "text":
+        return tfds.features.Text()
+    return tfds.features.Scalar(dtype) if shape == () else tfds.features.Tensor(shape=shape, dtype=dtype)
+
+
+def features(spec: TaskSpec) -> tfds.features.FeaturesDict:
+    """The RLDS episode spec of a task (numpy dtypes: building it needs no TensorFlow)."""
+    return tfds.features.FeaturesDict({
+        "steps": tfds.features.Dataset({
+            "observation": tfds.features.FeaturesDict(
+                {name: _field_feature(name, spec.shapes[name]) for name in spec.observation_fields}),
+            "action": tfds.features.FeaturesDict(
+                {spec.action_field: _field_feature(spec.action_field, spec.shapes[spec.action_field])}),
+            "reward": tfds.features.Scalar(np.float32, doc="JAT `rewards`: the reward of this step's action."),
+            "discount": tfds.features.Scalar(np.float32),
+            "is_first": tfds.features.Scalar(np.bool_),
+            "is_last": tfds.features.Scalar(np.bool_),
+            "is_terminal": tfds.features.Scalar(np.bool_),
+        }),
+        "episode_id": tfds.features.Scalar(np.int64, doc="Index of the episode in the dataset."),
+        "episode_return": tfds.features.Scalar(np.float32, doc="Sum of the episode's rewards."),
+        "task": tfds.features.Text(doc="JAT task name, e.g. babyai-go-to-local."),
+    })
+
+
+def _encode_png(image: np.ndarray) -> bytes:
+    # OpenCV writes BGR(A): swap so the PNG holds the RGB(A) channels in order.
+    channels = image.shape[-1]
+    if channels in (3, 4):
+        image = image[..., [2, 1, 0, 3][:channels]]
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise DatasetError(f"PNG encoding failed for an image of shape {image.shape}")
+    return encoded.tobytes()
+
+
+def _check_rows(spec: TaskSpec, name: str, rows, expected: int) -> np.ndarray | list[bytes]:
+    if len(rows) != expected:
+        raise DatasetError(f"{spec.task}: {name} has {len(rows)} rows, expected {expected}")
+    if jat_fields.FIELDS[name].modality == "text":
+        return [str(row).encode() for row in rows]
+    array = np.asarray(rows)
+    if array.shape[1:] != spec.shapes[name]:
+        raise DatasetError(f"{spec.task}: {name} rows have shape {array.shape[1:]}, expected {spec.shapes[name]}")
+    if jat_fields.FIELDS[name].modality == "image":
+        return [_encode_png(np.asarray(row, np.uint8)) for row in array]
+    return array.astype(jat_fields.FIELDS[name].dtype)
+
+
+def episode_to_example(spec: TaskSpec, episode: Episode, episode_id: int) -> dict:
+    """An episode of T actions -> a features(spec) example with T + 1 steps, the step fields already
+    stacked (images as PNG bytes, text as UTF-8 bytes) for `serialize_episode`."""
+    num_steps = episode.num_steps + 1
+    if set(episode.observations) != set(spec.observation_fields):
+        raise DatasetError(f"{spec.task}: episode has observation fields {sorted(episode.observations)}, "
+                           f"expected {sorted(spec.observation_fields)}")
+    actions = _check_rows(spec, spec.action_field, episode.actions, episode.num_steps)
+    last_action = np.zeros((1, *spec.shapes[spec.action_field]), actions.dtype)
+    is_last = np.arange(num_steps) == num_steps - 1
+    return {
+        "steps": {
+            "observation": {name: _check_rows(spec, name, episode.observations[name], num_steps)
+                            for name in spec.observation_fields},
+            "action": {spec.action_field: np.concatenate([actions, last_action])},
+            "reward": np.append(np.asarray(episode.rewards, np.float32), np.float32(0)),
+            "discount": (~is_last).astype(np.float32),
+            "is_first": np.arange(num_steps) == 0,
+            "is_last": is_last,
+            "is_terminal": is_last & bool(episode.terminated),
+        },
+        "episode_id": episode_id,
+        "episode_return": np.float32(episode.episode_return),
+        "task": spec.task,
+    }
+
+
+@functools.cache
+def _serializer(spec_json: str) -> tuple[tfds.features.FeaturesDict, example_serializer.ExampleSerializer]:
+    feature_dict = features(_spec_from_json(json.loads(spec_json)))
+    return feature_dict, example_serializer.ExampleSerializer(feature_dict.get_serialized_info())
+
+
+def _spec_from_json(content: dict) -> TaskSpec:
+    return TaskSpec(content["task"], {name: tuple(shape) for name, shape in content["shapes"].items()})
+
+
+def serialize_episode(spec: TaskSpec, episode: Episode, episode_id: int) -> bytes:
+    """An episode as one record of a shard: the bytes of `features(spec).serialize_example`, with the
+    per-step encoding skipped (the step fields are stacked arrays of their final dtypes already)."""
+    feature_dict, serializer = _serializer(json.dumps(spec.to_json(), sort_keys=True))
+    example = episode_to_example(spec, episode, episode_id)
+    encoded = {key: feature_dict[key].encode_example(value) for key, value in example.items() if key != "steps"}
+    encoded["steps"] = example["steps"]
+    return serializer.serialize_example(encoded)
+
+
+def _file_template(out_dir: Path, task: str) -> naming.ShardedFileTemplate:
+    return naming.ShardedFileTemplate(data_dir=out_dir, dataset_name=dataset_name(task), split=SPLIT,
+                                      filetype_suffix=FILE_FORMAT)
+
+
+def write_json(path: Path, content: dict) -> None:
+    """Writes JSON under a temporary name, then renames it: a reader never sees half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(content, indent=1) + "\n")
+    os.replace(partial, path)
+
+
+def write_dataset(out_dir: Path, spec: TaskSpec, episodes: Iterable[Episode], metadata: dict,
+                  episodes_per_shard: int = 1000, description: str = "",
+                  on_episode: Callable[[Episode], None] = lambda episode: None) -> dict:
+    """Writes the episodes as a TFDS dataset into the empty directory out_dir; returns its summary.
+
+    Shards hold `episodes_per_shard` episodes each and are named once their count is known;
+    metadata.json (with `metadata` and the summary) and, last, dataset_info.json follow.
+    Raises DatasetError for an episode that does not match spec.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pending, lengths, returns, steps = [], [], [], 0
+    writer = None
+    try:
+        for episode_id, episode in enumerate(episodes):
+            if writer is None:
+                pending.append(out_dir / f"shard{len(pending):05d}.partial")
+                writer = ArrayRecordWriter(str(pending[-1]), "group_size:1")
+                lengths.append(0)
+            writer.write(serialize_episode(spec, episode, episode_id))
+            lengths[-1] += 1
+            returns.append(episode.episode_return)
+            steps += episode.num_steps
+            on_episode(episode)
+            if lengths[-1] == episodes_per_shard:
+                writer.close()
+                writer = None
+    finally:
+        if writer is not None:
+            writer.close()
+    if not lengths:
+        raise DatasetError(f"{spec.task}: no episodes to write")
+    template = _file_template(out_dir, spec.task)
+    num_bytes = 0
+    for index, path in enumerate(pending):
+        final = Path(template.sharded_filepath(shard_index=index, num_shards=len(pending)))
+        os.replace(path, final)
+        num_bytes += final.stat().st_size
+    summary = {"task": spec.task, "episodes": len(returns), "steps": steps, "shards": len(pending),
+               "num_bytes": num_bytes, "mean_return": float(np.mean(returns))}
+    write_json(out_dir / METADATA_FILE, {**metadata, "spec": spec.to_json(), "summary": summary})
+    identity = dataset_info.DatasetIdentity(name=dataset_name(spec.task), version=utils.Version(VERSION),
+                                            data_dir=str(out_dir), module_name=__name__)
+    info = dataset_info.DatasetInfo(builder=identity, features=features(spec), disable_shuffling=True,
+                                    description=description or f"JAT task {spec.task} as RLDS episodes.")
+    info.set_file_format(FILE_FORMAT)
+    info.set_splits(splits.SplitDict([splits.SplitInfo(name=SPLIT, shard_lengths=lengths, num_bytes=num_bytes,
+                                                       filename_template=template)]))
+    info.write_to_directory(out_dir)  # last: the dataset is complete
+    return summary
+
+
+def read_spec(dataset_dir: Path) -> TaskSpec:
+    """The task spec stored in a dataset's metadata.json."""
+    path = Path(dataset_dir) / METADATA_FILE
+    try:
+        return _spec_from_json(json.loads(path.read_text())["spec"])
+    except (OSError, ValueError, KeyError) as error:
+        raise DatasetError(f"{path}: not a JAT dataset's metadata ({error})") from None
+
+
+def episode_fields(episode: dict) -> dict[str, np.ndarray | list[str]]:
+    """A read episode (a data source record) -> JAT field -> the T rows of its steps that carry an
+    action (the final observation left out, as in the JAT dataset): images uint8 [T, H, W, C],
+    vectors [T, D], discrete actions [T], rewards float32 [T], text a list of T str."""
+    steps = episode["steps"]
+    num_steps = len(steps) - 1
+    rows = [steps[t] for t in range(num_steps)]
+    out = {}
+    for name in rows[0]["observation"] if rows else ():
+        values = [row["observation"][name] for row in rows]
+        out[name] = [v.decode() for v in values] if isinstance(values[0], bytes) else np.stack(values)
+    for name in rows[0]["action"] if rows else ():
+        out[name] = np.stack([row["action"][name] for row in rows])
+    out["rewards"] = np.asarray([row["reward"] for row in rows], np.float32)
+    return out

@@ -1,0 +1,60 @@
+"""The JAX PPO behind the MuJoCo experts: it learns InvertedPendulum, and the recorder plays it."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from data_pipelines.jat import ppo, record, rlds, tasks
+from mgdt_jax.recipes.jat import references
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def pendulum_expert(tmp_path_factory):
+    """A PPO policy trained for 8k steps (4 updates): its mean action holds the pole ~100 steps, random ~5."""
+    experts = tmp_path_factory.mktemp("experts")
+    config = dataclasses.replace(ppo.TASK_CONFIGS["mujoco-pendulum"], total_steps=8_192)
+    trained = ppo.train("InvertedPendulum-v5", config, seed=0, progress=False)
+    ppo.save(experts / "mujoco-pendulum.npz", trained, "InvertedPendulum-v5",
+             references.installed_versions(("gymnasium", "mujoco")), config, seed=0)
+    return experts
+
+
+def test_recorded_pendulum_expert_beats_random(pendulum_expert, tmp_path):
+    summary = record.record_task(tasks.get_task("mujoco-pendulum"), tmp_path, episodes=3, random_episodes=10,
+                                 experts_dir=pendulum_expert)
+    stored = references.load(tmp_path / "mujoco-pendulum")
+    assert stored.expert.mean_return > 10 * stored.random.mean_return > 0
+    assert stored.versions == references.installed_versions(("gymnasium", "mujoco"))
+    assert summary["episodes"] == 3
+    source = tfds.builder_from_directory(tmp_path / "mujoco-pendulum").as_data_source("train")
+    fields = rlds.episode_fields(source[0])
+    assert set(fields) == {"continuous_observations", "continuous_actions", "rewards"}
+    assert fields["continuous_observations"].shape == (len(fields["rewards"]), 4)
+    assert fields["continuous_actions"].shape == (len(fields["rewards"]), 1)
+    assert np.abs(fields["continuous_actions"]).max() <= 3.0  # InvertedPendulum's action bound
+    assert fields["rewards"].sum() == pytest.approx(float(source[0]["episode_return"]))
+
+
+def test_expert_of_another_env_or_version_is_refused(pendulum_expert):
+    versions = references.installed_versions(("gymnasium", "mujoco"))
+    with pytest.raises(tasks.ExpertError, match="trained on InvertedPendulum-v5 .* not Swimmer-v5"):
+        ppo.load(pendulum_expert / "mujoco-pendulum.npz", "Swimmer-v5", versions)
+    with pytest.raises(tasks.ExpertError, match="remove it to train a new expert"):
+        ppo.load(pendulum_expert / "mujoco-pendulum.npz", "InvertedPendulum-v5", {**versions, "mujoco": "3.2.7"})
+
+
+def test_gae_by_hand():
+    rewards = np.array([[1.0], [1.0], [1.0]], np.float32)
+    values = np.array([[0.5], [0.5], [0.5]], np.float32)
+    next_values = np.array([[0.5], [0.5], [2.0]], np.float32)
+    terminated = np.array([[0.0], [1.0], [0.0]], np.float32)
+    ends = terminated.copy()
+    advantages = ppo._gae(rewards, values, next_values, terminated, ends, gamma=0.9, lam=0.5)
+    last = 1 + 0.9 * 2.0 - 0.5  # bootstraps from V(s_3)
+    middle = 1 - 0.5  # terminal: no bootstrap, and the trace stops
+    first = (1 + 0.9 * 0.5 - 0.5) + 0.9 * 0.5 * middle
+    np.testing.assert_allclose(advantages[:, 0], [first, middle, last], rtol=1e-6)

@@ -1,0 +1,145 @@
+"""mgdt-jat-record: the RLDS datasets it writes for BabyAI and Meta-World, the references stored
+with them, resuming, and its one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from data_pipelines.jat import record, rlds
+from mgdt_jax.recipes.jat import references
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+TASKS = ("babyai-go-to-local", "babyai-rgb-go-to-red-ball-grey", "metaworld-reach")
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """Each task recorded once: 6 bot episodes (2 for Meta-World's 500-step ones) and as many random."""
+    out = tmp_path_factory.mktemp("jat")
+    summaries = {}
+    for task in TASKS:
+        episodes = 2 if task.startswith("metaworld") else 6
+        summaries[task] = record.record([task], out, episodes, seed=3, random_episodes=episodes, progress=False)[0]
+    return out, summaries
+
+
+def _read(dataset_dir):
+    source = tfds.builder_from_directory(dataset_dir).as_data_source("train")
+    return [source[i] for i in range(len(source))]
+
+
+def test_babyai_symbolic_fields_and_steps(recorded):
+    out, summaries = recorded
+    episodes = _read(out / "babyai-go-to-local")
+    assert len(episodes) == 6 == summaries["babyai-go-to-local"]["episodes"]
+    for episode in episodes:
+        fields = rlds.episode_fields(episode)
+        assert set(fields) == {"discrete_observations", "text_observations", "discrete_actions", "rewards"}
+        steps = len(fields["rewards"])
+        assert fields["discrete_observations"].shape == (steps, 148)
+        assert fields["discrete_observations"].dtype == np.int64
+        assert set(fields["discrete_observations"][:, 0]) <= {0, 1, 2, 3}  # direction first
+        assert fields["discrete_observations"][:, 1:].max() <= 10  # object, colour and state ids
+        assert fields["discrete_actions"].dtype == np.int64 and set(fields["discrete_actions"]) <= set(range(7))
+        assert len(set(fields["text_observations"])) == 1 and fields["text_observations"][0].startswith("go to ")
+        assert episode["episode_return"] == pytest.approx(fields["rewards"].sum())
+        last = episode["steps"][steps]
+        assert last["is_last"] and last["is_terminal"] and last["reward"] == 0  # the bot reached the goal
+        assert [bool(episode["steps"][t]["is_first"]) for t in range(steps + 1)] == [True] + [False] * steps
+
+
+def test_babyai_rgb_is_the_image_task(recorded):
+    out, _ = recorded
+    fields = rlds.episode_fields(_read(out / "babyai-rgb-go-to-red-ball-grey")[0])
+    assert set(fields) == {"image_observations", "text_observations", "discrete_actions", "rewards"}
+    images = fields["image_observations"]
+    assert images.shape == (len(fields["rewards"]), 84, 84, 3) and images.dtype == np.uint8
+    # The agent is drawn red in the bottom-middle tile of its own view (on a highlighted grey floor).
+    agent_tile = images[0, 72:84, 36:48].reshape(-1, 3).astype(int)
+    assert ((agent_tile[:, 0] == 255) & (agent_tile[:, 1] < 100)).any()
+    assert fields["text_observations"][0] == "go to the red ball"
+
+
+def test_metaworld_fields_and_success(recorded):
+    out, summaries = recorded
+    for episode in _read(out / "metaworld-reach"):
+        fields = rlds.episode_fields(episode)
+        assert set(fields) == {"continuous_observations", "continuous_actions", "rewards"}
+        assert fields["continuous_observations"].shape == (500, 39)
+        assert fields["continuous_actions"].shape == (500, 4) and fields["continuous_actions"].dtype == np.float32
+        assert np.abs(fields["continuous_actions"]).max() <= 1.0
+        assert not episode["steps"][500]["is_terminal"]  # the 500-step limit cut it
+    stored = references.load(out / "metaworld-reach")
+    assert stored.expert.success_rate == 1.0 and stored.random.success_rate == 0.0
+    assert set(stored.versions) == {"gymnasium", "metaworld", "mujoco"}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_expert_beats_random_in_the_stored_references(recorded, task):
+    out, summaries = recorded
+    stored = references.load(out / task)
+    returns = [float(e["episode_return"]) for e in _read(out / task)]
+    assert stored.expert.mean_return == pytest.approx(np.mean(returns), rel=1e-5)
+    assert stored.expert.mean_return > stored.random.mean_return
+    assert references.normalized_score(stored.expert.mean_return, stored) == pytest.approx(1.0)
+    assert references.normalized_score(stored.random.mean_return, stored) == pytest.approx(0.0)
+    if task.startswith("babyai"):
+        assert stored.expert.success_rate == 1.0 > stored.random.success_rate
+    references.check_versions(stored)  # measured here, so the installed versions match
+
+
+def test_rerun_skips_recorded_tasks_and_redoes_partial_ones(recorded, tmp_path):
+    out, summaries = recorded
+    again = record.record(["babyai-go-to-local"], out, 6, seed=3, random_episodes=6, progress=False)[0]
+    assert again["resumed"] and again["references"] == summaries["babyai-go-to-local"]["references"]
+    (tmp_path / "babyai-go-to-local.partial").mkdir()
+    (tmp_path / "babyai-go-to-local.partial" / "shard00000.partial").write_text("cut off by a crash")
+    fresh = record.record(["babyai-go-to-local"], tmp_path, 6, seed=3, random_episodes=6, progress=False)[0]
+    assert not fresh["resumed"] and not (tmp_path / "babyai-go-to-local.partial").exists()
+    assert fresh["references"] == summaries["babyai-go-to-local"]["references"]  # same seed, same data
+
+
+def test_cli_errors_are_one_line(recorded, capsys, tmp_path):
+    out, _ = recorded
+    assert record.main(["babyai-go-to-local", "--episodes", "7", "--random-episodes", "6", "--seed", "3",
+                        "--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip().endswith("recorded with other episodes; choose another --out or remove it")
+    assert record.main(["atari-pong", "--episodes", "1", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "atari-pong: unknown task" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_records_and_prints_a_summary(tmp_path, capsys):
+    assert record.main(["babyai-go-to-red-ball-grey", "--episodes", "2", "--random-episodes", "2",
+                        "--out", str(tmp_path)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("recorded 1 tasks (2 expert episodes") and "babyai-go-to-red-ball-grey expert" in line
+    assert json.loads((tmp_path / "babyai-go-to-red-ball-grey" / "references.json").read_text())["random"]
+
+
+def test_episodes_the_bot_cannot_plan_are_replaced(tmp_path, monkeypatch):
+    from data_pipelines.jat import tasks
+
+    act, calls = tasks.BabyAIBotPolicy.act, {"begin": 0}
+    begin = tasks.BabyAIBotPolicy.begin
+
+    def counting_begin(self, env):
+        calls["begin"] += 1
+        begin(self, env)
+
+    def failing_act(self, observation):
+        if calls["begin"] == 2:  # the second episode's bot fails
+            raise tasks.PlanningError("ValueError: no path")
+        return act(self, observation)
+
+    monkeypatch.setattr(tasks.BabyAIBotPolicy, "begin", counting_begin)
+    monkeypatch.setattr(tasks.BabyAIBotPolicy, "act", failing_act)
+    summary = record.record(["babyai-go-to-red-ball-grey"], tmp_path, 3, random_episodes=1, progress=False)[0]
+    metadata = json.loads((tmp_path / "babyai-go-to-red-ball-grey" / rlds.METADATA_FILE).read_text())
+    assert summary["episodes"] == 3 and summary["skipped_expert_episodes"] == 1
+    assert metadata["skipped_expert_episodes"] == ["ValueError: no path"]
+    assert references.load(tmp_path / "babyai-go-to-red-ball-grey").expert.success_rate == 1.0

@@ -1,0 +1,40 @@
+"""JAT references: the expert-normalised score and the refusal to compare other env versions."""
+
+import pytest
+
+from mgdt_jax.recipes.jat import references
+
+REFS = references.TaskReferences(
+    task="mujoco-pendulum", env_id="InvertedPendulum-v5",
+    expert=references.Reference(mean_return=1000.0, std_return=0.0, episodes=10),
+    random=references.Reference(mean_return=5.0, std_return=2.0, episodes=100),
+    versions={"gymnasium": "1.4.0", "mujoco": "3.3.0"})
+
+
+def test_normalized_score_by_hand():
+    assert references.normalized_score(502.5, REFS) == pytest.approx(0.5)
+    assert references.normalized_score(5.0, REFS) == 0.0
+    assert references.normalized_score(0.0, REFS) == pytest.approx(-5 / 995)
+
+
+def test_version_mismatch_is_one_line():
+    references.check_versions(REFS, {"gymnasium": "1.4.0", "mujoco": "3.3.0"})
+    with pytest.raises(references.ReferenceError) as error:
+        references.check_versions(REFS, {"gymnasium": "1.4.0", "mujoco": "3.2.7"})
+    assert str(error.value) == ("mujoco-pendulum: references were measured with mujoco 3.3.0 (installed: 3.2.7); "
+                                "evaluate with those versions or re-record the task")
+    with pytest.raises(references.ReferenceError, match="gymnasium 1.4.0 \\(installed: not installed\\)"):
+        references.check_versions(REFS, {"mujoco": "3.3.0"})
+
+
+def test_round_trip_and_unusable_references(tmp_path):
+    references.save(REFS, tmp_path)
+    assert references.load(tmp_path) == REFS
+    (tmp_path / references.REFERENCES_FILE).write_text("{not json")
+    with pytest.raises(references.ReferenceError, match="unreadable references"):
+        references.load(tmp_path)
+    with pytest.raises(references.ReferenceError, match="no references stored"):
+        references.load(tmp_path / "missing")
+    flat = references.TaskReferences(**{**REFS.__dict__, "random": REFS.expert})
+    with pytest.raises(references.ReferenceError, match="does not exceed random"):
+        references.normalized_score(1.0, flat)
