@@ -33,9 +33,10 @@ import numpy as np
 from flax import nnx
 
 from experiments import mgdt_200m, tiny
-from mgdt_jax import actor, atari
-from mgdt_jax.models.mgdt import MultiGameDecisionTransformer
-from mgdt_jax.policy import Policy, sampling_preset
+from mgdt_jax.recipes.mgdt import actor
+from mgdt_jax.envs import atari
+from mgdt_jax.recipes.mgdt.model import MultiGameDecisionTransformer
+from mgdt_jax.recipes.mgdt.policy import Policy, sampling_preset
 
 TEN_GAMES = ("Alien", "Asterix", "Breakout", "Enduro", "Freeway", "MsPacman", "Pong", "Qbert", "Seaquest", "SpaceInvaders")
 CONFIGS = {"tiny": tiny.get_config, "200m": mgdt_200m.get_config}

@@ -36,12 +36,13 @@ from flax import nnx
 from benchmarks.train import matmul_peak, synthetic_batch
 from data_pipelines import replay_logs
 from experiments import mgdt_1b, mgdt_200m, tiny
-from mgdt_jax import atari, sharding
-from mgdt_jax.models.mgdt import MultiGameDecisionTransformer
-from mgdt_jax.policy import Policy, sampling_preset
+from mgdt_jax.envs import atari
+from mgdt_jax.core import sharding
+from mgdt_jax.recipes.mgdt.model import MultiGameDecisionTransformer
+from mgdt_jax.recipes.mgdt.policy import Policy, sampling_preset
 from mgdt_jax.recipes.mgdt import flops as mgdt_flops
-from mgdt_jax.training import flops
-from mgdt_jax.training.train_step import Trainer
+from mgdt_jax.core import flops
+from mgdt_jax.core.train_step import Trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -419,7 +420,7 @@ class PipelineReader:
 
 
 def pipeline_reader() -> PipelineReader:
-    """The reader of mgdt_jax.data, or `SectionSkipped` naming what it lacks here.
+    """The MGDT input pipeline, or `SectionSkipped` naming what it lacks here.
 
     To measure another reader, return it from here: the section needs nothing else.
     """
@@ -427,10 +428,10 @@ def pipeline_reader() -> PipelineReader:
         from absl import flags
 
         from data_pipelines import convert
-        from mgdt_jax.data.pipeline import TrainingData
-        from mgdt_jax.data.rlds_source import find_datasets
+        from mgdt_jax.recipes.mgdt.pipeline import TrainingData
+        from mgdt_jax.recipes.mgdt.rlds_source import find_datasets
     except ImportError as error:
-        raise SectionSkipped(f"mgdt_jax.data cannot run here: {error}") from None
+        raise SectionSkipped(f"the MGDT input pipeline cannot run here: {error}") from None
     flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags
 
     def convert_logs(logs_dir: Path, out_dir: Path) -> Path:
@@ -442,7 +443,7 @@ def pipeline_reader() -> PipelineReader:
                             windows_per_episode=windows_per_episode, num_threads=1, num_workers=workers)
         return data.iterate()
 
-    return PipelineReader("mgdt_jax.data.pipeline.TrainingData (Grain worker processes)", convert_logs, batches)
+    return PipelineReader("mgdt_jax.recipes.mgdt.pipeline.TrainingData (Grain worker processes)", convert_logs, batches)
 
 
 def write_synthetic_logs(root: Path, games: tuple[str, ...], episodes_per_game: int, steps_per_episode: int) -> Path:

@@ -71,8 +71,8 @@ def main() -> None:
     from absl import flags
 
     flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags
-    from mgdt_jax.data.pipeline import TrainingData
-    from mgdt_jax.data.rlds_source import find_datasets
+    from mgdt_jax.recipes.mgdt.pipeline import TrainingData
+    from mgdt_jax.recipes.mgdt.rlds_source import find_datasets
 
     with tempfile.TemporaryDirectory() as scratch:
         source = args.data or record_dataset(Path(scratch), args.record_steps)

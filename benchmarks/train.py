@@ -33,10 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import mgdt_1b, mgdt_10m, mgdt_40m, mgdt_200m, tiny
-from mgdt_jax import host_memory, sharding, tokens
+from mgdt_jax.core import host_memory, sharding
+from mgdt_jax.recipes.mgdt import tokens
 from mgdt_jax.recipes.mgdt.flops import training_flops
-from mgdt_jax.training import flops
-from mgdt_jax.training.train_step import Trainer
+from mgdt_jax.core import flops
+from mgdt_jax.core.train_step import Trainer
 
 SIZES = {"tiny": tiny, "10m": mgdt_10m, "40m": mgdt_40m, "200m": mgdt_200m, "1b": mgdt_1b}  # name -> experiment
 PEER_SIZES = ("tiny", "10m", "40m")  # what torch_mgdt.py implements

@@ -28,7 +28,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from tensorflow_datasets.core import dataset_info, naming, splits, utils
 
 from data_pipelines import replay_logs, rlds_format, tfds_format
-from mgdt_jax import atari
+from mgdt_jax.envs import atari
 
 PROGRESS_DIR = "conversion"  # per-shard reports and the job description, inside the output directory
 REPORT_FILE = "conversion_report.json"

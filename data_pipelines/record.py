@@ -24,7 +24,7 @@ import numpy as np
 import tqdm
 
 from data_pipelines import replay_logs
-from mgdt_jax import atari
+from mgdt_jax.envs import atari
 
 
 class Policy(Protocol):

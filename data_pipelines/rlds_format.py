@@ -30,7 +30,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_serializer
 
 from data_pipelines.replay_logs import FRAME_SHAPE, Episode
-from mgdt_jax import atari
+from mgdt_jax.envs import atari
 
 DATASET_NAME = "dqn_replay"
 VERSION = "1.0.0"

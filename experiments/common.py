@@ -6,7 +6,7 @@ pretraining recipe (Lee et al. 2022, §4.1) at the DT-40M size.
 Configs are ``ml_collections.ConfigDict``s. Where ml_collections is not installed (a bare
 accelerator machine running benchmarks/gpu_check.py) the same functions return nested
 ``types.SimpleNamespace``s with the same fields and values: enough for the model, the sharding and
-the train step, which read sections by attribute (mgdt_jax/config_sections.py). ``mgdt-train``
+the train step, which read sections by attribute (mgdt_jax/core/config_sections.py). ``mgdt-train``
 itself needs ml_collections (its ``--config`` flag).
 """
 

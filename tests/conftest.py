@@ -94,7 +94,8 @@ def breakout_windows():
     import numpy as np
 
     from data_pipelines.record import make_environment
-    from mgdt_jax import atari, tokens
+    from mgdt_jax.envs import atari
+    from mgdt_jax.recipes.mgdt import tokens
 
     game = "Breakout"
     env = make_environment(game, sticky_actions=0.0, max_episode_steps=1000)

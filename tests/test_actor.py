@@ -6,8 +6,8 @@ from ale_py import roms
 from ale_py.vector_env import AtariVectorEnv
 from flax import nnx
 
-from mgdt_jax import atari
-from mgdt_jax.actor import (
+from mgdt_jax.envs import atari
+from mgdt_jax.recipes.mgdt.actor import (
     EvalProtocol,
     action_table,
     episode_seed,
@@ -16,8 +16,8 @@ from mgdt_jax.actor import (
     rom_name,
     to_minimal_actions,
 )
-from mgdt_jax.models.mgdt import ModelConfig
-from mgdt_jax.policy import Policy, sampling_preset
+from mgdt_jax.recipes.mgdt.model import ModelConfig
+from mgdt_jax.recipes.mgdt.policy import Policy, sampling_preset
 
 SHORT = EvalProtocol("short", sticky_action_probability=0.0, max_episode_frames=400)  # 100 agent steps
 

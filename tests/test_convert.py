@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import convert, replay_logs
-from mgdt_jax import atari
+from mgdt_jax.envs import atari
 
 
 def _episodes(data_dir):
@@ -246,7 +246,7 @@ def test_the_command_recommended_for_tfrecord_datasets_runs_and_gives_them_back(
     import sys
     from pathlib import Path
 
-    from mgdt_jax.data.rlds_source import DataError, RldsDataset
+    from mgdt_jax.recipes.mgdt.rlds_source import DataError, RldsDataset
 
     tfrecord_dir = tmp_path / "tensorflow_datasets" / "dqn_replay" / "1.0.0"
     _write_tfrecord_copy(rlds_dataset_dir, tfrecord_dir)

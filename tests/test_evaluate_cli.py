@@ -9,9 +9,9 @@ from flax import nnx
 
 from experiments import tiny
 from mgdt_jax.cli import evaluate as eval_cli
-from mgdt_jax.import_checkpoint import save_params
-from mgdt_jax.models.mgdt import MultiGameDecisionTransformer
-from mgdt_jax.evaluation.evaluate import CONFIG_FILE
+from mgdt_jax.recipes.mgdt.import_checkpoint import save_params
+from mgdt_jax.recipes.mgdt.model import MultiGameDecisionTransformer
+from mgdt_jax.recipes.mgdt.evaluate import CONFIG_FILE
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,7 @@ def test_input_pipeline_is_skipped_with_its_reason_where_its_packages_are_missin
     assert result["status"] == "skipped"
     assert "cannot run here" in result["reason"] and "No module named" in result["reason"]
     assert report["input_pipeline_vs_training"] == []
-    assert "skipped: mgdt_jax.data cannot run here" in (tmp_path / "out" / "gpu_check.md").read_text()
+    assert "skipped: the MGDT input pipeline cannot run here" in (tmp_path / "out" / "gpu_check.md").read_text()
 
 
 def running(pid: int) -> bool:

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from mgdt_jax import host_memory
+from mgdt_jax.core import host_memory
 
 PROGRAM = (
-    "from mgdt_jax import host_memory; host_memory.reexec_with_huge_page_malloc(); import os; "
+    "from mgdt_jax.core import host_memory; host_memory.reexec_with_huge_page_malloc(); import os; "
     "print(os.environ.get('GLIBC_TUNABLES', ''), host_memory.launch_environment().get('GLIBC_TUNABLES', '-'))"
 )
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from mgdt_jax.cli import import_checkpoint as import_cli
-from mgdt_jax.evaluation.evaluate import load_model
-from mgdt_jax.import_checkpoint import CheckpointImportError, build_model, load_released_pickle
+from mgdt_jax.recipes.mgdt.evaluate import load_model
+from mgdt_jax.recipes.mgdt.import_checkpoint import CheckpointImportError, build_model, load_released_pickle
 
 D, LAYERS, HEADS, STEPS = 128, 2, 2, 4
 ROOT = "decision_transformer"

@@ -15,10 +15,11 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from tensorflow_datasets.core import dataset_info, naming, splits
 
 from data_pipelines.rlds_format import encode_png
-from mgdt_jax import atari, tokens
-from mgdt_jax.data import windows
-from mgdt_jax.data.pipeline import TrainingData, parse_game_weights
-from mgdt_jax.data.rlds_source import DataError, RldsDataset, find_datasets
+from mgdt_jax.envs import atari
+from mgdt_jax.recipes.mgdt import tokens
+from mgdt_jax.recipes.mgdt import windows
+from mgdt_jax.recipes.mgdt.pipeline import TrainingData, parse_game_weights
+from mgdt_jax.recipes.mgdt.rlds_source import DataError, RldsDataset, find_datasets
 
 STEPS = tokens.DEFAULT_NUM_STEPS
 
@@ -213,8 +214,8 @@ def test_bad_sources_fail_with_a_clear_message(dataset, tmp_path):
 def test_reading_batches_imports_no_tensorflow(rlds_dataset_dir):
     script = (
         "import sys\n"
-        "from mgdt_jax.data.pipeline import TrainingData\n"
-        "from mgdt_jax.data.rlds_source import find_datasets\n"
+        "from mgdt_jax.recipes.mgdt.pipeline import TrainingData\n"
+        "from mgdt_jax.recipes.mgdt.rlds_source import find_datasets\n"
         f"TrainingData(find_datasets([{str(rlds_dataset_dir)!r}]), global_batch_size=4, num_steps=4, seed=0).batch(0)\n"
         "print(sorted(name for name in sys.modules if name == 'tensorflow' or name.startswith('tensorflow.')))\n"
     )

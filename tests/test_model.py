@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mgdt_jax import tokens
-from mgdt_jax.models.mgdt import (
+from mgdt_jax.recipes.mgdt import tokens
+from mgdt_jax.recipes.mgdt.model import (
     ModelConfig,
     MultiGameDecisionTransformer,
     attention_mask,
     loss_and_metrics,
     patchify,
 )
-from mgdt_jax.models.transformer import MASK_VALUE, dropout, gelu, masked_attention
+from mgdt_jax.core.transformer import MASK_VALUE, dropout, gelu, masked_attention
 
 TINY = ModelConfig(num_layers=2, d_model=64, num_heads=2, dropout_rate=0.1)
 STEPS = tokens.DEFAULT_NUM_STEPS

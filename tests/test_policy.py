@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mgdt_jax import tokens
+from mgdt_jax.recipes.mgdt import tokens
 from experiments import tiny
-from mgdt_jax.models.mgdt import ModelConfig, MultiGameDecisionTransformer
-from mgdt_jax.policy import (
+from mgdt_jax.recipes.mgdt.model import ModelConfig, MultiGameDecisionTransformer
+from mgdt_jax.recipes.mgdt.policy import (
     Policy,
     advance_context,
     initial_context,

@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import convert, record, replay_logs
-from mgdt_jax import atari
+from mgdt_jax.envs import atari
 
 
 @dataclasses.dataclass

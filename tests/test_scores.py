@@ -7,8 +7,8 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
-from mgdt_jax.actor import GameResult
-from mgdt_jax.evaluation import report, scores
+from mgdt_jax.recipes.mgdt.actor import GameResult
+from mgdt_jax.recipes.mgdt import report, scores
 
 
 def test_human_normalisation_uses_the_random_and_human_table():

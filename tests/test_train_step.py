@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from mgdt_jax import sharding
-from mgdt_jax.recipe import load_recipe
-from mgdt_jax.training.train_step import Trainer
+from mgdt_jax.core import sharding
+from mgdt_jax.core.recipe import load_recipe
+from mgdt_jax.core.train_step import Trainer
 from tests.recipe_cases import BATCH, CASES, step_config
 from tests.toy_recipe import ToyRecipe
 
@@ -123,9 +123,9 @@ def test_config_recipe_names_the_recipe_and_a_wrong_name_is_one_line():
 def test_the_core_imports_no_recipe():
     """Importing the trainer, loop and checkpoints imports no agent's model or data (nor Grain, TF)."""
     code = (
-        "import sys; import mgdt_jax.training.loop, mgdt_jax.checkpointing, mgdt_jax.recipe; "
+        "import sys; import mgdt_jax.core.loop, mgdt_jax.core.checkpointing, mgdt_jax.core.recipe; "
         "print(sorted(name for name in sys.modules if name.startswith("
-        "('mgdt_jax.recipes', 'mgdt_jax.models.mgdt', 'mgdt_jax.data', 'grain', 'tensorflow'))))"
+        "('mgdt_jax.recipes', 'mgdt_jax.envs', 'grain', 'tensorflow'))))"
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"

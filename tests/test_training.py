@@ -23,11 +23,11 @@ import pytest
 
 from flax import nnx
 
-from mgdt_jax import checkpointing, sharding
-from mgdt_jax.recipe import load_recipe
-from mgdt_jax.training import loop
-from mgdt_jax.training.metric_writer import METRICS_FILE, TENSORBOARD_DIR
-from mgdt_jax.training.train_step import Trainer
+from mgdt_jax.core import checkpointing, sharding
+from mgdt_jax.core.recipe import load_recipe
+from mgdt_jax.core import loop
+from mgdt_jax.core.metric_writer import METRICS_FILE, TENSORBOARD_DIR
+from mgdt_jax.core.train_step import Trainer
 from tests.recipe_cases import MGDT_CONFIG_FILE
 
 NUM_STEPS = 24

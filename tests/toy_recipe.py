@@ -20,10 +20,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mgdt_jax.config_sections import read_section, section
-from mgdt_jax.models.transformer import Transformer, dense, sharded
-from mgdt_jax.recipe import Recipe, StepCost
-from mgdt_jax.training.flops import decoder_flops
+from mgdt_jax.core.config_sections import read_section, section
+from mgdt_jax.core.transformer import Transformer, dense, sharded
+from mgdt_jax.core.recipe import Recipe, StepCost
+from mgdt_jax.core.flops import decoder_flops
 
 PERMUTATION_SEED = 1234  # the rule every sequence follows, fixed for all runs
 

@@ -27,9 +27,10 @@ from absl import logging
 
 from data_pipelines import convert, record
 from experiments import tiny
-from mgdt_jax import actor, atari
-from mgdt_jax.evaluation import evaluate
-from mgdt_jax.training import loop, metric_writer
+from mgdt_jax.recipes.mgdt import actor
+from mgdt_jax.envs import atari
+from mgdt_jax.recipes.mgdt import evaluate
+from mgdt_jax.core import loop, metric_writer
 
 DEFAULT_GAMES = ("Breakout", "Pong", "Boxing")
 # The recorded episodes are short, so is the evaluation cap: 2,500 agent steps (the released

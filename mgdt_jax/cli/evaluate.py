@@ -14,10 +14,11 @@ from pathlib import Path
 
 from absl import logging
 
-from mgdt_jax import actor, atari
-from mgdt_jax.checkpointing import CheckpointError
-from mgdt_jax.evaluation.evaluate import evaluate, load_model, resolve_games
-from mgdt_jax.policy import SAMPLING_MODES, sampling_preset
+from mgdt_jax.recipes.mgdt import actor
+from mgdt_jax.envs import atari
+from mgdt_jax.core.checkpointing import CheckpointError
+from mgdt_jax.recipes.mgdt.evaluate import evaluate, load_model, resolve_games
+from mgdt_jax.recipes.mgdt.policy import SAMPLING_MODES, sampling_preset
 
 
 def _shard(text: str) -> tuple[int, int]:

@@ -15,9 +15,9 @@ from pathlib import Path
 from absl import logging
 
 from experiments import mgdt_200m
-from mgdt_jax import checkpointing
-from mgdt_jax.import_checkpoint import CheckpointImportError, build_model, load_released_pickle, save_params
-from mgdt_jax.training.loop import CONFIG_FILE
+from mgdt_jax.core import checkpointing
+from mgdt_jax.recipes.mgdt.import_checkpoint import CheckpointImportError, build_model, load_released_pickle, save_params
+from mgdt_jax.core.loop import CONFIG_FILE
 
 
 def main(argv: list[str] | None = None) -> int:

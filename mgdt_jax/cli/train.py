@@ -14,10 +14,10 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mgdt_jax import host_memory, sharding
-from mgdt_jax.checkpointing import CHECKPOINTS, CheckpointError
-from mgdt_jax.training import loop
-from mgdt_jax.training.metric_writer import METRICS_FILE, TENSORBOARD_DIR
+from mgdt_jax.core import host_memory, sharding
+from mgdt_jax.core.checkpointing import CHECKPOINTS, CheckpointError
+from mgdt_jax.core import loop
+from mgdt_jax.core.metric_writer import METRICS_FILE, TENSORBOARD_DIR
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file, e.g. experiments/mgdt_40m.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, TensorBoard events, metrics")

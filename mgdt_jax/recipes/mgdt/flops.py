@@ -1,6 +1,6 @@
 """Analytic training FLOPs of MGDT: the generic decoder plus its patch embedding and output heads.
 
-``blocks`` and ``attention`` are the decoder's (mgdt_jax/training/flops.py) over the window's
+``blocks`` and ``attention`` are the decoder's (mgdt_jax/core/flops.py) over the window's
 tokens (156, or 148 for behaviour cloning); ``embeddings_and_heads`` is the patch projection
 (196 x D per patch token) and the output heads (120 + 18 + 4 logits, or 18 for behaviour cloning)
 per timestep, x6 for forward + backward. ``blocks + attention`` is the PyTorch peer's formula.
@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from mgdt_jax import tokens
-from mgdt_jax.models.mgdt import ModelConfig
-from mgdt_jax.training.flops import decoder_flops
+from mgdt_jax.recipes.mgdt import tokens
+from mgdt_jax.recipes.mgdt.model import ModelConfig
+from mgdt_jax.core.flops import decoder_flops
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,13 +17,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mgdt_jax.config_sections import read_section, section
-from mgdt_jax.models.mgdt import HEAD_NAMES, ModelConfig, MultiGameDecisionTransformer, loss_and_metrics
-from mgdt_jax.recipe import Evaluator, Recipe, StepCost
+from mgdt_jax.core.config_sections import read_section, section
+from mgdt_jax.recipes.mgdt.model import HEAD_NAMES, ModelConfig, MultiGameDecisionTransformer, loss_and_metrics
+from mgdt_jax.core.recipe import Evaluator, Recipe, StepCost
 from mgdt_jax.recipes.mgdt.flops import training_flops
 
 if TYPE_CHECKING:
-    from mgdt_jax.data.pipeline import TrainingData
+    from mgdt_jax.recipes.mgdt.pipeline import TrainingData
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,7 @@ class MgdtRecipe(Recipe):
         return loss_and_metrics(logits, batch, self.model_config)
 
     def training_data(self, *, process_index: int, process_count: int) -> RldsWindows:
-        from mgdt_jax.data import pipeline  # Grain and TFDS: only when training
+        from mgdt_jax.recipes.mgdt import pipeline  # Grain and TFDS: only when training
 
         data = pipeline.training_data(self.config, process_index=process_index, process_count=process_count)
         return RldsWindows(data, pipeline.stream_identity(self.config))
@@ -75,13 +75,13 @@ class MgdtRecipe(Recipe):
         train = read_section(EvalConfig, section(self.config, "train", {}))
         if not (train.eval_every and train.eval_games):
             return None
-        from mgdt_jax.evaluation.evaluate import training_evaluator  # plays ALE: imported only when used
+        from mgdt_jax.recipes.mgdt.evaluate import training_evaluator  # plays ALE: imported only when used
 
         return training_evaluator(train, workdir)
 
 
 class RldsWindows:
-    """The MGDT training stream (mgdt_jax/data/pipeline.py) as the core's ``TrainingData``."""
+    """The MGDT training stream (mgdt_jax/recipes/mgdt/pipeline.py) as the core's ``TrainingData``."""
 
     def __init__(self, data: TrainingData, identity: dict[str, Any]):
         self._data = data

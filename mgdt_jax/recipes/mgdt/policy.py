@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mgdt_jax import tokens
+from mgdt_jax.recipes.mgdt import tokens
 
 SamplingMode = Literal["expert", "colab", "target", "bc"]
 Context = dict[str, jax.Array]  # a model batch, leading axes [num_envs, num_steps]

@@ -23,8 +23,9 @@ import jax
 import numpy as np
 from ale_py.vector_env import AtariVectorEnv
 
-from mgdt_jax import atari, tokens
-from mgdt_jax.policy import Policy
+from mgdt_jax.envs import atari
+from mgdt_jax.recipes.mgdt import tokens
+from mgdt_jax.recipes.mgdt.policy import Policy
 
 
 @dataclasses.dataclass(frozen=True)

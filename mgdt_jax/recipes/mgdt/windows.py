@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mgdt_jax import tokens
-from mgdt_jax.data.rlds_source import Episode
+from mgdt_jax.recipes.mgdt import tokens
+from mgdt_jax.recipes.mgdt.rlds_source import Episode
 
 
 def cut_windows(episode: Episode, ends: np.ndarray, num_steps: int) -> dict[str, np.ndarray]:

@@ -7,7 +7,7 @@ are built by pickle opcodes without any lookup. Anything else is refused before 
 The model size is read from the weights (layers, width, MLP ratio, context length) and every
 array is checked against the shape that size implies, so a truncated or foreign pickle fails with a
 message naming the parameter. Names and the mapping onto our parameters: mgdt.md §15 and the table
-in mgdt_jax/models/mgdt.py.
+in mgdt_jax/recipes/mgdt/model.py.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from mgdt_jax import checkpointing, tokens
-from mgdt_jax.models.mgdt import ModelConfig, MultiGameDecisionTransformer
+from mgdt_jax.core import checkpointing
+from mgdt_jax.recipes.mgdt import tokens
+from mgdt_jax.recipes.mgdt.model import ModelConfig, MultiGameDecisionTransformer
 
 HEAD_SIZE = 64  # the released model's attention key size
 ROOT = "decision_transformer"

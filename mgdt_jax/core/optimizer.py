@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import optax
 
-from mgdt_jax.config_sections import read_section
+from mgdt_jax.core.config_sections import read_section
 
 OPTIMIZERS = ("lamb", "adamw")
 SCHEDULES = ("constant", "cosine", "linear")

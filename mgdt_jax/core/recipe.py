@@ -22,7 +22,7 @@ The core (mesh, train step, loop, checkpoints, metrics) knows no agent. A recipe
 A batch is a dict of arrays whose leading axis is the batch axis (the trainer shards it over the
 mesh's ``data`` and ``fsdp`` axes and splits it into micro-batches); everything else about its keys
 and shapes is between the recipe's data and its loss. Parameters name their logical axes
-(``out_sharding`` metadata, see ``mgdt_jax/sharding.py``) so the core can shard any model.
+(``out_sharding`` metadata, see ``mgdt_jax/core/sharding.py``) so the core can shard any model.
 
 **Selecting a recipe.** ``config.recipe`` names it: a short name ``"x"`` is the module
 ``mgdt_jax.recipes.x.recipe``, a dotted name is a module path (a recipe outside this package). The
@@ -59,7 +59,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mgdt_jax.config_sections import section
+from mgdt_jax.core.config_sections import section
 
 DEFAULT_RECIPE = "mgdt"  # what configs and checkpoints written before recipes existed train
 RECIPES_PACKAGE = "mgdt_jax.recipes"

@@ -4,7 +4,7 @@ Nothing here knows about Atari or about MGDT's token layout: callers embed their
 their own boolean mask (causal, block-bidirectional, padded...) and read their own positions, so
 other token layouts (multi-modal, in-context RL, memory tokens) reuse the same core.
 
-Every parameter carries logical axis names (``out_sharding`` metadata) that mgdt_jax/sharding.py
+Every parameter carries logical axis names (``out_sharding`` metadata) that mgdt_jax/core/sharding.py
 maps onto the mesh. ``eager_sharding=False`` keeps model construction mesh-free: the train step
 places parameters through jit ``out_shardings`` instead.
 

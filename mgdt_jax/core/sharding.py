@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from mgdt_jax.config_sections import read_section
+from mgdt_jax.core.config_sections import read_section
 
 MESH_AXES = ("data", "fsdp", "tensor")
 

@@ -3,13 +3,13 @@
 The state is created directly on the mesh (a jitted init with ``out_shardings``: no host-side full
 copy of the parameters ever exists) and the step is one ``jax.jit`` with explicit in/out shardings
 and the old state's buffers donated to the new one. The model, its loss and metrics come from the
-recipe (mgdt_jax/recipe.py); this module knows no agent.
+recipe (mgdt_jax/core/recipe.py); this module knows no agent.
 
 How to use::
 
     import numpy as np
-    from mgdt_jax import sharding
-    from mgdt_jax.training.train_step import Trainer
+    from mgdt_jax.core import sharding
+    from mgdt_jax.core.train_step import Trainer
 
     config = experiments.tiny.get_config()          # or a plain dict-of-dicts with the same fields
     mesh = sharding.make_mesh(config.mesh)          # (data, fsdp, tensor) over all devices
@@ -41,10 +41,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from mgdt_jax import sharding
-from mgdt_jax.config_sections import read_section, section
-from mgdt_jax.recipe import Recipe, load_recipe
-from mgdt_jax.training.optimizer import make_optimizer
+from mgdt_jax.core import sharding
+from mgdt_jax.core.config_sections import read_section, section
+from mgdt_jax.core.recipe import Recipe, load_recipe
+from mgdt_jax.core.optimizer import make_optimizer
 
 
 @flax.struct.dataclass
@@ -67,7 +67,7 @@ class TrainConfig:
 class Trainer:
     """The optimizer, the shardings and the jitted init/step of one config's recipe on one mesh.
 
-    ``recipe`` defaults to the one ``config.recipe`` names (``mgdt_jax.recipe.load_recipe``).
+    ``recipe`` defaults to the one ``config.recipe`` names (``mgdt_jax.core.recipe.load_recipe``).
     """
 
     def __init__(self, config: Any, mesh: Mesh, recipe: Recipe | None = None):

@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from mgdt_jax.training.train_step import TrainState
+from mgdt_jax.core.train_step import TrainState
 
 PARAMS, TRAINER, DATA = "params", "trainer", "data"
 CHECKPOINTS = "checkpoints"  # subdirectory of the workdir

@@ -1,6 +1,6 @@
 """The train loop: mesh, state, restore-or-init, data from the restored step, steps, metrics, checkpoints.
 
-One function, ``train``, read top to bottom, the same for every recipe (mgdt_jax/recipe.py): the
+One function, ``train``, read top to bottom, the same for every recipe (mgdt_jax/core/recipe.py): the
 recipe gives the model, loss, data, step cost and evaluation; the loop knows no agent. Exact resume
 rests on three facts: the checkpoint holds the whole train state (parameters, optimizer state,
 step, RNG); the dropout key of a step is a function of the step (train_step.py); and the recipe's
@@ -25,11 +25,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mgdt_jax import checkpointing, sharding
-from mgdt_jax.recipe import DEFAULT_RECIPE, Evaluator, Recipe, load_recipe
-from mgdt_jax.training import flops
-from mgdt_jax.training.metric_writer import MetricWriter, Throughput
-from mgdt_jax.training.train_step import Trainer, TrainState
+from mgdt_jax.core import checkpointing, sharding
+from mgdt_jax.core.recipe import DEFAULT_RECIPE, Evaluator, Recipe, load_recipe
+from mgdt_jax.core import flops
+from mgdt_jax.core.metric_writer import MetricWriter, Throughput
+from mgdt_jax.core.train_step import Trainer, TrainState
 
 CONFIG_FILE = "config.json"
 

@@ -21,8 +21,8 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mgdt_jax.actor import GameResult  # noqa: E402
-from mgdt_jax.evaluation import scores  # noqa: E402
+from mgdt_jax.recipes.mgdt.actor import GameResult  # noqa: E402
+from mgdt_jax.recipes.mgdt import scores  # noqa: E402
 
 REPORT_JSON, SCORES_CSV, SCORES_PNG = "report.json", "scores.csv", "scores.png"
 VIDEO_FPS = 15  # agent steps per second: 60 emulator frames / frame skip 4

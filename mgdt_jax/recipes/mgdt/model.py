@@ -1,6 +1,6 @@
 """The Multi-Game Decision Transformer: embedders, attention mask, heads and loss over the generic decoder.
 
-Token layout per timestep (mgdt_jax/tokens.py): ``[36 patches, return-to-go, action, reward]`` = 39
+Token layout per timestep (mgdt_jax/recipes/mgdt/tokens.py): ``[36 patches, return-to-go, action, reward]`` = 39
 tokens, 4 steps = 156 tokens. The behaviour-cloning variant (``behaviour_cloning=True``) drops the
 return and reward tokens: ``[36 patches, action]`` = 37 tokens per step, and predicts actions only.
 
@@ -54,9 +54,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mgdt_jax import tokens
-from mgdt_jax.config_sections import read_section
-from mgdt_jax.models.transformer import Transformer, dense, sharded
+from mgdt_jax.recipes.mgdt import tokens
+from mgdt_jax.core.config_sections import read_section
+from mgdt_jax.core.transformer import Transformer, dense, sharded
 
 HEAD_NAMES = ("return", "action", "reward")
 
@@ -66,7 +66,7 @@ class ModelConfig:
     """The model section of the experiment config, as a typed value.
 
     Built with ``ModelConfig.from_config`` from a ConfigDict, a plain dict or any object with these
-    attributes (see mgdt_jax/config_sections.py).
+    attributes (see mgdt_jax/core/config_sections.py).
     """
 
     num_layers: int = 2

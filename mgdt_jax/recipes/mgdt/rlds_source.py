@@ -25,7 +25,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_parser
 
-from mgdt_jax import atari, tokens
+from mgdt_jax.envs import atari
+from mgdt_jax.recipes.mgdt import tokens
 
 _DATASET_INFO = "dataset_info.json"
 _CONFIG_NAME = re.compile(r"^(?P<game>[A-Za-z]+)_run_\d+$")

@@ -1,7 +1,7 @@
 """Raw scores -> human-normalised scores and aggregates with stratified bootstrap 95% intervals.
 
 Human-normalised score (HNS) = (score - random) / (human - random), with the DQN Zoo random/human
-table (mgdt_jax/atari.py). Carnival and Pooyan are not in Atari-57 and have no human score: they are
+table (mgdt_jax/envs/atari.py). Carnival and Pooyan are not in Atari-57 and have no human score: they are
 reported raw and left out of every normalised aggregate.
 
 The aggregates and their intervals are rliable's (Agarwal et al., 2021): IQM over all episodes of
@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from rliable import library, metrics
 
-from mgdt_jax import atari
+from mgdt_jax.envs import atari
 
 BOOTSTRAP_REPS = 2000
 CONFIDENCE = 0.95

@@ -136,7 +136,7 @@ class ReferenceScores:
 
 def reference_scores() -> dict[str, ReferenceScores]:
     """Random and human scores (DQN Zoo table); Carnival and Pooyan have none."""
-    text = importlib.resources.files("mgdt_jax").joinpath("evaluation/atari_scores.csv").read_text()
+    text = importlib.resources.files("mgdt_jax").joinpath("envs/atari_scores.csv").read_text()
     table = {}
     for row in csv.DictReader(text.splitlines()):
         as_float = lambda s: float(s) if s else None  # noqa: E731

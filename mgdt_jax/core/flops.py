@@ -1,7 +1,7 @@
 """Analytic FLOPs of the generic decoder (for tokens/s -> FLOP/s -> MFU) and XLA's count to check them.
 
 Counting (2 FLOPs per multiply-add, x3 for forward + backward), for the decoder of
-``mgdt_jax/models/transformer.py``:
+``mgdt_jax/core/transformer.py``:
 
 * blocks: 6 * N * tokens, N = the decoder's non-embedding parameters (blocks + ``ln_f``), the
   standard dense-transformer count (Kaplan et al. 2020);

@@ -14,13 +14,15 @@ import jax.numpy as jnp
 from flax import nnx
 from tqdm import tqdm
 
-from mgdt_jax import actor, atari, checkpointing
-from mgdt_jax.evaluation import report
-from mgdt_jax.models.mgdt import ModelConfig, MultiGameDecisionTransformer
-from mgdt_jax.policy import Policy, SamplingConfig, sampling_preset
-from mgdt_jax.recipe import recipe_name
+from mgdt_jax.recipes.mgdt import actor
+from mgdt_jax.envs import atari
+from mgdt_jax.core import checkpointing
+from mgdt_jax.recipes.mgdt import report
+from mgdt_jax.recipes.mgdt.model import ModelConfig, MultiGameDecisionTransformer
+from mgdt_jax.recipes.mgdt.policy import Policy, SamplingConfig, sampling_preset
+from mgdt_jax.core.recipe import recipe_name
 from mgdt_jax.recipes.mgdt.recipe import MgdtRecipe
-from mgdt_jax.training.loop import CONFIG_FILE
+from mgdt_jax.core.loop import CONFIG_FILE
 
 EVAL_DIR = "eval"  # <workdir>/eval/<step>/: reports of the periodic evaluation during training
 

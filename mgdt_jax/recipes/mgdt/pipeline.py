@@ -29,8 +29,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from mgdt_jax.data import windows
-from mgdt_jax.data.rlds_source import DataError, Episode, RldsDataset, find_datasets
+from mgdt_jax.recipes.mgdt import windows
+from mgdt_jax.recipes.mgdt.rlds_source import DataError, Episode, RldsDataset, find_datasets
 
 _MAX_REDRAWS = 100  # draws of another episode when one has no step that can end a window
 

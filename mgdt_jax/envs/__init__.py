@@ -1,0 +1,1 @@
+"""Environments, apart from the agents that play them."""
