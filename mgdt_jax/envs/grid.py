@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mgdt_jax.envs.base import EnvError
+from mgdt_jax.envs.base import EnvError, Task
 
 NUM_ACTIONS = 5
 ACTION_NAMES = ("noop", "up", "down", "left", "right")
@@ -29,15 +29,16 @@ class Room:
     def num_cells(self) -> int:
         return self.size * self.size
 
-    def all_tasks(self):
+    def all_tasks(self) -> Task:
         """Every task, in index order (leaves [num_tasks, ...])."""
         return self._tasks(jnp.arange(self.num_tasks))
 
-    def sample_tasks(self, key: jax.Array, n: int):
+    def sample_tasks(self, key: jax.Array, n: int) -> Task:
         """n tasks uniform over all of them (with replacement)."""
         return self._tasks(jax.random.randint(key, (n,), 0, self.num_tasks))
 
-    def task_split(self, seed: int, num_train: int | None = None, num_heldout: int | None = None):
+    def task_split(self, seed: int, num_train: int | None = None,
+                   num_heldout: int | None = None) -> tuple[Task, Task]:
         """Tasks split by a seeded permutation (split_indices); Dark Room 9x9 defaults to 65 train
         and 16 held-out goals, as in the AD^epsilon code."""
         train, heldout = split_indices(self.name, seed, self.num_tasks, num_train, num_heldout)
