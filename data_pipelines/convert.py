@@ -17,17 +17,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import tqdm
-from array_record.python.array_record_module import ArrayRecordWriter
-from tensorflow_datasets.core import dataset_info, naming, splits, utils
 
-from data_pipelines import replay_logs, rlds_format, tfds_format
+from data_pipelines import replay_logs, rlds_format, rlds_writer, tfds_format
 from mgdt_jax.envs import atari
 
 PROGRESS_DIR = "conversion"  # per-shard reports and the job description, inside the output directory
@@ -80,23 +77,12 @@ def discover_shards(logs_dir: Path) -> list[ShardTask]:
             for index, (game, run, suffix, log_dir) in enumerate(found)]
 
 
-def _file_template(out_dir: Path) -> naming.ShardedFileTemplate:
-    return naming.ShardedFileTemplate(data_dir=out_dir, dataset_name=rlds_format.DATASET_NAME,
-                                      split=rlds_format.SPLIT, filetype_suffix=rlds_format.FILE_FORMAT)
-
-
 def shard_path(out_dir: Path, task: ShardTask) -> Path:
-    return Path(_file_template(out_dir).sharded_filepath(shard_index=task.index, num_shards=task.num_shards))
+    return rlds_writer.shard_path(out_dir, rlds_format.DATASET_NAME, rlds_format.SPLIT, task.index, task.num_shards)
 
 
 def _shard_report_path(out_dir: Path, task: ShardTask) -> Path:
     return Path(out_dir) / PROGRESS_DIR / f"{task.index:05d}_{task.name}.json"
-
-
-def _write_json(path: Path, content: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(content, indent=1) + "\n")
-    os.replace(partial, path)
 
 
 def shard_report(out_dir: Path, task: ShardTask) -> dict | None:
@@ -127,34 +113,29 @@ def convert_shard(task: ShardTask, out_dir: Path, max_episode_steps: int, on_bad
     if done is not None:
         return {**done, "resumed": True}
     path = shard_path(out_dir, task)
-    partial = path.with_name(path.name + ".partial")
     started = time.perf_counter()
     counts = replay_logs.CheckpointReport(task.checkpoint)
     error = None
     try:
-        writer = ArrayRecordWriter(str(partial), "group_size:1")
-        try:
+        with rlds_writer.shard_writer(path) as write:
             reader = replay_logs.RunReader(Path(task.log_dir), max_episode_steps)
             for episode in reader.episodes(task.checkpoint, counts):
-                writer.write(rlds_format.serialize_episode(episode, task.game, task.run))
+                write(rlds_format.serialize_episode(episode, task.game, task.run))
                 on_episode(episode.num_steps)
-        finally:
-            writer.close()
     except replay_logs.ReplayLogError as fault:
-        partial.unlink(missing_ok=True)
         if on_bad_checkpoint == "fail":
             raise ConversionError(str(fault)) from None
         error = str(fault)
         counts = replay_logs.CheckpointReport(task.checkpoint)
-        ArrayRecordWriter(str(partial), "group_size:1").close()
-    os.replace(partial, path)
+        with rlds_writer.shard_writer(path):
+            pass  # an empty shard keeps the shard numbering; a rerun tries the checkpoint again
     report = {
         "shard": path.name, "game": task.game, "run": task.run, "checkpoint": task.checkpoint,
         "status": "converted" if error is None else "skipped", "error": error,
         **{k: v for k, v in dataclasses.asdict(counts).items() if k != "suffix"},
         "num_bytes": path.stat().st_size, "seconds": round(time.perf_counter() - started, 3),
     }
-    _write_json(_shard_report_path(out_dir, task), report)
+    rlds_writer.write_json(_shard_report_path(out_dir, task), report)
     return report
 
 
@@ -173,7 +154,7 @@ def prepare_output(out_dir: Path, tasks: list[ShardTask], max_episode_steps: int
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConversionError(f"{out_dir}: not empty and not an earlier run of this conversion; choose an empty --out")
     job_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_json(job_path, job)
+    rlds_writer.write_json(job_path, job)
 
 
 def finalize(out_dir: Path, tasks: list[ShardTask], reports: Iterable[dict]) -> dict:
@@ -188,19 +169,13 @@ def finalize(out_dir: Path, tasks: list[ShardTask], reports: Iterable[dict]) -> 
     totals["skipped_checkpoints"] = sum(r["status"] == "skipped" for r in reports)
     totals["shards"] = len(reports)
     summary = {"totals": totals, "shards": reports}
-    _write_json(out_dir / REPORT_FILE, summary)
-    identity = dataset_info.DatasetIdentity(
-        name=rlds_format.DATASET_NAME, version=utils.Version(rlds_format.VERSION), data_dir=str(out_dir),
-        module_name=rlds_format.__name__)
-    info = dataset_info.DatasetInfo(
-        builder=identity, features=rlds_format.features(), disable_shuffling=True,
+    rlds_writer.write_json(out_dir / REPORT_FILE, summary)
+    rlds_writer.write_dataset_info(  # last: the dataset is now complete
+        out_dir, name=rlds_format.DATASET_NAME, version=rlds_format.VERSION, module_name=rlds_format.__name__,
+        features=rlds_format.features(), split=rlds_format.SPLIT, shard_lengths=[r["episodes"] for r in reports],
+        num_bytes=totals["num_bytes"],
         description="Atari DQN Replay logs as RLDS episodes, one shard per (game, run, checkpoint).",
         homepage="https://research.google/resources/datasets/dqn-replay/")
-    info.set_file_format(rlds_format.FILE_FORMAT)
-    info.set_splits(splits.SplitDict([splits.SplitInfo(
-        name=rlds_format.SPLIT, shard_lengths=[r["episodes"] for r in reports],
-        num_bytes=totals["num_bytes"], filename_template=_file_template(out_dir))]))
-    info.write_to_directory(out_dir)  # dataset_info.json goes last: the dataset is now complete
     return summary
 
 

@@ -127,3 +127,25 @@ def breakout_windows():
 def recipe_case(request):
     """Each recipe the generic training tests run on (tests/recipe_cases.py)."""
     return CASES[request.param]
+
+
+@pytest.fixture
+def run_without_tensorflow():
+    """Runs a Python script in a fresh interpreter where `import tensorflow` fails (as on an
+    install without it); returns the CompletedProcess (stdout, stderr, returncode)."""
+    import subprocess
+    import sys
+
+    hide = """
+import importlib.util, sys
+find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: (
+    None if name.split(".")[0] == "tensorflow" else find_spec(name, package))
+class HideTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, HideTensorFlow())
+"""
+    return lambda script: subprocess.run([sys.executable, "-c", hide + script], capture_output=True, text=True,
+                                         timeout=300)
