@@ -52,9 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
     # can set it: --config.data.game_weights=Pong=2,Breakout=1 (a config file can assign a dict).
     data.game_weights = ml_collections.FieldReference({}, field_type=object)
     data.seed = 0  # data order; with the step it fixes which windows every batch holds
-    data.windows_per_episode = 1  # windows cut per episode read: reading dominates, 8 is ~5x faster
-    data.num_threads = 2  # threads building batches; decoding holds the GIL, so more add little
-    data.num_workers = 0  # Grain worker processes: the way to use a host's spare cores
+    data.num_threads = 2  # threads building batches ahead of use (in each worker process)
+    data.num_workers = 0  # worker processes building batches: the way to use a host's spare cores
 
     config.train = ml_collections.ConfigDict()
     train = config.train

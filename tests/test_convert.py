@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import tensorflow_datasets as tfds
 
 from data_pipelines import convert, replay_logs
 from mgdt_jax import atari
+from mgdt_jax.data import step_store
 
 
 def _episodes(data_dir):
@@ -147,6 +149,14 @@ def test_beam_direct_runner_writes_the_same_episodes(replay_logs_dir, rlds_datas
     for beam_episode, local_episode in zip(contents(out), contents(rlds_dataset_dir), strict=True):
         assert beam_episode[:3] == local_episode[:3] and beam_episode[4:] == local_episode[4:]
         np.testing.assert_array_equal(beam_episode[3], local_episode[3])
+    # The same window index, but for the fingerprints of the shards (their bytes differ, not their episodes).
+    beam_index, local_index = (json.loads(Path(step_store.index_dir(d), step_store.MANIFEST).read_text())
+                               for d in (out, rlds_dataset_dir))
+    for beam_part, local_part in zip(beam_index.pop("parts"), local_index.pop("parts"), strict=True):
+        assert beam_part.pop("shard")["name"] == local_part.pop("shard")["name"] and beam_part == local_part
+        files = [Path(step_store.index_dir(d), beam_part["file"]) for d in (out, rlds_dataset_dir)]
+        assert files[0].read_bytes() == files[1].read_bytes()
+    assert beam_index == local_index
 
 
 def test_records_are_what_tfds_would_serialize(replay_logs_dir):
