@@ -47,7 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     data = config.data
-    data.sources = ()  # RLDS dataset directories (ours or rlu_atari), set per run; a tuple, so flags can set it
+    # RLDS dataset directories (ours or rlu_atari), set per run; a tuple, so flags can set it. Each needs
+    # its window index: mgdt-convert writes it, mgdt-index builds it for other datasets.
+    data.sources = ()
     # Game name -> sampling weight; empty = uniform over games. Typed `object` so the command line
     # can set it: --config.data.game_weights=Pong=2,Breakout=1 (a config file can assign a dict).
     data.game_weights = ml_collections.FieldReference({}, field_type=object)

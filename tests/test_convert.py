@@ -75,6 +75,7 @@ def test_rerun_converts_only_missing_shards(logs, tmp_path, capsys):
     code, _, err = _run(capsys, "--logs", logs, "--out", out)
     assert code == 1 and err.startswith("mgdt-convert: error: ") and f"{bad}: unreadable" in err
     assert not (out / "dataset_info.json").exists()  # not loadable: not every shard is there
+    assert not (out / step_store.INDEX_DIR / step_store.MANIFEST).exists()
     with pytest.raises(Exception):
         tfds.builder_from_directory(out)
     bad.write_bytes(good)
@@ -85,6 +86,18 @@ def test_rerun_converts_only_missing_shards(logs, tmp_path, capsys):
     # episode runs on into the broken checkpoint 2.
     assert [bool(s.get("resumed")) for s in shards] == [True] * 4 + [False] * 4
     assert len(_episodes(out)) == 7
+    assert sum(part.episodes for part in step_store.open_index(out).parts) == 7
+
+
+def test_rerun_builds_the_index_of_shards_converted_without_one(replay_logs_dir, rlds_dataset_dir, tmp_path, capsys):
+    """A dataset converted before the window index existed gets it from a rerun of the same command."""
+    out = tmp_path / "data"
+    shutil.copytree(rlds_dataset_dir, out, ignore=shutil.ignore_patterns(step_store.INDEX_DIR))
+    code, summary, _ = _run(capsys, "--logs", replay_logs_dir, "--out", out)
+    assert code == 0 and f"window index: {out / step_store.INDEX_DIR}" in summary
+    assert all(s["resumed"] for s in json.loads((out / convert.REPORT_FILE).read_text())["shards"])
+    for part in step_store.open_index(out).parts:
+        assert Path(part.path).read_bytes() == (Path(step_store.index_dir(rlds_dataset_dir)) / Path(part.path).name).read_bytes()
 
 
 def test_a_missing_file_stops_before_anything_is_written(logs, tmp_path, capsys):
@@ -106,6 +119,8 @@ def test_skip_records_bad_checkpoints(logs, tmp_path, capsys):
     episodes = _episodes(tmp_path / "data")
     assert [(e["game"], e["checkpoint_id"]) for e in episodes] == [
         (b"Breakout", 1), (b"Breakout", 1), (b"Breakout", 2), (b"Breakout", 3), (b"Pong", 0)]
+    parts = step_store.open_index(tmp_path / "data").parts
+    assert [part.episodes for part in parts] == [0, 2, 1, 1, 1, 0, 0, 0]  # the skipped shard: empty
 
 
 @pytest.mark.parametrize("case", ["unknown game", "empty", "another dataset", "not a run", "unknown runner"])

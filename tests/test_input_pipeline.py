@@ -236,7 +236,10 @@ def test_a_stale_index_is_refused_and_rebuilt_where_it_changed(rlds_dataset_dir,
     writer.close()
     with pytest.raises(DataError, match=rf"shard {path.name} changed"):
         step_store.open_index(copy)
+    orphan = copy / step_store.INDEX_DIR / "dqn_replay-train.array_record-00009-of-00010.steps"
+    orphan.write_bytes(b"the part of a shard the dataset no longer has")
     assert build_index.main([str(copy), "--no-progress"]) == 0
+    assert not orphan.exists()
     assert f"1 parts built, {len(dataset.shard_lengths) - 1} up to date" in capsys.readouterr().out
     for episode, ends, read in index_windows_of_every_step(step_store.open_index(copy), RldsDataset(copy)):
         assert_batches_equal(read, windows.cut_windows(episode, ends, STEPS))

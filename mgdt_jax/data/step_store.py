@@ -257,6 +257,16 @@ def _build_in_worker(shard: int, directory: str) -> dict[str, Any]:
     return build_part(_worker_dataset, shard, epath.Path(directory))
 
 
+def _remove_orphans(directory: epath.Path, shard_names: set[str]) -> None:
+    """Removes the parts of shards the dataset no longer has, and files of builds that did not finish."""
+    for path in directory.iterdir():
+        name = path.name
+        if name.endswith(".partial"):
+            path.unlink(missing_ok=True)
+        elif name != MANIFEST and name.removesuffix(STEPS_SUFFIX).removesuffix(ENTRY_SUFFIX) not in shard_names:
+            path.unlink(missing_ok=True)
+
+
 def build_index(dataset_dir: str | os.PathLike, *, workers: int = 1, progress: bool = False) -> IndexReport:
     """Builds (or brings up to date) the window index of one RLDS dataset; returns what it did.
 
@@ -274,6 +284,7 @@ def build_index(dataset_dir: str | os.PathLike, *, workers: int = 1, progress: b
              if entry is None or entry["shard"] != fingerprint]
     if stale:
         (directory / MANIFEST).unlink(missing_ok=True)
+    _remove_orphans(directory, {fingerprint["name"] for fingerprint in fingerprints})
     total_episodes = sum(dataset.shard_lengths[shard] for shard in stale)
     with tqdm.tqdm(total=total_episodes, unit="episode", desc=f"index {dataset.directory.name}",
                    disable=not progress or not stale) as bar:
@@ -355,17 +366,20 @@ def open_index(dataset_dir: str | os.PathLike) -> WindowIndex:
         raise DataError(f"{dataset_dir}: has no window index ({manifest_path} is missing); build it once with {hint}") from None
     except (OSError, ValueError) as error:
         raise DataError(f"{manifest_path}: unreadable ({error}); rebuild it with {hint}") from None
-    if manifest.get("format") != FORMAT_VERSION:
-        raise DataError(f"{dataset_dir}: its window index has format {manifest.get('format')}, this version "
-                        f"reads {FORMAT_VERSION}; rebuild it with {hint}")
-    reason = _staleness(dataset_dir, manifest)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise DataError(f"{dataset_dir}: its window index has format {found}, this version reads "
+                        f"{FORMAT_VERSION}; rebuild it with {hint}")
+    directory = index_dir(dataset_dir)
+    try:
+        reason = _staleness(dataset_dir, manifest)
+        parts = tuple(Part(os.fspath(directory / entry["file"]), entry["game"], entry["episodes"], entry["steps"],
+                           entry["frame_bytes"], entry["file_size"]) for entry in manifest["parts"])
+    except (KeyError, TypeError) as error:
+        raise DataError(f"{manifest_path}: not a window index manifest (no {error}); rebuild it with {hint}") from None
     if reason:
         raise DataError(f"{dataset_dir}: the window index is stale ({reason}); rebuild it with {hint}")
-    directory = index_dir(dataset_dir)
-    return WindowIndex(dataset_dir, tuple(
-        Part(os.fspath(directory / entry["file"]), entry["game"], entry["episodes"], entry["steps"],
-             entry["frame_bytes"], entry["file_size"])
-        for entry in manifest["parts"]))
+    return WindowIndex(dataset_dir, parts)
 
 
 def _staleness(dataset_dir: epath.Path, manifest: dict[str, Any]) -> str | None:
