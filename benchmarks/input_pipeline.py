@@ -14,8 +14,9 @@ tiny on the demo data against its train step fed a fixed batch.
    baseline is today's per-window work without its Grain shuffle and mixing, so it is if anything
    faster than the reader it stands for.
 3. mgdt-train (experiments/tiny.py) trains on the demo's data (Breakout, Pong, Boxing, 4,000 random
-   steps each) for --train-steps; its tokens/s (metrics.jsonl, first log interval left out) is
-   compared with the same compiled step fed one fixed batch, in a child process started the same way.
+   steps each) for --train-steps; its tokens/s (median over the intervals of metrics.jsonl, the first
+   left out) is compared with the same compiled step fed one fixed batch, timed over the same
+   intervals (reading the loss at each, as mgdt-train does), in a child process started the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -174,11 +176,14 @@ def fixed_batch_rate(spec: dict) -> dict:
     for _ in range(3):
         state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
-    started = time.perf_counter()
-    for _ in range(spec["steps"]):
-        state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    return {"steps_per_s": spec["steps"] / (time.perf_counter() - started),
+    rates = []
+    for _ in range(spec["steps"] // config.train.log_every):  # intervals as mgdt-train logs them
+        started = time.perf_counter()
+        for _ in range(config.train.log_every):
+            state, metrics = step(state, batch)
+        float(metrics["loss"])  # mgdt-train reads the loss on log steps
+        rates.append(config.train.log_every / (time.perf_counter() - started))
+    return {"steps_per_s": statistics.median(rates),
             "tokens_per_step": flops.training_flops(trainer.model_config, config.train.batch_size).tokens}
 
 
@@ -235,7 +240,7 @@ def end_to_end(root: Path, train_steps: int) -> dict:
         raise RuntimeError(f"mgdt-train failed:\n{result.stderr[-3000:]}")
     reports = [json.loads(line) for line in (root / "train" / METRICS_FILE).read_text().splitlines()]
     rates = [r["perf/steps_per_second"] for r in reports if "perf/steps_per_second" in r][1:]  # first: warm-up
-    trained_steps_per_s = len(rates) * log_every / sum(log_every / rate for rate in rates)
+    trained_steps_per_s = statistics.median(rates)
     fixed = run_child("fixed", {"config": str(config_file), "steps": train_steps})
     return {"train_tokens_per_s": trained_steps_per_s * fixed["tokens_per_step"],
             "fixed_tokens_per_s": fixed["steps_per_s"] * fixed["tokens_per_step"],
@@ -243,6 +248,30 @@ def end_to_end(root: Path, train_steps: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def measure_readers(root: Path, args: argparse.Namespace, cores: list[int]) -> list[dict]:
+    """Every reader on every synthetic dataset and core count, each in its own child process; prints the table."""
+    measured = []
+    started = time.perf_counter()
+    source = recorded_frames(root / "recorded", 2_000)
+    datasets = {steps: synthetic_dataset(root / f"episodes_{steps}", steps, args.steps_per_dataset, source)
+                for steps in EPISODE_STEPS}
+    print(f"datasets written in {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"\n{'episode steps':>13} {'reader':>8} {'cores':>5} {'windows/s':>10} {'per core':>9} "
+          f"{'RSS main':>9} {'RSS worker':>10}")
+    for steps, directory in datasets.items():
+        for reader in ("index", "today"):
+            for count in cores:
+                batch = args.batch if reader == "index" else args.baseline_batch
+                result = run_child("reader", {"reader": reader, "dataset": str(directory), "batch": batch,
+                                              "cores": count, "seconds": args.seconds, "episode_steps": steps})
+                measured.append(result)
+                worker = f"{result['rss_worker_mb']:8,.0f} MB" if count > 1 else f"{'-':>10}"
+                print(f"{steps:>13,} {reader:>8} {count:>5} {result['windows_per_s']:>10,.0f} "
+                      f"{result['windows_per_s'] / count:>9,.0f} {result['rss_main_mb']:>6,.0f} MB {worker}",
+                      flush=True)
+    return measured
 
 
 def main() -> None:
@@ -253,39 +282,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="timed seconds per reader variant")
     parser.add_argument("--cores", default=f"1,2,{os.cpu_count()}", help="core counts (deduplicated)")
     parser.add_argument("--train-steps", type=int, default=400, help="mgdt-train steps (0: skip end to end)")
+    parser.add_argument("--skip-readers", action="store_true", help="only the end-to-end measurement")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     cores = sorted({int(c) for c in args.cores.split(",") if 0 < int(c) <= (os.cpu_count() or 1)})
     print(f"{os.cpu_count()} CPUs; datasets of {args.steps_per_dataset:,} steps; cores {cores}; "
-          f"{args.seconds:g} s per variant", flush=True)
+          f"{args.seconds:g} s per variant; {args.train_steps} mgdt-train steps", flush=True)
 
     results: dict = {"readers": [], "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        started = time.perf_counter()
-        source = recorded_frames(root / "recorded", 2_000)
-        datasets = {steps: synthetic_dataset(root / f"episodes_{steps}", steps, args.steps_per_dataset, source)
-                    for steps in EPISODE_STEPS}
-        print(f"datasets written in {time.perf_counter() - started:.0f} s", flush=True)
-        print(f"\n{'episode steps':>13} {'reader':>8} {'cores':>5} {'windows/s':>10} {'per core':>9} "
-              f"{'RSS main':>9} {'RSS worker':>10}")
-        for steps, directory in datasets.items():
-            for reader in ("index", "today"):
-                for count in cores:
-                    batch = args.batch if reader == "index" else args.baseline_batch
-                    result = run_child("reader", {"reader": reader, "dataset": str(directory), "batch": batch,
-                                                  "cores": count, "seconds": args.seconds, "episode_steps": steps})
-                    results["readers"].append(result)
-                    worker = f"{result['rss_worker_mb']:8,.0f} MB" if count > 1 else f"{'-':>10}"
-                    print(f"{steps:>13,} {reader:>8} {count:>5} {result['windows_per_s']:>10,.0f} "
-                          f"{result['windows_per_s'] / count:>9,.0f} {result['rss_main_mb']:>6,.0f} MB {worker}",
-                          flush=True)
+        if not args.skip_readers:
+            results["readers"] = measure_readers(root, args, cores)
         if args.train_steps:
             results["end_to_end"] = end_to_end(root / "demo", args.train_steps)
 
     rate = {(r["episode_steps"], r["reader"], r["cores"]): r["windows_per_s"] for r in results["readers"]}
     print("\nratios (targets in brackets):")
-    for count in cores:
+    for count in cores if results["readers"] else ():
         per_core = min(rate[steps, "index", count] / count for steps in EPISODE_STEPS)
         flat = rate[EPISODE_STEPS[-1], "index", count] / rate[EPISODE_STEPS[0], "index", count]
         speedup = rate[EPISODE_STEPS[-1], "index", count] / rate[EPISODE_STEPS[-1], "today", count]
