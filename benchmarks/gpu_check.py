@@ -66,13 +66,13 @@ SECTIONS = (
     Section("policy", "policy env steps/s at 64/256/1,024 envs (200M, tiny): the actor's ceiling when "
             "the emulators keep up; goal: at least ALE's rate on the host's cores", 110),
     Section("input_pipeline", "input pipeline windows/s on all host cores >= the 200M step's consumption", 90),
-    Section("ad_train", "AD training tokens/s at the AD^epsilon recipe's size", 60, requires="mgdt_jax.recipes.ad"),
+    Section("ad_train", "AD training tokens/s at the AD^epsilon recipe's size", 60, requires="mgdt_jax.recipes.ad.recipe"),
     Section("ad_eval", "AD KV-cached in-context evaluation steps/s at 81 x 100 episodes", 60,
-            requires="mgdt_jax.recipes.ad"),
+            requires="mgdt_jax.recipes.ad.recipe"),
     Section("jat_train", "JAT (768 wide, 12 layers) training tokens/s and MFU", 60,
-            requires="mgdt_jax.recipes.jat.model"),
+            requires="mgdt_jax.recipes.jat.recipe"),
     Section("ada_ppo", "AdA environment + Transformer-XL PPO steps/s at 8,192 envs", 60,
-            requires="mgdt_jax.recipes.ada"),
+            requires="mgdt_jax.recipes.ada.recipe"),
 )
 SECTIONS_BY_NAME = {section.name: section for section in SECTIONS}
 
@@ -211,7 +211,7 @@ def table_rows(results: dict[str, dict], cpus: int) -> list[tuple[str, str, str]
         elif name == "input_pipeline" and figures.get("readers"):
             for setting in pipeline_verdict(results):
                 consumption = setting["consumption_windows_per_s"]
-                rows.append((f"input pipeline, {setting['windows_per_episode']} window(s)/episode, {setting['workers']} workers",
+                rows.append((f"input pipeline, {setting['workers']} workers",
                              f"{setting['windows_per_s']:,.0f} windows/s vs {f'{consumption:,.0f}' if consumption else '-'} "
                              f"consumed by the 200M step{suffix}", setting["verdict"]))
         else:  # partial figures, or a section with no row of its own yet

@@ -66,7 +66,6 @@ class Scale:
     pipeline_episodes_per_game: int
     pipeline_steps_per_episode: int
     pipeline_batch: int
-    pipeline_windows_per_episode: tuple[int, ...]
     pipeline_batches_per_worker: int  # timed batches: enough for every worker to deliver several
     pipeline_timed_s: float
 
@@ -76,14 +75,14 @@ FULL = Scale(
     assumed_memory_bytes=None, warmup_steps=2, max_timed_steps=20, timed_s=15.0,
     policy_envs=(64, 256, 1024), policy_max_steps=50, policy_timed_s=4.0,
     pipeline_games=("Pong", "Breakout"), pipeline_episodes_per_game=4, pipeline_steps_per_episode=10_000,
-    pipeline_batch=64, pipeline_windows_per_episode=(1, 8), pipeline_batches_per_worker=2, pipeline_timed_s=15.0,
+    pipeline_batch=64, pipeline_batches_per_worker=2, pipeline_timed_s=15.0,
 )
 TOY = Scale(
     toy_model={"num_layers": 1, "d_model": 64, "num_heads": 1}, matmul_sizes=(256,), probe_batch=2,
     batch_granule=2, fit_compiles=1, batch_1b=2, assumed_memory_bytes=64 << 20, warmup_steps=1, max_timed_steps=2, timed_s=2.0,
     policy_envs=(2,), policy_max_steps=2, policy_timed_s=1.0,
     pipeline_games=("Pong", "Breakout"), pipeline_episodes_per_game=1, pipeline_steps_per_episode=200,
-    pipeline_batch=8, pipeline_windows_per_episode=(8,), pipeline_batches_per_worker=2, pipeline_timed_s=2.0,
+    pipeline_batch=8, pipeline_batches_per_worker=2, pipeline_timed_s=2.0,
 )
 FIT_FRACTION = 0.9  # of the device's memory limit a predicted batch may use (allocator slack)
 OUT_OF_MEMORY = "RESOURCE_EXHAUSTED"
@@ -410,13 +409,13 @@ class PipelineReader:
     """The input pipeline under test, as two functions.
 
     ``convert(logs_dir, out_dir) -> dataset_dir`` turns DQN-Replay-format logs into its dataset;
-    ``batches(dataset_dir, batch_size, windows_per_episode, workers)`` yields batches of the batch
+    ``batches(dataset_dir, batch_size, workers)`` yields batches of the batch
     contract, read by ``workers`` processes. Close the iterator (if it has ``close``) when done.
     """
 
     name: str
     convert: Callable[[Path, Path], Path]
-    batches: Callable[[Path, int, int, int], Iterator[dict[str, np.ndarray]]]
+    batches: Callable[[Path, int, int], Iterator[dict[str, np.ndarray]]]
 
 
 def pipeline_reader() -> PipelineReader:
@@ -429,7 +428,7 @@ def pipeline_reader() -> PipelineReader:
 
         from data_pipelines import convert
         from mgdt_jax.recipes.mgdt.pipeline import TrainingData
-        from mgdt_jax.recipes.mgdt.rlds_source import find_datasets
+        from mgdt_jax.recipes.mgdt.step_store import open_index
     except ImportError as error:
         raise SectionSkipped(f"the MGDT input pipeline cannot run here: {error}") from None
     flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags
@@ -438,12 +437,13 @@ def pipeline_reader() -> PipelineReader:
         convert.convert(logs_dir, out_dir, progress=False)
         return out_dir
 
-    def batches(dataset: Path, batch_size: int, windows_per_episode: int, workers: int) -> Iterator[dict[str, np.ndarray]]:
-        data = TrainingData(find_datasets([dataset]), global_batch_size=batch_size, num_steps=4, seed=0,
-                            windows_per_episode=windows_per_episode, num_threads=1, num_workers=workers)
-        return data.iterate()
+    def batches(dataset: Path, batch_size: int, workers: int) -> Iterator[dict[str, np.ndarray]]:
+        data = TrainingData([open_index(dataset)], global_batch_size=batch_size, num_steps=4, seed=0,
+                            num_threads=1, num_workers=workers)
+        return data.iterate(0)
 
-    return PipelineReader("mgdt_jax.recipes.mgdt.pipeline.TrainingData (Grain worker processes)", convert_logs, batches)
+    return PipelineReader("mgdt_jax.recipes.mgdt.pipeline.TrainingData over the window index (worker processes)",
+                          convert_logs, batches)
 
 
 def write_synthetic_logs(root: Path, games: tuple[str, ...], episodes_per_game: int, steps_per_episode: int) -> Path:
@@ -508,21 +508,14 @@ def input_pipeline(run: Run) -> None:
         run.record(convert_s=time.perf_counter() - start)
         run.log(f"synthetic dataset: {len(scale.pipeline_games) * scale.pipeline_episodes_per_game} episodes of "
                 f"{scale.pipeline_steps_per_episode:,} steps, converted in {time.perf_counter() - start:.1f} s")
-        readers = []
-        for windows_per_episode in scale.pipeline_windows_per_episode:
-            if run.left() < 15:
-                run.note(f"no time left for {windows_per_episode} window(s) per episode")
-                break
-            batches = reader.batches(dataset, scale.pipeline_batch, windows_per_episode, workers)
-            try:
-                rate, timed = windows_per_second(batches, scale.pipeline_batch, workers, run)
-            finally:
-                if hasattr(batches, "close"):
-                    batches.close()
-            readers.append({"windows_per_episode": windows_per_episode, "workers": workers,
-                            "windows_per_s": rate, "batches_timed": timed})
-            run.record(readers=readers)
-            run.log(f"{windows_per_episode} window(s) per episode, {workers} workers: {rate:,.0f} windows/s")
+        batches = reader.batches(dataset, scale.pipeline_batch, workers)
+        try:
+            rate, timed = windows_per_second(batches, scale.pipeline_batch, workers, run)
+        finally:
+            if hasattr(batches, "close"):
+                batches.close()
+        run.record(readers=[{"workers": workers, "windows_per_s": rate, "batches_timed": timed}])
+        run.log(f"{workers} workers: {rate:,.0f} windows/s")
 
 
 def main(argv: list[str] | None = None) -> int:

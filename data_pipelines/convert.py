@@ -7,7 +7,11 @@ One shard per (game, run, checkpoint), holding the episodes that start in that c
 convert independently (in parallel with Beam, see beam_pipeline.py) and a rerun skips the shards
 already written. Each shard is written under a temporary name and renamed when complete, its
 report saved next to it; `dataset_info.json`, which makes the directory loadable with
-`tfds.builder_from_directory`, is written last, once every shard exists.
+`tfds.builder_from_directory`, is written once every shard exists.
+
+Each shard's part of the window index (mgdt_jax/recipes/mgdt/step_store.py) is written with it, from the
+same frames, so training never has to read whole episodes; the index's manifest goes last, after
+`dataset_info.json`.
 
 Layout of --logs: <Game>/<run>/replay_logs/*_ckpt.N.gz (as in gs://atari-replay-datasets/dqn/).
 """
@@ -22,10 +26,13 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import tqdm
 
 from data_pipelines import replay_logs, rlds_format, rlds_writer, tfds_format
 from mgdt_jax.envs import atari
+from mgdt_jax.recipes.mgdt import step_store
+from mgdt_jax.recipes.mgdt.rlds_source import DataError
 
 PROGRESS_DIR = "conversion"  # per-shard reports and the job description, inside the output directory
 REPORT_FILE = "conversion_report.json"
@@ -103,7 +110,7 @@ def completed_shard(out_dir: Path, task: ShardTask) -> dict | None:
 
 def convert_shard(task: ShardTask, out_dir: Path, max_episode_steps: int, on_bad_checkpoint: str,
                   on_episode: Callable[[int], None] = lambda steps: None) -> dict:
-    """Writes one shard (or finds it written) and returns its report.
+    """Writes one shard and its part of the window index (or finds them written) and returns its report.
 
     With on_bad_checkpoint="skip", unreadable logs leave an empty shard and a "skipped" report (a
     rerun tries it again); with "fail" they raise ConversionError.
@@ -113,22 +120,34 @@ def convert_shard(task: ShardTask, out_dir: Path, max_episode_steps: int, on_bad
     if done is not None:
         return {**done, "resumed": True}
     path = shard_path(out_dir, task)
+    index_dir = step_store.index_dir(out_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     counts = replay_logs.CheckpointReport(task.checkpoint)
+    full_action_ids = np.asarray(atari.minimal_to_full(task.game))
     error = None
+    part = step_store.PartWriter(index_dir / (path.name + step_store.STEPS_SUFFIX))
     try:
-        with rlds_writer.shard_writer(path) as write:
-            reader = replay_logs.RunReader(Path(task.log_dir), max_episode_steps)
-            for episode in reader.episodes(task.checkpoint, counts):
-                write(rlds_format.serialize_episode(episode, task.game, task.run))
-                on_episode(episode.num_steps)
-    except replay_logs.ReplayLogError as fault:
-        if on_bad_checkpoint == "fail":
-            raise ConversionError(str(fault)) from None
-        error = str(fault)
-        counts = replay_logs.CheckpointReport(task.checkpoint)
-        with rlds_writer.shard_writer(path):
-            pass  # an empty shard keeps the shard numbering; a rerun tries the checkpoint again
+        try:
+            with rlds_writer.shard_writer(path) as write:
+                reader = replay_logs.RunReader(Path(task.log_dir), max_episode_steps)
+                for episode in reader.episodes(task.checkpoint, counts):
+                    write(rlds_format.serialize_episode(episode, task.game, task.run))
+                    part.add_episode(task.game, full_action_ids[episode.actions], episode.rewards, episode.observations)
+                    on_episode(episode.num_steps)
+        except replay_logs.ReplayLogError as fault:
+            part.abort()
+            if on_bad_checkpoint == "fail":
+                raise ConversionError(str(fault)) from None
+            error = str(fault)
+            counts = replay_logs.CheckpointReport(task.checkpoint)
+            part = step_store.PartWriter(index_dir / (path.name + step_store.STEPS_SUFFIX))
+            with rlds_writer.shard_writer(path):
+                pass  # an empty shard keeps the shard numbering; a rerun tries the checkpoint again
+    except BaseException:
+        part.abort()
+        raise
+    step_store.write_entry(index_dir, path, part.close())
     report = {
         "shard": path.name, "game": task.game, "run": task.run, "checkpoint": task.checkpoint,
         "status": "converted" if error is None else "skipped", "error": error,
@@ -203,7 +222,11 @@ def convert_locally(tasks: list[ShardTask], out_dir: Path, max_episode_steps: in
 def convert(logs_dir: Path, out_dir: Path, max_episode_steps: int = replay_logs.DEFAULT_MAX_EPISODE_STEPS,
             on_bad_checkpoint: str = "fail", runner: str = "local", beam_options: list[str] = (),
             progress: bool = True) -> dict:
-    """Logs -> dataset; returns the conversion report (also written to out_dir)."""
+    """Logs -> dataset and its window index; returns the conversion report (also written to out_dir).
+
+    The index's parts come with the shards; what a shard converted before there was an index
+    lacks is built here from its episodes, before the index's manifest is written.
+    """
     tasks = discover_shards(logs_dir)
     if runner != "local":
         from data_pipelines import beam_pipeline
@@ -215,7 +238,9 @@ def convert(logs_dir: Path, out_dir: Path, max_episode_steps: int = replay_logs.
     else:
         reports = beam_pipeline.convert_with_beam(tasks, out_dir, max_episode_steps, on_bad_checkpoint,
                                                   runner, beam_options)
-    return finalize(out_dir, tasks, reports)
+    summary = finalize(out_dir, tasks, reports)
+    step_store.build_index(out_dir, progress=progress)
+    return summary
 
 
 def summary_line(report: dict, out_dir: Path, seconds: float) -> str:
@@ -224,7 +249,7 @@ def summary_line(report: dict, out_dir: Path, seconds: float) -> str:
             f"steps/s, {t['truncated_episodes']} truncated by the time limit) into {t['shards']} shards at "
             f"{out_dir}; dropped {t['dropped_partial_episodes']} partial "
             f"episodes, {t['discontinuities']} discontinuities, {t['skipped_checkpoints']} skipped checkpoints; "
-            f"report: {Path(out_dir) / REPORT_FILE}")
+            f"report: {Path(out_dir) / REPORT_FILE}; window index: {step_store.index_dir(out_dir)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = convert(args.logs, args.out, args.max_episode_steps, args.on_bad_checkpoint, args.runner,
                          args.beam_options)
-    except (ConversionError, OSError) as error:
+    except (ConversionError, DataError, OSError) as error:
         print(f"mgdt-convert: error: {error}", file=sys.stderr)
         return 1
     print(summary_line(report, args.out, time.perf_counter() - started))
@@ -265,11 +290,14 @@ def main(argv: list[str] | None = None) -> int:
 def _main_from_tfds(source: Path, out: Path) -> int:
     try:
         converted = tfds_format.convert_to_array_record(source, out)
-    except (tfds_format.TfdsFormatError, OSError) as error:
+        for done in converted:
+            step_store.build_index(done.out)  # what training reads; the shards stay the dataset of record
+    except (tfds_format.TfdsFormatError, DataError, OSError) as error:
         print(f"mgdt-convert: error: {error}", file=sys.stderr)
         return 1
     for done in converted:
-        print(f"converted {done.source} ({done.records} episodes, {done.shards} shards) to array_record at {done.out}")
+        print(f"converted {done.source} ({done.records} episodes, {done.shards} shards) to array_record at "
+              f"{done.out}, with its window index")
     return 0
 
 

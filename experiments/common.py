@@ -72,14 +72,15 @@ def base_config() -> ConfigDict:
 
     config.data = _section()
     data = config.data
-    data.sources = ()  # RLDS dataset directories (ours or rlu_atari), set per run; a tuple, so flags can set it
+    # RLDS dataset directories (ours or rlu_atari), set per run; a tuple, so flags can set it. Each needs
+    # its window index: mgdt-convert writes it, mgdt-index builds it for other datasets.
+    data.sources = ()
     # Game name -> sampling weight; empty = uniform over games. Typed `object` so the command line
     # can set it: --config.data.game_weights=Pong=2,Breakout=1 (a config file can assign a dict).
     data.game_weights = _settable_object({})
     data.seed = 0  # data order; with the step it fixes which windows every batch holds
-    data.windows_per_episode = 1  # windows cut per episode read: reading dominates, 8 is ~5x faster
-    data.num_threads = 2  # threads building batches; decoding holds the GIL, so more add little
-    data.num_workers = 0  # Grain worker processes: the way to use a host's spare cores
+    data.num_threads = 2  # threads building batches ahead of use (in each worker process)
+    data.num_workers = 0  # worker processes building batches: the way to use a host's spare cores
 
     config.train = _section()
     train = config.train

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,8 @@ import tensorflow_datasets as tfds
 
 from data_pipelines import convert, replay_logs
 from mgdt_jax.envs import atari
+from mgdt_jax.recipes.mgdt import step_store
+from mgdt_jax.recipes.mgdt.step_store import open_index
 
 
 def _episodes(data_dir):
@@ -99,6 +102,7 @@ def test_rerun_converts_only_missing_shards(logs, tmp_path, capsys):
     code, _, err = _run(capsys, "--logs", logs, "--out", out)
     assert code == 1 and err.startswith("mgdt-convert: error: ") and f"{bad}: unreadable" in err
     assert not (out / "dataset_info.json").exists()  # not loadable: not every shard is there
+    assert not (out / step_store.INDEX_DIR / step_store.MANIFEST).exists()
     with pytest.raises(Exception):
         tfds.builder_from_directory(out)
     bad.write_bytes(good)
@@ -109,6 +113,18 @@ def test_rerun_converts_only_missing_shards(logs, tmp_path, capsys):
     # episode runs on into the broken checkpoint 2.
     assert [bool(s.get("resumed")) for s in shards] == [True] * 4 + [False] * 4
     assert len(_episodes(out)) == 7
+    assert sum(part.episodes for part in step_store.open_index(out).parts) == 7
+
+
+def test_rerun_builds_the_index_of_shards_converted_without_one(replay_logs_dir, rlds_dataset_dir, tmp_path, capsys):
+    """A dataset converted before the window index existed gets it from a rerun of the same command."""
+    out = tmp_path / "data"
+    shutil.copytree(rlds_dataset_dir, out, ignore=shutil.ignore_patterns(step_store.INDEX_DIR))
+    code, summary, _ = _run(capsys, "--logs", replay_logs_dir, "--out", out)
+    assert code == 0 and f"window index: {out / step_store.INDEX_DIR}" in summary
+    assert all(s["resumed"] for s in json.loads((out / convert.REPORT_FILE).read_text())["shards"])
+    for part in step_store.open_index(out).parts:
+        assert Path(part.path).read_bytes() == (Path(step_store.index_dir(rlds_dataset_dir)) / Path(part.path).name).read_bytes()
 
 
 def test_a_missing_file_stops_before_anything_is_written(logs, tmp_path, capsys):
@@ -130,6 +146,8 @@ def test_skip_records_bad_checkpoints(logs, tmp_path, capsys):
     episodes = _episodes(tmp_path / "data")
     assert [(e["game"], e["checkpoint_id"]) for e in episodes] == [
         (b"Breakout", 1), (b"Breakout", 1), (b"Breakout", 2), (b"Breakout", 3), (b"Pong", 0)]
+    parts = step_store.open_index(tmp_path / "data").parts
+    assert [part.episodes for part in parts] == [0, 2, 1, 1, 1, 0, 0, 0]  # the skipped shard: empty
 
 
 @pytest.mark.parametrize("case", ["unknown game", "empty", "another dataset", "not a run", "unknown runner",
@@ -180,6 +198,14 @@ def test_beam_direct_runner_writes_the_same_episodes(replay_logs_dir, rlds_datas
     for beam_episode, local_episode in zip(contents(out), contents(rlds_dataset_dir), strict=True):
         assert beam_episode[:3] == local_episode[:3] and beam_episode[4:] == local_episode[4:]
         np.testing.assert_array_equal(beam_episode[3], local_episode[3])
+    # The same window index, but for the fingerprints of the shards (their bytes differ, not their episodes).
+    beam_index, local_index = (json.loads(Path(step_store.index_dir(d), step_store.MANIFEST).read_text())
+                               for d in (out, rlds_dataset_dir))
+    for beam_part, local_part in zip(beam_index.pop("parts"), local_index.pop("parts"), strict=True):
+        assert beam_part.pop("shard")["name"] == local_part.pop("shard")["name"] and beam_part == local_part
+        files = [Path(step_store.index_dir(d), beam_part["file"]) for d in (out, rlds_dataset_dir)]
+        assert files[0].read_bytes() == files[1].read_bytes()
+    assert beam_index == local_index
 
 
 def test_records_are_what_tfds_would_serialize(replay_logs_dir):
@@ -251,9 +277,10 @@ def test_the_command_recommended_for_tfrecord_datasets_runs_and_gives_them_back(
     result = subprocess.run(program + command[1:], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == (f"converted {tfrecord_dir} (7 episodes, 8 shards) to array_record at "
-                                     f"{tmp_path / 'converted'}")
+                                     f"{tmp_path / 'converted'}, with its window index")
     converted, original = RldsDataset(tmp_path / "converted"), RldsDataset(rlds_dataset_dir)
-    assert len(converted) == len(original) == 7 and converted.game_ranges == original.game_ranges
+    assert len(converted) == len(original) == 7
+    assert open_index(tmp_path / "converted").num_episodes == open_index(rlds_dataset_dir).num_episodes == 7  # trainable
     for index in range(len(original)):
         got, want = converted[index], original[index]
         assert got.game == want.game

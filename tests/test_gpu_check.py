@@ -147,7 +147,7 @@ def results_with(mfu_flops: float, pipeline_windows_per_s: float) -> dict[str, d
         "train_200m": {"status": "ok", "figures": {"batch": 512, "tokens_per_s": 1.0, "flops_per_s": mfu_flops,
                                                    "windows_per_s": 2000.0, "peak_bytes_in_use": 2**30}},
         "input_pipeline": {"status": "ok", "figures": {"readers": [
-            {"windows_per_episode": 8, "workers": 16, "windows_per_s": pipeline_windows_per_s}]}},
+            {"workers": 16, "windows_per_s": pipeline_windows_per_s}]}},
     }
 
 

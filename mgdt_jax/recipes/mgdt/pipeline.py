@@ -1,62 +1,109 @@
-"""The training stream: games mixed by weight, episodes globally shuffled, each host's part of the batch.
+"""The training stream: games mixed by weight, windows drawn uniformly over each game's steps.
 
-Built from Grain ``MapDataset``s, which are lazy and indexable, so the whole stream is one indexable
-sequence and global batch ``k`` is a pure function of ``(seed, k)``:
+Every window of every global batch is an independent draw, a pure function of the data seed and
+its position in the stream, so global batch ``k`` is a function of ``(seed, k)`` and a host builds
+only its own rows:
 
-1. per game, its episodes in all datasets are concatenated, globally shuffled (an index
-   permutation, no buffer, reshuffled every epoch) and repeated forever; each episode read gives a
-   group of ``windows_per_episode`` windows ending at distinct uniformly drawn steps
-   (``windows.random_windows``, seeded by the element's index). Reading an episode costs far more
-   than cutting a window from it, so groups of more than one window multiply the throughput, at the
-   price of batches holding several windows of one episode;
-2. the games are interleaved in proportion to their weights (uniform by default), so every global
-   batch holds each game in that proportion;
-3. global batch ``k`` is groups ``[k * G, (k + 1) * G)`` of that sequence (``G`` = batch size /
-   windows per episode); host ``p`` of ``P`` takes every ``P``-th of them, starting at ``p``.
+1. **Mixing.** Position ``i`` of the stream (window ``r`` of global batch ``k`` is ``i = k * B + r``)
+   is given to a game and a draw number ``j`` within that game by interleaving the games in
+   proportion to their weights (``mix_games``), so every global batch holds each game in that
+   proportion, not just on average.
+2. **Draw.** Draw ``j`` of a game is a window whose end step is uniform over all steps of that
+   game in all sources: SplitMix64 of ``(game seed, j)`` picks the step (``uniform_draws``).
+3. **Reading.** The window's steps are read from the window index (``step_store.py``): two reads
+   and at most ``S`` frame decompressions, whatever the length of the episode.
+4. **Hosts.** Host ``p`` of ``P`` builds rows ``[p * B / P, (p + 1) * B / P)`` of every global batch.
 
 A resumed run therefore needs only the step to continue exactly where it stopped, and a run on a
-different number of hosts still sees the same global batches. Memory is bounded by Grain's prefetch
-buffer: episodes are read one at a time and nothing else is cached.
+different number of hosts, threads or worker processes sees the same global batches. Memory holds
+a few integers per shard of the sources (nothing per episode or step) plus the prefetched batches.
 """
 
 from __future__ import annotations
 
 import sys
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
 import numpy as np
 
-from mgdt_jax.recipes.mgdt import windows
-from mgdt_jax.recipes.mgdt.rlds_source import DataError, Episode, RldsDataset, find_datasets
+from mgdt_jax.recipes.mgdt.rlds_source import DataError, find_dataset_dirs
+from mgdt_jax.recipes.mgdt.step_store import Part, StepReader, WindowIndex, open_index
 
-_MAX_REDRAWS = 100  # draws of another episode when one has no step that can end a window
+SAMPLING = "window end uniform over each game's steps"  # recorded in stream_identity
+
+_MIN_PROPORTION = 100  # weights become integer proportions, the smallest scaled to this
 
 
-class _GameWindows:
-    """Grain random map from an episode to a group of random windows of it.
+def mix_games(positions: np.ndarray, proportions: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Which game, and which draw of it, each position of the mixed stream is.
 
-    An episode without any step (a lone terminal observation) is swapped for another episode of the
-    same game drawn with the same generator, so every element stays a full group and batch
-    positions never shift.
+    The interleaving is nested and exact: of the first ``n`` positions, game 0 gets
+    ``ceil(n * p_0 / R)`` (``R`` the sum of the proportions) and the others share the rest the same
+    way among themselves, so any ``n`` consecutive positions hold each game within a few windows of
+    ``n * p_g / R``. This is the interleaving of Grain's ``MapDataset.mix`` (what this stream used
+    before the window index), vectorized. Takes int64 positions; returns (game, draw) int64 arrays.
     """
+    positions = np.asarray(positions, np.int64)
+    remaining = int(sum(proportions))
+    if positions.size and int(positions.max()) + 1 >= np.iinfo(np.int64).max // remaining:
+        raise DataError(f"stream position {int(positions.max())} is too large to mix proportions {list(proportions)}")
+    before, after = positions.copy(), positions + 1  # the positions before and up to each one, among the games left
+    games = np.full(positions.shape, -1, np.int64)
+    draws = np.zeros(positions.shape, np.int64)
+    for game, proportion in enumerate(proportions):
+        others = remaining - proportion
+        before_others, after_others = before * others // remaining, after * others // remaining
+        here = (games < 0) & ((before - before_others) != (after - after_others))
+        games[here] = game
+        draws[here] = (before - before_others)[here]
+        before, after, remaining = before_others, after_others, others
+    return games, draws
 
-    def __init__(self, episodes: grain.MapDataset, game: str, num_steps: int, count: int):
-        self._episodes = episodes
-        self._game = game
-        self._num_steps = num_steps
-        self._count = count
 
-    def __call__(self, episode: Episode, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        for _ in range(_MAX_REDRAWS):
-            if episode.game != self._game:
-                raise DataError(f"an episode of {episode.game} is stored among {self._game}'s: one game per shard")
-            if len(episode):
-                return windows.random_windows(episode, rng, self._num_steps, self._count)
-            episode = self._episodes[int(rng.integers(len(self._episodes)))]
-        raise DataError(f"{self._game}: {_MAX_REDRAWS} episodes drawn in a row have no steps")
+_GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(state: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function (Steele, Lea and Flood, OOPSLA 2014); uint64 arithmetic wraps."""
+    z = state
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def uniform_draws(seed: int, draws: np.ndarray, count: int) -> np.ndarray:
+    """Draw ``j`` of a SplitMix64 stream seeded with ``seed`` -> an integer uniform in ``[0, count)``.
+
+    The ``j``-th output of SplitMix64 is its output function at ``key + (j + 1) * gamma``, so any
+    draw is computed on its own; its top 53 bits are scaled to ``[0, count)`` (bias below
+    ``count / 2**53``).
+    """
+    with np.errstate(over="ignore"):
+        key = _splitmix64(np.array([seed], np.uint64))[0]
+        bits = _splitmix64(key + (np.asarray(draws).astype(np.uint64) + np.uint64(1)) * _GOLDEN_GAMMA)
+    uniform = (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return np.minimum((uniform * count).astype(np.int64), count - 1)
+
+
+class _Game:
+    """One game's steps in all sources: its parts and where each starts in the game's step count."""
+
+    def __init__(self, seed: int, parts: list[Part]):
+        self.seed = seed
+        self.parts = parts
+        self.starts = np.cumsum([0] + [part.steps for part in parts])  # int64 [len(parts) + 1]
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.starts[-1])
+
+    def window_ends(self, draws: np.ndarray) -> tuple[list[Part], np.ndarray]:
+        steps = uniform_draws(self.seed, draws, self.num_steps)
+        part_numbers = np.searchsorted(self.starts, steps, side="right") - 1
+        return [self.parts[n] for n in part_numbers.tolist()], steps - self.starts[part_numbers]
 
 
 class TrainingData:
@@ -64,81 +111,93 @@ class TrainingData:
 
     def __init__(
         self,
-        datasets: Sequence[RldsDataset],
+        indexes: Sequence[WindowIndex],
         *,
         global_batch_size: int,
         num_steps: int,
         seed: int,
         game_weights: Mapping[str, float] | str | None = None,
-        windows_per_episode: int = 1,
         process_index: int = 0,
         process_count: int = 1,
         num_threads: int = 2,
         num_workers: int = 0,
     ):
-        if windows_per_episode < 1 or global_batch_size % (windows_per_episode * process_count):
-            raise DataError(
-                f"global batch {global_batch_size} does not split into groups of {windows_per_episode} "
-                f"windows per episode over {process_count} host(s)"
-            )
+        if global_batch_size < 1 or global_batch_size % process_count:
+            raise DataError(f"global batch {global_batch_size} does not split evenly over {process_count} host(s)")
+        self.global_batch_size = global_batch_size
         self.local_batch_size = global_batch_size // process_count
-        self._groups_per_batch = self.local_batch_size // windows_per_episode
+        self._first_row = process_index * self.local_batch_size
+        self.num_steps = num_steps
         self.num_threads = num_threads
         self.num_workers = num_workers
-        self.num_episodes = sum(len(dataset) for dataset in datasets)
-        by_game: dict[str, list[grain.MapDataset]] = {}
-        for dataset in datasets:
-            for game, index_ranges in dataset.game_ranges.items():
-                episodes = grain.MapDataset.source(dataset)
-                by_game.setdefault(game, []).extend(episodes[r.start : r.stop] for r in index_ranges)
-        self.game_weights = _resolve_weights(sorted(by_game), game_weights)
-        per_game = []
-        for game in self.game_weights:
-            episodes = grain.MapDataset.concatenate(by_game[game])
-            seed_of_game = _game_seed(seed, game)
-            group = _GameWindows(episodes, game, num_steps, windows_per_episode)
-            per_game.append(episodes.shuffle(seed=seed_of_game).repeat().random_map(group, seed=seed_of_game))
-        mixed = grain.MapDataset.mix(per_game, list(self.game_weights.values()))
-        self._groups = mixed[process_index::process_count]
+        self.num_episodes = sum(index.num_episodes for index in indexes)
+        parts_by_game: dict[str, list[Part]] = {}
+        for index in indexes:
+            for part in index.parts:
+                if part.steps:
+                    parts_by_game.setdefault(part.game, []).append(part)
+        if not parts_by_game:
+            raise DataError(f"the data sources hold no steps: {[str(index.dataset_dir) for index in indexes]}")
+        self.game_weights = _resolve_weights(sorted(parts_by_game), game_weights)
+        self._games = [_Game(_game_seed(seed, game), parts_by_game[game]) for game in self.game_weights]
+        smallest = min(self.game_weights.values())
+        self._proportions = [int(weight * _MIN_PROPORTION / smallest) for weight in self.game_weights.values()]
+        self._reader = StepReader()
+
+    def window_ends(self, step: int) -> tuple[list[Part], np.ndarray]:
+        """Which windows this host's rows of global batch ``step`` are: their parts and end steps in them."""
+        positions = step * self.global_batch_size + self._first_row + np.arange(self.local_batch_size)
+        game_numbers, draws = mix_games(positions, self._proportions)
+        parts: list[Part] = [None] * self.local_batch_size  # type: ignore[list-item]
+        ends = np.zeros(self.local_batch_size, np.int64)
+        for number in np.unique(game_numbers).tolist():
+            rows = np.flatnonzero(game_numbers == number)
+            game_parts, ends[rows] = self._games[number].window_ends(draws[rows])
+            for row, part in zip(rows.tolist(), game_parts):
+                parts[row] = part
+        return parts, ends
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
-        """This host's part of global batch ``step``, read synchronously (tests, inspection)."""
-        first = step * self._groups_per_batch
-        groups = [self._groups[i] for i in range(first, first + self._groups_per_batch)]
-        return _flatten_groups({key: np.stack([group[key] for group in groups]) for key in groups[0]})
+        """This host's rows of global batch ``step``, read synchronously (also what ``iterate`` calls)."""
+        parts, ends = self.window_ends(step)
+        return self._reader.read(parts, ends.tolist(), self.num_steps)
 
     def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
         """This host's parts of global batches ``start_step, start_step + 1, ...``, built ahead of use.
 
         Each batch is built whole by one of ``num_threads`` threads, in each of ``num_workers``
-        worker processes if there are any. Decoding holds Python's GIL, so only processes read in
-        parallel (docs/input_pipeline.md); building whole batches keeps every batch the same for
-        any number of threads or workers. Close the iterator when done to stop the workers.
+        worker processes if there are any (the way to use more cores: reading holds Python's GIL
+        for much of its time), so every batch is the same for any number of threads or workers.
+        Close the iterator when done to stop the workers.
         """
-        batches = grain.MapDataset.range(start_step, sys.maxsize).map(self.batch)
-        read_options = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=2 * max(self.num_threads, 1))
-        stream = batches.to_iter_dataset(read_options)
-        if self.num_workers:
-            stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers, per_worker_buffer_size=2))
-        return iter(stream)
+        return prefetch(self.batch, start_step, self.num_threads, self.num_workers)
 
 
-def _flatten_groups(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """[G, W, ...] groups of windows -> [G * W, ...] windows."""
-    return {key: value.reshape(-1, *value.shape[2:]) for key, value in batch.items()}
+def prefetch(batch: Callable[[int], dict[str, np.ndarray]], start_step: int, num_threads: int,
+             num_workers: int) -> Iterator[dict[str, np.ndarray]]:
+    """``batch(start_step), batch(start_step + 1), ...`` built ahead by threads and worker processes (Grain)."""
+    batches = grain.MapDataset.range(start_step, sys.maxsize).map(batch)
+    read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * max(num_threads, 1))
+    stream = batches.to_iter_dataset(read_options)
+    if num_workers:
+        stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2))
+    return iter(stream)
 
 
 def training_data(config: Any, *, process_index: int = 0, process_count: int = 1) -> TrainingData:
-    """The training stream a config describes (``data.*``, ``train.batch_size``, ``model.num_steps``)."""
+    """The training stream a config describes (``data.*``, ``train.batch_size``, ``model.num_steps``).
+
+    Raises DataError when a source has no current window index (the message gives the command
+    that builds it).
+    """
     if not config.data.sources:
         raise DataError("config.data.sources is empty: give one or more RLDS dataset directories")
     return TrainingData(
-        find_datasets(list(config.data.sources)),
+        [open_index(directory) for directory in find_dataset_dirs(list(config.data.sources))],
         global_batch_size=config.train.batch_size,
         num_steps=config.model.num_steps,
         seed=config.data.seed,
         game_weights=config.data.game_weights,
-        windows_per_episode=config.data.windows_per_episode,
         process_index=process_index,
         process_count=process_count,
         num_threads=config.data.num_threads,
@@ -154,8 +213,8 @@ def stream_identity(config: Any) -> dict[str, Any]:
         "game_weights": weights if isinstance(weights, str) else {k: float(v) for k, v in dict(weights).items()},
         "seed": config.data.seed,
         "global_batch_size": config.train.batch_size,
-        "windows_per_episode": config.data.windows_per_episode,
         "num_steps": config.model.num_steps,
+        "sampling": SAMPLING,
     }
 
 

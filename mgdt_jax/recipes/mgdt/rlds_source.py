@@ -3,26 +3,30 @@
 Reads TFDS datasets prepared as ``array_record`` (ours, written by ``mgdt-convert``, and TFDS
 ``rlu_atari``): ``tfds.builder_from_directory`` opens a dataset version directory, its
 ``as_data_source`` gives the raw records by index, and TFDS's NumPy example parser turns one record
-into arrays. Frames stay PNG-encoded until a window asks for them, so reading an episode costs one
-protobuf parse and only the frames a window uses are decoded (with OpenCV).
+into arrays. Frames stay PNG-encoded until they are asked for (decoded with OpenCV, as TFDS does).
 
 Games: a TFDS ``rlu_atari`` dataset holds one game, named by its config (``Pong_run_1`` -> ``Pong``).
 Ours hold many, with a ``game`` episode metadata field and one game per shard (a shard is one
-(game, run, checkpoint)), so the first episode of each shard tells which game its episodes are; a
-reader never has to scan a whole dataset to group episodes by game. Actions are stored as indices
-into the game's minimal action set (as in the DQN Replay logs) and are mapped to the full 18-action
-set here.
+(game, run, checkpoint)). Actions are stored as indices into the game's minimal action set (as in
+the DQN Replay logs) and are mapped to the full 18-action set here.
+
+Paths go through ``etils.epath``, the file API of TFDS, so a ``gs://`` dataset is opened as a local
+one.
+
+Training does not read episodes: it reads windows from the window index built from them once
+(``step_store.py``). This reader builds that index and is the reference it is tested against.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from tensorflow_datasets.core import example_parser
 
 from mgdt_jax.envs import atari
@@ -61,8 +65,8 @@ class Episode:
 class RldsDataset(Sequence[Episode]):
     """One RLDS dataset (a TFDS version directory) as a random-access sequence of episodes."""
 
-    def __init__(self, directory: str | Path, split: str = "train"):
-        self.directory = Path(directory)
+    def __init__(self, directory: str | os.PathLike, split: str = "train"):
+        self.directory = epath.Path(directory)
         try:
             builder = tfds.builder_from_directory(self.directory)
             self._records = builder.as_data_source(
@@ -96,7 +100,9 @@ class RldsDataset(Sequence[Episode]):
             )
         if len(self._records) == 0:
             raise DataError(f"{self.directory}: the {split!r} split has no episodes")
-        self.game_ranges = self._find_game_ranges(builder.info.splits[split].shard_lengths)
+        split_info = builder.info.splits[split]
+        self.shard_paths: list[epath.Path] = list(split_info.filepaths)
+        self.shard_lengths: list[int] = list(split_info.shard_lengths)
 
     def __len__(self) -> int:
         return len(self._records)
@@ -127,21 +133,6 @@ class RldsDataset(Sequence[Episode]):
         game = example["game"]
         return self._checked_game(game.decode() if isinstance(game, bytes) else str(game))
 
-    def _find_game_ranges(self, shard_lengths: Sequence[int]) -> dict[str, list[range]]:
-        """Game -> the episode index ranges holding it (adjacent shards of one game merged)."""
-        ranges: dict[str, list[range]] = {}
-        start = 0
-        for length in shard_lengths:
-            if length:
-                game = self._config_game or self[start].game
-                previous = ranges.setdefault(game, [])
-                if previous and previous[-1].stop == start:
-                    previous[-1] = range(previous[-1].start, start + length)
-                else:
-                    previous.append(range(start, start + length))
-            start += length
-        return ranges
-
     def _checked_game(self, game: str) -> str:
         try:
             return atari.check_game(game)
@@ -149,21 +140,42 @@ class RldsDataset(Sequence[Episode]):
             raise DataError(f"{self.directory}: {error}") from None
 
 
-def find_datasets(sources: Sequence[str | Path]) -> list[RldsDataset]:
-    """Opens every dataset under the given paths, in a stable order.
+def shard_paths(directory: str | os.PathLike, split: str = "train") -> list[epath.Path]:
+    """The shard files of a dataset's split, as its ``dataset_info.json`` names them (episodes not read)."""
+    try:
+        return list(tfds.builder_from_directory(epath.Path(directory)).info.splits[split].filepaths)
+    except (KeyError, ValueError, OSError) as error:
+        raise DataError(f"{directory}: cannot open as an RLDS dataset ({error})") from None
+
+
+def find_dataset_dirs(sources: Sequence[str | os.PathLike]) -> list[epath.Path]:
+    """Every dataset version directory under the given paths, in a stable order, without duplicates.
 
     A path is either a dataset version directory (it holds ``dataset_info.json``) or any directory
     above such directories, e.g. a TFDS data dir holding ``rlu_atari/<Game>_run_<r>/1.3.0``.
     """
-    directories: list[Path] = []
+    directories: list[epath.Path] = []
     for source in sources:
-        path = Path(source).expanduser()
+        path = epath.Path(source).expanduser()
         if not path.is_dir():
             raise DataError(f"{path}: no such dataset directory")
-        found = [path] if (path / _DATASET_INFO).is_file() else sorted(
-            info.parent for info in path.rglob(_DATASET_INFO)
-        )
+        found = sorted(_dataset_dirs_below(path))
         if not found:
             raise DataError(f"{path}: holds no RLDS dataset (no {_DATASET_INFO} below it)")
         directories.extend(found)
-    return [RldsDataset(directory) for directory in dict.fromkeys(directories)]
+    return list(dict.fromkeys(directories))
+
+
+def _dataset_dirs_below(path: epath.Path) -> list[epath.Path]:
+    """The directories holding ``dataset_info.json`` at or below ``path``; none is looked into further."""
+    found = []
+    for directory, subdirectories, files in path.walk(top_down=True):
+        if _DATASET_INFO in files:
+            found.append(directory)
+            subdirectories.clear()
+    return found
+
+
+def find_datasets(sources: Sequence[str | os.PathLike]) -> list[RldsDataset]:
+    """Opens every dataset under the given paths (``find_dataset_dirs``) as episodes."""
+    return [RldsDataset(directory) for directory in find_dataset_dirs(sources)]
