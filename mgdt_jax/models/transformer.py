@@ -379,6 +379,9 @@ class KVCache(NamedTuple):
 class Transformer(nnx.Module):
     """A stack of pre-LN GPT blocks followed by a final LayerNorm.
 
+    ``alibi``: add ALiBi's distance penalty to every layer's attention logits, distances counted in
+    units of ``alibi_unit`` tokens.
+
     Attention/MLP kernels use MGDT's init, variance scaling 2 / num_layers (fan-in, truncated normal),
     which keeps the residual stream's variance flat with depth.
     """
@@ -395,12 +398,14 @@ class Transformer(nnx.Module):
         param_dtype: jnp.dtype = jnp.float32,
         remat: bool = False,
         alibi: bool = False,
+        alibi_unit: int = 1,
         rngs: nnx.Rngs,
     ):
         kernel_init = nnx.initializers.variance_scaling(2.0 / num_layers, "fan_in", "truncated_normal")
         self.num_heads = num_heads
         self.dtype = dtype
         self.alibi = alibi
+        self.alibi_unit = alibi_unit
         self.blocks = nnx.List(
             [
                 Block(
@@ -443,7 +448,7 @@ class Transformer(nnx.Module):
         if self.alibi:
             if positions is None:
                 positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
-            bias = alibi_bias(alibi_slopes(self.num_heads), positions, positions)
+            bias = alibi_bias(self._alibi_slopes(), positions, positions)
 
         def apply_block(block: Block, x: jax.Array, key: jax.Array | None, positions: jax.Array | None) -> jax.Array:
             return block(x, mask, deterministic=deterministic, dropout_key=key, positions=positions, bias=bias)
@@ -457,6 +462,10 @@ class Transformer(nnx.Module):
             key = jax.random.fold_in(dropout_key, index) if dropout_key is not None else None
             x = apply_block(block, x, key, output_positions if index == last else None)
         return self.ln_f(x)
+
+    def _alibi_slopes(self) -> jax.Array:
+        # Distances count in units of alibi_unit tokens (e.g. one per timestep of a 3-token step).
+        return alibi_slopes(self.num_heads) / self.alibi_unit
 
     def init_cache(self, batch_size: int, capacity: int) -> KVCache:
         """An empty KVCache for ``batch_size`` streams of ``capacity`` tokens each."""
@@ -500,7 +509,7 @@ class Transformer(nnx.Module):
             & (key_positions[:, None, :] > query_positions - window)
         )  # [B, N, C]
         mask = visible[:, None]
-        bias = alibi_bias(alibi_slopes(self.num_heads), positions, key_positions) if self.alibi else None
+        bias = alibi_bias(self._alibi_slopes(), positions, key_positions) if self.alibi else None
         keys, values = [], []
         for index, block in enumerate(self.blocks):
             x, layer_keys, layer_values = block.decode(x, cache.keys[index], cache.values[index], slots, mask, bias)

@@ -13,7 +13,8 @@ Tokens per history step t (``token_layout``):
   action head reads the observation token, which sees a_{t-1} and r_{t-1} two and one tokens back.
 
 Both see the same information. The joint layout is 3x shorter, so it costs about a third per step
-and its attention a ninth, and it learned as well in our measurement (docs/ad_model.md).
+and its attention a ninth, and in our measurement it also learned faster at equal updates
+(docs/ad_model.md).
 
 The previous action of a window's first step comes from the history (the step before the window), or
 is ``START`` (= num_actions, an extra row of the action table) at a history's first step; its
@@ -139,6 +140,7 @@ class AlgorithmDistillation(nnx.Module):
             dtype=dtype,
             param_dtype=param_dtype,
             alibi=config.positions == "alibi",
+            alibi_unit=config.tokens_per_step,  # the distance penalty counts history steps in both layouts
             rngs=rngs,
         )
         self.action_head = dense(
