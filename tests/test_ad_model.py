@@ -99,6 +99,20 @@ def test_model_step_equals_the_training_pass_and_its_sliding_window(token_layout
     np.testing.assert_allclose(stepped, sliding_pass(model, batch), atol=2e-5)
 
 
+@pytest.mark.parametrize("token_layout", ["joint", "separate"])
+def test_an_action_never_informs_its_own_prediction_or_earlier_ones(token_layout):
+    config = ADModelConfig.from_config({"num_observations": 9, "num_actions": 3, "context_steps": 6,
+                                        "token_layout": token_layout, "d_model": 32})
+    model = AlgorithmDistillation(config, rngs=nnx.Rngs(0))
+    batch = stream_batch(6, config, seed=1)
+    changed = dict(batch, actions=batch["actions"].at[:, 3].set((batch["actions"][:, 3] + 1) % 3),
+                   rewards=batch["rewards"].at[:, 3].set(5.0))
+    forward = nnx.jit(lambda model, batch: model(batch, deterministic=True)["action_logits"])
+    before, after = forward(model, batch), forward(model, changed)
+    np.testing.assert_array_equal(before[:, :4], after[:, :4])
+    assert not np.allclose(before[:, 4:], after[:, 4:])
+
+
 def test_model_config_rejects_unknown_choices():
     with pytest.raises(ValueError, match="token_layout 'pairs'"):
         ADModelConfig(num_observations=1, num_actions=2, token_layout="pairs")

@@ -367,12 +367,13 @@ class KVCache(NamedTuple):
     """Keys and values of the last ``capacity`` tokens of every layer, a ring buffer indexed by
     token position modulo capacity (so it slides over an unbounded stream).
 
-    ``keys``, ``values``: [L, B, H, C, K] in the compute dtype; ``positions``: int32 [B, C], the
-    stream position of each slot's token, -1 while empty.
+    ``keys``, ``values``: one [B, H, C, K] array per layer, in the compute dtype (separate arrays:
+    a step writes each layer's own, with no restacking of all layers); ``positions``: int32 [B, C],
+    the stream position of each slot's token, -1 while empty.
     """
 
-    keys: jax.Array
-    values: jax.Array
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
     positions: jax.Array
 
 
@@ -471,10 +472,10 @@ class Transformer(nnx.Module):
         """An empty KVCache for ``batch_size`` streams of ``capacity`` tokens each."""
         first = self.blocks[0].attn
         head_dim = first.query.kernel.shape[0] // self.num_heads
-        shape = (len(self.blocks), batch_size, self.num_heads, capacity, head_dim)
+        shape = (batch_size, self.num_heads, capacity, head_dim)
         return KVCache(
-            keys=jnp.zeros(shape, self.dtype),
-            values=jnp.zeros(shape, self.dtype),
+            keys=tuple(jnp.zeros(shape, self.dtype) for _ in self.blocks),
+            values=tuple(jnp.zeros(shape, self.dtype) for _ in self.blocks),
             positions=jnp.full((batch_size, capacity), -1, jnp.int32),
         )
 
@@ -515,4 +516,4 @@ class Transformer(nnx.Module):
             x, layer_keys, layer_values = block.decode(x, cache.keys[index], cache.values[index], slots, mask, bias)
             keys.append(layer_keys)
             values.append(layer_values)
-        return self.ln_f(x), KVCache(jnp.stack(keys), jnp.stack(values), key_positions)
+        return self.ln_f(x), KVCache(tuple(keys), tuple(values), key_positions)
