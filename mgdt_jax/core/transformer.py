@@ -12,11 +12,17 @@ Block layout follows the released MGDT (Haiku GPT-2 style): ``x + Dropout(MHA(LN
 ``x + Dropout(MLP(LN(x)))``, GELU with the tanh approximation, LayerNorm eps 1e-5, a final LayerNorm.
 Query/key/value/output projections are separate ``(D, D)`` kernels with biases so a released
 checkpoint maps onto them one-to-one.
+
+Positions are the caller's business (MGDT adds learned absolute embeddings to its tokens), except
+for ALiBi (``alibi=True``): a per-head linear penalty on the query-key distance added to the
+attention logits, which depends only on distances and so lets a KV cache slide over an unbounded
+stream (``Transformer.decode``; docs/ad_model.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -90,27 +96,33 @@ gelu.defvjp(_gelu_forward, _gelu_backward)
 
 
 @jax.custom_vjp
-def masked_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array) -> jax.Array:
-    """softmax(q k^T, masked) v for [B, H, T, K] inputs (q pre-scaled); float32 [B, H, T, K] out.
+def masked_attention(
+    query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, bias: jax.Array | None = None
+) -> jax.Array:
+    """softmax(q k^T + bias, masked) v for [B, H, Q, K] queries and [B, H, T, K] keys/values (q
+    pre-scaled); float32 [B, H, Q, K] out. ``bias``: float32, broadcastable to [B, H, Q, T], a
+    constant (it gets a zero gradient), e.g. ALiBi's distance penalty.
 
     Logits and softmax are float32 whatever the inputs' dtype (a bf16 softmax loses the mask).
     The hand-written backward pass keeps only the attention weights and uses the softmax identity
     dlogits = p * (dp - sum(dp * p)) in one pass; autodiff of softmax materialises several more
     [B, H, T, T] arrays, and those passes are memory-bound on CPU.
     """
-    return _attention_forward(query, key, value, mask)[0]
+    return _attention_forward(query, key, value, mask, bias)[0]
 
 
-def _attention_forward(query, key, value, mask):
+def _attention_forward(query, key, value, mask, bias=None):
     logits = jnp.einsum("bhqk,bhtk->bhqt", query, key, preferred_element_type=jnp.float32)
+    if bias is not None:
+        logits = logits + bias
     weights = jax.nn.softmax(jnp.where(mask, logits, MASK_VALUE), axis=-1).astype(query.dtype)
     attended = jnp.einsum("bhqt,bhtk->bhqk", weights, value, preferred_element_type=jnp.float32)
-    return attended, (query, key, value, mask, weights)
+    return attended, (query, key, value, mask, weights, bias is not None)
 
 
 def _attention_backward(residuals, grad):
     # Shapes: weights and the logits' gradients [B, H, T(query), T(key)]; the rest [B, H, T, K].
-    query, key, value, mask, weights = residuals
+    query, key, value, mask, weights, has_bias = residuals
     grad = grad.astype(value.dtype)
     grad_weights = jnp.einsum("bhqk,bhtk->bhqt", grad, value, preferred_element_type=jnp.float32)
     probabilities = weights.astype(jnp.float32)
@@ -119,10 +131,37 @@ def _attention_backward(residuals, grad):
     grad_query = jnp.einsum("bhqt,bhtk->bhqk", grad_logits, key, preferred_element_type=jnp.float32)
     grad_key = jnp.einsum("bhqt,bhqk->bhtk", grad_logits, query, preferred_element_type=jnp.float32)
     grad_value = jnp.einsum("bhqt,bhqk->bhtk", weights, grad, preferred_element_type=jnp.float32)
-    return (grad_query.astype(query.dtype), grad_key.astype(key.dtype), grad_value.astype(value.dtype), None)
+    # The bias is a constant of positions: its zero gradient is dead code that XLA drops.
+    grad_bias = jnp.zeros(grad_logits.shape, jnp.float32) if has_bias else None
+    return (grad_query.astype(query.dtype), grad_key.astype(key.dtype), grad_value.astype(value.dtype), None, grad_bias)
 
 
 masked_attention.defvjp(_attention_forward, _attention_backward)
+
+
+def alibi_slopes(num_heads: int) -> jax.Array:
+    """ALiBi's per-head slopes m_h (Press, Smith & Lewis 2022, "Train Short, Test Long", §3).
+
+    For a power of two n: the geometric sequence 2^(-8/n), 2^(-16/n), ..., 2^(-8). Otherwise the
+    paper's rule: the slopes of the largest power of two below n, then every other slope of the
+    next power of two. float32 [num_heads].
+    """
+
+    def powers_of_two(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (index + 1) for index in range(n)]
+
+    below = 2 ** (num_heads.bit_length() - 1)
+    slopes = powers_of_two(below)
+    if below < num_heads:
+        slopes += powers_of_two(2 * below)[0::2][: num_heads - below]
+    return jnp.asarray(slopes, jnp.float32)
+
+
+def alibi_bias(slopes: jax.Array, query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
+    """-m_h * (query position - key position): float32 [B, H, Q, T] from [B, Q] and [B, T] positions."""
+    distance = (query_positions[:, :, None] - key_positions[:, None, :]).astype(jnp.float32)
+    return -slopes[None, :, None, None] * distance[:, None]
 
 
 def sharded(initializer: nnx.Initializer, logical_axes: Sequence[str | None]) -> nnx.Initializer:
@@ -195,24 +234,42 @@ class MultiHeadAttention(nnx.Module):
         self.value = dense(d_model, d_model, ("embed", "heads"), **projection)
         self.out = dense(d_model, d_model, ("heads", "embed"), **projection)
 
-    def __call__(self, x: jax.Array, mask: jax.Array, queries: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, queries: jax.Array | None = None, bias: jax.Array | None = None
+    ) -> jax.Array:
         """x: [B, T, D]; mask: bool, broadcastable to [B, H, Q, T] (query, key).
 
         ``queries`` [B, Q, D]: attend from these instead of from every token of ``x`` (Q = T).
+        ``bias``: float32 added to the logits, broadcastable to [B, H, Q, T] (ALiBi).
         """
-        batch, _, d_model = x.shape
-        head_dim = d_model // self.num_heads
-        queries = x if queries is None else queries
+        # Queries first: the order of the three projections sets the order in which their input
+        # gradients are summed, and this one keeps the MGDT's gradients bit-identical.
+        query = self.project_queries(x if queries is None else queries)
+        key, value = self.keys_and_values(x)
+        return self.attend(query, key, value, mask, bias)
 
-        def heads(projected: jax.Array) -> jax.Array:
-            # [B, T, H*K] -> [B, H, T, K]: heads as a batch axis makes both attention matmuls plain
-            # batched GEMMs (measured ~2x faster on CPU than contracting with heads in the middle).
-            return projected.reshape(batch, -1, self.num_heads, head_dim).transpose(0, 2, 1, 3)
+    def _heads(self, projected: jax.Array) -> jax.Array:
+        # [B, T, H*K] -> [B, H, T, K]: heads as a batch axis makes both attention matmuls plain
+        # batched GEMMs (measured ~2x faster on CPU than contracting with heads in the middle).
+        batch, _, d_model = projected.shape
+        return projected.reshape(batch, -1, self.num_heads, d_model // self.num_heads).transpose(0, 2, 1, 3)
 
-        query = heads((self.query(queries) * head_dim**-0.5).astype(self.dtype))
-        key, value = heads(self.key(x).astype(self.dtype)), heads(self.value(x).astype(self.dtype))
-        attended = masked_attention(query, key, value, mask).transpose(0, 2, 1, 3)  # [B, Q, H, K]
-        return self.out(attended.reshape(batch, queries.shape[1], d_model))
+    def project_queries(self, queries: jax.Array) -> jax.Array:
+        """[B, Q, D] -> scaled queries [B, H, Q, K] in the compute dtype."""
+        head_dim = queries.shape[-1] // self.num_heads
+        return self._heads((self.query(queries) * head_dim**-0.5).astype(self.dtype))
+
+    def keys_and_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """[B, T, D] -> keys and values [B, H, T, K] in the compute dtype (what a KV cache holds)."""
+        return self._heads(self.key(x).astype(self.dtype)), self._heads(self.value(x).astype(self.dtype))
+
+    def attend(
+        self, query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array, bias: jax.Array | None
+    ) -> jax.Array:
+        """Projected queries [B, H, Q, K] over keys/values [B, H, T, K] -> [B, Q, D]."""
+        batch, _, num_queries, head_dim = query.shape
+        attended = masked_attention(query, key, value, mask, bias).transpose(0, 2, 1, 3)  # [B, Q, H, K]
+        return self.out(attended.reshape(batch, num_queries, self.num_heads * head_dim))
 
 
 class MLP(nnx.Module):
@@ -264,8 +321,10 @@ class Block(nnx.Module):
         deterministic: bool,
         dropout_key: jax.Array | None,
         positions: jax.Array | None = None,
+        bias: jax.Array | None = None,
     ) -> jax.Array:
-        """x: [B, T, D] -> [B, T, D], or [B, P, D] at ``positions`` [B, P] only (mask [B, 1, T, T])."""
+        """x: [B, T, D] -> [B, T, D], or [B, P, D] at ``positions`` [B, P] only (mask [B, 1, T, T];
+        ``bias`` None or float32 [B, H, T, T] added to the attention logits)."""
 
         def regularised(update: jax.Array, stream: int) -> jax.Array:
             if deterministic:
@@ -274,18 +333,55 @@ class Block(nnx.Module):
 
         normalized = self.ln_1(x)
         if positions is None:
-            x = x + regularised(self.attn(normalized, mask), 0)
+            x = x + regularised(self.attn(normalized, mask, bias=bias), 0)
         else:
             # Every token is still a key and a value; only the chosen ones query and go on.
             mask = jnp.take_along_axis(mask, positions[:, None, :, None], axis=2)  # [B, 1, P, T]
+            if bias is not None:
+                bias = jnp.take_along_axis(bias, positions[:, None, :, None], axis=2)  # [B, H, P, T]
             queries = jnp.take_along_axis(normalized, positions[:, :, None], axis=1)  # [B, P, D]
             x = jnp.take_along_axis(x, positions[:, :, None], axis=1)
-            x = x + regularised(self.attn(normalized, mask, queries), 0)
+            x = x + regularised(self.attn(normalized, mask, queries, bias), 0)
         return x + regularised(self.mlp(self.ln_2(x)), 1)
+
+    def decode(
+        self, x: jax.Array, keys: jax.Array, values: jax.Array, slots: jax.Array, mask: jax.Array, bias: jax.Array | None
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """One inference step over a KV cache: the new tokens x [B, N, D] write their keys and values
+        into ``slots`` [B, N] of this layer's cache (keys, values [B, H, C, K]) and attend over the
+        whole cache under ``mask`` [B, 1, N, C]. Returns (x [B, N, D], keys, values)."""
+        normalized = self.ln_1(x)
+        query = self.attn.project_queries(normalized)
+        new_keys, new_values = self.attn.keys_and_values(normalized)  # [B, H, N, K]
+
+        def write(cache_row: jax.Array, slots_row: jax.Array, new_row: jax.Array) -> jax.Array:
+            return cache_row.at[:, slots_row].set(new_row)
+
+        keys = jax.vmap(write)(keys, slots, new_keys)
+        values = jax.vmap(write)(values, slots, new_values)
+        x = x + self.attn.attend(query, keys, values, mask, bias)
+        return x + self.mlp(self.ln_2(x)), keys, values
+
+
+class KVCache(NamedTuple):
+    """Keys and values of the last ``capacity`` tokens of every layer, a ring buffer indexed by
+    token position modulo capacity (so it slides over an unbounded stream).
+
+    ``keys``, ``values``: one [B, H, C, K] array per layer, in the compute dtype (separate arrays:
+    a step writes each layer's own, with no restacking of all layers); ``positions``: int32 [B, C],
+    the stream position of each slot's token, -1 while empty.
+    """
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    positions: jax.Array
 
 
 class Transformer(nnx.Module):
     """A stack of pre-LN GPT blocks followed by a final LayerNorm.
+
+    ``alibi``: add ALiBi's distance penalty to every layer's attention logits, distances counted in
+    units of ``alibi_unit`` tokens.
 
     Attention/MLP kernels use MGDT's init, variance scaling 2 / num_layers (fan-in, truncated normal),
     which keeps the residual stream's variance flat with depth.
@@ -302,9 +398,15 @@ class Transformer(nnx.Module):
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
         remat: bool = False,
+        alibi: bool = False,
+        alibi_unit: int = 1,
         rngs: nnx.Rngs,
     ):
         kernel_init = nnx.initializers.variance_scaling(2.0 / num_layers, "fan_in", "truncated_normal")
+        self.num_heads = num_heads
+        self.dtype = dtype
+        self.alibi = alibi
+        self.alibi_unit = alibi_unit
         self.blocks = nnx.List(
             [
                 Block(
@@ -331,19 +433,26 @@ class Transformer(nnx.Module):
         deterministic: bool,
         dropout_key: jax.Array | None = None,
         output_positions: jax.Array | None = None,
+        positions: jax.Array | None = None,
     ) -> jax.Array:
         """x: [B, T, D] embedded tokens; mask: bool [B, T, T] (query, key), True = may attend.
 
         ``dropout_key`` is required unless ``deterministic``. With ``output_positions`` [B, P] the
         result is [B, P, D] at those positions only, and the last block computes nothing else: at
-        inference, where a few positions are read, that saves most of a layer.
+        inference, where a few positions are read, that saves most of a layer. ``positions``
+        int [B, T]: each token's position for ALiBi (default 0..T-1); unused without ALiBi.
         """
         if not deterministic and dropout_key is None:
             raise ValueError("Transformer: a dropout_key is needed when deterministic=False")
         mask = mask[:, None]  # [B, 1, T, T]: the same mask for every head
+        bias = None
+        if self.alibi:
+            if positions is None:
+                positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+            bias = alibi_bias(self._alibi_slopes(), positions, positions)
 
         def apply_block(block: Block, x: jax.Array, key: jax.Array | None, positions: jax.Array | None) -> jax.Array:
-            return block(x, mask, deterministic=deterministic, dropout_key=key, positions=positions)
+            return block(x, mask, deterministic=deterministic, dropout_key=key, positions=positions, bias=bias)
 
         if self.remat:
             # Recompute each block's activations in the backward pass: memory O(layers) instead of
@@ -354,3 +463,57 @@ class Transformer(nnx.Module):
             key = jax.random.fold_in(dropout_key, index) if dropout_key is not None else None
             x = apply_block(block, x, key, output_positions if index == last else None)
         return self.ln_f(x)
+
+    def _alibi_slopes(self) -> jax.Array:
+        # Distances count in units of alibi_unit tokens (e.g. one per timestep of a 3-token step).
+        return alibi_slopes(self.num_heads) / self.alibi_unit
+
+    def init_cache(self, batch_size: int, capacity: int) -> KVCache:
+        """An empty KVCache for ``batch_size`` streams of ``capacity`` tokens each."""
+        first = self.blocks[0].attn
+        head_dim = first.query.kernel.shape[0] // self.num_heads
+        shape = (batch_size, self.num_heads, capacity, head_dim)
+        return KVCache(
+            keys=tuple(jnp.zeros(shape, self.dtype) for _ in self.blocks),
+            values=tuple(jnp.zeros(shape, self.dtype) for _ in self.blocks),
+            positions=jnp.full((batch_size, capacity), -1, jnp.int32),
+        )
+
+    def decode(
+        self, x: jax.Array, positions: jax.Array, cache: KVCache, *, window: int | None = None
+    ) -> tuple[jax.Array, KVCache]:
+        """Incremental inference: the next tokens x [B, N, D] at stream ``positions`` int [B, N]
+        (consecutive, continuing the cache's) -> (outputs [B, N, D], updated cache).
+
+        Each token attends to itself and the tokens at most ``window - 1`` positions before it
+        (default and maximum: capacity - N + 1, all that the cache can hold beside the N new ones)
+        that the cache holds, so the result equals ``self(all tokens, mask)`` with the banded causal
+        mask ``key <= query < key + window``, the window sliding once the stream outgrows it; before
+        that, the plain causal pass. Negative positions are written but never attended (a caller can
+        pad a fixed-size step with them). No dropout: inference only.
+        """
+        batch_size, num_new, _ = x.shape
+        capacity = cache.positions.shape[1]
+        largest = capacity - num_new + 1
+        window = largest if window is None else window
+        if not 1 <= window <= largest:
+            raise ValueError(
+                f"decode window {window} out of range: a cache of {capacity} tokens serves windows of 1..{largest} "
+                f"when {num_new} token(s) arrive per call"
+            )
+        slots = positions % capacity
+        key_positions = jax.vmap(lambda row, slot, new: row.at[slot].set(new))(cache.positions, slots, positions)
+        query_positions = positions[:, :, None]
+        visible = (
+            (key_positions[:, None, :] >= 0)
+            & (key_positions[:, None, :] <= query_positions)
+            & (key_positions[:, None, :] > query_positions - window)
+        )  # [B, N, C]
+        mask = visible[:, None]
+        bias = alibi_bias(self._alibi_slopes(), positions, key_positions) if self.alibi else None
+        keys, values = [], []
+        for index, block in enumerate(self.blocks):
+            x, layer_keys, layer_values = block.decode(x, cache.keys[index], cache.values[index], slots, mask, bias)
+            keys.append(layer_keys)
+            values.append(layer_values)
+        return self.ln_f(x), KVCache(tuple(keys), tuple(values), key_positions)
