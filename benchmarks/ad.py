@@ -47,7 +47,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mgdt_jax import host_memory
+from mgdt_jax.core import host_memory
 from mgdt_jax.recipes.ad import evaluate
 from mgdt_jax.recipes.ad.data import TrainingWindows
 from mgdt_jax.recipes.ad.model import ADModelConfig, AlgorithmDistillation, loss_and_metrics, training_flops

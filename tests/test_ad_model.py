@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from mgdt_jax.models.transformer import Transformer
+from mgdt_jax.core.transformer import Transformer
 from mgdt_jax.recipes.ad import evaluate
 from mgdt_jax.recipes.ad.data import TrainingWindows
 from mgdt_jax.recipes.ad.model import ADModelConfig, AlgorithmDistillation, loss_and_metrics

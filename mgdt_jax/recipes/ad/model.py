@@ -43,8 +43,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mgdt_jax.config_sections import read_section
-from mgdt_jax.models.transformer import KVCache, Transformer, dense, sharded
+from mgdt_jax.core.config_sections import read_section
+from mgdt_jax.core.transformer import KVCache, Transformer, dense, sharded
 
 TOKEN_LAYOUTS = ("joint", "separate")
 POSITIONS = ("alibi", "none")
