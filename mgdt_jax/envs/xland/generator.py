@@ -327,7 +327,8 @@ def read_record(path: str | os.PathLike, *, verify: bool = True) -> dict[str, An
         record = json.loads(record_file.read_text())
         recorded = record["sha256"]
     except FileNotFoundError:
-        raise BenchmarkError(f"{path}: no record {record_file.name} beside it (generate with mgdt-xland-benchmark)") from None
+        raise BenchmarkError(f"{path}: no record {record_file.name} beside it "
+                             f"(generate with mgdt-xland-benchmark)") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise BenchmarkError(f"{record_file}: unreadable record ({error})") from None
     if verify and file_sha256(path) != recorded:

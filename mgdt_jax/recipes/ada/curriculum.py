@@ -2,10 +2,10 @@
 pass a no-op filter. The state is a pytree of arrays (carry it in the train state, checkpoint it);
 the settings are static fields of it.
 
-No-op filter (AdA, Adaptive Agent Team 2023, §3.3): a task is admitted for replay only while the
-agent's score on it beats a no-op policy's by more than `margin` and is below `solved_threshold`
-(the agent has not solved it); every evaluation of a task re-decides, so a task leaves once solved
-and may come back.
+No-op filter (AdA, Adaptive Agent Team 2023, auto-curriculum section): a task is admitted for
+replay only while the agent's score on it beats a no-op policy's by more than `margin` and is below
+`solved_threshold` (the agent has not solved it); every evaluation of a task re-decides, so a task
+leaves once solved and may come back.
 
 PLR (Jiang, Grefenstette, Rocktaschel 2021, "Prioritized Level Replay", §3 eqs. 1-2; released code
 facebookresearch/level-replay `level_sampler.py`, `score_transform="rank"`, staleness "power" with
