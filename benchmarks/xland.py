@@ -5,13 +5,15 @@
 
 For each batch size it times one jitted call that scans `--steps` steps of `--envs` environments
 (vmapped) with uniformly random actions drawn inside the call: a first call compiles (reported
-apart), then the best of `--repeats` calls is timed. One step is one environment step of one
+apart), then the best of `--repeats` calls is timed, alternating with the baseline's. One step is one environment step of one
 environment. The rulesets come from a benchmark generated here with the preset (written to a
 temporary directory and loaded through xminigrid's `load_benchmark_from_path`), one per environment.
 
 Baseline, measured in the same run on the same rulesets, batch and actions: xminigrid's
 environment alone under its own `GymAutoResetWrapper` (episodes of one trial, reset with a new
-key); the ratio is TrialEnv over that, i.e. what the trial bookkeeping costs.
+key); the ratio is TrialEnv over that. With fixed_start (the default) a trial's reset copies the
+stored start world instead of drawing a new one, which xminigrid's auto-reset does (on every step,
+under vmap).
 """
 
 from __future__ import annotations
@@ -28,15 +30,20 @@ import jax.numpy as jnp
 from mgdt_jax.envs.xland import generator, trials
 
 
-def _time(run, key, repeats: int) -> tuple[float, float]:
-    started = time.perf_counter()
-    jax.block_until_ready(run(key))
-    compile_s = time.perf_counter() - started
-    best = float("inf")
-    for i in range(repeats):
+def _time(runs, key, repeats: int) -> tuple[list[float], list[float]]:
+    """(compile seconds, best call seconds) of each run; the timed calls alternate between the
+    runs, so that a shared machine's load falls on both alike."""
+    compile_s = []
+    for run in runs:
         started = time.perf_counter()
-        jax.block_until_ready(run(jax.random.fold_in(key, i + 1)))
-        best = min(best, time.perf_counter() - started)
+        jax.block_until_ready(run(key))
+        compile_s.append(time.perf_counter() - started)
+    best = [float("inf")] * len(runs)
+    for i in range(repeats):
+        for j, run in enumerate(runs):
+            started = time.perf_counter()
+            jax.block_until_ready(run(jax.random.fold_in(key, i + 1)))
+            best[j] = min(best[j], time.perf_counter() - started)
     return compile_s, best
 
 
@@ -108,9 +115,9 @@ def main() -> None:
     for num_envs in args.envs:
         rulesets = trials.get_rulesets(benchmark, jnp.arange(num_envs))
         key = jax.random.key(num_envs)
-        compile_s, seconds = _time(trial_env_rollout(env, rulesets, num_envs, args.steps), key, args.repeats)
-        _, plain_seconds = _time(plain_env_rollout(args.env_id, env.trial_length, rulesets, num_envs, args.steps),
-                                 key, args.repeats)
+        (compile_s, _), (seconds, plain_seconds) = _time(
+            [trial_env_rollout(env, rulesets, num_envs, args.steps),
+             plain_env_rollout(args.env_id, env.trial_length, rulesets, num_envs, args.steps)], key, args.repeats)
         steps = num_envs * args.steps
         row = {"env_id": args.env_id, "trials": args.trials, "benchmark": record["benchmark_id"], "envs": num_envs,
                "steps": steps, "compile_s": compile_s, "steps_per_s": steps / seconds,

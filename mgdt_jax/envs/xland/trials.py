@@ -44,10 +44,10 @@ class TrialState(NamedTuple):
     """Leaves carry no batch axis; vmap adds it."""
 
     inner: Any  # xminigrid TimeStep of the running trial (grid, agent, step count, encodings)
+    start: Any  # xminigrid TimeStep the episode started from (every trial's start with fixed_start)
     ruleset: Any  # xminigrid RuleSet of the episode's task
     trial: jax.Array  # int32 []: index of the running trial, 0..num_trials-1
-    start_key: jax.Array  # PRNG key every trial of the episode starts from (fixed_start)
-    key: jax.Array  # PRNG key for the next trial's start otherwise
+    key: jax.Array  # PRNG key for the next trial's start without fixed_start
 
 
 class TrialTimeStep(NamedTuple):
@@ -122,7 +122,7 @@ class TrialEnv:
             raise ValueError(f"rulesets with {ruleset.init_tiles.shape[-2]} objects do not fit in {self.env_id}")
         start_key, key = jax.random.split(key)
         inner = self._env[0].reset(params, start_key)
-        state = TrialState(inner, ruleset, jnp.int32(0), start_key, key)
+        state = TrialState(inner, inner, ruleset, jnp.int32(0), key)
         return state, self._timestep(state, jnp.float32(0.0), jnp.bool_(False), jnp.bool_(False))
 
     def step(self, state: TrialState, action: jax.Array) -> tuple[TrialState, TrialTimeStep]:
@@ -133,12 +133,16 @@ class TrialEnv:
         stepped = env.step(params, state.inner, action)
         trial_done = stepped.last()
         episode_done = trial_done & (state.trial == self.num_trials - 1)
-        key, trial_key = jax.random.split(state.key)
-        restarted = env.reset(params, state.start_key if self.fixed_start else trial_key)
+        key = state.key
+        if self.fixed_start:  # a copy of the episode's first world, no new draw
+            restarted = state.start
+        else:
+            key, trial_key = jax.random.split(key)
+            restarted = env.reset(params, trial_key)
         # Under vmap a cond runs both branches anyway; a select keeps the program flat.
         inner = jax.tree.map(lambda new, old: jnp.where(trial_done, new, old), restarted, stepped)
         trial = jnp.where(trial_done, (state.trial + 1) % self.num_trials, state.trial).astype(jnp.int32)
-        state = TrialState(inner, state.ruleset, trial, state.start_key, key)
+        state = TrialState(inner, state.start, state.ruleset, trial, key)
         return state, self._timestep(state, stepped.reward.astype(jnp.float32), trial_done, episode_done)
 
     def _timestep(self, state: TrialState, reward, trial_done, episode_done) -> TrialTimeStep:
