@@ -1,0 +1,218 @@
+"""XLand-MiniGrid tasks: our benchmark generator, its file and record, and k-trial episodes."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("xminigrid")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from data_pipelines import xland_benchmark  # noqa: E402
+from mgdt_jax.envs.xland import generator, trials  # noqa: E402
+
+
+def test_generation_is_deterministic_for_a_seed(tmp_path):
+    settings = generator.PRESETS["medium"]
+    first, _ = generator.generate(settings, 300, seed=3)
+    second, _ = generator.generate(settings, 300, seed=3)
+    other, _ = generator.generate(settings, 300, seed=4)
+    for key in first:
+        np.testing.assert_array_equal(first[key], second[key])
+    assert not np.array_equal(first["goals"], other["goals"])
+    records = [generator.write(arrays, tmp_path / f"{i}.pkl.bz2", settings=settings, seed=3)
+               for i, arrays in enumerate((first, second))]
+    assert records[0]["sha256"] == records[1]["sha256"]
+
+
+def test_duplicates_are_rejected_and_an_exhausted_space_is_an_error():
+    # One goal type over one object and no rules: exactly 60 distinct tasks exist.
+    settings = dataclasses.replace(generator.PRESETS["trivial"], goal_types=("agent_hold",))
+    arrays, stats = generator.generate(settings, 60, seed=0)
+    keys = {generator.task_key(g, r[:n]) for g, r, n in zip(arrays["goals"], arrays["rules"], arrays["num_rules"])}
+    assert len(keys) == 60 and stats["duplicates_rejected"] > 0
+    with pytest.raises(generator.BenchmarkError, match="exhausted"):
+        generator.generate(settings, 61, seed=0, max_consecutive_duplicates=5_000)
+    arrays, _ = generator.generate(generator.PRESETS["small"], 2000, seed=1)
+    keys = {generator.task_key(g, r[:n]) for g, r, n in zip(arrays["goals"], arrays["rules"], arrays["num_rules"])}
+    assert len(keys) == 2000
+
+
+def test_encodings_are_xminigrids():
+    from xminigrid.core import goals, rules
+
+    vocabulary = generator.objects()
+    assert len({tuple(o) for o in vocabulary}) == 60
+    a, b, c = vocabulary[[7, 31, 52]]
+    for name, (cls, arity) in generator.GOAL_TYPES.items():
+        expected = np.asarray(getattr(goals, cls)(*[a, b][:arity]).encode())
+        ours = generator.encode_goal(name, np.stack([a, b][:arity]))
+        np.testing.assert_array_equal(ours, expected, err_msg=name)
+    for name, (cls, arity) in generator.RULE_TYPES.items():
+        expected = np.asarray(getattr(rules, cls)(*[a, b][:arity], c).encode())
+        ours = generator.encode_rule(name, np.stack([a, b][:arity]), c)
+        np.testing.assert_array_equal(ours, expected, err_msg=name)
+
+
+@pytest.mark.parametrize("preset", ["small", "high"])
+def test_every_goal_object_can_be_made_from_the_world(preset):
+    """Firing rules whose inputs exist reaches every object the goal names (a solvable chain)."""
+    arrays, _ = generator.generate(generator.PRESETS[preset], 300, seed=2)
+    goal_ids, rule_ids = generator.type_ids()
+    two_object_goals = {goal_ids[n] for n, (_, k) in generator.GOAL_TYPES.items() if k == 2}
+    two_input_rules = {rule_ids[n] for n, (_, k) in generator.RULE_TYPES.items() if k == 2}
+    for goal, rules, n, tiles in zip(arrays["goals"], arrays["rules"], arrays["num_rules"], arrays["init_tiles"]):
+        world = {tuple(t) for t in tiles if tuple(t) != (0, 0)}
+        products = [tuple(r[5:7]) if r[0] in two_input_rules else tuple(r[3:5]) for r in rules[:n]]
+        assert not world & set(products)  # nothing the rules make is there from the start
+        assert len(set(products)) == n
+        reachable, changed = set(world), True
+        while changed:
+            changed = False
+            for rule, product in zip(rules[:n], products):
+                inputs = {tuple(rule[1:3])} | ({tuple(rule[3:5])} if rule[0] in two_input_rules else set())
+                if inputs <= reachable and product not in reachable:
+                    reachable.add(product)
+                    changed = True
+        needed = {tuple(goal[1:3])} | ({tuple(goal[3:5])} if goal[0] in two_object_goals else set())
+        assert needed <= reachable
+
+
+def _write_benchmark(path, count=64, preset="trivial", seed=0):
+    settings = generator.PRESETS[preset]
+    arrays, stats = generator.generate(settings, count, seed)
+    return generator.write(arrays, path, settings=settings, seed=seed, preset=preset, stats=stats)
+
+
+@pytest.fixture(scope="module")
+def trivial_benchmark(tmp_path_factory):
+    """(path, record) of 32 trivial-preset rulesets, written once for the module."""
+    path = tmp_path_factory.mktemp("xland") / "trivial_32.pkl.bz2"
+    return path, _write_benchmark(path, count=32)
+
+
+def test_file_loads_through_xminigrid_load_benchmark_from_path(tmp_path):
+    from xminigrid.benchmarks import load_benchmark_from_path
+
+    path = tmp_path / "small.pkl.bz2"
+    settings = generator.PRESETS["small"]
+    arrays, stats = generator.generate(settings, 50, seed=0)
+    record = generator.write(arrays, path, settings=settings, seed=0, preset="small", stats=stats)
+    assert json.loads(generator.sidecar_path(path).read_text()) == record
+    assert record["generator"]["settings"]["chain_depth"] == 1 and record["sha256"] == generator.file_sha256(path)
+    raw = load_benchmark_from_path(str(path))
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(getattr(raw, key), value)
+    benchmark, loaded = generator.load(path)
+    assert benchmark.num_rulesets() == 50 and loaded["benchmark_id"] == record["benchmark_id"]
+    ruleset = benchmark.get_ruleset(7)
+    np.testing.assert_array_equal(ruleset.rules, arrays["rules"][7])
+
+
+def test_altered_or_unrecorded_files_are_refused(tmp_path):
+    path = tmp_path / "b.pkl.bz2"
+    _write_benchmark(path, count=10)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(generator.BenchmarkError, match="altered"):
+        generator.load(path)
+    generator.sidecar_path(path).unlink()
+    with pytest.raises(generator.BenchmarkError, match="no record"):
+        generator.load(path)
+    with pytest.raises(generator.BenchmarkError, match="no such"):
+        generator.load(tmp_path / "missing.pkl.bz2")
+
+
+def test_task_split_is_fixed_by_the_seed():
+    train, heldout = generator.task_split(100, 0.2, seed=5)
+    assert len(heldout) == 20 and len(train) == 80
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, heldout])), np.arange(100))
+    np.testing.assert_array_equal(generator.task_split(100, 0.2, seed=5)[1], heldout)
+    assert not np.array_equal(generator.task_split(100, 0.2, seed=6)[1], heldout)
+    with pytest.raises(generator.BenchmarkError):
+        generator.task_split(3, 0.1, seed=0)
+
+
+def test_cli_writes_a_benchmark_and_refuses_bad_input(tmp_path, capsys):
+    out = tmp_path / "t.pkl.bz2"
+    assert xland_benchmark.main(["--preset", "small", "--count", "40", "--seed", "1", "--distractor-rules", "1",
+                                 "--out", str(out), "--no-progress"]) == 0
+    record = generator.read_record(out)
+    assert record["generator"]["settings"]["num_distractor_rules"] == 1 and record["num_rulesets"] == 40
+    assert xland_benchmark.main(["--count", "5", "--out", str(out), "--no-progress"]) == 1
+    assert "exists" in capsys.readouterr().err
+    bad = tmp_path / "bad.pkl.bz2"
+    assert xland_benchmark.main(["--count", "5", "--chain-depth", "7", "--out", str(bad), "--no-progress"]) == 1
+    assert "chain_depth 7" in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == sorted([out, generator.sidecar_path(out)])  # nothing half-written
+
+
+def _rollout(env, benchmark, num_envs, num_steps, seed=0):
+    """Random actions in `num_envs` episodes of rulesets drawn from `benchmark` (as numpy)."""
+    ids = jax.random.randint(jax.random.key(seed + 100), (num_envs,), 0, benchmark.num_rulesets())
+    rulesets = trials.get_rulesets(benchmark, ids)
+
+    @jax.jit
+    def run(key):
+        reset_key, action_key = jax.random.split(key)
+        state, first = jax.vmap(env.reset)(jax.random.split(reset_key, num_envs), rulesets)
+
+        def body(state, key):
+            actions = jax.random.randint(key, (num_envs,), 0, env.num_actions)
+            state, timestep = jax.vmap(env.step)(state, actions)
+            return state, (timestep, state.inner.state.grid, state.inner.state.agent.position)
+
+        _, (steps, grids, positions) = jax.lax.scan(body, state, jax.random.split(action_key, num_steps))
+        return first, state.inner.state.grid, state.inner.state.agent.position, steps, grids, positions, rulesets
+
+    return jax.tree.map(np.asarray, run(jax.random.key(seed)))
+
+
+def test_trials_reset_the_world_and_the_episode_goes_on(trivial_benchmark):
+    benchmark, _ = generator.load(trivial_benchmark[0])
+    env = trials.TrialEnv(num_trials=3, max_steps=12)
+    num_envs, num_steps = 32, 3 * 12 + 5
+    first, grid0, position0, steps, grids, positions, rulesets = _rollout(env, benchmark, num_envs, num_steps)
+    assert first.trial.tolist() == [0] * num_envs and first.time.tolist() == [0] * num_envs
+    np.testing.assert_array_equal(steps.goal[0], rulesets.goal)  # the goal is observed
+    assert set(steps._fields) == {"observation", "goal", "trial", "time", "reward", "trial_done", "episode_done"}
+    trial, time = first.trial, first.time
+    grid_changed_within_trial = False
+    for t in range(num_steps):
+        done = steps.trial_done[t]
+        np.testing.assert_array_equal(steps.trial[t], np.where(done, (trial + 1) % 3, trial))
+        np.testing.assert_array_equal(steps.time[t], np.where(done, 0, time + 1))
+        np.testing.assert_array_equal(steps.episode_done[t], done & (trial == 2))
+        assert (time[done & (steps.reward[t] == 0)] + 1 == 12).all()  # unrewarded trials end by time out
+        rewarded = steps.reward[t] > 0
+        assert (done[rewarded]).all()
+        np.testing.assert_allclose(steps.reward[t][rewarded], 1 - 0.9 * (time[rewarded] + 1) / 12, rtol=1e-6)
+        # fixed_start: every trial starts from the episode's initial world
+        np.testing.assert_array_equal(grids[t][done], grid0[done])
+        np.testing.assert_array_equal(positions[t][done], position0[done])
+        grid_changed_within_trial |= bool((grids[t][~done] != grid0[~done]).any())
+        np.testing.assert_array_equal(steps.goal[t], rulesets.goal)
+        trial, time = steps.trial[t], steps.time[t]
+    assert steps.trial_done.sum() >= 3 * num_envs and steps.episode_done.any(axis=0).all()
+    assert (steps.reward > 0).any() and grid_changed_within_trial
+
+
+def test_without_fixed_start_trials_start_from_new_worlds(trivial_benchmark):
+    benchmark, _ = generator.load(trivial_benchmark[0])
+    env = trials.TrialEnv(num_trials=2, max_steps=4, fixed_start=False)
+    _, grid0, _, steps, grids, _, _ = _rollout(env, benchmark, 8, 4, seed=1)
+    timed_out = steps.trial_done[3] & (steps.reward[3] == 0)
+    assert timed_out.any() and (grids[3][timed_out] != grid0[timed_out]).any()
+
+
+def test_trial_env_settings_are_checked():
+    with pytest.raises(ValueError, match="num_trials"):
+        trials.TrialEnv(num_trials=0)
+    env = trials.TrialEnv(num_trials=4)
+    assert env.trial_length == 243 and env.episode_length == 4 * 243 and env.observation_shape == (5, 5, 2)
+    with pytest.raises(ValueError, match="unknown"):
+        trials.TrialEnv(env_id="XLand-MiniGrid-R1-1x1").num_actions
