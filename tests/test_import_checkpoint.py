@@ -24,7 +24,11 @@ ROOT = "decision_transformer"
 
 
 def released_layout_params(seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-    """Random weights under the released checkpoint's Haiku module paths and shape rules."""
+    """Random weights under the released checkpoint's Haiku module paths and shape rules.
+
+    Every bias, LayerNorm offset and scale is away from its initial value (0 or 1), so a mistake in
+    where one is applied shows in the outputs.
+    """
     rng = np.random.default_rng(seed)
 
     def normal(*shape, scale=0.1):
@@ -184,6 +188,12 @@ def _assert_matches_reference(model, params):
     np.testing.assert_allclose(embedded, expected["transformer_input"], atol=1e-5, rtol=1e-5, err_msg="input")
     hidden = model.transformer(embedded, attention_mask(step_mask, model.config), deterministic=True)
     np.testing.assert_allclose(hidden, expected["transformer_output"], atol=2e-4, rtol=1e-4, err_msg="output")
+    # The policy's fast paths: action logits at every step, the visible return at step 0.
+    for step in range(STEPS):
+        action = model.step_logits(batch, "action", jnp.full(2, step))
+        np.testing.assert_allclose(action, expected["action_logits"][:, step], atol=2e-4, rtol=1e-4, err_msg=f"step {step}")
+    returns = model.visible_frame_return_logits(batch, jnp.zeros(2, jnp.int32))
+    np.testing.assert_allclose(returns, expected["return_logits"][:, 0], atol=2e-4, rtol=1e-4)
 
 
 def test_imported_model_logits_match_the_reference_forward_pass(released_pickle):
