@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mgdt_jax.checkpointing import CheckpointError
 from mgdt_jax.cli import import_checkpoint as import_cli
 from mgdt_jax.evaluation.evaluate import load_model
 from mgdt_jax.import_checkpoint import CheckpointImportError, build_model, load_released_pickle
@@ -213,6 +214,23 @@ def test_import_command_writes_a_workdir_mgdt_eval_loads(released_pickle, tmp_pa
     # A second import into the same workdir is refused rather than overwriting.
     assert import_cli.main(["--pickle", str(released_pickle), "--workdir", str(workdir)]) == 1
     assert "already holds checkpoint 0" in capsys.readouterr().err
+
+
+def test_import_refuses_a_step_holding_an_incomplete_checkpoint(released_pickle, half_write, tmp_path, capsys):
+    workdir = tmp_path / "released"
+    assert import_cli.main(["--pickle", str(released_pickle), "--workdir", str(workdir)]) == 0
+    half_write(workdir / "checkpoints" / "0", "emptied_files")
+    capsys.readouterr()
+    assert import_cli.main(["--pickle", str(released_pickle), "--workdir", str(workdir)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "checkpoints/0 is an incomplete checkpoint (params: " in error
+    assert "remove it or import under another --step" in error
+    with pytest.raises(CheckpointError, match="holds no complete checkpoint; step 0: params: .* empty file"):
+        load_model(workdir)
+    # Under another step the import goes through, and evaluation reads that one.
+    assert import_cli.main(["--pickle", str(released_pickle), "--workdir", str(workdir), "--step", "1"]) == 0
+    _, step = load_model(workdir)
+    assert step == 1
 
 
 class _RunsCommand:
