@@ -149,3 +149,36 @@ sys.meta_path.insert(0, HideTensorFlow())
 """
     return lambda script: subprocess.run([sys.executable, "-c", hide + script], capture_output=True, text=True,
                                          timeout=300)
+
+
+@pytest.fixture(scope="session")
+def half_write():
+    """A function leaving a saved checkpoint's step directory as an interrupted save or copy does on
+    a filesystem without atomic renames: ``half_write(step_dir, how)``, how one of HALF_WRITTEN."""
+    import shutil
+
+    def damage(step_dir, how: str) -> None:
+        if how == "empty":  # the directory made, nothing written into it yet
+            for path in step_dir.iterdir():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        elif how == "no_array_files":  # metadata written, the array data not
+            for path in list(step_dir.rglob("*")):
+                if path.is_file() and path.parent.name == "d":
+                    path.unlink()
+        elif how == "emptied_files":  # every file of the parameters created but not filled
+            for path in (step_dir / "params").rglob("*"):
+                if path.is_file():
+                    path.write_bytes(b"")
+        elif how == "no_step_metadata":  # arrays copied, Orbax's step-level files not yet
+            for name in ("_CHECKPOINT_METADATA", "commit_success.txt"):
+                (step_dir / name).unlink(missing_ok=True)
+        else:
+            raise ValueError(how)
+
+    return damage
+
+
+@pytest.fixture(params=["empty", "no_array_files", "emptied_files", "no_step_metadata"])
+def half_written_kind(request) -> str:
+    """Each way ``half_write`` knows (a test using this runs once per way)."""
+    return request.param

@@ -79,3 +79,20 @@ def test_bad_input_is_one_line_errors(tiny_workdir, tmp_path, capsys):
             path.write_bytes(b"\0" * 8)
     _fails_with(["--workdir", str(corrupt), "--games", "Pong", *out], capsys, str(corrupt))
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_mgdt_eval_passes_over_a_half_written_newest_checkpoint(tiny_workdir, half_write, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_workdir, workdir)
+    save_params(MultiGameDecisionTransformer(tiny.get_config().model, rngs=nnx.Rngs(1)), workdir, step=5)
+    half_write(workdir / "checkpoints" / "5", "no_array_files")
+    out = tmp_path / "report"
+    argv = ["--workdir", str(workdir), "--games", "Pong", "--episodes", "1", "--max-episode-frames", "200", "--out", str(out)]
+    assert eval_cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1].startswith("step 3 on 1 game(s)")
+    warnings = [line for line in captured.err.splitlines() if "warning" in line]  # the rest: a progress bar
+    assert len(warnings) == 1 and "step 5 (params: no array files); using step 3" in warnings[0]
+    assert json.loads((out / "report.json").read_text())["settings"]["step"] == 3
+    # Asked for by number, the incomplete step is a one-line error.
+    _fails_with([*argv[:2], "--step", "5", *argv[2:]], capsys, "checkpoints/5: incomplete checkpoint: params: no array files")

@@ -15,8 +15,9 @@ from mgdt_jax.recipes.mgdt.model import (
     attention_mask,
     loss_and_metrics,
     patchify,
+    visible_tokens,
 )
-from mgdt_jax.core.transformer import MASK_VALUE, dropout, gelu, masked_attention
+from mgdt_jax.core.transformer import MASK_VALUE, dropout, gelu, layer_norm, masked_attention
 
 TINY = ModelConfig(num_layers=2, d_model=64, num_heads=2, dropout_rate=0.1)
 STEPS = tokens.DEFAULT_NUM_STEPS
@@ -159,6 +160,41 @@ def test_return_token_sets_the_action_logits_when_visible(apply):
     for head in ("return", "action", "reward"):
         for step in range(STEPS):
             assert not changed(base, after_hidden, head, step)
+
+
+def test_hidden_tokens_enter_the_transformer_as_exactly_zero():
+    """The released order: (token embedding + position embedding) x token mask (mgdt.md §5).
+
+    A hidden return token's position embedding must not reach the transformer: the action logits of
+    steps 1..3 are read at those tokens.
+    """
+    model = MultiGameDecisionTransformer(TINY, rngs=nnx.Rngs(2))
+    batch = random_batch()
+    batch["step_mask"][1, 0] = False  # row 1 starts at step 1
+    step_mask = jnp.asarray(batch["step_mask"])
+    hidden = np.zeros((2, STEPS, PER_STEP), bool)
+    hidden[0, 1:, tokens.RETURN_OFFSET] = True  # single_return_token: only step 0's return is visible
+    hidden[1, 0] = True  # a padding step
+    hidden[1, 2:, tokens.RETURN_OFFSET] = True  # the first real step is 1
+    hidden = hidden.reshape(2, STEPS * PER_STEP)
+    np.testing.assert_array_equal(~np.asarray(visible_tokens(step_mask, TINY)), hidden)
+    embedded = np.asarray(model.embed(batch, step_mask))
+    assert (embedded[hidden] == 0).all() and (np.abs(embedded[~hidden]).max(-1) > 0).all()
+
+    before = model(batch, deterministic=True)
+    positions = model.positional_embeddings[...]
+    model.positional_embeddings[...] = positions.at[np.flatnonzero(hidden[0])].add(1.0)
+    after = model(batch, deterministic=True)
+    for name in before:
+        np.testing.assert_array_equal(before[name][0], after[name][0], err_msg=name)
+
+
+def test_layer_norm_variance_is_two_pass_as_released():
+    """Haiku's LayerNorm computes mean((x - mean)^2); E[x^2] - E[x]^2 loses it when |mean| >> std."""
+    x = 300.0 + 0.05 * np.random.default_rng(0).normal(size=(4, 64))
+    expected = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    norm = layer_norm(64, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(norm(jnp.asarray(x, jnp.float32)), expected, atol=5e-3)
 
 
 def test_left_padding_is_ignored(apply):

@@ -7,16 +7,34 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
+from mgdt_jax.envs import atari
 from mgdt_jax.recipes.mgdt.actor import GameResult
 from mgdt_jax.recipes.mgdt import report, scores
+
+
+NO_HUMAN_SCORE = ["AirRaid", "Carnival", "ElevatorAction", "JourneyEscape", "Pooyan"]  # not in Atari-57
 
 
 def test_human_normalisation_uses_the_random_and_human_table():
     # Pong: random -20.7, human 14.6 (DQN Zoo).
     np.testing.assert_allclose(scores.human_normalised("Pong", [-20.7, 14.6, -3.05]), [0.0, 1.0, 0.5])
-    assert not scores.has_human_score("Carnival") and not scores.has_human_score("Pooyan")
-    with pytest.raises(ValueError, match="Carnival has no human reference score"):
-        scores.human_normalised("Carnival", [100.0])
+    # Asteroids: random 719.1, human 47388.7, a game MGDT did not train on.
+    np.testing.assert_allclose(scores.human_normalised("Asteroids", [0.0]), [-0.015408], atol=5e-7)
+    for game in NO_HUMAN_SCORE:
+        assert not scores.has_human_score(game)
+        with pytest.raises(ValueError, match=f"{game} has no human reference score"):
+            scores.human_normalised(game, [100.0])
+
+
+def test_every_atari57_game_of_the_dqn_replay_suite_has_a_human_score():
+    table = atari.reference_scores()
+    assert sum(ref.human is not None and ref.random is not None for ref in table.values()) == 57
+    missing = [game for game in atari.SUITES["dqn60"] if not scores.has_human_score(game)]
+    assert missing == NO_HUMAN_SCORE
+    # Spot checks against DQN Zoo's atari_data.py, including games outside the MGDT 46.
+    assert (table["Skiing"].random, table["Skiing"].human) == (-17098.1, -4336.9)
+    assert (table["PrivateEye"].random, table["PrivateEye"].human) == (24.9, 69571.3)
+    assert (table["MontezumaRevenge"].random, table["MontezumaRevenge"].human) == (0.0, 4753.3)
 
 
 def test_aggregates_are_rliable_iqm_median_and_mean_of_games():
@@ -66,3 +84,18 @@ def test_report_leaves_games_without_human_score_out_of_aggregates(tmp_path):
     image = imageio.imread(tmp_path / report.SCORES_PNG)
     assert image.ndim == 3 and image.shape[0] > 100
     assert sorted(p.name for p in tmp_path.iterdir()) == [report.REPORT_JSON, report.SCORES_CSV, report.SCORES_PNG]
+
+
+def test_a_dqn60_report_aggregates_every_game_with_a_human_score():
+    results = [GameResult(game, np.array([0.0, 0.0]), np.array([100, 100])) for game in atari.SUITES["dqn60"]]
+    summary = report.summarise(results, {"episodes_per_game": 2})
+    assert summary.excluded_from_aggregates == NO_HUMAN_SCORE
+    assert "over 55 game(s)" in summary.one_line()
+    by_game = {g.game: g for g in summary.games}
+    assert by_game["Asteroids"].normalised.value == pytest.approx((0 - 719.1) / (47388.7 - 719.1))
+    assert by_game["AirRaid"].normalised is None and by_game["AirRaid"].raw_mean == 0.0
+    expected_mean = np.mean(
+        [(0 - ref.random) / (ref.human - ref.random)
+         for game, ref in atari.reference_scores().items() if game in by_game and ref.human is not None]
+    )
+    assert summary.aggregates["mean"].value == pytest.approx(expected_mean)

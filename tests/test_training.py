@@ -258,3 +258,92 @@ def test_cli_reports_a_bad_mgdt_data_source_in_one_line(fast_compiles, tmp_path)
     assert process.returncode == 1
     assert output.strip().splitlines()[-1] == f"mgdt-train: error: {missing}: no such dataset directory"
     assert not (tmp_path / "run" / checkpointing.CHECKPOINTS).exists()
+
+
+def copy_of_run(run: Path, workdir: Path) -> Path:
+    """A workdir holding a copy of ``run``'s checkpoints (steps 12, 18, 24) and nothing else."""
+    shutil.copytree(run / checkpointing.CHECKPOINTS, workdir / checkpointing.CHECKPOINTS)
+    return workdir
+
+
+def test_every_reader_passes_over_a_half_written_newest_checkpoint(
+    config_path, uninterrupted_run, half_write, half_written_kind, tmp_path, capsys
+):
+    workdir = copy_of_run(uninterrupted_run, tmp_path / "run")
+    newest = workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)
+    half_write(newest, half_written_kind)
+    previous = NUM_STEPS - CHECKPOINT_EVERY
+    assert checkpointing.incomplete_reason(newest) is not None
+    assert checkpointing.incomplete_reason(newest.parent / str(previous)) is None
+
+    # Reading parameters (evaluation, train.init_from): the newest complete step, one warning line.
+    expected = jax.tree.leaves(checkpointing.load_params(uninterrupted_run, step=previous))
+    capsys.readouterr()
+    for got, want in zip(jax.tree.leaves(checkpointing.load_params(workdir)), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    warning = capsys.readouterr().err.strip()
+    assert "\n" not in warning and warning.startswith("warning: skipped incomplete checkpoint")
+    assert f"step {NUM_STEPS} (" in warning and f"using step {previous}" in warning
+    # A step asked for by number is an error, in one line.
+    with pytest.raises(checkpointing.CheckpointError, match=rf"{NUM_STEPS}: incomplete checkpoint: "):
+        checkpointing.load_params(workdir, step=NUM_STEPS)
+
+    # Resuming training: the same step; the incomplete one is moved aside so the run can save it again.
+    checkpointer = checkpointing.Checkpointer(workdir, save_every=CHECKPOINT_EVERY, keep=3)
+    try:
+        assert checkpointer.latest_step() == previous
+        trainer = Trainer(load_config(config_path), sharding.make_mesh(load_config(config_path).mesh))
+        state, position = checkpointer.restore(trainer.abstract_state)
+    finally:
+        checkpointer.close()
+    assert int(state.step) == previous and position["next_batch"] == previous
+    assert f"step {NUM_STEPS} (" in capsys.readouterr().err
+    assert saved_steps(workdir) == [12, 18]
+    assert (workdir / checkpointing.INCOMPLETE / str(NUM_STEPS)).is_dir()
+
+
+def test_no_complete_checkpoint_left_is_one_error_naming_each_step(uninterrupted_run, half_write, tmp_path, capsys):
+    workdir = copy_of_run(uninterrupted_run, tmp_path / "run")
+    for step, how in ((12, "empty"), (18, "no_step_metadata"), (24, "no_array_files")):
+        half_write(workdir / checkpointing.CHECKPOINTS / str(step), how)
+    with pytest.raises(checkpointing.CheckpointError, match="holds no complete checkpoint; step 24: .*; step 18: .*; step 12: "):
+        checkpointing.load_params(workdir)
+    # A run in this workdir starts afresh; the three are moved aside, not deleted.
+    checkpointer = checkpointing.Checkpointer(workdir, save_every=CHECKPOINT_EVERY, keep=3)
+    checkpointer.close()
+    assert checkpointer.latest_step() is None and saved_steps(workdir) == []
+    assert sorted(p.name for p in (workdir / checkpointing.INCOMPLETE).iterdir()) == ["12", "18", "24"]
+    assert "no complete checkpoint is left" in capsys.readouterr().err
+
+
+def test_a_parameters_only_checkpoint_cannot_be_resumed(config_path, uninterrupted_run, tmp_path):
+    workdir = copy_of_run(uninterrupted_run, tmp_path / "run")
+    step_dir = workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)
+    for item in (checkpointing.TRAINER, checkpointing.DATA):
+        shutil.rmtree(step_dir / item)
+    metadata = json.loads((step_dir / checkpointing.STEP_METADATA).read_text())
+    metadata["item_handlers"] = {checkpointing.PARAMS: metadata["item_handlers"][checkpointing.PARAMS]}
+    (step_dir / checkpointing.STEP_METADATA).write_text(json.dumps(metadata))  # as mgdt-import-checkpoint writes
+    assert checkpointing.incomplete_reason(step_dir) is None  # evaluation and init_from read it
+    with pytest.raises(checkpointing.CheckpointError, match="holds params but not trainer, data .*train.init_from"):
+        checkpointing.Checkpointer(workdir, save_every=CHECKPOINT_EVERY, keep=3)
+    assert saved_steps(workdir) == [12, 18, 24]  # nothing moved
+
+
+def test_cli_resumes_next_to_a_half_written_checkpoint_with_the_losses_of_an_uninterrupted_run(
+    config_path, uninterrupted_run, fast_compiles, half_write, tmp_path
+):
+    workdir = copy_of_run(uninterrupted_run, tmp_path / "run")
+    half_write(workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS), "empty")
+    process = run_cli(config_path, workdir, fast_compiles)
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode == 0, output
+    assert "Traceback" not in output and "Event loop" not in output, output
+    warnings = [line for line in output.splitlines() if "warning" in line.lower()]
+    assert len(warnings) == 1 and f"step {NUM_STEPS} (the directory is empty)" in warnings[0], output
+    assert f"resumed from {workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS - CHECKPOINT_EVERY)}" in output
+    assert saved_steps(workdir) == [12, 18, 24]  # step 24 written again, complete
+    assert checkpointing.incomplete_reason(workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)) is None
+    resumed, reference = losses(workdir), losses(uninterrupted_run)
+    assert sorted(resumed) == list(range(NUM_STEPS - CHECKPOINT_EVERY + 1, NUM_STEPS + 1))
+    np.testing.assert_allclose([resumed[s] for s in sorted(resumed)], [reference[s] for s in sorted(resumed)], rtol=1e-6)

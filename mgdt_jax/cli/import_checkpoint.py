@@ -27,10 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", type=int, default=0, help="checkpoint step to file the weights under")
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.FATAL)  # errors reach the user as one line; Orbax logs are noise
-    if (args.workdir / checkpointing.CHECKPOINTS / str(args.step)).exists():
-        print(f"mgdt-import-checkpoint: error: {args.workdir} already holds checkpoint {args.step}", file=sys.stderr)
-        return 1
     try:
+        existing = args.workdir / checkpointing.CHECKPOINTS / str(args.step)
+        if existing.exists():
+            if reason := checkpointing.incomplete_reason(existing):
+                raise checkpointing.CheckpointError(
+                    f"{existing} is an incomplete checkpoint ({reason}): remove it or import under another --step"
+                )
+            raise checkpointing.CheckpointError(f"{args.workdir} already holds checkpoint {args.step}")
         print(f"reading {args.pickle} ...", flush=True)
         model = build_model(load_released_pickle(args.pickle))
         print(f"writing a {model.config.num_layers}-layer d{model.config.d_model} model ...", flush=True)
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                                                          "num_steps", "single_return_token", "behaviour_cloning", "dtype")}
         )
         (args.workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1) + "\n")
-    except (CheckpointImportError, OSError) as error:
+    except (CheckpointImportError, checkpointing.CheckpointError, OSError) as error:
         print(f"mgdt-import-checkpoint: error: {error}", file=sys.stderr)
         return 1
     print(f"imported {args.pickle} into {checkpoint} with config {args.workdir / CONFIG_FILE}")

@@ -14,23 +14,39 @@ Saves are asynchronous (training continues while the arrays are written) and hap
 ``jax.distributed.initialize``) and whenever the loop forces one; the newest ``keep`` are kept. A
 restore reads the arrays straight into the shardings of an abstract target, so a checkpoint written
 on one mesh restores onto any other (8 devices -> 1 or 4, another host count).
+
+Complete checkpoints: a save or copy interrupted on a filesystem without atomic renames (a bucket
+mount) leaves a step directory that Orbax lists like any other but that is empty or lacks files.
+``incomplete_reason`` is the one definition of a complete checkpoint and ``choose_checkpoint`` the
+one way a step is picked: training resume, ``init_from``, evaluation and import all go through them.
+The newest complete checkpoint is used, with one warning line naming the steps passed over; a step
+asked for by number that is incomplete is an error. A resumed run moves incomplete steps out of
+its checkpoint directory (to ``checkpoints.incomplete/``) so that its own saves can reuse the steps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import json
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from mgdt_jax.core.train_step import TrainState
 
 PARAMS, TRAINER, DATA = "params", "trainer", "data"
+TRAINING_ITEMS = (PARAMS, TRAINER, DATA)  # what resuming a run needs; evaluation and init_from read PARAMS
 CHECKPOINTS = "checkpoints"  # subdirectory of the workdir
+INCOMPLETE = "checkpoints.incomplete"  # where a resumed run moves incomplete steps (subdirectory of the workdir)
+STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax's step-level file: the items a finished save wrote
 
 
 class CheckpointError(RuntimeError):
@@ -43,13 +59,155 @@ def checkpoint_directory(path: str | Path) -> Path:
     return path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
 
 
+def incomplete_reason(step_directory: Path, items: Sequence[str] = (PARAMS,)) -> str | None:
+    """None if ``step_directory`` holds a complete checkpoint of ``items``, else what is wrong (a phrase).
+
+    Complete: Orbax's step metadata is readable and names every item in ``items``, and each item it
+    names holds its metadata and at least one array (or JSON) file, none of its files empty (an
+    interrupted write or copy leaves empty or missing files). Only directory listings and the small
+    JSON step metadata are read, never an array. Raises CheckpointError, instead of returning a
+    reason, for a finished checkpoint that lacks one of ``items`` (parameters only, as
+    mgdt-import-checkpoint writes, where a training resume needs the trainer state): passing over it
+    would silently start the run from scratch.
+    """
+    if not step_directory.is_dir():
+        return "no such directory"
+    if not any(step_directory.iterdir()):
+        return "the directory is empty"
+    try:
+        written = json.loads((step_directory / STEP_METADATA).read_text())["item_handlers"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no readable {STEP_METADATA} (the save or copy did not finish)"
+    for item in sorted(written):
+        if reason := _item_incomplete_reason(step_directory / item):
+            return f"{item}: {reason}"
+    if lacking := [item for item in items if item not in written]:
+        raise CheckpointError(
+            f"{step_directory}: holds {', '.join(sorted(written))} but not {', '.join(lacking)} "
+            f"(a parameters-only checkpoint cannot resume training; start a new run from it with train.init_from)"
+        )
+    return None
+
+
+def _item_incomplete_reason(item_directory: Path) -> str | None:
+    if not item_directory.is_dir():
+        return "missing"
+    files = [path for path in item_directory.rglob("*") if path.is_file()]
+    if empty := [path for path in files if path.stat().st_size == 0]:
+        return f"{len(empty)} empty file(s), e.g. {empty[0].relative_to(item_directory)}"
+    names = {path.name for path in files}
+    if "_METADATA" in names or "manifest.ocdbt" in names:  # an array tree (Standard/PyTree handlers)
+        if "_METADATA" not in names:
+            return "no _METADATA"
+        if not any(path.parent.name == "d" for path in files):
+            return "no array files"
+    elif "metadata" not in names:  # a JSON item
+        return "no metadata file"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointChoice:
+    """The step ``choose_checkpoint`` picked (None: no complete checkpoint) and the newer ones it passed over."""
+
+    directory: Path
+    step: int | None
+    skipped: tuple[tuple[int, str], ...]  # (step, what is incomplete), newest first
+
+    def warning(self) -> str | None:
+        """One line naming the skipped steps, or None if none was skipped."""
+        if not self.skipped:
+            return None
+        passed = "; ".join(f"step {step} ({reason})" for step, reason in self.skipped)
+        chosen = f"using step {self.step}" if self.step is not None else "no complete checkpoint is left"
+        return f"warning: skipped incomplete checkpoint(s) in {self.directory}: {passed}; {chosen}"
+
+
+def checkpoint_steps(directory: Path) -> list[int]:
+    """The steps with a directory in ``directory`` (complete or not), ascending."""
+    if not directory.is_dir():
+        return []
+    return sorted(int(path.name) for path in directory.iterdir() if path.name.isdigit() and path.is_dir())
+
+
+def choose_checkpoint(
+    path: str | Path, step: int | None = None, *, items: Sequence[str] = (PARAMS,)
+) -> CheckpointChoice:
+    """The checkpoint to read from a workdir or checkpoint directory: ``step``, or the newest complete one.
+
+    A ``step`` given by number that is missing or incomplete raises a one-line CheckpointError. Without
+    one, incomplete newer steps are passed over and listed in ``skipped`` (print ``warning()``).
+    """
+    directory = checkpoint_directory(path)
+    if step is not None:
+        if not (directory / str(step)).is_dir():
+            steps = checkpoint_steps(directory)
+            raise CheckpointError(
+                f"{directory}: no checkpoint at step {step} (steps here: {', '.join(map(str, steps)) or 'none'})"
+            )
+        if reason := incomplete_reason(directory / str(step), items):
+            raise CheckpointError(f"{directory / str(step)}: incomplete checkpoint: {reason}")
+        return CheckpointChoice(directory, step, ())
+    skipped = []
+    for candidate in reversed(checkpoint_steps(directory)):
+        if (reason := incomplete_reason(directory / str(candidate), items)) is None:
+            return CheckpointChoice(directory, candidate, tuple(skipped))
+        skipped.append((candidate, reason))
+    return CheckpointChoice(directory, None, tuple(skipped))
+
+
+def print_warning(choice: CheckpointChoice) -> None:
+    """The choice's warning line on stderr (once per job: on process 0)."""
+    if (line := choice.warning()) is not None and jax.process_index() == 0:
+        print(line, file=sys.stderr, flush=True)
+
+
+def pick_checkpoint(path: str | Path, step: int | None = None, *, items: Sequence[str] = (PARAMS,)) -> tuple[Path, int]:
+    """(checkpoint directory, step) to read: ``choose_checkpoint`` with its warning printed.
+
+    Raises CheckpointError, naming what is wrong with each step, when there is no complete checkpoint.
+    """
+    choice = choose_checkpoint(path, step, items=items)
+    if choice.step is None:
+        skipped = "".join(f"; step {step}: {reason}" for step, reason in choice.skipped)
+        raise CheckpointError(f"{choice.directory}: holds no complete checkpoint{skipped}")
+    print_warning(choice)
+    return choice.directory, choice.step
+
+
+def _move_incomplete_steps(directory: Path, choice: CheckpointChoice) -> None:
+    """Moves the skipped steps of ``directory`` to its sibling INCOMPLETE, so new saves can use their numbers.
+
+    Moved, not deleted: an incomplete checkpoint may still be someone's copy in progress. Process 0
+    moves; every process has listed the steps before and waits until it is done.
+    """
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("mgdt_jax: checkpoints listed")
+    if jax.process_index() == 0 and choice.skipped:
+        print_warning(choice)
+        aside = directory.parent / INCOMPLETE
+        aside.mkdir(exist_ok=True)
+        for step, _ in choice.skipped:
+            target, copy = aside / str(step), 1
+            while target.exists():
+                target, copy = aside / f"{step}.{copy}", copy + 1
+            shutil.move(directory / str(step), target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("mgdt_jax: incomplete checkpoints moved")
+
+
 class Checkpointer:
-    """The checkpoints of one run, saved asynchronously, the newest ``keep`` kept."""
+    """The checkpoints of one run, saved asynchronously, the newest ``keep`` kept.
+
+    On creation, steps left incomplete by an interrupted run are moved aside (``INCOMPLETE``) with a
+    warning line on stderr, so ``latest_step`` is the newest complete checkpoint.
+    """
 
     def __init__(self, workdir: str | Path, *, save_every: int, keep: int):
         if save_every < 1 or keep < 1:
             raise ValueError(f"checkpoint_every ({save_every}) and keep_checkpoints ({keep}) must be >= 1")
         self.directory = Path(workdir).expanduser().absolute() / CHECKPOINTS
+        _move_incomplete_steps(self.directory, choose_checkpoint(self.directory, items=TRAINING_ITEMS))
         options = ocp.CheckpointManagerOptions(
             # A custom save policy must list preemption itself, or preemption saves are lost.
             save_decision_policy=policies.AnySavePolicy(
@@ -86,11 +244,9 @@ class Checkpointer:
     def restore(self, abstract_state: TrainState, step: int | None = None) -> tuple[TrainState, dict[str, Any]]:
         """The train state (laid out as ``abstract_state``'s shardings) and data position of a step.
 
-        ``step`` defaults to the latest checkpoint.
+        ``step`` defaults to the newest complete checkpoint.
         """
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise CheckpointError(f"{self.directory}: holds no checkpoint")
+        _, step = pick_checkpoint(self.directory, step, items=TRAINING_ITEMS)
         targets = {PARAMS: abstract_state.params, TRAINER: _trainer_item(abstract_state)}
         for name, target in targets.items():
             _check_fits(self._manager, step, name, target, self.directory)
@@ -116,7 +272,7 @@ class Checkpointer:
 
 
 def load_params(path: str | Path, target: Any = None, step: int | None = None) -> Any:
-    """The parameters of one checkpoint (the latest by default), e.g. for evaluation or fine-tuning.
+    """The parameters of one checkpoint (the newest complete one by default), e.g. for evaluation or fine-tuning.
 
     ``path`` is a workdir or its checkpoint directory. ``target`` is an abstract parameter tree
     (``jax.ShapeDtypeStruct`` leaves with shardings, e.g. ``Trainer.abstract_state.params``) to
@@ -126,11 +282,9 @@ def load_params(path: str | Path, target: Any = None, step: int | None = None) -
     directory = checkpoint_directory(path)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such checkpoint directory")
+    directory, step = pick_checkpoint(directory, step)
     options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
     with ocp.CheckpointManager(directory, options=options, handler_registry=_handler_registry()) as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None or step not in manager.all_steps():
-            raise CheckpointError(f"{directory}: no checkpoint {'at all' if step is None else f'at step {step}'}")
         if target is None:
             metadata = manager.item_metadata(step)[PARAMS]
             restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)

@@ -198,10 +198,15 @@ def dense(
 
 
 def layer_norm(d_model: int, *, param_dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """LayerNorm in float32 (the residual stream's dtype) whatever the matmul dtype."""
+    """LayerNorm in float32 (the residual stream's dtype) whatever the matmul dtype.
+
+    The variance is two-pass, mean((x - mean)^2), as Haiku's LayerNorm (``jnp.var``) in the released
+    model; Flax's default E[x^2] - E[x]^2 cancels catastrophically once |mean| >> std.
+    """
     return nnx.LayerNorm(
         d_model,
         epsilon=LAYER_NORM_EPSILON,
+        use_fast_variance=False,
         scale_init=sharded(nnx.initializers.ones_init(), ("embed",)),
         bias_init=sharded(nnx.initializers.zeros_init(), ("embed",)),
         dtype=jnp.float32,

@@ -135,7 +135,11 @@ class ReferenceScores:
 
 
 def reference_scores() -> dict[str, ReferenceScores]:
-    """Random and human scores (DQN Zoo table); Carnival and Pooyan have none."""
+    """Random and human scores of the Atari-57 games (DQN Zoo's table), keyed by game name.
+
+    The five DQN Replay games outside Atari-57 (AirRaid, Carnival, ElevatorAction, JourneyEscape,
+    Pooyan) are listed with neither; Defender and Surround are Atari-57 games outside DQN Replay.
+    """
     text = importlib.resources.files("mgdt_jax").joinpath("envs/atari_scores.csv").read_text()
     table = {}
     for row in csv.DictReader(text.splitlines()):

@@ -28,7 +28,7 @@ EVAL_DIR = "eval"  # <workdir>/eval/<step>/: reports of the periodic evaluation 
 
 
 def load_model(workdir: Path, step: int | None = None) -> tuple[MultiGameDecisionTransformer, int]:
-    """The model of a run's checkpoint (the latest by default), built from the run's config.json.
+    """The model of a run's checkpoint (the newest complete one by default), built from the run's config.json.
 
     Raises CheckpointError naming the file when the config or the checkpoint is missing, corrupt,
     or the config does not fit the saved weights (naming the first parameter that differs). The
@@ -42,8 +42,7 @@ def load_model(workdir: Path, step: int | None = None) -> tuple[MultiGameDecisio
         raise checkpointing.CheckpointError(f"{config_path}: not a readable run config ({error})") from None
     if (recipe := recipe_name(run_config)) != MgdtRecipe.name:
         raise checkpointing.CheckpointError(f"{config_path}: a run of the {recipe!r} recipe, not an MGDT")
-    directory = checkpointing.checkpoint_directory(workdir)
-    step = step if step is not None else _latest_step(directory)
+    directory, step = checkpointing.pick_checkpoint(workdir, step)
     try:
         saved = _without_variable_level(checkpointing.load_params(directory, step=step))
     except checkpointing.CheckpointError:
@@ -78,13 +77,6 @@ def _without_variable_level(tree: Any) -> Any:
             return tree["value"]
         return {key: _without_variable_level(value) for key, value in tree.items()}
     return tree
-
-
-def _latest_step(directory: Path) -> int:
-    steps = [int(p.name) for p in directory.glob("*") if p.name.isdigit()] if directory.is_dir() else []
-    if not steps:
-        raise checkpointing.CheckpointError(f"{directory}: holds no checkpoint")
-    return max(steps)
 
 
 def resolve_games(suite: str | None = None, games: Sequence[str] | None = None) -> list[str]:

@@ -119,11 +119,27 @@ def visible_return_steps(step_mask: jax.Array, single_return_token: bool) -> jax
     return step_mask & (jnp.cumsum(step_mask, axis=1) == 1)
 
 
+def visible_tokens(step_mask: jax.Array, config: ModelConfig) -> jax.Array:
+    """bool [B, T]: tokens the model sees, i.e. those not of a left-padding step and, with
+    ``single_return_token``, not a return-to-go token other than the visible one.
+
+    The released model's token mask (mgdt.md §5): it hides these tokens as attention keys and zeroes
+    their whole input vector.
+    """
+    per_step = config.tokens_per_step
+    visible = jnp.repeat(step_mask, per_step, axis=1)  # [B, T]
+    if not config.behaviour_cloning:
+        is_return = np.arange(config.sequence_length) % per_step == tokens.RETURN_OFFSET
+        return_visible = visible_return_steps(step_mask, config.single_return_token)
+        visible &= ~is_return[None, :] | jnp.repeat(return_visible, per_step, axis=1)
+    return visible
+
+
 def attention_mask(step_mask: jax.Array, config: ModelConfig) -> jax.Array:
-    """bool [B, T, T] (query, key): causal, OR bidirectional among one frame's patches, AND real keys.
+    """bool [B, T, T] (query, key): causal, OR bidirectional among one frame's patches, AND visible keys.
 
     Keys of left-padding steps are hidden, and with ``single_return_token`` so are the return-to-go
-    tokens of every step but the visible one.
+    tokens of every step but the visible one (``visible_tokens``).
     """
     per_step = config.tokens_per_step
     # The layout part is a compile-time constant (NumPy): computed on device, XLA fuses the integer
@@ -134,13 +150,7 @@ def attention_mask(step_mask: jax.Array, config: ModelConfig) -> jax.Array:
     causal = position[:, None] >= position[None, :]
     same_frame = (step[:, None] == step[None, :]) & is_patch[:, None] & is_patch[None, :]
     allowed = causal | same_frame  # [T, T]
-
-    key_visible = jnp.repeat(step_mask, per_step, axis=1)  # [B, T]
-    if not config.behaviour_cloning:
-        return_visible = visible_return_steps(step_mask, config.single_return_token)
-        is_return = offset == tokens.RETURN_OFFSET
-        key_visible &= ~is_return[None, :] | jnp.repeat(return_visible, per_step, axis=1)
-    return allowed[None, :, :] & key_visible[:, None, :]
+    return allowed[None, :, :] & visible_tokens(step_mask, config)[:, None, :]
 
 
 class MultiGameDecisionTransformer(nnx.Module):
@@ -223,22 +233,25 @@ class MultiGameDecisionTransformer(nnx.Module):
         )
 
     def embed(self, batch: Mapping[str, jax.Array], step_mask: jax.Array) -> jax.Array:
-        """Batch -> token embeddings [B, T, D] in the layout of the module docstring."""
+        """Batch -> the transformer's input [B, T, D] in the layout of the module docstring.
+
+        In the released order: token embeddings, plus the position embedding, then the whole input
+        vector of every hidden token (``visible_tokens``) set to exactly zero. The release multiplies
+        by the token mask; a select gives the same for finite values and keeps a NaN out.
+        """
         config = self.config
         observations = batch["observations"]
         batch_size = observations.shape[0]
         patches = self.image_emb(patchify(observations)) + self.image_pos_enc[...]  # [B, S, 36, D]
         per_step = [patches, self.action_emb(batch["actions"])[:, :, None]]
         if not config.behaviour_cloning:
-            returns = self.return_emb(batch["returns_to_go"])  # [B, S, D]
-            # Hidden return tokens get a zero embedding, as in the released model.
-            visible = visible_return_steps(step_mask, config.single_return_token)
-            returns = jnp.where(visible[:, :, None], returns, 0)
-            rewards = self.reward_emb(batch["rewards"])
-            per_step = [patches, returns[:, :, None], per_step[1], rewards[:, :, None]]
+            returns = self.return_emb(batch["returns_to_go"])[:, :, None]  # [B, S, 1, D]
+            rewards = self.reward_emb(batch["rewards"])[:, :, None]
+            per_step = [patches, returns, per_step[1], rewards]
         sequence = jnp.concatenate(per_step, axis=2)
         sequence = sequence.reshape(batch_size, config.sequence_length, config.d_model)  # [B, T, D]
-        return sequence + self.positional_embeddings[...]
+        sequence = sequence + self.positional_embeddings[...]
+        return jnp.where(visible_tokens(step_mask, config)[:, :, None], sequence, 0.0)
 
     def __call__(
         self,

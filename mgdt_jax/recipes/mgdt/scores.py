@@ -1,8 +1,9 @@
 """Raw scores -> human-normalised scores and aggregates with stratified bootstrap 95% intervals.
 
-Human-normalised score (HNS) = (score - random) / (human - random), with the DQN Zoo random/human
-table (mgdt_jax/envs/atari.py). Carnival and Pooyan are not in Atari-57 and have no human score: they are
-reported raw and left out of every normalised aggregate.
+Human-normalised score (HNS) = (score - random) / (human - random), with the Atari-57 random/human
+table of DQN Zoo (``dqn_zoo/atari_data.py``; mgdt_jax/envs/atari_scores.csv). Of the 60 DQN
+Replay games, the five outside Atari-57 (AirRaid, Carnival, ElevatorAction, JourneyEscape, Pooyan)
+have no human score: they are reported raw and left out of every normalised aggregate.
 
 The aggregates and their intervals are rliable's (Agarwal et al., 2021): IQM over all episodes of
 all games, median and mean of per-game means, each with a percentile interval from the stratified
@@ -46,7 +47,7 @@ def has_human_score(game: str) -> bool:
 
 
 def human_normalised(game: str, raw_scores: np.ndarray) -> np.ndarray:
-    """Raw episode scores -> HNS; raises for a game without a human score (Carnival, Pooyan)."""
+    """Raw episode scores -> HNS; raises ValueError for a game without a human score (e.g. Pooyan)."""
     if not has_human_score(game):
         raise ValueError(f"{game} has no human reference score; report it raw")
     reference = atari.reference_scores()[atari.check_game(game)]
