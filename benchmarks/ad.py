@@ -29,7 +29,6 @@ not the core loop's (no data loading, checkpointing or metrics).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -47,62 +46,20 @@ import numpy as np
 import optax
 from flax import nnx
 
+from mgdt_jax import envs
 from mgdt_jax.core import host_memory
+from mgdt_jax.envs import bandit
 from mgdt_jax.recipes.ad import evaluate
 from mgdt_jax.recipes.ad.data import TrainingWindows
 from mgdt_jax.recipes.ad.model import ADModelConfig, AlgorithmDistillation, loss_and_metrics, training_flops
-from mgdt_jax.recipes.ad.synthetic import thompson_bandit_histories
+from mgdt_jax.recipes.ad import sources
 
 SIZES = {"ad-small": (64, 2, 2), "ad": (512, 4, 4)}  # name -> (d_model, layers, heads), the peer's hidden sizes
 LAYOUTS = ("joint", "separate")
-DARK_ROOM_SIZE, DARK_ROOM_EPISODE, DARK_ROOM_ACTIONS = 9, 20, 5
+DARK_ROOM = envs.DARKROOM  # 9x9, 20 steps, 5 actions: the peer's Dark Room
+DARK_ROOM_SIZE, DARK_ROOM_EPISODE, DARK_ROOM_ACTIONS = DARK_ROOM.size, DARK_ROOM.episode_length, DARK_ROOM.num_actions
 CONTEXT_STEPS = 80  # the peer's seq_len: 4 Dark Room episodes
 REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclasses.dataclass(frozen=True)
-class DarkRoom:
-    """Dark Room as the peer steps it (Laskin et al. 2022 §5): 9x9, start at the centre, 20 steps,
-    actions noop/up/right/down/left clipped at the walls, observation row * 9 + col, reward 1 on
-    every step that ends on the goal. Task: the goal (row, col) int32 [2]."""
-
-    name: str = "darkroom"
-    num_actions: int = DARK_ROOM_ACTIONS
-    num_observations: int = DARK_ROOM_SIZE**2
-    episode_length: int = DARK_ROOM_EPISODE
-
-    def reset(self, task, key):
-        position = jnp.full((2,), DARK_ROOM_SIZE // 2, jnp.int32)
-        return (position, jnp.zeros((), jnp.int32)), position[0] * DARK_ROOM_SIZE + position[1]
-
-    def step(self, task, state, action, key):
-        moves = jnp.array([[0, 0], [-1, 0], [0, 1], [1, 0], [0, -1]], jnp.int32)
-        position, time_step = state
-        position = jnp.clip(position + moves[action], 0, DARK_ROOM_SIZE - 1)
-        time_step = time_step + 1
-        reward = jnp.all(position == task).astype(jnp.float32)
-        return (position, time_step), position[0] * DARK_ROOM_SIZE + position[1], reward, time_step >= DARK_ROOM_EPISODE
-
-
-@dataclasses.dataclass(frozen=True)
-class BernoulliBandit:
-    """K-armed Bernoulli bandit, one pull per episode; task: the arm means float32 [K]."""
-
-    num_actions: int
-    name: str = "bandit"
-    num_observations: int = 1
-    episode_length: int = 1
-
-    def reset(self, task, key):
-        return jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
-
-    def step(self, task, state, action, key):
-        return state, jnp.zeros((), jnp.int32), (jax.random.uniform(key) < task[action]).astype(jnp.float32), jnp.array(True)
-
-
-def bandit_regret(task, action):
-    """Pseudo-regret of one pull: max_a mu_a - mu_action."""
-    return jnp.max(task) - task[action]
 
 
 class TrainStep:
@@ -191,24 +148,30 @@ def bench_train(size: str, layout: str, batch_size: int, steps: int, warmup: int
 def bench_eval(size: str, layout: str, episodes: int) -> dict[str, Any]:
     config = model_config(size, layout)
     model = AlgorithmDistillation(config, rngs=nnx.Rngs(0))
-    goals = jnp.stack(jnp.divmod(jnp.arange(DARK_ROOM_SIZE**2, dtype=jnp.int32), DARK_ROOM_SIZE), axis=1)  # [81, 2]
-    run = evaluate.evaluate_in_context(model, DarkRoom(), goals, num_episodes=episodes, seed=0, greedy=True)
-    return {"mode": "eval", "size": size, "layout": layout, "tasks": int(goals.shape[0]), "episodes": episodes,
-            "env_steps": int(goals.shape[0]) * episodes * DARK_ROOM_EPISODE, "env_steps_per_s": run.env_steps_per_s,
+    goals = DARK_ROOM.task_split(0, num_train=0, num_heldout=DARK_ROOM.num_tasks)[1]  # all 81 goals
+    run = evaluate.evaluate_in_context(model, DARK_ROOM, goals, num_episodes=episodes, seed=0, greedy=True)
+    return {"mode": "eval", "size": size, "layout": layout, "tasks": int(goals.id.shape[0]), "episodes": episodes,
+            "env_steps": int(goals.id.shape[0]) * episodes * DARK_ROOM_EPISODE, "env_steps_per_s": run.env_steps_per_s,
             "compile_s": run.compile_s, "mean_return_per_episode": float(run.returns.mean())}
 
 
 def bench_layouts(updates: int, batch_size: int, seed: int) -> list[dict[str, Any]]:
     """Joint vs separate tokens (and joint without positions) on 10-armed bandit histories."""
     pulls, arms = 100, 10
-    train_histories = thompson_bandit_histories(4096, pulls, arms, seed=seed)
-    heldout = thompson_bandit_histories(256, pulls, arms, seed=seed + 1)
+    env, thompson = bandit.BernoulliBandit(num_arms=arms), sources.make_source("thompson")
+
+    def thompson_histories(num: int, task_seed: int):
+        tasks = env.sample_tasks(jax.random.key(task_seed), num)
+        return tasks, sources.to_histories(sources.rollout(env, thompson, tasks, task_seed, pulls), env, thompson)
+
+    _, train_histories = thompson_histories(4096, seed)
+    heldout_tasks, heldout = thompson_histories(256, seed + 1)
     heldout_batch = {"observations": heldout.observations, "actions": heldout.actions, "rewards": heldout.rewards,
                      "previous_action": np.full(256, arms, np.int32), "previous_reward": np.zeros(256, np.float32)}
-    means = heldout.metadata["arm_means"]
+    means = np.asarray(heldout_tasks.means, np.float64)
     source_regret = (means.max(axis=1, keepdims=True) - np.take_along_axis(means, heldout.actions, axis=1)).sum(axis=1)
-    tasks = jax.random.uniform(jax.random.key(seed + 2), (256, arms))
-    random_regret = pulls * float(jnp.mean(jnp.max(tasks, axis=1) - jnp.mean(tasks, axis=1)))
+    tasks = env.sample_tasks(jax.random.key(seed + 2), 256)
+    random_regret = pulls * float(jnp.mean(jnp.max(tasks.means, axis=1) - jnp.mean(tasks.means, axis=1)))
     print(f"layout: Thompson source regret@{pulls} {source_regret.mean():.2f} on its held-out histories; "
           f"random {random_regret:.2f} on the evaluation tasks", flush=True)
     windows = TrainingWindows(train_histories, context_steps=pulls, global_batch_size=batch_size, seed=seed)
@@ -230,8 +193,8 @@ def bench_layouts(updates: int, batch_size: int, seed: int) -> list[dict[str, An
                   "heldout_accuracy": float(heldout_metrics["action_accuracy"]),
                   "source_regret": float(source_regret.mean()), "random_regret": random_regret}
         for greedy in (False, True):
-            run = evaluate.evaluate_in_context(model, BernoulliBandit(arms), tasks, num_episodes=pulls, seed=seed,
-                                               greedy=greedy, regret=bandit_regret)
+            run = evaluate.evaluate_in_context(model, env, tasks, num_episodes=pulls, seed=seed,
+                                               greedy=greedy, regret=bandit.regret)
             curve = evaluate.bootstrap_curve(run.regret[:, -1:])
             policy = "argmax" if greedy else "sample"
             result[f"regret_{policy}"] = float(curve.mean[0])

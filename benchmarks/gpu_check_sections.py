@@ -518,6 +518,97 @@ def input_pipeline(run: Run) -> None:
         run.log(f"{workers} workers: {rate:,.0f} windows/s")
 
 
+# ---------------------------------------------------------------------------------------------
+# ad_train, ad_eval
+
+
+AD_TOY_EVAL = (4, 2)  # (goals, in-context episodes) of the dry run; the full run: all 81 x 100
+
+
+def ad_config(run: Run) -> Any:
+    """experiments/ad_darkroom.py (the AD^epsilon Dark Room recipe's size), or toy sizes in the dry run."""
+    from experiments import ad_darkroom
+
+    config = ad_darkroom.get_config()
+    if run.scale.toy_model is not None:
+        for name, value in run.scale.toy_model.items():
+            setattr(config.model, name, value)
+        config.model.context_steps = 40
+        config.train.batch_size = 4
+    config.train.num_steps = 1_000_000  # only the learning-rate schedule reads it
+    return config
+
+
+def ad_train(run: Run) -> None:
+    """Training tokens/s of the AD recipe at experiments/ad_darkroom.py's size and batch, through the
+    core trainer, on windows cut from real AD^epsilon Dark Room histories (generated here)."""
+    from mgdt_jax import envs
+    from mgdt_jax.recipes.ad import sources
+    from mgdt_jax.recipes.ad.recipe import ADRecipe
+
+    config = ad_config(run)
+    env = envs.get(config.data.env)
+    train_tasks, _ = env.task_split(0)
+    noisy = sources.make_source("ad_epsilon")
+    episodes = max(4, config.model.context_steps // env.episode_length + 1)
+    histories = sources.to_histories(sources.rollout(env, noisy, train_tasks, 0, episodes), env, noisy)
+    recipe = ADRecipe(config, histories=histories)
+    mesh = sharding.make_mesh(config.mesh)
+    trainer = Trainer(config, mesh, recipe)
+    batch_size = config.train.batch_size
+    batch = trainer.shard_batch(recipe.training_data(process_index=0, process_count=1).batch(0))
+    model = recipe.model_config
+    cost = recipe.step_cost(batch_size)
+    run.record(num_layers=model.num_layers, d_model=model.d_model, context_steps=model.context_steps,
+               token_layout=model.token_layout, batch=batch_size, dtype=model.dtype,
+               tokens_per_step=cost.tokens, flops_per_step=cost.flops)
+    start = time.perf_counter()
+    step = trainer.lower_step(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                           batch)).compile()
+    run.log(f"compiled the AD step at batch {batch_size} in {time.perf_counter() - start:.1f} s")
+    state = trainer.init(seed=0)
+    state, timing = timed_steps(step, state, batch, run)
+    tokens_per_s = cost.tokens / timing["step_s"]
+    peak = flops.peak_flops_per_device(jax.devices()[0], model.dtype)
+    run.record(**timing, tokens_per_s=tokens_per_s, windows_per_s=batch_size / timing["step_s"],
+               tflops_per_s=cost.flops / timing["step_s"] / 1e12,
+               mfu=None if not peak else cost.flops / timing["step_s"] / (peak * jax.device_count()))
+    run.log(f"{tokens_per_s:,.0f} tokens/s ({timing['step_s'] * 1e3:.1f} ms per step of {batch_size} x "
+            f"{model.context_steps} steps); loss {timing['loss_first']:.3f} -> {timing['loss_last']:.3f}")
+    if not np.isfinite(timing["loss_last"]):
+        raise RuntimeError(f"the loss is {timing['loss_last']}")
+
+
+def ad_eval(run: Run) -> None:
+    """KV-cached in-context evaluation env steps/s: every one of the 81 Dark Room goals at once for
+    100 episodes (2,000 steps each), the AD^epsilon recipe's model, argmax and sampled actions
+    (compilation apart)."""
+    from mgdt_jax import envs
+    from mgdt_jax.recipes.ad import evaluate
+    from mgdt_jax.recipes.ad.model import AlgorithmDistillation
+    from mgdt_jax.recipes.ad.recipe import ADRecipe
+
+    config = ad_config(run)
+    recipe = ADRecipe(config)
+    env = envs.get(config.data.env)
+    num_goals, episodes = AD_TOY_EVAL if run.scale.toy_model is not None else (env.num_tasks, 100)
+    goals = env.task_split(0, num_train=0, num_heldout=num_goals)[1]
+    model = AlgorithmDistillation(recipe.model_config, rngs=nnx.Rngs(0))
+    rates = []
+    for greedy in (True, False):
+        if run.left() < 10:
+            run.note("no time left for the sampled run")
+            break
+        result = evaluate.evaluate_in_context(model, env, goals, num_episodes=episodes, seed=0, greedy=greedy)
+        rate = {"actions": result.name, "tasks": num_goals, "episodes": episodes,
+                "env_steps": num_goals * episodes * env.episode_length, "env_steps_per_s": result.env_steps_per_s,
+                "compile_s": result.compile_s, "mean_return": float(result.returns.mean())}
+        rates.append(rate)
+        run.record(rates=rates)
+        run.log(f"{result.name}: {num_goals} goals x {episodes} episodes at {result.env_steps_per_s:,.0f} env steps/s "
+                f"(compiled in {result.compile_s:.1f} s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("section")
@@ -551,6 +642,8 @@ SECTION_FUNCTIONS: dict[str, Callable[[Run], None]] = {
     "train_1b": train_1b,
     "policy": policy,
     "input_pipeline": input_pipeline,
+    "ad_train": ad_train,
+    "ad_eval": ad_eval,
 }
 
 

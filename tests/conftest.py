@@ -123,6 +123,25 @@ def breakout_windows():
     }
 
 
+@pytest.fixture(scope="session")
+def darkroom_histories_dir(tmp_path_factory):
+    """Q-learning learning histories of Dark Room written by mgdt-ad-histories' writer: 8 training
+    goals of the default split x 2 histories x 12 episodes (240 steps each)."""
+    import jax
+
+    from data_pipelines import ad_histories
+    from mgdt_jax import envs
+    from mgdt_jax.recipes.ad import sources
+
+    env = envs.get("darkroom")
+    train, _ = env.task_split(0)
+    tasks = jax.tree.map(lambda leaf: leaf[:8], train)
+    out = tmp_path_factory.mktemp("ad_histories") / "darkroom_q"
+    ad_histories.write_histories(env, sources.make_source("q_learning"), tasks, out, seed=0, episodes_per_history=12,
+                                 histories_per_task=2, split={"side": "train", "seed": 0}, progress=False)
+    return out
+
+
 @pytest.fixture(scope="session", params=sorted(CASES))
 def recipe_case(request):
     """Each recipe the generic training tests run on (tests/recipe_cases.py)."""

@@ -59,6 +59,7 @@ def get_config():
 def step_config(case: Any, mesh: dict[str, int], *, dropout_rate: float = 0.1, grad_accum_steps: int = 1) -> dict:
     """A small plain-dict config of ``case``'s recipe (the step must not need ml_collections)."""
     return {
+        **getattr(case, "step_sections", {}),
         "recipe": case.recipe,
         "model": {"num_layers": 2, "d_model": 64, "num_heads": 2, "dropout_rate": dropout_rate},
         "mesh": mesh,
@@ -92,4 +93,48 @@ class ToyCase:
         return TOY_CONFIG_FILE.format(**fields)
 
 
-CASES = {case.name: case for case in (MgdtCase(), ToyCase())}
+AD_CONFIG_FILE = """
+from experiments import ad_darkroom
+
+
+def get_config():
+    config = ad_darkroom.get_config()
+    config.model.context_steps = {context_steps}  # 8 Dark Room episodes: runs long enough to be stopped mid-way
+    config.model.num_layers = 1
+    config.model.d_model = 64
+    config.mesh.data = 1
+    config.mesh.fsdp = -1
+    config.optimizer.warmup_steps = 4
+    config.optimizer.schedule = "constant"
+    config.optimizer.learning_rate = 3e-3
+    config.data.sources = [{source!r}]
+    config.train.batch_size = 16
+    config.train.num_steps = {num_steps}
+    config.train.log_every = 1
+    config.train.checkpoint_every = {checkpoint_every}
+    return config
+"""
+AD_CONTEXT_STEPS = 160
+
+
+class AdCase:
+    """Algorithm Distillation on Q-learning histories of Dark Room written by mgdt-ad-histories."""
+
+    name = recipe = "ad"
+    metrics = ("action_loss", "action_accuracy")
+    step_sections = {"data": {"env": "darkroom"}}
+
+    def batches(self, request: pytest.FixtureRequest) -> list[dict[str, np.ndarray]]:
+        from mgdt_jax.recipes.ad.data import TrainingWindows
+        from mgdt_jax.recipes.ad.histories import read_histories
+
+        histories = read_histories(request.getfixturevalue("darkroom_histories_dir"))
+        windows = TrainingWindows(histories, context_steps=40, global_batch_size=BATCH, seed=0)
+        return [windows.batch(step) for step in (0, 1)]
+
+    def config_file(self, request: pytest.FixtureRequest, **fields: Any) -> str:
+        return AD_CONFIG_FILE.format(source=str(request.getfixturevalue("darkroom_histories_dir")),
+                                     context_steps=AD_CONTEXT_STEPS, **fields)
+
+
+CASES = {case.name: case for case in (MgdtCase(), ToyCase(), AdCase())}

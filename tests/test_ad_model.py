@@ -1,6 +1,5 @@
 """Algorithm Distillation: KV-cache decoding, the model, training windows and in-context evaluation."""
 
-import dataclasses
 import json
 
 import jax
@@ -14,7 +13,11 @@ from mgdt_jax.core.transformer import Transformer
 from mgdt_jax.recipes.ad import evaluate
 from mgdt_jax.recipes.ad.data import TrainingWindows
 from mgdt_jax.recipes.ad.model import ADModelConfig, AlgorithmDistillation, loss_and_metrics
-from mgdt_jax.recipes.ad.synthetic import BanditHistories, thompson_bandit_histories
+from mgdt_jax.envs.bandit import BernoulliBandit, regret as pseudo_regret
+from mgdt_jax.recipes.ad import sources
+from mgdt_jax.recipes.ad.histories import Histories
+
+TWO_ARMED = BernoulliBandit(num_arms=2)
 
 
 def banded_causal_mask(length: int, window: int) -> jax.Array:
@@ -140,8 +143,11 @@ def train(model: AlgorithmDistillation, windows: TrainingWindows, steps: int, le
 
 
 @pytest.fixture(scope="module")
-def two_armed_histories() -> BanditHistories:
-    return thompson_bandit_histories(num_histories=2048, pulls=24, num_arms=2, seed=0)
+def two_armed_histories() -> Histories:
+    """Thompson sampling on 2048 two-armed bandits, 24 pulls each."""
+    thompson = sources.make_source("thompson")
+    tasks = TWO_ARMED.sample_tasks(jax.random.key(0), 2048)
+    return sources.to_histories(sources.rollout(TWO_ARMED, thompson, tasks, seed=0, num_episodes=24), TWO_ARMED, thompson)
 
 
 @pytest.fixture(scope="module")
@@ -159,11 +165,11 @@ def test_loss_falls_on_thompson_sampling_histories(trained_two_armed):
     assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:3]), losses
 
 
-def window_histories(num_histories: int = 5, episodes: int = 6, episode_length: int = 4) -> BanditHistories:
+def window_histories(num_histories: int = 5, episodes: int = 6, episode_length: int = 4) -> Histories:
     """Histories whose observation at (h, t) is h * T + t, so a window tells where it was cut."""
     steps = episodes * episode_length
     rng = np.random.default_rng(0)
-    return BanditHistories(
+    return Histories(
         observations=(np.arange(num_histories)[:, None] * steps + np.arange(steps)).astype(np.int32),
         actions=rng.integers(0, 3, (num_histories, steps)).astype(np.int32),
         rewards=rng.random((num_histories, steps)).astype(np.float32),
@@ -232,58 +238,37 @@ def test_tail_episodes_cut_windows_from_the_converged_end_only():
     assert first_steps.min() >= 24 - 12 and first_steps.max() <= 24 - 8
 
 
-@dataclasses.dataclass(frozen=True)
-class TwoArmedBandit:
-    """A 2-armed Bernoulli bandit in the envs interface: task = the arm means [2], one pull per episode."""
-
-    name: str = "two_armed_bandit"
-    num_actions: int = 2
-    num_observations: int = 1
-    episode_length: int = 1
-
-    def reset(self, task, key):
-        return jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
-
-    def step(self, task, state, action, key):
-        reward = (jax.random.uniform(key) < task[action]).astype(jnp.float32)
-        return state, jnp.zeros((), jnp.int32), reward, jnp.ones((), bool)
-
-
-def pseudo_regret(task, action):
-    return jnp.max(task) - task[action]
-
-
 def test_in_context_loop_runs_every_task_in_one_compiled_loop(trained_two_armed):
     model, _ = trained_two_armed
-    tasks = jax.random.uniform(jax.random.key(7), (64, 2))
-    run = evaluate.evaluate_in_context(model, TwoArmedBandit(), tasks, num_episodes=30, seed=0, greedy=True,
+    tasks = TWO_ARMED.sample_tasks(jax.random.key(7), 64)
+    run = evaluate.evaluate_in_context(model, TWO_ARMED, tasks, num_episodes=30, seed=0, greedy=True,
                                        regret=pseudo_regret, name="AD argmax")
     assert run.returns.shape == (64, 30) and set(np.unique(run.returns)) <= {0.0, 1.0}
     assert run.regret.shape == (64, 30) and (np.diff(run.regret, axis=1) >= -1e-9).all()
     assert run.env_steps_per_s > 0 and run.compile_s > 0
-    again = evaluate.evaluate_in_context(model, TwoArmedBandit(), tasks, num_episodes=30, seed=0, greedy=True,
+    again = evaluate.evaluate_in_context(model, TWO_ARMED, tasks, num_episodes=30, seed=0, greedy=True,
                                          regret=pseudo_regret)
     np.testing.assert_array_equal(again.regret, run.regret)
 
 
 def test_frozen_ad_trained_on_thompson_sampling_beats_random_in_context(trained_two_armed):
     model, _ = trained_two_armed
-    tasks = jax.random.uniform(jax.random.key(11), (256, 2))
-    run = evaluate.evaluate_in_context(model, TwoArmedBandit(), tasks, num_episodes=24, seed=1, greedy=False,
+    tasks = TWO_ARMED.sample_tasks(jax.random.key(11), 256)
+    run = evaluate.evaluate_in_context(model, TWO_ARMED, tasks, num_episodes=24, seed=1, greedy=False,
                                        regret=pseudo_regret)
-    random_regret = 24 * float(jnp.mean(jnp.max(tasks, axis=1) - jnp.mean(tasks, axis=1)))
+    random_regret = 24 * float(jnp.mean(jnp.max(tasks.means, axis=1) - jnp.mean(tasks.means, axis=1)))
     assert run.regret[:, -1].mean() < 0.6 * random_regret, (run.regret[:, -1].mean(), random_regret)
 
 
 def test_in_context_loop_rejects_episodes_of_another_length(trained_two_armed):
     model, _ = trained_two_armed
 
-    @dataclasses.dataclass(frozen=True)
-    class Mislabelled(TwoArmedBandit):
-        episode_length: int = 2  # but every pull ends an episode
+    class Mislabelled(BernoulliBandit):
+        episode_length = 2  # but every pull ends an episode
 
+    tasks = TWO_ARMED.sample_tasks(jax.random.key(0), 2)
     with pytest.raises(ValueError, match="episode_length=2"):
-        evaluate.evaluate_in_context(model, Mislabelled(), jnp.full((2, 2), 0.5), num_episodes=2, seed=0, greedy=True)
+        evaluate.evaluate_in_context(model, Mislabelled(num_arms=2), tasks, num_episodes=2, seed=0, greedy=True)
 
 
 def test_bootstrap_curve_brackets_the_mean_and_collapses_on_constant_values():

@@ -279,12 +279,29 @@ def load_params(path: str | Path, target: Any = None, step: int | None = None) -
     restore onto a mesh (it comes back as that tree); without one the saved tree comes back as nested
     dicts of host NumPy arrays.
     """
+    return load_checkpoint(path, target, step)[0]
+
+
+def load_checkpoint(path: str | Path, target: Any = None, step: int | None = None,
+                    recipe: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """``(params, data position)`` of one complete checkpoint (the latest by default), read-only.
+
+    ``path`` and ``target`` as in ``load_params``. Given ``recipe``, a checkpoint saved by another
+    recipe (the data position's ``recipe``) is refused before any array is read. CheckpointError
+    (one line) for a missing directory or step, another recipe, or parameters that do not fit.
+    """
     directory = checkpoint_directory(path)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such checkpoint directory")
     directory, step = pick_checkpoint(directory, step)
     options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
     with ocp.CheckpointManager(directory, options=options, handler_registry=_handler_registry()) as manager:
+        position = {}  # an imported checkpoint holds parameters only
+        if (directory / str(step) / DATA).exists():
+            position = dict(manager.restore(step, args=ocp.args.Composite(**{DATA: ocp.args.JsonRestore()}))[DATA])
+        saved = position.get("recipe", "mgdt")  # checkpoints written before recipes existed are the MGDT's
+        if recipe is not None and saved != recipe:
+            raise CheckpointError(f"{directory / str(step)}: a checkpoint of the {saved!r} recipe, not {recipe!r}")
         if target is None:
             metadata = manager.item_metadata(step)[PARAMS]
             restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
@@ -292,7 +309,7 @@ def load_params(path: str | Path, target: Any = None, step: int | None = None) -
         else:
             _check_fits(manager, step, PARAMS, target, directory)
             item = ocp.args.StandardRestore(target)
-        return manager.restore(step, args=ocp.args.Composite(**{PARAMS: item}))[PARAMS]
+        return manager.restore(step, args=ocp.args.Composite(**{PARAMS: item}))[PARAMS], position
 
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:

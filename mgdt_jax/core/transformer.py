@@ -16,7 +16,7 @@ checkpoint maps onto them one-to-one.
 Positions are the caller's business (MGDT adds learned absolute embeddings to its tokens), except
 for ALiBi (``alibi=True``): a per-head linear penalty on the query-key distance added to the
 attention logits, which depends only on distances and so lets a KV cache slide over an unbounded
-stream (``Transformer.decode``; docs/ad_model.md).
+stream (``Transformer.decode``; docs/algorithm_distillation.md).
 """
 
 from __future__ import annotations

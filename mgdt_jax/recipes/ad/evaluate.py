@@ -256,3 +256,95 @@ def _plot(curves: Mapping[str, Mapping[str, Curve]], path: Path) -> None:
     fig.savefig(partial, dpi=100)
     plt.close(fig)
     os.replace(partial, path)
+
+
+def source_run(env: Any, source: Any, tasks: Any, *, num_episodes: int, seed: int,
+               regret: Callable[[Any, jax.Array], jax.Array] | None = None) -> InContextRun:
+    """A source algorithm (mgdt_jax.recipes.ad.sources) learning from scratch on every task for
+    ``num_episodes`` episodes: the curve AD's in-context curve is compared with."""
+    from mgdt_jax.recipes.ad import sources
+
+    started = time.perf_counter()
+    result = sources.rollout(env, source, tasks, seed, num_episodes)
+    rewards = np.asarray(jax.block_until_ready(result.rewards), np.float64)  # [tasks, episodes, L]
+    seconds = time.perf_counter() - started
+    cumulative_regret = None
+    if regret is not None:
+        per_step = jax.vmap(lambda task, actions: regret(task, actions))(tasks, result.actions.reshape(rewards.shape[0], -1))
+        cumulative_regret = np.cumsum(np.asarray(per_step, np.float64), axis=1)
+    return InContextRun(name=source.name, returns=rewards.sum(-1), regret=cumulative_regret,
+                        env_steps_per_s=rewards.size / seconds)
+
+
+def load_trained(workdir: str | Path, step: int | None = None) -> tuple[Any, nnx.Module, dict]:
+    """``(recipe, model, config)`` of an AD run: its config.json and the parameters of its checkpoint
+    (the latest by default), restored onto one device. ValueError (one line) for a workdir without
+    config.json, a run of another recipe, or histories that no longer match the config;
+    CheckpointError for a missing checkpoint or parameters that do not fit."""
+    from mgdt_jax.core import checkpointing
+    from mgdt_jax.core.loop import CONFIG_FILE
+    from mgdt_jax.recipes.ad.recipe import ADRecipe
+
+    workdir = Path(workdir)
+    path = workdir / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{workdir}: no {CONFIG_FILE}: not a training run's workdir") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: unreadable ({error})") from None
+    if config.get("recipe", "mgdt") != ADRecipe.name:
+        raise ValueError(f"{workdir}: a run of the {config.get('recipe', 'mgdt')!r} recipe, not {ADRecipe.name!r}")
+    recipe = ADRecipe(config)
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: recipe.model(nnx.Rngs(0))))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+                          jax.eval_shape(lambda: nnx.state(recipe.model(nnx.Rngs(0)))))
+    params, _ = checkpointing.load_checkpoint(workdir, target=target, step=step, recipe=ADRecipe.name)
+    return recipe, nnx.merge(graphdef, params), config
+
+
+def training_task_ids(recipe: Any) -> np.ndarray:
+    """Every task id the recipe's history directories were generated on (from their metadata)."""
+    from mgdt_jax.recipes.ad.recipe import read_metadata
+
+    if not recipe.data.sources:
+        raise ValueError("the run trained on in-memory histories (no config.data.sources): pass its training task ids")
+    return np.concatenate([np.asarray(read_metadata(d).get("task_ids", []), np.int64) for d in recipe.data.sources])
+
+
+def compare(ad_workdir: str | Path, out_dir: str | Path, *, ed_workdir: str | Path | None = None,
+            baselines: Sequence[Any] = (), episodes: int | None = None, seed: int = 0,
+            train_task_ids: np.ndarray | None = None) -> dict[str, Any]:
+    """In-context evaluation of a trained AD run on its config's held-out tasks, sampled and argmax,
+    beside each baseline source (a Source) from scratch and an ED run's sampled and argmax runs, in
+    one report (write_report). Returns the report. ValueError (one line) when the held-out tasks
+    overlap the training tasks (``train_task_ids``, default: the histories' metadata), or the ED run
+    is of another environment."""
+    from mgdt_jax.recipes.ad.recipe import heldout_tasks, in_context_episodes, overlap_error, regret_function
+
+    recipe, model, _ = load_trained(ad_workdir)
+    env = recipe.env
+    tasks = heldout_tasks(env, recipe.evaluation)
+    heldout_ids = np.asarray(tasks.id)
+    train_ids = training_task_ids(recipe) if train_task_ids is None else train_task_ids
+    if fault := overlap_error(str(ad_workdir), train_ids, heldout_ids):
+        raise ValueError(fault)
+    num_episodes = episodes or in_context_episodes(env, recipe.evaluation)
+    regret = regret_function(env)
+    runs = [evaluate_in_context(model, env, tasks, num_episodes=num_episodes, seed=seed, greedy=greedy,
+                                regret=regret, name=f"AD {'argmax' if greedy else 'sample'}") for greedy in (False, True)]
+    for source in baselines:
+        runs.append(source_run(env, source, tasks, num_episodes=num_episodes, seed=seed, regret=regret))
+    if ed_workdir is not None:
+        ed_recipe, ed_model, _ = load_trained(ed_workdir)
+        if ed_recipe.env.name != env.name:
+            raise ValueError(f"{ed_workdir}: an ED run on {ed_recipe.env.name!r}, and the AD run is on {env.name!r}")
+        runs += [evaluate_in_context(ed_model, env, tasks, num_episodes=num_episodes, seed=seed, greedy=greedy,
+                                     regret=regret, name=f"ED {'argmax' if greedy else 'sample'}") for greedy in (False, True)]
+    settings = {"env": env.name, "tasks": int(heldout_ids.shape[0]), "episodes": num_episodes,
+                "split_seed": recipe.evaluation.split_seed, "seed": seed, "ad_workdir": str(ad_workdir),
+                "ed_workdir": None if ed_workdir is None else str(ed_workdir),
+                "baselines": [source.config() for source in baselines]}
+    path = write_report(runs, Path(out_dir), settings)
+    return json.loads(path.read_text())

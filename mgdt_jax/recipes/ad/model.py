@@ -2,7 +2,7 @@
 
 A causal transformer reads a learning history across episodes and predicts each step's action from
 the observation and everything before it; with frozen weights it then improves in context on a new
-task (mgdt_jax/recipes/ad/evaluate.py). docs/ad_model.md gives the measurements behind each choice.
+task (mgdt_jax/recipes/ad/evaluate.py). docs/algorithm_distillation.md gives the measurements behind each choice.
 
 Tokens per history step t (``token_layout``):
 
@@ -14,7 +14,7 @@ Tokens per history step t (``token_layout``):
 
 Both see the same information. The joint layout is 3x shorter, so it costs about a third per step
 and its attention a ninth, and in our measurement it also learned faster at equal updates
-(docs/ad_model.md).
+(docs/algorithm_distillation.md).
 
 The previous action of a window's first step comes from the history (the step before the window), or
 is ``START`` (= num_actions, an extra row of the action table) at a history's first step; its
@@ -206,7 +206,7 @@ class AlgorithmDistillation(nnx.Module):
         the stream's step index from 0 -> (action logits float32 [B, num_actions], cache).
 
         Equal to the training forward pass over the stream with attention limited to the last
-        ``config.window`` tokens (docs/ad_model.md): the KV cache slides, nothing is re-encoded.
+        ``config.window`` tokens (docs/algorithm_distillation.md): the KV cache slides, nothing is re-encoded.
         """
         batch_size = observation.shape[0]
         observation_token = self.observation_emb(observation)

@@ -1,0 +1,166 @@
+"""The Algorithm Distillation claims, each data -> training -> evaluation -> table and plot, fixed seeds.
+
+    python experiments/ad_claims.py bandit [--quick] --out DIR
+    python experiments/ad_claims.py darkroom [--quick] --out DIR
+    python experiments/ad_claims.py key_to_door [--quick] --out DIR
+
+* ``bandit``: AD trained on Thompson-sampling histories of 10-armed Bernoulli bandits (100 pulls),
+  frozen, on 512 fresh held-out bandits: cumulative regret at 100 pulls against Thompson sampling
+  and UCB1 from scratch on the same bandits, and ED (the same model on the optimal arm's pulls).
+  Claim: AD within 5% of Thompson and at most 0.55x UCB1; ED clearly worse; all within 5 minutes
+  on 2 cores.
+* ``darkroom``: AD on AD^epsilon histories of the 65 training goals, in context on the 16 held-out
+  goals for 40 episodes, beside Q-learning from scratch and ED (expert histories). Claim: mean
+  return at episode 40 >= 10 and rising.
+* ``key_to_door``: the in-context curve of AD trained on Q-learning histories, beside Q-learning.
+
+Histories are generated in memory (sources.rollout, the generator mgdt-ad-histories runs) and
+trained through the core loop with the AD recipe; the report is mgdt-ad-eval's (evaluate.compare).
+``--quick`` shrinks data and training to a smoke run of the same pipeline (its figures are no claim).
+Prints a markdown table and the checks; writes the report (JSON, CSV, PNG) and a copy of the plot
+under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from experiments import ad_bandit, ad_darkroom, ad_key_to_door
+from mgdt_jax import envs
+from mgdt_jax.core import loop
+from mgdt_jax.recipes.ad import evaluate, sources
+from mgdt_jax.recipes.ad.recipe import ADRecipe
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    config: object  # the experiment module
+    env: str
+    source: str  # what AD distils
+    source_settings: dict
+    baselines: tuple[str, ...]  # run from scratch on the held-out tasks
+    num_train: int | None  # training tasks (None: the split's default)
+    num_heldout: int | None
+    histories_per_task: int
+    episodes_per_history: int
+    train_steps: int
+    ed_steps: int
+    batch_size: int
+    model: dict
+
+
+CLAIMS = {
+    "bandit": Claim(ad_bandit, "bandit", "thompson", {}, ("thompson", "ucb1"), num_train=4096, num_heldout=512,
+                    histories_per_task=1, episodes_per_history=100, train_steps=1000, ed_steps=100, batch_size=32,
+                    model={"num_layers": 2, "d_model": 64, "num_heads": 2, "dropout_rate": 0.0}),
+    "darkroom": Claim(ad_darkroom, "darkroom", "ad_epsilon", {}, ("q_learning",), num_train=None, num_heldout=None,
+                      histories_per_task=32, episodes_per_history=100, train_steps=5000, ed_steps=500, batch_size=64,
+                      model={}),
+    "key_to_door": Claim(ad_key_to_door, "key_to_door", "q_learning", {}, ("q_learning",), num_train=1024,
+                         num_heldout=64, histories_per_task=2, episodes_per_history=300, train_steps=5000,
+                         ed_steps=500, batch_size=32, model={}),
+}
+QUICK = {"darkroom": dict(histories_per_task=4, episodes_per_history=60, train_steps=300, ed_steps=100, batch_size=32),
+         "key_to_door": dict(num_train=256, histories_per_task=1, episodes_per_history=60, train_steps=200, ed_steps=50,
+                             batch_size=16),
+         "bandit": dict(num_train=512, train_steps=100, ed_steps=20)}
+QUICK_MODEL = {"num_layers": 2, "d_model": 64, "num_heads": 2}
+SEED = 0
+
+
+def histories(claim: Claim, env, source_name: str, tasks, seed: int):
+    source = sources.make_source(source_name, **(claim.source_settings if source_name == claim.source else {}))
+    result = sources.rollout(env, source, tasks, seed, claim.episodes_per_history, claim.histories_per_task)
+    return sources.to_histories(result, env, source)
+
+
+def train(claim: Claim, data, workdir: Path, steps: int) -> float:
+    config = claim.config.get_config()
+    for key, value in claim.model.items():
+        setattr(config.model, key, value)
+    config.evaluation.num_heldout = claim.num_heldout or 0
+    config.train.num_steps = steps
+    config.train.batch_size = claim.batch_size
+    config.train.checkpoint_every = steps
+    config.train.log_every = max(steps // 10, 1)
+    config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, steps // 10)
+    started = time.perf_counter()
+    loop.train(config, workdir, recipe=ADRecipe(config, histories=data))
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("claim", choices=sorted(CLAIMS))
+    parser.add_argument("--quick", action="store_true", help="a smoke run of the same pipeline (no claim)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    claim = CLAIMS[args.claim]
+    if args.quick:
+        claim = dataclasses.replace(claim, **QUICK[args.claim])
+        if args.claim != "bandit":
+            claim = dataclasses.replace(claim, model=QUICK_MODEL)
+    if args.out.exists():
+        raise SystemExit(f"--out {args.out}: already exists; choose a new directory")
+    started = time.perf_counter()
+    print(f"# {args.claim}{' (quick)' if args.quick else ''}: {claim}; jax {jax.__version__} on {jax.devices()[0].platform}, "
+          f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}", flush=True)
+    env = envs.get(claim.env)
+    train_tasks, _ = env.task_split(SEED, claim.num_train, claim.num_heldout)
+    data = histories(claim, env, claim.source, train_tasks, SEED)
+    expert = histories(claim, env, "expert", train_tasks, SEED)
+    data_s = time.perf_counter() - started
+    returns = data.episode_returns()
+    print(f"data: {data.num_histories} {data.source} histories x {data.episodes_per_history} episodes in {data_s:.1f} s; "
+          f"return first {returns[:, 0].mean():.3f}, last {returns[:, -1].mean():.3f}", flush=True)
+    ad_s = train(claim, data, args.out / "ad", claim.train_steps)
+    ed_s = train(claim, expert, args.out / "ed", claim.ed_steps)
+    print(f"training: AD {claim.train_steps} steps in {ad_s:.1f} s, ED {claim.ed_steps} steps in {ed_s:.1f} s", flush=True)
+    eval_started = time.perf_counter()
+    report = evaluate.compare(args.out / "ad", args.out / "report", ed_workdir=args.out / "ed",
+                              baselines=[sources.make_source(name) for name in claim.baselines], seed=SEED,
+                              train_task_ids=np.asarray(train_tasks.id))
+    eval_s = time.perf_counter() - eval_started
+    total_s = time.perf_counter() - started
+    bandit = "cumulative_regret" in report["runs"]["AD sample"]["final"]
+    metric = "cumulative_regret" if bandit else "return"
+    label = "cumulative regret at 100 pulls" if bandit else f"return at in-context episode {report['settings']['episodes']}"
+    print(f"\n{report['settings']['tasks']} held-out tasks; data {data_s:.0f} s, training {ad_s + ed_s:.0f} s, "
+          f"evaluation {eval_s:.0f} s, total {total_s:.0f} s\n")
+    print(f"| run | {label} [95% CI] | first episode return |\n|---|---|---|")
+    finals = {}
+    for name, run in report["runs"].items():
+        final = run["final"][metric]
+        finals[name] = final["mean"]
+        print(f"| {name} | {final['mean']:.2f} [{final['low']:.2f}, {final['high']:.2f}] | "
+              f"{run['curves']['return']['mean'][0]:.2f} |")
+    checks = {}
+    if bandit:
+        thompson, ucb1, ad = finals["thompson"], finals["ucb1"], finals["AD sample"]
+        checks = {"AD within 5% of Thompson": ad <= 1.05 * thompson, "AD <= 0.55x UCB1": ad <= 0.55 * ucb1,
+                  "ED clearly worse (>= 1.5x AD)": min(finals["ED sample"], finals["ED argmax"]) >= 1.5 * ad,
+                  "within 5 minutes": total_s <= 300}
+        print(f"\nAD/Thompson {ad / thompson:.3f}, AD/UCB1 {ad / ucb1:.3f}")
+    else:
+        curve = report["runs"]["AD argmax"]["curves"]["return"]["mean"]
+        checks = {"AD argmax at the last episode >= 10": curve[-1] >= 10,
+                  "rising (last 5 episodes above the first 5)": np.mean(curve[-5:]) > np.mean(curve[:5])}
+    for name, passed in checks.items():
+        print(f"check: {name}: {'yes' if passed else 'NO'}")
+    (args.out / "summary.json").write_text(json.dumps({"claim": args.claim, "quick": args.quick, "seconds": {
+        "data": data_s, "train_ad": ad_s, "train_ed": ed_s, "evaluation": eval_s, "total": total_s},
+        "finals": finals, "checks": checks}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The AD recipe end to end: mgdt-ad-histories -> mgdt-train -> mgdt-ad-eval, and bad input in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_pipelines import ad_histories
+from mgdt_jax import envs
+from mgdt_jax.cli import ad_eval
+from mgdt_jax.recipes.ad.recipe import ADRecipe
+from experiments import ad_bandit, ad_darkroom, ad_key_to_door
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def write(tmp: Path, name: str, *args) -> Path:
+    out = tmp / name
+    assert ad_histories.main([*map(str, args), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(histories, workdir): 8 Dark Room goals x 6 Q-learning episodes, 3 steps of mgdt-train."""
+    tmp = tmp_path_factory.mktemp("ad")
+    histories = write(tmp, "dr_q", "--env", "darkroom", "--source", "q_learning", "--episodes", 6, "--num-train", 8)
+    workdir = tmp / "run"
+    overrides = {"data.sources": str(histories), "train.num_steps": 3, "train.batch_size": 8, "train.log_every": 1,
+                 "model.num_layers": 1, "model.d_model": 32, "optimizer.warmup_steps": 1}
+    command = [sys.executable, "-m", "mgdt_jax.cli.train", "--config", str(REPOSITORY / "experiments/ad_darkroom.py"),
+               "--workdir", str(workdir), *(f"--config.{key}={value}" for key, value in overrides.items())]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])),
+           "JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "recipe ad; data: 8 q_learning histories of 6 darkroom episodes on 8 tasks" in run.stdout
+    return histories, workdir
+
+
+def test_trained_run_evaluates_in_context_beside_its_source(trained, tmp_path, capsys):
+    _, workdir = trained
+    out = tmp_path / "report"
+    assert ad_eval.main(["--workdir", str(workdir), "--ed-workdir", str(workdir), "--baselines", "q_learning",
+                         "--episodes", "3", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["runs"]) == {"AD sample", "AD argmax", "q_learning", "ED sample", "ED argmax"}
+    for run in report["runs"].values():
+        assert (run["tasks"], run["episodes"]) == (16, 3)  # Dark Room's 16 held-out goals
+        assert 0 <= run["final"]["return"]["low"] <= run["final"]["return"]["mean"] <= run["final"]["return"]["high"] <= 20
+    assert (out / "curves.png").stat().st_size > 0 and (out / "curves.csv").read_text().count("\n") == 1 + 5 * 3
+    assert "AD sample" in capsys.readouterr().out
+
+
+def bad_eval(capsys, *args) -> str:
+    assert ad_eval.main([*map(str, args)]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mgdt-ad-eval: error: "), lines
+    return lines[0]
+
+
+def test_eval_refuses_an_overlapping_split_and_other_runs_in_one_line(trained, tmp_path, capsys):
+    histories, workdir = trained
+    train_ids = json.loads((histories / "metadata.json").read_text())["task_ids"]
+    overlapping = next(seed for seed in range(1, 50)
+                       if set(np.asarray(envs.get("darkroom").task_split(seed)[1].id).tolist()) & set(train_ids))
+    moved = tmp_path / "moved"
+    shutil.copytree(workdir, moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["evaluation"]["split_seed"] = overlapping
+    (moved / "config.json").write_text(json.dumps(config))
+    assert "the task split overlaps" in bad_eval(capsys, "--workdir", moved, "--out", tmp_path / "r1")
+
+    config["recipe"] = "mgdt"
+    (moved / "config.json").write_text(json.dumps(config))
+    assert "'mgdt' recipe" in bad_eval(capsys, "--workdir", moved, "--out", tmp_path / "r2")
+    assert "no config.json" in bad_eval(capsys, "--workdir", tmp_path / "nothing", "--out", tmp_path / "r3")
+    assert "unknown source" in bad_eval(capsys, "--workdir", workdir, "--baselines", "sarsa", "--out", tmp_path / "r4")
+    assert "needs a bandit" in bad_eval(capsys, "--workdir", workdir, "--baselines", "ucb1", "--out", tmp_path / "r5")
+    assert not (tmp_path / "r1" / "report.json").exists()
+
+
+def test_training_refuses_histories_of_another_env_and_a_short_context(trained, tmp_path):
+    histories, _ = trained
+    config = ad_bandit.get_config()
+    config.data.sources = (str(histories),)
+    with pytest.raises(ValueError, match="histories of 'darkroom', and config.data.env is 'bandit'"):
+        ADRecipe(config)
+    config = ad_darkroom.get_config()
+    config.data.sources = (str(histories),)
+    config.model.context_steps = 10
+    with pytest.raises(ValueError, match="context_steps 10 is shorter than one darkroom episode"):
+        ADRecipe(config).training_data(process_index=0, process_count=1)
+    config = ad_key_to_door.get_config()
+    config.data.sources = (str(tmp_path / "missing"),)
+    with pytest.raises(ValueError, match="missing: no metadata.json"):
+        ADRecipe(config)
+
+
+def test_mgdt_train_reports_histories_of_another_env_in_one_line(trained, tmp_path):
+    histories, _ = trained
+    command = [sys.executable, "-m", "mgdt_jax.cli.train", "--config", str(REPOSITORY / "experiments/ad_bandit.py"),
+               "--workdir", str(tmp_path / "w"), f"--config.data.sources={histories}"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [
+        f"mgdt-train: error: {histories}: histories of 'darkroom', and config.data.env is 'bandit'"]
