@@ -45,7 +45,7 @@ from tests import toy_recipe
 
 def get_config():
     config = toy_recipe.get_config()
-    config.model.sequence_length = 160  # the MGDT case's tokens per step: runs long enough to be stopped mid-way
+    config.model.sequence_length = 640  # long enough per step that SIGKILL lands before the last step
     config.mesh.data = 1
     config.mesh.fsdp = -1
     config.optimizer.learning_rate = 3e-3
