@@ -220,7 +220,8 @@ def results_markdown(config, recorded, summaries, finetuned, games, heldout, com
         f"model: {config.model.num_layers} layers, d {config.model.d_model}; MGDT and BC trained "
         f"{config.train.num_steps} steps each (batch {config.train.batch_size}); {exp.eval_episodes} evaluation "
         f"episodes per game and method, sticky actions 0.25, same cap. Human-normalised means with bootstrap 95% "
-        f"intervals:",
+        f"intervals (the DQN Zoo random and human scores are of full games, so on capped episodes the "
+        f"normalised values compare methods with each other, not with the paper; Pong's most of all):",
         "",
         "| method | " + " | ".join(games) + " | IQM | mean |",
         "|---|" + "---|" * (len(games) + 2),
