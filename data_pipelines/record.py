@@ -9,6 +9,12 @@ Preprocessing as Dopamine's AtariPreprocessing: grayscale, max-pool of the last 
 INTER_AREA resize, frame skip 4, no life-loss terminals, sticky actions. An episode ends at game
 over or after --max-episode-steps agent steps (both logged as terminal in the 2019 layout of the
 dataset; the time limit with terminal = 0 in the newer layouts).
+
+Policies: `random`, or `expert`, the game's scripted expert reading the emulator RAM (Pong,
+Breakout, Freeway; data_pipelines/experts.py). `--epsilon-schedule` mixes uniformly random actions
+in with a probability set per episode (`0.1`, `linear:1.0:0.0` over the run, `cycle:1,0.5,0`), so
+one run holds behaviour of many qualities, as the DQN Replay Dataset holds an agent's early and late
+policies.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Protocol
 import numpy as np
 import tqdm
 
-from data_pipelines import replay_logs
+from data_pipelines import experts, replay_logs
 from mgdt_jax.envs import atari
 
 
@@ -58,9 +64,10 @@ class RandomPolicy:
         pass
 
 
-# Policy name -> factory(game, seed).
-POLICIES: dict[str, Callable[[str, int], Policy]] = {
-    "random": lambda game, seed: RandomPolicy(len(atari.MINIMAL_ACTION_SETS[game]), seed),
+# Policy name -> factory(game, seed, emulator); the emulator (ale_py.ALEInterface) gives the RAM.
+POLICIES: dict[str, Callable[[str, int, experts.RamReader], Policy]] = {
+    "random": lambda game, seed, ale: RandomPolicy(len(atari.MINIMAL_ACTION_SETS[game]), seed),
+    "expert": lambda game, seed, ale: experts.make_expert(game, ale),
 }
 
 
@@ -87,47 +94,67 @@ class RecordReport:
     steps: int
     episodes_finished: int
     checkpoints: int
+    episode_returns: list[float]  # raw (unclipped) score of each finished episode
+    episode_epsilons: list[float]  # the epsilon each finished episode was played with
 
 
 def record(game: str, steps: int, out: Path, run: int = 1, capacity: int = replay_logs.DEFAULT_CAPACITY,
            max_episode_steps: int = replay_logs.DEFAULT_MAX_EPISODE_STEPS, sticky_actions: float = 0.25,
-           policy: str = "random", seed: int = 0, progress: bool = True, layout: str = "2019") -> RecordReport:
+           policy: str = "random", seed: int = 0, progress: bool = True, layout: str = "2019",
+           epsilon: str | experts.EpsilonSchedule = "0") -> RecordReport:
     """Plays `steps` agent steps and writes out/<Game>/<run>/replay_logs/.
+
+    `epsilon` is a schedule spec (experts.parse_epsilon_schedule) or a function (episode index,
+    fraction of `steps` played at its start) -> the probability of a uniformly random action in that
+    episode. Raises ValueError for an unknown policy, a game without an expert or a bad schedule,
+    before anything is written.
 
     Recording stops after exactly `steps` rows even mid-episode; like any run's last episode
     without a terminal row, a reader drops it as incomplete.
     """
     game = atari.check_game(game)
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}: expected one of {', '.join(sorted(POLICIES))}")
+    schedule = experts.parse_epsilon_schedule(epsilon) if isinstance(epsilon, str) else epsilon
     log_dir = Path(out) / game / str(run) / "replay_logs"
     if log_dir.is_dir() and any(log_dir.iterdir()):
         raise FileExistsError(f"{log_dir}: already holds replay logs; choose another --run or --out")
     env = make_environment(game, sticky_actions, max_episode_steps)
-    agent = POLICIES[policy](game, seed)
+    try:
+        inner = POLICIES[policy](game, seed, env.unwrapped.ale)
+    except ValueError:
+        env.close()
+        raise
+    agent = experts.EpsilonGreedy(inner, len(atari.MINIMAL_ACTION_SETS[game]), seed + 1)
     buffer = replay_logs.LoggedReplayBuffer(log_dir, capacity, layout)
-    episodes = 0
+    returns, epsilons = [], []
     observation, _ = env.reset(seed=seed)
+    agent.epsilon = schedule(0, 0.0)
     action = agent.begin_episode(observation)
-    episode_steps = 0
+    episode_steps, episode_return = 0, 0.0
     with tqdm.tqdm(total=steps, unit="step", desc=f"record {game}", disable=not progress) as bar:
-        for _ in range(steps):
+        for played in range(1, steps + 1):
             next_observation, reward, game_over, ale_truncated, _ = env.step(action)
             episode_steps += 1
+            episode_return += float(reward)
             reward = float(np.clip(reward, -1.0, 1.0))
             end = game_over or ale_truncated or episode_steps == max_episode_steps
             buffer.add(observation, action, reward, terminal=game_over, episode_end=end)
             bar.update()
             if end:
                 agent.end_episode(reward)
-                episodes += 1
-                episode_steps = 0
+                returns.append(episode_return)
+                epsilons.append(agent.epsilon)
+                episode_steps, episode_return = 0, 0.0
                 observation, _ = env.reset()
+                agent.epsilon = schedule(len(returns), played / steps)
                 action = agent.begin_episode(observation)
             else:
                 observation = next_observation
                 action = agent.step(reward, observation)
     buffer.log_final_buffer()
     env.close()
-    return RecordReport(log_dir, steps, episodes, buffer.num_dumps)
+    return RecordReport(log_dir, steps, len(returns), buffer.num_dumps, returns, epsilons)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="rows per dump (the replay buffer size)")
     parser.add_argument("--max-episode-steps", type=int, default=replay_logs.DEFAULT_MAX_EPISODE_STEPS)
     parser.add_argument("--sticky-actions", type=float, default=0.25, help="repeat-action probability")
-    parser.add_argument("--policy", choices=sorted(POLICIES), default="random")
+    parser.add_argument("--policy", default="random",
+                        help="random, or expert: the game's scripted expert (Pong, Breakout, Freeway)")
+    parser.add_argument("--epsilon", "--epsilon-schedule", dest="epsilon", default="0",
+                        help="probability of a random action, per episode: 0.1, linear:1.0:0.0 (over the run) "
+                             "or cycle:1,0.5,0 (episode by episode)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layout", choices=replay_logs.LAYOUTS, default="2019",
                         help="how episode ends are logged: as the DQN Replay Dataset (2019) or newer Dopamine")
@@ -149,12 +180,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps and --max-episode-steps must be positive, --sticky-actions in [0, 1]")
     try:
         report = record(args.game, args.steps, args.out, args.run, args.capacity, args.max_episode_steps,
-                        args.sticky_actions, args.policy, args.seed, layout=args.layout)
-    except (ValueError, OSError) as error:  # unknown game, existing logs, unwritable --out
+                        args.sticky_actions, args.policy, args.seed, layout=args.layout, epsilon=args.epsilon)
+    except (ValueError, OSError) as error:  # unknown game/policy/schedule, existing logs, unwritable --out
         print(f"mgdt-record: error: {error}", file=sys.stderr)
         return 2
     print(f"recorded {report.steps} steps ({report.episodes_finished} finished episodes, "
           f"{report.checkpoints} checkpoints) to {report.log_dir}")
+    if report.episode_returns:
+        print(f"episode scores: mean {np.mean(report.episode_returns):.1f}, min {min(report.episode_returns):.0f}, "
+              f"max {max(report.episode_returns):.0f}")
     return 0
 
 

@@ -45,7 +45,7 @@ def played(tmp_path_factory, request):
     in newer Dopamine's, plus what was played."""
     policies = []
 
-    def watching(game, seed):
+    def watching(game, seed, ale):
         policies.append(WatchingPolicy(len(atari.MINIMAL_ACTION_SETS[game]), seed))
         return policies[-1]
 

@@ -1,0 +1,50 @@
+"""Expert action inference against behaviour cloning on mixed-quality data, at a scale for 2 CPU cores.
+
+Used by experiments/mgdt_expert_inference.py (which explains the protocol). ``config.experiment``
+holds the experiment's own settings; the rest is the training config of both models (the tiny MGDT;
+the BC variant sets ``model.behaviour_cloning``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import ml_collections
+
+from experiments import tiny
+
+if TYPE_CHECKING:
+    from ml_collections import ConfigDict
+
+
+def get_config() -> ConfigDict:
+    config = tiny.get_config()
+    config.train.num_steps = 3_000
+    config.train.checkpoint_every = 1_000
+    config.train.log_every = 100
+
+    config.experiment = ml_collections.ConfigDict()
+    experiment = config.experiment
+    experiment.games = ("Breakout", "Freeway")  # pretraining games (scripted experts exist for them)
+    experiment.heldout_game = "Pong"  # a held-out game of the paper, also with an expert
+    experiment.steps_per_game = 50_000  # agent steps recorded per pretraining game
+    experiment.max_episode_steps = 1_000  # episode cap in recording and evaluation (4 frames a step)
+    experiment.epsilon = "linear:1.0:0.0"  # random at the start of each recording, expert at its end
+    experiment.heldout_fraction = 0.01  # of steps_per_game, recorded for fine-tuning
+    experiment.eval_episodes = 16  # per game and method
+    experiment.kappa = 10.0  # expert action inference
+    experiment.finetune_steps = 500  # from the pretrained model and from scratch alike
+    experiment.finetune_learning_rate = 1e-4  # paper §4.5
+    experiment.seed = 0
+    return config
+
+
+def quick(config: ConfigDict) -> ConfigDict:
+    """A smoke-test size: minutes on 2 cores; checks the flow, claims nothing."""
+    config.train.num_steps = 100
+    config.train.checkpoint_every = 50
+    config.train.log_every = 25
+    config.experiment.steps_per_game = 3_000
+    config.experiment.max_episode_steps = 300
+    config.experiment.finetune_steps = 30
+    return config
