@@ -195,10 +195,16 @@ class MultiHeadAttention(nnx.Module):
         self.value = dense(d_model, d_model, ("embed", "heads"), **projection)
         self.out = dense(d_model, d_model, ("heads", "embed"), **projection)
 
-    def __call__(self, x: jax.Array, mask: jax.Array, queries: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, queries: jax.Array | None = None, key_bias: jax.Array | None = None
+    ) -> jax.Array:
         """x: [B, T, D]; mask: bool, broadcastable to [B, H, Q, T] (query, key).
 
         ``queries`` [B, Q, D]: attend from these instead of from every token of ``x`` (Q = T).
+        ``key_bias`` float32 [B, H, T]: added to every query's logit of each key. Relative-position
+        biases that are linear in the distance (ALiBi, Press et al. 2022: ``-slope_h * (i - j)``)
+        reduce to it, since softmax ignores a shift shared by a query's row. It rides along as one
+        extra query/key dimension (query 1, key the bias), so the attention kernel is unchanged.
         """
         batch, _, d_model = x.shape
         head_dim = d_model // self.num_heads
@@ -211,6 +217,9 @@ class MultiHeadAttention(nnx.Module):
 
         query = heads((self.query(queries) * head_dim**-0.5).astype(self.dtype))
         key, value = heads(self.key(x).astype(self.dtype)), heads(self.value(x).astype(self.dtype))
+        if key_bias is not None:
+            query = jnp.concatenate([query, jnp.ones((*query.shape[:3], 1), query.dtype)], axis=-1)
+            key = jnp.concatenate([key, key_bias[..., None].astype(key.dtype)], axis=-1)
         attended = masked_attention(query, key, value, mask).transpose(0, 2, 1, 3)  # [B, Q, H, K]
         return self.out(attended.reshape(batch, queries.shape[1], d_model))
 
@@ -264,8 +273,12 @@ class Block(nnx.Module):
         deterministic: bool,
         dropout_key: jax.Array | None,
         positions: jax.Array | None = None,
+        key_bias: jax.Array | None = None,
     ) -> jax.Array:
-        """x: [B, T, D] -> [B, T, D], or [B, P, D] at ``positions`` [B, P] only (mask [B, 1, T, T])."""
+        """x: [B, T, D] -> [B, T, D], or [B, P, D] at ``positions`` [B, P] only (mask [B, 1, T, T]).
+
+        ``key_bias`` [B, H, T]: an additive attention bias per key (``MultiHeadAttention``).
+        """
 
         def regularised(update: jax.Array, stream: int) -> jax.Array:
             if deterministic:
@@ -274,13 +287,13 @@ class Block(nnx.Module):
 
         normalized = self.ln_1(x)
         if positions is None:
-            x = x + regularised(self.attn(normalized, mask), 0)
+            x = x + regularised(self.attn(normalized, mask, key_bias=key_bias), 0)
         else:
             # Every token is still a key and a value; only the chosen ones query and go on.
             mask = jnp.take_along_axis(mask, positions[:, None, :, None], axis=2)  # [B, 1, P, T]
             queries = jnp.take_along_axis(normalized, positions[:, :, None], axis=1)  # [B, P, D]
             x = jnp.take_along_axis(x, positions[:, :, None], axis=1)
-            x = x + regularised(self.attn(normalized, mask, queries), 0)
+            x = x + regularised(self.attn(normalized, mask, queries, key_bias), 0)
         return x + regularised(self.mlp(self.ln_2(x)), 1)
 
 
