@@ -1,0 +1,1 @@
+"""AdA-style memory-based meta-RL: agents (Transformer-XL, GRU RL²), PPO, kickstarting, the recipe."""
