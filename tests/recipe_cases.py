@@ -111,6 +111,7 @@ def get_config():
     config.train.num_steps = {num_steps}
     config.train.log_every = 1
     config.train.checkpoint_every = {checkpoint_every}
+    config.train.keep_checkpoints = 3
     return config
 """
 

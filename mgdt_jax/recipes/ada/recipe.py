@@ -279,19 +279,14 @@ def _load_teacher(workdir: str, env: ada_env.MetaEnvironment, shapes: EnvShapes)
         raise ValueError(f"kickstart.teacher {workdir}: no {CONFIG_FILE} (not a training workdir)")
     teacher_config = read_section(AgentConfig, json.loads(config_path.read_text()).get("model", {}))
     agent = nnx.eval_shape(lambda: make_agent(teacher_config, env_shapes(env, teacher_config.observation), nnx.Rngs(0)))
-    graphdef, state = nnx.split(agent)
+    graphdef, abstract = nnx.split(agent)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), abstract)
     try:
-        nnx.replace_by_pure_dict(state, _int_keys(checkpointing.load_params(workdir)))
-    except (KeyError, ValueError) as error:
-        raise ValueError(f"kickstart.teacher {workdir}: its parameters do not fit its config's model ({error})") from None
-    return _Teacher(nnx.merge(graphdef, jax.tree.map(jnp.asarray, state)))
-
-
-def _int_keys(tree: Any) -> Any:
-    """Orbax saves list indices as strings ("0"); NNX states use ints."""
-    if isinstance(tree, Mapping):
-        return {int(key) if isinstance(key, str) and key.isdigit() else key: _int_keys(value) for key, value in tree.items()}
-    return tree
+        params = checkpointing.load_params(workdir, target=target)
+    except checkpointing.CheckpointError as error:
+        raise ValueError(f"kickstart.teacher: {error}") from None
+    return _Teacher(nnx.merge(graphdef, params))
 
 
 RECIPE = AdaRecipe
