@@ -105,6 +105,10 @@ def get_config():
     config.model.d_model = 64
     config.model.memory_length = 32
     config.ppo.rollout_length = 32  # long enough steps for the run to be stopped mid-way
+    # One optimizer step per train step, as the other cases: the NaN-stop test counts on an infinite
+    # learning rate showing in the loss of the next step (with several, it shows within the same one).
+    config.ppo.num_epochs = 1
+    config.ppo.num_minibatches = 1
     config.mesh.data = 1
     config.mesh.fsdp = -1
     config.train.batch_size = 16
