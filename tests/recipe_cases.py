@@ -137,4 +137,49 @@ class AdCase:
                                      context_steps=AD_CONTEXT_STEPS, **fields)
 
 
-CASES = {case.name: case for case in (MgdtCase(), ToyCase(), AdCase())}
+# The AdA recipe on arm recall: an online recipe (rollouts of environments inside the jitted step,
+# their states, memories and curriculum in the checkpoint).
+ADA_CONFIG_FILE = """
+from experiments import ada_tiny
+
+
+def get_config():
+    config = ada_tiny.get_config()
+    config.model.num_layers = 2
+    config.model.d_model = 64
+    config.model.memory_length = 32
+    config.ppo.rollout_length = 32  # long enough steps for the run to be stopped mid-way
+    # One optimizer step per train step, as the other cases: the NaN-stop test counts on an infinite
+    # learning rate showing in the loss of the next step (with several, it shows within the same one).
+    config.ppo.num_epochs = 1
+    config.ppo.num_minibatches = 1
+    config.mesh.data = 1
+    config.mesh.fsdp = -1
+    config.train.batch_size = 16
+    config.train.num_steps = {num_steps}
+    config.train.log_every = 1
+    config.train.checkpoint_every = {checkpoint_every}
+    config.train.keep_checkpoints = 3
+    return config
+"""
+
+
+class AdaCase:
+    name = recipe = "ada"
+    metrics = (
+        "policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
+        "reward_per_step", "episodes", "episode_return", *(f"return_trial_{k}" for k in range(1, 5)),
+    )
+    step_sections = {
+        "env": {"factory": "mgdt_jax.recipes.ada.arm_recall:make", "num_trials": 4},
+        "ppo": {"rollout_length": 8, "num_epochs": 2, "num_minibatches": 2},
+    }
+
+    def batches(self, request: pytest.FixtureRequest) -> list[dict[str, np.ndarray]]:
+        return [{}, {}]  # the step rolls out its own
+
+    def config_file(self, request: pytest.FixtureRequest, **fields: Any) -> str:
+        return ADA_CONFIG_FILE.format(**fields)
+
+
+CASES = {case.name: case for case in (MgdtCase(), ToyCase(), AdCase(), AdaCase())}

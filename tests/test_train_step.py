@@ -64,13 +64,14 @@ def test_sharded_step_equals_single_device_step(recipe_case, request):
 def test_gradient_accumulation_equals_one_big_batch(recipe_case, request):
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     batches = recipe_case.batches(request)[:1]
-    # Without dropout, two micro-batches of 4 give the gradient of one batch of 8.
+    # Without dropout, two micro-batches of 4 give the gradient of one batch of 8 (atol: metrics such
+    # as a policy loss over normalised advantages are means of terms that sum to about zero).
     whole = Trainer(step_config(recipe_case, {"data": -1}, dropout_rate=0.0), mesh)
     whole_params, whole_history = run_steps(whole, batches)
     accumulated = Trainer(step_config(recipe_case, {"data": -1}, dropout_rate=0.0, grad_accum_steps=2), mesh)
     accumulated_params, accumulated_history = run_steps(accumulated, batches)
     for name in whole_history[0]:
-        np.testing.assert_allclose(accumulated_history[0][name], whole_history[0][name], rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(accumulated_history[0][name], whole_history[0][name], rtol=1e-5, atol=1e-7, err_msg=name)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), accumulated_params, whole_params)
 
 

@@ -7,7 +7,9 @@ parameters alone:
 * ``trainer``: the step, the optimizer state and the base RNG key;
 * ``data``: the data position (JSON): the recipe that trained it, the index of the next global
   batch and what the stream was built from (seed, global batch size), since the stream is a pure
-  function of those.
+  function of those;
+* ``rollout`` (online recipes only): the recipe's ``RolloutState`` (environment states, agent
+  memories, curriculum state), so a resumed run continues the very episodes it was in.
 
 Saves are asynchronous (training continues while the arrays are written) and happen every
 ``save_every`` steps, on preemption (Orbax's multi-host sync point, which needs
@@ -42,7 +44,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from mgdt_jax.core.train_step import TrainState
 
-PARAMS, TRAINER, DATA = "params", "trainer", "data"
+PARAMS, TRAINER, DATA, ROLLOUT = "params", "trainer", "data", "rollout"
 TRAINING_ITEMS = (PARAMS, TRAINER, DATA)  # what resuming a run needs; evaluation and init_from read PARAMS
 CHECKPOINTS = "checkpoints"  # subdirectory of the workdir
 INCOMPLETE = "checkpoints.incomplete"  # where a resumed run moves incomplete steps (subdirectory of the workdir)
@@ -237,6 +239,7 @@ class Checkpointer:
                 PARAMS: ocp.args.StandardSave(state.params),
                 TRAINER: ocp.args.StandardSave(_trainer_item(state)),
                 DATA: ocp.args.JsonSave(dict(data_position)),
+                **({} if state.rollout is None else {ROLLOUT: ocp.args.StandardSave(state.rollout)}),
             }
         )
         return self._manager.save(step, args=args, force=force)
@@ -248,13 +251,21 @@ class Checkpointer:
         """
         _, step = pick_checkpoint(self.directory, step, items=TRAINING_ITEMS)
         targets = {PARAMS: abstract_state.params, TRAINER: _trainer_item(abstract_state)}
+        if abstract_state.rollout is not None:
+            if self._manager.item_metadata(step).get(ROLLOUT) is None:
+                raise CheckpointError(f"{self.directory / str(step)}: holds no rollout state (not an online run's checkpoint)")
+            targets[ROLLOUT] = abstract_state.rollout
         for name, target in targets.items():
             _check_fits(self._manager, step, name, target, self.directory)
         args = {name: ocp.args.StandardRestore(target) for name, target in targets.items()}
         restored = self._manager.restore(step, args=ocp.args.Composite(**args, **{DATA: ocp.args.JsonRestore()}))
         trainer = restored[TRAINER]
         state = TrainState(
-            step=trainer["step"], params=restored[PARAMS], opt_state=trainer["opt_state"], rng=trainer["rng"]
+            step=trainer["step"],
+            params=restored[PARAMS],
+            opt_state=trainer["opt_state"],
+            rng=trainer["rng"],
+            rollout=restored[ROLLOUT] if ROLLOUT in targets else None,
         )
         return state, dict(restored[DATA])
 
@@ -315,7 +326,7 @@ def load_checkpoint(path: str | Path, target: Any = None, step: int | None = Non
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
     """The handler of each item, named up front so its metadata can be read before a restore."""
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
-    for name in (PARAMS, TRAINER):
+    for name in (PARAMS, TRAINER, ROLLOUT):
         registry.add(name, ocp.args.StandardSave, ocp.StandardCheckpointHandler())
         registry.add(name, ocp.args.StandardRestore, ocp.StandardCheckpointHandler())
     registry.add(PARAMS, ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler())

@@ -37,13 +37,17 @@ and add the name to ``RECIPES`` in ``tests/conftest.py``: the generic training t
 equal to one device, gradient accumulation, bit-equal losses after SIGTERM, SIGKILL and resume,
 restore across meshes, NaN stop, throughput and MFU) then run on it too.
 
-**Online recipes** (AdA-style meta-RL, where rollouts run inside the jitted step) are not built
-yet. They plug in at the train step, not the loop: the train state gains a recipe-owned pytree
-(environment states, memories) created by the recipe in ``Trainer._init_state``, sharded over the
-batch axis in ``Trainer.state_sharding`` and saved as its own checkpoint item; at the start of
-``Trainer._train_step`` the recipe steps the environments with the current parameters (outside the
-gradient) to produce the batch its loss sees. Its ``TrainingData`` then yields empty batches, so
-the loop, checkpoints, preemption, exact resume and the NaN stop stay as they are.
+**Online recipes** (AdA-style meta-RL, where rollouts run inside the jitted step) subclass
+``OnlineRecipe``. The train state then carries a recipe-owned pytree, a ``RolloutState``
+(environment states, agent memories, curriculum state) that the recipe creates in
+``init_rollout``; its ``per_env`` leaves are sharded over the batch axis like a batch, its
+``shared`` leaves are replicated, and it is saved in every checkpoint as its own item. Each train
+step first calls ``rollout`` with the current parameters (outside the gradient) to produce a batch
+of ``train.batch_size`` environments' trajectories, then takes ``num_epochs x num_minibatches``
+optimizer steps over it, each through ``loss`` as for offline recipes (minibatches split the
+environment axis, reshuffled every epoch). Its ``TrainingData`` yields empty batches, so the loop,
+checkpoints, preemption, exact resume and the NaN stop stay as they are. The rollout's randomness
+is ``fold_in(state.rng, step)``, so a resumed run rolls out exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from typing import Any, ClassVar, Protocol
 
 import jax
 import numpy as np
+import flax.struct
 from flax import nnx
 
 from mgdt_jax.core.config_sections import section
@@ -165,3 +170,78 @@ def load_recipe(config: Any) -> Recipe:
     if not (isinstance(recipe_type, type) and issubclass(recipe_type, Recipe)):
         raise ValueError(f"config.recipe {name!r}: {module_name} sets no RECIPE (a Recipe subclass)")
     return recipe_type(config)
+
+
+@flax.struct.dataclass
+class RolloutState:
+    """What an online recipe carries from one train step to the next.
+
+    ``per_env``: leaves whose leading axis is the environment axis (``train.batch_size``), sharded
+    over the mesh's batch axes (environment states, agent memories, episode statistics).
+    ``shared``: replicated leaves (curriculum state, counters). Leaves are plain arrays (keep PRNG
+    keys as ``jax.random.key_data``) so Orbax can save them.
+    """
+
+    per_env: Any
+    shared: Any
+
+
+class OnlineRecipe(Recipe):
+    """A recipe whose batches come from environments stepped inside the jitted train step."""
+
+    @abc.abstractmethod
+    def init_rollout(self, key: jax.Array) -> RolloutState:
+        """The rollout state at step 0 (traced inside the jitted init; ``key`` is a typed key)."""
+
+    @abc.abstractmethod
+    def rollout(
+        self, model: nnx.Module, rollout_state: RolloutState, key: jax.Array, step: jax.Array
+    ) -> tuple[dict[str, jax.Array], RolloutState, dict[str, jax.Array]]:
+        """``(batch, rollout_state, metrics)``: one rollout with ``model``'s current parameters.
+
+        ``batch`` leaves are [train.batch_size, ...] (what ``loss`` reads, per environment);
+        ``metrics`` are float32 scalars (names distinct from the loss's and ``TRAINER_METRICS``);
+        ``step`` is the int32 number of train steps taken before this one. Traced in the jitted step;
+        the core stops gradients through the batch.
+        """
+
+    @property
+    def num_epochs(self) -> int:
+        """Passes over each rollout's batch (PPO epochs)."""
+        return 1
+
+    @property
+    def num_minibatches(self) -> int:
+        """Optimizer steps per epoch; the environment axis is split into this many minibatches."""
+        return 1
+
+    def training_data(self, *, process_index: int, process_count: int) -> TrainingData:
+        return EmptyBatches(self.describe_rollout(), self.rollout_identity())
+
+    def describe_rollout(self) -> str:
+        """One console line on the environments and agent (``TrainingData.describe``)."""
+        return f"online {self.name} rollouts"
+
+    def rollout_identity(self) -> dict[str, Any]:
+        """JSON values that fix the rollouts (seed, environments, batch), saved with checkpoints."""
+        return {}
+
+
+class EmptyBatches:
+    """The ``TrainingData`` of an online recipe: every batch is empty (the step rolls out its own)."""
+
+    def __init__(self, description: str, identity: Mapping[str, Any]):
+        self._description, self._identity = description, dict(identity)
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        return {}
+
+    def iterate(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+        while True:
+            yield {}
+
+    def describe(self) -> str:
+        return self._description
+
+    def identity(self) -> dict[str, Any]:
+        return dict(self._identity)

@@ -25,6 +25,13 @@ the step just taken) as replicated scalars, averaged over gradient-accumulation 
 
 Randomness: the dropout key of step ``n`` is ``fold_in(state.rng, n)``, a function of the step,
 so a resumed run draws exactly the masks an uninterrupted run would have drawn.
+
+Online recipes (``OnlineRecipe``, see mgdt_jax/core/recipe.py): the state also holds the recipe's
+``RolloutState`` (``state.rollout``, None for offline recipes); the step ignores its (empty) batch,
+rolls out with the current parameters under the key ``fold_in(state.rng, n)`` and then takes
+``num_epochs x num_minibatches`` optimizer steps on the rollout's batch (``state.step`` counts train
+steps; the learning-rate schedule counts optimizer steps). Metrics are averaged over those
+optimizer steps; the rollout's own metrics are added as they are.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from jax.sharding import Mesh
 
 from mgdt_jax.core import sharding
 from mgdt_jax.core.config_sections import read_section, section
-from mgdt_jax.core.recipe import Recipe, load_recipe
+from mgdt_jax.core.recipe import OnlineRecipe, Recipe, RolloutState, load_recipe
 from mgdt_jax.core.optimizer import make_optimizer
 
 
@@ -53,6 +60,7 @@ class TrainState:
     params: nnx.State  # the model's parameters (float32)
     opt_state: optax.OptState
     rng: jax.Array  # uint32 [2] raw key data, the base of every step's dropout key
+    rollout: Any = None  # an online recipe's RolloutState (environments, memories, curriculum)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +84,13 @@ class Trainer:
         self.train_config = read_section(TrainConfig, section(config, "train", {}))
         if self.train_config.grad_accum_steps < 1:
             raise ValueError(f"train.grad_accum_steps must be >= 1, got {self.train_config.grad_accum_steps}")
-        self.optimizer, self.learning_rate = make_optimizer(section(config, "optimizer", {}), self.train_config.num_steps)
+        self.online = isinstance(self.recipe, OnlineRecipe)
+        self.updates_per_step = self.recipe.num_epochs * self.recipe.num_minibatches if self.online else 1
+        self.optimizer, self.learning_rate = make_optimizer(
+            section(config, "optimizer", {}), self.train_config.num_steps * self.updates_per_step
+        )
+        if self.online:
+            self._check_online_batch(mesh)
 
         abstract_model = nnx.eval_shape(lambda: self.recipe.model(nnx.Rngs(0)))
         self.graphdef, abstract_params = nnx.split(abstract_model)
@@ -96,6 +110,7 @@ class Trainer:
                 is_leaf=lambda node: isinstance(node, nnx.Variable),
             ),
             rng=replicated,
+            rollout=self._rollout_sharding(abstract_state.rollout, mesh),
         )
         self.abstract_state = jax.tree.map(
             lambda leaf, leaf_sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf_sharding),
@@ -131,14 +146,36 @@ class Trainer:
         """The lowered step for a batch of these shapes (cost analysis, AOT compile checks)."""
         return self._step.lower(self.abstract_state, batch)
 
+    def _check_online_batch(self, mesh: Mesh) -> None:
+        environments = self.train_config.batch_size
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        per_update = self.recipe.num_minibatches * self.train_config.grad_accum_steps
+        if environments % shards or environments % per_update:
+            raise ValueError(
+                f"train.batch_size {environments} (environments) must divide over the mesh's {shards} batch "
+                f"shards and into num_minibatches x grad_accum_steps = {per_update} parts"
+            )
+
+    def _rollout_sharding(self, abstract_rollout: RolloutState | None, mesh: Mesh) -> RolloutState | None:
+        if abstract_rollout is None:
+            return None
+        batch, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+        return RolloutState(
+            per_env=jax.tree.map(lambda _: batch, abstract_rollout.per_env),
+            shared=jax.tree.map(lambda _: replicated, abstract_rollout.shared),
+        )
+
     def _init_state(self, seed: jax.Array) -> TrainState:
-        params_key, dropout_key = jax.random.split(jax.random.key(seed))
+        base_key = jax.random.key(seed)
+        params_key, dropout_key = jax.random.split(base_key)
         params = nnx.state(self.recipe.model(nnx.Rngs(params=params_key)))
+        rollout = self.recipe.init_rollout(jax.random.fold_in(base_key, 1)) if self.online else None
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
             opt_state=self.optimizer.init(params),
             rng=jax.random.key_data(dropout_key),
+            rollout=rollout,
         )
 
     def _loss(
@@ -172,13 +209,15 @@ class Trainer:
             return jax.tree.map(jnp.add, carry, (grads, metrics)), None
 
         zeros = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), jax.eval_shape(self._loss_gradients, params, batch, dropout_key))
-        micro_batches = {name: split(value) for name, value in batch.items()}
+        micro_batches = jax.tree.map(split, batch)
         totals, _ = jax.lax.scan(accumulate, zeros, (micro_batches, jnp.arange(num_micro)))
         return jax.tree.map(lambda total: total / num_micro, totals)
 
     def _train_step(
         self, state: TrainState, batch: Mapping[str, jax.Array]
     ) -> tuple[TrainState, dict[str, jax.Array]]:
+        if self.online:
+            return self._online_train_step(state)
         dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         grads, metrics = self._gradients(state.params, batch, dropout_key)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
@@ -189,4 +228,43 @@ class Trainer:
             "learning_rate": self.learning_rate(state.step),
         }
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng)
+        return new_state, metrics
+
+    def _online_train_step(self, state: TrainState) -> tuple[TrainState, dict[str, jax.Array]]:
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        rollout_key, update_key = jax.random.split(key)
+        model = nnx.merge(self.graphdef, state.params)
+        batch, rollout, rollout_metrics = self.recipe.rollout(model, state.rollout, rollout_key, state.step)
+        batch = jax.lax.with_sharding_constraint(jax.lax.stop_gradient(batch), self.batch_sharding)
+        num_minibatches = self.recipe.num_minibatches
+
+        def minibatches(epoch_key: jax.Array) -> dict[str, jax.Array]:
+            """[M, E/M, ...]: a fresh permutation of the environments, every M-th row per minibatch."""
+            environments = self.train_config.batch_size
+            order = jax.random.permutation(epoch_key, environments) if num_minibatches > 1 else jnp.arange(environments)
+
+            def split(array: jax.Array) -> jax.Array:
+                shuffled = jnp.take(array, order, axis=0)
+                return jnp.swapaxes(shuffled.reshape(environments // num_minibatches, num_minibatches, *array.shape[1:]), 0, 1)
+
+            return jax.tree.map(split, batch)
+
+        def update(carry, inputs):
+            params, opt_state = carry
+            minibatch, update_key = inputs
+            grads, metrics = self._gradients(params, minibatch, update_key)
+            updates, opt_state = self.optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), {**metrics, "grad_norm": optax.tree.norm(grads)}
+
+        def epoch(carry, epoch_key):
+            shuffle, dropout = jax.random.split(epoch_key)
+            return jax.lax.scan(update, carry, (minibatches(shuffle), jax.random.split(dropout, num_minibatches)))
+
+        epoch_keys = jax.random.split(update_key, self.recipe.num_epochs)
+        (params, opt_state), metrics = jax.lax.scan(epoch, (state.params, state.opt_state), epoch_keys)
+        metrics = jax.tree.map(jnp.mean, metrics)
+        if clash := sorted(metrics.keys() & rollout_metrics.keys()):
+            raise ValueError(f"recipe {self.recipe.name!r}: rollout metrics {clash} clash with the loss's or the trainer's")
+        metrics = {**metrics, **rollout_metrics, "learning_rate": self.learning_rate(state.step * self.updates_per_step)}
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng, rollout=rollout)
         return new_state, metrics

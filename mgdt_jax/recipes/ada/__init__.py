@@ -1,2 +1,2 @@
-"""AdA (Adaptive Agent Team 2023): memory-based meta-RL over XLand-MiniGrid tasks
-(mgdt_jax.envs.xland), with an automatic curriculum (curriculum.py)."""
+"""AdA (Adaptive Agent Team 2023): memory-based meta-RL over XLand-MiniGrid tasks (mgdt_jax.envs.xland):
+agents (Transformer-XL, GRU RL²), PPO, kickstarting, an automatic curriculum (curriculum.py), the recipe."""

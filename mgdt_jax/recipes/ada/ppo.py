@@ -1,0 +1,145 @@
+"""PPO for recurrent meta-RL agents: GAE, swappable objectives, a kickstarting distillation term.
+
+AdA trained with Muesli (Hessel et al. 2021); no maintained open JAX Muesli exists, and XLand-
+MiniGrid's RL² baselines, the only published numbers on these tasks, use PPO. So PPO it is, with the
+objective a plain function (``OBJECTIVES``) so that another (Muesli's, V-MPO's) can replace it
+without touching the rollout or the core.
+
+An objective maps ``(logits [B, T, A], values [B, T], batch, PPOConfig)`` to ``(loss, metrics)``
+where ``batch`` holds the rollout's ``action``, ``log_prob``, ``value``, ``advantage`` and
+``return`` ([B, T] each).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """The ``ppo`` section. Defaults: XLand-MiniGrid's meta-RL config (configs/meta.yaml)."""
+
+    rollout_length: int = 16  # steps per environment per train step (one truncated-BPTT segment)
+    num_epochs: int = 1
+    num_minibatches: int = 1
+    discount: float = 0.99
+    gae_lambda: float = 0.95
+    clip_epsilon: float = 0.2
+    value_coef: float = 0.5
+    entropy_coef: float = 0.01
+    objective: str = "ppo_clip"  # a key of OBJECTIVES
+
+
+def generalized_advantages(
+    rewards: jax.Array, values: jax.Array, dones: jax.Array, bootstrap: jax.Array, discount: float, gae_lambda: float
+) -> tuple[jax.Array, jax.Array]:
+    """GAE (Schulman et al. 2016, eq. 16) over [B, T] rewards, values and dones, bootstrap [B].
+
+    ``dones[t]``: the meta-episode ended with step t (no bootstrapping past it). Returns
+    ``(advantages, returns = advantages + values)``, float32 [B, T].
+    """
+    continues = 1.0 - dones.astype(jnp.float32)
+
+    def backward(carry, xs):
+        next_value, next_advantage = carry
+        reward, value, cont = xs
+        delta = reward + discount * next_value * cont - value
+        advantage = delta + discount * gae_lambda * cont * next_advantage
+        return (value, advantage), advantage
+
+    xs = (rewards.T, values.T, continues.T)
+    _, advantages = jax.lax.scan(backward, (bootstrap, jnp.zeros_like(bootstrap)), xs, reverse=True)
+    advantages = advantages.T
+    return advantages, advantages + values
+
+
+def _log_probs_and_entropy(logits: jax.Array, actions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    log_policy = jax.nn.log_softmax(logits)
+    chosen = jnp.take_along_axis(log_policy, actions[..., None], axis=-1)[..., 0]
+    return chosen, -jnp.sum(jnp.exp(log_policy) * log_policy, axis=-1)
+
+
+def _clipped_value_loss(values: jax.Array, batch: Mapping[str, jax.Array], clip: float) -> jax.Array:
+    """0.5 max((v - R)^2, (v_old + clip(v - v_old) - R)^2), as in PureJaxRL and XLand-MiniGrid."""
+    clipped = batch["value"] + jnp.clip(values - batch["value"], -clip, clip)
+    return 0.5 * jnp.maximum(jnp.square(values - batch["return"]), jnp.square(clipped - batch["return"])).mean()
+
+
+def ppo_clip(
+    logits: jax.Array, values: jax.Array, batch: Mapping[str, jax.Array], config: PPOConfig
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """PPO's clipped surrogate (Schulman et al. 2017, eq. 7) + value loss - entropy bonus."""
+    log_probs, entropy = _log_probs_and_entropy(logits, batch["action"])
+    log_ratio = log_probs - batch["log_prob"]
+    ratio = jnp.exp(log_ratio)
+    advantage = batch["advantage"]
+    surrogate = jnp.minimum(ratio * advantage, jnp.clip(ratio, 1 - config.clip_epsilon, 1 + config.clip_epsilon) * advantage)
+    policy_loss = -surrogate.mean()
+    value_loss = _clipped_value_loss(values, batch, config.clip_epsilon)
+    loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * entropy.mean()
+    return loss, {
+        "policy_loss": policy_loss,
+        "value_loss": value_loss,
+        "entropy": entropy.mean(),
+        "approx_kl": ((ratio - 1) - log_ratio).mean(),  # Schulman's low-variance KL estimator
+        "clip_fraction": (jnp.abs(ratio - 1) > config.clip_epsilon).mean(),
+    }
+
+
+def policy_gradient(
+    logits: jax.Array, values: jax.Array, batch: Mapping[str, jax.Array], config: PPOConfig
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The unclipped advantage actor-critic objective (A2C: Mnih et al. 2016), for comparison."""
+    log_probs, entropy = _log_probs_and_entropy(logits, batch["action"])
+    log_ratio = log_probs - batch["log_prob"]
+    policy_loss = -(log_probs * batch["advantage"]).mean()
+    value_loss = 0.5 * jnp.square(values - batch["return"]).mean()
+    loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * entropy.mean()
+    return loss, {
+        "policy_loss": policy_loss,
+        "value_loss": value_loss,
+        "entropy": entropy.mean(),
+        "approx_kl": (jnp.exp(log_ratio) - 1 - log_ratio).mean(),
+        "clip_fraction": jnp.zeros(()),
+    }
+
+
+Objective = Callable[[jax.Array, jax.Array, Mapping[str, jax.Array], PPOConfig], tuple[jax.Array, dict[str, jax.Array]]]
+OBJECTIVES: dict[str, Objective] = {"ppo_clip": ppo_clip, "policy_gradient": policy_gradient}
+
+
+def objective(name: str) -> Objective:
+    """The objective ``ppo.objective`` names; ValueError (one line) for another name."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"ppo.objective {name!r} is not one of {sorted(OBJECTIVES)}")
+    return OBJECTIVES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class KickstartConfig:
+    """The ``kickstart`` section: distillation towards a teacher (Schmitt et al. 2018, "Kickstarting
+    Deep RL", eq. 3; AdA §3.4), its weight held for ``hold_steps`` train steps and then annealed
+    linearly to zero at ``anneal_steps`` (the schedule of Metta's kickstarter, metta/rl/kickstarter.py).
+    ``teacher`` is the workdir of a trained AdA run (any agent); empty = no kickstarting."""
+
+    teacher: str = ""
+    weight: float = 1.0
+    hold_steps: int = 0
+    anneal_steps: int = 100
+
+
+def kickstart_weight(config: KickstartConfig, step: jax.Array) -> jax.Array:
+    """float32 []: the distillation weight at train step ``step`` (0 from ``anneal_steps`` on)."""
+    span = max(config.anneal_steps - config.hold_steps, 1)
+    fraction = jnp.clip((step - config.hold_steps) / span, 0.0, 1.0)
+    return (config.weight * (1.0 - fraction)).astype(jnp.float32)
+
+
+def distillation_kl(teacher_logits: jax.Array, student_logits: jax.Array) -> jax.Array:
+    """KL(teacher || student) per step, [...]: the kickstarting policy-distillation term."""
+    teacher = jax.nn.log_softmax(teacher_logits)
+    return jnp.sum(jnp.exp(teacher) * (teacher - jax.nn.log_softmax(student_logits)), axis=-1)
