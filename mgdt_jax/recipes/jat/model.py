@@ -198,8 +198,9 @@ class DiscreteEncoder(nnx.Module):
         init = sharded(nnx.initializers.normal(1.0), ("vocab", None))
         self.symbols = nnx.Embed(config.max_discrete_value, embed, embedding_init=init, rngs=rngs)
         self.words = nnx.Embed(TEXT_VOCABULARY_SIZE, embed, embedding_init=init, rngs=rngs)
+        # d_model - 1 outputs divide no mesh axis: replicated (the layer is small).
         self.linear = dense((config.discrete_width + config.text_length) * embed, config.d_model - 1,
-                            (None, "embed"), kernel_init=nnx.initializers.lecun_normal(), dtype=jnp.float32,
+                            (None, None), kernel_init=nnx.initializers.lecun_normal(), dtype=jnp.float32,
                             param_dtype=jnp.float32, rngs=rngs)
 
     def __call__(self, symbols: jax.Array, words: jax.Array, rewards: jax.Array) -> jax.Array:
