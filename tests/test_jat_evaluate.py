@@ -20,12 +20,7 @@ CONFIG = ModelConfig(num_layers=2, d_model=32, num_heads=2, num_steps=4, continu
                      groups=("discrete", "continuous"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+from tests.test_train_step import fast_compiles  # noqa: E402,F401  (autouse: tiny models compile faster)
 
 
 @pytest.fixture(scope="module")

@@ -131,8 +131,9 @@ class VectorPolicy:
         pair = {name: np.stack([value[rows, previous], value[rows, step]], axis=1) for name, value in self._window.items()}
         pair["position"] = np.stack([previous, step], axis=1).astype(np.int32)
         pair.update(self._scalars())
+        # Copies: JAX may read a host buffer after the call returns, and these are updated in place below.
         logits, continuous, self._cache = _decode_step(self._graphdef, self._group, self._state, self._cache, pair,
-                                                       jnp.asarray(self._lengths), jnp.asarray(self._starts))
+                                                       self._lengths.copy(), self._starts.copy())
         self._lengths += 2
         self._window_step += 1
         self.last_output = np.asarray(continuous if self.task.group == "continuous" else logits)
@@ -159,11 +160,11 @@ class VectorPolicy:
     def _refill(self, full: np.ndarray) -> None:
         """Rebuilds the caches of the ``full`` environments from their last ``kept`` steps."""
         kept, context = self._kept, self._context
-        recent = {name: value[:, context - kept : context] for name, value in self._window.items()}
+        recent = {name: value[:, context - kept : context].copy() for name, value in self._window.items()}
         recent["position"] = np.tile(np.arange(kept, dtype=np.int32), (self.num_envs, 1))
         recent.update(self._scalars())
         self._cache = _refill(self._graphdef, self._group, self._capacity, self._state, self._cache, recent,
-                              jnp.asarray(full))
+                              full.copy())
         for name, value in self._window.items():
             value[full, :kept] = value[full, context - kept : context]
         self._lengths[full], self._starts[full], self._window_step[full] = 2 * kept - 1, 0, kept
