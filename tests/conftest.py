@@ -41,6 +41,14 @@ def rlds_dataset_dir(replay_logs_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def jat_datasets(tmp_path_factory):
+    """Task name -> directory of the two small JAT datasets of tests/jat_datasets.py."""
+    from tests import jat_datasets as writer
+
+    return writer.write(tmp_path_factory.mktemp("jat"))
+
+
+@pytest.fixture(scope="session")
 def pong_frames(replay_logs_dir):
     """Real Pong frames: the first recorded episode, uint8 [T, 84, 84] (none of them all zero)."""
     from data_pipelines import replay_logs

@@ -56,12 +56,38 @@ def get_config():
 """
 
 
+# The JAT: the tiny experiment shrunk further, on the two small datasets of tests/jat_datasets.py.
+JAT_CONFIG_FILE = """
+from experiments import jat_tiny
+
+
+def get_config():
+    config = jat_tiny.get_config()
+    config.model.num_layers = 1
+    config.model.d_model = 64
+    config.model.num_heads = 2
+    config.model.num_steps = 64  # 128 tokens a row: runs long enough to be stopped mid-way
+    config.model.groups = ("discrete", "continuous")
+    config.mesh.data = 1
+    config.mesh.fsdp = -1
+    config.optimizer.learning_rate = 3e-3
+    config.optimizer.warmup_steps = 4
+    config.data.tasks = {tasks!r}
+    config.train.batch_size = 16
+    config.train.num_steps = {num_steps}
+    config.train.log_every = 1
+    config.train.checkpoint_every = {checkpoint_every}
+    return config
+"""
+
+
 def step_config(case: Any, mesh: dict[str, int], *, dropout_rate: float = 0.1, grad_accum_steps: int = 1) -> dict:
     """A small plain-dict config of ``case``'s recipe (the step must not need ml_collections)."""
     return {
         **getattr(case, "step_sections", {}),
         "recipe": case.recipe,
-        "model": {"num_layers": 2, "d_model": 64, "num_heads": 2, "dropout_rate": dropout_rate},
+        "model": {"num_layers": 2, "d_model": 64, "num_heads": 2, "dropout_rate": dropout_rate,
+                  **getattr(case, "model_fields", {})},
         "mesh": mesh,
         "optimizer": {"learning_rate": 1e-3, "warmup_steps": 5},
         "train": {"batch_size": BATCH, "grad_accum_steps": grad_accum_steps, "num_steps": 100},
@@ -182,4 +208,33 @@ class AdaCase:
         return ADA_CONFIG_FILE.format(**fields)
 
 
-CASES = {case.name: case for case in (MgdtCase(), ToyCase(), AdCase(), AdaCase())}
+
+class JatCase:
+    name = recipe = "jat"
+    metrics = ("action_loss", "observation_loss", "real_step_fraction")
+    # Short rows and no image encoder keep compiling the step on 8 devices fast; the image encoder
+    # has its own tests (tests/test_jat_model.py).
+    model_fields = {"num_steps": 16, "groups": ("discrete", "continuous")}
+
+    def _tasks(self, request: pytest.FixtureRequest) -> tuple[dict, ...]:
+        return tuple({"path": str(path)} for path in request.getfixturevalue("jat_datasets").values())
+
+    def batches(self, request: pytest.FixtureRequest) -> list[dict[str, np.ndarray]]:
+        """Packed rows of the small synthetic JAT datasets: batch 0 discrete, batch 1 continuous."""
+        from mgdt_jax.recipes.jat.recipe import JatRecipe
+
+        config = {**step_config(self, {}), "data": {"tasks": self._tasks(request)}}
+        data = JatRecipe(config).training_data(process_index=0, process_count=1)
+        by_group = {}
+        for step in range(64):
+            batch = data.batch(step)
+            by_group.setdefault(int(batch["group"][0]), batch)
+        return [by_group[0], by_group[1]]
+
+    def config_file(self, request: pytest.FixtureRequest, **fields: Any) -> str:
+        return JAT_CONFIG_FILE.format(tasks=self._tasks(request), **fields)
+
+
+
+
+CASES = {case.name: case for case in (MgdtCase(), ToyCase(), AdCase(), JatCase(), AdaCase())}

@@ -1,0 +1,65 @@
+"""``mgdt-jat-eval``: play a JAT checkpoint on recorded tasks and write an expert-normalised report.
+
+    mgdt-jat-eval --workdir RUN --data data/jat --tasks babyai-go-to-local,metaworld-reach --out DIR
+
+Each task's references come from DATA/<task>/references.json (written by mgdt-jat-record). Writes
+OUT/report.json, OUT/scores.csv and OUT/scores.png (mgdt_jax/recipes/jat/evaluate.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from absl import logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mgdt-jat-eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, required=True, help="a JAT training run")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    parser.add_argument("--data", type=Path, required=True, help="directory of the recorded tasks (DATA/<task>)")
+    parser.add_argument("--tasks", required=True, help="comma-separated task names")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes per task (at least 10)")
+    parser.add_argument("--envs-per-task", type=int, help="environments stepped together (default: all episodes)")
+    parser.add_argument("--greedy", action="store_true", help="argmax discrete actions instead of sampling")
+    parser.add_argument("--max-steps", type=int, help="cut episodes after this many steps (smoke runs)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True, help="report directory")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.episodes < 10:
+        parser.error(f"--episodes must be >= 10 (per-task IQM over fewer is noise), got {args.episodes}")
+    logging.set_verbosity(logging.FATAL)
+    from data_pipelines.jat.tasks import UnknownTaskError
+    from mgdt_jax.core.checkpointing import CheckpointError
+    from mgdt_jax.recipes.jat import evaluate, references
+
+    try:
+        task_names = [name for name in args.tasks.split(",") if name]
+        refs = {name: references.load(args.data / name) for name in task_names}
+        for name, ref in refs.items():
+            references.check_versions(ref)
+        model, _, step = evaluate.load_model(args.workdir, args.step)
+        results = [evaluate.play_task(model, name, refs[name], episodes=args.episodes,
+                                      envs_per_task=args.envs_per_task, seed=args.seed, greedy=args.greedy,
+                                      max_steps=args.max_steps) for name in task_names]
+        aggregates = evaluate.domain_iqm(results)
+        evaluate.write_report(results, aggregates, args.out, {
+            "workdir": str(args.workdir), "step": step, "episodes": args.episodes, "seed": args.seed,
+            "greedy": args.greedy, "envs_per_task": args.envs_per_task, "max_steps": args.max_steps})
+    except (CheckpointError, UnknownTaskError, ValueError, OSError) as error:  # ReferenceError is a ValueError
+        print(f"mgdt-jat-eval: error: {error}", file=sys.stderr)
+        return 1
+    line = ", ".join(f"{name} IQM {i.value:.3f} [{i.low:.3f}, {i.high:.3f}]" for name, i in aggregates.items())
+    print(f"step {step}, {len(results)} task(s) x {args.episodes} episodes: {line}; report in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,401 @@
+"""JAT: per-modality encoders into one sequence of two tokens per step, the core decoder, and its heads.
+
+Gallouédec et al. 2024, "Jack of All Trades, Master of Some" (arXiv 2402.09844; released code
+``jat/modeling_jat.py``). Step t of an episode becomes two tokens, ``[o_t, a_t]``:
+
+* **observation token** o_t, by the encoder of the task's group (tokens.py):
+
+  - continuous: the observation tiled cyclically to ``continuous_width`` (``cyclic_tile``; JAT's
+    ``cyclic_expand_dim``, width 377 there), the reward r_{t-1} appended, one linear layer;
+  - discrete: BabyAI's 148 symbols (direction, 7x7x3 grid) and the mission's ``text_length`` word
+    ids, each embedded (``discrete_embed_dim``), flattened, one linear layer to d_model - 1, the
+    reward as the last dimension (JAT: shared GPT-2 embedding, Linear(H, H/50), then to H - 1);
+  - image: JAT's ``ImageEncoder``: three 3x3 stride-2 convolutions (32, 64, 128 channels), each with
+    instance norm, LeakyReLU and a squeeze-excitation channel attention (reduction 8), flattened,
+    one linear layer; images get no reward (as JAT's Atari). BabyAI-RGB's mission text is added
+    through the discrete encoder (with empty symbols), since the goal is often not visible.
+
+* **action token** a_t: discrete actions through an embedding table; continuous actions tiled to
+  ``continuous_width`` through one linear layer (JAT shares the observation's layer; ours is its own).
+
+Both tokens of step t get the learned position embedding of t (the step within the sequence's
+episode, 0 where a sequence or a packed episode starts) and a token-type embedding. Attention is
+causal and, for packed sequences, stays inside one episode (``segment``).
+
+**Heads and loss** (JAT ``modeling_jat.py`` L537-604): the hidden state at o_t predicts a_t
+(cross-entropy over the task's real actions, or MSE over the real action dimensions only, not
+JAT's tiled 377-d vector); the hidden state at a_t predicts o_{t+1} (MSE over the real
+dimensions of a continuous observation; MSE of a decoded image in [-1, 1]; none for discrete
+observations, which JAT also skips as too expensive). The loss is
+``kappa * observation_loss + (1 - kappa) * action_loss``, kappa = ``observation_loss_coef``
+(0.005), each term a mean over real steps of the per-step loss times the row's task loss weight.
+
+Each batch holds one group (data.py): the group's encoder runs under ``lax.switch`` on the batch's
+group, so no row pays for another modality's encoder. ``decode`` is incremental decoding over a
+key/value cache for evaluation, equal to the full pass on the same tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from mgdt_jax.core.config_sections import read_section
+from mgdt_jax.core.transformer import MASK_VALUE, Transformer, dense, masked_attention, sharded
+from mgdt_jax.recipes.jat.tokens import GROUPS, TEXT_VOCABULARY_SIZE
+
+IMAGE_CHANNELS = (32, 64, 128)  # JAT's ImageEncoder
+ATTENTION_REDUCTION = 8
+LEAKY_SLOPE = 0.01  # torch.nn.LeakyReLU's default, as JAT uses it
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The ``model`` config section of the JAT recipe."""
+
+    num_layers: int = 2
+    d_model: int = 128
+    num_heads: int = 4
+    mlp_ratio: int = 4
+    dropout_rate: float = 0.1
+    dtype: str = "float32"  # matmul compute dtype
+    param_dtype: str = "float32"
+    remat: bool = False
+    num_steps: int = 32  # steps per training sequence (2 tokens each) and the evaluation context
+    continuous_width: int = 64  # tiling width of continuous vectors (JAT: 377)
+    discrete_width: int = 148  # symbol slots of discrete observations (BabyAI: 148)
+    max_discrete_value: int = 32  # symbols take values in [0, max_discrete_value)
+    text_length: int = 64  # mission words per step (JAT: 64 GPT-2 tokens)
+    discrete_embed_dim: int = 8  # per-slot embedding width of the discrete encoder
+    num_discrete_actions: int = 18  # logits of the discrete action head (the largest action space)
+    image_shape: tuple[int, int, int] = (84, 84, 3)  # height, width, channels of image observations
+    groups: tuple[str, ...] = GROUPS  # the encoders built (tokens.py); a batch's ``group`` indexes this
+    observation_loss_coef: float = 0.005  # kappa; the action loss is weighted 1 - kappa
+
+    @classmethod
+    def from_config(cls, config: Any) -> ModelConfig:
+        model = read_section(cls, config)
+        model = dataclasses.replace(model, image_shape=tuple(model.image_shape), groups=tuple(model.groups))
+        unknown = [group for group in model.groups if group not in GROUPS]
+        if unknown or not model.groups:
+            raise ValueError(f"model.groups {list(model.groups)}: each must be one of {list(GROUPS)}")
+        if not 0.0 <= model.observation_loss_coef <= 1.0:
+            raise ValueError(f"model.observation_loss_coef {model.observation_loss_coef} is not in [0, 1]")
+        return model
+
+    @property
+    def has_images(self) -> bool:
+        return "image" in self.groups
+
+
+def cyclic_tile(values: jax.Array, size: jax.Array, width: int) -> jax.Array:
+    """[..., W] vectors whose first ``size`` entries are real -> [..., width] repeating them cyclically.
+
+    ``size`` broadcasts against ``values.shape[:-1]``; JAT's ``cyclic_expand_dim`` (modeling_jat.py
+    L104-129): [1, 2] -> [1, 2, 1, 2, 1] at width 5. A size of 0 gives zeros.
+    """
+    size = jnp.broadcast_to(jnp.asarray(size, jnp.int32), values.shape[:-1])
+    index = jnp.arange(width) % jnp.maximum(size, 1)[..., None]
+    tiled = jnp.take_along_axis(values, jnp.minimum(index, values.shape[-1] - 1), axis=-1)
+    return jnp.where(size[..., None] > 0, tiled, 0.0)
+
+
+def real_dimensions(size: jax.Array, width: int) -> jax.Array:
+    """bool [..., width]: True on the first ``size`` entries (the real dimensions of a padded vector)."""
+    return jnp.arange(width) < jnp.asarray(size)[..., None]
+
+
+def _leaky_relu(x: jax.Array) -> jax.Array:
+    return jax.nn.leaky_relu(x, LEAKY_SLOPE)
+
+
+class ChannelAttention(nnx.Module):
+    """Squeeze-excitation: channels scaled by a sigmoid gate of their spatial means (JAT's AttentionLayer)."""
+
+    def __init__(self, channels: int, *, rngs: nnx.Rngs):
+        hidden = max(channels // ATTENTION_REDUCTION, 1)
+        init = nnx.initializers.lecun_normal()
+        self.squeeze = nnx.Linear(channels, hidden, kernel_init=sharded(init, (None, None)), rngs=rngs)
+        self.excite = nnx.Linear(hidden, channels, kernel_init=sharded(init, (None, None)), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        gate = jax.nn.sigmoid(self.excite(jax.nn.relu(self.squeeze(x.mean(axis=(-3, -2))))))
+        return x * gate[..., None, None, :]
+
+
+def _conv_init() -> nnx.Initializer:
+    return sharded(nnx.initializers.lecun_normal(), (None, None, None, None))
+
+
+class ImageEncoder(nnx.Module):
+    """uint8 [..., H, W, C] images -> float32 [..., d_model] (JAT ``ImageEncoder``, modeling_jat.py L198-233)."""
+
+    def __init__(self, image_shape: Sequence[int], d_model: int, *, rngs: nnx.Rngs):
+        height, width, channels = image_shape
+        self.convs, self.norms, self.attentions = nnx.List(), nnx.List(), nnx.List()
+        for out_channels in IMAGE_CHANNELS:
+            self.convs.append(nnx.Conv(channels, out_channels, (3, 3), strides=2, padding=1,
+                                       kernel_init=_conv_init(), rngs=rngs))
+            # Instance norm: one group per channel, statistics over the image's pixels.
+            self.norms.append(nnx.GroupNorm(out_channels, num_groups=out_channels, epsilon=1e-5, rngs=rngs))
+            self.attentions.append(ChannelAttention(out_channels, rngs=rngs))
+            channels, height, width = out_channels, (height + 1) // 2, (width + 1) // 2
+        self.flat_shape = (height, width, channels)
+        self.linear = dense(height * width * channels, d_model, (None, "embed"),
+                            kernel_init=nnx.initializers.lecun_normal(), dtype=jnp.float32,
+                            param_dtype=jnp.float32, rngs=rngs)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        leading = images.shape[:-3]
+        x = images.reshape(-1, *images.shape[-3:]).astype(jnp.float32) / 127.5 - 1.0  # [-1, 1], as JAT
+        for conv, norm, attention in zip(self.convs, self.norms, self.attentions):
+            x = attention(_leaky_relu(norm(conv(x))))
+        return self.linear(x.reshape(*leading, -1))
+
+
+class ImageDecoder(nnx.Module):
+    """float32 [..., d_model] -> images in [-1, 1], [..., H, W, C] (JAT ``ImageDecoder``, L236-269)."""
+
+    def __init__(self, image_shape: Sequence[int], flat_shape: Sequence[int], d_model: int, *, rngs: nnx.Rngs):
+        self.image_shape, self.flat_shape = tuple(image_shape), tuple(flat_shape)
+        self.linear = dense(d_model, math.prod(flat_shape), ("embed", None),
+                            kernel_init=nnx.initializers.lecun_normal(), dtype=jnp.float32,
+                            param_dtype=jnp.float32, rngs=rngs)
+        channels = (*IMAGE_CHANNELS[::-1][1:], image_shape[-1])
+        self.deconvs = nnx.List()
+        previous = IMAGE_CHANNELS[-1]
+        for out_channels in channels:
+            self.deconvs.append(nnx.ConvTranspose(previous, out_channels, (3, 3), strides=2, padding="SAME",
+                                                  kernel_init=_conv_init(), rngs=rngs))
+            previous = out_channels
+
+    def __call__(self, hidden: jax.Array) -> jax.Array:
+        leading = hidden.shape[:-1]
+        x = self.linear(hidden).reshape(-1, *self.flat_shape)
+        for index, deconv in enumerate(self.deconvs):
+            x = deconv(x)
+            x = jnp.tanh(x) if index == len(self.deconvs) - 1 else _leaky_relu(x)
+        height, width, _ = self.image_shape
+        return x[:, :height, :width].reshape(*leading, *self.image_shape)
+
+
+class DiscreteEncoder(nnx.Module):
+    """Symbols [..., S] and word ids [..., L] (int) with the reward [...] -> float32 [..., d_model].
+
+    Every slot is embedded, the slots are flattened and one linear layer maps them to d_model - 1;
+    the reward is the last dimension (JAT ``multi_discrete_encoder``, modeling_jat.py L382-388, L457).
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        embed = config.discrete_embed_dim
+        init = sharded(nnx.initializers.normal(1.0), ("vocab", None))
+        self.symbols = nnx.Embed(config.max_discrete_value, embed, embedding_init=init, rngs=rngs)
+        self.words = nnx.Embed(TEXT_VOCABULARY_SIZE, embed, embedding_init=init, rngs=rngs)
+        # d_model - 1 outputs divide no mesh axis: replicated (the layer is small).
+        self.linear = dense((config.discrete_width + config.text_length) * embed, config.d_model - 1,
+                            (None, None), kernel_init=nnx.initializers.lecun_normal(), dtype=jnp.float32,
+                            param_dtype=jnp.float32, rngs=rngs)
+
+    def __call__(self, symbols: jax.Array, words: jax.Array, rewards: jax.Array) -> jax.Array:
+        slots = jnp.concatenate([self.symbols(symbols), self.words(words)], axis=-2)
+        encoded = self.linear(slots.reshape(*slots.shape[:-2], -1))
+        return jnp.concatenate([encoded, rewards[..., None].astype(jnp.float32)], axis=-1)
+
+
+class JatModel(nnx.Module):
+    """The JAT model of ``config`` (module docstring); ``__call__`` is the training pass."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        d_model, width = config.d_model, config.continuous_width
+        linear = dict(kernel_init=nnx.initializers.lecun_normal(), dtype=jnp.float32, param_dtype=jnp.float32,
+                      rngs=rngs)
+        head_init = dict(linear, kernel_init=nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"))
+        self.continuous_observation_encoder = dense(width + 1, d_model, (None, "embed"), **linear)
+        self.continuous_action_encoder = dense(width, d_model, (None, "embed"), **linear)
+        self.discrete_encoder = DiscreteEncoder(config, rngs=rngs)
+        self.discrete_action_embed = nnx.Embed(
+            config.num_discrete_actions, d_model,
+            embedding_init=sharded(nnx.initializers.normal(1.0), ("vocab", "embed")), rngs=rngs)
+        if config.has_images:
+            self.image_encoder = ImageEncoder(config.image_shape, d_model, rngs=rngs)
+            self.image_decoder = ImageDecoder(config.image_shape, self.image_encoder.flat_shape, d_model, rngs=rngs)
+        embedding_init = nnx.initializers.normal(0.02)
+        self.position_embed = nnx.Param(
+            sharded(embedding_init, ("position", "embed"))(rngs.params(), (config.num_steps, d_model)))
+        self.token_type_embed = nnx.Param(sharded(embedding_init, (None, "embed"))(rngs.params(), (2, d_model)))
+        self.transformer = Transformer(
+            num_layers=config.num_layers, d_model=d_model, num_heads=config.num_heads, mlp_ratio=config.mlp_ratio,
+            dropout_rate=config.dropout_rate, dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype),
+            remat=config.remat, rngs=rngs)
+        self.discrete_action_head = dense(d_model, config.num_discrete_actions, ("embed", "vocab"), **head_init)
+        self.continuous_action_head = dense(d_model, width, ("embed", None), **head_init)
+        self.continuous_observation_head = dense(d_model, width, ("embed", None), **head_init)
+
+    # -- tokens ------------------------------------------------------------------------------------
+
+    def _observation_tokens(self, inputs: Mapping[str, jax.Array], group: str) -> jax.Array:
+        config = self.config
+        if group == "continuous":
+            observations = cyclic_tile(inputs["continuous_observations"],
+                                       inputs["continuous_observation_size"][:, None], config.continuous_width)
+            return self.continuous_observation_encoder(
+                jnp.concatenate([observations, inputs["rewards"][..., None]], axis=-1))
+        if group == "discrete":
+            return self.discrete_encoder(inputs["discrete_observations"], inputs["text_observations"],
+                                         inputs["rewards"])
+        images = self.image_encoder(inputs["image_observations"])
+        no_symbols = jnp.zeros_like(inputs["discrete_observations"])
+        return images + self.discrete_encoder(no_symbols, inputs["text_observations"], jnp.zeros_like(inputs["rewards"]))
+
+    def step_tokens(self, inputs: Mapping[str, jax.Array], group: int | jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Observation and action tokens [B, S, D] (position and type embeddings added).
+
+        ``inputs`` holds the batch keys (tokens.batch_keys) of S steps; ``group`` indexes
+        ``config.groups``: a Python int picks the encoder when tracing (evaluation), an int32 scalar
+        array picks it at run time with ``lax.switch`` (training, where the batch carries it).
+        """
+        groups = self.config.groups
+        if isinstance(group, int):
+            observations = self._observation_tokens(inputs, groups[group])
+            is_continuous = groups[group] == "continuous"
+        else:
+            branches = [lambda name=name: self._observation_tokens(inputs, name) for name in groups]
+            observations = branches[0]() if len(groups) == 1 else jax.lax.switch(group, branches)
+            is_continuous = jnp.asarray([name == "continuous" for name in groups])[group]
+        continuous = self.continuous_action_encoder(
+            cyclic_tile(inputs["continuous_actions"], inputs["continuous_action_size"][:, None],
+                        self.config.continuous_width))
+        discrete = self.discrete_action_embed(jnp.clip(inputs["discrete_actions"], 0,
+                                                       self.config.num_discrete_actions - 1))
+        actions = jnp.where(is_continuous, continuous, discrete)
+        position = self.position_embed[...][jnp.clip(inputs["position"], 0, self.config.num_steps - 1)]
+        token_type = self.token_type_embed[...]
+        return observations + position + token_type[0], actions + position + token_type[1]
+
+    # -- passes ------------------------------------------------------------------------------------
+
+    def __call__(self, batch: Mapping[str, jax.Array], *, deterministic: bool,
+                 dropout_key: jax.Array | None = None) -> jax.Array:
+        """A batch of B sequences of S steps -> hidden states [B, 2S, D] at [o_0, a_0, o_1, a_1, ...].
+
+        ``segment`` [B, S] numbers the episodes packed in a row (-1: padding); attention is causal
+        within a segment.
+        """
+        observations, actions = self.step_tokens(batch, batch["group"][0])
+        batch_size, num_steps, d_model = observations.shape
+        tokens = jnp.stack([observations, actions], axis=2).reshape(batch_size, 2 * num_steps, d_model)
+        segment = jnp.repeat(batch["segment"], 2, axis=1)
+        causal = jnp.tril(jnp.ones((2 * num_steps, 2 * num_steps), bool))
+        mask = causal & (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] >= 0)
+        mask = mask | jnp.eye(2 * num_steps, dtype=bool)  # padding attends to itself, not to nothing
+        return self.transformer(tokens, mask, deterministic=deterministic, dropout_key=dropout_key)
+
+    def init_cache(self, batch_size: int, capacity: int) -> list[tuple[jax.Array, jax.Array]]:
+        """An empty key/value cache of ``capacity`` tokens: per layer ([N, H, C, K], [N, H, C, K])."""
+        config = self.config
+        shape = (batch_size, config.num_heads, capacity, config.d_model // config.num_heads)
+        return [(jnp.zeros(shape, jnp.dtype(config.dtype)), jnp.zeros(shape, jnp.dtype(config.dtype)))
+                for _ in range(config.num_layers)]
+
+    def decode(self, tokens: jax.Array, cache: list[tuple[jax.Array, jax.Array]], lengths: jax.Array,
+               starts: jax.Array) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
+        """Incremental decoding: ``tokens`` [N, n, D] written at cache slots lengths..lengths+n-1.
+
+        Each new token attends to the cached slots ``starts <= j`` up to itself (causal); the result
+        is the final-LayerNormed hidden states [N, n, D] and the updated cache, the same numbers as
+        the training pass over the whole sequence (deterministic). The caller keeps
+        ``lengths + n <= capacity``.
+        """
+        num, new, d_model = tokens.shape
+        capacity = cache[0][0].shape[2]
+        query_index = lengths[:, None] + jnp.arange(new)
+        key_index = jnp.arange(capacity)
+        mask = (key_index >= starts[:, None, None]) & (key_index <= query_index[:, :, None])  # [N, n, C]
+        x, updated = tokens, []
+        write = jax.vmap(lambda slots, values, at: jax.lax.dynamic_update_slice(slots, values, (0, at, 0)))
+        for block, (key_cache, value_cache) in zip(self.transformer.blocks, cache):
+            attention = block.attn
+            head_dim = d_model // attention.num_heads
+
+            def heads(projected: jax.Array) -> jax.Array:
+                return projected.reshape(num, new, attention.num_heads, head_dim).transpose(0, 2, 1, 3)
+
+            normalized = block.ln_1(x)
+            query = heads((attention.query(normalized) * head_dim**-0.5).astype(attention.dtype))
+            key_cache = write(key_cache, heads(attention.key(normalized).astype(attention.dtype)), lengths)
+            value_cache = write(value_cache, heads(attention.value(normalized).astype(attention.dtype)), lengths)
+            attended = masked_attention(query, key_cache, value_cache, mask[:, None]).transpose(0, 2, 1, 3)
+            x = x + attention.out(attended.reshape(num, new, d_model))
+            x = x + block.mlp(block.ln_2(x))
+            updated.append((key_cache, value_cache))
+        return self.transformer.ln_f(x), updated
+
+    # -- heads -------------------------------------------------------------------------------------
+
+    def discrete_action_logits(self, hidden: jax.Array, num_actions: jax.Array) -> jax.Array:
+        """[..., D] -> float32 [..., num_discrete_actions], actions >= ``num_actions`` [...] masked out."""
+        logits = self.discrete_action_head(hidden)
+        return jnp.where(jnp.arange(logits.shape[-1]) < num_actions[..., None], logits, MASK_VALUE)
+
+    def continuous_actions(self, hidden: jax.Array) -> jax.Array:
+        """[..., D] -> float32 [..., continuous_width]; the first action-size entries are the action."""
+        return self.continuous_action_head(hidden)
+
+
+def loss_and_metrics(model: JatModel, batch: Mapping[str, jax.Array], *, deterministic: bool,
+                     dropout_key: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """``kappa * observation_loss + (1 - kappa) * action_loss`` of a batch (module docstring).
+
+    Metrics: ``action_loss``, ``observation_loss`` and ``real_step_fraction`` (steps that are not
+    padding). Per-step losses are multiplied by the row's ``loss_weight`` and averaged over real
+    steps (action loss) or real steps whose next step is in the same episode (observation loss).
+    """
+    config = model.config
+    hidden = model(batch, deterministic=deterministic, dropout_key=dropout_key)
+    at_observations, at_actions = hidden[:, 0::2], hidden[:, 1::2]
+    group = batch["group"][0]
+    is_group = {name: jnp.asarray([g == name for g in config.groups])[group] for name in GROUPS}
+    segment = batch["segment"]
+    real = segment >= 0
+    weight = batch["loss_weight"][:, None].astype(jnp.float32)
+
+    # Actions: cross-entropy over the task's actions, or MSE over its real action dimensions.
+    logits = model.discrete_action_logits(at_observations, batch["num_discrete_actions"][:, None])
+    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, batch["discrete_actions"])
+    action_dims = real_dimensions(batch["continuous_action_size"][:, None], config.continuous_width)
+    action_error = jnp.where(action_dims, model.continuous_actions(at_observations) - batch["continuous_actions"], 0.0)
+    action_mse = (action_error**2).sum(-1) / jnp.maximum(action_dims.sum(-1), 1)
+    action_step_loss = jnp.where(is_group["continuous"], action_mse, cross_entropy)
+    action_loss = (weight * real * action_step_loss).sum() / jnp.maximum(real.sum(), 1)
+
+    # Next observations, read at the action tokens: continuous MSE on real dimensions, or images.
+    has_next = jnp.concatenate([real[:, :-1] & (segment[:, 1:] == segment[:, :-1]),
+                                jnp.zeros_like(real[:, :1])], axis=1)
+    observation_dims = real_dimensions(batch["continuous_observation_size"][:, None], config.continuous_width)
+    next_observations = jnp.roll(batch["continuous_observations"], -1, axis=1)
+    observation_error = jnp.where(
+        observation_dims, model.continuous_observation_head(at_actions) - next_observations, 0.0)
+    observation_step_loss = (observation_error**2).sum(-1) / jnp.maximum(observation_dims.sum(-1), 1)
+    observation_step_loss = jnp.where(is_group["continuous"], observation_step_loss, 0.0)
+    if config.has_images:
+        def image_loss() -> jax.Array:
+            target = jnp.roll(batch["image_observations"], -1, axis=1).astype(jnp.float32) / 127.5 - 1.0
+            return ((model.image_decoder(at_actions) - target) ** 2).mean(axis=(-3, -2, -1))
+
+        image_step_loss = jax.lax.cond(is_group["image"], image_loss, lambda: jnp.zeros(real.shape, jnp.float32))
+        observation_step_loss = observation_step_loss + image_step_loss
+    observation_loss = (weight * has_next * observation_step_loss).sum() / jnp.maximum(has_next.sum(), 1)
+
+    kappa = config.observation_loss_coef
+    loss = kappa * observation_loss + (1.0 - kappa) * action_loss
+    metrics = {"action_loss": action_loss, "observation_loss": observation_loss,
+               "real_step_fraction": real.mean(dtype=jnp.float32)}
+    return loss, metrics

@@ -1,0 +1,76 @@
+"""JAT training batches (mgdt_jax/recipes/jat/data.py): packed rows, batch k a function of (seed, k)
+and host, and bad datasets refused in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from mgdt_jax.recipes.jat import data
+from mgdt_jax.recipes.jat.model import ModelConfig
+
+MODEL = ModelConfig(num_steps=16, groups=("discrete", "continuous"))
+
+
+def task_with_episodes(lengths: list[int]) -> data.TaskData:
+    starts = np.concatenate([np.arange(length) == 0 for length in lengths])
+    return data.TaskData("t", "t", "continuous", 1.0, 1.0, {}, starts, np.zeros(len(starts), np.float32), 1, 1, 0,
+                         len(lengths))
+
+
+def test_packed_rows_start_a_segment_at_each_episode_and_padded_rows_stop_at_its_end():
+    task = task_with_episodes([3, 5, 2])  # steps 0-2, 3-7, 8-9
+    index, segment, position = data.row_steps(task, 1, 8, packing=True)
+    np.testing.assert_array_equal(index, [1, 2, 3, 4, 5, 6, 7, 8])
+    np.testing.assert_array_equal(segment, [0, 0, 1, 1, 1, 1, 1, 2])
+    np.testing.assert_array_equal(position, [0, 1, 0, 1, 2, 3, 4, 0])
+    index, segment, position = data.row_steps(task, 8, 5, packing=True)  # wraps to the first episode
+    np.testing.assert_array_equal(index, [8, 9, 0, 1, 2])
+    np.testing.assert_array_equal(segment, [0, 0, 1, 1, 1])
+    index, segment, position = data.row_steps(task, 4, 6, packing=False)
+    np.testing.assert_array_equal(segment, [0, 0, 0, 0, -1, -1])
+    np.testing.assert_array_equal(position, [0, 1, 2, 3, 0, 0])
+
+
+def stream(jat_datasets, **fields):
+    tasks = [data.load_task(path, MODEL) for path in jat_datasets.values()]
+    return data.JatBatches(tasks, MODEL, data.DataConfig(**fields), global_batch_size=8, process_index=0,
+                           process_count=1)
+
+
+def test_batches_are_functions_of_seed_and_step_and_packing_leaves_no_padding(jat_datasets):
+    packed, padded = stream(jat_datasets), stream(jat_datasets, packing=False)
+    first, again = packed.batch(5), stream(jat_datasets).batch(5)
+    for name in first:
+        np.testing.assert_array_equal(first[name], again[name])
+    assert len(set(first["group"])) == 1  # modality-homogeneous
+    real = [np.mean(packed.batch(k)["segment"] >= 0) for k in range(10)]
+    naive = [np.mean(padded.batch(k)["segment"] >= 0) for k in range(10)]
+    assert min(real) == 1.0 and max(naive) < 0.9  # episodes of 3-20 steps in rows of 16
+    host = data.JatBatches(packed.tasks, MODEL, packed.data, global_batch_size=8, process_index=1, process_count=2)
+    np.testing.assert_array_equal(host.batch(5)["segment"], first["segment"][4:])
+    # r_{t-1} is folded into step t: 0 where an episode starts.
+    starts = (first["position"] == 0) & (np.arange(16) > 0)
+    assert (first["rewards"][starts] == 0).all()
+
+
+def test_a_field_of_an_unknown_modality_is_refused_in_one_line(jat_datasets, tmp_path):
+    copy = tmp_path / "task"
+    shutil.copytree(jat_datasets["synthetic-continuous"], copy)
+    metadata = json.loads((copy / "metadata.json").read_text())
+    metadata["spec"]["shapes"]["audio_observations"] = [16]
+    (copy / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match=r"'audio_observations' is not a JAT field of a known modality") as error:
+        data.load_task(copy, MODEL)
+    assert str(copy) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_observation_wider_than_the_tiling_width_is_refused_in_one_line(jat_datasets):
+    narrow = ModelConfig(continuous_width=4, groups=("discrete", "continuous"))
+    with pytest.raises(ValueError, match=r"continuous_observations of shape \(5,\) is wider than the tiling width "
+                                         r"model.continuous_width=4$") as error:
+        data.load_task(jat_datasets["synthetic-continuous"], narrow)
+    assert str(jat_datasets["synthetic-continuous"]) in str(error.value)

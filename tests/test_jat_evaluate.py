@@ -1,0 +1,120 @@
+"""JAT evaluation (mgdt_jax/recipes/jat/evaluate.py): the KV-cached vector policy equals the full
+pass (across context refills), normalised scores and per-domain IQM against hand-computed values,
+BabyAI played by environments stepped together, the report files and the CLI's version check."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from mgdt_jax.cli import jat_evaluate
+from mgdt_jax.recipes.jat import evaluate, references
+from mgdt_jax.recipes.jat.model import JatModel, ModelConfig
+
+CONFIG = ModelConfig(num_layers=2, d_model=32, num_heads=2, num_steps=4, continuous_width=8, dropout_rate=0.0,
+                     groups=("discrete", "continuous"))
+
+
+from tests.test_train_step import fast_compiles  # noqa: E402,F401  (autouse: tiny models compile faster)
+
+
+@pytest.fixture(scope="module")
+def model() -> JatModel:
+    return JatModel(CONFIG, rngs=nnx.Rngs(0))
+
+
+def test_cached_policy_equals_the_full_pass_over_its_context(model):
+    num_envs, kept, steps = 2, CONFIG.num_steps // 2, 11
+    task = evaluate.TaskInputs("continuous", continuous_observation_size=3, continuous_action_size=2,
+                               num_discrete_actions=0)
+    policy = evaluate.VectorPolicy(model, task, num_envs, image_shape=None)
+    for env in range(num_envs):
+        policy.reset(env)
+    rng = np.random.default_rng(0)
+    observations = rng.normal(size=(steps, num_envs, 3)).astype(np.float32)
+    rewards = rng.normal(size=(steps, num_envs)).astype(np.float32)  # rewards[t]: r_{t-1} given with o_t
+    actions, start = [], 0
+    for t in range(steps):
+        actions.append(policy.act([{"continuous_observations": o} for o in observations[t]], rewards[t]))
+        cached = policy.last_output
+        if t - start >= CONFIG.num_steps:  # the policy rebuilt its context from the last `kept` steps
+            start = t - kept
+        window = np.arange(start, t + 1)
+        batch = {
+            "group": np.full(num_envs, 1, np.int32), "segment": np.zeros((num_envs, len(window)), np.int32),
+            "position": np.tile(np.arange(len(window), dtype=np.int32), (num_envs, 1)),
+            "rewards": rewards[window].T, "continuous_observation_size": np.full(num_envs, 3, np.int32),
+            "continuous_action_size": np.full(num_envs, 2, np.int32),
+            "num_discrete_actions": np.zeros(num_envs, np.int32),
+            "continuous_observations": np.zeros((num_envs, len(window), 8), np.float32),
+            "continuous_actions": np.zeros((num_envs, len(window), 8), np.float32),
+            "discrete_observations": np.zeros((num_envs, len(window), 148), np.int32),
+            "text_observations": np.zeros((num_envs, len(window), 64), np.int32),
+            "discrete_actions": np.zeros((num_envs, len(window)), np.int32),
+        }
+        batch["continuous_observations"][..., :3] = observations[window].transpose(1, 0, 2)
+        batch["continuous_actions"][..., :2] = np.stack([actions[s] for s in window], axis=1)
+        hidden = model(batch, deterministic=True)
+        expected = model.continuous_actions(hidden[:, 2 * (len(window) - 1)])
+        np.testing.assert_allclose(cached, expected, rtol=1e-4, atol=1e-4, err_msg=f"step {t}")
+    assert start > 0  # the context was rebuilt at least once
+
+
+def result(task: str, normalized: list[float]) -> evaluate.TaskResult:
+    return evaluate.TaskResult(task, evaluate.domain_of(task), list(normalized), list(normalized), 1, 1.0)
+
+
+def test_domain_iqm_is_the_mean_of_the_middle_half():
+    scores = np.arange(8) / 7.0
+    aggregates = evaluate.domain_iqm([result("mujoco-pendulum", scores), result("metaworld-reach", scores[::-1] * 2)],
+                                     reps=200)
+    assert set(aggregates) == {"mujoco", "metaworld"}
+    assert aggregates["mujoco"].value == pytest.approx(np.mean(np.sort(scores)[2:6]))
+    assert aggregates["metaworld"].value == pytest.approx(2 * np.mean(np.sort(scores)[2:6]))
+    assert aggregates["mujoco"].low <= aggregates["mujoco"].value <= aggregates["mujoco"].high
+    assert evaluate.domain_of("babyai-rgb-go-to-local") == "babyai-rgb" and evaluate.domain_of("babyai-pickup-loc") == "babyai"
+
+
+def babyai_references(versions: dict[str, str] | None = None) -> references.TaskReferences:
+    installed = references.installed_versions(("gymnasium", "minigrid"))
+    return references.TaskReferences("babyai-go-to-red-ball-grey", "BabyAI-GoToRedBallGrey-v0",
+                                     expert=references.Reference(0.9, 0.05, 100, 1.0),
+                                     random=references.Reference(0.1, 0.2, 100, 0.2),
+                                     versions=versions or installed)
+
+
+def test_babyai_played_together_and_one_at_a_time_scores_as_computed_by_hand(model, tmp_path):
+    pytest.importorskip("minigrid")
+    refs = babyai_references()
+    together = evaluate.play_task(model, refs.task, refs, episodes=10, seed=3, greedy=True, max_steps=6)
+    alone = evaluate.play_task(model, refs.task, refs, episodes=10, seed=3, greedy=True, max_steps=6, envs_per_task=1)
+    assert together.returns == alone.returns
+    assert 10 <= together.env_steps <= 60
+    np.testing.assert_allclose(together.normalized, [(value - 0.1) / 0.8 for value in together.returns])
+
+    aggregates = evaluate.domain_iqm([together], reps=100)
+    evaluate.write_report([together], aggregates, tmp_path, {"seed": 3})
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["tasks"][refs.task]["normalized"] == together.normalized
+    assert report["domains"]["babyai"]["value"] == pytest.approx(aggregates["babyai"].value)
+    with open(tmp_path / "scores.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 10
+    assert (tmp_path / "scores.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_cli_refuses_references_of_other_versions_in_one_line(tmp_path, capsys):
+    refs = babyai_references({"gymnasium": "0.29.1", "minigrid": "2.3.1"})
+    (tmp_path / "data" / refs.task).mkdir(parents=True)
+    references.save(refs, tmp_path / "data" / refs.task)
+    code = jat_evaluate.main(["--workdir", str(tmp_path / "run"), "--data", str(tmp_path / "data"),
+                              "--tasks", refs.task, "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code == 1 and error.count("\n") == 1
+    assert error.startswith("mgdt-jat-eval: error: babyai-go-to-red-ball-grey: references were measured with gymnasium 0.29.1")
+    assert not (tmp_path / "out").exists()
