@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests import toy_recipe
 
 BATCH = 8  # rows of the batches the train-step tests use
 
@@ -38,23 +37,6 @@ def get_config():
     config.train.checkpoint_every = {checkpoint_every}
     return config
 """
-
-TOY_CONFIG_FILE = """
-from tests import toy_recipe
-
-
-def get_config():
-    config = toy_recipe.get_config()
-    config.model.sequence_length = 640  # long enough per step that SIGKILL lands before the last step
-    config.mesh.data = 1
-    config.mesh.fsdp = -1
-    config.optimizer.learning_rate = 3e-3
-    config.train.num_steps = {num_steps}
-    config.train.log_every = 1
-    config.train.checkpoint_every = {checkpoint_every}
-    return config
-"""
-
 
 # The JAT: the tiny experiment shrunk further, on the two small datasets of tests/jat_datasets.py.
 JAT_CONFIG_FILE = """
@@ -105,18 +87,6 @@ class MgdtCase:
 
     def config_file(self, request: pytest.FixtureRequest, **fields: Any) -> str:
         return MGDT_CONFIG_FILE.format(source=str(request.getfixturevalue("rlds_dataset_dir")), **fields)
-
-
-class ToyCase:
-    name, recipe = "toy", "tests.toy_recipe"
-    metrics = ("accuracy",)
-
-    def batches(self, request: pytest.FixtureRequest) -> list[dict[str, np.ndarray]]:
-        data = toy_recipe.ToyRecipe(step_config(self, {})).training_data(process_index=0, process_count=1)
-        return [data.batch(step) for step in (0, 1)]
-
-    def config_file(self, request: pytest.FixtureRequest, **fields: Any) -> str:
-        return TOY_CONFIG_FILE.format(**fields)
 
 
 AD_CONFIG_FILE = """
@@ -237,4 +207,4 @@ class JatCase:
 
 
 
-CASES = {case.name: case for case in (MgdtCase(), ToyCase(), AdCase(), JatCase(), AdaCase())}
+CASES = {case.name: case for case in (MgdtCase(), AdCase(), JatCase(), AdaCase())}
