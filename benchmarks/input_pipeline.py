@@ -164,7 +164,6 @@ def fixed_batch_rate(spec: dict) -> dict:
 
     from mgdt_jax.core import sharding
     from mgdt_jax.recipes.mgdt import pipeline
-    from mgdt_jax.core import flops
     from mgdt_jax.core.train_step import Trainer
 
     config = _load_config(spec["config"])
@@ -184,7 +183,7 @@ def fixed_batch_rate(spec: dict) -> dict:
         float(metrics["loss"])  # mgdt-train reads the loss on log steps
         rates.append(config.train.log_every / (time.perf_counter() - started))
     return {"steps_per_s": statistics.median(rates),
-            "tokens_per_step": flops.training_flops(trainer.model_config, config.train.batch_size).tokens}
+            "tokens_per_step": trainer.recipe.step_cost(config.train.batch_size).tokens}
 
 
 def _load_config(path: str):
