@@ -32,13 +32,13 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordWriter
-from tensorflow_datasets.core import dataset_info, example_serializer, naming, splits, utils
+from tensorflow_datasets.core import example_serializer
 
+from data_pipelines import rlds_writer
 from mgdt_jax.recipes.jat import fields as jat_fields
 
 VERSION = "1.0.0"
 SPLIT = "train"
-FILE_FORMAT = "array_record"
 METADATA_FILE = "metadata.json"
 
 
@@ -201,18 +201,6 @@ def serialize_episode(spec: TaskSpec, episode: Episode, episode_id: int) -> byte
     return serializer.serialize_example(encoded)
 
 
-def _file_template(out_dir: Path, task: str) -> naming.ShardedFileTemplate:
-    return naming.ShardedFileTemplate(data_dir=out_dir, dataset_name=dataset_name(task), split=SPLIT,
-                                      filetype_suffix=FILE_FORMAT)
-
-
-def write_json(path: Path, content: dict) -> None:
-    """Writes JSON under a temporary name, then renames it: a reader never sees half a file."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(content, indent=1) + "\n")
-    os.replace(partial, path)
-
-
 def write_dataset(out_dir: Path, spec: TaskSpec, episodes: Iterable[Episode], metadata: dict,
                   episodes_per_shard: int = 1000, description: str = "",
                   on_episode: Callable[[Episode], None] = lambda episode: None) -> dict:
@@ -245,23 +233,18 @@ def write_dataset(out_dir: Path, spec: TaskSpec, episodes: Iterable[Episode], me
             writer.close()
     if not lengths:
         raise DatasetError(f"{spec.task}: no episodes to write")
-    template = _file_template(out_dir, spec.task)
     num_bytes = 0
     for index, path in enumerate(pending):
-        final = Path(template.sharded_filepath(shard_index=index, num_shards=len(pending)))
+        final = rlds_writer.shard_path(out_dir, dataset_name(spec.task), SPLIT, index, len(pending))
         os.replace(path, final)
         num_bytes += final.stat().st_size
     summary = {"task": spec.task, "episodes": len(returns), "steps": steps, "shards": len(pending),
                "num_bytes": num_bytes, "mean_return": float(np.mean(returns))}
-    write_json(out_dir / METADATA_FILE, {**metadata, "spec": spec.to_json(), "summary": summary})
-    identity = dataset_info.DatasetIdentity(name=dataset_name(spec.task), version=utils.Version(VERSION),
-                                            data_dir=str(out_dir), module_name=__name__)
-    info = dataset_info.DatasetInfo(builder=identity, features=features(spec), disable_shuffling=True,
-                                    description=description or f"JAT task {spec.task} as RLDS episodes.")
-    info.set_file_format(FILE_FORMAT)
-    info.set_splits(splits.SplitDict([splits.SplitInfo(name=SPLIT, shard_lengths=lengths, num_bytes=num_bytes,
-                                                       filename_template=template)]))
-    info.write_to_directory(out_dir)  # last: the dataset is complete
+    rlds_writer.write_json(out_dir / METADATA_FILE, {**metadata, "spec": spec.to_json(), "summary": summary})
+    rlds_writer.write_dataset_info(  # last: the dataset is complete
+        out_dir, name=dataset_name(spec.task), version=VERSION, module_name=__name__, features=features(spec),
+        split=SPLIT, shard_lengths=lengths, num_bytes=num_bytes,
+        description=description or f"JAT task {spec.task} as RLDS episodes.")
     return summary
 
 
