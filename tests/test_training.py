@@ -1,5 +1,5 @@
 """The train loop end to end on 8 fake CPU devices, for every recipe (tests/recipe_cases.py: the MGDT
-on recorded ALE data, a toy next-token recipe): the loss falls; throughput and MFU follow the
+on recorded ALE data, AD, JAT and AdA): the loss falls; throughput and MFU follow the
 recipe's step cost; a run preempted with SIGTERM, resumed, killed with SIGKILL and resumed again has
 the losses of an uninterrupted run, bit for bit; checkpoints restore onto other meshes; a diverging
 run stops and keeps its last good checkpoint; another recipe's checkpoints are refused; bad input
@@ -33,7 +33,7 @@ from tests.recipe_cases import MGDT_CONFIG_FILE
 NUM_STEPS = 24
 CHECKPOINT_EVERY = 6
 PEAK_FLOPS = 1e9  # the device peak the reference run is told, so that it reports an MFU on CPUs
-REPOSITORY = Path(__file__).resolve().parents[1]  # on the path of subprocesses, for tests.toy_recipe
+REPOSITORY = Path(__file__).resolve().parents[1]  # on the path of subprocesses, for tests.* config modules
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -33,7 +33,7 @@ another recipe is refused in one line.
 
 **Adding one.** Write ``mgdt_jax/recipes/<name>/recipe.py`` with a ``Recipe`` subclass (its model,
 loss, data and FLOPs), set ``RECIPE``, write an experiment config with ``config.recipe = "<name>"``
-and add the name to ``RECIPES`` in ``tests/conftest.py``: the generic training tests (sharded step
+and add a case to ``CASES`` in ``tests/recipe_cases.py``: the generic training tests (sharded step
 equal to one device, gradient accumulation, bit-equal losses after SIGTERM, SIGKILL and resume,
 restore across meshes, NaN stop, throughput and MFU) then run on it too.
 
