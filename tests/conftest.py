@@ -1,8 +1,16 @@
-"""Test setup: 8 fake CPU devices (set before JAX starts) and absl flags marked parsed."""
+"""Test setup: 8 fake CPU devices (set before JAX starts), one compilation cache for the session, and absl flags marked parsed."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# One XLA compilation cache for the session: the subprocesses of the resume and CLI tests load the
+# steps this process (or an earlier subprocess) compiled instead of compiling them again.
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="mgdt-jax-test-compilations-")
+atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _COMPILATION_CACHE)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 

@@ -144,7 +144,7 @@ def get_config():
     config.model.num_layers = 2
     config.model.d_model = 64
     config.model.memory_length = 32
-    config.ppo.rollout_length = 32  # long enough steps for the run to be stopped mid-way
+    config.ppo.rollout_length = 16  # steps long enough for the run to be stopped mid-way
     # One optimizer step per train step, as the other cases: the NaN-stop test counts on an infinite
     # learning rate showing in the loss of the next step (with several, it shows within the same one).
     config.ppo.num_epochs = 1
