@@ -14,8 +14,8 @@ the real ones, in each section's ``compile_s``). A section starts only if the to
 left for it; its process gets ``min(budget, time left)``, stops its own timed loops a few seconds
 before that and is killed at it.
 
-``--dry-run`` runs every section at toy sizes on whatever JAX finds (a CPU in the tests) in under a
-minute, so the script is exercised between accelerator sessions; its sections have no budgets of
+``--dry-run`` runs every section at toy sizes on whatever JAX finds (a CPU in the tests) in about
+75 s, so the script is exercised between accelerator sessions; its sections have no budgets of
 their own, only the total.
 
 This process imports no JAX (it must not claim the accelerator's memory before the sections do);
@@ -43,7 +43,7 @@ SECTIONS_SCRIPT = Path(__file__).with_name("gpu_check_sections.py")
 GRACE_S = 10.0  # a section stops its own work this long before its process is killed
 MIN_START_S = 20.0  # a section given less than this is not started (toy sizes: 5)
 DEFAULT_TOTAL_S = 510.0  # 8.5 minutes: the 10 minutes of one accelerator command, less start-up margin
-DRY_RUN_TOTAL_S = 400.0  # toy sizes take under a minute on an idle CPU; this bounds a loaded or hung one
+DRY_RUN_TOTAL_S = 400.0  # toy sizes take ~75 s on a shared 2-core CPU; this bounds a loaded or hung one
 MFU_GOAL = 0.45  # DT-200M bf16 on an H200, against the datasheet peak
 # ALE on the development machine: ~5,000 env steps/s on 2 cores (docs/evaluation.md), ~2,500 per core.
 ALE_STEPS_PER_CORE = 2_500
@@ -69,7 +69,7 @@ SECTIONS = (
     Section("ad_train", "AD training tokens/s at the AD^epsilon recipe's size", 60, requires="mgdt_jax.recipes.ad.recipe"),
     Section("ad_eval", "AD KV-cached in-context evaluation steps/s at 81 x 100 episodes", 60,
             requires="mgdt_jax.recipes.ad.recipe"),
-    Section("jat_train", "JAT (768 wide, 12 layers) training tokens/s and MFU", 60,
+    Section("jat_train", "JAT (768 wide, 12 layers, 512 tokens) bf16 training tokens/s and MFU per modality", 60,
             requires="mgdt_jax.recipes.jat.recipe"),
     Section("ada_ppo", "AdA environment + Transformer-XL PPO steps/s at 8,192 envs", 60,
             requires="mgdt_jax.recipes.ada.recipe"),
@@ -152,10 +152,11 @@ def peaks(results: dict[str, dict]) -> tuple[float | None, float | None]:
 
 
 def add_mfu(results: dict[str, dict]) -> None:
-    """MFU of each training section against both peaks (None where a peak is unknown)."""
+    """MFU of each bf16 training section (and each JAT group) against both peaks (None where a peak is unknown)."""
     measured, datasheet = peaks(results)
-    for name in ("train_200m", "train_1b"):
-        figures = results.get(name, {}).get("figures", {})
+    jat = results.get("jat_train", {}).get("figures", {})
+    for figures in [results.get(name, {}).get("figures", {}) for name in ("train_200m", "train_1b", "jat_train")] + \
+            jat.get("groups_measured", []):
         if figures.get("flops_per_s"):
             figures["mfu_vs_measured"] = figures["flops_per_s"] / measured if measured else None
             figures["mfu_vs_datasheet"] = figures["flops_per_s"] / datasheet if datasheet else None
@@ -202,6 +203,34 @@ def table_rows(results: dict[str, dict], cpus: int) -> list[tuple[str, str, str]
                 verdict = ("no datasheet peak: goal not judged" if mfu is None
                            else f"{'meets' if mfu >= MFU_GOAL else 'misses'} MFU >= {MFU_GOAL:.0%} (datasheet)")
             rows.append((section.goal, figure, verdict))
+        elif name == "ad_train" and figures.get("tokens_per_s"):
+            rows.append((section.goal, f"batch {figures['batch']} x {figures['context_steps']} steps: "
+                         f"{figures['tokens_per_s']:,.0f} tokens/s, {figures['tflops_per_s']:,.2f} TFLOP/s, "
+                         f"MFU {_percent(figures.get('mfu'))} of datasheet{suffix}", "runs"))
+        elif name == "ad_eval" and figures.get("rates"):
+            for rate in figures["rates"]:
+                rows.append((f"AD in-context evaluation, {rate['actions']} actions",
+                             f"{rate['tasks']} goals x {rate['episodes']} episodes: {rate['env_steps_per_s']:,.0f} "
+                             f"env steps/s (compiled in {rate['compile_s']:.0f} s){suffix}", "runs"))
+        elif name == "jat_train" and figures.get("groups_measured"):
+            for group in figures["groups_measured"]:
+                lower = " (convolutions not counted: FLOP/s and MFU are lower bounds)" if group["group"] == "image" else ""
+                memory = f", peak memory {_gib(figures.get('peak_bytes_in_use'))}" if group["group"] == figures["headline_group"] else ""
+                rows.append((f"JAT {figures['num_layers']} layers x {figures['d_model']} training, {group['group']} rows",
+                             f"batch {figures['batch']} x {figures['tokens_per_row']} tokens: {group['tokens_per_s']:,.0f} "
+                             f"tokens/s, {_tflops(group['flops_per_s'])}, MFU {_percent(group.get('mfu_vs_measured'))} of "
+                             f"measured / {_percent(group.get('mfu_vs_datasheet'))} of datasheet{lower}, loss "
+                             f"{group['loss_first']:.3f} -> {group['loss_last']:.3f}{memory}{suffix}", "runs"))
+        elif name == "ada_ppo" and figures.get("train_env_steps_per_s"):
+            env_only = figures.get("env_only_steps_per_s")
+            rows.append((section.goal,
+                         f"{figures['env']} x {figures['envs']:,} envs, {figures['agent']} {figures['num_layers']} x "
+                         f"{figures['d_model']} ({figures['params']:,} parameters): train step "
+                         f"{figures['train_env_steps_per_s']:,.0f} env steps/s, environments alone "
+                         f"{f'{env_only:,.0f}' if env_only else '-'} env steps/s, {_tflops(figures['flops_per_s'])} "
+                         f"({figures['compute_dtype']}){suffix}",
+                         f"the train step keeps {figures['train_over_env_only']:.1%} of the environments' speed"
+                         if env_only else "environments alone not measured"))
         elif name == "policy" and figures.get("rates"):
             ale = ALE_STEPS_PER_CORE * cpus
             for rate in figures["rates"]:
@@ -240,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", help="comma list of sections to leave out")
     parser.add_argument("--total-s", type=float, help=f"time for all sections (default {DEFAULT_TOTAL_S:.0f}; "
                         f"dry run {DRY_RUN_TOTAL_S:.0f})")
-    parser.add_argument("--dry-run", action="store_true", help="toy sizes on whatever JAX finds (a CPU): under a minute")
+    parser.add_argument("--dry-run", action="store_true", help="toy sizes on whatever JAX finds (a CPU): ~75 s")
     args = parser.parse_args(argv)
     sections = select(args.only, args.skip)
     total = args.total_s or (DRY_RUN_TOTAL_S if args.dry_run else DEFAULT_TOTAL_S)

@@ -68,6 +68,15 @@ class Scale:
     pipeline_batch: int
     pipeline_batches_per_worker: int  # timed batches: enough for every worker to deliver several
     pipeline_timed_s: float
+    jat_num_steps: int  # steps per row, two tokens each
+    jat_groups: tuple[str, ...]  # the modality groups built and timed
+    jat_batch: int
+    jat_group_timed_s: float  # timed seconds per modality group
+    ada_envs: int
+    ada_agent: Mapping[str, Any]  # model fields over experiments/ada_tiny.py's
+    ada_ppo: Mapping[str, Any]  # ppo fields over experiments/ada_tiny.py's
+    ada_env: str  # "xland" (arm recall where xminigrid does not import) or "arm_recall"
+    ada_timed_s: float
 
 
 FULL = Scale(
@@ -76,6 +85,13 @@ FULL = Scale(
     policy_envs=(64, 256, 1024), policy_max_steps=50, policy_timed_s=4.0,
     pipeline_games=("Pong", "Breakout"), pipeline_episodes_per_game=4, pipeline_steps_per_episode=10_000,
     pipeline_batch=64, pipeline_batches_per_worker=2, pipeline_timed_s=15.0,
+    # JAT: the released model's 512 positions are 256 steps; 40 rows is one device's share of the released
+    # run's optimizer step (20 per device x 2 accumulation steps, 8 GPUs: 320 rows).
+    jat_num_steps=256, jat_groups=("discrete", "continuous", "image"), jat_batch=40, jat_group_timed_s=4.0,
+    ada_envs=8192,
+    ada_agent={"agent": "trxl", "num_layers": 4, "d_model": 256, "num_heads": 4, "memory_length": 64, "head_hidden": 256},
+    ada_ppo={"rollout_length": 16, "num_epochs": 1, "num_minibatches": 4},  # PPOConfig's rollout and epochs
+    ada_env="xland", ada_timed_s=5.0,
 )
 TOY = Scale(
     toy_model={"num_layers": 1, "d_model": 64, "num_heads": 1}, matmul_sizes=(256,), probe_batch=2,
@@ -83,6 +99,10 @@ TOY = Scale(
     policy_envs=(2,), policy_max_steps=2, policy_timed_s=1.0,
     pipeline_games=("Pong", "Breakout"), pipeline_episodes_per_game=1, pipeline_steps_per_episode=200,
     pipeline_batch=8, pipeline_batches_per_worker=2, pipeline_timed_s=2.0,
+    # No image group: its convolutions take ~6 s more to compile and initialise on a CPU.
+    jat_num_steps=8, jat_groups=("discrete", "continuous"), jat_batch=2, jat_group_timed_s=1.0,
+    ada_envs=8, ada_agent={"agent": "trxl"}, ada_ppo={"rollout_length": 4, "num_epochs": 1, "num_minibatches": 1},
+    ada_env="arm_recall", ada_timed_s=1.0,
 )
 FIT_FRACTION = 0.9  # of the device's memory limit a predicted batch may use (allocator slack)
 OUT_OF_MEMORY = "RESOURCE_EXHAUSTED"
@@ -195,12 +215,15 @@ def compile_step(trainer: Trainer, batch_size: int, run: Run) -> tuple[jax.stage
     return compiled, seconds
 
 
-def timed_steps(step: Callable, state: Any, batch: Any, run: Run) -> tuple[Any, dict[str, float]]:
+def timed_steps(step: Callable, state: Any, batch: Any, run: Run,
+                seconds: float | None = None) -> tuple[Any, dict[str, float]]:
     """Warm-up steps, then steps timed with one always queued behind the one running.
 
-    Stops after ``max_timed_steps``, ``timed_s`` or when the section's time runs short.
+    Stops after ``max_timed_steps``, ``seconds`` (default ``timed_s``) or when the section's time
+    runs short.
     """
     scale = run.scale
+    seconds = scale.timed_s if seconds is None else seconds
     warmup_start = time.perf_counter()
     for _ in range(scale.warmup_steps):
         state, metrics = step(state, batch)
@@ -208,7 +231,7 @@ def timed_steps(step: Callable, state: Any, batch: Any, run: Run) -> tuple[Any, 
     step_estimate = (time.perf_counter() - warmup_start) / scale.warmup_steps
     start = time.perf_counter()
     pending, done = None, 0
-    while done < scale.max_timed_steps and time.perf_counter() - start < scale.timed_s and run.left() > 2 * step_estimate:
+    while done < scale.max_timed_steps and time.perf_counter() - start < seconds and run.left() > 2 * step_estimate:
         state, metrics = step(state, batch)
         if pending is not None:
             float(pending["loss"])  # waits for the previous step only
@@ -609,6 +632,216 @@ def ad_eval(run: Run) -> None:
                 f"(compiled in {result.compile_s:.1f} s)")
 
 
+# ---------------------------------------------------------------------------------------------
+# jat_train
+
+# The released JAT's config.json (jat-project/jat): hidden 768, 12 layers, 12 heads, continuous vectors
+# tiled to 377, discrete values < 212. The other model fields are experiments/jat_tiny.py's.
+JAT_RELEASED = {"d_model": 768, "num_layers": 12, "num_heads": 12, "continuous_width": 377, "max_discrete_value": 212}
+JAT_GROUP_ORDER = ("image", "discrete", "continuous")  # the heaviest first: it is the headline
+JAT_CONTINUOUS_SIZES = (39, 4)  # Meta-World's observation and action sizes
+JAT_MISSION_WORDS = 8  # a BabyAI mission's length in words
+JAT_DISCRETE_ACTIONS = 7  # BabyAI's (and BabyAI-RGB's) actions
+
+
+def jat_config(run: Run) -> Any:
+    """experiments/jat_tiny.py at the released JAT size (`JAT_RELEASED`) in bfloat16, or toy sizes."""
+    from experiments import jat_tiny
+
+    config = jat_tiny.get_config()
+    for name, value in {**JAT_RELEASED, **(run.scale.toy_model or {})}.items():
+        setattr(config.model, name, value)
+    config.model.num_steps = run.scale.jat_num_steps
+    config.model.groups = run.scale.jat_groups
+    config.model.dtype = "bfloat16"
+    config.train.batch_size = run.scale.jat_batch
+    config.train.num_steps = 1_000_000  # only the learning-rate schedule reads it
+    return config
+
+
+def jat_batch(model: Any, rows: int, group: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Synthetic rows of one modality group in the shapes and dtypes of the recipe's batches
+    (`data.empty_batch`): one episode per row, random observations, actions and rewards of a task of
+    the group. Discrete: BabyAI's symbols and a mission; continuous: Meta-World's sizes; image:
+    ``model.image_shape`` frames and a mission (BabyAI-RGB)."""
+    from mgdt_jax.recipes.jat import data, tokens
+
+    batch = data.empty_batch(model, rows)
+    shape = (rows, model.num_steps)
+    batch["group"][:] = model.groups.index(group)
+    batch["loss_weight"][:] = 1.0
+    batch["position"][:] = np.arange(model.num_steps)
+    batch["rewards"][:] = rng.random(shape, np.float32)
+    if group == "continuous":
+        observation, action = JAT_CONTINUOUS_SIZES
+        batch["continuous_observations"][..., :observation] = rng.standard_normal((*shape, observation), np.float32)
+        batch["continuous_actions"][..., :action] = rng.uniform(-1, 1, (*shape, action))
+        batch["continuous_observation_size"][:], batch["continuous_action_size"][:] = observation, action
+        return batch
+    batch["discrete_actions"][:] = rng.integers(0, JAT_DISCRETE_ACTIONS, shape)
+    batch["num_discrete_actions"][:] = JAT_DISCRETE_ACTIONS
+    batch["text_observations"][..., :JAT_MISSION_WORDS] = rng.integers(
+        tokens.UNKNOWN_WORD + 1, tokens.TEXT_VOCABULARY_SIZE, (*shape, JAT_MISSION_WORDS))
+    if group == "discrete":
+        batch["discrete_observations"][:] = rng.integers(0, model.max_discrete_value, batch["discrete_observations"].shape)
+    else:
+        batch["image_observations"][:] = rng.integers(0, 256, batch["image_observations"].shape, dtype=np.uint8)
+    return batch
+
+
+def jat_train(run: Run) -> None:
+    """JAT training at the released model's size through the core trainer: one compiled step (the
+    group's encoder is chosen at run time) timed on synthetic rows of each modality group, the image
+    group first. The step cost counts the decoder and linear encoders and heads, not the image
+    encoder's and decoder's convolutions: for image rows the FLOP/s and MFU are lower bounds."""
+    from mgdt_jax.recipes.jat.recipe import JatRecipe
+
+    config = jat_config(run)
+    recipe = JatRecipe(config)
+    mesh = sharding.make_mesh(config.mesh)
+    trainer = Trainer(config, mesh, recipe)
+    model = recipe.model_config
+    batch_size = config.train.batch_size
+    cost = recipe.step_cost(batch_size)
+    groups = [group for group in JAT_GROUP_ORDER if group in model.groups]
+    if "image" not in groups:
+        run.note("no image group at these sizes (toy): its convolutions are timed in the full run")
+    rng = np.random.default_rng(0)
+    batches = {group: trainer.shard_batch(jat_batch(model, batch_size, group, rng)) for group in groups}
+    run.record(num_layers=model.num_layers, d_model=model.d_model, num_heads=model.num_heads, num_steps=model.num_steps,
+               tokens_per_row=2 * model.num_steps, image_shape=list(model.image_shape), batch=batch_size,
+               dtype=model.dtype, groups=groups, tokens_per_step=cost.tokens, flops_per_step=cost.flops)
+    start = time.perf_counter()
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), batches[groups[0]])
+    step = trainer.lower_step(abstract).compile()
+    run.record(compile_s=time.perf_counter() - start, xla_flops_per_step=flops.compiled_flops(step))
+    run.log(f"compiled the JAT step ({model.num_layers} x {model.d_model}, batch {batch_size} x {2 * model.num_steps} "
+            f"tokens) in {time.perf_counter() - start:.1f} s")
+    state = trainer.init(seed=0)
+    run.record(params=sum(leaf.size for leaf in jax.tree.leaves(state.params)))
+    measured = []
+    for group in groups:
+        if run.left() < 10:
+            run.note(f"no time left for the {group} group")
+            break
+        try:
+            state, timing = timed_steps(step, state, batches[group], run, seconds=run.scale.jat_group_timed_s)
+        except SectionSkipped as reason:
+            if not measured:
+                raise
+            run.note(f"the {group} group was not timed: {reason}")
+            break
+        if not np.isfinite(timing["loss_last"]):
+            raise RuntimeError(f"the {group} group's loss is {timing['loss_last']}")
+        measured.append({"group": group, **timing, "tokens_per_s": cost.tokens / timing["step_s"],
+                         "flops_per_s": cost.flops / timing["step_s"] / jax.device_count()})
+        headline = measured[0]
+        stats = jax.devices()[0].memory_stats() or {}
+        run.record(groups_measured=measured, headline_group=headline["group"],
+                   **{name: headline[name] for name in ("step_s", "tokens_per_s", "flops_per_s", "loss_first", "loss_last")},
+                   peak_bytes_in_use=stats.get("peak_bytes_in_use"), bytes_limit=stats.get("bytes_limit"))
+        run.log(f"{group}: {measured[-1]['tokens_per_s']:,.0f} tokens/s, {measured[-1]['flops_per_s'] / 1e12:,.1f} "
+                f"TFLOP/s per device, loss {timing['loss_first']:.3f} -> {timing['loss_last']:.3f}")
+
+
+# ---------------------------------------------------------------------------------------------
+# ada_ppo
+
+# XLand-MiniGrid tasks: benchmarks/xland.py's defaults (preset, environment, trials), whose CPU figures
+# docs/ada.md holds; tasks drawn uniformly from this many generated rulesets.
+XLAND_PRESET, XLAND_RULESETS = "trivial", 1024
+XLAND_ENV = {"env_id": "XLand-MiniGrid-R1-9x9", "num_trials": 5}
+
+
+def ada_config(run: Run, scratch: Path) -> tuple[Any, str]:
+    """(experiments/ada_tiny.py at the scale's agent, PPO and environments, the environment's name).
+
+    XLand-MiniGrid (a benchmark generated into ``scratch``) where the scale asks for it and xminigrid
+    imports; arm recall otherwise, with a note saying why.
+    """
+    from experiments import ada_tiny, common
+
+    config = ada_tiny.get_config()
+    for name, value in run.scale.ada_agent.items():
+        setattr(config.model, name, value)
+    for name, value in run.scale.ada_ppo.items():
+        setattr(config.ppo, name, value)
+    config.train.batch_size = run.scale.ada_envs
+    config.train.num_steps = 1_000_000  # only the learning-rate schedule reads it
+    if run.scale.ada_env != "xland":
+        run.note("toy sizes run arm recall (XLand's train step takes ~15 s to compile and initialise on a CPU); "
+                 "the full run uses XLand-MiniGrid where xminigrid imports")
+        return config, "arm_recall"
+    try:
+        import xminigrid  # noqa: F401
+    except ImportError as error:
+        run.note(f"xminigrid does not import here ({error}): arm recall instead of XLand-MiniGrid")
+        return config, "arm_recall"
+    from benchmarks.xland import write_benchmark
+
+    path = write_benchmark(XLAND_PRESET, XLAND_RULESETS, 0, scratch)
+    config.env = common.from_dict({"factory": "mgdt_jax.recipes.ada.xland:make", "benchmark": str(path), **XLAND_ENV})
+    config.model.observation = "grid"
+    return config, "xland"
+
+
+def ada_ppo(run: Run) -> None:
+    """AdA's whole online train step (rollout of every environment inside the jitted step, GAE, PPO
+    epochs) with the Transformer-XL agent, against the same environments alone stepped by random
+    actions with the same in-place resets (benchmarks/ada.py's baseline), on the same batch."""
+    from benchmarks.ada import env_only_rollout
+
+    with tempfile.TemporaryDirectory(prefix="gpu_check_ada_") as scratch:
+        config, env_name = ada_config(run, Path(scratch))
+        trainer = Trainer(config, sharding.make_mesh(config.mesh))  # reads the benchmark file here
+    recipe = trainer.recipe
+    envs, length = recipe.num_envs, recipe.ppo_config.rollout_length
+    steps_per_call = envs * length
+    agent = recipe.agent_config
+    run.record(env=env_name, env_settings=recipe.env.describe(), envs=envs, rollout_length=length,
+               num_epochs=recipe.num_epochs, num_minibatches=recipe.num_minibatches, agent=agent.agent,
+               num_layers=agent.num_layers, d_model=agent.d_model, memory_length=agent.memory_length,
+               env_steps_per_train_step=steps_per_call)
+    start = time.perf_counter()
+    state = trainer.init(seed=0)
+    jax.block_until_ready(state)
+    run.record(params=int(sum(leaf.size for leaf in jax.tree.leaves(state.params))), init_s=time.perf_counter() - start)
+    start = time.perf_counter()
+    step = trainer.lower_step({}).compile()
+    run.record(compile_s=time.perf_counter() - start)
+    run.log(f"compiled the AdA step ({env_name}, {envs} envs x {length} steps) in {time.perf_counter() - start:.1f} s")
+    state, timing = timed_steps(step, state, {}, run, seconds=run.scale.ada_timed_s)
+    if not np.isfinite(timing["loss_last"]):
+        raise RuntimeError(f"the loss is {timing['loss_last']}")
+    cost = recipe.step_cost(envs)
+    train_rate = steps_per_call / timing["step_s"]
+    peak = flops.peak_flops_per_device(jax.devices()[0], cost.compute_dtype)
+    flops_per_s = cost.flops / timing["step_s"] / jax.device_count()
+    run.record(**timing, train_env_steps_per_s=train_rate, flops_per_step=cost.flops, compute_dtype=cost.compute_dtype,
+               flops_per_s=flops_per_s, mfu_vs_datasheet=flops_per_s / peak if peak else None)
+    if not peak:
+        run.note(f"no MFU: no datasheet peak for {cost.compute_dtype} on this device (mgdt_jax/core/flops.py)")
+    run.log(f"train step: {train_rate:,.0f} env steps/s ({timing['step_s']:.3f} s per step)")
+
+    env_run = env_only_rollout(recipe, length)
+    env_state, timestep = state.rollout.per_env["env_state"], state.rollout.per_env["timestep"]
+    start = time.perf_counter()
+    env_state, timestep, total = env_run(jax.random.key(1), env_state, timestep)
+    jax.block_until_ready(total)
+    run.record(env_only_compile_s=time.perf_counter() - start)
+    calls, start = 0, time.perf_counter()
+    while calls < run.scale.max_timed_steps and time.perf_counter() - start < run.scale.ada_timed_s and run.left() > 5:
+        env_state, timestep, total = env_run(jax.random.key(calls + 2), env_state, timestep)
+        calls += 1
+    jax.block_until_ready(total)
+    if not calls:
+        run.note("no time left to time the environments alone")
+        return
+    env_rate = calls * steps_per_call / (time.perf_counter() - start)
+    run.record(env_only_steps_per_s=env_rate, env_only_calls=calls, train_over_env_only=train_rate / env_rate)
+    run.log(f"environments alone: {env_rate:,.0f} env steps/s; the train step keeps {train_rate / env_rate:.3f} of it")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("section")
@@ -644,6 +877,8 @@ SECTION_FUNCTIONS: dict[str, Callable[[Run], None]] = {
     "input_pipeline": input_pipeline,
     "ad_train": ad_train,
     "ad_eval": ad_eval,
+    "jat_train": jat_train,
+    "ada_ppo": ada_ppo,
 }
 
 

@@ -47,6 +47,16 @@ def _time(runs, key, repeats: int) -> tuple[list[float], list[float]]:
     return compile_s, best
 
 
+def write_benchmark(preset: str, count: int, seed: int, directory: Path) -> Path:
+    """``count`` rulesets of generator preset ``preset`` written (with their record) into ``directory``;
+    the file's path, for ``generator.load`` or an AdA ``env.benchmark``."""
+    settings = generator.PRESETS[preset]
+    path = directory / f"{preset}_{count}.pkl.bz2"
+    arrays, stats = generator.generate(settings, count, seed=seed)
+    generator.write(arrays, path, settings=settings, seed=seed, preset=preset, stats=stats)
+    return path
+
+
 def trial_env_rollout(env: trials.TrialEnv, rulesets, num_envs: int, num_steps: int):
     @jax.jit
     def run(key):
@@ -101,12 +111,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    settings = generator.PRESETS[args.preset]
     with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / f"{args.preset}.pkl.bz2"
-        arrays, stats = generator.generate(settings, max(args.envs), seed=0)
-        generator.write(arrays, path, settings=settings, seed=0, preset=args.preset, stats=stats)
-        benchmark, record = generator.load(path)
+        benchmark, record = generator.load(write_benchmark(args.preset, max(args.envs), 0, Path(scratch)))
     env = trials.TrialEnv(args.env_id, num_trials=args.trials)
     print(f"{args.env_id}, {args.trials} trials of up to {env.trial_length} steps, benchmark {record['benchmark_id']} "
           f"({record['max_rules']} rules, {record['max_init_tiles']} objects padded); {jax.devices()[0].platform}")

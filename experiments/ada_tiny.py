@@ -7,15 +7,18 @@ Two arms, 4 trials of 2 steps: a memoryless policy earns 0.5 per trial, an agent
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-import ml_collections
-
+from experiments import common
 from mgdt_jax.recipes.ada.agents import AgentConfig
 from mgdt_jax.recipes.ada.ppo import KickstartConfig, PPOConfig
 
+if TYPE_CHECKING:
+    from ml_collections import ConfigDict
 
-def get_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
+
+def get_config() -> ConfigDict:
+    return common.from_dict(
         {
             "recipe": "ada",
             "env": {

@@ -13,6 +13,7 @@ itself needs ml_collections (its ``--config`` flag).
 from __future__ import annotations
 
 import types
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -26,6 +27,14 @@ if TYPE_CHECKING:
 
 def _section() -> Any:
     return ml_collections.ConfigDict() if ml_collections else types.SimpleNamespace()
+
+
+def from_dict(values: Mapping[str, Any]) -> ConfigDict:
+    """A config of nested ``values`` (each dict a section), with or without ml_collections (above)."""
+    if ml_collections:
+        return ml_collections.ConfigDict(values)
+    return types.SimpleNamespace(**{name: from_dict(value) if isinstance(value, Mapping) else value
+                                    for name, value in values.items()})
 
 
 def _settable_object(value: Any) -> Any:

@@ -17,8 +17,8 @@ import pytest
 from benchmarks import gpu_check
 
 REPO = Path(__file__).resolve().parents[1]
-BUILT = ("matmul_peak", "train_200m", "train_1b", "policy", "input_pipeline", "ad_train", "ad_eval")
-UNWRITTEN = ("jat_train", "ada_ppo")  # recipes built, their checks not written yet
+BUILT = ("matmul_peak", "train_200m", "train_1b", "policy", "input_pipeline", "ad_train", "ad_eval", "jat_train",
+         "ada_ppo")
 
 
 def hide_modules(root: Path, names: tuple[str, ...]) -> Path:
@@ -45,8 +45,6 @@ def test_dry_run_measures_every_built_section_without_ml_collections_or_an_emula
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     sections = report["sections"]
     assert {name: sections[name]["status"] for name in BUILT} == dict.fromkeys(BUILT, "ok"), sections
-    for name in UNWRITTEN:  # skipped by name, never passed off as measured
-        assert sections[name]["status"] == "skipped" and "no measurement is written" in sections[name]["reason"]
 
     peak = sections["matmul_peak"]["figures"]["measured_flops"]
     assert peak > 0
@@ -61,12 +59,35 @@ def test_dry_run_measures_every_built_section_without_ml_collections_or_an_emula
     assert sections["train_1b"]["figures"]["remat"] is True
     assert {rate["model"] for rate in sections["policy"]["figures"]["rates"]} == {"200m", "tiny"}
     assert all(rate["env_steps_per_s"] > 0 for rate in sections["policy"]["figures"]["rates"])
+    jat = sections["jat_train"]["figures"]
+    assert [group["group"] for group in jat["groups_measured"]] == ["discrete", "continuous"]  # toy: no images
+    for group in jat["groups_measured"]:
+        assert group["tokens_per_s"] > 0
+        assert group["tokens_per_s"] == pytest.approx(jat["tokens_per_step"] / group["step_s"])
+        assert np.isfinite(group["loss_first"]) and np.isfinite(group["loss_last"])
+        assert group["mfu_vs_measured"] == pytest.approx(group["flops_per_s"] / peak)
+    ada = sections["ada_ppo"]["figures"]
+    assert ada["env"] == "arm_recall" and any("arm recall" in note for note in sections["ada_ppo"]["notes"])
+    assert ada["train_env_steps_per_s"] > 0 and ada["env_only_steps_per_s"] > 0 and ada["params"] > 0
+    assert ada["train_over_env_only"] == pytest.approx(ada["train_env_steps_per_s"] / ada["env_only_steps_per_s"])
     (comparison,) = report["input_pipeline_vs_training"]
     assert comparison["windows_per_s"] > 0
     assert comparison["consumption_windows_per_s"] == pytest.approx(fitted["windows_per_s"])
     assert "keeps up" in comparison["verdict"] or "falls short" in comparison["verdict"]
     table = (tmp_path / "out" / "gpu_check.md").read_text()
-    assert "no measurement is written" in table and "env steps/s" in table and "windows/s" in table
+    assert "env steps/s" in table and "windows/s" in table and "JAT 1 layers x 64 training, continuous rows" in table
+    assert "of the environments' speed" in table and "figures in gpu_check.json" not in table  # every section has rows
+
+
+def test_a_section_with_no_function_is_reported_skipped_by_name(tmp_path):
+    from benchmarks import gpu_check_sections
+
+    result_file = tmp_path / "result.json"
+    assert gpu_check_sections.main(["no_such_section", "--result", str(result_file), "--deadline",
+                                    str(time.time() + 60), "--dry-run"]) == 0
+    result = json.loads(result_file.read_text())
+    assert result["status"] == "skipped" and result["figures"] == {}
+    assert "no measurement is written for it yet (a function no_such_section" in result["reason"]
 
 
 def test_input_pipeline_is_skipped_with_its_reason_where_its_packages_are_missing(tmp_path):

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from mgdt_jax.recipes.jat import data
+from mgdt_jax.recipes.jat import data, tokens
 from mgdt_jax.recipes.jat.model import ModelConfig
 
 MODEL = ModelConfig(num_steps=16, groups=("discrete", "continuous"))
@@ -55,6 +55,16 @@ def test_batches_are_functions_of_seed_and_step_and_packing_leaves_no_padding(ja
     # r_{t-1} is folded into step t: 0 where an episode starts.
     starts = (first["position"] == 0) & (np.arange(16) > 0)
     assert (first["rewards"][starts] == 0).all()
+
+
+def test_the_empty_batch_has_the_keys_shapes_and_dtypes_of_a_real_one(jat_datasets):
+    real = stream(jat_datasets).batch(0)
+    empty = data.empty_batch(MODEL, 8)
+    assert {name: (a.shape, a.dtype) for name, a in empty.items()} == {name: (a.shape, a.dtype) for name, a in real.items()}
+    with_images = ModelConfig(num_steps=4, image_shape=(8, 8, 3))
+    images = data.empty_batch(with_images, 2)
+    assert set(images) == set(tokens.batch_keys(with_images.groups))
+    assert images["image_observations"].shape == (2, 4, 8, 8, 3) and images["image_observations"].dtype == np.uint8
 
 
 def test_a_field_of_an_unknown_modality_is_refused_in_one_line(jat_datasets, tmp_path):

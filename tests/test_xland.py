@@ -216,3 +216,49 @@ def test_trial_env_settings_are_checked():
     assert env.trial_length == 243 and env.episode_length == 4 * 243 and env.observation_shape == (5, 5, 2)
     with pytest.raises(ValueError, match="unknown"):
         trials.TrialEnv(env_id="XLand-MiniGrid-R1-1x1").num_actions
+
+
+def test_the_ada_recipe_sees_the_trials_of_a_task_as_one_meta_episode(trivial_benchmark):
+    from xminigrid.core.goals import NUM_GOALS
+
+    from mgdt_jax.recipes.ada import xland as ada_xland
+    from mgdt_jax.recipes.ada.recipe import AdaRecipe
+
+    path, record = trivial_benchmark
+    env_config = {"factory": "mgdt_jax.recipes.ada.xland:make", "benchmark": str(path), "num_trials": 2, "max_steps": 4}
+    recipe = AdaRecipe({"env": env_config, "model": {"observation": "grid"}, "train": {"batch_size": 8}})
+    env, tasks = recipe.env, recipe.tasks
+    assert recipe.shapes.grid_shape == (5, 5, 2) and recipe.shapes.num_actions == 6
+    assert recipe.shapes.extras_size == 2 + 1 + NUM_GOALS + 2 * (13 + 12)  # trial, time, goal
+    assert env.describe()["benchmark_id"] == record["benchmark_id"]
+    num_envs, num_steps = 8, 2 * 4
+
+    @jax.jit
+    def run(key):
+        sample_key, reset_key, action_key = jax.random.split(key, 3)
+        _, rulesets = jax.vmap(tasks.sample, in_axes=(None, 0))(tasks.init(key), jax.random.split(sample_key, num_envs))
+        state, first = jax.vmap(env.reset)(jax.random.split(reset_key, num_envs), rulesets)
+
+        def body(state, key):
+            state, timestep = jax.vmap(env.step)(state, jax.random.randint(key, (num_envs,), 0, env.num_actions))
+            return state, timestep
+
+        _, steps = jax.lax.scan(body, state, jax.random.split(action_key, num_steps))
+        return first, steps, rulesets.goal
+
+    first, steps, goals = jax.tree.map(np.asarray, run(jax.random.key(0)))
+    assert first.observation.dtype == np.int32 and first.observation.shape == (num_envs, 5, 5, 2)
+    assert not first.done.any() and (first.trial == 0).all()
+    goal = steps.extras["goal"][0]
+    np.testing.assert_array_equal(goal[:, :NUM_GOALS].argmax(-1), goals[:, 0])  # the goal is observed, one-hot
+    np.testing.assert_array_equal(goal[:, NUM_GOALS:NUM_GOALS + 13].argmax(-1), goals[:, 1])
+    observed_trial = steps.extras["trial"].argmax(-1)  # the trial the next observation belongs to
+    # A step's reward belongs to the trial it was taken in: the previous one when the step ended a trial.
+    previous_trial = np.concatenate([np.zeros((1, num_envs), np.int64), observed_trial[:-1]])
+    np.testing.assert_array_equal(steps.trial, previous_trial)
+    # Trials end by the goal or after 4 steps; the meta-episode ends with the second (and only then).
+    assert steps.done.any(axis=0).all() and (steps.trial[steps.done] == 1).all()
+    with pytest.raises(ValueError, match="env.benchmark: give a benchmark file"):
+        ada_xland.make({"factory": env_config["factory"]})
+    with pytest.raises(ValueError, match="no such benchmark file"):
+        ada_xland.make({**env_config, "benchmark": str(path) + ".missing"})

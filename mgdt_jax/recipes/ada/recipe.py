@@ -32,9 +32,15 @@ from mgdt_jax.recipes.ada.agents import AgentConfig, EnvShapes, make_agent
 CONFIG_FILE = "config.json"  # what the core's loop writes into a workdir (a teacher's model section)
 
 
-def env_shapes(env: ada_env.MetaEnvironment, observation: str) -> EnvShapes:
-    """An agent's view of ``env``: actions, observation ids or grid shape, extras width."""
-    _, timestep = jax.eval_shape(lambda key: env.reset(key, jnp.zeros((), jnp.int32)), jax.random.key(0))
+def env_shapes(env: ada_env.MetaEnvironment, tasks: ada_env.TaskSource, observation: str) -> EnvShapes:
+    """An agent's view of ``env``: actions, observation ids or grid shape, extras width (from the first
+    step of a task ``tasks`` draws, traced only)."""
+
+    def first_step(key: jax.Array) -> ada_env.TimeStep:
+        _, task_params = tasks.sample(tasks.init(key), key)
+        return env.reset(key, task_params)[1]
+
+    timestep = jax.eval_shape(first_step, jax.random.key(0))
     extras = sum(int(leaf.shape[-1]) for leaf in jax.tree.leaves(timestep.extras))
     if observation == "grid":
         return EnvShapes(num_actions=env.num_actions, extras_size=extras, grid_shape=tuple(timestep.observation.shape))
@@ -65,9 +71,9 @@ class AdaRecipe(OnlineRecipe):
         self.kickstart_config = read_section(ppo.KickstartConfig, section(config, "kickstart", {}))
         self.objective = ppo.objective(self.ppo_config.objective)
         self.env, self.tasks = ada_env.make(section(config, "env", {}))
-        self.shapes = env_shapes(self.env, self.agent_config.observation)
+        self.shapes = env_shapes(self.env, self.tasks, self.agent_config.observation)
         self.num_envs = int(section(section(config, "train", {}), "batch_size", 32))
-        self.teacher = _load_teacher(self.kickstart_config.teacher, self.env, self.shapes) if self.kickstart_config.teacher else None
+        self.teacher = _load_teacher(self.kickstart_config.teacher, self.env, self.tasks) if self.kickstart_config.teacher else None
 
     # --- The model and the loss -------------------------------------------------------------------
     def model(self, rngs: nnx.Rngs) -> nnx.Module:
@@ -270,7 +276,7 @@ class _Teacher:
         return self._agent().end_segment(cache)
 
 
-def _load_teacher(workdir: str, env: ada_env.MetaEnvironment, shapes: EnvShapes) -> _Teacher:
+def _load_teacher(workdir: str, env: ada_env.MetaEnvironment, tasks: ada_env.TaskSource) -> _Teacher:
     """The agent trained in ``workdir`` (its config.json's model section, its latest parameters)."""
     from mgdt_jax.core import checkpointing  # Orbax only when kickstarting
 
@@ -278,7 +284,7 @@ def _load_teacher(workdir: str, env: ada_env.MetaEnvironment, shapes: EnvShapes)
     if not config_path.is_file():
         raise ValueError(f"kickstart.teacher {workdir}: no {CONFIG_FILE} (not a training workdir)")
     teacher_config = read_section(AgentConfig, json.loads(config_path.read_text()).get("model", {}))
-    agent = nnx.eval_shape(lambda: make_agent(teacher_config, env_shapes(env, teacher_config.observation), nnx.Rngs(0)))
+    agent = nnx.eval_shape(lambda: make_agent(teacher_config, env_shapes(env, tasks, teacher_config.observation), nnx.Rngs(0)))
     graphdef, abstract = nnx.split(agent)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), abstract)

@@ -160,6 +160,26 @@ def row_steps(task: TaskData, start: int, num_steps: int, packing: bool) -> tupl
     return index, segment.astype(np.int32), position.astype(np.int32)
 
 
+ROW_FIELDS = {"group": np.int32, "loss_weight": np.float32, "continuous_observation_size": np.int32,
+              "continuous_action_size": np.int32, "num_discrete_actions": np.int32}  # one value per row
+
+
+def empty_batch(model: ModelConfig, rows: int) -> dict[str, np.ndarray]:
+    """Zeros of every key of a training batch of ``rows`` rows (tokens.batch_keys), as `JatBatches`
+    fills them: the per-step fields of ``tokens.step_arrays`` [rows, num_steps, ...]; ``segment`` and
+    ``position`` int32 and ``rewards`` (r_{t-1}) float32 [rows, num_steps]; `ROW_FIELDS` [rows].
+
+    The arrays a benchmark fills with synthetic rows of the real shapes and dtypes.
+    """
+    per_step = tokens.step_arrays({}, 1, continuous_width=model.continuous_width, discrete_width=model.discrete_width,
+                                  text_length=model.text_length, image_shape=model.image_shape if model.has_images else None)
+    out = {name: np.zeros((rows, model.num_steps, *array.shape[1:]), array.dtype) for name, array in per_step.items()}
+    out.update(segment=np.zeros((rows, model.num_steps), np.int32), position=np.zeros((rows, model.num_steps), np.int32),
+               rewards=np.zeros((rows, model.num_steps), np.float32))
+    out.update({name: np.zeros(rows, dtype) for name, dtype in ROW_FIELDS.items()})
+    return out
+
+
 class JatBatches:
     """The JAT training stream: global batch ``k`` a function of (data.seed, k); this host's rows."""
 
@@ -183,18 +203,11 @@ class JatBatches:
         weights = np.array([self.tasks[i].sampling_weight for i in members])
         row_tasks = np.asarray(members)[rng.choice(len(members), size=self.global_batch_size, p=weights / weights.sum())]
         unit = rng.random(self.global_batch_size)  # start = floor(unit * task steps): one draw per row
-        num_steps, rows = self.model.num_steps, len(self._rows)
-        out = {name: np.zeros((rows, num_steps, *array.shape[1:]), array.dtype)
-               for name, array in self.tasks[members[0]].steps.items()}
-        out.update(segment=np.zeros((rows, num_steps), np.int32), position=np.zeros((rows, num_steps), np.int32),
-                   rewards=np.zeros((rows, num_steps), np.float32))
-        scalars = {"group": np.int32, "loss_weight": np.float32, "continuous_observation_size": np.int32,
-                   "continuous_action_size": np.int32, "num_discrete_actions": np.int32}
-        out.update({name: np.zeros(rows, dtype) for name, dtype in scalars.items()})
+        out = empty_batch(self.model, len(self._rows))
         for row, global_row in enumerate(self._rows):
             task = self.tasks[row_tasks[global_row]]
             start = int(unit[global_row] * task.num_steps)
-            index, segment, position = row_steps(task, start, num_steps, self.data.packing)
+            index, segment, position = row_steps(task, start, self.model.num_steps, self.data.packing)
             for name, array in task.steps.items():
                 out[name][row] = array[index]
             out["segment"][row], out["position"][row] = segment, position

@@ -1,0 +1,116 @@
+"""XLand-MiniGrid tasks for the AdA recipe: k-trial episodes of rulesets from a generated benchmark.
+
+    config.env = {"factory": "mgdt_jax.recipes.ada.xland:make", "benchmark": "trivial_10k.pkl.bz2",
+                  "env_id": "XLand-MiniGrid-R1-9x9", "num_trials": 5}
+    config.model.observation = "grid"
+
+The meta-environment is `mgdt_jax.envs.xland.trials.TrialEnv` seen through the recipe's protocol
+(mgdt_jax/recipes/ada/env.py): the observation is the egocentric (tile, colour) view as int32
+[view, view, 2]; ``done`` is the end of the episode's last trial; ``trial`` is the trial the reward
+belongs to (the one that just ended when a step ends a trial: TrialEnv's own ``trial`` already names
+the next). The agent's extras (AdA: the goal is observed, the rules are not) are the trial index
+(one-hot, k), the time within the trial (steps / trial length) and the goal (xminigrid's encoding
+one-hot: goal type, then tile and colour of each of its two object slots).
+
+Tasks are drawn uniformly over every ruleset of ``benchmark`` (a file of ``mgdt-xland-benchmark``,
+checked against its sha256 record). The rulesets are constants of the compiled step: keep the
+benchmark to what fits comfortably in a program (a million ``high`` rulesets, ~165 MB, does not).
+Needs xminigrid (the ``ada`` extra).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from mgdt_jax.core.config_sections import read_section
+from mgdt_jax.envs.xland import generator, trials
+from mgdt_jax.recipes.ada.env import TimeStep, UniformTasks
+
+
+@dataclasses.dataclass(frozen=True)
+class XLandConfig:
+    """The ``env`` section (besides ``factory``)."""
+
+    benchmark: str = ""  # a benchmark file written by mgdt-xland-benchmark
+    env_id: str = "XLand-MiniGrid-R1-9x9"
+    num_trials: int = 5
+    fixed_start: bool = True  # every trial restarts from the episode's first world (AdA)
+    max_steps: int = 0  # a trial's step limit; 0: xminigrid's default (3 * height * width)
+
+
+def goal_features(goal: jax.Array) -> jax.Array:
+    """uint8 [5] xminigrid goal encoding -> float32 one-hot of its type, then (tile, colour) of each
+    object slot: [NUM_GOALS + 2 * (NUM_TILES + NUM_COLORS)]. Empty slots (0, 0) are one-hot at 0."""
+    from xminigrid.core.constants import NUM_COLORS, NUM_TILES
+    from xminigrid.core.goals import NUM_GOALS
+
+    goal = goal.astype(jnp.int32)
+    return jnp.concatenate([
+        jax.nn.one_hot(goal[0], NUM_GOALS),
+        jax.nn.one_hot(goal[1::2], NUM_TILES).reshape(-1),
+        jax.nn.one_hot(goal[2::2], NUM_COLORS).reshape(-1),
+    ])
+
+
+@dataclasses.dataclass(frozen=True)
+class XLandTrials:
+    """`trials.TrialEnv` as the AdA recipe's meta-environment (module docstring)."""
+
+    env: trials.TrialEnv
+    benchmark: dict[str, Any]  # the benchmark's record: benchmark_id, sha256, generator settings
+
+    @property
+    def num_actions(self) -> int:
+        return self.env.num_actions
+
+    @property
+    def num_trials(self) -> int:
+        return self.env.num_trials
+
+    def reset(self, key: jax.Array, ruleset: Any) -> tuple[trials.TrialState, TimeStep]:
+        state, timestep = self.env.reset(key, ruleset)
+        return state, self._timestep(timestep)
+
+    def step(self, state: trials.TrialState, action: jax.Array) -> tuple[trials.TrialState, TimeStep]:
+        state, timestep = self.env.step(state, action)
+        return state, self._timestep(timestep)
+
+    def _timestep(self, timestep: trials.TrialTimeStep) -> TimeStep:
+        # TrialEnv's trial already names the next trial after a trial's last step; the reward is the last trial's.
+        reward_trial = jnp.where(timestep.trial_done, (timestep.trial - 1) % self.num_trials, timestep.trial)
+        return TimeStep(
+            observation=timestep.observation.astype(jnp.int32),
+            reward=timestep.reward,
+            done=timestep.episode_done,
+            trial=reward_trial.astype(jnp.int32),
+            extras={
+                "trial": jax.nn.one_hot(timestep.trial, self.num_trials, dtype=jnp.float32),
+                "time": (timestep.time / self.env.trial_length).astype(jnp.float32)[None],
+                "goal": goal_features(timestep.goal),
+            },
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "xland", "env_id": self.env.env_id, "num_trials": self.num_trials,
+                "fixed_start": self.env.fixed_start, "trial_length": self.env.trial_length,
+                "benchmark_id": self.benchmark["benchmark_id"], "benchmark_sha256": self.benchmark["sha256"]}
+
+
+def make(env_config: Any) -> tuple[XLandTrials, UniformTasks]:
+    """The ``env.factory`` of XLand-MiniGrid: the meta-environment and uniform tasks over the benchmark.
+
+    ValueError (one line) for a missing, altered or unreadable benchmark file, an unknown
+    ``env_id`` or bad trial settings.
+    """
+    settings = read_section(XLandConfig, env_config)
+    if not settings.benchmark:
+        raise ValueError("env.benchmark: give a benchmark file (mgdt-xland-benchmark writes one)")
+    benchmark, record = generator.load(settings.benchmark)
+    env = trials.TrialEnv(settings.env_id, num_trials=settings.num_trials, fixed_start=settings.fixed_start,
+                          max_steps=settings.max_steps or None)
+    env.num_actions  # noqa: B018  (an unknown env_id fails here, in one line, not inside a trace)
+    return XLandTrials(env, record), UniformTasks(num_tasks=record["num_rulesets"], params_of=benchmark.get_ruleset)
