@@ -10,9 +10,10 @@ by then is kept). At the end it prints each figure beside the goal it serves and
 says what each figure means and holds the figures measured so far.
 
 Budgets are seconds on an H200 (the compile times in them are estimates until a first run records
-the real ones, in each section's ``compile_s``). A section starts only if the total budget has time
-left for it; its process gets ``min(budget, time left)``, stops its own timed loops a few seconds
-before that and is killed at it.
+the real ones, in each section's ``compile_s``), and they are also shares: a section's process gets
+the time left times its budget over the budgets of the sections still to run, so what a section
+leaves unused goes to those after it and the last one still gets its share. It stops its own timed
+loops a few seconds before that and is killed at it; a share under ``MIN_START_S`` is not started.
 
 ``--dry-run`` runs every section at toy sizes on whatever JAX finds (a CPU in the tests) in about
 75 s, so the script is exercised between accelerator sessions; its sections have no budgets of
@@ -42,7 +43,7 @@ from pathlib import Path
 SECTIONS_SCRIPT = Path(__file__).with_name("gpu_check_sections.py")
 GRACE_S = 10.0  # a section stops its own work this long before its process is killed
 MIN_START_S = 20.0  # a section given less than this is not started (toy sizes: 5)
-DEFAULT_TOTAL_S = 510.0  # 8.5 minutes: the 10 minutes of one accelerator command, less start-up margin
+DEFAULT_TOTAL_S = 550.0  # the 10 minutes of one accelerator command, less 50 s for start-up and the report
 DRY_RUN_TOTAL_S = 400.0  # toy sizes take ~75 s on a shared 2-core CPU; this bounds a loaded or hung one
 MFU_GOAL = 0.45  # DT-200M bf16 on an H200, against the datasheet peak
 # ALE on the development machine: ~5,000 env steps/s on 2 cores (docs/evaluation.md), ~2,500 per core.
@@ -60,16 +61,16 @@ class Section:
 
 
 SECTIONS = (
-    Section("matmul_peak", "the ceiling every MFU is read against: bf16 matmul measured vs the datasheet", 40),
-    Section("train_200m", "DT-200M bf16 training at the largest batch that fits: MFU >= 45% on an H200", 170),
-    Section("train_1b", "1B training on one device (fsdp mesh, remat): it fits and runs, at what MFU", 150),
+    Section("matmul_peak", "the ceiling every MFU is read against: bf16 matmul measured vs the datasheet", 30),
+    Section("train_200m", "DT-200M bf16 training at the largest batch that fits: MFU >= 45% on an H200", 130),
+    Section("train_1b", "1B training on one device (fsdp mesh, remat): it fits and runs, at what MFU", 100),
     Section("policy", "policy env steps/s at 64/256/1,024 envs (200M, tiny): the actor's ceiling when "
-            "the emulators keep up; goal: at least ALE's rate on the host's cores", 110),
-    Section("input_pipeline", "input pipeline windows/s on all host cores >= the 200M step's consumption", 90),
-    Section("ad_train", "AD training tokens/s at the AD^epsilon recipe's size", 60, requires="mgdt_jax.recipes.ad.recipe"),
-    Section("ad_eval", "AD KV-cached in-context evaluation steps/s at 81 x 100 episodes", 60,
+            "the emulators keep up; goal: at least ALE's rate on the host's cores", 70),
+    Section("input_pipeline", "input pipeline windows/s on all host cores >= the 200M step's consumption", 60),
+    Section("ad_train", "AD training tokens/s at the AD^epsilon recipe's size", 35, requires="mgdt_jax.recipes.ad.recipe"),
+    Section("ad_eval", "AD KV-cached in-context evaluation steps/s at 81 x 100 episodes", 40,
             requires="mgdt_jax.recipes.ad.recipe"),
-    Section("jat_train", "JAT (768 wide, 12 layers, 512 tokens) bf16 training tokens/s and MFU per modality", 60,
+    Section("jat_train", "JAT (768 wide, 12 layers, 512 tokens) bf16 training tokens/s and MFU per modality", 55,
             requires="mgdt_jax.recipes.jat.recipe"),
     Section("ada_ppo", "AdA environment + Transformer-XL PPO steps/s at 8,192 envs", 60,
             requires="mgdt_jax.recipes.ada.recipe"),
@@ -285,15 +286,19 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as scratch:
+        runnable = [s for s in sections if not s.requires or module_exists(s.requires)]
         for section in sections:
             left = total - (time.time() - start)
-            if section.requires and not module_exists(section.requires):
+            # Toy sizes on a shared CPU take what they take; the total still bounds them.
+            share = left if args.dry_run else left * section.budget_s / sum(s.budget_s for s in runnable)
+            if section not in runnable:
                 results[section.name] = {"status": "skipped", "reason": f"not built yet (no module {section.requires})"}
-            elif left < min_start:
+            elif share < min_start:
+                runnable.remove(section)
                 results[section.name] = {"status": "skipped", "reason": f"no time left ({left:.0f} s of {total:.0f} s)"}
             else:
-                # Toy sizes on a shared CPU take what they take; the total still bounds them.
-                seconds = left if args.dry_run else min(section.budget_s, left)
+                runnable.remove(section)
+                seconds = share
                 results[section.name] = run_section(section, seconds, args.dry_run, Path(scratch))
             if results[section.name]["status"] != "ok":
                 print(f"-- {section.name}: {results[section.name]['status']}: {results[section.name].get('reason', '')}",
