@@ -131,6 +131,10 @@ class AlgorithmDistillation(nnx.Module):
             1, config.d_model, (None, "embed"), kernel_init=unit_fan_in, dtype=jnp.float32,
             param_dtype=param_dtype, rngs=rngs,
         )
+        if config.token_layout == "joint":
+            # r_{t-1} also scales a vector of a_{t-1}'s own: a sum of tokens (what attention takes) then
+            # holds each action's reward total, not only the action counts and the overall reward.
+            self.action_reward_emb = embedding(config.num_actions + 1)
         self.transformer = Transformer(
             num_layers=config.num_layers,
             d_model=config.d_model,
@@ -156,6 +160,11 @@ class AlgorithmDistillation(nnx.Module):
     def _reward(self, rewards: jax.Array) -> jax.Array:
         return self.reward_emb(rewards.astype(jnp.float32)[..., None])
 
+    def _previous_step(self, actions: jax.Array, rewards: jax.Array) -> jax.Array:
+        """The joint token's part for (a_{t-1}, r_{t-1}): E_a[a] + r w + r E_ar[a]."""
+        rewards = rewards.astype(jnp.float32)
+        return self.action_emb(actions) + self._reward(rewards) + rewards[..., None] * self.action_reward_emb(actions)
+
     def embed(self, batch: Mapping[str, jax.Array]) -> jax.Array:
         """Batch -> token embeddings [B, S * tokens_per_step, D] in the module docstring's layout."""
         observations, actions, rewards = batch["observations"], batch["actions"], batch["rewards"]
@@ -163,7 +172,7 @@ class AlgorithmDistillation(nnx.Module):
         if self.config.token_layout == "joint":
             previous_actions = jnp.concatenate([batch["previous_action"][:, None], actions[:, :-1]], axis=1)
             previous_rewards = jnp.concatenate([batch["previous_reward"][:, None], rewards[:, :-1]], axis=1)
-            return self.observation_emb(observations) + self.action_emb(previous_actions) + self._reward(previous_rewards)
+            return self.observation_emb(observations) + self._previous_step(previous_actions, previous_rewards)
         per_step = jnp.stack([self.observation_emb(observations), self.action_emb(actions), self._reward(rewards)], axis=2)
         return per_step.reshape(batch_size, num_steps * 3, self.config.d_model)
 
@@ -211,7 +220,7 @@ class AlgorithmDistillation(nnx.Module):
         batch_size = observation.shape[0]
         observation_token = self.observation_emb(observation)
         if self.config.token_layout == "joint":
-            tokens = (observation_token + self.action_emb(previous_action) + self._reward(previous_reward))[:, None]
+            tokens = (observation_token + self._previous_step(previous_action, previous_reward))[:, None]
             offsets = jnp.zeros((1,), jnp.int32)
         else:
             # [a_{t-1}, r_{t-1}, o_t] at positions 3t-2, 3t-1, 3t; at t = 0 the first two are negative
