@@ -47,14 +47,3 @@ def test_expert_of_another_env_or_version_is_refused(pendulum_expert):
         ppo.load(pendulum_expert / "mujoco-pendulum.npz", "InvertedPendulum-v5", {**versions, "mujoco": "3.2.7"})
 
 
-def test_gae_by_hand():
-    rewards = np.array([[1.0], [1.0], [1.0]], np.float32)
-    values = np.array([[0.5], [0.5], [0.5]], np.float32)
-    next_values = np.array([[0.5], [0.5], [2.0]], np.float32)
-    terminated = np.array([[0.0], [1.0], [0.0]], np.float32)
-    ends = terminated.copy()
-    advantages = ppo._gae(rewards, values, next_values, terminated, ends, gamma=0.9, lam=0.5)
-    last = 1 + 0.9 * 2.0 - 0.5  # bootstraps from V(s_3)
-    middle = 1 - 0.5  # terminal: no bootstrap, and the trace stops
-    first = (1 + 0.9 * 0.5 - 0.5) + 0.9 * 0.5 * middle
-    np.testing.assert_allclose(advantages[:, 0], [first, middle, last], rtol=1e-6)

@@ -35,6 +35,7 @@ import optax
 import tqdm
 
 from data_pipelines.jat.tasks import ExpertError
+from mgdt_jax.core.advantages import generalized_advantages
 from mgdt_jax.recipes.jat.references import installed_versions
 
 
@@ -146,17 +147,6 @@ def _update(params, opt_state, batch, key, config: PPOConfig, optimizer):
     return params, opt_state
 
 
-def _gae(rewards, values, next_values, terminated, ends, gamma, lam):
-    """GAE over [T, N] arrays; `next_values` is V(s_{t+1}) (0 where terminated), `ends` cuts the trace."""
-    advantages = np.zeros_like(rewards)
-    last = np.zeros(rewards.shape[1], np.float32)
-    for t in reversed(range(len(rewards))):
-        delta = rewards[t] + gamma * next_values[t] * (1 - terminated[t]) - values[t]
-        last = delta + gamma * lam * (1 - ends[t]) * last
-        advantages[t] = last
-    return advantages
-
-
 def train(env_id: str, config: PPOConfig, seed: int = 0, progress: bool = True) -> dict:
     """Trains a policy on `config.total_steps` environment steps; returns its arrays (see save)."""
     envs = [gym.make(env_id) for _ in range(config.num_envs)]
@@ -211,8 +201,10 @@ def train(env_id: str, config: PPOConfig, seed: int = 0, progress: bool = True) 
                 # V(s_{t+1}) of the observation the action led to, before any reset (bootstraps time limits).
                 buf["next_values"][t] = mlp(host["value"], normalize(final, obs_stats.mean, obs_stats.var))[:, 0]
                 observations = next_observations
-            advantages = _gae(buf["rewards"], buf["values"], buf["next_values"], buf["terminated"], buf["ends"],
-                              config.gamma, config.gae_lambda)
+            advantages = np.asarray(generalized_advantages(
+                buf["rewards"], buf["values"], buf["next_values"], buf["terminated"], buf["ends"],
+                config.gamma, config.gae_lambda,
+            ))
             batch = {"observations": buf["observations"].reshape(batch_size, -1),
                      "actions": buf["actions"].reshape(batch_size, -1),
                      "log_probs": buf["log_probs"].reshape(-1), "advantages": advantages.reshape(-1),

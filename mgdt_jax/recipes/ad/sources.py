@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mgdt_jax.core.advantages import generalized_advantages
 from mgdt_jax.envs.base import Environment, Task
 from mgdt_jax.recipes.ad.histories import Histories
 
@@ -226,18 +227,13 @@ class ActorCritic(_Base):
 
     def _loss(self, params: dict, episode: Transition) -> jax.Array:
         values = params["values"][episode.observation]
-        next_values = jnp.where(episode.terminated, 0.0, params["values"][episode.next_observation])
-        deltas = jax.lax.stop_gradient(episode.reward + self.discount * next_values - values)
-        continues = self.discount * self.gae_lambda * ~episode.terminated
-
-        def accumulate(following, inputs):
-            delta, carry_on = inputs
-            advantage = delta + carry_on * following
-            return advantage, advantage
-
-        # GAE backwards through the episode; the last step bootstraps from V(next) (a time limit).
-        _, advantages = jax.lax.scan(accumulate, jnp.float32(0.0), (deltas, continues), reverse=True)
-        returns = advantages + jax.lax.stop_gradient(values)
+        fixed_values = jax.lax.stop_gradient(values)
+        # GAE through the episode; its last step bootstraps from V(next) (a time limit).
+        advantages = generalized_advantages(
+            episode.reward, fixed_values, jax.lax.stop_gradient(params["values"][episode.next_observation]),
+            episode.terminated, episode.terminated, self.discount, self.gae_lambda,
+        )
+        returns = advantages + fixed_values
         log_probs = jax.nn.log_softmax(params["logits"][episode.observation])
         chosen = jnp.take_along_axis(log_probs, episode.action[:, None], axis=1)[:, 0]
         entropy = -(jnp.exp(log_probs) * log_probs).sum(-1)

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from mgdt_jax.core import advantages as core_advantages
+
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
@@ -37,23 +39,16 @@ class PPOConfig:
 def generalized_advantages(
     rewards: jax.Array, values: jax.Array, dones: jax.Array, bootstrap: jax.Array, discount: float, gae_lambda: float
 ) -> tuple[jax.Array, jax.Array]:
-    """GAE (Schulman et al. 2016, eq. 16) over [B, T] rewards, values and dones, bootstrap [B].
+    """GAE (mgdt_jax/core/advantages.py) over a rollout segment: [B, T] rewards, values and dones,
+    bootstrap [B] = V of the state after the segment.
 
-    ``dones[t]``: the meta-episode ended with step t (no bootstrapping past it). Returns
-    ``(advantages, returns = advantages + values)``, float32 [B, T].
+    ``dones[t]``: the meta-episode ended with step t (no bootstrapping past it, the trace stops).
+    Returns ``(advantages, returns = advantages + values)``, float32 [B, T].
     """
-    continues = 1.0 - dones.astype(jnp.float32)
-
-    def backward(carry, xs):
-        next_value, next_advantage = carry
-        reward, value, cont = xs
-        delta = reward + discount * next_value * cont - value
-        advantage = delta + discount * gae_lambda * cont * next_advantage
-        return (value, advantage), advantage
-
-    xs = (rewards.T, values.T, continues.T)
-    _, advantages = jax.lax.scan(backward, (bootstrap, jnp.zeros_like(bootstrap)), xs, reverse=True)
-    advantages = advantages.T
+    next_values = jnp.concatenate([values[:, 1:], bootstrap[:, None]], axis=1)
+    advantages = core_advantages.generalized_advantages(
+        rewards.T, values.T, next_values.T, dones.T, dones.T, discount, gae_lambda
+    ).T
     return advantages, advantages + values
 
 
