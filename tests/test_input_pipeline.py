@@ -409,3 +409,12 @@ def test_reading_batches_imports_no_tensorflow(rlds_dataset_dir):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_dataset_iterates_over_its_episodes_and_indexes_from_the_end(dataset):
+    episodes = list(dataset)  # stops at the end, as any sequence does
+    assert len(episodes) == len(dataset) > 1
+    assert [e.game for e in episodes] == [dataset[i].game for i in range(len(dataset))]
+    np.testing.assert_array_equal(dataset[-1].actions, episodes[-1].actions)
+    with pytest.raises(IndexError, match=f"episode {len(dataset)} of {len(dataset)}"):
+        dataset[len(dataset)]

@@ -108,7 +108,9 @@ class RldsDataset(Sequence[Episode]):
         return len(self._records)
 
     def __getitem__(self, index: int) -> Episode:  # type: ignore[override]
-        example = self._parser.parse_example(self._records[index])
+        if not -len(self) <= index < len(self):  # IndexError ends a for loop over the episodes
+            raise IndexError(f"{self.directory}: episode {index} of {len(self)}")
+        example = self._parser.parse_example(self._records[index % len(self)])
         steps = example["steps"]
         game = self._episode_game(example)
         num_steps = len(steps["action"]) - bool(len(steps["is_last"]) and steps["is_last"][-1])
