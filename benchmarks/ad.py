@@ -2,9 +2,9 @@
 
 Modes (``--modes``, comma list):
 
-* ``train``: training tokens/s of our jitted train step (model + action cross-entropy + optax
-  AdamW with the peer's settings, lr 3e-4, betas (0.9, 0.99), weight decay 0.01, global-norm clip
-  1.0, through ``jax.value_and_grad``; dropout on) on one fixed synthetic Dark Room batch of
+* ``train``: training tokens/s of the core trainer's jitted step with the AD recipe (model +
+  action cross-entropy + optax AdamW with the peer's settings, lr 3e-4, betas (0.9, 0.99), weight
+  decay 0.01, global-norm clip 1.0; dropout on) on one fixed synthetic Dark Room batch of
   80-step windows, in both token layouts. The peer's figures count 3 tokens per step; the
   like-for-like ratio is our ``separate`` layout's tokens/s over the peer's, and the joint layout is
   compared in context steps/s (windows x steps per second), which is what a user trains on.
@@ -19,8 +19,8 @@ Modes (``--modes``, comma list):
 
 With ``--peer-python`` (an interpreter with torch) ``train``/``eval`` also run
 ../shared/peers/torch_ad.py at the same size, batch and context, right after ours in the same run,
-and print ours/peer ratios. Until the trainer takes recipes, ``train`` times this script's own step,
-not the core loop's (no data loading, checkpointing or metrics).
+and print ours/peer ratios. ``train`` times the core trainer's step (the one ``mgdt-train`` runs)
+on a fixed batch: data loading, checkpointing and metrics are apart, as in the peer's loop.
 
     python benchmarks/ad.py --modes train,eval --sizes ad-small --peer-python ../peer-venv/bin/python --json ad.json
     python benchmarks/ad.py --modes layout --json ad_layout.json
@@ -29,6 +29,7 @@ not the core loop's (no data loading, checkpointing or metrics).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -43,11 +44,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from mgdt_jax import envs
-from mgdt_jax.core import host_memory
+from mgdt_jax.core import host_memory, sharding
+from mgdt_jax.core.train_step import Trainer
 from mgdt_jax.envs import bandit
 from mgdt_jax.recipes.ad import evaluate
 from mgdt_jax.recipes.ad.data import TrainingWindows
@@ -63,31 +64,33 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class TrainStep:
-    """The jitted functional train step: (params, optimizer state, batch, key) -> updated, metrics."""
+    """The core trainer's jitted step (mgdt_jax/core/train_step.py) with the AD recipe, as
+    ``mgdt-train`` runs it, on one device, with the peer's optimizer: AdamW at a constant
+    ``learning_rate``, betas (0.9, 0.99), weight decay 0.01, global-norm clip 1.0."""
 
-    def __init__(self, model: AlgorithmDistillation, learning_rate: float):
-        self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
-        self.optimizer = optax.chain(
-            optax.clip_by_global_norm(1.0), optax.adamw(learning_rate, b1=0.9, b2=0.99, weight_decay=0.01)
-        )
-        self.params, self.opt_state = params, self.optimizer.init(params)
-        self._step = jax.jit(self._update, donate_argnums=(0, 1))
+    def __init__(self, model: ADModelConfig, env_name: str, batch_size: int, learning_rate: float, seed: int = 0):
+        fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+                  if f.name not in ("num_observations", "num_actions")}
+        config = {
+            "recipe": "ad", "data": {"env": env_name}, "model": fields,
+            "optimizer": {"name": "adamw", "learning_rate": learning_rate, "b1": 0.9, "b2": 0.99, "weight_decay": 0.01,
+                          "grad_clip_norm": 1.0, "warmup_steps": 0, "schedule": "constant"},
+            "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
+            "train": {"batch_size": batch_size, "grad_accum_steps": 1, "num_steps": 1_000_000},
+        }
+        self.trainer = Trainer(config, sharding.make_mesh(config["mesh"], devices=jax.devices()[:1]))
+        self.state = self.trainer.init(seed)
 
-    def _update(self, params, opt_state, batch, key):
-        def loss_fn(params):
-            model = nnx.merge(self.graphdef, params, self.rest)
-            return loss_and_metrics(model(batch, deterministic=False, dropout_key=key), batch)
-
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = self.optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, metrics
-
-    def __call__(self, batch: dict[str, np.ndarray], key: jax.Array) -> dict[str, float]:
-        self.params, self.opt_state, metrics = self._step(self.params, self.opt_state, batch, key)
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        self.state, metrics = self.trainer.step(self.state, self.trainer.shard_batch(batch))
         return {name: float(value) for name, value in metrics.items()}  # blocks, like the peer's loss.item()
 
+    @property
+    def num_params(self) -> int:
+        return sum(leaf.size for leaf in jax.tree.leaves(self.state.params))
+
     def model(self) -> AlgorithmDistillation:
-        return nnx.merge(self.graphdef, self.params, self.rest)
+        return self.trainer.model(self.state)
 
 
 def model_config(size: str, layout: str, **overrides: Any) -> ADModelConfig:
@@ -116,14 +119,14 @@ def timed_training(step: TrainStep, batches, warmup: int, steps: int) -> dict[st
     started = time.perf_counter()
     first = None
     for k in range(warmup):
-        metrics = step(batches(k), jax.random.key(k))
+        metrics = step(batches(k))
         first = first or metrics
     warmup_s = time.perf_counter() - started
     times = []
     timed_start = time.perf_counter()
     for k in range(warmup, warmup + steps):
         started = time.perf_counter()
-        metrics = step(batches(k), jax.random.key(k))
+        metrics = step(batches(k))
         times.append(time.perf_counter() - started)
     elapsed = time.perf_counter() - timed_start
     return {"warmup_s": warmup_s, "timed_s": elapsed, "steps_per_s": steps / elapsed,
@@ -133,10 +136,9 @@ def timed_training(step: TrainStep, batches, warmup: int, steps: int) -> dict[st
 
 def bench_train(size: str, layout: str, batch_size: int, steps: int, warmup: int) -> dict[str, Any]:
     config = model_config(size, layout)
-    step = TrainStep(AlgorithmDistillation(config, rngs=nnx.Rngs(0)), 3e-4)
+    step = TrainStep(config, DARK_ROOM.name, batch_size, 3e-4)
     batch = dark_room_batch(batch_size)
-    result = {"mode": "train", "size": size, "layout": layout, "batch": batch_size,
-              "params": sum(leaf.size for leaf in jax.tree.leaves(step.params)),
+    result = {"mode": "train", "size": size, "layout": layout, "batch": batch_size, "params": step.num_params,
               "tokens_per_window": config.sequence_length, "train_flops_per_step": training_flops(config, batch_size)}
     result.update(timed_training(step, lambda k: batch, warmup, steps))
     result["tokens_per_s"] = result["steps_per_s"] * batch_size * config.sequence_length
@@ -179,7 +181,7 @@ def bench_layouts(updates: int, batch_size: int, seed: int) -> list[dict[str, An
     for layout, positions in (("joint", "alibi"), ("separate", "alibi"), ("joint", "none")):
         config = ADModelConfig(num_observations=1, num_actions=arms, context_steps=pulls, token_layout=layout,
                                positions=positions, num_layers=2, d_model=64, num_heads=2, dropout_rate=0.0)
-        step = TrainStep(AlgorithmDistillation(config, rngs=nnx.Rngs(seed)), 1e-3)
+        step = TrainStep(config, env.name, batch_size, 1e-3, seed)
         timing = timed_training(step, windows.batch, warmup=1, steps=updates - 1)
         model = step.model()
         logits = nnx.jit(lambda model, batch: model(batch, deterministic=True))(model, heldout_batch)
