@@ -1,6 +1,6 @@
 """AD on 10-armed Bernoulli bandits: histories of 100 pulls (Thompson sampling), a 100-pull context.
 
-    mgdt-ad-histories --env bandit --source thompson --episodes 100 --num-train 4096 --out DIR
+    mgdt-ad-histories --env bandit --source thompson --episodes 100 --num-train 16384 --out DIR
     mgdt-train --config experiments/ad_bandit.py --workdir W --config.data.sources=DIR
 """
 

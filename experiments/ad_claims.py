@@ -66,8 +66,8 @@ CLAIMS = {
                       histories_per_task=32, episodes_per_history=100, train_steps=5000, ed_steps=500, batch_size=64,
                       model={}),
     "key_to_door": Claim(ad_key_to_door, "key_to_door", "q_learning", {}, ("q_learning",), num_train=1024,
-                         num_heldout=64, histories_per_task=2, episodes_per_history=300, train_steps=5000,
-                         ed_steps=500, batch_size=32, model={}),
+                         num_heldout=64, histories_per_task=2, episodes_per_history=300, train_steps=2000,
+                         ed_steps=300, batch_size=32, model={}),
 }
 QUICK = {"darkroom": dict(histories_per_task=4, episodes_per_history=60, train_steps=300, ed_steps=100, batch_size=32),
          "key_to_door": dict(num_train=256, histories_per_task=1, episodes_per_history=60, train_steps=200, ed_steps=50,
