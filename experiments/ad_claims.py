@@ -3,6 +3,7 @@
     python experiments/ad_claims.py bandit [--quick] --out DIR
     python experiments/ad_claims.py darkroom [--quick] --out DIR
     python experiments/ad_claims.py key_to_door [--quick] --out DIR
+    python experiments/ad_claims.py darkroom --source q_learning --small --train-steps 3000 --out DIR  # a variant
 
 * ``bandit``: AD trained on Thompson-sampling histories of 10-armed Bernoulli bandits (100 pulls),
   frozen, on 512 fresh held-out bandits: cumulative regret at 100 pulls against Thompson sampling
@@ -103,12 +104,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("claim", choices=sorted(CLAIMS))
     parser.add_argument("--quick", action="store_true", help="a smoke run of the same pipeline (no claim)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--source", help="distil this source instead of the claim's (a variant, no claim)")
+    parser.add_argument("--train-steps", type=int, help="AD updates instead of the claim's")
+    parser.add_argument("--small", action="store_true", help=f"the model {QUICK_MODEL} instead of the config's")
     args = parser.parse_args(argv)
     claim = CLAIMS[args.claim]
     if args.quick:
         claim = dataclasses.replace(claim, **QUICK[args.claim])
-        if args.claim != "bandit":
-            claim = dataclasses.replace(claim, model=QUICK_MODEL)
+    if args.small or (args.quick and args.claim != "bandit"):
+        claim = dataclasses.replace(claim, model=QUICK_MODEL)
+    if args.source:
+        claim = dataclasses.replace(claim, source=args.source)
+    if args.train_steps:
+        claim = dataclasses.replace(claim, train_steps=args.train_steps)
     if args.out.exists():
         raise SystemExit(f"--out {args.out}: already exists; choose a new directory")
     started = time.perf_counter()
