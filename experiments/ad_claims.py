@@ -3,7 +3,8 @@
     python experiments/ad_claims.py bandit [--quick] --out DIR
     python experiments/ad_claims.py darkroom [--quick] --out DIR
     python experiments/ad_claims.py key_to_door [--quick] --out DIR
-    python experiments/ad_claims.py darkroom --source q_learning --small --train-steps 3000 --out DIR  # a variant
+    python experiments/ad_claims.py darkroom --source q_learning --small --train-steps 3000 --out DIR  # variants
+    python experiments/ad_claims.py darkroom --source q_learning --small --episodes 200 --subsample 10 --out DIR
 
 * ``bandit``: AD trained on Thompson-sampling histories of 10-armed Bernoulli bandits (100 pulls),
   frozen, on 512 fresh held-out bandits: cumulative regret at 100 pulls against Thompson sampling
@@ -84,6 +85,19 @@ def histories(claim: Claim, env, source_name: str, tasks, seed: int):
     return sources.to_histories(result, env, source)
 
 
+def subsample(data, every: int):
+    """Every ``every``-th episode of each history (episodes 0, every, 2 every, ...): a context of a few
+    episodes then spans ``every`` times more of the source's learning (Laskin et al. 2022, §5)."""
+    length = data.episode_length
+    episodes = data.observations.shape[1] // length
+
+    def keep(steps):
+        return steps.reshape(steps.shape[0], episodes, length)[:, ::every].reshape(steps.shape[0], -1)
+
+    return dataclasses.replace(data, observations=keep(data.observations), actions=keep(data.actions),
+                               rewards=keep(data.rewards), metadata={**data.metadata, "subsampled_every": every})
+
+
 def train(claim: Claim, data, workdir: Path, steps: int) -> float:
     config = claim.config.get_config()
     for key, value in claim.model.items():
@@ -107,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", help="distil this source instead of the claim's (a variant, no claim)")
     parser.add_argument("--train-steps", type=int, help="AD updates instead of the claim's")
     parser.add_argument("--small", action="store_true", help=f"the model {QUICK_MODEL} instead of the config's")
+    parser.add_argument("--episodes", type=int, help="episodes per generated history instead of the claim's")
+    parser.add_argument("--subsample", type=int, default=1, help="train on every K-th episode of each history")
     args = parser.parse_args(argv)
     claim = CLAIMS[args.claim]
     if args.quick:
@@ -117,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         claim = dataclasses.replace(claim, source=args.source)
     if args.train_steps:
         claim = dataclasses.replace(claim, train_steps=args.train_steps)
+    if args.episodes:
+        claim = dataclasses.replace(claim, episodes_per_history=args.episodes)
     if args.out.exists():
         raise SystemExit(f"--out {args.out}: already exists; choose a new directory")
     started = time.perf_counter()
@@ -125,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     env = envs.get(claim.env)
     train_tasks, _ = env.task_split(SEED, claim.num_train, claim.num_heldout)
     data = histories(claim, env, claim.source, train_tasks, SEED)
+    if args.subsample > 1:
+        data = subsample(data, args.subsample)
     expert = histories(claim, env, "expert", train_tasks, SEED)
     data_s = time.perf_counter() - started
     returns = data.episode_returns()
