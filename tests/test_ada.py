@@ -23,12 +23,7 @@ from mgdt_jax.recipes.ada.recipe import AdaRecipe
 SHAPES = EnvShapes(num_actions=3, num_observations=2, extras_size=5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py
 
 
 def random_inputs(seed: int, batch: int, length: int, resets: tuple[int, ...] = ()) -> dict[str, jax.Array]:

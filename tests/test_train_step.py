@@ -18,13 +18,7 @@ from tests.recipe_cases import BATCH, CASES, step_config
 from tests.toy_recipe import ToyRecipe
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-    """Tiny models on CPU: XLA's optimisation passes cost more than they save here."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py
 
 
 def run_steps(trainer: Trainer, batches: list[dict[str, np.ndarray]]) -> tuple[dict, list[dict]]:

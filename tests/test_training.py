@@ -36,14 +36,7 @@ PEAK_FLOPS = 1e9  # the device peak the reference run is told, so that it report
 REPOSITORY = Path(__file__).resolve().parents[1]  # on the path of subprocesses, for tests.* config modules
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-    """Tiny models on CPU: XLA's optimisation passes cost more than they save. Yields the
-    environment giving subprocesses the same setting, hence the same numerics."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield {"JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
