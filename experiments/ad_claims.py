@@ -135,12 +135,24 @@ def main(argv: list[str] | None = None) -> int:
         claim = dataclasses.replace(claim, train_steps=args.train_steps)
     if args.episodes:
         claim = dataclasses.replace(claim, episodes_per_history=args.episodes)
+    for name in ("train_steps", "episodes", "subsample"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    env = envs.get(claim.env)
+    try:
+        sources.make_source(claim.source).check(env)
+    except sources.SourceError as error:  # an unknown name, or a source for other environments
+        raise SystemExit(f"--source {claim.source}: {error}") from None
+    context_episodes = -(-claim.config.get_config().model.context_steps // env.episode_length)
+    kept = -(-claim.episodes_per_history // args.subsample)
+    if kept < context_episodes:
+        raise SystemExit(f"--subsample {args.subsample}: keeps {kept} of {claim.episodes_per_history} episodes per "
+                         f"history, fewer than the {context_episodes} of the model's context")
     if args.out.exists():
         raise SystemExit(f"--out {args.out}: already exists; choose a new directory")
     started = time.perf_counter()
     print(f"# {args.claim}{' (quick)' if args.quick else ''}: {claim}; jax {jax.__version__} on {jax.devices()[0].platform}, "
           f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}", flush=True)
-    env = envs.get(claim.env)
     train_tasks, _ = env.task_split(SEED, claim.num_train, claim.num_heldout)
     data = histories(claim, env, claim.source, train_tasks, SEED)
     if args.subsample > 1:
