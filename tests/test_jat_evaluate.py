@@ -20,7 +20,7 @@ CONFIG = ModelConfig(num_layers=2, d_model=32, num_heads=2, num_steps=4, continu
                      groups=("discrete", "continuous"))
 
 
-from tests.test_train_step import fast_compiles  # noqa: E402,F401  (autouse: tiny models compile faster)
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ CONFIG = ModelConfig(num_layers=2, d_model=32, num_heads=2, num_steps=6, continu
 B, S = 2, 6
 
 
-from tests.test_train_step import fast_compiles  # noqa: E402,F401  (autouse: tiny models compile faster)
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
