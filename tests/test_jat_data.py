@@ -67,6 +67,15 @@ def test_the_empty_batch_has_the_keys_shapes_and_dtypes_of_a_real_one(jat_datase
     assert images["image_observations"].shape == (2, 4, 8, 8, 3) and images["image_observations"].dtype == np.uint8
 
 
+def test_tasks_without_images_hold_no_image_array_but_their_batches_carry_zero_images(jat_datasets):
+    with_images = ModelConfig(num_steps=4, image_shape=(8, 8, 3))
+    tasks = [data.load_task(path, with_images) for path in jat_datasets.values()]
+    assert all("image_observations" not in task.steps for task in tasks)
+    batch = data.JatBatches(tasks, with_images, data.DataConfig(), global_batch_size=2, process_index=0,
+                            process_count=1).batch(0)
+    assert batch["image_observations"].shape == (2, 4, 8, 8, 3) and not batch["image_observations"].any()
+
+
 def test_a_field_of_an_unknown_modality_is_refused_in_one_line(jat_datasets, tmp_path):
     copy = tmp_path / "task"
     shutil.copytree(jat_datasets["synthetic-continuous"], copy)
