@@ -1,0 +1,400 @@
+"""The JAT learning claims, each data -> training -> evaluation -> table and plot, fixed seeds.
+
+    python experiments/jat_claims.py mini-jat --out DIR [--quick] [--no-image] [--docs docs/jat.md]
+    python experiments/jat_claims.py kappa --out DIR [--data DIR/data] [--quick] [--docs docs/jat.md]
+
+* ``mini-jat``: one small JAT on 4 BabyAI levels, 4 Meta-World v3 tasks, 2 MuJoCo v5 tasks and the
+  BabyAI-RGB image task, all recorded here (``mgdt-jat-record``'s code; the MuJoCo experts trained
+  by our PPO first). Claim: IQM expert-normalised score >= 0.8 on BabyAI and on Meta-World and
+  >= 0.5 on MuJoCo, within 60 minutes on 2 CPU cores including the data.
+* ``kappa``: the weight of the next-observation loss, kappa in {0, 0.005, 0.5} (JAT, Gallouédec et
+  al. 2024, §5.2 found 0.005 best), at equal steps, same seed, same data: the mini-JAT's tasks
+  without the image task (whose reconstruction is what kappa weighs most) and fewer steps, so that
+  the three runs fit in about an hour.
+
+Training goes through the core loop (``mgdt-train``'s) with the JAT recipe; evaluation is
+``mgdt-jat-eval``'s (evaluate.play_task: a task's episodes stepped together, KV-cached policy,
+sampled discrete actions; per-domain IQM with a stratified-bootstrap 95% interval). The image
+task's batches are expensive on CPU (docs/jat.md §9), so its sampling weight is small (about 1% of
+the batches are image batches) and ``--no-image`` leaves it out. ``--quick`` shrinks data, model,
+training and evaluation to a smoke run of the same pipeline (its figures are no claim).
+
+A rerun with the same --out reuses the recorded tasks, the finished training runs and evaluations;
+other settings in the same --out are refused. Prints a markdown table and the checks; writes
+summary.json, results.md and the plot under --out, and with --docs the claim's section of that file
+(between its markers) and the plot into docs/figures/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from data_pipelines.jat import record, rlds
+from data_pipelines.jat import tasks as jat_tasks
+from experiments import jat_tiny
+from mgdt_jax.core import checkpointing, loop
+from mgdt_jax.recipes.jat import evaluate, references
+
+SEED = 0
+EVAL_SEED = 1_000_000  # evaluation episodes reset from seeds EVAL_SEED, EVAL_SEED + 1, ...: none is a recorded one
+BABYAI = ("babyai-go-to-red-ball-grey", "babyai-go-to-local", "babyai-pickup-loc", "babyai-put-next-local")
+METAWORLD = ("metaworld-reach", "metaworld-push", "metaworld-drawer-close", "metaworld-button-press-topdown")
+# The two MuJoCo experts cheapest to train (docs/jat.md §4: 50 s and 200 s; Swimmer 250 s, Reacher 305 s).
+MUJOCO = ("mujoco-pendulum", "mujoco-doublependulum")
+IMAGE = ("babyai-rgb-go-to-red-ball-grey",)
+# (expert episodes, random-policy episodes for the reference) per domain. Recording speeds on the
+# 2 shared cores: BabyAI ~770 steps/s (an expert episode is 5-12 steps, a random one up to the
+# level's limit), Meta-World ~300-400 (500-step episodes), MuJoCo ~2,400 once the experts exist.
+EPISODES = {"babyai": (3000, 100), "babyai-rgb": (1000, 100), "metaworld": (40, 20), "mujoco": (20, 20)}
+QUICK_EPISODES = {"babyai": (50, 10), "babyai-rgb": (20, 5), "metaworld": (2, 2), "mujoco": (2, 2)}
+TARGETS = {"babyai": 0.8, "metaworld": 0.8, "mujoco": 0.5}
+TIME_LIMIT_S = 3600
+# JAT's loss weights (tokenize_stream.py L64-69): Meta-World x50, InvertedPendulum x50, other MuJoCo x10.
+LOSS_WEIGHTS = {"metaworld": 50.0, "mujoco-pendulum": 50.0, "mujoco": 10.0}
+IMAGE_SAMPLING_WEIGHT = 0.1  # vs 1 for every other task: ~1% of batches (group drawn by summed weights)
+KAPPAS = (0.0, 0.005, 0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    tasks: tuple[str, ...]
+    episodes: dict
+    train_steps: int
+    batch_size: int
+    num_layers: int
+    d_model: int
+    num_steps: int  # steps per training row and evaluation context
+    learning_rate: float
+    warmup_steps: int
+    eval_episodes: int
+    max_eval_steps: int | None  # cut evaluation episodes (smoke runs only)
+
+
+FULL = Setting(tasks=BABYAI + METAWORLD + MUJOCO + IMAGE, episodes=EPISODES, train_steps=3500, batch_size=32,
+               num_layers=3, d_model=128, num_steps=32, learning_rate=1e-3, warmup_steps=200, eval_episodes=10,
+               max_eval_steps=None)
+QUICK = Setting(tasks=(BABYAI[0], METAWORLD[0], MUJOCO[0], IMAGE[0]), episodes=QUICK_EPISODES, train_steps=40,
+                batch_size=8, num_layers=1, d_model=64, num_steps=16, learning_rate=1e-3, warmup_steps=5,
+                eval_episodes=10, max_eval_steps=40)
+KAPPA_STEPS = 2000  # per kappa (3 runs); the full mini-JAT's other settings
+
+
+def domain(task: str) -> str:
+    return evaluate.domain_of(task)
+
+
+def loss_weight(task: str) -> float:
+    return LOSS_WEIGHTS.get(task, LOSS_WEIGHTS.get(domain(task), 1.0))
+
+
+def record_data(setting: Setting, data_dir: Path) -> None:
+    """Records (or finds recorded) every task of ``setting`` into DATA/<task>, printing a line a domain."""
+    for name in ("babyai", "babyai-rgb", "metaworld", "mujoco"):
+        members = [task for task in setting.tasks if domain(task) == name]
+        if not members:
+            continue
+        episodes, random_episodes = setting.episodes[name]
+        begun = time.perf_counter()
+        summaries = record.record(members, data_dir, episodes, seed=SEED, random_episodes=random_episodes,
+                                  experts_dir=data_dir / "experts", progress=False)
+        print(record.summary_line(summaries, data_dir, time.perf_counter() - begun), flush=True)
+
+
+def train_config(setting: Setting, data_dir: Path, kappa: float, image_weight: float):
+    """jat_tiny's config with this claim's tasks, size and schedule."""
+    config = jat_tiny.get_config()
+    model = config.model
+    model.num_layers, model.d_model, model.num_steps = setting.num_layers, setting.d_model, setting.num_steps
+    model.num_heads = max(setting.d_model // 32, 1)
+    model.observation_loss_coef = kappa
+    model.groups = ("discrete", "continuous", "image") if any(domain(t) == "babyai-rgb" for t in setting.tasks) \
+        else ("discrete", "continuous")
+    config.data.tasks = tuple({"path": str(data_dir / task),
+                               "sampling_weight": image_weight if domain(task) == "babyai-rgb" else 1.0,
+                               "loss_weight": loss_weight(task)} for task in setting.tasks)
+    config.data.seed = SEED
+    config.seed = SEED
+    config.optimizer.learning_rate = setting.learning_rate
+    config.optimizer.warmup_steps = setting.warmup_steps
+    config.optimizer.schedule = "cosine"
+    train = config.train
+    train.num_steps = setting.train_steps
+    train.batch_size = setting.batch_size
+    train.checkpoint_every = setting.train_steps
+    train.log_every = max(setting.train_steps // 20, 1)
+    return config
+
+
+def stage(out: Path, name: str, run) -> dict:
+    """Runs ``run()`` unless OUT/stages.json records stage ``name`` as done; {"seconds", "load_average"}
+    of the run that did it (the 1-minute load average at its start: the 2 cores may be shared).
+
+    So a rerun after an interruption redoes only unfinished stages (the loop resumes a training
+    run from its checkpoint) and reports the times of the runs that did the work.
+    """
+    path = out / "stages.json"
+    done = json.loads(path.read_text()) if path.exists() else {}
+    if name not in done:
+        load, started = os.getloadavg()[0], time.perf_counter()
+        run()
+        done[name] = {"seconds": time.perf_counter() - started, "load_average": load}
+        path.write_text(json.dumps(done, indent=1) + "\n")
+    return done[name]
+
+
+def _times(stages: dict[str, dict]) -> str:
+    return ", ".join(f"{name} {s['seconds']:.0f} s (load {s['load_average']:.1f})" for name, s in stages.items())
+
+
+def evaluate_run(setting: Setting, workdir: Path, data_dir: Path, report_dir: Path) -> None:
+    """mgdt-jat-eval's evaluation of the run's last checkpoint into REPORT_DIR (report.json last)."""
+    model, _, step = evaluate.load_model(workdir)
+    results = []
+    for task in setting.tasks:
+        results.append(evaluate.play_task(model, task, references.load(data_dir / task),
+                                          episodes=setting.eval_episodes, seed=EVAL_SEED,
+                                          max_steps=setting.max_eval_steps))
+        print(f"evaluated {task}: normalised mean {np.mean(results[-1].normalized):.3f} "
+              f"({results[-1].env_steps} env steps in {results[-1].seconds:.0f} s)", flush=True)
+    evaluate.write_report(results, evaluate.domain_iqm(results), report_dir, {
+        "workdir": str(workdir), "step": step, "episodes": setting.eval_episodes, "seed": EVAL_SEED,
+        "greedy": False, "envs_per_task": None, "max_steps": setting.max_eval_steps})
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """Writes OUT/settings.json, or refuses (one line) an OUT made with other settings."""
+    path = out / "settings.json"
+    settings = json.loads(json.dumps(settings))  # tuples as lists, as read back
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != settings:
+            differ = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+            raise SystemExit(f"jat_claims: error: --out {out}: made with other settings ({', '.join(differ)}); choose a new --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=1) + "\n")
+
+
+def _interval(d: dict) -> str:
+    return f"{d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
+
+
+def _header(name: str, setting: Setting, quick: bool, image_weight: float) -> str:
+    return (f"### {'Smoke run (--quick): checks the flow, claims nothing' if quick else name}\n\n"
+            f"Model: {setting.num_layers} layers, d_model {setting.d_model}, {setting.num_steps} steps "
+            f"({2 * setting.num_steps} tokens) a row; {setting.train_steps} AdamW steps of {setting.batch_size} rows, "
+            f"learning rate {setting.learning_rate:g} (warm-up {setting.warmup_steps}, cosine decay), seed {SEED}; "
+            f"JAT's loss weights (Meta-World and InvertedPendulum x50, other MuJoCo x10); sampling uniform over "
+            f"tasks{f', the image task at {image_weight:g}' if any(domain(t) == 'babyai-rgb' for t in setting.tasks) else ''}. "
+            f"Data (expert / random-reference episodes per task): "
+            + ", ".join(f"{name} {e} / {r}" for name, (e, r) in setting.episodes.items()
+                        if any(domain(t) == name for t in setting.tasks))
+            + f". Evaluation: {setting.eval_episodes} episodes per task stepped together, sampled discrete actions"
+            + (f", cut at {setting.max_eval_steps} steps" if setting.max_eval_steps else "")
+            + f"; jax {jax.__version__}, {os.cpu_count()} CPUs.\n")
+
+
+def task_table(report: dict, data_dir: Path) -> list[str]:
+    lines = ["| task | mean return | expert / random return | mean normalised score |", "|---|---|---|---|"]
+    for task, result in report["tasks"].items():
+        refs = references.load(data_dir / task)
+        lines.append(f"| `{task}` | {result['mean_return']:.4g} | {refs.expert.mean_return:.4g} / "
+                     f"{refs.random.mean_return:.4g} | {result['mean_normalized']:.3f} |")
+    return lines
+
+
+def mini_jat(args, setting: Setting, image_weight: float) -> int:
+    out = args.out
+    check_settings(out, {"claim": "mini-jat", "setting": dataclasses.asdict(setting), "image_weight": image_weight})
+    data_dir = out / "data"
+    stages = {"data": stage(out, "data", lambda: record_data(setting, data_dir))}
+    config = train_config(setting, data_dir, kappa=0.005, image_weight=image_weight)
+    share = image_weight / (image_weight + sum(domain(t) != "babyai-rgb" for t in setting.tasks))
+    if any(domain(t) == "babyai-rgb" for t in setting.tasks):
+        print(f"image batches: about {share:.1%} of the {setting.train_steps} steps", flush=True)
+    stages["training"] = stage(out, "training", lambda: loop.train(config, out / "train"))
+    stages["evaluation"] = stage(out, "evaluation", lambda: evaluate_run(setting, out / "train", data_dir, out / "eval"))
+    report = json.loads((out / "eval" / "report.json").read_text())
+    total_s = sum(s["seconds"] for s in stages.values())
+    domains = report["domains"]
+    checks = {f"{name} IQM >= {target}": domains[name]["value"] >= target for name, target in TARGETS.items()
+              if name in domains}
+    checks[f"within {TIME_LIMIT_S // 60} minutes including data"] = total_s <= TIME_LIMIT_S
+    command = f"python experiments/jat_claims.py mini-jat --out runs/mini_jat{' --quick' if args.quick else ''}" \
+              f"{' --no-image' if args.no_image else ''}"
+    lines = [_header("Mini-JAT: result", setting, args.quick, image_weight),
+             f"Command: `{command} --docs docs/jat.md`; wall time: {_times(stages)}; total {total_s / 60:.1f} min.\n",
+             "| domain | IQM expert-normalised [95% CI] | target |", "|---|---|---|"]
+    lines += [f"| {name} | {_interval(d)} | {TARGETS.get(name, '–')} |" for name, d in domains.items()]
+    lines += ["", *task_table(report, data_dir), "", "Checks:"]
+    lines += [f"- {name}: {'met' if passed else 'NOT met'}" for name, passed in checks.items()]
+    lines += ["", "![mini-JAT](figures/jat_mini_jat.png)"]
+    text = "\n".join(lines) + "\n"
+    plot = out / "jat_mini_jat.png"
+    _plot({"mini-JAT": domains}, plot, TARGETS)
+    finish(out, text, plot, args.docs, "jat_mini_jat", {
+        "claim": "mini-jat", "quick": args.quick, "stages": stages, "total_seconds": total_s,
+        "domains": domains, "checks": checks})
+    return 0
+
+
+def kappa(args, setting: Setting) -> int:
+    out = args.out
+    check_settings(out, {"claim": "kappa", "setting": dataclasses.asdict(setting), "kappas": list(KAPPAS)})
+    data_dir = args.data or out / "data"
+    runs, stages = {}, {"data": stage(out, "data", lambda: record_data(setting, data_dir))}
+    for value in KAPPAS:
+        run = out / f"kappa_{value:g}"
+        config = train_config(setting, data_dir, kappa=value, image_weight=1.0)
+        stages[f"training kappa {value:g}"] = stage(out, f"training kappa {value:g}",
+                                                    lambda config=config, run=run: loop.train(config, run / "train"))
+        stages[f"evaluation kappa {value:g}"] = stage(
+            out, f"evaluation kappa {value:g}", lambda run=run: evaluate_run(setting, run / "train", data_dir, run / "eval"))
+        runs[value] = json.loads((run / "eval" / "report.json").read_text())
+    total_s = sum(s["seconds"] for s in stages.values())
+    names = list(runs[KAPPAS[0]]["domains"])
+    command = (f"python experiments/jat_claims.py kappa --out runs/jat_kappa{' --quick' if args.quick else ''}"
+               f"{' --data runs/mini_jat/data' if args.data else ''}")
+    lines = [_header("Kappa ablation: result", setting, args.quick, 1.0),
+             f"Command: `{command} --docs docs/jat.md`; kappa in {{{', '.join(f'{k:g}' for k in KAPPAS)}}}, each run "
+             f"the same data, seed and steps; total {total_s / 60:.1f} min ({_times(stages)}).\n",
+             "| kappa | " + " | ".join(f"{name} IQM [95% CI]" for name in names) + " |",
+             "|---|" + "---|" * len(names)]
+    lines += [f"| {value:g} | " + " | ".join(_interval(report["domains"][name]) for name in names) + " |"
+              for value, report in runs.items()]
+    best = {name: max(KAPPAS, key=lambda value: runs[value]["domains"][name]["value"]) for name in names}
+    lines += ["", "Best kappa per domain (IQM point estimate): " + ", ".join(f"{n} {b:g}" for n, b in best.items())
+              + "; JAT found 0.005 best.", "", "![kappa ablation](figures/jat_kappa.png)"]
+    text = "\n".join(lines) + "\n"
+    plot = out / "jat_kappa.png"
+    _plot({f"kappa {value:g}": report["domains"] for value, report in runs.items()}, plot, TARGETS)
+    finish(out, text, plot, args.docs, "jat_kappa", {
+        "claim": "kappa", "quick": args.quick, "stages": stages, "total_seconds": total_s,
+        "domains": {f"{value:g}": report["domains"] for value, report in runs.items()}, "best": best})
+    return 0
+
+
+def _plot(series: dict[str, dict], path: Path, targets: dict[str, float]) -> None:
+    """Grouped bars: per domain, each series' IQM with its 95% interval; targets as short lines."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    names = sorted({name for domains in series.values() for name in domains})
+    width = 0.8 / len(series)
+    figure, axis = plt.subplots(figsize=(2 + 1.6 * len(names), 4))
+    for offset, (label, domains) in enumerate(series.items()):
+        x = np.arange(len(names)) + (offset - (len(series) - 1) / 2) * width
+        values = np.array([domains[n]["value"] if n in domains else np.nan for n in names])
+        errors = np.array([[domains[n]["value"] - domains[n]["low"], domains[n]["high"] - domains[n]["value"]]
+                           if n in domains else [0.0, 0.0] for n in names]).T
+        axis.bar(x, values, width, yerr=errors, capsize=3, label=label)
+    for index, name in enumerate(names):
+        if name in targets:
+            axis.hlines(targets[name], index - 0.45, index + 0.45, colors="black", linestyles="--",
+                        label="target" if index == 0 else None)
+    axis.set_xticks(np.arange(len(names)), names)
+    axis.set_ylabel("IQM expert-normalised score (95% CI)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def finish(out: Path, text: str, plot: Path, docs: Path | None, marker: str, summary: dict) -> None:
+    print(text)
+    (out / "results.md").write_text(text.replace("figures/", ""))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if docs:
+        begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+        document = docs.read_text()
+        pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+        docs.write_text(pattern.sub(lambda _: f"{begin}\n{text}{end}", document))
+        (docs.parent / "figures").mkdir(exist_ok=True)
+        shutil.copy(plot, docs.parent / "figures" / plot.name)
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("claim", choices=("mini-jat", "kappa"))
+    parser.add_argument("--out", type=Path, required=True, help="data, runs, reports and tables go here")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of the same pipeline (no claim)")
+    parser.add_argument("--no-image", action="store_true", help="mini-jat without the BabyAI-RGB image task")
+    parser.add_argument("--tasks", help="comma-separated tasks instead of the claim's (a variant, no claim)")
+    parser.add_argument("--train-steps", type=positive, help="optimizer steps instead of the claim's")
+    parser.add_argument("--eval-episodes", type=positive, help="evaluation episodes per task (at least 10)")
+    parser.add_argument("--data", type=Path, help="kappa: the recorded tasks to reuse (e.g. a mini-jat's OUT/data)")
+    parser.add_argument("--docs", type=Path, help="also write the results into this markdown file's section")
+    args = parser.parse_args(argv)
+    setting = QUICK if args.quick else FULL
+    if args.claim == "kappa":
+        setting = dataclasses.replace(setting, tasks=tuple(t for t in setting.tasks if domain(t) != "babyai-rgb"),
+                                      train_steps=setting.train_steps if args.quick else KAPPA_STEPS)
+    if args.no_image:
+        setting = dataclasses.replace(setting, tasks=tuple(t for t in setting.tasks if domain(t) != "babyai-rgb"))
+    if args.tasks is not None:
+        names = [name for name in args.tasks.split(",") if name]
+        if not names:
+            parser.error(f"--tasks {args.tasks!r}: no task names")
+        for name in names:
+            try:
+                jat_tasks.get_task(name)
+            except jat_tasks.UnknownTaskError as error:
+                parser.error(f"--tasks: {error}")
+        setting = dataclasses.replace(setting, tasks=tuple(names))
+    if args.train_steps:
+        setting = dataclasses.replace(setting, train_steps=args.train_steps,
+                                      warmup_steps=min(setting.warmup_steps, args.train_steps // 10))
+    if args.eval_episodes is not None:
+        if args.eval_episodes < 10:
+            parser.error(f"--eval-episodes must be >= 10 (per-task IQM over fewer is noise), got {args.eval_episodes}")
+        setting = dataclasses.replace(setting, eval_episodes=args.eval_episodes)
+    if args.data is not None and args.claim != "kappa":
+        parser.error("--data is for kappa (mini-jat records its own data into OUT/data)")
+    if args.docs is not None and not args.docs.is_file():
+        parser.error(f"--docs {args.docs}: no such file")
+    if args.docs is not None:
+        marker = "jat_mini_jat" if args.claim == "mini-jat" else "jat_kappa"
+        document = args.docs.read_text()
+        if f"<!-- {marker}:begin -->" not in document or f"<!-- {marker}:end -->" not in document:
+            parser.error(f"--docs {args.docs}: lacks the markers <!-- {marker}:begin --> ... <!-- {marker}:end -->")
+    warnings.filterwarnings("ignore", module="gymnasium")
+    warnings.filterwarnings("ignore", module="metaworld")
+    print(f"# {args.claim}{' (quick)' if args.quick else ''}: {len(setting.tasks)} tasks, {setting.train_steps} steps; "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cpus, "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    try:
+        if args.claim == "mini-jat":
+            return mini_jat(args, setting, IMAGE_SAMPLING_WEIGHT)
+        return kappa(args, setting)
+    except (jat_tasks.UnknownTaskError, jat_tasks.ExpertError, record.RecordError, rlds.DatasetError,
+            checkpointing.CheckpointError, ValueError, OSError) as error:  # references.ReferenceError is a ValueError
+        print(f"jat_claims: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
