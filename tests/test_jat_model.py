@@ -12,7 +12,8 @@ import pytest
 from flax import nnx
 
 from mgdt_jax.recipes.jat import tokens
-from mgdt_jax.recipes.jat.model import JatModel, ModelConfig, cyclic_tile, loss_and_metrics
+from mgdt_jax.recipes.jat.model import (JatModel, ModelConfig, conv_stride2, conv_transpose_stride2, cyclic_tile,
+                                        loss_and_metrics)
 
 CONFIG = ModelConfig(num_layers=2, d_model=32, num_heads=2, num_steps=6, continuous_width=8, image_shape=(12, 12, 3),
                      dropout_rate=0.0)
@@ -101,6 +102,21 @@ def test_image_encoder_halves_the_image_three_times_and_images_get_no_reward():
     rewarded = {**batch, "rewards": batch["rewards"] + 5.0}
     np.testing.assert_array_equal(model.step_tokens(rewarded, 2)[0], tokens_)
     assert model.image_decoder(tokens_).shape == (B, S, 84, 84, 3)
+
+
+@pytest.mark.parametrize("size", [7, 12])
+def test_image_convolutions_as_matmuls_equal_the_library_convolutions(size):
+    # The encoder's and decoder's layers keep nnx.Conv / nnx.ConvTranspose parameters and compute them as
+    # matmuls (faster gradients on CPU); odd sizes check the padding.
+    rngs = nnx.Rngs(0)
+    bias = nnx.initializers.normal(1.0)
+    conv = nnx.Conv(3, 5, (3, 3), strides=2, padding=1, bias_init=bias, rngs=rngs)
+    deconv = nnx.ConvTranspose(5, 4, (3, 3), strides=2, padding="SAME", bias_init=bias, rngs=rngs)
+    x = jax.random.normal(jax.random.key(1), (2, size, size, 3))
+    hidden = jax.random.normal(jax.random.key(2), (2, size, size, 5))
+    np.testing.assert_allclose(conv_stride2(x, conv.kernel[...], conv.bias[...]), conv(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(conv_transpose_stride2(hidden, deconv.kernel[...], deconv.bias[...]), deconv(hidden),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_discrete_logits_beyond_the_tasks_actions_are_masked(model):

@@ -213,9 +213,22 @@ def play_task(model: JatModel, task_name: str, refs: jat_references.TaskReferenc
     Raises ReferenceError (one line) when the installed environment is not the one the references
     were measured on, and ValueError when the model cannot read the task.
     """
+    jat_references.check_versions(refs)
+    returns, env_steps, seconds = play_episodes(model, task_name, episodes=episodes, envs_per_task=envs_per_task,
+                                                seed=seed, greedy=greedy, max_steps=max_steps)
+    normalized = [jat_references.normalized_score(value, refs) for value in returns]
+    return TaskResult(task_name, domain_of(task_name), returns, normalized, env_steps, seconds)
+
+
+def play_episodes(model: JatModel, task_name: str, *, episodes: int, envs_per_task: int | None = None, seed: int = 0,
+                  greedy: bool = False, max_steps: int | None = None) -> tuple[list[float], int, float]:
+    """``play_task`` without references: (returns of the episodes, environment steps, seconds).
+
+    The seconds cover making, resetting and stepping the environments and the policy's calls
+    (including any compilation the first call of a shape needs).
+    """
     from data_pipelines.jat import tasks  # environments: imported only to play
 
-    jat_references.check_versions(refs)
     task = tasks.get_task(task_name)
     model_config = model.config
     image_shape = model_config.image_shape if model_config.has_images else None
@@ -253,8 +266,7 @@ def play_task(model: JatModel, task_name: str, refs: jat_references.TaskReferenc
         for env in envs:
             env.close()
         returns.extend(float(total) for total in totals)
-    normalized = [jat_references.normalized_score(value, refs) for value in returns]
-    return TaskResult(task_name, domain_of(task_name), returns, normalized, env_steps, time.perf_counter() - started)
+    return returns, env_steps, time.perf_counter() - started
 
 
 @dataclasses.dataclass(frozen=True)

@@ -134,6 +134,55 @@ def _conv_init() -> nnx.Initializer:
     return sharded(nnx.initializers.lecun_normal(), (None, None, None, None))
 
 
+def conv_as_matmul(padded: jax.Array, kernel: jax.Array, stride: int, out_height: int, out_width: int) -> jax.Array:
+    """A convolution of an already padded ``padded`` [N, H, W, C_in] with ``kernel`` [kh, kw, C_in, C_out]
+    at ``stride`` -> [N, out_height, out_width, C_out], as patches times the flattened kernel (im2col).
+
+    Same numbers as ``lax.conv_general_dilated`` (VALID, no dilation). Why: XLA on CPU runs the
+    convolutions of a gradient inside a ``lax.cond``/``lax.switch`` branch (the image encoder and
+    decoder run under one, model.py docstring) through a generic loop, not its convolution
+    library: one weight gradient of the image decoder took 16 s for 128 images, while a matmul
+    runs at library speed wherever it is (docs/jat.md §9).
+    """
+    kh, kw, c_in, c_out = kernel.shape
+    patches = [padded[:, dy : dy + stride * (out_height - 1) + 1 : stride, dx : dx + stride * (out_width - 1) + 1 : stride]
+               for dy in range(kh) for dx in range(kw)]
+    patches = jnp.concatenate(patches, axis=-1) if len(patches) > 1 else patches[0]  # [N, h, w, kh*kw*C_in]
+    return jnp.einsum("nhwk,ko->nhwo", patches, kernel.reshape(kh * kw * c_in, c_out))
+
+
+def conv_stride2(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """float32 [N, H, W, C_in] -> [N, ceil(H/2), ceil(W/2), C_out]: the 3x3, stride-2 convolution with
+    one pixel of zero padding on each side of ``kernel`` [3, 3, C_in, C_out] and ``bias`` [C_out]
+    (``nnx.Conv(..., strides=2, padding=1)``; JAT's ``Conv2d(3, stride 2, padding 1)``), as a matmul."""
+    _, height, width, _ = x.shape
+    out_height, out_width = (height + 1) // 2, (width + 1) // 2
+    padded = jnp.pad(x, ((0, 0), (1, 2 * out_height - height), (1, 2 * out_width - width), (0, 0)))
+    return conv_as_matmul(padded, kernel, 2, out_height, out_width) + bias
+
+
+def conv_transpose_stride2(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """float32 [N, h, w, C_in] -> [N, 2h, 2w, C_out]: the 3x3, stride-2, "SAME" transposed convolution
+    of ``kernel`` [3, 3, C_in, C_out] and ``bias`` [C_out] (``nnx.ConvTranspose``, i.e.
+    ``lax.conv_transpose`` without kernel flip), computed per output parity (sub-pixel form; Shi et
+    al. 2016, arXiv 1609.05158) with ``conv_as_matmul``.
+
+    Output row 2i reads input rows i-1 and i through kernel rows 0 and 2, row 2i+1 reads row i
+    through kernel row 1 (columns alike), so each parity is a small dense convolution and no tap
+    multiplies one of the zeros a transposed convolution inserts. Same numbers as
+    ``lax.conv_transpose``, whose gradient (input-dilated convolutions) XLA on CPU computes 2.5-3x
+    slower even outside a ``lax.cond`` (docs/jat.md §9).
+    """
+    _, height, width, _ = x.shape
+    padded = jnp.pad(x, ((0, 0), (1, 0), (1, 0), (0, 0)))  # input row/column -1 is zero
+    even_even = conv_as_matmul(padded, kernel[0::2, 0::2], 1, height, width)
+    even_odd = conv_as_matmul(padded[:, :, 1:], kernel[0::2, 1:2], 1, height, width)
+    odd_even = conv_as_matmul(padded[:, 1:], kernel[1:2, 0::2], 1, height, width)
+    odd_odd = conv_as_matmul(x, kernel[1:2, 1:2], 1, height, width)
+    rows = jnp.stack([jnp.stack([even_even, even_odd], axis=3), jnp.stack([odd_even, odd_odd], axis=3)], axis=2)
+    return rows.reshape(x.shape[0], 2 * height, 2 * width, kernel.shape[-1]) + bias
+
+
 class ImageEncoder(nnx.Module):
     """uint8 [..., H, W, C] images -> float32 [..., d_model] (JAT ``ImageEncoder``, modeling_jat.py L198-233)."""
 
@@ -156,7 +205,7 @@ class ImageEncoder(nnx.Module):
         leading = images.shape[:-3]
         x = images.reshape(-1, *images.shape[-3:]).astype(jnp.float32) / 127.5 - 1.0  # [-1, 1], as JAT
         for conv, norm, attention in zip(self.convs, self.norms, self.attentions):
-            x = attention(_leaky_relu(norm(conv(x))))
+            x = attention(_leaky_relu(norm(conv_stride2(x, conv.kernel[...], conv.bias[...]))))  # = conv(x)
         return self.linear(x.reshape(*leading, -1))
 
 
@@ -180,7 +229,7 @@ class ImageDecoder(nnx.Module):
         leading = hidden.shape[:-1]
         x = self.linear(hidden).reshape(-1, *self.flat_shape)
         for index, deconv in enumerate(self.deconvs):
-            x = deconv(x)
+            x = conv_transpose_stride2(x, deconv.kernel[...], deconv.bias[...])  # = deconv(x), faster gradient
             x = jnp.tanh(x) if index == len(self.deconvs) - 1 else _leaky_relu(x)
         height, width, _ = self.image_shape
         return x[:, :height, :width].reshape(*leading, *self.image_shape)
