@@ -3,6 +3,9 @@
     python experiments/jat_claims.py mini-jat --out DIR [--quick] [--no-image] [--docs docs/jat.md]
     python experiments/jat_claims.py kappa --out DIR [--data DIR/data] [--quick] [--docs docs/jat.md]
 
+Variants (no claim): ``--tasks``, ``--train-steps``, ``--eval-episodes``, and ``--raw-observations``
+(continuous observations fed raw, as JAT does, instead of standardised per task; docs/jat.md §6).
+
 * ``mini-jat``: one small JAT on 4 BabyAI levels, 4 Meta-World v3 tasks, 2 MuJoCo v5 tasks and the
   BabyAI-RGB image task, all recorded here (``mgdt-jat-record``'s code; the MuJoCo experts trained
   by our PPO first). Claim: IQM expert-normalised score >= 0.8 on BabyAI and on Meta-World and
@@ -80,6 +83,7 @@ class Setting:
     warmup_steps: int
     eval_episodes: int
     max_eval_steps: int | None  # cut evaluation episodes (smoke runs only)
+    normalize_observations: bool = True  # per-task standardised continuous observations (docs/jat.md §6)
 
 
 FULL = Setting(tasks=BABYAI + METAWORLD + MUJOCO + IMAGE, episodes=EPISODES, train_steps=3500, batch_size=32,
@@ -119,6 +123,7 @@ def train_config(setting: Setting, data_dir: Path, kappa: float, image_weight: f
     model.num_layers, model.d_model, model.num_steps = setting.num_layers, setting.d_model, setting.num_steps
     model.num_heads = max(setting.d_model // 32, 1)
     model.observation_loss_coef = kappa
+    model.normalize_observations = setting.normalize_observations
     model.groups = ("discrete", "continuous", "image") if any(domain(t) == "babyai-rgb" for t in setting.tasks) \
         else ("discrete", "continuous")
     config.data.tasks = tuple({"path": str(data_dir / task),
@@ -197,7 +202,8 @@ def _header(name: str, setting: Setting, quick: bool, image_weight: float) -> st
             f"({2 * setting.num_steps} tokens) a row; {setting.train_steps} AdamW steps of {setting.batch_size} rows, "
             f"learning rate {setting.learning_rate:g} (warm-up {setting.warmup_steps}, cosine decay), seed {SEED}; "
             f"JAT's loss weights (Meta-World and InvertedPendulum x50, other MuJoCo x10); sampling uniform over "
-            f"tasks{f', the image task at {image_weight:g}' if any(domain(t) == 'babyai-rgb' for t in setting.tasks) else ''}. "
+            f"tasks{f', the image task at {image_weight:g}' if any(domain(t) == 'babyai-rgb' for t in setting.tasks) else ''}; "
+            f"continuous observations {'standardised per task' if setting.normalize_observations else 'raw'}. "
             f"Data (expert / random-reference episodes per task): "
             + ", ".join(f"{name} {e} / {r}" for name, (e, r) in setting.episodes.items()
                         if any(domain(t) == name for t in setting.tasks))
@@ -346,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", help="comma-separated tasks instead of the claim's (a variant, no claim)")
     parser.add_argument("--train-steps", type=positive, help="optimizer steps instead of the claim's")
     parser.add_argument("--eval-episodes", type=positive, help="evaluation episodes per task (at least 10)")
+    parser.add_argument("--raw-observations", action="store_true",
+                        help="continuous observations unstandardised, as JAT (a variant, no claim)")
     parser.add_argument("--data", type=Path, help="kappa: the recorded tasks to reuse (e.g. a mini-jat's OUT/data)")
     parser.add_argument("--docs", type=Path, help="also write the results into this markdown file's section")
     args = parser.parse_args(argv)
@@ -368,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_steps:
         setting = dataclasses.replace(setting, train_steps=args.train_steps,
                                       warmup_steps=min(setting.warmup_steps, args.train_steps // 10))
+    if args.raw_observations:
+        setting = dataclasses.replace(setting, normalize_observations=False)
     if args.eval_episodes is not None:
         if args.eval_episodes < 10:
             parser.error(f"--eval-episodes must be >= 10 (per-task IQM over fewer is noise), got {args.eval_episodes}")

@@ -43,6 +43,7 @@ def get_config():
     model.image_shape = (84, 84, 3)
     model.groups = ("discrete", "continuous", "image")
     model.observation_loss_coef = 0.005  # kappa (JAT's default)
+    model.normalize_observations = True  # per-task standardised continuous observations (docs/jat.md §6)
 
     data = config.data = common._section()
     data.tasks = tuple({"path": f"{DATA_ROOT}/{task}", "sampling_weight": 1.0, "loss_weight": weight}

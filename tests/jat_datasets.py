@@ -3,7 +3,9 @@
 Two tasks whose expert is a fixed rule, so a tiny model learns them in tens of steps:
 ``synthetic-discrete`` (BabyAI's fields: 148 symbols, a mission, 7 actions; the action is the
 agent's direction, the first symbol) and ``synthetic-continuous`` (5-d observations, 2-d actions
-``tanh(W o)``). Episode lengths vary (3 to 20 steps), so rows pack several episodes.
+``tanh(W o)``). Episode lengths vary (3 to 20 steps), so rows pack several episodes. Each has a
+references.json with its expert reference and, for the continuous task, its observation
+statistics, as mgdt-jat-record writes them (no random reference: these tasks have no environment).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines.jat import rlds
+from mgdt_jax.recipes.jat import references
 
 MISSIONS = ("go to the red ball", "pick up a blue key", "open the yellow door, then go to the grey box")
 
@@ -47,5 +50,9 @@ def write(root: Path, episodes: int = 40, seed: int = 0) -> dict[str, Path]:
     out = {}
     for spec, make in ((discrete, lambda: _discrete_episode(rng)), (continuous, lambda: _continuous_episode(rng, weights))):
         out[spec.task] = Path(root) / spec.task
-        rlds.write_dataset(out[spec.task], spec, (make() for _ in range(episodes)), {"task": spec.task})
+        moments = rlds.ObservationMoments()
+        summary = rlds.write_dataset(out[spec.task], spec, (make() for _ in range(episodes)), {"task": spec.task},
+                                     on_episode=moments.add)
+        expert = references.Reference(summary["mean_return"], 0.0, summary["episodes"])
+        references.save(references.TaskReferences(spec.task, "", expert, None, {}, moments.stats()), out[spec.task])
     return out

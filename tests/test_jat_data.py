@@ -1,15 +1,17 @@
 """JAT training batches (mgdt_jax/recipes/jat/data.py): packed rows, batch k a function of (seed, k)
-and host, and bad datasets refused in one line."""
+and host, and bad datasets (also one without the observation statistics a standardising model
+needs) refused in one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
 import numpy as np
 import pytest
 
-from mgdt_jax.recipes.jat import data, tokens
+from mgdt_jax.recipes.jat import data, references, tokens
 from mgdt_jax.recipes.jat.model import ModelConfig
 
 MODEL = ModelConfig(num_steps=16, groups=("discrete", "continuous"))
@@ -93,3 +95,20 @@ def test_an_observation_wider_than_the_tiling_width_is_refused_in_one_line(jat_d
                                          r"model.continuous_width=4$") as error:
         data.load_task(jat_datasets["synthetic-continuous"], narrow)
     assert str(jat_datasets["synthetic-continuous"]) in str(error.value)
+
+
+def test_a_model_that_standardises_refuses_a_dataset_without_statistics_in_one_line(jat_datasets, tmp_path):
+    copy = tmp_path / "task"
+    shutil.copytree(jat_datasets["synthetic-continuous"], copy)
+    old = references.TaskReferences("synthetic-continuous", "", references.Reference(0.0, 0.0, 40), None, {})
+    content = old.to_json()
+    del content["observation_stats"]  # references.json of a dataset recorded before the statistics existed
+    (copy / references.REFERENCES_FILE).write_text(json.dumps(content))
+    assert data.load_task(copy, MODEL).num_episodes == 40  # old datasets stay readable without the flag
+    standardising = dataclasses.replace(MODEL, normalize_observations=True)
+    with pytest.raises(ValueError) as error:
+        data.load_task(copy, standardising)
+    message = str(error.value)
+    assert message.startswith(f"{copy}: references.json has no observation statistics") and "\n" not in message
+    assert "re-record or re-import" in message
+    assert data.load_task(jat_datasets["synthetic-discrete"], standardising).num_episodes == 40  # not continuous

@@ -1,11 +1,14 @@
 """JAT evaluation (mgdt_jax/recipes/jat/evaluate.py): the KV-cached vector policy equals the full
-pass (across context refills), normalised scores and per-domain IQM against hand-computed values,
-BabyAI played by environments stepped together, the report files and the CLI's version check."""
+pass (across context refills), a standardising policy reads observations as its training rows do,
+normalised scores and per-domain IQM against hand-computed values, BabyAI played by environments
+stepped together, the report files and the CLI's version check."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -13,7 +16,7 @@ import pytest
 from flax import nnx
 
 from mgdt_jax.cli import jat_evaluate
-from mgdt_jax.recipes.jat import evaluate, references
+from mgdt_jax.recipes.jat import evaluate, references, tokens
 from mgdt_jax.recipes.jat.model import JatModel, ModelConfig
 
 CONFIG = ModelConfig(num_layers=2, d_model=32, num_heads=2, num_steps=4, continuous_width=8, dropout_rate=0.0,
@@ -45,24 +48,79 @@ def test_cached_policy_equals_the_full_pass_over_its_context(model):
         if t - start >= CONFIG.num_steps:  # the policy rebuilt its context from the last `kept` steps
             start = t - kept
         window = np.arange(start, t + 1)
-        batch = {
-            "group": np.full(num_envs, 1, np.int32), "segment": np.zeros((num_envs, len(window)), np.int32),
-            "position": np.tile(np.arange(len(window), dtype=np.int32), (num_envs, 1)),
-            "rewards": rewards[window].T, "continuous_observation_size": np.full(num_envs, 3, np.int32),
-            "continuous_action_size": np.full(num_envs, 2, np.int32),
-            "num_discrete_actions": np.zeros(num_envs, np.int32),
-            "continuous_observations": np.zeros((num_envs, len(window), 8), np.float32),
-            "continuous_actions": np.zeros((num_envs, len(window), 8), np.float32),
-            "discrete_observations": np.zeros((num_envs, len(window), 148), np.int32),
-            "text_observations": np.zeros((num_envs, len(window), 64), np.int32),
-            "discrete_actions": np.zeros((num_envs, len(window)), np.int32),
-        }
-        batch["continuous_observations"][..., :3] = observations[window].transpose(1, 0, 2)
-        batch["continuous_actions"][..., :2] = np.stack([actions[s] for s in window], axis=1)
-        hidden = model(batch, deterministic=True)
-        expected = model.continuous_actions(hidden[:, 2 * (len(window) - 1)])
+        expected = full_pass_actions(model, observations[window].transpose(1, 0, 2),
+                                     np.stack([actions[s] for s in window], axis=1), rewards[window].T)
         np.testing.assert_allclose(cached, expected, rtol=1e-4, atol=1e-4, err_msg=f"step {t}")
     assert start > 0  # the context was rebuilt at least once
+
+
+def full_pass_actions(model: JatModel, observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray):
+    """The full pass's continuous action head at the last o_t of one-episode rows of a continuous task:
+    observations [N, S, D] (as the model reads them), actions [N, S, A], rewards [N, S] (r_{t-1} at t)."""
+    (num, length, size), width = observations.shape, model.config.continuous_width
+    batch = {
+        "group": np.full(num, 1, np.int32), "segment": np.zeros((num, length), np.int32),
+        "position": np.tile(np.arange(length, dtype=np.int32), (num, 1)),
+        "rewards": rewards.astype(np.float32), "continuous_observation_size": np.full(num, size, np.int32),
+        "continuous_action_size": np.full(num, actions.shape[-1], np.int32),
+        "num_discrete_actions": np.zeros(num, np.int32),
+        "continuous_observations": np.zeros((num, length, width), np.float32),
+        "continuous_actions": np.zeros((num, length, width), np.float32),
+        "discrete_observations": np.zeros((num, length, 148), np.int32),
+        "text_observations": np.zeros((num, length, 64), np.int32),
+        "discrete_actions": np.zeros((num, length), np.int32),
+    }
+    batch["continuous_observations"][..., :size] = observations
+    batch["continuous_actions"][..., : actions.shape[-1]] = actions
+    hidden = model(batch, deterministic=True)
+    return model.continuous_actions(hidden[:, 2 * (length - 1)])
+
+
+def test_a_standardising_policy_reads_observations_as_its_training_rows(jat_datasets, tmp_path):
+    import tensorflow_datasets as tfds  # noqa: PLC0415  (the data side only)
+
+    from data_pipelines.jat import rlds  # noqa: PLC0415
+    from mgdt_jax.recipes.jat import data  # noqa: PLC0415
+
+    config = dataclasses.replace(CONFIG, normalize_observations=True)
+    model = JatModel(config, rngs=nnx.Rngs(1))
+    path = tmp_path / "synthetic-continuous"
+    shutil.copytree(jat_datasets["synthetic-continuous"], path)
+    stats = references.ObservationStats(mean=(1.0, -2.0, 0.5, 0.0, 3.0), std=(0.5, 2.0, 1e-9, 1.0, 0.01), steps=1)
+    references.save(references.TaskReferences("synthetic-continuous", "", references.Reference(0.0, 0.0, 40), None,
+                                              {}, observation_stats=stats), path)
+    task = data.load_task(path, config)
+    raw = rlds.episode_fields(tfds.builder_from_directory(path).as_data_source("train")[0])
+    length = int(np.argmax(task.episode_start[1:])) + 1  # the first episode's steps
+    rows = task.steps["continuous_observations"][:length]
+    scale = np.maximum(np.asarray(stats.std), tokens.STD_FLOOR)  # dimension 2's std is floored
+    standardised = (raw["continuous_observations"] - np.asarray(stats.mean)) / scale
+    np.testing.assert_allclose(rows[:, :5], standardised, rtol=1e-5)
+    assert not rows[:, 5:].any()
+
+    with pytest.raises(ValueError, match="no observation statistics were given"):
+        evaluate.VectorPolicy(model, evaluate.TaskInputs("continuous", 5, 2, 0), 1, image_shape=None)
+    policy = evaluate.VectorPolicy(model, evaluate.TaskInputs("continuous", 5, 2, 0), 1, image_shape=None,
+                                   observation_stats=stats)
+    policy.reset(0)
+    actions = []
+    for t in range(min(length, config.num_steps)):  # raw observations in, as an environment gives them
+        actions.append(policy.act([{"continuous_observations": raw["continuous_observations"][t]}],
+                                  task.previous_reward[t : t + 1])[0])
+        expected = full_pass_actions(model, rows[None, : t + 1, :5], np.asarray(actions)[None],
+                                     task.previous_reward[None, : t + 1])
+        np.testing.assert_allclose(policy.last_output, expected, rtol=1e-4, atol=1e-4, err_msg=f"step {t}")
+
+
+def test_play_task_refuses_references_without_statistics_for_a_standardising_model(tmp_path):
+    pytest.importorskip("mujoco")
+    model = JatModel(dataclasses.replace(CONFIG, normalize_observations=True), rngs=nnx.Rngs(0))
+    refs = references.TaskReferences("mujoco-pendulum", "InvertedPendulum-v5", references.Reference(1000.0, 0.0, 20),
+                                     references.Reference(5.0, 4.0, 20),
+                                     references.installed_versions(("gymnasium", "mujoco")))
+    with pytest.raises(references.ReferenceError, match="^mujoco-pendulum: references.json has no observation "
+                                                        "statistics.*re-record or re-import the task$"):
+        evaluate.play_task(model, "mujoco-pendulum", refs, episodes=10)
 
 
 def result(task: str, normalized: list[float]) -> evaluate.TaskResult:

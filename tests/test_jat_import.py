@@ -83,6 +83,13 @@ def test_round_trip(tmp_path, kind, task):
     stored = references.load(tmp_path / "rlds" / task)
     assert stored.expert.mean_return == pytest.approx(np.mean([np.sum(r["rewards"]) for r in want]), rel=1e-5)
     assert stored.random is None
+    if kind == "metaworld":  # per-dimension mean and std of the imported steps' observations
+        observations = np.concatenate([np.asarray(r["continuous_observations"], np.float32) for r in want])
+        assert stored.observation_stats.steps == len(observations)
+        np.testing.assert_allclose(stored.observation_stats.mean, observations.astype(np.float64).mean(0), rtol=1e-9)
+        np.testing.assert_allclose(stored.observation_stats.std, observations.astype(np.float64).std(0), rtol=1e-7)
+    else:
+        assert stored.observation_stats is None
 
 
 def test_unknown_modality_is_a_one_line_error(tmp_path, capsys):

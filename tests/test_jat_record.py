@@ -77,6 +77,17 @@ def test_metaworld_fields_and_success(recorded):
     assert set(stored.versions) == {"gymnasium", "metaworld", "mujoco"}
 
 
+def test_observation_stats_are_numpys_over_the_recorded_expert_steps(recorded):
+    out, _ = recorded
+    observations = np.concatenate([rlds.episode_fields(e)["continuous_observations"]
+                                   for e in _read(out / "metaworld-reach")]).astype(np.float64)
+    stats = references.load(out / "metaworld-reach").observation_stats
+    assert stats.steps == len(observations) == 1000
+    np.testing.assert_allclose(stats.mean, observations.mean(axis=0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(stats.std, observations.std(axis=0), rtol=1e-7, atol=1e-12)
+    assert references.load(out / "babyai-go-to-local").observation_stats is None  # no continuous observations
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_expert_beats_random_in_the_stored_references(recorded, task):
     out, summaries = recorded

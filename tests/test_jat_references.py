@@ -1,5 +1,7 @@
 """JAT references: the expert-normalised score and the refusal to compare other env versions."""
 
+import json
+
 import pytest
 
 from mgdt_jax.recipes.jat import references
@@ -38,3 +40,23 @@ def test_round_trip_and_unusable_references(tmp_path):
     flat = references.TaskReferences(**{**REFS.__dict__, "random": REFS.expert})
     with pytest.raises(references.ReferenceError, match="does not exceed random"):
         references.normalized_score(1.0, flat)
+
+
+def test_observation_stats_round_trip_and_old_references_have_none(tmp_path):
+    stats = references.ObservationStats(mean=(0.5, -1.0, 0.0, 2.0), std=(0.01, 1e-3, 0.0, 1.0), steps=20)
+    with_stats = references.TaskReferences(**{**REFS.__dict__, "observation_stats": stats})
+    references.save(with_stats, tmp_path)
+    assert references.load(tmp_path) == with_stats
+    assert references.observation_stats(with_stats, 4, "here") == stats
+    with pytest.raises(references.ReferenceError, match="^here: observation statistics of 4 dimensions for "
+                                                        "observations of 3$"):
+        references.observation_stats(with_stats, 3, "here")
+    content = REFS.to_json()
+    del content["observation_stats"]  # references.json as written before the statistics existed
+    (tmp_path / references.REFERENCES_FILE).write_text(json.dumps(content))
+    old = references.load(tmp_path)
+    assert old.observation_stats is None
+    with pytest.raises(references.ReferenceError) as error:
+        references.observation_stats(old, 4, "data/mujoco-pendulum")
+    assert str(error.value).startswith("data/mujoco-pendulum: references.json has no observation statistics")
+    assert "re-record or re-import" in str(error.value) and "\n" not in str(error.value)

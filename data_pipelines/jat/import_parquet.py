@@ -8,7 +8,8 @@ The `jat-project/jat-dataset` files hold one episode a row, in the columns of fi
 have one entry per step. The final observation is not stored, so the imported episodes repeat the
 last one in their final RLDS step (metadata.json says `final_observation: repeated`).
 
-The expert reference is the mean return of the imported episodes; no random reference can be
+The expert reference is the mean return of the imported episodes (and, for continuous observations,
+their per-dimension mean and std, as mgdt-jat-record stores them); no random reference can be
 measured without the environment, so references.json holds none (JAT's own were measured on
 other environment versions, see mgdt_jax/recipes/jat/references.py).
 """
@@ -128,7 +129,7 @@ def import_files(files: list[Path], task: str, out_dir: Path, episodes_per_shard
               for name in names}
     spec = rlds.TaskSpec(task, shapes)
     shutil.rmtree(partial, ignore_errors=True)
-    returns = []
+    returns, moments = [], rlds.ObservationMoments()
 
     def chained() -> Iterator[rlds.Episode]:
         yield first
@@ -138,6 +139,7 @@ def import_files(files: list[Path], task: str, out_dir: Path, episodes_per_shard
 
         def count(episode: rlds.Episode) -> None:
             returns.append(episode.episode_return)
+            moments.add(episode)
             bar.update()
 
         try:
@@ -150,8 +152,8 @@ def import_files(files: list[Path], task: str, out_dir: Path, episodes_per_shard
             raise
     expert = jat_references.Reference(mean_return=float(np.mean(returns)), std_return=float(np.std(returns)),
                                       episodes=len(returns))
-    jat_references.save(jat_references.TaskReferences(task=task, env_id="", expert=expert, random=None, versions={}),
-                        partial)
+    jat_references.save(jat_references.TaskReferences(task=task, env_id="", expert=expert, random=None, versions={},
+                                                      observation_stats=moments.stats()), partial)
     partial.rename(final)
     return summary
 

@@ -2,7 +2,8 @@
 
 Each task becomes OUT/<task>/: the expert's episodes (rlds.py layout), references.json (the mean
 return of those episodes and of a uniform-random policy on the same environment version, with the
-package versions) and metadata.json. A task is written into OUT/<task>.partial/ and renamed when
+package versions, and the per-dimension mean and std of the expert's continuous observations) and
+metadata.json. A task is written into OUT/<task>.partial/ and renamed when
 complete, so a rerun skips the tasks already recorded (with the same options) and redoes any other.
 
 MuJoCo tasks need a PPO expert in --experts (EXPERTS/<task>.npz); a missing one is trained first
@@ -134,10 +135,12 @@ def record_task(task: tasks.Task, out_dir: Path, episodes: int, seed: int = 0,
     shutil.rmtree(partial, ignore_errors=True)
     started = time.perf_counter()
     expert_returns, expert_successes, skipped = [], [], []
+    moments = rlds.ObservationMoments()
 
     def count(episode: rlds.Episode) -> None:
         expert_returns.append(episode.episode_return)
         expert_successes.append(episode.success)
+        moments.add(episode)
         on_episode(episode)
 
     summary = rlds.write_dataset(
@@ -152,7 +155,8 @@ def record_task(task: tasks.Task, out_dir: Path, episodes: int, seed: int = 0,
         on_episode(episode)
     references = jat_references.TaskReferences(
         task=task.name, env_id=task.env_id, expert=_reference(expert_returns, expert_successes),
-        random=_reference(random_returns, random_successes), versions=job["versions"])
+        random=_reference(random_returns, random_successes), versions=job["versions"],
+        observation_stats=moments.stats())
     jat_references.save(references, partial)
     partial.rename(final)
     return {**summary, "references": references.to_json(), "resumed": False,

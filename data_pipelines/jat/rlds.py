@@ -36,6 +36,7 @@ from tensorflow_datasets.core import example_serializer
 
 from data_pipelines import rlds_writer
 from mgdt_jax.recipes.jat import fields as jat_fields
+from mgdt_jax.recipes.jat import references as jat_references
 
 VERSION = "1.0.0"
 SPLIT = "train"
@@ -246,6 +247,42 @@ def write_dataset(out_dir: Path, spec: TaskSpec, episodes: Iterable[Episode], me
         split=SPLIT, shard_lengths=lengths, num_bytes=num_bytes,
         description=description or f"JAT task {spec.task} as RLDS episodes.")
     return summary
+
+
+class ObservationMoments:
+    """Running per-dimension mean and variance of the continuous observations of the episodes added.
+
+    Counts the T rows of an episode that carry an action (as `episode_fields` reads them back), in
+    the stored float32 values, merged episode by episode in float64 with Chan, Golub & LeVeque's
+    pairwise update (numerically stable where the mean dwarfs the spread, e.g. a quaternion ~1).
+    """
+
+    def __init__(self) -> None:
+        self.steps, self._mean, self._m2 = 0, None, None
+
+    def add(self, episode: Episode) -> None:
+        if "continuous_observations" not in episode.observations or episode.num_steps == 0:
+            return
+        rows = np.asarray(episode.observations["continuous_observations"][: episode.num_steps], np.float32)
+        rows = rows.astype(np.float64)
+        count, mean = len(rows), rows.mean(axis=0)
+        m2 = ((rows - mean) ** 2).sum(axis=0)
+        if self._mean is None:
+            self.steps, self._mean, self._m2 = count, mean, m2
+            return
+        total = self.steps + count
+        delta = mean - self._mean
+        self._mean = self._mean + delta * (count / total)
+        self._m2 = self._m2 + m2 + delta**2 * (self.steps * count / total)
+        self.steps = total
+
+    def stats(self) -> jat_references.ObservationStats | None:
+        """The mean and population std so far; None if no continuous observations were added."""
+        if self._mean is None:
+            return None
+        std = np.sqrt(self._m2 / self.steps)
+        return jat_references.ObservationStats(mean=tuple(float(v) for v in self._mean),
+                                               std=tuple(float(v) for v in std), steps=self.steps)
 
 
 def read_spec(dataset_dir: Path) -> TaskSpec:

@@ -16,6 +16,9 @@ to the episode's end or the row's, the rest padding (``segment`` -1) — what th
 on short episodes (BabyAI: ~10-60 steps) is measured by benchmarks/jat_packing.py.
 
 Each row carries r_{t-1} at step t (0 at an episode's first step), as JAT's tokenize_stream.py.
+With ``model.normalize_observations`` a continuous task's observations (inputs and next-observation
+targets alike) are standardised with the statistics in its references.json (tokens.py); rewards
+stay raw.
 
 The datasets are read once, at construction, into host memory (``tfds`` data sources, so TFDS is
 imported here and never by the model).
@@ -32,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from mgdt_jax.core.config_sections import read_section, section
-from mgdt_jax.recipes.jat import tokens
+from mgdt_jax.recipes.jat import references, tokens
 from mgdt_jax.recipes.jat.model import ModelConfig
 
 
@@ -91,7 +94,8 @@ def _task_entry(entry: Any, index: int) -> tuple[Path, float, float]:
 
 def load_task(path: Path, model: ModelConfig, *, sampling_weight: float = 1.0, loss_weight: float = 1.0) -> TaskData:
     """Reads a recorded JAT dataset into host memory; ValueError (one line, naming ``path``) if the
-    model cannot read it (unknown field, vector wider than the tiling width, group not built ...)."""
+    model cannot read it (unknown field, vector wider than the tiling width, group not built, no
+    observation statistics for a model that standardises observations ...)."""
     import tensorflow_datasets as tfds  # noqa: PLC0415  (data only: the model never imports TFDS)
 
     from data_pipelines.jat import rlds
@@ -108,6 +112,10 @@ def load_task(path: Path, model: ModelConfig, *, sampling_weight: float = 1.0, l
     if "image_observations" in spec.shapes and tuple(spec.shapes["image_observations"]) != model.image_shape:
         raise ValueError(f"{path}: images of shape {tuple(spec.shapes['image_observations'])}, model.image_shape "
                          f"is {model.image_shape}")
+    observation_size = int(spec.shapes.get("continuous_observations", (0,))[0])
+    stats = None
+    if model.normalize_observations and group == "continuous":
+        stats = references.observation_stats(references.load(path), observation_size, str(path))
     try:
         source = tfds.builder_from_directory(str(path)).as_data_source("train")
     except Exception as error:  # noqa: BLE001  (TFDS raises many types for an unreadable directory)
@@ -121,7 +129,8 @@ def load_task(path: Path, model: ModelConfig, *, sampling_weight: float = 1.0, l
             continue
         parts.append(tokens.step_arrays(fields, length, continuous_width=model.continuous_width,
                                         discrete_width=model.discrete_width, text_length=model.text_length,
-                                        image_shape=model.image_shape if group == "image" else None))
+                                        image_shape=model.image_shape if group == "image" else None,
+                                        observation_stats=stats))
         starts.append(np.arange(length) == 0)
         previous.append(np.concatenate([[0.0], fields["rewards"][:-1]]).astype(np.float32))
     if not parts:
@@ -140,7 +149,7 @@ def load_task(path: Path, model: ModelConfig, *, sampling_weight: float = 1.0, l
     return TaskData(
         name=spec.task, path=str(path), group=group, sampling_weight=sampling_weight, loss_weight=loss_weight,
         steps=steps, episode_start=np.concatenate(starts), previous_reward=np.concatenate(previous),
-        continuous_observation_size=int(spec.shapes.get("continuous_observations", (0,))[0]),
+        continuous_observation_size=observation_size,
         continuous_action_size=int(spec.shapes.get("continuous_actions", (0,))[0]),
         num_discrete_actions=num_actions, num_episodes=len(parts))
 

@@ -8,7 +8,9 @@ history (no prompt). The context is ``model.num_steps`` steps: when an episode o
 is rebuilt from its last ``num_steps // 2`` steps at positions 0.. (a training row also starts
 mid-episode at position 0), and decoding continues. Discrete actions are sampled from the softmax
 over the environment's actions (JAT's default) or taken greedily; continuous ones are the head's
-real dimensions clipped to the action space.
+real dimensions clipped to the action space. A model trained with ``model.normalize_observations``
+gets each continuous observation standardised with the task's statistics from its references.json,
+through the same ``tokens.step_arrays`` as its training rows.
 
 Scores: each episode's return is normalised with the references recorded with the task's
 dataset, (return - random) / (expert - random) (references.py; JAT ``jat/utils.py``), after
@@ -72,13 +74,21 @@ class VectorPolicy:
 
     Call ``reset(i)`` when environment i starts an episode, then ``act(fields, rewards)`` every step
     with each environment's JAT fields of o_t (a list of dicts, tasks.Task.observe) and r_{t-1}.
+    ``observation_stats`` (the task's, references.observation_stats) is required by a model trained
+    with ``model.normalize_observations`` on a continuous task and ignored otherwise.
     """
 
     def __init__(self, model: JatModel, task: TaskInputs, num_envs: int, *, image_shape: tuple[int, ...] | None,
-                 greedy: bool = False, seed: int = 0):
+                 greedy: bool = False, seed: int = 0,
+                 observation_stats: jat_references.ObservationStats | None = None):
         config = model.config
         if task.group not in config.groups:
             raise ValueError(f"the model has no {task.group} encoder (model.groups {list(config.groups)})")
+        standardize = config.normalize_observations and task.group == "continuous"
+        if standardize and observation_stats is None:
+            raise ValueError("the model standardises continuous observations (model.normalize_observations) "
+                             "but no observation statistics were given")
+        self._observation_stats = observation_stats if standardize else None
         self.config, self.task, self.num_envs, self.greedy = config, task, num_envs, greedy
         self._group = config.groups.index(task.group)
         self._graphdef, self._state = nnx.split(model)
@@ -101,7 +111,8 @@ class VectorPolicy:
                                     for name, value in row.items()}, 1,
                                    continuous_width=self.config.continuous_width,
                                    discrete_width=self.config.discrete_width, text_length=self.config.text_length,
-                                   image_shape=self._image_shape) for row in fields]
+                                   image_shape=self._image_shape, observation_stats=self._observation_stats)
+                for row in fields]
         out = {name: np.concatenate([row[name] for row in rows]) for name in rows[0]}
         out["rewards"] = np.zeros(len(fields), np.float32)
         return out
@@ -211,18 +222,30 @@ def play_task(model: JatModel, task_name: str, refs: jat_references.TaskReferenc
 
     ``max_steps`` cuts episodes (for smoke runs); otherwise the environment's own limit ends them.
     Raises ReferenceError (one line) when the installed environment is not the one the references
-    were measured on, and ValueError when the model cannot read the task.
+    were measured on or lack the observation statistics a model with ``model.normalize_observations``
+    needs, and ValueError when the model cannot read the task.
     """
+    from data_pipelines.jat import tasks  # environments: imported only to play
+
     jat_references.check_versions(refs)
+    shapes = tasks.get_task(task_name).spec.shapes
+    stats = None
+    if model.config.normalize_observations and tokens.task_group(task_name, shapes) == "continuous":
+        stats = jat_references.observation_stats(refs, int(shapes["continuous_observations"][0]), task_name)
     returns, env_steps, seconds = play_episodes(model, task_name, episodes=episodes, envs_per_task=envs_per_task,
-                                                seed=seed, greedy=greedy, max_steps=max_steps)
+                                                seed=seed, greedy=greedy, max_steps=max_steps,
+                                                observation_stats=stats)
     normalized = [jat_references.normalized_score(value, refs) for value in returns]
     return TaskResult(task_name, domain_of(task_name), returns, normalized, env_steps, seconds)
 
 
 def play_episodes(model: JatModel, task_name: str, *, episodes: int, envs_per_task: int | None = None, seed: int = 0,
-                  greedy: bool = False, max_steps: int | None = None) -> tuple[list[float], int, float]:
+                  greedy: bool = False, max_steps: int | None = None,
+                  observation_stats: jat_references.ObservationStats | None = None) -> tuple[list[float], int, float]:
     """``play_task`` without references: (returns of the episodes, environment steps, seconds).
+
+    ``observation_stats``: the task's, for a model with ``model.normalize_observations`` on a
+    continuous task (ValueError without them); ignored otherwise.
 
     The seconds cover making, resetting and stepping the environments and the policy's calls
     (including any compilation the first call of a shape needs).
@@ -241,7 +264,8 @@ def play_episodes(model: JatModel, task_name: str, *, episodes: int, envs_per_ta
         count = min(batch, episodes - first)
         envs = [task.make_env(seed + first + index) for index in range(count)]
         inputs = TaskInputs.of(task_name, task.spec.shapes, envs[0].action_space)
-        policy = VectorPolicy(model, inputs, count, image_shape=image_shape, greedy=greedy, seed=seed + first)
+        policy = VectorPolicy(model, inputs, count, image_shape=image_shape, greedy=greedy, seed=seed + first,
+                              observation_stats=observation_stats)
         observations = []
         for index, env in enumerate(envs):
             with contextlib.redirect_stdout(io.StringIO()):  # minigrid prints its level-sampling retries

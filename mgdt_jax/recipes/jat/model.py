@@ -78,6 +78,7 @@ class ModelConfig:
     image_shape: tuple[int, int, int] = (84, 84, 3)  # height, width, channels of image observations
     groups: tuple[str, ...] = GROUPS  # the encoders built (tokens.py); a batch's ``group`` indexes this
     observation_loss_coef: float = 0.005  # kappa; the action loss is weighted 1 - kappa
+    normalize_observations: bool = False  # data and policy standardise continuous observations (tokens.py)
 
     @classmethod
     def from_config(cls, config: Any) -> ModelConfig:

@@ -6,6 +6,11 @@ JAT's own references were measured on gymnasium 0.29, Meta-World v2 and MuJoCo v
 to the environments we record, so every dataset we write carries references measured with its
 episodes, together with the versions of the packages that defined the environment. Evaluating on
 other versions would compare returns of different environments; `check_versions` refuses that.
+
+A task with continuous observations also stores the mean and standard deviation of each observation
+dimension over its expert steps (`ObservationStats`), which a model trained with
+``model.normalize_observations`` uses to standardise that task's observations in training and in
+evaluation alike (docs/jat.md §6). Datasets written before these statistics existed have none.
 """
 
 from __future__ import annotations
@@ -35,12 +40,33 @@ class Reference:
 
 
 @dataclasses.dataclass(frozen=True)
+class ObservationStats:
+    """Per-dimension mean and (population) standard deviation of a task's continuous observations
+    over the `steps` expert steps of its dataset (the T rows per episode a model trains on, the final
+    observation left out). The std is stored as measured; users floor it (tokens.STD_FLOOR)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    steps: int
+
+    @classmethod
+    def from_json(cls, content: dict) -> ObservationStats:
+        stats = cls(mean=tuple(float(v) for v in content["mean"]), std=tuple(float(v) for v in content["std"]),
+                    steps=int(content["steps"]))
+        if len(stats.mean) != len(stats.std) or min(stats.std, default=0.0) < 0:
+            raise ValueError(f"observation_stats: mean of {len(stats.mean)} and std of {len(stats.std)} "
+                             f"dimensions, or a negative std")
+        return stats
+
+
+@dataclasses.dataclass(frozen=True)
 class TaskReferences:
     """A task's references and what they were measured on.
 
     `versions` maps each package that defines the environment (e.g. gymnasium, minigrid, mujoco,
     metaworld) to the version installed when the references were measured. `random` is None for
-    datasets imported without an environment to measure one in.
+    datasets imported without an environment to measure one in. `observation_stats` is None for
+    tasks without continuous observations and for datasets recorded before it existed.
     """
 
     task: str
@@ -48,15 +74,17 @@ class TaskReferences:
     expert: Reference
     random: Reference | None
     versions: dict[str, str]
+    observation_stats: ObservationStats | None = None
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, content: dict) -> TaskReferences:
-        random = content.get("random")
+        random, stats = content.get("random"), content.get("observation_stats")
         return cls(task=content["task"], env_id=content["env_id"], expert=Reference(**content["expert"]),
-                   random=None if random is None else Reference(**random), versions=dict(content["versions"]))
+                   random=None if random is None else Reference(**random), versions=dict(content["versions"]),
+                   observation_stats=None if stats is None else ObservationStats.from_json(stats))
 
 
 def load(dataset_dir: Path) -> TaskReferences:
@@ -96,6 +124,20 @@ def check_versions(references: TaskReferences, installed: dict[str, str] | None 
     if differ:
         raise ReferenceError(f"{references.task}: references were measured with {', '.join(differ)}; "
                              f"evaluate with those versions or re-record the task")
+
+
+def observation_stats(references: TaskReferences, size: int, where: str) -> ObservationStats:
+    """The task's observation statistics for a model that standardises observations; ReferenceError
+    (one line, naming `where`: the dataset or task) if they are missing, as in datasets recorded
+    before they were stored, or do not have `size` dimensions."""
+    stats = references.observation_stats
+    if stats is None:
+        raise ReferenceError(f"{where}: references.json has no observation statistics, which "
+                             f"model.normalize_observations needs; re-record or re-import the task")
+    if len(stats.mean) != size:
+        raise ReferenceError(f"{where}: observation statistics of {len(stats.mean)} dimensions for "
+                             f"observations of {size}")
+    return stats
 
 
 def normalized_score(score: float, references: TaskReferences) -> float:

@@ -4,6 +4,12 @@ Both the training data (data.py) and the evaluation policy (evaluate.py) turn th
 step (mgdt_jax/recipes/jat/fields.py) into the same arrays through ``step_arrays``, so the model
 sees the same inputs in both. Nothing here needs TensorFlow, TFDS or an environment.
 
+**Standardised observations.** With ``model.normalize_observations`` both pass the task's
+observation statistics (references.ObservationStats, measured on its expert data) to
+``step_arrays``, which standardises continuous observations per dimension,
+(x - mean) / max(std, ``STD_FLOOR``), before they are padded (and tiled by the model). JAT feeds
+raw observations; see docs/jat.md §6 for why we offer this.
+
 **Mission text.** JAT tokenises BabyAI's mission with GPT-2's BPE (64 tokens, downloaded from the
 Hub). Here the tokenizer is a fixed word vocabulary of BabyAI's instruction grammar (minigrid
 ``envs/babyai/core/verifier.py``: "go to", "pick up", "open", "put ... next to", ", then",
@@ -30,6 +36,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from mgdt_jax.recipes.jat.references import ObservationStats
+
 GROUPS = ("discrete", "continuous", "image")
 PAD_WORD, UNKNOWN_WORD = 0, 1
 WORDS = (
@@ -40,6 +48,10 @@ WORDS = (
 )  # fmt: skip
 VOCABULARY = {word: index + 2 for index, word in enumerate(WORDS)}  # 0 pads, 1 is an unknown word
 TEXT_VOCABULARY_SIZE = len(WORDS) + 2
+# Smallest std a dimension is divided by. The smallest spread of a moving dimension in our expert data
+# is ~1e-3 (InvertedPendulum's pole angle); Meta-World has dimensions constant up to float noise
+# (std 2e-7 - 7e-7: a quaternion's w, a fixed goal height) that a smaller floor would blow up to O(1).
+STD_FLOOR = 1e-4
 
 
 class InputError(ValueError):
@@ -91,13 +103,21 @@ def batch_keys(groups: Sequence[str]) -> tuple[str, ...]:
     return keys + (("image_observations",) if "image" in groups else ())
 
 
+def standardize(observations: np.ndarray, stats: ObservationStats) -> np.ndarray:
+    """float32 [..., D] continuous observations -> (x - mean) / max(std, STD_FLOOR) per dimension."""
+    mean = np.asarray(stats.mean, np.float32)
+    scale = np.maximum(np.asarray(stats.std, np.float32), np.float32(STD_FLOOR))
+    return (np.asarray(observations, np.float32) - mean) / scale
+
+
 def step_arrays(fields: Mapping[str, np.ndarray | list[str]], num_steps: int, *, continuous_width: int,
-                discrete_width: int, text_length: int,
-                image_shape: tuple[int, ...] | None) -> dict[str, np.ndarray]:
+                discrete_width: int, text_length: int, image_shape: tuple[int, ...] | None,
+                observation_stats: ObservationStats | None = None) -> dict[str, np.ndarray]:
     """The JAT fields of ``num_steps`` steps -> the model's per-step arrays of those steps.
 
     Returns continuous_observations / continuous_actions float32 [T, continuous_width] (zero beyond
-    the real size; the model tiles them), discrete_observations int32 [T, discrete_width],
+    the real size; the model tiles them; observations standardised with ``observation_stats`` when
+    given), discrete_observations int32 [T, discrete_width],
     text_observations int32 [T, text_length], discrete_actions int32 [T], image_observations uint8
     [T, *image_shape] (when image_shape is given), each zero where the task lacks the field.
     Rewards are not here: the data and the policy fold r_{t-1} into step t themselves.
@@ -114,6 +134,8 @@ def step_arrays(fields: Mapping[str, np.ndarray | list[str]], num_steps: int, *,
     for name in ("continuous_observations", "continuous_actions", "discrete_observations"):
         if name in fields:
             values = np.asarray(fields[name])
+            if name == "continuous_observations" and observation_stats is not None:
+                values = standardize(values, observation_stats)
             out[name][:, : values.shape[1]] = values
     if "discrete_actions" in fields:
         out["discrete_actions"][:] = np.asarray(fields["discrete_actions"])
