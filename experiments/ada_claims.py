@@ -104,7 +104,7 @@ def run_config(model: str, benchmark: Path, scale: Scale, steps: int, *, curricu
     return common.from_dict({
         "recipe": "ada",
         "env": {"factory": "mgdt_jax.recipes.ada.xland:make", "benchmark": str(benchmark),
-                "env_id": "XLand-MiniGrid-R1-9x9", "num_trials": 5, "max_trials": 5, "fixed_start": True,
+                "env_id": "XLand-MiniGrid-R1-9x9", "num_trials": 5, "max_trials": 13, "fixed_start": True,
                 "max_steps": 0, "heldout_fraction": 0.1, "split_seed": SEED, "curriculum": curriculum,
                 "curriculum_settings": {}},
         "model": {**dataclasses.asdict(AgentConfig()), "observation": "grid", **MODELS[model]},
