@@ -193,3 +193,12 @@ def test_kickstarting_pulls_the_student_to_its_teacher_while_its_weight_lasts(tr
     assert [logged[step]["train/kickstart_weight"] for step in (5, 10, 15)] == pytest.approx([1.0, 0.5, 0.0])
     # Same seed, same first rollouts: only the distillation term differs.
     assert logged[5]["train/kickstart_kl"] < 0.85 * unweighted[-1]["train/kickstart_kl"]
+
+
+def test_the_grid_encoders_convolution_equals_flax_conv():
+    from mgdt_jax.recipes.ada.agents import _valid_conv_2x2
+
+    conv = nnx.Conv(6, 5, (2, 2), padding="VALID", rngs=nnx.Rngs(0))
+    conv.bias[...] = jax.random.normal(jax.random.key(1), conv.bias.shape)
+    x = jax.random.normal(jax.random.key(2), (3, 4, 5, 5, 6))
+    np.testing.assert_allclose(_valid_conv_2x2(conv, x), conv(x.reshape(-1, 5, 5, 6)).reshape(3, 4, 4, 4, 5), atol=1e-5)

@@ -262,3 +262,35 @@ def test_the_ada_recipe_sees_the_trials_of_a_task_as_one_meta_episode(trivial_be
         ada_xland.make({"factory": env_config["factory"]})
     with pytest.raises(ValueError, match="no such benchmark file"):
         ada_xland.make({**env_config, "benchmark": str(path) + ".missing"})
+
+
+def test_held_out_rulesets_are_never_drawn_and_plr_learns_from_finished_episodes(trivial_benchmark):
+    from mgdt_jax.recipes.ada import xland as ada_xland
+
+    path, _ = trivial_benchmark
+    env_config = {"benchmark": str(path), "num_trials": 2, "max_steps": 4, "heldout_fraction": 0.25, "split_seed": 3}
+    train_ids, heldout_ids = generator.task_split(32, 0.25, 3)
+    keys = jax.random.split(jax.random.key(0), 400)
+    _, uniform = ada_xland.make({**env_config, "curriculum": "uniform"})
+    _, plr = ada_xland.make({**env_config, "curriculum": "plr", "curriculum_settings": {"margin": 0.1}})
+    state = plr.init(jax.random.key(1))
+    for tasks, tasks_state in ((uniform, uniform.init(jax.random.key(1))), (plr, state)):
+        np.testing.assert_array_equal(tasks.heldout_ids, heldout_ids)
+        drawn, _ = jax.vmap(tasks.sample, in_axes=(None, 0))(tasks_state, keys)
+        assert set(np.asarray(drawn).tolist()) == set(train_ids.tolist())  # all of them, nothing held out
+    # The no-op policy (toggle) fires no goal of our generator: it scores 0 on every task.
+    noop = np.asarray(state.noop_scores)
+    assert noop.shape == (32,) and not noop.any()
+    tasks = plr
+    # Two finished meta-episodes (2 trials each) and one step that ends nothing.
+    a, b = int(train_ids[0]), int(train_ids[1])
+    trajectory = {"task_id": jnp.array([[a, b, a]]), "done": jnp.array([[True, True, False]]),
+                  "episode_return": jnp.array([[1.2, 0.1, 5.0]])}
+    state = tasks.update(state, trajectory)
+    np.testing.assert_allclose(np.asarray(state.scores)[[a, b]], [0.6, 0.05], atol=1e-6)  # mean per trial
+    assert np.asarray(state.admitted)[a] and not np.asarray(state.admitted)[b]  # 0.05 is within the 0.1 margin
+    assert int(state.step) == 1 and int(state.seen.sum()) == 2
+    with pytest.raises(ValueError, match="env.curriculum 'nope' is not one of"):
+        ada_xland.make({**env_config, "curriculum": "nope"})
+    with pytest.raises(ValueError, match="env.curriculum_settings: .*unexpected keyword argument 'tempo'"):
+        ada_xland.make({**env_config, "curriculum": "plr", "curriculum_settings": {"tempo": 1.0}})

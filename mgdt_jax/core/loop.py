@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import signal
 from collections.abc import Iterator, Mapping
@@ -45,6 +46,25 @@ class TrainResult:
     last_step: int  # the step reached (num_steps, or earlier when preempted)
     last_checkpoint: int | None
     preempted: bool
+
+
+def read_run_config(workdir: str | Path, recipe: str) -> dict[str, Any]:
+    """The config a training run wrote into ``workdir`` (its ``CONFIG_FILE``), checked to be a run of
+    ``recipe`` (runs from before recipes existed are the default recipe's). ValueError (one line)
+    for a missing or unreadable file or a run of another recipe."""
+    workdir = Path(workdir).expanduser()
+    path = workdir / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{workdir}: no {CONFIG_FILE}: not a training run's workdir") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: unreadable ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: not a config (a JSON {type(config).__name__})")
+    if config.get("recipe", DEFAULT_RECIPE) != recipe:
+        raise ValueError(f"{workdir}: a run of the {config.get('recipe', DEFAULT_RECIPE)!r} recipe, not {recipe!r}")
+    return config
 
 
 def train(

@@ -282,19 +282,10 @@ def load_trained(workdir: str | Path, step: int | None = None) -> tuple[Any, nnx
     config.json, a run of another recipe, or histories that no longer match the config;
     CheckpointError for a missing checkpoint or parameters that do not fit."""
     from mgdt_jax.core import checkpointing
-    from mgdt_jax.core.loop import CONFIG_FILE
+    from mgdt_jax.core.loop import read_run_config
     from mgdt_jax.recipes.ad.recipe import ADRecipe
 
-    workdir = Path(workdir)
-    path = workdir / CONFIG_FILE
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{workdir}: no {CONFIG_FILE}: not a training run's workdir") from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: unreadable ({error})") from None
-    if config.get("recipe", "mgdt") != ADRecipe.name:
-        raise ValueError(f"{workdir}: a run of the {config.get('recipe', 'mgdt')!r} recipe, not {ADRecipe.name!r}")
+    config = read_run_config(workdir, ADRecipe.name)
     recipe = ADRecipe(config)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: recipe.model(nnx.Rngs(0))))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

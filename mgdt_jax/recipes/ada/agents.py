@@ -75,6 +75,17 @@ def _kernel_init(scale: float = 1.0) -> nnx.Initializer:
     return nnx.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
 
 
+def _valid_conv_2x2(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    """``conv(x)`` for a 2x2 VALID convolution, as one matmul over the four shifted views (im2col).
+
+    The same parameters and result as ``nnx.Conv``; XLA:CPU runs a convolution's gradient inside a
+    ``lax.scan`` (PPO's minibatch loop) several times slower than this matmul."""
+    height, width = x.shape[-3] - 1, x.shape[-2] - 1
+    patches = jnp.concatenate([x[..., i:i + height, j:j + width, :] for i in (0, 1) for j in (0, 1)], axis=-1)
+    kernel = conv.kernel[...].reshape(-1, conv.kernel.shape[-1])
+    return patches @ kernel + conv.bias[...]
+
+
 class InputEncoder(nnx.Module):
     """One step's inputs -> float32 [..., d_model]: the sum of each input's embedding."""
 
@@ -108,7 +119,7 @@ class InputEncoder(nnx.Module):
             grid = jnp.concatenate([self.tiles(observation[..., 0]), self.colors(observation[..., 1])], axis=-1)
             grid = grid.reshape(-1, *grid.shape[-3:])
             for conv in self.convs:
-                grid = jax.nn.relu(conv(grid))
+                grid = jax.nn.relu(_valid_conv_2x2(conv, grid))
             encoded = self.observation(grid.reshape(*lead, -1))
         encoded = encoded + self.previous_action(inputs["previous_action"])
         encoded = encoded + self.previous_reward(inputs["previous_reward"][..., None])
@@ -185,6 +196,32 @@ class TransformerXL(nnx.Module):
                       positions=positions, bias=key_bias)
         return self.ln_f(x), cached
 
+    def keys_and_values(self, cached: jax.Array) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+        """Each layer's keys and values [B, H, C, K] of its cached inputs [B, L, C, D] (the actor's
+        KV cache: parameters are fixed during a rollout, so they are projected once per segment)."""
+        projected = [block.attn.keys_and_values(block.ln_1(cached[:, layer])) for layer, block in enumerate(self.blocks)]
+        return tuple(k for k, _ in projected), tuple(v for _, v in projected)
+
+    def decode(
+        self, x: jax.Array, cached: jax.Array, keys: tuple[jax.Array, ...], values: tuple[jax.Array, ...],
+        episode: jax.Array, position: jax.Array,
+    ) -> tuple[jax.Array, jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+        """One query step at context slot ``position`` (int32 [], the same for the whole batch) over the
+        KV cache: x [B, 1, D] embedded step; cached [B, L, C, D] layer inputs (the step's are written,
+        for the memory the segment leaves); keys, values per layer [B, H, C, K]; episode int32 [B, C].
+        Equals ``attend`` at that position. Returns (features [B, 1, D], cached, keys, values)."""
+        batch, context = episode.shape[0], cached.shape[2]
+        index = jnp.arange(context)
+        query_episode = jax.lax.dynamic_index_in_dim(episode, position, axis=1)  # [B, 1]
+        mask = ((index <= position)[None, :] & (episode == query_episode))[:, None, None, :]  # [B, 1, 1, C]
+        bias = (alibi_slopes(self.num_heads)[:, None] * (index - (context - 1)).astype(jnp.float32))[None, :, None, :]
+        slots = jnp.full((batch, 1), position, jnp.int32)
+        keys, values = list(keys), list(values)
+        for layer, block in enumerate(self.blocks):
+            cached = cached.at[:, layer, position].set(x[:, 0])
+            x, keys[layer], values[layer] = block.decode(x, keys[layer], values[layer], slots, mask, bias)
+        return self.ln_f(x), cached, tuple(keys), tuple(values)
+
 
 class TransformerXLAgent(nnx.Module):
     """Input encoder, Transformer-XL memory, actor and critic heads.
@@ -233,7 +270,8 @@ class TransformerXLAgent(nnx.Module):
         """The actor's cache for a segment of ``length`` steps."""
         batch = memory["episode_valid"].shape[0]
         cached, episode = self._context(memory, jnp.zeros((batch, length), bool))
-        return {"hidden": cached, "episode": episode}
+        keys, values = self.transformer.keys_and_values(cached)
+        return {"hidden": cached, "keys": keys, "values": values, "episode": episode}
 
     def act(self, inputs: dict[str, jax.Array], cache: dict[str, jax.Array], t: jax.Array) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
         """Step ``t`` of the segment: inputs [B, ...] -> (logits [B, A], value [B], cache)."""
@@ -241,12 +279,11 @@ class TransformerXLAgent(nnx.Module):
         episode = cache["episode"]
         previous = jnp.where(t == 0, 0, jnp.take(episode, position - 1, axis=1))
         episode = jax.lax.dynamic_update_index_in_dim(episode, previous + inputs["reset"].astype(jnp.int32), position, axis=1)
-        positions = jnp.full((episode.shape[0], 1), position, jnp.int32)
         step_inputs = jax.tree.map(lambda leaf: leaf[:, None], inputs)
-        features, hidden = self.transformer.attend(self.encoder(step_inputs), cache["hidden"], episode, positions,
-                                                   deterministic=True, dropout_key=None)
+        features, hidden, keys, values = self.transformer.decode(
+            self.encoder(step_inputs), cache["hidden"], cache["keys"], cache["values"], episode, position)
         logits, value = self.heads(features[:, 0])
-        return logits, value, {"hidden": hidden, "episode": episode}
+        return logits, value, {"hidden": hidden, "keys": keys, "values": values, "episode": episode}
 
     def end_segment(self, cache: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """The memory after the segment: the last M steps, valid if in the running meta-episode."""

@@ -37,6 +37,7 @@ class ArmRecall:
     num_trials: int = 4
     trial_length: int = 2
     wait_penalty: float = 0.5
+    max_trials: int = 0  # width of the trial one-hot (0: num_trials); evaluation may run up to it
 
     def __post_init__(self):
         if self.num_arms < 2 or self.num_trials < 1 or self.trial_length < 1:
@@ -44,6 +45,8 @@ class ArmRecall:
                 f"arm recall: num_arms {self.num_arms} must be >= 2, num_trials {self.num_trials} and "
                 f"trial_length {self.trial_length} >= 1"
             )
+        if self.max_trials and self.max_trials < self.num_trials:
+            raise ValueError(f"arm recall: max_trials {self.max_trials} below num_trials {self.num_trials}")
 
     @property
     def num_actions(self) -> int:
@@ -65,7 +68,7 @@ class ArmRecall:
             done=done,
             trial=trial.astype(jnp.int32),
             extras={
-                "trial": jax.nn.one_hot(next_trial, self.num_trials, dtype=jnp.float32),
+                "trial": jax.nn.one_hot(next_trial, self.max_trials or self.num_trials, dtype=jnp.float32),
                 "time": (t / self.episode_length).astype(jnp.float32)[None],
             },
         )

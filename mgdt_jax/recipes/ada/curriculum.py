@@ -30,8 +30,13 @@ another, e.g. PLR's positive value loss.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 
@@ -130,21 +135,23 @@ def sample(state: CurriculumState, key: jax.Array, n: int) -> jax.Array:
 
 
 def update(state: CurriculumState, ids: jax.Array, scores: jax.Array, noop_scores: jax.Array,
-           step: jax.Array | int, priorities: jax.Array | None = None) -> CurriculumState:
+           step: jax.Array | int, priorities: jax.Array | None = None, mask: jax.Array | None = None) -> CurriculumState:
     """Record evaluations of tasks `ids` (int [m], in 0..N-1) at training step `step`: the agent's
     `scores` (float [m], e.g. mean return per trial) and the no-op policy's `noop_scores` (float
     [m]) on them, and optional PLR `priorities` (float [m]; default solved_threshold - scores).
-    Repeated ids are averaged. Re-decides the no-op filter for those tasks and sets their C_i to
-    `step`; c becomes max(c, step)."""
+    Entries where `mask` (bool [m], default all) is False are ignored (a fixed-shape batch of
+    which only some entries are evaluations). Repeated ids are averaged. Re-decides the no-op
+    filter for those tasks and sets their C_i to `step`; c becomes max(c, step)."""
     ids = jnp.asarray(ids, jnp.int32)
     scores = jnp.asarray(scores, jnp.float32)
     if priorities is None:
         priorities = state.solved_threshold - scores
-    counts = jnp.zeros(state.num_levels, jnp.float32).at[ids].add(1.0)
+    weight = jnp.ones(ids.shape, jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
+    counts = jnp.zeros(state.num_levels, jnp.float32).at[ids].add(weight)
     hit = counts > 0
 
     def mean(values, old):
-        total = jnp.zeros(state.num_levels, jnp.float32).at[ids].add(jnp.asarray(values, jnp.float32))
+        total = jnp.zeros(state.num_levels, jnp.float32).at[ids].add(weight * jnp.asarray(values, jnp.float32))
         return jnp.where(hit, total / jnp.maximum(counts, 1.0), old)
 
     new_scores = mean(scores, state.scores)
@@ -155,3 +162,41 @@ def update(state: CurriculumState, ids: jax.Array, scores: jax.Array, noop_score
         priorities=mean(priorities, state.priorities), scores=new_scores, noop_scores=new_noop,
         last_updated=jnp.where(hit, step, state.last_updated), seen=state.seen | hit,
         admitted=jnp.where(hit, passes, state.admitted) & state.candidate, step=jnp.maximum(state.step, step))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CurriculumTasks:
+    """The curriculum as the AdA recipe's task source (mgdt_jax/recipes/ada/env.py).
+
+    Draws ruleset ids of ``train_ids`` by ``sample`` above; after each rollout, every meta-episode
+    that finished in it updates its task with score = its mean return per trial (the trajectory's
+    ``episode_return`` / ``num_trials``) against the no-op policy's score on that task, which
+    ``noop_scores()`` (float32 [num_tasks], pure JAX, run once in ``init``) computes. The
+    curriculum's step counts rollouts. ``settings``: the keyword arguments of ``init``.
+    """
+
+    num_tasks: int
+    params_of: Callable[[jax.Array], Any]
+    train_ids: np.ndarray
+    heldout_ids: np.ndarray
+    num_trials: int
+    noop_scores: Callable[[], jax.Array]
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def init(self, key: jax.Array) -> CurriculumState:
+        state = init(self.num_tasks, self.train_ids, **self.settings)
+        return state.replace(noop_scores=jnp.asarray(self.noop_scores(), jnp.float32))
+
+    def sample(self, state: CurriculumState, key: jax.Array) -> tuple[jax.Array, Any]:
+        task_id = sample(state, key, 1)[0]
+        return task_id, self.params_of(task_id)
+
+    def update(self, state: CurriculumState, trajectory: Mapping[str, jax.Array]) -> CurriculumState:
+        ids = trajectory["task_id"].reshape(-1)
+        scores = trajectory["episode_return"].reshape(-1) / self.num_trials
+        return update(state, ids, scores, state.noop_scores[ids], state.step + 1, mask=trajectory["done"].reshape(-1))
+
+    def metrics(self, state: CurriculumState) -> dict[str, jax.Array]:
+        """Logged each train step: tasks admitted by the no-op filter and tasks evaluated so far."""
+        return {"curriculum_admitted": (state.admitted & state.candidate).sum().astype(jnp.float32),
+                "curriculum_seen": state.seen.sum().astype(jnp.float32)}

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class TimeStep(NamedTuple):
@@ -62,21 +63,28 @@ class TaskSource(Protocol):
 
     def update(self, state: Any, trajectory: Mapping[str, jax.Array]) -> Any:
         """The state after a rollout. ``trajectory`` holds [E, T] arrays ``task_id``, ``reward``,
-        ``done``, ``value``, ``advantage`` (GAE) and ``trial`` of the rollout just taken."""
+        ``done``, ``value``, ``advantage`` (GAE), ``trial`` and ``episode_return`` (the return of
+        the meta-episode that ended with the step, where ``done``; 0 elsewhere) of the rollout."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class UniformTasks:
-    """Task ids uniform over ``[0, num_tasks)``; ``params_of(id)`` builds a task's parameters."""
+    """Task ids uniform over ``train_ids`` (None: all of ``[0, num_tasks)``); ``params_of(id)`` builds a
+    task's parameters. ``heldout_ids`` (None: none) are never drawn; evaluation uses them."""
 
     num_tasks: int
     params_of: Any  # Callable[[jax.Array], task_params], pure JAX
+    train_ids: np.ndarray | None = None
+    heldout_ids: np.ndarray | None = None
 
     def init(self, key: jax.Array) -> jax.Array:
         return jnp.zeros((), jnp.int32)  # uniform sampling keeps no state
 
     def sample(self, state: jax.Array, key: jax.Array) -> tuple[jax.Array, Any]:
-        task_id = jax.random.randint(key, (), 0, self.num_tasks, jnp.int32)
+        if self.train_ids is None:
+            task_id = jax.random.randint(key, (), 0, self.num_tasks, jnp.int32)
+        else:
+            task_id = jnp.asarray(self.train_ids, jnp.int32)[jax.random.randint(key, (), 0, len(self.train_ids))]
         return task_id, self.params_of(task_id)
 
     def update(self, state: jax.Array, trajectory: Mapping[str, jax.Array]) -> jax.Array:
@@ -97,3 +105,14 @@ def make(env_config: Any) -> tuple[MetaEnvironment, TaskSource]:
     except (ModuleNotFoundError, AttributeError) as error:
         raise ValueError(f"env.factory {factory!r}: {error}") from None
     return function(env_config)
+
+
+def evaluation_task_ids(tasks: TaskSource) -> tuple[np.ndarray, str]:
+    """``(ids int32 [n], "held-out" | "all")``: the task source's held-out ids, or every task id when it
+    holds none out. ValueError (one line) for a source that names neither."""
+    heldout = getattr(tasks, "heldout_ids", None)
+    if heldout is not None and len(heldout):
+        return np.asarray(heldout, np.int32), "held-out"
+    if hasattr(tasks, "num_tasks"):
+        return np.arange(tasks.num_tasks, dtype=np.int32), "all"
+    raise ValueError(f"{type(tasks).__name__}: names no held-out tasks and no num_tasks to evaluate on")

@@ -14,7 +14,6 @@ and ``train`` (``train.batch_size`` = environments).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from mgdt_jax.recipes.ada import env as ada_env
 from mgdt_jax.recipes.ada import ppo
 from mgdt_jax.recipes.ada.agents import AgentConfig, EnvShapes, make_agent
 
-CONFIG_FILE = "config.json"  # what the core's loop writes into a workdir (a teacher's model section)
 
 
 def env_shapes(env: ada_env.MetaEnvironment, tasks: ada_env.TaskSource, observation: str) -> EnvShapes:
@@ -177,6 +175,7 @@ class AdaRecipe(OnlineRecipe):
             records["reward"], records["value"], records["done"], bootstrap, self.ppo_config.discount, self.ppo_config.gae_lambda
         )
         trajectory = {name: records[name] for name in ("task_id", "reward", "done", "value", "trial")}
+        trajectory["episode_return"] = records["finished_returns"].sum(-1)
         task_state = self.tasks.update(task_state, {**trajectory, "advantage": advantages})
 
         batch = {
@@ -195,7 +194,10 @@ class AdaRecipe(OnlineRecipe):
             batch["teacher_logits"] = records["teacher_logits"]
             batch["kickstart_weight"] = jnp.full((self.num_envs,), ppo.kickstart_weight(self.kickstart_config, step))
             new_per_env["teacher_memory"] = teacher.end_segment(carry["teacher_cache"])
-        return batch, RolloutState(per_env=new_per_env, shared={"tasks": task_state}), self._metrics(records)
+        metrics = self._metrics(records)
+        if hasattr(self.tasks, "metrics"):  # what a curriculum has admitted, seen, ...
+            metrics.update(self.tasks.metrics(task_state))
+        return batch, RolloutState(per_env=new_per_env, shared={"tasks": task_state}), metrics
 
     def _metrics(self, records: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         episodes = records["done"].sum()
@@ -228,29 +230,33 @@ class AdaRecipe(OnlineRecipe):
 
     def step_cost(self, batch_size: int) -> StepCost:
         steps = batch_size * self.ppo_config.rollout_length
-        act = agent_flops(self.agent_config, self.shapes, queries=1, context=self.agent_config.memory_length + self.ppo_config.rollout_length)
-        learn = agent_flops(self.agent_config, self.shapes, queries=self.ppo_config.rollout_length,
-                            context=self.agent_config.memory_length + self.ppo_config.rollout_length)
+        context = self.agent_config.memory_length + self.ppo_config.rollout_length
+        act = agent_flops(self.agent_config, self.shapes, queries=1, context=context, projected=1)
+        learn = agent_flops(self.agent_config, self.shapes, queries=self.ppo_config.rollout_length, context=context)
+        # The actor projects keys and values of its context once per segment (and once for the bootstrap step).
+        cache = 0 if self.agent_config.agent == "gru" else 2 * self.agent_config.num_layers * 2 * 2 * self.agent_config.d_model**2 * context
         # Acting: one forward per step (+ one bootstrap step); learning: forward + backward (3x) per epoch.
-        flops = batch_size * ((self.ppo_config.rollout_length + 1) * act + 3 * self.ppo_config.num_epochs * learn)
+        flops = batch_size * ((self.ppo_config.rollout_length + 1) * act + cache + 3 * self.ppo_config.num_epochs * learn)
         return StepCost(flops=float(flops), tokens=steps, compute_dtype="float32")
 
 
-def agent_flops(config: AgentConfig, shapes: EnvShapes, *, queries: int, context: int) -> float:
+def agent_flops(config: AgentConfig, shapes: EnvShapes, *, queries: int, context: int, projected: int | None = None) -> float:
     """Forward FLOPs (2 per multiply-add) of one environment's pass over ``queries`` steps.
 
-    Transformer-XL: each layer projects keys and values of all ``context`` slots (as the actor's
-    cache does: it holds layer inputs, not keys and values), queries/output/MLP for the queries,
-    attention of each query over the context. GRU: three gates per step. Both: the input
-    projections and heads (embedding lookups and the grid convolutions are not counted).
+    Transformer-XL: each layer projects keys and values of ``projected`` slots (default all
+    ``context``: the learner's pass; an acting step projects only its own, the rest is in the actor's
+    KV cache), queries/output/MLP for the queries, attention of each query over the context. GRU:
+    three gates per step. Both: the input projections and heads (embedding lookups and the grid
+    convolutions are not counted).
     """
+    projected = context if projected is None else projected
     d, h = config.d_model, config.head_hidden
     embed = 2 * d * (1 + shapes.extras_size) + (2 * 4 * 64 * d if config.observation == "grid" else 0)
     heads = 2 * 2 * (config.gru_hidden if config.agent == "gru" else d) * h + 2 * h * (shapes.num_actions + 1)
     if config.agent == "gru":
         core = 2 * 3 * (d * config.gru_hidden + config.gru_hidden**2)
         return float(queries * (embed + core + heads))
-    per_layer = 2 * d * d * (2 * queries + 2 * context) + 2 * 2 * queries * d * config.mlp_ratio * d + 2 * 2 * queries * context * d
+    per_layer = 2 * d * d * (2 * queries + 2 * projected) + 2 * 2 * queries * d * config.mlp_ratio * d + 2 * 2 * queries * context * d
     return float(queries * (embed + heads) + config.num_layers * per_layer)
 
 
@@ -276,23 +282,36 @@ class _Teacher:
         return self._agent().end_segment(cache)
 
 
-def _load_teacher(workdir: str, env: ada_env.MetaEnvironment, tasks: ada_env.TaskSource) -> _Teacher:
-    """The agent trained in ``workdir`` (its config.json's model section, its latest parameters)."""
-    from mgdt_jax.core import checkpointing  # Orbax only when kickstarting
+def load_agent(workdir: str | Path, env: ada_env.MetaEnvironment, tasks: ada_env.TaskSource, *,
+               step: int | None = None) -> tuple[nnx.Module, dict[str, Any], int]:
+    """``(agent, run config, checkpoint step)``: the agent trained in ``workdir`` (its config.json's model
+    section, the parameters of its latest checkpoint, or of ``step``) on one device, for ``env``.
+    ValueError (one line) for a workdir without config.json, a run of another recipe, a missing
+    checkpoint or parameters that do not fit."""
+    from mgdt_jax.core import checkpointing  # Orbax only when loading
+    from mgdt_jax.core.loop import read_run_config
 
-    config_path = Path(workdir).expanduser() / CONFIG_FILE
-    if not config_path.is_file():
-        raise ValueError(f"kickstart.teacher {workdir}: no {CONFIG_FILE} (not a training workdir)")
-    teacher_config = read_section(AgentConfig, json.loads(config_path.read_text()).get("model", {}))
-    agent = nnx.eval_shape(lambda: make_agent(teacher_config, env_shapes(env, tasks, teacher_config.observation), nnx.Rngs(0)))
+    run_config = read_run_config(workdir, AdaRecipe.name)
+    agent_config = read_section(AgentConfig, run_config.get("model", {}))
+    agent = nnx.eval_shape(lambda: make_agent(agent_config, env_shapes(env, tasks, agent_config.observation), nnx.Rngs(0)))
     graphdef, abstract = nnx.split(agent)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), abstract)
     try:
-        params = checkpointing.load_params(workdir, target=target)
-    except checkpointing.CheckpointError as error:
+        directory, chosen = checkpointing.pick_checkpoint(checkpointing.checkpoint_directory(workdir), step)
+        params, _ = checkpointing.load_checkpoint(directory, target=target, step=chosen, recipe=AdaRecipe.name)
+    except (checkpointing.CheckpointError, FileNotFoundError) as error:
+        raise ValueError(str(error)) from None
+    return nnx.merge(graphdef, params), run_config, chosen
+
+
+def _load_teacher(workdir: str, env: ada_env.MetaEnvironment, tasks: ada_env.TaskSource) -> _Teacher:
+    """The agent trained in ``workdir``, acting beside the student."""
+    try:
+        agent, _, _ = load_agent(workdir, env, tasks)
+    except ValueError as error:
         raise ValueError(f"kickstart.teacher: {error}") from None
-    return _Teacher(nnx.merge(graphdef, params))
+    return _Teacher(agent)
 
 
 RECIPE = AdaRecipe

@@ -12,8 +12,9 @@ the next). The agent's extras (AdA: the goal is observed, the rules are not) are
 (one-hot, k), the time within the trial (steps / trial length) and the goal (xminigrid's encoding
 one-hot: goal type, then tile and colour of each of its two object slots).
 
-Tasks are drawn uniformly over every ruleset of ``benchmark`` (a file of ``mgdt-xland-benchmark``,
-checked against its sha256 record). The rulesets are constants of the compiled step: keep the
+Tasks are drawn uniformly, or by PLR with a no-op filter (``curriculum = "plr"``), over the
+training rulesets of ``benchmark`` (a file of ``mgdt-xland-benchmark``, checked against its sha256
+record); ``heldout_fraction`` holds a fixed split out for evaluation (mgdt-ada-eval). The rulesets are constants of the compiled step: keep the
 benchmark to what fits comfortably in a program (a million ``high`` rulesets, ~165 MB, does not).
 Needs xminigrid (the ``ada`` extra).
 """
@@ -25,9 +26,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mgdt_jax.core.config_sections import read_section
 from mgdt_jax.envs.xland import generator, trials
+from mgdt_jax.recipes.ada import curriculum
 from mgdt_jax.recipes.ada.env import TimeStep, UniformTasks
 
 
@@ -40,6 +43,11 @@ class XLandConfig:
     num_trials: int = 5
     fixed_start: bool = True  # every trial restarts from the episode's first world (AdA)
     max_steps: int = 0  # a trial's step limit; 0: xminigrid's default (3 * height * width)
+    max_trials: int = 0  # width of the trial one-hot the agent sees (0: num_trials); evaluation may run up to it
+    heldout_fraction: float = 0.0  # rulesets held out of training (generator.task_split), for evaluation
+    split_seed: int = 0
+    curriculum: str = "uniform"  # "uniform" | "plr" (PLR with a no-op filter, curriculum.py)
+    curriculum_settings: dict = dataclasses.field(default_factory=dict)  # keyword arguments of curriculum.init
 
 
 def goal_features(goal: jax.Array) -> jax.Array:
@@ -62,6 +70,7 @@ class XLandTrials:
 
     env: trials.TrialEnv
     benchmark: dict[str, Any]  # the benchmark's record: benchmark_id, sha256, generator settings
+    trial_features: int  # width of the trial one-hot (>= num_trials)
 
     @property
     def num_actions(self) -> int:
@@ -70,6 +79,11 @@ class XLandTrials:
     @property
     def num_trials(self) -> int:
         return self.env.num_trials
+
+    @property
+    def episode_length(self) -> int:
+        """Most steps a meta-episode takes."""
+        return self.env.episode_length
 
     def reset(self, key: jax.Array, ruleset: Any) -> tuple[trials.TrialState, TimeStep]:
         state, timestep = self.env.reset(key, ruleset)
@@ -88,7 +102,7 @@ class XLandTrials:
             done=timestep.episode_done,
             trial=reward_trial.astype(jnp.int32),
             extras={
-                "trial": jax.nn.one_hot(timestep.trial, self.num_trials, dtype=jnp.float32),
+                "trial": jax.nn.one_hot(timestep.trial, self.trial_features, dtype=jnp.float32),
                 "time": (timestep.time / self.env.trial_length).astype(jnp.float32)[None],
                 "goal": goal_features(timestep.goal),
             },
@@ -97,20 +111,69 @@ class XLandTrials:
     def describe(self) -> dict[str, Any]:
         return {"name": "xland", "env_id": self.env.env_id, "num_trials": self.num_trials,
                 "fixed_start": self.env.fixed_start, "trial_length": self.env.trial_length,
+                "trial_features": self.trial_features,
                 "benchmark_id": self.benchmark["benchmark_id"], "benchmark_sha256": self.benchmark["sha256"]}
 
 
-def make(env_config: Any) -> tuple[XLandTrials, UniformTasks]:
-    """The ``env.factory`` of XLand-MiniGrid: the meta-environment and uniform tasks over the benchmark.
+def noop_trial_returns(env: trials.TrialEnv, benchmark: Any, ids: np.ndarray, key: jax.Array) -> jax.Array:
+    """float32 [len(ids)]: the return of the no-op policy (``trials.NOOP_ACTION`` at every step) in the
+    first trial of an episode of each ruleset id (pure JAX; one start per task, drawn from ``key``).
+    With ``fixed_start`` every trial restarts from the same world, so this is its return per trial."""
+    rulesets = trials.get_rulesets(benchmark, ids)
+    state, _ = jax.vmap(env.reset)(jax.random.split(key, len(ids)), rulesets)
+
+    def one_step(carry, _):
+        state, total, running = carry
+        state, timestep = jax.vmap(env.step)(state, jnp.full(len(ids), trials.NOOP_ACTION, jnp.int32))
+        return (state, total + jnp.where(running, timestep.reward, 0.0), running & ~timestep.trial_done), None
+
+    carry = (state, jnp.zeros(len(ids), jnp.float32), jnp.ones(len(ids), bool))
+    (_, total, _), _ = jax.lax.scan(one_step, carry, None, length=env.trial_length)
+    return total
+
+
+CURRICULA = ("uniform", "plr")
+
+
+def make(env_config: Any) -> tuple[XLandTrials, UniformTasks | curriculum.CurriculumTasks]:
+    """The ``env.factory`` of XLand-MiniGrid: the meta-environment and its task source, uniform or
+    PLR with a no-op filter (``curriculum``) over the training rulesets of ``benchmark``; with
+    ``heldout_fraction`` a split of ``generator.task_split(n, heldout_fraction, split_seed)`` is held
+    out (the task source's ``heldout_ids``) and never drawn.
 
     ValueError (one line) for a missing, altered or unreadable benchmark file, an unknown
-    ``env_id`` or bad trial settings.
+    ``env_id`` or curriculum, or bad trial or split settings.
     """
     settings = read_section(XLandConfig, env_config)
     if not settings.benchmark:
         raise ValueError("env.benchmark: give a benchmark file (mgdt-xland-benchmark writes one)")
+    if settings.curriculum not in CURRICULA:
+        raise ValueError(f"env.curriculum {settings.curriculum!r} is not one of {CURRICULA}")
+    trial_features = settings.max_trials or settings.num_trials
+    if trial_features < settings.num_trials:
+        raise ValueError(f"env.max_trials {settings.max_trials}: below num_trials {settings.num_trials}")
     benchmark, record = generator.load(settings.benchmark)
     env = trials.TrialEnv(settings.env_id, num_trials=settings.num_trials, fixed_start=settings.fixed_start,
                           max_steps=settings.max_steps or None)
     env.num_actions  # noqa: B018  (an unknown env_id fails here, in one line, not inside a trace)
-    return XLandTrials(env, record), UniformTasks(num_tasks=record["num_rulesets"], params_of=benchmark.get_ruleset)
+    num_tasks = record["num_rulesets"]
+    train_ids = heldout_ids = None
+    if settings.heldout_fraction:
+        train_ids, heldout_ids = generator.task_split(num_tasks, settings.heldout_fraction, settings.split_seed)
+    meta_env = XLandTrials(env, record, trial_features)
+    if settings.curriculum == "uniform":
+        return meta_env, UniformTasks(num_tasks, benchmark.get_ruleset, train_ids, heldout_ids)
+    train = np.arange(num_tasks, dtype=np.int32) if train_ids is None else train_ids
+
+    def noop_scores() -> jax.Array:
+        scores = noop_trial_returns(env, benchmark, train, jax.random.key(settings.split_seed))
+        return jnp.zeros(num_tasks, jnp.float32).at[train].set(scores)
+
+    try:
+        curriculum.init(num_tasks, train, **dict(settings.curriculum_settings))
+    except TypeError as error:  # an unknown setting
+        raise ValueError(f"env.curriculum_settings: {error}") from None
+    tasks = curriculum.CurriculumTasks(num_tasks, benchmark.get_ruleset, train,
+                                       np.zeros(0, np.int32) if heldout_ids is None else heldout_ids,
+                                       settings.num_trials, noop_scores, dict(settings.curriculum_settings))
+    return meta_env, tasks

@@ -1,0 +1,282 @@
+"""The AdA claims on XLand-MiniGrid, each benchmark -> training -> held-out evaluation -> table and plot.
+
+    python experiments/ada_claims.py meta-rl [--quick] --out DIR [--docs]
+    python experiments/ada_claims.py curriculum [--quick] --out DIR [--docs]
+    python experiments/ada_claims.py kickstart [--quick] --out DIR [--docs]
+
+All three on a trivial-preset benchmark generated here (mgdt_jax/envs/xland/generator.py; its
+benchmark_id, sha256 and settings go into every report), XLand-MiniGrid-R1-9x9, 5 trials per
+episode (fixed start), 10% of the rulesets held out (split seed 0) and never trained on; each
+claim fits 60 minutes on 2 CPU cores (the sizes below were chosen from measured train-step times).
+
+* ``meta-rl``: the Transformer-XL agent and the GRU RL² baseline (XLand-MiniGrid's: recurrent PPO
+  over a fixed lifetime of 5 trials), the same PPO settings and environment steps. Claims, on
+  held-out tasks: the Transformer-XL's trial-5 mean return >= 1.5x its trial-1 return, and its
+  trial-5 return >= the GRU's.
+* ``curriculum``: PLR with a no-op filter (mgdt_jax/recipes/ada/curriculum.py) against uniform
+  sampling of the training tasks, the same agent and steps; held-out per-trial returns of both.
+* ``kickstart``: a small GRU teacher is trained first; the Transformer-XL student learns with
+  the distillation term (weight 1, annealed linearly to 0 over the first half of training) and
+  without it, the same steps; held-out per-trial returns of both.
+
+The comparisons are reported at equal environment steps, not asserted: the table says which way
+they went. ``--quick`` shrinks everything to a smoke run of the same pipeline (no claim).
+``--docs`` writes the table into docs/ada.md between the claim's markers and the figures into
+docs/figures/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from experiments import common
+from mgdt_jax.core import loop
+from mgdt_jax.core.metric_writer import METRICS_FILE
+from mgdt_jax.envs.xland import generator
+from mgdt_jax.recipes.ada import evaluate
+from mgdt_jax.recipes.ada.agents import AgentConfig
+from mgdt_jax.recipes.ada.ppo import KickstartConfig, PPOConfig
+
+SEED = 0
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+BUDGET_S = 3600
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """Sizes of one run of a claim (the full claim or its --quick smoke run)."""
+
+    rulesets: int  # generated trivial rulesets (10% held out)
+    num_envs: int
+    rollout_length: int
+    train_steps: int  # PPO train steps per run: env steps = train_steps x num_envs x rollout_length
+    teacher_steps: int  # kickstart: the GRU teacher's train steps
+    eval_episodes: int  # meta-episodes per held-out task
+    num_minibatches: int
+
+
+# Sizes from train steps measured on the shared 2-core CPU (load average ~7 from other work): one
+# step of 128 envs x 32 steps took 0.95 s with the Transformer-XL (0.85 s under PLR) and 0.45 s with
+# the GRU; each evaluation ~1 min, each compile ~0.5-1 min. Estimates (docs/ada.md, "Claims"):
+# meta-rl 1500 x (0.95 + 0.45) s = 35 min, curriculum 2 x 1200 x 0.95 s = 38 min, kickstart
+# 2 x 1100 x 0.95 s + 600 teacher steps x ~0.4 s = 39 min, each + ~5-8 min of compiles and evaluation.
+FULL = {
+    "meta-rl": Scale(rulesets=2000, num_envs=128, rollout_length=32, train_steps=1500, teacher_steps=0,
+                     eval_episodes=2, num_minibatches=4),
+    "curriculum": Scale(rulesets=2000, num_envs=128, rollout_length=32, train_steps=1200, teacher_steps=0,
+                        eval_episodes=2, num_minibatches=4),
+    "kickstart": Scale(rulesets=2000, num_envs=128, rollout_length=32, train_steps=1100, teacher_steps=600,
+                       eval_episodes=2, num_minibatches=4),
+}
+QUICK = Scale(rulesets=200, num_envs=16, rollout_length=16, train_steps=3, teacher_steps=2, eval_episodes=1,
+              num_minibatches=2)
+
+MODELS = {
+    "trxl": {"agent": "trxl", "num_layers": 2, "d_model": 64, "num_heads": 4, "memory_length": 64, "head_hidden": 64},
+    "gru": {"agent": "gru", "d_model": 64, "gru_hidden": 128, "head_hidden": 64},
+    "gru_teacher": {"agent": "gru", "d_model": 32, "gru_hidden": 64, "head_hidden": 32},
+}
+
+
+def make_benchmark(out: Path, scale: Scale) -> tuple[Path, dict]:
+    """The trivial-preset benchmark of ``scale.rulesets`` rulesets (seed 0), written under ``out``."""
+    path = out / "benchmark" / f"trivial_{scale.rulesets}.pkl.bz2"
+    path.parent.mkdir(parents=True)
+    settings = generator.PRESETS["trivial"]
+    arrays, stats = generator.generate(settings, scale.rulesets, SEED)
+    return path, generator.write(arrays, path, settings=settings, seed=SEED, preset="trivial", stats=stats)
+
+
+def run_config(model: str, benchmark: Path, scale: Scale, steps: int, *, curriculum: str = "uniform",
+               teacher: Path | None = None, anneal_steps: int = 0):
+    """A training config: XLand R1-9x9, 5 trials, PPO with XLand-MiniGrid's meta-RL settings scaled down."""
+    return common.from_dict({
+        "recipe": "ada",
+        "env": {"factory": "mgdt_jax.recipes.ada.xland:make", "benchmark": str(benchmark),
+                "env_id": "XLand-MiniGrid-R1-9x9", "num_trials": 5, "max_trials": 13, "fixed_start": True,
+                "max_steps": 0, "heldout_fraction": 0.1, "split_seed": SEED, "curriculum": curriculum,
+                "curriculum_settings": {}},
+        "model": {**dataclasses.asdict(AgentConfig()), "observation": "grid", **MODELS[model]},
+        "ppo": {**dataclasses.asdict(PPOConfig()), "rollout_length": scale.rollout_length, "num_epochs": 1,
+                "num_minibatches": scale.num_minibatches, "entropy_coef": 0.01},
+        "kickstart": {**dataclasses.asdict(KickstartConfig()), "teacher": str(teacher or ""), "weight": 1.0,
+                      "hold_steps": 0, "anneal_steps": max(anneal_steps, 1)},
+        "mesh": {"data": -1, "fsdp": 1, "tensor": 1},
+        "optimizer": {"name": "adamw", "learning_rate": 1e-3, "warmup_steps": min(10, steps), "schedule": "constant",
+                      "grad_clip_norm": 0.5, "eps": 1e-5},
+        "train": {"batch_size": scale.num_envs, "grad_accum_steps": 1, "num_steps": steps, "seed": SEED,
+                  "log_every": max(min(steps // 20, 10), 1), "checkpoint_every": steps, "keep_checkpoints": 1,
+                  "eval_every": 0, "init_from": ""},
+    })
+
+
+def train(name: str, config, out: Path) -> tuple[Path, float]:
+    workdir = out / name
+    started = time.perf_counter()
+    loop.train(config, workdir)
+    seconds = time.perf_counter() - started
+    print(f"trained {name}: {config.train.num_steps} steps x {config.train.batch_size} envs x "
+          f"{config.ppo.rollout_length} = {env_steps(config):,} env steps in {seconds:.0f} s", flush=True)
+    return workdir, seconds
+
+
+def env_steps(config) -> int:
+    return config.train.num_steps * config.train.batch_size * config.ppo.rollout_length
+
+
+def training_curve(workdir: Path, steps_per_train_step: int, window: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(env steps, return per trial [n, 5]) over the run: each logged rollout's mean return of the
+    meta-episodes that ended in it, averaged over ``window`` logged rollouts weighted by their
+    episode counts (a rollout where none ended counts for nothing)."""
+    entries = [json.loads(line) for line in (workdir / METRICS_FILE).read_text().splitlines()]
+    entries = [e for e in entries if "train/return_trial_1" in e]
+    steps = np.array([e["step"] * steps_per_train_step for e in entries])
+    episodes = np.array([e["train/episodes"] for e in entries])
+    returns = np.array([[e[f"train/return_trial_{k}"] for k in range(1, 6)] for e in entries])
+    kernel = np.ones(min(window, len(entries)))
+    weight = np.convolve(episodes, kernel, "valid")
+    smoothed = np.stack([np.convolve(episodes * returns[:, k], kernel, "valid") for k in range(5)], axis=1)
+    keep = weight > 0
+    return steps[len(kernel) - 1:][keep], smoothed[keep] / weight[keep, None]
+def plot_training(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> None:
+    """Training return of trial 1 and trial 5 against environment steps, one colour per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(6, 3.8))
+    for name, (steps, returns) in curves.items():
+        (line,) = axis.plot(steps, returns[:, 4], label=f"{name}, trial 5")
+        axis.plot(steps, returns[:, 0], linestyle="--", color=line.get_color(), label=f"{name}, trial 1")
+    axis.set_xlabel("environment steps")
+    axis.set_ylabel("training return in the trial\n(episodes ended, moving average)")
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def table(report: dict) -> str:
+    lines = ["| run | " + " | ".join(f"trial {k}" for k in range(1, 6)) + " | trial 5 / trial 1 | median trial 5 | p20 trial 5 |",
+             "|---|" + "---|" * 8]
+    for name, run in report["runs"].items():
+        mean = run["scores"]["mean"]
+        cells = " | ".join(f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in zip(mean["value"], mean["low"], mean["high"]))
+        ratio = mean["value"][-1] / mean["value"][0] if mean["value"][0] > 0 else float("inf")
+        lines.append(f"| {name} | {cells} | {ratio:.2f} | {run['scores']['median']['value'][-1]:.3f} | "
+                     f"{run['scores']['p20']['value'][-1]:.3f} |")
+    return "\n".join(lines)
+
+
+def write_docs(claim: str, text: str, figures: list[Path]) -> None:
+    """The claim's section of docs/ada.md (between its markers) and its figures in docs/figures/."""
+    begin, end = f"<!-- ada_claims:{claim}:begin -->", f"<!-- ada_claims:{claim}:end -->"
+    path = DOCS / "ada.md"
+    document = path.read_text()
+    if begin not in document or end not in document:
+        raise SystemExit(f"{path}: lacks the markers {begin} ... {end}")
+    for figure in figures:
+        shutil.copyfile(figure, DOCS / "figures" / figure.name)
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    path.write_text(pattern.sub(lambda _: f"{begin}\n{text}\n{end}", document))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("claim", choices=("meta-rl", "curriculum", "kickstart"))
+    parser.add_argument("--quick", action="store_true", help="a smoke run of the same pipeline (no claim)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--docs", action="store_true", help="write the table and figures into docs/")
+    args = parser.parse_args(argv)
+    if args.out.exists():
+        raise SystemExit(f"--out {args.out}: already exists; choose a new directory")
+    if args.docs and args.quick:
+        raise SystemExit("--docs: a --quick run is no claim; docs take full runs only")
+    scale = QUICK if args.quick else FULL[args.claim]
+    started = time.perf_counter()
+    print(f"# {args.claim}{' (quick)' if args.quick else ''}: {scale}; jax {jax.__version__} on "
+          f"{jax.devices()[0].platform}, {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}", flush=True)
+    args.out.mkdir(parents=True)
+    benchmark, record = make_benchmark(args.out, scale)
+    print(f"benchmark {record['benchmark_id']} ({record['num_rulesets']} trivial rulesets, sha256 {record['sha256'][:16]}...)",
+          flush=True)
+
+    steps = scale.train_steps
+    runs: dict[str, Path] = {}
+    seconds: dict[str, float] = {}
+    if args.claim == "meta-rl":
+        for name, model in (("Transformer-XL", "trxl"), ("GRU RL2", "gru")):
+            runs[name], seconds[name] = train(model, run_config(model, benchmark, scale, steps), args.out)
+    elif args.claim == "curriculum":
+        for name, curriculum in (("PLR + no-op filter", "plr"), ("uniform", "uniform")):
+            runs[name], seconds[name] = train(curriculum, run_config("trxl", benchmark, scale, steps, curriculum=curriculum),
+                                              args.out)
+    else:
+        teacher, seconds["GRU teacher"] = train("teacher", run_config("gru_teacher", benchmark, scale, scale.teacher_steps),
+                                                args.out)
+        kick = run_config("trxl", benchmark, scale, steps, teacher=teacher, anneal_steps=steps // 2)
+        runs["kickstarted"], seconds["kickstarted"] = train("kickstarted", kick, args.out)
+        runs["not kickstarted"], seconds["not kickstarted"] = train("plain", run_config("trxl", benchmark, scale, steps),
+                                                                    args.out)
+        runs["GRU teacher"] = teacher
+
+    eval_started = time.perf_counter()
+    scores = [evaluate.evaluate_run(workdir, episodes=scale.eval_episodes, seed=SEED, name=name)
+              for name, workdir in runs.items()]
+    report = evaluate.write_report(scores, args.out / "report", extra={"benchmark": record})
+    eval_s = time.perf_counter() - eval_started
+    total_s = time.perf_counter() - started
+
+    per_step = scale.num_envs * scale.rollout_length
+    plot_training({name: training_curve(workdir, per_step) for name, workdir in runs.items()},
+                  args.out / "report" / "training.png",
+                  f"{args.claim}: training return, {record['benchmark_id']}")
+    means = {name: run["scores"]["mean"]["value"] for name, run in report["runs"].items()}
+    checks: dict[str, bool] = {}
+    if args.claim == "meta-rl":
+        trxl, gru = means["Transformer-XL"], means["GRU RL2"]
+        checks["Transformer-XL trial 5 >= 1.5x trial 1"] = bool(trxl[4] >= 1.5 * trxl[0])
+        checks["Transformer-XL trial 5 >= GRU trial 5"] = bool(trxl[4] >= gru[4])
+    elif args.claim == "curriculum":
+        checks["PLR trial 5 >= uniform trial 5 (reported, not claimed)"] = bool(means["PLR + no-op filter"][4] >= means["uniform"][4])
+    else:
+        checks["kickstarted trial 5 >= not kickstarted (reported, not claimed)"] = bool(means["kickstarted"][4] >= means["not kickstarted"][4])
+    checks["within 60 minutes"] = total_s <= BUDGET_S
+
+    text = (f"`python experiments/ada_claims.py {args.claim} --out DIR`: benchmark `{record['benchmark_id']}` (trivial "
+            f"preset, seed {SEED}, {record['num_rulesets']} rulesets, {report['runs'][next(iter(runs))]['tasks']} held out), "
+            f"XLand-MiniGrid-R1-9x9, 5 trials; {steps * per_step:,} env steps per run ({steps} PPO steps x "
+            f"{scale.num_envs} envs x {scale.rollout_length}); held-out returns per trial, mean over tasks "
+            f"[bootstrap 95% CI], {scale.eval_episodes} episodes per task, actions sampled. Training "
+            + ", ".join(f"{name} {s / 60:.1f} min" for name, s in seconds.items())
+            + f"; evaluation {eval_s / 60:.1f} min; total {total_s / 60:.1f} min on {os.cpu_count()} CPU cores.\n\n"
+            + table(report) + "\n\n" + "\n".join(f"* {name}: {'yes' if ok else 'NO'}" for name, ok in checks.items())
+            + f"\n\n![held-out return per trial](figures/ada_{args.claim}_scores.png)\n"
+            + f"![training return](figures/ada_{args.claim}_training.png)\n")
+    print("\n" + text)
+    (args.out / "summary.json").write_text(json.dumps({
+        "claim": args.claim, "quick": args.quick, "scale": dataclasses.asdict(scale), "benchmark": record,
+        "seconds": {**seconds, "evaluation": eval_s, "total": total_s}, "trial_means": means, "checks": checks}, indent=1))
+    if args.docs:
+        figures = [args.out / "report" / f"ada_{args.claim}_{kind}.png" for kind in ("scores", "training")]
+        shutil.copyfile(args.out / "report" / evaluate.SCORES_PNG, figures[0])
+        shutil.copyfile(args.out / "report" / "training.png", figures[1])
+        write_docs(args.claim, text, figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
