@@ -141,7 +141,7 @@ from experiments import ada_tiny
 
 def get_config():
     config = ada_tiny.get_config()
-    config.model.num_layers = 2
+    config.model.num_layers = 1  # as the step tests' case: compiling the Transformer-XL dominates
     config.model.d_model = 64
     config.model.memory_length = 32
     config.ppo.rollout_length = 16  # steps long enough for the run to be stopped mid-way
@@ -170,6 +170,7 @@ class AdaCase:
         "env": {"factory": "mgdt_jax.recipes.ada.arm_recall:make", "num_trials": 4},
         "ppo": {"rollout_length": 8, "num_epochs": 2, "num_minibatches": 2},
     }
+    model_fields = {"num_layers": 1}  # the Transformer-XL's rollout and update dominate compile time
 
     def batches(self, request: pytest.FixtureRequest) -> list[dict[str, np.ndarray]]:
         return [{}, {}]  # the step rolls out its own
