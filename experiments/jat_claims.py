@@ -86,7 +86,7 @@ class Setting:
     normalize_observations: bool = True  # per-task standardised continuous observations (docs/jat.md §6)
 
 
-FULL = Setting(tasks=BABYAI + METAWORLD + MUJOCO + IMAGE, episodes=EPISODES, train_steps=3500, batch_size=32,
+FULL = Setting(tasks=BABYAI + METAWORLD + MUJOCO + IMAGE, episodes=EPISODES, train_steps=8000, batch_size=32,
                num_layers=3, d_model=128, num_steps=32, learning_rate=1e-3, warmup_steps=200, eval_episodes=10,
                max_eval_steps=None)
 QUICK = Setting(tasks=(BABYAI[0], METAWORLD[0], MUJOCO[0], IMAGE[0]), episodes=QUICK_EPISODES, train_steps=40,
