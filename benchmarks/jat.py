@@ -16,8 +16,8 @@ Modes (``--modes``, comma list):
   fp32, dropout 0 (GPT-Neo's default dropouts), AdamW lr 1e-4, betas (0.9, 0.999), weight decay 0,
   global-norm clip 1.0, no schedule (the peer's settings). By default the model holds only the
   task's encoders, as the peer's step touches only the task's (its AdamW skips parameters without a
-  gradient); ``--all-groups`` builds the model of a mixed run (continuous and image encoders, the
-  batch's group picked by ``lax.switch``), whose idle encoder AdamW still updates. Printed: steps/s,
+  gradient); ``--all-groups`` builds the model of a mixed run (continuous and image encoders; the step
+  compiled for the batch's group runs only its encoder), whose idle encoder AdamW still updates. Printed: steps/s,
   tokens/s (2 tokens a step), MFU of the decoder's FLOPs (mgdt_jax/core/flops.py: 6 N tokens +
   12 L D T^2 a sequence, the peer's "blocks" formula) against the best fp32 matmul measured at the
   start of this run, and ours/peer ratios.
@@ -98,9 +98,8 @@ def model_config(size: str, task: str, all_groups: bool) -> ModelConfig:
 def synthetic_batch(config: ModelConfig, task: str, batch_size: int) -> dict[str, np.ndarray]:
     """The peer's fixed random batch in our layout: one whole episode a row, every step real."""
     shape, rng = TASKS[task], np.random.default_rng(0)
-    batch = empty_batch(config, batch_size)
+    batch = empty_batch(config, batch_size, shape.group)
     steps = (batch_size, shape.num_steps)
-    batch["group"][:] = config.groups.index(shape.group)
     batch["loss_weight"][:] = 1.0
     batch["position"][:] = np.arange(shape.num_steps)
     if shape.group == "continuous":

@@ -192,6 +192,7 @@ class JatCase:
 
     def batches(self, request: pytest.FixtureRequest) -> list[dict[str, np.ndarray]]:
         """Packed rows of the small synthetic JAT datasets: batch 0 discrete, batch 1 continuous."""
+        from mgdt_jax.recipes.jat import tokens
         from mgdt_jax.recipes.jat.recipe import JatRecipe
 
         config = {**step_config(self, {}), "data": {"tasks": self._tasks(request)}}
@@ -199,8 +200,8 @@ class JatCase:
         by_group = {}
         for step in range(64):
             batch = data.batch(step)
-            by_group.setdefault(int(batch["group"][0]), batch)
-        return [by_group[0], by_group[1]]
+            by_group.setdefault(tokens.batch_group(batch), batch)
+        return [by_group["discrete"], by_group["continuous"]]
 
     def config_file(self, request: pytest.FixtureRequest, **fields: Any) -> str:
         return JAT_CONFIG_FILE.format(tasks=self._tasks(request), **fields)

@@ -48,7 +48,7 @@ def test_batches_are_functions_of_seed_and_step_and_packing_leaves_no_padding(ja
     first, again = packed.batch(5), stream(jat_datasets).batch(5)
     for name in first:
         np.testing.assert_array_equal(first[name], again[name])
-    assert len(set(first["group"])) == 1  # modality-homogeneous
+    assert set(first) == set(tokens.batch_keys(tokens.batch_group(first)))  # modality-homogeneous
     real = [np.mean(packed.batch(k)["segment"] >= 0) for k in range(10)]
     naive = [np.mean(padded.batch(k)["segment"] >= 0) for k in range(10)]
     assert min(real) == 1.0 and max(naive) < 0.9  # episodes of 3-20 steps in rows of 16
@@ -60,22 +60,26 @@ def test_batches_are_functions_of_seed_and_step_and_packing_leaves_no_padding(ja
 
 
 def test_the_empty_batch_has_the_keys_shapes_and_dtypes_of_a_real_one(jat_datasets):
-    real = stream(jat_datasets).batch(0)
-    empty = data.empty_batch(MODEL, 8)
-    assert {name: (a.shape, a.dtype) for name, a in empty.items()} == {name: (a.shape, a.dtype) for name, a in real.items()}
+    batches = stream(jat_datasets)
+    real = {tokens.batch_group(batch): batch for batch in map(batches.batch, range(16))}
+    assert set(real) == {"discrete", "continuous"}
+    for group, batch in real.items():
+        empty = data.empty_batch(MODEL, 8, group)
+        assert {name: (a.shape, a.dtype) for name, a in empty.items()} == {name: (a.shape, a.dtype) for name, a in batch.items()}
     with_images = ModelConfig(num_steps=4, image_shape=(8, 8, 3))
-    images = data.empty_batch(with_images, 2)
-    assert set(images) == set(tokens.batch_keys(with_images.groups))
+    images = data.empty_batch(with_images, 2, "image")
+    assert set(images) == set(tokens.batch_keys("image")) and tokens.batch_group(images) == "image"
     assert images["image_observations"].shape == (2, 4, 8, 8, 3) and images["image_observations"].dtype == np.uint8
 
 
-def test_tasks_without_images_hold_no_image_array_but_their_batches_carry_zero_images(jat_datasets):
+def test_tasks_and_batches_carry_only_their_groups_fields(jat_datasets):
     with_images = ModelConfig(num_steps=4, image_shape=(8, 8, 3))
     tasks = [data.load_task(path, with_images) for path in jat_datasets.values()]
-    assert all("image_observations" not in task.steps for task in tasks)
-    batch = data.JatBatches(tasks, with_images, data.DataConfig(), global_batch_size=2, process_index=0,
-                            process_count=1).batch(0)
-    assert batch["image_observations"].shape == (2, 4, 8, 8, 3) and not batch["image_observations"].any()
+    assert all(set(task.steps) == set(tokens.GROUP_KEYS[task.group]) - set(data.ROW_FIELDS) for task in tasks)
+    batches = data.JatBatches(tasks, with_images, data.DataConfig(), global_batch_size=2, process_index=0,
+                              process_count=1)
+    for batch in map(batches.batch, range(8)):
+        assert "image_observations" not in batch and set(batch) == set(tokens.batch_keys(tokens.batch_group(batch)))
 
 
 def test_a_field_of_an_unknown_modality_is_refused_in_one_line(jat_datasets, tmp_path):

@@ -59,16 +59,12 @@ def full_pass_actions(model: JatModel, observations: np.ndarray, actions: np.nda
     observations [N, S, D] (as the model reads them), actions [N, S, A], rewards [N, S] (r_{t-1} at t)."""
     (num, length, size), width = observations.shape, model.config.continuous_width
     batch = {
-        "group": np.full(num, 1, np.int32), "segment": np.zeros((num, length), np.int32),
+        "loss_weight": np.ones(num, np.float32), "segment": np.zeros((num, length), np.int32),
         "position": np.tile(np.arange(length, dtype=np.int32), (num, 1)),
         "rewards": rewards.astype(np.float32), "continuous_observation_size": np.full(num, size, np.int32),
         "continuous_action_size": np.full(num, actions.shape[-1], np.int32),
-        "num_discrete_actions": np.zeros(num, np.int32),
         "continuous_observations": np.zeros((num, length, width), np.float32),
         "continuous_actions": np.zeros((num, length, width), np.float32),
-        "discrete_observations": np.zeros((num, length, 148), np.int32),
-        "text_observations": np.zeros((num, length, 64), np.int32),
-        "discrete_actions": np.zeros((num, length), np.int32),
     }
     batch["continuous_observations"][..., :size] = observations
     batch["continuous_actions"][..., : actions.shape[-1]] = actions

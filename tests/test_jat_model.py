@@ -32,7 +32,6 @@ def make_batch(group: str, seed: int = 0, config: ModelConfig = CONFIG) -> dict[
     rng = np.random.default_rng(seed)
     width = config.continuous_width
     batch = {
-        "group": np.full(B, config.groups.index(group), np.int32),
         "loss_weight": np.ones(B, np.float32),
         "segment": np.zeros((B, S), np.int32),
         "position": np.tile(np.arange(S, dtype=np.int32), (B, 1)),
@@ -49,7 +48,7 @@ def make_batch(group: str, seed: int = 0, config: ModelConfig = CONFIG) -> dict[
     }
     batch["continuous_observations"][..., :3] = rng.normal(size=(B, S, 3))
     batch["continuous_actions"][..., :2] = rng.uniform(-1, 1, size=(B, S, 2))
-    return batch
+    return {name: batch[name] for name in tokens.batch_keys(group)}  # a batch carries its group's keys
 
 
 @nnx.jit
@@ -70,7 +69,7 @@ def test_cyclic_tiling_repeats_the_real_entries():
 
 def test_continuous_observation_token_is_one_linear_layer_of_the_tiled_vector_and_the_reward(model):
     batch = make_batch("continuous")
-    observations, _ = model.step_tokens(batch, CONFIG.groups.index("continuous"))
+    observations, _ = model.step_tokens(batch, "continuous")
     tiled = np.resize(batch["continuous_observations"][0, 0, :3], CONFIG.continuous_width)  # numpy's resize tiles
     layer = model.continuous_observation_encoder
     expected = (np.concatenate([tiled, [batch["rewards"][0, 0]]]) @ np.asarray(layer.kernel[...]) + np.asarray(layer.bias[...])
@@ -78,9 +77,9 @@ def test_continuous_observation_token_is_one_linear_layer_of_the_tiled_vector_an
     np.testing.assert_allclose(observations[0, 0], expected, rtol=1e-5, atol=1e-5)
     # Entries past the real size are never read; the reward is.
     padded = {**batch, "continuous_observations": batch["continuous_observations"] + np.where(np.arange(8) >= 3, 9.0, 0.0)}
-    np.testing.assert_array_equal(model.step_tokens(padded, 1)[0], observations)
+    np.testing.assert_array_equal(model.step_tokens(padded, "continuous")[0], observations)
     rewarded = {**batch, "rewards": batch["rewards"] + 1.0}
-    assert not np.allclose(model.step_tokens(rewarded, 1)[0], observations)
+    assert not np.allclose(model.step_tokens(rewarded, "continuous")[0], observations)
 
 
 def test_discrete_observation_token_carries_the_reward_as_its_last_dimension(model):
@@ -89,7 +88,7 @@ def test_discrete_observation_token_carries_the_reward_as_its_last_dimension(mod
     assert encoded.shape == (B, S, CONFIG.d_model)
     np.testing.assert_array_equal(encoded[..., -1], batch["rewards"])
     other_mission = {**batch, "text_observations": np.zeros_like(batch["text_observations"])}
-    assert not np.allclose(model.step_tokens(other_mission, 0)[0], model.step_tokens(batch, 0)[0])
+    assert not np.allclose(model.step_tokens(other_mission, "discrete")[0], model.step_tokens(batch, "discrete")[0])
 
 
 def test_image_encoder_halves_the_image_three_times_and_images_get_no_reward():
@@ -97,10 +96,10 @@ def test_image_encoder_halves_the_image_three_times_and_images_get_no_reward():
     model = JatModel(config, rngs=nnx.Rngs(1))
     assert model.image_encoder.flat_shape == (11, 11, 128)  # JAT: 128 x 11 x 11 from 84 x 84
     batch = make_batch("image", config=config)
-    tokens_, _ = model.step_tokens(batch, config.groups.index("image"))
+    tokens_, _ = model.step_tokens(batch, "image")
     assert tokens_.shape == (B, S, config.d_model) and np.isfinite(tokens_).all()
     rewarded = {**batch, "rewards": batch["rewards"] + 5.0}
-    np.testing.assert_array_equal(model.step_tokens(rewarded, 2)[0], tokens_)
+    np.testing.assert_array_equal(model.step_tokens(rewarded, "image")[0], tokens_)
     assert model.image_decoder(tokens_).shape == (B, S, 84, 84, 3)
 
 
@@ -166,7 +165,7 @@ def test_padded_steps_change_no_loss(model):
 def test_incremental_decoding_with_the_cache_equals_the_full_pass(model):
     batch = make_batch("discrete")
     full = model(batch, deterministic=True)  # [B, 2S, D]
-    observations, actions = model.step_tokens(batch, 0)
+    observations, actions = model.step_tokens(batch, "discrete")
     sequence = jnp.stack([observations, actions], axis=2).reshape(B, 2 * S, CONFIG.d_model)
     cache = model.init_cache(B, 2 * S + 2)
     lengths, starts = jnp.zeros(B, jnp.int32), jnp.zeros(B, jnp.int32)
@@ -184,3 +183,17 @@ def test_word_tokenizer_needs_no_download_and_maps_unknown_words():
     np.testing.assert_array_equal(ids, [tokens.VOCABULARY[word] for word in words])
     np.testing.assert_array_equal(tokens.tokenize("fetch the ball", 4), [tokens.UNKNOWN_WORD, tokens.VOCABULARY["the"],
                                                                          tokens.VOCABULARY["ball"], tokens.PAD_WORD])
+
+
+def test_a_batch_carries_only_its_groups_fields_and_trains_that_groups_losses():
+    # One compiled step per group: nothing of another modality is carried or computed.
+    config = dataclasses.replace(CONFIG, image_shape=(8, 8, 3))
+    model = JatModel(config, rngs=nnx.Rngs(0))
+    image = make_batch("image", config=config)
+    assert not {"discrete_observations", "continuous_observations", "continuous_actions"} & set(image)
+    total, metrics = loss(model, image)
+    assert metrics["observation_loss"] > 0 and np.isfinite(total)  # the next frame is predicted
+    assert loss(model, make_batch("discrete", config=config))[1]["observation_loss"] == 0.0  # JAT: no symbol loss
+    without_frames = {name: value for name, value in image.items() if name != "image_observations"}
+    with pytest.raises(tokens.InputError, match="observations of no group"):
+        loss(model, without_frames)

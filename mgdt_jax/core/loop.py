@@ -123,13 +123,21 @@ def train(
             writer.print(f"nothing to do: the run is at step {first_step} of {train_config.num_steps}")
             return TrainResult(workdir, first_step, last_step, checkpointer.latest_step(), preempted)
 
-        # --- The data from the restored step on; the step compiled once, ahead of time ---------
+        # --- The data from the restored step on; the step compiled ahead of time per batch layout --
         stream = data.iterate(first_step)
         batches = map(trainer.shard_batch, stream)
         first_batch = next(batches)
-        compiled_step = trainer.lower_step(_shapes(first_batch)).compile()
+        # A recipe may have several batch layouts (JAT: one per modality group), each its own program.
+        compiled: dict[Any, jax.stages.Compiled] = {}
+
+        def compiled_step(batch: Mapping[str, jax.Array]) -> jax.stages.Compiled:
+            layout = jax.tree.structure(batch)
+            if layout not in compiled:
+                compiled[layout] = trainer.lower_step(_shapes(batch)).compile()
+            return compiled[layout]
+
         step_cost = recipe.step_cost(train_config.batch_size)
-        writer.print(_flops_cross_check(step_cost.flops, compiled_step))
+        writer.print(_flops_cross_check(step_cost.flops, compiled_step(first_batch)))
         throughput = Throughput(
             tokens_per_step=step_cost.tokens,
             flops_per_step=step_cost.flops,
@@ -140,7 +148,10 @@ def train(
         # --- Steps ---------------------------------------------------------------------------------
         steps = range(first_step + 1, train_config.num_steps + 1)
         for last_step, batch in zip(steps, itertools.chain([first_batch], batches)):
-            state, metrics = compiled_step(state, batch)
+            if jax.tree.structure(batch) not in compiled:  # a new layout: its compilation is not timed
+                with throughput.paused():
+                    compiled_step(batch)
+            state, metrics = compiled_step(batch)(state, batch)
             if last_step == first_step + 1:
                 jax.block_until_ready(metrics)
                 throughput.start(last_step)  # compilation and the first step are not timed

@@ -21,7 +21,9 @@ The core (mesh, train step, loop, checkpoints, metrics) knows no agent. A recipe
 
 A batch is a dict of arrays whose leading axis is the batch axis (the trainer shards it over the
 mesh's ``data`` and ``fsdp`` axes and splits it into micro-batches); everything else about its keys
-and shapes is between the recipe's data and its loss. Parameters name their logical axes
+and shapes is between the recipe's data and its loss. The loop compiles the step once per batch
+layout (its keys; the shapes of a layout must not change): a recipe with several kinds of batch
+(JAT: one per modality group) gets one program per kind, none of which carries another's inputs. Parameters name their logical axes
 (``out_sharding`` metadata, see ``mgdt_jax/core/sharding.py``) so the core can shard any model.
 
 **Selecting a recipe.** ``config.recipe`` names it: a short name ``"x"`` is the module

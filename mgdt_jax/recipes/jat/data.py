@@ -5,8 +5,9 @@ first one group (tokens.py: "discrete", "continuous", "image") with probability 
 summed sampling weights of its tasks, then each row's task within that group by its sampling
 weight, then each row's start step uniformly over the task's steps. So a batch is
 modality-homogeneous (as JAT, whose ``interleave_datasets(n_contiguous=per_device_batch)`` makes
-every device batch one task) and the model runs only that group's encoder (``lax.switch``), while
-tasks of one group still mix within a batch. This host gathers only its rows.
+every device batch one task), while tasks of one group still mix within a batch. A batch carries
+only its group's keys (tokens.batch_keys), so the train step compiles one program per group, each
+with only that group's encoder and loss. This host gathers only its rows.
 
 **Packing, not padding.** With ``data.packing`` (the default) a row is ``model.num_steps``
 consecutive steps of the task's episodes laid end to end: an episode that ends inside a row is
@@ -56,11 +57,8 @@ class DataConfig:
 
 @dataclasses.dataclass
 class TaskData:
-    """One task's steps, laid end to end over its episodes (arrays of tokens.step_arrays, T rows).
-
-    Only an image task holds ``image_observations`` (21 KB a step at 84x84x3): a batch's other rows
-    keep `empty_batch`'s zeros, so no host memory is spent on the zero images of the other tasks.
-    """
+    """One task's steps, laid end to end over its episodes: the per-step arrays of its group's batch
+    keys (tokens.step_arrays, tokens.batch_keys), T rows."""
 
     name: str
     path: str
@@ -135,9 +133,10 @@ def load_task(path: Path, model: ModelConfig, *, sampling_weight: float = 1.0, l
         previous.append(np.concatenate([[0.0], fields["rewards"][:-1]]).astype(np.float32))
     if not parts:
         raise ValueError(f"{path}: no episodes with steps")
-    steps = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    steps = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]
+             if name in tokens.batch_keys(group)}
     if group in ("discrete", "image"):
-        if steps["discrete_observations"].min(initial=0) < 0 or steps["discrete_observations"].max(initial=0) >= model.max_discrete_value:
+        if "discrete_observations" in steps and steps["discrete_observations"].min(initial=0) < 0 or steps["discrete_observations"].max(initial=0) >= model.max_discrete_value:
             raise ValueError(f"{path}: discrete_observations outside [0, model.max_discrete_value="
                              f"{model.max_discrete_value})")
         num_actions = int(steps["discrete_actions"].max()) + 1
@@ -173,23 +172,26 @@ def row_steps(task: TaskData, start: int, num_steps: int, packing: bool) -> tupl
     return index, segment.astype(np.int32), position.astype(np.int32)
 
 
-ROW_FIELDS = {"group": np.int32, "loss_weight": np.float32, "continuous_observation_size": np.int32,
+ROW_FIELDS = {"loss_weight": np.float32, "continuous_observation_size": np.int32,
               "continuous_action_size": np.int32, "num_discrete_actions": np.int32}  # one value per row
 
 
-def empty_batch(model: ModelConfig, rows: int) -> dict[str, np.ndarray]:
-    """Zeros of every key of a training batch of ``rows`` rows (tokens.batch_keys), as `JatBatches`
-    fills them: the per-step fields of ``tokens.step_arrays`` [rows, num_steps, ...]; ``segment`` and
-    ``position`` int32 and ``rewards`` (r_{t-1}) float32 [rows, num_steps]; `ROW_FIELDS` [rows].
+def empty_batch(model: ModelConfig, rows: int, group: str) -> dict[str, np.ndarray]:
+    """Zeros of every key of a ``group`` training batch of ``rows`` rows (tokens.batch_keys), as
+    `JatBatches` fills them: the per-step fields of ``tokens.step_arrays`` [rows, num_steps, ...];
+    ``segment`` and ``position`` int32 and ``rewards`` (r_{t-1}) float32 [rows, num_steps];
+    `ROW_FIELDS` [rows].
 
     The arrays a benchmark fills with synthetic rows of the real shapes and dtypes.
     """
+    keys = tokens.batch_keys(group)
     per_step = tokens.step_arrays({}, 1, continuous_width=model.continuous_width, discrete_width=model.discrete_width,
-                                  text_length=model.text_length, image_shape=model.image_shape if model.has_images else None)
-    out = {name: np.zeros((rows, model.num_steps, *array.shape[1:]), array.dtype) for name, array in per_step.items()}
+                                  text_length=model.text_length, image_shape=model.image_shape if group == "image" else None)
+    out = {name: np.zeros((rows, model.num_steps, *array.shape[1:]), array.dtype) for name, array in per_step.items()
+           if name in keys}
     out.update(segment=np.zeros((rows, model.num_steps), np.int32), position=np.zeros((rows, model.num_steps), np.int32),
                rewards=np.zeros((rows, model.num_steps), np.float32))
-    out.update({name: np.zeros(rows, dtype) for name, dtype in ROW_FIELDS.items()})
+    out.update({name: np.zeros(rows, dtype) for name, dtype in ROW_FIELDS.items() if name in keys})
     return out
 
 
@@ -216,7 +218,7 @@ class JatBatches:
         weights = np.array([self.tasks[i].sampling_weight for i in members])
         row_tasks = np.asarray(members)[rng.choice(len(members), size=self.global_batch_size, p=weights / weights.sum())]
         unit = rng.random(self.global_batch_size)  # start = floor(unit * task steps): one draw per row
-        out = empty_batch(self.model, len(self._rows))
+        out = empty_batch(self.model, len(self._rows), group)
         for row, global_row in enumerate(self._rows):
             task = self.tasks[row_tasks[global_row]]
             start = int(unit[global_row] * task.num_steps)
@@ -225,11 +227,8 @@ class JatBatches:
                 out[name][row] = array[index]
             out["segment"][row], out["position"][row] = segment, position
             out["rewards"][row] = np.where(segment >= 0, task.previous_reward[index], 0.0)
-            out["group"][row] = self.model.groups.index(group)
-            out["loss_weight"][row] = task.loss_weight
-            out["continuous_observation_size"][row] = task.continuous_observation_size
-            out["continuous_action_size"][row] = task.continuous_action_size
-            out["num_discrete_actions"][row] = task.num_discrete_actions
+            for name in ROW_FIELDS.keys() & out.keys():
+                out[name][row] = getattr(task, name)
         return out
 
     def iterate(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:

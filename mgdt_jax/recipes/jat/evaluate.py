@@ -90,7 +90,7 @@ class VectorPolicy:
                              "but no observation statistics were given")
         self._observation_stats = observation_stats if standardize else None
         self.config, self.task, self.num_envs, self.greedy = config, task, num_envs, greedy
-        self._group = config.groups.index(task.group)
+        self._group = task.group
         self._graphdef, self._state = nnx.split(model)
         self._image_shape = image_shape
         self._context = config.num_steps

@@ -30,9 +30,10 @@ observations, which JAT also skips as too expensive). The loss is
 ``kappa * observation_loss + (1 - kappa) * action_loss``, kappa = ``observation_loss_coef``
 (0.005), each term a mean over real steps of the per-step loss times the row's task loss weight.
 
-Each batch holds one group (data.py): the group's encoder runs under ``lax.switch`` on the batch's
-group, so no row pays for another modality's encoder. ``decode`` is incremental decoding over a
-key/value cache for evaluation, equal to the full pass on the same tokens.
+Each batch holds one group (data.py) and carries only that group's keys (tokens.batch_keys), so
+the train step compiles once per group and no row pays for another modality's encoder or loss.
+``decode`` is incremental decoding over a key/value cache for evaluation, equal to the full pass
+on the same tokens.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from flax import nnx
 
 from mgdt_jax.core.config_sections import read_section
 from mgdt_jax.core.transformer import MASK_VALUE, Transformer, dense, masked_attention, sharded
-from mgdt_jax.recipes.jat.tokens import GROUPS, TEXT_VOCABULARY_SIZE
+from mgdt_jax.recipes.jat.tokens import GROUPS, TEXT_VOCABULARY_SIZE, batch_group
 
 IMAGE_CHANNELS = (32, 64, 128)  # JAT's ImageEncoder
 ATTENTION_REDUCTION = 8
@@ -76,7 +77,7 @@ class ModelConfig:
     discrete_embed_dim: int = 8  # per-slot embedding width of the discrete encoder
     num_discrete_actions: int = 18  # logits of the discrete action head (the largest action space)
     image_shape: tuple[int, int, int] = (84, 84, 3)  # height, width, channels of image observations
-    groups: tuple[str, ...] = GROUPS  # the encoders built (tokens.py); a batch's ``group`` indexes this
+    groups: tuple[str, ...] = GROUPS  # the encoders built (tokens.py); each batch is of one of them
     observation_loss_coef: float = 0.005  # kappa; the action loss is weighted 1 - kappa
     normalize_observations: bool = False  # data and policy standardise continuous observations (tokens.py)
 
@@ -140,10 +141,10 @@ def conv_as_matmul(padded: jax.Array, kernel: jax.Array, stride: int, out_height
     at ``stride`` -> [N, out_height, out_width, C_out], as patches times the flattened kernel (im2col).
 
     Same numbers as ``lax.conv_general_dilated`` (VALID, no dilation). Why: XLA on CPU runs the
-    convolutions of a gradient inside a ``lax.cond``/``lax.switch`` branch (the image encoder and
-    decoder run under one, model.py docstring) through a generic loop, not its convolution
-    library: one weight gradient of the image decoder took 16 s for 128 images, while a matmul
-    runs at library speed wherever it is (docs/jat.md §9).
+    convolutions of a gradient inside a ``lax.cond``/``lax.switch`` branch (as the image encoder
+    and decoder once ran) or a ``scan`` through a generic loop, not its convolution library: one
+    weight gradient of the image decoder took 16 s for 128 images, while a matmul runs at library
+    speed wherever it is (docs/jat.md §9).
     """
     kh, kw, c_in, c_out = kernel.shape
     patches = [padded[:, dy : dy + stride * (out_height - 1) + 1 : stride, dx : dx + stride * (out_width - 1) + 1 : stride]
@@ -302,30 +303,25 @@ class JatModel(nnx.Module):
             return self.discrete_encoder(inputs["discrete_observations"], inputs["text_observations"],
                                          inputs["rewards"])
         images = self.image_encoder(inputs["image_observations"])
-        no_symbols = jnp.zeros_like(inputs["discrete_observations"])
+        no_symbols = jnp.zeros((*images.shape[:-1], config.discrete_width), jnp.int32)
         return images + self.discrete_encoder(no_symbols, inputs["text_observations"], jnp.zeros_like(inputs["rewards"]))
 
-    def step_tokens(self, inputs: Mapping[str, jax.Array], group: int | jax.Array) -> tuple[jax.Array, jax.Array]:
+    def step_tokens(self, inputs: Mapping[str, jax.Array], group: str) -> tuple[jax.Array, jax.Array]:
         """Observation and action tokens [B, S, D] (position and type embeddings added).
 
-        ``inputs`` holds the batch keys (tokens.batch_keys) of S steps; ``group`` indexes
-        ``config.groups``: a Python int picks the encoder when tracing (evaluation), an int32 scalar
-        array picks it at run time with ``lax.switch`` (training, where the batch carries it).
+        ``inputs`` holds at least the keys of a ``group`` batch (tokens.batch_keys) of S steps;
+        ``group`` (one of ``config.groups``, static) picks the encoders.
         """
-        groups = self.config.groups
-        if isinstance(group, int):
-            observations = self._observation_tokens(inputs, groups[group])
-            is_continuous = groups[group] == "continuous"
+        if group not in self.config.groups:
+            raise ValueError(f"a {group} batch, but model.groups is {list(self.config.groups)}")
+        observations = self._observation_tokens(inputs, group)
+        if group == "continuous":
+            actions = self.continuous_action_encoder(
+                cyclic_tile(inputs["continuous_actions"], inputs["continuous_action_size"][:, None],
+                            self.config.continuous_width))
         else:
-            branches = [lambda name=name: self._observation_tokens(inputs, name) for name in groups]
-            observations = branches[0]() if len(groups) == 1 else jax.lax.switch(group, branches)
-            is_continuous = jnp.asarray([name == "continuous" for name in groups])[group]
-        continuous = self.continuous_action_encoder(
-            cyclic_tile(inputs["continuous_actions"], inputs["continuous_action_size"][:, None],
-                        self.config.continuous_width))
-        discrete = self.discrete_action_embed(jnp.clip(inputs["discrete_actions"], 0,
-                                                       self.config.num_discrete_actions - 1))
-        actions = jnp.where(is_continuous, continuous, discrete)
+            actions = self.discrete_action_embed(jnp.clip(inputs["discrete_actions"], 0,
+                                                          self.config.num_discrete_actions - 1))
         position = self.position_embed[...][jnp.clip(inputs["position"], 0, self.config.num_steps - 1)]
         token_type = self.token_type_embed[...]
         return observations + position + token_type[0], actions + position + token_type[1]
@@ -339,7 +335,7 @@ class JatModel(nnx.Module):
         ``segment`` [B, S] numbers the episodes packed in a row (-1: padding); attention is causal
         within a segment.
         """
-        observations, actions = self.step_tokens(batch, batch["group"][0])
+        observations, actions = self.step_tokens(batch, batch_group(batch))
         batch_size, num_steps, d_model = observations.shape
         tokens = jnp.stack([observations, actions], axis=2).reshape(batch_size, 2 * num_steps, d_model)
         segment = jnp.repeat(batch["segment"], 2, axis=1)
@@ -411,37 +407,33 @@ def loss_and_metrics(model: JatModel, batch: Mapping[str, jax.Array], *, determi
     config = model.config
     hidden = model(batch, deterministic=deterministic, dropout_key=dropout_key)
     at_observations, at_actions = hidden[:, 0::2], hidden[:, 1::2]
-    group = batch["group"][0]
-    is_group = {name: jnp.asarray([g == name for g in config.groups])[group] for name in GROUPS}
+    group = batch_group(batch)
     segment = batch["segment"]
     real = segment >= 0
-    weight = batch["loss_weight"][:, None].astype(jnp.float32)
-
-    # Actions: cross-entropy over the task's actions, or MSE over its real action dimensions.
-    logits = model.discrete_action_logits(at_observations, batch["num_discrete_actions"][:, None])
-    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, batch["discrete_actions"])
-    action_dims = real_dimensions(batch["continuous_action_size"][:, None], config.continuous_width)
-    action_error = jnp.where(action_dims, model.continuous_actions(at_observations) - batch["continuous_actions"], 0.0)
-    action_mse = (action_error**2).sum(-1) / jnp.maximum(action_dims.sum(-1), 1)
-    action_step_loss = jnp.where(is_group["continuous"], action_mse, cross_entropy)
-    action_loss = (weight * real * action_step_loss).sum() / jnp.maximum(real.sum(), 1)
-
-    # Next observations, read at the action tokens: continuous MSE on real dimensions, or images.
     has_next = jnp.concatenate([real[:, :-1] & (segment[:, 1:] == segment[:, :-1]),
                                 jnp.zeros_like(real[:, :1])], axis=1)
-    observation_dims = real_dimensions(batch["continuous_observation_size"][:, None], config.continuous_width)
-    next_observations = jnp.roll(batch["continuous_observations"], -1, axis=1)
-    observation_error = jnp.where(
-        observation_dims, model.continuous_observation_head(at_actions) - next_observations, 0.0)
-    observation_step_loss = (observation_error**2).sum(-1) / jnp.maximum(observation_dims.sum(-1), 1)
-    observation_step_loss = jnp.where(is_group["continuous"], observation_step_loss, 0.0)
-    if config.has_images:
-        def image_loss() -> jax.Array:
-            target = jnp.roll(batch["image_observations"], -1, axis=1).astype(jnp.float32) / 127.5 - 1.0
-            return ((model.image_decoder(at_actions) - target) ** 2).mean(axis=(-3, -2, -1))
+    weight = batch["loss_weight"][:, None].astype(jnp.float32)
 
-        image_step_loss = jax.lax.cond(is_group["image"], image_loss, lambda: jnp.zeros(real.shape, jnp.float32))
-        observation_step_loss = observation_step_loss + image_step_loss
+    # Actions: MSE over the task's real action dimensions, or cross-entropy over its actions.
+    # Next observations, read at the action tokens: continuous MSE on real dimensions, or images.
+    if group == "continuous":
+        action_dims = real_dimensions(batch["continuous_action_size"][:, None], config.continuous_width)
+        action_error = jnp.where(action_dims, model.continuous_actions(at_observations) - batch["continuous_actions"], 0.0)
+        action_step_loss = (action_error**2).sum(-1) / jnp.maximum(action_dims.sum(-1), 1)
+        observation_dims = real_dimensions(batch["continuous_observation_size"][:, None], config.continuous_width)
+        next_observations = jnp.roll(batch["continuous_observations"], -1, axis=1)
+        observation_error = jnp.where(
+            observation_dims, model.continuous_observation_head(at_actions) - next_observations, 0.0)
+        observation_step_loss = (observation_error**2).sum(-1) / jnp.maximum(observation_dims.sum(-1), 1)
+    else:
+        logits = model.discrete_action_logits(at_observations, batch["num_discrete_actions"][:, None])
+        action_step_loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["discrete_actions"])
+        if group == "image":
+            target = jnp.roll(batch["image_observations"], -1, axis=1).astype(jnp.float32) / 127.5 - 1.0
+            observation_step_loss = ((model.image_decoder(at_actions) - target) ** 2).mean(axis=(-3, -2, -1))
+        else:
+            observation_step_loss = jnp.zeros(real.shape, jnp.float32)  # JAT predicts no discrete observations
+    action_loss = (weight * real * action_step_loss).sum() / jnp.maximum(real.sum(), 1)
     observation_loss = (weight * has_next * observation_step_loss).sum() / jnp.maximum(has_next.sum(), 1)
 
     kappa = config.observation_loss_coef

@@ -95,12 +95,30 @@ def check_widths(task: str, shapes: Mapping[str, tuple[int, ...]], *, continuous
                          f"exceed model.discrete_width={discrete_width}")
 
 
-def batch_keys(groups: Sequence[str]) -> tuple[str, ...]:
-    """The keys of a training batch of a model with these groups (every batch has all of them)."""
-    keys = ("group", "loss_weight", "segment", "position", "rewards", "continuous_observations",
-            "continuous_observation_size", "continuous_actions", "continuous_action_size", "discrete_observations",
-            "text_observations", "discrete_actions", "num_discrete_actions")
-    return keys + (("image_observations",) if "image" in groups else ())
+# The keys of a training batch: every batch carries COMMON_KEYS and its group's keys only, so a
+# batch's structure names its group. The jitted train step then compiles once per group, each program
+# holding only that group's encoder and loss (a ``lax.switch`` over the groups kept the image
+# branch's buffers alive on every batch: docs/jat.md §9).
+COMMON_KEYS = ("loss_weight", "segment", "position", "rewards")
+GROUP_KEYS = {
+    "discrete": ("discrete_observations", "text_observations", "discrete_actions", "num_discrete_actions"),
+    "continuous": ("continuous_observations", "continuous_observation_size", "continuous_actions",
+                   "continuous_action_size"),
+    "image": ("image_observations", "text_observations", "discrete_actions", "num_discrete_actions"),
+}
+
+
+def batch_keys(group: str) -> tuple[str, ...]:
+    """The keys of a training batch of ``group`` (COMMON_KEYS, then the group's own)."""
+    return COMMON_KEYS + GROUP_KEYS[group]
+
+
+def batch_group(batch: Mapping[str, object]) -> str:
+    """The group of a training batch, read from its keys (``batch_keys``); static under ``jax.jit``."""
+    for group in ("image", "continuous", "discrete"):
+        if GROUP_KEYS[group][0] in batch:
+            return group
+    raise InputError(f"a batch with keys {sorted(batch)} has the observations of no group {list(GROUPS)}")
 
 
 def standardize(observations: np.ndarray, stats: ObservationStats) -> np.ndarray:
