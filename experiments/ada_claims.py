@@ -89,23 +89,40 @@ MODELS = {
 }
 
 
-def make_benchmark(out: Path, scale: Scale) -> tuple[Path, dict]:
-    """The trivial-preset benchmark of ``scale.rulesets`` rulesets (seed 0), written under ``out``."""
-    path = out / "benchmark" / f"trivial_{scale.rulesets}.pkl.bz2"
+@dataclasses.dataclass(frozen=True)
+class TaskSetting:
+    """What the agents face: the trivial preset's goal types, whether the goal is observed, trial length."""
+
+    goals: str = "all"  # "all": the trivial preset's goal types; "agent": only the agent_* goals
+    observe_goal: bool = True  # AdA; False: XLand-MiniGrid's RL² baselines (the view only)
+    trial_steps: int = 0  # a trial's step limit; 0: xminigrid's default, 3 * 9 * 9 = 243
+
+    def describe(self) -> str:
+        goals = "all trivial goal types" if self.goals == "all" else "the six agent_* goal types only"
+        return (f"{goals}; goal {'observed' if self.observe_goal else 'hidden'}; "
+                f"trials of at most {self.trial_steps or 243} steps")
+
+
+def make_benchmark(out: Path, scale: Scale, task: TaskSetting) -> tuple[Path, dict]:
+    """The trivial-preset benchmark of ``scale.rulesets`` rulesets (seed 0), written under ``out``;
+    ``task.goals == "agent"`` keeps only the goals on the agent (60 objects x 6 types = 360 tasks)."""
+    path = out / "benchmark" / f"trivial_{task.goals}_{scale.rulesets}.pkl.bz2"
     path.parent.mkdir(parents=True)
     settings = generator.PRESETS["trivial"]
+    if task.goals == "agent":
+        settings = dataclasses.replace(settings, goal_types=tuple(g for g in generator.GOAL_TYPES if g.startswith("agent_")))
     arrays, stats = generator.generate(settings, scale.rulesets, SEED)
     return path, generator.write(arrays, path, settings=settings, seed=SEED, preset="trivial", stats=stats)
 
 
-def run_config(model: str, benchmark: Path, scale: Scale, steps: int, *, curriculum: str = "uniform",
-               teacher: Path | None = None, anneal_steps: int = 0):
+def run_config(model: str, benchmark: Path, scale: Scale, steps: int, task: TaskSetting = TaskSetting(), *,
+               curriculum: str = "uniform", teacher: Path | None = None, anneal_steps: int = 0):
     """A training config: XLand R1-9x9, 5 trials, PPO with XLand-MiniGrid's meta-RL settings scaled down."""
     return common.from_dict({
         "recipe": "ada",
         "env": {"factory": "mgdt_jax.recipes.ada.xland:make", "benchmark": str(benchmark),
                 "env_id": "XLand-MiniGrid-R1-9x9", "num_trials": 5, "max_trials": 13, "fixed_start": True,
-                "max_steps": 0, "heldout_fraction": 0.1, "split_seed": SEED, "curriculum": curriculum,
+                "max_steps": task.trial_steps, "observe_goal": task.observe_goal, "heldout_fraction": 0.1, "split_seed": SEED, "curriculum": curriculum,
                 "curriculum_settings": {}},
         "model": {**dataclasses.asdict(AgentConfig()), "observation": "grid", **MODELS[model]},
         "ppo": {**dataclasses.asdict(PPOConfig()), "rollout_length": scale.rollout_length, "num_epochs": 1,
@@ -200,17 +217,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run of the same pipeline (no claim)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--docs", action="store_true", help="write the table and figures into docs/")
+    parser.add_argument("--goals", choices=("all", "agent"), default="all",
+                        help="agent: only the agent_* goal types (360 tasks; ask --rulesets 340 or fewer)")
+    parser.add_argument("--hide-goal", action="store_true", help="the agents see the view only (XLand-MiniGrid's RL²)")
+    parser.add_argument("--trial-steps", type=int, default=0, help="a trial's step limit (0: 243, xminigrid's)")
+    parser.add_argument("--rulesets", type=int, help="generated rulesets (default: the claim's scale)")
+    parser.add_argument("--train-steps", type=int, help="PPO steps per run (default: the claim's scale)")
     args = parser.parse_args(argv)
     if args.out.exists():
         raise SystemExit(f"--out {args.out}: already exists; choose a new directory")
     if args.docs and args.quick:
         raise SystemExit("--docs: a --quick run is no claim; docs take full runs only")
     scale = QUICK if args.quick else FULL[args.claim]
+    for name in ("rulesets", "train_steps", "trial_steps"):
+        if (value := getattr(args, name)) is not None and value < (0 if name == "trial_steps" else 1):
+            raise SystemExit(f"--{name.replace('_', '-')} {value}: must be {'>= 0' if name == 'trial_steps' else '> 0'}")
+    scale = dataclasses.replace(scale, rulesets=args.rulesets or scale.rulesets,
+                                train_steps=args.train_steps or scale.train_steps)
+    task = TaskSetting(goals=args.goals, observe_goal=not args.hide_goal, trial_steps=args.trial_steps)
     started = time.perf_counter()
     print(f"# {args.claim}{' (quick)' if args.quick else ''}: {scale}; jax {jax.__version__} on "
           f"{jax.devices()[0].platform}, {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}", flush=True)
     args.out.mkdir(parents=True)
-    benchmark, record = make_benchmark(args.out, scale)
+    try:
+        benchmark, record = make_benchmark(args.out, scale, task)
+    except generator.BenchmarkError as error:
+        shutil.rmtree(args.out)
+        raise SystemExit(f"--rulesets {scale.rulesets}: {error}") from None
     print(f"benchmark {record['benchmark_id']} ({record['num_rulesets']} trivial rulesets, sha256 {record['sha256'][:16]}...)",
           flush=True)
 
@@ -219,17 +252,17 @@ def main(argv: list[str] | None = None) -> int:
     seconds: dict[str, float] = {}
     if args.claim == "meta-rl":
         for name, model in (("Transformer-XL", "trxl"), ("GRU RL2", "gru")):
-            runs[name], seconds[name] = train(model, run_config(model, benchmark, scale, steps), args.out)
+            runs[name], seconds[name] = train(model, run_config(model, benchmark, scale, steps, task), args.out)
     elif args.claim == "curriculum":
         for name, curriculum in (("PLR + no-op filter", "plr"), ("uniform", "uniform")):
-            runs[name], seconds[name] = train(curriculum, run_config("trxl", benchmark, scale, steps, curriculum=curriculum),
+            runs[name], seconds[name] = train(curriculum, run_config("trxl", benchmark, scale, steps, task, curriculum=curriculum),
                                               args.out)
     else:
-        teacher, seconds["GRU teacher"] = train("teacher", run_config("gru_teacher", benchmark, scale, scale.teacher_steps),
+        teacher, seconds["GRU teacher"] = train("teacher", run_config("gru_teacher", benchmark, scale, scale.teacher_steps, task),
                                                 args.out)
-        kick = run_config("trxl", benchmark, scale, steps, teacher=teacher, anneal_steps=steps // 2)
+        kick = run_config("trxl", benchmark, scale, steps, task, teacher=teacher, anneal_steps=steps // 2)
         runs["kickstarted"], seconds["kickstarted"] = train("kickstarted", kick, args.out)
-        runs["not kickstarted"], seconds["not kickstarted"] = train("plain", run_config("trxl", benchmark, scale, steps),
+        runs["not kickstarted"], seconds["not kickstarted"] = train("plain", run_config("trxl", benchmark, scale, steps, task),
                                                                     args.out)
         runs["GRU teacher"] = teacher
 
@@ -256,9 +289,13 @@ def main(argv: list[str] | None = None) -> int:
         checks["kickstarted trial 5 >= not kickstarted (reported, not claimed)"] = bool(means["kickstarted"][4] >= means["not kickstarted"][4])
     checks["within 60 minutes"] = total_s <= BUDGET_S
 
-    text = (f"`python experiments/ada_claims.py {args.claim} --out DIR`: benchmark `{record['benchmark_id']}` (trivial "
+    flags = [args.claim, *(["--goals", args.goals] if args.goals != "all" else []), *(["--hide-goal"] if args.hide_goal else []),
+             *(["--trial-steps", str(args.trial_steps)] if args.trial_steps else []),
+             *(["--rulesets", str(args.rulesets)] if args.rulesets else []),
+             *(["--train-steps", str(args.train_steps)] if args.train_steps else [])]
+    text = (f"`python experiments/ada_claims.py {' '.join(flags)} --out DIR`: benchmark `{record['benchmark_id']}` (trivial "
             f"preset, seed {SEED}, {record['num_rulesets']} rulesets, {report['runs'][next(iter(runs))]['tasks']} held out), "
-            f"XLand-MiniGrid-R1-9x9, 5 trials; {steps * per_step:,} env steps per run ({steps} PPO steps x "
+            f"XLand-MiniGrid-R1-9x9, 5 trials, {task.describe()}; {steps * per_step:,} env steps per run ({steps} PPO steps x "
             f"{scale.num_envs} envs x {scale.rollout_length}); held-out returns per trial, mean over tasks "
             f"[bootstrap 95% CI], {scale.eval_episodes} episodes per task, actions sampled. Training "
             + ", ".join(f"{name} {s / 60:.1f} min" for name, s in seconds.items())
@@ -268,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             + f"![training return](figures/ada_{args.claim}_training.png)\n")
     print("\n" + text)
     (args.out / "summary.json").write_text(json.dumps({
-        "claim": args.claim, "quick": args.quick, "scale": dataclasses.asdict(scale), "benchmark": record,
+        "claim": args.claim, "quick": args.quick, "scale": dataclasses.asdict(scale), "task": dataclasses.asdict(task),
+        "benchmark": record,
         "seconds": {**seconds, "evaluation": eval_s, "total": total_s}, "trial_means": means, "checks": checks}, indent=1))
     if args.docs:
         figures = [args.out / "report" / f"ada_{args.claim}_{kind}.png" for kind in ("scores", "training")]

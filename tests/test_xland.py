@@ -258,6 +258,12 @@ def test_the_ada_recipe_sees_the_trials_of_a_task_as_one_meta_episode(trivial_be
     np.testing.assert_array_equal(steps.trial, previous_trial)
     # Trials end by the goal or after 4 steps; the meta-episode ends with the second (and only then).
     assert steps.done.any(axis=0).all() and (steps.trial[steps.done] == 1).all()
+    # observe_goal=False (XLand-MiniGrid's RL² baselines): the goal features are zeros.
+    hidden_env, hidden_tasks = ada_xland.make({**env_config, "observe_goal": False})
+    _, ruleset = hidden_tasks.sample(hidden_tasks.init(jax.random.key(1)), jax.random.key(2))
+    _, hidden = hidden_env.reset(jax.random.key(3), ruleset)
+    assert hidden.extras["goal"].shape == goal.shape[1:] and not np.asarray(hidden.extras["goal"]).any()
+    assert hidden_env.describe()["observe_goal"] is False
     with pytest.raises(ValueError, match="env.benchmark: give a benchmark file"):
         ada_xland.make({"factory": env_config["factory"]})
     with pytest.raises(ValueError, match="no such benchmark file"):

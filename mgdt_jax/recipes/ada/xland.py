@@ -10,7 +10,9 @@ The meta-environment is `mgdt_jax.envs.xland.trials.TrialEnv` seen through the r
 belongs to (the one that just ended when a step ends a trial: TrialEnv's own ``trial`` already names
 the next). The agent's extras (AdA: the goal is observed, the rules are not) are the trial index
 (one-hot, k), the time within the trial (steps / trial length) and the goal (xminigrid's encoding
-one-hot: goal type, then tile and colour of each of its two object slots).
+one-hot: goal type, then tile and colour of each of its two object slots). ``observe_goal=False``
+zeroes the goal features, as XLand-MiniGrid's RL² baselines see only the view: then even a
+goal-only (trivial) task has something to infer in context, which object is rewarded and how.
 
 Tasks are drawn uniformly, or by PLR with a no-op filter (``curriculum = "plr"``), over the
 training rulesets of ``benchmark`` (a file of ``mgdt-xland-benchmark``, checked against its sha256
@@ -44,6 +46,7 @@ class XLandConfig:
     fixed_start: bool = True  # every trial restarts from the episode's first world (AdA)
     max_steps: int = 0  # a trial's step limit; 0: xminigrid's default (3 * height * width)
     max_trials: int = 0  # width of the trial one-hot the agent sees (0: num_trials); evaluation may run up to it
+    observe_goal: bool = True  # AdA observes the goal; False hides it (XLand-MiniGrid's RL² baselines)
     heldout_fraction: float = 0.0  # rulesets held out of training (generator.task_split), for evaluation
     split_seed: int = 0
     curriculum: str = "uniform"  # "uniform" | "plr" (PLR with a no-op filter, curriculum.py)
@@ -71,6 +74,7 @@ class XLandTrials:
     env: trials.TrialEnv
     benchmark: dict[str, Any]  # the benchmark's record: benchmark_id, sha256, generator settings
     trial_features: int  # width of the trial one-hot (>= num_trials)
+    observe_goal: bool = True
 
     @property
     def num_actions(self) -> int:
@@ -104,14 +108,14 @@ class XLandTrials:
             extras={
                 "trial": jax.nn.one_hot(timestep.trial, self.trial_features, dtype=jnp.float32),
                 "time": (timestep.time / self.env.trial_length).astype(jnp.float32)[None],
-                "goal": goal_features(timestep.goal),
+                "goal": goal_features(timestep.goal) * self.observe_goal,  # zeros when hidden
             },
         )
 
     def describe(self) -> dict[str, Any]:
         return {"name": "xland", "env_id": self.env.env_id, "num_trials": self.num_trials,
                 "fixed_start": self.env.fixed_start, "trial_length": self.env.trial_length,
-                "trial_features": self.trial_features,
+                "trial_features": self.trial_features, "observe_goal": self.observe_goal,
                 "benchmark_id": self.benchmark["benchmark_id"], "benchmark_sha256": self.benchmark["sha256"]}
 
 
@@ -160,7 +164,7 @@ def make(env_config: Any) -> tuple[XLandTrials, UniformTasks | curriculum.Curric
     train_ids = heldout_ids = None
     if settings.heldout_fraction:
         train_ids, heldout_ids = generator.task_split(num_tasks, settings.heldout_fraction, settings.split_seed)
-    meta_env = XLandTrials(env, record, trial_features)
+    meta_env = XLandTrials(env, record, trial_features, settings.observe_goal)
     if settings.curriculum == "uniform":
         return meta_env, UniformTasks(num_tasks, benchmark.get_ruleset, train_ids, heldout_ids)
     train = np.arange(num_tasks, dtype=np.int32) if train_ids is None else train_ids
