@@ -116,3 +116,25 @@ def test_a_model_that_standardises_refuses_a_dataset_without_statistics_in_one_l
     assert message.startswith(f"{copy}: references.json has no observation statistics") and "\n" not in message
     assert "re-record or re-import" in message
     assert data.load_task(jat_datasets["synthetic-discrete"], standardising).num_episodes == 40  # not continuous
+
+
+def test_an_image_task_loads_and_its_batches_carry_frames_and_mission_only(tmp_path):
+    from data_pipelines.jat import rlds
+
+    rng = np.random.default_rng(0)
+    spec = rlds.TaskSpec("synthetic-image", {"image_observations": (8, 8, 3), "text_observations": (),
+                                             "discrete_actions": (), "rewards": ()})
+
+    def episode() -> rlds.Episode:
+        length = int(rng.integers(3, 9))
+        frames = rng.integers(0, 256, size=(length + 1, 8, 8, 3)).astype(np.uint8)
+        return rlds.Episode({"image_observations": frames, "text_observations": ["go to the red ball"] * (length + 1)},
+                            rng.integers(0, 7, length).astype(np.int64), np.zeros(length, np.float32), terminated=True)
+
+    rlds.write_dataset(tmp_path / spec.task, spec, (episode() for _ in range(6)), {"task": spec.task})
+    with_images = ModelConfig(num_steps=4, image_shape=(8, 8, 3))
+    task = data.load_task(tmp_path / spec.task, with_images)
+    assert task.group == "image" and set(task.steps) == {"image_observations", "text_observations", "discrete_actions"}
+    batch = data.JatBatches([task], with_images, data.DataConfig(), global_batch_size=2, process_index=0,
+                            process_count=1).batch(0)
+    assert set(batch) == set(tokens.batch_keys("image")) and batch["image_observations"].shape == (2, 4, 8, 8, 3)

@@ -128,16 +128,9 @@ def train(
         batches = map(trainer.shard_batch, stream)
         first_batch = next(batches)
         # A recipe may have several batch layouts (JAT: one per modality group), each its own program.
-        compiled: dict[Any, jax.stages.Compiled] = {}
-
-        def compiled_step(batch: Mapping[str, jax.Array]) -> jax.stages.Compiled:
-            layout = jax.tree.structure(batch)
-            if layout not in compiled:
-                compiled[layout] = trainer.lower_step(_shapes(batch)).compile()
-            return compiled[layout]
-
+        compiled = {jax.tree.structure(first_batch): trainer.lower_step(_shapes(first_batch)).compile()}
         step_cost = recipe.step_cost(train_config.batch_size)
-        writer.print(_flops_cross_check(step_cost.flops, compiled_step(first_batch)))
+        writer.print(_flops_cross_check(step_cost.flops, next(iter(compiled.values()))))
         throughput = Throughput(
             tokens_per_step=step_cost.tokens,
             flops_per_step=step_cost.flops,
@@ -148,10 +141,11 @@ def train(
         # --- Steps ---------------------------------------------------------------------------------
         steps = range(first_step + 1, train_config.num_steps + 1)
         for last_step, batch in zip(steps, itertools.chain([first_batch], batches)):
-            if jax.tree.structure(batch) not in compiled:  # a new layout: its compilation is not timed
+            layout = jax.tree.structure(batch)
+            if layout not in compiled:  # a new layout: its compilation is not timed
                 with throughput.paused():
-                    compiled_step(batch)
-            state, metrics = compiled_step(batch)(state, batch)
+                    compiled[layout] = trainer.lower_step(_shapes(batch)).compile()
+            state, metrics = compiled[layout](state, batch)
             if last_step == first_step + 1:
                 jax.block_until_ready(metrics)
                 throughput.start(last_step)  # compilation and the first step are not timed

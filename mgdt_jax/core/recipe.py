@@ -23,8 +23,8 @@ A batch is a dict of arrays whose leading axis is the batch axis (the trainer sh
 mesh's ``data`` and ``fsdp`` axes and splits it into micro-batches); everything else about its keys
 and shapes is between the recipe's data and its loss. The loop compiles the step once per batch
 layout (its keys; the shapes of a layout must not change): a recipe with several kinds of batch
-(JAT: one per modality group) gets one program per kind, none of which carries another's inputs. Parameters name their logical axes
-(``out_sharding`` metadata, see ``mgdt_jax/core/sharding.py``) so the core can shard any model.
+(JAT: one per modality group) gets one program per kind, none of which carries another's inputs.
+Parameters name their logical axes (``out_sharding`` metadata, see ``mgdt_jax/core/sharding.py``) so the core can shard any model.
 
 **Selecting a recipe.** ``config.recipe`` names it: a short name ``"x"`` is the module
 ``mgdt_jax.recipes.x.recipe``, a dotted name is a module path (a recipe outside this package). The

@@ -136,7 +136,8 @@ def load_task(path: Path, model: ModelConfig, *, sampling_weight: float = 1.0, l
     steps = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]
              if name in tokens.batch_keys(group)}
     if group in ("discrete", "image"):
-        if "discrete_observations" in steps and steps["discrete_observations"].min(initial=0) < 0 or steps["discrete_observations"].max(initial=0) >= model.max_discrete_value:
+        symbols = steps.get("discrete_observations", np.zeros(0, np.int32))  # image tasks carry none
+        if symbols.min(initial=0) < 0 or symbols.max(initial=0) >= model.max_discrete_value:
             raise ValueError(f"{path}: discrete_observations outside [0, model.max_discrete_value="
                              f"{model.max_discrete_value})")
         num_actions = int(steps["discrete_actions"].max()) + 1
@@ -219,6 +220,7 @@ class JatBatches:
         row_tasks = np.asarray(members)[rng.choice(len(members), size=self.global_batch_size, p=weights / weights.sum())]
         unit = rng.random(self.global_batch_size)  # start = floor(unit * task steps): one draw per row
         out = empty_batch(self.model, len(self._rows), group)
+        row_fields = ROW_FIELDS.keys() & out.keys()
         for row, global_row in enumerate(self._rows):
             task = self.tasks[row_tasks[global_row]]
             start = int(unit[global_row] * task.num_steps)
@@ -227,7 +229,7 @@ class JatBatches:
                 out[name][row] = array[index]
             out["segment"][row], out["position"][row] = segment, position
             out["rewards"][row] = np.where(segment >= 0, task.previous_reward[index], 0.0)
-            for name in ROW_FIELDS.keys() & out.keys():
+            for name in row_fields:
                 out[name][row] = getattr(task, name)
         return out
 

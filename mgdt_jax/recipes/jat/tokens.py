@@ -32,7 +32,7 @@ group          observation fields                                     action fie
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 
