@@ -313,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(args.out / "report" / evaluate.SCORES_PNG, figures[0])
         shutil.copyfile(args.out / "report" / "training.png", figures[1])
         write_docs(args.claim, text, figures)
+    print(f"wrote {args.out / 'report'} (report.json, scores.csv, scores.png, training.png), {args.out / 'summary.json'}"
+          + (f", the {args.claim} section of {DOCS / 'ada.md'} and its figures" if args.docs else ""))
     return 0
 
 
