@@ -59,8 +59,9 @@ MUJOCO = ("mujoco-pendulum", "mujoco-doublependulum")
 IMAGE = ("babyai-rgb-go-to-red-ball-grey",)
 # (expert episodes, random-policy episodes for the reference) per domain. Recording speeds on the
 # 2 shared cores: BabyAI ~770 steps/s (an expert episode is 5-12 steps, a random one up to the
-# level's limit), Meta-World ~300-400 (500-step episodes), MuJoCo ~2,400 once the experts exist.
-EPISODES = {"babyai": (3000, 100), "babyai-rgb": (1000, 100), "metaworld": (40, 20), "mujoco": (20, 20)}
+# level's limit), Meta-World ~1,200 (500-step episodes), MuJoCo ~2,400 once the experts exist.
+# 40 Meta-World and 20 MuJoCo episodes were overfitted (docs/jat.md §10): 200 of each take ~7 minutes.
+EPISODES = {"babyai": (3000, 100), "babyai-rgb": (1000, 100), "metaworld": (200, 20), "mujoco": (200, 20)}
 QUICK_EPISODES = {"babyai": (50, 10), "babyai-rgb": (20, 5), "metaworld": (2, 2), "mujoco": (2, 2)}
 TARGETS = {"babyai": 0.8, "metaworld": 0.8, "mujoco": 0.5}
 TIME_LIMIT_S = 3600
