@@ -5,6 +5,7 @@
     python experiments/ad_claims.py key_to_door [--quick] --out DIR
     python experiments/ad_claims.py darkroom --source q_learning --small --train-steps 3000 --out DIR  # variants
     python experiments/ad_claims.py darkroom --source q_learning --small --episodes 200 --subsample 10 --out DIR
+    python experiments/ad_claims.py darkroom --coordinates --out DIR  # observations as row + column
 
 * ``bandit``: AD trained on Thompson-sampling histories of 10-armed Bernoulli bandits (100 pulls),
   frozen, on 512 fresh held-out bandits: cumulative regret at 100 pulls against Thompson sampling
@@ -123,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help=f"the model {QUICK_MODEL} instead of the config's")
     parser.add_argument("--episodes", type=int, help="episodes per generated history instead of the claim's")
     parser.add_argument("--subsample", type=int, default=1, help="train on every K-th episode of each history")
+    parser.add_argument("--coordinates", action="store_true",
+                        help="grid observations embedded as row + column (model.observation_embedding)")
     args = parser.parse_args(argv)
     claim = CLAIMS[args.claim]
     if args.quick:
@@ -131,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         claim = dataclasses.replace(claim, model=QUICK_MODEL)
     if args.source:
         claim = dataclasses.replace(claim, source=args.source)
+    if args.coordinates:
+        claim = dataclasses.replace(claim, model={**claim.model, "observation_embedding": "coordinates"})
     if args.train_steps:
         claim = dataclasses.replace(claim, train_steps=args.train_steps)
     if args.episodes:

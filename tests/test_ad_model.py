@@ -1,5 +1,6 @@
 """Algorithm Distillation: KV-cache decoding, the model, training windows and in-context evaluation."""
 
+import dataclasses
 import json
 
 import jax
@@ -68,10 +69,12 @@ def stream_batch(length: int, config: ADModelConfig, seed: int) -> dict[str, jax
     }
 
 
-@pytest.mark.parametrize("token_layout", ["joint", "separate"])
-def test_model_step_equals_the_training_pass_and_its_sliding_window(token_layout):
-    config = ADModelConfig(num_observations=9, num_actions=3, context_steps=5, token_layout=token_layout,
-                           num_layers=2, d_model=32, num_heads=2)
+@pytest.mark.parametrize("token_layout, observation_embedding",
+                         [("joint", "table"), ("separate", "table"), ("joint", "coordinates")])
+def test_model_step_equals_the_training_pass_and_its_sliding_window(token_layout, observation_embedding):
+    config = ADModelConfig(num_observations=18, num_actions=3, context_steps=5, token_layout=token_layout,
+                           observation_embedding=observation_embedding, grid_size=3, num_layers=2, d_model=32,
+                           num_heads=2)
     model = AlgorithmDistillation(config, rngs=nnx.Rngs(0))
     length = 13  # past the 5-step context: the cache slides
     batch = stream_batch(length, config, seed=0)
@@ -116,11 +119,29 @@ def test_an_action_never_informs_its_own_prediction_or_earlier_ones(token_layout
     assert not np.allclose(before[:, 4:], after[:, 4:])
 
 
+def test_coordinate_embeddings_move_alike_along_every_row_and_column():
+    """A step right changes the embedding by the same vector in every row (and a step down in every
+    column), for either phase: what a held-out goal's cell shares with the training goals' cells."""
+    config = ADModelConfig(num_observations=2 * 25, num_actions=5, observation_embedding="coordinates", grid_size=5)
+    model = AlgorithmDistillation(config, rngs=nnx.Rngs(0))
+    rows, columns, phases = np.meshgrid(np.arange(5), np.arange(5), np.arange(2), indexing="ij")
+    embedded = np.asarray(model._observation(jnp.asarray(phases * 25 + rows * 5 + columns)))  # [row, column, phase, D]
+    right, down = np.diff(embedded, axis=1), np.diff(embedded, axis=0)
+    np.testing.assert_allclose(right, np.broadcast_to(right[:1, :, :1], right.shape), atol=1e-6)
+    np.testing.assert_allclose(down, np.broadcast_to(down[:, :1, :1], down.shape), atol=1e-6)
+    assert np.linalg.norm(right) > 0 and np.linalg.norm(down) > 0
+    table = AlgorithmDistillation(dataclasses.replace(config, observation_embedding="table"), rngs=nnx.Rngs(0))
+    table_right = np.diff(np.asarray(table._observation(jnp.asarray(phases * 25 + rows * 5 + columns))), axis=1)
+    assert not np.allclose(table_right, np.broadcast_to(table_right[:1, :, :1], table_right.shape), atol=1e-3)
+
+
 def test_model_config_rejects_unknown_choices():
     with pytest.raises(ValueError, match="token_layout 'pairs'"):
         ADModelConfig(num_observations=1, num_actions=2, token_layout="pairs")
     with pytest.raises(ValueError, match="positions 'learned'"):
         ADModelConfig(num_observations=1, num_actions=2, positions="learned")
+    with pytest.raises(ValueError, match="observation_embedding 'coordinates' needs a grid world"):
+        ADModelConfig(num_observations=10, num_actions=2, observation_embedding="coordinates")
 
 
 def train(model: AlgorithmDistillation, windows: TrainingWindows, steps: int, learning_rate: float = 3e-3) -> list[float]:

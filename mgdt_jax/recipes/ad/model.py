@@ -28,6 +28,14 @@ for the same reason. ``"none"`` (no positional information but the causal mask) 
 comparison: once the window slides every token sees equally many keys, so it cannot tell old steps
 from new ones.
 
+Observations (``observation_embedding``): ``"table"`` gives each observation id its own vector.
+``"coordinates"`` is for the square grid worlds (Dark Room, Key-to-Door), whose ids are
+phase * size^2 + row * size + column (mgdt_jax/envs/grid.py; the phase counts Key-to-Door's key
+held, or Dark Room Hard's terminal id): the vector is the sum of a phase, a row and a column
+embedding, as the paper's agent observes its (x, y) position (Laskin et al. 2022, §5). A cell never
+rewarded in training then shares its row and its column with cells that were, so "return to where the
+reward was" can carry over to held-out goals (docs/algorithm_distillation.md).
+
 Loss: the mean cross-entropy of the action logits over every step of the window (AD trains on all
 of them); the metrics are that loss and the argmax accuracy.
 """
@@ -48,19 +56,23 @@ from mgdt_jax.core.transformer import KVCache, Transformer, dense, sharded
 
 TOKEN_LAYOUTS = ("joint", "separate")
 POSITIONS = ("alibi", "none")
+OBSERVATION_EMBEDDINGS = ("table", "coordinates")
 
 
 @dataclasses.dataclass(frozen=True)
 class ADModelConfig:
     """The AD model's settings. ``context_steps``: history steps per training window (the context
     the model learns from; >= 4 episodes for in-context RL, which data.py checks against the
-    histories' episode length)."""
+    histories' episode length). ``grid_size``: the side of the square grid the observation ids
+    number (0: not a grid world); ``"coordinates"`` needs it."""
 
     num_observations: int
     num_actions: int
     context_steps: int = 80
     token_layout: str = "joint"
     positions: str = "alibi"
+    observation_embedding: str = "table"
+    grid_size: int = 0
     num_layers: int = 2
     d_model: int = 64
     num_heads: int = 2
@@ -74,6 +86,11 @@ class ADModelConfig:
             raise ValueError(f"token_layout {self.token_layout!r}: choose one of {', '.join(TOKEN_LAYOUTS)}")
         if self.positions not in POSITIONS:
             raise ValueError(f"positions {self.positions!r}: choose one of {', '.join(POSITIONS)}")
+        if self.observation_embedding not in OBSERVATION_EMBEDDINGS:
+            raise ValueError(f"observation_embedding {self.observation_embedding!r}: choose one of "
+                             f"{', '.join(OBSERVATION_EMBEDDINGS)}")
+        if self.observation_embedding == "coordinates" and self.grid_size < 1:
+            raise ValueError("observation_embedding 'coordinates' needs a grid world's observations (grid_size 0)")
         for name in ("num_observations", "num_actions", "context_steps", "num_layers", "d_model", "num_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -124,7 +141,12 @@ class AlgorithmDistillation(nnx.Module):
             )
 
         unit_fan_in = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-        self.observation_emb = embedding(config.num_observations)
+        if config.observation_embedding == "table":
+            self.observation_emb = embedding(config.num_observations)
+        else:
+            self.phase_emb = embedding(-(-config.num_observations // config.grid_size**2))
+            self.row_emb = embedding(config.grid_size)
+            self.column_emb = embedding(config.grid_size)
         self.action_emb = embedding(config.num_actions + 1)  # the last row: START, no previous action
         # Rewards are real numbers (a bandit's 0/1, a grid world's per-step reward): a linear embedding.
         self.reward_emb = dense(
@@ -157,6 +179,14 @@ class AlgorithmDistillation(nnx.Module):
         """The previous-action id of a history's (or an evaluation's) first step."""
         return self.config.num_actions
 
+    def _observation(self, observations: jax.Array) -> jax.Array:
+        """int32 [...] observation ids -> [..., D] (``observation_embedding``, module docstring)."""
+        if self.config.observation_embedding == "table":
+            return self.observation_emb(observations)
+        size = self.config.grid_size
+        phase, cell = observations // size**2, observations % size**2
+        return self.phase_emb(phase) + self.row_emb(cell // size) + self.column_emb(cell % size)
+
     def _reward(self, rewards: jax.Array) -> jax.Array:
         return self.reward_emb(rewards.astype(jnp.float32)[..., None])
 
@@ -172,8 +202,8 @@ class AlgorithmDistillation(nnx.Module):
         if self.config.token_layout == "joint":
             previous_actions = jnp.concatenate([batch["previous_action"][:, None], actions[:, :-1]], axis=1)
             previous_rewards = jnp.concatenate([batch["previous_reward"][:, None], rewards[:, :-1]], axis=1)
-            return self.observation_emb(observations) + self._previous_step(previous_actions, previous_rewards)
-        per_step = jnp.stack([self.observation_emb(observations), self.action_emb(actions), self._reward(rewards)], axis=2)
+            return self._observation(observations) + self._previous_step(previous_actions, previous_rewards)
+        per_step = jnp.stack([self._observation(observations), self.action_emb(actions), self._reward(rewards)], axis=2)
         return per_step.reshape(batch_size, num_steps * 3, self.config.d_model)
 
     def __call__(
@@ -218,7 +248,7 @@ class AlgorithmDistillation(nnx.Module):
         ``config.window`` tokens (docs/algorithm_distillation.md): the KV cache slides, nothing is re-encoded.
         """
         batch_size = observation.shape[0]
-        observation_token = self.observation_emb(observation)
+        observation_token = self._observation(observation)
         if self.config.token_layout == "joint":
             tokens = (observation_token + self._previous_step(previous_action, previous_reward))[:, None]
             offsets = jnp.zeros((1,), jnp.int32)

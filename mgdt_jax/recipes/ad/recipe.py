@@ -3,8 +3,8 @@ histories and periodic in-context evaluation on held-out tasks.
 
 Trains with ``config.recipe = "ad"`` (experiments/ad_*.py). Config sections it reads:
 
-* ``model``: the fields of ``ADModelConfig`` except ``num_observations`` and ``num_actions``, which
-  come from the histories' metadata (checked against ``data.env``);
+* ``model``: the fields of ``ADModelConfig`` except ``num_observations``, ``num_actions`` and
+  ``grid_size``, which come from ``data.env`` (the histories' metadata is checked against it);
 * ``data``: ``env`` (an environment of mgdt_jax.envs), ``sources`` (directories written by
   ``mgdt-ad-histories``, all of ``env``), ``seed`` (the window order), ``tail_episodes`` (0: whole
   histories; N: only the last N episodes of each, the Expert Distillation baseline of §5 of
@@ -139,9 +139,11 @@ class ADRecipe(Recipe):
         self.model_config = self._model_config(section(config, "model", {}))
 
     def _model_config(self, model: Any) -> ADModelConfig:
-        names = [f.name for f in dataclasses.fields(ADModelConfig) if f.name not in ("num_observations", "num_actions")]
+        from_env = {"num_observations": self.env.num_observations, "num_actions": self.env.num_actions,
+                    "grid_size": getattr(self.env, "size", 0)}
+        names = [f.name for f in dataclasses.fields(ADModelConfig) if f.name not in from_env]
         values = {name: section(model, name) for name in names if section(model, name) is not None}
-        return ADModelConfig(num_observations=self.env.num_observations, num_actions=self.env.num_actions, **values)
+        return ADModelConfig(**from_env, **values)
 
     def model(self, rngs: nnx.Rngs) -> AlgorithmDistillation:
         return AlgorithmDistillation(self.model_config, rngs=rngs)
