@@ -3,18 +3,18 @@
     python experiments/ad_claims.py bandit [--quick] --out DIR
     python experiments/ad_claims.py darkroom [--quick] --out DIR
     python experiments/ad_claims.py key_to_door [--quick] --out DIR
-    python experiments/ad_claims.py darkroom --source q_learning --small --train-steps 3000 --out DIR  # variants
-    python experiments/ad_claims.py darkroom --source q_learning --small --episodes 200 --subsample 10 --out DIR
-    python experiments/ad_claims.py darkroom --coordinates --out DIR  # observations as row + column
+    python experiments/ad_claims.py darkroom --observation-embedding table --out DIR  # a variant (no claim)
 
 * ``bandit``: AD trained on Thompson-sampling histories of 10-armed Bernoulli bandits (100 pulls),
   frozen, on 512 fresh held-out bandits: cumulative regret at 100 pulls against Thompson sampling
   and UCB1 from scratch on the same bandits, and ED (the same model on the optimal arm's pulls).
   Claim: AD within 5% of Thompson and at most 0.55x UCB1; ED clearly worse; all within 5 minutes
   on 2 cores.
-* ``darkroom``: AD on AD^epsilon histories of the 65 training goals, in context on the 16 held-out
-  goals for 40 episodes, beside Q-learning from scratch and ED (expert histories). Claim: mean
-  return at episode 40 >= 10 and rising.
+* ``darkroom``: AD on Q-learning histories of the 65 training goals (200 episodes each, every 10th
+  kept, so a 4-episode context spans 40 episodes of learning; observations embedded as row +
+  column), in context on the 16 held-out goals for 40 episodes, beside Q-learning from scratch and
+  ED (expert histories). Claim: mean return of AD's sampled policy at episode 40 >= 10 and rising
+  (argmax is reported beside it). docs/algorithm_distillation.md gives the settings tried before.
 * ``key_to_door``: the in-context curve of AD trained on Q-learning histories, beside Q-learning.
 
 Histories are generated in memory (sources.rollout, the generator mgdt-ad-histories runs) and
@@ -58,21 +58,24 @@ class Claim:
     train_steps: int
     ed_steps: int
     batch_size: int
-    model: dict
+    model: dict  # over the experiment config's model section
+    subsample: int = 1  # train on every k-th episode of each history
 
 
 CLAIMS = {
     "bandit": Claim(ad_bandit, "bandit", "thompson", {}, ("thompson", "ucb1"), num_train=16384, num_heldout=512,
                     histories_per_task=1, episodes_per_history=100, train_steps=1500, ed_steps=100, batch_size=64,
                     model={"num_layers": 2, "d_model": 64, "num_heads": 2, "dropout_rate": 0.0}),
-    "darkroom": Claim(ad_darkroom, "darkroom", "ad_epsilon", {}, ("q_learning",), num_train=None, num_heldout=None,
-                      histories_per_task=32, episodes_per_history=100, train_steps=5000, ed_steps=500, batch_size=64,
-                      model={}),
+    "darkroom": Claim(ad_darkroom, "darkroom", "q_learning", {}, ("q_learning",), num_train=None, num_heldout=None,
+                      histories_per_task=32, episodes_per_history=200, subsample=10, train_steps=3000, ed_steps=500,
+                      batch_size=64, model={"num_layers": 2, "d_model": 64, "num_heads": 2,
+                                            "observation_embedding": "coordinates"}),
     "key_to_door": Claim(ad_key_to_door, "key_to_door", "q_learning", {}, ("q_learning",), num_train=1024,
                          num_heldout=64, histories_per_task=2, episodes_per_history=300, train_steps=2000,
                          ed_steps=300, batch_size=32, model={}),
 }
-QUICK = {"darkroom": dict(histories_per_task=4, episodes_per_history=60, train_steps=300, ed_steps=100, batch_size=32),
+QUICK = {"darkroom": dict(histories_per_task=4, episodes_per_history=60, subsample=1, train_steps=300, ed_steps=100,
+                          batch_size=32),
          "key_to_door": dict(num_train=256, histories_per_task=1, episodes_per_history=60, train_steps=200, ed_steps=50,
                              batch_size=16),
          "bandit": dict(num_train=512, train_steps=100, ed_steps=20)}
@@ -121,21 +124,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--source", help="distil this source instead of the claim's (a variant, no claim)")
     parser.add_argument("--train-steps", type=int, help="AD updates instead of the claim's")
-    parser.add_argument("--small", action="store_true", help=f"the model {QUICK_MODEL} instead of the config's")
+    parser.add_argument("--small", action="store_true", help=f"the model {QUICK_MODEL} instead of the claim's")
+    parser.add_argument("--config-model", action="store_true", help="the experiment config's model instead of the claim's")
     parser.add_argument("--episodes", type=int, help="episodes per generated history instead of the claim's")
-    parser.add_argument("--subsample", type=int, default=1, help="train on every K-th episode of each history")
-    parser.add_argument("--coordinates", action="store_true",
-                        help="grid observations embedded as row + column (model.observation_embedding)")
+    parser.add_argument("--subsample", type=int, help="train on every K-th episode of each history (claim's: 1 or 10)")
+    parser.add_argument("--observation-embedding", choices=("table", "coordinates"),
+                        help="grid observations as one vector per cell, or row + column (the claim's otherwise)")
     args = parser.parse_args(argv)
     claim = CLAIMS[args.claim]
     if args.quick:
         claim = dataclasses.replace(claim, **QUICK[args.claim])
+    embedding = {key: claim.model[key] for key in ("observation_embedding",) if key in claim.model}
+    if args.config_model:
+        claim = dataclasses.replace(claim, model=embedding)
     if args.small or (args.quick and args.claim != "bandit"):
-        claim = dataclasses.replace(claim, model=QUICK_MODEL)
+        claim = dataclasses.replace(claim, model={**QUICK_MODEL, **embedding})
+    if args.observation_embedding:
+        claim = dataclasses.replace(claim, model={**claim.model, "observation_embedding": args.observation_embedding})
+    if args.subsample:
+        claim = dataclasses.replace(claim, subsample=args.subsample)
     if args.source:
         claim = dataclasses.replace(claim, source=args.source)
-    if args.coordinates:
-        claim = dataclasses.replace(claim, model={**claim.model, "observation_embedding": "coordinates"})
     if args.train_steps:
         claim = dataclasses.replace(claim, train_steps=args.train_steps)
     if args.episodes:
@@ -149,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     except sources.SourceError as error:  # an unknown name, or a source for other environments
         raise SystemExit(f"--source {claim.source}: {error}") from None
     context_episodes = -(-claim.config.get_config().model.context_steps // env.episode_length)
-    kept = -(-claim.episodes_per_history // args.subsample)
+    kept = -(-claim.episodes_per_history // claim.subsample)
     if kept < context_episodes:
-        raise SystemExit(f"--subsample {args.subsample}: keeps {kept} of {claim.episodes_per_history} episodes per "
+        raise SystemExit(f"--subsample {claim.subsample}: keeps {kept} of {claim.episodes_per_history} episodes per "
                          f"history, fewer than the {context_episodes} of the model's context")
     if args.out.exists():
         raise SystemExit(f"--out {args.out}: already exists; choose a new directory")
@@ -160,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}", flush=True)
     train_tasks, _ = env.task_split(SEED, claim.num_train, claim.num_heldout)
     data = histories(claim, env, claim.source, train_tasks, SEED)
-    if args.subsample > 1:
-        data = subsample(data, args.subsample)
+    if claim.subsample > 1:
+        data = subsample(data, claim.subsample)
     expert = histories(claim, env, "expert", train_tasks, SEED)
     data_s = time.perf_counter() - started
     returns = data.episode_returns()
@@ -196,10 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                   "within 5 minutes": total_s <= 300}
         print(f"\nAD/Thompson {ad / thompson:.3f}, AD/UCB1 {ad / ucb1:.3f}")
     else:
-        curve = report["runs"]["AD argmax"]["curves"]["return"]["mean"]
+        # AD's policy samples its actions (as the paper's); argmax, printed above, repeats one path.
+        curve = report["runs"]["AD sample"]["curves"]["return"]["mean"]
         checks = {"rising (last 5 episodes above the first 5)": bool(np.mean(curve[-5:]) > np.mean(curve[:5]))}
         if args.claim == "darkroom":
-            checks["AD argmax at the last episode >= 10"] = bool(curve[-1] >= 10)
+            checks["AD sampled at the last episode >= 10"] = bool(curve[-1] >= 10)
     for name, passed in checks.items():
         print(f"check: {name}: {'yes' if passed else 'NO'}")
     (args.out / "summary.json").write_text(json.dumps({"claim": args.claim, "quick": args.quick, "seconds": {
