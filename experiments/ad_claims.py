@@ -1,4 +1,5 @@
-"""The Algorithm Distillation claims, each data -> training -> evaluation -> table and plot, fixed seeds.
+"""The Algorithm Distillation claims, each data -> training -> evaluation -> table and plot, fixed seeds
+(``--seed``, 0 by default, for the histories, the model and the evaluation; the task split is fixed).
 
     python experiments/ad_claims.py bandit [--quick] --out DIR
     python experiments/ad_claims.py darkroom [--quick] --out DIR
@@ -80,7 +81,7 @@ QUICK = {"darkroom": dict(histories_per_task=4, episodes_per_history=60, subsamp
                              batch_size=16),
          "bandit": dict(num_train=512, train_steps=100, ed_steps=20)}
 QUICK_MODEL = {"num_layers": 2, "d_model": 64, "num_heads": 2}
-SEED = 0
+SPLIT_SEED = 0  # the training / held-out task split, the same for every --seed
 
 
 def histories(claim: Claim, env, source_name: str, tasks, seed: int):
@@ -102,8 +103,9 @@ def subsample(data, every: int):
                                rewards=keep(data.rewards), metadata={**data.metadata, "subsampled_every": every})
 
 
-def train(claim: Claim, data, workdir: Path, steps: int) -> float:
+def train(claim: Claim, data, workdir: Path, steps: int, seed: int) -> float:
     config = claim.config.get_config()
+    config.train.seed = config.data.seed = config.evaluation.seed = seed
     for key, value in claim.model.items():
         setattr(config.model, key, value)
     config.evaluation.num_heldout = claim.num_heldout or 0
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("claim", choices=sorted(CLAIMS))
     parser.add_argument("--quick", action="store_true", help="a smoke run of the same pipeline (no claim)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0, help="histories, initialisation, window order and evaluation "
+                        "(the task split stays the same)")
     parser.add_argument("--source", help="distil this source instead of the claim's (a variant, no claim)")
     parser.add_argument("--train-steps", type=int, help="AD updates instead of the claim's")
     parser.add_argument("--small", action="store_true", help=f"the model {QUICK_MODEL} instead of the claim's")
@@ -165,23 +169,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists():
         raise SystemExit(f"--out {args.out}: already exists; choose a new directory")
     started = time.perf_counter()
-    print(f"# {args.claim}{' (quick)' if args.quick else ''}: {claim}; jax {jax.__version__} on {jax.devices()[0].platform}, "
+    print(f"# {args.claim}{' (quick)' if args.quick else ''}: {claim}; seed {args.seed}; jax {jax.__version__} on {jax.devices()[0].platform}, "
           f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}", flush=True)
-    train_tasks, _ = env.task_split(SEED, claim.num_train, claim.num_heldout)
-    data = histories(claim, env, claim.source, train_tasks, SEED)
+    train_tasks, _ = env.task_split(SPLIT_SEED, claim.num_train, claim.num_heldout)
+    data = histories(claim, env, claim.source, train_tasks, args.seed)
     if claim.subsample > 1:
         data = subsample(data, claim.subsample)
-    expert = histories(claim, env, "expert", train_tasks, SEED)
+    expert = histories(claim, env, "expert", train_tasks, args.seed)
     data_s = time.perf_counter() - started
     returns = data.episode_returns()
     print(f"data: {data.num_histories} {data.source} histories x {data.episodes_per_history} episodes in {data_s:.1f} s; "
           f"return first {returns[:, 0].mean():.3f}, last {returns[:, -1].mean():.3f}", flush=True)
-    ad_s = train(claim, data, args.out / "ad", claim.train_steps)
-    ed_s = train(claim, expert, args.out / "ed", claim.ed_steps)
+    ad_s = train(claim, data, args.out / "ad", claim.train_steps, args.seed)
+    ed_s = train(claim, expert, args.out / "ed", claim.ed_steps, args.seed)
     print(f"training: AD {claim.train_steps} steps in {ad_s:.1f} s, ED {claim.ed_steps} steps in {ed_s:.1f} s", flush=True)
     eval_started = time.perf_counter()
     report = evaluate.compare(args.out / "ad", args.out / "report", ed_workdir=args.out / "ed",
-                              baselines=[sources.make_source(name) for name in claim.baselines], seed=SEED,
+                              baselines=[sources.make_source(name) for name in claim.baselines], seed=args.seed,
                               train_task_ids=np.asarray(train_tasks.id))
     eval_s = time.perf_counter() - eval_started
     total_s = time.perf_counter() - started
