@@ -222,6 +222,13 @@ def task_table(report: dict, data_dir: Path) -> list[str]:
     return lines
 
 
+def variant_flags(args) -> str:
+    """The variant options of the command line (module docstring), as the report's command shows them."""
+    flags = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("tasks", "train_steps", "eval_episodes")
+             if getattr(args, name)]
+    return "".join(" " + flag for flag in flags + (["--raw-observations"] if args.raw_observations else []))
+
+
 def mini_jat(args, setting: Setting, image_weight: float) -> int:
     out = args.out
     check_settings(out, {"claim": "mini-jat", "setting": dataclasses.asdict(setting), "image_weight": image_weight})
@@ -240,7 +247,7 @@ def mini_jat(args, setting: Setting, image_weight: float) -> int:
               if name in domains}
     checks[f"within {TIME_LIMIT_S // 60} minutes including data"] = total_s <= TIME_LIMIT_S
     command = f"python experiments/jat_claims.py mini-jat --out runs/mini_jat{' --quick' if args.quick else ''}" \
-              f"{' --no-image' if args.no_image else ''}"
+              f"{' --no-image' if args.no_image else ''}{variant_flags(args)}"
     lines = [_header("Mini-JAT: result", setting, args.quick, image_weight),
              f"Command: `{command} --docs docs/jat.md`; wall time: {_times(stages)}; total {total_s / 60:.1f} min.\n",
              "| domain | IQM expert-normalised [95% CI] | target |", "|---|---|---|"]
@@ -273,7 +280,7 @@ def kappa(args, setting: Setting) -> int:
     total_s = sum(s["seconds"] for s in stages.values())
     names = list(runs[KAPPAS[0]]["domains"])
     command = (f"python experiments/jat_claims.py kappa --out runs/jat_kappa{' --quick' if args.quick else ''}"
-               f"{' --data runs/mini_jat/data' if args.data else ''}")
+               f"{' --data runs/mini_jat/data' if args.data else ''}{variant_flags(args)}")
     lines = [_header("Kappa ablation: result", setting, args.quick, 1.0),
              f"Command: `{command} --docs docs/jat.md`; kappa in {{{', '.join(f'{k:g}' for k in KAPPAS)}}}, each run "
              f"the same data, seed and steps; total {total_s / 60:.1f} min ({_times(stages)}).\n",
