@@ -21,8 +21,8 @@
 Histories are generated in memory (sources.rollout, the generator mgdt-ad-histories runs) and
 trained through the core loop with the AD recipe; the report is mgdt-ad-eval's (evaluate.compare).
 ``--quick`` shrinks data and training to a smoke run of the same pipeline (its figures are no claim).
-Prints a markdown table and the checks; writes the report (JSON, CSV, PNG) and a copy of the plot
-under --out.
+Prints a markdown table and the checks; writes the report (JSON, CSV, PNG) into OUT/report and, last,
+OUT/summary.json (a run without it did not finish), and ends by saying so.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from experiments import ad_bandit, ad_darkroom, ad_key_to_door
 from mgdt_jax import envs
 from mgdt_jax.core import loop
 from mgdt_jax.recipes.ad import evaluate, sources
+from mgdt_jax.recipes.ad.model import OBSERVATION_EMBEDDINGS
 from mgdt_jax.recipes.ad.recipe import ADRecipe
 
 
@@ -103,7 +104,8 @@ def subsample(data, every: int):
                                rewards=keep(data.rewards), metadata={**data.metadata, "subsampled_every": every})
 
 
-def train(claim: Claim, data, workdir: Path, steps: int, seed: int) -> float:
+def run_config(claim: Claim, steps: int, seed: int):
+    """The experiment config with the claim's model, batch, steps and seed."""
     config = claim.config.get_config()
     config.train.seed = config.data.seed = config.evaluation.seed = seed
     for key, value in claim.model.items():
@@ -114,6 +116,11 @@ def train(claim: Claim, data, workdir: Path, steps: int, seed: int) -> float:
     config.train.checkpoint_every = steps
     config.train.log_every = max(steps // 10, 1)
     config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, steps // 10)
+    return config
+
+
+def train(claim: Claim, data, workdir: Path, steps: int, seed: int) -> float:
+    config = run_config(claim, steps, seed)
     started = time.perf_counter()
     loop.train(config, workdir, recipe=ADRecipe(config, histories=data))
     return time.perf_counter() - started
@@ -132,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-model", action="store_true", help="the experiment config's model instead of the claim's")
     parser.add_argument("--episodes", type=int, help="episodes per generated history instead of the claim's")
     parser.add_argument("--subsample", type=int, help="train on every K-th episode of each history (claim's: 1 or 10)")
-    parser.add_argument("--observation-embedding", choices=("table", "coordinates"),
+    parser.add_argument("--observation-embedding", choices=OBSERVATION_EMBEDDINGS,
                         help="grid observations as one vector per cell, or row + column (the claim's otherwise)")
     args = parser.parse_args(argv)
     claim = CLAIMS[args.claim]
@@ -161,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         sources.make_source(claim.source).check(env)
     except sources.SourceError as error:  # an unknown name, or a source for other environments
         raise SystemExit(f"--source {claim.source}: {error}") from None
+    try:
+        ADRecipe(run_config(claim, claim.train_steps, args.seed))  # the model's settings, before any work
+    except ValueError as error:
+        raise SystemExit(f"ad_claims: {args.claim}: {error}") from None
     context_episodes = -(-claim.config.get_config().model.context_steps // env.episode_length)
     kept = -(-claim.episodes_per_history // claim.subsample)
     if kept < context_episodes:
@@ -219,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "summary.json").write_text(json.dumps({"claim": args.claim, "quick": args.quick, "seconds": {
         "data": data_s, "train_ad": ad_s, "train_ed": ed_s, "evaluation": eval_s, "total": total_s},
         "finals": finals, "checks": checks}, indent=2))
+    written = ", ".join(path.name for path in sorted((args.out / "report").iterdir()))
+    print(f"wrote {args.out / 'report'} ({written}), {args.out / 'summary.json'}, and the AD and ED runs in "
+          f"{args.out / 'ad'} and {args.out / 'ed'}")
     return 0
 
 
