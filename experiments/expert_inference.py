@@ -19,19 +19,21 @@ if TYPE_CHECKING:
 
 def get_config() -> ConfigDict:
     config = tiny.get_config()
-    config.train.num_steps = 3_000
+    config.train.num_steps = 4_000
     config.train.checkpoint_every = 1_000
     config.train.log_every = 100
 
     config.experiment = ml_collections.ConfigDict()
     experiment = config.experiment
-    experiment.games = ("Breakout", "Freeway")  # pretraining games (scripted experts exist for them)
+    # Pretraining games: scripted experts whose play a 2-layer model learns from 84x84 frames in
+    # minutes (Breakout's was not learned in 3,000 steps: docs/results.md).
+    experiment.games = ("Boxing", "Freeway")
     experiment.heldout_game = "Pong"  # a held-out game of the paper, also with an expert
     experiment.steps_per_game = 50_000  # agent steps recorded per pretraining game
     experiment.max_episode_steps = 1_000  # episode cap in recording and evaluation (4 frames a step)
     experiment.epsilon = "linear:1.0:0.0"  # random at the start of each recording, expert at its end
     experiment.heldout_fraction = 0.01  # of steps_per_game, recorded for fine-tuning
-    experiment.eval_episodes = 16  # per game and method
+    experiment.eval_episodes = 32  # per game and method (Boxing's scores spread widely)
     experiment.kappa = 10.0  # expert action inference
     experiment.finetune_steps = 500  # from the pretrained model and from scratch alike
     experiment.finetune_learning_rate = 1e-4  # paper §4.5

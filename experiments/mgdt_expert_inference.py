@@ -1,6 +1,7 @@
 """Does expert action inference beat behaviour cloning on mixed-quality data? One command, small scale.
 
     python experiments/mgdt_expert_inference.py --workdir runs/expert_inference [--quick] [--docs docs/results.md]
+        [--games Boxing,Freeway] [--heldout-game Pong] [--train-steps N] [--eval-episodes N]
 
 1. records mixed-quality data: each game's scripted expert (data_pipelines/experts.py) with an
    epsilon annealed from 1 to 0 over the recording, one epsilon per episode (random play at the
@@ -33,8 +34,6 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import matplotlib
 
 matplotlib.use("Agg")
@@ -53,25 +52,15 @@ METHODS = ("expert inference", "colab variant", "BC", "random")
 BEGIN, END = "<!-- mgdt_expert_inference:begin -->", "<!-- mgdt_expert_inference:end -->"
 
 
-class UniformRandomPolicy:
-    """The actor's policy interface, uniform over one game's minimal action set (as full-set ids)."""
-
-    def __init__(self, game: str):
-        self._actions = jnp.asarray(atari.minimal_to_full(game), jnp.int32)
-
-    def initial_context(self, num_envs: int) -> None:
-        return None
-
-    def act(self, context, observations, episode_starts, reward_tokens, rng):
-        picks = jax.random.randint(rng, (len(observations),), 0, len(self._actions))
-        return self._actions[picks], None
-
-
 def record_stage(exp, root: Path) -> dict[str, dict]:
     """Records every game once (reused on a rerun); returns per game its episode returns and epsilons."""
     done_file = root / "recorded.json"
     if done_file.exists():
-        return json.loads(done_file.read_text())
+        recorded = json.loads(done_file.read_text())
+        if sorted(recorded) != sorted([*exp.games, exp.heldout_game]):
+            raise SystemExit(f"mgdt_expert_inference: error: {done_file} holds {', '.join(sorted(recorded))}, not "
+                             f"{', '.join(sorted([*exp.games, exp.heldout_game]))}: use another --workdir")
+        return recorded
     shutil.rmtree(root / "logs", ignore_errors=True)
     heldout_steps = max(round(exp.heldout_fraction * exp.steps_per_game), 2 * exp.max_episode_steps)
     plan = [(game, "pretrain", exp.steps_per_game) for game in exp.games]
@@ -107,9 +96,8 @@ def train_config(config, sources: Path, **changes):
 def play_method(method: str, models: dict, games: list[str], exp, protocol) -> report.EvaluationSummary:
     """One method's evaluation summary over `games`."""
     if method == "random":
-        results = [actor.play(UniformRandomPolicy(game), [game], episodes_per_game=exp.eval_episodes,
-                              protocol=protocol, seed=exp.seed)[0] for game in games]
-        return report.summarise(results, {"method": method})
+        return evaluate.evaluate_random(games, episodes=exp.eval_episodes, protocol=protocol, seed=exp.seed,
+                                        extra_settings={"method": method})
     model_name, sampling = {
         "expert inference": ("mgdt", sampling_preset("expert", kappa=exp.kappa)),
         "colab variant": ("mgdt", sampling_preset("colab")),
@@ -146,21 +134,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="smoke-test size (minutes); its figures claim nothing")
     parser.add_argument("--docs", type=Path, help="also write the results into this markdown file's section")
+    variants = parser.add_argument_group("variants (the report's command shows those given)")
+    variants.add_argument("--games", help="comma-separated pretraining games (default: the config's)")
+    variants.add_argument("--heldout-game", help="the fine-tuning game (default: the config's)")
+    variants.add_argument("--train-steps", type=int, help="MGDT and BC training steps (default: the config's)")
+    variants.add_argument("--eval-episodes", type=int, help="per game and method (default: the config's)")
     args = parser.parse_args(argv)
     config = expert_inference.get_config()
     if args.quick:
         config = expert_inference.quick(config)
     exp = config.experiment
+    flags = []
+    if args.games:
+        exp.games = tuple(game.strip() for game in args.games.split(","))
+        flags.append(f"--games {args.games}")
+    if args.heldout_game:
+        exp.heldout_game = args.heldout_game
+        flags.append(f"--heldout-game {args.heldout_game}")
+    for name, value in (("train-steps", args.train_steps), ("eval-episodes", args.eval_episodes)):
+        if value is not None:
+            if value < 1:
+                print(f"mgdt_expert_inference: error: --{name} must be at least 1, not {value}", file=sys.stderr)
+                return 2
+            flags.append(f"--{name} {value}")
+    if args.train_steps:
+        config.train.num_steps = args.train_steps
+        config.train.checkpoint_every = min(config.train.checkpoint_every, args.train_steps)
+    if args.eval_episodes:
+        exp.eval_episodes = args.eval_episodes
     logging.set_verbosity(logging.ERROR)
     root = args.workdir.absolute()
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    games = [atari.check_game(g) for g in exp.games]
-    heldout = atari.check_game(exp.heldout_game)
+    try:
+        games = [atari.check_game(g) for g in exp.games]
+        heldout = atari.check_game(exp.heldout_game)
+    except atari.UnknownGameError as error:
+        print(f"mgdt_expert_inference: error: {error}", file=sys.stderr)
+        return 2
     for game in [*games, heldout]:
         if game not in experts.EXPERTS:
             print(f"mgdt_expert_inference: error: no scripted expert for {game}", file=sys.stderr)
             return 2
+    if heldout in games:
+        print(f"mgdt_expert_inference: error: the held-out game {heldout} is also a pretraining game", file=sys.stderr)
+        return 2
 
     print("[1/4] recording mixed-quality data", flush=True)
     recorded = record_stage(exp, root)
@@ -196,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                                             sampling=sampling_preset("expert", kappa=exp.kappa),
                                             protocol=protocol, seed=exp.seed, show_progress=False).games[0]
 
-    command = "python experiments/mgdt_expert_inference.py --workdir runs/expert_inference" + (" --quick" if args.quick else "")
+    command = " ".join(["python experiments/mgdt_expert_inference.py --workdir runs/expert_inference",
+                        *(["--quick"] if args.quick else []), *flags])
     text = results_markdown(config, recorded, summaries, finetuned, games, heldout, command, args.quick,
                             time.perf_counter() - started)
     _plot(summaries, games, root / "expert_inference.png")
