@@ -1,6 +1,6 @@
 """Input pipeline throughput: windows/s per core from the window index against today's reader (whole
 episodes), for episodes of about 200, 2,000 and 27,000 steps, with 1, 2 and all cores; and mgdt-train
-tiny on the demo data against its train step fed a fixed batch.
+tiny on a small recording of random play against its train step fed a fixed batch.
 
     python benchmarks/input_pipeline.py [--seconds 4] [--train-steps 400] [--json results.json]
 
@@ -13,8 +13,8 @@ tiny on the demo data against its train step fed a fixed batch.
    (uniform episode, then uniform step, ``windows.cut_windows``) through the same prefetching. The
    baseline is today's per-window work without its Grain shuffle and mixing, so it is if anything
    faster than the reader it stands for.
-3. mgdt-train (experiments/tiny.py) trains on the demo's data (Breakout, Pong, Boxing, 4,000 random
-   steps each) for --train-steps; its tokens/s (median over the intervals of metrics.jsonl, the first
+3. mgdt-train (experiments/tiny.py) trains on a small recording of random play (Breakout, Pong,
+   Boxing, 4,000 steps each, as mgdt-demo recorded before it played experts) for --train-steps; its tokens/s (median over the intervals of metrics.jsonl, the first
    left out) is compared with the same compiled step fed one fixed batch, timed over the same
    intervals (reading the loss at each, as mgdt-train does), in a child process started the same way.
 """
@@ -37,7 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 EPISODE_STEPS = (200, 2_000, 27_000)
 DEMO_GAMES = ["Breakout", "Pong", "Boxing"]
-DEMO_RECORD_STEPS = 4_000  # mgdt-demo's default
+DEMO_RECORD_STEPS = 4_000
 TARGETS = {"per_core": 2_000, "flat": 0.8, "speedup_27k": 20.0, "end_to_end": 0.85}
 
 
@@ -226,7 +226,7 @@ def end_to_end(root: Path, train_steps: int) -> dict:
     from data_pipelines import convert, record
     from mgdt_jax.core.metric_writer import METRICS_FILE
 
-    for seed, game in enumerate(DEMO_GAMES):  # as mgdt-demo records them
+    for seed, game in enumerate(DEMO_GAMES):
         record.record(game, DEMO_RECORD_STEPS, root / "logs", capacity=DEMO_RECORD_STEPS // 3, seed=seed, progress=False)
     convert.convert(root / "logs", root / "rlds", progress=False)
     log_every = max(train_steps // 10, 1)
@@ -307,7 +307,7 @@ def main() -> None:
               f"episodes {speedup:,.1f}x [>= {TARGETS['speedup_27k']:g}x]")
     if "end_to_end" in results:
         e2e = results["end_to_end"]
-        print(f"  mgdt-train tiny on the demo data: {e2e['train_tokens_per_s']:,.0f} tokens/s; fixed batch "
+        print(f"  mgdt-train tiny on random play (Breakout, Pong, Boxing): {e2e['train_tokens_per_s']:,.0f} tokens/s; fixed batch "
               f"{e2e['fixed_tokens_per_s']:,.0f} tokens/s; ratio {e2e['ratio']:.2f} [>= {TARGETS['end_to_end']}]")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

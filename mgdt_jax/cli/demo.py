@@ -1,12 +1,16 @@
 """``mgdt-demo``: the whole flow on a small real dataset, from playing Atari to a scored report.
 
-    mgdt-demo [--workdir mgdt_demo] [--games Breakout,Pong,Boxing] [--record-steps 4000]
-              [--train-steps 1000] [--episodes 2] [--eval-max-frames 10000]
+    mgdt-demo [--workdir mgdt_demo] [--games Boxing,Freeway,Breakout] [--record-steps 10000]
+              [--policy expert] [--epsilon-schedule linear:1.0:0.0] [--max-episode-steps 1000]
+              [--train-steps 1000] [--episodes 4]
 
-1. records real ALE games (random policy, sticky actions) into DQN-replay logs   (mgdt-record)
+1. records real ALE games into DQN-replay logs: each game's scripted expert mixed with random
+   actions, epsilon annealed from 1 to 0 over the recording, so the data runs from random to
+   expert play (sticky actions; `--policy random` records random play only)   (mgdt-record)
 2. converts the logs to an RLDS dataset                                           (mgdt-convert)
 3. pretrains the tiny MGDT over every available device, with checkpoints          (mgdt-train)
-4. evaluates the last checkpoint on the same games and writes the report          (mgdt-eval)
+4. evaluates the last checkpoint on the same games with expert action inference, and a uniformly
+   random policy under the same protocol, and writes both reports               (mgdt-eval)
 
 Each stage leaves its result in WORKDIR and a rerun reuses it: recorded games are kept, converted
 shards are skipped, training resumes from its newest checkpoint (and does nothing once finished),
@@ -25,25 +29,23 @@ from pathlib import Path
 import ml_collections
 from absl import logging
 
-from data_pipelines import convert, record
+from data_pipelines import convert, experts, record
 from experiments import tiny
 from mgdt_jax.recipes.mgdt import actor
 from mgdt_jax.envs import atari
 from mgdt_jax.recipes.mgdt import evaluate
 from mgdt_jax.core import loop, metric_writer
 
-DEFAULT_GAMES = ("Breakout", "Pong", "Boxing")
-# The recorded episodes are short, so is the evaluation cap: 2,500 agent steps (the released
-# notebook's default rollout length) keeps a policy that never serves in Breakout from playing
-# the full 27,000 steps.
-DEFAULT_EVAL_MAX_FRAMES = 10_000
+DEFAULT_GAMES = ("Boxing", "Freeway", "Breakout")  # each has a scripted expert (data_pipelines/experts.py)
+RANDOM_DIR = "random"  # the random baseline's report, under the report folder
 
 
 def _stage(number: int, text: str) -> None:
     print(f"\n[{number}/4] {text}", flush=True)
 
 
-def record_games(games: list[str], steps: int, logs_dir: Path) -> None:
+def record_games(games: list[str], steps: int, logs_dir: Path, policy: str, epsilon: str,
+                 max_episode_steps: int) -> None:
     """Records each game once; a game is recorded into a scratch folder and moved in when complete."""
     scratch = logs_dir.with_name(logs_dir.name + ".partial")
     for seed, game in enumerate(games):
@@ -51,7 +53,8 @@ def record_games(games: list[str], steps: int, logs_dir: Path) -> None:
             print(f"{game}: reusing {logs_dir / game}")
             continue
         shutil.rmtree(scratch / game, ignore_errors=True)  # an interrupted earlier recording
-        result = record.record(game, steps, scratch, capacity=max(steps // 3, 100), seed=seed)
+        result = record.record(game, steps, scratch, capacity=max(steps // 3, 100), seed=seed, policy=policy,
+                               epsilon=epsilon, max_episode_steps=max_episode_steps)
         (logs_dir / game).parent.mkdir(parents=True, exist_ok=True)
         (scratch / game).rename(logs_dir / game)
         print(f"{game}: {result.steps} steps, {result.episodes_finished} finished episodes, "
@@ -69,69 +72,92 @@ def train_config(dataset_dir: Path, train_steps: int) -> ml_collections.ConfigDi
 
 
 def evaluate_latest(train_dir: Path, games: list[str], episodes: int, max_frames: int, report_dir: Path) -> int:
-    """Evaluates the newest checkpoint unless the report already holds that checkpoint's scores."""
+    """Evaluates the newest checkpoint, and random play, unless the reports already hold those scores."""
     model, step = evaluate.load_model(train_dir)
-    report_file = report_dir / "report.json"
+    protocol = actor.EvalProtocol("demo", sticky_action_probability=0.25, max_episode_frames=max_frames)
+    report_file, random_file = report_dir / "report.json", report_dir / RANDOM_DIR / "report.json"
     if report_file.exists() and json.loads(report_file.read_text()).get("settings", {}).get("step") == step:
         print(f"reusing the report of step {step}: {report_file}")
-        return step
-    protocol = actor.EvalProtocol("demo", sticky_action_probability=0.25, max_episode_frames=max_frames)
-    evaluate.evaluate(model, games, episodes=episodes, protocol=protocol, out_dir=report_dir,
-                      extra_settings={"workdir": str(train_dir), "step": step})
+    else:
+        evaluate.evaluate(model, games, episodes=episodes, protocol=protocol, out_dir=report_dir,
+                          extra_settings={"workdir": str(train_dir), "step": step})
+    if random_file.exists() and json.loads(random_file.read_text())["settings"]["episodes_per_game"] == episodes:
+        print(f"reusing the random baseline: {random_file}")
+    else:
+        evaluate.evaluate_random(games, episodes=episodes, protocol=protocol, out_dir=report_dir / RANDOM_DIR)
     return step
 
 
 def print_report(report_dir: Path) -> None:
-    report = json.loads((report_dir / "report.json").read_text())
-    print(f"{'game':<14}{'episodes':>9}{'raw mean':>11}{'human-normalised':>18}")
-    for game, scores in report["games"].items():
-        normalised = scores["human_normalised"]
-        shown = f"{normalised['value']:.3f}" if normalised else "n/a (no human score)"
-        print(f"{game:<14}{len(scores['raw_scores']):>9}{scores['raw_mean']:>11.1f}{shown:>18}")
-    for name, interval in report["aggregates"].items():
-        print(f"{name:<14} {interval['value']:.3f}  95% CI [{interval['low']:.3f}, {interval['high']:.3f}]")
+    """The trained agent's scores beside random play's, per game (raw means) and aggregated (HNS)."""
+    trained = json.loads((report_dir / "report.json").read_text())
+    random = json.loads((report_dir / RANDOM_DIR / "report.json").read_text())
+
+    def normalised(scores: dict) -> str:
+        return f"{scores['human_normalised']['value']:.3f}" if scores["human_normalised"] else "n/a"
+
+    print(f"{'game':<14}{'episodes':>9}{'trained raw':>13}{'random raw':>12}{'trained HNS':>13}{'random HNS':>12}")
+    for game, scores in trained["games"].items():
+        baseline = random["games"][game]
+        print(f"{game:<14}{len(scores['raw_scores']):>9}{scores['raw_mean']:>13.1f}{baseline['raw_mean']:>12.1f}"
+              f"{normalised(scores):>13}{normalised(baseline):>12}")
+    for name, interval in trained["aggregates"].items():
+        other = random["aggregates"][name]
+        print(f"HNS {name:<10} trained {interval['value']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
+              f"   random {other['value']:.3f} [{other['low']:.3f}, {other['high']:.3f}]")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("mgdt_demo"))
     parser.add_argument("--games", default=",".join(DEFAULT_GAMES), help="comma-separated Atari games")
-    parser.add_argument("--record-steps", type=int, default=4000, help="agent steps recorded per game")
+    parser.add_argument("--record-steps", type=int, default=10_000, help="agent steps recorded per game")
+    parser.add_argument("--policy", default="expert", choices=sorted(record.POLICIES),
+                        help="the recording policy: the game's scripted expert, or random play")
+    parser.add_argument("--epsilon", "--epsilon-schedule", dest="epsilon", default="linear:1.0:0.0",
+                        help="per-episode chance of a random action (mgdt-record's schedules)")
+    parser.add_argument("--max-episode-steps", type=int, default=1000,
+                        help="episode cap in agent steps (4 frames each), recording and evaluation alike")
     parser.add_argument("--train-steps", type=int, default=1000)
-    parser.add_argument("--episodes", type=int, default=2, help="evaluation episodes per game")
-    parser.add_argument("--eval-max-frames", type=int, default=DEFAULT_EVAL_MAX_FRAMES,
-                        help="evaluation episode cap in emulator frames (4 per agent step)")
+    parser.add_argument("--episodes", type=int, default=4, help="evaluation episodes per game and policy")
     args = parser.parse_args(argv)
-    for name in ("record_steps", "train_steps", "episodes", "eval_max_frames"):
+    for name in ("record_steps", "max_episode_steps", "train_steps", "episodes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     try:
         games = [atari.check_game(game.strip()) for game in args.games.split(",")]
-    except atari.UnknownGameError as error:
+        experts.parse_epsilon_schedule(args.epsilon)
+    except ValueError as error:
         parser.error(str(error))
+    if args.policy == "expert" and (missing := [game for game in games if game not in experts.EXPERTS]):
+        parser.error(f"no scripted expert for {', '.join(missing)} (experts exist for "
+                     f"{', '.join(sorted(experts.EXPERTS))}); use --policy random")
     logging.set_verbosity(logging.ERROR)  # Orbax's informational warnings are noise here
     workdir = args.workdir.absolute()
     logs_dir, dataset_dir = workdir / "logs", workdir / "rlds"
     train_dir, report_dir = workdir / "train", workdir / "report"
     started = time.perf_counter()
 
-    _stage(1, f"recording {args.record_steps} steps of {', '.join(games)} into DQN-replay logs")
-    record_games(games, args.record_steps, logs_dir)
+    played_by = "scripted experts, epsilon " + args.epsilon if args.policy == "expert" else "random play"
+    _stage(1, f"recording {args.record_steps} steps of {', '.join(games)} ({played_by}) into DQN-replay logs")
+    record_games(games, args.record_steps, logs_dir, args.policy, args.epsilon, args.max_episode_steps)
 
     _stage(2, "converting the logs to an RLDS dataset")
-    conversion = convert.convert(logs_dir, dataset_dir)
+    conversion = convert.convert(logs_dir, dataset_dir, max_episode_steps=args.max_episode_steps)
     print(convert.summary_line(conversion, dataset_dir, time.perf_counter() - started))
 
     _stage(3, f"pretraining the tiny MGDT for {args.train_steps} steps")
     result = loop.train(train_config(dataset_dir, args.train_steps), train_dir)
     print(f"trained steps {result.first_step}..{result.last_step}; checkpoints in {train_dir}")
 
-    _stage(4, f"evaluating the last checkpoint, {args.episodes} episodes per game")
-    step = evaluate_latest(train_dir, games, args.episodes, args.eval_max_frames, report_dir)
+    _stage(4, f"evaluating the last checkpoint (expert action inference) and random play, "
+              f"{args.episodes} episodes per game each")
+    step = evaluate_latest(train_dir, games, args.episodes, 4 * args.max_episode_steps, report_dir)
     print_report(report_dir)
     print(
         f"\ndone in {time.perf_counter() - started:.0f}s: report {report_dir / 'report.json'}, "
-        f"{report_dir / 'scores.csv'}, plot {report_dir / 'scores.png'}; checkpoint step {step} in {train_dir}; "
+        f"{report_dir / 'scores.csv'}, plot {report_dir / 'scores.png'}, random play's in "
+        f"{report_dir / RANDOM_DIR}; checkpoint step {step} in {train_dir}; "
         f"TensorBoard: tensorboard --logdir {train_dir / metric_writer.TENSORBOARD_DIR}"
     )
     return 0

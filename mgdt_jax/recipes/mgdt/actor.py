@@ -20,6 +20,7 @@ from typing import Any
 
 import cv2
 import jax
+import jax.numpy as jnp
 import numpy as np
 from ale_py.vector_env import AtariVectorEnv
 
@@ -129,6 +130,25 @@ class _Group:
         return all(run.done for run in self.runs)
 
 
+class UniformRandomPolicy:
+    """The policy interface of `play`, uniform over one game's minimal action set (sent as full-set ids).
+
+    The random baseline of a game's scores, played through the same environments and protocol as
+    a model, so the two compare like for like.
+    """
+
+    def __init__(self, game: str):
+        self._actions = jnp.asarray(atari.minimal_to_full(game), jnp.int32)
+
+    def initial_context(self, num_envs: int) -> None:
+        return None
+
+    def act(self, context: None, observations: np.ndarray, episode_starts: np.ndarray,
+            reward_tokens: np.ndarray, rng: jax.Array) -> tuple[jax.Array, None]:
+        picks = jax.random.randint(rng, (len(observations),), 0, len(self._actions))
+        return self._actions[picks], None
+
+
 @dataclasses.dataclass(frozen=True)
 class GameResult:
     game: str
@@ -178,7 +198,7 @@ def _make_group(
 
 
 def play(
-    policy: Policy,
+    policy: Policy | UniformRandomPolicy,
     games: Sequence[str],
     *,
     episodes_per_game: int,

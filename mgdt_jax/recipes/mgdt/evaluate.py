@@ -154,6 +154,33 @@ def evaluate(
     return summary
 
 
+def evaluate_random(
+    games: Sequence[str],
+    *,
+    episodes: int,
+    protocol: actor.EvalProtocol,
+    seed: int = 0,
+    out_dir: Path | None = None,
+    extra_settings: Mapping[str, Any] | None = None,
+) -> report.EvaluationSummary:
+    """The uniformly random baseline of `evaluate`: the same environments, protocol, episodes and report.
+
+    Each game is played by `actor.UniformRandomPolicy` over its minimal action set, so its scores
+    are measured under the protocol the model is scored with, not taken from a reference table.
+    """
+    games = [atari.check_game(game) for game in games]
+    start = time.perf_counter()
+    results = [actor.play(actor.UniformRandomPolicy(game), [game], episodes_per_game=episodes, protocol=protocol,
+                          seed=seed)[0] for game in games]
+    settings = {"episodes_per_game": episodes, "seed": seed, "protocol": dataclasses.asdict(protocol),
+                "policy": "uniformly random minimal-set actions",
+                "seconds": round(time.perf_counter() - start, 1), **(extra_settings or {})}
+    summary = report.summarise(results, settings)
+    if out_dir is not None:
+        report.write_report(summary, out_dir)
+    return summary
+
+
 def training_evaluator(train_config: Any, workdir: Path) -> Callable[[nnx.Module, int], dict[str, float]]:
     """The periodic evaluation hook of the train loop: plays `eval_games` x `eval_episodes` episodes.
 
