@@ -13,8 +13,10 @@ The environments are gymnasium MuJoCo envs stepped on the host, one after anothe
 forward pass for acting runs in NumPy (a few hundred flops per step, cheaper than a dispatch) and
 the whole update (epochs x minibatches) is one jitted JAX call.
 
-An expert is saved as EXPERTS/<task>.npz: the policy's weights, the observation statistics, the
-env id and the package versions it was trained with; it acts with the policy's mean.
+An expert is saved as EXPERTS/<task>.npz: the policy's weights and log std, the observation
+statistics, the env id and the package versions it was trained with. It acts as it was trained, by
+sampling its Gaussian: a student cloning it then sees the states around the expert's path and the
+expert's way back from them, not only the path itself (docs/jat.md §4).
 """
 
 from __future__ import annotations
@@ -217,21 +219,30 @@ def train(env_id: str, config: PPOConfig, seed: int = 0, progress: bool = True) 
     for env in envs:
         env.close()
     host = jax.tree.map(np.asarray, params)
-    return {"policy": host["policy"], "obs_mean": obs_stats.mean, "obs_var": obs_stats.var,
-            "train_returns": np.asarray(finished[-20:], np.float64)}
+    return {"policy": host["policy"], "log_std": host["log_std"], "obs_mean": obs_stats.mean,
+            "obs_var": obs_stats.var, "train_returns": np.asarray(finished[-20:], np.float64)}
 
 
 class ExpertPolicy:
-    """A trained policy acting with its mean, clipped to the action bounds by the recorder."""
+    """A trained policy sampling N(mean(o), exp(log_std)^2) per step; the recorder clips to the action bounds.
 
-    def __init__(self, policy: list[tuple[np.ndarray, np.ndarray]], obs_mean: np.ndarray, obs_var: np.ndarray):
-        self._policy, self._mean, self._var = policy, obs_mean, obs_var
+    ``seed`` fixes the noise, so a recording is repeatable.
+    """
+
+    def __init__(self, policy: list[tuple[np.ndarray, np.ndarray]], log_std: np.ndarray, obs_mean: np.ndarray,
+                 obs_var: np.ndarray, seed: int = 0):
+        self._policy, self._std, self._mean, self._var = policy, np.exp(log_std), obs_mean, obs_var
+        self._rng = np.random.default_rng(seed)
 
     def begin(self, env: Any) -> None:
         pass
 
-    def act(self, observation: np.ndarray) -> np.ndarray:
+    def mean_action(self, observation: np.ndarray) -> np.ndarray:
         return mlp(self._policy, normalize(observation[None], self._mean, self._var))[0]
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        mean = self.mean_action(observation)
+        return (mean + self._std * self._rng.standard_normal(mean.shape)).astype(np.float32)
 
 
 def save(path: Path, trained: dict, env_id: str, versions: dict, config: PPOConfig, seed: int) -> None:
@@ -244,25 +255,30 @@ def save(path: Path, trained: dict, env_id: str, versions: dict, config: PPOConf
             "train_return": float(np.mean(trained["train_returns"])) if len(trained["train_returns"]) else None}
     partial = path.with_name(path.name + ".partial")
     with open(partial, "wb") as file:
-        np.savez(file, obs_mean=trained["obs_mean"], obs_var=trained["obs_var"], info=np.asarray(json.dumps(info)),
-                 **arrays)
+        np.savez(file, log_std=trained["log_std"], obs_mean=trained["obs_mean"], obs_var=trained["obs_var"],
+                 info=np.asarray(json.dumps(info)), **arrays)
     os.replace(partial, path)
 
 
-def load(path: Path, env_id: str, versions: dict) -> ExpertPolicy:
-    """The expert in `path`; ExpertError if it was trained on another env id or package versions."""
+def load(path: Path, env_id: str, versions: dict, seed: int = 0) -> ExpertPolicy:
+    """The expert in `path`, its noise seeded by `seed`; ExpertError if it was trained on another env id or
+    package versions, or saved without its log std (before the experts sampled their actions)."""
     try:
         with np.load(path) as content:
             info = json.loads(str(content["info"]))
             layers = sorted({int(name.split("_")[1]) for name in content.files if name.startswith("policy_")})
             policy = [(content[f"policy_{i}_w"], content[f"policy_{i}_b"]) for i in layers]
             obs_mean, obs_var = content["obs_mean"], content["obs_var"]
+            log_std = content["log_std"] if "log_std" in content.files else None
     except (OSError, ValueError, KeyError) as error:
         raise ExpertError(f"{path}: not an expert file ({error})") from None
+    if log_std is None:
+        raise ExpertError(f"{path}: an expert saved without its policy's log std (it acted with its mean); "
+                          "remove it to train a new expert")
     if info["env_id"] != env_id or info["versions"] != versions:
         raise ExpertError(f"{path}: trained on {info['env_id']} with {info['versions']}, not {env_id} with "
                           f"{versions}; remove it to train a new expert")
-    return ExpertPolicy(policy, obs_mean, obs_var)
+    return ExpertPolicy(policy, log_std, obs_mean, obs_var, seed)
 
 
 def load_expert(task: str, experts_dir: Path | None, env_id: str, seed: int = 0) -> ExpertPolicy:
@@ -278,4 +294,4 @@ def load_expert(task: str, experts_dir: Path | None, env_id: str, seed: int = 0)
         save(path, trained, env_id, versions, config, seed)
         print(f"trained a PPO expert for {task} in {time.perf_counter() - started:.0f}s "
               f"(last training returns {np.mean(trained['train_returns']):.1f}): {path}")
-    return load(path, env_id, versions)
+    return load(path, env_id, versions, seed)
