@@ -14,9 +14,10 @@ def _mean_score(game, policy, tmp_path, cap, episodes=2):
     return float(np.mean(report.episode_returns))
 
 
-# (game, capped episode length in agent steps, minimal margin over random in points per episode)
+# (game, capped episode length in agent steps, minimal margin over random in points per episode; Boxing
+# needs its first ~150 steps to close in on the opponent)
 @pytest.mark.parametrize("game,cap,margin", [("Pong", 400, 3.0), ("Breakout", 300, 3.0), ("Freeway", 300, 2.0),
-                                                  ("Boxing", 300, 5.0)])
+                                                  ("Boxing", 600, 10.0)])
 def test_each_expert_beats_random_play_clearly(game, cap, margin, tmp_path):
     expert, random = _mean_score(game, "expert", tmp_path, cap), _mean_score(game, "random", tmp_path, cap)
     assert expert >= random + margin, (game, expert, random)
