@@ -163,8 +163,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_episodes:
         exp.eval_episodes = args.eval_episodes
     logging.set_verbosity(logging.ERROR)
-    root = args.workdir.absolute()
-    root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
         games = [atari.check_game(g) for g in exp.games]
@@ -174,11 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for game in [*games, heldout]:
         if game not in experts.EXPERTS:
-            print(f"mgdt_expert_inference: error: no scripted expert for {game}", file=sys.stderr)
+            print(f"mgdt_expert_inference: error: no scripted expert for {game}: experts exist for "
+                  f"{', '.join(sorted(experts.EXPERTS))}", file=sys.stderr)
             return 2
     if heldout in games:
         print(f"mgdt_expert_inference: error: the held-out game {heldout} is also a pretraining game", file=sys.stderr)
         return 2
+    root = args.workdir.absolute()
+    root.mkdir(parents=True, exist_ok=True)
 
     print("[1/4] recording mixed-quality data", flush=True)
     recorded = record_stage(exp, root)
