@@ -20,6 +20,7 @@ and a report of the same checkpoint is not played again.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -71,17 +72,26 @@ def train_config(dataset_dir: Path, train_steps: int) -> ml_collections.ConfigDi
     return config
 
 
+def _holds(report_file: Path, games: list[str], episodes: int, protocol: actor.EvalProtocol, **settings) -> bool:
+    """Whether `report_file` already scores these games, episodes and protocol (and `settings`)."""
+    if not report_file.exists():
+        return False
+    report = json.loads(report_file.read_text())
+    wanted = {"episodes_per_game": episodes, "protocol": dataclasses.asdict(protocol), **settings}
+    return sorted(report["games"]) == sorted(games) and all(report["settings"].get(k) == v for k, v in wanted.items())
+
+
 def evaluate_latest(train_dir: Path, games: list[str], episodes: int, max_frames: int, report_dir: Path) -> int:
     """Evaluates the newest checkpoint, and random play, unless the reports already hold those scores."""
     model, step = evaluate.load_model(train_dir)
     protocol = actor.EvalProtocol("demo", sticky_action_probability=0.25, max_episode_frames=max_frames)
     report_file, random_file = report_dir / "report.json", report_dir / RANDOM_DIR / "report.json"
-    if report_file.exists() and json.loads(report_file.read_text()).get("settings", {}).get("step") == step:
+    if _holds(report_file, games, episodes, protocol, step=step):
         print(f"reusing the report of step {step}: {report_file}")
     else:
         evaluate.evaluate(model, games, episodes=episodes, protocol=protocol, out_dir=report_dir,
                           extra_settings={"workdir": str(train_dir), "step": step})
-    if random_file.exists() and json.loads(random_file.read_text())["settings"]["episodes_per_game"] == episodes:
+    if _holds(random_file, games, episodes, protocol):
         print(f"reusing the random baseline: {random_file}")
     else:
         evaluate.evaluate_random(games, episodes=episodes, protocol=protocol, out_dir=report_dir / RANDOM_DIR)
