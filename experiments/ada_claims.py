@@ -73,7 +73,7 @@ class Scale:
 # 2 x 1100 x 0.95 s + 600 teacher steps x ~0.4 s = 39 min, each + ~5-8 min of compiles and evaluation.
 FULL = {
     "meta-rl": Scale(rulesets=2000, num_envs=128, rollout_length=32, train_steps=1500, teacher_steps=0,
-                     eval_episodes=2, num_minibatches=4),
+                     eval_episodes=8, num_minibatches=4),
     "curriculum": Scale(rulesets=2000, num_envs=128, rollout_length=32, train_steps=1200, teacher_steps=0,
                         eval_episodes=2, num_minibatches=4),
     "kickstart": Scale(rulesets=2000, num_envs=128, rollout_length=32, train_steps=1100, teacher_steps=600,
@@ -116,15 +116,17 @@ def make_benchmark(out: Path, scale: Scale, task: TaskSetting) -> tuple[Path, di
 
 
 def run_config(model: str, benchmark: Path, scale: Scale, steps: int, task: TaskSetting = TaskSetting(), *,
-               curriculum: str = "uniform", teacher: Path | None = None, anneal_steps: int = 0):
-    """A training config: XLand R1-9x9, 5 trials, PPO with XLand-MiniGrid's meta-RL settings scaled down."""
+               curriculum: str = "uniform", teacher: Path | None = None, anneal_steps: int = 0, memory_length: int = 0):
+    """A training config: XLand R1-9x9, 5 trials, PPO with XLand-MiniGrid's meta-RL settings scaled down;
+    ``memory_length`` > 0 replaces the Transformer-XL's (``MODELS``)."""
     return common.from_dict({
         "recipe": "ada",
         "env": {"factory": "mgdt_jax.recipes.ada.xland:make", "benchmark": str(benchmark),
                 "env_id": "XLand-MiniGrid-R1-9x9", "num_trials": 5, "max_trials": 13, "fixed_start": True,
                 "max_steps": task.trial_steps, "observe_goal": task.observe_goal, "heldout_fraction": 0.1, "split_seed": SEED, "curriculum": curriculum,
                 "curriculum_settings": {}},
-        "model": {**dataclasses.asdict(AgentConfig()), "observation": "grid", **MODELS[model]},
+        "model": {**dataclasses.asdict(AgentConfig()), "observation": "grid", **MODELS[model],
+                  **({"memory_length": memory_length} if memory_length and model == "trxl" else {})},
         "ppo": {**dataclasses.asdict(PPOConfig()), "rollout_length": scale.rollout_length, "num_epochs": 1,
                 "num_minibatches": scale.num_minibatches, "entropy_coef": 0.01},
         "kickstart": {**dataclasses.asdict(KickstartConfig()), "teacher": str(teacher or ""), "weight": 1.0,
@@ -223,13 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trial-steps", type=int, default=0, help="a trial's step limit (0: 243, xminigrid's)")
     parser.add_argument("--rulesets", type=int, help="generated rulesets (default: the claim's scale)")
     parser.add_argument("--train-steps", type=int, help="PPO steps per run (default: the claim's scale)")
+    parser.add_argument("--memory-length", type=int,
+                        help=f"the Transformer-XL's cached steps per layer (default {MODELS['trxl']['memory_length']})")
     args = parser.parse_args(argv)
     if args.out.exists():
         raise SystemExit(f"--out {args.out}: already exists; choose a new directory")
     if args.docs and args.quick:
         raise SystemExit("--docs: a --quick run is no claim; docs take full runs only")
     scale = QUICK if args.quick else FULL[args.claim]
-    for name in ("rulesets", "train_steps", "trial_steps"):
+    for name in ("rulesets", "train_steps", "trial_steps", "memory_length"):
         if (value := getattr(args, name)) is not None and value < (0 if name == "trial_steps" else 1):
             raise SystemExit(f"--{name.replace('_', '-')} {value}: must be {'>= 0' if name == 'trial_steps' else '> 0'}")
     scale = dataclasses.replace(scale, rulesets=args.rulesets or scale.rulesets,
@@ -248,22 +252,24 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
 
     steps = scale.train_steps
+    memory = args.memory_length or 0
     runs: dict[str, Path] = {}
     seconds: dict[str, float] = {}
     if args.claim == "meta-rl":
         for name, model in (("Transformer-XL", "trxl"), ("GRU RL2", "gru")):
-            runs[name], seconds[name] = train(model, run_config(model, benchmark, scale, steps, task), args.out)
+            runs[name], seconds[name] = train(model, run_config(model, benchmark, scale, steps, task, memory_length=memory),
+                                              args.out)
     elif args.claim == "curriculum":
         for name, curriculum in (("PLR + no-op filter", "plr"), ("uniform", "uniform")):
-            runs[name], seconds[name] = train(curriculum, run_config("trxl", benchmark, scale, steps, task, curriculum=curriculum),
-                                              args.out)
+            runs[name], seconds[name] = train(curriculum, run_config("trxl", benchmark, scale, steps, task, curriculum=curriculum,
+                                                                        memory_length=memory), args.out)
     else:
         teacher, seconds["GRU teacher"] = train("teacher", run_config("gru_teacher", benchmark, scale, scale.teacher_steps, task),
                                                 args.out)
-        kick = run_config("trxl", benchmark, scale, steps, task, teacher=teacher, anneal_steps=steps // 2)
+        kick = run_config("trxl", benchmark, scale, steps, task, teacher=teacher, anneal_steps=steps // 2, memory_length=memory)
         runs["kickstarted"], seconds["kickstarted"] = train("kickstarted", kick, args.out)
-        runs["not kickstarted"], seconds["not kickstarted"] = train("plain", run_config("trxl", benchmark, scale, steps, task),
-                                                                    args.out)
+        runs["not kickstarted"], seconds["not kickstarted"] = train("plain", run_config("trxl", benchmark, scale, steps, task,
+                                                                                         memory_length=memory), args.out)
         runs["GRU teacher"] = teacher
 
     eval_started = time.perf_counter()
@@ -292,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     flags = [args.claim, *(["--goals", args.goals] if args.goals != "all" else []), *(["--hide-goal"] if args.hide_goal else []),
              *(["--trial-steps", str(args.trial_steps)] if args.trial_steps else []),
              *(["--rulesets", str(args.rulesets)] if args.rulesets else []),
-             *(["--train-steps", str(args.train_steps)] if args.train_steps else [])]
+             *(["--train-steps", str(args.train_steps)] if args.train_steps else []),
+             *(["--memory-length", str(memory)] if memory else [])]
     text = (f"`python experiments/ada_claims.py {' '.join(flags)} --out DIR`: benchmark `{record['benchmark_id']}` (trivial "
             f"preset, seed {SEED}, {record['num_rulesets']} rulesets, {report['runs'][next(iter(runs))]['tasks']} held out), "
             f"XLand-MiniGrid-R1-9x9, 5 trials, {task.describe()}; {steps * per_step:,} env steps per run ({steps} PPO steps x "

@@ -202,3 +202,18 @@ def test_the_grid_encoders_convolution_equals_flax_conv():
     conv.bias[...] = jax.random.normal(jax.random.key(1), conv.bias.shape)
     x = jax.random.normal(jax.random.key(2), (3, 4, 5, 5, 6))
     np.testing.assert_allclose(_valid_conv_2x2(conv, x), conv(x.reshape(-1, 5, 5, 6)).reshape(3, 4, 4, 4, 5), atol=1e-5)
+
+
+def test_the_claims_memory_length_reaches_the_transformer_xl_only(tmp_path):
+    from experiments import ada_claims
+
+    scale, benchmark = ada_claims.FULL["meta-rl"], tmp_path / "benchmark.pkl.bz2"
+    trxl = ada_claims.run_config("trxl", benchmark, scale, 10, memory_length=128)
+    assert trxl.model.memory_length == 128
+    assert ada_claims.run_config("trxl", benchmark, scale, 10).model.memory_length == ada_claims.MODELS["trxl"]["memory_length"]
+    assert "memory_length" not in ada_claims.MODELS["gru"]
+    gru = ada_claims.run_config("gru", benchmark, scale, 10, memory_length=128)
+    assert gru.model.memory_length == AgentConfig().memory_length  # unused by the GRU, left at its default
+    with pytest.raises(SystemExit, match="--memory-length 0: must be > 0"):
+        ada_claims.main(["meta-rl", "--memory-length", "0", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
