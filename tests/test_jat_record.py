@@ -77,6 +77,22 @@ def test_metaworld_fields_and_success(recorded):
     assert set(stored.versions) == {"gymnasium", "metaworld", "mujoco"}
 
 
+def test_the_metaworld_expert_adds_seeded_noise_to_the_scripted_action(recorded):
+    from metaworld.policies import ENV_POLICY_MAP
+
+    from data_pipelines.jat import tasks
+
+    out, _ = recorded
+    episode = next(iter(_read(out / "metaworld-reach")))
+    fields = rlds.episode_fields(episode)
+    observations, actions = fields["continuous_observations"], fields["continuous_actions"]  # o_t, a_t
+    scripted = np.stack([ENV_POLICY_MAP["reach-v3"]().get_action(o) for o in observations])
+    noise = (actions - scripted)[np.abs(actions).max(axis=1) < 1.0]  # rows the clip left alone
+    assert len(noise) > 100 and abs(noise.std() - tasks.METAWORLD_ACTION_NOISE) < 0.03
+    first, again = (tasks.ScriptedMetaWorldPolicy("reach", seed=5) for _ in range(2))
+    assert np.array_equal([first.act(o) for o in observations[:5]], [again.act(o) for o in observations[:5]])
+
+
 def test_observation_stats_are_numpys_over_the_recorded_expert_steps(recorded):
     out, _ = recorded
     observations = np.concatenate([rlds.episode_fields(e)["continuous_observations"]
