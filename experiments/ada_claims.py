@@ -116,9 +116,11 @@ def make_benchmark(out: Path, scale: Scale, task: TaskSetting) -> tuple[Path, di
 
 
 def run_config(model: str, benchmark: Path, scale: Scale, steps: int, task: TaskSetting = TaskSetting(), *,
-               curriculum: str = "uniform", teacher: Path | None = None, anneal_steps: int = 0, memory_length: int = 0):
+               curriculum: str = "uniform", teacher: Path | None = None, anneal_steps: int = 0,
+               trxl_options: dict | None = None):
     """A training config: XLand R1-9x9, 5 trials, PPO with XLand-MiniGrid's meta-RL settings scaled down;
-    ``memory_length`` > 0 replaces the Transformer-XL's (``MODELS``)."""
+    ``trxl_options`` (e.g. ``{"memory_length": 128, "gated": True}``) override the Transformer-XL's
+    ``MODELS`` entry."""
     return common.from_dict({
         "recipe": "ada",
         "env": {"factory": "mgdt_jax.recipes.ada.xland:make", "benchmark": str(benchmark),
@@ -126,7 +128,7 @@ def run_config(model: str, benchmark: Path, scale: Scale, steps: int, task: Task
                 "max_steps": task.trial_steps, "observe_goal": task.observe_goal, "heldout_fraction": 0.1, "split_seed": SEED, "curriculum": curriculum,
                 "curriculum_settings": {}},
         "model": {**dataclasses.asdict(AgentConfig()), "observation": "grid", **MODELS[model],
-                  **({"memory_length": memory_length} if memory_length and model == "trxl" else {})},
+                  **((trxl_options or {}) if model == "trxl" else {})},
         "ppo": {**dataclasses.asdict(PPOConfig()), "rollout_length": scale.rollout_length, "num_epochs": 1,
                 "num_minibatches": scale.num_minibatches, "entropy_coef": 0.01},
         "kickstart": {**dataclasses.asdict(KickstartConfig()), "teacher": str(teacher or ""), "weight": 1.0,
@@ -227,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, help="PPO steps per run (default: the claim's scale)")
     parser.add_argument("--memory-length", type=int,
                         help=f"the Transformer-XL's cached steps per layer (default {MODELS['trxl']['memory_length']})")
+    parser.add_argument("--gated", action="store_true", help="the Transformer-XL with GTrXL's GRU-type gates")
     args = parser.parse_args(argv)
     if args.out.exists():
         raise SystemExit(f"--out {args.out}: already exists; choose a new directory")
@@ -253,23 +256,24 @@ def main(argv: list[str] | None = None) -> int:
 
     steps = scale.train_steps
     memory = args.memory_length or 0
+    trxl = {**({"memory_length": memory} if memory else {}), **({"gated": True} if args.gated else {})}
     runs: dict[str, Path] = {}
     seconds: dict[str, float] = {}
     if args.claim == "meta-rl":
         for name, model in (("Transformer-XL", "trxl"), ("GRU RL2", "gru")):
-            runs[name], seconds[name] = train(model, run_config(model, benchmark, scale, steps, task, memory_length=memory),
+            runs[name], seconds[name] = train(model, run_config(model, benchmark, scale, steps, task, trxl_options=trxl),
                                               args.out)
     elif args.claim == "curriculum":
         for name, curriculum in (("PLR + no-op filter", "plr"), ("uniform", "uniform")):
             runs[name], seconds[name] = train(curriculum, run_config("trxl", benchmark, scale, steps, task, curriculum=curriculum,
-                                                                        memory_length=memory), args.out)
+                                                                        trxl_options=trxl), args.out)
     else:
         teacher, seconds["GRU teacher"] = train("teacher", run_config("gru_teacher", benchmark, scale, scale.teacher_steps, task),
                                                 args.out)
-        kick = run_config("trxl", benchmark, scale, steps, task, teacher=teacher, anneal_steps=steps // 2, memory_length=memory)
+        kick = run_config("trxl", benchmark, scale, steps, task, teacher=teacher, anneal_steps=steps // 2, trxl_options=trxl)
         runs["kickstarted"], seconds["kickstarted"] = train("kickstarted", kick, args.out)
         runs["not kickstarted"], seconds["not kickstarted"] = train("plain", run_config("trxl", benchmark, scale, steps, task,
-                                                                                         memory_length=memory), args.out)
+                                                                                         trxl_options=trxl), args.out)
         runs["GRU teacher"] = teacher
 
     eval_started = time.perf_counter()
@@ -299,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
              *(["--trial-steps", str(args.trial_steps)] if args.trial_steps else []),
              *(["--rulesets", str(args.rulesets)] if args.rulesets else []),
              *(["--train-steps", str(args.train_steps)] if args.train_steps else []),
-             *(["--memory-length", str(memory)] if memory else [])]
+             *(["--memory-length", str(memory)] if memory else []), *(["--gated"] if args.gated else [])]
     text = (f"`python experiments/ada_claims.py {' '.join(flags)} --out DIR`: benchmark `{record['benchmark_id']}` (trivial "
             f"preset, seed {SEED}, {record['num_rulesets']} rulesets, {report['runs'][next(iter(runs))]['tasks']} held out), "
             f"XLand-MiniGrid-R1-9x9, 5 trials, {task.describe()}; {steps * per_step:,} env steps per run ({steps} PPO steps x "

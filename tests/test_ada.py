@@ -63,9 +63,10 @@ def segmented(agent, inputs, segment: int, *, acting: bool) -> tuple[np.ndarray,
     return np.concatenate(logits, axis=1), np.concatenate(values, axis=1)
 
 
-@pytest.mark.parametrize("agent_name", ["trxl", "gru"])
+@pytest.mark.parametrize("agent_name", ["trxl", "gtrxl", "gru"])
 def test_memory_over_segments_equals_the_full_context_pass(agent_name):
-    config = AgentConfig(agent=agent_name, num_layers=2, d_model=32, memory_length=12)
+    config = AgentConfig(agent=agent_name.replace("gtrxl", "trxl"), gated=agent_name == "gtrxl", num_layers=2,
+                         d_model=32, memory_length=12)
     agent = make_agent(config, SHAPES, nnx.Rngs(0))
     inputs = random_inputs(1, batch=3, length=12, resets=(7,))
     full_logits, full_values = agent.sequence(inputs, agent.initial_memory(3))
@@ -76,9 +77,10 @@ def test_memory_over_segments_equals_the_full_context_pass(agent_name):
     assert np.abs(np.diff(np.asarray(full_values), axis=1)).max() > 1e-3  # the values do vary
 
 
-@pytest.mark.parametrize("agent_name", ["trxl", "gru"])
+@pytest.mark.parametrize("agent_name", ["trxl", "gtrxl", "gru"])
 def test_memory_survives_trials_and_segments_but_not_a_new_meta_episode(agent_name):
-    config = AgentConfig(agent=agent_name, num_layers=2, d_model=32, memory_length=12)
+    config = AgentConfig(agent=agent_name.replace("gtrxl", "trxl"), gated=agent_name == "gtrxl", num_layers=2,
+                         d_model=32, memory_length=12)
     agent = make_agent(config, SHAPES, nnx.Rngs(0))
     inputs = random_inputs(2, batch=2, length=12, resets=(8,))  # meta-episodes: steps 0-7, 8-11
     changed = dict(inputs, previous_reward=inputs["previous_reward"].at[:, 1].add(3.0))  # step 1 (trial 1)
@@ -204,16 +206,36 @@ def test_the_grid_encoders_convolution_equals_flax_conv():
     np.testing.assert_allclose(_valid_conv_2x2(conv, x), conv(x.reshape(-1, 5, 5, 6)).reshape(3, 4, 4, 4, 5), atol=1e-5)
 
 
-def test_the_claims_memory_length_reaches_the_transformer_xl_only(tmp_path):
+def test_the_claims_transformer_xl_options_reach_the_transformer_xl_only(tmp_path):
     from experiments import ada_claims
 
     scale, benchmark = ada_claims.FULL["meta-rl"], tmp_path / "benchmark.pkl.bz2"
-    trxl = ada_claims.run_config("trxl", benchmark, scale, 10, memory_length=128)
-    assert trxl.model.memory_length == 128
-    assert ada_claims.run_config("trxl", benchmark, scale, 10).model.memory_length == ada_claims.MODELS["trxl"]["memory_length"]
-    assert "memory_length" not in ada_claims.MODELS["gru"]
-    gru = ada_claims.run_config("gru", benchmark, scale, 10, memory_length=128)
-    assert gru.model.memory_length == AgentConfig().memory_length  # unused by the GRU, left at its default
+    options = {"memory_length": 128, "gated": True}
+    trxl = ada_claims.run_config("trxl", benchmark, scale, 10, trxl_options=options)
+    assert (trxl.model.memory_length, trxl.model.gated) == (128, True)
+    plain = ada_claims.run_config("trxl", benchmark, scale, 10)
+    assert (plain.model.memory_length, plain.model.gated) == (ada_claims.MODELS["trxl"]["memory_length"], False)
+    gru = ada_claims.run_config("gru", benchmark, scale, 10, trxl_options=options)
+    assert (gru.model.memory_length, gru.model.gated) == (AgentConfig().memory_length, False)
     with pytest.raises(SystemExit, match="--memory-length 0: must be > 0"):
         ada_claims.main(["meta-rl", "--memory-length", "0", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_the_gtrxl_gate_follows_its_formula_and_starts_near_the_identity():
+    from mgdt_jax.core.transformer import GRUGate
+
+    gate = GRUGate(8, kernel_init=nnx.initializers.normal(0.3), dtype=jnp.float32, param_dtype=jnp.float32,
+                   rngs=nnx.Rngs(0))
+    x, y = jax.random.normal(jax.random.key(1), (2, 5, 8)), jax.random.normal(jax.random.key(2), (2, 5, 8))
+    w, u, u_g = (np.asarray(layer.kernel[...]) for layer in (gate.from_update, gate.from_stream, gate.candidate))
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    xn, yn = np.asarray(x), np.asarray(y)
+    r = sigmoid(yn @ w[:, :8] + xn @ u[:, :8])
+    z = sigmoid(yn @ w[:, 8:16] + xn @ u[:, 8:] - 2.0)
+    h = np.tanh(yn @ w[:, 16:] + (r * xn) @ u_g)
+    np.testing.assert_allclose(gate(x, y), (1 - z) * xn + z * h, atol=1e-5)
+    # With the update gate's bias at -2, at most ~12% of an update gets through at initialisation.
+    zero = GRUGate(8, kernel_init=nnx.initializers.zeros_init(), dtype=jnp.float32, param_dtype=jnp.float32,
+                   rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(zero(x, y), (1 - sigmoid(-2.0)) * xn, atol=1e-6)

@@ -296,8 +296,37 @@ class MLP(nnx.Module):
         return self.linear_out(gelu(self.linear_in(x)))
 
 
+class GRUGate(nnx.Module):
+    """GTrXL's GRU-type gate in place of a residual sum (Parisotto et al. 2020, §3, "Gated-Recurrent-Unit-type
+    gating"): for the stream x and a sublayer's output y, both [..., D],
+
+        r = σ(W_r y + U_r x),  z = σ(W_z y + U_z x − b_g),  h = tanh(W_g y + U_g (r ⊙ x)),
+        g(x, y) = (1 − z) ⊙ x + z ⊙ h.
+
+    ``gate_bias`` b_g = 2 (the paper's) starts z near σ(−2) = 0.12, so a gated block begins close to
+    the identity map, which the paper credits for learning reactive behaviour before memory.
+    """
+
+    def __init__(self, d_model: int, *, kernel_init: nnx.Initializer, dtype: jnp.dtype, param_dtype: jnp.dtype,
+                 rngs: nnx.Rngs, gate_bias: float = 2.0):
+        kinds = dict(kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.from_update = dense(d_model, 3 * d_model, ("embed", None), **kinds)  # W_r, W_z, W_g
+        self.from_stream = dense(d_model, 2 * d_model, ("embed", None), **kinds)  # U_r, U_z
+        self.candidate = dense(d_model, d_model, ("embed", None), **kinds)  # U_g
+        self.gate_bias = gate_bias
+
+    def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        w_r, w_z, w_g = jnp.split(self.from_update(y), 3, axis=-1)
+        u_r, u_z = jnp.split(self.from_stream(x), 2, axis=-1)
+        reset = jax.nn.sigmoid(w_r + u_r)
+        update = jax.nn.sigmoid(w_z + u_z - self.gate_bias)
+        candidate = jnp.tanh(w_g + self.candidate(reset * x))
+        return (1.0 - update) * x + update * candidate
+
+
 class Block(nnx.Module):
-    """One pre-LayerNorm GPT block."""
+    """One pre-LayerNorm GPT block; ``gated``: GTrXL's blocks, each residual sum x + y replaced by
+    ``GRUGate``(x, ReLU(y)) (Parisotto et al. 2020, §3)."""
 
     def __init__(
         self,
@@ -310,6 +339,7 @@ class Block(nnx.Module):
         dtype: jnp.dtype,
         param_dtype: jnp.dtype,
         rngs: nnx.Rngs,
+        gated: bool = False,
     ):
         kinds = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.ln_1 = layer_norm(d_model, param_dtype=param_dtype, rngs=rngs)
@@ -317,6 +347,12 @@ class Block(nnx.Module):
         self.ln_2 = layer_norm(d_model, param_dtype=param_dtype, rngs=rngs)
         self.mlp = MLP(d_model, mlp_hidden, kernel_init=kernel_init, **kinds)
         self.dropout_rate = dropout_rate
+        self.gates = nnx.List([GRUGate(d_model, kernel_init=kernel_init, **kinds) for _ in range(2)]) if gated else None
+
+    def _residual(self, x: jax.Array, update: jax.Array, sublayer: int) -> jax.Array:
+        if self.gates is None:
+            return x + update
+        return self.gates[sublayer](x, jax.nn.relu(update))
 
     def __call__(
         self,
@@ -338,7 +374,7 @@ class Block(nnx.Module):
 
         normalized = self.ln_1(x)
         if positions is None:
-            x = x + regularised(self.attn(normalized, mask, bias=bias), 0)
+            x = self._residual(x, regularised(self.attn(normalized, mask, bias=bias), 0), 0)
         else:
             # Every token is still a key and a value; only the chosen ones query and go on.
             mask = jnp.take_along_axis(mask, positions[:, None, :, None], axis=2)  # [B, 1, P, T]
@@ -346,8 +382,8 @@ class Block(nnx.Module):
                 bias = jnp.take_along_axis(bias, positions[:, None, :, None], axis=2)  # [B, H, P, T]
             queries = jnp.take_along_axis(normalized, positions[:, :, None], axis=1)  # [B, P, D]
             x = jnp.take_along_axis(x, positions[:, :, None], axis=1)
-            x = x + regularised(self.attn(normalized, mask, queries, bias), 0)
-        return x + regularised(self.mlp(self.ln_2(x)), 1)
+            x = self._residual(x, regularised(self.attn(normalized, mask, queries, bias), 0), 0)
+        return self._residual(x, regularised(self.mlp(self.ln_2(x)), 1), 1)
 
     def decode(
         self, x: jax.Array, keys: jax.Array, values: jax.Array, slots: jax.Array, mask: jax.Array, bias: jax.Array | None
@@ -364,8 +400,8 @@ class Block(nnx.Module):
 
         keys = jax.vmap(write)(keys, slots, new_keys)
         values = jax.vmap(write)(values, slots, new_values)
-        x = x + self.attn.attend(query, keys, values, mask, bias)
-        return x + self.mlp(self.ln_2(x)), keys, values
+        x = self._residual(x, self.attn.attend(query, keys, values, mask, bias), 0)
+        return self._residual(x, self.mlp(self.ln_2(x)), 1), keys, values
 
 
 class KVCache(NamedTuple):

@@ -17,8 +17,8 @@ grid views of (tile, colour) ids), ``previous_action`` int32 (``num_actions`` af
 **Transformer-XL** (Dai et al. 2019, §3.2): each layer attends over its cached inputs of the last
 ``memory_length`` steps (computed by earlier segments, no gradient through them) and the current
 segment, causally. Layers are the core's pre-LayerNorm decoder blocks, the ordering GTrXL (Parisotto
-et al. 2020, §3) calls TrXL-I, which trains far more stably in RL than post-LN; the GRU gating of
-GTrXL is not used. Positions are relative, as ALiBi linear biases (Press et al. 2022, §3: head h of
+et al. 2020, §3) calls TrXL-I, which trains far more stably in RL than post-LN; ``gated=True`` adds
+GTrXL's GRU-type gates in place of the residual sums (``core.transformer.GRUGate``). Positions are relative, as ALiBi linear biases (Press et al. 2022, §3: head h of
 H adds ``-2^(-8(h+1)/H) * distance`` to its logits), so the memory needs no position bookkeeping
 and a segment can be any length. Tokens of an earlier meta-episode are masked out.
 
@@ -53,6 +53,7 @@ class AgentConfig:
     mlp_ratio: int = 4
     dropout_rate: float = 0.0
     memory_length: int = 16  # Transformer-XL: cached steps each layer attends to beyond its segment
+    gated: bool = False  # Transformer-XL: GTrXL's GRU-type gates in place of the residual sums
     gru_hidden: int = 64
     head_hidden: int = 64
     observation: str = "discrete"  # "discrete" ids or "grid" (xminigrid's (tile, colour) views)
@@ -153,7 +154,8 @@ class TransformerXL(nnx.Module):
         self.blocks = nnx.List(
             [
                 Block(config.d_model, config.num_heads, config.mlp_ratio * config.d_model, config.dropout_rate,
-                      kernel_init=kernel_init, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+                      kernel_init=kernel_init, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs,
+                      gated=config.gated)
                 for _ in range(config.num_layers)
             ]
         )
