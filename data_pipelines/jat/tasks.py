@@ -167,14 +167,14 @@ METAWORLD_ACTION_NOISE = 0.2
 
 
 class ScriptedMetaWorldPolicy:
-    """metaworld's scripted policy for a v3 task (it reads the 39-d observation), plus N(0, noise_std²)
-    on each action dimension (seeded by ``seed``, so a recording is repeatable)."""
+    """metaworld's scripted policy for a v3 task (it reads the 39-d observation), plus
+    N(0, METAWORLD_ACTION_NOISE²) on each action dimension (seeded by ``seed``, so a recording is
+    repeatable; the task's expert name states the same std)."""
 
-    def __init__(self, task: str, noise_std: float = METAWORLD_ACTION_NOISE, seed: int = 0):
+    def __init__(self, task: str, seed: int = 0):
         from metaworld.policies import ENV_POLICY_MAP
 
         self._policy = ENV_POLICY_MAP[f"{task}-v3"]()
-        self._noise_std = noise_std
         self._rng = np.random.default_rng(seed)
 
     def begin(self, env: Any) -> None:
@@ -182,7 +182,7 @@ class ScriptedMetaWorldPolicy:
 
     def act(self, observation: np.ndarray) -> np.ndarray:
         action = self._policy.get_action(observation)
-        return (action + self._noise_std * self._rng.standard_normal(action.shape)).astype(np.float32)
+        return (action + METAWORLD_ACTION_NOISE * self._rng.standard_normal(action.shape)).astype(np.float32)
 
 
 def _metaworld(name: str, task: str) -> Task:
