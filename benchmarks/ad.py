@@ -20,7 +20,8 @@ Modes (``--modes``, comma list):
 With ``--peer-python`` (an interpreter with torch) ``train``/``eval`` also run
 ../shared/peers/torch_ad.py at the same size, batch and context, right after ours in the same run,
 and print ours/peer ratios. ``train`` times the core trainer's step (the one ``mgdt-train`` runs)
-on a fixed batch: data loading, checkpointing and metrics are apart, as in the peer's loop.
+on a fixed batch: data loading, checkpointing and metrics are apart, as in the peer's loop. Where
+JAX runs on a GPU the peer trains there too (benchmarks/peer_on_cuda.py; its evaluation stays off).
 
     python benchmarks/ad.py --modes train,eval --sizes ad-small --peer-python ../peer-venv/bin/python --json ad.json
     python benchmarks/ad.py --modes layout --json ad_layout.json
@@ -46,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks.peer_on_cuda import peer_command
 from mgdt_jax import envs
 from mgdt_jax.core import host_memory, sharding
 from mgdt_jax.core.train_step import Trainer
@@ -223,9 +225,10 @@ def bench_peer(peer_python: str, peer_script: Path, modes: list[str], size: str,
                warmup: int, episodes: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "peer.json"
-        command = [peer_python, str(peer_script), "--modes", ",".join(modes), "--sizes", f"{size}@{batch_size}",
-                   "--steps", str(steps), "--warmup", str(warmup), "--envs", str(DARK_ROOM_SIZE**2),
-                   "--eval-episodes", str(episodes), "--threads", str(os.cpu_count()), "--json", str(out)]
+        command = peer_command(peer_python, peer_script, jax.default_backend() == "gpu") + [
+            "--modes", ",".join(modes), "--sizes", f"{size}@{batch_size}",
+            "--steps", str(steps), "--warmup", str(warmup), "--envs", str(DARK_ROOM_SIZE**2),
+            "--eval-episodes", str(episodes), "--threads", str(os.cpu_count()), "--json", str(out)]
         run = subprocess.run(command, capture_output=True, text=True, env=host_memory.launch_environment())
         if run.returncode or not out.exists():
             raise RuntimeError(f"peer benchmark failed ({' '.join(command)}): {run.stderr.strip()[-500:]}")
@@ -259,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("batch", "steps", "warmup", "eval_episodes", "layout_updates", "layout_batch"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    peer_modes = [mode for mode in modes if mode in ("train", "eval")]
+    # On a GPU the peer runs through benchmarks/peer_on_cuda.py, whose hooks cover its training only.
+    peer_modes = [mode for mode in modes if mode in (("train",) if jax.default_backend() == "gpu" else ("train", "eval"))]
     if args.peer_python is not None:
         if not args.peer_script.is_file():
             raise SystemExit(f"--peer-script: {args.peer_script} does not exist")

@@ -9,8 +9,8 @@ by then is kept). At the end it prints each figure beside the goal it serves and
 ``DIR/gpu_check.json`` (every figure) and ``DIR/gpu_check.md`` (the table). docs/performance.md
 says what each figure means and holds the figures measured so far.
 
-Budgets are seconds on an H200 (the compile times in them are estimates until a first run records
-the real ones, in each section's ``compile_s``), and they are also shares: a section's process gets
+Budgets are seconds on an H200 (what each section took in the first run there, whose
+initialisation and compile times each section records), and they are also shares: a section's process gets
 the time left times its budget over the budgets of the sections still to run, so what a section
 leaves unused goes to those after it and the last one still gets its share. It stops its own timed
 loops a few seconds before that and is killed at it; a share under ``MIN_START_S`` is not started.
@@ -43,7 +43,7 @@ from pathlib import Path
 SECTIONS_SCRIPT = Path(__file__).with_name("gpu_check_sections.py")
 GRACE_S = 10.0  # a section stops its own work this long before its process is killed
 MIN_START_S = 20.0  # a section given less than this is not started (toy sizes: 5)
-DEFAULT_TOTAL_S = 550.0  # the 10 minutes of one accelerator command, less 50 s for start-up and the report
+DEFAULT_TOTAL_S = 580.0  # the 10 minutes of one accelerator command, less 20 s for start-up and the report
 DRY_RUN_TOTAL_S = 400.0  # toy sizes take ~75 s on a shared 2-core CPU; this bounds a loaded or hung one
 MFU_GOAL = 0.45  # DT-200M bf16 on an H200, against the datasheet peak
 # ALE on the development machine: ~5,000 env steps/s on 2 cores (docs/evaluation.md), ~2,500 per core.
@@ -56,24 +56,22 @@ class Section:
 
     name: str
     goal: str
-    budget_s: float  # on an H200
-    requires: str | None = None  # a module that must exist; absent: the recipe is not built yet
+    budget_s: float  # seconds on an H200: the first run's (2026-12-01) measured time, rounded up
+    requires: tuple[str, ...] = ()  # modules it needs beyond jax, flax, optax and numpy
 
 
 SECTIONS = (
-    Section("matmul_peak", "the ceiling every MFU is read against: bf16 matmul measured vs the datasheet", 30),
-    Section("train_200m", "DT-200M bf16 training at the largest batch that fits: MFU >= 45% on an H200", 130),
-    Section("train_1b", "1B training on one device (fsdp mesh, remat): it fits and runs, at what MFU", 100),
+    Section("matmul_peak", "the ceiling every MFU is read against: bf16 matmul measured vs the datasheet", 20),
+    Section("train_200m", "DT-200M bf16 training at the largest batch that fits: MFU >= 45% on an H200", 115),
+    Section("train_1b", "1B training on one device (fsdp mesh, remat): it fits and runs, at what MFU", 120),
     Section("policy", "policy env steps/s at 64/256/1,024 envs (200M, tiny): the actor's ceiling when "
             "the emulators keep up; goal: at least ALE's rate on the host's cores", 70),
-    Section("input_pipeline", "input pipeline windows/s on all host cores >= the 200M step's consumption", 60),
-    Section("ad_train", "AD training tokens/s at the AD^epsilon recipe's size", 35, requires="mgdt_jax.recipes.ad.recipe"),
-    Section("ad_eval", "AD KV-cached in-context evaluation steps/s at 81 x 100 episodes", 40,
-            requires="mgdt_jax.recipes.ad.recipe"),
-    Section("jat_train", "JAT (768 wide, 12 layers, 512 tokens) bf16 training tokens/s and MFU per modality", 55,
-            requires="mgdt_jax.recipes.jat.recipe"),
-    Section("ada_ppo", "AdA environment + Transformer-XL PPO steps/s at 8,192 envs", 60,
-            requires="mgdt_jax.recipes.ada.recipe"),
+    Section("input_pipeline", "input pipeline windows/s on all host cores >= the 200M step's consumption", 60,
+            requires=("grain", "tensorflow_datasets", "cv2")),
+    Section("ad_train", "AD training tokens/s at the AD^epsilon recipe's size", 30),
+    Section("ad_eval", "AD KV-cached in-context evaluation steps/s at 81 x 100 episodes", 20),
+    Section("jat_train", "JAT (768 wide, 12 layers, 512 tokens) bf16 training tokens/s and MFU per modality", 110),
+    Section("ada_ppo", "AdA environment + Transformer-XL PPO steps/s at 8,192 envs", 85),
 )
 SECTIONS_BY_NAME = {section.name: section for section in SECTIONS}
 
@@ -286,16 +284,19 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as scratch:
-        runnable = [s for s in sections if not s.requires or module_exists(s.requires)]
+        missing = {s.name: [m for m in s.requires if not module_exists(m)] for s in sections}
+        runnable = [s for s in sections if not missing[s.name]]
         for section in sections:
             left = total - (time.time() - start)
             # Toy sizes on a shared CPU take what they take; the total still bounds them.
             share = left if args.dry_run else left * section.budget_s / sum(s.budget_s for s in runnable)
             if section not in runnable:
-                results[section.name] = {"status": "skipped", "reason": f"not built yet (no module {section.requires})"}
+                results[section.name] = {"status": "skipped",
+                                         "reason": f"cannot run here: no module {', '.join(missing[section.name])}"}
             elif share < min_start:
                 runnable.remove(section)
-                results[section.name] = {"status": "skipped", "reason": f"no time left ({left:.0f} s of {total:.0f} s)"}
+                results[section.name] = {"status": "skipped", "reason": f"no time left: its share of the {left:.0f} s "
+                                         f"left is {share:.0f} s, under the {min_start:.0f} s a section needs"}
             else:
                 runnable.remove(section)
                 seconds = share

@@ -638,7 +638,8 @@ def ad_eval(run: Run) -> None:
 # The released JAT's config.json (jat-project/jat): hidden 768, 12 layers, 12 heads, continuous vectors
 # tiled to 377, discrete values < 212. The other model fields are experiments/jat_tiny.py's.
 JAT_RELEASED = {"d_model": 768, "num_layers": 12, "num_heads": 12, "continuous_width": 377, "max_discrete_value": 212}
-JAT_GROUP_ORDER = ("image", "discrete", "continuous")  # the heaviest first: it is the headline
+# The heaviest first: it is the headline; continuous next: the torch peer's 512-token task (benchmarks/jat.py).
+JAT_GROUP_ORDER = ("image", "continuous", "discrete")
 JAT_CONTINUOUS_SIZES = (39, 4)  # Meta-World's observation and action sizes
 JAT_MISSION_WORDS = 8  # a BabyAI mission's length in words
 JAT_DISCRETE_ACTIONS = 7  # BabyAI's (and BabyAI-RGB's) actions
@@ -742,6 +743,8 @@ def jat_train(run: Run) -> None:
                    peak_bytes_in_use=stats.get("peak_bytes_in_use"), bytes_limit=stats.get("bytes_limit"))
         run.log(f"{group}: {measured[-1]['tokens_per_s']:,.0f} tokens/s, {measured[-1]['flops_per_s'] / 1e12:,.1f} "
                 f"TFLOP/s per device, loss {timing['loss_first']:.3f} -> {timing['loss_last']:.3f}")
+    if not measured:  # initialising the 112M-parameter model took the whole share
+        raise SectionSkipped("no time left to compile a group's step after initialising the model")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ Modes (``--modes``, comma list):
   The peer has no evaluation mode, so there is no peer ratio for it.
 
 With ``--peer-python`` (an interpreter with torch and transformers) ``train`` also runs
-../shared/peers/torch_jat.py at the same task, size and batch, right after ours in the same run.
+../shared/peers/torch_jat.py at the same task, size and batch, right after ours in the same run; on
+the GPU where JAX runs, when it runs on one (benchmarks/peer_on_cuda.py).
 
 Run from the repository root with it on the path (``PYTHONPATH=.``, as benchmarks/gpu_check.sh):
 
@@ -59,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks.peer_on_cuda import peer_command
 from benchmarks.train import matmul_peak, peer_available  # the same probes as the MGDT benchmark's
 from mgdt_jax.core import host_memory, sharding
 from mgdt_jax.core.flops import decoder_flops
@@ -184,8 +186,9 @@ def bench_peer(peer_python: str, peer_script: Path, task: str, size: str, batch_
                warmup: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "peer.json"
-        command = [peer_python, str(peer_script), "--task", task, "--sizes", f"{size}@{batch_size}", "--steps",
-                   str(steps), "--warmup", str(warmup), "--threads", str(os.cpu_count()), "--json", str(out)]
+        command = peer_command(peer_python, peer_script, jax.default_backend() == "gpu") + [
+            "--task", task, "--sizes", f"{size}@{batch_size}", "--steps",
+            str(steps), "--warmup", str(warmup), "--threads", str(os.cpu_count()), "--json", str(out)]
         run = subprocess.run(command, capture_output=True, text=True, env=host_memory.launch_environment())
         if run.returncode or not out.exists():
             raise RuntimeError(f"peer benchmark failed ({' '.join(command)}): {run.stderr.strip()[-500:]}")

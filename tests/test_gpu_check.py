@@ -60,7 +60,7 @@ def test_dry_run_measures_every_built_section_without_ml_collections_or_an_emula
     assert {rate["model"] for rate in sections["policy"]["figures"]["rates"]} == {"200m", "tiny"}
     assert all(rate["env_steps_per_s"] > 0 for rate in sections["policy"]["figures"]["rates"])
     jat = sections["jat_train"]["figures"]
-    assert [group["group"] for group in jat["groups_measured"]] == ["discrete", "continuous"]  # toy: no images
+    assert [group["group"] for group in jat["groups_measured"]] == ["continuous", "discrete"]  # toy: no images
     for group in jat["groups_measured"]:
         assert group["tokens_per_s"] > 0
         assert group["tokens_per_s"] == pytest.approx(jat["tokens_per_step"] / group["step_s"])
