@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks import trace_summary
 from benchmarks.train import matmul_peak, synthetic_batch
 from data_pipelines import replay_logs
 from experiments import mgdt_1b, mgdt_200m, tiny
@@ -104,6 +105,7 @@ TOY = Scale(
     ada_envs=8, ada_agent={"agent": "trxl"}, ada_ppo={"rollout_length": 4, "num_epochs": 1, "num_minibatches": 1},
     ada_env="arm_recall", ada_timed_s=1.0,
 )
+TRACED_STEPS = 3  # profiled after the timed ones (benchmarks/trace_summary.py)
 FIT_FRACTION = 0.9  # of the device's memory limit a predicted batch may use (allocator slack)
 OUT_OF_MEMORY = "RESOURCE_EXHAUSTED"
 
@@ -361,6 +363,12 @@ def train_section(run: Run, experiment: ModuleType, fit: bool) -> None:
                 f"{timing['loss_last']:.3f}")
         if not np.isfinite(timing["loss_last"]):
             raise RuntimeError(f"the loss is {timing['loss_last']} after {timing['timed_steps']} steps")
+        if fit and run.left() > 10 * timing["step_s"] + 10:  # the MFU goal's section: where its time goes
+            state, trace = trace_summary.traced_steps(compiled[batch_size], state, batch, TRACED_STEPS)
+            run.record(trace=trace)
+            run.log(f"trace of {TRACED_STEPS} steps: device busy {trace['busy_s_per_step']:.3f} s a step of "
+                    f"{trace['wall_s_per_step']:.3f} s; matmul kernels {trace['matmul_share']:.0%} of it; top: "
+                    + "; ".join(f"{op['share']:.0%} {op['name'][:60]}" for op in trace["top"][:5]))
         return
     raise RuntimeError(f"no compiled batch ({sorted(compiled)}) could run")
 

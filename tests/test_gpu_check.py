@@ -11,10 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import gpu_check
+from benchmarks import gpu_check, trace_summary
 
 REPO = Path(__file__).resolve().parents[1]
 BUILT = ("matmul_peak", "train_200m", "train_1b", "policy", "input_pipeline", "ad_train", "ad_eval", "jat_train",
@@ -57,6 +59,9 @@ def test_dry_run_measures_every_built_section_without_ml_collections_or_an_emula
         assert figures["mfu_vs_measured"] == pytest.approx(figures["flops_per_s"] / peak)
         assert figures["tokens_per_s"] == pytest.approx(figures["tokens_per_step"] / figures["step_s"])
     assert sections["train_1b"]["figures"]["remat"] is True
+    trace = sections["train_200m"]["figures"]["trace"]  # where the MFU goal's step spends its time
+    assert trace["steps"] == 3 and trace["busy_s_per_step"] > 0 and 0 <= trace["matmul_share"] <= 1
+    assert trace["top"] and sum(op["share"] for op in trace["top"]) <= 1 + 1e-9
     assert {rate["model"] for rate in sections["policy"]["figures"]["rates"]} == {"200m", "tiny"}
     assert all(rate["env_steps_per_s"] > 0 for rate in sections["policy"]["figures"]["rates"])
     jat = sections["jat_train"]["figures"]
@@ -201,3 +206,17 @@ def test_the_batch_prediction_errs_small_from_one_step_and_is_exact_from_two():
     two = predict_batch([(16, state + fixed + 16 * per_window), (one, state + fixed + one * per_window)], state,
                         budget, granule=8)
     assert two == exact
+
+
+def test_trace_summary_times_the_traced_steps_and_refuses_a_file_that_is_not_a_trace(tmp_path, capsys):
+    step = jax.jit(lambda state, batch: (state + 1, {"loss": jnp.tanh(batch @ batch).sum()}))
+    batch = jnp.ones((512, 512))
+    state, summary = trace_summary.traced_steps(step, jnp.zeros(()), batch, steps=3)
+    assert float(state) == 3  # the steps ran, and the state came back
+    assert summary["steps"] == 3 and summary["busy_s_per_step"] > 0 and summary["wall_s_per_step"] > 0
+    assert abs(sum(op["share"] for op in summary["top"]) - 1) < 1e-6  # every op of so small a step is listed
+
+    not_a_trace = tmp_path / "notes.xplane.pb"
+    not_a_trace.write_text("not a trace")
+    with pytest.raises(SystemExit, match="notes.xplane.pb: not a readable profiler trace"):
+        trace_summary.main([str(not_a_trace)])
