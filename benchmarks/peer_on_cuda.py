@@ -44,7 +44,7 @@ def synchronized_matmul_peak(n: int = 8192, reps: int = 10) -> dict:
     torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / reps
     rate = 2.0 * n**3 / seconds / 1e9
-    return {"n": n, "reps": reps, "gflops_best": rate, "gflops_mean": rate, "s_per_matmul": [seconds],
+    return {"n": n, "reps": reps, "gflops_best": rate, "gflops_mean": rate,  # one mean over reps: both keys "s_per_matmul": [seconds],
             "checksum": float(c[0, 0])}
 
 
@@ -54,8 +54,11 @@ def main() -> int:
     except ImportError as error:
         print(f"peer_on_cuda: {sys.executable} cannot import torch ({error})", file=sys.stderr)
         return 2
-    if len(sys.argv) < 2 or not Path(sys.argv[1]).is_file():
-        print(f"peer_on_cuda: give the peer script first (got {sys.argv[1:2] or 'nothing'})", file=sys.stderr)
+    if len(sys.argv) < 2:
+        print("peer_on_cuda: give the peer script first, then its arguments", file=sys.stderr)
+        return 2
+    if not Path(sys.argv[1]).is_file():
+        print(f"peer_on_cuda: {sys.argv[1]} is not a file (give the peer script first)", file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
         print("peer_on_cuda: torch sees no CUDA device", file=sys.stderr)
@@ -67,6 +70,9 @@ def main() -> int:
     spec = importlib.util.spec_from_file_location(path.stem, path)
     peer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(peer)
+    if lacking := [name for name in ("make_batch", "matmul_peak", "main") if not hasattr(peer, name)]:
+        print(f"peer_on_cuda: {path} has no {', '.join(lacking)}: not one of the peers this runs", file=sys.stderr)
+        return 2
     make_batch = peer.make_batch
     peer.make_batch = lambda *args, **kwargs: tuple(tensor.to("cuda") for tensor in make_batch(*args, **kwargs))
     peer.matmul_peak = synchronized_matmul_peak

@@ -9,8 +9,8 @@ own XSpace reader: no TensorFlow or TensorBoard).
 
 On a GPU the busy time is the kernels' on the device's ``Stream`` lines; matmul kernels are those
 whose name holds one of `MATMUL_MARKERS` (cuBLAS, cuBLASLt and CUTLASS kernel names, Triton gemm
-fusions, XLA's ``dot`` thunks on a CPU). On a CPU (the dry run) it is XLA's thread-pool work,
-summed over threads, so it can exceed the wall time. The GPU reading is written from XSpace's
+fusions; on a CPU XLA's ``dot`` thunks and the YNNPACK/XNNPACK fusions that hold its dots). On a
+CPU (the dry run) it is XLA's thread-pool work, summed over threads, so it can exceed the wall time. The GPU reading is written from XSpace's
 layout and has not yet met a real GPU trace: ``planes`` in the summary names what the trace held.
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 import jax
 from jax.profiler import ProfileData
 
-MATMUL_MARKERS = ("gemm", "nvjet", "cutlass", "xmma", "cublas", "wgmma", "dot")
+MATMUL_MARKERS = ("gemm", "nvjet", "cutlass", "xmma", "cublas", "wgmma", "dot", "ynn", "xnn")
 # Events that enclose or wait for the work rather than being it (they would count it twice).
 CPU_BOOKKEEPING = ("ThreadpoolListener", "Await", "ThunkExecutor")
 
@@ -51,7 +51,8 @@ def summarise(path: Path, steps: int, top: int = 20) -> dict[str, Any]:
     seconds, calls = collections.Counter(), collections.Counter()
     for line in lines:
         for event in line.events:
-            if source != "GPU streams" and any(mark in event.name for mark in CPU_BOOKKEEPING):
+            if source != "GPU streams" and (event.name.startswith("end: ")
+                                            or any(mark in event.name for mark in CPU_BOOKKEEPING)):
                 continue
             seconds[event.name] += event.duration_ns / 1e9
             calls[event.name] += 1
@@ -90,8 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1, help="steps the trace holds (figures are per step)")
     parser.add_argument("--top", type=int, default=20)
     args = parser.parse_args(argv)
-    if not args.trace.is_file():
+    if args.steps < 1 or args.top < 1:
+        raise SystemExit(f"trace_summary: --steps and --top must be at least 1, got {args.steps} and {args.top}")
+    if not args.trace.exists():
         raise SystemExit(f"trace_summary: {args.trace} does not exist")
+    if not args.trace.is_file() or args.trace.stat().st_size == 0:
+        raise SystemExit(f"trace_summary: {args.trace} is {'empty' if args.trace.is_file() else 'not a file'}, "
+                         "not a profiler trace (give the .xplane.pb file)")
     try:
         summary = summarise(args.trace, args.steps, args.top)
     except ValueError as error:
