@@ -9,8 +9,8 @@ by then is kept). At the end it prints each figure beside the goal it serves and
 ``DIR/gpu_check.json`` (every figure) and ``DIR/gpu_check.md`` (the table). docs/performance.md
 says what each figure means and holds the figures measured so far.
 
-Budgets are seconds on an H200 (what each section took in the first run there, whose
-initialisation and compile times each section records), and they are also shares: a section's process gets
+Budgets are seconds on an H200 (what each section took in the first run there, plus ``GRACE_S``
+and a margin; estimates where it did not finish), and they are also shares: a section's process gets
 the time left times its budget over the budgets of the sections still to run, so what a section
 leaves unused goes to those after it and the last one still gets its share. It stops its own timed
 loops a few seconds before that and is killed at it; a share under ``MIN_START_S`` is not started.

@@ -303,23 +303,24 @@ class GRUGate(nnx.Module):
         r = σ(W_r y + U_r x),  z = σ(W_z y + U_z x − b_g),  h = tanh(W_g y + U_g (r ⊙ x)),
         g(x, y) = (1 − z) ⊙ x + z ⊙ h.
 
-    ``gate_bias`` b_g = 2 (the paper's) starts z near σ(−2) = 0.12, so a gated block begins close to
+    ``GATE_BIAS`` b_g = 2 (the paper's) starts z near σ(−2) = 0.12, so a gated block begins close to
     the identity map, which the paper credits for learning reactive behaviour before memory.
     """
 
+    GATE_BIAS = 2.0
+
     def __init__(self, d_model: int, *, kernel_init: nnx.Initializer, dtype: jnp.dtype, param_dtype: jnp.dtype,
-                 rngs: nnx.Rngs, gate_bias: float = 2.0):
+                 rngs: nnx.Rngs):
         kinds = dict(kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.from_update = dense(d_model, 3 * d_model, ("embed", None), **kinds)  # W_r, W_z, W_g
         self.from_stream = dense(d_model, 2 * d_model, ("embed", None), **kinds)  # U_r, U_z
         self.candidate = dense(d_model, d_model, ("embed", None), **kinds)  # U_g
-        self.gate_bias = gate_bias
 
     def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
         w_r, w_z, w_g = jnp.split(self.from_update(y), 3, axis=-1)
         u_r, u_z = jnp.split(self.from_stream(x), 2, axis=-1)
         reset = jax.nn.sigmoid(w_r + u_r)
-        update = jax.nn.sigmoid(w_z + u_z - self.gate_bias)
+        update = jax.nn.sigmoid(w_z + u_z - self.GATE_BIAS)
         candidate = jnp.tanh(w_g + self.candidate(reset * x))
         return (1.0 - update) * x + update * candidate
 

@@ -18,9 +18,10 @@ grid views of (tile, colour) ids), ``previous_action`` int32 (``num_actions`` af
 ``memory_length`` steps (computed by earlier segments, no gradient through them) and the current
 segment, causally. Layers are the core's pre-LayerNorm decoder blocks, the ordering GTrXL (Parisotto
 et al. 2020, §3) calls TrXL-I, which trains far more stably in RL than post-LN; ``gated=True`` adds
-GTrXL's GRU-type gates in place of the residual sums (``core.transformer.GRUGate``). Positions are relative, as ALiBi linear biases (Press et al. 2022, §3: head h of
-H adds ``-2^(-8(h+1)/H) * distance`` to its logits), so the memory needs no position bookkeeping
-and a segment can be any length. Tokens of an earlier meta-episode are masked out.
+GTrXL's GRU-type gates in place of the residual sums (``core.transformer.GRUGate``). Positions are
+relative, as ALiBi linear biases (Press et al. 2022, §3: head h of H adds
+``-2^(-8(h+1)/H) * distance`` to its logits), so the memory needs no position bookkeeping and a
+segment can be any length. Tokens of an earlier meta-episode are masked out.
 
 **GRU** as in XLand-MiniGrid's RL² baseline (Nikulin et al. 2023, training/nn.py): the encoded
 step goes through one GRU cell whose state carries over trials and segments; actor and critic are
