@@ -68,6 +68,11 @@ TIME_LIMIT_S = 3600
 # JAT's loss weights (tokenize_stream.py L64-69): Meta-World x50, InvertedPendulum x50, other MuJoCo x10.
 LOSS_WEIGHTS = {"metaworld": 50.0, "mujoco-pendulum": 50.0, "mujoco": 10.0}
 IMAGE_SAMPLING_WEIGHT = 0.1  # vs 1 for every other task: ~1% of batches (group drawn by summed weights)
+# BabyAI rows by level: the two levels students fail (pickup-loc 0.35, put-next-local 0.17 against
+# 0.98 and 0.93 for the go-to levels, docs/jat.md §10) are drawn 3x as often as the go-to levels. The
+# weights sum to 4, as four weights of 1 do, so the discrete group's share of batches is unchanged.
+BABYAI_SAMPLING_WEIGHTS = {"babyai-go-to-red-ball-grey": 0.5, "babyai-go-to-local": 0.5, "babyai-pickup-loc": 1.5,
+                           "babyai-put-next-local": 1.5}
 KAPPAS = (0.0, 0.005, 0.5)
 
 
@@ -104,6 +109,10 @@ def loss_weight(task: str) -> float:
     return LOSS_WEIGHTS.get(task, LOSS_WEIGHTS.get(domain(task), 1.0))
 
 
+def sampling_weight(task: str, image_weight: float) -> float:
+    return image_weight if domain(task) == "babyai-rgb" else BABYAI_SAMPLING_WEIGHTS.get(task, 1.0)
+
+
 def record_data(setting: Setting, data_dir: Path) -> None:
     """Records (or finds recorded) every task of ``setting`` into DATA/<task>, printing a line a domain."""
     for name in ("babyai", "babyai-rgb", "metaworld", "mujoco"):
@@ -128,7 +137,7 @@ def train_config(setting: Setting, data_dir: Path, kappa: float, image_weight: f
     model.groups = ("discrete", "continuous", "image") if any(domain(t) == "babyai-rgb" for t in setting.tasks) \
         else ("discrete", "continuous")
     config.data.tasks = tuple({"path": str(data_dir / task),
-                               "sampling_weight": image_weight if domain(task) == "babyai-rgb" else 1.0,
+                               "sampling_weight": sampling_weight(task, image_weight),
                                "loss_weight": loss_weight(task)} for task in setting.tasks)
     config.data.seed = SEED
     config.seed = SEED
@@ -202,8 +211,10 @@ def _header(name: str, setting: Setting, quick: bool, image_weight: float) -> st
             f"Model: {setting.num_layers} layers, d_model {setting.d_model}, {setting.num_steps} steps "
             f"({2 * setting.num_steps} tokens) a row; {setting.train_steps} AdamW steps of {setting.batch_size} rows, "
             f"learning rate {setting.learning_rate:g} (warm-up {setting.warmup_steps}, cosine decay), seed {SEED}; "
-            f"JAT's loss weights (Meta-World and InvertedPendulum x50, other MuJoCo x10); sampling uniform over "
-            f"tasks{f', the image task at {image_weight:g}' if any(domain(t) == 'babyai-rgb' for t in setting.tasks) else ''}; "
+            f"JAT's loss weights (Meta-World and InvertedPendulum x50, other MuJoCo x10); sampling weights "
+            + ", ".join(f"{task.removeprefix('babyai-')} {sampling_weight(task, image_weight):g}" for task in setting.tasks
+                        if sampling_weight(task, image_weight) != 1.0)
+            + f" (1 for every other task); "
             f"continuous observations {'standardised per task' if setting.normalize_observations else 'raw'}. "
             f"Data (expert / random-reference episodes per task): "
             + ", ".join(f"{name} {e} / {r}" for name, (e, r) in setting.episodes.items()
@@ -231,11 +242,12 @@ def variant_flags(args) -> str:
 
 def mini_jat(args, setting: Setting, image_weight: float) -> int:
     out = args.out
-    check_settings(out, {"claim": "mini-jat", "setting": dataclasses.asdict(setting), "image_weight": image_weight})
+    check_settings(out, {"claim": "mini-jat", "setting": dataclasses.asdict(setting), "image_weight": image_weight,
+                         "babyai_sampling_weights": BABYAI_SAMPLING_WEIGHTS})
     data_dir = out / "data"
     stages = {"data": stage(out, "data", lambda: record_data(setting, data_dir))}
     config = train_config(setting, data_dir, kappa=0.005, image_weight=image_weight)
-    share = image_weight / (image_weight + sum(domain(t) != "babyai-rgb" for t in setting.tasks))
+    share = image_weight / sum(sampling_weight(task, image_weight) for task in setting.tasks)
     if any(domain(t) == "babyai-rgb" for t in setting.tasks):
         print(f"image batches: about {share:.1%} of the {setting.train_steps} steps", flush=True)
     stages["training"] = stage(out, "training", lambda: loop.train(config, out / "train"))
