@@ -96,11 +96,13 @@ class TaskSetting:
     goals: str = "all"  # "all": the trivial preset's goal types; "agent": only the agent_* goals
     observe_goal: bool = True  # AdA; False: XLand-MiniGrid's RL² baselines (the view only)
     trial_steps: int = 0  # a trial's step limit; 0: xminigrid's default, 3 * 9 * 9 = 243
+    show_trial_end: bool = False  # a trial's last (rewarded) view is a step of its own (trials.TrialEnv)
 
     def describe(self) -> str:
         goals = "all trivial goal types" if self.goals == "all" else "the six agent_* goal types only"
         return (f"{goals}; goal {'observed' if self.observe_goal else 'hidden'}; "
-                f"trials of at most {self.trial_steps or 243} steps")
+                f"trials of at most {self.trial_steps or 243} steps"
+                + ("; each trial's last view shown as a step of its own" if self.show_trial_end else ""))
 
 
 def make_benchmark(out: Path, scale: Scale, task: TaskSetting) -> tuple[Path, dict]:
@@ -125,7 +127,8 @@ def run_config(model: str, benchmark: Path, scale: Scale, steps: int, task: Task
         "recipe": "ada",
         "env": {"factory": "mgdt_jax.recipes.ada.xland:make", "benchmark": str(benchmark),
                 "env_id": "XLand-MiniGrid-R1-9x9", "num_trials": 5, "max_trials": 13, "fixed_start": True,
-                "max_steps": task.trial_steps, "observe_goal": task.observe_goal, "heldout_fraction": 0.1, "split_seed": SEED, "curriculum": curriculum,
+                "max_steps": task.trial_steps, "show_trial_end": task.show_trial_end, "observe_goal": task.observe_goal,
+                "heldout_fraction": 0.1, "split_seed": SEED, "curriculum": curriculum,
                 "curriculum_settings": {}},
         "model": {**dataclasses.asdict(AgentConfig()), "observation": "grid", **MODELS[model],
                   **((trxl_options or {}) if model == "trxl" else {})},
@@ -230,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-length", type=int,
                         help=f"the Transformer-XL's cached steps per layer (default {MODELS['trxl']['memory_length']})")
     parser.add_argument("--gated", action="store_true", help="the Transformer-XL with GTrXL's GRU-type gates")
+    parser.add_argument("--show-trial-end", action="store_true",
+                        help="a trial's last view (the rewarded one) is a step of its own before the world restarts")
     args = parser.parse_args(argv)
     if args.out.exists():
         raise SystemExit(f"--out {args.out}: already exists; choose a new directory")
@@ -241,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--{name.replace('_', '-')} {value}: must be {'>= 0' if name == 'trial_steps' else '> 0'}")
     scale = dataclasses.replace(scale, rulesets=args.rulesets or scale.rulesets,
                                 train_steps=args.train_steps or scale.train_steps)
-    task = TaskSetting(goals=args.goals, observe_goal=not args.hide_goal, trial_steps=args.trial_steps)
+    task = TaskSetting(goals=args.goals, observe_goal=not args.hide_goal, trial_steps=args.trial_steps,
+                       show_trial_end=args.show_trial_end)
     started = time.perf_counter()
     print(f"# {args.claim}{' (quick)' if args.quick else ''}: {scale}; jax {jax.__version__} on "
           f"{jax.devices()[0].platform}, {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}", flush=True)
@@ -301,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
 
     flags = [args.claim, *(["--goals", args.goals] if args.goals != "all" else []), *(["--hide-goal"] if args.hide_goal else []),
              *(["--trial-steps", str(args.trial_steps)] if args.trial_steps else []),
+             *(["--show-trial-end"] if args.show_trial_end else []),
              *(["--rulesets", str(args.rulesets)] if args.rulesets else []),
              *(["--train-steps", str(args.train_steps)] if args.train_steps else []),
              *(["--memory-length", str(memory)] if memory else []), *(["--gated"] if args.gated else [])]

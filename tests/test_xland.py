@@ -201,6 +201,30 @@ def test_trials_reset_the_world_and_the_episode_goes_on(trivial_benchmark):
     assert (steps.reward > 0).any() and grid_changed_within_trial
 
 
+def test_a_shown_trial_end_is_a_step_of_its_own_then_the_world_restarts(trivial_benchmark):
+    benchmark, _ = generator.load(trivial_benchmark[0])
+    env = trials.TrialEnv(num_trials=3, max_steps=12, show_trial_end=True)
+    assert env.episode_length == 3 * 13
+    num_envs, num_steps = 32, 3 * 13 + 5
+    first, grid0, position0, steps, grids, positions, _ = _rollout(env, benchmark, num_envs, num_steps)
+    trial, time, shown = first.trial, first.time, np.zeros(num_envs, bool)
+    for t in range(num_steps):
+        done = steps.trial_done[t]
+        assert not (done & shown).any()  # the step after a shown end only restarts
+        # a shown end keeps the finished trial's index and last view; the next step restarts at time 0, reward 0
+        np.testing.assert_array_equal(steps.trial[t], np.where(shown, (trial + 1) % 3, trial))
+        np.testing.assert_array_equal(steps.time[t], np.where(shown, 0, time + 1))
+        np.testing.assert_array_equal(steps.episode_done[t], done & (trial == 2))
+        assert (steps.reward[t][shown] == 0).all() and ((steps.reward[t] > 0) <= done).all()
+        np.testing.assert_array_equal(grids[t][shown], grid0[shown])
+        np.testing.assert_array_equal(positions[t][shown], position0[shown])
+        rewarded = steps.reward[t] > 0  # the rewarded view is not the start's (the agent moved or picked up)
+        assert ((grids[t][rewarded] != grid0[rewarded]).any(axis=(1, 2, 3))
+                | (positions[t][rewarded] != position0[rewarded]).any(axis=1)).all()
+        trial, time, shown = steps.trial[t], steps.time[t], done
+    assert steps.trial_done.sum() >= 2 * num_envs and (steps.reward > 0).any()
+
+
 def test_without_fixed_start_trials_start_from_new_worlds(trivial_benchmark):
     benchmark, _ = generator.load(trivial_benchmark[0])
     env = trials.TrialEnv(num_trials=2, max_steps=4, fixed_start=False)
@@ -218,20 +242,23 @@ def test_trial_env_settings_are_checked():
         trials.TrialEnv(env_id="XLand-MiniGrid-R1-1x1").num_actions
 
 
-def test_the_ada_recipe_sees_the_trials_of_a_task_as_one_meta_episode(trivial_benchmark):
+@pytest.mark.parametrize("show_trial_end", [False, True])
+def test_the_ada_recipe_sees_the_trials_of_a_task_as_one_meta_episode(trivial_benchmark, show_trial_end):
     from xminigrid.core.goals import NUM_GOALS
 
     from mgdt_jax.recipes.ada import xland as ada_xland
     from mgdt_jax.recipes.ada.recipe import AdaRecipe
 
     path, record = trivial_benchmark
-    env_config = {"factory": "mgdt_jax.recipes.ada.xland:make", "benchmark": str(path), "num_trials": 2, "max_steps": 4}
+    env_config = {"factory": "mgdt_jax.recipes.ada.xland:make", "benchmark": str(path), "num_trials": 2, "max_steps": 4,
+                  "show_trial_end": show_trial_end}
     recipe = AdaRecipe({"env": env_config, "model": {"observation": "grid"}, "train": {"batch_size": 8}})
     env, tasks = recipe.env, recipe.tasks
     assert recipe.shapes.grid_shape == (5, 5, 2) and recipe.shapes.num_actions == 6
     assert recipe.shapes.extras_size == 2 + 1 + NUM_GOALS + 2 * (13 + 12)  # trial, time, goal
     assert env.describe()["benchmark_id"] == record["benchmark_id"]
-    num_envs, num_steps = 8, 2 * 4
+    num_envs, num_steps = 8, 2 * (4 + show_trial_end)
+    assert env.episode_length == num_steps and env.describe()["show_trial_end"] is show_trial_end
 
     @jax.jit
     def run(key):
@@ -253,10 +280,11 @@ def test_the_ada_recipe_sees_the_trials_of_a_task_as_one_meta_episode(trivial_be
     np.testing.assert_array_equal(goal[:, :NUM_GOALS].argmax(-1), goals[:, 0])  # the goal is observed, one-hot
     np.testing.assert_array_equal(goal[:, NUM_GOALS:NUM_GOALS + 13].argmax(-1), goals[:, 1])
     observed_trial = steps.extras["trial"].argmax(-1)  # the trial the next observation belongs to
-    # A step's reward belongs to the trial it was taken in: the previous one when the step ended a trial.
+    # A step's reward belongs to the trial it was taken in: the previous one when the step ended a
+    # trial, unless the end is a step of its own (the observation still the finished trial's).
     previous_trial = np.concatenate([np.zeros((1, num_envs), np.int64), observed_trial[:-1]])
-    np.testing.assert_array_equal(steps.trial, previous_trial)
-    # Trials end by the goal or after 4 steps; the meta-episode ends with the second (and only then).
+    np.testing.assert_array_equal(steps.trial, observed_trial if show_trial_end else previous_trial)
+    # Trials end by the goal or after 4 steps (5 with the end shown); the meta-episode ends with the second.
     assert steps.done.any(axis=0).all() and (steps.trial[steps.done] == 1).all()
     # observe_goal=False (XLand-MiniGrid's RL² baselines): the goal features are zeros.
     hidden_env, hidden_tasks = ada_xland.make({**env_config, "observe_goal": False})

@@ -20,7 +20,11 @@ reward are the agent's to keep.
     state, timestep = jax.vmap(env.step)(state, actions)
 
 `step` resets trials itself (gym style: a timestep that ends a trial carries that step's reward
-and done flags, with the next trial's first observation). When the last trial ends, the episode
+and done flags, with the next trial's first observation). With `show_trial_end` a trial's end is
+a step of its own instead: the timestep that ends a trial carries the view the last action led to
+(the goal reached: the object held, or in front of the agent), and the next step, whatever the
+action, restarts the world with reward 0. The view that earned a reward then reaches the agent
+with the reward; gym style, a memory must link the reward to the step before it. When the last trial ends, the episode
 starts over on the same ruleset (trial 0); a caller that wants a new task calls `reset` there with
 a new ruleset (e.g. `jax.tree.map(partial(jnp.where, done), fresh, stepped)`).
 """
@@ -48,6 +52,7 @@ class TrialState(NamedTuple):
     ruleset: Any  # xminigrid RuleSet of the episode's task
     trial: jax.Array  # int32 []: index of the running trial, 0..num_trials-1
     key: jax.Array  # PRNG key for the next trial's start without fixed_start
+    ended: jax.Array  # bool []: with show_trial_end, `inner` is a finished trial's last view
 
 
 class TrialTimeStep(NamedTuple):
@@ -56,7 +61,7 @@ class TrialTimeStep(NamedTuple):
 
     observation: jax.Array  # uint8 [view, view, 2]: tile id, colour id
     goal: jax.Array  # uint8 [5]: the goal's xminigrid encoding
-    trial: jax.Array  # int32 []: trial index of `observation`
+    trial: jax.Array  # int32 []: trial index of `observation` (the finished trial's on a shown end)
     time: jax.Array  # int32 []: steps taken in that trial (0 at its start)
     reward: jax.Array  # float32 []
     trial_done: jax.Array  # bool []: the step ended a trial (goal reached or time out)
@@ -73,6 +78,7 @@ class TrialEnv:
     num_trials: int = 5
     fixed_start: bool = True
     max_steps: int | None = None
+    show_trial_end: bool = False  # a trial's last view is a step of its own (module docstring)
 
     def __post_init__(self):
         if self.num_trials < 1:
@@ -103,8 +109,9 @@ class TrialEnv:
 
     @property
     def episode_length(self) -> int:
-        """Most steps an episode takes: num_trials * trial_length."""
-        return self.num_trials * self.trial_length
+        """Most steps an episode takes: num_trials * trial_length, plus a step a trial with
+        show_trial_end."""
+        return self.num_trials * (self.trial_length + self.show_trial_end)
 
     @property
     def observation_shape(self) -> tuple[int, int, int]:
@@ -122,16 +129,19 @@ class TrialEnv:
             raise ValueError(f"rulesets with {ruleset.init_tiles.shape[-2]} objects do not fit in {self.env_id}")
         start_key, key = jax.random.split(key)
         inner = self._env[0].reset(params, start_key)
-        state = TrialState(inner, inner, ruleset, jnp.int32(0), key)
+        state = TrialState(inner, inner, ruleset, jnp.int32(0), key, jnp.bool_(False))
         return state, self._timestep(state, jnp.float32(0.0), jnp.bool_(False), jnp.bool_(False))
 
     def step(self, state: TrialState, action: jax.Array) -> tuple[TrialState, TrialTimeStep]:
         """One step of the running trial; at a trial's end the world resets for the next trial
-        (after the last trial: trial 0 of the same ruleset again)."""
+        (after the last trial: trial 0 of the same ruleset again). With show_trial_end the reset
+        is the step after the one that ended the trial, and `action` is ignored there."""
         env, _ = self._env
         params = self._params(state.ruleset)
         stepped = env.step(params, state.inner, action)
-        trial_done = stepped.last()
+        # A shown end is followed by the reset alone; otherwise the reset follows the trial's end at once.
+        trial_done = stepped.last() & ~state.ended
+        restart = state.ended if self.show_trial_end else trial_done
         episode_done = trial_done & (state.trial == self.num_trials - 1)
         key = state.key
         if self.fixed_start:  # a copy of the episode's first world, no new draw
@@ -140,10 +150,11 @@ class TrialEnv:
             key, trial_key = jax.random.split(key)
             restarted = env.reset(params, trial_key)
         # Under vmap a cond runs both branches anyway; a select keeps the program flat.
-        inner = jax.tree.map(lambda new, old: jnp.where(trial_done, new, old), restarted, stepped)
-        trial = jnp.where(trial_done, (state.trial + 1) % self.num_trials, state.trial).astype(jnp.int32)
-        state = TrialState(inner, state.start, state.ruleset, trial, key)
-        return state, self._timestep(state, stepped.reward.astype(jnp.float32), trial_done, episode_done)
+        inner = jax.tree.map(lambda new, old: jnp.where(restart, new, old), restarted, stepped)
+        trial = jnp.where(restart, (state.trial + 1) % self.num_trials, state.trial).astype(jnp.int32)
+        reward = jnp.where(state.ended, 0.0, stepped.reward).astype(jnp.float32)  # a reset earns nothing
+        state = TrialState(inner, state.start, state.ruleset, trial, key, trial_done & self.show_trial_end)
+        return state, self._timestep(state, reward, trial_done, episode_done)
 
     def _timestep(self, state: TrialState, reward, trial_done, episode_done) -> TrialTimeStep:
         return TrialTimeStep(observation=state.inner.observation, goal=state.ruleset.goal.astype(jnp.uint8),

@@ -8,7 +8,7 @@ The meta-environment is `mgdt_jax.envs.xland.trials.TrialEnv` seen through the r
 (mgdt_jax/recipes/ada/env.py): the observation is the egocentric (tile, colour) view as int32
 [view, view, 2]; ``done`` is the end of the episode's last trial; ``trial`` is the trial the reward
 belongs to (the one that just ended when a step ends a trial: TrialEnv's own ``trial`` already names
-the next). The agent's extras (AdA: the goal is observed, the rules are not) are the trial index
+the next, unless ``show_trial_end`` shows the end as a step of its own). The agent's extras (AdA: the goal is observed, the rules are not) are the trial index
 (one-hot, k), the time within the trial (steps / trial length) and the goal (xminigrid's encoding
 one-hot: goal type, then tile and colour of each of its two object slots). ``observe_goal=False``
 zeroes the goal features, as XLand-MiniGrid's RL² baselines see only the view: then even a
@@ -45,6 +45,7 @@ class XLandConfig:
     num_trials: int = 5
     fixed_start: bool = True  # every trial restarts from the episode's first world (AdA)
     max_steps: int = 0  # a trial's step limit; 0: xminigrid's default (3 * height * width)
+    show_trial_end: bool = False  # a trial's last (rewarded) view is a step of its own (trials.TrialEnv)
     max_trials: int = 0  # width of the trial one-hot the agent sees (0: num_trials); evaluation may run up to it
     observe_goal: bool = True  # AdA observes the goal; False hides it (XLand-MiniGrid's RL² baselines)
     heldout_fraction: float = 0.0  # rulesets held out of training (generator.task_split), for evaluation
@@ -98,8 +99,10 @@ class XLandTrials:
         return state, self._timestep(timestep)
 
     def _timestep(self, timestep: trials.TrialTimeStep) -> TimeStep:
-        # TrialEnv's trial already names the next trial after a trial's last step; the reward is the last trial's.
-        reward_trial = jnp.where(timestep.trial_done, (timestep.trial - 1) % self.num_trials, timestep.trial)
+        # Unless the end is shown, TrialEnv's trial already names the next trial after a trial's last
+        # step; the reward is the last trial's.
+        reward_trial = jnp.where(timestep.trial_done & ~self.env.show_trial_end,
+                                 (timestep.trial - 1) % self.num_trials, timestep.trial)
         return TimeStep(
             observation=timestep.observation.astype(jnp.int32),
             reward=timestep.reward,
@@ -115,6 +118,7 @@ class XLandTrials:
     def describe(self) -> dict[str, Any]:
         return {"name": "xland", "env_id": self.env.env_id, "num_trials": self.num_trials,
                 "fixed_start": self.env.fixed_start, "trial_length": self.env.trial_length,
+                "show_trial_end": self.env.show_trial_end,
                 "trial_features": self.trial_features, "observe_goal": self.observe_goal,
                 "benchmark_id": self.benchmark["benchmark_id"], "benchmark_sha256": self.benchmark["sha256"]}
 
@@ -158,7 +162,7 @@ def make(env_config: Any) -> tuple[XLandTrials, UniformTasks | curriculum.Curric
         raise ValueError(f"env.max_trials {settings.max_trials}: below num_trials {settings.num_trials}")
     benchmark, record = generator.load(settings.benchmark)
     env = trials.TrialEnv(settings.env_id, num_trials=settings.num_trials, fixed_start=settings.fixed_start,
-                          max_steps=settings.max_steps or None)
+                          max_steps=settings.max_steps or None, show_trial_end=settings.show_trial_end)
     env.num_actions  # noqa: B018  (an unknown env_id fails here, in one line, not inside a trace)
     num_tasks = record["num_rulesets"]
     train_ids = heldout_ids = None
