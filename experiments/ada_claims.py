@@ -205,6 +205,23 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def by_goal_type(report: dict, goals: np.ndarray) -> str:
+    """Markdown table: each run's held-out mean return in trial 1 and trial 5, by goal type
+    (``goals``: uint8 [num_rulesets, 5], the benchmark's goal encodings, type id first)."""
+    names = {type_id: name for name, type_id in generator.type_ids()[0].items()}
+    runs = report["runs"]
+    lines = ["| goal type | tasks | " + " | ".join(f"{name} trial 1 -> 5" for name in runs) + " |",
+             "|---|---|" + "---|" * len(runs)]
+    task_types = np.asarray(goals)[np.asarray(next(iter(runs.values()))["task_ids"]), 0]
+    for type_id in np.unique(task_types):
+        cells = []
+        for run in runs.values():
+            scores = np.asarray(run["task_scores"])[task_types == type_id]  # [tasks, trials]
+            cells.append(f"{scores[:, 0].mean():.3f} -> {scores[:, 4].mean():.3f}")
+        lines.append(f"| `{names.get(int(type_id), type_id)}` | {int((task_types == type_id).sum())} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_docs(claim: str, text: str, figures: list[Path]) -> None:
     """The claim's section of docs/ada.md (between its markers) and its figures in docs/figures/."""
     begin, end = f"<!-- ada_claims:{claim}:begin -->", f"<!-- ada_claims:{claim}:end -->"
@@ -318,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
             f"[bootstrap 95% CI], {scale.eval_episodes} episodes per task, actions sampled. Training "
             + ", ".join(f"{name} {s / 60:.1f} min" for name, s in seconds.items())
             + f"; evaluation {eval_s / 60:.1f} min; total {total_s / 60:.1f} min on {os.cpu_count()} CPU cores.\n\n"
-            + table(report) + "\n\n" + "\n".join(f"* {name}: {'yes' if ok else 'NO'}" for name, ok in checks.items())
+            + table(report) + "\n\nBy goal type (held-out tasks, mean over each type's tasks and episodes):\n\n"
+            + by_goal_type(report, np.asarray(generator.load(benchmark)[0].goals)) + "\n\n"
+            + "\n".join(f"* {name}: {'yes' if ok else 'NO'}" for name, ok in checks.items())
             + f"\n\n![held-out return per trial](figures/ada_{args.claim}_scores.png)\n"
             + f"![training return](figures/ada_{args.claim}_training.png)\n")
     print("\n" + text)

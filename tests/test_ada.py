@@ -239,3 +239,20 @@ def test_the_gtrxl_gate_follows_its_formula_and_starts_near_the_identity():
     zero = GRUGate(8, kernel_init=nnx.initializers.zeros_init(), dtype=jnp.float32, param_dtype=jnp.float32,
                    rngs=nnx.Rngs(0))
     np.testing.assert_allclose(zero(x, y), (1 - sigmoid(-2.0)) * xn, atol=1e-6)
+
+
+def test_the_claims_break_held_out_returns_down_by_goal_type():
+    pytest.importorskip("xminigrid")
+    from experiments import ada_claims
+    from mgdt_jax.envs.xland import generator
+
+    goal_ids = generator.type_ids()[0]
+    goals = np.zeros((6, 5), np.uint8)
+    goals[:, 0] = [goal_ids["agent_hold"]] * 3 + [goal_ids["agent_near_left"]] * 3
+    # held-out tasks 1, 2 (agent_hold) and 4 (agent_near_left); 5 trials each
+    runs = {name: {"task_ids": [1, 4, 2], "task_scores": [[0.2, 0, 0, 0, 0.4], [0.5, 0, 0, 0, 0.9], [0.4, 0, 0, 0, 0.6]]}
+            for name in ("A", "B")}
+    lines = ada_claims.by_goal_type({"runs": runs}, goals).splitlines()
+    assert lines[0] == "| goal type | tasks | A trial 1 -> 5 | B trial 1 -> 5 |"
+    assert lines[2:] == ["| `agent_hold` | 2 | 0.300 -> 0.500 | 0.300 -> 0.500 |",
+                         "| `agent_near_left` | 1 | 0.500 -> 0.900 | 0.500 -> 0.900 |"]
