@@ -24,9 +24,10 @@ and done flags, with the next trial's first observation). With `show_trial_end` 
 a step of its own instead: the timestep that ends a trial carries the view the last action led to
 (the goal reached: the object held, or in front of the agent), and the next step, whatever the
 action, restarts the world with reward 0. The view that earned a reward then reaches the agent
-with the reward; gym style, a memory must link the reward to the step before it. When the last trial ends, the episode
-starts over on the same ruleset (trial 0); a caller that wants a new task calls `reset` there with
-a new ruleset (e.g. `jax.tree.map(partial(jnp.where, done), fresh, stepped)`).
+with the reward; gym style, a memory must link the reward to the step before it. When the last
+trial ends, the episode starts over on the same ruleset (trial 0); a caller that wants a new task
+calls `reset` there with a new ruleset (e.g. `jax.tree.map(partial(jnp.where, done), fresh,
+stepped)`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ class TrialState(NamedTuple):
     ruleset: Any  # xminigrid RuleSet of the episode's task
     trial: jax.Array  # int32 []: index of the running trial, 0..num_trials-1
     key: jax.Array  # PRNG key for the next trial's start without fixed_start
-    ended: jax.Array  # bool []: with show_trial_end, `inner` is a finished trial's last view
 
 
 class TrialTimeStep(NamedTuple):
@@ -129,7 +129,7 @@ class TrialEnv:
             raise ValueError(f"rulesets with {ruleset.init_tiles.shape[-2]} objects do not fit in {self.env_id}")
         start_key, key = jax.random.split(key)
         inner = self._env[0].reset(params, start_key)
-        state = TrialState(inner, inner, ruleset, jnp.int32(0), key, jnp.bool_(False))
+        state = TrialState(inner, inner, ruleset, jnp.int32(0), key)
         return state, self._timestep(state, jnp.float32(0.0), jnp.bool_(False), jnp.bool_(False))
 
     def step(self, state: TrialState, action: jax.Array) -> tuple[TrialState, TrialTimeStep]:
@@ -138,10 +138,12 @@ class TrialEnv:
         is the step after the one that ended the trial, and `action` is ignored there."""
         env, _ = self._env
         params = self._params(state.ruleset)
+        # `inner` is a finished trial's last view only where show_trial_end kept it (else it restarted).
+        ended = state.inner.last() & self.show_trial_end
         stepped = env.step(params, state.inner, action)
         # A shown end is followed by the reset alone; otherwise the reset follows the trial's end at once.
-        trial_done = stepped.last() & ~state.ended
-        restart = state.ended if self.show_trial_end else trial_done
+        trial_done = stepped.last() & ~ended
+        restart = ended if self.show_trial_end else trial_done
         episode_done = trial_done & (state.trial == self.num_trials - 1)
         key = state.key
         if self.fixed_start:  # a copy of the episode's first world, no new draw
@@ -152,8 +154,8 @@ class TrialEnv:
         # Under vmap a cond runs both branches anyway; a select keeps the program flat.
         inner = jax.tree.map(lambda new, old: jnp.where(restart, new, old), restarted, stepped)
         trial = jnp.where(restart, (state.trial + 1) % self.num_trials, state.trial).astype(jnp.int32)
-        reward = jnp.where(state.ended, 0.0, stepped.reward).astype(jnp.float32)  # a reset earns nothing
-        state = TrialState(inner, state.start, state.ruleset, trial, key, trial_done & self.show_trial_end)
+        reward = jnp.where(ended, 0.0, stepped.reward).astype(jnp.float32)  # a reset earns nothing
+        state = TrialState(inner, state.start, state.ruleset, trial, key)
         return state, self._timestep(state, reward, trial_done, episode_done)
 
     def _timestep(self, state: TrialState, reward, trial_done, episode_done) -> TrialTimeStep:

@@ -8,11 +8,12 @@ The meta-environment is `mgdt_jax.envs.xland.trials.TrialEnv` seen through the r
 (mgdt_jax/recipes/ada/env.py): the observation is the egocentric (tile, colour) view as int32
 [view, view, 2]; ``done`` is the end of the episode's last trial; ``trial`` is the trial the reward
 belongs to (the one that just ended when a step ends a trial: TrialEnv's own ``trial`` already names
-the next, unless ``show_trial_end`` shows the end as a step of its own). The agent's extras (AdA: the goal is observed, the rules are not) are the trial index
-(one-hot, k), the time within the trial (steps / trial length) and the goal (xminigrid's encoding
-one-hot: goal type, then tile and colour of each of its two object slots). ``observe_goal=False``
-zeroes the goal features, as XLand-MiniGrid's RL² baselines see only the view: then even a
-goal-only (trivial) task has something to infer in context, which object is rewarded and how.
+the next, unless ``show_trial_end`` shows the end as a step of its own). The agent's extras (AdA:
+the goal is observed, the rules are not) are the trial index (one-hot, k), the time within the
+trial (steps / trial length) and the goal (xminigrid's encoding one-hot: goal type, then tile and
+colour of each of its two object slots). ``observe_goal=False`` zeroes the goal features, as
+XLand-MiniGrid's RL² baselines see only the view: then even a goal-only (trivial) task has
+something to infer in context, which object is rewarded and how.
 
 Tasks are drawn uniformly, or by PLR with a no-op filter (``curriculum = "plr"``), over the
 training rulesets of ``benchmark`` (a file of ``mgdt-xland-benchmark``, checked against its sha256
