@@ -57,11 +57,13 @@ METAWORLD = ("metaworld-reach", "metaworld-push", "metaworld-drawer-close", "met
 # The two MuJoCo experts cheapest to train (docs/jat.md §4: 50 s and 200 s; Swimmer 250 s, Reacher 305 s).
 MUJOCO = ("mujoco-pendulum", "mujoco-doublependulum")
 IMAGE = ("babyai-rgb-go-to-red-ball-grey",)
-# (expert episodes, random-policy episodes for the reference) per domain. Recording speeds on the
-# 2 shared cores: BabyAI ~770 steps/s (an expert episode is 5-12 steps, a random one up to the
-# level's limit), Meta-World ~1,200 (500-step episodes), MuJoCo ~2,400 once the experts exist.
-# 40 Meta-World and 20 MuJoCo episodes were overfitted (docs/jat.md §10): 200 of each take ~7 minutes.
-EPISODES = {"babyai": (3000, 100), "babyai-rgb": (1000, 100), "metaworld": (200, 20), "mujoco": (200, 20)}
+# (expert episodes, random-policy episodes for the reference) per domain. Recording speeds on one
+# core: BabyAI ~1,500-1,800 steps/s (a bot episode is 5-12 steps, a random one up to the level's
+# limit), Meta-World ~1,500 (500-step episodes), MuJoCo ~3,500 once the experts exist. 40 Meta-World
+# and 20 MuJoCo episodes were overfitted, and so were 3,000 bot episodes a BabyAI level: after 8,000
+# steps the action loss on pickup-loc was 0.05 on its recorded episodes and 0.80 on 300 fresh ones
+# (docs/jat.md §10). 20,000 a level (~590k steps) take ~6 minutes of one core.
+EPISODES = {"babyai": (20000, 100), "babyai-rgb": (1000, 100), "metaworld": (200, 20), "mujoco": (200, 20)}
 QUICK_EPISODES = {"babyai": (50, 10), "babyai-rgb": (20, 5), "metaworld": (2, 2), "mujoco": (2, 2)}
 TARGETS = {"babyai": 0.8, "metaworld": 0.8, "mujoco": 0.5}
 TIME_LIMIT_S = 3600
@@ -113,17 +115,37 @@ def sampling_weight(task: str, image_weight: float) -> float:
     return image_weight if domain(task) == "babyai-rgb" else BABYAI_SAMPLING_WEIGHTS.get(task, 1.0)
 
 
+RECORDING_WORKERS = 2  # processes recording tasks side by side (this machine's cores)
+
+
+def _record_task(task: str, data_dir: Path, episodes: int, random_episodes: int) -> str:
+    """Records one task (a worker process's job); its summary line."""
+    warnings.filterwarnings("ignore", module="gymnasium")
+    warnings.filterwarnings("ignore", module="metaworld")
+    begun = time.perf_counter()
+    summaries = record.record([task], data_dir, episodes, seed=SEED, random_episodes=random_episodes,
+                              experts_dir=data_dir / "experts", progress=False)
+    return record.summary_line(summaries, data_dir, time.perf_counter() - begun)
+
+
 def record_data(setting: Setting, data_dir: Path) -> None:
-    """Records (or finds recorded) every task of ``setting`` into DATA/<task>, printing a line a domain."""
-    for name in ("babyai", "babyai-rgb", "metaworld", "mujoco"):
-        members = [task for task in setting.tasks if domain(task) == name]
-        if not members:
-            continue
-        episodes, random_episodes = setting.episodes[name]
-        begun = time.perf_counter()
-        summaries = record.record(members, data_dir, episodes, seed=SEED, random_episodes=random_episodes,
-                                  experts_dir=data_dir / "experts", progress=False)
-        print(record.summary_line(summaries, data_dir, time.perf_counter() - begun), flush=True)
+    """Records (or finds recorded) every task of ``setting`` into DATA/<task>, a line a task.
+
+    Tasks are recorded by `RECORDING_WORKERS` processes, longest first (environment stepping is
+    single-threaded Python); each task's episodes depend only on its name and `SEED`, so the data are
+    those of a one-process run.
+    """
+    import multiprocessing  # noqa: PLC0415
+    from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "experts").mkdir(exist_ok=True)
+    longest_first = (*reversed(BABYAI), *METAWORLD, *MUJOCO, *IMAGE)
+    tasks = sorted(setting.tasks, key=lambda task: longest_first.index(task) if task in longest_first else -1)
+    with ProcessPoolExecutor(RECORDING_WORKERS, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_record_task, task, data_dir, *setting.episodes[domain(task)]) for task in tasks]
+        for future in futures:
+            print(future.result(), flush=True)
 
 
 def train_config(setting: Setting, data_dir: Path, kappa: float, image_weight: float):

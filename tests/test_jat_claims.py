@@ -28,3 +28,24 @@ def test_an_out_made_with_other_settings_is_refused(tmp_path):
     jat_claims.check_settings(tmp_path, {"claim": "kappa", "setting": {"tasks": ("a", "b")}})  # same: reused
     with pytest.raises(SystemExit, match="made with other settings"):
         jat_claims.check_settings(tmp_path, {"claim": "kappa", "setting": {"tasks": ("a",)}})
+
+
+def test_tasks_recorded_side_by_side_are_those_of_one_process(tmp_path):
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    from data_pipelines.jat import record, rlds
+
+    tasks = ("babyai-go-to-red-ball-grey", "babyai-go-to-local")
+    setting = jat_claims.dataclasses.replace(jat_claims.QUICK, tasks=tasks, episodes={"babyai": (3, 2)})
+    jat_claims.record_data(setting, tmp_path / "parallel")
+    record.record(list(tasks), tmp_path / "serial", 3, seed=jat_claims.SEED, random_episodes=2, progress=False)
+    for task in tasks:
+        read = [tfds.builder_from_directory(str(tmp_path / run / task)).as_data_source("train")
+                for run in ("parallel", "serial")]
+        assert len(read[0]) == len(read[1]) == 3
+        for left, right in zip(*read):
+            a, b = rlds.episode_fields(left), rlds.episode_fields(right)
+            assert a["text_observations"] == b["text_observations"]
+            for name in ("discrete_observations", "discrete_actions", "rewards"):
+                np.testing.assert_array_equal(a[name], b[name])
