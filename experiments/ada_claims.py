@@ -247,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trial-steps", type=int, default=0, help="a trial's step limit (0: 243, xminigrid's)")
     parser.add_argument("--rulesets", type=int, help="generated rulesets (default: the claim's scale)")
     parser.add_argument("--train-steps", type=int, help="PPO steps per run (default: the claim's scale)")
+    parser.add_argument("--rollout-length", type=int,
+                        help="environment steps per rollout, the span of backpropagation through time (default: the "
+                             "claim's scale, 32)")
     parser.add_argument("--memory-length", type=int,
                         help=f"the Transformer-XL's cached steps per layer (default {MODELS['trxl']['memory_length']})")
     parser.add_argument("--gated", action="store_true", help="the Transformer-XL with GTrXL's GRU-type gates")
@@ -258,11 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.docs and args.quick:
         raise SystemExit("--docs: a --quick run is no claim; docs take full runs only")
     scale = QUICK if args.quick else FULL[args.claim]
-    for name in ("rulesets", "train_steps", "trial_steps", "memory_length"):
+    for name in ("rulesets", "train_steps", "rollout_length", "trial_steps", "memory_length"):
         if (value := getattr(args, name)) is not None and value < (0 if name == "trial_steps" else 1):
             raise SystemExit(f"--{name.replace('_', '-')} {value}: must be {'>= 0' if name == 'trial_steps' else '> 0'}")
     scale = dataclasses.replace(scale, rulesets=args.rulesets or scale.rulesets,
-                                train_steps=args.train_steps or scale.train_steps)
+                                train_steps=args.train_steps or scale.train_steps,
+                                rollout_length=args.rollout_length or scale.rollout_length)
     task = TaskSetting(goals=args.goals, observe_goal=not args.hide_goal, trial_steps=args.trial_steps,
                        show_trial_end=args.show_trial_end)
     started = time.perf_counter()
@@ -327,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
              *(["--show-trial-end"] if args.show_trial_end else []),
              *(["--rulesets", str(args.rulesets)] if args.rulesets else []),
              *(["--train-steps", str(args.train_steps)] if args.train_steps else []),
+             *(["--rollout-length", str(args.rollout_length)] if args.rollout_length else []),
              *(["--memory-length", str(memory)] if memory else []), *(["--gated"] if args.gated else [])]
     text = (f"`python experiments/ada_claims.py {' '.join(flags)} --out DIR`: benchmark `{record['benchmark_id']}` (trivial "
             f"preset, seed {SEED}, {record['num_rulesets']} rulesets, {report['runs'][next(iter(runs))]['tasks']} held out), "
