@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rollout-length", type=int,
                         help="environment steps per rollout, the span of backpropagation through time (default: the "
                              "claim's scale, 32)")
+    parser.add_argument("--minibatches", type=int,
+                        help="PPO minibatches per rollout (default: the claim's scale, 4); they split the environments")
     parser.add_argument("--memory-length", type=int,
                         help=f"the Transformer-XL's cached steps per layer (default {MODELS['trxl']['memory_length']})")
     parser.add_argument("--gated", action="store_true", help="the Transformer-XL with GTrXL's GRU-type gates")
@@ -261,12 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.docs and args.quick:
         raise SystemExit("--docs: a --quick run is no claim; docs take full runs only")
     scale = QUICK if args.quick else FULL[args.claim]
-    for name in ("rulesets", "train_steps", "rollout_length", "trial_steps", "memory_length"):
+    for name in ("rulesets", "train_steps", "rollout_length", "minibatches", "trial_steps", "memory_length"):
         if (value := getattr(args, name)) is not None and value < (0 if name == "trial_steps" else 1):
             raise SystemExit(f"--{name.replace('_', '-')} {value}: must be {'>= 0' if name == 'trial_steps' else '> 0'}")
     scale = dataclasses.replace(scale, rulesets=args.rulesets or scale.rulesets,
                                 train_steps=args.train_steps or scale.train_steps,
-                                rollout_length=args.rollout_length or scale.rollout_length)
+                                rollout_length=args.rollout_length or scale.rollout_length,
+                                num_minibatches=args.minibatches or scale.num_minibatches)
+    if scale.num_envs % scale.num_minibatches:
+        raise SystemExit(f"--minibatches {scale.num_minibatches}: must divide the {scale.num_envs} environments")
     task = TaskSetting(goals=args.goals, observe_goal=not args.hide_goal, trial_steps=args.trial_steps,
                        show_trial_end=args.show_trial_end)
     started = time.perf_counter()
@@ -332,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
              *(["--rulesets", str(args.rulesets)] if args.rulesets else []),
              *(["--train-steps", str(args.train_steps)] if args.train_steps else []),
              *(["--rollout-length", str(args.rollout_length)] if args.rollout_length else []),
+             *(["--minibatches", str(args.minibatches)] if args.minibatches else []),
              *(["--memory-length", str(memory)] if memory else []), *(["--gated"] if args.gated else [])]
     text = (f"`python experiments/ada_claims.py {' '.join(flags)} --out DIR`: benchmark `{record['benchmark_id']}` (trivial "
             f"preset, seed {SEED}, {record['num_rulesets']} rulesets, {report['runs'][next(iter(runs))]['tasks']} held out), "

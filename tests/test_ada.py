@@ -221,6 +221,8 @@ def test_the_claims_transformer_xl_options_reach_the_transformer_xl_only(tmp_pat
         ada_claims.main(["meta-rl", "--memory-length", "0", "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="--rollout-length 0: must be > 0"):
         ada_claims.main(["meta-rl", "--rollout-length", "0", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="--minibatches 3: must divide the 128 environments"):
+        ada_claims.main(["meta-rl", "--minibatches", "3", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
 
