@@ -144,8 +144,12 @@ def record_data(setting: Setting, data_dir: Path) -> None:
     tasks = sorted(setting.tasks, key=lambda task: longest_first.index(task) if task in longest_first else -1)
     with ProcessPoolExecutor(RECORDING_WORKERS, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_record_task, task, data_dir, *setting.episodes[domain(task)]) for task in tasks]
-        for future in futures:
-            print(future.result(), flush=True)
+        try:
+            for future in futures:
+                print(future.result(), flush=True)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # report the first failure without recording the rest
+            raise
 
 
 def train_config(setting: Setting, data_dir: Path, kappa: float, image_weight: float):

@@ -31,13 +31,15 @@ def test_an_out_made_with_other_settings_is_refused(tmp_path):
 
 
 def test_tasks_recorded_side_by_side_are_those_of_one_process(tmp_path):
+    import dataclasses
+
     import numpy as np
     import tensorflow_datasets as tfds
 
     from data_pipelines.jat import record, rlds
 
     tasks = ("babyai-go-to-red-ball-grey", "babyai-go-to-local")
-    setting = jat_claims.dataclasses.replace(jat_claims.QUICK, tasks=tasks, episodes={"babyai": (3, 2)})
+    setting = dataclasses.replace(jat_claims.QUICK, tasks=tasks, episodes={"babyai": (3, 2)})
     jat_claims.record_data(setting, tmp_path / "parallel")
     record.record(list(tasks), tmp_path / "serial", 3, seed=jat_claims.SEED, random_episodes=2, progress=False)
     for task in tasks:
