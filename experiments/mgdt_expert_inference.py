@@ -1,11 +1,13 @@
 """Does expert action inference beat behaviour cloning on mixed-quality data? One command, small scale.
 
     python experiments/mgdt_expert_inference.py --workdir runs/expert_inference [--quick] [--docs docs/results.md]
-        [--games Boxing,Freeway] [--heldout-game Pong] [--train-steps N] [--eval-episodes N]
+        [--games Boxing,Freeway] [--heldout-game Pong] [--train-steps N] [--eval-episodes N] [--epsilon SPEC]
 
 1. records mixed-quality data: each game's scripted expert (data_pipelines/experts.py) with an
    epsilon annealed from 1 to 0 over the recording, one epsilon per episode (random play at the
-   start, expert play at the end), for the pretraining games and a smaller part for a held-out game;
+   start, expert play at the end), for the pretraining games and a smaller part for a held-out game
+   (`--epsilon` another schedule, e.g. `cycle:1,0`: episodes alternate random and expert play, so
+   the returns are two modes);
 2. trains the return-conditioned MGDT and its behaviour-cloning variant on the same data, same
    steps, same seeds (config: experiments/expert_inference.py);
 3. evaluates on every pretraining game, `eval_episodes` each: expert action inference (kappa 10,
@@ -60,6 +62,10 @@ def record_stage(exp, root: Path) -> dict[str, dict]:
         if sorted(recorded) != sorted([*exp.games, exp.heldout_game]):
             raise SystemExit(f"mgdt_expert_inference: error: {done_file} holds {', '.join(sorted(recorded))}, not "
                              f"{', '.join(sorted([*exp.games, exp.heldout_game]))}: use another --workdir")
+        schedules = {entry.get("schedule") for entry in recorded.values()}
+        if schedules != {exp.epsilon}:
+            raise SystemExit(f"mgdt_expert_inference: error: {done_file} was recorded with epsilon "
+                             f"{', '.join(map(str, schedules))}, not {exp.epsilon}: use another --workdir")
         return recorded
     shutil.rmtree(root / "logs", ignore_errors=True)
     heldout_steps = max(round(exp.heldout_fraction * exp.steps_per_game), 2 * exp.max_episode_steps)
@@ -71,7 +77,7 @@ def record_stage(exp, root: Path) -> dict[str, dict]:
                                max_episode_steps=exp.max_episode_steps, policy="expert",
                                seed=exp.seed + index, progress=False, epsilon=exp.epsilon)
         recorded[game] = {"part": part, "steps": steps, "returns": result.episode_returns,
-                          "epsilons": result.episode_epsilons}
+                          "epsilons": result.episode_epsilons, "schedule": exp.epsilon}
         print(f"recorded {game} ({part}): {steps} steps, {result.episodes_finished} episodes, "
               f"mean score {np.mean(result.episode_returns):.1f}", flush=True)
     for part in ("pretrain", "heldout"):
@@ -139,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     variants.add_argument("--heldout-game", help="the fine-tuning game (default: the config's)")
     variants.add_argument("--train-steps", type=int, help="MGDT and BC training steps (default: the config's)")
     variants.add_argument("--eval-episodes", type=int, help="per game and method (default: the config's)")
+    variants.add_argument("--epsilon", help="the recordings' epsilon schedule, e.g. cycle:1,0 (default: the config's)")
     args = parser.parse_args(argv)
     config = expert_inference.get_config()
     if args.quick:
@@ -162,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         config.train.checkpoint_every = min(config.train.checkpoint_every, args.train_steps)
     if args.eval_episodes:
         exp.eval_episodes = args.eval_episodes
+    if args.epsilon:
+        try:
+            experts.parse_epsilon_schedule(args.epsilon)
+        except ValueError as error:
+            print(f"mgdt_expert_inference: error: --epsilon: {error}", file=sys.stderr)
+            return 2
+        exp.epsilon = args.epsilon
+        flags.append(f"--epsilon {args.epsilon}")
     logging.set_verbosity(logging.ERROR)
     started = time.perf_counter()
     try:
