@@ -21,7 +21,8 @@ With ``--peer-python`` (an interpreter with torch) ``train``/``eval`` also run
 ../shared/peers/torch_ad.py at the same size, batch and context, right after ours in the same run,
 and print ours/peer ratios. ``train`` times the core trainer's step (the one ``mgdt-train`` runs)
 on a fixed batch: data loading, checkpointing and metrics are apart, as in the peer's loop. Where
-JAX runs on a GPU the peer trains there too (benchmarks/peer_on_cuda.py; its evaluation stays off).
+JAX runs on a GPU the peer trains there too (benchmarks/peer_on_cuda.py; its evaluation stays off);
+there ``--precision bfloat16`` compares our bf16 models with the peer under torch's bf16 autocast.
 
     python benchmarks/ad.py --modes train,eval --sizes ad-small --peer-python ../peer-venv/bin/python --json ad.json
     python benchmarks/ad.py --modes layout --json ad_layout.json
@@ -47,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks.peer_on_cuda import peer_command
+from benchmarks.peer_on_cuda import PRECISIONS, peer_command
 from mgdt_jax import envs
 from mgdt_jax.core import host_memory, sharding
 from mgdt_jax.core.train_step import Trainer
@@ -136,11 +137,13 @@ def timed_training(step: TrainStep, batches, warmup: int, steps: int) -> dict[st
             "loss_first": first["action_loss"] if first else None, "loss_last": metrics["action_loss"]}
 
 
-def bench_train(size: str, layout: str, batch_size: int, steps: int, warmup: int) -> dict[str, Any]:
-    config = model_config(size, layout)
+def bench_train(size: str, layout: str, batch_size: int, steps: int, warmup: int,
+                precision: str = "float32") -> dict[str, Any]:
+    config = model_config(size, layout, dtype=precision)
     step = TrainStep(config, DARK_ROOM.name, batch_size, 3e-4)
     batch = dark_room_batch(batch_size)
-    result = {"mode": "train", "size": size, "layout": layout, "batch": batch_size, "params": step.num_params,
+    result = {"mode": "train", "size": size, "layout": layout, "batch": batch_size, "precision": precision,
+              "params": step.num_params,
               "tokens_per_window": config.sequence_length, "train_flops_per_step": training_flops(config, batch_size)}
     result.update(timed_training(step, lambda k: batch, warmup, steps))
     result["tokens_per_s"] = result["steps_per_s"] * batch_size * config.sequence_length
@@ -149,12 +152,13 @@ def bench_train(size: str, layout: str, batch_size: int, steps: int, warmup: int
     return result
 
 
-def bench_eval(size: str, layout: str, episodes: int) -> dict[str, Any]:
-    config = model_config(size, layout)
+def bench_eval(size: str, layout: str, episodes: int, precision: str = "float32") -> dict[str, Any]:
+    config = model_config(size, layout, dtype=precision)
     model = AlgorithmDistillation(config, rngs=nnx.Rngs(0))
     goals = DARK_ROOM.task_split(0, num_train=0, num_heldout=DARK_ROOM.num_tasks)[1]  # all 81 goals
     run = evaluate.evaluate_in_context(model, DARK_ROOM, goals, num_episodes=episodes, seed=0, greedy=True)
-    return {"mode": "eval", "size": size, "layout": layout, "tasks": int(goals.id.shape[0]), "episodes": episodes,
+    return {"mode": "eval", "size": size, "layout": layout, "precision": precision, "tasks": int(goals.id.shape[0]),
+            "episodes": episodes,
             "env_steps": int(goals.id.shape[0]) * episodes * DARK_ROOM_EPISODE, "env_steps_per_s": run.env_steps_per_s,
             "compile_s": run.compile_s, "mean_return_per_episode": float(run.returns.mean())}
 
@@ -222,10 +226,10 @@ def peer_available(peer_python: str) -> str | None:
 
 
 def bench_peer(peer_python: str, peer_script: Path, modes: list[str], size: str, batch_size: int, steps: int,
-               warmup: int, episodes: int) -> list[dict[str, Any]]:
+               warmup: int, episodes: int, precision: str = "float32") -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "peer.json"
-        command = peer_command(peer_python, peer_script, jax.default_backend() == "gpu") + [
+        command = peer_command(peer_python, peer_script, jax.default_backend() == "gpu", precision) + [
             "--modes", ",".join(modes), "--sizes", f"{size}@{batch_size}",
             "--steps", str(steps), "--warmup", str(warmup), "--envs", str(DARK_ROOM_SIZE**2),
             "--eval-episodes", str(episodes), "--threads", str(os.cpu_count()), "--json", str(out)]
@@ -248,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout-updates", type=int, default=300, help="training updates per layout (layout mode)")
     parser.add_argument("--layout-batch", type=int, default=32, help="batch of the layout mode")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="our models' matmul dtype; bfloat16 runs the peer under torch's bf16 autocast (GPU only)")
     parser.add_argument("--peer-python", help="interpreter with torch; runs the PyTorch AD peer")
     parser.add_argument("--peer-script", type=Path, default=REPO.parent / "shared" / "peers" / "torch_ad.py")
     parser.add_argument("--json", type=Path, help="write every figure here")
@@ -269,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--peer-script: {args.peer_script} does not exist")
         if why := peer_available(args.peer_python):
             raise SystemExit(f"--peer-python {args.peer_python}: cannot import torch ({why})")
+        try:
+            peer_command(args.peer_python, args.peer_script, jax.default_backend() == "gpu", args.precision)
+        except ValueError as error:
+            raise SystemExit(f"--precision: {error}") from None
 
     print(f"# jax {jax.__version__}  backend={jax.default_backend()}  {jax.devices()[0].device_kind}  "
           f"cpus={os.cpu_count()}  load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
@@ -278,14 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         for layout in LAYOUTS:
             if "train" in modes:
-                result = bench_train(size, layout, args.batch, args.steps, args.warmup)
+                result = bench_train(size, layout, args.batch, args.steps, args.warmup, args.precision)
                 ours.append(result)
-                print(f"train {size} {layout:>8} B={args.batch} {result['tokens_per_s']:>9,.0f} tok/s "
+                print(f"train {size} {layout:>8} {args.precision} B={args.batch} {result['tokens_per_s']:>9,.0f} tok/s "
                       f"{result['context_steps_per_s']:>9,.0f} context steps/s  step {result['step_s_median']:.3f}s  "
                       f"{result['achieved_gflops']:.1f} GFLOP/s  loss {result['loss_first']:.3f}->{result['loss_last']:.3f}",
                       flush=True)
             if "eval" in modes:
-                result = bench_eval(size, layout, args.eval_episodes)
+                result = bench_eval(size, layout, args.eval_episodes, args.precision)
                 ours.append(result)
                 print(f"eval  {size} {layout:>8} {result['tasks']} goals x {args.eval_episodes} episodes: "
                       f"{result['env_steps_per_s']:>11,.0f} env steps/s (compile {result['compile_s']:.1f}s apart)  "
@@ -293,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.peer_python is not None and peer_modes:
             print(f"{size}: PyTorch peer ({', '.join(peer_modes)})...", flush=True)
             size_peers = bench_peer(args.peer_python, args.peer_script, peer_modes, size, args.batch, args.steps,
-                                    args.warmup, args.eval_episodes)
+                                    args.warmup, args.eval_episodes, args.precision)
             peers += size_peers
             for peer in size_peers:
                 mine = [r for r in ours if r["mode"] == peer["mode"] and r.get("size") == size]

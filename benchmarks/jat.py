@@ -60,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks.peer_on_cuda import peer_command
+from benchmarks.peer_on_cuda import PRECISIONS, peer_command
 from benchmarks.train import matmul_peak, peer_available  # the same probes as the MGDT benchmark's
 from mgdt_jax.core import host_memory, sharding
 from mgdt_jax.core.flops import decoder_flops
@@ -88,11 +88,11 @@ FRAMES = (84, 84, 4)
 REPO = Path(__file__).resolve().parents[1]
 
 
-def model_config(size: str, task: str, all_groups: bool) -> ModelConfig:
+def model_config(size: str, task: str, all_groups: bool, precision: str = "float32") -> ModelConfig:
     d_model, layers, heads = SIZES[size]
     groups = ("continuous", "image") if all_groups else (TASKS[task].group,)
     return ModelConfig(num_layers=layers, d_model=d_model, num_heads=heads, mlp_ratio=4, dropout_rate=0.0,
-                       dtype="float32", param_dtype="float32", num_steps=TASKS[task].num_steps,
+                       dtype=precision, param_dtype="float32", num_steps=TASKS[task].num_steps,
                        continuous_width=CONTINUOUS_WIDTH, num_discrete_actions=NUM_ACTIONS, image_shape=FRAMES,
                        groups=groups, observation_loss_coef=0.005)
 
@@ -118,8 +118,8 @@ def synthetic_batch(config: ModelConfig, task: str, batch_size: int) -> dict[str
 
 
 def bench_train(size: str, task: str, batch_size: int, steps: int, warmup: int, all_groups: bool,
-                peak: float) -> dict[str, Any]:
-    model = model_config(size, task, all_groups)
+                peak: float, precision: str = "float32") -> dict[str, Any]:
+    model = model_config(size, task, all_groups, precision)
     config = {
         "recipe": "jat", "model": dataclasses.asdict(model),
         "optimizer": {"name": "adamw", "learning_rate": 1e-4, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
@@ -183,10 +183,10 @@ def bench_eval(size: str, task_name: str, episodes: int, max_steps: int | None, 
 
 
 def bench_peer(peer_python: str, peer_script: Path, task: str, size: str, batch_size: int, steps: int,
-               warmup: int) -> dict[str, Any]:
+               warmup: int, precision: str = "float32") -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "peer.json"
-        command = peer_command(peer_python, peer_script, jax.default_backend() == "gpu") + [
+        command = peer_command(peer_python, peer_script, jax.default_backend() == "gpu", precision) + [
             "--task", task, "--sizes", f"{size}@{batch_size}", "--steps",
             str(steps), "--warmup", str(warmup), "--threads", str(os.cpu_count()), "--json", str(out)]
         run = subprocess.run(command, capture_output=True, text=True, env=host_memory.launch_environment())
@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-episodes", type=int, default=10, help="environments (one episode each)")
     parser.add_argument("--eval-max-steps", type=int, help="cut episodes after this many steps (default: the env's limit)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="our models' matmul dtype; bfloat16 runs the peer under torch's bf16 autocast (GPU only)")
     parser.add_argument("--peer-python", help="interpreter with torch and transformers; runs the PyTorch JAT peer")
     parser.add_argument("--peer-script", type=Path, default=REPO.parent / "shared" / "peers" / "torch_jat.py")
     parser.add_argument("--json", type=Path, help="write every figure here")
@@ -265,17 +267,22 @@ def main(argv: list[str] | None = None) -> int:
             why = error.strerror
         if why:
             raise SystemExit(f"--peer-python {args.peer_python}: cannot run the peer ({why})")
+        try:
+            peer_command(args.peer_python, args.peer_script, jax.default_backend() == "gpu", args.precision)
+        except ValueError as error:
+            raise SystemExit(f"--precision: {error}") from None
 
     print(f"# jax {jax.__version__}  backend={jax.default_backend()}  {jax.devices()[0].device_kind}  "
           f"cpus={os.cpu_count()}  load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     ours, peers = [], []
     peak = None
     if "train" in modes:
-        peak = matmul_peak(jnp.float32, 4096)
-        print(f"peak  fp32 matmul 4096^3: best {peak / 1e9:.1f} GFLOP/s", flush=True)
+        peak = matmul_peak(jnp.dtype(args.precision), 4096)
+        print(f"peak  {args.precision} matmul 4096^3: best {peak / 1e9:.1f} GFLOP/s", flush=True)
         for task in tasks:
             for size, batch_size in sizes:
-                result = bench_train(size, task, batch_size, args.steps, args.warmup, args.all_groups, peak)
+                result = bench_train(size, task, batch_size, args.steps, args.warmup, args.all_groups, peak,
+                                     args.precision)
                 ours.append(result)
                 print(f"train {task:>6} {size:>9} B={batch_size:<3d} T={result['seq_len']} groups={'+'.join(result['groups'])} "
                       f"params={result['params']:,}  {result['steps_per_s']:.3f} steps/s  "
@@ -284,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"MFU {100 * result['mfu']:.1f}%  loss {result['loss_first']:.3f}->{result['loss_last']:.3f}",
                       flush=True)
                 if args.peer_python is not None:
-                    peer = bench_peer(args.peer_python, args.peer_script, task, size, batch_size, args.steps, args.warmup)
+                    peer = bench_peer(args.peer_python, args.peer_script, task, size, batch_size, args.steps, args.warmup,
+                                      args.precision)
                     peers.append(peer)
                     result["tokens_ratio_vs_peer"] = result["tokens_per_s"] / peer["tokens_per_s"]
                     print(f"  peer  {peer['steps_per_s']:.3f} steps/s  {peer['tokens_per_s']:,.0f} tok/s  "
@@ -305,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         report = {"jax": jax.__version__, "backend": jax.default_backend(), "cpus": os.cpu_count(),
                   "python": sys.version.split()[0], "platform": platform.platform(),
-                  "load_average_at_end": os.getloadavg(), "peak_fp32_flops": peak,
+                  "load_average_at_end": os.getloadavg(), "precision": args.precision, "peak_flops": peak,
                   "args": {k: str(v) for k, v in vars(args).items()}, "ours": ours, "peer": peers}
         args.json.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")

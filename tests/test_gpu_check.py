@@ -220,3 +220,18 @@ def test_trace_summary_times_the_traced_steps_and_refuses_a_file_that_is_not_a_t
     not_a_trace.write_text("not a trace")
     with pytest.raises(SystemExit, match="notes.xplane.pb: not a readable profiler trace"):
         trace_summary.main([str(not_a_trace)])
+
+
+def test_the_peer_runs_in_bfloat16_only_through_the_gpu_hook():
+    from benchmarks.peer_on_cuda import peer_command
+
+    script = REPO / "peer.py"
+    assert peer_command("python3", script, on_gpu=False) == ["python3", str(script)]
+    with pytest.raises(ValueError, match="bfloat16 on a GPU only"):
+        peer_command("python3", script, on_gpu=False, precision="bfloat16")
+    hook = str(REPO / "benchmarks" / "peer_on_cuda.py")
+    assert peer_command("python3", script, on_gpu=True) == ["python3", hook, str(script)]
+    assert peer_command("python3", script, on_gpu=True, precision="bfloat16") == [
+        "python3", hook, "--autocast", "bfloat16", str(script)]
+    with pytest.raises(ValueError, match="float16"):
+        peer_command("python3", script, on_gpu=True, precision="float16")
