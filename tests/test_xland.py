@@ -328,3 +328,23 @@ def test_held_out_rulesets_are_never_drawn_and_plr_learns_from_finished_episodes
         ada_xland.make({**env_config, "curriculum": "nope"})
     with pytest.raises(ValueError, match="env.curriculum_settings: .*unexpected keyword argument 'tempo'"):
         ada_xland.make({**env_config, "curriculum": "plr", "curriculum_settings": {"tempo": 1.0}})
+
+
+def test_an_ada_run_on_xland_resumes_exactly(trivial_benchmark, tmp_path):
+    """xminigrid's states carry typed PRNG keys; the checkpoint stores their data and wraps them back."""
+    from experiments import ada_claims
+    from mgdt_jax.core import checkpointing, loop
+
+    scale = ada_claims.Scale(rulesets=32, num_envs=8, rollout_length=4, train_steps=2, teacher_steps=0,
+                             eval_episodes=1, num_minibatches=2)
+    task = ada_claims.TaskSetting(trial_steps=3)
+    config = ada_claims.run_config("gru", trivial_benchmark[0], scale, steps=2, task=task)
+    config.train.checkpoint_every = 1
+    config.train.keep_checkpoints = 2
+    loop.train(config, tmp_path / "straight")
+    config.train.num_steps = 1
+    loop.train(config, tmp_path / "resumed")
+    config.train.num_steps = 2
+    assert loop.train(config, tmp_path / "resumed").first_step == 1
+    straight, resumed = (checkpointing.load_checkpoint(tmp_path / name, step=2)[0] for name in ("straight", "resumed"))
+    jax.tree.map(np.testing.assert_array_equal, straight, resumed)

@@ -9,7 +9,9 @@ parameters alone:
   batch and what the stream was built from (seed, global batch size), since the stream is a pure
   function of those;
 * ``rollout`` (online recipes only): the recipe's ``RolloutState`` (environment states, agent
-  memories, curriculum state), so a resumed run continues the very episodes it was in.
+  memories, curriculum state), so a resumed run continues the very episodes it was in. Typed PRNG
+  keys in it (an environment's own key, e.g. xminigrid's) are stored as their uint32 key data and
+  wrapped again on restore.
 
 Saves are asynchronous (training continues while the arrays are written) and happen every
 ``save_every`` steps, on preemption (Orbax's multi-host sync point, which needs
@@ -239,7 +241,7 @@ class Checkpointer:
                 PARAMS: ocp.args.StandardSave(state.params),
                 TRAINER: ocp.args.StandardSave(_trainer_item(state)),
                 DATA: ocp.args.JsonSave(dict(data_position)),
-                **({} if state.rollout is None else {ROLLOUT: ocp.args.StandardSave(state.rollout)}),
+                **({} if state.rollout is None else {ROLLOUT: ocp.args.StandardSave(_stored_keys(state.rollout))}),
             }
         )
         return self._manager.save(step, args=args, force=force)
@@ -254,7 +256,7 @@ class Checkpointer:
         if abstract_state.rollout is not None:
             if self._manager.item_metadata(step).get(ROLLOUT) is None:
                 raise CheckpointError(f"{self.directory / str(step)}: holds no rollout state (not an online run's checkpoint)")
-            targets[ROLLOUT] = abstract_state.rollout
+            targets[ROLLOUT] = _stored_keys(abstract_state.rollout)
         for name, target in targets.items():
             _check_fits(self._manager, step, name, target, self.directory)
         args = {name: ocp.args.StandardRestore(target) for name, target in targets.items()}
@@ -265,7 +267,7 @@ class Checkpointer:
             params=restored[PARAMS],
             opt_state=trainer["opt_state"],
             rng=trainer["rng"],
-            rollout=restored[ROLLOUT] if ROLLOUT in targets else None,
+            rollout=_typed_keys(restored[ROLLOUT], abstract_state.rollout) if ROLLOUT in targets else None,
         )
         return state, dict(restored[DATA])
 
@@ -358,6 +360,38 @@ def _shapes_by_name(tree: Any) -> dict[str, tuple[int, ...]]:
         return "/".join(str(getattr(key, "key", getattr(key, "idx", getattr(key, "name", key)))) for key in path)
 
     return {name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _is_typed_key(leaf: Any) -> bool:
+    return jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key)
+
+
+def _stored_keys(tree: Any) -> Any:
+    """``tree`` with each typed PRNG key array (or its abstract shape) replaced by its uint32 key data."""
+    def stored(leaf: Any) -> Any:
+        if not _is_typed_key(leaf):
+            return leaf
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            data = jax.eval_shape(jax.random.key_data, leaf)
+            # A key's sharding also fits its data: the trailing key-data axis is left unsharded.
+            return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=leaf.sharding)
+        return jax.random.key_data(leaf)
+
+    return jax.tree.map(stored, tree)
+
+
+def _key_impl(dtype: Any) -> str:
+    """The name of the PRNG implementation whose typed keys have ``dtype`` (public names only)."""
+    for name in ("threefry2x32", "rbg", "unsafe_rbg"):
+        if jax.random.key(0, impl=name).dtype == dtype:
+            return name
+    raise CheckpointError(f"a typed PRNG key of dtype {dtype} from an implementation the checkpointer does not know")
+
+
+def _typed_keys(restored: Any, abstract: Any) -> Any:
+    """``restored`` with the key data at each typed-key leaf of ``abstract`` wrapped back into keys."""
+    return jax.tree.map(lambda data, leaf: jax.random.wrap_key_data(data, impl=_key_impl(leaf.dtype))
+                        if _is_typed_key(leaf) else data, restored, abstract)
 
 
 def _trainer_item(state: TrainState) -> dict[str, Any]:
