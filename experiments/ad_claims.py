@@ -38,9 +38,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments import ad_bandit, ad_darkroom, ad_key_to_door
+from experiments import ad_bandit, ad_darkroom, ad_key_to_door, common
 from mgdt_jax import envs
-from mgdt_jax.core import loop
 from mgdt_jax.recipes.ad import evaluate, sources
 from mgdt_jax.recipes.ad.model import OBSERVATION_EMBEDDINGS
 from mgdt_jax.recipes.ad.recipe import ADRecipe
@@ -122,7 +121,7 @@ def run_config(claim: Claim, steps: int, seed: int):
 def train(claim: Claim, data, workdir: Path, steps: int, seed: int) -> float:
     config = run_config(claim, steps, seed)
     started = time.perf_counter()
-    loop.train(config, workdir, recipe=ADRecipe(config, histories=data))
+    common.train_to_end(config, workdir, recipe=ADRecipe(config, histories=data))
     return time.perf_counter() - started
 
 

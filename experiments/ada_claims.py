@@ -41,7 +41,6 @@ import jax
 import numpy as np
 
 from experiments import common
-from mgdt_jax.core import loop
 from mgdt_jax.core.metric_writer import METRICS_FILE
 from mgdt_jax.envs.xland import generator
 from mgdt_jax.recipes.ada import evaluate
@@ -148,7 +147,7 @@ def run_config(model: str, benchmark: Path, scale: Scale, steps: int, task: Task
 def train(name: str, config, out: Path) -> tuple[Path, float]:
     workdir = out / name
     started = time.perf_counter()
-    loop.train(config, workdir)
+    common.train_to_end(config, workdir)
     seconds = time.perf_counter() - started
     print(f"trained {name}: {config.train.num_steps} steps x {config.train.batch_size} envs x "
           f"{config.ppo.rollout_length} = {env_steps(config):,} env steps in {seconds:.0f} s", flush=True)

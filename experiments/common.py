@@ -8,12 +8,15 @@ accelerator machine running benchmarks/gpu_check.py) the same functions return n
 ``types.SimpleNamespace``s with the same fields and values: enough for the model, the sharding and
 the train step, which read sections by attribute (mgdt_jax/core/config_sections.py). ``mgdt-train``
 itself needs ml_collections (its ``--config`` flag).
+
+``train_to_end`` is how the experiment scripts train: a preempted run stops the script.
 """
 
 from __future__ import annotations
 
 import types
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -23,6 +26,21 @@ except ImportError:
 
 if TYPE_CHECKING:
     from ml_collections import ConfigDict
+
+    from mgdt_jax.core.loop import TrainResult
+
+
+def train_to_end(config: Any, workdir: Path, **kwargs: Any) -> TrainResult:
+    """``loop.train(config, workdir, **kwargs)`` run to its last step, or SystemExit (one line, exit
+    status 1) if a SIGTERM stopped it first: a partly trained model is never evaluated or reported
+    as if it were finished. Its checkpoint stays in ``workdir``."""
+    from mgdt_jax.core import loop
+
+    result = loop.train(config, workdir, **kwargs)
+    if result.preempted:
+        raise SystemExit(f"{workdir}: training preempted (SIGTERM) at step {result.last_step} of "
+                         f"{config.train.num_steps}; its checkpoint is kept, nothing was evaluated or reported")
+    return result
 
 
 def _section() -> Any:

@@ -46,8 +46,8 @@ import numpy as np
 
 from data_pipelines.jat import record, rlds
 from data_pipelines.jat import tasks as jat_tasks
-from experiments import jat_tiny
-from mgdt_jax.core import checkpointing, loop
+from experiments import common, jat_tiny
+from mgdt_jax.core import checkpointing
 from mgdt_jax.recipes.jat import evaluate, references
 
 SEED = 0
@@ -276,7 +276,7 @@ def mini_jat(args, setting: Setting, image_weight: float) -> int:
     share = image_weight / sum(sampling_weight(task, image_weight) for task in setting.tasks)
     if any(domain(t) == "babyai-rgb" for t in setting.tasks):
         print(f"image batches: about {share:.1%} of the {setting.train_steps} steps", flush=True)
-    stages["training"] = stage(out, "training", lambda: loop.train(config, out / "train"))
+    stages["training"] = stage(out, "training", lambda: common.train_to_end(config, out / "train"))
     stages["evaluation"] = stage(out, "evaluation", lambda: evaluate_run(setting, out / "train", data_dir, out / "eval"))
     report = json.loads((out / "eval" / "report.json").read_text())
     total_s = sum(s["seconds"] for s in stages.values())
@@ -311,7 +311,7 @@ def kappa(args, setting: Setting) -> int:
         run = out / f"kappa_{value:g}"
         config = train_config(setting, data_dir, kappa=value, image_weight=1.0)
         stages[f"training kappa {value:g}"] = stage(out, f"training kappa {value:g}",
-                                                    lambda config=config, run=run: loop.train(config, run / "train"))
+                                                    lambda config=config, run=run: common.train_to_end(config, run / "train"))
         stages[f"evaluation kappa {value:g}"] = stage(
             out, f"evaluation kappa {value:g}", lambda run=run: evaluate_run(setting, run / "train", data_dir, run / "eval"))
         runs[value] = json.loads((run / "eval" / "report.json").read_text())

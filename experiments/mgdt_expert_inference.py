@@ -44,8 +44,7 @@ import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
 from data_pipelines import convert, experts, record  # noqa: E402
-from experiments import expert_inference  # noqa: E402
-from mgdt_jax.core import loop  # noqa: E402
+from experiments import common, expert_inference  # noqa: E402
 from mgdt_jax.envs import atari  # noqa: E402
 from mgdt_jax.recipes.mgdt import actor, evaluate, report, scores  # noqa: E402
 from mgdt_jax.recipes.mgdt.policy import sampling_preset  # noqa: E402
@@ -203,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     pretrain_data = root / "rlds" / "pretrain"
     runs = {"mgdt": train_config(config, pretrain_data), "bc": train_config(config, pretrain_data, **{"model.behaviour_cloning": True})}
     for name, run in runs.items():
-        loop.train(run, root / "train" / name)
+        common.train_to_end(run, root / "train" / name)
     models = {name: evaluate.load_model(root / "train" / name)[0] for name in runs}
 
     print(f"[3/4] evaluating {', '.join(METHODS)} on {', '.join(games)}, {exp.eval_episodes} episodes each", flush=True)
@@ -224,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         run.train.checkpoint_every = exp.finetune_steps
         run.optimizer.learning_rate = exp.finetune_learning_rate
         run.optimizer.warmup_steps = warmup
-        loop.train(run, root / "finetune" / name)
+        common.train_to_end(run, root / "finetune" / name)
         model = evaluate.load_model(root / "finetune" / name)[0]
         finetuned[name] = evaluate.evaluate(model, [heldout], episodes=exp.eval_episodes,
                                             sampling=sampling_preset("expert", kappa=exp.kappa),

@@ -158,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
 
     _stage(3, f"pretraining the tiny MGDT for {args.train_steps} steps")
     result = loop.train(train_config(dataset_dir, args.train_steps), train_dir)
+    if result.preempted:
+        print(f"mgdt-demo: training preempted (SIGTERM) at step {result.last_step}; its checkpoint is in {train_dir}, "
+              f"nothing was evaluated", file=sys.stderr)
+        return 1
     print(f"trained steps {result.first_step}..{result.last_step}; checkpoints in {train_dir}")
 
     _stage(4, f"evaluating the last checkpoint (expert action inference) and random play, "

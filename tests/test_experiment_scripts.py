@@ -1,4 +1,5 @@
-"""experiments/mgdt_expert_inference.py refuses bad variants before it records or trains anything."""
+"""The experiment scripts: bad variants are refused before anything is recorded or trained, and a
+preempted training stops a script before it evaluates or reports."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import json
 
 import pytest
 
-from experiments import expert_inference, mgdt_expert_inference
+from experiments import common, expert_inference, mgdt_expert_inference
+from mgdt_jax.core import loop
 
 
 def test_bad_epsilon_schedule_is_one_line_and_writes_nothing(tmp_path, capsys):
@@ -27,3 +29,14 @@ def test_recordings_of_another_schedule_are_not_reused(tmp_path):
     exp.epsilon = "cycle:1,0"
     with pytest.raises(SystemExit, match="recorded with epsilon linear:1.0:0.0, not cycle:1,0"):
         mgdt_expert_inference.record_stage(exp, tmp_path)
+
+
+def test_a_preempted_training_stops_the_script_before_any_report(tmp_path, monkeypatch):
+    config = expert_inference.get_config()
+    stopped = loop.TrainResult(tmp_path, first_step=0, last_step=7, last_checkpoint=7, preempted=True)
+    monkeypatch.setattr(loop, "train", lambda *args, **kwargs: stopped)
+    with pytest.raises(SystemExit, match=r"training preempted \(SIGTERM\) at step 7 of 4000; its checkpoint is kept"):
+        common.train_to_end(config, tmp_path)
+    finished = loop.TrainResult(tmp_path, first_step=0, last_step=4000, last_checkpoint=4000, preempted=False)
+    monkeypatch.setattr(loop, "train", lambda *args, **kwargs: finished)
+    assert common.train_to_end(config, tmp_path) is finished
