@@ -61,10 +61,10 @@ def record_stage(exp, root: Path) -> dict[str, dict]:
         if sorted(recorded) != sorted([*exp.games, exp.heldout_game]):
             raise SystemExit(f"mgdt_expert_inference: error: {done_file} holds {', '.join(sorted(recorded))}, not "
                              f"{', '.join(sorted([*exp.games, exp.heldout_game]))}: use another --workdir")
-        schedules = {entry.get("schedule") for entry in recorded.values()}
+        schedules = {entry.get("schedule", "not recorded") for entry in recorded.values()}
         if schedules != {exp.epsilon}:
             raise SystemExit(f"mgdt_expert_inference: error: {done_file} was recorded with epsilon "
-                             f"{', '.join(map(str, schedules))}, not {exp.epsilon}: use another --workdir")
+                             f"{', '.join(sorted(schedules))}, not {exp.epsilon}: use another --workdir")
         return recorded
     shutil.rmtree(root / "logs", ignore_errors=True)
     heldout_steps = max(round(exp.heldout_fraction * exp.steps_per_game), 2 * exp.max_episode_steps)
