@@ -118,10 +118,11 @@ def make_benchmark(out: Path, scale: Scale, task: TaskSetting) -> tuple[Path, di
 
 def run_config(model: str, benchmark: Path, scale: Scale, steps: int, task: TaskSetting = TaskSetting(), *,
                curriculum: str = "uniform", teacher: Path | None = None, anneal_steps: int = 0,
-               trxl_options: dict | None = None):
+               trxl_options: dict | None = None, lr_schedule: str = "constant"):
     """A training config: XLand R1-9x9, 5 trials, PPO with XLand-MiniGrid's meta-RL settings scaled down;
     ``trxl_options`` (e.g. ``{"memory_length": 128, "gated": True}``) override the Transformer-XL's
-    ``MODELS`` entry."""
+    ``MODELS`` entry; ``lr_schedule="linear"`` decays Adam's rate to 0 over the run, as XLand-MiniGrid's
+    configs/meta.yaml does (``"constant"`` keeps 1e-3, the runs before the flag existed)."""
     return common.from_dict({
         "recipe": "ada",
         "env": {"factory": "mgdt_jax.recipes.ada.xland:make", "benchmark": str(benchmark),
@@ -136,7 +137,7 @@ def run_config(model: str, benchmark: Path, scale: Scale, steps: int, task: Task
         "kickstart": {**dataclasses.asdict(KickstartConfig()), "teacher": str(teacher or ""), "weight": 1.0,
                       "hold_steps": 0, "anneal_steps": max(anneal_steps, 1)},
         "mesh": {"data": -1, "fsdp": 1, "tensor": 1},
-        "optimizer": {"name": "adamw", "learning_rate": 1e-3, "warmup_steps": min(10, steps), "schedule": "constant",
+        "optimizer": {"name": "adamw", "learning_rate": 1e-3, "warmup_steps": min(10, steps), "schedule": lr_schedule,
                       "grad_clip_norm": 0.5, "eps": 1e-5},
         "train": {"batch_size": scale.num_envs, "grad_accum_steps": 1, "num_steps": steps, "seed": SEED,
                   "log_every": max(min(steps // 20, 10), 1), "checkpoint_every": steps, "keep_checkpoints": 1,
@@ -256,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gated", action="store_true", help="the Transformer-XL with GTrXL's GRU-type gates")
     parser.add_argument("--show-trial-end", action="store_true",
                         help="a trial's last view (the rewarded one) is a step of its own before the world restarts")
+    parser.add_argument("--lr-schedule", choices=("constant", "linear"), default="constant",
+                        help="Adam's rate after warm-up: constant 1e-3 or linear decay to 0 (XLand-MiniGrid's meta config)")
     args = parser.parse_args(argv)
     if args.out.exists():
         raise SystemExit(f"--out {args.out}: already exists; choose a new directory")
@@ -292,19 +295,24 @@ def main(argv: list[str] | None = None) -> int:
     seconds: dict[str, float] = {}
     if args.claim == "meta-rl":
         for name, model in (("Transformer-XL", "trxl"), ("GRU RL2", "gru")):
-            runs[name], seconds[name] = train(model, run_config(model, benchmark, scale, steps, task, trxl_options=trxl),
-                                              args.out)
+            runs[name], seconds[name] = train(model, run_config(model, benchmark, scale, steps, task, trxl_options=trxl,
+                                                                       lr_schedule=args.lr_schedule), args.out)
     elif args.claim == "curriculum":
         for name, curriculum in (("PLR + no-op filter", "plr"), ("uniform", "uniform")):
             runs[name], seconds[name] = train(curriculum, run_config("trxl", benchmark, scale, steps, task, curriculum=curriculum,
-                                                                        trxl_options=trxl), args.out)
+                                                                        trxl_options=trxl, lr_schedule=args.lr_schedule),
+                                                             args.out)
     else:
-        teacher, seconds["GRU teacher"] = train("teacher", run_config("gru_teacher", benchmark, scale, scale.teacher_steps, task),
+        teacher, seconds["GRU teacher"] = train("teacher", run_config("gru_teacher", benchmark, scale, scale.teacher_steps, task,
+                                                                       lr_schedule=args.lr_schedule),
                                                 args.out)
-        kick = run_config("trxl", benchmark, scale, steps, task, teacher=teacher, anneal_steps=steps // 2, trxl_options=trxl)
+        kick = run_config("trxl", benchmark, scale, steps, task, teacher=teacher, anneal_steps=steps // 2, trxl_options=trxl,
+                          lr_schedule=args.lr_schedule)
         runs["kickstarted"], seconds["kickstarted"] = train("kickstarted", kick, args.out)
         runs["not kickstarted"], seconds["not kickstarted"] = train("plain", run_config("trxl", benchmark, scale, steps, task,
-                                                                                         trxl_options=trxl), args.out)
+                                                                                         trxl_options=trxl,
+                                                                                         lr_schedule=args.lr_schedule),
+                                                                              args.out)
         runs["GRU teacher"] = teacher
 
     eval_started = time.perf_counter()
@@ -337,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
              *(["--train-steps", str(args.train_steps)] if args.train_steps else []),
              *(["--rollout-length", str(args.rollout_length)] if args.rollout_length else []),
              *(["--minibatches", str(args.minibatches)] if args.minibatches else []),
-             *(["--memory-length", str(memory)] if memory else []), *(["--gated"] if args.gated else [])]
+             *(["--memory-length", str(memory)] if memory else []), *(["--gated"] if args.gated else []),
+             *(["--lr-schedule", args.lr_schedule] if args.lr_schedule != "constant" else [])]
     text = (f"`python experiments/ada_claims.py {' '.join(flags)} --out DIR`: benchmark `{record['benchmark_id']}` (trivial "
             f"preset, seed {SEED}, {record['num_rulesets']} rulesets, {report['runs'][next(iter(runs))]['tasks']} held out), "
             f"XLand-MiniGrid-R1-9x9, 5 trials, {task.describe()}; {steps * per_step:,} env steps per run ({steps} PPO steps x "
