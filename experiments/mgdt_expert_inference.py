@@ -2,6 +2,7 @@
 
     python experiments/mgdt_expert_inference.py --workdir runs/expert_inference [--quick] [--docs docs/results.md]
         [--games Boxing,Freeway] [--heldout-game Pong] [--train-steps N] [--eval-episodes N] [--epsilon SPEC]
+        [--max-episode-steps N]
 
 1. records mixed-quality data: each game's scripted expert (data_pipelines/experts.py) with an
    epsilon annealed from 1 to 0 over the recording, one epsilon per episode (random play at the
@@ -61,10 +62,12 @@ def record_stage(exp, root: Path) -> dict[str, dict]:
         if sorted(recorded) != sorted([*exp.games, exp.heldout_game]):
             raise SystemExit(f"mgdt_expert_inference: error: {done_file} holds {', '.join(sorted(recorded))}, not "
                              f"{', '.join(sorted([*exp.games, exp.heldout_game]))}: use another --workdir")
-        schedules = {entry.get("schedule", "not recorded") for entry in recorded.values()}
-        if schedules != {exp.epsilon}:
-            raise SystemExit(f"mgdt_expert_inference: error: {done_file} was recorded with epsilon "
-                             f"{', '.join(sorted(schedules))}, not {exp.epsilon}: use another --workdir")
+        for key, flag, wanted in (("schedule", "epsilon", exp.epsilon), ("max_episode_steps", "max-episode-steps",
+                                                                           exp.max_episode_steps)):
+            found = {str(entry.get(key, "not recorded")) for entry in recorded.values()}
+            if found != {str(wanted)}:
+                raise SystemExit(f"mgdt_expert_inference: error: {done_file} was recorded with --{flag} "
+                                 f"{', '.join(sorted(found))}, not {wanted}: use another --workdir")
         return recorded
     shutil.rmtree(root / "logs", ignore_errors=True)
     heldout_steps = max(round(exp.heldout_fraction * exp.steps_per_game), 2 * exp.max_episode_steps)
@@ -76,7 +79,8 @@ def record_stage(exp, root: Path) -> dict[str, dict]:
                                max_episode_steps=exp.max_episode_steps, policy="expert",
                                seed=exp.seed + index, progress=False, epsilon=exp.epsilon)
         recorded[game] = {"part": part, "steps": steps, "returns": result.episode_returns,
-                          "epsilons": result.episode_epsilons, "schedule": exp.epsilon}
+                          "epsilons": result.episode_epsilons, "schedule": exp.epsilon,
+                          "max_episode_steps": exp.max_episode_steps}
         print(f"recorded {game} ({part}): {steps} steps, {result.episodes_finished} episodes, "
               f"mean score {np.mean(result.episode_returns):.1f}", flush=True)
     for part in ("pretrain", "heldout"):
@@ -145,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     variants.add_argument("--train-steps", type=int, help="MGDT and BC training steps (default: the config's)")
     variants.add_argument("--eval-episodes", type=int, help="per game and method (default: the config's)")
     variants.add_argument("--epsilon", help="the recordings' epsilon schedule, e.g. cycle:1,0 (default: the config's)")
+    variants.add_argument("--max-episode-steps", type=int,
+                          help="episode cap in agent steps, in recording and evaluation (default: the config's)")
     args = parser.parse_args(argv)
     config = expert_inference.get_config()
     if args.quick:
@@ -157,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.heldout_game:
         exp.heldout_game = args.heldout_game
         flags.append(f"--heldout-game {args.heldout_game}")
-    for name, value in (("train-steps", args.train_steps), ("eval-episodes", args.eval_episodes)):
+    for name, value in (("train-steps", args.train_steps), ("eval-episodes", args.eval_episodes),
+                        ("max-episode-steps", args.max_episode_steps)):
         if value is not None:
             if value < 1:
                 print(f"mgdt_expert_inference: error: --{name} must be at least 1, not {value}", file=sys.stderr)
@@ -168,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         config.train.checkpoint_every = min(config.train.checkpoint_every, args.train_steps)
     if args.eval_episodes:
         exp.eval_episodes = args.eval_episodes
+    if args.max_episode_steps:
+        exp.max_episode_steps = args.max_episode_steps
     if args.epsilon:
         try:
             experts.parse_epsilon_schedule(args.epsilon)

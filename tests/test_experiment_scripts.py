@@ -20,14 +20,18 @@ def test_bad_epsilon_schedule_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert not workdir.exists()
 
 
-def test_recordings_of_another_schedule_are_not_reused(tmp_path):
+def test_recordings_of_another_schedule_or_cap_are_not_reused(tmp_path):
     exp = expert_inference.get_config().experiment
-    recorded = {game: {"part": "pretrain", "steps": 10, "returns": [0.0], "epsilons": [1.0], "schedule": exp.epsilon}
+    recorded = {game: {"part": "pretrain", "steps": 10, "returns": [0.0], "epsilons": [1.0], "schedule": exp.epsilon,
+                       "max_episode_steps": exp.max_episode_steps}
                 for game in [*exp.games, exp.heldout_game]}
     (tmp_path / "recorded.json").write_text(json.dumps(recorded))
     assert mgdt_expert_inference.record_stage(exp, tmp_path) == recorded
+    exp.max_episode_steps = 2000
+    with pytest.raises(SystemExit, match="recorded with --max-episode-steps 1000, not 2000"):
+        mgdt_expert_inference.record_stage(exp, tmp_path)
     exp.epsilon = "cycle:1,0"
-    with pytest.raises(SystemExit, match="recorded with epsilon linear:1.0:0.0, not cycle:1,0"):
+    with pytest.raises(SystemExit, match="recorded with --epsilon linear:1.0:0.0, not cycle:1,0"):
         mgdt_expert_inference.record_stage(exp, tmp_path)
 
 
