@@ -66,6 +66,17 @@ def test_returns_count_each_trial_once_per_episode(run_dir):
     assert set(np.unique(scores.returns)) <= {-0.5, 0.0, 0.5, 1.0}
 
 
+def test_greedy_actions_repeat_where_sampled_ones_vary(run_dir):
+    # Arm recall resets without randomness, so under the argmax every episode of a task is the same,
+    # whatever the seed; the near-uniform policy's samples are not.
+    greedy = [evaluate.evaluate_run(run_dir, trials=3, episodes=16, seed=seed, greedy=True) for seed in (1, 2)]
+    np.testing.assert_array_equal(greedy[0].returns, greedy[1].returns)
+    assert np.all(greedy[0].returns == greedy[0].returns[:, :1])
+    assert greedy[0].settings["actions"] == "argmax of the policy"
+    sampled = evaluate.evaluate_run(run_dir, trials=3, episodes=16, seed=1)
+    assert np.any(sampled.returns != sampled.returns[:, :1])
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--trials", "0"], "--trials must be at least 1, got 0"),
     (["--episodes", "0"], "--episodes must be at least 1, got 0"),

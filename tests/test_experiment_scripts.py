@@ -1,10 +1,12 @@
-"""The experiment scripts: bad variants are refused before anything is recorded or trained, and a
-preempted training stops a script before it evaluates or reports."""
+"""The experiment scripts: bad variants are refused before anything is recorded or trained, a
+preempted training stops a script before it evaluates or reports, and the AdA trial-outcome
+decomposition agrees with hand-computed values."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from experiments import common, expert_inference, mgdt_expert_inference
@@ -44,3 +46,17 @@ def test_a_preempted_training_stops_the_script_before_any_report(tmp_path, monke
     finished = loop.TrainResult(tmp_path, first_step=0, last_step=4000, last_checkpoint=4000, preempted=False)
     monkeypatch.setattr(loop, "train", lambda *args, **kwargs: finished)
     assert common.train_to_end(config, tmp_path) is finished
+
+
+def test_trial_outcomes_decompose_xland_returns_by_hand():
+    from experiments import ada_trial_outcomes
+
+    # Two episodes of 3 trials, 30-step trials: 1 - 0.9 t / 30 is 0.7 at t = 10 and 0.4 at t = 20.
+    returns = np.array([[[0.0, 0.7, 0.7], [0.4, 0.0, 0.7]]])
+    result = ada_trial_outcomes.outcomes(returns, max_steps=30)
+    np.testing.assert_allclose(result["return"], [0.2, 0.35, 0.7])
+    np.testing.assert_allclose(result["reached"], [0.5, 0.5, 1.0])
+    np.testing.assert_allclose(result["steps"], [20.0, 10.0, 10.0])
+    assert np.isnan(result["kept"][0])
+    np.testing.assert_allclose(result["kept"][1:], [0.0, 1.0])  # trial 2 after episode 2's reached trial 1: missed
+    np.testing.assert_allclose(result["kept_steps"][2], 10.0)

@@ -1,6 +1,6 @@
 """``mgdt-ada-eval``: return per trial of a trained AdA run on its held-out tasks, frozen weights.
 
-    mgdt-ada-eval --workdir RUN --out DIR [--trials K] [--episodes N] [--seed S] [--step STEP]
+    mgdt-ada-eval --workdir RUN --out DIR [--trials K] [--episodes N] [--seed S] [--step STEP] [--greedy]
 
 Every held-out task of the run's environment (``env.heldout_fraction``; every task when none is
 held out) runs N meta-episodes of K trials at once from the run's latest checkpoint; per trial
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=1, help="meta-episodes per task (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest complete one)")
+    parser.add_argument("--greedy", action="store_true", help="act by the policy's argmax (default: sample from it)")
     args = parser.parse_args(argv)
     if args.trials is not None and args.trials < 1:
         parser.error(f"--trials must be at least 1, got {args.trials}")
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         scores = evaluate.evaluate_run(args.workdir, trials=args.trials, episodes=args.episodes, seed=args.seed,
-                                       step=args.step)
+                                       step=args.step, greedy=args.greedy)
         report = evaluate.write_report([scores], args.out)
     except (ValueError, OSError) as error:  # BenchmarkError, CheckpointError surface as ValueError
         print(f"mgdt-ada-eval: error: {error}", file=sys.stderr)

@@ -95,10 +95,10 @@ def bootstrap(task_scores: np.ndarray, *, reps: int = BOOTSTRAP_REPS, confidence
 
 
 def run_trials(agent: nnx.Module, env: ada_env.MetaEnvironment, tasks: ada_env.TaskSource, task_ids: np.ndarray, *,
-               episodes: int, segment: int, seed: int) -> tuple[np.ndarray, float, float]:
+               episodes: int, segment: int, seed: int, greedy: bool = False) -> tuple[np.ndarray, float, float]:
     """Returns float64 [tasks, episodes, K] of one meta-episode per (task, episode), K = env.num_trials,
-    with ``(env steps/s, compile seconds)``. The episodes of a task differ by their reset keys (start
-    positions) and action samples."""
+    with ``(env steps/s, compile seconds)``. Actions are sampled from the policy, or its argmax with
+    ``greedy``. The episodes of a task differ by their reset keys (start positions) and action samples."""
     num_trials = env.num_trials
     batch = len(task_ids) * episodes
     num_segments = -(-int(env.episode_length) // segment)
@@ -122,7 +122,7 @@ def run_trials(agent: nnx.Module, env: ada_env.MetaEnvironment, tasks: ada_env.T
             t, step_key = inputs
             observed = agent_inputs(carry["timestep"], carry["previous_action"], carry["previous_reward"], carry["reset"])
             logits, _, cache = model.act(observed, carry["cache"], t)
-            action = jax.random.categorical(step_key, logits).astype(jnp.int32)
+            action = (jnp.argmax(logits, axis=-1) if greedy else jax.random.categorical(step_key, logits)).astype(jnp.int32)
             env_state, timestep = jax.vmap(env.step)(carry["env_state"], action)
             reward = jnp.where(carry["running"], timestep.reward, 0.0)
             returns = carry["returns"] + jax.nn.one_hot(timestep.trial, num_trials) * reward[:, None]
@@ -157,10 +157,11 @@ def run_trials(agent: nnx.Module, env: ada_env.MetaEnvironment, tasks: ada_env.T
 
 
 def evaluate_run(workdir: str | Path, *, trials: int | None = None, episodes: int = 1, seed: int = 0,
-                 name: str | None = None, step: int | None = None) -> TrialScores:
+                 name: str | None = None, step: int | None = None, greedy: bool = False) -> TrialScores:
     """The scores of the AdA run in ``workdir`` (its latest checkpoint, or ``step``) on its evaluation
     tasks, ``trials`` trials per meta-episode (default: the run's ``env.num_trials``; at most the trial
-    features its agent observes, ``env.max_trials``), ``episodes`` meta-episodes per task.
+    features its agent observes, ``env.max_trials``), ``episodes`` meta-episodes per task, actions
+    sampled from the policy (or its argmax with ``greedy``).
 
     ValueError (one line) for a workdir that is not an AdA run or has no checkpoint, ``trials`` or
     ``episodes`` below 1, ``trials`` beyond what the agent observes, or an environment without
@@ -188,12 +189,13 @@ def evaluate_run(workdir: str | Path, *, trials: int | None = None, episodes: in
     agent, run_config, chosen = load_agent(workdir, env, tasks, step=step)
     task_ids, split = ada_env.evaluation_task_ids(tasks)
     segment = int((run_config.get("ppo") or {}).get("rollout_length", 16))
-    returns, steps_per_s, compile_s = run_trials(agent, env, tasks, task_ids, episodes=episodes, segment=segment, seed=seed)
+    returns, steps_per_s, compile_s = run_trials(agent, env, tasks, task_ids, episodes=episodes, segment=segment, seed=seed,
+                                                 greedy=greedy)
     settings = {
         "workdir": str(workdir), "checkpoint_step": chosen, "agent": (run_config.get("model") or {}).get("agent"),
         "env": env.describe(), "trials": trials, "episodes_per_task": episodes, "tasks": len(task_ids), "split": split,
         "heldout_fraction": env_config.get("heldout_fraction"), "split_seed": env_config.get("split_seed"),
-        "segment": segment, "seed": seed, "actions": "sampled from the policy",
+        "segment": segment, "seed": seed, "actions": "argmax of the policy" if greedy else "sampled from the policy",
     }
     return TrialScores(name or workdir.name, returns, task_ids, settings, steps_per_s, compile_s)
 
