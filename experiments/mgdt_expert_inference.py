@@ -4,11 +4,10 @@
         [--games Boxing,Freeway] [--heldout-game Pong] [--train-steps N] [--eval-episodes N] [--epsilon SPEC]
         [--max-episode-steps N]
 
-1. records mixed-quality data: each game's scripted expert (data_pipelines/experts.py) with an
-   epsilon annealed from 1 to 0 over the recording, one epsilon per episode (random play at the
-   start, expert play at the end), for the pretraining games and a smaller part for a held-out game
-   (`--epsilon` another schedule, e.g. `cycle:1,0`: episodes alternate random and expert play, so
-   the returns are two modes);
+1. records mixed-quality data: each game's scripted expert (data_pipelines/experts.py) with one
+   epsilon per episode, by default `cycle:1,0` (episodes alternate random and expert play, so the
+   returns form two modes; `--epsilon linear:1.0:0.0` anneals from random play to the expert over
+   the recording instead), for the pretraining games and a smaller part for a held-out game;
 2. trains the return-conditioned MGDT and its behaviour-cloning variant on the same data, same
    steps, same seeds (config: experiments/expert_inference.py);
 3. evaluates on every pretraining game, `eval_episodes` each: expert action inference (kappa 10,

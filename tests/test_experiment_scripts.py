@@ -29,11 +29,11 @@ def test_recordings_of_another_schedule_or_cap_are_not_reused(tmp_path):
                 for game in [*exp.games, exp.heldout_game]}
     (tmp_path / "recorded.json").write_text(json.dumps(recorded))
     assert mgdt_expert_inference.record_stage(exp, tmp_path) == recorded
-    exp.max_episode_steps = 2000
-    with pytest.raises(SystemExit, match="recorded with --max-episode-steps 1000, not 2000"):
+    exp.max_episode_steps = 1000
+    with pytest.raises(SystemExit, match="recorded with --max-episode-steps 2000, not 1000"):
         mgdt_expert_inference.record_stage(exp, tmp_path)
-    exp.epsilon = "cycle:1,0"
-    with pytest.raises(SystemExit, match="recorded with --epsilon linear:1.0:0.0, not cycle:1,0"):
+    exp.epsilon = "linear:1.0:0.0"
+    with pytest.raises(SystemExit, match="recorded with --epsilon cycle:1,0, not linear:1.0:0.0"):
         mgdt_expert_inference.record_stage(exp, tmp_path)
 
 
@@ -41,9 +41,9 @@ def test_a_preempted_training_stops_the_script_before_any_report(tmp_path, monke
     config = expert_inference.get_config()
     stopped = loop.TrainResult(tmp_path, first_step=0, last_step=7, last_checkpoint=7, preempted=True)
     monkeypatch.setattr(loop, "train", lambda *args, **kwargs: stopped)
-    with pytest.raises(SystemExit, match=r"training preempted \(SIGTERM\) at step 7 of 4000; its checkpoint is kept"):
+    with pytest.raises(SystemExit, match=r"training preempted \(SIGTERM\) at step 7 of 8000; its checkpoint is kept"):
         common.train_to_end(config, tmp_path)
-    finished = loop.TrainResult(tmp_path, first_step=0, last_step=4000, last_checkpoint=4000, preempted=False)
+    finished = loop.TrainResult(tmp_path, first_step=0, last_step=8000, last_checkpoint=8000, preempted=False)
     monkeypatch.setattr(loop, "train", lambda *args, **kwargs: finished)
     assert common.train_to_end(config, tmp_path) is finished
 
