@@ -118,11 +118,13 @@ def make_benchmark(out: Path, scale: Scale, task: TaskSetting) -> tuple[Path, di
 
 def run_config(model: str, benchmark: Path, scale: Scale, steps: int, task: TaskSetting = TaskSetting(), *,
                curriculum: str = "uniform", teacher: Path | None = None, anneal_steps: int = 0,
-               trxl_options: dict | None = None, lr_schedule: str = "constant"):
+               trxl_options: dict | None = None, lr_schedule: str = "constant", seed: int = SEED):
     """A training config: XLand R1-9x9, 5 trials, PPO with XLand-MiniGrid's meta-RL settings scaled down;
     ``trxl_options`` (e.g. ``{"memory_length": 128, "gated": True}``) override the Transformer-XL's
     ``MODELS`` entry; ``lr_schedule="linear"`` decays Adam's rate to 0 over the run, as XLand-MiniGrid's
-    configs/meta.yaml does (``"constant"`` keeps 1e-3, the runs before the flag existed)."""
+    configs/meta.yaml does (``"constant"`` keeps 1e-3, the runs before the flag existed); ``seed`` is
+    the training seed (initial parameters, environment resets, actions), the benchmark and split stay
+    those of ``SEED``."""
     return common.from_dict({
         "recipe": "ada",
         "env": {"factory": "mgdt_jax.recipes.ada.xland:make", "benchmark": str(benchmark),
@@ -139,7 +141,7 @@ def run_config(model: str, benchmark: Path, scale: Scale, steps: int, task: Task
         "mesh": {"data": -1, "fsdp": 1, "tensor": 1},
         "optimizer": {"name": "adamw", "learning_rate": 1e-3, "warmup_steps": min(10, steps), "schedule": lr_schedule,
                       "grad_clip_norm": 0.5, "eps": 1e-5},
-        "train": {"batch_size": scale.num_envs, "grad_accum_steps": 1, "num_steps": steps, "seed": SEED,
+        "train": {"batch_size": scale.num_envs, "grad_accum_steps": 1, "num_steps": steps, "seed": seed,
                   "log_every": max(min(steps // 20, 10), 1), "checkpoint_every": steps, "keep_checkpoints": 1,
                   "eval_every": 0, "init_from": ""},
     })
@@ -259,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a trial's last view (the rewarded one) is a step of its own before the world restarts")
     parser.add_argument("--lr-schedule", choices=("constant", "linear"), default="constant",
                         help="Adam's rate after warm-up: constant 1e-3 or linear decay to 0 (XLand-MiniGrid's meta config)")
+    parser.add_argument("--seed", type=int, default=SEED,
+                        help=f"training seed of every run (default {SEED}); the benchmark, split and evaluation keep {SEED}")
     args = parser.parse_args(argv)
     if args.out.exists():
         raise SystemExit(f"--out {args.out}: already exists; choose a new directory")
@@ -291,28 +295,24 @@ def main(argv: list[str] | None = None) -> int:
     steps = scale.train_steps
     memory = args.memory_length or 0
     trxl = {**({"memory_length": memory} if memory else {}), **({"gated": True} if args.gated else {})}
+    # Every run of a claim shares these; trxl_options reach the Transformer-XL only.
+    shared = {"trxl_options": trxl, "lr_schedule": args.lr_schedule, "seed": args.seed}
     runs: dict[str, Path] = {}
     seconds: dict[str, float] = {}
     if args.claim == "meta-rl":
         for name, model in (("Transformer-XL", "trxl"), ("GRU RL2", "gru")):
-            runs[name], seconds[name] = train(model, run_config(model, benchmark, scale, steps, task, trxl_options=trxl,
-                                                                       lr_schedule=args.lr_schedule), args.out)
+            runs[name], seconds[name] = train(model, run_config(model, benchmark, scale, steps, task, **shared), args.out)
     elif args.claim == "curriculum":
         for name, curriculum in (("PLR + no-op filter", "plr"), ("uniform", "uniform")):
-            runs[name], seconds[name] = train(curriculum, run_config("trxl", benchmark, scale, steps, task, curriculum=curriculum,
-                                                                        trxl_options=trxl, lr_schedule=args.lr_schedule),
-                                                             args.out)
+            runs[name], seconds[name] = train(
+                curriculum, run_config("trxl", benchmark, scale, steps, task, curriculum=curriculum, **shared), args.out)
     else:
-        teacher, seconds["GRU teacher"] = train("teacher", run_config("gru_teacher", benchmark, scale, scale.teacher_steps, task,
-                                                                       lr_schedule=args.lr_schedule),
-                                                args.out)
-        kick = run_config("trxl", benchmark, scale, steps, task, teacher=teacher, anneal_steps=steps // 2, trxl_options=trxl,
-                          lr_schedule=args.lr_schedule)
+        teacher, seconds["GRU teacher"] = train(
+            "teacher", run_config("gru_teacher", benchmark, scale, scale.teacher_steps, task, **shared), args.out)
+        kick = run_config("trxl", benchmark, scale, steps, task, teacher=teacher, anneal_steps=steps // 2, **shared)
         runs["kickstarted"], seconds["kickstarted"] = train("kickstarted", kick, args.out)
-        runs["not kickstarted"], seconds["not kickstarted"] = train("plain", run_config("trxl", benchmark, scale, steps, task,
-                                                                                         trxl_options=trxl,
-                                                                                         lr_schedule=args.lr_schedule),
-                                                                              args.out)
+        runs["not kickstarted"], seconds["not kickstarted"] = train(
+            "plain", run_config("trxl", benchmark, scale, steps, task, **shared), args.out)
         runs["GRU teacher"] = teacher
 
     eval_started = time.perf_counter()
@@ -346,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
              *(["--rollout-length", str(args.rollout_length)] if args.rollout_length else []),
              *(["--minibatches", str(args.minibatches)] if args.minibatches else []),
              *(["--memory-length", str(memory)] if memory else []), *(["--gated"] if args.gated else []),
-             *(["--lr-schedule", args.lr_schedule] if args.lr_schedule != "constant" else [])]
+             *(["--lr-schedule", args.lr_schedule] if args.lr_schedule != "constant" else []),
+             *(["--seed", str(args.seed)] if args.seed != SEED else [])]
     text = (f"`python experiments/ada_claims.py {' '.join(flags)} --out DIR`: benchmark `{record['benchmark_id']}` (trivial "
             f"preset, seed {SEED}, {record['num_rulesets']} rulesets, {report['runs'][next(iter(runs))]['tasks']} held out), "
             f"XLand-MiniGrid-R1-9x9, 5 trials, {task.describe()}; {steps * per_step:,} env steps per run ({steps} PPO steps x "

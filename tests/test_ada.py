@@ -206,7 +206,7 @@ def test_the_grid_encoders_convolution_equals_flax_conv():
     np.testing.assert_allclose(_valid_conv_2x2(conv, x), conv(x.reshape(-1, 5, 5, 6)).reshape(3, 4, 4, 4, 5), atol=1e-5)
 
 
-def test_the_claims_transformer_xl_options_reach_the_transformer_xl_only(tmp_path):
+def test_the_claims_options_reach_their_runs(tmp_path):
     from experiments import ada_claims
 
     scale, benchmark = ada_claims.FULL["meta-rl"], tmp_path / "benchmark.pkl.bz2"
@@ -217,6 +217,9 @@ def test_the_claims_transformer_xl_options_reach_the_transformer_xl_only(tmp_pat
     assert (plain.model.memory_length, plain.model.gated) == (ada_claims.MODELS["trxl"]["memory_length"], False)
     gru = ada_claims.run_config("gru", benchmark, scale, 10, trxl_options=options)
     assert (gru.model.memory_length, gru.model.gated) == (AgentConfig().memory_length, False)
+    assert (plain.train.seed, plain.optimizer.schedule) == (ada_claims.SEED, "constant")
+    seeded = ada_claims.run_config("gru", benchmark, scale, 10, lr_schedule="linear", seed=3)
+    assert (seeded.train.seed, seeded.optimizer.schedule, seeded.env.split_seed) == (3, "linear", ada_claims.SEED)
     with pytest.raises(SystemExit, match="--memory-length 0: must be > 0"):
         ada_claims.main(["meta-rl", "--memory-length", "0", "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="--rollout-length 0: must be > 0"):
