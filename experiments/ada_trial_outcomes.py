@@ -9,7 +9,7 @@ when they did, and P(goal in trial k | goal in trial k-1) with the steps then. A
 ``1 - 0.9 t / max_steps`` on reaching the goal at step t and 0 otherwise (xminigrid's reward), so
 a positive return is a reached goal and ``t = (1 - r) max_steps / 0.9``. This says whether trials
 2-5 fall short of a direct walk by failing to find a remembered object again or by walking to it
-slowly.
+slowly. Writes nothing: the table (markdown) goes to stdout, progress to stderr.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for run in args.runs:
         for greedy in (False, True):
+            print(f"evaluating {run} ({'argmax' if greedy else 'sampled'} actions)", file=sys.stderr, flush=True)
             try:
                 scores = evaluate.evaluate_run(run, episodes=args.episodes, seed=args.seed, greedy=greedy)
             except (ValueError, OSError) as error:
