@@ -10,8 +10,8 @@ INTER_AREA resize, frame skip 4, no life-loss terminals, sticky actions. An epis
 over or after --max-episode-steps agent steps (both logged as terminal in the 2019 layout of the
 dataset; the time limit with terminal = 0 in the newer layouts).
 
-Policies: `random`, or `expert`, the game's scripted expert reading the emulator RAM (Pong,
-Breakout, Freeway, Boxing; data_pipelines/experts.py). `--epsilon-schedule` mixes uniformly random actions
+Policies: `random`, or `expert`, the game's scripted expert (Pong, Breakout and Boxing read the
+emulator RAM, Freeway and DemonAttack press one action; data_pipelines/experts.py). `--epsilon-schedule` mixes uniformly random actions
 in with a probability set per episode (`0.1`, `linear:1.0:0.0` over the run, `cycle:1,0.5,0`), so
 one run holds behaviour of many qualities, as the DQN Replay Dataset holds an agent's early and late
 policies.
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-episode-steps", type=int, default=replay_logs.DEFAULT_MAX_EPISODE_STEPS)
     parser.add_argument("--sticky-actions", type=float, default=0.25, help="repeat-action probability")
     parser.add_argument("--policy", default="random",
-                        help="random, or expert: the game's scripted expert (Pong, Breakout, Freeway, Boxing)")
+                        help="random, or expert: the game's scripted expert (Pong, Breakout, Freeway, Boxing, DemonAttack)")
     parser.add_argument("--epsilon", "--epsilon-schedule", dest="epsilon", default="0",
                         help="probability of a random action, per episode: 0.1, linear:1.0:0.0 (over the run) "
                              "or cycle:1,0.5,0 (episode by episode)")

@@ -60,3 +60,46 @@ def test_trial_outcomes_decompose_xland_returns_by_hand():
     assert np.isnan(result["kept"][0])
     np.testing.assert_allclose(result["kept"][1:], [0.0, 1.0])  # trial 2 after episode 2's reached trial 1: missed
     np.testing.assert_allclose(result["kept_steps"][2], 10.0)
+
+
+def _seed_report(tmp_path, name, agent, seed, task_scores, tasks=(3, 5), sha="abc"):
+    workdir = tmp_path / name
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({"train": {"seed": seed}}))
+    report = {"runs": {name: {
+        "settings": {"workdir": str(workdir), "agent": agent, "env": {"benchmark_sha256": sha}, "split": "held-out",
+                     "actions": "sampled from the policy"},
+        "episodes_per_task": 8, "task_ids": list(tasks), "task_scores": task_scores}}}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(report))
+    return path
+
+
+def test_ada_seeds_pools_task_scores_over_seeds(tmp_path, capsys):
+    from experiments import ada_seeds
+
+    # Two tasks, two trials. Transformer-XL seed 0: trial means 0.2 -> 0.4; seed 1: 0.4 -> 0.5.
+    # Pooled per task: [[0.3, 0.4], [0.3, 0.5]] -> trial 1 0.3, trial 2 0.45, ratio 1.5.
+    reports = [_seed_report(tmp_path, "t0", "trxl", 0, [[0.1, 0.3], [0.3, 0.5]]),
+               _seed_report(tmp_path, "t1", "trxl", 1, [[0.5, 0.5], [0.3, 0.5]]),
+               _seed_report(tmp_path, "g0", "gru", 0, [[0.3, 0.4], [0.3, 0.4]])]
+    out = tmp_path / "pooled.json"
+    assert ada_seeds.main([*map(str, reports), "--json", str(out)]) == 0
+    values = json.loads(out.read_text())
+    pooled = values["pooled"]["trxl"]
+    np.testing.assert_allclose([pooled["trial_1"], pooled["trial_5"], pooled["ratio"][0]], [0.3, 0.45, 1.5])
+    assert pooled["ratio"][1] <= 1.5 <= pooled["ratio"][2]
+    np.testing.assert_allclose(values["trial_5_difference"][0], 0.05)  # 0.45 - 0.4, paired over the same tasks
+    assert "| Transformer-XL | 1 | 0.400 | 0.500 | 1.25 |" in capsys.readouterr().out
+
+
+def test_ada_seeds_refuses_runs_on_other_tasks_or_a_repeated_seed(tmp_path, capsys):
+    from experiments import ada_seeds
+
+    first = _seed_report(tmp_path, "t0", "trxl", 0, [[0.1, 0.3], [0.3, 0.5]])
+    other_tasks = _seed_report(tmp_path, "t1", "trxl", 1, [[0.1, 0.3], [0.3, 0.5]], tasks=(3, 6))
+    repeated = _seed_report(tmp_path, "t2", "trxl", 0, [[0.1, 0.3], [0.3, 0.5]])
+    for bad in (other_tasks, repeated, tmp_path / "missing.json"):
+        assert ada_seeds.main([str(first), str(bad)]) == 1
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and str(bad) in error

@@ -1,0 +1,132 @@
+"""The meta-RL claim over several training seeds: per seed and pooled, from evaluation reports.
+
+    python experiments/ada_seeds.py REPORT.json [REPORT.json ...] [--json OUT]
+
+Each REPORT.json is a held-out evaluation written by ``ada_claims.py`` (``OUT/report/report.json``)
+or ``mgdt-ada-eval``; every run in it is grouped by its agent (``trxl`` or ``gru``), and its training
+seed is read from the run's ``config.json`` (``train.seed``). All runs must be scored on the same
+benchmark and the same held-out tasks with the same number of episodes, or the script stops with a
+one-line error. Prints (markdown, stdout) per agent and seed the mean trial-1 and trial-5 returns
+and their ratio, then per agent the pooled estimate: each task's score averaged over seeds, the
+ratio of the trial-5 to the trial-1 mean over tasks with a percentile bootstrap 95% interval
+(tasks resampled), and the paired trial-5 difference of the Transformer-XL and the GRU over the
+same resampled tasks. The claim (issue: trial 5 >= 1.5x trial 1; Transformer-XL >= GRU at trial 5)
+is read from the pooled values, which average out the seed-to-seed spread a single run shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mgdt_jax.recipes.ada import evaluate
+
+AGENT_NAMES = {"trxl": "Transformer-XL", "gru": "GRU RL2"}
+
+
+class SeedError(ValueError):
+    """Reports that cannot be pooled (unreadable, or scored on different tasks)."""
+
+
+def load_runs(paths: list[Path]) -> dict[str, dict[int, np.ndarray]]:
+    """{agent: {training seed: task scores [tasks, K]}} from the reports; SeedError names the file and
+    the fault (unreadable, a repeated agent and seed, other tasks, benchmark or episodes)."""
+    runs: dict[str, dict[int, np.ndarray]] = {}
+    reference: tuple | None = None
+    for path in paths:
+        try:
+            report = json.loads(path.read_text())
+            entries = report["runs"].items()
+        except (OSError, ValueError, KeyError, AttributeError) as error:
+            raise SeedError(f"{path}: not an AdA evaluation report ({type(error).__name__}: {error})") from None
+        for name, run in entries:
+            settings = run["settings"]
+            key = (settings["env"]["benchmark_sha256"], tuple(run["task_ids"]), run["episodes_per_task"],
+                   settings["split"], settings.get("actions"))
+            if reference is None:
+                reference = key
+            elif key != reference:
+                raise SeedError(f"{path}: run {name!r} is scored on other held-out tasks, benchmark, episodes or "
+                                "actions than the first report's; pool runs of one protocol only")
+            config_path = Path(settings["workdir"]) / "config.json"
+            try:
+                seed = int(json.loads(config_path.read_text())["train"]["seed"])
+            except (OSError, ValueError, KeyError) as error:
+                raise SeedError(f"{config_path}: the training seed of run {name!r} is unreadable ({error})") from None
+            seeds = runs.setdefault(settings["agent"], {})
+            if seed in seeds:
+                raise SeedError(f"{path}: a second {settings['agent']} run of training seed {seed}")
+            seeds[seed] = np.asarray(run["task_scores"], np.float64)
+    return runs
+
+
+def ratio_interval(task_scores: np.ndarray, *, reps: int = evaluate.BOOTSTRAP_REPS, seed: int = 0) -> tuple[float, float, float]:
+    """(value, low, high): mean over tasks of the last trial / of the first, ``task_scores`` [tasks, K],
+    with a percentile bootstrap 95% interval over tasks."""
+    resamples = np.random.default_rng(seed).integers(0, len(task_scores), (reps, len(task_scores)))
+    means = task_scores[resamples].mean(axis=1)  # [reps, K]
+    low, high = np.percentile(means[:, -1] / means[:, 0], [2.5, 97.5])
+    return float(task_scores[:, -1].mean() / task_scores[:, 0].mean()), float(low), float(high)
+
+
+def difference_interval(a: np.ndarray, b: np.ndarray, *, reps: int = evaluate.BOOTSTRAP_REPS,
+                        seed: int = 0) -> tuple[float, float, float]:
+    """(value, low, high): mean over tasks of ``a - b`` [tasks] (paired: the same tasks), with a
+    percentile bootstrap 95% interval over tasks."""
+    difference = a - b
+    resamples = np.random.default_rng(seed).integers(0, len(difference), (reps, len(difference)))
+    low, high = np.percentile(difference[resamples].mean(axis=1), [2.5, 97.5])
+    return float(difference.mean()), float(low), float(high)
+
+
+def summary(runs: dict[str, dict[int, np.ndarray]]) -> tuple[str, dict]:
+    """The markdown tables and their values (per seed, pooled) of ``load_runs``'s output."""
+    lines = ["| agent | seed | trial 1 | trial 5 | trial 5 / trial 1 |", "|---|---|---|---|---|"]
+    values: dict = {"per_seed": {}, "pooled": {}}
+    for agent, seeds in runs.items():
+        for seed, scores in sorted(seeds.items()):
+            first, last = scores[:, 0].mean(), scores[:, -1].mean()
+            lines.append(f"| {AGENT_NAMES.get(agent, agent)} | {seed} | {first:.3f} | {last:.3f} | {last / first:.2f} |")
+            values["per_seed"].setdefault(agent, {})[seed] = {"trial_1": first, "trial_5": last}
+    lines += ["", "| agent | seeds | trial 1 | trial 5 | trial 5 / trial 1 [95% CI] | ratio's spread over seeds |",
+              "|---|---|---|---|---|---|"]
+    pooled = {agent: np.mean(list(seeds.values()), axis=0) for agent, seeds in runs.items()}
+    for agent, scores in pooled.items():
+        ratio = ratio_interval(scores)
+        per_seed = [s[:, -1].mean() / s[:, 0].mean() for s in runs[agent].values()]
+        lines.append(f"| {AGENT_NAMES.get(agent, agent)} | {', '.join(map(str, sorted(runs[agent])))} | "
+                     f"{scores[:, 0].mean():.3f} | {scores[:, -1].mean():.3f} | {ratio[0]:.2f} [{ratio[1]:.2f}, "
+                     f"{ratio[2]:.2f}] | {min(per_seed):.2f}-{max(per_seed):.2f} |")
+        values["pooled"][agent] = {"seeds": sorted(runs[agent]), "trial_1": scores[:, 0].mean(),
+                                   "trial_5": scores[:, -1].mean(), "ratio": ratio}
+    if {"trxl", "gru"} <= pooled.keys():
+        difference = difference_interval(pooled["trxl"][:, -1], pooled["gru"][:, -1])
+        lines += ["", f"Trial 5, Transformer-XL - GRU (pooled, paired over tasks): {difference[0]:+.3f} "
+                      f"[{difference[1]:+.3f}, {difference[2]:+.3f}]"]
+        values["trial_5_difference"] = difference
+    return "\n".join(lines), values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("reports", nargs="+", type=Path, help="report.json of held-out evaluations")
+    parser.add_argument("--json", type=Path, help="also write the values here")
+    args = parser.parse_args(argv)
+    try:
+        runs = load_runs(args.reports)
+    except SeedError as error:
+        print(f"ada_seeds: error: {error}", file=sys.stderr)
+        return 1
+    text, values = summary(runs)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(values, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
