@@ -1,4 +1,4 @@
-"""Scripted experts that read the game state from the emulator RAM, and epsilon-greedy mixing.
+"""Scripted experts (most read the game state from the emulator RAM), and epsilon-greedy mixing.
 
 They exist to record data of known, varied quality without a trained agent: with an epsilon
 schedule over episodes (`mgdt-record --policy expert --epsilon-schedule linear:1.0:0.0`) one run

@@ -44,15 +44,18 @@ def load_runs(paths: list[Path]) -> dict[str, dict[int, np.ndarray]]:
         except (OSError, ValueError, KeyError, AttributeError) as error:
             raise SeedError(f"{path}: not an AdA evaluation report ({type(error).__name__}: {error})") from None
         for name, run in entries:
-            settings = run["settings"]
-            key = (settings["env"]["benchmark_sha256"], tuple(run["task_ids"]), run["episodes_per_task"],
-                   settings["split"], settings.get("actions"))
+            try:
+                settings = run["settings"]
+                key = (settings["env"]["benchmark_sha256"], tuple(run["task_ids"]), run["episodes_per_task"],
+                       run["trials"], settings["split"], settings.get("actions"))
+                config_path = Path(settings["workdir"]) / "config.json"
+            except (KeyError, TypeError) as error:
+                raise SeedError(f"{path}: run {name!r} lacks {error} of an AdA evaluation report") from None
             if reference is None:
                 reference = key
             elif key != reference:
-                raise SeedError(f"{path}: run {name!r} is scored on other held-out tasks, benchmark, episodes or "
-                                "actions than the first report's; pool runs of one protocol only")
-            config_path = Path(settings["workdir"]) / "config.json"
+                raise SeedError(f"{path}: run {name!r} is scored on other held-out tasks, benchmark, episodes, trials "
+                                "or actions than the first report's; pool runs of one protocol only")
             try:
                 seed = int(json.loads(config_path.read_text())["train"]["seed"])
             except (OSError, ValueError, KeyError) as error:
@@ -64,23 +67,32 @@ def load_runs(paths: list[Path]) -> dict[str, dict[int, np.ndarray]]:
     return runs
 
 
+def _interval(value: float, resampled: np.ndarray) -> tuple[float, float, float]:
+    """(value, low, high): ``value`` with the percentile interval of its bootstrap ``resampled`` values
+    at ``evaluate.CONFIDENCE``."""
+    tail = (1.0 - evaluate.CONFIDENCE) / 2 * 100
+    low, high = np.percentile(resampled, [tail, 100 - tail])
+    return float(value), float(low), float(high)
+
+
+def _resampled_means(values: np.ndarray, reps: int, seed: int) -> np.ndarray:
+    """[reps, ...]: means over axis 0 (tasks) of ``values`` resampled with replacement."""
+    indices = np.random.default_rng(seed).integers(0, len(values), (reps, len(values)))
+    return values[indices].mean(axis=1)
+
+
 def ratio_interval(task_scores: np.ndarray, *, reps: int = evaluate.BOOTSTRAP_REPS, seed: int = 0) -> tuple[float, float, float]:
     """(value, low, high): mean over tasks of the last trial / of the first, ``task_scores`` [tasks, K],
-    with a percentile bootstrap 95% interval over tasks."""
-    resamples = np.random.default_rng(seed).integers(0, len(task_scores), (reps, len(task_scores)))
-    means = task_scores[resamples].mean(axis=1)  # [reps, K]
-    low, high = np.percentile(means[:, -1] / means[:, 0], [2.5, 97.5])
-    return float(task_scores[:, -1].mean() / task_scores[:, 0].mean()), float(low), float(high)
+    with a percentile bootstrap interval over tasks."""
+    means = _resampled_means(task_scores, reps, seed)  # [reps, K]
+    return _interval(task_scores[:, -1].mean() / task_scores[:, 0].mean(), means[:, -1] / means[:, 0])
 
 
 def difference_interval(a: np.ndarray, b: np.ndarray, *, reps: int = evaluate.BOOTSTRAP_REPS,
                         seed: int = 0) -> tuple[float, float, float]:
     """(value, low, high): mean over tasks of ``a - b`` [tasks] (paired: the same tasks), with a
-    percentile bootstrap 95% interval over tasks."""
-    difference = a - b
-    resamples = np.random.default_rng(seed).integers(0, len(difference), (reps, len(difference)))
-    low, high = np.percentile(difference[resamples].mean(axis=1), [2.5, 97.5])
-    return float(difference.mean()), float(low), float(high)
+    percentile bootstrap interval over tasks."""
+    return _interval((a - b).mean(), _resampled_means(a - b, reps, seed))
 
 
 def summary(runs: dict[str, dict[int, np.ndarray]]) -> tuple[str, dict]:
@@ -97,7 +109,7 @@ def summary(runs: dict[str, dict[int, np.ndarray]]) -> tuple[str, dict]:
     pooled = {agent: np.mean(list(seeds.values()), axis=0) for agent, seeds in runs.items()}
     for agent, scores in pooled.items():
         ratio = ratio_interval(scores)
-        per_seed = [s[:, -1].mean() / s[:, 0].mean() for s in runs[agent].values()]
+        per_seed = [v["trial_5"] / v["trial_1"] for v in values["per_seed"][agent].values()]
         lines.append(f"| {AGENT_NAMES.get(agent, agent)} | {', '.join(map(str, sorted(runs[agent])))} | "
                      f"{scores[:, 0].mean():.3f} | {scores[:, -1].mean():.3f} | {ratio[0]:.2f} [{ratio[1]:.2f}, "
                      f"{ratio[2]:.2f}] | {min(per_seed):.2f}-{max(per_seed):.2f} |")
@@ -124,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     text, values = summary(runs)
     print(text)
     if args.json:
-        args.json.write_text(json.dumps(values, indent=1, default=float))
+        partial = args.json.with_name(args.json.name + ".partial")
+        partial.write_text(json.dumps(values, indent=1, default=float))
+        partial.replace(args.json)
+        print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
 

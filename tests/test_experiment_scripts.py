@@ -69,7 +69,7 @@ def _seed_report(tmp_path, name, agent, seed, task_scores, tasks=(3, 5), sha="ab
     report = {"runs": {name: {
         "settings": {"workdir": str(workdir), "agent": agent, "env": {"benchmark_sha256": sha}, "split": "held-out",
                      "actions": "sampled from the policy"},
-        "episodes_per_task": 8, "task_ids": list(tasks), "task_scores": task_scores}}}
+        "episodes_per_task": 8, "trials": len(task_scores[0]), "task_ids": list(tasks), "task_scores": task_scores}}}
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(report))
     return path
