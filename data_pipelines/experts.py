@@ -151,6 +151,15 @@ class DemonAttackExpert(OneActionExpert):
     game, action = "DemonAttack", "FIRE"
 
 
+class SpaceInvadersExpert(OneActionExpert):
+    """Holds FIRE where the cannon starts: the invaders' columns march through its line. About twice
+    random play's score (docs/results.md); one of the paper's five held-out games, a shooter like
+    DemonAttack, so a model pretrained there has a mechanic to carry over.
+    """
+
+    game, action = "SpaceInvaders", "FIRE"
+
+
 class BoxingExpert(ScriptedExpert):
     """Keeps its opponent at punching distance, a glove's offset out of line, and punches every other step.
 
@@ -186,7 +195,8 @@ class BoxingExpert(ScriptedExpert):
 
 
 EXPERTS: dict[str, Callable[[RamReader], ScriptedExpert]] = {
-    cls.game: cls for cls in (PongExpert, BreakoutExpert, FreewayExpert, BoxingExpert, DemonAttackExpert)
+    cls.game: cls for cls in (PongExpert, BreakoutExpert, FreewayExpert, BoxingExpert, DemonAttackExpert,
+                              SpaceInvadersExpert)
 }
 
 

@@ -1,7 +1,7 @@
 """Does expert action inference beat behaviour cloning on mixed-quality data? One command, small scale.
 
     python experiments/mgdt_expert_inference.py --workdir runs/expert_inference [--quick] [--docs docs/results.md]
-        [--games Boxing,Freeway] [--heldout-game Pong] [--train-steps N] [--eval-episodes N] [--epsilon SPEC]
+        [--games Freeway,DemonAttack] [--heldout-game SpaceInvaders] [--train-steps N] [--eval-episodes N] [--epsilon SPEC]
         [--max-episode-steps N]
 
 1. records mixed-quality data: each game's scripted expert (data_pipelines/experts.py) with one
@@ -263,7 +263,7 @@ def results_markdown(config, recorded, summaries, finetuned, games, heldout, com
         f"{config.train.num_steps} steps each (batch {config.train.batch_size}); {exp.eval_episodes} evaluation "
         f"episodes per game and method, sticky actions 0.25, same cap. Human-normalised means with bootstrap 95% "
         f"intervals (the DQN Zoo random and human scores are of full games, so on capped episodes the "
-        f"normalised values compare methods with each other, not with the paper; Pong's most of all):",
+        f"normalised values compare methods with each other, not with the paper):",
         "",
         "| method | " + " | ".join(games) + " | IQM | mean |",
         "|---|" + "---|" * (len(games) + 2),
