@@ -71,8 +71,10 @@ class Scale:
 # meta-rl 1500 x (0.95 + 0.45) s = 35 min, curriculum 2 x 1200 x 0.95 s = 38 min, kickstart
 # 2 x 1100 x 0.95 s + 600 teacher steps x ~0.4 s = 39 min, each + ~5-8 min of compiles and evaluation.
 FULL = {
+    # 32 episodes per held-out task: with 8, one trained agent's ratio moved by up to 0.2 between
+    # evaluation seeds (docs/ada.md, "A fourth seed").
     "meta-rl": Scale(rulesets=2000, num_envs=128, rollout_length=32, train_steps=1500, teacher_steps=0,
-                     eval_episodes=8, num_minibatches=4),
+                     eval_episodes=32, num_minibatches=4),
     "curriculum": Scale(rulesets=2000, num_envs=128, rollout_length=32, train_steps=1200, teacher_steps=0,
                         eval_episodes=2, num_minibatches=4),
     "kickstart": Scale(rulesets=2000, num_envs=128, rollout_length=32, train_steps=1100, teacher_steps=600,
