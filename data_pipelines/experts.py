@@ -153,8 +153,9 @@ class DemonAttackExpert(OneActionExpert):
 
 class SpaceInvadersExpert(OneActionExpert):
     """Holds FIRE where the cannon starts: the invaders' columns march through its line. About twice
-    random play's score (docs/results.md); one of the paper's five held-out games, a shooter like
-    DemonAttack, so a model pretrained there has a mechanic to carry over.
+    random play's score in 1,000 steps, but no more than random play's over whole games
+    (docs/results.md); one of the paper's five held-out games, a shooter like DemonAttack, so a model
+    pretrained there has a mechanic to carry over.
     """
 
     game, action = "SpaceInvaders", "FIRE"
