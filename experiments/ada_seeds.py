@@ -67,32 +67,22 @@ def load_runs(paths: list[Path]) -> dict[str, dict[int, np.ndarray]]:
     return runs
 
 
-def _interval(value: float, resampled: np.ndarray) -> tuple[float, float, float]:
-    """(value, low, high): ``value`` with the percentile interval of its bootstrap ``resampled`` values
-    at ``evaluate.CONFIDENCE``."""
-    tail = (1.0 - evaluate.CONFIDENCE) / 2 * 100
-    low, high = np.percentile(resampled, [tail, 100 - tail])
-    return float(value), float(low), float(high)
-
-
-def _resampled_means(values: np.ndarray, reps: int, seed: int) -> np.ndarray:
-    """[reps, ...]: means over axis 0 (tasks) of ``values`` resampled with replacement."""
-    indices = np.random.default_rng(seed).integers(0, len(values), (reps, len(values)))
-    return values[indices].mean(axis=1)
-
-
 def ratio_interval(task_scores: np.ndarray, *, reps: int = evaluate.BOOTSTRAP_REPS, seed: int = 0) -> tuple[float, float, float]:
     """(value, low, high): mean over tasks of the last trial / of the first, ``task_scores`` [tasks, K],
-    with a percentile bootstrap interval over tasks."""
-    means = _resampled_means(task_scores, reps, seed)  # [reps, K]
-    return _interval(task_scores[:, -1].mean() / task_scores[:, 0].mean(), means[:, -1] / means[:, 0])
+    with a percentile bootstrap interval over tasks at ``evaluate.CONFIDENCE``."""
+    resamples = np.random.default_rng(seed).integers(0, len(task_scores), (reps, len(task_scores)))
+    means = task_scores[resamples].mean(axis=1)  # [reps, K]
+    tail = (1.0 - evaluate.CONFIDENCE) / 2 * 100
+    low, high = np.percentile(means[:, -1] / means[:, 0], [tail, 100 - tail])
+    return float(task_scores[:, -1].mean() / task_scores[:, 0].mean()), float(low), float(high)
 
 
 def difference_interval(a: np.ndarray, b: np.ndarray, *, reps: int = evaluate.BOOTSTRAP_REPS,
                         seed: int = 0) -> tuple[float, float, float]:
-    """(value, low, high): mean over tasks of ``a - b`` [tasks] (paired: the same tasks), with a
-    percentile bootstrap interval over tasks."""
-    return _interval((a - b).mean(), _resampled_means(a - b, reps, seed))
+    """(value, low, high): mean over tasks of ``a - b`` [tasks] (paired: the same tasks), with the
+    evaluation report's percentile bootstrap interval over tasks (``evaluate.bootstrap``)."""
+    mean = evaluate.bootstrap((a - b)[:, None], reps=reps, seed=seed)["mean"]
+    return mean["value"][0], mean["low"][0], mean["high"][0]
 
 
 def summary(runs: dict[str, dict[int, np.ndarray]]) -> tuple[str, dict]:
