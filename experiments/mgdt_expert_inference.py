@@ -103,6 +103,7 @@ def train_config(config, sources: Path, **changes):
 
 def play_method(method: str, models: dict, games: list[str], exp, protocol) -> report.EvaluationSummary:
     """One method's evaluation summary over `games`."""
+    print(f"  {method}", flush=True)
     if method == "random":
         return evaluate.evaluate_random(games, episodes=exp.eval_episodes, protocol=protocol, seed=exp.seed,
                                         extra_settings={"method": method})
@@ -112,7 +113,7 @@ def play_method(method: str, models: dict, games: list[str], exp, protocol) -> r
         "BC": ("bc", sampling_preset("bc")),
     }[method]
     return evaluate.evaluate(models[model_name], games, episodes=exp.eval_episodes, sampling=sampling,
-                             protocol=protocol, seed=exp.seed, show_progress=False)
+                             protocol=protocol, seed=exp.seed)
 
 
 def _interval(i: scores.Interval) -> str:
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         model = evaluate.load_model(root / "finetune" / name)[0]
         finetuned[name] = evaluate.evaluate(model, [heldout], episodes=exp.eval_episodes,
                                             sampling=sampling_preset("expert", kappa=exp.kappa),
-                                            protocol=protocol, seed=exp.seed, show_progress=False).games[0]
+                                            protocol=protocol, seed=exp.seed).games[0]
 
     command = " ".join(["python experiments/mgdt_expert_inference.py --workdir runs/expert_inference",
                         *(["--quick"] if args.quick else []), *flags])
@@ -244,8 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     _plot(summaries, games, root / "expert_inference.png")
     (root / "results.md").write_text(text.replace("figures/expert_inference", "expert_inference"))
     print(text)
+    written = [root / "results.md", root / "expert_inference.png"]
     if args.docs:
         write_docs_section(args.docs, text, root / "expert_inference.png")
+        written.append(args.docs)
+    print("wrote " + ", ".join(map(str, written)), flush=True)
     return 0
 
 
