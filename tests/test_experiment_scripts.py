@@ -33,7 +33,7 @@ def test_recordings_of_another_schedule_or_cap_are_not_reused(tmp_path):
     with pytest.raises(SystemExit, match="recorded with --max-episode-steps 2000, not 1000"):
         mgdt_expert_inference.record_stage(exp, tmp_path)
     exp.epsilon = "linear:1.0:0.0"
-    with pytest.raises(SystemExit, match="recorded with --epsilon cycle:1,0, not linear:1.0:0.0"):
+    with pytest.raises(SystemExit, match="recorded with --epsilon cycle:1,0.1, not linear:1.0:0.0"):
         mgdt_expert_inference.record_stage(exp, tmp_path)
 
 
