@@ -7,7 +7,8 @@
 1. records mixed-quality data: each game's scripted expert (data_pipelines/experts.py) with one
    epsilon per episode, by default `cycle:1,0.1` (episodes alternate random play and the expert
    with 10% random actions, so the returns form two modes; `--epsilon linear:1.0:0.0` anneals
-   from random play to the expert over the recording instead), for the pretraining games and a smaller part for a held-out game;
+   from random play to the expert over the recording instead), for the pretraining games and a
+   smaller part for a held-out game;
 2. trains the return-conditioned MGDT and its behaviour-cloning variant on the same data, same
    steps, same seeds (config: experiments/expert_inference.py);
 3. evaluates on every pretraining game, `eval_episodes` each: expert action inference (kappa 10,
