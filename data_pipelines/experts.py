@@ -161,6 +161,15 @@ class SpaceInvadersExpert(OneActionExpert):
     game, action = "SpaceInvaders", "FIRE"
 
 
+class EnduroExpert(OneActionExpert):
+    """Holds FIRE, the accelerator: the car passes the slower cars ahead until it hits one. Random
+    play, braking as often as it accelerates, passes none (docs/results.md); a held-out game whose
+    expert shares DemonAttack's action, with its data's return modes far apart.
+    """
+
+    game, action = "Enduro", "FIRE"
+
+
 class BoxingExpert(ScriptedExpert):
     """Keeps its opponent at punching distance, a glove's offset out of line, and punches every other step.
 
@@ -197,7 +206,7 @@ class BoxingExpert(ScriptedExpert):
 
 EXPERTS: dict[str, Callable[[RamReader], ScriptedExpert]] = {
     cls.game: cls for cls in (PongExpert, BreakoutExpert, FreewayExpert, BoxingExpert, DemonAttackExpert,
-                              SpaceInvadersExpert)
+                              SpaceInvadersExpert, EnduroExpert)
 }
 
 

@@ -18,7 +18,7 @@ def _mean_score(game, policy, tmp_path, cap, episodes=2):
 # needs its first ~150 steps to close in on the opponent)
 @pytest.mark.parametrize("game,cap,margin", [("Pong", 400, 3.0), ("Breakout", 300, 3.0), ("Freeway", 300, 2.0),
                                                   ("Boxing", 600, 10.0), ("DemonAttack", 600, 50.0),
-                                                  ("SpaceInvaders", 600, 30.0)])
+                                                  ("SpaceInvaders", 600, 30.0), ("Enduro", 600, 4.0)])
 def test_each_expert_beats_random_play_clearly(game, cap, margin, tmp_path):
     expert, random = _mean_score(game, "expert", tmp_path, cap), _mean_score(game, "random", tmp_path, cap)
     assert expert >= random + margin, (game, expert, random)
@@ -48,7 +48,7 @@ def test_schedule_specs():
 
 @pytest.mark.parametrize("args,message", [
     (["--policy", "greedy"], "unknown policy 'greedy': expected one of expert, random"),
-    (["--policy", "expert", "--game", "Alien"], "no scripted expert for Alien: experts exist for Boxing, Breakout, DemonAttack, Freeway, Pong, SpaceInvaders"),
+    (["--policy", "expert", "--game", "Alien"], "no scripted expert for Alien: experts exist for Boxing, Breakout, DemonAttack, Enduro, Freeway, Pong, SpaceInvaders"),
     (["--epsilon-schedule", "linear:1.5:0"], "epsilon schedule 'linear:1.5:0': 1.5 is outside [0, 1]"),
     (["--epsilon", "often"], "epsilon schedule 'often': 'often' is not a number"),
     (["--epsilon-schedule", "steps:1:0"], "epsilon schedule 'steps:1:0': expected a number, linear:A:B or cycle:"),
