@@ -2,7 +2,7 @@
 
     python experiments/mgdt_expert_inference.py --workdir runs/expert_inference [--quick] [--docs docs/results.md]
         [--games Freeway,DemonAttack] [--heldout-game SpaceInvaders] [--train-steps N] [--eval-episodes N] [--epsilon SPEC]
-        [--max-episode-steps N]
+        [--max-episode-steps N] [--seed N]
 
 1. records mixed-quality data: each game's scripted expert (data_pipelines/experts.py) with one
    epsilon per episode, by default `cycle:1,0.1` (episodes alternate random play and the expert
@@ -62,8 +62,9 @@ def record_stage(exp, root: Path) -> dict[str, dict]:
         if sorted(recorded) != sorted([*exp.games, exp.heldout_game]):
             raise SystemExit(f"mgdt_expert_inference: error: {done_file} holds {', '.join(sorted(recorded))}, not "
                              f"{', '.join(sorted([*exp.games, exp.heldout_game]))}: use another --workdir")
-        for key, flag, wanted in (("schedule", "epsilon", exp.epsilon), ("max_episode_steps", "max-episode-steps",
-                                                                           exp.max_episode_steps)):
+        for key, flag, wanted in (("schedule", "epsilon", exp.epsilon),
+                                  ("max_episode_steps", "max-episode-steps", exp.max_episode_steps),
+                                  ("experiment_seed", "seed", exp.seed)):
             found = {str(entry.get(key, "not recorded")) for entry in recorded.values()}
             if found != {str(wanted)}:
                 raise SystemExit(f"mgdt_expert_inference: error: {done_file} was recorded with --{flag} "
@@ -80,7 +81,7 @@ def record_stage(exp, root: Path) -> dict[str, dict]:
                                seed=exp.seed + index, progress=False, epsilon=exp.epsilon)
         recorded[game] = {"part": part, "steps": steps, "returns": result.episode_returns,
                           "epsilons": result.episode_epsilons, "schedule": exp.epsilon,
-                          "max_episode_steps": exp.max_episode_steps}
+                          "max_episode_steps": exp.max_episode_steps, "experiment_seed": exp.seed}
         print(f"recorded {game} ({part}): {steps} steps, {result.episodes_finished} episodes, "
               f"mean score {np.mean(result.episode_returns):.1f}", flush=True)
     for part in ("pretrain", "heldout"):
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     variants.add_argument("--epsilon", help="the recordings' epsilon schedule, e.g. cycle:1,0 (default: the config's)")
     variants.add_argument("--max-episode-steps", type=int,
                           help="episode cap in agent steps, in recording and evaluation (default: the config's)")
+    variants.add_argument("--seed", type=int,
+                          help="seeds recording, parameters, batches and evaluation alike (default: the config's)")
     args = parser.parse_args(argv)
     config = expert_inference.get_config()
     if args.quick:
@@ -178,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         exp.eval_episodes = args.eval_episodes
     if args.max_episode_steps:
         exp.max_episode_steps = args.max_episode_steps
+    if args.seed is not None:
+        exp.seed = config.train.seed = config.data.seed = args.seed
+        flags.append(f"--seed {args.seed}")
     if args.epsilon:
         try:
             experts.parse_epsilon_schedule(args.epsilon)

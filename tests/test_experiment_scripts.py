@@ -22,13 +22,17 @@ def test_bad_epsilon_schedule_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert not workdir.exists()
 
 
-def test_recordings_of_another_schedule_or_cap_are_not_reused(tmp_path):
+def test_recordings_of_another_schedule_cap_or_seed_are_not_reused(tmp_path):
     exp = expert_inference.get_config().experiment
     recorded = {game: {"part": "pretrain", "steps": 10, "returns": [0.0], "epsilons": [1.0], "schedule": exp.epsilon,
-                       "max_episode_steps": exp.max_episode_steps}
+                       "max_episode_steps": exp.max_episode_steps, "experiment_seed": exp.seed}
                 for game in [*exp.games, exp.heldout_game]}
     (tmp_path / "recorded.json").write_text(json.dumps(recorded))
     assert mgdt_expert_inference.record_stage(exp, tmp_path) == recorded
+    exp.seed = 1
+    with pytest.raises(SystemExit, match="recorded with --seed 0, not 1"):
+        mgdt_expert_inference.record_stage(exp, tmp_path)
+    exp.seed = 0
     exp.max_episode_steps = 1000
     with pytest.raises(SystemExit, match="recorded with --max-episode-steps 2000, not 1000"):
         mgdt_expert_inference.record_stage(exp, tmp_path)
