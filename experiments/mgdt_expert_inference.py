@@ -1,7 +1,7 @@
 """Does expert action inference beat behaviour cloning on mixed-quality data? One command, small scale.
 
     python experiments/mgdt_expert_inference.py --workdir runs/expert_inference [--quick] [--docs docs/results.md]
-        [--games Freeway,DemonAttack] [--heldout-game SpaceInvaders] [--train-steps N] [--eval-episodes N] [--epsilon SPEC]
+        [--games Freeway,DemonAttack] [--heldout-game Enduro] [--train-steps N] [--eval-episodes N] [--epsilon SPEC]
         [--max-episode-steps N] [--seed N]
 
 1. records mixed-quality data: each game's scripted expert (data_pipelines/experts.py) with one
