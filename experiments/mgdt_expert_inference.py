@@ -22,8 +22,10 @@
    with --docs the section between this experiment's markers in that file (plot beside it in
    figures/).
 
-Every stage's randomness is seeded by `experiment.seed`; a rerun in the same workdir reuses the
-recordings and the finished training runs.
+Every stage's randomness is seeded by `experiment.seed` (`--seed`, default 0): game i of the
+recording plan is recorded with seed + i, and the parameters, the batches and the evaluation use
+the seed itself. A rerun in the same workdir with the same games, schedule, cap and seed reuses the
+recordings and the finished training runs; with others it stops and asks for another workdir.
 """
 
 from __future__ import annotations
@@ -182,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_episode_steps:
         exp.max_episode_steps = args.max_episode_steps
     if args.seed is not None:
-        exp.seed = config.train.seed = config.data.seed = args.seed
+        exp.seed = args.seed
         flags.append(f"--seed {args.seed}")
+    config.train.seed = config.data.seed = exp.seed
     if args.epsilon:
         try:
             experts.parse_epsilon_schedule(args.epsilon)
