@@ -184,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_episode_steps:
         exp.max_episode_steps = args.max_episode_steps
     if args.seed is not None:
+        if args.seed < 0:
+            print(f"mgdt_expert_inference: error: --seed must be at least 0, not {args.seed}", file=sys.stderr)
+            return 2
         exp.seed = args.seed
         flags.append(f"--seed {args.seed}")
     config.train.seed = config.data.seed = exp.seed

@@ -22,6 +22,14 @@ def test_bad_epsilon_schedule_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert not workdir.exists()
 
 
+def test_negative_seed_is_one_line_and_writes_nothing(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert mgdt_expert_inference.main(["--workdir", str(workdir), "--seed", "-1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == "mgdt_expert_inference: error: --seed must be at least 0, not -1"
+    assert not workdir.exists()
+
+
 def test_recordings_of_another_schedule_cap_or_seed_are_not_reused(tmp_path):
     exp = expert_inference.get_config().experiment
     recorded = {game: {"part": "pretrain", "steps": 10, "returns": [0.0], "epsilons": [1.0], "schedule": exp.epsilon,
