@@ -1,6 +1,6 @@
 """Actor-loop throughput: the batched policy against the raw emulators, and batching across games.
 
-    python benchmarks/actor.py [--size tiny|200m] [--steps 150] [--json OUT]
+    python benchmarks/actor.py [--size tiny|200m] [--steps 150] [--repeats 3] [--json OUT]
 
 Two figures, in environment steps per second (one step = 4 emulator frames):
 
@@ -9,7 +9,10 @@ Two figures, in environment steps per second (one step = 4 emulator frames):
    no model ("environments alone"), and the jitted policy called on fixed frames with the loop's
    batch shapes and no emulator ("policy alone"). The loop's throughput as a fraction of the
    slower part says what the loop adds beyond its bottleneck (target: >= 85%); its fraction of
-   the raw environments is kept as the earlier figure (target on a CPU with the tiny model: >= 70%);
+   the raw environments is kept as the earlier figure (target on a CPU with the tiny model: >= 70%).
+   The three runs alternate ``--repeats`` times and medians are quoted. Each run also counts the
+   CPU seconds this process spends per env step (all threads: the emulators' and XLA's), which
+   gives a ceiling where the parts must share few cores: ``cores / (cpu_env + cpu_policy)``;
 2. multi-game batching: 10 games played at once with one batched policy call per step against the
    same 10 games played one after the other (target: >= 3x).
 
@@ -28,8 +31,10 @@ import argparse
 import dataclasses
 import json
 import time
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -45,7 +50,19 @@ TEN_GAMES = ("Alien", "Asterix", "Breakout", "Enduro", "Freeway", "MsPacman", "P
 CONFIGS = {"tiny": tiny.get_config, "200m": mgdt_200m.get_config}
 
 
-def raw_env_rate(games: Sequence[str], envs_per_game: int, steps: int, seed: int = 0) -> float:
+class Rate(NamedTuple):
+    """A timed run: env steps per wall-clock second, and CPU seconds (every thread of this process:
+    the emulators' and XLA's included) per env step."""
+
+    steps_per_s: float
+    cpu_s_per_step: float
+
+
+def _rate(env_steps: int, wall_s: float, cpu_s: float) -> Rate:
+    return Rate(env_steps / wall_s, cpu_s / env_steps)
+
+
+def raw_env_rate(games: Sequence[str], envs_per_game: int, steps: int, seed: int = 0) -> Rate:
     """Env steps/s of the vector environments alone, random minimal-set actions, no model."""
     protocol = actor.PROTOCOLS["paper"]
     envs = [actor.make_vector_env(game, envs_per_game, protocol) for game in games]
@@ -53,19 +70,19 @@ def raw_env_rate(games: Sequence[str], envs_per_game: int, steps: int, seed: int
         env.reset(seed=seed)
     rng = np.random.default_rng(seed)
     action_counts = [len(atari.minimal_to_full(game)) for game in games]
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         for env, count in zip(envs, action_counts):
             env.send(rng.integers(0, count, envs_per_game).astype(np.int32))
         for env in envs:
             env.recv()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     for env in envs:
         env.close()
-    return steps * envs_per_game * len(games) / elapsed
+    return _rate(steps * envs_per_game * len(games), elapsed, cpu)
 
 
-def policy_rate(policy: Policy, num_envs: int, steps: int, overlap: bool = True, seed: int = 0) -> float:
+def policy_rate(policy: Policy, num_envs: int, steps: int, overlap: bool = True, seed: int = 0) -> Rate:
     """Env steps/s of the policy alone: `steps` calls per batch half on fixed random frames, no emulator.
 
     Uses the batch shapes `actor.play` uses for `num_envs` environments of one game (two halves with
@@ -93,34 +110,34 @@ def policy_rate(policy: Policy, num_envs: int, steps: int, overlap: bool = True,
             np.asarray(actions)
 
     one_step()  # the first call of each shape compiles (or finds the compiled step)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         one_step()
-    return steps * num_envs / (time.perf_counter() - start)
+    return _rate(steps * num_envs, time.perf_counter() - start, time.process_time() - start_cpu)
 
 
 def timed_play(
     policy: Policy, games: Sequence[str], envs_per_game: int, steps: int, overlap: bool = True
-) -> tuple[int, float]:
-    """(env steps, seconds) of `actor.play` stepping, one episode of at most `steps` per environment.
+) -> tuple[int, float, float]:
+    """(env steps, wall seconds, CPU seconds) of `actor.play` stepping, one episode of at most
+    `steps` per environment.
 
     Timed from the first step's end to the last one's, like `raw_env_rate`: creating and resetting
     the emulators (about 2 s for 16 Breakout environments) is not stepping.
     """
     protocol = dataclasses.replace(actor.PROTOCOLS["paper"], max_episode_frames=4 * steps)
-    marks: list[tuple[float, int]] = []
+    marks: list[tuple[float, float, int]] = []
 
     def on_progress(_, env_steps):
-        marks.append((time.perf_counter(), env_steps))
+        marks.append((time.perf_counter(), time.process_time(), env_steps))
 
     actor.play(policy, games, episodes_per_game=envs_per_game, protocol=protocol, overlap=overlap, on_progress=on_progress)
-    (start, first_steps), (end, last_steps) = marks[0], marks[-1]
-    return last_steps - first_steps, end - start
+    (start, start_cpu, first_steps), (end, end_cpu, last_steps) = marks[0], marks[-1]
+    return last_steps - first_steps, end - start, end_cpu - start_cpu
 
 
-def actor_rate(policy: Policy, games: Sequence[str], envs_per_game: int, steps: int, overlap: bool = True) -> float:
-    env_steps, seconds = timed_play(policy, games, envs_per_game, steps, overlap)
-    return env_steps / seconds
+def actor_rate(policy: Policy, games: Sequence[str], envs_per_game: int, steps: int, overlap: bool = True) -> Rate:
+    return _rate(*timed_play(policy, games, envs_per_game, steps, overlap))
 
 
 def warm_up(policy: Policy, games: Sequence[str], envs_per_game: int) -> None:
@@ -135,6 +152,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150, help="agent steps per timed run")
     parser.add_argument("--envs-per-game", type=int, default=2, help="for the 10-game comparisons")
     parser.add_argument("--overhead-envs", type=int, default=16, help="environments of one game for figure 1")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of figure 1's three measurements")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -147,27 +165,48 @@ def main() -> None:
     print(f"{args.size} model: {params:,} parameters on {jax.devices()[0].platform}; {jax.local_device_count()} device(s)")
     figures: dict[str, float] = {}
 
-    # 1. Policy overhead: one game, many environments.
-    overhead_games = ["Breakout"]
+    # 1. Policy overhead: one game, many environments; the three runs alternate, medians quoted.
+    overhead_games, n = ["Breakout"], args.overhead_envs
     policy = Policy(model, sampling)
-    warm_up(policy, overhead_games, args.overhead_envs)
-    figures["raw_env_steps_per_s"] = raw_env_rate(overhead_games, args.overhead_envs, args.steps)
-    figures["actor_env_steps_per_s"] = actor_rate(policy, overhead_games, args.overhead_envs, args.steps)
-    figures["policy_alone_env_steps_per_s"] = policy_rate(policy, args.overhead_envs, args.steps)
-    figures["actor_over_raw"] = figures["actor_env_steps_per_s"] / figures["raw_env_steps_per_s"]
-    slower = min(figures["raw_env_steps_per_s"], figures["policy_alone_env_steps_per_s"])
-    figures["actor_over_slower_part"] = figures["actor_env_steps_per_s"] / slower
-    figures["actor_one_batch_env_steps_per_s"] = actor_rate(policy, overhead_games, args.overhead_envs, args.steps, False)
+    warm_up(policy, overhead_games, n)
+    runs = {"raw_env": [], "actor": [], "policy_alone": []}
+    for _ in range(args.repeats):
+        runs["raw_env"].append(raw_env_rate(overhead_games, n, args.steps))
+        runs["actor"].append(actor_rate(policy, overhead_games, n, args.steps))
+        runs["policy_alone"].append(policy_rate(policy, n, args.steps))
+    for name, rates in runs.items():
+        figures[f"{name}_steps_per_s"] = float(np.median([r.steps_per_s for r in rates]))
+        figures[f"{name}_cpu_ms_per_step"] = float(np.median([r.cpu_s_per_step for r in rates])) * 1e3
+    fractions = [a.steps_per_s / min(e.steps_per_s, p.steps_per_s)
+                 for a, e, p in zip(runs["actor"], runs["raw_env"], runs["policy_alone"])]
+    figures["actor_over_slower_part"] = float(np.median(fractions))
+    figures["actor_over_raw"] = figures["actor_steps_per_s"] / figures["raw_env_steps_per_s"]
+    # If the two parts shared the cores perfectly, the loop could run no faster than either part
+    # alone, nor than the cores can supply the CPU time both parts spend per step.
+    cores = len(os.sched_getaffinity(0))
+    parts_cpu_s = (figures["raw_env_cpu_ms_per_step"] + figures["policy_alone_cpu_ms_per_step"]) / 1e3
+    figures["cores"] = cores
+    figures["ceiling_env_steps_per_s"] = min(
+        figures["raw_env_steps_per_s"], figures["policy_alone_steps_per_s"], cores / parts_cpu_s)
+    figures["actor_over_ceiling"] = figures["actor_steps_per_s"] / figures["ceiling_env_steps_per_s"]
+    figures["actor_one_batch_env_steps_per_s"] = actor_rate(policy, overhead_games, n, args.steps, False).steps_per_s
     print(
-        f"1. Breakout x {args.overhead_envs} envs: raw env {figures['raw_env_steps_per_s']:,.0f} steps/s, "
-        f"actor loop {figures['actor_env_steps_per_s']:,.1f} steps/s = {figures['actor_over_raw']:.0%} of raw "
-        f"(target >= 70%); without overlapping halves {figures['actor_one_batch_env_steps_per_s']:,.0f} steps/s"
+        f"1. Breakout x {n} envs, median of {args.repeats} alternating run(s): raw env "
+        f"{figures['raw_env_steps_per_s']:,.0f} steps/s, actor loop {figures['actor_steps_per_s']:,.1f} steps/s "
+        f"= {figures['actor_over_raw']:.0%} of raw (target >= 70%); without overlapping halves "
+        f"{figures['actor_one_batch_env_steps_per_s']:,.0f} steps/s"
     )
-    bottleneck = "environments" if figures["raw_env_steps_per_s"] <= figures["policy_alone_env_steps_per_s"] else "policy"
+    bottleneck = "environments" if figures["raw_env_steps_per_s"] <= figures["policy_alone_steps_per_s"] else "policy"
     print(
-        f"   policy alone {figures['policy_alone_env_steps_per_s']:,.0f} steps/s, environments alone "
+        f"   policy alone {figures['policy_alone_steps_per_s']:,.0f} steps/s, environments alone "
         f"{figures['raw_env_steps_per_s']:,.0f} steps/s: the loop runs at {figures['actor_over_slower_part']:.0%} "
-        f"of the slower part ({bottleneck}; target >= 85%)"
+        f"of the slower part ({bottleneck}; target >= 85%; per run: {', '.join(f'{f:.0%}' for f in fractions)})"
+    )
+    print(
+        f"   CPU time per env step: environments {figures['raw_env_cpu_ms_per_step']:.3f} ms, policy "
+        f"{figures['policy_alone_cpu_ms_per_step']:.3f} ms, loop {figures['actor_cpu_ms_per_step']:.3f} ms; on {cores} "
+        f"core(s) the parts allow at most {figures['ceiling_env_steps_per_s']:,.0f} steps/s together: the loop runs at "
+        f"{figures['actor_over_ceiling']:.0%} of that"
     )
 
     # 2. Ten games in one batch against one game at a time.
@@ -175,9 +214,9 @@ def main() -> None:
     warm_up(batched, TEN_GAMES, args.envs_per_game)
     single = Policy(model, sampling)  # one compiled step for the one-game batch shape, reused per game
     warm_up(single, TEN_GAMES[:1], args.envs_per_game)
-    figures["batched_env_steps_per_s"] = actor_rate(batched, TEN_GAMES, args.envs_per_game, args.steps)
+    figures["batched_env_steps_per_s"] = actor_rate(batched, TEN_GAMES, args.envs_per_game, args.steps).steps_per_s
     per_game = [timed_play(single, [game], args.envs_per_game, args.steps) for game in TEN_GAMES]
-    figures["one_at_a_time_env_steps_per_s"] = sum(n for n, _ in per_game) / sum(t for _, t in per_game)
+    figures["one_at_a_time_env_steps_per_s"] = sum(run[0] for run in per_game) / sum(run[1] for run in per_game)
     figures["batched_over_one_at_a_time"] = figures["batched_env_steps_per_s"] / figures["one_at_a_time_env_steps_per_s"]
     print(
         f"2. 10 games x {args.envs_per_game} envs: batched {figures['batched_env_steps_per_s']:,.0f} steps/s, "
