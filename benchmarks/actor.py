@@ -12,7 +12,9 @@ Two figures, in environment steps per second (one step = 4 emulator frames):
    the raw environments is kept as the earlier figure (target on a CPU with the tiny model: >= 70%).
    The three runs alternate ``--repeats`` times and medians are quoted. Each run also counts the
    CPU seconds this process spends per env step (all threads: the emulators' and XLA's), which
-   gives a ceiling where the parts must share few cores: ``cores / (cpu_env + cpu_policy)``;
+   gives a ceiling where the parts must share few cores: ``min(environments, policy, cores /
+   (cpu_env + cpu_policy))``, and the loop is also set against its parts run one after the other
+   (``1 / (1/environments + 1/policy)``). Ratios are taken within a run, their medians quoted;
 2. multi-game batching: 10 games played at once with one batched policy call per step against the
    same 10 games played one after the other (target: >= 3x).
 
@@ -30,8 +32,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -62,36 +64,43 @@ def _rate(env_steps: int, wall_s: float, cpu_s: float) -> Rate:
     return Rate(env_steps / wall_s, cpu_s / env_steps)
 
 
-def raw_env_rate(games: Sequence[str], envs_per_game: int, steps: int, seed: int = 0) -> Rate:
-    """Env steps/s of the vector environments alone, random minimal-set actions, no model."""
+def half_sizes(num_envs: int, overlap: bool = True) -> list[int]:
+    """The batch sizes `actor.play` splits one game's `num_envs` environments into (two halves with
+    `overlap` and at least 2 environments)."""
+    halves = 2 if overlap and num_envs >= 2 else 1
+    first = -(-num_envs // halves)
+    return [first, num_envs - first][:halves]
+
+
+def raw_env_rate(games: Sequence[str], envs_per_game: int, steps: int, overlap: bool = True, seed: int = 0) -> Rate:
+    """The vector environments alone, random minimal-set actions, no model: one vector environment
+    per game and batch half, as `actor.play` makes them, all sent before any is received."""
     protocol = actor.PROTOCOLS["paper"]
-    envs = [actor.make_vector_env(game, envs_per_game, protocol) for game in games]
-    for env in envs:
+    envs = [(actor.make_vector_env(game, size, protocol), len(atari.minimal_to_full(game)), size)
+            for game in games for size in half_sizes(envs_per_game, overlap)]
+    for env, _, _ in envs:
         env.reset(seed=seed)
     rng = np.random.default_rng(seed)
-    action_counts = [len(atari.minimal_to_full(game)) for game in games]
     start, start_cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
-        for env, count in zip(envs, action_counts):
-            env.send(rng.integers(0, count, envs_per_game).astype(np.int32))
-        for env in envs:
+        for env, count, size in envs:
+            env.send(rng.integers(0, count, size).astype(np.int32))
+        for env, _, _ in envs:
             env.recv()
     elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    for env in envs:
+    for env, _, _ in envs:
         env.close()
     return _rate(steps * envs_per_game * len(games), elapsed, cpu)
 
 
 def policy_rate(policy: Policy, num_envs: int, steps: int, overlap: bool = True, seed: int = 0) -> Rate:
-    """Env steps/s of the policy alone: `steps` calls per batch half on fixed random frames, no emulator.
+    """The policy alone: `steps` calls per batch half on fixed random frames, no emulator.
 
     Uses the batch shapes `actor.play` uses for `num_envs` environments of one game (two halves with
     `overlap`), so the compiled steps of a warmed-up policy are reused; every call's actions are read
     back, as the loop reads them.
     """
-    halves = 2 if overlap and num_envs >= 2 else 1
-    first = -(-num_envs // halves)
-    sizes = [first, num_envs - first][:halves]
+    sizes = half_sizes(num_envs, overlap)
     rng = np.random.default_rng(seed)
     frames = [rng.integers(0, 256, (size, 84, 84, 1), dtype=np.uint8) for size in sizes]
     starts = [np.zeros(size, bool) for size in sizes]
@@ -102,7 +111,7 @@ def policy_rate(policy: Policy, num_envs: int, steps: int, overlap: bool = True,
     def one_step() -> None:
         nonlocal key
         pending = []
-        for half in range(halves):
+        for half in range(len(sizes)):
             key, step_key = jax.random.split(key)
             actions, contexts[half] = policy.act(contexts[half], frames[half], starts[half], rewards[half], step_key)
             pending.append(actions)
@@ -137,6 +146,7 @@ def timed_play(
 
 
 def actor_rate(policy: Policy, games: Sequence[str], envs_per_game: int, steps: int, overlap: bool = True) -> Rate:
+    """The actor loop's steady-state stepping (`timed_play`) as a `Rate`."""
     return _rate(*timed_play(policy, games, envs_per_game, steps, overlap))
 
 
@@ -146,6 +156,11 @@ def warm_up(policy: Policy, games: Sequence[str], envs_per_game: int) -> None:
         timed_play(policy, games, envs_per_game, steps=2, overlap=overlap)
 
 
+def default_cores() -> int:
+    """Cores this process may run on (the affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(CONFIGS), default="tiny")
@@ -153,8 +168,12 @@ def main() -> None:
     parser.add_argument("--envs-per-game", type=int, default=2, help="for the 10-game comparisons")
     parser.add_argument("--overhead-envs", type=int, default=16, help="environments of one game for figure 1")
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of figure 1's three measurements")
+    parser.add_argument("--cores", type=int, default=default_cores(), help="cores the ceiling of figure 1 assumes")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    for name in ("steps", "repeats", "cores", "envs_per_game", "overhead_envs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
 
     config = CONFIGS[args.size]()
     if jax.devices()[0].platform == "cpu":
@@ -165,48 +184,50 @@ def main() -> None:
     print(f"{args.size} model: {params:,} parameters on {jax.devices()[0].platform}; {jax.local_device_count()} device(s)")
     figures: dict[str, float] = {}
 
-    # 1. Policy overhead: one game, many environments; the three runs alternate, medians quoted.
+    # 1. Policy overhead: one game, many environments. The three runs alternate; every ratio is
+    # taken within a run and its median over the runs quoted.
     overhead_games, n = ["Breakout"], args.overhead_envs
     policy = Policy(model, sampling)
     warm_up(policy, overhead_games, n)
-    runs = {"raw_env": [], "actor": [], "policy_alone": []}
+    runs = {"raw": [], "actor": [], "policy_alone": []}
     for _ in range(args.repeats):
-        runs["raw_env"].append(raw_env_rate(overhead_games, n, args.steps))
+        runs["raw"].append(raw_env_rate(overhead_games, n, args.steps))
         runs["actor"].append(actor_rate(policy, overhead_games, n, args.steps))
         runs["policy_alone"].append(policy_rate(policy, n, args.steps))
     for name, rates in runs.items():
-        figures[f"{name}_steps_per_s"] = float(np.median([r.steps_per_s for r in rates]))
+        figures[f"{name}_env_steps_per_s"] = float(np.median([r.steps_per_s for r in rates]))
         figures[f"{name}_cpu_ms_per_step"] = float(np.median([r.cpu_s_per_step for r in rates])) * 1e3
-    fractions = [a.steps_per_s / min(e.steps_per_s, p.steps_per_s)
-                 for a, e, p in zip(runs["actor"], runs["raw_env"], runs["policy_alone"])]
-    figures["actor_over_slower_part"] = float(np.median(fractions))
-    figures["actor_over_raw"] = figures["actor_steps_per_s"] / figures["raw_env_steps_per_s"]
-    # If the two parts shared the cores perfectly, the loop could run no faster than either part
-    # alone, nor than the cores can supply the CPU time both parts spend per step.
-    cores = len(os.sched_getaffinity(0))
-    parts_cpu_s = (figures["raw_env_cpu_ms_per_step"] + figures["policy_alone_cpu_ms_per_step"]) / 1e3
-    figures["cores"] = cores
-    figures["ceiling_env_steps_per_s"] = min(
-        figures["raw_env_steps_per_s"], figures["policy_alone_steps_per_s"], cores / parts_cpu_s)
-    figures["actor_over_ceiling"] = figures["actor_steps_per_s"] / figures["ceiling_env_steps_per_s"]
+    ratios: dict[str, list[float]] = {"actor_over_raw": [], "actor_over_slower_part": [], "actor_over_serial": [],
+                                      "actor_over_ceiling": []}
+    for loop, env, pol in zip(runs["actor"], runs["raw"], runs["policy_alone"]):
+        # Serial: the loop's step costs both parts' times. Ceiling: no faster than either part alone,
+        # nor than the cores can supply the CPU time both parts spend per step.
+        serial = 1 / (1 / env.steps_per_s + 1 / pol.steps_per_s)
+        ceiling = min(env.steps_per_s, pol.steps_per_s, args.cores / (env.cpu_s_per_step + pol.cpu_s_per_step))
+        for key, reference in (("actor_over_raw", env.steps_per_s), ("actor_over_serial", serial),
+                               ("actor_over_slower_part", min(env.steps_per_s, pol.steps_per_s)),
+                               ("actor_over_ceiling", ceiling)):
+            ratios[key].append(loop.steps_per_s / reference)
+    figures.update({key: float(np.median(values)) for key, values in ratios.items()}, cores=args.cores)
     figures["actor_one_batch_env_steps_per_s"] = actor_rate(policy, overhead_games, n, args.steps, False).steps_per_s
     print(
-        f"1. Breakout x {n} envs, median of {args.repeats} alternating run(s): raw env "
-        f"{figures['raw_env_steps_per_s']:,.0f} steps/s, actor loop {figures['actor_steps_per_s']:,.1f} steps/s "
-        f"= {figures['actor_over_raw']:.0%} of raw (target >= 70%); without overlapping halves "
+        f"1. Breakout x {n} envs, medians of {args.repeats} alternating run(s): raw env "
+        f"{figures['raw_env_steps_per_s']:,.0f} steps/s, actor loop {figures['actor_env_steps_per_s']:,.1f} steps/s, "
+        f"{figures['actor_over_raw']:.0%} of raw (target >= 70%); one run without overlapping halves "
         f"{figures['actor_one_batch_env_steps_per_s']:,.0f} steps/s"
     )
-    bottleneck = "environments" if figures["raw_env_steps_per_s"] <= figures["policy_alone_steps_per_s"] else "policy"
+    bottleneck = "environments" if figures["raw_env_steps_per_s"] <= figures["policy_alone_env_steps_per_s"] else "policy"
     print(
-        f"   policy alone {figures['policy_alone_steps_per_s']:,.0f} steps/s, environments alone "
-        f"{figures['raw_env_steps_per_s']:,.0f} steps/s: the loop runs at {figures['actor_over_slower_part']:.0%} "
-        f"of the slower part ({bottleneck}; target >= 85%; per run: {', '.join(f'{f:.0%}' for f in fractions)})"
+        f"   policy alone {figures['policy_alone_env_steps_per_s']:,.0f} steps/s: the loop runs at "
+        f"{figures['actor_over_slower_part']:.0%} of the slower part ({bottleneck}; target >= 85%; per run: "
+        f"{', '.join(f'{f:.0%}' for f in ratios['actor_over_slower_part'])}), "
+        f"{figures['actor_over_serial']:.0%} of the parts run one after the other"
     )
     print(
-        f"   CPU time per env step: environments {figures['raw_env_cpu_ms_per_step']:.3f} ms, policy "
-        f"{figures['policy_alone_cpu_ms_per_step']:.3f} ms, loop {figures['actor_cpu_ms_per_step']:.3f} ms; on {cores} "
-        f"core(s) the parts allow at most {figures['ceiling_env_steps_per_s']:,.0f} steps/s together: the loop runs at "
-        f"{figures['actor_over_ceiling']:.0%} of that"
+        f"   CPU time per env step: environments {figures['raw_cpu_ms_per_step']:.3f} ms, policy "
+        f"{figures['policy_alone_cpu_ms_per_step']:.3f} ms, loop {figures['actor_cpu_ms_per_step']:.3f} ms; the loop runs "
+        f"at {figures['actor_over_ceiling']:.0%} of the ceiling min(environments, policy, {args.cores} cores / their CPU "
+        f"time per step)"
     )
 
     # 2. Ten games in one batch against one game at a time.

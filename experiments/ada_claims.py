@@ -259,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-length", type=int,
                         help=f"the Transformer-XL's cached steps per layer (default {MODELS['trxl']['memory_length']})")
     parser.add_argument("--gated", action="store_true", help="the Transformer-XL with GTrXL's GRU-type gates")
+    parser.add_argument("--no-alibi", action="store_true",
+                        help="the Transformer-XL without ALiBi's recency bias (trial index and time stay inputs)")
     parser.add_argument("--show-trial-end", action="store_true",
                         help="a trial's last view (the rewarded one) is a step of its own before the world restarts")
     parser.add_argument("--lr-schedule", choices=("constant", "linear"), default="constant",
@@ -296,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
 
     steps = scale.train_steps
     memory = args.memory_length or 0
-    trxl = {**({"memory_length": memory} if memory else {}), **({"gated": True} if args.gated else {})}
+    trxl = {**({"memory_length": memory} if memory else {}), **({"gated": True} if args.gated else {}),
+            **({"alibi": False} if args.no_alibi else {})}
     # Every run of a claim shares these; trxl_options reach the Transformer-XL only.
     shared = {"trxl_options": trxl, "lr_schedule": args.lr_schedule, "seed": args.seed}
     runs: dict[str, Path] = {}
@@ -348,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
              *(["--rollout-length", str(args.rollout_length)] if args.rollout_length else []),
              *(["--minibatches", str(args.minibatches)] if args.minibatches else []),
              *(["--memory-length", str(memory)] if memory else []), *(["--gated"] if args.gated else []),
+             *(["--no-alibi"] if args.no_alibi else []),
              *(["--lr-schedule", args.lr_schedule] if args.lr_schedule != "constant" else []),
              *(["--seed", str(args.seed)] if args.seed != SEED else [])]
     text = (f"`python experiments/ada_claims.py {' '.join(flags)} --out DIR`: benchmark `{record['benchmark_id']}` (trivial "

@@ -4,6 +4,7 @@ kickstarting anneals and pulls the student to its teacher."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -63,10 +64,10 @@ def segmented(agent, inputs, segment: int, *, acting: bool) -> tuple[np.ndarray,
     return np.concatenate(logits, axis=1), np.concatenate(values, axis=1)
 
 
-@pytest.mark.parametrize("agent_name", ["trxl", "gtrxl", "gru"])
+@pytest.mark.parametrize("agent_name", ["trxl", "gtrxl", "trxl-no-alibi", "gru"])
 def test_memory_over_segments_equals_the_full_context_pass(agent_name):
-    config = AgentConfig(agent=agent_name.replace("gtrxl", "trxl"), gated=agent_name == "gtrxl", num_layers=2,
-                         d_model=32, memory_length=12)
+    config = AgentConfig(agent=agent_name.split("-")[0].replace("gtrxl", "trxl"), gated=agent_name == "gtrxl",
+                         alibi=not agent_name.endswith("no-alibi"), num_layers=2, d_model=32, memory_length=12)
     agent = make_agent(config, SHAPES, nnx.Rngs(0))
     inputs = random_inputs(1, batch=3, length=12, resets=(7,))
     full_logits, full_values = agent.sequence(inputs, agent.initial_memory(3))
@@ -75,6 +76,9 @@ def test_memory_over_segments_equals_the_full_context_pass(agent_name):
         np.testing.assert_allclose(values, full_values, atol=1e-5)
         np.testing.assert_allclose(logits, full_logits, atol=1e-6)
     assert np.abs(np.diff(np.asarray(full_values), axis=1)).max() > 1e-3  # the values do vary
+    if agent_name != "gru":  # the same weights with the other position setting attend differently
+        other = make_agent(dataclasses.replace(config, alibi=not config.alibi), SHAPES, nnx.Rngs(0))
+        assert np.abs(other.sequence(inputs, other.initial_memory(3))[0] - full_logits).max() > 1e-4
 
 
 @pytest.mark.parametrize("agent_name", ["trxl", "gtrxl", "gru"])
@@ -210,13 +214,14 @@ def test_the_claims_options_reach_their_runs(tmp_path):
     from experiments import ada_claims
 
     scale, benchmark = ada_claims.FULL["meta-rl"], tmp_path / "benchmark.pkl.bz2"
-    options = {"memory_length": 128, "gated": True}
+    options = {"memory_length": 128, "gated": True, "alibi": False}
     trxl = ada_claims.run_config("trxl", benchmark, scale, 10, trxl_options=options)
-    assert (trxl.model.memory_length, trxl.model.gated) == (128, True)
+    assert (trxl.model.memory_length, trxl.model.gated, trxl.model.alibi) == (128, True, False)
     plain = ada_claims.run_config("trxl", benchmark, scale, 10)
-    assert (plain.model.memory_length, plain.model.gated) == (ada_claims.MODELS["trxl"]["memory_length"], False)
+    assert (plain.model.memory_length, plain.model.gated, plain.model.alibi) == (
+        ada_claims.MODELS["trxl"]["memory_length"], False, True)
     gru = ada_claims.run_config("gru", benchmark, scale, 10, trxl_options=options)
-    assert (gru.model.memory_length, gru.model.gated) == (AgentConfig().memory_length, False)
+    assert (gru.model.memory_length, gru.model.gated, gru.model.alibi) == (AgentConfig().memory_length, False, True)
     assert (plain.train.seed, plain.optimizer.schedule) == (ada_claims.SEED, "constant")
     seeded = ada_claims.run_config("gru", benchmark, scale, 10, lr_schedule="linear", seed=3)
     assert (seeded.train.seed, seeded.optimizer.schedule, seeded.env.split_seed) == (3, "linear", ada_claims.SEED)

@@ -21,7 +21,10 @@ et al. 2020, §3) calls TrXL-I, which trains far more stably in RL than post-LN;
 GTrXL's GRU-type gates in place of the residual sums (``core.transformer.GRUGate``). Positions are
 relative, as ALiBi linear biases (Press et al. 2022, §3: head h of H adds
 ``-2^(-8(h+1)/H) * distance`` to its logits), so the memory needs no position bookkeeping and a
-segment can be any length. Tokens of an earlier meta-episode are masked out.
+segment can be any length. ``alibi=False`` drops the bias, and with it every position: ALiBi's
+steeper heads barely see a step one trial back (with 4 heads the steepest slope is 1/4: -7.5 on the
+logit 30 steps back), while the trial index and the time within the trial, inputs of every step,
+already say where a step lies. Tokens of an earlier meta-episode are masked out.
 
 **GRU** as in XLand-MiniGrid's RL² baseline (Nikulin et al. 2023, training/nn.py): the encoded
 step goes through one GRU cell whose state carries over trials and segments; actor and critic are
@@ -55,6 +58,7 @@ class AgentConfig:
     dropout_rate: float = 0.0
     memory_length: int = 16  # Transformer-XL: cached steps each layer attends to beyond its segment
     gated: bool = False  # Transformer-XL: GTrXL's GRU-type gates in place of the residual sums
+    alibi: bool = True  # Transformer-XL: ALiBi's recency bias; False: no positional bias (trial and time are inputs)
     gru_hidden: int = 64
     head_hidden: int = 64
     observation: str = "discrete"  # "discrete" ids or "grid" (xminigrid's (tile, colour) views)
@@ -162,6 +166,11 @@ class TransformerXL(nnx.Module):
         )
         self.ln_f = layer_norm(config.d_model, param_dtype=jnp.float32, rngs=rngs)
         self.num_heads = config.num_heads
+        self.alibi = config.alibi
+
+    def _slopes(self) -> jax.Array:
+        """float32 [H]: ALiBi's slopes, or zeros without relative positions."""
+        return alibi_slopes(self.num_heads) if self.alibi else jnp.zeros(self.num_heads, jnp.float32)
 
     def attend(
         self,
@@ -188,7 +197,7 @@ class TransformerXL(nnx.Module):
         full_mask = jnp.zeros((positions.shape[0], 1, context, context), bool)
         full_mask = full_mask.at[jnp.arange(positions.shape[0])[:, None], 0, positions].set(mask)
         # ALiBi as a per-key bias (linear in the key's slot: softmax ignores each query row's shift).
-        key_bias = alibi_slopes(self.num_heads)[None, :, None, None] * (index - (context - 1)).astype(jnp.float32)
+        key_bias = self._slopes()[None, :, None, None] * (index - (context - 1)).astype(jnp.float32)
         key_bias = jnp.broadcast_to(key_bias, (positions.shape[0], self.num_heads, context, context))
         rows = jnp.arange(positions.shape[0])[:, None]
         x = layer_inputs
@@ -217,7 +226,7 @@ class TransformerXL(nnx.Module):
         index = jnp.arange(context)
         query_episode = jax.lax.dynamic_index_in_dim(episode, position, axis=1)  # [B, 1]
         mask = ((index <= position)[None, :] & (episode == query_episode))[:, None, None, :]  # [B, 1, 1, C]
-        bias = (alibi_slopes(self.num_heads)[:, None] * (index - (context - 1)).astype(jnp.float32))[None, :, None, :]
+        bias = (self._slopes()[:, None] * (index - (context - 1)).astype(jnp.float32))[None, :, None, :]
         slots = jnp.full((batch, 1), position, jnp.int32)
         keys, values = list(keys), list(values)
         for layer, block in enumerate(self.blocks):
