@@ -10,11 +10,11 @@ Two figures, in environment steps per second (one step = 4 emulator frames):
    batch shapes and no emulator ("policy alone"). The loop's throughput as a fraction of the
    slower part says what the loop adds beyond its bottleneck (target: >= 85%); its fraction of
    the raw environments is kept as the earlier figure (target on a CPU with the tiny model: >= 70%).
-   The three runs alternate ``--repeats`` times and medians are quoted. Each run also counts the
+   The three runs alternate ``--repeats`` times. Each run also counts the
    CPU seconds this process spends per env step (all threads: the emulators' and XLA's), which
    gives a ceiling where the parts must share few cores: ``min(environments, policy, cores /
    (cpu_env + cpu_policy))``, and the loop is also set against its parts run one after the other
-   (``1 / (1/environments + 1/policy)``). Ratios are taken within a run, their medians quoted;
+   (``1 / (1/environments + 1/policy)``). Ratios are taken within a run, their medians quoted.
 2. multi-game batching: 10 games played at once with one batched policy call per step against the
    same 10 games played one after the other (target: >= 3x).
 
@@ -64,20 +64,12 @@ def _rate(env_steps: int, wall_s: float, cpu_s: float) -> Rate:
     return Rate(env_steps / wall_s, cpu_s / env_steps)
 
 
-def half_sizes(num_envs: int, overlap: bool = True) -> list[int]:
-    """The batch sizes `actor.play` splits one game's `num_envs` environments into (two halves with
-    `overlap` and at least 2 environments)."""
-    halves = 2 if overlap and num_envs >= 2 else 1
-    first = -(-num_envs // halves)
-    return [first, num_envs - first][:halves]
-
-
 def raw_env_rate(games: Sequence[str], envs_per_game: int, steps: int, overlap: bool = True, seed: int = 0) -> Rate:
     """The vector environments alone, random minimal-set actions, no model: one vector environment
     per game and batch half, as `actor.play` makes them, all sent before any is received."""
     protocol = actor.PROTOCOLS["paper"]
     envs = [(actor.make_vector_env(game, size, protocol), len(atari.minimal_to_full(game)), size)
-            for game in games for size in half_sizes(envs_per_game, overlap)]
+            for game in games for size in actor.half_sizes(envs_per_game, overlap)]
     for env, _, _ in envs:
         env.reset(seed=seed)
     rng = np.random.default_rng(seed)
@@ -100,7 +92,7 @@ def policy_rate(policy: Policy, num_envs: int, steps: int, overlap: bool = True,
     `overlap`), so the compiled steps of a warmed-up policy are reused; every call's actions are read
     back, as the loop reads them.
     """
-    sizes = half_sizes(num_envs, overlap)
+    sizes = actor.half_sizes(num_envs, overlap)
     rng = np.random.default_rng(seed)
     frames = [rng.integers(0, 256, (size, 84, 84, 1), dtype=np.uint8) for size in sizes]
     starts = [np.zeros(size, bool) for size in sizes]

@@ -168,9 +168,13 @@ class TransformerXL(nnx.Module):
         self.num_heads = config.num_heads
         self.alibi = config.alibi
 
-    def _slopes(self) -> jax.Array:
-        """float32 [H]: ALiBi's slopes, or zeros without relative positions."""
-        return alibi_slopes(self.num_heads) if self.alibi else jnp.zeros(self.num_heads, jnp.float32)
+    def _key_bias(self, context: int) -> jax.Array | None:
+        """ALiBi as a per-key bias, float32 [1, H, 1, C] (linear in the key's slot: softmax ignores
+        each query row's shift); None without ALiBi, so no bias is built or added."""
+        if not self.alibi:
+            return None
+        offsets = (jnp.arange(context) - (context - 1)).astype(jnp.float32)
+        return (alibi_slopes(self.num_heads)[:, None] * offsets)[None, :, None, :]
 
     def attend(
         self,
@@ -196,9 +200,9 @@ class TransformerXL(nnx.Module):
         mask = (index[None, None, :] <= positions[:, :, None]) & (episode[:, None, :] == query_episode[:, :, None])
         full_mask = jnp.zeros((positions.shape[0], 1, context, context), bool)
         full_mask = full_mask.at[jnp.arange(positions.shape[0])[:, None], 0, positions].set(mask)
-        # ALiBi as a per-key bias (linear in the key's slot: softmax ignores each query row's shift).
-        key_bias = self._slopes()[None, :, None, None] * (index - (context - 1)).astype(jnp.float32)
-        key_bias = jnp.broadcast_to(key_bias, (positions.shape[0], self.num_heads, context, context))
+        key_bias = self._key_bias(context)
+        if key_bias is not None:
+            key_bias = jnp.broadcast_to(key_bias, (positions.shape[0], self.num_heads, context, context))
         rows = jnp.arange(positions.shape[0])[:, None]
         x = layer_inputs
         for layer, block in enumerate(self.blocks):
@@ -226,7 +230,7 @@ class TransformerXL(nnx.Module):
         index = jnp.arange(context)
         query_episode = jax.lax.dynamic_index_in_dim(episode, position, axis=1)  # [B, 1]
         mask = ((index <= position)[None, :] & (episode == query_episode))[:, None, None, :]  # [B, 1, 1, C]
-        bias = (self._slopes()[:, None] * (index - (context - 1)).astype(jnp.float32))[None, :, None, :]
+        bias = self._key_bias(context)
         slots = jnp.full((batch, 1), position, jnp.int32)
         keys, values = list(keys), list(values)
         for layer, block in enumerate(self.blocks):

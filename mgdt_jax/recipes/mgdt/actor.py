@@ -197,6 +197,14 @@ def _make_group(
     )
 
 
+def half_sizes(num_envs: int, overlap: bool = True) -> list[int]:
+    """The batch sizes `play` splits one game's `num_envs` environments into: two halves (the first
+    the larger) with `overlap` and at least 2 environments, else one batch."""
+    halves = 2 if overlap and num_envs >= 2 else 1
+    first = -(-num_envs // halves)  # ceil
+    return [first, num_envs - first][:halves]
+
+
 def play(
     policy: Policy | UniformRandomPolicy,
     games: Sequence[str],
@@ -220,9 +228,8 @@ def play(
     if episodes_per_game < 1:
         raise ValueError(f"episodes_per_game must be >= 1, got {episodes_per_game}")
     envs_per_game = min(episodes_per_game, max_envs_per_game or episodes_per_game)
-    halves = 2 if overlap and envs_per_game >= 2 else 1
-    first_half = -(-envs_per_game // halves)  # ceil
-    sizes = [first_half, envs_per_game - first_half][:halves]
+    sizes = half_sizes(envs_per_game, overlap)
+    first_half = sizes[0]
     groups = [
         _make_group(games, first_env, size, episodes_per_game, envs_per_game, protocol, seed)
         for first_env, size in zip((0, first_half), sizes)
