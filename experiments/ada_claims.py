@@ -120,11 +120,13 @@ def make_benchmark(out: Path, scale: Scale, task: TaskSetting) -> tuple[Path, di
 
 def run_config(model: str, benchmark: Path, scale: Scale, steps: int, task: TaskSetting = TaskSetting(), *,
                curriculum: str = "uniform", teacher: Path | None = None, anneal_steps: int = 0,
-               trxl_options: dict | None = None, lr_schedule: str = "constant", seed: int = SEED):
+               trxl_options: dict | None = None, lr_schedule: str = "constant", entropy_anneal: bool = False,
+               seed: int = SEED):
     """A training config: XLand R1-9x9, 5 trials, PPO with XLand-MiniGrid's meta-RL settings scaled down;
     ``trxl_options`` (e.g. ``{"memory_length": 128, "gated": True}``) override the Transformer-XL's
     ``MODELS`` entry; ``lr_schedule="linear"`` decays Adam's rate to 0 over the run, as XLand-MiniGrid's
-    configs/meta.yaml does (``"constant"`` keeps 1e-3, the runs before the flag existed); ``seed`` is
+    configs/meta.yaml does (``"constant"`` keeps 1e-3, the runs before the flag existed);
+    ``entropy_anneal`` decays the entropy bonus linearly from 0.01 to 0 over the run; ``seed`` is
     the training seed (initial parameters, environment resets, actions), the benchmark and split stay
     those of ``SEED``."""
     return common.from_dict({
@@ -137,7 +139,8 @@ def run_config(model: str, benchmark: Path, scale: Scale, steps: int, task: Task
         "model": {**dataclasses.asdict(AgentConfig()), "observation": "grid", **MODELS[model],
                   **((trxl_options or {}) if model == "trxl" else {})},
         "ppo": {**dataclasses.asdict(PPOConfig()), "rollout_length": scale.rollout_length, "num_epochs": 1,
-                "num_minibatches": scale.num_minibatches, "entropy_coef": 0.01},
+                "num_minibatches": scale.num_minibatches, "entropy_coef": 0.01,
+                "entropy_anneal_steps": steps if entropy_anneal else 0},
         "kickstart": {**dataclasses.asdict(KickstartConfig()), "teacher": str(teacher or ""), "weight": 1.0,
                       "hold_steps": 0, "anneal_steps": max(anneal_steps, 1)},
         "mesh": {"data": -1, "fsdp": 1, "tensor": 1},
@@ -265,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a trial's last view (the rewarded one) is a step of its own before the world restarts")
     parser.add_argument("--lr-schedule", choices=("constant", "linear"), default="constant",
                         help="Adam's rate after warm-up: constant 1e-3 or linear decay to 0 (XLand-MiniGrid's meta config)")
+    parser.add_argument("--entropy-anneal", action="store_true",
+                        help="decay PPO's entropy bonus linearly from 0.01 to 0 over the run (default: constant)")
     parser.add_argument("--seed", type=int, default=SEED,
                         help=f"training seed of every run (default {SEED}); the benchmark, split and evaluation keep {SEED}")
     args = parser.parse_args(argv)
@@ -301,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     trxl = {**({"memory_length": memory} if memory else {}), **({"gated": True} if args.gated else {}),
             **({"alibi": False} if args.no_alibi else {})}
     # Every run of a claim shares these; trxl_options reach the Transformer-XL only.
-    shared = {"trxl_options": trxl, "lr_schedule": args.lr_schedule, "seed": args.seed}
+    shared = {"trxl_options": trxl, "lr_schedule": args.lr_schedule, "entropy_anneal": args.entropy_anneal,
+              "seed": args.seed}
     runs: dict[str, Path] = {}
     seconds: dict[str, float] = {}
     if args.claim == "meta-rl":
@@ -353,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
              *(["--memory-length", str(memory)] if memory else []), *(["--gated"] if args.gated else []),
              *(["--no-alibi"] if args.no_alibi else []),
              *(["--lr-schedule", args.lr_schedule] if args.lr_schedule != "constant" else []),
+             *(["--entropy-anneal"] if args.entropy_anneal else []),
              *(["--seed", str(args.seed)] if args.seed != SEED else [])]
     text = (f"`python experiments/ada_claims.py {' '.join(flags)} --out DIR`: benchmark `{record['benchmark_id']}` (trivial "
             f"preset, seed {SEED}, {record['num_rulesets']} rulesets, {report['runs'][next(iter(runs))]['tasks']} held out), "

@@ -37,8 +37,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
                  "model.num_layers": 1, "model.d_model": 32, "optimizer.warmup_steps": 1}
     command = [sys.executable, "-m", "mgdt_jax.cli.train", "--config", str(REPOSITORY / "experiments/ad_darkroom.py"),
                "--workdir", str(workdir), *(f"--config.{key}={value}" for key, value in overrides.items())]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])),
-           "JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))}
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "recipe ad; data: 8 q_learning histories of 6 darkroom episodes on 8 tasks" in run.stdout

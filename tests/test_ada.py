@@ -24,7 +24,6 @@ from mgdt_jax.recipes.ada.recipe import AdaRecipe
 SHAPES = EnvShapes(num_actions=3, num_observations=2, extras_size=5)
 
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py
 
 
 def random_inputs(seed: int, batch: int, length: int, resets: tuple[int, ...] = ()) -> dict[str, jax.Array]:
@@ -135,6 +134,26 @@ def test_kickstart_weight_holds_then_anneals_to_zero():
     assert weights == [2.0, 2.0, 1.0, 0.0, 0.0]
 
 
+def test_an_annealed_entropy_bonus_reaches_the_loss_with_its_rollout():
+    config = ada_tiny.get_config()
+    config.ppo.update(entropy_coef=0.02, entropy_anneal_steps=10, rollout_length=2)
+    config.train.batch_size = 4
+    recipe = AdaRecipe(config)
+
+    @nnx.jit
+    def weight_and_bonus(model):  # at train step 5, halfway
+        batch, _, metrics = recipe.rollout(model, recipe.init_rollout(jax.random.key(0)), jax.random.key(1), jnp.int32(5))
+        loss, loss_metrics = recipe.loss(model, batch, jax.random.key(2))
+        unregularised, _ = recipe.loss(model, {**batch, "entropy_coef": jnp.zeros_like(batch["entropy_coef"])}, jax.random.key(2))
+        return metrics["entropy_coef"], unregularised - loss, loss_metrics["entropy"]
+
+    weight, bonus, entropy = weight_and_bonus(recipe.model(nnx.Rngs(0)))
+    assert float(weight) == pytest.approx(0.01)
+    np.testing.assert_allclose(float(bonus), 0.01 * float(entropy), rtol=1e-4)
+    constant = ppo.PPOConfig(entropy_coef=0.02)  # entropy_anneal_steps = 0
+    assert [float(ppo.entropy_coef(constant, jnp.int32(step))) for step in (0, 10**6)] == pytest.approx([0.02, 0.02])
+
+
 def test_arm_recall_pays_only_a_memory():
     env = ArmRecall(num_arms=2, num_trials=3, trial_length=2)
     state, timestep = env.reset(jax.random.key(0), jnp.int32(1))  # arm 1 is good: action 2
@@ -223,8 +242,9 @@ def test_the_claims_options_reach_their_runs(tmp_path):
     gru = ada_claims.run_config("gru", benchmark, scale, 10, trxl_options=options)
     assert (gru.model.memory_length, gru.model.gated, gru.model.alibi) == (AgentConfig().memory_length, False, True)
     assert (plain.train.seed, plain.optimizer.schedule) == (ada_claims.SEED, "constant")
-    seeded = ada_claims.run_config("gru", benchmark, scale, 10, lr_schedule="linear", seed=3)
+    seeded = ada_claims.run_config("gru", benchmark, scale, 10, lr_schedule="linear", entropy_anneal=True, seed=3)
     assert (seeded.train.seed, seeded.optimizer.schedule, seeded.env.split_seed) == (3, "linear", ada_claims.SEED)
+    assert (seeded.ppo.entropy_anneal_steps, plain.ppo.entropy_anneal_steps) == (10, 0)
     with pytest.raises(SystemExit, match="--memory-length 0: must be > 0"):
         ada_claims.main(["meta-rl", "--memory-length", "0", "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="--rollout-length 0: must be > 0"):

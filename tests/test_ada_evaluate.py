@@ -14,7 +14,6 @@ from mgdt_jax.cli import ada_eval
 from mgdt_jax.core import loop
 from mgdt_jax.recipes.ada import evaluate
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

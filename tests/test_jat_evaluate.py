@@ -23,7 +23,6 @@ CONFIG = ModelConfig(num_layers=2, d_model=32, num_heads=2, num_steps=4, continu
                      groups=("discrete", "continuous"))
 
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

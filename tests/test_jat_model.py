@@ -20,7 +20,6 @@ CONFIG = ModelConfig(num_layers=2, d_model=32, num_heads=2, num_steps=6, continu
 B, S = 2, 6
 
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from tests.recipe_cases import BATCH, CASES, step_config
 from tests.toy_recipe import ToyRecipe
 
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py
 
 
 def run_steps(trainer: Trainer, batches: list[dict[str, np.ndarray]]) -> tuple[dict, list[dict]]:

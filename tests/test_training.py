@@ -36,7 +36,6 @@ PEAK_FLOPS = 1e9  # the device peak the reference run is told, so that it report
 REPOSITORY = Path(__file__).resolve().parents[1]  # on the path of subprocesses, for tests.* config modules
 
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -104,11 +103,11 @@ def test_throughput_and_mfu_follow_the_recipes_step_cost(config_path, uninterrup
         assert entry["perf/mfu"] == pytest.approx(flops_per_device / PEAK_FLOPS, rel=1e-9)
 
 
-def run_cli(config_path: Path, workdir: Path, env: dict[str, str]) -> subprocess.Popen:
+def run_cli(config_path: Path, workdir: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "mgdt_jax.cli.train", "--config", str(config_path), "--workdir", str(workdir)]
     python_path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
     return subprocess.Popen(
-        command, env={**os.environ, **env, "PYTHONPATH": python_path}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command, env={**os.environ, "PYTHONPATH": python_path}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 
@@ -128,11 +127,11 @@ def wait_for_checkpoint(process: subprocess.Popen, workdir: Path, step: int) -> 
 
 
 def test_preempted_and_killed_run_resumes_with_the_losses_of_an_uninterrupted_run(
-    config_path, uninterrupted_run, fast_compiles, tmp_path
+    config_path, uninterrupted_run, tmp_path
 ):
     workdir = tmp_path / "run"
     # SIGTERM (a preemption notice) once the first checkpoint exists: the run saves where it is and exits.
-    process = run_cli(config_path, workdir, fast_compiles)
+    process = run_cli(config_path, workdir)
     wait_for_checkpoint(process, workdir, CHECKPOINT_EVERY)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
@@ -143,13 +142,13 @@ def test_preempted_and_killed_run_resumes_with_the_losses_of_an_uninterrupted_ru
     # Resumed, then SIGKILL once its next interval checkpoint exists: nothing is saved on the way out.
     next_checkpoint = (preempted_at // CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY
     assert next_checkpoint < NUM_STEPS
-    process = run_cli(config_path, workdir, fast_compiles)
+    process = run_cli(config_path, workdir)
     wait_for_checkpoint(process, workdir, next_checkpoint)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert next_checkpoint <= max(losses(workdir)) < NUM_STEPS
 
-    resumed = run_cli(config_path, workdir, fast_compiles)
+    resumed = run_cli(config_path, workdir)
     output, _ = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, output
     assert "resumed from" in output and f"checkpoints in {workdir / checkpointing.CHECKPOINTS}" in output.splitlines()[-1]
@@ -242,11 +241,11 @@ def test_fine_tuning_starts_from_the_pretrained_parameters(config_path, uninterr
     assert [entry["step"] for entry in logged if "eval/parameter_norm" in entry] == [1, 2]
 
 
-def test_cli_reports_a_bad_mgdt_data_source_in_one_line(fast_compiles, tmp_path):
+def test_cli_reports_a_bad_mgdt_data_source_in_one_line(tmp_path):
     config_path = tmp_path / "config.py"
     missing = tmp_path / "no_such_dataset"
     config_path.write_text(MGDT_CONFIG_FILE.format(source=str(missing), num_steps=2, checkpoint_every=1))
-    process = run_cli(config_path, tmp_path / "run", fast_compiles)
+    process = run_cli(config_path, tmp_path / "run")
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 1
     assert output.strip().splitlines()[-1] == f"mgdt-train: error: {missing}: no such dataset directory"
@@ -324,11 +323,11 @@ def test_a_parameters_only_checkpoint_cannot_be_resumed(config_path, uninterrupt
 
 
 def test_cli_resumes_next_to_a_half_written_checkpoint_with_the_losses_of_an_uninterrupted_run(
-    config_path, uninterrupted_run, fast_compiles, half_write, tmp_path
+    config_path, uninterrupted_run, half_write, tmp_path
 ):
     workdir = copy_of_run(uninterrupted_run, tmp_path / "run")
     half_write(workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS), "empty")
-    process = run_cli(config_path, workdir, fast_compiles)
+    process = run_cli(config_path, workdir)
     output, _ = process.communicate(timeout=180)
     assert process.returncode == 0, output
     assert "Traceback" not in output and "Event loop" not in output, output

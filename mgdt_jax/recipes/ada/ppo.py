@@ -33,6 +33,9 @@ class PPOConfig:
     clip_epsilon: float = 0.2
     value_coef: float = 0.5
     entropy_coef: float = 0.01
+    # > 0: the entropy bonus decays linearly from entropy_coef to 0 at this train step, so the policy
+    # sampled in late trials can sharpen once it knows the task (0: constant, XLand-MiniGrid's setting).
+    entropy_anneal_steps: int = 0
     objective: str = "ppo_clip"  # a key of OBJECTIVES
 
 
@@ -127,11 +130,22 @@ class KickstartConfig:
     anneal_steps: int = 100
 
 
+def linear_anneal(value: float, hold_steps: int, end_step: int, step: jax.Array) -> jax.Array:
+    """float32 []: ``value`` until train step ``hold_steps``, then linearly down to 0 at ``end_step``."""
+    fraction = jnp.clip((step - hold_steps) / max(end_step - hold_steps, 1), 0.0, 1.0)
+    return (value * (1.0 - fraction)).astype(jnp.float32)
+
+
 def kickstart_weight(config: KickstartConfig, step: jax.Array) -> jax.Array:
     """float32 []: the distillation weight at train step ``step`` (0 from ``anneal_steps`` on)."""
-    span = max(config.anneal_steps - config.hold_steps, 1)
-    fraction = jnp.clip((step - config.hold_steps) / span, 0.0, 1.0)
-    return (config.weight * (1.0 - fraction)).astype(jnp.float32)
+    return linear_anneal(config.weight, config.hold_steps, config.anneal_steps, step)
+
+
+def entropy_coef(config: PPOConfig, step: jax.Array) -> jax.Array:
+    """float32 []: the entropy bonus's weight at train step ``step`` (``entropy_anneal_steps``)."""
+    if config.entropy_anneal_steps <= 0:
+        return jnp.float32(config.entropy_coef)
+    return linear_anneal(config.entropy_coef, 0, config.entropy_anneal_steps, step)
 
 
 def distillation_kl(teacher_logits: jax.Array, student_logits: jax.Array) -> jax.Array:

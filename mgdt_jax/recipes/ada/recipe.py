@@ -14,6 +14,7 @@ and ``train`` (``train.batch_size`` = environments).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,10 @@ class AdaRecipe(OnlineRecipe):
         deterministic = self.agent_config.dropout_rate == 0.0
         logits, values = model.sequence(batch["inputs"], batch["memory"], deterministic=deterministic,
                                         dropout_key=None if deterministic else dropout_key)
-        loss, metrics = self.objective(logits, values, batch, self.ppo_config)
+        config = self.ppo_config
+        if "entropy_coef" in batch:  # annealed: the step's weight comes with its rollout
+            config = dataclasses.replace(config, entropy_coef=batch["entropy_coef"].mean())
+        loss, metrics = self.objective(logits, values, batch, config)
         if self.teacher is not None:
             kl = ppo.distillation_kl(batch["teacher_logits"], logits).mean()
             weight = batch["kickstart_weight"].mean()
@@ -195,6 +199,9 @@ class AdaRecipe(OnlineRecipe):
             batch["kickstart_weight"] = jnp.full((self.num_envs,), ppo.kickstart_weight(self.kickstart_config, step))
             new_per_env["teacher_memory"] = teacher.end_segment(carry["teacher_cache"])
         metrics = self._metrics(records)
+        if self.ppo_config.entropy_anneal_steps > 0:
+            batch["entropy_coef"] = jnp.full((self.num_envs,), ppo.entropy_coef(self.ppo_config, step))
+            metrics["entropy_coef"] = batch["entropy_coef"][0]
         if hasattr(self.tasks, "metrics"):  # what a curriculum has admitted, seen, ...
             metrics.update(self.tasks.metrics(task_state))
         return batch, RolloutState(per_env=new_per_env, shared={"tasks": task_state}), metrics
