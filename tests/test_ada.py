@@ -24,8 +24,6 @@ from mgdt_jax.recipes.ada.recipe import AdaRecipe
 SHAPES = EnvShapes(num_actions=3, num_observations=2, extras_size=5)
 
 
-
-
 def random_inputs(seed: int, batch: int, length: int, resets: tuple[int, ...] = ()) -> dict[str, jax.Array]:
     keys = jax.random.split(jax.random.key(seed), 4)
     reset = np.zeros((batch, length), bool)

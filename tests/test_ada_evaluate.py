@@ -15,7 +15,6 @@ from mgdt_jax.core import loop
 from mgdt_jax.recipes.ada import evaluate
 
 
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """An arm-recall GRU run of one train step (a near-uniform policy), trial one-hot 6 wide."""

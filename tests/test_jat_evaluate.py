@@ -23,8 +23,6 @@ CONFIG = ModelConfig(num_layers=2, d_model=32, num_heads=2, num_steps=4, continu
                      groups=("discrete", "continuous"))
 
 
-
-
 @pytest.fixture(scope="module")
 def model() -> JatModel:
     return JatModel(CONFIG, rngs=nnx.Rngs(0))

@@ -20,8 +20,6 @@ CONFIG = ModelConfig(num_layers=2, d_model=32, num_heads=2, num_steps=6, continu
 B, S = 2, 6
 
 
-
-
 @pytest.fixture(scope="module")
 def model() -> JatModel:
     return JatModel(CONFIG, rngs=nnx.Rngs(0))

@@ -18,8 +18,6 @@ from tests.recipe_cases import BATCH, CASES, step_config
 from tests.toy_recipe import ToyRecipe
 
 
-
-
 def run_steps(trainer: Trainer, batches: list[dict[str, np.ndarray]]) -> tuple[dict, list[dict]]:
     state = trainer.init(seed=0)
     history = []

@@ -36,8 +36,6 @@ PEAK_FLOPS = 1e9  # the device peak the reference run is told, so that it report
 REPOSITORY = Path(__file__).resolve().parents[1]  # on the path of subprocesses, for tests.* config modules
 
 
-
-
 @pytest.fixture(scope="module")
 def config_path(recipe_case, request, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("config") / f"tiny_{recipe_case.name}.py"

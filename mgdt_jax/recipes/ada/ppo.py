@@ -7,7 +7,8 @@ without touching the rollout or the core.
 
 An objective maps ``(logits [B, T, A], values [B, T], batch, PPOConfig)`` to ``(loss, metrics)``
 where ``batch`` holds the rollout's ``action``, ``log_prob``, ``value``, ``advantage`` and
-``return`` ([B, T] each).
+``return`` ([B, T] each). With ``entropy_anneal_steps`` the recipe hands the objective a config
+whose ``entropy_coef`` is the step's traced float32 [] weight: an objective uses it arithmetically only.
 """
 
 from __future__ import annotations
