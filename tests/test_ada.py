@@ -148,6 +148,9 @@ def test_an_annealed_entropy_bonus_reaches_the_loss_with_its_rollout():
     weight, bonus, entropy = weight_and_bonus(recipe.model(nnx.Rngs(0)))
     assert float(weight) == pytest.approx(0.01)
     np.testing.assert_allclose(float(bonus), 0.01 * float(entropy), rtol=1e-4)
+    config.ppo.entropy_anneal_steps = -1
+    with pytest.raises(ValueError, match=r"^ppo.entropy_anneal_steps -1: must be >= 0 \(0: constant\)$"):
+        AdaRecipe(config)
     constant = ppo.PPOConfig(entropy_coef=0.02)  # entropy_anneal_steps = 0
     assert [float(ppo.entropy_coef(constant, jnp.int32(step))) for step in (0, 10**6)] == pytest.approx([0.02, 0.02])
 
