@@ -112,3 +112,4 @@ def test_mgdt_train_reports_histories_of_another_env_in_one_line(trained, tmp_pa
     assert run.returncode == 1
     assert run.stderr.strip().splitlines() == [
         f"mgdt-train: error: {histories}: histories of 'darkroom', and config.data.env is 'bandit'"]
+    assert not (tmp_path / "w").exists()

@@ -247,7 +247,22 @@ def test_cli_reports_a_bad_mgdt_data_source_in_one_line(tmp_path):
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 1
     assert output.strip().splitlines()[-1] == f"mgdt-train: error: {missing}: no such dataset directory"
-    assert not (tmp_path / "run" / checkpointing.CHECKPOINTS).exists()
+    assert not (tmp_path / "run").exists()  # the run folder it created is gone, not left empty
+    existing = tmp_path / "existing"  # a folder the user made is left as it was
+    existing.mkdir()
+    with pytest.raises(ValueError, match="no such dataset directory"):
+        loop.train(load_config(config_path), existing)
+    assert existing.is_dir() and not any(existing.iterdir())
+
+
+def test_a_new_run_that_fails_after_its_first_step_keeps_its_folder(recipe_case, config_path, tmp_path):
+    if recipe_case.name != "ad":
+        pytest.skip("the loop's behaviour, the same for every recipe: the fastest one checks it")
+    config = load_config(config_path)
+    config.optimizer.learning_rate = float("inf")
+    with pytest.raises(loop.TrainingDiverged):
+        loop.train(config, tmp_path / "new")
+    assert (tmp_path / "new" / loop.CONFIG_FILE).is_file()  # what it wrote is there to read
 
 
 def copy_of_run(run: Path, workdir: Path) -> Path:

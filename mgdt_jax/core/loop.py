@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 import json
 import math
+import shutil
 import signal
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -73,9 +74,24 @@ def train(
     """Trains ``config`` in ``workdir``, resuming from its newest checkpoint if it has one.
 
     ``recipe`` defaults to the one ``config.recipe`` names, ``evaluate`` to the recipe's evaluator.
-    Raises CheckpointError (one line) when the workdir's checkpoints belong to another recipe.
+    Raises CheckpointError (one line) when the workdir's checkpoints belong to another recipe. A
+    workdir this call created is removed again when the run fails before its first step (a bad
+    config or data source), so no run folder without a run is left behind.
     """
     workdir = Path(workdir).expanduser().absolute()
+    created = not workdir.exists()
+    progress = {"stepping": False}  # set by _train when its first step starts
+    try:
+        return _train(config, workdir, recipe, evaluate, progress)
+    except BaseException:
+        if created and not progress["stepping"] and jax.process_index() == 0:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _train(
+    config: Any, workdir: Path, recipe: Recipe | None, evaluate: Evaluator | None, progress: dict[str, bool]
+) -> TrainResult:
     workdir.mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0
     train_config = config.train
@@ -140,6 +156,7 @@ def train(
 
         # --- Steps ---------------------------------------------------------------------------------
         steps = range(first_step + 1, train_config.num_steps + 1)
+        progress["stepping"] = True  # from here a failure leaves the run's metrics to read
         for last_step, batch in zip(steps, itertools.chain([first_batch], batches)):
             layout = jax.tree.structure(batch)
             if layout not in compiled:  # a new layout: its compilation is not timed
