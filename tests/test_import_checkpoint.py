@@ -214,6 +214,16 @@ def test_import_command_writes_a_workdir_mgdt_eval_loads(released_pickle, tmp_pa
     # A second import into the same workdir is refused rather than overwriting.
     assert import_cli.main(["--pickle", str(released_pickle), "--workdir", str(workdir)]) == 1
     assert "already holds checkpoint 0" in capsys.readouterr().err
+    # Another run's workdir (its checkpoints at other steps) keeps its config and gains no checkpoint.
+    other = tmp_path / "other_run"
+    (other / "checkpoints" / "1000").mkdir(parents=True)
+    (other / "config.json").write_text('{"recipe": "ad"}\n')
+    assert import_cli.main(["--pickle", str(released_pickle), "--workdir", str(other)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"mgdt-import-checkpoint: error: {other} holds another run (its config.json is not this model's): "
+        "import into a new workdir")
+    assert (other / "config.json").read_text() == '{"recipe": "ad"}\n'
+    assert sorted(path.name for path in (other / "checkpoints").iterdir()) == ["1000"]
 
 
 def test_import_refuses_a_step_holding_an_incomplete_checkpoint(released_pickle, half_write, tmp_path, capsys):

@@ -9,6 +9,7 @@ with the model size read from the weights).
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,8 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", type=int, default=0, help="checkpoint step to file the weights under")
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.FATAL)  # errors reach the user as one line; Orbax logs are noise
+    workdir = args.workdir.expanduser().absolute()
+    created, imported = not workdir.exists(), False
     try:
-        existing = args.workdir / checkpointing.CHECKPOINTS / str(args.step)
+        existing = workdir / checkpointing.CHECKPOINTS / str(args.step)
         if existing.exists():
             if reason := checkpointing.incomplete_reason(existing):
                 raise checkpointing.CheckpointError(
@@ -37,17 +40,31 @@ def main(argv: list[str] | None = None) -> int:
             raise checkpointing.CheckpointError(f"{args.workdir} already holds checkpoint {args.step}")
         print(f"reading {args.pickle} ...", flush=True)
         model = build_model(load_released_pickle(args.pickle))
-        print(f"writing a {model.config.num_layers}-layer d{model.config.d_model} model ...", flush=True)
-        checkpoint = save_params(model, args.workdir.expanduser().absolute(), args.step)
         config = mgdt_200m.get_config()
         config.model.update(
             {key: getattr(model.config, key) for key in ("num_layers", "d_model", "num_heads", "mlp_ratio",
                                                          "num_steps", "single_return_token", "behaviour_cloning", "dtype")}
         )
-        (args.workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1) + "\n")
+        config_text = config.to_json_best_effort(indent=1) + "\n"
+        config_path = workdir / CONFIG_FILE
+        # Another step of the same import may join a workdir; another run's is never overwritten.
+        if config_path.exists() and config_path.read_text() != config_text:
+            raise checkpointing.CheckpointError(
+                f"{args.workdir} holds another run (its {CONFIG_FILE} is not this model's): import into a new workdir"
+            )
+        print(f"writing a {model.config.num_layers}-layer d{model.config.d_model} model ...", flush=True)
+        workdir.mkdir(parents=True, exist_ok=True)
+        partial = config_path.with_name(CONFIG_FILE + ".partial")
+        partial.write_text(config_text)
+        partial.replace(config_path)
+        checkpoint = save_params(model, workdir, args.step)
+        imported = True
     except (CheckpointImportError, checkpointing.CheckpointError, OSError) as error:
         print(f"mgdt-import-checkpoint: error: {error}", file=sys.stderr)
         return 1
+    finally:
+        if created and not imported:  # a failed or interrupted import leaves no workdir behind
+            shutil.rmtree(workdir, ignore_errors=True)
     print(f"imported {args.pickle} into {checkpoint} with config {args.workdir / CONFIG_FILE}")
     return 0
 
