@@ -35,6 +35,13 @@ def test_demo_runs_the_whole_flow_and_a_rerun_reuses_it(tmp_path, capsys):
     assert "nothing to do" in rerun
     assert "reusing the report of step 12" in rerun and "reusing the random baseline" in rerun
 
+    # Other data settings would silently reuse these logs: refused in one line before any work.
+    assert demo.main([*args, "--max-episode-steps", "500"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (f"mgdt-demo: error: {tmp_path} holds a demo recorded with other settings "
+                                    "(max_episode_steps 300 -> 500): use another --workdir")
+    assert "[1/4]" not in captured.out
+
 
 @pytest.mark.parametrize("args,message", [
     (["--games", "Alien"], "no scripted expert for Alien"),

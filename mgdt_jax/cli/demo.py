@@ -36,9 +36,12 @@ from mgdt_jax.recipes.mgdt import actor
 from mgdt_jax.envs import atari
 from mgdt_jax.recipes.mgdt import evaluate
 from mgdt_jax.core import loop, metric_writer
+from mgdt_jax.core.checkpointing import CheckpointError
 
 DEFAULT_GAMES = ("Boxing", "Freeway", "Breakout")  # each has a scripted expert (data_pipelines/experts.py)
 RANDOM_DIR = "random"  # the random baseline's report, under the report folder
+SETTINGS_FILE = "demo.json"  # the settings that fix the recorded data, so a rerun reuses only its own
+DATA_SETTINGS = ("record_steps", "policy", "epsilon", "max_episode_steps")
 
 
 def _stage(number: int, text: str) -> None:
@@ -61,6 +64,26 @@ def record_games(games: list[str], steps: int, logs_dir: Path, policy: str, epsi
         print(f"{game}: {result.steps} steps, {result.episodes_finished} finished episodes, "
               f"{result.checkpoints} dumps -> {logs_dir / game}")
     shutil.rmtree(scratch, ignore_errors=True)
+
+
+def check_settings(workdir: Path, settings: dict[str, object]) -> None:
+    """Records the settings that fix the demo's data in ``workdir/SETTINGS_FILE``; ValueError (one
+    line) when the workdir holds a demo recorded with others, whose logs a rerun would reuse."""
+    path = workdir / SETTINGS_FILE
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: unreadable ({error})") from None
+        if saved != settings:
+            changed = ", ".join(f"{name} {saved.get(name)!r} -> {value!r}" for name, value in settings.items()
+                                if saved.get(name) != value)
+            raise ValueError(f"{workdir} holds a demo recorded with other settings ({changed}): use another --workdir")
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(settings, indent=1) + "\n")
+    partial.replace(path)
 
 
 def train_config(dataset_dir: Path, train_steps: int) -> ml_collections.ConfigDict:
@@ -144,10 +167,18 @@ def main(argv: list[str] | None = None) -> int:
                      f"{', '.join(sorted(experts.EXPERTS))}); use --policy random")
     logging.set_verbosity(logging.ERROR)  # Orbax's informational warnings are noise here
     workdir = args.workdir.absolute()
+    started = time.perf_counter()
+    try:
+        check_settings(workdir, {"games": games, **{name: getattr(args, name) for name in DATA_SETTINGS}})
+        return _run_stages(args, games, workdir, started)
+    except (ValueError, OSError, CheckpointError, loop.TrainingDiverged) as error:  # data errors are ValueErrors
+        print(f"mgdt-demo: error: {error}", file=sys.stderr)
+        return 1
+
+
+def _run_stages(args: argparse.Namespace, games: list[str], workdir: Path, started: float) -> int:
     logs_dir, dataset_dir = workdir / "logs", workdir / "rlds"
     train_dir, report_dir = workdir / "train", workdir / "report"
-    started = time.perf_counter()
-
     played_by = "scripted experts, epsilon " + args.epsilon if args.policy == "expert" else "random play"
     _stage(1, f"recording {args.record_steps} steps of {', '.join(games)} ({played_by}) into DQN-replay logs")
     record_games(games, args.record_steps, logs_dir, args.policy, args.epsilon, args.max_episode_steps)
