@@ -4,6 +4,7 @@ import csv
 import json
 import shutil
 
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -11,6 +12,7 @@ from experiments import tiny
 from mgdt_jax.cli import evaluate as eval_cli
 from mgdt_jax.recipes.mgdt.import_checkpoint import save_params
 from mgdt_jax.recipes.mgdt.model import MultiGameDecisionTransformer
+from mgdt_jax.recipes.mgdt import evaluate as mgdt_evaluate
 from mgdt_jax.recipes.mgdt.evaluate import CONFIG_FILE
 
 
@@ -42,6 +44,23 @@ def test_mgdt_eval_plays_a_tiny_checkpoint_on_two_games(tiny_workdir, tmp_path, 
     assert len(list(csv.DictReader((out / "scores.csv").open()))) == 2
     assert sorted(p.name for p in (out / "videos").iterdir()) == ["Breakout.mp4", "Pong.mp4"]
     assert (out / "scores.png").stat().st_size > 0
+    # A second evaluation into the same --out would replace this report: refused before any playing.
+    _fails_with(argv, capsys, f"--out {out}: already holds a report (report.json)")
+    assert json.loads((out / "report.json").read_text()) == written
+
+
+def test_an_interrupted_evaluation_leaves_no_video_under_a_finished_name(tiny_workdir, tmp_path, monkeypatch):
+    def play_then_interrupt(*args, on_frame, **kwargs):
+        for _ in range(3):
+            on_frame("Pong", np.zeros((84, 84, 1), np.uint8))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mgdt_evaluate.actor, "play", play_then_interrupt)
+    argv = ["--workdir", str(tiny_workdir), "--games", "Pong", "--out", str(tmp_path / "report"), "--video"]
+    with pytest.raises(KeyboardInterrupt):
+        eval_cli.main(argv)
+    assert list((tmp_path / "report" / "videos").iterdir()) == []
+    assert not (tmp_path / "report" / "report.json").exists()
 
 
 def _fails_with(argv, capsys, *fragments):
@@ -79,6 +98,10 @@ def test_bad_input_is_one_line_errors(tiny_workdir, tmp_path, capsys):
             path.write_bytes(b"\0" * 8)
     _fails_with(["--workdir", str(corrupt), "--games", "Pong", *out], capsys, str(corrupt))
     assert not (tmp_path / "out").exists()  # nothing half-written
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    _fails_with(["--workdir", str(tiny_workdir), "--games", "Pong", "--out", str(a_file)], capsys,
+                f"--out {a_file}: exists and is not a directory")
 
 
 def test_mgdt_eval_passes_over_a_half_written_newest_checkpoint(tiny_workdir, half_write, tmp_path, capsys):
@@ -95,4 +118,4 @@ def test_mgdt_eval_passes_over_a_half_written_newest_checkpoint(tiny_workdir, ha
     assert len(warnings) == 1 and "step 5 (params: no array files); using step 3" in warnings[0]
     assert json.loads((out / "report.json").read_text())["settings"]["step"] == 3
     # Asked for by number, the incomplete step is a one-line error.
-    _fails_with([*argv[:2], "--step", "5", *argv[2:]], capsys, "checkpoints/5: incomplete checkpoint: params: no array files")
+    _fails_with([*argv[:2], "--step", "5", *argv[2:-1], str(tmp_path / "step5")], capsys, "checkpoints/5: incomplete checkpoint: params: no array files")

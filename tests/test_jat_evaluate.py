@@ -169,3 +169,16 @@ def test_cli_refuses_references_of_other_versions_in_one_line(tmp_path, capsys):
     assert code == 1 and error.count("\n") == 1
     assert error.startswith("mgdt-jat-eval: error: babyai-go-to-red-ball-grey: references were measured with gymnasium 0.29.1")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--max-steps", "0"], "--max-steps must be >= 1, got 0"),
+    (["--envs-per-task", "-1"], "--envs-per-task must be >= 1, got -1"),
+    (["--tasks", ","], "--tasks names no task: ','"),
+])
+def test_cli_refuses_settings_that_would_score_nothing(arguments, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        jat_evaluate.main(["--workdir", str(tmp_path / "run"), "--data", str(tmp_path / "data"), "--tasks", "t",
+                           "--out", str(tmp_path / "out"), *arguments])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

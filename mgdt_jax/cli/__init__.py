@@ -1,0 +1,27 @@
+"""Thin command-line entry points; the work is in the core and the recipes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPORT_FILE = "report.json"  # every evaluation CLI's report, written last: its presence marks a finished report
+
+
+def check_out_dir(out: Path) -> None:
+    """Checks an evaluation CLI's ``--out`` before any playing, so a bad path costs no scores.
+
+    Raises OSError (one line, naming the path) when ``out`` is not a directory, holds a finished
+    report (which the run would replace: another shard's or an earlier run's), or cannot be created.
+    """
+    if out.exists():
+        if not out.is_dir():
+            raise OSError(f"--out {out}: exists and is not a directory")
+        if (out / REPORT_FILE).exists():
+            raise OSError(f"--out {out}: already holds a report ({REPORT_FILE}); choose another directory or remove it")
+        return
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OSError(f"--out {out}: cannot be created ({parent} is not a writable directory)")

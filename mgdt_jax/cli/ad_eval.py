@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mgdt_jax.cli import check_out_dir
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-ad-eval", description=__doc__.split("\n\n")[0])
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from mgdt_jax.recipes.ad import evaluate, sources
 
     try:
+        check_out_dir(args.out)
         baselines = [sources.make_source(name.strip()) for name in args.baselines.split(",") if name.strip()]
         report = evaluate.compare(args.workdir, args.out, ed_workdir=args.ed_workdir, baselines=baselines,
                                   episodes=args.episodes, seed=args.seed)

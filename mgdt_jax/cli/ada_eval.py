@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mgdt_jax.cli import check_out_dir
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-ada-eval", description=__doc__.split("\n\n")[0])
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from mgdt_jax.recipes.ada import evaluate
 
     try:
+        check_out_dir(args.out)
         scores = evaluate.evaluate_run(args.workdir, trials=args.trials, episodes=args.episodes, seed=args.seed,
                                        step=args.step, greedy=args.greedy)
         report = evaluate.write_report([scores], args.out)

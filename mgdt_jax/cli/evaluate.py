@@ -14,6 +14,7 @@ from pathlib import Path
 
 from absl import logging
 
+from mgdt_jax.cli import check_out_dir
 from mgdt_jax.recipes.mgdt import actor
 from mgdt_jax.envs import atari
 from mgdt_jax.core.checkpointing import CheckpointError
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_episode_frames is not None:
         protocol = dataclasses.replace(protocol, max_episode_frames=args.max_episode_frames)
     try:
+        check_out_dir(args.out)
         games = resolve_games(args.suite, args.games.split(",") if args.games else None)
         shard_index, shard_count = args.shard
         games = games[shard_index::shard_count]

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from absl import logging
 
+from mgdt_jax.cli import check_out_dir
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mgdt-jat-eval", description=__doc__.split("\n\n")[0])
@@ -35,13 +37,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.episodes < 10:
         parser.error(f"--episodes must be >= 10 (per-task IQM over fewer is noise), got {args.episodes}")
+    for name in ("envs_per_task", "max_steps"):
+        if (value := getattr(args, name)) is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if not [name for name in args.tasks.split(",") if name.strip()]:
+        parser.error(f"--tasks names no task: {args.tasks!r}")
     logging.set_verbosity(logging.FATAL)
     from data_pipelines.jat.tasks import UnknownTaskError
     from mgdt_jax.core.checkpointing import CheckpointError
     from mgdt_jax.recipes.jat import evaluate, references
 
     try:
-        task_names = [name for name in args.tasks.split(",") if name]
+        check_out_dir(args.out)
+        task_names = [name.strip() for name in args.tasks.split(",") if name.strip()]
         refs = {name: references.load(args.data / name) for name in task_names}
         for name, ref in refs.items():
             references.check_versions(ref)

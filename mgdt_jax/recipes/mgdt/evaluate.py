@@ -125,6 +125,7 @@ def evaluate(
         bar.update(episodes_done - bar.n)
         bar.set_postfix_str(f"{env_steps / (time.perf_counter() - start):.0f} env steps/s", refresh=False)
 
+    played = False
     try:
         results = actor.play(
             policy,
@@ -136,9 +137,10 @@ def evaluate(
             on_progress=on_progress,
             on_frame=videos.add_frame if videos else None,
         )
+        played = True
     finally:
         bar.close()
-        video_paths = videos.close() if videos else []
+        video_paths = videos.close(keep=played) if videos else []
     settings = {
         "episodes_per_game": episodes,
         "seed": seed,

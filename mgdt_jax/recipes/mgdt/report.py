@@ -162,12 +162,17 @@ class VideoWriter:
             warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
             self._writers[game].append_data(big)
 
-    def close(self) -> list[Path]:
+    def close(self, keep: bool = True) -> list[Path]:
+        """Finishes every video and returns their paths; with ``keep`` False (the evaluation did not
+        finish) deletes them instead, so no cut-off episode lies under a finished video's name."""
         paths = []
         for game, writer in self._writers.items():
             writer.close()
-            path = self._out_dir / f"{game}.mp4"
-            os.replace(self._out_dir / f"{game}.partial.mp4", path)
-            paths.append(path)
+            partial, path = self._out_dir / f"{game}.partial.mp4", self._out_dir / f"{game}.mp4"
+            if keep:
+                os.replace(partial, path)
+                paths.append(path)
+            else:
+                partial.unlink(missing_ok=True)
         self._writers.clear()
         return paths
