@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -126,7 +127,11 @@ def record(game: str, steps: int, out: Path, run: int = 1, capacity: int = repla
         env.close()
         raise
     agent = experts.EpsilonGreedy(inner, len(atari.MINIMAL_ACTION_SETS[game]), seed + 1)
-    buffer = replay_logs.LoggedReplayBuffer(log_dir, capacity, layout)
+    # Dumps go to a scratch folder renamed at the end: an interrupted recording never looks like a
+    # finished, shorter one (each dump is complete on its own).
+    scratch = log_dir.with_name(log_dir.name + ".partial")
+    shutil.rmtree(scratch, ignore_errors=True)  # left by an interrupted earlier recording
+    buffer = replay_logs.LoggedReplayBuffer(scratch, capacity, layout)
     returns, epsilons = [], []
     observation, _ = env.reset(seed=seed)
     agent.epsilon = schedule(0, 0.0)
@@ -154,6 +159,7 @@ def record(game: str, steps: int, out: Path, run: int = 1, capacity: int = repla
                 action = agent.step(reward, observation)
     buffer.log_final_buffer()
     env.close()
+    scratch.replace(log_dir)
     return RecordReport(log_dir, steps, len(returns), buffer.num_dumps, returns, epsilons)
 
 

@@ -126,3 +126,25 @@ def test_cli_writes_the_logged_format(tmp_path, capsys):
     checkpoint = replay_logs.load_checkpoint(log_dir, 2)
     assert checkpoint.add_count == 13 and checkpoint.num_rows == 14
     assert set(checkpoint.actions) <= set(range(len(atari.MINIMAL_ACTION_SETS["Pong"])))
+
+
+def test_an_interrupted_recording_leaves_no_logs_that_look_finished(tmp_path, monkeypatch):
+    add = replay_logs.LoggedReplayBuffer.add
+    rows = []
+
+    def add_then_interrupt(self, *args, **kwargs):
+        rows.append(None)
+        if len(rows) == 45:  # after two dumps of 20 rows, each complete on its own
+            raise KeyboardInterrupt
+        return add(self, *args, **kwargs)
+
+    monkeypatch.setattr(replay_logs.LoggedReplayBuffer, "add", add_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        record.record("Pong", steps=60, out=tmp_path, capacity=20, progress=False)
+    log_dir = tmp_path / "Pong" / "1" / "replay_logs"
+    assert not log_dir.exists()
+    assert replay_logs.list_checkpoints(log_dir.with_name("replay_logs.partial")) == [0, 1]
+    monkeypatch.setattr(replay_logs.LoggedReplayBuffer, "add", add)
+    result = record.record("Pong", steps=60, out=tmp_path, capacity=20, progress=False)  # a rerun starts over
+    assert result.log_dir == log_dir and replay_logs.list_checkpoints(log_dir) == [0, 1, 2, 3]
+    assert not log_dir.with_name("replay_logs.partial").exists()
