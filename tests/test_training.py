@@ -253,6 +253,12 @@ def test_cli_reports_a_bad_mgdt_data_source_in_one_line(tmp_path):
     with pytest.raises(ValueError, match="no such dataset directory"):
         loop.train(load_config(config_path), existing)
     assert existing.is_dir() and not any(existing.iterdir())
+    for name, value in (("num_steps", 0), ("log_every", 0), ("eval_every", -1)):
+        config = load_config(config_path)
+        config.train[name] = value
+        with pytest.raises(ValueError, match=rf"^config.train.{name} must be an integer >= \d, got {value}$"):
+            loop.train(config, tmp_path / name)
+        assert not (tmp_path / name).exists()
 
 
 def test_a_new_run_that_fails_after_its_first_step_keeps_its_folder(recipe_case, config_path, tmp_path):

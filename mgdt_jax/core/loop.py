@@ -92,9 +92,10 @@ def train(
 def _train(
     config: Any, workdir: Path, recipe: Recipe | None, evaluate: Evaluator | None, progress: dict[str, bool]
 ) -> TrainResult:
+    train_config = config.train
+    _check_counts(train_config)
     workdir.mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0
-    train_config = config.train
     recipe = recipe if recipe is not None else load_recipe(config)
 
     # --- Data (first, so a bad source fails before anything compiles) -----------------------------
@@ -191,6 +192,14 @@ def _train(
         checkpointer.close()
         writer.close()
     return TrainResult(workdir, first_step, last_step, checkpointer.latest_step(), preempted)
+
+
+def _check_counts(train_config: Any) -> None:
+    """ValueError (one line) for a step count no run can use: no steps to take, or no log step."""
+    for name, least in (("num_steps", 1), ("log_every", 1), ("eval_every", 0)):
+        value = getattr(train_config, name, least)
+        if not isinstance(value, int) or value < least:
+            raise ValueError(f"config.train.{name} must be an integer >= {least}, got {value!r}")
 
 
 def _check_same_recipe(checkpointer: checkpointing.Checkpointer, step: int, name: str) -> None:
