@@ -116,6 +116,22 @@ def test_ragged_episode_leaves_nothing(tmp_path, capsys):
     assert "not a readable parquet file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("kind,damage,field", [
+    ("babyai", lambda row: row["discrete_actions"].__setitem__(0, None), "discrete_actions"),
+    ("atari", lambda row: row["image_observations"].__setitem__(0, {"bytes": _png(np.zeros((64, 64, 4), np.uint8)),
+                                                                    "path": None}), "image_observations"),
+])
+def test_a_null_or_an_odd_sized_entry_is_a_one_line_error(kind, damage, field, tmp_path, capsys):
+    rows = _episodes(kind, np.random.default_rng(4), 2)
+    assert len(rows[1]["rewards"]) >= 2  # so one odd-sized image makes the episode's images ragged
+    damage(rows[1])
+    path = _write(tmp_path / "in.parquet", rows)
+    assert import_parquet.main([str(path), "--task", "t", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == f"mgdt-jat-import: error: {path} row 1: {field} entries differ in shape or hold nulls"
+    assert not any((tmp_path / "out").iterdir())
+
+
 def test_files_with_different_columns_are_refused(tmp_path, capsys):
     rng = np.random.default_rng(3)
     first = _write(tmp_path / "a.parquet", _episodes("babyai", rng, 1))

@@ -52,15 +52,16 @@ def _episode(row: dict, names: tuple[str, ...], where: str) -> rlds.Episode:
         values = row[name]
         if values is None:
             raise rlds.DatasetError(f"{where}: {name} is null")
-        if name == "image_observations":
-            columns[name] = np.stack([_decode_image(value, where) for value in values]) if values else np.zeros((0,))
-        elif name == "text_observations":
+        if name == "text_observations":
             columns[name] = [str(value) for value in values]
-        else:
-            try:
+            continue
+        try:
+            if name == "image_observations":
+                columns[name] = np.stack([_decode_image(value, where) for value in values]) if values else np.zeros((0,))
+            else:
                 columns[name] = np.asarray(values, jat_fields.FIELDS[name].dtype)
-            except ValueError:
-                raise rlds.DatasetError(f"{where}: {name} rows differ in length") from None
+        except (ValueError, TypeError):  # ragged rows, or a null inside a row
+            raise rlds.DatasetError(f"{where}: {name} entries differ in shape or hold nulls") from None
     lengths = {name: len(column) for name, column in columns.items()}
     if len(set(lengths.values())) != 1 or not lengths["rewards"]:
         raise rlds.DatasetError(f"{where}: fields need one entry per step and at least one step, got lengths {lengths}")
@@ -71,13 +72,17 @@ def _episode(row: dict, names: tuple[str, ...], where: str) -> rlds.Episode:
 
 
 def _rows(path: Path) -> Iterator[tuple[dict, int]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     index = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=16):
-        for row in batch.to_pylist():
-            yield row, index
-            index += 1
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=16):
+            for row in batch.to_pylist():
+                yield row, index
+                index += 1
+    except pa.ArrowException as error:  # a damaged data page: the schema read, the rows do not
+        raise rlds.DatasetError(f"{path}: row {index}: unreadable ({error})") from None
 
 
 def _columns(path: Path) -> tuple[str, ...]:
