@@ -2,6 +2,7 @@
 with them, resuming, and its one-line errors."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -138,6 +139,14 @@ def test_cli_errors_are_one_line(recorded, capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "atari-pong: unknown task" in err
     assert not any(tmp_path.iterdir())
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out / "babyai-go-to-local", damaged / "babyai-go-to-local")
+    (damaged / "babyai-go-to-local" / "references.json").write_text("{not json")
+    assert record.main(["babyai-go-to-local", "--episodes", "6", "--random-episodes", "6", "--seed", "3",
+                        "--out", str(damaged)]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert err.startswith(f"mgdt-jat-record: error: {damaged / 'babyai-go-to-local'}: "
+                                                    "recorded, but its summary or references are unreadable (")
 
 
 def test_cli_records_and_prints_a_summary(tmp_path, capsys):

@@ -128,9 +128,13 @@ def record_task(task: tasks.Task, out_dir: Path, episodes: int, seed: int = 0,
     job = _job(task, episodes, random_episodes, seed)
     final = out_dir / task.name
     if recorded(out_dir, task, job):
-        metadata = json.loads((final / rlds.METADATA_FILE).read_text())
-        return {**metadata["summary"], "references": jat_references.load(final).to_json(), "resumed": True,
-                "played_steps": 0}
+        try:
+            summary = json.loads((final / rlds.METADATA_FILE).read_text())["summary"]
+            references = jat_references.load(final).to_json()
+        except (OSError, ValueError, KeyError) as error:  # jat_references.ReferenceError is a ValueError
+            raise RecordError(f"{final}: recorded, but its summary or references are unreadable ({error}); "
+                              f"remove it to record {task.name} again") from None
+        return {**summary, "references": references, "resumed": True, "played_steps": 0}
     partial = out_dir / f"{task.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     started = time.perf_counter()
