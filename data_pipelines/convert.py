@@ -93,9 +93,13 @@ def _shard_report_path(out_dir: Path, task: ShardTask) -> Path:
 
 
 def shard_report(out_dir: Path, task: ShardTask) -> dict | None:
-    """The report written with a shard, if the shard was written."""
-    report_path = _shard_report_path(out_dir, task)
-    return json.loads(report_path.read_text()) if report_path.exists() else None
+    """The report written with a shard, if the shard was written; None for a damaged report too,
+    so the shard is converted again."""
+    try:
+        report = json.loads(_shard_report_path(out_dir, task).read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and "status" in report else None
 
 
 def completed_shard(out_dir: Path, task: ShardTask) -> dict | None:
@@ -103,7 +107,7 @@ def completed_shard(out_dir: Path, task: ShardTask) -> dict | None:
     report = shard_report(out_dir, task)
     path = shard_path(out_dir, task)
     if report is None or report["status"] != "converted" or not path.exists() \
-            or path.stat().st_size != report["num_bytes"]:
+            or path.stat().st_size != report.get("num_bytes"):
         return None
     return report
 
@@ -166,7 +170,11 @@ def prepare_output(out_dir: Path, tasks: list[ShardTask], max_episode_steps: int
            "shards": [[t.game, t.run, t.checkpoint] for t in tasks]}
     job_path = out_dir / PROGRESS_DIR / "job.json"
     if job_path.exists():
-        if json.loads(job_path.read_text()) != job:
+        try:
+            previous = json.loads(job_path.read_text())
+        except (OSError, ValueError) as error:
+            raise ConversionError(f"{job_path}: unreadable ({error}); choose an empty --out") from None
+        if previous != job:
             raise ConversionError(f"{out_dir}: holds a conversion of other logs or options "
                                   f"({job_path} differs); choose an empty --out")
         return

@@ -106,12 +106,20 @@ def test_rerun_converts_only_missing_shards(logs, tmp_path, capsys):
     with pytest.raises(Exception):
         tfds.builder_from_directory(out)
     bad.write_bytes(good)
+    job = out / convert.PROGRESS_DIR / "job.json"
+    job_text = job.read_text()
+    job.write_text("{cut")
+    code, _, err = _run(capsys, "--logs", logs, "--out", out)
+    assert code == 1 and err.strip().startswith(f"mgdt-convert: error: {job}: unreadable (") and "\n" not in err.strip()
+    job.write_text(job_text)
+    first_report = sorted((out / convert.PROGRESS_DIR).glob("00000_*.json"))[0]
+    first_report.write_text("{cut")  # a damaged shard report: that shard is converted again
     code, summary, _ = _run(capsys, "--logs", logs, "--out", out)
     assert code == 0 and summary.count("\n") == 1 and f"into 8 shards at {out}" in summary
     shards = json.loads((out / convert.REPORT_FILE).read_text())["shards"]
-    # Breakout's shards were complete; the first run stopped at Pong's checkpoint 0, whose only
-    # episode runs on into the broken checkpoint 2.
-    assert [bool(s.get("resumed")) for s in shards] == [True] * 4 + [False] * 4
+    # Breakout's shards were complete but for the damaged report; the first run stopped at Pong's
+    # checkpoint 0, whose only episode runs on into the broken checkpoint 2.
+    assert [bool(s.get("resumed")) for s in shards] == [False] + [True] * 3 + [False] * 4
     assert len(_episodes(out)) == 7
     assert sum(part.episodes for part in step_store.open_index(out).parts) == 7
 
