@@ -124,6 +124,12 @@ def test_cli_marks_terminal_episodes(tmp_path, capsys):
     (["--env", "darkroom", "--source", "q_learning", "--num-train", 70], "overlaps (only 81 tasks exist)"),
     (["--env", "darkroom", "--source", "q_learning", "--param", "alpha=1"], "unknown setting(s) ['alpha']"),
     (["--env", "darkroom", "--source", "q_learning", "--param", "epsilon"], "expected KEY=VALUE"),
+    (["--env", "darkroom", "--source", "q_learning", "--param", "learning_rate=nan"],
+     "source q_learning: learning_rate nan is outside (0, 1]"),
+    (["--env", "bandit", "--source", "thompson", "--param", "prior_alpha=-1"],
+     "source thompson: prior_alpha -1.0 is outside (0, inf)"),
+    (["--env", "darkroom", "--source", "ad_epsilon", "--param", "start_epsilon=1.5"],
+     "source ad_epsilon: start_epsilon 1.5 is outside [0, 1]"),
 ])
 def test_cli_bad_requests_fail_with_one_line_and_write_nothing(tmp_path, capsys, args, message):
     code, _, err = _cli(capsys, *args, "--episodes", 2, "--out", tmp_path / "out")

@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -96,8 +96,13 @@ def argmax_random_ties(key: jax.Array, values: jax.Array) -> jax.Array:
 class _Base:
     """Defaults for the hooks a source does not need; config() lists the dataclass fields."""
 
+    # Each numeric setting's interval, e.g. "(0, 1]": a value outside it (NaN included) is refused.
+    intervals: ClassVar[dict[str, str]] = {}
+
     def check(self, env: Environment) -> None:
-        pass
+        for name, interval in self.intervals.items():
+            if not _within(float(getattr(self, name)), interval):
+                raise SourceError(f"source {self.name}: {name} {getattr(self, name)!r} is outside {interval}")
 
     def observe(self, env: Environment, agent: AgentState, transition: Transition) -> AgentState:
         return agent
@@ -107,6 +112,14 @@ class _Base:
 
     def config(self) -> dict:
         return {"name": self.name, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+
+
+def _within(value: float, interval: str) -> bool:
+    """Whether ``value`` lies in ``interval``, written "[low, high)" and the like (NaN never does)."""
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    return above and below
 
 
 def _check_bandit(source: Source, env: Environment) -> None:
@@ -126,8 +139,10 @@ class ThompsonSampling(_Base):
     prior_beta: float = 1.0
 
     name = "thompson"
+    intervals = {"prior_alpha": "(0, inf)", "prior_beta": "(0, inf)"}
 
     def check(self, env: Environment) -> None:
+        super().check(env)
         _check_bandit(self, env)
 
     def init(self, env, task, key, num_steps) -> BetaCounts:
@@ -154,8 +169,10 @@ class UCB1(_Base):
     exploration: float = 2.0  # c in sqrt(c ln t / n); 2 is Auer et al.'s UCB1
 
     name = "ucb1"
+    intervals = {"exploration": "[0, inf)"}
 
     def check(self, env: Environment) -> None:
+        super().check(env)
         _check_bandit(self, env)
 
     def init(self, env, task, key, num_steps) -> ArmStatistics:
@@ -182,6 +199,7 @@ class QLearning(_Base):
     initial_value: float = 1.0  # optimistic: unvisited actions look worth trying
 
     name = "q_learning"
+    intervals = {"learning_rate": "(0, 1]", "discount": "[0, 1]", "epsilon": "[0, 1]", "initial_value": "(-inf, inf)"}
 
     def init(self, env, task, key, num_steps) -> jax.Array:
         return jnp.full((env.num_observations, env.num_actions), self.initial_value, jnp.float32)
@@ -213,6 +231,8 @@ class ActorCritic(_Base):
     value_coef: float = 0.5
 
     name = "a2c"
+    intervals = {"learning_rate": "(0, inf)", "discount": "[0, 1]", "gae_lambda": "[0, 1]",
+                 "entropy_coef": "[0, inf)", "value_coef": "[0, inf)"}
 
     def _optimizer(self) -> optax.GradientTransformation:
         return optax.adam(self.learning_rate)
@@ -259,6 +279,8 @@ class NoiseDistillation(_Base):
     anneal_fraction: float = 0.9
     source_name: str = "ad_epsilon"
 
+    intervals = {"start_epsilon": "[0, 1]", "final_epsilon": "[0, 1]", "anneal_fraction": "(0, 1]"}
+
     @property
     def name(self) -> str:
         return self.source_name
@@ -267,11 +289,6 @@ class NoiseDistillation(_Base):
         """The noise level at a step of the history (module doc)."""
         progress = jnp.minimum(step / jnp.maximum(self.anneal_fraction * num_steps, 1.0), 1.0)
         return self.start_epsilon + (self.final_epsilon - self.start_epsilon) * progress
-
-    def check(self, env: Environment) -> None:
-        if not (0.0 <= self.final_epsilon <= 1.0 and 0.0 <= self.start_epsilon <= 1.0
-                and 0.0 < self.anneal_fraction <= 1.0):
-            raise SourceError(f"source {self.name}: epsilons must be in [0, 1] and anneal_fraction in (0, 1]")
 
     def init(self, env, task, key, num_steps) -> NoisyDemonstratorState:
         return NoisyDemonstratorState(task, jnp.int32(0), jnp.int32(num_steps))
