@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         "target_return": args.target_return,
         "mask_episode_start": None if args.episode_start is None else args.episode_start == "mask",
     }
-    sampling = sampling_preset(args.mode, **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        sampling = sampling_preset(args.mode, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as error:
+        parser.error(str(error))
     protocol = actor.PROTOCOLS[args.protocol]
     if args.max_episode_frames is not None:
         protocol = dataclasses.replace(protocol, max_episode_frames=args.max_episode_frames)

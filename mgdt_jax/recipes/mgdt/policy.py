@@ -52,6 +52,11 @@ class SamplingConfig:
     action_inverse_temperature: float = 1.0
     mask_episode_start: bool = True  # False: pad with blank frames marked real, as the notebook does
 
+    def __post_init__(self) -> None:
+        for name in ("kappa", "target_return", "return_inverse_temperature", "action_inverse_temperature"):
+            if not np.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+
 
 _PRESETS: dict[str, SamplingConfig] = {
     "expert": SamplingConfig(mode="expert"),
