@@ -15,6 +15,7 @@ import pytest
 from data_pipelines import ad_histories
 from mgdt_jax import envs
 from mgdt_jax.cli import ad_eval
+from mgdt_jax.recipes.ad import evaluate as ad_evaluate
 from mgdt_jax.recipes.ad.recipe import ADRecipe
 from experiments import ad_bandit, ad_darkroom, ad_key_to_door
 
@@ -82,7 +83,9 @@ def test_eval_refuses_an_overlapping_split_and_other_runs_in_one_line(trained, t
     assert "'mgdt' recipe" in bad_eval(capsys, "--workdir", moved, "--out", tmp_path / "r2")
     assert "no config.json" in bad_eval(capsys, "--workdir", tmp_path / "nothing", "--out", tmp_path / "r3")
     assert "unknown source" in bad_eval(capsys, "--workdir", workdir, "--baselines", "sarsa", "--out", tmp_path / "r4")
-    assert "needs a bandit" in bad_eval(capsys, "--workdir", workdir, "--baselines", "ucb1", "--out", tmp_path / "r5")
+    with pytest.MonkeyPatch.context() as patch:  # refused before any (long) in-context evaluation
+        patch.setattr(ad_evaluate, "evaluate_in_context", lambda *args, **kwargs: pytest.fail("evaluated first"))
+        assert "needs a bandit" in bad_eval(capsys, "--workdir", workdir, "--baselines", "ucb1", "--out", tmp_path / "r5")
     assert not (tmp_path / "r1" / "report.json").exists()
 
 

@@ -321,6 +321,12 @@ def compare(ad_workdir: str | Path, out_dir: str | Path, *, ed_workdir: str | Pa
     train_ids = training_task_ids(recipe) if train_task_ids is None else train_task_ids
     if fault := overlap_error(str(ad_workdir), train_ids, heldout_ids):
         raise ValueError(fault)
+    for source in baselines:  # every input checked before the first (long) evaluation
+        source.check(env)
+    if ed_workdir is not None:
+        ed_recipe, ed_model, _ = load_trained(ed_workdir)
+        if ed_recipe.env.name != env.name:
+            raise ValueError(f"{ed_workdir}: an ED run on {ed_recipe.env.name!r}, and the AD run is on {env.name!r}")
     num_episodes = episodes or in_context_episodes(env, recipe.evaluation)
     regret = regret_function(env)
     runs = [evaluate_in_context(model, env, tasks, num_episodes=num_episodes, seed=seed, greedy=greedy,
@@ -328,9 +334,6 @@ def compare(ad_workdir: str | Path, out_dir: str | Path, *, ed_workdir: str | Pa
     for source in baselines:
         runs.append(source_run(env, source, tasks, num_episodes=num_episodes, seed=seed, regret=regret))
     if ed_workdir is not None:
-        ed_recipe, ed_model, _ = load_trained(ed_workdir)
-        if ed_recipe.env.name != env.name:
-            raise ValueError(f"{ed_workdir}: an ED run on {ed_recipe.env.name!r}, and the AD run is on {env.name!r}")
         runs += [evaluate_in_context(ed_model, env, tasks, num_episodes=num_episodes, seed=seed, greedy=greedy,
                                      regret=regret, name=f"ED {'argmax' if greedy else 'sample'}") for greedy in (False, True)]
     settings = {"env": env.name, "tasks": int(heldout_ids.shape[0]), "episodes": num_episodes,
