@@ -148,3 +148,10 @@ def test_an_interrupted_recording_leaves_no_logs_that_look_finished(tmp_path, mo
     result = record.record("Pong", steps=60, out=tmp_path, capacity=20, progress=False)  # a rerun starts over
     assert result.log_dir == log_dir and replay_logs.list_checkpoints(log_dir) == [0, 1, 2, 3]
     assert not log_dir.with_name("replay_logs.partial").exists()
+
+
+def test_a_capacity_beyond_memory_is_refused_in_one_line(tmp_path, capsys):
+    assert record.main(["--game", "Pong", "--steps", "10", "--capacity", "1000000000", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("mgdt-record: error: capacity 1000000000 needs 6") and error.endswith("lower the capacity")
+    assert not any(tmp_path.rglob("*.gz"))
