@@ -71,6 +71,9 @@ def discover_shards(logs_dir: Path) -> list[ShardTask]:
             raise ConversionError(f"{game_dir}: {error}") from None
         for run_dir in sorted(game_dir.iterdir(), key=lambda p: p.name):
             log_dir = run_dir / "replay_logs"
+            if run_dir.name.isdigit() and not log_dir.exists() and (run_dir / "replay_logs.partial").is_dir():
+                raise ConversionError(f"{run_dir}: holds an interrupted mgdt-record (replay_logs.partial/); "
+                                      "rerun that recording or remove the run")
             if not run_dir.name.isdigit() or not log_dir.is_dir():
                 raise ConversionError(f"{run_dir}: expected a run number holding replay_logs/")
             try:

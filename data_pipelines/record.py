@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -89,6 +90,26 @@ def make_environment(game: str, sticky_actions: float, max_episode_steps: int):
     return AtariPreprocessing(env, noop_max=0, frame_skip=4, screen_size=84, terminal_on_life_loss=False)
 
 
+def available_memory() -> int:
+    """Bytes this process can still take: Linux's MemAvailable, lowered to a cgroup's (container's)
+    memory limit less its usage where one is set; all physical memory where neither can be read."""
+    limits = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                limits.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    try:
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            limits.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 @dataclasses.dataclass
 class RecordReport:
     log_dir: Path
@@ -120,6 +141,13 @@ def record(game: str, steps: int, out: Path, run: int = 1, capacity: int = repla
     log_dir = Path(out) / game / str(run) / "replay_logs"
     if log_dir.is_dir() and any(log_dir.iterdir()):
         raise FileExistsError(f"{log_dir}: already holds replay logs; choose another --run or --out")
+    if log_dir.exists() and not log_dir.is_dir():
+        raise FileExistsError(f"{log_dir}: exists and is not a directory")
+    # The buffer's arrays take memory only for rows written: at most capacity, fewer for a short run.
+    needed = min(capacity, steps + replay_logs.PADDING_ROWS) * replay_logs.ROW_BYTES
+    if needed > (available := available_memory()):
+        raise ValueError(f"capacity {capacity} needs {needed / 2**30:.1f} GiB for its rows and "
+                         f"{available / 2**30:.1f} GiB are available: lower the capacity")
     env = make_environment(game, sticky_actions, max_episode_steps)
     try:
         inner = POLICIES[policy](game, seed, env.unwrapped.ale)
@@ -189,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
                         args.sticky_actions, args.policy, args.seed, layout=args.layout, epsilon=args.epsilon)
     except (ValueError, OSError) as error:  # unknown game/policy/schedule, existing logs, unwritable --out
         print(f"mgdt-record: error: {error}", file=sys.stderr)
+        return 2
+    except MemoryError:  # the address space, not the free memory checked above, refused the buffer
+        print(f"mgdt-record: error: capacity {args.capacity}: cannot allocate its buffer of "
+              f"{args.capacity * replay_logs.ROW_BYTES / 2**30:.1f} GiB; lower the capacity", file=sys.stderr)
         return 2
     print(f"recorded {report.steps} steps ({report.episodes_finished} finished episodes, "
           f"{report.checkpoints} checkpoints) to {report.log_dir}")

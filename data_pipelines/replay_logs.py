@@ -85,6 +85,7 @@ STORE_DTYPES = {
     "reward": np.dtype(np.float32),
     "terminal": np.dtype(np.uint8),
 }
+ROW_BYTES = sum(dtype.itemsize * (FRAME_BYTES if name == "observation" else 1) for name, dtype in STORE_DTYPES.items())
 _FILE_NAMES = tuple(f"$store$_{name}" for name in STORE_DTYPES) + ("add_count", "invalid_range")
 _SUFFIX_PATTERN = re.compile(r"^(?P<name>.+)_ckpt\.(?P<suffix>\d+)\.gz$")
 
@@ -117,17 +118,6 @@ def _invalid_range(cursor: int, capacity: int) -> np.ndarray:
     return np.array([(cursor - 1 + i) % capacity for i in range(_INVALID_RANGE_SIZE)], dtype=np.int64)
 
 
-def _available_memory() -> int:
-    """Bytes the system can give without swapping (Linux's MemAvailable; all RAM elsewhere)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 class LoggedReplayBuffer:
     """A circular buffer that dumps itself like batch_rl's logged buffer over Dopamine's add() of
     the given layout (see the module docstring).
@@ -142,11 +132,6 @@ class LoggedReplayBuffer:
             raise ValueError(f"capacity {capacity} is too small: at least {PADDING_ROWS + 2} rows")
         if layout not in LAYOUTS:
             raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
-        needed = capacity * sum(np.dtype(dtype).itemsize * (np.prod(FRAME_SHAPE) if name == "observation" else 1)
-                                for name, dtype in STORE_DTYPES.items())
-        if needed > (available := _available_memory()):
-            raise ValueError(f"capacity {capacity} needs {needed / 2**30:.1f} GiB for its rows and "
-                             f"{available / 2**30:.1f} GiB are available: lower the capacity")
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.capacity = capacity

@@ -226,6 +226,20 @@ def test_import_command_writes_a_workdir_mgdt_eval_loads(released_pickle, tmp_pa
     assert sorted(path.name for path in (other / "checkpoints").iterdir()) == ["1000"]
 
 
+def test_a_failed_import_removes_the_workdir_it_created_only(released_pickle, tmp_path, monkeypatch, capsys):
+    def disk_full(*args):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(import_cli, "save_params", disk_full)
+    assert import_cli.main(["--pickle", str(released_pickle), "--workdir", str(tmp_path / "new")]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    mine = tmp_path / "mine"  # a folder the user made is kept, with what the import wrote in it
+    mine.mkdir()
+    assert import_cli.main(["--pickle", str(released_pickle), "--workdir", str(mine)]) == 1
+    assert mine.is_dir()
+
+
 def test_import_refuses_a_step_holding_an_incomplete_checkpoint(released_pickle, half_write, tmp_path, capsys):
     workdir = tmp_path / "released"
     assert import_cli.main(["--pickle", str(released_pickle), "--workdir", str(workdir)]) == 0

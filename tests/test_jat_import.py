@@ -116,20 +116,37 @@ def test_ragged_episode_leaves_nothing(tmp_path, capsys):
     assert "not a readable parquet file" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("kind,damage,field", [
-    ("babyai", lambda row: row["discrete_actions"].__setitem__(0, None), "discrete_actions"),
+@pytest.mark.parametrize("kind,damage,fault", [
+    ("babyai", lambda row: row["discrete_actions"].__setitem__(0, None), "discrete_actions holds a null entry"),
+    ("metaworld", lambda row: row["rewards"].__setitem__(1, None), "rewards holds a null entry"),
+    ("metaworld", lambda row: row["continuous_observations"][1].__setitem__(3, None),
+     "continuous_observations holds a null entry"),
     ("atari", lambda row: row["image_observations"].__setitem__(0, {"bytes": _png(np.zeros((64, 64, 4), np.uint8)),
-                                                                    "path": None}), "image_observations"),
+                                                                    "path": None}),
+     "image_observations entries differ in shape"),
+    ("atari", lambda row: row["image_observations"].__setitem__(1, {"bytes": b"not a png", "path": None}),
+     "image_observations entry is not a decodable image"),
 ])
-def test_a_null_or_an_odd_sized_entry_is_a_one_line_error(kind, damage, field, tmp_path, capsys):
+def test_a_null_or_an_odd_entry_is_a_one_line_error(kind, damage, fault, tmp_path, capsys):
     rows = _episodes(kind, np.random.default_rng(4), 2)
     assert len(rows[1]["rewards"]) >= 2  # so one odd-sized image makes the episode's images ragged
     damage(rows[1])
     path = _write(tmp_path / "in.parquet", rows)
     assert import_parquet.main([str(path), "--task", "t", "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.splitlines()[-1]
-    assert err == f"mgdt-jat-import: error: {path} row 1: {field} entries differ in shape or hold nulls"
+    assert err == f"mgdt-jat-import: error: {path} row 1: {fault}"
     assert not any((tmp_path / "out").iterdir())
+
+
+def test_a_damaged_data_page_is_a_one_line_error(tmp_path, capsys):
+    path = _write(tmp_path / "in.parquet", _episodes("metaworld", np.random.default_rng(5), 3))
+    data = bytearray(path.read_bytes())
+    data[8:200] = b"\xff" * 192  # the first data pages; the footer with the schema stays readable
+    path.write_bytes(bytes(data))
+    assert import_parquet.main([str(path), "--task", "t", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(f"mgdt-jat-import: error: {path}: row 0: unreadable (") and err.endswith(")")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_files_with_different_columns_are_refused(tmp_path, capsys):

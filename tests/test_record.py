@@ -144,6 +144,8 @@ def test_an_interrupted_recording_leaves_no_logs_that_look_finished(tmp_path, mo
     log_dir = tmp_path / "Pong" / "1" / "replay_logs"
     assert not log_dir.exists()
     assert replay_logs.list_checkpoints(log_dir.with_name("replay_logs.partial")) == [0, 1]
+    with pytest.raises(convert.ConversionError, match="1: holds an interrupted mgdt-record"):
+        convert.discover_shards(tmp_path)
     monkeypatch.setattr(replay_logs.LoggedReplayBuffer, "add", add)
     result = record.record("Pong", steps=60, out=tmp_path, capacity=20, progress=False)  # a rerun starts over
     assert result.log_dir == log_dir and replay_logs.list_checkpoints(log_dir) == [0, 1, 2, 3]
@@ -151,7 +153,8 @@ def test_an_interrupted_recording_leaves_no_logs_that_look_finished(tmp_path, mo
 
 
 def test_a_capacity_beyond_memory_is_refused_in_one_line(tmp_path, capsys):
-    assert record.main(["--game", "Pong", "--steps", "10", "--capacity", "1000000000", "--out", str(tmp_path)]) == 2
+    args = ["--game", "Pong", "--capacity", "1000000000", "--out", str(tmp_path)]
+    assert record.main([*args, "--steps", "1000000000"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("mgdt-record: error: capacity 1000000000 needs 6") and error.endswith("lower the capacity")
     assert not any(tmp_path.rglob("*.gz"))

@@ -46,22 +46,27 @@ def _decode_image(value, where: str) -> np.ndarray:
     return image[..., [2, 1, 0, 3][:image.shape[-1]]]  # OpenCV's BGR(A) -> RGB(A)
 
 
+def _holds_null(values: list) -> bool:
+    return any(value is None or (isinstance(value, list) and _holds_null(value)) for value in values)
+
+
 def _episode(row: dict, names: tuple[str, ...], where: str) -> rlds.Episode:
     columns = {}
     for name in names:
         values = row[name]
         if values is None:
             raise rlds.DatasetError(f"{where}: {name} is null")
+        if _holds_null(values):  # NumPy would read a null as NaN, or "None" as text
+            raise rlds.DatasetError(f"{where}: {name} holds a null entry")
         if name == "text_observations":
             columns[name] = [str(value) for value in values]
             continue
+        if name == "image_observations":
+            values = [_decode_image(value, where) for value in values]
         try:
-            if name == "image_observations":
-                columns[name] = np.stack([_decode_image(value, where) for value in values]) if values else np.zeros((0,))
-            else:
-                columns[name] = np.asarray(values, jat_fields.FIELDS[name].dtype)
-        except (ValueError, TypeError):  # ragged rows, or a null inside a row
-            raise rlds.DatasetError(f"{where}: {name} entries differ in shape or hold nulls") from None
+            columns[name] = np.asarray(values, jat_fields.FIELDS[name].dtype)
+        except ValueError:
+            raise rlds.DatasetError(f"{where}: {name} entries differ in shape") from None
     lengths = {name: len(column) for name, column in columns.items()}
     if len(set(lengths.values())) != 1 or not lengths["rewards"]:
         raise rlds.DatasetError(f"{where}: fields need one entry per step and at least one step, got lengths {lengths}")
@@ -81,8 +86,8 @@ def _rows(path: Path) -> Iterator[tuple[dict, int]]:
             for row in batch.to_pylist():
                 yield row, index
                 index += 1
-    except pa.ArrowException as error:  # a damaged data page: the schema read, the rows do not
-        raise rlds.DatasetError(f"{path}: row {index}: unreadable ({error})") from None
+    except (OSError, pa.ArrowException) as error:  # a damaged data page: the schema read, the rows do not
+        raise rlds.DatasetError(f"{path}: row {index}: unreadable ({str(error).splitlines()[0]})") from None
 
 
 def _columns(path: Path) -> tuple[str, ...]:
@@ -92,7 +97,7 @@ def _columns(path: Path) -> tuple[str, ...]:
     try:
         names = pq.read_schema(path).names
     except (OSError, pa.ArrowException) as error:
-        raise rlds.DatasetError(f"{path}: not a readable parquet file ({error})") from None
+        raise rlds.DatasetError(f"{path}: not a readable parquet file ({str(error).splitlines()[0]})") from None
     return jat_fields.check_fields(names, str(path))
 
 

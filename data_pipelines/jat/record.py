@@ -131,7 +131,7 @@ def record_task(task: tasks.Task, out_dir: Path, episodes: int, seed: int = 0,
         try:
             summary = json.loads((final / rlds.METADATA_FILE).read_text())["summary"]
             references = jat_references.load(final).to_json()
-        except (OSError, ValueError, KeyError) as error:  # jat_references.ReferenceError is a ValueError
+        except (OSError, ValueError, KeyError, TypeError) as error:  # ReferenceError is a ValueError
             raise RecordError(f"{final}: recorded, but its summary or references are unreadable ({error}); "
                               f"remove it to record {task.name} again") from None
         return {**summary, "references": references, "resumed": True, "played_steps": 0}

@@ -14,6 +14,8 @@ def check_out_dir(out: Path) -> None:
     Raises OSError (one line, naming the path) when ``out`` is not a directory, holds a finished
     report (which the run would replace: another shard's or an earlier run's), or cannot be created.
     """
+    if out.is_symlink() and not out.exists():
+        raise OSError(f"--out {out}: a symlink to nothing")
     if out.exists():
         if not out.is_dir():
             raise OSError(f"--out {out}: exists and is not a directory")
