@@ -300,9 +300,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main_from_tfds(source: Path, out: Path) -> int:
     try:
-        converted = tfds_format.convert_to_array_record(source, out)
-        for done in converted:
-            step_store.build_index(done.out)  # what training reads; the shards stay the dataset of record
+        # The window index is what training reads; the shards stay the dataset of record.
+        converted = tfds_format.convert_to_array_record(source, out, lambda done: step_store.build_index(done.out))
     except (tfds_format.TfdsFormatError, DataError, OSError) as error:
         print(f"mgdt-convert: error: {error}", file=sys.stderr)
         return 1

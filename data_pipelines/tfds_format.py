@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
@@ -54,8 +55,11 @@ def find_version_dirs(source: Path) -> list[Path]:
     return found
 
 
-def convert_to_array_record(source: Path, out: Path) -> list[Converted]:
-    """Every TFRecord dataset in or below `source` -> the same relative path under `out`.
+def convert_to_array_record(source: Path, out: Path,
+                            on_converted: Callable[[Converted], None] = lambda converted: None) -> list[Converted]:
+    """Every TFRecord dataset in or below `source` -> the same relative path under `out`, calling
+    `on_converted` on each as it is done (so what follows a conversion is not left undone for the
+    earlier datasets when a later one fails).
 
     Raises TfdsFormatError for a dataset that is not TFRecord (array_record already, or another
     format), unreadable metadata or shards, a shard with another number of records than its
@@ -67,7 +71,11 @@ def convert_to_array_record(source: Path, out: Path) -> list[Converted]:
     for _, out_dir in plan:
         if (out_dir / DATASET_INFO).exists():
             raise TfdsFormatError(f"{out_dir}: already holds a dataset; choose another --out")
-    return [_convert_version_dir(info, version_dir, out_dir) for info, (version_dir, out_dir) in zip(infos, plan)]
+    converted = []
+    for info, (version_dir, out_dir) in zip(infos, plan):
+        converted.append(_convert_version_dir(info, version_dir, out_dir))
+        on_converted(converted[-1])
+    return converted
 
 
 def _read_info(version_dir: Path):

@@ -318,3 +318,16 @@ def test_from_tfds_bad_input_fails_with_one_line(rlds_dataset_dir, tmp_path, cap
     assert code == 1 and err.startswith("mgdt-convert: error: ") and expected in err
     if case != "out holds a dataset":
         assert not list(out.rglob("dataset_info.json"))  # nothing that looks like a dataset
+
+
+def test_from_tfds_indexes_each_dataset_as_it_is_converted(rlds_dataset_dir, tmp_path, capsys):
+    data = tmp_path / "tensorflow_datasets"
+    _write_tfrecord_copy(rlds_dataset_dir, data / "a")
+    _write_tfrecord_copy(rlds_dataset_dir, data / "b")
+    shard = sorted((data / "b").glob("*.tfrecord-00003-of-00008"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])
+    code, _, err = _run(capsys, "--from-tfds", data, "--out", tmp_path / "out")
+    assert code == 1 and f"{shard}: unreadable (" in err
+    # The dataset converted before the failure is whole: shards, metadata and the index training reads.
+    assert (tmp_path / "out" / "a" / step_store.INDEX_DIR / step_store.MANIFEST).exists()
+    assert not (tmp_path / "out" / "b" / "dataset_info.json").exists()
