@@ -28,7 +28,7 @@ from mgdt_jax.core.recipe import load_recipe
 from mgdt_jax.core import loop
 from mgdt_jax.core.metric_writer import METRICS_FILE, TENSORBOARD_DIR
 from mgdt_jax.core.train_step import Trainer
-from tests.recipe_cases import MGDT_CONFIG_FILE
+from tests.recipe_cases import CASES, MGDT_CONFIG_FILE
 
 NUM_STEPS = 24
 CHECKPOINT_EVERY = 6
@@ -261,10 +261,10 @@ def test_cli_reports_a_bad_mgdt_data_source_in_one_line(tmp_path):
         assert not (tmp_path / name).exists()
 
 
-def test_a_new_run_that_fails_after_its_first_step_keeps_its_folder(recipe_case, config_path, tmp_path):
-    if recipe_case.name != "ad":
-        pytest.skip("the loop's behaviour, the same for every recipe: the fastest one checks it")
-    config = load_config(config_path)
+def test_a_new_run_that_fails_after_its_first_step_keeps_its_folder(request, tmp_path):
+    path = tmp_path / "tiny_ad.py"  # the loop's behaviour, the same for every recipe: the fastest checks it
+    path.write_text(CASES["ad"].config_file(request, num_steps=NUM_STEPS, checkpoint_every=CHECKPOINT_EVERY))
+    config = load_config(path)
     config.optimizer.learning_rate = float("inf")
     with pytest.raises(loop.TrainingDiverged):
         loop.train(config, tmp_path / "new")
