@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPORT_FILE = "report.json"  # every evaluation CLI's report, written last: its presence marks a finished report
-
-
-def check_out_dir(out: Path) -> None:
+def check_out_dir(out: Path, report_name: str) -> None:
     """Checks an evaluation CLI's ``--out`` before any playing, so a bad path costs no scores.
 
+    ``report_name`` is the recipe's report file, written last: its presence marks a finished report.
     Raises OSError (one line, naming the path) when ``out`` is not a directory, holds a finished
     report (which the run would replace: another shard's or an earlier run's), or cannot be created.
     """
@@ -19,8 +17,8 @@ def check_out_dir(out: Path) -> None:
     if out.exists():
         if not out.is_dir():
             raise OSError(f"--out {out}: exists and is not a directory")
-        if (out / REPORT_FILE).exists():
-            raise OSError(f"--out {out}: already holds a report ({REPORT_FILE}); choose another directory or remove it")
+        if (out / report_name).exists():
+            raise OSError(f"--out {out}: already holds a report ({report_name}); choose another directory or remove it")
         return
     parent = out.absolute().parent
     while not parent.exists():

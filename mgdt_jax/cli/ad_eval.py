@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from mgdt_jax.recipes.ad import evaluate, sources
 
     try:
-        check_out_dir(args.out)
+        check_out_dir(args.out, evaluate.REPORT_JSON)
         baselines = [sources.make_source(name.strip()) for name in args.baselines.split(",") if name.strip()]
         report = evaluate.compare(args.workdir, args.out, ed_workdir=args.ed_workdir, baselines=baselines,
                                   episodes=args.episodes, seed=args.seed)

@@ -30,7 +30,7 @@ from pathlib import Path
 import ml_collections
 from absl import logging
 
-from data_pipelines import convert, experts, record
+from data_pipelines import convert, experts, record, rlds_writer
 from experiments import tiny
 from mgdt_jax.recipes.mgdt import actor
 from mgdt_jax.envs import atari
@@ -81,9 +81,7 @@ def check_settings(workdir: Path, settings: dict[str, object]) -> None:
             raise ValueError(f"{workdir} holds a demo recorded with other settings ({changed}): use another --workdir")
         return
     workdir.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(settings, indent=1) + "\n")
-    partial.replace(path)
+    rlds_writer.write_json(path, settings)
 
 
 def train_config(dataset_dir: Path, train_steps: int) -> ml_collections.ConfigDict:

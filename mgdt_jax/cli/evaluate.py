@@ -20,6 +20,7 @@ from mgdt_jax.envs import atari
 from mgdt_jax.core.checkpointing import CheckpointError
 from mgdt_jax.recipes.mgdt.evaluate import evaluate, load_model, resolve_games
 from mgdt_jax.recipes.mgdt.policy import SAMPLING_MODES, sampling_preset
+from mgdt_jax.recipes.mgdt.report import REPORT_JSON
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_episode_frames is not None:
         protocol = dataclasses.replace(protocol, max_episode_frames=args.max_episode_frames)
     try:
-        check_out_dir(args.out)
+        check_out_dir(args.out, REPORT_JSON)
         games = resolve_games(args.suite, args.games.split(",") if args.games else None)
         shard_index, shard_count = args.shard
         games = games[shard_index::shard_count]

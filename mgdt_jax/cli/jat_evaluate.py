@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from mgdt_jax.recipes.jat import evaluate, references
 
     try:
-        check_out_dir(args.out)
+        check_out_dir(args.out, evaluate.REPORT_JSON)
         task_names = [name.strip() for name in args.tasks.split(",") if name.strip()]
         refs = {name: references.load(args.data / name) for name in task_names}
         for name, ref in refs.items():

@@ -43,6 +43,7 @@ from mgdt_jax.recipes.jat import references as jat_references
 from mgdt_jax.recipes.jat import tokens
 from mgdt_jax.recipes.jat.model import JatModel
 
+REPORT_JSON = "report.json"  # written last: its presence marks a complete report
 BOOTSTRAP_REPS = 2000
 CONFIDENCE = 0.95
 
@@ -341,8 +342,8 @@ def write_report(results: Sequence[TaskResult], aggregates: Mapping[str, Interva
             for episode, (value, score) in enumerate(zip(r.returns, r.normalized)):
                 writer.writerow([r.task, r.domain, episode, f"{value:.6g}", f"{score:.6g}"])
     _plot(results, aggregates, out_dir / "scores.png.partial")
-    (out_dir / "report.json.partial").write_text(json.dumps(report, indent=1) + "\n")
-    for name in ("scores.csv", "scores.png", "report.json"):  # report.json last: its presence means complete
+    (out_dir / f"{REPORT_JSON}.partial").write_text(json.dumps(report, indent=1) + "\n")
+    for name in ("scores.csv", "scores.png", REPORT_JSON):  # report.json last: its presence means complete
         (out_dir / f"{name}.partial").replace(out_dir / name)
 
 
