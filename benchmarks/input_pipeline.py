@@ -224,7 +224,7 @@ def get_config():
 
 def end_to_end(root: Path, train_steps: int) -> dict:
     from data_pipelines import convert, record
-    from mgdt_jax.core.metric_writer import METRICS_FILE
+    from mgdt_jax.core.metric_writer import read_metrics
 
     for seed, game in enumerate(DEMO_GAMES):
         record.record(game, DEMO_RECORD_STEPS, root / "logs", capacity=DEMO_RECORD_STEPS // 3, seed=seed, progress=False)
@@ -237,7 +237,7 @@ def end_to_end(root: Path, train_steps: int) -> dict:
     result = subprocess.run(command, capture_output=True, text=True, env=environment)
     if result.returncode:
         raise RuntimeError(f"mgdt-train failed:\n{result.stderr[-3000:]}")
-    reports = [json.loads(line) for line in (root / "train" / METRICS_FILE).read_text().splitlines()]
+    reports = read_metrics(root / "train")
     rates = [r["perf/steps_per_second"] for r in reports if "perf/steps_per_second" in r][1:]  # first: warm-up
     trained_steps_per_s = statistics.median(rates)
     fixed = run_child("fixed", {"config": str(config_file), "steps": train_steps})

@@ -24,6 +24,7 @@ import tqdm
 
 from data_pipelines import rlds_writer
 from mgdt_jax import envs
+from mgdt_jax.cli import interruptible
 from mgdt_jax.envs.base import Environment, EnvError
 from mgdt_jax.recipes.ad import histories as history_format
 from mgdt_jax.recipes.ad import sources
@@ -161,6 +162,7 @@ def _settings(pairs: list[str]) -> dict[str, str]:
     return settings
 
 
+@interruptible("mgdt-ad-histories")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-ad-histories", description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", required=True, choices=sorted(envs.ENVS))

@@ -12,10 +12,12 @@ import argparse
 import os
 import sys
 
+from mgdt_jax.cli import interruptible
 from mgdt_jax.recipes.mgdt import step_store
 from mgdt_jax.recipes.mgdt.rlds_source import DataError, find_dataset_dirs
 
 
+@interruptible("mgdt-index")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-index", description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="+", metavar="DATASET",

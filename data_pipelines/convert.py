@@ -30,6 +30,8 @@ import numpy as np
 import tqdm
 
 from data_pipelines import replay_logs, rlds_format, rlds_writer, tfds_format
+from mgdt_jax.cli import interruptible
+from mgdt_jax.core import files
 from mgdt_jax.envs import atari
 from mgdt_jax.recipes.mgdt import step_store
 from mgdt_jax.recipes.mgdt.rlds_source import DataError
@@ -161,7 +163,7 @@ def convert_shard(task: ShardTask, out_dir: Path, max_episode_steps: int, on_bad
         **{k: v for k, v in dataclasses.asdict(counts).items() if k != "suffix"},
         "num_bytes": path.stat().st_size, "seconds": round(time.perf_counter() - started, 3),
     }
-    rlds_writer.write_json(_shard_report_path(out_dir, task), report)
+    files.write_json(_shard_report_path(out_dir, task), report)
     return report
 
 
@@ -184,7 +186,7 @@ def prepare_output(out_dir: Path, tasks: list[ShardTask], max_episode_steps: int
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConversionError(f"{out_dir}: not empty and not an earlier run of this conversion; choose an empty --out")
     job_path.parent.mkdir(parents=True, exist_ok=True)
-    rlds_writer.write_json(job_path, job)
+    files.write_json(job_path, job)
 
 
 def finalize(out_dir: Path, tasks: list[ShardTask], reports: Iterable[dict]) -> dict:
@@ -199,7 +201,7 @@ def finalize(out_dir: Path, tasks: list[ShardTask], reports: Iterable[dict]) -> 
     totals["skipped_checkpoints"] = sum(r["status"] == "skipped" for r in reports)
     totals["shards"] = len(reports)
     summary = {"totals": totals, "shards": reports}
-    rlds_writer.write_json(out_dir / REPORT_FILE, summary)
+    files.write_json(out_dir / REPORT_FILE, summary)
     rlds_writer.write_dataset_info(  # last: the dataset is now complete
         out_dir, name=rlds_format.DATASET_NAME, version=rlds_format.VERSION, module_name=rlds_format.__name__,
         features=rlds_format.features(), split=rlds_format.SPLIT, shard_lengths=[r["episodes"] for r in reports],
@@ -263,6 +265,7 @@ def summary_line(report: dict, out_dir: Path, seconds: float) -> str:
             f"report: {Path(out_dir) / REPORT_FILE}; window index: {step_store.index_dir(out_dir)}")
 
 
+@interruptible("mgdt-convert")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-convert", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)

@@ -32,6 +32,7 @@ import numpy as np
 import tqdm
 
 from data_pipelines import experts, replay_logs
+from mgdt_jax.cli import interruptible
 from mgdt_jax.envs import atari
 
 
@@ -191,6 +192,7 @@ def record(game: str, steps: int, out: Path, run: int = 1, capacity: int = repla
     return RecordReport(log_dir, steps, len(returns), buffer.num_dumps, returns, epsilons)
 
 
+@interruptible("mgdt-record")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-record", description=__doc__.split("\n\n")[0])
     parser.add_argument("--game", required=True, help="one of the 60 DQN Replay games, e.g. Pong")

@@ -10,8 +10,8 @@ renamed when complete; and `dataset_info.json`, which makes a directory loadable
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -34,13 +34,6 @@ def shard_path(out_dir: Path, dataset_name: str, split: str, index: int, num_sha
     """Path of shard `index` of `num_shards` (TFDS naming: <name>-<split>.array_record-0000i-of-0000n)."""
     template = file_template(out_dir, dataset_name, split)
     return Path(template.sharded_filepath(shard_index=index, num_shards=num_shards))
-
-
-def write_json(path: Path, content: dict) -> None:
-    """Writes JSON under a temporary name, then renames: a reader never sees half a file."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(content, indent=1) + "\n")
-    os.replace(partial, path)
 
 
 @contextlib.contextmanager
@@ -122,4 +115,12 @@ def write_dataset_info(out_dir: Path, *, name: str, version: str, module_name: s
     info.set_splits(splits.SplitDict([splits.SplitInfo(
         name=split, shard_lengths=list(shard_lengths), num_bytes=num_bytes,
         filename_template=file_template(out_dir, name, split))]))
-    info.write_to_directory(out_dir)
+    # TFDS writes its files in place; written beside and renamed, dataset_info.json last, an
+    # interrupt never leaves a half file, and a rerun never breaks a finished dataset's metadata.
+    staging = out_dir / "metadata.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    info.write_to_directory(staging)
+    for path in sorted(staging.iterdir(), key=lambda path: path.name == "dataset_info.json"):
+        os.replace(path, out_dir / path.name)
+    staging.rmdir()

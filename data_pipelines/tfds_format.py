@@ -24,6 +24,8 @@ from pathlib import Path
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 from tensorflow_datasets.core import dataset_info, file_adapters
 
+from mgdt_jax.core import files
+
 DATASET_INFO = "dataset_info.json"
 _TFRECORD = file_adapters.FileFormat.TFRECORD
 _ARRAY_RECORD = file_adapters.FileFormat.ARRAY_RECORD
@@ -63,17 +65,21 @@ def convert_to_array_record(source: Path, out: Path,
 
     Raises TfdsFormatError for a dataset that is not TFRecord (array_record already, or another
     format), unreadable metadata or shards, a shard with another number of records than its
-    metadata says, or an output directory that already holds a dataset.
+    metadata says, or an output directory that already holds another dataset. A dataset already
+    converted there by an earlier, interrupted run is kept as it is (and passed to ``on_converted``).
     """
     source, out = Path(source), Path(out)
     plan = [(version_dir, out / version_dir.relative_to(source)) for version_dir in find_version_dirs(source)]
     infos = [_read_info(version_dir) for version_dir, _ in plan]  # every input is checked before writing
-    for _, out_dir in plan:
-        if (out_dir / DATASET_INFO).exists():
-            raise TfdsFormatError(f"{out_dir}: already holds a dataset; choose another --out")
-    converted = []
+    done = []
     for info, (version_dir, out_dir) in zip(infos, plan):
-        converted.append(_convert_version_dir(info, version_dir, out_dir))
+        existing = out_dir / DATASET_INFO
+        if existing.exists() and existing.read_text() != _converted_info_json(info):
+            raise TfdsFormatError(f"{out_dir}: already holds another dataset; choose another --out")
+        done.append(existing.exists())
+    converted = []
+    for info, (version_dir, out_dir), already in zip(infos, plan, done):
+        converted.append(_count(info, version_dir, out_dir) if already else _convert_version_dir(info, version_dir, out_dir))
         on_converted(converted[-1])
     return converted
 
@@ -91,11 +97,30 @@ def _read_info(version_dir: Path):
     return info
 
 
+def _converted_info_json(info) -> str:
+    """The dataset_info.json the conversion of ``info`` writes: the same, stored as array_record."""
+    converted = type(info)()
+    converted.CopyFrom(info)
+    converted.file_format = _ARRAY_RECORD.value
+    del converted.alternative_file_formats[:]
+    return dataset_info.get_dataset_info_json(converted)
+
+
+def _splits(info, version_dir: Path):
+    return dataset_info.get_split_dict_from_proto(info, data_dir=version_dir, file_format=_TFRECORD).values()
+
+
+def _count(info, version_dir: Path, out_dir: Path) -> Converted:
+    """A dataset converted before: its shards and records, from the metadata."""
+    lengths = [length for split in _splits(info, version_dir) for length in split.shard_lengths]
+    return Converted(version_dir, out_dir, len(lengths), sum(lengths))
+
+
 def _convert_version_dir(info, version_dir: Path, out_dir: Path) -> Converted:
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = records = 0
     source_files = set()
-    for split in dataset_info.get_split_dict_from_proto(info, data_dir=version_dir, file_format=_TFRECORD).values():
+    for split in _splits(info, version_dir):
         num_shards = len(split.shard_lengths)
         out_template = split.filename_template.replace(data_dir=out_dir, filetype_suffix=_ARRAY_RECORD.file_suffix)
         for index, expected in enumerate(split.shard_lengths):
@@ -109,11 +134,7 @@ def _convert_version_dir(info, version_dir: Path, out_dir: Path) -> Converted:
     for path in version_dir.iterdir():  # features.json, label files, ...
         if path.is_file() and path.name != DATASET_INFO and path.name not in source_files:
             shutil.copy2(path, out_dir / path.name)
-    info.file_format = _ARRAY_RECORD.value
-    del info.alternative_file_formats[:]
-    partial = out_dir / (DATASET_INFO + ".partial")
-    partial.write_text(dataset_info.get_dataset_info_json(info))
-    os.replace(partial, out_dir / DATASET_INFO)
+    files.write_text(out_dir / DATASET_INFO, _converted_info_json(info))
     return Converted(version_dir, out_dir, shards, records)
 
 
@@ -136,15 +157,18 @@ def _copy_shard(in_path: Path, out_path: Path, expected: int) -> None:
     partial = out_path.with_name(out_path.name + ".partial")
     writer = ArrayRecordWriter(str(partial), "group_size:1")
     count = 0
-    try:
-        for record in tf.data.TFRecordDataset(str(in_path)).as_numpy_iterator():
-            writer.write(record)
-            count += 1
-    except tf.errors.OpError as error:
-        raise TfdsFormatError(f"{in_path}: unreadable ({error.message.splitlines()[0]})") from None
-    finally:
-        writer.close()
-    if count != expected:
-        partial.unlink()
-        raise TfdsFormatError(f"{in_path}: holds {count} records, {DATASET_INFO} says {expected}")
+    try:  # whatever stops the copy (a damaged file, a wrong count, an interrupt) leaves no partial shard
+        try:
+            for record in tf.data.TFRecordDataset(str(in_path)).as_numpy_iterator():
+                writer.write(record)
+                count += 1
+        except tf.errors.OpError as error:
+            raise TfdsFormatError(f"{in_path}: unreadable ({error.message.splitlines()[0]})") from None
+        finally:
+            writer.close()
+        if count != expected:
+            raise TfdsFormatError(f"{in_path}: holds {count} records, {DATASET_INFO} says {expected}")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, out_path)

@@ -15,9 +15,11 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from mgdt_jax.cli import interruptible
 from mgdt_jax.envs.xland import generator
 
 
+@interruptible("mgdt-xland-benchmark")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-xland-benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(generator.PRESETS), default="trivial")

@@ -32,13 +32,13 @@ if TYPE_CHECKING:
 
 def train_to_end(config: Any, workdir: Path, **kwargs: Any) -> TrainResult:
     """``loop.train(config, workdir, **kwargs)`` run to its last step, or SystemExit (one line, exit
-    status 1) if a SIGTERM stopped it first: a partly trained model is never evaluated or reported
+    status 1) if a SIGTERM or Ctrl-C stopped it first (saved): a partly trained model is never evaluated or reported
     as if it were finished. Its checkpoint stays in ``workdir``."""
     from mgdt_jax.core import loop
 
     result = loop.train(config, workdir, **kwargs)
-    if result.preempted:
-        raise SystemExit(f"{workdir}: training preempted (SIGTERM) at step {result.last_step} of "
+    if result.stopped_by:
+        raise SystemExit(f"{workdir}: training {result.stopped_by} at step {result.last_step} of "
                          f"{config.train.num_steps}; its checkpoint is kept, nothing was evaluated or reported")
     return result
 

@@ -309,8 +309,10 @@ def test_from_tfds_bad_input_fails_with_one_line(rlds_dataset_dir, tmp_path, cap
         shard.write_bytes(shard.read_bytes()[:100])
         expected = f"{shard}: unreadable ("
     elif case == "out holds a dataset":
-        shutil.copytree(rlds_dataset_dir, out)
-        expected = f"{out}: already holds a dataset; choose another --out"
+        shutil.copytree(rlds_dataset_dir, out)  # the same dataset would be taken as converted: make it another
+        info = json.loads((out / "dataset_info.json").read_text())
+        (out / "dataset_info.json").write_text(json.dumps({**info, "description": "another dataset"}))
+        expected = f"{out}: already holds another dataset; choose another --out"
     else:
         source, expected = tmp_path / "empty", f"{tmp_path / 'empty'}: holds no TFDS dataset"
         source.mkdir()
@@ -331,3 +333,12 @@ def test_from_tfds_indexes_each_dataset_as_it_is_converted(rlds_dataset_dir, tmp
     # The dataset converted before the failure is whole: shards, metadata and the index training reads.
     assert (tmp_path / "out" / "a" / step_store.INDEX_DIR / step_store.MANIFEST).exists()
     assert not (tmp_path / "out" / "b" / "dataset_info.json").exists()
+    # Once the damaged source is replaced, the same command finishes: "a" is kept, "b" converted.
+    shutil.rmtree(data / "b")
+    _write_tfrecord_copy(rlds_dataset_dir, data / "b")
+    kept = sorted(p.stat().st_mtime_ns for p in (tmp_path / "out" / "a").glob("*.array_record-*"))
+    code, _, err = _run(capsys, "--from-tfds", data, "--out", tmp_path / "out")
+    assert code == 0, err
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "out" / "a").glob("*.array_record-*")) == kept
+    for name in ("a", "b"):
+        assert (tmp_path / "out" / name / step_store.INDEX_DIR / step_store.MANIFEST).exists()

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from experiments import tiny
+from mgdt_jax.cli import INTERRUPTED
 from mgdt_jax.cli import evaluate as eval_cli
 from mgdt_jax.recipes.mgdt.import_checkpoint import save_params
 from mgdt_jax.recipes.mgdt.model import MultiGameDecisionTransformer
@@ -57,10 +58,23 @@ def test_an_interrupted_evaluation_leaves_no_video_under_a_finished_name(tiny_wo
 
     monkeypatch.setattr(mgdt_evaluate.actor, "play", play_then_interrupt)
     argv = ["--workdir", str(tiny_workdir), "--games", "Pong", "--out", str(tmp_path / "report"), "--video"]
-    with pytest.raises(KeyboardInterrupt):
-        eval_cli.main(argv)
+    assert eval_cli.main(argv) == INTERRUPTED
     assert list((tmp_path / "report" / "videos").iterdir()) == []
     assert not (tmp_path / "report" / "report.json").exists()
+
+
+def test_videos_get_their_finished_names_only_after_the_report(tiny_workdir, tmp_path, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mgdt_evaluate.report, "write_report", interrupt)  # Ctrl-C while the report is written
+    argv = ["--workdir", str(tiny_workdir), "--games", "Pong", "--episodes", "1", "--out", str(tmp_path / "report"),
+            "--video", "--max-episode-frames", "400"]
+    assert eval_cli.main(argv) == INTERRUPTED
+    assert [p.name for p in (tmp_path / "report" / "videos").iterdir()] == ["Pong.partial.mp4"]
+    monkeypatch.undo()
+    assert eval_cli.main(argv) == 0  # the rerun into the same folder writes over the partial video
+    assert sorted(p.name for p in (tmp_path / "report" / "videos").iterdir()) == ["Pong.mp4"]
 
 
 def _fails_with(argv, capsys, *fragments):

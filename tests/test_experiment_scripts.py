@@ -49,13 +49,13 @@ def test_recordings_of_another_schedule_cap_or_seed_are_not_reused(tmp_path):
         mgdt_expert_inference.record_stage(exp, tmp_path)
 
 
-def test_a_preempted_training_stops_the_script_before_any_report(tmp_path, monkeypatch):
+def test_a_stopped_training_stops_the_script_before_any_report(tmp_path, monkeypatch):
     config = expert_inference.get_config()
-    stopped = loop.TrainResult(tmp_path, first_step=0, last_step=7, last_checkpoint=7, preempted=True)
+    stopped = loop.TrainResult(tmp_path, first_step=0, last_step=7, last_checkpoint=7, stopped_by="interrupted")
     monkeypatch.setattr(loop, "train", lambda *args, **kwargs: stopped)
-    with pytest.raises(SystemExit, match=r"training preempted \(SIGTERM\) at step 7 of 8000; its checkpoint is kept"):
+    with pytest.raises(SystemExit, match=r"training interrupted at step 7 of 8000; its checkpoint is kept"):
         common.train_to_end(config, tmp_path)
-    finished = loop.TrainResult(tmp_path, first_step=0, last_step=8000, last_checkpoint=8000, preempted=False)
+    finished = loop.TrainResult(tmp_path, first_step=0, last_step=8000, last_checkpoint=8000, stopped_by="")
     monkeypatch.setattr(loop, "train", lambda *args, **kwargs: finished)
     assert common.train_to_end(config, tmp_path) is finished
 

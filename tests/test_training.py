@@ -1,6 +1,6 @@
 """The train loop end to end on 8 fake CPU devices, for every recipe (tests/recipe_cases.py: the MGDT
 on recorded ALE data, AD, JAT and AdA): the loss falls; throughput and MFU follow the
-recipe's step cost; a run preempted with SIGTERM, resumed, killed with SIGKILL and resumed again has
+recipe's step cost; a run preempted with SIGTERM (or stopped by Ctrl-C), resumed, killed with SIGKILL and resumed again has
 the losses of an uninterrupted run, bit for bit; checkpoints restore onto other meshes; a diverging
 run stops and keeps its last good checkpoint; another recipe's checkpoints are refused; bad input
 ends the CLI cleanly."""
@@ -26,7 +26,7 @@ from flax import nnx
 from mgdt_jax.core import checkpointing, sharding
 from mgdt_jax.core.recipe import load_recipe
 from mgdt_jax.core import loop
-from mgdt_jax.core.metric_writer import METRICS_FILE, TENSORBOARD_DIR
+from mgdt_jax.core.metric_writer import METRICS_FILE, TENSORBOARD_DIR, MetricWriter, read_metrics
 from mgdt_jax.core.train_step import Trainer
 from tests.recipe_cases import CASES, MGDT_CONFIG_FILE
 
@@ -52,8 +52,7 @@ def load_config(path: Path):
 
 def losses(workdir: Path) -> dict[int, float]:
     """Step -> loss from the metrics log; a resumed run's own entry wins over one logged before a kill."""
-    entries = [json.loads(line) for line in (workdir / METRICS_FILE).read_text().splitlines()]
-    return {entry["step"]: entry["train/loss"] for entry in entries if "train/loss" in entry}
+    return {entry["step"]: entry["train/loss"] for entry in read_metrics(workdir) if "train/loss" in entry}
 
 
 @pytest.fixture(scope="module")
@@ -124,18 +123,26 @@ def wait_for_checkpoint(process: subprocess.Popen, workdir: Path, step: int) -> 
     assert process.poll() is None, "the run ended before it could be stopped:\n" + process.stdout.read()
 
 
+def stop_once_saved(config_path: Path, workdir: Path, signum: int, reason: str) -> int:
+    """Runs the CLI until its first checkpoint exists, sends ``signum`` and returns the step it then
+    saved and stopped at, checking that it said so (``reason`` at that step) and exited 0."""
+    process = run_cli(config_path, workdir)
+    wait_for_checkpoint(process, workdir, CHECKPOINT_EVERY)
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=120)
+    stopped_at = max(losses(workdir))
+    assert process.returncode == 0 and "Traceback" not in output, output
+    assert f"{reason} at step {stopped_at}" in output.splitlines()[-1], output
+    assert saved_steps(workdir)[-1] == stopped_at
+    return stopped_at
+
+
 def test_preempted_and_killed_run_resumes_with_the_losses_of_an_uninterrupted_run(
     config_path, uninterrupted_run, tmp_path
 ):
     workdir = tmp_path / "run"
     # SIGTERM (a preemption notice) once the first checkpoint exists: the run saves where it is and exits.
-    process = run_cli(config_path, workdir)
-    wait_for_checkpoint(process, workdir, CHECKPOINT_EVERY)
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=120)
-    preempted_at = max(losses(workdir))
-    assert process.returncode == 0 and f"preempted at step {preempted_at}" in output.splitlines()[-1], output
-    assert saved_steps(workdir)[-1] == preempted_at
+    preempted_at = stop_once_saved(config_path, workdir, signal.SIGTERM, "preempted")
 
     # Resumed, then SIGKILL once its next interval checkpoint exists: nothing is saved on the way out.
     next_checkpoint = (preempted_at // CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY
@@ -269,6 +276,27 @@ def test_a_new_run_that_fails_after_its_first_step_keeps_its_folder(request, tmp
     with pytest.raises(loop.TrainingDiverged):
         loop.train(config, tmp_path / "new")
     assert (tmp_path / "new" / loop.CONFIG_FILE).is_file()  # what it wrote is there to read
+
+
+def test_ctrl_c_saves_the_step_it_is_at_and_stops(request, tmp_path):
+    path = tmp_path / "tiny_ad.py"  # the loop's behaviour, the same for every recipe: the fastest checks it
+    path.write_text(CASES["ad"].config_file(request, num_steps=10 * NUM_STEPS, checkpoint_every=CHECKPOINT_EVERY))
+    # Rerunning the command resumes where it saved, as after SIGTERM (the test above).
+    assert stop_once_saved(path, tmp_path / "run", signal.SIGINT, "interrupted") < 10 * NUM_STEPS
+
+
+def test_metrics_of_a_killed_and_resumed_run_read_one_entry_per_step(tmp_path):
+    killed = MetricWriter(tmp_path)
+    for step in (1, 2, 3):
+        killed.write(step, {"train/loss": float(step)})
+    killed.close()
+    with open(tmp_path / METRICS_FILE, "a") as file:
+        file.write('{"step": 4, "train/lo')  # the kill came mid-line
+    resumed = MetricWriter(tmp_path)  # from the checkpoint of step 2
+    for step in (3, 4):
+        resumed.write(step, {"train/loss": 10.0 * step})
+    resumed.close()
+    assert [(e["step"], e["train/loss"]) for e in read_metrics(tmp_path)] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
 
 
 def copy_of_run(run: Path, workdir: Path) -> Path:

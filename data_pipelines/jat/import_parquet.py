@@ -28,6 +28,7 @@ import numpy as np
 import tqdm
 
 from data_pipelines.jat import rlds
+from mgdt_jax.cli import interruptible
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import references as jat_references
 
@@ -168,6 +169,7 @@ def import_files(files: list[Path], task: str, out_dir: Path, episodes_per_shard
     return summary
 
 
+@interruptible("mgdt-jat-import")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-jat-import", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", type=Path, help="parquet files of one task (one episode a row)")

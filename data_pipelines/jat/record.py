@@ -27,6 +27,7 @@ import numpy as np
 import tqdm
 
 from data_pipelines.jat import rlds, tasks
+from mgdt_jax.cli import interruptible
 from mgdt_jax.recipes.jat import references as jat_references
 
 DEFAULT_RANDOM_EPISODES = 100
@@ -147,21 +148,25 @@ def record_task(task: tasks.Task, out_dir: Path, episodes: int, seed: int = 0,
         moments.add(episode)
         on_episode(episode)
 
-    summary = rlds.write_dataset(
-        partial, task.spec, play(task, lambda env: task.expert(env, experts_dir), episodes, seed, skipped),
-        {"job": job, "final_observation": "recorded", "skipped_expert_episodes": skipped}, episodes_per_shard,
-        description=f"JAT task {task.name} ({task.env_id}) played by {task.expert_name}.", on_episode=count)
-    random_returns, random_successes, random_steps = [], [], 0
-    for episode in play(task, lambda env: tasks.RandomPolicy(env, seed), random_episodes, seed):
-        random_steps += episode.num_steps
-        random_returns.append(episode.episode_return)
-        random_successes.append(episode.success)
-        on_episode(episode)
-    references = jat_references.TaskReferences(
-        task=task.name, env_id=task.env_id, expert=_reference(expert_returns, expert_successes),
-        random=_reference(random_returns, random_successes), versions=job["versions"],
-        observation_stats=moments.stats())
-    jat_references.save(references, partial)
+    try:  # an interrupted recording leaves nothing: the folder is complete only once renamed
+        summary = rlds.write_dataset(
+            partial, task.spec, play(task, lambda env: task.expert(env, experts_dir), episodes, seed, skipped),
+            {"job": job, "final_observation": "recorded", "skipped_expert_episodes": skipped}, episodes_per_shard,
+            description=f"JAT task {task.name} ({task.env_id}) played by {task.expert_name}.", on_episode=count)
+        random_returns, random_successes, random_steps = [], [], 0
+        for episode in play(task, lambda env: tasks.RandomPolicy(env, seed), random_episodes, seed):
+            random_steps += episode.num_steps
+            random_returns.append(episode.episode_return)
+            random_successes.append(episode.success)
+            on_episode(episode)
+        references = jat_references.TaskReferences(
+            task=task.name, env_id=task.env_id, expert=_reference(expert_returns, expert_successes),
+            random=_reference(random_returns, random_successes), versions=job["versions"],
+            observation_stats=moments.stats())
+        jat_references.save(references, partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     partial.rename(final)
     return {**summary, "references": references.to_json(), "resumed": False,
             "played_steps": summary["steps"] + random_steps, "seconds": round(time.perf_counter() - started, 3),
@@ -205,6 +210,7 @@ def summary_line(summaries: list[dict], out_dir: Path, seconds: float) -> str:
             f"into {out_dir}; mean returns: {scores}")
 
 
+@interruptible("mgdt-jat-record")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-jat-record", description=__doc__.split("\n\n")[0])
     parser.add_argument("tasks", nargs="+", help="JAT task names, e.g. babyai-go-to-local metaworld-reach "

@@ -35,6 +35,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from tensorflow_datasets.core import example_serializer
 
 from data_pipelines import rlds_writer
+from mgdt_jax.core import files
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import references as jat_references
 
@@ -241,7 +242,7 @@ def write_dataset(out_dir: Path, spec: TaskSpec, episodes: Iterable[Episode], me
         num_bytes += final.stat().st_size
     summary = {"task": spec.task, "episodes": len(returns), "steps": steps, "shards": len(pending),
                "num_bytes": num_bytes, "mean_return": float(np.mean(returns))}
-    rlds_writer.write_json(out_dir / METADATA_FILE, {**metadata, "spec": spec.to_json(), "summary": summary})
+    files.write_json(out_dir / METADATA_FILE, {**metadata, "spec": spec.to_json(), "summary": summary})
     rlds_writer.write_dataset_info(  # last: the dataset is complete
         out_dir, name=dataset_name(spec.task), version=VERSION, module_name=__name__, features=features(spec),
         split=SPLIT, shard_lengths=lengths, num_bytes=num_bytes,

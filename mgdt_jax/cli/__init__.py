@@ -2,8 +2,36 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 from pathlib import Path
+from typing import Callable
+
+INTERRUPTED = 130  # 128 + SIGINT: the exit status a shell gives a command stopped by Ctrl-C
+
+
+def interruptible(program: str) -> Callable[[Callable[..., int | None]], Callable[..., int | None]]:
+    """Decorates a CLI's ``main`` so Ctrl-C ends it with ``PROGRAM: interrupted`` on stderr and exit
+    status 130 instead of Python's KeyboardInterrupt traceback.
+
+    What an interrupted command leaves on disk is each command's own design (partial names renamed
+    when complete, reports written last, created run folders removed); docs/troubleshooting.md.
+    """
+
+    def decorate(main: Callable[..., int | None]) -> Callable[..., int | None]:
+        @functools.wraps(main)
+        def wrapped(*args, **kwargs) -> int | None:
+            try:
+                return main(*args, **kwargs)
+            except KeyboardInterrupt:
+                print(f"{program}: interrupted", file=sys.stderr)
+                return INTERRUPTED
+
+        return wrapped
+
+    return decorate
+
 
 def check_out_dir(out: Path, report_name: str) -> None:
     """Checks an evaluation CLI's ``--out`` before any playing, so a bad path costs no scores.

@@ -14,9 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from mgdt_jax.cli import check_out_dir
+from mgdt_jax.cli import check_out_dir, interruptible
 
 
+@interruptible("mgdt-ad-eval")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-ad-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, required=True, help="the AD run (mgdt-train --workdir)")

@@ -30,12 +30,13 @@ from pathlib import Path
 import ml_collections
 from absl import logging
 
-from data_pipelines import convert, experts, record, rlds_writer
+from data_pipelines import convert, experts, record
 from experiments import tiny
+from mgdt_jax.cli import INTERRUPTED, interruptible
 from mgdt_jax.recipes.mgdt import actor
 from mgdt_jax.envs import atari
 from mgdt_jax.recipes.mgdt import evaluate
-from mgdt_jax.core import loop, metric_writer
+from mgdt_jax.core import files, loop, metric_writer
 from mgdt_jax.core.checkpointing import CheckpointError
 
 DEFAULT_GAMES = ("Boxing", "Freeway", "Breakout")  # each has a scripted expert (data_pipelines/experts.py)
@@ -81,7 +82,7 @@ def check_settings(workdir: Path, settings: dict[str, object]) -> None:
             raise ValueError(f"{workdir} holds a demo recorded with other settings ({changed}): use another --workdir")
         return
     workdir.mkdir(parents=True, exist_ok=True)
-    rlds_writer.write_json(path, settings)
+    files.write_json(path, settings)
 
 
 def train_config(dataset_dir: Path, train_steps: int) -> ml_collections.ConfigDict:
@@ -138,6 +139,7 @@ def print_report(report_dir: Path) -> None:
               f"   random {other['value']:.3f} [{other['low']:.3f}, {other['high']:.3f}]")
 
 
+@interruptible("mgdt-demo")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("mgdt_demo"))
@@ -187,10 +189,10 @@ def _run_stages(args: argparse.Namespace, games: list[str], workdir: Path, start
 
     _stage(3, f"pretraining the tiny MGDT for {args.train_steps} steps")
     result = loop.train(train_config(dataset_dir, args.train_steps), train_dir)
-    if result.preempted:
-        print(f"mgdt-demo: training preempted (SIGTERM) at step {result.last_step}; its checkpoint is in {train_dir}, "
+    if result.stopped_by:
+        print(f"mgdt-demo: training {result.stopped_by} at step {result.last_step}; its checkpoint is in {train_dir}, "
               f"nothing was evaluated", file=sys.stderr)
-        return 1
+        return INTERRUPTED if result.stopped_by == "interrupted" else 1
     print(f"trained steps {result.first_step}..{result.last_step}; checkpoints in {train_dir}")
 
     _stage(4, f"evaluating the last checkpoint (expert action inference) and random play, "

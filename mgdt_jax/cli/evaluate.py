@@ -14,7 +14,7 @@ from pathlib import Path
 
 from absl import logging
 
-from mgdt_jax.cli import check_out_dir
+from mgdt_jax.cli import check_out_dir, interruptible
 from mgdt_jax.recipes.mgdt import actor
 from mgdt_jax.envs import atari
 from mgdt_jax.core.checkpointing import CheckpointError
@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@interruptible("mgdt-eval")
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)

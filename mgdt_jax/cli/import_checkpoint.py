@@ -16,11 +16,13 @@ from pathlib import Path
 from absl import logging
 
 from experiments import mgdt_200m
-from mgdt_jax.core import checkpointing
+from mgdt_jax.cli import interruptible
+from mgdt_jax.core import checkpointing, files
 from mgdt_jax.recipes.mgdt.import_checkpoint import CheckpointImportError, build_model, load_released_pickle, save_params
 from mgdt_jax.core.loop import CONFIG_FILE
 
 
+@interruptible("mgdt-import-checkpoint")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-import-checkpoint", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pickle", type=Path, required=True, help="the released (params, state) pickle")
@@ -54,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"writing a {model.config.num_layers}-layer d{model.config.d_model} model ...", flush=True)
         workdir.mkdir(parents=True, exist_ok=True)
-        partial = config_path.with_name(CONFIG_FILE + ".partial")
-        partial.write_text(config_text)
-        partial.replace(config_path)
+        files.write_text(config_path, config_text)
         checkpoint = save_params(model, workdir, args.step)
         imported = True
     except (CheckpointImportError, checkpointing.CheckpointError, OSError) as error:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from absl import logging
 
-from mgdt_jax.cli import check_out_dir
+from mgdt_jax.cli import check_out_dir, interruptible
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@interruptible("mgdt-jat-eval")
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)

@@ -14,6 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mgdt_jax.cli import interruptible
 from mgdt_jax.core import host_memory, sharding
 from mgdt_jax.core.checkpointing import CHECKPOINTS, CheckpointError
 from mgdt_jax.core import loop
@@ -47,7 +48,7 @@ def _train(argv: list[str]) -> int:
         )
         return 1
     checkpoint = "none" if result.last_checkpoint is None else f"latest step {result.last_checkpoint}"
-    stopped = "preempted at" if result.preempted else "reached"
+    stopped = f"{result.stopped_by} at" if result.stopped_by else "reached"
     print(
         f"trained steps {result.first_step}..{result.last_step} ({stopped} step {result.last_step}); "
         f"checkpoints in {result.workdir / CHECKPOINTS} ({checkpoint}), TensorBoard events in "
@@ -56,11 +57,12 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
-def main() -> None:
+@interruptible("mgdt-train")
+def main() -> int | None:
     host_memory.reexec_with_huge_page_malloc()
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(_train)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

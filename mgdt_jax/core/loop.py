@@ -18,8 +18,10 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import shutil
 import signal
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mgdt_jax.core import checkpointing, sharding
+from mgdt_jax.core import checkpointing, files, sharding
 from mgdt_jax.core.recipe import DEFAULT_RECIPE, Evaluator, Recipe, load_recipe
 from mgdt_jax.core import flops
 from mgdt_jax.core.metric_writer import MetricWriter, Throughput
@@ -44,9 +46,9 @@ class TrainingDiverged(RuntimeError):
 class TrainResult:
     workdir: Path
     first_step: int  # where this run started (0, or the step it resumed from)
-    last_step: int  # the step reached (num_steps, or earlier when preempted)
+    last_step: int  # the step reached (num_steps, or earlier when stopped)
     last_checkpoint: int | None
-    preempted: bool
+    stopped_by: str  # "" when num_steps was reached; "preempted" (SIGTERM) or "interrupted" (Ctrl-C): saved, stopped
 
 
 def read_run_config(workdir: str | Path, recipe: str) -> dict[str, Any]:
@@ -133,12 +135,12 @@ def _train(
                 state = state.replace(params=params)
                 writer.print(f"initialised the parameters from {train_config.init_from}")
         if primary:
-            (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1) + "\n")
+            files.write_text(workdir / CONFIG_FILE, config.to_json_best_effort(indent=1) + "\n")
         first_step = last_step = int(state.step)
         preempted = False
         if first_step >= train_config.num_steps:
             writer.print(f"nothing to do: the run is at step {first_step} of {train_config.num_steps}")
-            return TrainResult(workdir, first_step, last_step, checkpointer.latest_step(), preempted)
+            return TrainResult(workdir, first_step, last_step, checkpointer.latest_step(), "")
 
         # --- The data from the restored step on; the step compiled ahead of time per batch layout --
         stream = data.iterate(first_step)
@@ -158,6 +160,7 @@ def _train(
         # --- Steps ---------------------------------------------------------------------------------
         steps = range(first_step + 1, train_config.num_steps + 1)
         progress["stepping"] = True  # from here a failure leaves the run's metrics to read
+        preemption.watch_interrupts()
         for last_step, batch in zip(steps, itertools.chain([first_batch], batches)):
             layout = jax.tree.structure(batch)
             if layout not in compiled:  # a new layout: its compilation is not timed
@@ -180,7 +183,7 @@ def _train(
                     position = {"recipe": recipe.name, **data_identity, "next_batch": last_step}
                     checkpointer.save(state, position, force=True)
             if preempted:
-                writer.print(f"preempted: saved step {last_step}, stopping")
+                writer.print(f"{preemption.reason}: saved step {last_step}, stopping")
                 break
             if evaluate is not None and train_config.eval_every and last_step % train_config.eval_every == 0:
                 with throughput.paused():
@@ -191,7 +194,7 @@ def _train(
         preemption.close()
         checkpointer.close()
         writer.close()
-    return TrainResult(workdir, first_step, last_step, checkpointer.latest_step(), preempted)
+    return TrainResult(workdir, first_step, last_step, checkpointer.latest_step(), preemption.reason if preempted else "")
 
 
 def _check_counts(train_config: Any) -> None:
@@ -284,21 +287,34 @@ def _flops_cross_check(analytic_flops: float, compiled_step: jax.stages.Compiled
 
 
 class _Preemption:
-    """SIGTERM seen by every host at the same step.
+    """SIGTERM seen by every host at the same step; on one host, Ctrl-C while stepping too.
 
     On several hosts that is Orbax's preemption sync point (JAX's distributed client catches the
-    signal); on one host a signal handler sets a flag the loop reads after each step.
+    signal); on one host a signal handler sets a flag the loop reads after each step. Once steps
+    run (``watch_interrupts``), the first Ctrl-C of a one-host run is handled the same way (save at
+    the step's end, stop), and a second one interrupts at once, unsaved.
     """
 
     def __init__(self, checkpointer: checkpointing.Checkpointer):
         self._checkpointer = checkpointer
         self._signalled = False
-        self._previous_handler = None
+        self.reason = "preempted"
+        self._previous_handlers: dict[int, Any] = {}
         if jax.process_count() == 1:
-            self._previous_handler = signal.signal(signal.SIGTERM, self._on_signal)
+            self._previous_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signalled = True
+
+    def watch_interrupts(self) -> None:
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_interrupt)
+
+    def _on_interrupt(self, signum: int, frame: Any) -> None:
+        self._signalled, self.reason = True, "interrupted"
+        signal.signal(signal.SIGINT, self._previous_handlers.pop(signal.SIGINT))  # a second Ctrl-C stops now
+        # os.write, not print: the handler may run inside a write to the same stream (the progress line).
+        os.write(2, b"interrupted: saving at the end of this step, then stopping (Ctrl-C again stops now, unsaved)\n")
 
     def reached(self, step: int) -> bool:
         if jax.process_count() == 1:
@@ -306,5 +322,5 @@ class _Preemption:
         return self._checkpointer.reached_preemption(step)
 
     def close(self) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)

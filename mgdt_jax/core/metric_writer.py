@@ -46,6 +46,29 @@ class _EventFile:
         self._records.close()
 
 
+def _ends_a_line(path: Path) -> bool:
+    with open(path, "rb") as file:
+        file.seek(-1, 2)
+        return file.read(1) == b"\n"
+
+
+def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
+    """The entries of ``workdir``'s ``METRICS_FILE`` in step order, one per step.
+
+    A resumed run logs again the steps between the checkpoint it resumed from and where the earlier
+    run stopped; its entry replaces the earlier one, so a curve never goes back in steps. A line a
+    kill cut short is skipped. FileNotFoundError when the run logged nothing.
+    """
+    by_step: dict[int, dict[str, Any]] = {}
+    for line in (Path(workdir) / METRICS_FILE).read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        by_step[entry["step"]] = entry
+    return [by_step[step] for step in sorted(by_step)]
+
+
 class MetricWriter:
     """Scalars per step to ``<workdir>/tensorboard`` and ``<workdir>/metrics.jsonl``.
 
@@ -64,6 +87,8 @@ class MetricWriter:
         if self._tensorboard is None:
             self._tensorboard = _EventFile(self._workdir / TENSORBOARD_DIR)
             self._jsonl = open(self._workdir / METRICS_FILE, "a")  # a resumed run appends
+            if self._jsonl.tell() and not _ends_a_line(self._workdir / METRICS_FILE):
+                self._jsonl.write("\n")  # a kill cut the last line short: end it, so readers skip it alone
         scalars = {name: float(value) for name, value in scalars.items()}
         self._tensorboard.scalars(step, scalars)
         self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")

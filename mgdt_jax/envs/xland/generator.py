@@ -309,6 +309,9 @@ def write(arrays: dict[str, np.ndarray], path: str | os.PathLike, *, settings: G
             **(stats or {}),
         }
         record_partial.write_text(json.dumps(record, indent=1) + "\n")
+        # The old record goes first: between the renames the new file stands alone (load refuses a
+        # file without its record), never beside a record of other contents.
+        sidecar_path(path).unlink(missing_ok=True)
         os.replace(partial, path)
         os.replace(record_partial, sidecar_path(path))
     finally:

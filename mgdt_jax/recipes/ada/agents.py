@@ -34,7 +34,6 @@ tanh MLP heads.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -153,6 +153,8 @@ def evaluate(
     summary = report.summarise(results, settings)
     if out_dir is not None:
         report.write_report(summary, out_dir)
+    if videos:
+        videos.publish()
     return summary
 
 

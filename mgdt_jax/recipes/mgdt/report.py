@@ -144,11 +144,13 @@ def _plot(summary: EvaluationSummary, path: Path) -> None:
 
 
 class VideoWriter:
-    """Streams each game's first episode into <out_dir>/<game>.mp4 (renamed into place when closed)."""
+    """Streams each game's first episode into <out_dir>/<game>.partial.mp4, renamed to <game>.mp4
+    by ``publish`` once the report that lists them is written."""
 
     def __init__(self, out_dir: Path):
         self._out_dir = out_dir
         self._writers: dict[str, Any] = {}
+        self._finished: list[tuple[Path, Path]] = []
 
     def add_frame(self, game: str, frame: np.ndarray) -> None:
         """frame: uint8 [84, 84, 1]."""
@@ -163,16 +165,22 @@ class VideoWriter:
             self._writers[game].append_data(big)
 
     def close(self, keep: bool = True) -> list[Path]:
-        """Finishes every video and returns their paths; with ``keep`` False (the evaluation did not
-        finish) deletes them instead, so no cut-off episode lies under a finished video's name."""
-        paths = []
+        """Finishes every video and returns the paths ``publish`` will give them; with ``keep`` False
+        (the evaluation did not finish) deletes them instead, so no cut-off episode is ever published."""
         for game, writer in self._writers.items():
             writer.close()
             partial, path = self._out_dir / f"{game}.partial.mp4", self._out_dir / f"{game}.mp4"
             if keep:
-                os.replace(partial, path)
-                paths.append(path)
+                self._finished.append((partial, path))
             else:
                 partial.unlink(missing_ok=True)
         self._writers.clear()
-        return paths
+        return [path for _, path in self._finished]
+
+    def publish(self) -> None:
+        """Renames the finished videos to their final names. Called after the report: an evaluation
+        stopped before its report leaves only partial names, which a rerun into the same folder
+        overwrites, never finished-looking videos that no report lists."""
+        for partial, path in self._finished:
+            os.replace(partial, path)
+        self._finished.clear()

@@ -1,0 +1,60 @@
+"""Every console script: Ctrl-C ends it with one line and exit status 130, not a traceback; and
+what a real Ctrl-C in the middle of a recording leaves is marked unfinished."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from importlib import import_module
+from pathlib import Path
+
+import pytest
+from absl import app
+
+from mgdt_jax.cli import INTERRUPTED
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+SCRIPTS = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("program", sorted(SCRIPTS))
+def test_ctrl_c_is_one_line_and_exit_status_130(program, monkeypatch, capsys):
+    module, function = SCRIPTS[program].split(":")
+    main = getattr(import_module(module), function)
+    # The interrupt arrives where every command starts its work: parsing its arguments.
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", _interrupt)
+    monkeypatch.setattr(app, "run", _interrupt)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")  # mgdt-train would re-execute itself first
+    status = main([]) if program != "mgdt-train" else main()
+    assert status == INTERRUPTED
+    captured = capsys.readouterr()
+    assert captured.err == f"{program}: interrupted\n" and captured.out == ""
+
+
+def test_ctrl_c_while_recording_leaves_the_logs_named_unfinished(tmp_path):
+    out = tmp_path / "logs"
+    command = [sys.executable, "-m", "data_pipelines.record", "--game", "Pong", "--steps", "200000",
+               "--out", str(out), "--capacity", "1000"]
+    python_path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
+    process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": python_path},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finished, partial = out / "Pong" / "1" / "replay_logs", out / "Pong" / "1" / "replay_logs.partial"
+    deadline = time.monotonic() + 120
+    while not partial.is_dir() or not any(partial.iterdir()):  # the first dump is written
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "nothing recorded after 120 s"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == INTERRUPTED, stderr
+    assert stderr.strip().splitlines()[-1] == "mgdt-record: interrupted" and "Traceback" not in stderr
+    assert not finished.exists() and partial.is_dir()  # mgdt-convert names it as an interrupted recording
