@@ -41,7 +41,7 @@ import jax
 import numpy as np
 
 from experiments import common
-from mgdt_jax.core.metric_writer import METRICS_FILE
+from mgdt_jax.core.metric_writer import read_metrics
 from mgdt_jax.envs.xland import generator
 from mgdt_jax.recipes.ada import evaluate
 from mgdt_jax.recipes.ada.agents import AgentConfig
@@ -170,8 +170,7 @@ def training_curve(workdir: Path, steps_per_train_step: int, window: int = 10) -
     """(env steps, return per trial [n, 5]) over the run: each logged rollout's mean return of the
     meta-episodes that ended in it, averaged over ``window`` logged rollouts weighted by their
     episode counts (a rollout where none ended counts for nothing)."""
-    entries = [json.loads(line) for line in (workdir / METRICS_FILE).read_text().splitlines()]
-    entries = [e for e in entries if "train/return_trial_1" in e]
+    entries = [e for e in read_metrics(workdir) if "train/return_trial_1" in e]
     steps = np.array([e["step"] * steps_per_train_step for e in entries])
     episodes = np.array([e["train/episodes"] for e in entries])
     returns = np.array([[e[f"train/return_trial_{k}"] for k in range(1, 6)] for e in entries])
@@ -261,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="PPO minibatches per rollout (default: the claim's scale, 4); they split the environments")
     parser.add_argument("--memory-length", type=int,
                         help=f"the Transformer-XL's cached steps per layer (default {MODELS['trxl']['memory_length']})")
+    parser.add_argument("--width", type=int,
+                        help=f"the Transformer-XL's model and head width (default {MODELS['trxl']['d_model']}; the GRU's "
+                             f"state is {MODELS['gru']['gru_hidden']} wide)")
     parser.add_argument("--gated", action="store_true", help="the Transformer-XL with GTrXL's GRU-type gates")
     parser.add_argument("--no-alibi", action="store_true",
                         help="the Transformer-XL without ALiBi's recency bias (trial index and time stay inputs)")
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.docs and args.quick:
         raise SystemExit("--docs: a --quick run is no claim; docs take full runs only")
     scale = QUICK if args.quick else FULL[args.claim]
-    for name in ("rulesets", "train_steps", "rollout_length", "minibatches", "trial_steps", "memory_length"):
+    for name in ("rulesets", "train_steps", "rollout_length", "minibatches", "trial_steps", "memory_length", "width"):
         if (value := getattr(args, name)) is not None and value < (0 if name == "trial_steps" else 1):
             raise SystemExit(f"--{name.replace('_', '-')} {value}: must be {'>= 0' if name == 'trial_steps' else '> 0'}")
     scale = dataclasses.replace(scale, rulesets=args.rulesets or scale.rulesets,
@@ -304,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = scale.train_steps
     memory = args.memory_length or 0
     trxl = {**({"memory_length": memory} if memory else {}), **({"gated": True} if args.gated else {}),
+            **({"d_model": args.width, "head_hidden": args.width} if args.width else {}),
             **({"alibi": False} if args.no_alibi else {})}
     # Every run of a claim shares these; trxl_options reach the Transformer-XL only.
     shared = {"trxl_options": trxl, "lr_schedule": args.lr_schedule, "entropy_anneal": args.entropy_anneal,
@@ -356,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
              *(["--train-steps", str(args.train_steps)] if args.train_steps else []),
              *(["--rollout-length", str(args.rollout_length)] if args.rollout_length else []),
              *(["--minibatches", str(args.minibatches)] if args.minibatches else []),
-             *(["--memory-length", str(memory)] if memory else []), *(["--gated"] if args.gated else []),
+             *(["--memory-length", str(memory)] if memory else []),
+             *(["--width", str(args.width)] if args.width else []), *(["--gated"] if args.gated else []),
              *(["--no-alibi"] if args.no_alibi else []),
              *(["--lr-schedule", args.lr_schedule] if args.lr_schedule != "constant" else []),
              *(["--entropy-anneal"] if args.entropy_anneal else []),
