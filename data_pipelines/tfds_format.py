@@ -51,7 +51,8 @@ def find_version_dirs(source: Path) -> list[Path]:
         raise TfdsFormatError(f"{source}: no such directory")
     if (source / DATASET_INFO).is_file():
         return [source]
-    found = sorted(info.parent for info in source.rglob(DATASET_INFO))
+    found = sorted(info.parent for info in source.rglob(DATASET_INFO)
+                   if not any(part.endswith(".partial") for part in info.relative_to(source).parts))
     if not found:
         raise TfdsFormatError(f"{source}: holds no TFDS dataset (no {DATASET_INFO} in it or below it)")
     return found

@@ -55,6 +55,6 @@ def test_ctrl_c_while_recording_leaves_the_logs_named_unfinished(tmp_path):
         time.sleep(0.1)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == INTERRUPTED, stderr
+    assert process.returncode == -signal.SIGINT, stderr  # as Python ends on Ctrl-C: a calling shell loop stops too
     assert stderr.strip().splitlines()[-1] == "mgdt-record: interrupted" and "Traceback" not in stderr
     assert not finished.exists() and partial.is_dir()  # mgdt-convert names it as an interrupted recording

@@ -123,16 +123,17 @@ def wait_for_checkpoint(process: subprocess.Popen, workdir: Path, step: int) -> 
     assert process.poll() is None, "the run ended before it could be stopped:\n" + process.stdout.read()
 
 
-def stop_once_saved(config_path: Path, workdir: Path, signum: int, reason: str) -> int:
+def stop_once_saved(config_path: Path, workdir: Path, signum: int, reason: str, returncode: int) -> int:
     """Runs the CLI until its first checkpoint exists, sends ``signum`` and returns the step it then
-    saved and stopped at, checking that it said so (``reason`` at that step) and exited 0."""
+    saved and stopped at, checking that it said so (``reason`` at that step) and ended with
+    ``returncode`` (negative: killed by that signal)."""
     process = run_cli(config_path, workdir)
     wait_for_checkpoint(process, workdir, CHECKPOINT_EVERY)
     process.send_signal(signum)
     output, _ = process.communicate(timeout=120)
     stopped_at = max(losses(workdir))
-    assert process.returncode == 0 and "Traceback" not in output, output
-    assert f"{reason} at step {stopped_at}" in output.splitlines()[-1], output
+    assert process.returncode == returncode and "Traceback" not in output, output
+    assert any(f"({reason} at step {stopped_at})" in line for line in output.splitlines()[-2:]), output
     assert saved_steps(workdir)[-1] == stopped_at
     return stopped_at
 
@@ -142,7 +143,7 @@ def test_preempted_and_killed_run_resumes_with_the_losses_of_an_uninterrupted_ru
 ):
     workdir = tmp_path / "run"
     # SIGTERM (a preemption notice) once the first checkpoint exists: the run saves where it is and exits.
-    preempted_at = stop_once_saved(config_path, workdir, signal.SIGTERM, "preempted")
+    preempted_at = stop_once_saved(config_path, workdir, signal.SIGTERM, "preempted", 0)
 
     # Resumed, then SIGKILL once its next interval checkpoint exists: nothing is saved on the way out.
     next_checkpoint = (preempted_at // CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY
@@ -281,8 +282,9 @@ def test_a_new_run_that_fails_after_its_first_step_keeps_its_folder(request, tmp
 def test_ctrl_c_saves_the_step_it_is_at_and_stops(request, tmp_path):
     path = tmp_path / "tiny_ad.py"  # the loop's behaviour, the same for every recipe: the fastest checks it
     path.write_text(CASES["ad"].config_file(request, num_steps=10 * NUM_STEPS, checkpoint_every=CHECKPOINT_EVERY))
-    # Rerunning the command resumes where it saved, as after SIGTERM (the test above).
-    assert stop_once_saved(path, tmp_path / "run", signal.SIGINT, "interrupted") < 10 * NUM_STEPS
+    # Saved, so rerunning the command resumes there, as after SIGTERM (the test above); but the
+    # command was stopped, so it ends as Ctrl-C ends a program (a calling shell stops too).
+    assert stop_once_saved(path, tmp_path / "run", signal.SIGINT, "interrupted", -signal.SIGINT) < 10 * NUM_STEPS
 
 
 def test_metrics_of_a_killed_and_resumed_run_read_one_entry_per_step(tmp_path):

@@ -158,13 +158,13 @@ def import_files(files: list[Path], task: str, out_dir: Path, episodes_per_shard
                 partial, spec, chained(), {"source": SOURCE, "files": [f.name for f in files],
                                            "final_observation": "repeated"},
                 episodes_per_shard, description=f"JAT task {task} imported from {SOURCE}.", on_episode=count)
+            expert = jat_references.Reference(mean_return=float(np.mean(returns)), std_return=float(np.std(returns)),
+                                              episodes=len(returns))
+            jat_references.save(jat_references.TaskReferences(task=task, env_id="", expert=expert, random=None,
+                                                              versions={}, observation_stats=moments.stats()), partial)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-    expert = jat_references.Reference(mean_return=float(np.mean(returns)), std_return=float(np.std(returns)),
-                                      episodes=len(returns))
-    jat_references.save(jat_references.TaskReferences(task=task, env_id="", expert=expert, random=None, versions={},
-                                                      observation_stats=moments.stats()), partial)
     partial.rename(final)
     return summary
 

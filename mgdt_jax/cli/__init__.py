@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -12,11 +13,15 @@ INTERRUPTED = 130  # 128 + SIGINT: the exit status a shell gives a command stopp
 
 
 def interruptible(program: str) -> Callable[[Callable[..., int | None]], Callable[..., int | None]]:
-    """Decorates a CLI's ``main`` so Ctrl-C ends it with ``PROGRAM: interrupted`` on stderr and exit
-    status 130 instead of Python's KeyboardInterrupt traceback.
+    """Decorates a CLI's ``main`` so Ctrl-C ends it with ``PROGRAM: interrupted`` on stderr instead
+    of Python's KeyboardInterrupt traceback.
 
-    What an interrupted command leaves on disk is each command's own design (partial names renamed
-    when complete, reports written last, created run folders removed); docs/troubleshooting.md.
+    Started as the command (its console script, ``python -m`` or the module's file), the process
+    then ends as Python ends one stopped by Ctrl-C, killed by SIGINT (a shell reads exit status 130),
+    so a calling shell loop stops too: bash goes on after a child that merely exits 130. Called
+    from Python (tests, other code), ``main`` returns 130 instead. What an interrupted command leaves
+    on disk is each command's own design (partial names renamed when complete, reports written
+    last, created run folders removed); docs/troubleshooting.md.
     """
 
     def decorate(main: Callable[..., int | None]) -> Callable[..., int | None]:
@@ -25,12 +30,28 @@ def interruptible(program: str) -> Callable[[Callable[..., int | None]], Callabl
             try:
                 return main(*args, **kwargs)
             except KeyboardInterrupt:
-                print(f"{program}: interrupted", file=sys.stderr)
-                return INTERRUPTED
+                print(f"{program}: interrupted", file=sys.stderr, flush=True)
+                if not _started_as(program, main):
+                    return INTERRUPTED
+                sys.excepthook = _quiet_on_interrupt(sys.excepthook)
+                raise  # uncaught, Python finalises and then kills itself with SIGINT
 
         return wrapped
 
     return decorate
+
+
+def _started_as(program: str, main: Callable[..., object]) -> bool:
+    started = Path(sys.argv[0])
+    return started.name == program or started.resolve() == Path(inspect.getfile(main)).resolve()
+
+
+def _quiet_on_interrupt(hook: Callable[..., object]) -> Callable[..., object]:
+    def excepthook(kind, value, traceback) -> None:
+        if not issubclass(kind, KeyboardInterrupt):  # its one line is printed already
+            hook(kind, value, traceback)
+
+    return excepthook
 
 
 def check_out_dir(out: Path, report_name: str) -> None:

@@ -32,7 +32,7 @@ from absl import logging
 
 from data_pipelines import convert, experts, record
 from experiments import tiny
-from mgdt_jax.cli import INTERRUPTED, interruptible
+from mgdt_jax.cli import interruptible
 from mgdt_jax.recipes.mgdt import actor
 from mgdt_jax.envs import atari
 from mgdt_jax.recipes.mgdt import evaluate
@@ -192,7 +192,9 @@ def _run_stages(args: argparse.Namespace, games: list[str], workdir: Path, start
     if result.stopped_by:
         print(f"mgdt-demo: training {result.stopped_by} at step {result.last_step}; its checkpoint is in {train_dir}, "
               f"nothing was evaluated", file=sys.stderr)
-        return INTERRUPTED if result.stopped_by == "interrupted" else 1
+        if result.stopped_by == "interrupted":
+            raise KeyboardInterrupt
+        return 1
     print(f"trained steps {result.first_step}..{result.last_step}; checkpoints in {train_dir}")
 
     _stage(4, f"evaluating the last checkpoint (expert action inference) and random play, "

@@ -54,6 +54,8 @@ def _train(argv: list[str]) -> int:
         f"checkpoints in {result.workdir / CHECKPOINTS} ({checkpoint}), TensorBoard events in "
         f"{result.workdir / TENSORBOARD_DIR}, metrics in {result.workdir / METRICS_FILE}"
     )
+    if result.stopped_by == "interrupted":
+        raise KeyboardInterrupt  # saved, yet the command was stopped: `mgdt-train ... && mgdt-eval ...` must stop too
     return 0
 
 

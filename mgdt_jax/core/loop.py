@@ -190,8 +190,8 @@ def _train(
                     scores = evaluate(trainer.model(state), last_step)
                 writer.write(last_step, {f"eval/{name}": value for name, value in scores.items()})
     finally:
+        preemption.close()  # first: a Ctrl-C during the rest of the clean-up must not skip it
         getattr(stream, "close", lambda: None)()  # stops the data worker processes
-        preemption.close()
         checkpointer.close()
         writer.close()
     return TrainResult(workdir, first_step, last_step, checkpointer.latest_step(), preemption.reason if preempted else "")
@@ -307,7 +307,10 @@ class _Preemption:
         self._signalled = True
 
     def watch_interrupts(self) -> None:
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+        # Only Python's own Ctrl-C handling is replaced: a run started with SIGINT ignored (a
+        # background job of a script) or handled by its caller keeps that.
+        if (jax.process_count() == 1 and threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
             self._previous_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_interrupt)
 
     def _on_interrupt(self, signum: int, frame: Any) -> None:

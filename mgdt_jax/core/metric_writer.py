@@ -55,9 +55,10 @@ def _ends_a_line(path: Path) -> bool:
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
     """The entries of ``workdir``'s ``METRICS_FILE`` in step order, one per step.
 
-    A resumed run logs again the steps between the checkpoint it resumed from and where the earlier
-    run stopped; its entry replaces the earlier one, so a curve never goes back in steps. A line a
-    kill cut short is skipped. FileNotFoundError when the run logged nothing.
+    A step's lines (training scalars, then evaluation scalars on evaluation steps) are merged into
+    one entry. A resumed run logs again the steps between the checkpoint it resumed from and where
+    the earlier run stopped; its values replace the earlier ones, so a curve never goes back in
+    steps. A line a kill cut short is skipped. FileNotFoundError when the run logged nothing.
     """
     by_step: dict[int, dict[str, Any]] = {}
     for line in (Path(workdir) / METRICS_FILE).read_text().splitlines():
@@ -65,7 +66,7 @@ def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue
-        by_step[entry["step"]] = entry
+        by_step[entry["step"]] = {**by_step.get(entry["step"], {}), **entry}
     return [by_step[step] for step in sorted(by_step)]
 
 

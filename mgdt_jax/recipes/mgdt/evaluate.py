@@ -152,9 +152,7 @@ def evaluate(
     }
     summary = report.summarise(results, settings)
     if out_dir is not None:
-        report.write_report(summary, out_dir)
-    if videos:
-        videos.publish()
+        report.write_report(summary, out_dir, videos)
     return summary
 
 

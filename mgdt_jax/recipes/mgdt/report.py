@@ -94,14 +94,17 @@ def summarise(results: Sequence[GameResult], settings: Mapping[str, Any]) -> Eva
     )
 
 
-def write_report(summary: EvaluationSummary, out_dir: Path) -> Path:
-    """Writes the CSV and the plot, then report.json (atomically); returns the JSON's path."""
+def write_report(summary: EvaluationSummary, out_dir: Path, videos: VideoWriter | None = None) -> Path:
+    """Writes the CSV and the plot, then report.json (atomically); returns the JSON's path.
+    ``videos`` (closed) get their finished names right before report.json appears."""
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(summary, out_dir / SCORES_CSV)
     _plot(summary, out_dir / SCORES_PNG)
     report_path = out_dir / REPORT_JSON
     partial = report_path.with_suffix(".json.partial")
     partial.write_text(json.dumps(summary.to_json(), indent=2))
+    if videos is not None:
+        videos.publish()
     os.replace(partial, report_path)
     return report_path
 
@@ -145,7 +148,7 @@ def _plot(summary: EvaluationSummary, path: Path) -> None:
 
 class VideoWriter:
     """Streams each game's first episode into <out_dir>/<game>.partial.mp4, renamed to <game>.mp4
-    by ``publish`` once the report that lists them is written."""
+    by ``publish`` as the report that lists them is written (``write_report``)."""
 
     def __init__(self, out_dir: Path):
         self._out_dir = out_dir
@@ -178,7 +181,7 @@ class VideoWriter:
         return [path for _, path in self._finished]
 
     def publish(self) -> None:
-        """Renames the finished videos to their final names. Called after the report: an evaluation
+        """Renames the finished videos to their final names, right before report.json: an evaluation
         stopped before its report leaves only partial names, which a rerun into the same folder
         overwrites, never finished-looking videos that no report lists."""
         for partial, path in self._finished:

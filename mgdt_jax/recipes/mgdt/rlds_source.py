@@ -169,9 +169,11 @@ def find_dataset_dirs(sources: Sequence[str | os.PathLike]) -> list[epath.Path]:
 
 
 def _dataset_dirs_below(path: epath.Path) -> list[epath.Path]:
-    """The directories holding ``dataset_info.json`` at or below ``path``; none is looked into further."""
+    """The directories holding ``dataset_info.json`` at or below ``path``; none is looked into further,
+    nor any folder a writer has not finished (``*.partial``)."""
     found = []
     for directory, subdirectories, files in path.walk(top_down=True):
+        subdirectories[:] = [name for name in subdirectories if not name.endswith(".partial")]
         if _DATASET_INFO in files:
             found.append(directory)
             subdirectories.clear()

@@ -43,6 +43,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -249,6 +250,7 @@ _worker_dataset: RldsDataset | None = None
 
 def _open_in_worker(dataset_dir: str) -> None:
     global _worker_dataset
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent answers it
     _worker_dataset = RldsDataset(dataset_dir)
 
 
