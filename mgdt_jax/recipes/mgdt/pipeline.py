@@ -21,6 +21,7 @@ a few integers per shard of the sources (nothing per episode or step) plus the p
 
 from __future__ import annotations
 
+import signal
 import sys
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -180,8 +181,14 @@ def prefetch(batch: Callable[[int], dict[str, np.ndarray]], start_step: int, num
     read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * max(num_threads, 1))
     stream = batches.to_iter_dataset(read_options)
     if num_workers:
-        stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2))
+        stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2),
+                                    worker_init_fn=_leave_ctrl_c_to_the_trainer)
     return iter(stream)
+
+
+def _leave_ctrl_c_to_the_trainer(worker_index: int, worker_count: int) -> None:
+    # Ctrl-C reaches the whole process group; the trainer saves and then stops the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def training_data(config: Any, *, process_index: int = 0, process_count: int = 1) -> TrainingData:
