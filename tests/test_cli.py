@@ -17,6 +17,7 @@ import pytest
 from absl import app
 
 from mgdt_jax.cli import INTERRUPTED
+from tests.processes import popen_as_from_a_terminal
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SCRIPTS = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["project"]["scripts"]
@@ -45,8 +46,8 @@ def test_ctrl_c_while_recording_leaves_the_logs_named_unfinished(tmp_path):
     command = [sys.executable, "-m", "data_pipelines.record", "--game", "Pong", "--steps", "200000",
                "--out", str(out), "--capacity", "1000"]
     python_path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
-    process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": python_path},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = popen_as_from_a_terminal(command, env={**os.environ, "PYTHONPATH": python_path},
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     finished, partial = out / "Pong" / "1" / "replay_logs", out / "Pong" / "1" / "replay_logs.partial"
     deadline = time.monotonic() + 120
     while not partial.is_dir() or not any(partial.iterdir()):  # the first dump is written

@@ -28,6 +28,7 @@ from mgdt_jax.core.recipe import load_recipe
 from mgdt_jax.core import loop
 from mgdt_jax.core.metric_writer import METRICS_FILE, TENSORBOARD_DIR, MetricWriter, read_metrics
 from mgdt_jax.core.train_step import Trainer
+from tests.processes import popen_as_from_a_terminal
 from tests.recipe_cases import CASES, MGDT_CONFIG_FILE
 
 NUM_STEPS = 24
@@ -103,7 +104,7 @@ def test_throughput_and_mfu_follow_the_recipes_step_cost(config_path, uninterrup
 def run_cli(config_path: Path, workdir: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "mgdt_jax.cli.train", "--config", str(config_path), "--workdir", str(workdir)]
     python_path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
-    return subprocess.Popen(
+    return popen_as_from_a_terminal(
         command, env={**os.environ, "PYTHONPATH": python_path}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
