@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -17,24 +19,50 @@ def interruptible(program: str) -> Callable[[Callable[..., int | None]], Callabl
     of Python's KeyboardInterrupt traceback.
 
     Started as the command (its console script, ``python -m`` or the module's file), the process
-    then ends as Python ends one stopped by Ctrl-C, killed by SIGINT (a shell reads exit status 130),
-    so a calling shell loop stops too: bash goes on after a child that merely exits 130. Called
-    from Python (tests, other code), ``main`` returns 130 instead. What an interrupted command leaves
-    on disk is each command's own design (partial names renamed when complete, reports written
-    last, created run folders removed); docs/troubleshooting.md.
+    then kills itself with SIGINT, as Python ends a program stopped by Ctrl-C (a shell reads exit
+    status 130), so a calling shell loop stops too: bash goes on after a child that merely exits
+    130. It does so at once, without Python's finalisation, which can crash when XLA's threads are
+    stopped mid-compilation (the interrupted command's own clean-up has run by then). Called from
+    Python (tests, other code), ``main`` returns 130 instead.
+
+    A Ctrl-C whose KeyboardInterrupt Python swallows (raised inside a garbage-collector callback,
+    such as JAX's, it is printed as "Exception ignored" and dropped) is remembered: the command
+    goes on to its end, which is then reported as interrupted. What an interrupted command leaves on
+    disk is each command's own design (partial names renamed when complete, reports written last,
+    created run folders removed); docs/troubleshooting.md.
     """
 
     def decorate(main: Callable[..., int | None]) -> Callable[..., int | None]:
         @functools.wraps(main)
         def wrapped(*args, **kwargs) -> int | None:
+            seen = []
+
+            def on_ctrl_c(signum: int, frame: object) -> None:
+                seen.append(signum)
+                raise KeyboardInterrupt
+
+            watch = (threading.current_thread() is threading.main_thread()
+                     and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+            previous = signal.signal(signal.SIGINT, on_ctrl_c) if watch else None
             try:
-                return main(*args, **kwargs)
+                status = main(*args, **kwargs)
+                if not seen:
+                    return status
+            except SystemExit:  # absl's app.run ends every run so
+                if not seen:
+                    raise
             except KeyboardInterrupt:
-                print(f"{program}: interrupted", file=sys.stderr, flush=True)
-                if not _started_as(program, main):
-                    return INTERRUPTED
-                sys.excepthook = _quiet_on_interrupt(sys.excepthook)
-                raise  # uncaught, Python finalises and then kills itself with SIGINT
+                pass
+            finally:
+                if watch:
+                    signal.signal(signal.SIGINT, previous)
+            print(f"{program}: interrupted", file=sys.stderr, flush=True)
+            if not _started_as(program, main):
+                return INTERRUPTED
+            sys.stdout.flush()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+            return INTERRUPTED  # not reached
 
         return wrapped
 
@@ -44,14 +72,6 @@ def interruptible(program: str) -> Callable[[Callable[..., int | None]], Callabl
 def _started_as(program: str, main: Callable[..., object]) -> bool:
     started = Path(sys.argv[0])
     return started.name == program or started.resolve() == Path(inspect.getfile(main)).resolve()
-
-
-def _quiet_on_interrupt(hook: Callable[..., object]) -> Callable[..., object]:
-    def excepthook(kind, value, traceback) -> None:
-        if not issubclass(kind, KeyboardInterrupt):  # its one line is printed already
-            hook(kind, value, traceback)
-
-    return excepthook
 
 
 def check_out_dir(out: Path, report_name: str) -> None:

@@ -307,10 +307,10 @@ class _Preemption:
         self._signalled = True
 
     def watch_interrupts(self) -> None:
-        # Only Python's own Ctrl-C handling is replaced: a run started with SIGINT ignored (a
-        # background job of a script) or handled by its caller keeps that.
+        # A run started with SIGINT ignored (a background job of a script) keeps ignoring it; a
+        # caller's handler (Python's, or a CLI's) is back after the run and answers a second Ctrl-C.
         if (jax.process_count() == 1 and threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+                and signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None)):
             self._previous_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_interrupt)
 
     def _on_interrupt(self, signum: int, frame: Any) -> None:
