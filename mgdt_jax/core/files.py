@@ -5,16 +5,16 @@ never leaves a half file under the real name."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 
 def write_text(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through ``path.partial``; OSError as ``Path.write_text``."""
+    """Writes ``text`` to ``path`` through ``path.partial``; OSError as ``Path.write_text``.
+    ``path`` is a ``pathlib.Path`` or anything with its API, e.g. an ``etils.epath.Path``."""
     partial = path.with_name(path.name + ".partial")
     partial.write_text(text)
-    os.replace(partial, path)
+    partial.replace(path)
 
 
 def write_json(path: Path, content: Any) -> None:

@@ -54,6 +54,7 @@ import tqdm
 import zstandard
 from etils import epath
 
+from mgdt_jax.core import files
 from mgdt_jax.recipes.mgdt import tokens
 from mgdt_jax.recipes.mgdt import windows
 from mgdt_jax.recipes.mgdt.rlds_source import DataError, Episode, RldsDataset, shard_paths
@@ -108,12 +109,6 @@ def _fingerprints(paths: Sequence[epath.Path]) -> list[dict[str, Any]]:
 
 def _dataset_info_sha256(dataset_dir: epath.Path) -> str:
     return hashlib.sha256((dataset_dir / _DATASET_INFO).read_bytes()).hexdigest()
-
-
-def _write_json_atomically(path: epath.Path, content: dict[str, Any]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(content, indent=1) + "\n")
-    partial.replace(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +185,7 @@ class PartWriter:
 def write_entry(directory: epath.Path, shard_path: epath.Path, part: dict[str, Any]) -> dict[str, Any]:
     """Writes a part's ``.json`` entry (after its ``.steps`` file) with the shard's fingerprint."""
     entry = {"shard": shard_fingerprint(shard_path), **part}
-    _write_json_atomically(directory / (shard_path.name + ENTRY_SUFFIX), entry)
+    files.write_json(directory / (shard_path.name + ENTRY_SUFFIX), entry)
     return entry
 
 
@@ -319,7 +314,7 @@ def build_index(dataset_dir: str | os.PathLike, *, workers: int = 1, progress: b
         "step_record": [[name, STEP_RECORD[name].str] for name in STEP_RECORD.names],
         "parts": entries,
     }
-    _write_json_atomically(directory / MANIFEST, manifest)
+    files.write_json(directory / MANIFEST, manifest)
     return IndexReport(directory, sum(e["episodes"] for e in entries), sum(e["steps"] for e in entries),
                        len(stale), len(entries) - len(stale), time.perf_counter() - started)
 
