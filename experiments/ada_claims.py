@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -50,6 +51,7 @@ from mgdt_jax.recipes.ada.ppo import KickstartConfig, PPOConfig
 SEED = 0
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BUDGET_S = 3600
+LEARNING_RATE = 1e-3  # Adam's peak rate, XLand-MiniGrid's meta-RL config (configs/meta.yaml)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,13 +122,13 @@ def make_benchmark(out: Path, scale: Scale, task: TaskSetting) -> tuple[Path, di
 
 def run_config(model: str, benchmark: Path, scale: Scale, steps: int, task: TaskSetting = TaskSetting(), *,
                curriculum: str = "uniform", teacher: Path | None = None, anneal_steps: int = 0,
-               trxl_options: dict | None = None, trxl_learning_rate: float = 1e-3, lr_schedule: str = "constant",
+               trxl_options: dict | None = None, trxl_learning_rate: float = LEARNING_RATE, lr_schedule: str = "constant",
                entropy_anneal: bool = False, seed: int = SEED):
     """A training config: XLand R1-9x9, 5 trials, PPO with XLand-MiniGrid's meta-RL settings scaled down;
     ``trxl_options`` (e.g. ``{"memory_length": 128, "gated": True}``) override the Transformer-XL's
-    ``MODELS`` entry and ``trxl_learning_rate`` its peak Adam rate (the GRU's stays 1e-3);
+    ``MODELS`` entry and ``trxl_learning_rate`` its peak Adam rate (every other agent's stays ``LEARNING_RATE``);
     ``lr_schedule="linear"`` decays Adam's rate to 0 over the run, as XLand-MiniGrid's
-    configs/meta.yaml does (``"constant"`` keeps 1e-3, the runs before the flag existed);
+    configs/meta.yaml does (``"constant"`` keeps the peak rate, the runs before the flag existed);
     ``entropy_anneal`` decays the entropy bonus linearly from 0.01 to 0 over the run; ``seed`` is
     the training seed (initial parameters, environment resets, actions), the benchmark and split stay
     those of ``SEED``."""
@@ -145,7 +147,7 @@ def run_config(model: str, benchmark: Path, scale: Scale, steps: int, task: Task
         "kickstart": {**dataclasses.asdict(KickstartConfig()), "teacher": str(teacher or ""), "weight": 1.0,
                       "hold_steps": 0, "anneal_steps": max(anneal_steps, 1)},
         "mesh": {"data": -1, "fsdp": 1, "tensor": 1},
-        "optimizer": {"name": "adamw", "learning_rate": trxl_learning_rate if model == "trxl" else 1e-3,
+        "optimizer": {"name": "adamw", "learning_rate": trxl_learning_rate if model == "trxl" else LEARNING_RATE,
                       "warmup_steps": min(10, steps), "schedule": lr_schedule,
                       "grad_clip_norm": 0.5, "eps": 1e-5},
         "train": {"batch_size": scale.num_envs, "grad_accum_steps": 1, "num_steps": steps, "seed": seed,
@@ -270,10 +272,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the Transformer-XL without ALiBi's recency bias (trial index and time stay inputs)")
     parser.add_argument("--show-trial-end", action="store_true",
                         help="a trial's last view (the rewarded one) is a step of its own before the world restarts")
-    parser.add_argument("--trxl-lr", type=float, default=1e-3,
-                        help="the Transformer-XL's peak Adam rate (default 1e-3, the GRU's; Transformer-XL PPO in JAX uses 2e-4)")
+    parser.add_argument("--trxl-lr", type=float, default=LEARNING_RATE,
+                        help=f"the Transformer-XL's peak Adam rate (default {LEARNING_RATE:g}, the GRU's; "
+                             "Transformer-XL PPO in JAX uses 2e-4)")
     parser.add_argument("--lr-schedule", choices=("constant", "linear"), default="constant",
-                        help="Adam's rate after warm-up: constant 1e-3 or linear decay to 0 (XLand-MiniGrid's meta config)")
+                        help="Adam's rate after warm-up: constant at its peak or linear decay to 0 (XLand-MiniGrid's meta config)")
     parser.add_argument("--entropy-anneal", action="store_true",
                         help="decay PPO's entropy bonus linearly from 0.01 to 0 over the run (default: constant)")
     parser.add_argument("--seed", type=int, default=SEED,
@@ -287,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("rulesets", "train_steps", "rollout_length", "minibatches", "trial_steps", "memory_length", "width"):
         if (value := getattr(args, name)) is not None and value < (0 if name == "trial_steps" else 1):
             raise SystemExit(f"--{name.replace('_', '-')} {value}: must be {'>= 0' if name == 'trial_steps' else '> 0'}")
-    if not args.trxl_lr > 0:
-        raise SystemExit(f"--trxl-lr {args.trxl_lr}: must be > 0")
+    if not (math.isfinite(args.trxl_lr) and args.trxl_lr > 0):
+        raise SystemExit(f"--trxl-lr {args.trxl_lr}: must be a finite number > 0")
     scale = dataclasses.replace(scale, rulesets=args.rulesets or scale.rulesets,
                                 train_steps=args.train_steps or scale.train_steps,
                                 rollout_length=args.rollout_length or scale.rollout_length,
@@ -369,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
              *(["--memory-length", str(memory)] if memory else []),
              *(["--width", str(args.width)] if args.width else []), *(["--gated"] if args.gated else []),
              *(["--no-alibi"] if args.no_alibi else []),
-             *(["--trxl-lr", f"{args.trxl_lr:g}"] if args.trxl_lr != 1e-3 else []),
+             *(["--trxl-lr", f"{args.trxl_lr:g}"] if args.trxl_lr != LEARNING_RATE else []),
              *(["--lr-schedule", args.lr_schedule] if args.lr_schedule != "constant" else []),
              *(["--entropy-anneal"] if args.entropy_anneal else []),
              *(["--seed", str(args.seed)] if args.seed != SEED else [])]

@@ -246,12 +246,18 @@ def test_the_claims_options_reach_their_runs(tmp_path):
     seeded = ada_claims.run_config("gru", benchmark, scale, 10, lr_schedule="linear", entropy_anneal=True, seed=3)
     assert (seeded.train.seed, seeded.optimizer.schedule, seeded.env.split_seed) == (3, "linear", ada_claims.SEED)
     assert (seeded.ppo.entropy_anneal_steps, plain.ppo.entropy_anneal_steps) == (10, 0)
+    # --trxl-lr reaches the Transformer-XL only; the GRU baseline keeps XLand-MiniGrid's rate.
+    slow = {model: ada_claims.run_config(model, benchmark, scale, 10, trxl_learning_rate=3e-4) for model in ("trxl", "gru")}
+    assert (slow["trxl"].optimizer.learning_rate, slow["gru"].optimizer.learning_rate) == (3e-4, 1e-3)
+    assert plain.optimizer.learning_rate == 1e-3
     with pytest.raises(SystemExit, match="--memory-length 0: must be > 0"):
         ada_claims.main(["meta-rl", "--memory-length", "0", "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="--rollout-length 0: must be > 0"):
         ada_claims.main(["meta-rl", "--rollout-length", "0", "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="--minibatches 3: must divide the 128 environments"):
         ada_claims.main(["meta-rl", "--minibatches", "3", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="--trxl-lr nan: must be a finite number > 0"):
+        ada_claims.main(["meta-rl", "--trxl-lr", "nan", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
 
