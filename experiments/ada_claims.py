@@ -100,12 +100,14 @@ class TaskSetting:
     observe_goal: bool = True  # AdA; False: XLand-MiniGrid's RL² baselines (the view only)
     trial_steps: int = 0  # a trial's step limit; 0: xminigrid's default, 3 * 9 * 9 = 243
     show_trial_end: bool = False  # a trial's last (rewarded) view is a step of its own (trials.TrialEnv)
+    time_onehot: bool = False  # the time within the trial as a one-hot input instead of a fraction
 
     def describe(self) -> str:
         goals = "all trivial goal types" if self.goals == "all" else "the six agent_* goal types only"
         return (f"{goals}; goal {'observed' if self.observe_goal else 'hidden'}; "
                 f"trials of at most {self.trial_steps or 243} steps"
-                + ("; each trial's last view shown as a step of its own" if self.show_trial_end else ""))
+                + ("; each trial's last view shown as a step of its own" if self.show_trial_end else "")
+                + ("; time within the trial one-hot" if self.time_onehot else ""))
 
 
 def make_benchmark(out: Path, scale: Scale, task: TaskSetting) -> tuple[Path, dict]:
@@ -137,6 +139,7 @@ def run_config(model: str, benchmark: Path, scale: Scale, steps: int, task: Task
         "env": {"factory": "mgdt_jax.recipes.ada.xland:make", "benchmark": str(benchmark),
                 "env_id": "XLand-MiniGrid-R1-9x9", "num_trials": 5, "max_trials": 13, "fixed_start": True,
                 "max_steps": task.trial_steps, "show_trial_end": task.show_trial_end, "observe_goal": task.observe_goal,
+                "time_onehot": task.time_onehot,
                 "heldout_fraction": 0.1, "split_seed": SEED, "curriculum": curriculum,
                 "curriculum_settings": {}},
         "model": {**dataclasses.asdict(AgentConfig()), "observation": "grid", **MODELS[model],
@@ -272,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the Transformer-XL without ALiBi's recency bias (trial index and time stay inputs)")
     parser.add_argument("--show-trial-end", action="store_true",
                         help="a trial's last view (the rewarded one) is a step of its own before the world restarts")
+    parser.add_argument("--time-onehot", action="store_true",
+                        help="both agents see the time within the trial one-hot over its steps (default: steps / length)")
     parser.add_argument("--trxl-lr", type=float, default=LEARNING_RATE,
                         help=f"the Transformer-XL's peak Adam rate (default {LEARNING_RATE:g}, the GRU's; "
                              "Transformer-XL PPO in JAX uses 2e-4)")
@@ -299,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     if scale.num_envs % scale.num_minibatches:
         raise SystemExit(f"--minibatches {scale.num_minibatches}: must divide the {scale.num_envs} environments")
     task = TaskSetting(goals=args.goals, observe_goal=not args.hide_goal, trial_steps=args.trial_steps,
-                       show_trial_end=args.show_trial_end)
+                       show_trial_end=args.show_trial_end, time_onehot=args.time_onehot)
     started = time.perf_counter()
     print(f"# {args.claim}{' (quick)' if args.quick else ''}: {scale}; jax {jax.__version__} on "
           f"{jax.devices()[0].platform}, {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}", flush=True)
@@ -365,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     flags = [args.claim, *(["--goals", args.goals] if args.goals != "all" else []), *(["--hide-goal"] if args.hide_goal else []),
              *(["--trial-steps", str(args.trial_steps)] if args.trial_steps else []),
              *(["--show-trial-end"] if args.show_trial_end else []),
+             *(["--time-onehot"] if args.time_onehot else []),
              *(["--rulesets", str(args.rulesets)] if args.rulesets else []),
              *(["--train-steps", str(args.train_steps)] if args.train_steps else []),
              *(["--rollout-length", str(args.rollout_length)] if args.rollout_length else []),

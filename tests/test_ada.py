@@ -250,6 +250,10 @@ def test_the_claims_options_reach_their_runs(tmp_path):
     slow = {model: ada_claims.run_config(model, benchmark, scale, 10, trxl_learning_rate=3e-4) for model in ("trxl", "gru")}
     assert (slow["trxl"].optimizer.learning_rate, slow["gru"].optimizer.learning_rate) == (3e-4, 1e-3)
     assert plain.optimizer.learning_rate == 1e-3
+    # --time-onehot is a task setting: both agents see it.
+    onehot = ada_claims.TaskSetting(time_onehot=True)
+    assert all(ada_claims.run_config(model, benchmark, scale, 10, onehot).env.time_onehot for model in ("trxl", "gru"))
+    assert not plain.env.time_onehot
     with pytest.raises(SystemExit, match="--memory-length 0: must be > 0"):
         ada_claims.main(["meta-rl", "--memory-length", "0", "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="--rollout-length 0: must be > 0"):

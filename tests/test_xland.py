@@ -293,6 +293,14 @@ def test_the_ada_recipe_sees_the_trials_of_a_task_as_one_meta_episode(trivial_be
     _, hidden = hidden_env.reset(jax.random.key(3), ruleset)
     assert hidden.extras["goal"].shape == goal.shape[1:] and not np.asarray(hidden.extras["goal"]).any()
     assert hidden_env.describe()["observe_goal"] is False
+    # time_onehot: the time within the trial one-hot over its steps (0..max_steps), where it was a fraction.
+    onehot_env, _ = ada_xland.make({**env_config, "time_onehot": True})
+    state, start = onehot_env.reset(jax.random.key(3), ruleset)
+    _, after = onehot_env.step(state, jnp.int32(trials.NOOP_ACTION))
+    assert start.extras["time"].shape == (4 + 1,) and onehot_env.describe()["time_onehot"] is True
+    np.testing.assert_array_equal(np.asarray(start.extras["time"]), np.eye(5)[0])
+    np.testing.assert_array_equal(np.asarray(after.extras["time"]), np.eye(5)[1])
+    assert hidden.extras["time"].shape == (1,)
     with pytest.raises(ValueError, match="env.benchmark: give a benchmark file"):
         ada_xland.make({"factory": env_config["factory"]})
     with pytest.raises(ValueError, match="no such benchmark file"):

@@ -10,8 +10,8 @@ The meta-environment is `mgdt_jax.envs.xland.trials.TrialEnv` seen through the r
 belongs to (the one that just ended when a step ends a trial: TrialEnv's own ``trial`` already names
 the next, unless ``show_trial_end`` shows the end as a step of its own). The agent's extras (AdA:
 the goal is observed, the rules are not) are the trial index (one-hot, k), the time within the
-trial (steps / trial length) and the goal (xminigrid's encoding one-hot: goal type, then tile and
-colour of each of its two object slots). ``observe_goal=False`` zeroes the goal features, as
+trial (steps / trial length, or with ``time_onehot`` one-hot over the trial's steps) and the goal
+(xminigrid's encoding one-hot: goal type, then tile and colour of each of its two object slots). ``observe_goal=False`` zeroes the goal features, as
 XLand-MiniGrid's RL² baselines see only the view: then even a goal-only (trivial) task has
 something to infer in context, which object is rewarded and how.
 
@@ -49,6 +49,7 @@ class XLandConfig:
     show_trial_end: bool = False  # a trial's last (rewarded) view is a step of its own (trials.TrialEnv)
     max_trials: int = 0  # width of the trial one-hot the agent sees (0: num_trials); evaluation may run up to it
     observe_goal: bool = True  # AdA observes the goal; False hides it (XLand-MiniGrid's RL² baselines)
+    time_onehot: bool = False  # the time within the trial one-hot over its steps instead of steps / trial length
     heldout_fraction: float = 0.0  # rulesets held out of training (generator.task_split), for evaluation
     split_seed: int = 0
     curriculum: str = "uniform"  # "uniform" | "plr" (PLR with a no-op filter, curriculum.py)
@@ -77,6 +78,10 @@ class XLandTrials:
     benchmark: dict[str, Any]  # the benchmark's record: benchmark_id, sha256, generator settings
     trial_features: int  # width of the trial one-hot (>= num_trials)
     observe_goal: bool = True
+    # One-hot time lets attention match the same step of earlier trials (a dot product of two
+    # scalars t_q * t_k cannot peak at t_q == t_k); with a fixed start that step's next action
+    # replays a path that reached the goal.
+    time_onehot: bool = False
 
     @property
     def num_actions(self) -> int:
@@ -111,7 +116,8 @@ class XLandTrials:
             trial=reward_trial.astype(jnp.int32),
             extras={
                 "trial": jax.nn.one_hot(timestep.trial, self.trial_features, dtype=jnp.float32),
-                "time": (timestep.time / self.env.trial_length).astype(jnp.float32)[None],
+                "time": (jax.nn.one_hot(timestep.time, self.env.trial_length + 1, dtype=jnp.float32) if self.time_onehot
+                         else (timestep.time / self.env.trial_length).astype(jnp.float32)[None]),
                 "goal": goal_features(timestep.goal) * self.observe_goal,  # zeros when hidden
             },
         )
@@ -120,7 +126,7 @@ class XLandTrials:
         return {"name": "xland", "env_id": self.env.env_id, "num_trials": self.num_trials,
                 "fixed_start": self.env.fixed_start, "trial_length": self.env.trial_length,
                 "show_trial_end": self.env.show_trial_end,
-                "trial_features": self.trial_features, "observe_goal": self.observe_goal,
+                "trial_features": self.trial_features, "observe_goal": self.observe_goal, "time_onehot": self.time_onehot,
                 "benchmark_id": self.benchmark["benchmark_id"], "benchmark_sha256": self.benchmark["sha256"]}
 
 
@@ -169,7 +175,7 @@ def make(env_config: Any) -> tuple[XLandTrials, UniformTasks | curriculum.Curric
     train_ids = heldout_ids = None
     if settings.heldout_fraction:
         train_ids, heldout_ids = generator.task_split(num_tasks, settings.heldout_fraction, settings.split_seed)
-    meta_env = XLandTrials(env, record, trial_features, settings.observe_goal)
+    meta_env = XLandTrials(env, record, trial_features, settings.observe_goal, settings.time_onehot)
     if settings.curriculum == "uniform":
         return meta_env, UniformTasks(num_tasks, benchmark.get_ruleset, train_ids, heldout_ids)
     train = np.arange(num_tasks, dtype=np.int32) if train_ids is None else train_ids
