@@ -11,9 +11,10 @@ belongs to (the one that just ended when a step ends a trial: TrialEnv's own ``t
 the next, unless ``show_trial_end`` shows the end as a step of its own). The agent's extras (AdA:
 the goal is observed, the rules are not) are the trial index (one-hot, k), the time within the
 trial (steps / trial length, or with ``time_onehot`` one-hot over the trial's steps) and the goal
-(xminigrid's encoding one-hot: goal type, then tile and colour of each of its two object slots). ``observe_goal=False`` zeroes the goal features, as
-XLand-MiniGrid's RL² baselines see only the view: then even a goal-only (trivial) task has
-something to infer in context, which object is rewarded and how.
+(xminigrid's encoding one-hot: goal type, then tile and colour of each of its two object slots).
+``observe_goal=False`` zeroes the goal features, as XLand-MiniGrid's RL² baselines see only the
+view: then even a goal-only (trivial) task has something to infer in context, which object is
+rewarded and how.
 
 Tasks are drawn uniformly, or by PLR with a no-op filter (``curriculum = "plr"``), over the
 training rulesets of ``benchmark`` (a file of ``mgdt-xland-benchmark``, checked against its sha256
