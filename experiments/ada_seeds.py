@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import numpy as np
 from mgdt_jax.recipes.ada import evaluate
 
 AGENT_NAMES = {"trxl": "Transformer-XL", "gru": "GRU RL2"}
+TRIAL_5 = 4  # the claim's last trial; a report of more trials (mgdt-ada-eval --trials 13) is read at trial 5
 
 
 class SeedError(ValueError):
@@ -39,18 +41,29 @@ def load_runs(paths: list[Path]) -> dict[str, dict[int, np.ndarray]]:
     reference: tuple | None = None
     for path in paths:
         try:
-            report = json.loads(path.read_text())
-            entries = report["runs"].items()
-        except (OSError, ValueError, KeyError, AttributeError) as error:
+            text = path.read_text()
+        except OSError as error:
+            raise SeedError(f"{path}: cannot be read ({error.strerror or error})") from None
+        try:
+            entries = json.loads(text)["runs"].items()
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise SeedError(f"{path}: not an AdA evaluation report ({type(error).__name__}: {error})") from None
+        if not entries:
+            raise SeedError(f"{path}: holds no runs")
         for name, run in entries:
             try:
                 settings = run["settings"]
+                agent = settings["agent"]
                 key = (settings["env"]["benchmark_sha256"], tuple(run["task_ids"]), run["episodes_per_task"],
                        run["trials"], settings["split"], settings.get("actions"))
                 config_path = Path(settings["workdir"]) / "config.json"
-            except (KeyError, TypeError) as error:
-                raise SeedError(f"{path}: run {name!r} lacks {error} of an AdA evaluation report") from None
+                scores = np.asarray(run["task_scores"], np.float64)
+            except (KeyError, TypeError, ValueError) as error:
+                raise SeedError(f"{path}: run {name!r} is not an AdA evaluation run "
+                                f"({type(error).__name__}: {error})") from None
+            if scores.ndim != 2 or scores.shape[0] != len(key[1]) or scores.shape[1] < TRIAL_5 + 1:
+                raise SeedError(f"{path}: run {name!r} has task_scores of shape {scores.shape}, not "
+                                f"[{len(key[1])} tasks, >= {TRIAL_5 + 1} trials]")
             if reference is None:
                 reference = key
             elif key != reference:
@@ -60,21 +73,26 @@ def load_runs(paths: list[Path]) -> dict[str, dict[int, np.ndarray]]:
                 seed = int(json.loads(config_path.read_text())["train"]["seed"])
             except (OSError, ValueError, KeyError) as error:
                 raise SeedError(f"{config_path}: the training seed of run {name!r} is unreadable ({error})") from None
-            seeds = runs.setdefault(settings["agent"], {})
+            seeds = runs.setdefault(agent, {})
             if seed in seeds:
-                raise SeedError(f"{path}: a second {settings['agent']} run of training seed {seed}")
-            seeds[seed] = np.asarray(run["task_scores"], np.float64)
+                raise SeedError(f"{path}: a second {agent} run of training seed {seed}")
+            seeds[seed] = scores
     return runs
 
 
 def ratio_interval(task_scores: np.ndarray, *, reps: int = evaluate.BOOTSTRAP_REPS, seed: int = 0) -> tuple[float, float, float]:
-    """(value, low, high): mean over tasks of the last trial / of the first, ``task_scores`` [tasks, K],
-    with a percentile bootstrap interval over tasks at ``evaluate.CONFIDENCE``."""
+    """(value, low, high): mean over tasks of trial 5 / of trial 1, ``task_scores`` [tasks, K >= 5],
+    with a percentile bootstrap interval over tasks at ``evaluate.CONFIDENCE``. NaN where a ratio is
+    undefined: the value when trial 1's mean is 0, the interval when a resample's is."""
+    first, last = task_scores[:, 0].mean(), task_scores[:, TRIAL_5].mean()
+    value = float(last / first) if first > 0 else math.nan
     resamples = np.random.default_rng(seed).integers(0, len(task_scores), (reps, len(task_scores)))
     means = task_scores[resamples].mean(axis=1)  # [reps, K]
+    if not (means[:, 0] > 0).all():
+        return value, math.nan, math.nan
     tail = (1.0 - evaluate.CONFIDENCE) / 2 * 100
-    low, high = np.percentile(means[:, -1] / means[:, 0], [tail, 100 - tail])
-    return float(task_scores[:, -1].mean() / task_scores[:, 0].mean()), float(low), float(high)
+    low, high = np.percentile(means[:, TRIAL_5] / means[:, 0], [tail, 100 - tail])
+    return value, float(low), float(high)
 
 
 def difference_interval(a: np.ndarray, b: np.ndarray, *, reps: int = evaluate.BOOTSTRAP_REPS,
@@ -85,28 +103,40 @@ def difference_interval(a: np.ndarray, b: np.ndarray, *, reps: int = evaluate.BO
     return mean["value"][0], mean["low"][0], mean["high"][0]
 
 
+def _ratio(last: float, first: float) -> float:
+    return last / first if first > 0 else math.nan
+
+
+def _cell(value: float) -> str:
+    """A ratio for the table; "n/a" where it is undefined (a trial-1 mean of 0)."""
+    return "n/a" if math.isnan(value) else f"{value:.2f}"
+
+
 def summary(runs: dict[str, dict[int, np.ndarray]]) -> tuple[str, dict]:
     """The markdown tables and their values (per seed, pooled) of ``load_runs``'s output."""
     lines = ["| agent | seed | trial 1 | trial 5 | trial 5 / trial 1 |", "|---|---|---|---|---|"]
     values: dict = {"per_seed": {}, "pooled": {}}
     for agent, seeds in runs.items():
         for seed, scores in sorted(seeds.items()):
-            first, last = scores[:, 0].mean(), scores[:, -1].mean()
-            lines.append(f"| {AGENT_NAMES.get(agent, agent)} | {seed} | {first:.3f} | {last:.3f} | {last / first:.2f} |")
+            first, last = scores[:, 0].mean(), scores[:, TRIAL_5].mean()
+            lines.append(f"| {AGENT_NAMES.get(agent, agent)} | {seed} | {first:.3f} | {last:.3f} | {_cell(_ratio(last, first))} |")
             values["per_seed"].setdefault(agent, {})[seed] = {"trial_1": first, "trial_5": last}
     lines += ["", "| agent | seeds | trial 1 | trial 5 | trial 5 / trial 1 [95% CI] | ratio's spread over seeds |",
               "|---|---|---|---|---|---|"]
-    pooled = {agent: np.mean(list(seeds.values()), axis=0) for agent, seeds in runs.items()}
+    # Reports of more trials than the claim's are cut to trial 5, so runs of 5 and of 13 trials pool.
+    pooled = {agent: np.mean([scores[:, :TRIAL_5 + 1] for scores in seeds.values()], axis=0) for agent, seeds in runs.items()}
     for agent, scores in pooled.items():
         ratio = ratio_interval(scores)
-        per_seed = [v["trial_5"] / v["trial_1"] for v in values["per_seed"][agent].values()]
+        per_seed = [_ratio(v["trial_5"], v["trial_1"]) for v in values["per_seed"][agent].values()]
         lines.append(f"| {AGENT_NAMES.get(agent, agent)} | {', '.join(map(str, sorted(runs[agent])))} | "
-                     f"{scores[:, 0].mean():.3f} | {scores[:, -1].mean():.3f} | {ratio[0]:.2f} [{ratio[1]:.2f}, "
-                     f"{ratio[2]:.2f}] | {min(per_seed):.2f}-{max(per_seed):.2f} |")
+                     f"{scores[:, 0].mean():.3f} | {scores[:, TRIAL_5].mean():.3f} | {_cell(ratio[0])} [{_cell(ratio[1])}, "
+                     f"{_cell(ratio[2])}] | {_cell(min(per_seed))}-{_cell(max(per_seed))} |")
         values["pooled"][agent] = {"seeds": sorted(runs[agent]), "trial_1": scores[:, 0].mean(),
-                                   "trial_5": scores[:, -1].mean(), "ratio": ratio}
+                                   "trial_5": scores[:, TRIAL_5].mean(), "ratio": ratio}
+    if any(math.isnan(v) for entry in values["pooled"].values() for v in entry["ratio"]):
+        lines += ["", "n/a: a trial-1 mean of 0 (in the data, or in a bootstrap resample of tasks) leaves the ratio undefined."]
     if {"trxl", "gru"} <= pooled.keys():
-        difference = difference_interval(pooled["trxl"][:, -1], pooled["gru"][:, -1])
+        difference = difference_interval(pooled["trxl"][:, TRIAL_5], pooled["gru"][:, TRIAL_5])
         lines += ["", f"Trial 5, Transformer-XL - GRU (pooled, paired over tasks): {difference[0]:+.3f} "
                       f"[{difference[1]:+.3f}, {difference[2]:+.3f}]"]
         values["trial_5_difference"] = difference
@@ -118,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("reports", nargs="+", type=Path, help="report.json of held-out evaluations")
     parser.add_argument("--json", type=Path, help="also write the values here")
     args = parser.parse_args(argv)
+    if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()):
+        parser.error(f"--json {args.json}: {'is a directory' if args.json.is_dir() else 'its directory does not exist'}")
     try:
         runs = load_runs(args.reports)
     except SeedError as error:
@@ -127,8 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.json:
         partial = args.json.with_name(args.json.name + ".partial")
-        partial.write_text(json.dumps(values, indent=1, default=float))
-        partial.replace(args.json)
+        try:
+            partial.write_text(json.dumps(values, indent=1, default=float))
+            partial.replace(args.json)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            print(f"ada_seeds: error: --json {args.json}: {error.strerror or error}", file=sys.stderr)
+            return 1
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 

@@ -262,6 +262,12 @@ def test_the_claims_options_reach_their_runs(tmp_path):
         ada_claims.main(["meta-rl", "--minibatches", "3", "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="--trxl-lr nan: must be a finite number > 0"):
         ada_claims.main(["meta-rl", "--trxl-lr", "nan", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="--width 3: must be a multiple of the Transformer-XL's 4 heads"):
+        ada_claims.main(["meta-rl", "--width", "3", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="--seed -1: must be >= 0"):
+        ada_claims.main(["meta-rl", "--seed", "-1", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="--rulesets 5: 5 rulesets with heldout_fraction 0.1: one side of the split"):
+        ada_claims.main(["meta-rl", "--quick", "--rulesets", "5", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
 

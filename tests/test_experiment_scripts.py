@@ -74,6 +74,11 @@ def test_trial_outcomes_decompose_xland_returns_by_hand():
     np.testing.assert_allclose(result["kept_steps"][2], 10.0)
 
 
+def _five(rows):
+    """Per-task [trial 1, trial 5] -> five trials, trials 2-4 zero."""
+    return [[first, 0.0, 0.0, 0.0, last] for first, last in rows]
+
+
 def _seed_report(tmp_path, name, agent, seed, task_scores, tasks=(3, 5), sha="abc"):
     workdir = tmp_path / name
     workdir.mkdir()
@@ -90,11 +95,11 @@ def _seed_report(tmp_path, name, agent, seed, task_scores, tasks=(3, 5), sha="ab
 def test_ada_seeds_pools_task_scores_over_seeds(tmp_path, capsys):
     from experiments import ada_seeds
 
-    # Two tasks, two trials. Transformer-XL seed 0: trial means 0.2 -> 0.4; seed 1: 0.4 -> 0.5.
-    # Pooled per task: [[0.3, 0.4], [0.3, 0.5]] -> trial 1 0.3, trial 2 0.45, ratio 1.5.
-    reports = [_seed_report(tmp_path, "t0", "trxl", 0, [[0.1, 0.3], [0.3, 0.5]]),
-               _seed_report(tmp_path, "t1", "trxl", 1, [[0.5, 0.5], [0.3, 0.5]]),
-               _seed_report(tmp_path, "g0", "gru", 0, [[0.3, 0.4], [0.3, 0.4]])]
+    # Two tasks. Transformer-XL seed 0: trial means 0.2 -> 0.4 (trial 1 -> 5); seed 1: 0.4 -> 0.5.
+    # Pooled per task: [[0.3, 0.4], [0.3, 0.5]] -> trial 1 0.3, trial 5 0.45, ratio 1.5.
+    reports = [_seed_report(tmp_path, "t0", "trxl", 0, _five([[0.1, 0.3], [0.3, 0.5]])),
+               _seed_report(tmp_path, "t1", "trxl", 1, _five([[0.5, 0.5], [0.3, 0.5]])),
+               _seed_report(tmp_path, "g0", "gru", 0, _five([[0.3, 0.4], [0.3, 0.4]]))]
     out = tmp_path / "pooled.json"
     assert ada_seeds.main([*map(str, reports), "--json", str(out)]) == 0
     values = json.loads(out.read_text())
@@ -103,15 +108,41 @@ def test_ada_seeds_pools_task_scores_over_seeds(tmp_path, capsys):
     assert pooled["ratio"][1] <= 1.5 <= pooled["ratio"][2]
     np.testing.assert_allclose(values["trial_5_difference"][0], 0.05)  # 0.45 - 0.4, paired over the same tasks
     assert "| Transformer-XL | 1 | 0.400 | 0.500 | 1.25 |" in capsys.readouterr().out
+    # Scored over 13 trials (mgdt-ada-eval --trials 13), a run is still read at trial 5.
+    thirteen = [row + [0.9] * 8 for row in _five([[0.5, 0.5], [0.3, 0.5]])]
+    assert ada_seeds.main([str(_seed_report(tmp_path, "k13", "trxl", 1, thirteen))]) == 0
+    assert "| Transformer-XL | 1 | 0.400 | 0.500 | 1.25 |" in capsys.readouterr().out
 
 
 def test_ada_seeds_refuses_runs_on_other_tasks_or_a_repeated_seed(tmp_path, capsys):
     from experiments import ada_seeds
 
-    first = _seed_report(tmp_path, "t0", "trxl", 0, [[0.1, 0.3], [0.3, 0.5]])
-    other_tasks = _seed_report(tmp_path, "t1", "trxl", 1, [[0.1, 0.3], [0.3, 0.5]], tasks=(3, 6))
-    repeated = _seed_report(tmp_path, "t2", "trxl", 0, [[0.1, 0.3], [0.3, 0.5]])
-    for bad in (other_tasks, repeated, tmp_path / "missing.json"):
+    first = _seed_report(tmp_path, "t0", "trxl", 0, _five([[0.1, 0.3], [0.3, 0.5]]))
+    other_tasks = _seed_report(tmp_path, "t1", "trxl", 1, _five([[0.1, 0.3], [0.3, 0.5]]), tasks=(3, 6))
+    repeated = _seed_report(tmp_path, "t2", "trxl", 0, _five([[0.1, 0.3], [0.3, 0.5]]))
+    two_trials = _seed_report(tmp_path, "t3", "trxl", 3, [[0.1, 0.3], [0.3, 0.5]])
+    text_scores = _seed_report(tmp_path, "t4", "trxl", 4, "abc")
+    malformed = []
+    for name, text in (("list", "[]"), ("null", "null"), ("no_runs", '{"runs": {}}'), ("truncated", '{"runs": {')):
+        malformed.append(tmp_path / f"{name}.json")
+        malformed[-1].write_text(text)
+    for bad in (other_tasks, repeated, two_trials, text_scores, *malformed, tmp_path / "missing.json"):
         assert ada_seeds.main([str(first), str(bad)]) == 1
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and str(bad) in error
+    for bad_json in (tmp_path, tmp_path / "no_such_dir" / "pooled.json"):
+        with pytest.raises(SystemExit):
+            ada_seeds.main([str(first), "--json", str(bad_json)])
+        assert "--json" in capsys.readouterr().err
+    assert not list(tmp_path.glob("**/*.partial"))
+
+
+def test_ada_seeds_says_a_ratio_over_a_zero_trial_1_is_undefined(tmp_path, capsys):
+    from experiments import ada_seeds
+
+    # Task 3 scores 0 in trial 1, so a bootstrap resample of it alone has no ratio; task 5 has none at all.
+    assert ada_seeds.main([str(_seed_report(tmp_path, "t0", "trxl", 0, _five([[0.0, 0.3], [0.2, 0.5]])))]) == 0
+    out = capsys.readouterr().out
+    assert "| Transformer-XL | 0 | 0.100 | 0.400 | 4.00 |" in out and "4.00 [n/a, n/a]" in out and "undefined" in out
+    assert ada_seeds.main([str(_seed_report(tmp_path, "t1", "trxl", 1, _five([[0.0, 0.3], [0.0, 0.5]])))]) == 0
+    assert "| Transformer-XL | 1 | 0.000 | 0.400 | n/a |" in capsys.readouterr().out

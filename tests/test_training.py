@@ -194,6 +194,19 @@ def test_checkpoint_of_another_model_is_refused_in_one_line(config_path, uninter
         checkpointing.load_params(uninterrupted_run, target=trainer.abstract_state.params)
 
 
+def test_a_checkpoint_with_its_array_files_deleted_is_one_line(config_path, uninterrupted_run, tmp_path):
+    workdir = copy_of_run(uninterrupted_run, tmp_path / "damaged")
+    step = workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)
+    data = [path for path in (step / checkpointing.PARAMS).rglob("*") if path.is_file() and "ocdbt.process_0" in path.parts]
+    assert data, "no array files found to delete"
+    for path in data:
+        path.unlink()
+    config = load_config(config_path)
+    trainer = Trainer(config, sharding.make_mesh(config.mesh))
+    with pytest.raises(checkpointing.CheckpointError, match=rf"^{step}: its parameters cannot be read, a file is missing or damaged \(.*\)$"):
+        checkpointing.load_params(workdir, target=trainer.abstract_state.params)
+
+
 def test_checkpoints_of_another_recipe_are_refused_in_one_line(config_path, uninterrupted_run, tmp_path):
     workdir = tmp_path / "other_recipe"
     shutil.copytree(uninterrupted_run, workdir, ignore=shutil.ignore_patterns(TENSORBOARD_DIR))

@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--trials must be at least 1, got {args.trials}")
     if args.episodes < 1:
         parser.error(f"--episodes must be at least 1, got {args.episodes}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
 
     from mgdt_jax.recipes.ada import evaluate
 

@@ -322,7 +322,12 @@ def load_checkpoint(path: str | Path, target: Any = None, step: int | None = Non
         else:
             _check_fits(manager, step, PARAMS, target, directory)
             item = ocp.args.StandardRestore(target)
-        return manager.restore(step, args=ocp.args.Composite(**{PARAMS: item}))[PARAMS], position
+        try:
+            return manager.restore(step, args=ocp.args.Composite(**{PARAMS: item}))[PARAMS], position
+        except Exception as error:  # a damaged array file surfaces as whatever TensorStore raises
+            reason = (str(error).strip().splitlines() or [""])[0][:200]
+            raise CheckpointError(f"{directory / str(step)}: its parameters cannot be read, a file is missing or "
+                                  f"damaged ({type(error).__name__}: {reason})") from None
 
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:

@@ -164,7 +164,7 @@ def evaluate_run(workdir: str | Path, *, trials: int | None = None, episodes: in
     sampled from the policy (or its argmax with ``greedy``).
 
     ValueError (one line) for a workdir that is not an AdA run or has no checkpoint, ``trials`` or
-    ``episodes`` below 1, ``trials`` beyond what the agent observes, or an environment without
+    ``episodes`` below 1, a negative ``seed``, ``trials`` beyond what the agent observes, or an environment without
     ``num_trials`` or ``episode_length``.
     """
     workdir = Path(workdir)
@@ -172,6 +172,8 @@ def evaluate_run(workdir: str | Path, *, trials: int | None = None, episodes: in
         raise ValueError(f"episodes {episodes}: must be at least 1")
     if trials is not None and trials < 1:
         raise ValueError(f"trials {trials}: must be at least 1")
+    if seed < 0:
+        raise ValueError(f"seed {seed}: must be >= 0")
     from mgdt_jax.core.loop import read_run_config
 
     env_config = dict(read_run_config(workdir, AdaRecipe.name).get("env") or {})
