@@ -378,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         checks["kickstarted trial 5 >= not kickstarted (reported, not claimed)"] = bool(means["kickstarted"][4] >= means["not kickstarted"][4])
     checks["within 60 minutes"] = total_s <= BUDGET_S
 
-    flags = [args.claim, *(["--quick"] if args.quick else []), *(["--goals", args.goals] if args.goals != "all" else []), *(["--hide-goal"] if args.hide_goal else []),
+    flags = [args.claim, *(["--quick"] if args.quick else []),
+             *(["--goals", args.goals] if args.goals != "all" else []), *(["--hide-goal"] if args.hide_goal else []),
              *(["--trial-steps", str(args.trial_steps)] if args.trial_steps else []),
              *(["--show-trial-end"] if args.show_trial_end else []),
              *(["--time-onehot"] if args.time_onehot else []),
@@ -407,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             + f"![training return](figures/ada_{args.claim}_training.png)\n")
     print("\n" + text)
     (args.out / "summary.json").write_text(json.dumps({
-        "claim": args.claim, "command": f"python experiments/ada_claims.py {' '.join(flags)} --out DIR", "quick": args.quick, "scale": dataclasses.asdict(scale), "task": dataclasses.asdict(task),
+        "claim": args.claim, "command": f"python experiments/ada_claims.py {' '.join(flags)} --out DIR",
+        "quick": args.quick, "scale": dataclasses.asdict(scale), "task": dataclasses.asdict(task),
         "benchmark": record,
         "seconds": {**seconds, "evaluation": eval_s, "total": total_s}, "trial_means": means, "checks": checks}, indent=1))
     if args.docs:

@@ -80,12 +80,20 @@ def load_runs(paths: list[Path]) -> dict[str, dict[int, np.ndarray]]:
     return runs
 
 
+def _ratio(last: float, first: float) -> float:
+    return last / first if first > 0 else math.nan
+
+
+def _cell(value: float) -> str:
+    """A ratio for the table; "n/a" where it is undefined (a trial-1 mean of 0)."""
+    return "n/a" if math.isnan(value) else f"{value:.2f}"
+
+
 def ratio_interval(task_scores: np.ndarray, *, reps: int = evaluate.BOOTSTRAP_REPS, seed: int = 0) -> tuple[float, float, float]:
     """(value, low, high): mean over tasks of trial 5 / of trial 1, ``task_scores`` [tasks, K >= 5],
     with a percentile bootstrap interval over tasks at ``evaluate.CONFIDENCE``. NaN where a ratio is
     undefined: the value when trial 1's mean is 0, the interval when a resample's is."""
-    first, last = task_scores[:, 0].mean(), task_scores[:, TRIAL_5].mean()
-    value = float(last / first) if first > 0 else math.nan
+    value = float(_ratio(task_scores[:, TRIAL_5].mean(), task_scores[:, 0].mean()))
     resamples = np.random.default_rng(seed).integers(0, len(task_scores), (reps, len(task_scores)))
     means = task_scores[resamples].mean(axis=1)  # [reps, K]
     if not (means[:, 0] > 0).all():
@@ -101,15 +109,6 @@ def difference_interval(a: np.ndarray, b: np.ndarray, *, reps: int = evaluate.BO
     evaluation report's percentile bootstrap interval over tasks (``evaluate.bootstrap``)."""
     mean = evaluate.bootstrap((a - b)[:, None], reps=reps, seed=seed)["mean"]
     return mean["value"][0], mean["low"][0], mean["high"][0]
-
-
-def _ratio(last: float, first: float) -> float:
-    return last / first if first > 0 else math.nan
-
-
-def _cell(value: float) -> str:
-    """A ratio for the table; "n/a" where it is undefined (a trial-1 mean of 0)."""
-    return "n/a" if math.isnan(value) else f"{value:.2f}"
 
 
 def summary(runs: dict[str, dict[int, np.ndarray]]) -> tuple[str, dict]:

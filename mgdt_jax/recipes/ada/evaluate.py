@@ -164,8 +164,8 @@ def evaluate_run(workdir: str | Path, *, trials: int | None = None, episodes: in
     sampled from the policy (or its argmax with ``greedy``).
 
     ValueError (one line) for a workdir that is not an AdA run or has no checkpoint, ``trials`` or
-    ``episodes`` below 1, a negative ``seed``, ``trials`` beyond what the agent observes, or an environment without
-    ``num_trials`` or ``episode_length``.
+    ``episodes`` below 1, a negative ``seed``, ``trials`` beyond what the agent observes, or an
+    environment without ``num_trials`` or ``episode_length``.
     """
     workdir = Path(workdir)
     if episodes < 1:
