@@ -194,7 +194,7 @@ def test_checkpoint_of_another_model_is_refused_in_one_line(config_path, uninter
         checkpointing.load_params(uninterrupted_run, target=trainer.abstract_state.params)
 
 
-def test_a_checkpoint_with_its_array_files_deleted_is_one_line(config_path, uninterrupted_run, tmp_path):
+def test_deleted_array_files_are_one_line_to_every_reader(config_path, uninterrupted_run, tmp_path):
     workdir = copy_of_run(uninterrupted_run, tmp_path / "damaged")
     step = workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)
     data = [path for path in (step / checkpointing.PARAMS).rglob("*") if path.is_file() and "ocdbt.process_0" in path.parts]
@@ -205,6 +205,12 @@ def test_a_checkpoint_with_its_array_files_deleted_is_one_line(config_path, unin
     trainer = Trainer(config, sharding.make_mesh(config.mesh))
     with pytest.raises(checkpointing.CheckpointError, match=rf"^{step}: its parameters cannot be read, a file is missing or damaged \(.*\)$"):
         checkpointing.load_params(workdir, target=trainer.abstract_state.params)
+    checkpointer = checkpointing.Checkpointer(workdir, save_every=CHECKPOINT_EVERY, keep=3)
+    try:  # resuming training reads the same files
+        with pytest.raises(checkpointing.CheckpointError, match=rf"^{step}: its training state cannot be read, a file is missing or damaged \(.*\)$"):
+            checkpointer.restore(trainer.abstract_state)
+    finally:
+        checkpointer.close()
 
 
 def test_checkpoints_of_another_recipe_are_refused_in_one_line(config_path, uninterrupted_run, tmp_path):

@@ -260,7 +260,8 @@ class Checkpointer:
         for name, target in targets.items():
             _check_fits(self._manager, step, name, target, self.directory)
         args = {name: ocp.args.StandardRestore(target) for name, target in targets.items()}
-        restored = self._manager.restore(step, args=ocp.args.Composite(**args, **{DATA: ocp.args.JsonRestore()}))
+        restored = _restore(self._manager, step, ocp.args.Composite(**args, **{DATA: ocp.args.JsonRestore()}),
+                            self.directory, "its training state")
         trainer = restored[TRAINER]
         state = TrainState(
             step=trainer["step"],
@@ -322,12 +323,18 @@ def load_checkpoint(path: str | Path, target: Any = None, step: int | None = Non
         else:
             _check_fits(manager, step, PARAMS, target, directory)
             item = ocp.args.StandardRestore(target)
-        try:
-            return manager.restore(step, args=ocp.args.Composite(**{PARAMS: item}))[PARAMS], position
-        except Exception as error:  # a damaged array file surfaces as whatever TensorStore raises
-            reason = (str(error).strip().splitlines() or [""])[0][:200]
-            raise CheckpointError(f"{directory / str(step)}: its parameters cannot be read, a file is missing or "
-                                  f"damaged ({type(error).__name__}: {reason})") from None
+        params = _restore(manager, step, ocp.args.Composite(**{PARAMS: item}), directory, "its parameters")[PARAMS]
+        return params, position
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, args: ocp.args.Composite, directory: Path, what: str) -> Any:
+    """``manager.restore``, with an array file deleted or damaged after a complete save as one CheckpointError line."""
+    try:
+        return manager.restore(step, args=args)
+    except Exception as error:  # a damaged array file surfaces as whatever TensorStore raises
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{directory / str(step)}: {what} cannot be read, a file is missing or "
+                              f"damaged ({type(error).__name__}: {reason})") from None
 
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
