@@ -213,6 +213,21 @@ def test_deleted_array_files_are_one_line_to_every_reader(config_path, uninterru
         checkpointer.close()
 
 
+def test_a_damaged_data_position_is_one_line_to_every_reader(uninterrupted_run, tmp_path):
+    workdir = copy_of_run(uninterrupted_run, tmp_path / "damaged")
+    step = workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)
+    (step / checkpointing.DATA / "metadata").write_text("not json")
+    expected = rf"^{step}: its data position cannot be read, a file is missing or damaged \(JSONDecodeError: .*\)$"
+    with pytest.raises(checkpointing.CheckpointError, match=expected):
+        checkpointing.load_params(workdir)
+    checkpointer = checkpointing.Checkpointer(workdir, save_every=CHECKPOINT_EVERY, keep=3)
+    try:  # resuming training checks the saved recipe in the data position first
+        with pytest.raises(checkpointing.CheckpointError, match=expected):
+            checkpointer.data_position(NUM_STEPS)
+    finally:
+        checkpointer.close()
+
+
 def test_checkpoints_of_another_recipe_are_refused_in_one_line(config_path, uninterrupted_run, tmp_path):
     workdir = tmp_path / "other_recipe"
     shutil.copytree(uninterrupted_run, workdir, ignore=shutil.ignore_patterns(TENSORBOARD_DIR))

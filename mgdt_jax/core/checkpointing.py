@@ -274,7 +274,7 @@ class Checkpointer:
 
     def data_position(self, step: int) -> dict[str, Any]:
         """The data position saved with ``step`` alone (no array is read), e.g. to check its recipe."""
-        return dict(self._manager.restore(step, args=ocp.args.Composite(**{DATA: ocp.args.JsonRestore()}))[DATA])
+        return _data_position(self._manager, step, self.directory)
 
     def wait_until_finished(self) -> None:
         """Blocks until the last asynchronous save is on disk (and surfaces its errors)."""
@@ -312,7 +312,7 @@ def load_checkpoint(path: str | Path, target: Any = None, step: int | None = Non
     with ocp.CheckpointManager(directory, options=options, handler_registry=_handler_registry()) as manager:
         position = {}  # an imported checkpoint holds parameters only
         if (directory / str(step) / DATA).exists():
-            position = dict(manager.restore(step, args=ocp.args.Composite(**{DATA: ocp.args.JsonRestore()}))[DATA])
+            position = _data_position(manager, step, directory)
         saved = position.get("recipe", "mgdt")  # checkpoints written before recipes existed are the MGDT's
         if recipe is not None and saved != recipe:
             raise CheckpointError(f"{directory / str(step)}: a checkpoint of the {saved!r} recipe, not {recipe!r}")
@@ -327,8 +327,13 @@ def load_checkpoint(path: str | Path, target: Any = None, step: int | None = Non
         return params, position
 
 
+def _data_position(manager: ocp.CheckpointManager, step: int, directory: Path) -> dict[str, Any]:
+    return dict(_restore(manager, step, ocp.args.Composite(**{DATA: ocp.args.JsonRestore()}), directory,
+                         "its data position")[DATA])
+
+
 def _restore(manager: ocp.CheckpointManager, step: int, args: ocp.args.Composite, directory: Path, what: str) -> Any:
-    """``manager.restore``, with an array file deleted or damaged after a complete save as one CheckpointError line."""
+    """``manager.restore``, with a file deleted or damaged after a complete save as one CheckpointError line."""
     try:
         return manager.restore(step, args=args)
     except Exception as error:  # a damaged array file surfaces as whatever TensorStore raises
