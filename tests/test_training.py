@@ -213,11 +213,15 @@ def test_deleted_array_files_are_one_line_to_every_reader(config_path, uninterru
         checkpointer.close()
 
 
-def test_a_damaged_data_position_is_one_line_to_every_reader(uninterrupted_run, tmp_path):
+@pytest.mark.parametrize("text, fault", [
+    ("not json", r"cannot be read, a file is missing or damaged \(JSONDecodeError: .*\)"),
+    ("[1, 2]", r"is a list, not a JSON object; the file is damaged"),
+])
+def test_a_damaged_data_position_is_one_line_to_every_reader(uninterrupted_run, tmp_path, text, fault):
     workdir = copy_of_run(uninterrupted_run, tmp_path / "damaged")
     step = workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)
-    (step / checkpointing.DATA / "metadata").write_text("not json")
-    expected = rf"^{step}: its data position cannot be read, a file is missing or damaged \(JSONDecodeError: .*\)$"
+    (step / checkpointing.DATA / "metadata").write_text(text)
+    expected = rf"^{step}: its data position {fault}$"
     with pytest.raises(checkpointing.CheckpointError, match=expected):
         checkpointing.load_params(workdir)
     checkpointer = checkpointing.Checkpointer(workdir, save_every=CHECKPOINT_EVERY, keep=3)
@@ -226,6 +230,36 @@ def test_a_damaged_data_position_is_one_line_to_every_reader(uninterrupted_run, 
             checkpointer.data_position(NUM_STEPS)
     finally:
         checkpointer.close()
+
+
+def test_damaged_array_metadata_is_one_line_when_resuming(config_path, uninterrupted_run, tmp_path):
+    workdir = copy_of_run(uninterrupted_run, tmp_path / "damaged")
+    step = workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)
+    (step / checkpointing.TRAINER / "_METADATA").write_text("{}")
+    trainer = Trainer(load_config(config_path), sharding.make_mesh(load_config(config_path).mesh))
+    checkpointer = checkpointing.Checkpointer(workdir, save_every=CHECKPOINT_EVERY, keep=3)
+    try:
+        with pytest.raises(checkpointing.CheckpointError, match=rf"^{step}: its metadata cannot be read, a file is missing or damaged \(KeyError: .*\)$"):
+            checkpointer.restore(trainer.abstract_state)
+    finally:
+        checkpointer.close()
+
+
+def test_only_orbax_step_names_count_as_steps(uninterrupted_run, tmp_path):
+    directory = copy_of_run(uninterrupted_run, tmp_path / "strays") / checkpointing.CHECKPOINTS
+    steps = checkpointing.checkpoint_steps(directory)
+    for stray in ("02000", "\u00b2", "\u0662\u0660\u0660\u0660"):  # a leading zero, a superscript two, Arabic-Indic digits
+        shutil.copytree(directory / str(NUM_STEPS), directory / stray)
+    assert checkpointing.checkpoint_steps(directory) == steps
+    assert checkpointing.pick_checkpoint(directory)[1] == NUM_STEPS
+
+
+def test_step_metadata_without_its_items_is_an_incomplete_step(uninterrupted_run, tmp_path):
+    directory = copy_of_run(uninterrupted_run, tmp_path / "no_items") / checkpointing.CHECKPOINTS
+    metadata = directory / str(NUM_STEPS) / checkpointing.STEP_METADATA
+    metadata.write_text(json.dumps({**json.loads(metadata.read_text()), "item_handlers": None}))
+    assert "no readable" in checkpointing.incomplete_reason(directory / str(NUM_STEPS))
+    assert checkpointing.pick_checkpoint(directory)[1] < NUM_STEPS
 
 
 def test_checkpoints_of_another_recipe_are_refused_in_one_line(config_path, uninterrupted_run, tmp_path):

@@ -80,6 +80,8 @@ def incomplete_reason(step_directory: Path, items: Sequence[str] = (PARAMS,)) ->
         return "the directory is empty"
     try:
         written = json.loads((step_directory / STEP_METADATA).read_text())["item_handlers"]
+        if not isinstance(written, dict):
+            raise TypeError(written)
     except (OSError, ValueError, KeyError, TypeError):
         return f"no readable {STEP_METADATA} (the save or copy did not finish)"
     for item in sorted(written):
@@ -131,7 +133,12 @@ def checkpoint_steps(directory: Path) -> list[int]:
     """The steps with a directory in ``directory`` (complete or not), ascending."""
     if not directory.is_dir():
         return []
-    return sorted(int(path.name) for path in directory.iterdir() if path.name.isdigit() and path.is_dir())
+    return sorted(int(path.name) for path in directory.iterdir() if _is_step_name(path.name) and path.is_dir())
+
+
+def _is_step_name(name: str) -> bool:
+    """Orbax's step directory names: ASCII digits without leading zeros (so ``02000`` or ``²`` are not steps)."""
+    return name.isascii() and name.isdigit() and str(int(name)) == name
 
 
 def choose_checkpoint(
@@ -254,7 +261,7 @@ class Checkpointer:
         _, step = pick_checkpoint(self.directory, step, items=TRAINING_ITEMS)
         targets = {PARAMS: abstract_state.params, TRAINER: _trainer_item(abstract_state)}
         if abstract_state.rollout is not None:
-            if self._manager.item_metadata(step).get(ROLLOUT) is None:
+            if _item_metadata(self._manager, step, self.directory).get(ROLLOUT) is None:
                 raise CheckpointError(f"{self.directory / str(step)}: holds no rollout state (not an online run's checkpoint)")
             targets[ROLLOUT] = _stored_keys(abstract_state.rollout)
         for name, target in targets.items():
@@ -317,7 +324,7 @@ def load_checkpoint(path: str | Path, target: Any = None, step: int | None = Non
         if recipe is not None and saved != recipe:
             raise CheckpointError(f"{directory / str(step)}: a checkpoint of the {saved!r} recipe, not {recipe!r}")
         if target is None:
-            metadata = manager.item_metadata(step)[PARAMS]
+            metadata = _item_metadata(manager, step, directory)[PARAMS]
             restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
             item = ocp.args.PyTreeRestore(restore_args=restore_args)
         else:
@@ -328,8 +335,12 @@ def load_checkpoint(path: str | Path, target: Any = None, step: int | None = Non
 
 
 def _data_position(manager: ocp.CheckpointManager, step: int, directory: Path) -> dict[str, Any]:
-    return dict(_restore(manager, step, ocp.args.Composite(**{DATA: ocp.args.JsonRestore()}), directory,
-                         "its data position")[DATA])
+    position = _restore(manager, step, ocp.args.Composite(**{DATA: ocp.args.JsonRestore()}), directory,
+                        "its data position")[DATA]
+    if not isinstance(position, dict):
+        raise CheckpointError(f"{directory / str(step)}: its data position is a {type(position).__name__}, "
+                              "not a JSON object; the file is damaged")
+    return position
 
 
 def _restore(manager: ocp.CheckpointManager, step: int, args: ocp.args.Composite, directory: Path, what: str) -> Any:
@@ -337,9 +348,12 @@ def _restore(manager: ocp.CheckpointManager, step: int, args: ocp.args.Composite
     try:
         return manager.restore(step, args=args)
     except Exception as error:  # a damaged array file surfaces as whatever TensorStore raises
-        reason = (str(error).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(f"{directory / str(step)}: {what} cannot be read, a file is missing or "
-                              f"damaged ({type(error).__name__}: {reason})") from None
+                              f"damaged ({_first_line(error)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"
 
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
@@ -360,7 +374,7 @@ def _check_fits(manager: ocp.CheckpointManager, step: int, item: str, target: An
     Checked from the metadata before any array is read: a failed read would surface as a pile of
     errors from Orbax's background tasks instead.
     """
-    saved = _shapes_by_name(manager.item_metadata(step)[item])
+    saved = _shapes_by_name(_item_metadata(manager, step, directory)[item])
     wanted = _shapes_by_name(target)
     where = f"{directory / str(step)}: {item} do not fit this model"
     if missing := sorted(wanted.keys() - saved.keys()):
@@ -370,6 +384,15 @@ def _check_fits(manager: ocp.CheckpointManager, step: int, item: str, target: An
     for name, shape in wanted.items():
         if saved[name] != shape:
             raise CheckpointError(f"{where}: {name} is {saved[name]} in the checkpoint, {shape} here")
+
+
+def _item_metadata(manager: ocp.CheckpointManager, step: int, directory: Path) -> Any:
+    """Every item's metadata of ``step``; damaged metadata is one CheckpointError line."""
+    try:
+        return manager.item_metadata(step)
+    except Exception as error:  # damaged metadata (of any item: Orbax reads them all) surfaces as whatever its parser raises
+        raise CheckpointError(f"{directory / str(step)}: its metadata cannot be read, a file is missing "
+                              f"or damaged ({_first_line(error)})") from None
 
 
 def _shapes_by_name(tree: Any) -> dict[str, tuple[int, ...]]:
