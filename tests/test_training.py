@@ -26,7 +26,7 @@ from flax import nnx
 from mgdt_jax.core import checkpointing, sharding
 from mgdt_jax.core.recipe import load_recipe
 from mgdt_jax.core import loop
-from mgdt_jax.core.metric_writer import METRICS_FILE, TENSORBOARD_DIR, MetricWriter, read_metrics
+from mgdt_jax.core.metric_writer import EARLIER_RUNS_DIR, METRICS_FILE, TENSORBOARD_DIR, MetricWriter, read_metrics
 from mgdt_jax.core.train_step import Trainer
 from tests.processes import popen_as_from_a_terminal
 from tests.recipe_cases import CASES, MGDT_CONFIG_FILE
@@ -314,6 +314,36 @@ def test_fine_tuning_starts_from_the_pretrained_parameters(config_path, uninterr
     assert evaluated == [1, 2]
     logged = [json.loads(line) for line in (tmp_path / "finetune" / METRICS_FILE).read_text().splitlines()]
     assert [entry["step"] for entry in logged if "eval/parameter_norm" in entry] == [1, 2]
+
+
+def test_a_run_starting_over_sets_the_earlier_runs_logs_aside(config_path, uninterrupted_run, tmp_path, capsys):
+    workdir = tmp_path / "checkpoints_deleted"  # the uninterrupted run's logs, none of its checkpoints
+    workdir.mkdir()
+    for name in (METRICS_FILE, TENSORBOARD_DIR):
+        (shutil.copytree if name == TENSORBOARD_DIR else shutil.copyfile)(uninterrupted_run / name, workdir / name)
+    config = load_config(config_path)
+    config.train.num_steps = 2
+    loop.train(config, workdir)
+    moved = workdir / EARLIER_RUNS_DIR / "1"
+    assert f"no checkpoint to resume from, so this run starts at step 0; the logs of the earlier run here were moved to {moved}" in capsys.readouterr().out
+    assert (moved / METRICS_FILE).read_text() == (uninterrupted_run / METRICS_FILE).read_text()
+    assert sorted(path.name for path in (moved / TENSORBOARD_DIR).iterdir()) == sorted(path.name for path in (uninterrupted_run / TENSORBOARD_DIR).iterdir())
+    assert [entry["step"] for entry in read_metrics(workdir)] == [1, 2]  # only the new run's steps
+
+
+def test_each_start_over_gets_its_own_earlier_runs_folder(tmp_path):
+    for run in (1, 2, 3):
+        writer = MetricWriter(tmp_path)
+        writer.start_over()
+        writer.write(1, {"train/loss": float(run)})
+        writer.close()
+    (tmp_path / EARLIER_RUNS_DIR / "notes").mkdir()  # not a run's number: passed over
+    assert [read_metrics(tmp_path / EARLIER_RUNS_DIR / str(n))[0]["train/loss"] for n in (1, 2)] == [1.0, 2.0]
+    assert read_metrics(tmp_path)[0]["train/loss"] == 3.0
+    resumed = MetricWriter(tmp_path)  # resumed from a checkpoint: appends, moves nothing
+    resumed.write(2, {"train/loss": 4.0})
+    resumed.close()
+    assert [entry["train/loss"] for entry in read_metrics(tmp_path)] == [3.0, 4.0]
 
 
 def test_cli_reports_a_bad_mgdt_data_source_in_one_line(tmp_path):

@@ -130,6 +130,7 @@ def _train(
             writer.print(f"resumed from {checkpointer.directory / str(int(state.step))}")
         else:
             state = trainer.init(train_config.seed)
+            writer.start_over()
             if train_config.init_from:
                 params = checkpointing.load_params(train_config.init_from, target=trainer.abstract_state.params)
                 state = state.replace(params=params)

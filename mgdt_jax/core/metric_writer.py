@@ -23,6 +23,7 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 
 TENSORBOARD_DIR = "tensorboard"
 METRICS_FILE = "metrics.jsonl"  # one {"step": ..., name: value, ...} object per log step
+EARLIER_RUNS_DIR = "earlier_runs"  # logs of runs that started over from step 0 in the same workdir
 
 
 class _EventFile:
@@ -50,6 +51,21 @@ def _ends_a_line(path: Path) -> bool:
     with open(path, "rb") as file:
         file.seek(-1, 2)
         return file.read(1) == b"\n"
+
+
+def _set_aside_earlier_logs(workdir: Path) -> Path | None:
+    """Moves ``workdir``'s metrics file and TensorBoard folder into ``earlier_runs/<n>/`` (n = 1, 2,
+    ...: the first free number) and returns that folder; None when there is neither."""
+    present = [name for name in (METRICS_FILE, TENSORBOARD_DIR) if (workdir / name).exists()]
+    if not present:
+        return None
+    earlier = workdir / EARLIER_RUNS_DIR
+    taken = [int(path.name) for path in earlier.glob("*") if path.name.isascii() and path.name.isdigit()]
+    target = earlier / str(max(taken, default=0) + 1)
+    target.mkdir(parents=True)
+    for name in present:
+        (workdir / name).rename(target / name)
+    return target
 
 
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
@@ -81,11 +97,24 @@ class MetricWriter:
         self._workdir = workdir
         self._tensorboard: _EventFile | None = None
         self._jsonl: TextIO | None = None
+        self._starting_over = False
+
+    def start_over(self) -> None:
+        """Marks a run that starts from step 0, with no checkpoint to resume from.
+
+        At the first ``write`` the logs an earlier run left in the workdir (one killed before its
+        first save, or whose checkpoints were deleted) move to ``earlier_runs/<n>/``, with a console
+        line saying so, so that the new run's steps do not mix with the old ones.
+        """
+        self._starting_over = True
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:
             return
         if self._tensorboard is None:
+            if self._starting_over and (moved := _set_aside_earlier_logs(self._workdir)) is not None:
+                self.print(f"{self._workdir}: no checkpoint to resume from, so this run starts at step 0; "
+                           f"the logs of the earlier run here were moved to {moved}")
             self._tensorboard = _EventFile(self._workdir / TENSORBOARD_DIR)
             self._jsonl = open(self._workdir / METRICS_FILE, "a")  # a resumed run appends
             if self._jsonl.tell() and not _ends_a_line(self._workdir / METRICS_FILE):
