@@ -352,8 +352,12 @@ def _restore(manager: ocp.CheckpointManager, step: int, args: ocp.args.Composite
                               f"damaged ({_first_line(error)})") from None
 
 
-def _first_line(error: Exception) -> str:
-    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"
+def _first_line(error: BaseException) -> str:
+    """The root cause's type and first line: Orbax wraps TensorStore's error (which names the array
+    and the file) in one whose text names neither."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}"
 
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
