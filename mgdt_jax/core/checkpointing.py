@@ -34,7 +34,7 @@ import dataclasses
 import json
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -344,10 +344,20 @@ def _data_position(manager: ocp.CheckpointManager, step: int, directory: Path) -
 
 
 def _restore(manager: ocp.CheckpointManager, step: int, args: ocp.args.Composite, directory: Path, what: str) -> Any:
-    """``manager.restore``, with a file deleted or damaged after a complete save as one CheckpointError line."""
+    return _read(lambda: manager.restore(step, args=args), directory, step, what)
+
+
+def _item_metadata(manager: ocp.CheckpointManager, step: int, directory: Path) -> Any:
+    """Every item's metadata of ``step`` (Orbax reads them all)."""
+    return _read(lambda: manager.item_metadata(step), directory, step, "its metadata")
+
+
+def _read(read: Callable[[], Any], directory: Path, step: int, what: str) -> Any:
+    """``read()``, an Orbax read of ``step``, with a file deleted or damaged after a complete save as
+    one CheckpointError line: such a file surfaces as whatever TensorStore or a parser raises."""
     try:
-        return manager.restore(step, args=args)
-    except Exception as error:  # a damaged array file surfaces as whatever TensorStore raises
+        return read()
+    except Exception as error:
         raise CheckpointError(f"{directory / str(step)}: {what} cannot be read, a file is missing or "
                               f"damaged ({_first_line(error)})") from None
 
@@ -389,14 +399,6 @@ def _check_fits(manager: ocp.CheckpointManager, step: int, item: str, target: An
         if saved[name] != shape:
             raise CheckpointError(f"{where}: {name} is {saved[name]} in the checkpoint, {shape} here")
 
-
-def _item_metadata(manager: ocp.CheckpointManager, step: int, directory: Path) -> Any:
-    """Every item's metadata of ``step``; damaged metadata is one CheckpointError line."""
-    try:
-        return manager.item_metadata(step)
-    except Exception as error:  # damaged metadata (of any item: Orbax reads them all) surfaces as whatever its parser raises
-        raise CheckpointError(f"{directory / str(step)}: its metadata cannot be read, a file is missing "
-                              f"or damaged ({_first_line(error)})") from None
 
 
 def _shapes_by_name(tree: Any) -> dict[str, tuple[int, ...]]:
