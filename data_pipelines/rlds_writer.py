@@ -4,7 +4,8 @@ What every dataset writer here shares (mgdt-convert's Atari episodes, mgdt-ad-hi
 histories): records serialized exactly as `FeaturesDict.serialize_example` would, but with the step
 fields passed as the stacked arrays they already are; shards written under a temporary name and
 renamed when complete; and `dataset_info.json`, which makes a directory loadable with
-`tfds.builder_from_directory`, written last. None of it needs TensorFlow.
+`tfds.builder_from_directory`, written last. None of it needs TensorFlow. And, for the readers of
+such datasets, the one-line message for a shard that cannot be read.
 """
 
 from __future__ import annotations
@@ -124,3 +125,17 @@ def write_dataset_info(out_dir: Path, *, name: str, version: str, module_name: s
     for path in sorted(staging.iterdir(), key=lambda path: path.name == "dataset_info.json"):
         os.replace(path, out_dir / path.name)
     staging.rmdir()
+
+
+def unreadable_episodes(directory: str | os.PathLike, split_info: splits.SplitInfo, first: int, last: int,
+                        error: Exception) -> str:
+    """The one-line message for episodes ``first..last`` (indices into the split) whose reading
+    raised ``error`` (array_record raises a bare RuntimeError for a shard that is missing, cut
+    short or damaged, naming no file): the directory, the episodes and the shard files holding them."""
+    ends = np.cumsum(split_info.shard_lengths)
+    names = [Path(str(path)).name for path in split_info.filepaths]
+    held = names[int(np.searchsorted(ends, first, side="right")):int(np.searchsorted(ends, last, side="right")) + 1]
+    message = (str(error).strip().splitlines() or [""])[0][:200]
+    episodes = f"episode {first}" if first == last else f"episodes {first}..{last}"
+    return (f"{directory}: {episodes} cannot be read, a shard is missing or damaged "
+            f"({', '.join(held)}: {type(error).__name__}: {message})")

@@ -1,5 +1,7 @@
 """Learning histories as RLDS: exact round trips, the mgdt-ad-histories CLI, and bad input."""
 
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -179,6 +181,29 @@ def test_read_refuses_data_it_was_not_asked_for(darkroom_dir, tmp_path):
                                    description="")
     with pytest.raises(HistoryError, match="holds the 'dqn_replay' dataset, not 'ad_histories'"):
         read_histories(other)
+
+
+@pytest.mark.parametrize("damage", ["shard cut short", "shard garbage", "shard deleted", "dataset_info.json empty"])
+def test_a_damaged_dataset_is_one_line_naming_what_is_damaged(darkroom_dir, tmp_path, damage):
+    copy = tmp_path / "copy"
+    shutil.copytree(darkroom_dir, copy)
+    shard = sorted(copy.glob("*.array_record*"))[-1]
+    if damage == "shard cut short":
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    elif damage == "shard garbage":
+        shard.write_bytes(np.random.default_rng(0).bytes(shard.stat().st_size))
+    elif damage == "shard deleted":
+        shard.unlink()
+    else:
+        (copy / "dataset_info.json").write_text("")
+    with pytest.raises(HistoryError) as error:
+        read_histories(copy)
+    message = str(error.value)
+    assert message.startswith(f"{copy}: ") and "\n" not in message
+    if damage == "dataset_info.json empty":
+        assert "cannot open as a learning-history dataset (ParseError: " in message
+    else:
+        assert "cannot be read, a shard is missing or damaged (" in message and shard.name in message
 
 
 def test_histories_check_their_layout():

@@ -93,6 +93,23 @@ def test_a_field_of_an_unknown_modality_is_refused_in_one_line(jat_datasets, tmp
     assert str(copy) in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("damage", ["cut short", "garbage", "deleted"])
+def test_a_damaged_shard_is_refused_in_one_line_naming_it(jat_datasets, tmp_path, damage):
+    copy = tmp_path / "task"
+    shutil.copytree(jat_datasets["synthetic-continuous"], copy)
+    shard = sorted(copy.glob("*.array_record*"))[-1]
+    if damage == "cut short":
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    elif damage == "garbage":
+        shard.write_bytes(np.random.default_rng(0).bytes(shard.stat().st_size))
+    else:
+        shard.unlink()
+    with pytest.raises(ValueError, match=rf"^{copy}: episodes? [0-9.]+ cannot be read, a shard is missing or damaged "
+                                         rf"\(.*{shard.name}.*\)$") as error:
+        data.load_task(copy, MODEL)
+    assert "\n" not in str(error.value)
+
+
 def test_an_observation_wider_than_the_tiling_width_is_refused_in_one_line(jat_datasets):
     narrow = ModelConfig(continuous_width=4, groups=("discrete", "continuous"))
     with pytest.raises(ValueError, match=r"continuous_observations of shape \(5,\) is wider than the tiling width "

@@ -108,21 +108,25 @@ def read_histories(directory: str | Path, *, env_name: str | None = None, source
     if not directory.is_dir():
         raise HistoryError(f"{directory}: no such directory")
     import tensorflow_datasets as tfds
+    from google.protobuf.message import DecodeError
     from tensorflow_datasets.proto import tf_example_pb2
 
+    from data_pipelines import rlds_writer
+
     def cannot_open(error: Exception) -> HistoryError:
-        return HistoryError(f"{directory}: cannot open as a learning-history dataset ({error})")
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        return HistoryError(f"{directory}: cannot open as a learning-history dataset ({type(error).__name__}: {first_line})")
 
     try:
         builder = tfds.builder_from_directory(directory)
-    except (KeyError, ValueError, OSError) as error:
+    except Exception as error:  # noqa: BLE001  (TFDS raises many types, protobuf's ParseError among them, for a damaged dataset_info.json)
         raise cannot_open(error) from None
     if builder.info.name != DATASET_NAME:
         raise HistoryError(f"{directory}: holds the {builder.info.name!r} dataset, not {DATASET_NAME!r} "
                            "learning histories")
     try:
         records = builder.as_data_source(SPLIT, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-    except (KeyError, ValueError, OSError, NotImplementedError) as error:
+    except Exception as error:  # noqa: BLE001  (as above; array_record raises RuntimeError for a damaged shard)
         raise cannot_open(error) from None
     settings = dict(builder.info.metadata or {})
     try:
@@ -148,12 +152,22 @@ def read_histories(directory: str | Path, *, env_name: str | None = None, source
     names = set()
     chunk = 4096
     for start in range(0, count, chunk):
-        for offset, record in enumerate(records.__getitems__(range(start, min(start + chunk, count)))):
+        end = min(start + chunk, count)
+        try:
+            chunk_records = records.__getitems__(range(start, end))
+        except (RuntimeError, OSError) as error:
+            raise HistoryError(rlds_writer.unreadable_episodes(directory, builder.info.splits[SPLIT], start, end - 1,
+                                                               error)) from None
+        for offset, record in enumerate(chunk_records):
             i = start + offset
-            feature = tf_example_pb2.Example.FromString(record).features.feature
-            keys[i] = (feature["history_id"].int64_list.value[0], feature["episode_index"].int64_list.value[0],
-                       feature["task_id"].int64_list.value[0])
-            names.add((feature["env_name"].bytes_list.value[0], feature["source"].bytes_list.value[0]))
+            try:  # a shard cut short can yield records that parse as nothing or as part of one
+                feature = tf_example_pb2.Example.FromString(record).features.feature
+                keys[i] = (feature["history_id"].int64_list.value[0], feature["episode_index"].int64_list.value[0],
+                           feature["task_id"].int64_list.value[0])
+                names.add((feature["env_name"].bytes_list.value[0], feature["source"].bytes_list.value[0]))
+            except (DecodeError, IndexError) as error:
+                raise HistoryError(rlds_writer.unreadable_episodes(directory, builder.info.splits[SPLIT], i, i,
+                                                                   error)) from None
             for name, values in steps.items():
                 field = feature[f"steps/{name}"]
                 stored = field.float_list.value if name == "reward" else field.int64_list.value

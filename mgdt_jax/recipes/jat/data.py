@@ -96,6 +96,7 @@ def load_task(path: Path, model: ModelConfig, *, sampling_weight: float = 1.0, l
     observation statistics for a model that standardises observations ...)."""
     import tensorflow_datasets as tfds  # noqa: PLC0415  (data only: the model never imports TFDS)
 
+    from data_pipelines import rlds_writer
     from data_pipelines.jat import rlds
 
     spec = rlds.read_spec(path)  # DatasetError (a ValueError) for unknown fields or a missing dataset
@@ -121,7 +122,12 @@ def load_task(path: Path, model: ModelConfig, *, sampling_weight: float = 1.0, l
     parts: list[dict[str, np.ndarray]] = []
     starts, previous = [], []
     for index in range(len(source)):
-        fields = rlds.episode_fields(source[index])
+        try:
+            episode = source[index]
+        except Exception as error:  # noqa: BLE001  (array_record's RuntimeError; a record cut short fails TFDS's decoding with any type)
+            raise ValueError(rlds_writer.unreadable_episodes(path, source.dataset_info.splits["train"], index, index,
+                                                             error)) from None
+        fields = rlds.episode_fields(episode)
         length = len(fields["rewards"])
         if length == 0:
             continue
