@@ -361,12 +361,32 @@ def test_cli_reports_a_bad_mgdt_data_source_in_one_line(tmp_path):
     with pytest.raises(ValueError, match="no such dataset directory"):
         loop.train(load_config(config_path), existing)
     assert existing.is_dir() and not any(existing.iterdir())
-    for name, value in (("num_steps", 0), ("log_every", 0), ("eval_every", -1)):
+    for name, value in (("num_steps", 0), ("batch_size", 0), ("log_every", 0), ("eval_every", -1)):
         config = load_config(config_path)
         config.train[name] = value
         with pytest.raises(ValueError, match=rf"^config.train.{name} must be an integer >= \d, got {value}$"):
             loop.train(config, tmp_path / name)
         assert not (tmp_path / name).exists()
+
+
+def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path):
+    config_path = tmp_path / "config.py"
+    config_path.write_text(MGDT_CONFIG_FILE.format(source=str(tmp_path / "unused"), num_steps=2, checkpoint_every=1))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("notes")
+    cases = [
+        (["--config", str(tmp_path / "nosuch.py"), "--workdir", str(tmp_path / "run")],
+         f"--config {tmp_path / 'nosuch.py'}: no such file"),
+        (["--config", str(config_path), "--config.train.num_stepz=3", "--workdir", str(tmp_path / "run")],
+         """a --config override names no field of the config ('num_stepz' Did you mean "num_steps" instead of "num_stepz"?)"""),
+        (["--config", str(config_path), "--workdir", str(a_file)], f"--workdir {a_file}: is a file, not a run folder"),
+    ]
+    python_path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
+    for args, message in cases:
+        done = subprocess.run([sys.executable, "-m", "mgdt_jax.cli.train", *args], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": python_path}, timeout=120)
+        assert (done.returncode, done.stderr.strip()) == (1, f"mgdt-train: error: {message}")
+    assert not (tmp_path / "run").exists() and a_file.read_text() == "notes"
 
 
 def test_a_new_run_that_fails_after_its_first_step_keeps_its_folder(request, tmp_path):

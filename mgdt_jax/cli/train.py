@@ -8,7 +8,10 @@ Run the same command on every host of a multi-host job (see docs/training.md).
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import sys
+from pathlib import Path
 
 import jax
 from absl import app, flags, logging
@@ -32,6 +35,13 @@ def _train(argv: list[str]) -> int:
         # lines; --verbosity=0 brings them back.
         logging.set_verbosity(logging.WARNING)
     sharding.maybe_initialize_distributed()  # before any JAX computation
+    config_file = config_flags.get_config_filename(flags.FLAGS["config"])
+    if not Path(config_file).is_file():  # ml_collections' own message spans five lines
+        print(f"mgdt-train: error: --config {config_file}: no such file", file=sys.stderr)
+        return 1
+    if Path(_WORKDIR.value).exists() and not Path(_WORKDIR.value).is_dir():
+        print(f"mgdt-train: error: --workdir {_WORKDIR.value}: is a file, not a run folder", file=sys.stderr)
+        return 1
     config = _CONFIG.value
     try:
         result = loop.train(config, _WORKDIR.value)
@@ -59,11 +69,25 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a ``--config.FIELD=value`` naming no field of the config as one line:
+    ml_collections raises it as an AttributeError (or KeyError) that absl does not catch."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as error:
+        text = str(error)
+        with contextlib.suppress(ValueError, SyntaxError):
+            text = str(ast.literal_eval(text))  # ml_collections nests the message in a repr
+        print(f"mgdt-train: error: a --config override names no field of the config ({' '.join(text.split())})",
+              file=sys.stderr)
+        sys.exit(1)
+
+
 @interruptible("mgdt-train")
 def main() -> int | None:
     host_memory.reexec_with_huge_page_malloc()
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(_train)
+    app.run(_train, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

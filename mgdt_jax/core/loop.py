@@ -199,8 +199,8 @@ def _train(
 
 
 def _check_counts(train_config: Any) -> None:
-    """ValueError (one line) for a step count no run can use: no steps to take, or no log step."""
-    for name, least in (("num_steps", 1), ("log_every", 1), ("eval_every", 0)):
+    """ValueError (one line) for a count no run can use: no steps to take, an empty batch, or no log step."""
+    for name, least in (("num_steps", 1), ("batch_size", 1), ("log_every", 1), ("eval_every", 0)):
         value = getattr(train_config, name, least)
         if not isinstance(value, int) or value < least:
             raise ValueError(f"config.train.{name} must be an integer >= {least}, got {value!r}")
