@@ -104,6 +104,12 @@ def test_training_refuses_histories_of_another_env_and_a_short_context(trained, 
     config.data.sources = (str(tmp_path / "missing"),)
     with pytest.raises(ValueError, match="missing: no metadata.json"):
         ADRecipe(config)
+    other = tmp_path / "jat_task"  # another recipe's dataset, with a metadata.json of its own
+    other.mkdir()
+    (other / "metadata.json").write_text(json.dumps({"task": "metaworld-reach", "spec": {}}))
+    config.data.sources = (str(other),)
+    with pytest.raises(ValueError, match=rf"^{other}: its metadata.json is not one written by mgdt-ad-histories"):
+        ADRecipe(config)
 
 
 def test_mgdt_train_reports_histories_of_another_env_in_one_line(trained, tmp_path):

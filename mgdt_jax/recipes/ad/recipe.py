@@ -100,6 +100,8 @@ def check_metadata(directory: str | Path, env: Environment) -> dict[str, Any]:
     """The metadata of ``directory``; HistoryError if its histories are not of ``env`` (name,
     observations or actions)."""
     metadata = read_metadata(directory)
+    if not isinstance(metadata, dict) or "source_name" not in metadata:  # another dataset's metadata.json (JAT's, say)
+        raise HistoryError(f"{directory}: its {METADATA_FILE} is not one written by mgdt-ad-histories (no source_name)")
     if metadata.get("env_name") != env.name:
         raise HistoryError(f"{directory}: histories of {metadata.get('env_name')!r}, and config.data.env is {env.name!r}")
     for name in ("num_observations", "num_actions"):
