@@ -45,9 +45,10 @@ def _episodes(kind, rng, count):
     return rows
 
 
-def _write(path, rows):
+def _write(path, rows, types=None):  # types: column -> another arrow type than the dataset's
+    types = {**SCHEMAS, **(types or {})}
     names = [name for name in SCHEMAS if name in rows[0]]
-    table = pa.table({name: pa.array([row[name] for row in rows], SCHEMAS[name]) for name in names})
+    table = pa.table({name: pa.array([row[name] for row in rows], types[name]) for name in names})
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
     return path
@@ -111,7 +112,7 @@ def test_ragged_episode_leaves_nothing(tmp_path, capsys):
     assert import_parquet.main([str(path), "--task", "metaworld-reach", "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
     assert err.startswith(f"mgdt-jat-import: error: {path} row 2: fields need one entry per step")
-    assert not any((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists()  # the failed import removes the OUT it created
     assert import_parquet.main([str(tmp_path / "missing.parquet"), "--task", "x", "--out", str(tmp_path)]) == 1
     assert "not a readable parquet file" in capsys.readouterr().err
 
@@ -135,7 +136,7 @@ def test_a_null_or_an_odd_entry_is_a_one_line_error(kind, damage, fault, tmp_pat
     assert import_parquet.main([str(path), "--task", "t", "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.splitlines()[-1]
     assert err == f"mgdt-jat-import: error: {path} row 1: {fault}"
-    assert not any((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_damaged_data_page_is_a_one_line_error(tmp_path, capsys):
@@ -146,7 +147,7 @@ def test_a_damaged_data_page_is_a_one_line_error(tmp_path, capsys):
     assert import_parquet.main([str(path), "--task", "t", "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.splitlines()[-1]
     assert err.startswith(f"mgdt-jat-import: error: {path}: row 0: unreadable (") and err.endswith(")")
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not (tmp_path / "out").exists()
 
 
 def test_files_with_different_columns_are_refused(tmp_path, capsys):
@@ -156,3 +157,115 @@ def test_files_with_different_columns_are_refused(tmp_path, capsys):
     assert import_parquet.main([str(first), str(second), "--task", "t", "--out", str(tmp_path / "out")]) == 1
     assert f"{second}: columns" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def _import_fails(path, tmp_path, capsys, task="t"):
+    """Runs the import of `path` into tmp_path/out, expecting exit 1; returns its error line."""
+    assert import_parquet.main([str(path), "--task", task, "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]  # after the progress bar, if any
+    assert err.startswith("mgdt-jat-import: error: ")
+    return err.removeprefix("mgdt-jat-import: error: ")
+
+
+@pytest.mark.parametrize("kind,name,value,arrow_type,fault", [  # value: steps -> the column's entry
+    ("metaworld", "rewards", lambda steps: 3, pa.int64(),
+     "rewards holds a single int, not a list with one entry a step"),
+    ("babyai", "text_observations", lambda steps: "go to", pa.string(),
+     "text_observations holds a single str, not a list with one entry a step"),
+    ("metaworld", "rewards", lambda steps: [[1.0]] * steps, pa.list_(pa.list_(pa.float32())),
+     "rewards entries have shape (1,), expected a number a step"),
+    ("metaworld", "continuous_actions", lambda steps: [0.5] * steps, pa.list_(pa.float32()),
+     "continuous_actions entries have shape (), expected a list of numbers a step"),
+    ("babyai", "discrete_actions", lambda steps: ["5"] * steps, pa.list_(pa.string()),
+     "discrete_actions holds '5' at step 0, not a number"),
+    ("metaworld", "rewards", lambda steps: [True] * steps, pa.list_(pa.bool_()),
+     "rewards holds True at step 0, not a number"),
+    ("babyai", "text_observations", lambda steps: [1] * steps, pa.list_(pa.int64()),
+     "text_observations holds 1 at step 0, not text"),
+])
+def test_a_column_of_the_wrong_shape_or_type_is_a_one_line_error(kind, name, value, arrow_type, fault, tmp_path,
+                                                                 capsys):
+    rows = _episodes(kind, np.random.default_rng(6), 2)
+    for row in rows:
+        row[name] = value(len(row["rewards"]))
+    path = _write(tmp_path / "in.parquet", rows, {name: arrow_type})
+    assert _import_fails(path, tmp_path, capsys) == f"{path} row 0: {fault}"
+    assert not (tmp_path / "out").exists()
+
+
+def _put(name, step, value, index=None):  # sets one entry of row[name] (or of its step's list)
+    def damage(row):
+        if index is None:
+            row[name][step] = value
+        else:
+            row[name][step][index] = value
+    return damage
+
+
+@pytest.mark.parametrize("kind,damage,fault", [
+    ("metaworld", _put("rewards", 1, float("nan")), "rewards holds nan at step 1, not a finite float32"),
+    ("metaworld", _put("rewards", 0, float("-inf")), "rewards holds -inf at step 0, not a finite float32"),
+    ("metaworld", _put("continuous_observations", 1, float("inf"), 5),
+     "continuous_observations holds inf at step 1, not a finite float32"),
+    ("metaworld", _put("continuous_actions", 0, float("nan"), 2),
+     "continuous_actions holds nan at step 0, not a finite float32"),
+    ("babyai", _put("discrete_actions", 1, -5), "discrete_actions holds -5 at step 1, not an action index (>= 0)"),
+])
+def test_non_finite_values_and_negative_actions_are_refused(kind, damage, fault, tmp_path, capsys):
+    rows = _episodes(kind, np.random.default_rng(4), 2)
+    damage(rows[1])
+    path = _write(tmp_path / "in.parquet", rows)
+    assert _import_fails(path, tmp_path, capsys) == f"{path} row 1: {fault}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_discrete_observations_with_a_fraction_are_refused_not_rounded(tmp_path, capsys):
+    rows = _episodes("babyai", np.random.default_rng(4), 2)
+    for row in rows:
+        row["discrete_observations"] = [[float(v) for v in step] for step in row["discrete_observations"]]
+    rows[1]["discrete_observations"][1][7] = 8.5
+    float_rows = pa.list_(pa.list_(pa.float64()))
+    path = _write(tmp_path / "in.parquet", rows, {"discrete_observations": float_rows})
+    fault = "discrete_observations holds 8.5 at step 1, not an integer"
+    assert _import_fails(path, tmp_path, capsys) == f"{path} row 1: {fault}"
+    rows[1]["discrete_observations"][1][7] = 8.0  # whole numbers stored as floats are read as the integers they are
+    _write(path, rows, {"discrete_observations": float_rows})
+    assert import_parquet.main([str(path), "--task", "t", "--out", str(tmp_path / "out")]) == 0
+
+
+@pytest.mark.parametrize("task", ["../escape", "a/b", ".", "..", ""])
+def test_a_task_name_that_is_not_a_plain_folder_name_is_refused_first(task, tmp_path, capsys):
+    path = _write(tmp_path / "in.parquet", _episodes("metaworld", np.random.default_rng(7), 2))
+    assert _import_fails(path, tmp_path, capsys, task) == (
+        f"task name {task!r}: not a plain name (it names the folder OUT/<task>: no path separators, not '.' or '..')")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]  # nothing written, here or above
+
+
+def test_observations_of_another_shape_than_the_first_episodes_name_the_row(tmp_path, capsys):
+    rows = _episodes("metaworld", np.random.default_rng(8), 3)
+    rows[2]["continuous_observations"] = [step + [0.0] for step in rows[2]["continuous_observations"]]
+    path = _write(tmp_path / "in.parquet", rows)
+    assert _import_fails(path, tmp_path, capsys) == (
+        f"{path} row 2: continuous_observations entries have shape (40,), expected (39,) as in {path} row 0")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_import_leaves_an_existing_out_as_it_was(tmp_path, capsys):
+    rows = _episodes("metaworld", np.random.default_rng(9), 3)
+    rows[1]["rewards"] = []  # a zero-length episode
+    path = _write(tmp_path / "in.parquet", rows)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "other-task").mkdir()
+    assert _import_fails(path, tmp_path, capsys).startswith(f"{path} row 1: fields need one entry per step")
+    assert [p.name for p in out.iterdir()] == ["other-task"]
+    nested = tmp_path / "new" / "deeper"
+    assert import_parquet.main([str(path), "--task", "t", "--out", str(nested)]) == 1
+    assert not (tmp_path / "new").exists()  # both folders it made are gone
+
+
+def test_an_out_that_is_a_file_is_refused_before_reading(tmp_path, capsys):
+    path = _write(tmp_path / "in.parquet", _episodes("metaworld", np.random.default_rng(10), 2))
+    (tmp_path / "out").write_text("a file")
+    assert _import_fails(path, tmp_path, capsys) == f"--out {tmp_path / 'out'}: exists and is not a folder"
+    assert (tmp_path / "out").read_text() == "a file"

@@ -179,3 +179,36 @@ def test_episodes_the_bot_cannot_plan_are_replaced(tmp_path, monkeypatch):
     assert summary["episodes"] == 3 and summary["skipped_expert_episodes"] == 1
     assert metadata["skipped_expert_episodes"] == ["ValueError: no path"]
     assert references.load(tmp_path / "babyai-go-to-red-ball-grey").expert.success_rate == 1.0
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["babyai-go-to-local", "--seed", "-1"], "mgdt-jat-record: error: --seed must be >= 0, got -1"),
+    (["babyai-go-to-local", "metaworld-reach", "babyai-go-to-local"],
+     "mgdt-jat-record: error: babyai-go-to-local: named more than once (a task is recorded once)"),
+])
+def test_cli_refuses_settings_before_recording(arguments, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        record.main([*arguments, "--episodes", "2", "--out", str(tmp_path / "out")])
+    assert exit.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option", ["--out", "--experts"])
+def test_cli_refuses_a_file_as_out_or_experts_before_training_or_recording(option, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(record, "record", lambda *args, **kwargs: pytest.fail("recorded despite the bad folder"))
+    (tmp_path / "a-file").write_text("keep me")
+    paths = {"--out": str(tmp_path / "out"), "--experts": str(tmp_path / "experts"), option: str(tmp_path / "a-file")}
+    assert record.main(["mujoco-pendulum", "--episodes", "2", *(x for item in paths.items() for x in item)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"mgdt-jat-record: error: {option} {tmp_path / 'a-file'}: exists and is not a folder\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] and (tmp_path / "a-file").read_text() == "keep me"
+
+
+def test_a_failed_recording_removes_the_out_it_created(tmp_path, monkeypatch):
+    def failing(task, out_dir, *args, **kwargs):
+        raise record.RecordError(f"{task.name}: fails")
+
+    monkeypatch.setattr(record, "record_task", failing)
+    with pytest.raises(record.RecordError):
+        record.record(["babyai-go-to-local"], tmp_path / "new" / "out", 1, progress=False)
+    assert not (tmp_path / "new").exists()

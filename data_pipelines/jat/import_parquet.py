@@ -17,6 +17,7 @@ other environment versions, see mgdt_jax/recipes/jat/references.py).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -33,6 +34,7 @@ from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import references as jat_references
 
 SOURCE = "jat-project/jat-dataset"
+SCALAR_FIELDS = ("text_observations", "discrete_actions", "rewards")  # one value a step; the others a list
 
 
 def _decode_image(value, where: str) -> np.ndarray:
@@ -51,23 +53,82 @@ def _holds_null(values: list) -> bool:
     return any(value is None or (isinstance(value, list) and _holds_null(value)) for value in values)
 
 
+def _odd_entry(values: list) -> tuple[int, object] | None:
+    """The step and value of the first entry (in nested lists) that is not a number (an int or a
+    float; a bool is no number here), or None."""
+    for step, value in enumerate(values):
+        leaves = value if isinstance(value, list) else [value]
+        for leaf in leaves:
+            if isinstance(leaf, bool) or not isinstance(leaf, (int, float)):
+                return step, leaf
+    return None
+
+
+def _numbers(values: list, name: str, where: str) -> np.ndarray:
+    """A numeric column's entries as an array of the field's dtype.
+
+    DatasetError (naming `where`, the column and the step) for entries of the wrong shape or type,
+    non-finite floats (they would make the references and the observation statistics NaN), and
+    integer fields holding fractions (never rounded silently) or, for discrete_actions, negatives.
+    """
+    field = jat_fields.FIELDS[name]
+    per_step = "a number" if name in SCALAR_FIELDS else "a list of numbers"
+    if not values:  # no steps: the length check names it
+        return np.zeros((0,), field.dtype)
+    try:
+        given = np.asarray(values)
+    except (ValueError, OverflowError):
+        raise rlds.DatasetError(f"{where}: {name} entries differ in shape") from None
+    if given.ndim != (1 if name in SCALAR_FIELDS else 2):
+        raise rlds.DatasetError(f"{where}: {name} entries have shape {given.shape[1:]}, expected {per_step} a step")
+    if given.dtype.kind not in "if":  # text, bytes, bools, or ints beyond int64
+        odd = _odd_entry(values)
+        if odd is None:
+            raise rlds.DatasetError(f"{where}: {name} holds integers beyond the int64 range")
+        raise rlds.DatasetError(f"{where}: {name} holds {odd[1]!r} at step {odd[0]}, not a number")
+    with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values are caught just below
+        array = given.astype(field.dtype)
+        if field.modality == "continuous":
+            bad, fault = ~np.isfinite(array), f"not a finite {np.dtype(field.dtype).name}"
+        else:
+            bad = (given != array) | ~np.isfinite(given) if given.dtype.kind == "f" else np.zeros(given.shape, bool)
+            fault = "not an integer"
+            if name == "discrete_actions" and not bad.any():
+                bad, fault = array < 0, "not an action index (>= 0)"
+    if bad.any():
+        index = tuple(np.argwhere(bad)[0])
+        raise rlds.DatasetError(f"{where}: {name} holds {given[index].item()!r} at step {index[0]}, {fault}")
+    return array
+
+
+def _text(values: list, where: str) -> list[str]:
+    for step, value in enumerate(values):
+        if not isinstance(value, str):
+            raise rlds.DatasetError(f"{where}: text_observations holds {value!r} at step {step}, not text")
+    return values
+
+
 def _episode(row: dict, names: tuple[str, ...], where: str) -> rlds.Episode:
     columns = {}
     for name in names:
         values = row[name]
         if values is None:
             raise rlds.DatasetError(f"{where}: {name} is null")
+        if not isinstance(values, list):  # e.g. a scalar column where the schema has a list
+            raise rlds.DatasetError(f"{where}: {name} holds a single {type(values).__name__}, "
+                                    "not a list with one entry a step")
         if _holds_null(values):  # NumPy would read a null as NaN, or "None" as text
             raise rlds.DatasetError(f"{where}: {name} holds a null entry")
         if name == "text_observations":
-            columns[name] = [str(value) for value in values]
-            continue
-        if name == "image_observations":
-            values = [_decode_image(value, where) for value in values]
-        try:
-            columns[name] = np.asarray(values, jat_fields.FIELDS[name].dtype)
-        except ValueError:
-            raise rlds.DatasetError(f"{where}: {name} entries differ in shape") from None
+            columns[name] = _text(values, where)
+        elif name == "image_observations":
+            images = [_decode_image(value, where) for value in values]
+            try:
+                columns[name] = np.asarray(images, np.uint8)
+            except ValueError:
+                raise rlds.DatasetError(f"{where}: {name} entries differ in shape") from None
+        else:
+            columns[name] = _numbers(values, name, where)
     lengths = {name: len(column) for name, column in columns.items()}
     if len(set(lengths.values())) != 1 or not lengths["rewards"]:
         raise rlds.DatasetError(f"{where}: fields need one entry per step and at least one step, got lengths {lengths}")
@@ -75,6 +136,13 @@ def _episode(row: dict, names: tuple[str, ...], where: str) -> rlds.Episode:
                     for name, column in columns.items() if name in jat_fields.OBSERVATION_FIELDS}
     action = next(name for name in names if name in jat_fields.ACTION_FIELDS)
     return rlds.Episode(observations, columns[action], columns["rewards"], terminated=False)
+
+
+def _step_shapes(episode: rlds.Episode, names: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """Each field's per-step shape in an episode (a TaskSpec's shapes)."""
+    return {name: () if name in SCALAR_FIELDS
+            else np.shape(episode.observations[name] if name in episode.observations else episode.actions)[1:]
+            for name in names}
 
 
 def _rows(path: Path) -> Iterator[tuple[dict, int]]:
@@ -113,11 +181,28 @@ def episodes(files: list[Path]) -> tuple[tuple[str, ...], Iterator[rlds.Episode]
         names = found
 
     def stream() -> Iterator[rlds.Episode]:
+        first = shapes = None
         for path in files:
             for row, index in _rows(path):
-                yield _episode(row, names, f"{path} row {index}")
+                where = f"{path} row {index}"
+                episode = _episode(row, names, where)
+                found = _step_shapes(episode, names)
+                if shapes is None:
+                    first, shapes = where, found
+                for name in names:  # checked here, where the file and row are known
+                    if found[name] != shapes[name]:
+                        raise rlds.DatasetError(f"{where}: {name} entries have shape {found[name]}, "
+                                                f"expected {shapes[name]} as in {first}")
+                yield episode
 
     return names, stream()
+
+
+def check_task_name(task: str) -> None:
+    """DatasetError unless `task` is a plain folder name (the import writes OUT/<task>)."""
+    if task in ("", ".", "..") or any(bad and bad in task for bad in (os.sep, os.altsep, "\0")):
+        raise rlds.DatasetError(f"task name {task!r}: not a plain name (it names the folder OUT/<task>: "
+                                "no path separators, not '.' or '..')")
 
 
 def import_files(files: list[Path], task: str, out_dir: Path, episodes_per_shard: int = 1000,
@@ -125,8 +210,10 @@ def import_files(files: list[Path], task: str, out_dir: Path, episodes_per_shard
     """Imports the files into OUT/<task> (written as OUT/<task>.partial, renamed when complete).
 
     Raises UnknownFieldError for a column that is not a JAT field and DatasetError for other bad
-    input (unreadable files, ragged episodes, an existing OUT/<task>); nothing is left behind then.
+    input (a task name that is no plain folder name, unreadable files, entries of the wrong shape or
+    type, non-finite values, ragged episodes, an existing OUT/<task>); OUT is left as it was then.
     """
+    check_task_name(task)
     files = [Path(f) for f in files]
     final, partial = Path(out_dir) / task, Path(out_dir) / f"{task}.partial"
     if final.exists():
@@ -135,10 +222,7 @@ def import_files(files: list[Path], task: str, out_dir: Path, episodes_per_shard
     first = next(stream, None)
     if first is None:
         raise rlds.DatasetError(f"{files[0]}: no episodes")
-    shapes = {name: () if name in ("text_observations", "discrete_actions", "rewards")
-              else np.asarray(first.observations[name] if name in first.observations else first.actions).shape[1:]
-              for name in names}
-    spec = rlds.TaskSpec(task, shapes)
+    spec = rlds.TaskSpec(task, _step_shapes(first, names))
     shutil.rmtree(partial, ignore_errors=True)
     returns, moments = [], rlds.ObservationMoments()
 
@@ -146,7 +230,7 @@ def import_files(files: list[Path], task: str, out_dir: Path, episodes_per_shard
         yield first
         yield from stream
 
-    with tqdm.tqdm(unit="episode", desc=task, disable=not progress) as bar:
+    with rlds.removing_created_folders(out_dir), tqdm.tqdm(unit="episode", desc=task, disable=not progress) as bar:
 
         def count(episode: rlds.Episode) -> None:
             returns.append(episode.episode_return)
@@ -177,9 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default=None,
                         help="task name (default: the folder of the first file, as in the dataset's layout)")
     args = parser.parse_args(argv)
-    task = args.task or args.files[0].resolve().parent.name
+    task = args.task if args.task is not None else args.files[0].resolve().parent.name
     started = time.perf_counter()
     try:
+        rlds.check_folder(args.out, "--out")
         summary = import_files(args.files, task, args.out)
     except (jat_fields.UnknownFieldError, rlds.DatasetError, OSError) as error:
         print(f"mgdt-jat-import: error: {error}", file=sys.stderr)

@@ -176,13 +176,16 @@ def record_task(task: tasks.Task, out_dir: Path, episodes: int, seed: int = 0,
 def record(task_names: list[str], out_dir: Path, episodes: int, seed: int = 0,
            random_episodes: int = DEFAULT_RANDOM_EPISODES, experts_dir: Path | None = None,
            progress: bool = True) -> list[dict]:
-    """Records every task in turn (each as record_task); the bar counts episodes, expert and random."""
+    """Records every task in turn (each as record_task); the bar counts episodes, expert and random.
+
+    A failure removes OUT (and its parents) again where this call created it and it is still empty.
+    """
     resolved = [tasks.get_task(name) for name in task_names]
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     started, steps = time.perf_counter(), 0
     summaries = []
-    with tqdm.tqdm(total=len(resolved) * (episodes + random_episodes), unit="episode", disable=not progress) as bar:
+    total = len(resolved) * (episodes + random_episodes)
+    with rlds.removing_created_folders(out_dir), tqdm.tqdm(total=total, unit="episode", disable=not progress) as bar:
 
         def count(episode: rlds.Episode) -> None:
             nonlocal steps
@@ -190,6 +193,7 @@ def record(task_names: list[str], out_dir: Path, episodes: int, seed: int = 0,
             bar.update()
             bar.set_postfix_str(f"{steps:,} steps, {steps / (time.perf_counter() - started):,.0f} steps/s")
 
+        out_dir.mkdir(parents=True, exist_ok=True)
         for task in resolved:
             bar.set_description(task.name)
             summary = record_task(task, out_dir, episodes, seed, random_episodes, experts_dir, on_episode=count)
@@ -225,13 +229,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.random_episodes < 1:
         parser.error("--episodes and --random-episodes must be positive")
+    if args.seed < 0:  # gymnasium refuses it, but only once the first environment is made
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    if twice := sorted({name for name in args.tasks if args.tasks.count(name) > 1}):
+        parser.error(f"{', '.join(twice)}: named more than once (a task is recorded once)")
     started = time.perf_counter()
     # The env checker's and the scripted policies' chatter would break the progress bar.
     warnings.filterwarnings("ignore", module="gymnasium")
     warnings.filterwarnings("ignore", module="metaworld")
-    try:
-        summaries = record(args.tasks, args.out, args.episodes, args.seed, args.random_episodes,
-                           args.experts if args.experts is not None else args.out / "experts")
+    experts = args.experts if args.experts is not None else args.out / "experts"
+    try:  # checked before any recording or expert training, which would fail only at their end
+        rlds.check_folder(args.out, "--out")
+        rlds.check_folder(experts, "--experts")
+        summaries = record(args.tasks, args.out, args.episodes, args.seed, args.random_episodes, experts)
     except (tasks.UnknownTaskError, tasks.ExpertError, RecordError, rlds.DatasetError, OSError) as error:
         print(f"mgdt-jat-record: error: {error}", file=sys.stderr)
         return 1

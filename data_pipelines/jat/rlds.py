@@ -21,11 +21,12 @@ written last, so a directory without it is incomplete.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -96,6 +97,42 @@ class TaskSpec:
 
     def to_json(self) -> dict:
         return {"task": self.task, "shapes": {name: list(shape) for name, shape in self.shapes.items()}}
+
+
+def check_folder(path: Path, option: str) -> None:
+    """Checks, before any work, that `path` (given as the CLI's `option`, e.g. "--out") is a writable
+    folder or can be made one; else OSError, one line naming the option, the path and the fault."""
+    path, absolute = Path(path), Path(path).absolute()
+    if path.is_symlink() and not path.exists():
+        raise OSError(f"{option} {path}: a symlink to nothing")
+    existing = next(folder for folder in (absolute, *absolute.parents) if folder.exists())
+    fault = ("not a folder" if not existing.is_dir()
+             else "not writable" if not os.access(existing, os.W_OK | os.X_OK) else None)
+    if fault:
+        raise OSError(f"{option} {path}: " + (f"exists and is {fault}" if existing == absolute
+                                               else f"cannot be created ({existing} is {fault})"))
+
+
+@contextlib.contextmanager
+def removing_created_folders(folder: Path) -> Iterator[None]:
+    """Runs the block; if it raises, removes the folders of `folder` (it and its parents) that were
+    missing before it and are empty now, so a failed command leaves its output folder as it found it."""
+    created = []
+    path = Path(folder).absolute()
+    while not path.exists() and not path.is_symlink():
+        created.append(path)  # deepest first
+        path = path.parent
+    try:
+        yield
+    except BaseException:
+        for path in created:
+            try:
+                path.rmdir()
+            except FileNotFoundError:  # never made
+                continue
+            except OSError:  # not empty (another writer's files): keep it and its parents
+                break
+        raise
 
 
 def dataset_name(task: str) -> str:

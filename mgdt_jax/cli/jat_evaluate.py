@@ -41,8 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("envs_per_task", "max_steps"):
         if (value := getattr(args, name)) is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if not [name for name in args.tasks.split(",") if name.strip()]:
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    task_names = [name.strip() for name in args.tasks.split(",") if name.strip()]
+    if not task_names:
         parser.error(f"--tasks names no task: {args.tasks!r}")
+    if twice := sorted({name for name in task_names if task_names.count(name) > 1}):
+        parser.error(f"--tasks {args.tasks}: names {', '.join(twice)} more than once (it would count twice in the IQM)")
     logging.set_verbosity(logging.FATAL)
     from data_pipelines.jat.tasks import UnknownTaskError
     from mgdt_jax.core.checkpointing import CheckpointError
@@ -50,7 +55,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         check_out_dir(args.out, evaluate.REPORT_JSON)
-        task_names = [name.strip() for name in args.tasks.split(",") if name.strip()]
         refs = {name: references.load(args.data / name) for name in task_names}
         for name, ref in refs.items():
             references.check_versions(ref)
