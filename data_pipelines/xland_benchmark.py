@@ -34,20 +34,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    overrides = {name: value for name, value in (
-        ("chain_depth", args.chain_depth), ("prune_prob", args.prune_prob),
-        ("num_distractor_rules", args.distractor_rules), ("num_distractor_objects", args.distractor_objects))
-        if value is not None}
+    # Flag -> the generator setting it overrides, so a bad value is reported by its flag, up front.
+    setting_flags = {"chain_depth": ("--chain-depth", args.chain_depth), "prune_prob": ("--prune-prob", args.prune_prob),
+                     "num_distractor_rules": ("--distractor-rules", args.distractor_rules),
+                     "num_distractor_objects": ("--distractor-objects", args.distractor_objects)}
+    if args.count < 1:
+        parser.error(f"--count {args.count}: must be >= 1")
+    if args.seed < 0:  # numpy's default_rng takes non-negative seeds only
+        parser.error(f"--seed {args.seed}: must be >= 0")
+    overrides = {name: value for name, (_, value) in setting_flags.items() if value is not None}
     settings = dataclasses.replace(generator.PRESETS[args.preset], **overrides)
+    for name, why in settings.faults().items():
+        flag, value = setting_flags[name]  # a preset's own settings are valid: the fault is a flag's
+        parser.error(f"{flag} {value}: {why}")
     preset = args.preset if not overrides else f"{args.preset}+custom"
+    for target in (args.out, generator.sidecar_path(args.out)):
+        if target.is_dir():
+            print(f"mgdt-xland-benchmark: error: {target}: is a directory; --out names the benchmark file to write",
+                  file=sys.stderr)
+            return 1
     if args.out.exists() and not args.force:
         print(f"mgdt-xland-benchmark: error: {args.out} exists (use --force to overwrite)", file=sys.stderr)
         return 1
     try:
         arrays, stats = generator.generate(settings, args.count, args.seed, progress=not args.no_progress)
         record = generator.write(arrays, args.out, settings=settings, seed=args.seed, preset=preset, stats=stats)
-    except (generator.BenchmarkError, OSError) as error:
+    except generator.BenchmarkError as error:
         print(f"mgdt-xland-benchmark: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # e.g. a missing or read-only folder; the error names a scratch file, so name OUT
+        print(f"mgdt-xland-benchmark: error: {args.out}: cannot write ({error.strerror or error})", file=sys.stderr)
         return 1
     print(f"wrote {record['num_rulesets']} rulesets ({record['benchmark_id']}, up to {record['max_rules']} rules and "
           f"{record['max_init_tiles']} objects, {record['duplicates_rejected']} duplicates rejected) to {args.out} "

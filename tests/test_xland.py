@@ -146,10 +146,134 @@ def test_cli_writes_a_benchmark_and_refuses_bad_input(tmp_path, capsys):
     assert record["generator"]["settings"]["num_distractor_rules"] == 1 and record["num_rulesets"] == 40
     assert xland_benchmark.main(["--count", "5", "--out", str(out), "--no-progress"]) == 1
     assert "exists" in capsys.readouterr().err
-    bad = tmp_path / "bad.pkl.bz2"
-    assert xland_benchmark.main(["--count", "5", "--chain-depth", "7", "--out", str(bad), "--no-progress"]) == 1
-    assert "chain_depth 7" in capsys.readouterr().err
     assert sorted(tmp_path.iterdir()) == sorted([out, generator.sidecar_path(out)])  # nothing half-written
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", "-1"], "--seed -1: must be >= 0"),  # was numpy's "expected non-negative integer" traceback
+    (["--count", "0"], "--count 0: must be >= 1"),
+    (["--chain-depth", "7"], "--chain-depth 7: must be in 0..3"),
+    (["--prune-prob", "nan"], "--prune-prob nan: must be in [0, 1)"),
+    (["--distractor-objects", "-2"], "--distractor-objects -2: must be in 0..8"),
+])
+def test_cli_names_a_bad_numeric_flag_before_generating(tmp_path, capsys, flags, message):
+    arguments = {"--count": "5", "--seed": "0", **dict(zip(flags[::2], flags[1::2]))}
+    with pytest.raises(SystemExit) as exit_info:
+        xland_benchmark.main([*(item for pair in arguments.items() for item in pair),
+                              "--out", str(tmp_path / "b.pkl.bz2"), "--no-progress"])
+    assert exit_info.value.code != 0
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"mgdt-xland-benchmark: error: {message}")
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_directory_is_named_as_one_not_as_missing(tmp_path, capsys):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert xland_benchmark.main(["--count", "5", "--out", str(folder), "--force", "--no-progress"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"mgdt-xland-benchmark: error: {folder}: is a directory; --out names the benchmark file to write"]
+    out = tmp_path / "b.pkl.bz2"
+    generator.sidecar_path(out).mkdir()  # the record's place taken by a folder
+    assert xland_benchmark.main(["--count", "5", "--out", str(out), "--force", "--no-progress"]) == 1
+    assert f"{generator.sidecar_path(out)}: is a directory" in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == sorted([folder, generator.sidecar_path(out)])  # nothing written
+    with pytest.raises(generator.BenchmarkError, match="folder: is a directory, not a benchmark file"):
+        generator.load(folder)
+
+
+def _write_with_record(path, payload):
+    """`payload` pickled as xminigrid saves a benchmark, with a record of its sha256 and 20 rulesets:
+    what the record's checks pass."""
+    from xminigrid.benchmarks import save_bz2_pickle
+
+    save_bz2_pickle(payload, str(path))
+    generator.sidecar_path(path).write_text(json.dumps({"sha256": generator.file_sha256(path), "num_rulesets": 20}))
+
+
+class _MakesAFolder:
+    """Unpickled by plain pickle, this calls os.mkdir: the trace a code-running load leaves."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.path,)
+
+
+def test_a_crafted_pickle_runs_no_code_and_xminigrids_own_files_still_load(tmp_path):
+    import xminigrid.benchmarks
+
+    arrays, _ = generator.generate(generator.PRESETS["small"], 20, seed=0)
+    crafted, trace = tmp_path / "crafted.pkl.bz2", tmp_path / "ran"
+    _write_with_record(crafted, {**arrays, "goals": _MakesAFolder(trace)})
+    with pytest.raises(generator.BenchmarkError, match=r"crafted.pkl.bz2: refused: its pickle names posix.mkdir"):
+        generator.load(crafted)
+    assert not trace.exists()
+    # xminigrid's generator (scripts/ruleset_generator.py) pickles jnp arrays, num_rules as [N, 1],
+    # beside its generation_config.
+    theirs = tmp_path / "xminigrid.pkl.bz2"
+    _write_with_record(theirs, {
+        "generation_config": {"chain_depth": 1, "prune_chain": True, "save_path": str(theirs)},
+        "goals": jnp.asarray(arrays["goals"]), "rules": jnp.asarray(arrays["rules"]),
+        "init_tiles": jnp.asarray(arrays["init_tiles"]),
+        "num_rules": jnp.vstack([jnp.asarray(n, jnp.uint8) for n in arrays["num_rules"]])})
+    benchmark, _ = generator.load(theirs)
+    reference = xminigrid.benchmarks.load_benchmark_from_path(str(theirs))
+    jax.tree.map(np.testing.assert_array_equal, benchmark, reference)
+    np.testing.assert_array_equal(benchmark.get_ruleset(4).init_tiles, arrays["init_tiles"][4])
+
+
+@pytest.mark.parametrize("key, change, message", [
+    ("rules", lambda a: a[:, :, :6], "rules is uint8 [20, 4, 6]; xminigrid takes uint8 [N = 20, any, 7]"),
+    ("goals", lambda a: a.astype(np.int32), "goals is int32 [20, 5]; xminigrid takes uint8 [N >= 1, 5]"),
+    ("init_tiles", lambda a: a[:10], "init_tiles is uint8 [10, 6, 2]; xminigrid takes uint8 [N = 20, any, 2]"),
+    ("num_rules", lambda a: a.astype(np.float32), "num_rules is float32 [20]; a benchmark holds integers"),
+    ("rules", lambda a: a.tolist(), "rules is a list; xminigrid takes uint8"),
+])
+def test_arrays_the_environment_cannot_take_are_one_line(tmp_path, key, change, message):
+    from mgdt_jax.recipes.ada import xland as ada_xland
+
+    arrays, _ = generator.generate(generator.PRESETS["small"], 20, seed=0)
+    path = tmp_path / "shaped.pkl.bz2"
+    _write_with_record(path, {**arrays, key: change(arrays[key])})
+    with pytest.raises(generator.BenchmarkError) as error_info:
+        generator.load(path)
+    assert str(error_info.value).startswith(f"{path}: ") and message in str(error_info.value)
+    with pytest.raises(ValueError, match="shaped.pkl.bz2: "):  # what mgdt-train reports in one line
+        ada_xland.make({"benchmark": str(path), "num_trials": 2})
+
+
+@pytest.mark.slow  # trains one step
+def test_ada_eval_refuses_a_benchmark_regenerated_since_training(tmp_path, capsys):
+    from experiments import ada_claims
+    from mgdt_jax.cli import ada_eval
+    from mgdt_jax.core import loop
+    from mgdt_jax.recipes.ada import evaluate
+
+    path = tmp_path / "b.pkl.bz2"
+    trained_on = _write_benchmark(path, count=32)
+    scale = ada_claims.Scale(rulesets=32, num_envs=8, rollout_length=2, train_steps=1, teacher_steps=0,
+                             eval_episodes=1, num_minibatches=1)
+    config = ada_claims.run_config("gru", path, scale, steps=1, task=ada_claims.TaskSetting(trial_steps=2))
+    loop.train(config, tmp_path / "run")
+    argv = ["--count", "32", "--seed", "1", "--out", str(path), "--force", "--no-progress"]
+    assert xland_benchmark.main(argv) == 0
+    now = generator.read_record(path)["sha256"]
+    capsys.readouterr()
+    assert ada_eval.main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mgdt-ada-eval: error: {path}: sha256 {now[:12]}")
+    assert f"{trained_on['sha256'][:12]}..., the benchmark {tmp_path / 'run'} step 1 trained on" in lines[0]
+    assert not (tmp_path / "report").exists()
+
+    class Env:  # the check alone: the same file, or nothing recorded, passes
+        def describe(self):
+            return {"benchmark_sha256": now}
+
+    evaluate.check_same_benchmark(Env(), {"env": {"benchmark_sha256": now}}, benchmark=path, checkpoint="run")
+    evaluate.check_same_benchmark(Env(), {"recipe": "ada"}, benchmark=path, checkpoint="run")
 
 
 def _rollout(env, benchmark, num_envs, num_steps, seed=0):

@@ -1,6 +1,8 @@
 """XLand-MiniGrid benchmarks generated here: rulesets (a goal, production rules, initial objects)
 written in the file format `xminigrid.load_benchmark_from_path` reads, with a sidecar JSON that
-records the file's sha256 and the generator settings, which every result carries.
+records the file's sha256 and the generator settings, which every result carries. `load` reads a
+file (ours or xminigrid's) the way that function does, but with an unpickler that resolves only
+numpy and jax array reconstruction, so a crafted file runs no code; then checks the arrays' shapes.
 
 A task follows AdA (Adaptive Agent Team 2023, Appendix A.2) as XLand-MiniGrid applies it
 (Nikulin et al. 2023, §3): sample a goal over one or two objects; then, for `chain_depth` levels,
@@ -92,19 +94,26 @@ class GeneratorSettings:
     goal_types: tuple[str, ...] = tuple(GOAL_TYPES)
     rule_types: tuple[str, ...] = tuple(RULE_TYPES)
 
-    def validate(self) -> None:
-        """BenchmarkError naming the first setting out of range."""
+    def faults(self) -> dict[str, str]:
+        """Setting name -> why its value is out of range; empty when every setting is valid."""
+        faults = {}
         if not 0 <= self.chain_depth <= 3:
-            raise BenchmarkError(f"chain_depth {self.chain_depth}: must be in 0..3 (60 objects bound the chain)")
-        if not 0.0 <= self.prune_prob < 1.0:
-            raise BenchmarkError(f"prune_prob {self.prune_prob}: must be in [0, 1)")
+            faults["chain_depth"] = "must be in 0..3 (60 objects bound the chain)"
+        if not 0.0 <= self.prune_prob < 1.0:  # also refuses NaN
+            faults["prune_prob"] = "must be in [0, 1)"
         for name in ("num_distractor_rules", "num_distractor_objects"):
             if not 0 <= getattr(self, name) <= 8:
-                raise BenchmarkError(f"{name} {getattr(self, name)}: must be in 0..8")
+                faults[name] = "must be in 0..8"
         for kind, names, known in (("goal", self.goal_types, GOAL_TYPES), ("rule", self.rule_types, RULE_TYPES)):
-            unknown = [name for name in names if name not in known]
-            if unknown or not names:
-                raise BenchmarkError(f"{kind}_types {list(names)}: need at least one of {', '.join(known)}")
+            if not names or any(name not in known for name in names):
+                faults[f"{kind}_types"] = f"need at least one of {', '.join(known)}"
+        return faults
+
+    def validate(self) -> None:
+        """BenchmarkError naming the first setting out of range."""
+        for name, why in self.faults().items():
+            value = getattr(self, name)
+            raise BenchmarkError(f"{name} {list(value) if isinstance(value, tuple) else value}: {why}")
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "goal_types": list(self.goal_types), "rule_types": list(self.rule_types)}
@@ -324,6 +333,8 @@ def read_record(path: str | os.PathLike, *, verify: bool = True) -> dict[str, An
     """The record of benchmark file `path` (its sidecar JSON); with `verify`, BenchmarkError unless
     the file's sha256 is the recorded one."""
     record_file = sidecar_path(path)
+    if Path(path).is_dir():
+        raise BenchmarkError(f"{path}: is a directory, not a benchmark file")
     if not Path(path).is_file():
         raise BenchmarkError(f"{path}: no such benchmark file")
     try:
@@ -339,20 +350,116 @@ def read_record(path: str | os.PathLike, *, verify: bool = True) -> dict[str, An
     return record
 
 
-def load(path: str | os.PathLike):
-    """(xminigrid Benchmark, record) for a file written by `write`, checked against its record
-    first, then read with `xminigrid.load_benchmark_from_path`. The record (sha256, generator
-    settings) is what results carry. Load only files you made: they are pickles."""
-    from xminigrid.benchmarks import load_benchmark_from_path
+# What a benchmark pickle may name: numpy's array and dtype reconstruction (numpy 1 wrote
+# numpy.core.*, numpy 2 writes numpy._core.*) and jax's (xminigrid's own generator pickles jnp
+# arrays). None of these runs code the file chooses: jax's _reconstruct_array calls only a function
+# the pickle names, which must itself be on this list. Everything else (os.system, builtins.eval,
+# any class's __reduce__) is refused.
+SAFE_PICKLE_GLOBALS = frozenset({
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("jax._src.array", "_reconstruct_array"),
+})
+BENCHMARK_KEYS = ("goals", "rules", "init_tiles", "num_rules")  # what load_benchmark_from_path reads
+
+
+class _Refused(pickle.UnpicklingError):
+    """A pickle names a global outside `SAFE_PICKLE_GLOBALS` (the message names it)."""
+
+
+class _BenchmarkUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only `SAFE_PICKLE_GLOBALS` (pickle's extension registry and
+    INST/OBJ opcodes resolve through `find_class` too, so nothing else can be called)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in SAFE_PICKLE_GLOBALS:
+            raise _Refused(f"{module}.{name}")
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):  # numpy 2 warns on the old name
+            module = "numpy._core." + module.removeprefix("numpy.core.")
+        return super().find_class(module, name)
+
+
+def read_arrays(path: str | os.PathLike) -> dict[str, Any]:
+    """The dict a benchmark file (bz2 pickle) holds, read with `_BenchmarkUnpickler`: arrays of
+    numpy or jax only, so a crafted file cannot run code. BenchmarkError (naming `path`) for a
+    file that is unreadable, names anything else, or is not a dict holding `BENCHMARK_KEYS`."""
+    try:
+        with bz2.open(path, "rb") as f:
+            payload = _BenchmarkUnpickler(f).load()
+    except _Refused as error:
+        raise BenchmarkError(f"{path}: refused: its pickle names {error}, and a benchmark holds only numpy or jax "
+                             f"arrays (nothing of it was run)") from None
+    # A damaged or crafted stream fails in many ways (bz2's OSError, pickle's own, or a bad
+    # argument to an allowed constructor); each is the file's fault.
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError,
+            AttributeError, MemoryError) as error:
+        raise BenchmarkError(f"{path}: unreadable benchmark ({error})") from None
+    if not isinstance(payload, dict):
+        raise BenchmarkError(f"{path}: holds a {type(payload).__name__}, not a dict of benchmark arrays")
+    missing = [key for key in BENCHMARK_KEYS if key not in payload]
+    if missing:
+        raise BenchmarkError(f"{path}: no {', '.join(missing)} (a benchmark holds {', '.join(BENCHMARK_KEYS)})")
+    return payload
+
+
+# The arrays xminigrid's environments take, by key: dtype and the sizes after the ruleset axis N
+# (None: any size >= 1). num_rules only has to be integers [N, ...]: ours are int32 [N],
+# xminigrid's uint8 [N, 1], and no environment reads them.
+ARRAY_LAYOUT: dict[str, tuple[str, tuple[int | None, ...]]] = {
+    "goals": ("uint8", (GOAL_LEN,)),
+    "rules": ("uint8", (None, RULE_LEN)),
+    "init_tiles": ("uint8", (None, 2)),
+}
+
+
+def _describe_array(value: Any) -> str:
+    """`uint8 [3, 5]`, or what the value is when it is no array."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"{np.dtype(value.dtype)} {list(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def check_arrays(arrays: dict[str, Any], path: str | os.PathLike) -> int:
+    """The number of rulesets N of `arrays` (from `read_arrays`). BenchmarkError naming `path` and
+    the first array whose dtype or shape is not `ARRAY_LAYOUT`'s (N >= 1, the same N everywhere):
+    checked here because a wrong shape would otherwise fail as a traceback inside a jitted step."""
+    count = None
+    for key, (dtype, tail) in ARRAY_LAYOUT.items():
+        value = arrays[key]
+        shape = tuple(getattr(value, "shape", ()))
+        fits = (hasattr(value, "dtype") and np.dtype(value.dtype) == np.dtype(dtype) and len(shape) == 1 + len(tail)
+                and shape[0] >= 1 and shape[0] == (count or shape[0])
+                and all(size == want if want is not None else size >= 1 for size, want in zip(shape[1:], tail)))
+        if not fits:
+            layout = ", ".join([f"N = {count}" if count else "N >= 1"] + ["any" if want is None else str(want) for want in tail])
+            raise BenchmarkError(f"{path}: {key} is {_describe_array(value)}; xminigrid takes {dtype} [{layout}]")
+        count = shape[0]
+    num_rules = arrays["num_rules"]
+    shape = tuple(getattr(num_rules, "shape", ()))
+    if not shape or shape[0] != count or np.dtype(num_rules.dtype).kind not in "iu":
+        raise BenchmarkError(f"{path}: num_rules is {_describe_array(num_rules)}; a benchmark holds integers [N = {count}, ...]")
+    return count
+
+
+def load(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """(xminigrid Benchmark, record) for a file written by `write` (or by xminigrid's generator,
+    given a record): checked against its record, read with `read_arrays` (no code in the file
+    runs) and its arrays checked with `check_arrays`. The record (sha256, generator settings) is
+    what results carry. BenchmarkError (one line naming `path`) for any fault."""
+    from xminigrid.benchmarks import Benchmark
 
     record = read_record(path)
-    try:
-        benchmark = load_benchmark_from_path(os.fspath(path))
-    except (OSError, EOFError, pickle.UnpicklingError, KeyError) as error:
-        raise BenchmarkError(f"{path}: unreadable benchmark ({error})") from None
-    if benchmark.goals.shape[0] != record["num_rulesets"]:
-        raise BenchmarkError(f"{path}: {benchmark.goals.shape[0]} rulesets, the record says {record['num_rulesets']}")
-    return benchmark, record
+    arrays = read_arrays(path)
+    count = check_arrays(arrays, path)
+    if count != record.get("num_rulesets"):
+        raise BenchmarkError(f"{path}: {count} rulesets, the record says {record.get('num_rulesets')}")
+    # xminigrid.load_benchmark_from_path builds exactly this from pickle.load's dict; that call
+    # would unpickle anything, so the restricted read above stands in for it.
+    return Benchmark(**{key: arrays[key] for key in BENCHMARK_KEYS}), record
 
 
 def task_split(num_rulesets: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -292,11 +292,12 @@ class _Teacher:
 
 
 def load_agent(workdir: str | Path, env: ada_env.MetaEnvironment, tasks: ada_env.TaskSource, *,
-               step: int | None = None) -> tuple[nnx.Module, dict[str, Any], int]:
-    """``(agent, run config, checkpoint step)``: the agent trained in ``workdir`` (its config.json's model
-    section, the parameters of its latest checkpoint, or of ``step``) on one device, for ``env``.
-    ValueError (one line) for a workdir without config.json, a run of another recipe, a missing
-    checkpoint or parameters that do not fit."""
+               step: int | None = None) -> tuple[nnx.Module, dict[str, Any], int, dict[str, Any]]:
+    """``(agent, run config, checkpoint step, data position)``: the agent trained in ``workdir`` (its
+    config.json's model section, the parameters of its latest checkpoint, or of ``step``) on one device,
+    for ``env``; the data position is what the checkpoint recorded of its rollouts (``rollout_identity``:
+    the environment it trained on, e.g. its benchmark's sha256). ValueError (one line) for a workdir
+    without config.json, a run of another recipe, a missing checkpoint or parameters that do not fit."""
     from mgdt_jax.core import checkpointing  # Orbax only when loading
     from mgdt_jax.core.loop import read_run_config
 
@@ -308,16 +309,16 @@ def load_agent(workdir: str | Path, env: ada_env.MetaEnvironment, tasks: ada_env
     target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), abstract)
     try:
         directory, chosen = checkpointing.pick_checkpoint(checkpointing.checkpoint_directory(workdir), step)
-        params, _ = checkpointing.load_checkpoint(directory, target=target, step=chosen, recipe=AdaRecipe.name)
+        params, position = checkpointing.load_checkpoint(directory, target=target, step=chosen, recipe=AdaRecipe.name)
     except (checkpointing.CheckpointError, FileNotFoundError) as error:
         raise ValueError(str(error)) from None
-    return nnx.merge(graphdef, params), run_config, chosen
+    return nnx.merge(graphdef, params), run_config, chosen, position
 
 
 def _load_teacher(workdir: str, env: ada_env.MetaEnvironment, tasks: ada_env.TaskSource) -> _Teacher:
     """The agent trained in ``workdir``, acting beside the student."""
     try:
-        agent, _, _ = load_agent(workdir, env, tasks)
+        agent, *_ = load_agent(workdir, env, tasks)
     except ValueError as error:
         raise ValueError(f"kickstart.teacher: {error}") from None
     return _Teacher(agent)
