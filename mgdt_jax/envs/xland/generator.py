@@ -2,7 +2,7 @@
 written in the file format `xminigrid.load_benchmark_from_path` reads, with a sidecar JSON that
 records the file's sha256 and the generator settings, which every result carries. `load` reads a
 file (ours or xminigrid's) the way that function does, but with an unpickler that resolves only
-numpy and jax array reconstruction, so a crafted file runs no code; then checks the arrays' shapes.
+numpy and jax array reconstruction (core/safe_pickle.py), so a crafted file runs no code; then checks the arrays' shapes.
 
 A task follows AdA (Adaptive Agent Team 2023, Appendix A.2) as XLand-MiniGrid applies it
 (Nikulin et al. 2023, §3): sample a goal over one or two objects; then, for `chain_depth` levels,
@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mgdt_jax.core import safe_pickle
 
 GOAL_LEN = 5  # xminigrid.core.goals.MAX_GOAL_ENCODING_LEN
 RULE_LEN = 7  # xminigrid.core.rules.MAX_RULE_ENCODING_LEN
@@ -350,47 +352,21 @@ def read_record(path: str | os.PathLike, *, verify: bool = True) -> dict[str, An
     return record
 
 
-# What a benchmark pickle may name: numpy's array and dtype reconstruction (numpy 1 wrote
-# numpy.core.*, numpy 2 writes numpy._core.*) and jax's (xminigrid's own generator pickles jnp
-# arrays). None of these runs code the file chooses: jax's _reconstruct_array calls only a function
-# the pickle names, which must itself be on this list. Everything else (os.system, builtins.eval,
-# any class's __reduce__) is refused.
-SAFE_PICKLE_GLOBALS = frozenset({
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("jax._src.array", "_reconstruct_array"),
-})
+# What a benchmark pickle may name: NumPy's array reconstruction, and JAX's (xminigrid's own
+# generator pickles jnp arrays). JAX's _reconstruct_array calls only a function the pickle names,
+# which must itself be on this list.
+SAFE_PICKLE_GLOBALS = safe_pickle.NUMPY_ARRAYS | {("jax._src.array", "_reconstruct_array")}
 BENCHMARK_KEYS = ("goals", "rules", "init_tiles", "num_rules")  # what load_benchmark_from_path reads
 
 
-class _Refused(pickle.UnpicklingError):
-    """A pickle names a global outside `SAFE_PICKLE_GLOBALS` (the message names it)."""
-
-
-class _BenchmarkUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only `SAFE_PICKLE_GLOBALS` (pickle's extension registry and
-    INST/OBJ opcodes resolve through `find_class` too, so nothing else can be called)."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in SAFE_PICKLE_GLOBALS:
-            raise _Refused(f"{module}.{name}")
-        if module.startswith("numpy.core.") and hasattr(np, "_core"):  # numpy 2 warns on the old name
-            module = "numpy._core." + module.removeprefix("numpy.core.")
-        return super().find_class(module, name)
-
-
 def read_arrays(path: str | os.PathLike) -> dict[str, Any]:
-    """The dict a benchmark file (bz2 pickle) holds, read with `_BenchmarkUnpickler`: arrays of
+    """The dict a benchmark file (bz2 pickle) holds, read with `safe_pickle.load`: arrays of
     numpy or jax only, so a crafted file cannot run code. BenchmarkError (naming `path`) for a
     file that is unreadable, names anything else, or is not a dict holding `BENCHMARK_KEYS`."""
     try:
         with bz2.open(path, "rb") as f:
-            payload = _BenchmarkUnpickler(f).load()
-    except _Refused as error:
+            payload = safe_pickle.load(f, SAFE_PICKLE_GLOBALS)
+    except safe_pickle.RefusedGlobal as error:
         raise BenchmarkError(f"{path}: refused: its pickle names {error}, and a benchmark holds only numpy or jax "
                              f"arrays (nothing of it was run)") from None
     # A damaged or crafted stream fails in many ways (bz2's OSError, pickle's own, or a bad

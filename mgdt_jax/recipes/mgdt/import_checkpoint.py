@@ -13,7 +13,6 @@ in mgdt_jax/recipes/mgdt/model.py.
 from __future__ import annotations
 
 import io
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from mgdt_jax.core import checkpointing
+from mgdt_jax.core import checkpointing, safe_pickle
 from mgdt_jax.recipes.mgdt import tokens
 from mgdt_jax.recipes.mgdt.model import ModelConfig, MultiGameDecisionTransformer
 
@@ -33,29 +32,12 @@ ROOT = "decision_transformer"
 EMBED = f"{ROOT}/~_embed_inputs"
 SEQUENCE = f"{ROOT}/~/sequence"
 
-# (module, global) pairs an array pickle needs; numpy 2 moved numpy.core to numpy._core.
-_ALLOWED_GLOBALS = {
-    (module, name)
-    for core in ("numpy.core", "numpy._core")
-    for module, name in (
-        (f"{core}.multiarray", "_reconstruct"),
-        (f"{core}.multiarray", "scalar"),
-        (f"{core}.numeric", "_frombuffer"),
-    )
-} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("collections", "OrderedDict")}
+# What the released pickle names: NumPy arrays and scalars, strings (through _codecs) and OrderedDicts.
+_ALLOWED_GLOBALS = safe_pickle.NUMPY_ARRAYS | {("_codecs", "encode"), ("collections", "OrderedDict")}
 
 
 class CheckpointImportError(ValueError):
     """The pickle is unsafe, unreadable, or not the released MGDT parameter layout."""
-
-
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise CheckpointImportError(
-            f"refusing to unpickle {module}.{name}: only dicts, tuples, lists, NumPy arrays and scalars are allowed"
-        )
 
 
 def load_released_pickle(path: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -65,9 +47,10 @@ def load_released_pickle(path: Path) -> dict[str, dict[str, np.ndarray]]:
     except OSError as error:
         raise CheckpointImportError(f"{path}: cannot read ({error.strerror})") from None
     try:
-        loaded = _ArraysOnlyUnpickler(io.BytesIO(data)).load()
-    except CheckpointImportError as error:
-        raise CheckpointImportError(f"{path}: {error}") from None
+        loaded = safe_pickle.load(io.BytesIO(data), _ALLOWED_GLOBALS)
+    except safe_pickle.RefusedGlobal as error:
+        raise CheckpointImportError(f"{path}: refusing to unpickle {error}: only dicts, tuples, lists, NumPy arrays "
+                                    "and scalars are allowed") from None
     except Exception as error:  # a corrupt pickle raises anything from EOFError to TypeError
         raise CheckpointImportError(f"{path}: not a readable pickle ({type(error).__name__}: {error})") from None
     if not (isinstance(loaded, tuple) and len(loaded) == 2 and isinstance(loaded[0], Mapping)):
