@@ -400,7 +400,6 @@ def _check_fits(manager: ocp.CheckpointManager, step: int, item: str, target: An
             raise CheckpointError(f"{where}: {name} is {saved[name]} in the checkpoint, {shape} here")
 
 
-
 def _shapes_by_name(tree: Any) -> dict[str, tuple[int, ...]]:
     def name(path: tuple) -> str:
         return "/".join(str(getattr(key, "key", getattr(key, "idx", getattr(key, "name", key)))) for key in path)
