@@ -290,7 +290,7 @@ def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(config_path, uni
     shutil.copytree(uninterrupted_run / checkpointing.CHECKPOINTS, workdir / checkpointing.CHECKPOINTS)
     config = load_config(config_path)
     config.train.num_steps = NUM_STEPS + CHECKPOINT_EVERY  # the next save would be the last step
-    config.optimizer.learning_rate = float("inf")  # the first update makes the parameters infinite
+    config.optimizer.learning_rate = 3e38  # the first update makes the parameters overflow
     with pytest.raises(loop.TrainingDiverged, match=rf"at step {NUM_STEPS + 2}.*last good checkpoint is step {NUM_STEPS}"):
         loop.train(config, workdir)
     kept = checkpointing.load_params(workdir)
@@ -367,6 +367,12 @@ def test_cli_reports_a_bad_mgdt_data_source_in_one_line(tmp_path):
         with pytest.raises(ValueError, match=rf"^config.train.{name} must be an integer >= \d, got {value}$"):
             loop.train(config, tmp_path / name)
         assert not (tmp_path / name).exists()
+    for name, value, interval in (("learning_rate", float("nan"), r"\(0, inf\)"), ("b2", 1.0, r"\[0, 1\)")):
+        config = load_config(config_path)
+        config.optimizer[name] = value  # refused before the first step, not found as a diverged loss after it
+        with pytest.raises(ValueError, match=rf"^config.optimizer.{name} must be a number in {interval}, got {value}$"):
+            loop.train(config, tmp_path / name)
+        assert not (tmp_path / name).exists()
 
 
 def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path):
@@ -379,7 +385,7 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
          f"--config {tmp_path / 'nosuch.py'}: no such file"),
         (["--config", str(config_path), "--config.train.num_stepz=3", "--workdir", str(tmp_path / "run")],
          """a --config override names no field of the config ('num_stepz' Did you mean "num_steps" instead of "num_stepz"?)"""),
-        (["--config", str(config_path), "--workdir", str(a_file)], f"--workdir {a_file}: is a file, not a run folder"),
+        (["--config", str(config_path), "--workdir", str(a_file)], f"{a_file}: is a file, not a run folder"),
     ]
     python_path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
     for args, message in cases:
@@ -393,7 +399,7 @@ def test_a_new_run_that_fails_after_its_first_step_keeps_its_folder(request, tmp
     path = tmp_path / "tiny_ad.py"  # the loop's behaviour, the same for every recipe: the fastest checks it
     path.write_text(CASES["ad"].config_file(request, num_steps=NUM_STEPS, checkpoint_every=CHECKPOINT_EVERY))
     config = load_config(path)
-    config.optimizer.learning_rate = float("inf")
+    config.optimizer.learning_rate = 3e38  # the first update makes the parameters overflow
     with pytest.raises(loop.TrainingDiverged):
         loop.train(config, tmp_path / "new")
     assert (tmp_path / "new" / loop.CONFIG_FILE).is_file()  # what it wrote is there to read

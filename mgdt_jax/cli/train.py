@@ -39,9 +39,6 @@ def _train(argv: list[str]) -> int:
     if not Path(config_file).is_file():  # ml_collections' own message spans five lines
         print(f"mgdt-train: error: --config {config_file}: no such file", file=sys.stderr)
         return 1
-    if Path(_WORKDIR.value).exists() and not Path(_WORKDIR.value).is_dir():
-        print(f"mgdt-train: error: --workdir {_WORKDIR.value}: is a file, not a run folder", file=sys.stderr)
-        return 1
     config = _CONFIG.value
     try:
         result = loop.train(config, _WORKDIR.value)

@@ -30,9 +30,11 @@ import jax
 import jax.numpy as jnp
 
 from mgdt_jax.core import checkpointing, files, sharding
+from mgdt_jax.core.config_sections import section
 from mgdt_jax.core.recipe import DEFAULT_RECIPE, Evaluator, Recipe, load_recipe
 from mgdt_jax.core import flops
 from mgdt_jax.core.metric_writer import MetricWriter, Throughput
+from mgdt_jax.core.optimizer import check_optimizer_config
 from mgdt_jax.core.train_step import Trainer, TrainState
 
 CONFIG_FILE = "config.json"
@@ -96,6 +98,9 @@ def _train(
 ) -> TrainResult:
     train_config = config.train
     _check_counts(train_config)
+    check_optimizer_config(section(config, "optimizer", {}))
+    if workdir.exists() and not workdir.is_dir():
+        raise ValueError(f"{workdir}: is a file, not a run folder")
     workdir.mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0
     recipe = recipe if recipe is not None else load_recipe(config)

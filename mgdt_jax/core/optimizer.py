@@ -9,6 +9,7 @@ the last training step.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -31,6 +32,25 @@ class OptimizerConfig:
     eps: float = 1e-6  # optax (and the LAMB paper) default; MGDT does not state it
     weight_decay: float = 0.0
     grad_clip_norm: float = 1.0
+
+
+def check_optimizer_config(config: Any) -> None:
+    """ValueError (one line) for a value of the optimizer config section no run can train with; the
+    loop calls it before reading data: a NaN or infinite rate would otherwise surface only as a
+    diverged loss after the first step."""
+    config = read_section(OptimizerConfig, config)
+    ranges = {
+        "learning_rate": (0.0, math.inf, False), "eps": (0.0, math.inf, True), "b1": (0.0, 1.0, True),
+        "b2": (0.0, 1.0, True), "weight_decay": (0.0, math.inf, True), "grad_clip_norm": (0.0, math.inf, True),
+    }
+    for name, (low, high, low_included) in ranges.items():
+        value = getattr(config, name)
+        inside = isinstance(value, (int, float)) and (low <= value if low_included else low < value) and value < high
+        if not inside:
+            interval = f"{'[' if low_included else '('}{low:g}, {high:g})"
+            raise ValueError(f"config.optimizer.{name} must be a number in {interval}, got {value!r}")
+    if not isinstance(config.warmup_steps, int) or config.warmup_steps < 0:
+        raise ValueError(f"config.optimizer.warmup_steps must be an integer >= 0, got {config.warmup_steps!r}")
 
 
 def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
@@ -56,6 +76,7 @@ def decay_mask(params: Any) -> Any:
 def make_optimizer(config: Any, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Returns ``(transformation, schedule)``; ``config`` is the optimizer config section."""
     config = read_section(OptimizerConfig, config)
+    check_optimizer_config(config)  # for callers other than the loop
     schedule = learning_rate_schedule(config, total_steps)
     if config.name == "lamb":
         core = optax.lamb(schedule, config.b1, config.b2, config.eps, weight_decay=config.weight_decay, mask=decay_mask)
