@@ -247,11 +247,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {value}")
     sizes = parse_sizes(args.sizes, args.batch)
     if "eval" in modes:
-        from data_pipelines.jat import tasks as jat_tasks  # environments: only for this mode
+        from mgdt_jax.envs import gym_tasks  # environments: only for this mode
         from mgdt_jax.recipes.jat import tokens
 
         try:
-            shapes = jat_tasks.get_task(args.eval_task).spec.shapes
+            shapes = gym_tasks.get_task(args.eval_task).shapes
             group = tokens.task_group(args.eval_task, shapes)
         except ValueError as error:
             raise SystemExit(f"--eval-task: {error}") from None

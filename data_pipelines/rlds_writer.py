@@ -125,17 +125,3 @@ def write_dataset_info(out_dir: Path, *, name: str, version: str, module_name: s
     for path in sorted(staging.iterdir(), key=lambda path: path.name == "dataset_info.json"):
         os.replace(path, out_dir / path.name)
     staging.rmdir()
-
-
-def unreadable_episodes(directory: str | os.PathLike, split_info: splits.SplitInfo, first: int, last: int,
-                        error: Exception) -> str:
-    """The one-line message for episodes ``first..last`` (indices into the split) whose reading
-    raised ``error`` (array_record raises a bare RuntimeError for a shard that is missing, cut
-    short or damaged, naming no file): the directory, the episodes and the shard files holding them."""
-    ends = np.cumsum(split_info.shard_lengths)
-    names = [Path(str(path)).name for path in split_info.filepaths]
-    held = names[int(np.searchsorted(ends, first, side="right")):int(np.searchsorted(ends, last, side="right")) + 1]
-    message = (str(error).strip().splitlines() or [""])[0][:200]
-    episodes = f"episode {first}" if first == last else f"episodes {first}..{last}"
-    return (f"{directory}: {episodes} cannot be read, a shard is missing or damaged "
-            f"({', '.join(held)}: {type(error).__name__}: {message})")

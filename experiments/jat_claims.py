@@ -44,10 +44,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from data_pipelines.jat import record, rlds
-from data_pipelines.jat import tasks as jat_tasks
+from data_pipelines.jat import experts, record
 from experiments import common, jat_tiny
 from mgdt_jax.core import checkpointing
+from mgdt_jax.envs import gym_tasks
+from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import evaluate, references
 
 SEED = 0
@@ -415,8 +416,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--tasks {args.tasks!r}: no task names")
         for name in names:
             try:
-                jat_tasks.get_task(name)
-            except jat_tasks.UnknownTaskError as error:
+                gym_tasks.get_task(name)
+            except gym_tasks.UnknownTaskError as error:
                 parser.error(f"--tasks: {error}")
         setting = dataclasses.replace(setting, tasks=tuple(names))
     if args.train_steps:
@@ -446,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.claim == "mini-jat":
             return mini_jat(args, setting, IMAGE_SAMPLING_WEIGHT)
         return kappa(args, setting)
-    except (jat_tasks.UnknownTaskError, jat_tasks.ExpertError, record.RecordError, rlds.DatasetError,
+    except (gym_tasks.UnknownTaskError, experts.ExpertError, record.RecordError, jat_fields.DatasetError,
             checkpointing.CheckpointError, ValueError, OSError) as error:  # references.ReferenceError is a ValueError
         print(f"jat_claims: error: {error}", file=sys.stderr)
         return 1

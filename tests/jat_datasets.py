@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines.jat import rlds
+from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import references
 
 MISSIONS = ("go to the red ball", "pick up a blue key", "open the yellow door, then go to the grey box")
@@ -43,9 +44,9 @@ def write(root: Path, episodes: int = 40, seed: int = 0) -> dict[str, Path]:
     """Writes both tasks under ``root``; returns task name -> dataset directory."""
     rng = np.random.default_rng(seed)
     weights = rng.normal(size=(5, 2))
-    discrete = rlds.TaskSpec("synthetic-discrete", {"discrete_observations": (148,), "text_observations": (),
+    discrete = jat_fields.TaskSpec("synthetic-discrete", {"discrete_observations": (148,), "text_observations": (),
                                                     "discrete_actions": (), "rewards": ()})
-    continuous = rlds.TaskSpec("synthetic-continuous", {"continuous_observations": (5,), "continuous_actions": (2,),
+    continuous = jat_fields.TaskSpec("synthetic-continuous", {"continuous_observations": (5,), "continuous_actions": (2,),
                                                         "rewards": ()})
     out = {}
     for spec, make in ((discrete, lambda: _discrete_episode(rng)), (continuous, lambda: _continuous_episode(rng, weights))):

@@ -36,7 +36,8 @@ def test_tasks_recorded_side_by_side_are_those_of_one_process(tmp_path):
     import numpy as np
     import tensorflow_datasets as tfds
 
-    from data_pipelines.jat import record, rlds
+    from data_pipelines.jat import record
+    from mgdt_jax.recipes.jat import fields as jat_fields
 
     tasks = ("babyai-go-to-red-ball-grey", "babyai-go-to-local")
     setting = dataclasses.replace(jat_claims.QUICK, tasks=tasks, episodes={"babyai": (3, 2)})
@@ -47,7 +48,7 @@ def test_tasks_recorded_side_by_side_are_those_of_one_process(tmp_path):
                 for run in ("parallel", "serial")]
         assert len(read[0]) == len(read[1]) == 3
         for left, right in zip(*read):
-            a, b = rlds.episode_fields(left), rlds.episode_fields(right)
+            a, b = jat_fields.episode_fields(left), jat_fields.episode_fields(right)
             assert a["text_observations"] == b["text_observations"]
             for name in ("discrete_observations", "discrete_actions", "rewards"):
                 np.testing.assert_array_equal(a[name], b[name])

@@ -137,9 +137,10 @@ def test_a_model_that_standardises_refuses_a_dataset_without_statistics_in_one_l
 
 def test_an_image_task_loads_and_its_batches_carry_frames_and_mission_only(tmp_path):
     from data_pipelines.jat import rlds
+    from mgdt_jax.recipes.jat import fields as jat_fields
 
     rng = np.random.default_rng(0)
-    spec = rlds.TaskSpec("synthetic-image", {"image_observations": (8, 8, 3), "text_observations": (),
+    spec = jat_fields.TaskSpec("synthetic-image", {"image_observations": (8, 8, 3), "text_observations": (),
                                              "discrete_actions": (), "rewards": ()})
 
     def episode() -> rlds.Episode:

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import shutil
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -72,7 +71,7 @@ def full_pass_actions(model: JatModel, observations: np.ndarray, actions: np.nda
 def test_a_standardising_policy_reads_observations_as_its_training_rows(jat_datasets, tmp_path):
     import tensorflow_datasets as tfds  # noqa: PLC0415  (the data side only)
 
-    from data_pipelines.jat import rlds  # noqa: PLC0415
+    from mgdt_jax.recipes.jat import fields as jat_fields  # noqa: PLC0415
     from mgdt_jax.recipes.jat import data  # noqa: PLC0415
 
     config = dataclasses.replace(CONFIG, normalize_observations=True)
@@ -83,7 +82,7 @@ def test_a_standardising_policy_reads_observations_as_its_training_rows(jat_data
     references.save(references.TaskReferences("synthetic-continuous", "", references.Reference(0.0, 0.0, 40), None,
                                               {}, observation_stats=stats), path)
     task = data.load_task(path, config)
-    raw = rlds.episode_fields(tfds.builder_from_directory(path).as_data_source("train")[0])
+    raw = jat_fields.episode_fields(tfds.builder_from_directory(path).as_data_source("train")[0])
     length = int(np.argmax(task.episode_start[1:])) + 1  # the first episode's steps
     rows = task.steps["continuous_observations"][:length]
     scale = np.maximum(np.asarray(stats.std), tokens.STD_FLOOR)  # dimension 2's std is floored

@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines.jat import import_parquet, rlds
+from data_pipelines.jat import import_parquet
+from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import references
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -67,7 +68,7 @@ def test_round_trip(tmp_path, kind, task):
     assert len(source) == len(want)
     for i, row in enumerate(want):
         episode = source[i]
-        got = rlds.episode_fields(episode)
+        got = jat_fields.episode_fields(episode)
         assert set(got) == {name for name in row if not name.startswith("_")}
         for name, values in row.items():
             if name == "image_observations":

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines.jat import ppo, record, rlds, tasks
+from data_pipelines.jat import experts, ppo, record
+from mgdt_jax.envs import gym_tasks
+from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import references
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -24,14 +26,14 @@ def pendulum_expert(tmp_path_factory):
 
 
 def test_recorded_pendulum_expert_beats_random(pendulum_expert, tmp_path):
-    summary = record.record_task(tasks.get_task("mujoco-pendulum"), tmp_path, episodes=3, random_episodes=10,
+    summary = record.record_task(gym_tasks.get_task("mujoco-pendulum"), tmp_path, episodes=3, random_episodes=10,
                                  experts_dir=pendulum_expert)
     stored = references.load(tmp_path / "mujoco-pendulum")
     assert stored.expert.mean_return > 5 * stored.random.mean_return > 0
     assert stored.versions == references.installed_versions(("gymnasium", "mujoco"))
     assert summary["episodes"] == 3
     source = tfds.builder_from_directory(tmp_path / "mujoco-pendulum").as_data_source("train")
-    fields = rlds.episode_fields(source[0])
+    fields = jat_fields.episode_fields(source[0])
     assert set(fields) == {"continuous_observations", "continuous_actions", "rewards"}
     assert fields["continuous_observations"].shape == (len(fields["rewards"]), 4)
     assert fields["continuous_actions"].shape == (len(fields["rewards"]), 1)
@@ -41,9 +43,9 @@ def test_recorded_pendulum_expert_beats_random(pendulum_expert, tmp_path):
 
 def test_expert_of_another_env_or_version_is_refused(pendulum_expert):
     versions = references.installed_versions(("gymnasium", "mujoco"))
-    with pytest.raises(tasks.ExpertError, match="trained on InvertedPendulum-v5 .* not Swimmer-v5"):
+    with pytest.raises(experts.ExpertError, match="trained on InvertedPendulum-v5 .* not Swimmer-v5"):
         ppo.load(pendulum_expert / "mujoco-pendulum.npz", "Swimmer-v5", versions)
-    with pytest.raises(tasks.ExpertError, match="remove it to train a new expert"):
+    with pytest.raises(experts.ExpertError, match="remove it to train a new expert"):
         ppo.load(pendulum_expert / "mujoco-pendulum.npz", "InvertedPendulum-v5", {**versions, "mujoco": "3.2.7"})
 
 
@@ -67,6 +69,6 @@ def test_expert_saved_without_its_log_std_is_refused(pendulum_expert, tmp_path):
     with np.load(pendulum_expert / "mujoco-pendulum.npz") as content:
         arrays = {name: content[name] for name in content.files if name != "log_std"}
     np.savez(tmp_path / "mujoco-pendulum.npz", **arrays)
-    with pytest.raises(tasks.ExpertError, match="without its policy's log std .* remove it to train a new expert"):
+    with pytest.raises(experts.ExpertError, match="without its policy's log std .* remove it to train a new expert"):
         ppo.load(tmp_path / "mujoco-pendulum.npz", "InvertedPendulum-v5",
                  references.installed_versions(("gymnasium", "mujoco")))

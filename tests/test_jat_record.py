@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines.jat import record, rlds
+from data_pipelines.jat import experts, record
+from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import references
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -37,7 +38,7 @@ def test_babyai_symbolic_fields_and_steps(recorded):
     episodes = _read(out / "babyai-go-to-local")
     assert len(episodes) == 6 == summaries["babyai-go-to-local"]["episodes"]
     for episode in episodes:
-        fields = rlds.episode_fields(episode)
+        fields = jat_fields.episode_fields(episode)
         assert set(fields) == {"discrete_observations", "text_observations", "discrete_actions", "rewards"}
         steps = len(fields["rewards"])
         assert fields["discrete_observations"].shape == (steps, 148)
@@ -54,7 +55,7 @@ def test_babyai_symbolic_fields_and_steps(recorded):
 
 def test_babyai_rgb_is_the_image_task(recorded):
     out, _ = recorded
-    fields = rlds.episode_fields(_read(out / "babyai-rgb-go-to-red-ball-grey")[0])
+    fields = jat_fields.episode_fields(_read(out / "babyai-rgb-go-to-red-ball-grey")[0])
     assert set(fields) == {"image_observations", "text_observations", "discrete_actions", "rewards"}
     images = fields["image_observations"]
     assert images.shape == (len(fields["rewards"]), 84, 84, 3) and images.dtype == np.uint8
@@ -67,7 +68,7 @@ def test_babyai_rgb_is_the_image_task(recorded):
 def test_metaworld_fields_and_success(recorded):
     out, summaries = recorded
     for episode in _read(out / "metaworld-reach"):
-        fields = rlds.episode_fields(episode)
+        fields = jat_fields.episode_fields(episode)
         assert set(fields) == {"continuous_observations", "continuous_actions", "rewards"}
         assert fields["continuous_observations"].shape == (500, 39)
         assert fields["continuous_actions"].shape == (500, 4) and fields["continuous_actions"].dtype == np.float32
@@ -81,22 +82,20 @@ def test_metaworld_fields_and_success(recorded):
 def test_the_metaworld_expert_adds_seeded_noise_to_the_scripted_action(recorded):
     from metaworld.policies import ENV_POLICY_MAP
 
-    from data_pipelines.jat import tasks
-
     out, _ = recorded
     episode = next(iter(_read(out / "metaworld-reach")))
-    fields = rlds.episode_fields(episode)
+    fields = jat_fields.episode_fields(episode)
     observations, actions = fields["continuous_observations"], fields["continuous_actions"]  # o_t, a_t
     scripted = np.stack([ENV_POLICY_MAP["reach-v3"]().get_action(o) for o in observations])
     noise = (actions - scripted)[np.abs(actions).max(axis=1) < 1.0]  # rows the clip left alone
-    assert len(noise) > 100 and abs(noise.std() - tasks.METAWORLD_ACTION_NOISE) < 0.03
-    first, again = (tasks.ScriptedMetaWorldPolicy("reach", seed=5) for _ in range(2))
+    assert len(noise) > 100 and abs(noise.std() - experts.METAWORLD_ACTION_NOISE) < 0.03
+    first, again = (experts.ScriptedMetaWorldPolicy("reach", seed=5) for _ in range(2))
     assert np.array_equal([first.act(o) for o in observations[:5]], [again.act(o) for o in observations[:5]])
 
 
 def test_observation_stats_are_numpys_over_the_recorded_expert_steps(recorded):
     out, _ = recorded
-    observations = np.concatenate([rlds.episode_fields(e)["continuous_observations"]
+    observations = np.concatenate([jat_fields.episode_fields(e)["continuous_observations"]
                                    for e in _read(out / "metaworld-reach")]).astype(np.float64)
     stats = references.load(out / "metaworld-reach").observation_stats
     assert stats.steps == len(observations) == 1000
@@ -158,10 +157,8 @@ def test_cli_records_and_prints_a_summary(tmp_path, capsys):
 
 
 def test_episodes_the_bot_cannot_plan_are_replaced(tmp_path, monkeypatch):
-    from data_pipelines.jat import tasks
-
-    act, calls = tasks.BabyAIBotPolicy.act, {"begin": 0}
-    begin = tasks.BabyAIBotPolicy.begin
+    act, calls = experts.BabyAIBotPolicy.act, {"begin": 0}
+    begin = experts.BabyAIBotPolicy.begin
 
     def counting_begin(self, env):
         calls["begin"] += 1
@@ -169,13 +166,13 @@ def test_episodes_the_bot_cannot_plan_are_replaced(tmp_path, monkeypatch):
 
     def failing_act(self, observation):
         if calls["begin"] == 2:  # the second episode's bot fails
-            raise tasks.PlanningError("ValueError: no path")
+            raise experts.PlanningError("ValueError: no path")
         return act(self, observation)
 
-    monkeypatch.setattr(tasks.BabyAIBotPolicy, "begin", counting_begin)
-    monkeypatch.setattr(tasks.BabyAIBotPolicy, "act", failing_act)
+    monkeypatch.setattr(experts.BabyAIBotPolicy, "begin", counting_begin)
+    monkeypatch.setattr(experts.BabyAIBotPolicy, "act", failing_act)
     summary = record.record(["babyai-go-to-red-ball-grey"], tmp_path, 3, random_episodes=1, progress=False)[0]
-    metadata = json.loads((tmp_path / "babyai-go-to-red-ball-grey" / rlds.METADATA_FILE).read_text())
+    metadata = json.loads((tmp_path / "babyai-go-to-red-ball-grey" / jat_fields.METADATA_FILE).read_text())
     assert summary["episodes"] == 3 and summary["skipped_expert_episodes"] == 1
     assert metadata["skipped_expert_episodes"] == ["ValueError: no path"]
     assert references.load(tmp_path / "babyai-go-to-red-ball-grey").expert.success_rate == 1.0

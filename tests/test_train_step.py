@@ -3,8 +3,10 @@ recipe (tests/recipe_cases.py); learning and batch assembly on the MGDT."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -16,6 +18,8 @@ from mgdt_jax.core.recipe import load_recipe
 from mgdt_jax.core.train_step import Trainer
 from tests.recipe_cases import BATCH, CASES, step_config
 from tests.toy_recipe import ToyRecipe
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def run_steps(trainer: Trainer, batches: list[dict[str, np.ndarray]]) -> tuple[dict, list[dict]]:
@@ -110,6 +114,30 @@ def test_config_recipe_names_the_recipe_and_a_wrong_name_is_one_line():
         load_recipe({"recipe": "nope"})
     with pytest.raises(ValueError, match=r"^config.recipe 'tests.recipe_cases': tests.recipe_cases sets no RECIPE"):
         load_recipe({"recipe": "tests.recipe_cases"})
+
+
+def test_imports_flow_one_way():
+    """Every import, at module level or inside a function, points down the layers of
+    docs/architecture.md: core <- envs <- recipes <- the front ends (cli, data_pipelines, and
+    experiments, whose configs the CLIs read) <- benchmarks."""
+    layers = {"mgdt_jax.core": 0, "mgdt_jax.envs": 1, "mgdt_jax.recipes": 2, "mgdt_jax.cli": 3, "data_pipelines": 3,
+              "experiments": 3, "benchmarks": 4}
+
+    def layer(module: str) -> int | None:
+        return next((rank for prefix, rank in layers.items() if module == prefix or module.startswith(prefix + ".")),
+                    None)
+
+    upward = []
+    for path in [*REPOSITORY.glob("mgdt_jax/**/*.py"), *REPOSITORY.glob("data_pipelines/**/*.py"),
+                 *REPOSITORY.glob("experiments/**/*.py")]:
+        module = ".".join(path.relative_to(REPOSITORY).with_suffix("").parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            for name in names:
+                if (layer(name) or 0) > (layer(module) or 0):
+                    upward.append(f"{module} imports {name}")
+    assert upward == [], upward
 
 
 def test_the_core_imports_no_recipe():

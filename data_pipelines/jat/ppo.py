@@ -36,7 +36,7 @@ import numpy as np
 import optax
 import tqdm
 
-from data_pipelines.jat.tasks import ExpertError
+from data_pipelines.jat.experts import ExpertError
 from mgdt_jax.core.advantages import generalized_advantages
 from mgdt_jax.recipes.jat.references import installed_versions
 

@@ -26,8 +26,10 @@ from pathlib import Path
 import numpy as np
 import tqdm
 
-from data_pipelines.jat import rlds, tasks
+from data_pipelines.jat import experts, rlds
 from mgdt_jax.cli import interruptible
+from mgdt_jax.envs import gym_tasks
+from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import references as jat_references
 
 DEFAULT_RANDOM_EPISODES = 100
@@ -37,7 +39,7 @@ class RecordError(ValueError):
     """A recording that cannot go ahead; the message names the task or path and the fault."""
 
 
-def play_episode(task: tasks.Task, env, policy: tasks.Policy, seed: int | None) -> rlds.Episode:
+def play_episode(task: gym_tasks.Task, env, policy: experts.Policy, seed: int | None) -> rlds.Episode:
     """One episode of `policy` in `env` (reset with `seed` when not None)."""
     with contextlib.redirect_stdout(io.StringIO()):  # minigrid prints its level-sampling retries
         observation, _ = env.reset(seed=seed)
@@ -64,11 +66,23 @@ def play_episode(task: tasks.Task, env, policy: tasks.Policy, seed: int | None) 
     return rlds.Episode(observations, np.asarray(actions), np.asarray(rewards, np.float32), bool(terminated), success)
 
 
-def play(task: tasks.Task, policy_factory: Callable, episodes: int, seed: int,
+def expert(task: gym_tasks.Task, experts_dir: Path | None) -> experts.Policy:
+    """The policy that records ``task`` (experts.py); a MuJoCo task's PPO expert is read from
+    ``experts_dir``, trained first when missing (ExpertError without a directory)."""
+    if task.domain == "babyai":
+        return experts.BabyAIBotPolicy()
+    if task.domain == "metaworld":
+        return experts.ScriptedMetaWorldPolicy(task.env_id.removesuffix("-v3"))
+    from data_pipelines.jat import ppo  # JAX and the PPO trainer: only for the MuJoCo tasks
+
+    return ppo.load_expert(task.name, experts_dir, task.env_id)
+
+
+def play(task: gym_tasks.Task, policy_factory: Callable, episodes: int, seed: int,
          skipped: list[str] | None = None) -> Iterator[rlds.Episode]:
     """`episodes` episodes in one environment made with `seed` (first reset seeded, later ones not).
 
-    An episode in which the expert fails to plan (tasks.PlanningError) is dropped and replaced;
+    An episode in which the expert fails to plan (experts.PlanningError) is dropped and replaced;
     its error is appended to `skipped`. More failures than episodes is a RecordError.
     """
     env = task.make_env(seed)
@@ -77,7 +91,7 @@ def play(task: tasks.Task, policy_factory: Callable, episodes: int, seed: int,
     while played < episodes:
         try:
             episode = play_episode(task, env, policy, seed if played + failed == 0 else None)
-        except tasks.PlanningError as error:
+        except experts.PlanningError as error:
             failed += 1
             if skipped is not None:
                 skipped.append(str(error))
@@ -96,13 +110,13 @@ def _reference(returns: list[float], successes: list[bool | None]) -> jat_refere
                                     success_rate=float(np.mean(rates)) if rates else None)
 
 
-def _job(task: tasks.Task, episodes: int, random_episodes: int, seed: int) -> dict:
-    return {"task": task.name, "env_id": task.env_id, "expert": task.expert_name, "episodes": episodes,
+def _job(task: gym_tasks.Task, episodes: int, random_episodes: int, seed: int) -> dict:
+    return {"task": task.name, "env_id": task.env_id, "expert": experts.EXPERT_NAMES[task.domain], "episodes": episodes,
             "random_episodes": random_episodes, "seed": seed,
             "versions": jat_references.installed_versions(task.packages)}
 
 
-def recorded(out_dir: Path, task: tasks.Task, job: dict) -> bool:
+def recorded(out_dir: Path, task: gym_tasks.Task, job: dict) -> bool:
     """Whether OUT/<task> holds a complete recording of this job; RecordError if it holds another."""
     final = Path(out_dir) / task.name
     if not (final / "dataset_info.json").exists():
@@ -110,16 +124,16 @@ def recorded(out_dir: Path, task: tasks.Task, job: dict) -> bool:
             raise RecordError(f"{final}: exists but is not a complete dataset; remove it to record {task.name}")
         return False
     try:
-        previous = json.loads((final / rlds.METADATA_FILE).read_text())["job"]
+        previous = json.loads((final / jat_fields.METADATA_FILE).read_text())["job"]
     except (OSError, ValueError, KeyError) as error:
-        raise RecordError(f"{final / rlds.METADATA_FILE}: unreadable ({error})") from None
+        raise RecordError(f"{final / jat_fields.METADATA_FILE}: unreadable ({error})") from None
     if previous != job:
         differ = sorted(key for key in job if previous.get(key) != job[key])
         raise RecordError(f"{final}: recorded with other {', '.join(differ)}; choose another --out or remove it")
     return True
 
 
-def record_task(task: tasks.Task, out_dir: Path, episodes: int, seed: int = 0,
+def record_task(task: gym_tasks.Task, out_dir: Path, episodes: int, seed: int = 0,
                 random_episodes: int = DEFAULT_RANDOM_EPISODES, experts_dir: Path | None = None,
                 episodes_per_shard: int = 1000, on_episode: Callable[[rlds.Episode], None] = lambda e: None) -> dict:
     """Records one task into OUT/<task> (or finds it recorded); returns its summary with references."""
@@ -130,7 +144,7 @@ def record_task(task: tasks.Task, out_dir: Path, episodes: int, seed: int = 0,
     final = out_dir / task.name
     if recorded(out_dir, task, job):
         try:
-            summary = json.loads((final / rlds.METADATA_FILE).read_text())["summary"]
+            summary = json.loads((final / jat_fields.METADATA_FILE).read_text())["summary"]
             references = jat_references.load(final).to_json()
         except (OSError, ValueError, KeyError, TypeError) as error:  # ReferenceError is a ValueError
             raise RecordError(f"{final}: recorded, but its summary or references are unreadable ({error}); "
@@ -150,11 +164,13 @@ def record_task(task: tasks.Task, out_dir: Path, episodes: int, seed: int = 0,
 
     try:  # an interrupted recording leaves nothing: the folder is complete only once renamed
         summary = rlds.write_dataset(
-            partial, task.spec, play(task, lambda env: task.expert(env, experts_dir), episodes, seed, skipped),
+            partial, jat_fields.TaskSpec(task.name, task.shapes),
+            play(task, lambda env: expert(task, experts_dir), episodes, seed, skipped),
             {"job": job, "final_observation": "recorded", "skipped_expert_episodes": skipped}, episodes_per_shard,
-            description=f"JAT task {task.name} ({task.env_id}) played by {task.expert_name}.", on_episode=count)
+            description=f"JAT task {task.name} ({task.env_id}) played by {experts.EXPERT_NAMES[task.domain]}.",
+            on_episode=count)
         random_returns, random_successes, random_steps = [], [], 0
-        for episode in play(task, lambda env: tasks.RandomPolicy(env, seed), random_episodes, seed):
+        for episode in play(task, lambda env: experts.RandomPolicy(env, seed), random_episodes, seed):
             random_steps += episode.num_steps
             random_returns.append(episode.episode_return)
             random_successes.append(episode.success)
@@ -180,7 +196,7 @@ def record(task_names: list[str], out_dir: Path, episodes: int, seed: int = 0,
 
     A failure removes OUT (and its parents) again where this call created it and it is still empty.
     """
-    resolved = [tasks.get_task(name) for name in task_names]
+    resolved = [gym_tasks.get_task(name) for name in task_names]
     out_dir = Path(out_dir)
     started, steps = time.perf_counter(), 0
     summaries = []
@@ -237,12 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     # The env checker's and the scripted policies' chatter would break the progress bar.
     warnings.filterwarnings("ignore", module="gymnasium")
     warnings.filterwarnings("ignore", module="metaworld")
-    experts = args.experts if args.experts is not None else args.out / "experts"
+    experts_dir = args.experts if args.experts is not None else args.out / "experts"
     try:  # checked before any recording or expert training, which would fail only at their end
         rlds.check_folder(args.out, "--out")
-        rlds.check_folder(experts, "--experts")
-        summaries = record(args.tasks, args.out, args.episodes, args.seed, args.random_episodes, experts)
-    except (tasks.UnknownTaskError, tasks.ExpertError, RecordError, rlds.DatasetError, OSError) as error:
+        rlds.check_folder(experts_dir, "--experts")
+        summaries = record(args.tasks, args.out, args.episodes, args.seed, args.random_episodes, experts_dir)
+    except (gym_tasks.UnknownTaskError, experts.ExpertError, RecordError, jat_fields.DatasetError, OSError) as error:
         print(f"mgdt-jat-record: error: {error}", file=sys.stderr)
         return 1
     print(summary_line(summaries, args.out, time.perf_counter() - started))

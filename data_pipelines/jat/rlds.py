@@ -39,14 +39,10 @@ from data_pipelines import rlds_writer
 from mgdt_jax.core import files
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import references as jat_references
+from mgdt_jax.recipes.jat.fields import METADATA_FILE, DatasetError, TaskSpec
 
 VERSION = "1.0.0"
 SPLIT = "train"
-METADATA_FILE = "metadata.json"
-
-
-class DatasetError(ValueError):
-    """Input or output that stops writing or reading a JAT dataset; the message names the fault."""
 
 
 @dataclasses.dataclass
@@ -74,29 +70,6 @@ class Episode:
     @property
     def episode_return(self) -> float:
         return float(np.sum(self.rewards, dtype=np.float64))
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskSpec:
-    """A task's fields and their per-step shapes, e.g. {"continuous_observations": (39,),
-    "continuous_actions": (4,), "rewards": ()}; text_observations and discrete_actions are ()."""
-
-    task: str
-    shapes: dict[str, tuple[int, ...]]
-
-    def __post_init__(self):
-        jat_fields.check_fields(tuple(self.shapes), self.task)
-
-    @property
-    def action_field(self) -> str:
-        return next(name for name in self.shapes if name in jat_fields.ACTION_FIELDS)
-
-    @property
-    def observation_fields(self) -> tuple[str, ...]:
-        return tuple(name for name in jat_fields.OBSERVATION_FIELDS if name in self.shapes)
-
-    def to_json(self) -> dict:
-        return {"task": self.task, "shapes": {name: list(shape) for name, shape in self.shapes.items()}}
 
 
 def check_folder(path: Path, option: str) -> None:
@@ -222,12 +195,8 @@ def episode_to_example(spec: TaskSpec, episode: Episode, episode_id: int) -> dic
 
 @functools.cache
 def _serializer(spec_json: str) -> tuple[tfds.features.FeaturesDict, example_serializer.ExampleSerializer]:
-    feature_dict = features(_spec_from_json(json.loads(spec_json)))
+    feature_dict = features(TaskSpec.from_json(json.loads(spec_json)))
     return feature_dict, example_serializer.ExampleSerializer(feature_dict.get_serialized_info())
-
-
-def _spec_from_json(content: dict) -> TaskSpec:
-    return TaskSpec(content["task"], {name: tuple(shape) for name, shape in content["shapes"].items()})
 
 
 def serialize_episode(spec: TaskSpec, episode: Episode, episode_id: int) -> bytes:
@@ -321,29 +290,3 @@ class ObservationMoments:
         std = np.sqrt(self._m2 / self.steps)
         return jat_references.ObservationStats(mean=tuple(float(v) for v in self._mean),
                                                std=tuple(float(v) for v in std), steps=self.steps)
-
-
-def read_spec(dataset_dir: Path) -> TaskSpec:
-    """The task spec stored in a dataset's metadata.json."""
-    path = Path(dataset_dir) / METADATA_FILE
-    try:
-        return _spec_from_json(json.loads(path.read_text())["spec"])
-    except (OSError, ValueError, KeyError) as error:
-        raise DatasetError(f"{path}: not a JAT dataset's metadata ({error})") from None
-
-
-def episode_fields(episode: dict) -> dict[str, np.ndarray | list[str]]:
-    """A read episode (a data source record) -> JAT field -> the T rows of its steps that carry an
-    action (the final observation left out, as in the JAT dataset): images uint8 [T, H, W, C],
-    vectors [T, D], discrete actions [T], rewards float32 [T], text a list of T str."""
-    steps = episode["steps"]
-    num_steps = len(steps) - 1
-    rows = [steps[t] for t in range(num_steps)]
-    out = {}
-    for name in rows[0]["observation"] if rows else ():
-        values = [row["observation"][name] for row in rows]
-        out[name] = [v.decode() for v in values] if isinstance(values[0], bytes) else np.stack(values)
-    for name in rows[0]["action"] if rows else ():
-        out[name] = np.stack([row["action"][name] for row in rows])
-    out["rewards"] = np.asarray([row["reward"] for row in rows], np.float32)
-    return out

@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if twice := sorted({name for name in task_names if task_names.count(name) > 1}):
         parser.error(f"--tasks {args.tasks}: names {', '.join(twice)} more than once (it would count twice in the IQM)")
     logging.set_verbosity(logging.FATAL)
-    from data_pipelines.jat.tasks import UnknownTaskError
     from mgdt_jax.core.checkpointing import CheckpointError
+    from mgdt_jax.envs.gym_tasks import UnknownTaskError
     from mgdt_jax.recipes.jat import evaluate, references
 
     try:

@@ -1,12 +1,17 @@
 """Files that appear whole or not at all: written under a temporary name beside their target, then
 renamed (a rename within a directory is atomic on POSIX filesystems), so an interrupted write
-never leaves a half file under the real name."""
+never leaves a half file under the real name. And the one line for a dataset shard that cannot be
+read."""
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def write_text(path: Path, text: str) -> None:
@@ -20,3 +25,18 @@ def write_text(path: Path, text: str) -> None:
 def write_json(path: Path, content: Any) -> None:
     """``content`` as indented JSON, written as ``write_text`` does."""
     write_text(path, json.dumps(content, indent=1) + "\n")
+
+
+def unreadable_episodes(directory: str | os.PathLike, shard_files: Sequence[str | os.PathLike],
+                        shard_lengths: Sequence[int], first: int, last: int, error: Exception) -> str:
+    """The one-line message for episodes ``first..last`` (indices into a split whose shards, in order,
+    are ``shard_files`` holding ``shard_lengths`` episodes) whose reading raised ``error``
+    (array_record raises a bare RuntimeError for a shard that is missing, cut short or damaged,
+    naming no file): the directory, the episodes and the shard files holding them."""
+    ends = np.cumsum(shard_lengths)
+    names = [Path(str(path)).name for path in shard_files]
+    held = names[int(np.searchsorted(ends, first, side="right")):int(np.searchsorted(ends, last, side="right")) + 1]
+    message = (str(error).strip().splitlines() or [""])[0][:200]
+    episodes = f"episode {first}" if first == last else f"episodes {first}..{last}"
+    return (f"{directory}: {episodes} cannot be read, a shard is missing or damaged "
+            f"({', '.join(held)}: {type(error).__name__}: {message})")

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mgdt_jax.core import files
+
 DATASET_NAME = "ad_histories"
 VERSION = "1.0.0"
 SPLIT = "train"
@@ -111,8 +113,6 @@ def read_histories(directory: str | Path, *, env_name: str | None = None, source
     from google.protobuf.message import DecodeError
     from tensorflow_datasets.proto import tf_example_pb2
 
-    from data_pipelines import rlds_writer
-
     def cannot_open(error: Exception) -> HistoryError:
         first_line = (str(error).strip().splitlines() or [""])[0]
         return HistoryError(f"{directory}: cannot open as a learning-history dataset ({type(error).__name__}: {first_line})")
@@ -150,14 +150,15 @@ def read_histories(directory: str | Path, *, env_name: str | None = None, source
              for name, dtype in (("observation", np.int32), ("action", np.int32), ("reward", np.float32),
                                  ("is_last", bool))}
     names = set()
+    split = builder.info.splits[SPLIT]
     chunk = 4096
     for start in range(0, count, chunk):
         end = min(start + chunk, count)
         try:
             chunk_records = records.__getitems__(range(start, end))
         except (RuntimeError, OSError) as error:
-            raise HistoryError(rlds_writer.unreadable_episodes(directory, builder.info.splits[SPLIT], start, end - 1,
-                                                               error)) from None
+            raise HistoryError(files.unreadable_episodes(directory, split.filepaths, split.shard_lengths, start,
+                                                         end - 1, error)) from None
         for offset, record in enumerate(chunk_records):
             i = start + offset
             try:  # a shard cut short can yield records that parse as nothing or as part of one
@@ -166,8 +167,8 @@ def read_histories(directory: str | Path, *, env_name: str | None = None, source
                            feature["task_id"].int64_list.value[0])
                 names.add((feature["env_name"].bytes_list.value[0], feature["source"].bytes_list.value[0]))
             except (DecodeError, IndexError) as error:
-                raise HistoryError(rlds_writer.unreadable_episodes(directory, builder.info.splits[SPLIT], i, i,
-                                                                   error)) from None
+                raise HistoryError(files.unreadable_episodes(directory, split.filepaths, split.shard_lengths, i, i,
+                                                             error)) from None
             for name, values in steps.items():
                 field = feature[f"steps/{name}"]
                 stored = field.float_list.value if name == "reward" else field.int64_list.value

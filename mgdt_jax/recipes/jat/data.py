@@ -35,8 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from mgdt_jax.core import files
 from mgdt_jax.core.config_sections import read_section, section
 from mgdt_jax.recipes.jat import references, tokens
+from mgdt_jax.recipes.jat.fields import episode_fields, read_spec
 from mgdt_jax.recipes.jat.model import ModelConfig
 
 
@@ -96,10 +98,7 @@ def load_task(path: Path, model: ModelConfig, *, sampling_weight: float = 1.0, l
     observation statistics for a model that standardises observations ...)."""
     import tensorflow_datasets as tfds  # noqa: PLC0415  (data only: the model never imports TFDS)
 
-    from data_pipelines import rlds_writer
-    from data_pipelines.jat import rlds
-
-    spec = rlds.read_spec(path)  # DatasetError (a ValueError) for unknown fields or a missing dataset
+    spec = read_spec(path)  # DatasetError (a ValueError) for unknown fields or a missing dataset
     try:
         group = tokens.task_group(spec.task, spec.shapes)
         tokens.check_widths(spec.task, spec.shapes, continuous_width=model.continuous_width,
@@ -125,9 +124,10 @@ def load_task(path: Path, model: ModelConfig, *, sampling_weight: float = 1.0, l
         try:
             episode = source[index]
         except Exception as error:  # noqa: BLE001  (array_record's RuntimeError; a record cut short fails TFDS's decoding with any type)
-            raise ValueError(rlds_writer.unreadable_episodes(path, source.dataset_info.splits["train"], index, index,
-                                                             error)) from None
-        fields = rlds.episode_fields(episode)
+            split = source.dataset_info.splits["train"]
+            raise ValueError(files.unreadable_episodes(path, split.filepaths, split.shard_lengths, index, index,
+                                                       error)) from None
+        fields = episode_fields(episode)
         length = len(fields["rewards"])
         if length == 0:
             continue

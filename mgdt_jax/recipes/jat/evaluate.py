@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mgdt_jax.envs import gym_tasks
 from mgdt_jax.recipes.jat import references as jat_references
 from mgdt_jax.recipes.jat import tokens
 from mgdt_jax.recipes.jat.model import JatModel
@@ -74,7 +75,7 @@ class VectorPolicy:
     """The JAT model acting in ``num_envs`` environments of one task at once, with a KV cache.
 
     Call ``reset(i)`` when environment i starts an episode, then ``act(fields, rewards)`` every step
-    with each environment's JAT fields of o_t (a list of dicts, tasks.Task.observe) and r_{t-1}.
+    with each environment's JAT fields of o_t (a list of dicts, gym_tasks.Task.observe) and r_{t-1}.
     ``observation_stats`` (the task's, references.observation_stats) is required by a model trained
     with ``model.normalize_observations`` on a continuous task and ignored otherwise.
     """
@@ -226,10 +227,8 @@ def play_task(model: JatModel, task_name: str, refs: jat_references.TaskReferenc
     were measured on or lack the observation statistics a model with ``model.normalize_observations``
     needs, and ValueError when the model cannot read the task.
     """
-    from data_pipelines.jat import tasks  # environments: imported only to play
-
     jat_references.check_versions(refs)
-    shapes = tasks.get_task(task_name).spec.shapes
+    shapes = gym_tasks.get_task(task_name).shapes
     stats = None
     if model.config.normalize_observations and tokens.task_group(task_name, shapes) == "continuous":
         stats = jat_references.observation_stats(refs, int(shapes["continuous_observations"][0]), task_name)
@@ -251,12 +250,10 @@ def play_episodes(model: JatModel, task_name: str, *, episodes: int, envs_per_ta
     The seconds cover making, resetting and stepping the environments and the policy's calls
     (including any compilation the first call of a shape needs).
     """
-    from data_pipelines.jat import tasks  # environments: imported only to play
-
-    task = tasks.get_task(task_name)
+    task = gym_tasks.get_task(task_name)
     model_config = model.config
     image_shape = model_config.image_shape if model_config.has_images else None
-    tokens.check_widths(task_name, task.spec.shapes, continuous_width=model_config.continuous_width,
+    tokens.check_widths(task_name, task.shapes, continuous_width=model_config.continuous_width,
                         discrete_width=model_config.discrete_width)
     batch = envs_per_task or episodes
     returns: list[float] = []
@@ -264,7 +261,7 @@ def play_episodes(model: JatModel, task_name: str, *, episodes: int, envs_per_ta
     for first in range(0, episodes, batch):
         count = min(batch, episodes - first)
         envs = [task.make_env(seed + first + index) for index in range(count)]
-        inputs = TaskInputs.of(task_name, task.spec.shapes, envs[0].action_space)
+        inputs = TaskInputs.of(task_name, task.shapes, envs[0].action_space)
         policy = VectorPolicy(model, inputs, count, image_shape=image_shape, greedy=greedy, seed=seed + first,
                               observation_stats=observation_stats)
         observations = []

@@ -5,14 +5,20 @@ episode; these seven columns are the only ones RL tasks use). A task stores only
 e.g. BabyAI: discrete_observations, text_observations, discrete_actions, rewards.
 
 In our RLDS datasets the observation fields live under `steps/observation/<field>`, the action
-field under `steps/action/<field>` and `rewards` is RLDS's `steps/reward`.
+field under `steps/action/<field>` and `rewards` is RLDS's `steps/reward`; a dataset's
+metadata.json holds its TaskSpec. data_pipelines/jat/rlds.py writes them; `read_spec` and
+`episode_fields` read them back.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
+
+METADATA_FILE = "metadata.json"  # in a dataset directory: how it was made, with its TaskSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,3 +64,60 @@ def check_fields(names: list[str] | tuple[str, ...], where: str) -> tuple[str, .
         raise UnknownFieldError(f"{where}: fields {sorted(names)} need one or more observation fields, "
                                 f"exactly one action field and rewards")
     return tuple(name for name in FIELDS if name in names)
+
+
+class DatasetError(ValueError):
+    """Input or output that stops writing or reading a JAT dataset; the message names the fault."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """A task's fields and their per-step shapes, e.g. {"continuous_observations": (39,),
+    "continuous_actions": (4,), "rewards": ()}; text_observations and discrete_actions are ()."""
+
+    task: str
+    shapes: dict[str, tuple[int, ...]]
+
+    def __post_init__(self):
+        check_fields(tuple(self.shapes), self.task)
+
+    @property
+    def action_field(self) -> str:
+        return next(name for name in self.shapes if name in ACTION_FIELDS)
+
+    @property
+    def observation_fields(self) -> tuple[str, ...]:
+        return tuple(name for name in OBSERVATION_FIELDS if name in self.shapes)
+
+    def to_json(self) -> dict:
+        return {"task": self.task, "shapes": {name: list(shape) for name, shape in self.shapes.items()}}
+
+    @classmethod
+    def from_json(cls, content: dict) -> TaskSpec:
+        return cls(content["task"], {name: tuple(shape) for name, shape in content["shapes"].items()})
+
+
+def read_spec(dataset_dir: Path) -> TaskSpec:
+    """The task spec stored in a dataset's metadata.json."""
+    path = Path(dataset_dir) / METADATA_FILE
+    try:
+        return TaskSpec.from_json(json.loads(path.read_text())["spec"])
+    except (OSError, ValueError, KeyError) as error:
+        raise DatasetError(f"{path}: not a JAT dataset's metadata ({error})") from None
+
+
+def episode_fields(episode: dict) -> dict[str, np.ndarray | list[str]]:
+    """A read episode (a data source record) -> JAT field -> the T rows of its steps that carry an
+    action (the final observation left out, as in the JAT dataset): images uint8 [T, H, W, C],
+    vectors [T, D], discrete actions [T], rewards float32 [T], text a list of T str."""
+    steps = episode["steps"]
+    num_steps = len(steps) - 1
+    rows = [steps[t] for t in range(num_steps)]
+    out = {}
+    for name in rows[0]["observation"] if rows else ():
+        values = [row["observation"][name] for row in rows]
+        out[name] = [v.decode() for v in values] if isinstance(values[0], bytes) else np.stack(values)
+    for name in rows[0]["action"] if rows else ():
+        out[name] = np.stack([row["action"][name] for row in rows])
+    out["rewards"] = np.asarray([row["reward"] for row in rows], np.float32)
+    return out
