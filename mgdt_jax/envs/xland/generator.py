@@ -113,7 +113,8 @@ class GeneratorSettings:
 
     def validate(self) -> None:
         """BenchmarkError naming the first setting out of range."""
-        for name, why in self.faults().items():
+        if faults := self.faults():
+            name, why = next(iter(faults.items()))
             value = getattr(self, name)
             raise BenchmarkError(f"{name} {list(value) if isinstance(value, tuple) else value}: {why}")
 
