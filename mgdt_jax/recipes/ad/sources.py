@@ -145,15 +145,15 @@ class ThompsonSampling(_Base):
         super().check(env)
         _check_bandit(self, env)
 
-    def init(self, env, task, key, num_steps) -> BetaCounts:
+    def init(self, env: Environment, task: Task, key: jax.Array, num_steps: int) -> BetaCounts:
         zeros = jnp.zeros(env.num_actions, jnp.float32)
         return BetaCounts(zeros, zeros)
 
-    def act(self, env, agent: BetaCounts, observation, key) -> jax.Array:
+    def act(self, env: Environment, agent: BetaCounts, observation: jax.Array, key: jax.Array) -> jax.Array:
         samples = jax.random.beta(key, self.prior_alpha + agent.successes, self.prior_beta + agent.failures)
         return jnp.argmax(samples).astype(jnp.int32)
 
-    def observe(self, env, agent: BetaCounts, transition: Transition) -> BetaCounts:
+    def observe(self, env: Environment, agent: BetaCounts, transition: Transition) -> BetaCounts:
         pulled = jax.nn.one_hot(transition.action, env.num_actions)
         return BetaCounts(agent.successes + pulled * transition.reward,
                           agent.failures + pulled * (1.0 - transition.reward))
@@ -175,18 +175,18 @@ class UCB1(_Base):
         super().check(env)
         _check_bandit(self, env)
 
-    def init(self, env, task, key, num_steps) -> ArmStatistics:
+    def init(self, env: Environment, task: Task, key: jax.Array, num_steps: int) -> ArmStatistics:
         zeros = jnp.zeros(env.num_actions, jnp.float32)
         return ArmStatistics(zeros, zeros)
 
-    def act(self, env, agent: ArmStatistics, observation, key) -> jax.Array:
+    def act(self, env: Environment, agent: ArmStatistics, observation: jax.Array, key: jax.Array) -> jax.Array:
         t = agent.pulls.sum()
         tried = agent.pulls > 0
         index = agent.reward_sums / jnp.maximum(agent.pulls, 1) + jnp.sqrt(
             self.exploration * jnp.log(jnp.maximum(t, 1)) / jnp.maximum(agent.pulls, 1))
         return argmax_random_ties(key, jnp.where(tried, index, jnp.inf))  # untried arms first
 
-    def observe(self, env, agent: ArmStatistics, transition: Transition) -> ArmStatistics:
+    def observe(self, env: Environment, agent: ArmStatistics, transition: Transition) -> ArmStatistics:
         pulled = jax.nn.one_hot(transition.action, env.num_actions)
         return ArmStatistics(agent.pulls + pulled, agent.reward_sums + pulled * transition.reward)
 
@@ -201,16 +201,16 @@ class QLearning(_Base):
     name = "q_learning"
     intervals = {"learning_rate": "(0, 1]", "discount": "[0, 1]", "epsilon": "[0, 1]", "initial_value": "(-inf, inf)"}
 
-    def init(self, env, task, key, num_steps) -> jax.Array:
+    def init(self, env: Environment, task: Task, key: jax.Array, num_steps: int) -> jax.Array:
         return jnp.full((env.num_observations, env.num_actions), self.initial_value, jnp.float32)
 
-    def act(self, env, agent: jax.Array, observation, key) -> jax.Array:
+    def act(self, env: Environment, agent: jax.Array, observation: jax.Array, key: jax.Array) -> jax.Array:
         explore_key, random_key, tie_key = jax.random.split(key, 3)
         greedy = argmax_random_ties(tie_key, agent[observation])
         random = jax.random.randint(random_key, (), 0, env.num_actions, jnp.int32)
         return jnp.where(jax.random.bernoulli(explore_key, self.epsilon), random, greedy)
 
-    def observe(self, env, agent: jax.Array, transition: Transition) -> jax.Array:
+    def observe(self, env: Environment, agent: jax.Array, transition: Transition) -> jax.Array:
         bootstrap = jnp.where(transition.terminated, 0.0, agent[transition.next_observation].max())
         target = transition.reward + self.discount * bootstrap
         old = agent[transition.observation, transition.action]
@@ -237,12 +237,12 @@ class ActorCritic(_Base):
     def _optimizer(self) -> optax.GradientTransformation:
         return optax.adam(self.learning_rate)
 
-    def init(self, env, task, key, num_steps) -> ActorCriticState:
+    def init(self, env: Environment, task: Task, key: jax.Array, num_steps: int) -> ActorCriticState:
         params = {"logits": jnp.zeros((env.num_observations, env.num_actions), jnp.float32),
                   "values": jnp.zeros((env.num_observations,), jnp.float32)}
         return ActorCriticState(params, self._optimizer().init(params))
 
-    def act(self, env, agent: ActorCriticState, observation, key) -> jax.Array:
+    def act(self, env: Environment, agent: ActorCriticState, observation: jax.Array, key: jax.Array) -> jax.Array:
         return jax.random.categorical(key, agent.params["logits"][observation]).astype(jnp.int32)
 
     def _loss(self, params: dict, episode: Transition) -> jax.Array:
@@ -260,7 +260,7 @@ class ActorCritic(_Base):
         policy_loss = -(chosen * advantages).mean() - self.entropy_coef * entropy.mean()
         return policy_loss + self.value_coef * ((values - returns) ** 2).mean()
 
-    def end_episode(self, env, agent: ActorCriticState, episode: Transition) -> ActorCriticState:
+    def end_episode(self, env: Environment, agent: ActorCriticState, episode: Transition) -> ActorCriticState:
         grads = jax.grad(self._loss)(agent.params, episode)
         updates, optimizer = self._optimizer().update(grads, agent.optimizer, agent.params)
         return ActorCriticState(optax.apply_updates(agent.params, updates), optimizer)
@@ -290,16 +290,18 @@ class NoiseDistillation(_Base):
         progress = jnp.minimum(step / jnp.maximum(self.anneal_fraction * num_steps, 1.0), 1.0)
         return self.start_epsilon + (self.final_epsilon - self.start_epsilon) * progress
 
-    def init(self, env, task, key, num_steps) -> NoisyDemonstratorState:
+    def init(self, env: Environment, task: Task, key: jax.Array, num_steps: int) -> NoisyDemonstratorState:
         return NoisyDemonstratorState(task, jnp.int32(0), jnp.int32(num_steps))
 
-    def act(self, env, agent: NoisyDemonstratorState, observation, key) -> jax.Array:
+    def act(self, env: Environment, agent: NoisyDemonstratorState, observation: jax.Array,
+            key: jax.Array) -> jax.Array:
         noise_key, random_key = jax.random.split(key)
         random = jax.random.randint(random_key, (), 0, env.num_actions, jnp.int32)
         noisy = jax.random.bernoulli(noise_key, self.epsilon(agent.step, agent.num_steps))
         return jnp.where(noisy, random, env.optimal_action(agent.task, observation))
 
-    def observe(self, env, agent: NoisyDemonstratorState, transition: Transition) -> NoisyDemonstratorState:
+    def observe(self, env: Environment, agent: NoisyDemonstratorState,
+                transition: Transition) -> NoisyDemonstratorState:
         return agent._replace(step=agent.step + 1)
 
     def config(self) -> dict:
