@@ -4,7 +4,7 @@ Layout of an episode (open with `tfds.builder_from_directory(DIR).as_data_source
 
     episode["task"], episode["episode_id"], episode["episode_return"]
     steps = episode["steps"]                  # T + 1 steps
-    steps[t]["observation"][<field>]          # the task's observation fields (fields.py)
+    steps[t]["observation"][<field>]          # the task's observation fields (recipes/jat/fields.py)
     steps[t]["action"][<field>]               # its one action field
     steps[t]["reward"], ["discount"], ["is_first"], ["is_last"], ["is_terminal"]
 
