@@ -10,7 +10,9 @@ filesystem).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 import time
 from pathlib import Path
@@ -33,6 +35,7 @@ def check_runner(runner: str, beam_options: list[str] = ()) -> None:
     """Fails before anything is written when Beam does not know the runner, cannot run it from this
     install, or rejects the options (what Beam would otherwise raise, with a traceback, on start)."""
     import apache_beam
+    from apache_beam.options.pipeline_options import DirectOptions
     from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
     from apache_beam.runners.runner import create_runner
 
@@ -47,9 +50,18 @@ def check_runner(runner: str, beam_options: list[str] = ()) -> None:
             raise convert.ConversionError(
                 f"--runner DataflowRunner: submitting to Dataflow needs Beam's GCP extra, which this install "
                 f"leaves out: pip install 'apache-beam[gcp]=={apache_beam.__version__}'") from None
-    errors = PipelineOptionsValidator(pipeline_options(runner, beam_options), runner_object).validate()
+    options = pipeline_options(runner, beam_options)
+    errors = PipelineOptionsValidator(options, runner_object).validate()
     if errors:
         raise convert.ConversionError(f"--runner {runner}: {'; '.join(error.strip() for error in errors)}")
+    usage = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(usage):  # Beam's argparse prints its whole usage, then exits
+            workers = options.view_as(DirectOptions).direct_num_workers
+    except SystemExit:
+        raise convert.ConversionError(f"--beam-option: {usage.getvalue().strip().partition('error: ')[2]}") from None
+    if workers < 0:
+        raise convert.ConversionError(f"--beam-option=--direct_num_workers={workers}: must be >= 0 (0: one per core)")
 
 
 def pipeline_options(runner: str, beam_options: list[str]):

@@ -241,6 +241,9 @@ def convert(logs_dir: Path, out_dir: Path, max_episode_steps: int = replay_logs.
     lacks is built here from its episodes, before the index's manifest is written.
     """
     tasks = discover_shards(logs_dir)
+    if Path(logs_dir).resolve() in Path(out_dir).resolve().parents:
+        raise ConversionError(f"{out_dir}: inside --logs {logs_dir}, where it would stop the logs being read; "
+                              "choose an --out outside it")
     if runner != "local":
         from data_pipelines import beam_pipeline
 
@@ -290,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                 replay_logs.DEFAULT_MAX_EPISODE_STEPS, "fail", "local", []):
             parser.error("--max-episode-steps, --on-bad-checkpoint, --runner and --beam-option apply to --logs only")
         return _main_from_tfds(args.from_tfds, args.out)
+    if args.beam_options and args.runner == "local":
+        parser.error("--beam-option applies to a Beam --runner only, not --runner local")
     started = time.perf_counter()
     try:
         report = convert(args.logs, args.out, args.max_episode_steps, args.on_bad_checkpoint, args.runner,

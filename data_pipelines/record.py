@@ -129,8 +129,8 @@ def record(game: str, steps: int, out: Path, run: int = 1, capacity: int = repla
 
     `epsilon` is a schedule spec (experts.parse_epsilon_schedule) or a function (episode index,
     fraction of `steps` played at its start) -> the probability of a uniformly random action in that
-    episode. Raises ValueError for an unknown policy, a game without an expert or a bad schedule,
-    before anything is written.
+    episode. Raises ValueError for an unknown policy, a game without an expert, a bad schedule, an
+    episode cap ALE cannot take or a negative run or seed, before anything is written.
 
     Recording stops after exactly `steps` rows even mid-episode; like any run's last episode
     without a terminal row, a reader drops it as incomplete.
@@ -139,6 +139,12 @@ def record(game: str, steps: int, out: Path, run: int = 1, capacity: int = repla
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}: expected one of {', '.join(sorted(POLICIES))}")
     schedule = experts.parse_epsilon_schedule(epsilon) if isinstance(epsilon, str) else epsilon
+    if not 1 <= max_episode_steps <= atari.MAX_EPISODE_FRAMES // 4:
+        raise ValueError(f"--max-episode-steps {max_episode_steps}: ALE takes episode caps of 1 to "
+                         f"{atari.MAX_EPISODE_FRAMES // 4} agent steps (4 frames each)")
+    for name, value in (("--run", run), ("--seed", seed)):  # a negative run is no folder mgdt-convert reads
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
     log_dir = Path(out) / game / str(run) / "replay_logs"
     if log_dir.is_dir() and any(log_dir.iterdir()):
         raise FileExistsError(f"{log_dir}: already holds replay logs; choose another --run or --out")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -59,3 +60,27 @@ def test_ctrl_c_while_recording_leaves_the_logs_named_unfinished(tmp_path):
     assert process.returncode == -signal.SIGINT, stderr  # as Python ends on Ctrl-C: a calling shell loop stops too
     assert stderr.strip().splitlines()[-1] == "mgdt-record: interrupted" and "Traceback" not in stderr
     assert not finished.exists() and partial.is_dir()  # mgdt-convert names it as an interrupted recording
+
+
+@pytest.mark.parametrize("program, argv, expected", [
+    ("mgdt-demo", ["--max-episode-steps", "536870912"], "--max-episode-steps must be <= 536870911"),
+    ("mgdt-import-checkpoint", ["--pickle", "released.pkl", "--step", "-1"], "--step must be >= 0, got -1"),
+])
+def test_values_no_run_can_use_are_refused_before_anything_is_written(program, argv, expected, tmp_path, capsys):
+    module, function = SCRIPTS[program].split(":")
+    with pytest.raises(SystemExit) as exit:
+        getattr(import_module(module), function)([*argv, "--workdir", str(tmp_path / "run")])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"{program}: error: {expected}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_pickle_without_the_released_parameters_is_named_in_its_error(tmp_path, capsys):
+    from mgdt_jax.cli import import_checkpoint
+
+    pickled = tmp_path / "empty.pkl"
+    pickled.write_bytes(pickle.dumps(({}, {})))
+    assert import_checkpoint.main(["--pickle", str(pickled), "--workdir", str(tmp_path / "run")]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"mgdt-import-checkpoint: error: {pickled}: missing parameter ") and "\n" not in error
+    assert not (tmp_path / "run").exists()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines import convert, replay_logs
+from data_pipelines import build_index, convert, replay_logs
 from mgdt_jax.envs import atari
 from mgdt_jax.recipes.mgdt import step_store
 from mgdt_jax.recipes.mgdt.step_store import open_index
@@ -159,7 +159,7 @@ def test_skip_records_bad_checkpoints(logs, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["unknown game", "empty", "another dataset", "not a run", "unknown runner",
-                                  "dataflow as documented"])
+                                  "dataflow as documented", "out inside logs", "negative workers", "bad workers"])
 def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir, tmp_path, capsys, case):
     out, options = tmp_path / "data", []
     if case == "unknown game":
@@ -177,6 +177,14 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir
     elif case == "not a run":
         (logs / "Pong" / "latest").mkdir()
         expected = f"{logs / 'Pong' / 'latest'}: expected a run number"
+    elif case == "out inside logs":  # its folder would be read as a run of Pong at the next start
+        out = logs / "Pong" / "data"
+        expected = f"{out}: inside --logs {logs}"
+    elif case in ("negative workers", "bad workers"):
+        workers = "-3" if case == "negative workers" else "many"
+        options = ["--runner", "DirectRunner", f"--beam-option=--direct_num_workers={workers}"]
+        expected = ("--beam-option=--direct_num_workers=-3: must be >= 0" if case == "negative workers"
+                    else "--beam-option: argument --direct_num_workers: invalid int value: 'many'")
     elif case == "unknown runner":
         options = ["--runner", "SparkRunnr"]
         expected = "--runner SparkRunnr: Unexpected pipeline runner"
@@ -191,6 +199,25 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir
     assert code == 1 and err.startswith("mgdt-convert: error: ")
     assert expected in err
     assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == before
+
+
+def test_beam_options_without_a_beam_runner_are_refused(logs, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        convert.main(["--logs", str(logs), "--out", str(tmp_path / "data"), "--beam-option=--direct_num_workers=2"])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "mgdt-convert: error: --beam-option applies to a Beam --runner only, not --runner local")
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("info", ["", "{cut", '{"name": 5}'])
+def test_a_damaged_dataset_info_is_one_line_from_mgdt_index(rlds_dataset_dir, tmp_path, capsys, info):
+    data = tmp_path / "data"
+    shutil.copytree(rlds_dataset_dir, data)
+    (data / "dataset_info.json").write_text(info)
+    assert build_index.main([str(data), "--no-progress"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"mgdt-index: error: {data}: cannot open as an RLDS dataset (") and "\n" not in error
 
 
 def test_beam_direct_runner_writes_the_same_episodes(replay_logs_dir, rlds_dataset_dir, tmp_path, capsys):

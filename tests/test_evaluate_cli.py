@@ -136,3 +136,27 @@ def test_mgdt_eval_passes_over_a_half_written_newest_checkpoint(tiny_workdir, ha
     assert json.loads((out / "report.json").read_text())["settings"]["step"] == 3
     # Asked for by number, the incomplete step is a one-line error.
     _fails_with([*argv[:2], "--step", "5", *argv[2:-1], str(tmp_path / "step5")], capsys, "checkpoints/5: incomplete checkpoint: params: no array files")
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--max-episode-frames", "2147483648"], "--max-episode-frames must be <= 2147483647"),
+    (["--mode", "target", "--kappa", "3"], "--kappa applies to --mode expert only, not --mode target"),
+    (["--target-return", "50"], "--target-return applies to --mode target only, not --mode expert"),
+])
+def test_flags_the_evaluation_cannot_use_are_refused_before_playing(tiny_workdir, tmp_path, capsys, flags, expected):
+    with pytest.raises(SystemExit) as exit:
+        eval_cli.main(["--workdir", str(tiny_workdir), "--games", "Pong", "--out", str(tmp_path / "out"), *flags])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"mgdt-eval: error: {expected}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_config_of_a_model_without_layers_is_one_line(tiny_workdir, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_workdir, workdir)
+    config = json.loads((workdir / CONFIG_FILE).read_text())
+    config["model"]["num_layers"] = 0
+    (workdir / CONFIG_FILE).write_text(json.dumps(config))
+    _fails_with(["--workdir", str(workdir), "--games", "Pong", "--out", str(tmp_path / "out")], capsys,
+                f"{workdir / CONFIG_FILE}: not a readable run config (model.num_layers must be at least 1, got 0)")
+    assert not (tmp_path / "out").exists()

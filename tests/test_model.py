@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -338,3 +340,12 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     low, full = model(batch, deterministic=True), reference(batch, deterministic=True)
     assert low["action_logits"].dtype == jnp.float32
     np.testing.assert_allclose(low["action_logits"], full["action_logits"], atol=0.1)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("num_layers", 0, "model.num_layers must be at least 1, got 0"),
+    ("dtype", "float8", "model.dtype must be one of float32, bfloat16, float16, got 'float8'"),
+])
+def test_a_model_config_no_model_can_have_is_one_line(field, value, expected):
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        ModelConfig(**{field: value})

@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("record_steps", "max_episode_steps", "train_steps", "episodes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.max_episode_steps > atari.MAX_EPISODE_FRAMES // 4:
+        parser.error(f"--max-episode-steps must be <= {atari.MAX_EPISODE_FRAMES // 4} (ALE's largest episode cap)")
     try:
         games = [atari.check_game(game.strip()) for game in args.games.split(",")]
         experts.parse_epsilon_schedule(args.epsilon)

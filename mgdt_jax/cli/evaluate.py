@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.max_episode_frames is not None and args.max_episode_frames > atari.MAX_EPISODE_FRAMES:
+        parser.error(f"--max-episode-frames must be <= {atari.MAX_EPISODE_FRAMES} (ALE's largest episode cap), "
+                     f"got {args.max_episode_frames}")
+    for flag, value, mode in (("--kappa", args.kappa, "expert"), ("--target-return", args.target_return, "target")):
+        if value is not None and args.mode != mode:
+            parser.error(f"{flag} applies to --mode {mode} only, not --mode {args.mode}")
     overrides = {
         "kappa": args.kappa,
         "target_return": args.target_return,

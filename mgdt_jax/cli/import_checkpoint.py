@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, required=True, help="new run directory to write")
     parser.add_argument("--step", type=int, default=0, help="checkpoint step to file the weights under")
     args = parser.parse_args(argv)
+    if args.step < 0:
+        parser.error(f"--step must be >= 0, got {args.step}")
     logging.set_verbosity(logging.FATAL)  # errors reach the user as one line; Orbax logs are noise
     workdir = args.workdir.expanduser().absolute()
     created, imported = not workdir.exists(), False
@@ -41,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
             raise checkpointing.CheckpointError(f"{args.workdir} already holds checkpoint {args.step}")
         print(f"reading {args.pickle} ...", flush=True)
-        model = build_model(load_released_pickle(args.pickle))
+        params = load_released_pickle(args.pickle)
+        try:
+            model = build_model(params)
+        except CheckpointImportError as error:  # a parameter missing or of the wrong shape: name the file
+            raise CheckpointImportError(f"{args.pickle}: {error}") from None
         config = mgdt_200m.get_config()
         config.model.update(
             {key: getattr(model.config, key) for key in ("num_layers", "d_model", "num_heads", "mlp_ratio",

@@ -99,6 +99,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     "all46": ALL_GAMES,
     "dqn60": DQN_REPLAY_GAMES,
 }
+MAX_EPISODE_FRAMES = 2**31 - 1  # the most emulator frames ALE takes as an episode cap (a C int)
 
 
 class UnknownGameError(ValueError):

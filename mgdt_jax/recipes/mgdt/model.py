@@ -59,6 +59,7 @@ from mgdt_jax.core.config_sections import read_section
 from mgdt_jax.core.transformer import Transformer, dense, sharded
 
 HEAD_NAMES = ("return", "action", "reward")
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")  # model.dtype (matmuls) and model.param_dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +81,14 @@ class ModelConfig:
     dtype: str = "float32"  # matmul input dtype ("bfloat16": 2x faster); accumulation stays float32
     param_dtype: str = "float32"
     remat: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "d_model", "num_heads", "mlp_ratio", "num_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in FLOAT_DTYPES:
+                raise ValueError(f"model.{name} must be one of {', '.join(FLOAT_DTYPES)}, got {getattr(self, name)!r}")
 
     @classmethod
     def from_config(cls, config: Any) -> ModelConfig:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
+from google.protobuf import json_format
 from tensorflow_datasets.core import example_parser
 
 from mgdt_jax.envs import atari
@@ -77,7 +78,7 @@ class RldsDataset(Sequence[Episode]):
                 f"{self.directory}: not stored as array_record (training reads episodes by index); "
                 f"convert it with `mgdt-convert --from-tfds {self.directory} --out NEW_DIR` and train on NEW_DIR"
             ) from None
-        except (KeyError, ValueError, OSError) as error:
+        except (KeyError, ValueError, OSError, json_format.ParseError) as error:  # ParseError: damaged metadata
             raise DataError(f"{self.directory}: cannot open as an RLDS dataset ({error})") from None
         features = builder.info.features
         if "steps" not in features or "observation" not in features["steps"]:
@@ -146,7 +147,7 @@ def shard_paths(directory: str | os.PathLike, split: str = "train") -> list[epat
     """The shard files of a dataset's split, as its ``dataset_info.json`` names them (episodes not read)."""
     try:
         return list(tfds.builder_from_directory(epath.Path(directory)).info.splits[split].filepaths)
-    except (KeyError, ValueError, OSError) as error:
+    except (KeyError, ValueError, OSError, json_format.ParseError) as error:
         raise DataError(f"{directory}: cannot open as an RLDS dataset ({error})") from None
 
 
