@@ -75,6 +75,19 @@ def test_values_no_run_can_use_are_refused_before_anything_is_written(program, a
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("program, argv", [("mgdt-demo", []), ("mgdt-import-checkpoint", ["--pickle", "released.pkl"])])
+def test_a_file_given_as_workdir_is_refused_in_one_line(program, argv, tmp_path, capsys):
+    notes = tmp_path / "notes"
+    notes.write_text("mine")
+    module, function = SCRIPTS[program].split(":")
+    with pytest.raises(SystemExit) as exit:
+        getattr(import_module(module), function)([*argv, "--workdir", str(notes)])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == f"{program}: error: --workdir {notes}: is a file, not a folder"
+    assert notes.read_text() == "mine"
+
+
 def test_a_pickle_without_the_released_parameters_is_named_in_its_error(tmp_path, capsys):
     from mgdt_jax.cli import import_checkpoint
 

@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.policy == "expert" and (missing := [game for game in games if game not in experts.EXPERTS]):
         parser.error(f"no scripted expert for {', '.join(missing)} (experts exist for "
                      f"{', '.join(sorted(experts.EXPERTS))}); use --policy random")
+    if args.workdir.exists() and not args.workdir.is_dir():
+        parser.error(f"--workdir {args.workdir}: is a file, not a folder")
     logging.set_verbosity(logging.ERROR)  # Orbax's informational warnings are noise here
     workdir = args.workdir.absolute()
     started = time.perf_counter()

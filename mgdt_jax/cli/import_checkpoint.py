@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.step < 0:
         parser.error(f"--step must be >= 0, got {args.step}")
+    if args.workdir.exists() and not args.workdir.is_dir():
+        parser.error(f"--workdir {args.workdir}: is a file, not a folder")
     logging.set_verbosity(logging.FATAL)  # errors reach the user as one line; Orbax logs are noise
     workdir = args.workdir.expanduser().absolute()
     created, imported = not workdir.exists(), False
