@@ -290,3 +290,12 @@ def test_wrong_shapes_missing_parameters_and_junk_are_named(tmp_path):
     junk.write_bytes(b"\x80\x04not a pickle")
     with pytest.raises(CheckpointImportError, match="not a readable pickle"):
         load_released_pickle(junk)
+
+
+def test_a_released_pickle_with_non_finite_weights_is_refused(tmp_path):
+    params = released_layout_params()
+    params[f"{ROOT}/act_linear"]["w"][3, 5] = np.nan  # one bad weight would make every logit NaN
+    path = tmp_path / "nan.pkl"
+    path.write_bytes(pickle.dumps((params, {})))
+    with pytest.raises(CheckpointImportError, match=rf"^{path}: parameter {ROOT}/act_linear/w holds NaN or infinite"):
+        load_released_pickle(path)

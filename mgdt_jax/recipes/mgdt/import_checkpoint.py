@@ -41,7 +41,9 @@ class CheckpointImportError(ValueError):
 
 
 def load_released_pickle(path: Path) -> dict[str, dict[str, np.ndarray]]:
-    """The Haiku params ``{module: {name: array}}`` of a released-format pickle, loaded safely."""
+    """The Haiku params ``{module: {name: array}}`` of a released-format pickle, loaded safely;
+    CheckpointImportError (one line, naming ``path``) for an unreadable file, a global other than
+    the allowed ones, another structure, or a non-float or non-finite parameter."""
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -61,6 +63,9 @@ def load_released_pickle(path: Path) -> dict[str, dict[str, np.ndarray]]:
             isinstance(v, np.ndarray) and v.dtype.kind == "f" for v in leaves.values()
         ):
             raise CheckpointImportError(f"{path}: {module} is not a mapping of float arrays")
+        for name, value in leaves.items():  # a trained model has none; such weights play nothing
+            if not np.isfinite(value).all():
+                raise CheckpointImportError(f"{path}: parameter {module}/{name} holds NaN or infinite values")
     return {module: dict(leaves) for module, leaves in params.items()}
 
 
