@@ -4,8 +4,7 @@ What every dataset writer here shares (mgdt-convert's Atari episodes, mgdt-ad-hi
 histories): records serialized exactly as `FeaturesDict.serialize_example` would, but with the step
 fields passed as the stacked arrays they already are; shards written under a temporary name and
 renamed when complete; and `dataset_info.json`, which makes a directory loadable with
-`tfds.builder_from_directory`, written last. None of it needs TensorFlow. And, for the readers of
-such datasets, the one-line message for a shard that cannot be read.
+`tfds.builder_from_directory`, written last. None of it needs TensorFlow.
 """
 
 from __future__ import annotations

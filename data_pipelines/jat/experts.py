@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+
 class ExpertError(ValueError):
     """An expert that cannot be used for a task; the message names it and the fault."""
 

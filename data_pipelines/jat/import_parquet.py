@@ -31,6 +31,7 @@ import tqdm
 from data_pipelines.jat import rlds
 from mgdt_jax.cli import interruptible
 from mgdt_jax.recipes.jat import fields as jat_fields
+from mgdt_jax.recipes.jat.fields import DatasetError
 from mgdt_jax.recipes.jat import references as jat_references
 
 SOURCE = "jat-project/jat-dataset"
@@ -40,10 +41,10 @@ SCALAR_FIELDS = ("text_observations", "discrete_actions", "rewards")  # one valu
 def _decode_image(value, where: str) -> np.ndarray:
     encoded = value.get("bytes") if isinstance(value, dict) else value
     if not isinstance(encoded, bytes):
-        raise jat_fields.DatasetError(f"{where}: image_observations entry holds no image bytes")
+        raise DatasetError(f"{where}: image_observations entry holds no image bytes")
     image = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise jat_fields.DatasetError(f"{where}: image_observations entry is not a decodable image")
+        raise DatasetError(f"{where}: image_observations entry is not a decodable image")
     if image.ndim == 2:
         return image[..., None]
     return image[..., [2, 1, 0, 3][:image.shape[-1]]]  # OpenCV's BGR(A) -> RGB(A)
@@ -78,14 +79,14 @@ def _numbers(values: list, name: str, where: str) -> np.ndarray:
     try:
         given = np.asarray(values)
     except (ValueError, OverflowError):
-        raise jat_fields.DatasetError(f"{where}: {name} entries differ in shape") from None
+        raise DatasetError(f"{where}: {name} entries differ in shape") from None
     if given.ndim != (1 if name in SCALAR_FIELDS else 2):
-        raise jat_fields.DatasetError(f"{where}: {name} entries have shape {given.shape[1:]}, expected {per_step} a step")
+        raise DatasetError(f"{where}: {name} entries have shape {given.shape[1:]}, expected {per_step} a step")
     if given.dtype.kind not in "if":  # text, bytes, bools, or ints beyond int64
         odd = _odd_entry(values)
         if odd is None:
-            raise jat_fields.DatasetError(f"{where}: {name} holds integers beyond the int64 range")
-        raise jat_fields.DatasetError(f"{where}: {name} holds {odd[1]!r} at step {odd[0]}, not a number")
+            raise DatasetError(f"{where}: {name} holds integers beyond the int64 range")
+        raise DatasetError(f"{where}: {name} holds {odd[1]!r} at step {odd[0]}, not a number")
     with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values are caught just below
         array = given.astype(field.dtype)
         if field.modality == "continuous":
@@ -97,14 +98,14 @@ def _numbers(values: list, name: str, where: str) -> np.ndarray:
                 bad, fault = array < 0, "not an action index (>= 0)"
     if bad.any():
         index = tuple(np.argwhere(bad)[0])
-        raise jat_fields.DatasetError(f"{where}: {name} holds {given[index].item()!r} at step {index[0]}, {fault}")
+        raise DatasetError(f"{where}: {name} holds {given[index].item()!r} at step {index[0]}, {fault}")
     return array
 
 
 def _text(values: list, where: str) -> list[str]:
     for step, value in enumerate(values):
         if not isinstance(value, str):
-            raise jat_fields.DatasetError(f"{where}: text_observations holds {value!r} at step {step}, not text")
+            raise DatasetError(f"{where}: text_observations holds {value!r} at step {step}, not text")
     return values
 
 
@@ -113,12 +114,12 @@ def _episode(row: dict, names: tuple[str, ...], where: str) -> rlds.Episode:
     for name in names:
         values = row[name]
         if values is None:
-            raise jat_fields.DatasetError(f"{where}: {name} is null")
+            raise DatasetError(f"{where}: {name} is null")
         if not isinstance(values, list):  # e.g. a scalar column where the schema has a list
-            raise jat_fields.DatasetError(f"{where}: {name} holds a single {type(values).__name__}, "
-                                    "not a list with one entry a step")
+            raise DatasetError(f"{where}: {name} holds a single {type(values).__name__}, "
+                               "not a list with one entry a step")
         if _holds_null(values):  # NumPy would read a null as NaN, or "None" as text
-            raise jat_fields.DatasetError(f"{where}: {name} holds a null entry")
+            raise DatasetError(f"{where}: {name} holds a null entry")
         if name == "text_observations":
             columns[name] = _text(values, where)
         elif name == "image_observations":
@@ -126,12 +127,12 @@ def _episode(row: dict, names: tuple[str, ...], where: str) -> rlds.Episode:
             try:
                 columns[name] = np.asarray(images, np.uint8)
             except ValueError:
-                raise jat_fields.DatasetError(f"{where}: {name} entries differ in shape") from None
+                raise DatasetError(f"{where}: {name} entries differ in shape") from None
         else:
             columns[name] = _numbers(values, name, where)
     lengths = {name: len(column) for name, column in columns.items()}
     if len(set(lengths.values())) != 1 or not lengths["rewards"]:
-        raise jat_fields.DatasetError(f"{where}: fields need one entry per step and at least one step, got lengths {lengths}")
+        raise DatasetError(f"{where}: fields need one entry per step and at least one step, got lengths {lengths}")
     observations = {name: column + column[-1:] if isinstance(column, list) else np.concatenate([column, column[-1:]])
                     for name, column in columns.items() if name in jat_fields.OBSERVATION_FIELDS}
     action = next(name for name in names if name in jat_fields.ACTION_FIELDS)
@@ -156,7 +157,7 @@ def _rows(path: Path) -> Iterator[tuple[dict, int]]:
                 yield row, index
                 index += 1
     except (OSError, pa.ArrowException) as error:  # a damaged data page: the schema read, the rows do not
-        raise jat_fields.DatasetError(f"{path}: row {index}: unreadable ({str(error).splitlines()[0]})") from None
+        raise DatasetError(f"{path}: row {index}: unreadable ({str(error).splitlines()[0]})") from None
 
 
 def _columns(path: Path) -> tuple[str, ...]:
@@ -166,7 +167,7 @@ def _columns(path: Path) -> tuple[str, ...]:
     try:
         names = pq.read_schema(path).names
     except (OSError, pa.ArrowException) as error:
-        raise jat_fields.DatasetError(f"{path}: not a readable parquet file ({str(error).splitlines()[0]})") from None
+        raise DatasetError(f"{path}: not a readable parquet file ({str(error).splitlines()[0]})") from None
     return jat_fields.check_fields(names, str(path))
 
 
@@ -177,7 +178,7 @@ def episodes(files: list[Path]) -> tuple[tuple[str, ...], Iterator[rlds.Episode]
     for path in files:
         found = _columns(path)
         if names is not None and found != names:
-            raise jat_fields.DatasetError(f"{path}: columns {list(found)} differ from {list(names)} of {files[0]}")
+            raise DatasetError(f"{path}: columns {list(found)} differ from {list(names)} of {files[0]}")
         names = found
 
     def stream() -> Iterator[rlds.Episode]:
@@ -191,8 +192,8 @@ def episodes(files: list[Path]) -> tuple[tuple[str, ...], Iterator[rlds.Episode]
                     first, shapes = where, found
                 for name in names:  # checked here, where the file and row are known
                     if found[name] != shapes[name]:
-                        raise jat_fields.DatasetError(f"{where}: {name} entries have shape {found[name]}, "
-                                                f"expected {shapes[name]} as in {first}")
+                        raise DatasetError(f"{where}: {name} entries have shape {found[name]}, "
+                                           f"expected {shapes[name]} as in {first}")
                 yield episode
 
     return names, stream()
@@ -201,8 +202,8 @@ def episodes(files: list[Path]) -> tuple[tuple[str, ...], Iterator[rlds.Episode]
 def check_task_name(task: str) -> None:
     """DatasetError unless `task` is a plain folder name (the import writes OUT/<task>)."""
     if task in ("", ".", "..") or any(bad and bad in task for bad in (os.sep, os.altsep, "\0")):
-        raise jat_fields.DatasetError(f"task name {task!r}: not a plain name (it names the folder OUT/<task>: "
-                                "no path separators, not '.' or '..')")
+        raise DatasetError(f"task name {task!r}: not a plain name (it names the folder OUT/<task>: "
+                           "no path separators, not '.' or '..')")
 
 
 def import_files(files: list[Path], task: str, out_dir: Path, episodes_per_shard: int = 1000,
@@ -217,11 +218,11 @@ def import_files(files: list[Path], task: str, out_dir: Path, episodes_per_shard
     files = [Path(f) for f in files]
     final, partial = Path(out_dir) / task, Path(out_dir) / f"{task}.partial"
     if final.exists():
-        raise jat_fields.DatasetError(f"{final}: already exists; choose another --out or remove it")
+        raise DatasetError(f"{final}: already exists; choose another --out or remove it")
     names, stream = episodes(files)
     first = next(stream, None)
     if first is None:
-        raise jat_fields.DatasetError(f"{files[0]}: no episodes")
+        raise DatasetError(f"{files[0]}: no episodes")
     spec = jat_fields.TaskSpec(task, _step_shapes(first, names))
     shutil.rmtree(partial, ignore_errors=True)
     returns, moments = [], rlds.ObservationMoments()
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rlds.check_folder(args.out, "--out")
         summary = import_files(args.files, task, args.out)
-    except (jat_fields.UnknownFieldError, jat_fields.DatasetError, OSError) as error:
+    except (jat_fields.UnknownFieldError, DatasetError, OSError) as error:
         print(f"mgdt-jat-import: error: {error}", file=sys.stderr)
         return 1
     print(f"imported {summary['episodes']} episodes ({summary['steps']:,} steps, {summary['shards']} shards) of "

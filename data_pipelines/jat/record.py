@@ -111,8 +111,8 @@ def _reference(returns: list[float], successes: list[bool | None]) -> jat_refere
 
 
 def _job(task: gym_tasks.Task, episodes: int, random_episodes: int, seed: int) -> dict:
-    return {"task": task.name, "env_id": task.env_id, "expert": experts.EXPERT_NAMES[task.domain], "episodes": episodes,
-            "random_episodes": random_episodes, "seed": seed,
+    return {"task": task.name, "env_id": task.env_id, "expert": experts.EXPERT_NAMES[task.domain],
+            "episodes": episodes, "random_episodes": random_episodes, "seed": seed,
             "versions": jat_references.installed_versions(task.packages)}
 
 
