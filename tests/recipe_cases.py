@@ -64,11 +64,13 @@ def get_config():
 
 
 def step_config(case: Any, mesh: dict[str, int], *, dropout_rate: float = 0.1, grad_accum_steps: int = 1) -> dict:
-    """A small plain-dict config of ``case``'s recipe (the step must not need ml_collections)."""
+    """A small plain-dict config of ``case``'s recipe (the step must not need ml_collections).
+
+    One layer: compiling the step dominates these tests, and sharding equality is per layer."""
     return {
         **getattr(case, "step_sections", {}),
         "recipe": case.recipe,
-        "model": {"num_layers": 2, "d_model": 64, "num_heads": 2, "dropout_rate": dropout_rate,
+        "model": {"num_layers": 1, "d_model": 64, "num_heads": 2, "dropout_rate": dropout_rate,
                   **getattr(case, "model_fields", {})},
         "mesh": mesh,
         "optimizer": {"learning_rate": 1e-3, "warmup_steps": 5},
@@ -170,7 +172,6 @@ class AdaCase:
         "env": {"factory": "mgdt_jax.recipes.ada.arm_recall:make", "num_trials": 4},
         "ppo": {"rollout_length": 8, "num_epochs": 2, "num_minibatches": 2},
     }
-    model_fields = {"num_layers": 1}  # the Transformer-XL's rollout and update dominate compile time
 
     def batches(self, request: pytest.FixtureRequest) -> list[dict[str, np.ndarray]]:
         return [{}, {}]  # the step rolls out its own

@@ -245,37 +245,6 @@ def test_arrays_the_environment_cannot_take_are_one_line(tmp_path, key, change, 
         ada_xland.make({"benchmark": str(path), "num_trials": 2})
 
 
-@pytest.mark.slow  # trains one step
-def test_ada_eval_refuses_a_benchmark_regenerated_since_training(tmp_path, capsys):
-    from experiments import ada_claims
-    from mgdt_jax.cli import ada_eval
-    from mgdt_jax.core import loop
-    from mgdt_jax.recipes.ada import evaluate
-
-    path = tmp_path / "b.pkl.bz2"
-    trained_on = _write_benchmark(path, count=32)
-    scale = ada_claims.Scale(rulesets=32, num_envs=8, rollout_length=2, train_steps=1, teacher_steps=0,
-                             eval_episodes=1, num_minibatches=1)
-    config = ada_claims.run_config("gru", path, scale, steps=1, task=ada_claims.TaskSetting(trial_steps=2))
-    loop.train(config, tmp_path / "run")
-    argv = ["--count", "32", "--seed", "1", "--out", str(path), "--force", "--no-progress"]
-    assert xland_benchmark.main(argv) == 0
-    now = generator.read_record(path)["sha256"]
-    capsys.readouterr()
-    assert ada_eval.main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 1
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"mgdt-ada-eval: error: {path}: sha256 {now[:12]}")
-    assert f"{trained_on['sha256'][:12]}..., the benchmark {tmp_path / 'run'} step 1 trained on" in lines[0]
-    assert not (tmp_path / "report").exists()
-
-    class Env:  # the check alone: the same file, or nothing recorded, passes
-        def describe(self):
-            return {"benchmark_sha256": now}
-
-    evaluate.check_same_benchmark(Env(), {"env": {"benchmark_sha256": now}}, benchmark=path, checkpoint="run")
-    evaluate.check_same_benchmark(Env(), {"recipe": "ada"}, benchmark=path, checkpoint="run")
-
-
 def _rollout(env, benchmark, num_envs, num_steps, seed=0):
     """Random actions in `num_envs` episodes of rulesets drawn from `benchmark` (as numpy)."""
     ids = jax.random.randint(jax.random.key(seed + 100), (num_envs,), 0, benchmark.num_rulesets())
@@ -463,15 +432,21 @@ def test_held_out_rulesets_are_never_drawn_and_plr_learns_from_finished_episodes
         ada_xland.make({**env_config, "curriculum": "plr", "curriculum_settings": {"tempo": 1.0}})
 
 
-def test_an_ada_run_on_xland_resumes_exactly(trivial_benchmark, tmp_path):
-    """xminigrid's states carry typed PRNG keys; the checkpoint stores their data and wraps them back."""
+@pytest.mark.slow  # trains two steps
+def test_an_ada_run_on_xland_resumes_exactly_and_its_evaluation_refuses_a_regenerated_benchmark(tmp_path, capsys):
+    """xminigrid's states carry typed PRNG keys; the checkpoint stores their data and wraps them back.
+    The benchmark regenerated in place afterwards (other rulesets under the same ids) is refused."""
     from experiments import ada_claims
+    from mgdt_jax.cli import ada_eval
     from mgdt_jax.core import checkpointing, loop
+    from mgdt_jax.recipes.ada import evaluate
 
+    path = tmp_path / "b.pkl.bz2"  # the run's own: the test rewrites it
+    trained_on = _write_benchmark(path, count=32)
     scale = ada_claims.Scale(rulesets=32, num_envs=8, rollout_length=4, train_steps=2, teacher_steps=0,
                              eval_episodes=1, num_minibatches=2)
     task = ada_claims.TaskSetting(trial_steps=3)
-    config = ada_claims.run_config("gru", trivial_benchmark[0], scale, steps=2, task=task)
+    config = ada_claims.run_config("gru", path, scale, steps=2, task=task)
     config.train.checkpoint_every = 1
     config.train.keep_checkpoints = 2
     loop.train(config, tmp_path / "straight")
@@ -481,3 +456,21 @@ def test_an_ada_run_on_xland_resumes_exactly(trivial_benchmark, tmp_path):
     assert loop.train(config, tmp_path / "resumed").first_step == 1
     straight, resumed = (checkpointing.load_checkpoint(tmp_path / name, step=2)[0] for name in ("straight", "resumed"))
     jax.tree.map(np.testing.assert_array_equal, straight, resumed)
+
+    argv = ["--count", "32", "--seed", "1", "--out", str(path), "--force", "--no-progress"]
+    assert xland_benchmark.main(argv) == 0
+    now = generator.read_record(path)["sha256"]
+    capsys.readouterr()
+    run = tmp_path / "straight"
+    assert ada_eval.main(["--workdir", str(run), "--out", str(tmp_path / "report")]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mgdt-ada-eval: error: {path}: sha256 {now[:12]}")
+    assert f"{trained_on['sha256'][:12]}..., the benchmark {run} step 2 trained on" in lines[0]
+    assert not (tmp_path / "report").exists()
+
+    class Env:  # the check alone: the same file, or nothing recorded, passes
+        def describe(self):
+            return {"benchmark_sha256": now}
+
+    evaluate.check_same_benchmark(Env(), {"env": {"benchmark_sha256": now}}, benchmark=path, checkpoint="run")
+    evaluate.check_same_benchmark(Env(), {"recipe": "ada"}, benchmark=path, checkpoint="run")
