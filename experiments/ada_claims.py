@@ -261,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trial-steps", type=int, default=0, help="a trial's step limit (0: 243, xminigrid's)")
     parser.add_argument("--rulesets", type=int, help="generated rulesets (default: the claim's scale)")
     parser.add_argument("--train-steps", type=int, help="PPO steps per run (default: the claim's scale)")
+    parser.add_argument("--envs", type=int,
+                        help="environments stepped together, the rollout batch (default: the claim's scale, 128)")
     parser.add_argument("--rollout-length", type=int,
                         help="environment steps per rollout, the span of backpropagation through time (default: the "
                              "claim's scale, 32)")
@@ -293,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.docs and args.quick:
         raise SystemExit("--docs: a --quick run is no claim; docs take full runs only")
     scale = QUICK if args.quick else FULL[args.claim]
-    for name in ("rulesets", "train_steps", "rollout_length", "minibatches", "trial_steps", "memory_length", "width"):
+    for name in ("rulesets", "envs", "train_steps", "rollout_length", "minibatches", "trial_steps", "memory_length", "width"):
         if (value := getattr(args, name)) is not None and value < (0 if name == "trial_steps" else 1):
             raise SystemExit(f"--{name.replace('_', '-')} {value}: must be {'>= 0' if name == 'trial_steps' else '> 0'}")
     if args.seed < 0:
@@ -303,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--width {args.width}: must be a multiple of the Transformer-XL's {heads} heads")
     if not (math.isfinite(args.trxl_lr) and args.trxl_lr > 0):
         raise SystemExit(f"--trxl-lr {args.trxl_lr}: must be a finite number > 0")
-    scale = dataclasses.replace(scale, rulesets=args.rulesets or scale.rulesets,
+    scale = dataclasses.replace(scale, rulesets=args.rulesets or scale.rulesets, num_envs=args.envs or scale.num_envs,
                                 train_steps=args.train_steps or scale.train_steps,
                                 rollout_length=args.rollout_length or scale.rollout_length,
                                 num_minibatches=args.minibatches or scale.num_minibatches)
@@ -384,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
              *(["--show-trial-end"] if args.show_trial_end else []),
              *(["--time-onehot"] if args.time_onehot else []),
              *(["--rulesets", str(args.rulesets)] if args.rulesets else []),
+             *(["--envs", str(args.envs)] if args.envs else []),
              *(["--train-steps", str(args.train_steps)] if args.train_steps else []),
              *(["--rollout-length", str(args.rollout_length)] if args.rollout_length else []),
              *(["--minibatches", str(args.minibatches)] if args.minibatches else []),

@@ -260,6 +260,10 @@ def test_the_claims_options_reach_their_runs(tmp_path):
         ada_claims.main(["meta-rl", "--rollout-length", "0", "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="--minibatches 3: must divide the 128 environments"):
         ada_claims.main(["meta-rl", "--minibatches", "3", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="--minibatches 16: must divide the 24 environments"):
+        ada_claims.main(["meta-rl", "--envs", "24", "--minibatches", "16", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="--envs 0: must be > 0"):
+        ada_claims.main(["meta-rl", "--envs", "0", "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="--trxl-lr nan: must be a finite number > 0"):
         ada_claims.main(["meta-rl", "--trxl-lr", "nan", "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="--width 3: must be a multiple of the Transformer-XL's 4 heads"):
