@@ -155,9 +155,10 @@ def test_preempted_and_killed_run_resumes_with_the_losses_of_an_uninterrupted_ru
     process.wait()
     assert next_checkpoint <= max(losses(workdir)) < NUM_STEPS
 
-    # The last resume in this process (the CLI's own resume line is tested beside a half-written checkpoint).
-    killed_at = saved_steps(workdir)[-1]
-    assert killed_at >= next_checkpoint and loop.train(load_config(config_path), workdir).first_step == killed_at
+    resumed = run_cli(config_path, workdir)
+    output, _ = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, output
+    assert "resumed from" in output and f"checkpoints in {workdir / checkpointing.CHECKPOINTS}" in output.splitlines()[-1]
     resumed_losses, reference = losses(workdir), losses(uninterrupted_run)
     assert sorted(resumed_losses) == sorted(reference)
     np.testing.assert_array_equal([resumed_losses[s] for s in sorted(reference)], [reference[s] for s in sorted(reference)])
