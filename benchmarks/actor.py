@@ -35,7 +35,6 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -43,6 +42,7 @@ import numpy as np
 from flax import nnx
 
 from experiments import mgdt_200m, tiny
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.recipes.mgdt import actor
 from mgdt_jax.envs import atari
 from mgdt_jax.recipes.mgdt.model import MultiGameDecisionTransformer
@@ -161,7 +161,7 @@ def main() -> None:
     parser.add_argument("--overhead-envs", type=int, default=16, help="environments of one game for figure 1")
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of figure 1's three measurements")
     parser.add_argument("--cores", type=int, default=default_cores(), help="cores the ceiling of figure 1 assumes")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--json", type=path_argument, help="also write the figures here")
     args = parser.parse_args()
     for name in ("steps", "repeats", "cores", "envs_per_game", "overhead_envs"):
         if getattr(args, name) < 1:

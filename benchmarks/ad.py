@@ -51,6 +51,7 @@ from flax import nnx
 from benchmarks.peer_on_cuda import PRECISIONS, peer_command
 from mgdt_jax import envs
 from mgdt_jax.core import host_memory, sharding
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.core.train_step import Trainer
 from mgdt_jax.envs import bandit
 from mgdt_jax.recipes.ad import evaluate
@@ -255,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="our models' matmul dtype; bfloat16 runs the peer under torch's bf16 autocast (GPU only)")
     parser.add_argument("--peer-python", help="interpreter with torch; runs the PyTorch AD peer")
-    parser.add_argument("--peer-script", type=Path, default=REPO.parent / "shared" / "peers" / "torch_ad.py")
-    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--peer-script", type=path_argument, default=REPO.parent / "shared" / "peers" / "torch_ad.py")
+    parser.add_argument("--json", type=path_argument, help="write every figure here")
     args = parser.parse_args(argv)
 
     modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]

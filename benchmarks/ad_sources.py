@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
 from mgdt_jax import envs
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.envs import grid
 from mgdt_jax.recipes.ad import sources
 
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100, help="episodes per learner (bandit: pulls)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls; the best counts")
     parser.add_argument("--baseline-tasks", type=int, default=8)
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=path_argument, default=None)
     args = parser.parse_args()
 
     baselines = {("darkroom", "q_learning"): numpy_q_learning_darkroom(args.baseline_tasks, args.episodes),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +26,7 @@ import numpy as np
 
 from experiments import ada_tiny
 from mgdt_jax.core import sharding
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.core.train_step import Trainer
 
 
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=32)
     parser.add_argument("--env-factory", default="", help="module:function (default: arm recall)")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="per-device peak for MFU")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=path_argument)
     args = parser.parse_args()
     print(f"{jax.device_count()} {jax.devices()[0].platform} device(s); {args.envs} envs x {args.rollout} steps per train step")
     results = []

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines import convert, record, replay_logs, rlds_format
+from mgdt_jax.core.files import path_argument
 
 GAME = "Pong"
 EPISODE_LENGTHS = (820, 1130, 640, 950)  # rows per synthetic episode, cycled (random Pong is ~800-1000)
@@ -119,10 +120,10 @@ def measure(kind: str, log_root: Path, out_dir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100000,1000000", help="rows per checkpoint, comma-separated")
-    parser.add_argument("--work", type=Path, help="keeps the synthetic logs here between runs (default: a temp dir)")
+    parser.add_argument("--work", type=path_argument, help="keeps the synthetic logs here between runs (default: a temp dir)")
     parser.add_argument("--child", choices=("ours", "naive"), help=argparse.SUPPRESS)
-    parser.add_argument("--logs", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--logs", type=path_argument, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=path_argument, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.logs, args.out)

@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mgdt_jax.core.files import path_argument
+
 SECTIONS_SCRIPT = Path(__file__).with_name("gpu_check_sections.py")
 GRACE_S = 10.0  # a section stops its own work this long before its process is killed
 MIN_START_S = 20.0  # a section given less than this is not started (toy sizes: 5)
@@ -264,7 +266,7 @@ def git_commit() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(".bench/gpu_check"), help="where gpu_check.json and .md go")
+    parser.add_argument("--out", type=path_argument, default=Path(".bench/gpu_check"), help="where gpu_check.json and .md go")
     parser.add_argument("--only", help=f"comma list of sections to run: {','.join(SECTIONS_BY_NAME)}")
     parser.add_argument("--skip", help="comma list of sections to leave out")
     parser.add_argument("--total-s", type=float, help=f"time for all sections (default {DEFAULT_TOTAL_S:.0f}; "

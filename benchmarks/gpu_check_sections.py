@@ -37,6 +37,7 @@ from benchmarks import trace_summary
 from benchmarks.train import matmul_peak, synthetic_batch
 from data_pipelines import replay_logs
 from experiments import mgdt_1b, mgdt_200m, tiny
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.envs import atari
 from mgdt_jax.core import sharding
 from mgdt_jax.recipes.mgdt.model import MultiGameDecisionTransformer
@@ -860,7 +861,7 @@ def ada_ppo(run: Run) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("section")
-    parser.add_argument("--result", type=Path, required=True)
+    parser.add_argument("--result", type=path_argument, required=True)
     parser.add_argument("--deadline", type=float, required=True, help="Unix time by which the section must stop")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)

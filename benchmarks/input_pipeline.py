@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mgdt_jax.core.files import path_argument
+
 REPO = Path(__file__).resolve().parents[1]
 EPISODE_STEPS = (200, 2_000, 27_000)
 DEMO_GAMES = ["Breakout", "Pong", "Boxing"]
@@ -282,7 +284,7 @@ def main() -> None:
     parser.add_argument("--cores", default=f"1,2,{os.cpu_count()}", help="core counts (deduplicated)")
     parser.add_argument("--train-steps", type=int, default=400, help="mgdt-train steps (0: skip end to end)")
     parser.add_argument("--skip-readers", action="store_true", help="only the end-to-end measurement")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--json", type=path_argument, help="also write the results here")
     args = parser.parse_args()
     cores = sorted({int(c) for c in args.cores.split(",") if 0 < int(c) <= (os.cpu_count() or 1)})
     print(f"{os.cpu_count()} CPUs; datasets of {args.steps_per_dataset:,} steps; cores {cores}; "

@@ -63,6 +63,7 @@ from flax import nnx
 from benchmarks.peer_on_cuda import PRECISIONS, peer_command
 from benchmarks.train import matmul_peak, peer_available  # the same probes as the MGDT benchmark's
 from mgdt_jax.core import host_memory, sharding
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.core.flops import decoder_flops
 from mgdt_jax.core.train_step import Trainer
 from mgdt_jax.recipes.jat.data import empty_batch
@@ -231,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="our models' matmul dtype; bfloat16 runs the peer under torch's bf16 autocast (GPU only)")
     parser.add_argument("--peer-python", help="interpreter with torch and transformers; runs the PyTorch JAT peer")
-    parser.add_argument("--peer-script", type=Path, default=REPO.parent / "shared" / "peers" / "torch_jat.py")
-    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--peer-script", type=path_argument, default=REPO.parent / "shared" / "peers" / "torch_jat.py")
+    parser.add_argument("--json", type=path_argument, help="write every figure here")
     args = parser.parse_args(argv)
 
     modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 
 from experiments import jat_tiny
 from mgdt_jax.core import sharding
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.core.train_step import Trainer
 from mgdt_jax.recipes.jat import data
 
@@ -47,7 +47,7 @@ def measure(config, packing: bool, steps: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=path_argument, required=True)
     parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)

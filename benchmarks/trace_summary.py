@@ -29,6 +29,8 @@ from typing import Any
 import jax
 from jax.profiler import ProfileData
 
+from mgdt_jax.core.files import path_argument
+
 MATMUL_MARKERS = ("gemm", "nvjet", "cutlass", "xmma", "cublas", "wgmma", "dot", "ynn", "xnn")
 # Events that enclose or wait for the work rather than being it (they would count it twice).
 CPU_BOOKKEEPING = ("ThreadpoolListener", "Await", "ThunkExecutor")
@@ -87,7 +89,7 @@ def traced_steps(step: Callable, state: Any, batch: Any, steps: int = 3) -> tupl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("trace", type=Path, help="a .xplane.pb written by jax.profiler.trace")
+    parser.add_argument("trace", type=path_argument, help="a .xplane.pb written by jax.profiler.trace")
     parser.add_argument("--steps", type=int, default=1, help="steps the trace holds (figures are per step)")
     parser.add_argument("--top", type=int, default=20)
     args = parser.parse_args(argv)

@@ -34,6 +34,7 @@ import numpy as np
 
 from experiments import mgdt_1b, mgdt_10m, mgdt_40m, mgdt_200m, tiny
 from mgdt_jax.core import host_memory, sharding
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.recipes.mgdt import tokens
 from mgdt_jax.recipes.mgdt.flops import training_flops
 from mgdt_jax.core import flops
@@ -166,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per size")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per size (the first compiles)")
     parser.add_argument("--peer-python", help="interpreter with torch + transformers; runs the PyTorch peer")
-    parser.add_argument("--peer-script", type=Path, default=REPO.parent / "shared" / "peers" / "torch_mgdt.py")
-    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--peer-script", type=path_argument, default=REPO.parent / "shared" / "peers" / "torch_mgdt.py")
+    parser.add_argument("--json", type=path_argument, help="write every figure here")
     args = parser.parse_args(argv)
 
     sizes = parse_sizes(args.sizes, args.batch)
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{peer['achieved_gflops']:,.1f} GFLOP/s  MFU {100 * peer['mfu']:.1f}% (of its own torch peak "
                   f"{peer['peer_peak_flops'] / 1e9:,.1f})", flush=True)
             for ours in results[-len(optimizers):]:
-                ours[f"ratio_vs_peer"] = ours["tokens_per_s"] / peer["tokens_per_s"]
+                ours["ratio_vs_peer"] = ours["tokens_per_s"] / peer["tokens_per_s"]
                 print(f"  ratio {size:>4} ours({ours['optimizer']}) / peer(adamw): {ours['ratio_vs_peer']:.2f}x tokens/s",
                       flush=True)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.envs.xland import generator, trials
 
 
@@ -108,7 +109,7 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(generator.PRESETS), default="trivial")
     parser.add_argument("--env-id", default="XLand-MiniGrid-R1-9x9")
     parser.add_argument("--trials", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=path_argument, default=None)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:

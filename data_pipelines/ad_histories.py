@@ -25,6 +25,7 @@ import tqdm
 from data_pipelines import rlds_writer
 from mgdt_jax import envs
 from mgdt_jax.cli import interruptible
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.envs.base import Environment, EnvError
 from mgdt_jax.recipes.ad import histories as history_format
 from mgdt_jax.recipes.ad import sources
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, required=True, help="episodes per history")
     parser.add_argument("--seed", type=int, default=0, help="fixes the learners' randomness")
     parser.add_argument("--histories-per-shard", type=int, default=256)
-    parser.add_argument("--out", type=Path, required=True, help="dataset directory to create")
+    parser.add_argument("--out", type=path_argument, required=True, help="dataset directory to create")
     args = parser.parse_args(argv)
     for flag in ("histories_per_task", "episodes", "histories_per_shard"):
         if getattr(args, flag) < 1:

@@ -272,11 +272,11 @@ def summary_line(report: dict, out_dir: Path, seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-convert", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--logs", type=Path, help="holds <Game>/<run>/replay_logs/")
-    source.add_argument("--from-tfds", type=Path, metavar="DIR",
+    source.add_argument("--logs", type=files.path_argument, help="holds <Game>/<run>/replay_logs/")
+    source.add_argument("--from-tfds", type=files.path_argument, metavar="DIR",
                         help="a TFDS dataset stored as TFRecord (a version directory, or a directory above such "
                              "directories): written as array_record under --out, same relative paths")
-    parser.add_argument("--out", type=Path, required=True, help="dataset directory (empty, or an earlier run)")
+    parser.add_argument("--out", type=files.path_argument, required=True, help="dataset directory (empty, or an earlier run)")
     parser.add_argument("--max-episode-steps", type=int, default=replay_logs.DEFAULT_MAX_EPISODE_STEPS,
                         help="the time limit the logs were written with, in agent steps: an episode that "
                              "nothing else ends stops there; one running past it is an error")

@@ -33,6 +33,7 @@ import tqdm
 
 from data_pipelines import experts, replay_logs
 from mgdt_jax.cli import interruptible
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.envs import atari
 
 
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-record", description=__doc__.split("\n\n")[0])
     parser.add_argument("--game", required=True, help="one of the 60 DQN Replay games, e.g. Pong")
     parser.add_argument("--steps", type=int, required=True, help="agent steps (logged rows) to play")
-    parser.add_argument("--out", type=Path, required=True, help="writes OUT/<Game>/<run>/replay_logs/")
+    parser.add_argument("--out", type=path_argument, required=True, help="writes OUT/<Game>/<run>/replay_logs/")
     parser.add_argument("--run", type=int, default=1)
     parser.add_argument("--capacity", type=int, default=replay_logs.DEFAULT_CAPACITY,
                         help="rows per dump (the replay buffer size)")

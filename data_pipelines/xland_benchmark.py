@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
 from mgdt_jax.cli import interruptible
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.envs.xland import generator
 
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=sorted(generator.PRESETS), default="trivial")
     parser.add_argument("--count", type=int, required=True, help="distinct rulesets to generate")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, required=True, help="benchmark file to write (OUT.json beside it)")
+    parser.add_argument("--out", type=path_argument, required=True, help="benchmark file to write (OUT.json beside it)")
     parser.add_argument("--chain-depth", type=int, default=None)
     parser.add_argument("--prune-prob", type=float, default=None)
     parser.add_argument("--distractor-rules", type=int, default=None)

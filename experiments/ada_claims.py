@@ -42,6 +42,7 @@ import jax
 import numpy as np
 
 from experiments import common
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.core.metric_writer import read_metrics
 from mgdt_jax.envs.xland import generator
 from mgdt_jax.recipes.ada import evaluate
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("claim", choices=("meta-rl", "curriculum", "kickstart"))
     parser.add_argument("--quick", action="store_true", help="a smoke run of the same pipeline (no claim)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=path_argument, required=True)
     parser.add_argument("--docs", action="store_true", help="write the table and figures into docs/")
     parser.add_argument("--goals", choices=("all", "agent"), default="all",
                         help="agent: only the agent_* goal types (360 tasks; ask --rulesets 340 or fewer)")

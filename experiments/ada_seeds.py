@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.recipes.ada import evaluate
 
 AGENT_NAMES = {"trxl": "Transformer-XL", "gru": "GRU RL2"}
@@ -144,8 +145,8 @@ def summary(runs: dict[str, dict[int, np.ndarray]]) -> tuple[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("reports", nargs="+", type=Path, help="report.json of held-out evaluations")
-    parser.add_argument("--json", type=Path, help="also write the values here")
+    parser.add_argument("reports", nargs="+", type=path_argument, help="report.json of held-out evaluations")
+    parser.add_argument("--json", type=path_argument, help="also write the values here")
     args = parser.parse_args(argv)
     if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()):
         parser.error(f"--json {args.json}: {'is a directory' if args.json.is_dir() else 'its directory does not exist'}")

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.recipes.ada import evaluate
 
 
@@ -46,7 +46,7 @@ def outcomes(returns: np.ndarray, max_steps: int) -> dict[str, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("runs", type=path_argument, nargs="+")
     parser.add_argument("--episodes", type=int, default=8, help="meta-episodes per held-out task (default 8)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

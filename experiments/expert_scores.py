@@ -16,11 +16,11 @@ import argparse
 import json
 import multiprocessing
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from data_pipelines import experts, record
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.envs import atari
 from mgdt_jax.recipes.mgdt import scores
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--max-episode-steps", type=int, default=2500, help="agent steps (4 frames each)")
     parser.add_argument("--processes", type=int, default=3)
-    parser.add_argument("--json", type=Path, help="also write every episode's score here")
+    parser.add_argument("--json", type=path_argument, help="also write every episode's score here")
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.max_episode_steps < 1:
         parser.error("--episodes and --max-episode-steps must be positive")

@@ -47,6 +47,7 @@ import numpy as np
 from data_pipelines.jat import experts, record
 from experiments import common, jat_tiny
 from mgdt_jax.core import checkpointing
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.envs import gym_tasks
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import evaluate, references
@@ -393,7 +394,7 @@ def positive(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("claim", choices=("mini-jat", "kappa"))
-    parser.add_argument("--out", type=Path, required=True, help="data, runs, reports and tables go here")
+    parser.add_argument("--out", type=path_argument, required=True, help="data, runs, reports and tables go here")
     parser.add_argument("--quick", action="store_true", help="a smoke run of the same pipeline (no claim)")
     parser.add_argument("--no-image", action="store_true", help="mini-jat without the BabyAI-RGB image task")
     parser.add_argument("--tasks", help="comma-separated tasks instead of the claim's (a variant, no claim)")
@@ -401,8 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-episodes", type=positive, help="evaluation episodes per task (at least 10)")
     parser.add_argument("--raw-observations", action="store_true",
                         help="continuous observations unstandardised, as JAT (a variant, no claim)")
-    parser.add_argument("--data", type=Path, help="kappa: the recorded tasks to reuse (e.g. a mini-jat's OUT/data)")
-    parser.add_argument("--docs", type=Path, help="also write the results into this markdown file's section")
+    parser.add_argument("--data", type=path_argument, help="kappa: the recorded tasks to reuse (e.g. a mini-jat's OUT/data)")
+    parser.add_argument("--docs", type=path_argument, help="also write the results into this markdown file's section")
     args = parser.parse_args(argv)
     setting = QUICK if args.quick else FULL
     if args.claim == "kappa":

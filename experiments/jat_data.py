@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines.jat import record
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.recipes.jat import references
 
 GROUPS = (  # (tasks, expert episodes = random episodes)
@@ -65,7 +66,7 @@ def ppo_table(out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=path_argument, required=True)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", module="gymnasium")
     warnings.filterwarnings("ignore", module="metaworld")

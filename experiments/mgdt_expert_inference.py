@@ -48,6 +48,7 @@ from absl import logging  # noqa: E402
 
 from data_pipelines import convert, experts, record  # noqa: E402
 from experiments import common, expert_inference  # noqa: E402
+from mgdt_jax.core.files import path_argument  # noqa: E402
 from mgdt_jax.envs import atari  # noqa: E402
 from mgdt_jax.recipes.mgdt import actor, evaluate, report, scores  # noqa: E402
 from mgdt_jax.recipes.mgdt.policy import sampling_preset  # noqa: E402
@@ -144,9 +145,9 @@ def _plot(summaries: dict[str, report.EvaluationSummary], games: list[str], path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--workdir", type=path_argument, required=True)
     parser.add_argument("--quick", action="store_true", help="smoke-test size (minutes); its figures claim nothing")
-    parser.add_argument("--docs", type=Path, help="also write the results into this markdown file's section")
+    parser.add_argument("--docs", type=path_argument, help="also write the results into this markdown file's section")
     variants = parser.add_argument_group("variants (the report's command shows those given)")
     variants.add_argument("--games", help="comma-separated pretraining games (default: the config's)")
     variants.add_argument("--heldout-game", help="the fine-tuning game (default: the config's)")

@@ -18,6 +18,7 @@ import pytest
 from absl import app
 
 from mgdt_jax.cli import INTERRUPTED
+from mgdt_jax.core.files import path_argument
 from tests.processes import popen_as_from_a_terminal
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -40,6 +41,31 @@ def test_ctrl_c_is_one_line_and_exit_status_130(program, monkeypatch, capsys):
     assert status == INTERRUPTED
     captured = capsys.readouterr()
     assert captured.err == f"{program}: interrupted\n" and captured.out == ""
+
+
+@pytest.mark.parametrize("program", sorted(set(SCRIPTS) - {"mgdt-train"}))  # absl: see test_training.py
+def test_an_empty_path_flag_is_refused_in_one_line(program, monkeypatch, capsys):
+    """``--out "$OUT"`` with OUT unset must not read or write the current folder."""
+    module, function = SCRIPTS[program].split(":")
+    parsers = []
+
+    def capture(parser, *args, **kwargs):
+        parsers.append(parser)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    getattr(import_module(module), function)([])
+    capsys.readouterr()
+    (parser,) = parsers
+    assert not [action.dest for action in parser._actions if action.type is Path]  # every path flag checks
+    for action in parser._actions:
+        if action.type is not path_argument:
+            continue
+        name = action.option_strings[-1] if action.option_strings else action.dest  # a positional: its name
+        with pytest.raises(SystemExit) as exit_status:
+            parser.parse_known_args([name, ""] if action.option_strings else [""])
+        assert exit_status.value.code == 2
+        assert f"argument {name}: an empty path (an unset shell variable?)" in capsys.readouterr().err
 
 
 def test_ctrl_c_while_recording_leaves_the_logs_named_unfinished(tmp_path):

@@ -395,6 +395,8 @@ def test_bad_sources_fail_with_a_clear_message(index, tmp_path, capsys):
     assert build_index.main([str(tmp_path / "missing"), "--no-progress"]) == 1
     error = capsys.readouterr().err
     assert error == f"mgdt-index: error: {tmp_path / 'missing'}: no such dataset directory\n"
+    assert build_index.main(["", "--no-progress"]) == 1  # not the current folder
+    assert capsys.readouterr().err == "mgdt-index: error: an empty dataset path (an unset shell variable?)\n"
 
 
 def test_reading_batches_imports_no_tensorflow(rlds_dataset_dir):

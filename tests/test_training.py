@@ -386,6 +386,7 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
         (["--config", str(config_path), "--config.train.num_stepz=3", "--workdir", str(tmp_path / "run")],
          """a --config override names no field of the config ('num_stepz' Did you mean "num_steps" instead of "num_stepz"?)"""),
         (["--config", str(config_path), "--workdir", str(a_file)], f"{a_file}: is a file, not a run folder"),
+        (["--config", str(config_path), "--workdir", ""], "the workdir is empty: name a run folder"),
     ]
     python_path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
     for args, message in cases:

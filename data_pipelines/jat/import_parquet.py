@@ -30,6 +30,7 @@ import tqdm
 
 from data_pipelines.jat import rlds
 from mgdt_jax.cli import interruptible
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat.fields import DatasetError
 from mgdt_jax.recipes.jat import references as jat_references
@@ -257,8 +258,8 @@ def import_files(files: list[Path], task: str, out_dir: Path, episodes_per_shard
 @interruptible("mgdt-jat-import")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-jat-import", description=__doc__.split("\n\n")[0])
-    parser.add_argument("files", nargs="+", type=Path, help="parquet files of one task (one episode a row)")
-    parser.add_argument("--out", type=Path, required=True, help="writes OUT/<task>/")
+    parser.add_argument("files", nargs="+", type=path_argument, help="parquet files of one task (one episode a row)")
+    parser.add_argument("--out", type=path_argument, required=True, help="writes OUT/<task>/")
     parser.add_argument("--task", default=None,
                         help="task name (default: the folder of the first file, as in the dataset's layout)")
     args = parser.parse_args(argv)

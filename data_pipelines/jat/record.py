@@ -28,6 +28,7 @@ import tqdm
 
 from data_pipelines.jat import experts, rlds
 from mgdt_jax.cli import interruptible
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.envs import gym_tasks
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import references as jat_references
@@ -236,11 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("tasks", nargs="+", help="JAT task names, e.g. babyai-go-to-local metaworld-reach "
                                                  "mujoco-pendulum babyai-rgb-go-to-red-ball-grey")
     parser.add_argument("--episodes", type=int, required=True, help="expert episodes per task")
-    parser.add_argument("--out", type=Path, required=True, help="writes OUT/<task>/ for each task")
+    parser.add_argument("--out", type=path_argument, required=True, help="writes OUT/<task>/ for each task")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--random-episodes", type=int, default=DEFAULT_RANDOM_EPISODES,
                         help="episodes of the uniform-random policy measured for the reference")
-    parser.add_argument("--experts", type=Path, default=None,
+    parser.add_argument("--experts", type=path_argument, default=None,
                         help="directory of PPO experts for MuJoCo tasks (default: OUT/experts)")
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.random_episodes < 1:

@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from mgdt_jax.cli import check_out_dir, interruptible
+from mgdt_jax.core.files import path_argument
 
 
 @interruptible("mgdt-ad-eval")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-ad-eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, required=True, help="the AD run (mgdt-train --workdir)")
-    parser.add_argument("--ed-workdir", type=Path, help="an Expert Distillation run to compare with")
+    parser.add_argument("--workdir", type=path_argument, required=True, help="the AD run (mgdt-train --workdir)")
+    parser.add_argument("--ed-workdir", type=path_argument, help="an Expert Distillation run to compare with")
     parser.add_argument("--baselines", default="", help="comma list of source algorithms run from scratch, "
                                                         "e.g. thompson,ucb1 or q_learning")
     parser.add_argument("--episodes", type=int, default=None, help="in-context episodes (default 100 pulls / 40)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, required=True, help="report directory")
+    parser.add_argument("--out", type=path_argument, required=True, help="report directory")
     args = parser.parse_args(argv)
     if args.episodes is not None and args.episodes < 1:
         parser.error("--episodes must be positive")

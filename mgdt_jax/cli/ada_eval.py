@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from mgdt_jax.cli import check_out_dir, interruptible
+from mgdt_jax.core.files import path_argument
 
 
 @interruptible("mgdt-ada-eval")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-ada-eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, required=True, help="the AdA run (mgdt-train --workdir)")
-    parser.add_argument("--out", type=Path, required=True, help="report directory")
+    parser.add_argument("--workdir", type=path_argument, required=True, help="the AdA run (mgdt-train --workdir)")
+    parser.add_argument("--out", type=path_argument, required=True, help="report directory")
     parser.add_argument("--trials", type=int, help="trials per meta-episode (default: the run's env.num_trials)")
     parser.add_argument("--episodes", type=int, default=1, help="meta-episodes per task (default 1)")
     parser.add_argument("--seed", type=int, default=0)

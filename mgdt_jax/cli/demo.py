@@ -142,7 +142,7 @@ def print_report(report_dir: Path) -> None:
 @interruptible("mgdt-demo")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, default=Path("mgdt_demo"))
+    parser.add_argument("--workdir", type=files.path_argument, default=Path("mgdt_demo"))
     parser.add_argument("--games", default=",".join(DEFAULT_GAMES), help="comma-separated Atari games")
     parser.add_argument("--record-steps", type=int, default=10_000, help="agent steps recorded per game")
     parser.add_argument("--policy", default="expert", choices=sorted(record.POLICIES),

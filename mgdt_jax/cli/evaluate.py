@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
 from absl import logging
 
 from mgdt_jax.cli import check_out_dir, interruptible
+from mgdt_jax.core.files import path_argument
 from mgdt_jax.recipes.mgdt import actor
 from mgdt_jax.envs import atari
 from mgdt_jax.core.checkpointing import CheckpointError
@@ -36,13 +36,13 @@ def _shard(text: str) -> tuple[int, int]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mgdt-eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, required=True, help="training run or imported checkpoint")
+    parser.add_argument("--workdir", type=path_argument, required=True, help="training run or imported checkpoint")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     games = parser.add_mutually_exclusive_group(required=True)
     games.add_argument("--suite", choices=sorted(atari.SUITES), help="train41, heldout5, all46 or dqn60")
     games.add_argument("--games", help="comma-separated games, e.g. Pong,Breakout")
     parser.add_argument("--episodes", type=int, default=16, help="episodes per game (paper: 16)")
-    parser.add_argument("--out", type=Path, required=True, help="report directory")
+    parser.add_argument("--out", type=path_argument, required=True, help="report directory")
     parser.add_argument("--video", action="store_true", help="also write one MP4 episode per game")
     parser.add_argument("--mode", choices=SAMPLING_MODES, default="expert", help="how returns and actions are sampled")
     parser.add_argument("--kappa", type=float, help="expert mode: weight of the expert term (default 10)")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from pathlib import Path
 
 from absl import logging
 
@@ -25,8 +24,8 @@ from mgdt_jax.core.loop import CONFIG_FILE
 @interruptible("mgdt-import-checkpoint")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-import-checkpoint", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pickle", type=Path, required=True, help="the released (params, state) pickle")
-    parser.add_argument("--workdir", type=Path, required=True, help="new run directory to write")
+    parser.add_argument("--pickle", type=files.path_argument, required=True, help="the released (params, state) pickle")
+    parser.add_argument("--workdir", type=files.path_argument, required=True, help="new run directory to write")
     parser.add_argument("--step", type=int, default=0, help="checkpoint step to file the weights under")
     args = parser.parse_args(argv)
     if args.step < 0:

@@ -10,25 +10,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from absl import logging
 
 from mgdt_jax.cli import check_out_dir, interruptible
+from mgdt_jax.core.files import path_argument
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mgdt-jat-eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, required=True, help="a JAT training run")
+    parser.add_argument("--workdir", type=path_argument, required=True, help="a JAT training run")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
-    parser.add_argument("--data", type=Path, required=True, help="directory of the recorded tasks (DATA/<task>)")
+    parser.add_argument("--data", type=path_argument, required=True, help="directory of the recorded tasks (DATA/<task>)")
     parser.add_argument("--tasks", required=True, help="comma-separated task names")
     parser.add_argument("--episodes", type=int, default=10, help="episodes per task (at least 10)")
     parser.add_argument("--envs-per-task", type=int, help="environments stepped together (default: all episodes)")
     parser.add_argument("--greedy", action="store_true", help="argmax discrete actions instead of sampling")
     parser.add_argument("--max-steps", type=int, help="cut episodes after this many steps (smoke runs)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, required=True, help="report directory")
+    parser.add_argument("--out", type=path_argument, required=True, help="report directory")
     return parser
 
 

@@ -1,10 +1,11 @@
 """Files that appear whole or not at all: written under a temporary name beside their target, then
 renamed (a rename within a directory is atomic on POSIX filesystems), so an interrupted write
-never leaves a half file under the real name. And the one line for a dataset shard that cannot be
-read."""
+never leaves a half file under the real name. The one line for a dataset shard that cannot be
+read, and the type of every command's path flags."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Sequence
@@ -12,6 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def path_argument(text: str) -> Path:
+    """``Path(text)``, the argparse ``type`` of every path flag; ArgumentTypeError for an empty or
+    blank value. That is nearly always an unset shell variable (``--out "$OUT"``), and ``Path("")``
+    is the current folder, which the command would then read or write into."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
+    return Path(text)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -78,10 +78,13 @@ def train(
     """Trains ``config`` in ``workdir``, resuming from its newest checkpoint if it has one.
 
     ``recipe`` defaults to the one ``config.recipe`` names, ``evaluate`` to the recipe's evaluator.
-    Raises CheckpointError (one line) when the workdir's checkpoints belong to another recipe. A
-    workdir this call created is removed again when the run fails before its first step (a bad
-    config or data source), so no run folder without a run is left behind.
+    Raises CheckpointError (one line) when the workdir's checkpoints belong to another recipe,
+    ValueError for an empty ``workdir`` or one that is a file. A workdir this call created is removed
+    again when the run fails before its first step (a bad config or data source), so no run folder
+    without a run is left behind.
     """
+    if not str(workdir).strip():  # Path("") is the current folder: a run would fill it
+        raise ValueError("the workdir is empty: name a run folder")
     workdir = Path(workdir).expanduser().absolute()
     created = not workdir.exists()
     progress = {"stepping": False}  # set by _train when its first step starts

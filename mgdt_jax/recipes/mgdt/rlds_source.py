@@ -159,6 +159,8 @@ def find_dataset_dirs(sources: Sequence[str | os.PathLike]) -> list[epath.Path]:
     """
     directories: list[epath.Path] = []
     for source in sources:
+        if not str(source).strip():  # epath.Path("") is the current folder
+            raise DataError("an empty dataset path (an unset shell variable?)")
         path = epath.Path(source).expanduser()
         if not path.is_dir():
             raise DataError(f"{path}: no such dataset directory")
