@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import concurrent.futures
 import functools
-import multiprocessing
 import os
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -30,6 +27,7 @@ import tqdm
 from data_pipelines import rlds_writer
 from mgdt_jax import envs
 from mgdt_jax.cli import interruptible
+from mgdt_jax.core import processes
 from mgdt_jax.core.files import path_argument
 from mgdt_jax.envs.base import Environment, EnvError
 from mgdt_jax.recipes.ad import histories as history_format
@@ -107,10 +105,6 @@ def _serializer() -> rlds_writer.RecordSerializer:
     return rlds_writer.RecordSerializer(features())
 
 
-def _start_worker() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent answers it
-
-
 def write_histories(env: Environment, source: sources.Source, tasks, out_dir: Path, *, seed: int,
                     episodes_per_history: int, histories_per_task: int = 1, histories_per_shard: int = 256,
                     split: dict | None = None, progress: bool = True, workers: int = 1) -> dict:
@@ -135,9 +129,8 @@ def write_histories(env: Environment, source: sources.Source, tasks, out_dir: Pa
     first_returns, last_returns, shard_lengths, num_bytes = [], [], [], 0
     started = time.perf_counter()
     pool, workers = None, min(workers, num_shards)
-    if workers > 1:  # TensorFlow and array_record hold threads: spawn, no fork
-        pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=_start_worker,
-                                                      mp_context=multiprocessing.get_context("spawn"))
+    if workers > 1:
+        pool = processes.spawn_pool(workers)
     pending: collections.deque = collections.deque()  # (future, histories, episodes), in shard order
     try:
         with tqdm.tqdm(total=num_tasks * histories_per_task, unit="history", disable=not progress) as bar:

@@ -193,6 +193,8 @@ def test_read_refuses_data_it_was_not_asked_for(darkroom_dir, tmp_path):
             read_histories(**kwargs)
         assert message in str(error.value) and "\n" not in str(error.value)
         assert str(kwargs["directory"]) in str(error.value)
+    with pytest.raises(HistoryError, match=r"^an empty dataset path \(an unset shell variable\?\)$"):
+        read_histories("")  # not the current folder
     other = tmp_path / "other"
     other.mkdir()
     rlds_writer.write_dataset_info(other, name="dqn_replay", version="1.0.0", module_name=__name__,

@@ -93,6 +93,13 @@ def test_a_field_of_an_unknown_modality_is_refused_in_one_line(jat_datasets, tmp
     assert str(copy) in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("entry", ["", " ", {"path": "", "sampling_weight": 2.0}])
+def test_an_empty_dataset_path_is_refused_not_read_as_the_current_folder(entry):
+    config = {"model": {}, "data": {"tasks": ["unused", entry]}}
+    with pytest.raises(ValueError, match=r"^data.tasks\[1\]: an empty dataset path \(an unset shell variable\?\)$"):
+        data.training_data(config, process_index=0, process_count=1)
+
+
 @pytest.mark.parametrize("damage", ["cut short", "garbage", "deleted"])
 def test_a_damaged_shard_is_refused_in_one_line_naming_it(jat_datasets, tmp_path, damage):
     copy = tmp_path / "task"

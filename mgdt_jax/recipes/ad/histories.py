@@ -106,6 +106,8 @@ def read_histories(directory: str | Path, *, env_name: str | None = None, source
     refused. Every fault (missing directory, another dataset, incomplete histories, out-of-range
     values) raises HistoryError with a one-line message naming the directory.
     """
+    if not str(directory).strip():  # Path("") is the current folder
+        raise HistoryError("an empty dataset path (an unset shell variable?)")
     directory = Path(directory)
     if not directory.is_dir():
         raise HistoryError(f"{directory}: no such directory")

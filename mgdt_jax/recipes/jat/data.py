@@ -81,11 +81,13 @@ class TaskData:
 
 
 def _task_entry(entry: Any, index: int) -> tuple[Path, float, float]:
-    if isinstance(entry, (str, Path)):
-        return Path(entry), 1.0, 1.0
-    path = section(entry, "path", None)
+    path = entry if isinstance(entry, (str, Path)) else section(entry, "path", None)
     if path is None:
         raise ValueError(f"data.tasks[{index}]: no 'path' (a JAT dataset directory)")
+    if not str(path).strip():  # Path("") is the current folder
+        raise ValueError(f"data.tasks[{index}]: an empty dataset path (an unset shell variable?)")
+    if isinstance(entry, (str, Path)):
+        return Path(entry), 1.0, 1.0
     sampling, loss = float(section(entry, "sampling_weight", 1.0)), float(section(entry, "loss_weight", 1.0))
     if not (sampling > 0 and loss >= 0):
         raise ValueError(f"data.tasks[{index}] {path}: sampling_weight must be > 0 and loss_weight >= 0")
@@ -301,8 +303,8 @@ def training_data(config: Any, *, process_index: int, process_count: int) -> Jat
     data = read_section(DataConfig, section(config, "data", {}))
     if not data.tasks:
         raise ValueError("data.tasks is empty: give the JAT dataset directories to train on")
-    tasks = [load_task(path, model, sampling_weight=sampling, loss_weight=loss)
-             for path, sampling, loss in (_task_entry(entry, i) for i, entry in enumerate(data.tasks))]
+    entries = [_task_entry(entry, i) for i, entry in enumerate(data.tasks)]  # every entry checked before reading
+    tasks = [load_task(path, model, sampling_weight=sampling, loss_weight=loss) for path, sampling, loss in entries]
     batch_size = int(section(section(config, "train", {}), "batch_size", 32))
     return JatBatches(tasks, model, data, global_batch_size=batch_size, process_index=process_index,
                       process_count=process_count)

@@ -41,9 +41,7 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -54,7 +52,7 @@ import tqdm
 import zstandard
 from etils import epath
 
-from mgdt_jax.core import files
+from mgdt_jax.core import files, processes
 from mgdt_jax.recipes.mgdt import tokens
 from mgdt_jax.recipes.mgdt import windows
 from mgdt_jax.recipes.mgdt.rlds_source import DataError, Episode, RldsDataset, shard_paths
@@ -245,7 +243,6 @@ _worker_dataset: RldsDataset | None = None
 
 def _open_in_worker(dataset_dir: str) -> None:
     global _worker_dataset
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent answers it
     _worker_dataset = RldsDataset(dataset_dir)
 
 
@@ -297,10 +294,7 @@ def build_index(dataset_dir: str | os.PathLike, *, workers: int = 1, progress: b
             for shard in stale:
                 entries[shard] = build_part(dataset, shard, directory, count)
         else:
-            context = multiprocessing.get_context("spawn")  # TFDS and array_record hold threads: no fork
-            with concurrent.futures.ProcessPoolExecutor(min(workers, len(stale)), mp_context=context,
-                                                        initializer=_open_in_worker,
-                                                        initargs=(str(dataset.directory),)) as pool:
+            with processes.spawn_pool(min(workers, len(stale)), _open_in_worker, (str(dataset.directory),)) as pool:
                 futures = {pool.submit(_build_in_worker, shard, str(directory)): shard for shard in stale}
                 for future in concurrent.futures.as_completed(futures):
                     entries[futures[future]] = entry = future.result()
