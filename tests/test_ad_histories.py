@@ -116,7 +116,7 @@ def test_cli_writes_bandit_histories_end_to_end(tmp_path, capsys):
     out = tmp_path / "bandit"
     code, summary, _ = _cli(capsys, "--env", "bandit", "--source", "thompson", "--episodes", 10, "--num-train", 8,
                             "--num-heldout", 8, "--histories-per-task", 2, "--histories-per-shard", 4, "--seed", 1,
-                            "--out", out)
+                            "--workers", 1, "--out", out)  # workers: test_worker_processes_write_the_same_records
     assert code == 0 and summary.count("\n") == 1
     assert summary.startswith("wrote 16 histories x 10 episodes (160 steps, 4 shards") and str(out) in summary
     histories = read_histories(out, env_name="bandit", source="thompson")
