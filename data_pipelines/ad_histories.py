@@ -129,10 +129,10 @@ def write_histories(env: Environment, source: sources.Source, tasks, out_dir: Pa
     first_returns, last_returns, shard_lengths, num_bytes = [], [], [], 0
     started = time.perf_counter()
     pool, workers = None, min(workers, num_shards)
-    if workers > 1:
-        pool = processes.spawn_pool(workers)
     pending: collections.deque = collections.deque()  # (future, histories, episodes), in shard order
     try:
+        if workers > 1:
+            pool = processes.spawn_pool(workers)
         with tqdm.tqdm(total=num_tasks * histories_per_task, unit="history", disable=not progress) as bar:
 
             def finish_oldest() -> None:
@@ -179,9 +179,11 @@ def write_histories(env: Environment, source: sources.Source, tasks, out_dir: Pa
                         "one RLDS episode per RL episode.")
         partial.rename(out_dir)
     except BaseException:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)  # no worker writes into the folder removed next
+        # The folder goes first: a second Ctrl-C while waiting for the workers must not leave it.
         shutil.rmtree(partial, ignore_errors=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # a worker may be in the middle of a shard
+            shutil.rmtree(partial, ignore_errors=True)  # and what it wrote meanwhile
         raise
     finally:
         if pool is not None:

@@ -3,9 +3,10 @@
 A terminal's Ctrl-C reaches every process of the foreground group. A spawned worker that set
 ``SIGINT`` to ignored in its initializer is still exposed while it imports the parent's modules
 (seconds, for TensorFlow or JAX), and dies there with a traceback of its own, which can also break
-the pool so that the parent's clean-up hangs or leaves processes behind. ``spawn_pool`` starts
-every worker with ``SIGINT`` ignored from its first instruction: an ignored signal stays ignored
-across ``exec``, and Python then keeps it so. The parent alone answers Ctrl-C.
+the pool so that the parent's clean-up is skipped or leaves processes behind. ``spawn_pool``
+starts every worker with ``SIGINT`` blocked from its first instruction: a thread's signal mask
+is inherited through fork and kept across ``exec``, and Python leaves it as it finds it, so a
+Ctrl-C stays pending in the worker, never delivered. The parent alone answers it.
 """
 
 from __future__ import annotations
@@ -20,28 +21,31 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def _sigint_ignored_for_children() -> Iterator[None]:
-    """Processes started inside inherit an ignored SIGINT; a Ctrl-C meanwhile is held (blocked, so
-    Linux keeps it pending even while ignored) and reaches this process when the block ends."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread handles signals
+def _sigint_blocked_in_this_thread() -> Iterator[None]:
+    """Processes this thread starts inside inherit a blocked SIGINT. This process still gets a
+    Ctrl-C meanwhile: another of its threads takes it, or this one when the block ends."""
+    if threading.current_thread() is not threading.main_thread():  # the others never run Python's handler
         yield
         return
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, handler)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def spawn_pool(workers: int, initializer: Callable[..., Any] | None = None,
                initargs: tuple = ()) -> concurrent.futures.ProcessPoolExecutor:
     """A pool of ``workers`` spawned processes (TensorFlow, array_record and XLA hold threads: no
-    fork), all started now, each ignoring SIGINT from its start."""
+    fork), all started now, each with SIGINT blocked from its start. A Ctrl-C while they start
+    shuts the pool down and is raised here."""
     pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                                   initializer=initializer, initargs=initargs)
-    with _sigint_ignored_for_children():
-        for _ in range(workers):  # each submit starts one more process while none is idle
-            pool.submit(int)
+    try:
+        with _sigint_blocked_in_this_thread():
+            for _ in range(workers):  # each submit starts one more process while none is idle
+                pool.submit(int)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
     return pool
