@@ -414,6 +414,37 @@ def test_ctrl_c_saves_the_step_it_is_at_and_stops(request, tmp_path):
     assert stop_once_saved(path, tmp_path / "run", signal.SIGINT, "interrupted", -signal.SIGINT) < 10 * NUM_STEPS
 
 
+def test_the_loop_keeps_at_most_two_steps_in_flight(request, tmp_path, monkeypatch):
+    # Steps are dispatched asynchronously; a loop running ahead of the device reads a SIGTERM or a
+    # Ctrl-C only at its next wait (a log interval later) and saves that many steps late. AdA: its
+    # steps read no host data, so nothing else holds the loop back. Counted at each dispatch: the
+    # dispatched steps whose metrics are not ready yet.
+    path = tmp_path / "tiny_ada.py"
+    path.write_text(CASES["ada"].config_file(request, num_steps=16, checkpoint_every=16))
+    config = load_config(path)
+    config.train.log_every = 16
+    dispatched, in_flight = [], []
+
+    class CountingStep:
+        def __init__(self, compiled):
+            self._compiled = compiled
+
+        def __call__(self, state, batch):
+            state, metrics = self._compiled(state, batch)
+            dispatched.append(metrics)
+            in_flight.append(sum(not all(leaf.is_ready() for leaf in jax.tree.leaves(m)) for m in dispatched))
+            return state, metrics
+
+        def __getattr__(self, name):  # cost_analysis, for the loop's FLOPs line
+            return getattr(self._compiled, name)
+
+    lower_step = Trainer.lower_step
+    monkeypatch.setattr(Trainer, "lower_step", lambda self, batch: type("Lowered", (), {
+        "compile": lambda _: CountingStep(lower_step(self, batch).compile())})())
+    loop.train(config, tmp_path / "run")
+    assert len(in_flight) == 16 and max(in_flight) <= 2, in_flight
+
+
 def test_metrics_of_a_killed_and_resumed_run_read_one_entry_per_step(tmp_path):
     killed = MetricWriter(tmp_path)
     for step in (1, 2, 3):
