@@ -113,15 +113,21 @@ class TaskSetting:
 
 
 def make_benchmark(out: Path, scale: Scale, task: TaskSetting) -> tuple[Path, dict]:
-    """The trivial-preset benchmark of ``scale.rulesets`` rulesets (seed 0), written under ``out``;
-    ``task.goals == "agent"`` keeps only the goals on the agent (60 objects x 6 types = 360 tasks)."""
+    """The trivial-preset benchmark of ``scale.rulesets`` rulesets (seed 0), written under ``out``
+    (a stage: a rerun reads it back, its hash checked); ``task.goals == "agent"`` keeps only the
+    goals on the agent (60 objects x 6 types = 360 tasks)."""
     path = out / "benchmark" / f"trivial_{task.goals}_{scale.rulesets}.pkl.bz2"
-    path.parent.mkdir(parents=True)
     settings = generator.PRESETS["trivial"]
     if task.goals == "agent":
         settings = dataclasses.replace(settings, goal_types=tuple(g for g in generator.GOAL_TYPES if g.startswith("agent_")))
-    arrays, stats = generator.generate(settings, scale.rulesets, SEED)
-    return path, generator.write(arrays, path, settings=settings, seed=SEED, preset="trivial", stats=stats)
+
+    def write() -> None:
+        path.parent.mkdir(exist_ok=True)
+        arrays, stats = generator.generate(settings, scale.rulesets, SEED)
+        generator.write(arrays, path, settings=settings, seed=SEED, preset="trivial", stats=stats)
+
+    common.stage(out, "benchmark", write)
+    return path, generator.read_record(path)
 
 
 def run_config(model: str, benchmark: Path, scale: Scale, steps: int, task: TaskSetting = TaskSetting(), *,
@@ -156,19 +162,20 @@ def run_config(model: str, benchmark: Path, scale: Scale, steps: int, task: Task
                       "warmup_steps": min(10, steps), "schedule": lr_schedule,
                       "grad_clip_norm": 0.5, "eps": 1e-5},
         "train": {"batch_size": scale.num_envs, "grad_accum_steps": 1, "num_steps": steps, "seed": seed,
-                  "log_every": max(min(steps // 20, 10), 1), "checkpoint_every": steps, "keep_checkpoints": 1,
+                  "log_every": max(min(steps // 20, 10), 1), "checkpoint_every": max(steps // 10, 1), "keep_checkpoints": 1,
                   "eval_every": 0, "init_from": ""},
     })
 
 
 def train(name: str, config, out: Path) -> tuple[Path, float]:
+    """Trains run OUT/``name`` to its end (a stage: a rerun resumes it from its checkpoint or skips
+    it); (its workdir, its wall seconds over every attempt)."""
     workdir = out / name
-    started = time.perf_counter()
-    common.train_to_end(config, workdir)
-    seconds = time.perf_counter() - started
+    done = common.stage(out, name, lambda: common.train_to_end(config, workdir))
+    attempts = f" over {done['attempts']} attempts" if done["attempts"] > 1 else ""
     print(f"trained {name}: {config.train.num_steps} steps x {config.train.batch_size} envs x "
-          f"{config.ppo.rollout_length} = {env_steps(config):,} env steps in {seconds:.0f} s", flush=True)
-    return workdir, seconds
+          f"{config.ppo.rollout_length} = {env_steps(config):,} env steps in {done['seconds']:.0f} s{attempts}", flush=True)
+    return workdir, done["seconds"]
 
 
 def env_steps(config) -> int:
@@ -291,8 +298,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=SEED,
                         help=f"training seed of every run (default {SEED}); the benchmark, split and evaluation keep {SEED}")
     args = parser.parse_args(argv)
-    if args.out.exists():
-        raise SystemExit(f"--out {args.out}: already exists; choose a new directory")
     if args.docs and args.quick:
         raise SystemExit("--docs: a --quick run is no claim; docs take full runs only")
     scale = QUICK if args.quick else FULL[args.claim]
@@ -318,14 +323,18 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--rulesets {scale.rulesets}: {error}") from None
     task = TaskSetting(goals=args.goals, observe_goal=not args.hide_goal, trial_steps=args.trial_steps,
                        show_trial_end=args.show_trial_end, time_onehot=args.time_onehot)
-    started = time.perf_counter()
+    # Rerun with the same --out and arguments, an interrupted claim goes on where it stopped.
+    settings = {name: value for name, value in vars(args).items() if name not in ("out", "docs")}
+    resumed = common.check_settings(args.out, settings, "ada_claims")
+    started, earlier_s = time.perf_counter(), common.stage_seconds(args.out)
     print(f"# {args.claim}{' (quick)' if args.quick else ''}: {scale}; jax {jax.__version__} on "
-          f"{jax.devices()[0].platform}, {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}", flush=True)
-    args.out.mkdir(parents=True)
+          f"{jax.devices()[0].platform}, {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}"
+          + (f"; resuming {args.out} ({earlier_s / 60:.1f} min of stages done or begun)" if resumed else ""), flush=True)
     try:
         benchmark, record = make_benchmark(args.out, scale, task)
     except generator.BenchmarkError as error:
-        shutil.rmtree(args.out)
+        if not resumed:
+            shutil.rmtree(args.out)
         raise SystemExit(f"--rulesets {scale.rulesets}: {error}") from None
     print(f"benchmark {record['benchmark_id']} ({record['num_rulesets']} trivial rulesets, sha256 {record['sha256'][:16]}...)",
           flush=True)
@@ -362,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
               for name, workdir in runs.items()]
     report = evaluate.write_report(scores, args.out / "report", extra={"benchmark": record})
     eval_s = time.perf_counter() - eval_started
-    total_s = time.perf_counter() - started
+    total_s = earlier_s + time.perf_counter() - started  # with the attempts before a resumption
 
     per_step = scale.num_envs * scale.rollout_length
     plot_training({name: training_curve(workdir, per_step) for name, workdir in runs.items()},

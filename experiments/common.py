@@ -10,14 +10,21 @@ the train step, which read sections by attribute (mgdt_jax/core/config_sections.
 itself needs ml_collections (its ``--config`` flag).
 
 ``train_to_end`` is how the experiment scripts train: a preempted run stops the script.
+``check_settings`` and ``stage`` make a long experiment resumable: rerun with the same ``--out``
+and arguments, it redoes only its unfinished stages, a training run resuming from its checkpoint.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import time
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from mgdt_jax.core import files
 
 try:
     import ml_collections
@@ -41,6 +48,74 @@ def train_to_end(config: Any, workdir: Path, **kwargs: Any) -> TrainResult:
         raise SystemExit(f"{workdir}: training {result.stopped_by} at step {result.last_step} of "
                          f"{config.train.num_steps}; its checkpoint is kept, nothing was evaluated or reported")
     return result
+
+
+def check_settings(out: Path, settings: Mapping[str, Any], program: str) -> bool:
+    """Writes OUT/settings.json; True when it was there already with these ``settings`` (a rerun).
+
+    SystemExit (one line) for an OUT made with other settings, or one that exists, is not empty and
+    holds no settings.json (not an experiment's folder: nothing in it is touched)."""
+    path = out / "settings.json"
+    settings = json.loads(json.dumps(settings))  # tuples as lists, as read back
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"{program}: error: {path}: unreadable ({error}); choose a new --out") from None
+        if previous != settings:
+            differ = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+            raise SystemExit(f"{program}: error: --out {out}: made with other settings ({', '.join(differ)}); "
+                             "choose a new --out")
+        return True
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SystemExit(f"{program}: error: --out {out}: exists and is not a folder of this experiment "
+                         "(no settings.json); choose a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    files.write_json(path, settings)
+    return False
+
+
+def stage(out: Path, name: str, run: Callable[[], Any]) -> dict[str, Any]:
+    """Runs ``run()`` unless OUT/stages.json records stage ``name`` as done; returns its record
+    {"seconds", "load_average", "attempts"}: wall seconds over every attempt, the 1-minute load
+    average at the first one's start (the 2 cores may be shared).
+
+    A stage that raised (a SIGTERM or Ctrl-C stopping its training, an error) is recorded as
+    unfinished with its seconds so far, which the next attempt adds to; a SIGKILL's seconds are lost.
+    """
+    path = out / "stages.json"
+    stages = json.loads(path.read_text()) if path.exists() else {}
+    earlier = stages.get(name, {})
+    if earlier and not earlier.get("unfinished"):
+        return earlier
+    load, started = os.getloadavg()[0], time.perf_counter()
+
+    def record(unfinished: bool) -> None:
+        stages[name] = {"seconds": earlier.get("seconds", 0.0) + time.perf_counter() - started,
+                        "load_average": earlier.get("load_average", load), "attempts": earlier.get("attempts", 0) + 1,
+                        **({"unfinished": True} if unfinished else {})}
+        files.write_json(path, stages)
+
+    try:
+        run()
+    except BaseException:
+        record(unfinished=True)
+        raise
+    record(unfinished=False)
+    return stages[name]
+
+
+def stage_seconds(out: Path) -> float:
+    """Wall seconds of every stage attempt OUT/stages.json records (0 for a new OUT)."""
+    path = out / "stages.json"
+    return sum(s["seconds"] for s in json.loads(path.read_text()).values()) if path.exists() else 0.0
+
+
+def stage_times(stages: Mapping[str, Mapping[str, Any]]) -> str:
+    """"name N s (load L)" per stage, with its attempts when it took more than one."""
+    return ", ".join(f"{name} {s['seconds']:.0f} s (load {s['load_average']:.1f}"
+                     + (f", {s['attempts']} attempts" if s.get("attempts", 1) > 1 else "") + ")"
+                     for name, s in stages.items())
 
 
 def _section() -> Any:

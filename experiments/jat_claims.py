@@ -180,27 +180,6 @@ def train_config(setting: Setting, data_dir: Path, kappa: float, image_weight: f
     return config
 
 
-def stage(out: Path, name: str, run) -> dict:
-    """Runs ``run()`` unless OUT/stages.json records stage ``name`` as done; {"seconds", "load_average"}
-    of the run that did it (the 1-minute load average at its start: the 2 cores may be shared).
-
-    So a rerun after an interruption redoes only unfinished stages (the loop resumes a training
-    run from its checkpoint) and reports the times of the runs that did the work.
-    """
-    path = out / "stages.json"
-    done = json.loads(path.read_text()) if path.exists() else {}
-    if name not in done:
-        load, started = os.getloadavg()[0], time.perf_counter()
-        run()
-        done[name] = {"seconds": time.perf_counter() - started, "load_average": load}
-        path.write_text(json.dumps(done, indent=1) + "\n")
-    return done[name]
-
-
-def _times(stages: dict[str, dict]) -> str:
-    return ", ".join(f"{name} {s['seconds']:.0f} s (load {s['load_average']:.1f})" for name, s in stages.items())
-
-
 def evaluate_run(setting: Setting, workdir: Path, data_dir: Path, report_dir: Path) -> None:
     """mgdt-jat-eval's evaluation of the run's last checkpoint into REPORT_DIR (report.json last)."""
     model, _, step = evaluate.load_model(workdir)
@@ -214,20 +193,6 @@ def evaluate_run(setting: Setting, workdir: Path, data_dir: Path, report_dir: Pa
     evaluate.write_report(results, evaluate.domain_iqm(results), report_dir, {
         "workdir": str(workdir), "step": step, "episodes": setting.eval_episodes, "seed": EVAL_SEED,
         "greedy": False, "envs_per_task": None, "max_steps": setting.max_eval_steps})
-
-
-def check_settings(out: Path, settings: dict) -> None:
-    """Writes OUT/settings.json, or refuses (one line) an OUT made with other settings."""
-    path = out / "settings.json"
-    settings = json.loads(json.dumps(settings))  # tuples as lists, as read back
-    if path.exists():
-        previous = json.loads(path.read_text())
-        if previous != settings:
-            differ = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-            raise SystemExit(f"jat_claims: error: --out {out}: made with other settings ({', '.join(differ)}); choose a new --out")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=1) + "\n")
 
 
 def _interval(d: dict) -> str:
@@ -270,16 +235,16 @@ def variant_flags(args) -> str:
 
 def mini_jat(args, setting: Setting, image_weight: float) -> int:
     out = args.out
-    check_settings(out, {"claim": "mini-jat", "setting": dataclasses.asdict(setting), "image_weight": image_weight,
-                         "babyai_sampling_weights": BABYAI_SAMPLING_WEIGHTS})
+    common.check_settings(out, {"claim": "mini-jat", "setting": dataclasses.asdict(setting), "image_weight": image_weight,
+                                "babyai_sampling_weights": BABYAI_SAMPLING_WEIGHTS}, "jat_claims")
     data_dir = out / "data"
-    stages = {"data": stage(out, "data", lambda: record_data(setting, data_dir))}
+    stages = {"data": common.stage(out, "data", lambda: record_data(setting, data_dir))}
     config = train_config(setting, data_dir, kappa=0.005, image_weight=image_weight)
     share = image_weight / sum(sampling_weight(task, image_weight) for task in setting.tasks)
     if any(domain(t) == "babyai-rgb" for t in setting.tasks):
         print(f"image batches: about {share:.1%} of the {setting.train_steps} steps", flush=True)
-    stages["training"] = stage(out, "training", lambda: common.train_to_end(config, out / "train"))
-    stages["evaluation"] = stage(out, "evaluation", lambda: evaluate_run(setting, out / "train", data_dir, out / "eval"))
+    stages["training"] = common.stage(out, "training", lambda: common.train_to_end(config, out / "train"))
+    stages["evaluation"] = common.stage(out, "evaluation", lambda: evaluate_run(setting, out / "train", data_dir, out / "eval"))
     report = json.loads((out / "eval" / "report.json").read_text())
     total_s = sum(s["seconds"] for s in stages.values())
     domains = report["domains"]
@@ -289,7 +254,7 @@ def mini_jat(args, setting: Setting, image_weight: float) -> int:
     command = f"python experiments/jat_claims.py mini-jat --out runs/mini_jat{' --quick' if args.quick else ''}" \
               f"{' --no-image' if args.no_image else ''}{variant_flags(args)}"
     lines = [_header("Mini-JAT: result", setting, args.quick, image_weight),
-             f"Command: `{command} --docs docs/jat.md`; wall time: {_times(stages)}; total {total_s / 60:.1f} min.\n",
+             f"Command: `{command} --docs docs/jat.md`; wall time: {common.stage_times(stages)}; total {total_s / 60:.1f} min.\n",
              "| domain | IQM expert-normalised [95% CI] | target |", "|---|---|---|"]
     lines += [f"| {name} | {_interval(d)} | {TARGETS.get(name, '–')} |" for name, d in domains.items()]
     lines += ["", *task_table(report, data_dir), "", "Checks:"]
@@ -306,15 +271,15 @@ def mini_jat(args, setting: Setting, image_weight: float) -> int:
 
 def kappa(args, setting: Setting) -> int:
     out = args.out
-    check_settings(out, {"claim": "kappa", "setting": dataclasses.asdict(setting), "kappas": list(KAPPAS)})
+    common.check_settings(out, {"claim": "kappa", "setting": dataclasses.asdict(setting), "kappas": list(KAPPAS)}, "jat_claims")
     data_dir = args.data or out / "data"
-    runs, stages = {}, {"data": stage(out, "data", lambda: record_data(setting, data_dir))}
+    runs, stages = {}, {"data": common.stage(out, "data", lambda: record_data(setting, data_dir))}
     for value in KAPPAS:
         run = out / f"kappa_{value:g}"
         config = train_config(setting, data_dir, kappa=value, image_weight=1.0)
-        stages[f"training kappa {value:g}"] = stage(out, f"training kappa {value:g}",
-                                                    lambda config=config, run=run: common.train_to_end(config, run / "train"))
-        stages[f"evaluation kappa {value:g}"] = stage(
+        stages[f"training kappa {value:g}"] = common.stage(out, f"training kappa {value:g}",
+                                                           lambda config=config, run=run: common.train_to_end(config, run / "train"))
+        stages[f"evaluation kappa {value:g}"] = common.stage(
             out, f"evaluation kappa {value:g}", lambda run=run: evaluate_run(setting, run / "train", data_dir, run / "eval"))
         runs[value] = json.loads((run / "eval" / "report.json").read_text())
     total_s = sum(s["seconds"] for s in stages.values())
@@ -323,7 +288,7 @@ def kappa(args, setting: Setting) -> int:
                f"{' --data runs/mini_jat/data' if args.data else ''}{variant_flags(args)}")
     lines = [_header("Kappa ablation: result", setting, args.quick, 1.0),
              f"Command: `{command} --docs docs/jat.md`; kappa in {{{', '.join(f'{k:g}' for k in KAPPAS)}}}, each run "
-             f"the same data, seed and steps; total {total_s / 60:.1f} min ({_times(stages)}).\n",
+             f"the same data, seed and steps; total {total_s / 60:.1f} min ({common.stage_times(stages)}).\n",
              "| kappa | " + " | ".join(f"{name} IQM [95% CI]" for name in names) + " |",
              "|---|" + "---|" * len(names)]
     lines += [f"| {value:g} | " + " | ".join(_interval(report["domains"][name]) for name in names) + " |"

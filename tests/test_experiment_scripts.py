@@ -1,5 +1,6 @@
 """The experiment scripts: bad variants are refused before anything is recorded or trained, a
-preempted training stops a script before it evaluates or reports, and the AdA trial-outcome
+preempted training stops a script before it evaluates or reports, a rerun with the same --out
+redoes only unfinished stages and counts every attempt's time, and the AdA trial-outcome
 decomposition agrees with hand-computed values."""
 
 from __future__ import annotations
@@ -58,6 +59,46 @@ def test_a_stopped_training_stops_the_script_before_any_report(tmp_path, monkeyp
     finished = loop.TrainResult(tmp_path, first_step=0, last_step=8000, last_checkpoint=8000, stopped_by="")
     monkeypatch.setattr(loop, "train", lambda *args, **kwargs: finished)
     assert common.train_to_end(config, tmp_path) is finished
+
+
+def test_an_out_is_reused_only_by_the_same_settings(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert common.check_settings(out, {"claim": "kappa", "setting": {"tasks": ("a", "b")}}, "jat_claims") is False
+    assert common.check_settings(out, {"claim": "kappa", "setting": {"tasks": ("a", "b")}}, "jat_claims") is True
+    with pytest.raises(SystemExit, match=r"jat_claims: error: --out .*: made with other settings \(setting\)"):
+        common.check_settings(out, {"claim": "kappa", "setting": {"tasks": ("a",)}}, "jat_claims")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.csv").write_text("someone's\n")
+    with pytest.raises(SystemExit, match="exists and is not a folder of this experiment"):
+        common.check_settings(other, {"claim": "kappa"}, "jat_claims")
+    assert sorted(p.name for p in other.iterdir()) == ["results.csv"]  # nothing written into it
+    (out / "settings.json").write_text("{")
+    with pytest.raises(SystemExit, match="settings.json: unreadable"):
+        common.check_settings(out, {"claim": "kappa"}, "jat_claims")
+
+
+def test_a_rerun_redoes_only_unfinished_stages_and_counts_every_attempt(tmp_path, monkeypatch):
+    clock = iter([0.0, 5.0, 10.0, 17.0, 100.0, 101.0])  # perf_counter at each start and end below
+    monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
+    calls = []
+    assert common.stage(tmp_path, "data", lambda: calls.append("data"))["seconds"] == 5.0
+
+    def stopped():
+        calls.append("training")
+        raise SystemExit("training preempted at step 3 of 10")
+
+    with pytest.raises(SystemExit):
+        common.stage(tmp_path, "training", stopped)
+    assert json.loads((tmp_path / "stages.json").read_text())["training"]["unfinished"] is True
+    again = common.stage(tmp_path, "data", lambda: calls.append("data again"))
+    assert (again["seconds"], again["attempts"]) == (5.0, 1)
+    done = common.stage(tmp_path, "training", lambda: calls.append("training resumed"))
+    assert calls == ["data", "training", "training resumed"]
+    assert (done["seconds"], done["attempts"], "unfinished" in done) == (7.0 + 1.0, 2, False)
+    assert common.stage_seconds(tmp_path) == 13.0
+    assert common.stage_times({"training": done}).startswith("training 8 s (load ")
+    assert common.stage_times({"training": done}).endswith(", 2 attempts)")
 
 
 def test_trial_outcomes_decompose_xland_returns_by_hand():

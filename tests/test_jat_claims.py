@@ -1,4 +1,4 @@
-"""experiments/jat_claims.py refuses bad arguments and a reused --out in one line, before any work."""
+"""experiments/jat_claims.py refuses bad arguments in one line, before any work."""
 
 from __future__ import annotations
 
@@ -21,13 +21,6 @@ def test_bad_arguments_exit_non_zero_with_one_line_and_write_nothing(tmp_path, c
     errors = capsys.readouterr().err.strip().splitlines()
     assert message in errors[-1]
     assert not out.exists()
-
-
-def test_an_out_made_with_other_settings_is_refused(tmp_path):
-    jat_claims.check_settings(tmp_path, {"claim": "kappa", "setting": {"tasks": ("a", "b")}})
-    jat_claims.check_settings(tmp_path, {"claim": "kappa", "setting": {"tasks": ("a", "b")}})  # same: reused
-    with pytest.raises(SystemExit, match="made with other settings"):
-        jat_claims.check_settings(tmp_path, {"claim": "kappa", "setting": {"tasks": ("a",)}})
 
 
 def test_tasks_recorded_side_by_side_are_those_of_one_process(tmp_path):
