@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import io
 import os
 import time
@@ -35,7 +36,7 @@ def check_runner(runner: str, beam_options: list[str] = ()) -> None:
     """Fails before anything is written when Beam does not know the runner, cannot run it from this
     install, or rejects the options (what Beam would otherwise raise, with a traceback, on start)."""
     import apache_beam
-    from apache_beam.options.pipeline_options import DirectOptions
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
     from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
     from apache_beam.runners.runner import create_runner
 
@@ -62,6 +63,14 @@ def check_runner(runner: str, beam_options: list[str] = ()) -> None:
         raise convert.ConversionError(f"--beam-option: {usage.getvalue().strip().partition('error: ')[2]}") from None
     if workers < 0:
         raise convert.ConversionError(f"--beam-option=--direct_num_workers={workers}: must be >= 0 (0: one per core)")
+    # Beam drops an option it does not know with a warning and runs without it: a misspelt one
+    # (--direct_num_worker) would convert with other settings than asked.
+    known = PipelineOptions([]).get_all_options()  # every option's name; with no flags, nothing to warn about
+    unknown = [name for name in options.get_all_options(retain_unknown_options=True) if name not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        raise convert.ConversionError(f"--beam-option=--{unknown[0]}: Beam knows no such option"
+                                      + (f" (did you mean --{close[0]}?)" if close else ""))
 
 
 def pipeline_options(runner: str, beam_options: list[str]):

@@ -159,7 +159,8 @@ def test_skip_records_bad_checkpoints(logs, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["unknown game", "empty", "another dataset", "not a run", "unknown runner",
-                                  "dataflow as documented", "out inside logs", "negative workers", "bad workers"])
+                                  "dataflow as documented", "out inside logs", "negative workers", "bad workers",
+                                  "misspelt option"])
 def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir, tmp_path, capsys, case):
     out, options = tmp_path / "data", []
     if case == "unknown game":
@@ -185,6 +186,9 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir
         options = ["--runner", "DirectRunner", f"--beam-option=--direct_num_workers={workers}"]
         expected = ("--beam-option=--direct_num_workers=-3: must be >= 0" if case == "negative workers"
                     else "--beam-option: argument --direct_num_workers: invalid int value: 'many'")
+    elif case == "misspelt option":  # Beam would drop it with a warning and run with the default (one worker a core)
+        options = ["--runner", "DirectRunner", "--beam-option=--direct_num_worker=2"]
+        expected = "--beam-option=--direct_num_worker: Beam knows no such option (did you mean --direct_num_workers?)"
     elif case == "unknown runner":
         options = ["--runner", "SparkRunnr"]
         expected = "--runner SparkRunnr: Unexpected pipeline runner"
