@@ -333,8 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         benchmark, record = make_benchmark(args.out, scale, task)
     except generator.BenchmarkError as error:
-        if not resumed:
-            shutil.rmtree(args.out)
+        if resumed:  # its benchmark was removed or altered since
+            raise SystemExit(f"ada_claims: error: --out {args.out}: {error}") from None
+        shutil.rmtree(args.out)
         raise SystemExit(f"--rulesets {scale.rulesets}: {error}") from None
     print(f"benchmark {record['benchmark_id']} ({record['num_rulesets']} trivial rulesets, sha256 {record['sha256'][:16]}...)",
           flush=True)
