@@ -52,25 +52,32 @@ def check_runner(runner: str, beam_options: list[str] = ()) -> None:
                 f"--runner DataflowRunner: submitting to Dataflow needs Beam's GCP extra, which this install "
                 f"leaves out: pip install 'apache-beam[gcp]=={apache_beam.__version__}'") from None
     options = pipeline_options(runner, beam_options)
-    errors = PipelineOptionsValidator(options, runner_object).validate()
-    if errors:
-        raise convert.ConversionError(f"--runner {runner}: {'; '.join(error.strip() for error in errors)}")
     usage = io.StringIO()
     try:
         with contextlib.redirect_stderr(usage):  # Beam's argparse prints its whole usage, then exits
+            errors = PipelineOptionsValidator(options, runner_object).validate()
             workers = options.view_as(DirectOptions).direct_num_workers
+            named = options.get_all_options(retain_unknown_options=True)
     except SystemExit:
         raise convert.ConversionError(f"--beam-option: {usage.getvalue().strip().partition('error: ')[2]}") from None
+    except ValueError as error:  # a flag argparse cannot even declare, such as "--="
+        raise convert.ConversionError(f"--beam-option: {error}") from None
+    if errors:
+        raise convert.ConversionError(f"--runner {runner}: {'; '.join(error.strip() for error in errors)}")
     if workers < 0:
         raise convert.ConversionError(f"--beam-option=--direct_num_workers={workers}: must be >= 0 (0: one per core)")
-    # Beam drops an option it does not know with a warning and runs without it: a misspelt one
-    # (--direct_num_worker) would convert with other settings than asked.
-    known = PipelineOptions([]).get_all_options()  # every option's name; with no flags, nothing to warn about
-    unknown = [name for name in options.get_all_options(retain_unknown_options=True) if name not in known]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], known, n=1)
-        raise convert.ConversionError(f"--beam-option=--{unknown[0]}: Beam knows no such option"
-                                      + (f" (did you mean --{close[0]}?)" if close else ""))
+    # The DirectRunner drops an option it does not know with a warning and runs without it, so a
+    # misspelt one (--direct_num_worker) would convert with other settings than asked; the portable
+    # runners and Dataflow pass such options on to their own service, so there they stay.
+    if runner == "DirectRunner":
+        known = PipelineOptions([]).get_all_options()  # every option's name; no flags, no warning
+        unknown = [name for name in named if name not in known]
+        if unknown:
+            typed = next((flag.split("=", 1)[0] for flag in beam_options
+                          if flag.lstrip("-").split("=", 1)[0].replace("-", "_") == unknown[0]), f"--{unknown[0]}")
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            raise convert.ConversionError(f"--beam-option={typed}: the DirectRunner knows no such option"
+                                          + (f" (did you mean --{close[0]}?)" if close else ""))
 
 
 def pipeline_options(runner: str, beam_options: list[str]):
