@@ -42,6 +42,7 @@ import jax
 import numpy as np
 
 from experiments import common
+from mgdt_jax.cli import interruptible
 from mgdt_jax.core.files import path_argument
 from mgdt_jax.core.metric_writer import read_metrics
 from mgdt_jax.envs.xland import generator
@@ -257,6 +258,7 @@ def write_docs(claim: str, text: str, figures: list[Path]) -> None:
     path.write_text(pattern.sub(lambda _: f"{begin}\n{text}\n{end}", document))
 
 
+@interruptible("ada_claims")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("claim", choices=("meta-rl", "curriculum", "kickstart"))
@@ -325,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                        show_trial_end=args.show_trial_end, time_onehot=args.time_onehot)
     # Rerun with the same --out and arguments, an interrupted claim goes on where it stopped.
     settings = {name: value for name, value in vars(args).items() if name not in ("out", "docs")}
+    existed = args.out.exists()  # then empty: check_settings refuses anything else that is not a rerun
     resumed = common.check_settings(args.out, settings, "ada_claims")
     started, earlier_s = time.perf_counter(), common.stage_seconds(args.out)
     print(f"# {args.claim}{' (quick)' if args.quick else ''}: {scale}; jax {jax.__version__} on "
@@ -335,7 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     except generator.BenchmarkError as error:
         if resumed:  # its benchmark was removed or altered since
             raise SystemExit(f"ada_claims: error: --out {args.out}: {error}") from None
-        shutil.rmtree(args.out)
+        for written in (list(args.out.iterdir()) if existed else [args.out]):  # what this run wrote, only
+            if written.is_dir() and not written.is_symlink():
+                shutil.rmtree(written)
+            else:
+                written.unlink()
         raise SystemExit(f"--rulesets {scale.rulesets}: {error}") from None
     print(f"benchmark {record['benchmark_id']} ({record['num_rulesets']} trivial rulesets, sha256 {record['sha256'][:16]}...)",
           flush=True)

@@ -62,6 +62,8 @@ def check_settings(out: Path, settings: Mapping[str, Any], program: str) -> bool
             previous = json.loads(path.read_text())
         except (OSError, ValueError) as error:
             raise SystemExit(f"{program}: error: {path}: unreadable ({error}); choose a new --out") from None
+        if not isinstance(previous, dict):
+            raise SystemExit(f"{program}: error: {path}: not an object of settings; choose a new --out")
         if previous != settings:
             differ = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
             raise SystemExit(f"{program}: error: --out {out}: made with other settings ({', '.join(differ)}); "
@@ -70,8 +72,11 @@ def check_settings(out: Path, settings: Mapping[str, Any], program: str) -> bool
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SystemExit(f"{program}: error: --out {out}: exists and is not a folder of this experiment "
                          "(no settings.json); choose a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    files.write_json(path, settings)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        files.write_json(path, settings)
+    except OSError as error:
+        raise SystemExit(f"{program}: error: --out {out}: cannot be written ({error.strerror or error})") from None
     return False
 
 
@@ -84,7 +89,7 @@ def stage(out: Path, name: str, run: Callable[[], Any]) -> dict[str, Any]:
     unfinished with its seconds so far, which the next attempt adds to; a SIGKILL's seconds are lost.
     """
     path = out / "stages.json"
-    stages = json.loads(path.read_text()) if path.exists() else {}
+    stages = _read_stages(path)
     earlier = stages.get(name, {})
     if earlier and not earlier.get("unfinished"):
         return earlier
@@ -107,8 +112,22 @@ def stage(out: Path, name: str, run: Callable[[], Any]) -> dict[str, Any]:
 
 def stage_seconds(out: Path) -> float:
     """Wall seconds of every stage attempt OUT/stages.json records (0 for a new OUT)."""
-    path = out / "stages.json"
-    return sum(s["seconds"] for s in json.loads(path.read_text()).values()) if path.exists() else 0.0
+    return sum(s["seconds"] for s in _read_stages(out / "stages.json").values())
+
+
+def _read_stages(path: Path) -> dict[str, dict[str, Any]]:
+    """OUT/stages.json's records ({} when absent); SystemExit (one line) when damaged."""
+    if not path.exists():
+        return {}
+    try:
+        stages = json.loads(path.read_text())
+        if not (isinstance(stages, dict) and all(
+                isinstance(s, dict) and isinstance(s.get("seconds"), (int, float)) for s in stages.values())):
+            raise ValueError("not an object of stage records with their seconds")
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: {path}: unreadable ({error}); remove it to redo every stage "
+                         "(training runs still resume from their checkpoints)") from None
+    return stages
 
 
 def stage_times(stages: Mapping[str, Mapping[str, Any]]) -> str:

@@ -47,6 +47,7 @@ import numpy as np
 from data_pipelines.jat import experts, record
 from experiments import common, jat_tiny
 from mgdt_jax.core import checkpointing
+from mgdt_jax.cli import interruptible
 from mgdt_jax.core.files import path_argument
 from mgdt_jax.envs import gym_tasks
 from mgdt_jax.recipes.jat import fields as jat_fields
@@ -356,6 +357,7 @@ def positive(text: str) -> int:
     return value
 
 
+@interruptible("jat_claims")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("claim", choices=("mini-jat", "kappa"))

@@ -76,6 +76,11 @@ def test_an_out_is_reused_only_by_the_same_settings(tmp_path, capsys):
     (out / "settings.json").write_text("{")
     with pytest.raises(SystemExit, match="settings.json: unreadable"):
         common.check_settings(out, {"claim": "kappa"}, "jat_claims")
+    (out / "settings.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="settings.json: not an object of settings"):
+        common.check_settings(out, {"claim": "kappa"}, "jat_claims")
+    with pytest.raises(SystemExit, match=r"--out .*results.csv/sub: cannot be written \(Not a directory\)"):
+        common.check_settings(other / "results.csv" / "sub", {"claim": "kappa"}, "jat_claims")
 
 
 def test_a_rerun_redoes_only_unfinished_stages_and_counts_every_attempt(tmp_path, monkeypatch):
@@ -99,6 +104,11 @@ def test_a_rerun_redoes_only_unfinished_stages_and_counts_every_attempt(tmp_path
     assert common.stage_seconds(tmp_path) == 13.0
     assert common.stage_times({"training": done}).startswith("training 8 s (load ")
     assert common.stage_times({"training": done}).endswith(", 2 attempts)")
+    for damaged in ("{bad", "[]", '{"data": 3}', '{"data": {"unfinished": true}}'):
+        (tmp_path / "stages.json").write_text(damaged)
+        with pytest.raises(SystemExit, match="stages.json: unreadable .*; remove it to redo every stage"):
+            common.stage(tmp_path, "data", lambda: calls.append("never"))
+    assert calls[-1] == "training resumed"
 
 
 def test_trial_outcomes_decompose_xland_returns_by_hand():
