@@ -40,6 +40,7 @@ import numpy as np
 
 from experiments import ad_bandit, ad_darkroom, ad_key_to_door, common
 from mgdt_jax import envs
+from mgdt_jax.cli import interruptible
 from mgdt_jax.core.files import path_argument
 from mgdt_jax.recipes.ad import evaluate, sources
 from mgdt_jax.recipes.ad.model import OBSERVATION_EMBEDDINGS
@@ -126,6 +127,7 @@ def train(claim: Claim, data, workdir: Path, steps: int, seed: int) -> float:
     return time.perf_counter() - started
 
 
+@interruptible("ad_claims")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("claim", choices=sorted(CLAIMS))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import types
 from collections.abc import Callable, Mapping
@@ -38,12 +39,17 @@ if TYPE_CHECKING:
 
 
 def train_to_end(config: Any, workdir: Path, **kwargs: Any) -> TrainResult:
-    """``loop.train(config, workdir, **kwargs)`` run to its last step, or SystemExit (one line, exit
-    status 1) if a SIGTERM or Ctrl-C stopped it first (saved): a partly trained model is never evaluated or reported
-    as if it were finished. Its checkpoint stays in ``workdir``."""
+    """``loop.train(config, workdir, **kwargs)`` run to its last step; a partly trained model is never
+    evaluated or reported as if it were finished. Stopped first (saved, its checkpoint kept in
+    ``workdir``): by a SIGTERM, SystemExit (one line, exit status 1); by a Ctrl-C, one line on stderr
+    and KeyboardInterrupt, which a script's ``interruptible`` main ends as interrupted (status 130)."""
     from mgdt_jax.core import loop
 
     result = loop.train(config, workdir, **kwargs)
+    if result.stopped_by == "interrupted":
+        print(f"{workdir}: training interrupted at step {result.last_step} of {config.train.num_steps}; its "
+              "checkpoint is kept, nothing was evaluated or reported", file=sys.stderr, flush=True)
+        raise KeyboardInterrupt  # the loop took the Ctrl-C to save; the script must still end as interrupted
     if result.stopped_by:
         raise SystemExit(f"{workdir}: training {result.stopped_by} at step {result.last_step} of "
                          f"{config.train.num_steps}; its checkpoint is kept, nothing was evaluated or reported")

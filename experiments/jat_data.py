@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines.jat import record
+from mgdt_jax.cli import interruptible
 from mgdt_jax.core.files import path_argument
 from mgdt_jax.recipes.jat import references
 
@@ -64,6 +65,7 @@ def ppo_table(out: Path) -> str:
     return "\n".join(rows)
 
 
+@interruptible("jat_data")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=path_argument, required=True)

@@ -48,6 +48,7 @@ from absl import logging  # noqa: E402
 
 from data_pipelines import convert, experts, record  # noqa: E402
 from experiments import common, expert_inference  # noqa: E402
+from mgdt_jax.cli import interruptible  # noqa: E402
 from mgdt_jax.core.files import path_argument  # noqa: E402
 from mgdt_jax.envs import atari  # noqa: E402
 from mgdt_jax.recipes.mgdt import actor, evaluate, report, scores  # noqa: E402
@@ -143,6 +144,7 @@ def _plot(summaries: dict[str, report.EvaluationSummary], games: list[str], path
     plt.close(fig)
 
 
+@interruptible("mgdt_expert_inference")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=path_argument, required=True)

@@ -1,16 +1,18 @@
 """The experiment scripts: bad variants are refused before anything is recorded or trained, a
-preempted training stops a script before it evaluates or reports, a rerun with the same --out
-redoes only unfinished stages and counts every attempt's time, and the AdA trial-outcome
-decomposition agrees with hand-computed values."""
+preempted or interrupted training stops a script before it evaluates or reports (a Ctrl-C ends it
+as interrupted), a rerun with the same --out redoes only unfinished stages and counts every
+attempt's time, and the AdA trial-outcome decomposition agrees with hand-computed values."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from experiments import common, expert_inference, mgdt_expert_inference
+from mgdt_jax.cli import interruptible
 from mgdt_jax.core import loop
 
 
@@ -50,12 +52,20 @@ def test_recordings_of_another_schedule_cap_or_seed_are_not_reused(tmp_path):
         mgdt_expert_inference.record_stage(exp, tmp_path)
 
 
-def test_a_stopped_training_stops_the_script_before_any_report(tmp_path, monkeypatch):
+def test_a_stopped_training_stops_the_script_before_any_report(tmp_path, monkeypatch, capsys):
     config = expert_inference.get_config()
-    stopped = loop.TrainResult(tmp_path, first_step=0, last_step=7, last_checkpoint=7, stopped_by="interrupted")
-    monkeypatch.setattr(loop, "train", lambda *args, **kwargs: stopped)
-    with pytest.raises(SystemExit, match=r"training interrupted at step 7 of 8000; its checkpoint is kept"):
+    preempted = loop.TrainResult(tmp_path, first_step=0, last_step=7, last_checkpoint=7, stopped_by="preempted")
+    monkeypatch.setattr(loop, "train", lambda *args, **kwargs: preempted)
+    with pytest.raises(SystemExit, match=r"training preempted at step 7 of 8000; its checkpoint is kept"):
         common.train_to_end(config, tmp_path)
+    # The loop takes a Ctrl-C to save; the script still ends as interrupted (130), not as a failure.
+    interrupted = dataclasses.replace(preempted, stopped_by="interrupted")
+    monkeypatch.setattr(loop, "train", lambda *args, **kwargs: interrupted)
+    script = interruptible("experiment")(lambda: common.train_to_end(config, tmp_path) and 0)
+    assert script() == 130
+    assert capsys.readouterr().err.splitlines() == [
+        f"{tmp_path}: training interrupted at step 7 of 8000; its checkpoint is kept, nothing was evaluated or reported",
+        "experiment: interrupted"]
     finished = loop.TrainResult(tmp_path, first_step=0, last_step=8000, last_checkpoint=8000, stopped_by="")
     monkeypatch.setattr(loop, "train", lambda *args, **kwargs: finished)
     assert common.train_to_end(config, tmp_path) is finished
