@@ -51,6 +51,11 @@ def check_runner(runner: str, beam_options: list[str] = ()) -> None:
             raise convert.ConversionError(
                 f"--runner DataflowRunner: submitting to Dataflow needs Beam's GCP extra, which this install "
                 f"leaves out: pip install 'apache-beam[gcp]=={apache_beam.__version__}'") from None
+    for previous, option in zip([""] + list(beam_options), beam_options):
+        # Beam's parser drops a bare word silently; it is meaningful only as the value of a flag
+        # given before it without one (--beam-option=--project --beam-option=NAME).
+        if not option.startswith("-") and not (previous.startswith("-") and "=" not in previous):
+            raise convert.ConversionError(f"--beam-option={option}: not a flag (write --beam-option=--NAME=VALUE)")
     options = pipeline_options(runner, beam_options)
     usage = io.StringIO()
     try:

@@ -160,7 +160,7 @@ def test_skip_records_bad_checkpoints(logs, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["unknown game", "empty", "another dataset", "not a run", "unknown runner",
                                   "dataflow as documented", "out inside logs", "negative workers", "bad workers",
-                                  "misspelt option", "flag Beam cannot take"])
+                                  "misspelt option", "flag Beam cannot take", "value without a flag"])
 def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir, tmp_path, capsys, case):
     out, options = tmp_path / "data", []
     if case == "unknown game":
@@ -193,6 +193,9 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir
     elif case == "flag Beam cannot take":  # Beam's argparse printed its whole usage
         options = ["--runner", "DirectRunner", "--beam-option=--save_main_session=True"]
         expected = "--beam-option: argument --save_main_session: ignored explicit argument 'True'"
+    elif case == "value without a flag":  # Beam would drop it silently
+        options = ["--runner", "DirectRunner", "--beam-option=--direct_num_workers=2", "--beam-option=4"]
+        expected = "--beam-option=4: not a flag (write --beam-option=--NAME=VALUE)"
     elif case == "unknown runner":
         options = ["--runner", "SparkRunnr"]
         expected = "--runner SparkRunnr: Unexpected pipeline runner"
@@ -209,13 +212,14 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir
     assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == before
 
 
-def test_options_a_cluster_runner_passes_on_to_its_service_are_not_refused():
+def test_options_that_reach_the_runner_are_not_refused():
     from data_pipelines import beam_pipeline
 
     # Flink and Spark hand options Beam does not declare to their job server (Dataflow too).
     beam_pipeline.check_runner("FlinkRunner", ["--flink_master=localhost:8081", "--flink_submit_uber_jar",
                                                "--checkpointing_interval=1000"])
     beam_pipeline.check_runner("SparkRunner", ["--spark_submit_uber_jar", "--storage_level=MEMORY_ONLY"])
+    beam_pipeline.check_runner("DirectRunner", ["--direct_num_workers", "2"])  # a flag's value as the next option
 
 
 def test_beam_options_without_a_beam_runner_are_refused(logs, tmp_path, capsys):
