@@ -22,7 +22,10 @@ Histories are generated in memory (sources.rollout, the generator mgdt-ad-histor
 trained through the core loop with the AD recipe; the report is mgdt-ad-eval's (evaluate.compare).
 ``--quick`` shrinks data and training to a smoke run of the same pipeline (its figures are no claim).
 Prints a markdown table and the checks; writes the report (JSON, CSV, PNG) into OUT/report and, last,
-OUT/summary.json (a run without it did not finish), and ends by saying so.
+OUT/summary.json (a run without it did not finish), and ends by saying so. A claim stopped by a
+SIGTERM or Ctrl-C (or killed) goes on where it stopped when rerun with the same ``--out`` and
+arguments: finished training runs are skipped, a stopped one resumes from its checkpoint (one per
+tenth of its steps), and the wall time reported adds up every attempt's training.
 """
 
 from __future__ import annotations
@@ -114,17 +117,18 @@ def run_config(claim: Claim, steps: int, seed: int):
     config.evaluation.num_heldout = claim.num_heldout or 0
     config.train.num_steps = steps
     config.train.batch_size = claim.batch_size
-    config.train.checkpoint_every = steps
+    config.train.checkpoint_every = max(steps // 10, 1)  # a stopped claim resumes from its last tenth
     config.train.log_every = max(steps // 10, 1)
     config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, steps // 10)
     return config
 
 
-def train(claim: Claim, data, workdir: Path, steps: int, seed: int) -> float:
+def train(claim: Claim, data, out: Path, name: str, steps: int, seed: int) -> float:
+    """Trains run OUT/``name`` to its end (a stage: a rerun resumes it from its checkpoint or skips
+    it); its wall seconds over every attempt."""
     config = run_config(claim, steps, seed)
-    started = time.perf_counter()
-    common.train_to_end(config, workdir, recipe=ADRecipe(config, histories=data))
-    return time.perf_counter() - started
+    done = common.stage(out, name, lambda: common.train_to_end(config, out / name, recipe=ADRecipe(config, histories=data)))
+    return done["seconds"]
 
 
 @interruptible("ad_claims")
@@ -179,11 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     if kept < context_episodes:
         raise SystemExit(f"--subsample {claim.subsample}: keeps {kept} of {claim.episodes_per_history} episodes per "
                          f"history, fewer than the {context_episodes} of the model's context")
-    if args.out.exists():
-        raise SystemExit(f"--out {args.out}: already exists; choose a new directory")
-    started = time.perf_counter()
+    # Rerun with the same --out and arguments, a stopped claim goes on where it stopped (its
+    # histories are generated again: the same for the same seed).
+    resumed = common.check_settings(args.out, {name: value for name, value in vars(args).items() if name != "out"},
+                                    "ad_claims")
+    started, earlier_s = time.perf_counter(), common.stage_seconds(args.out)
     print(f"# {args.claim}{' (quick)' if args.quick else ''}: {claim}; seed {args.seed}; jax {jax.__version__} on {jax.devices()[0].platform}, "
-          f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}", flush=True)
+          f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}"
+          + (f"; resuming {args.out} ({earlier_s:.0f} s of training done or begun)" if resumed else ""), flush=True)
     train_tasks, _ = env.task_split(SPLIT_SEED, claim.num_train, claim.num_heldout)
     data = histories(claim, env, claim.source, train_tasks, args.seed)
     if claim.subsample > 1:
@@ -193,15 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     returns = data.episode_returns()
     print(f"data: {data.num_histories} {data.source} histories x {data.episodes_per_history} episodes in {data_s:.1f} s; "
           f"return first {returns[:, 0].mean():.3f}, last {returns[:, -1].mean():.3f}", flush=True)
-    ad_s = train(claim, data, args.out / "ad", claim.train_steps, args.seed)
-    ed_s = train(claim, expert, args.out / "ed", claim.ed_steps, args.seed)
+    ad_s = train(claim, data, args.out, "ad", claim.train_steps, args.seed)
+    ed_s = train(claim, expert, args.out, "ed", claim.ed_steps, args.seed)
     print(f"training: AD {claim.train_steps} steps in {ad_s:.1f} s, ED {claim.ed_steps} steps in {ed_s:.1f} s", flush=True)
     eval_started = time.perf_counter()
     report = evaluate.compare(args.out / "ad", args.out / "report", ed_workdir=args.out / "ed",
                               baselines=[sources.make_source(name) for name in claim.baselines], seed=args.seed,
                               train_task_ids=np.asarray(train_tasks.id))
     eval_s = time.perf_counter() - eval_started
-    total_s = time.perf_counter() - started
+    total_s = earlier_s + time.perf_counter() - started  # with the training of attempts before a resumption
     bandit = "cumulative_regret" in report["runs"]["AD sample"]["final"]
     metric = "cumulative_regret" if bandit else "return"
     label = "cumulative regret at 100 pulls" if bandit else f"return at in-context episode {report['settings']['episodes']}"

@@ -207,3 +207,14 @@ def test_ada_seeds_says_a_ratio_over_a_zero_trial_1_is_undefined(tmp_path, capsy
     assert "| Transformer-XL | 0 | 0.100 | 0.400 | 4.00 |" in out and "4.00 [n/a, n/a]" in out and "undefined" in out
     assert ada_seeds.main([str(_seed_report(tmp_path, "t1", "trxl", 1, _five([[0.0, 0.3], [0.0, 0.5]])))]) == 0
     assert "| Transformer-XL | 1 | 0.000 | 0.400 | n/a |" in capsys.readouterr().out
+
+
+def test_an_ad_claim_reruns_only_with_its_own_settings(tmp_path):
+    from experiments import ad_claims
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "settings.json").write_text(json.dumps({"claim": "darkroom"}))
+    with pytest.raises(SystemExit, match=r"ad_claims: error: --out .*: made with other settings \(claim, .*quick"):
+        ad_claims.main(["bandit", "--quick", "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["settings.json"]
