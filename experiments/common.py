@@ -86,39 +86,67 @@ def check_settings(out: Path, settings: Mapping[str, Any], program: str) -> bool
     return False
 
 
-def stage(out: Path, name: str, run: Callable[[], Any]) -> dict[str, Any]:
+def stage(out: Path, name: str, run: Callable[[], Any], output: Path | None = None) -> dict[str, Any]:
     """Runs ``run()`` unless OUT/stages.json records stage ``name`` as done; returns its record
     {"seconds", "load_average", "attempts"}: wall seconds over every attempt, the 1-minute load
     average at the first one's start (the 2 cores may be shared).
 
-    A stage that raised (a SIGTERM or Ctrl-C stopping its training, an error) is recorded as
-    unfinished with its seconds so far, which the next attempt adds to; a SIGKILL's seconds are lost.
+    ``output`` is what the stage leaves (a training run's workdir): a stage recorded done whose
+    output is gone is redone, with a line on stderr. A stage that raised (a SIGTERM or Ctrl-C
+    stopping its training, an error) is recorded as unfinished with its seconds so far, which the
+    next attempt adds to. An attempt whose seconds could not be recorded (killed by SIGKILL, or its
+    stages.json removed while ``output`` stayed) marks the record ``"untimed"``: its seconds are a
+    lower bound and ``timed(out)`` is False.
     """
     path = out / "stages.json"
     stages = _read_stages(path)
     earlier = stages.get(name, {})
     if earlier and not earlier.get("unfinished"):
-        return earlier
+        if output is None or output.exists():
+            return earlier
+        print(f"{_program()}: {output}: gone, though {path} records stage {name!r} as done; redoing it",
+              file=sys.stderr, flush=True)
+        earlier = {}
+    # "running" left by an attempt that never recorded its end; no record but an output: one whose record was removed
+    untimed = earlier.get("untimed") or earlier.get("running") or (
+        not earlier and output is not None and output.exists() and (not output.is_dir() or any(output.iterdir())))
     load, started = os.getloadavg()[0], time.perf_counter()
 
-    def record(unfinished: bool) -> None:
+    def record(**status: bool) -> None:
         stages[name] = {"seconds": earlier.get("seconds", 0.0) + time.perf_counter() - started,
                         "load_average": earlier.get("load_average", load), "attempts": earlier.get("attempts", 0) + 1,
-                        **({"unfinished": True} if unfinished else {})}
+                        **({"untimed": True} if untimed else {}), **{key: True for key, on in status.items() if on}}
         files.write_json(path, stages)
 
+    record(unfinished=True, running=True)
     try:
         run()
     except BaseException:
         record(unfinished=True)
         raise
-    record(unfinished=False)
+    record()
     return stages[name]
 
 
 def stage_seconds(out: Path) -> float:
     """Wall seconds of every stage attempt OUT/stages.json records (0 for a new OUT)."""
     return sum(s["seconds"] for s in _read_stages(out / "stages.json").values())
+
+
+def timed(out: Path) -> bool:
+    """False when an attempt of some stage in OUT went untimed (see ``stage``): a total then says
+    nothing about a time limit."""
+    return not any(s.get("untimed") for s in _read_stages(out / "stages.json").values())
+
+
+def verdict(passed: bool | None, words: tuple[str, str] = ("yes", "NO")) -> str:
+    """A check's word in a claim's report (``words``: passed, failed); None is a time limit that
+    could not be measured."""
+    return "not measured (an attempt went untimed: stages.json)" if passed is None else words[0 if passed else 1]
+
+
+def _program() -> str:
+    return Path(sys.argv[0]).stem
 
 
 def _read_stages(path: Path) -> dict[str, dict[str, Any]]:
@@ -131,14 +159,16 @@ def _read_stages(path: Path) -> dict[str, dict[str, Any]]:
                 isinstance(s, dict) and isinstance(s.get("seconds"), (int, float)) for s in stages.values())):
             raise ValueError("not an object of stage records with their seconds")
     except (OSError, ValueError) as error:
-        raise SystemExit(f"error: {path}: unreadable ({error}); remove it to redo every stage "
-                         "(training runs still resume from their checkpoints)") from None
+        raise SystemExit(f"{_program()}: error: {path}: unreadable ({error}); remove it to redo the stages "
+                         "(training runs resume from their checkpoints; their earlier time is then lost and "
+                         "time limits read \"not measured\")") from None
     return stages
 
 
 def stage_times(stages: Mapping[str, Mapping[str, Any]]) -> str:
-    """"name N s (load L)" per stage, with its attempts when it took more than one."""
-    return ", ".join(f"{name} {s['seconds']:.0f} s (load {s['load_average']:.1f}"
+    """"name N s (load L)" per stage, with its attempts when it took more than one; "N s+" when an
+    attempt went untimed."""
+    return ", ".join(f"{name} {s['seconds']:.0f} s{'+' if s.get('untimed') else ''} (load {s['load_average']:.1f}"
                      + (f", {s['attempts']} attempts" if s.get("attempts", 1) > 1 else "") + ")"
                      for name, s in stages.items())
 

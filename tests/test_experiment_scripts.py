@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -94,7 +95,7 @@ def test_an_out_is_reused_only_by_the_same_settings(tmp_path, capsys):
 
 
 def test_a_rerun_redoes_only_unfinished_stages_and_counts_every_attempt(tmp_path, monkeypatch):
-    clock = iter([0.0, 5.0, 10.0, 17.0, 100.0, 101.0])  # perf_counter at each start and end below
+    clock = iter([0.0, 0.0, 5.0, 10.0, 10.0, 17.0, 100.0, 100.0, 101.0])  # perf_counter: each start, its record, end
     monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
     calls = []
     assert common.stage(tmp_path, "data", lambda: calls.append("data"))["seconds"] == 5.0
@@ -111,14 +112,47 @@ def test_a_rerun_redoes_only_unfinished_stages_and_counts_every_attempt(tmp_path
     done = common.stage(tmp_path, "training", lambda: calls.append("training resumed"))
     assert calls == ["data", "training", "training resumed"]
     assert (done["seconds"], done["attempts"], "unfinished" in done) == (7.0 + 1.0, 2, False)
-    assert common.stage_seconds(tmp_path) == 13.0
+    assert common.stage_seconds(tmp_path) == 13.0 and common.timed(tmp_path)
     assert common.stage_times({"training": done}).startswith("training 8 s (load ")
     assert common.stage_times({"training": done}).endswith(", 2 attempts)")
     for damaged in ("{bad", "[]", '{"data": 3}', '{"data": {"unfinished": true}}'):
         (tmp_path / "stages.json").write_text(damaged)
-        with pytest.raises(SystemExit, match="stages.json: unreadable .*; remove it to redo every stage"):
+        with pytest.raises(SystemExit, match="stages.json: unreadable .*; remove it to redo the stages .*"
+                                             "time limits read \"not measured\""):
             common.stage(tmp_path, "data", lambda: calls.append("never"))
     assert calls[-1] == "training resumed"
+
+
+def test_a_stage_whose_output_is_gone_is_redone_and_an_untimed_attempt_is_flagged(tmp_path, capsys):
+    out, run = tmp_path / "out", tmp_path / "out" / "ad"
+    out.mkdir()
+
+    def train(steps: str):
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "checkpoint").write_text(steps)
+
+    common.stage(out, "ad", lambda: train("10"), output=run)
+    common.stage(out, "ad", lambda: train("never"), output=run)
+    assert (run / "checkpoint").read_text() == "10"  # done, its run there: skipped
+    shutil.rmtree(run)
+    redone = common.stage(out, "ad", lambda: train("10 again"), output=run)
+    assert (run / "checkpoint").read_text() == "10 again" and redone["attempts"] == 1
+    assert "gone, though" in capsys.readouterr().err and common.timed(out)
+
+    # What a SIGKILL leaves: the attempt's first record ("running"), never its last.
+    stages = json.loads((out / "stages.json").read_text())
+    stages["ed"] = {"seconds": 0.0, "load_average": 0.0, "attempts": 1, "unfinished": True, "running": True}
+    (out / "stages.json").write_text(json.dumps(stages))
+    after_kill = common.stage(out, "ed", lambda: None)
+    assert after_kill["untimed"] and not common.timed(out)
+    assert common.stage_times({"ed": after_kill}).startswith("ed 0 s+ (load")
+    assert common.verdict(None).startswith("not measured") and common.verdict(False) == "NO"
+
+    # stages.json removed (as its error advises) while a run it timed stays: that run's time is lost.
+    (out / "stages.json").unlink()
+    assert common.stage(out, "ad", lambda: None, output=run)["untimed"] and not common.timed(out)
+    assert common.stage(out, "new", lambda: None, output=out / "new")["seconds"] >= 0 and "untimed" not in \
+        json.loads((out / "stages.json").read_text())["new"]
 
 
 def test_trial_outcomes_decompose_xland_returns_by_hand():
