@@ -51,11 +51,7 @@ def check_runner(runner: str, beam_options: list[str] = ()) -> None:
             raise convert.ConversionError(
                 f"--runner DataflowRunner: submitting to Dataflow needs Beam's GCP extra, which this install "
                 f"leaves out: pip install 'apache-beam[gcp]=={apache_beam.__version__}'") from None
-    for previous, option in zip([""] + list(beam_options), beam_options):
-        # Beam's parser drops a bare word silently; it is meaningful only as the value of a flag
-        # given before it without one (--beam-option=--project --beam-option=NAME).
-        if not option.startswith("-") and not (previous.startswith("-") and "=" not in previous):
-            raise convert.ConversionError(f"--beam-option={option}: not a flag (write --beam-option=--NAME=VALUE)")
+    _check_words(beam_options)
     options = pipeline_options(runner, beam_options)
     usage = io.StringIO()
     try:
@@ -83,6 +79,33 @@ def check_runner(runner: str, beam_options: list[str] = ()) -> None:
             close = difflib.get_close_matches(unknown[0], known, n=1)
             raise convert.ConversionError(f"--beam-option={typed}: the DirectRunner knows no such option"
                                           + (f" (did you mean --{close[0]}?)" if close else ""))
+
+
+def _check_words(beam_options: list[str]) -> None:
+    """Refuses what Beam's parser would drop silently: "--", a single-dash flag, and a bare word that
+    is not the value of the flag before it (--beam-option=--project --beam-option=NAME is; after a
+    flag that takes no value, as --streaming, or after one given with "=", it is dropped)."""
+    beam_options = [option if isinstance(option, str) else "--" for option in beam_options]  # argparse reads "--" as []
+    for previous, option in zip([""] + beam_options, beam_options):
+        if option.startswith("--") and len(option) > 2:
+            continue
+        if option.startswith("-") or not previous.startswith("--") or "=" in previous:
+            raise convert.ConversionError(f"--beam-option={option}: not a flag (write --beam-option=--NAME=VALUE)")
+        if _parsed([previous]) == _parsed([previous, option]):  # parsed alone, and the word changed nothing
+            raise convert.ConversionError(f"--beam-option={option}: dropped by Beam, {previous} takes no value "
+                                          f"(write --beam-option={previous} alone)")
+
+
+def _parsed(flags: list[str]) -> dict | None:
+    """Beam's reading of ``flags`` (unknown ones kept), or None where its parser refuses them (a flag
+    that needs a value given without one)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # argparse prints its usage, then exits
+            return PipelineOptions(flags).get_all_options(retain_unknown_options=True)
+    except SystemExit:
+        return None
 
 
 def pipeline_options(runner: str, beam_options: list[str]):

@@ -160,7 +160,8 @@ def test_skip_records_bad_checkpoints(logs, tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["unknown game", "empty", "another dataset", "not a run", "unknown runner",
                                   "dataflow as documented", "out inside logs", "negative workers", "bad workers",
-                                  "misspelt option", "flag Beam cannot take", "value without a flag"])
+                                  "misspelt option", "flag Beam cannot take", "value without a flag",
+                                  "end of options", "single dash", "value of a flag without one"])
 def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir, tmp_path, capsys, case):
     out, options = tmp_path / "data", []
     if case == "unknown game":
@@ -196,6 +197,13 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir
     elif case == "value without a flag":  # Beam would drop it silently
         options = ["--runner", "DirectRunner", "--beam-option=--direct_num_workers=2", "--beam-option=4"]
         expected = "--beam-option=4: not a flag (write --beam-option=--NAME=VALUE)"
+    elif case in ("end of options", "single dash"):  # Beam would drop it and what follows it
+        options = ["--runner", "DirectRunner", "--beam-option=--" if case == "end of options" else "--beam-option=-x",
+                   "--beam-option=foo"]
+        expected = f"--beam-option={'--' if case == 'end of options' else '-x'}: not a flag"
+    elif case == "value of a flag without one":  # --streaming false would stream: Beam drops the "false"
+        options = ["--runner", "DirectRunner", "--beam-option=--streaming", "--beam-option=false"]
+        expected = "--beam-option=false: dropped by Beam, --streaming takes no value (write --beam-option=--streaming alone)"
     elif case == "unknown runner":
         options = ["--runner", "SparkRunnr"]
         expected = "--runner SparkRunnr: Unexpected pipeline runner"
@@ -220,6 +228,8 @@ def test_options_that_reach_the_runner_are_not_refused():
                                                "--checkpointing_interval=1000"])
     beam_pipeline.check_runner("SparkRunner", ["--spark_submit_uber_jar", "--storage_level=MEMORY_ONLY"])
     beam_pipeline.check_runner("DirectRunner", ["--direct_num_workers", "2"])  # a flag's value as the next option
+    beam_pipeline.check_runner("FlinkRunner", ["--flink_master", "localhost:8081"])
+    beam_pipeline.check_runner("PortableRunner", ["--job_endpoint", "localhost:8099", "--my_option", "on"])  # not Beam's
 
 
 def test_beam_options_without_a_beam_runner_are_refused(logs, tmp_path, capsys):
