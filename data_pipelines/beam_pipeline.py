@@ -82,18 +82,36 @@ def check_runner(runner: str, beam_options: list[str] = ()) -> None:
 
 
 def _check_words(beam_options: list[str]) -> None:
-    """Refuses what Beam's parser would drop silently: "--", a single-dash flag, and a bare word that
-    is not the value of the flag before it (--beam-option=--project --beam-option=NAME is; after a
-    flag that takes no value, as --streaming, or after one given with "=", it is dropped)."""
+    """Refuses what Beam's parser would drop or misread silently: "--", a single-dash flag, a space
+    in a flag's name, a bare word that is not the value of the flag before it (--beam-option=--project
+    --beam-option=NAME is; after a flag that takes no value, as --streaming, or after one given with
+    "=", it is dropped), and --runner (it would override mgdt-convert's, unchecked) or --help."""
     beam_options = [option if isinstance(option, str) else "--" for option in beam_options]  # argparse reads "--" as []
     for previous, option in zip([""] + beam_options, beam_options):
-        if option.startswith("--") and len(option) > 2:
+        name = option.split("=", 1)[0]
+        if name in ("--runner", "--help"):
+            raise convert.ConversionError(f"--beam-option={name}: not for --beam-option"
+                                          + (" (give mgdt-convert's --runner)" if name == "--runner" else ""))
+        if name.startswith("--") and len(name) > 2:
+            if any(character.isspace() for character in name):  # Beam would take the whole word as the flag's name
+                raise convert.ConversionError(f"--beam-option={option}: a space in a flag's name "
+                                              "(write --beam-option=--NAME=VALUE)")
             continue
-        if option.startswith("-") or not previous.startswith("--") or "=" in previous:
+        if (option.startswith("-") and not _is_number(option)) or not previous.startswith("--") or "=" in previous:
             raise convert.ConversionError(f"--beam-option={option}: not a flag (write --beam-option=--NAME=VALUE)")
-        if _parsed([previous]) == _parsed([previous, option]):  # parsed alone, and the word changed nothing
+        alone = _parsed([previous])
+        if alone is not None and alone == _parsed([previous, option]):  # the flag parses alone, and the word changed nothing
             raise convert.ConversionError(f"--beam-option={option}: dropped by Beam, {previous} takes no value "
                                           f"(write --beam-option={previous} alone)")
+
+
+def _is_number(word: str) -> bool:
+    """A negative number is a flag's value to argparse (--parallelism -1), not a flag."""
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
 
 
 def _parsed(flags: list[str]) -> dict | None:

@@ -17,6 +17,7 @@ and arguments, it redoes only its unfinished stages, a training run resuming fro
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -91,8 +92,8 @@ def stage(out: Path, name: str, run: Callable[[], Any], output: Path | None = No
     {"seconds", "load_average", "attempts"}: wall seconds over every attempt, the 1-minute load
     average at the first one's start (the 2 cores may be shared).
 
-    ``output`` is what the stage leaves (a training run's workdir): a stage recorded done whose
-    output is gone is redone, with a line on stderr. A stage that raised (a SIGTERM or Ctrl-C
+    ``output`` is what the stage leaves (a training run's workdir): a stage, done or stopped, whose
+    output is gone or empty starts over (its earlier time dropped), with a line on stderr. A stage that raised (a SIGTERM or Ctrl-C
     stopping its training, an error) is recorded as unfinished with its seconds so far, which the
     next attempt adds to. An attempt whose seconds could not be recorded (killed by SIGKILL, or its
     stages.json removed while ``output`` stayed) marks the record ``"untimed"``: its seconds are a
@@ -101,15 +102,14 @@ def stage(out: Path, name: str, run: Callable[[], Any], output: Path | None = No
     path = out / "stages.json"
     stages = _read_stages(path)
     earlier = stages.get(name, {})
-    if earlier and not earlier.get("unfinished"):
-        if output is None or output.exists():
-            return earlier
-        print(f"{_program()}: {output}: gone, though {path} records stage {name!r} as done; redoing it",
-              file=sys.stderr, flush=True)
+    if earlier and output is not None and not _holds(output):  # removed to redo the stage, or lost
+        print(f"{_program()}: {output}: gone, though {path} records stage {name!r} as "
+              f"{'begun' if earlier.get('unfinished') else 'done'}; starting it over", file=sys.stderr, flush=True)
         earlier = {}
+    if earlier and not earlier.get("unfinished"):
+        return earlier
     # "running" left by an attempt that never recorded its end; no record but an output: one whose record was removed
-    untimed = earlier.get("untimed") or earlier.get("running") or (
-        not earlier and output is not None and output.exists() and (not output.is_dir() or any(output.iterdir())))
+    untimed = earlier.get("untimed") or earlier.get("running") or (not earlier and output is not None and _holds(output))
     load, started = os.getloadavg()[0], time.perf_counter()
 
     def record(**status: bool) -> None:
@@ -145,6 +145,11 @@ def verdict(passed: bool | None, words: tuple[str, str] = ("yes", "NO")) -> str:
     return "not measured (an attempt went untimed: stages.json)" if passed is None else words[0 if passed else 1]
 
 
+def _holds(output: Path) -> bool:
+    """A file, or a folder with something in it."""
+    return output.is_file() or (output.is_dir() and any(output.iterdir()))
+
+
 def _program() -> str:
     return Path(sys.argv[0]).stem
 
@@ -155,14 +160,23 @@ def _read_stages(path: Path) -> dict[str, dict[str, Any]]:
         return {}
     try:
         stages = json.loads(path.read_text())
-        if not (isinstance(stages, dict) and all(
-                isinstance(s, dict) and isinstance(s.get("seconds"), (int, float)) for s in stages.values())):
-            raise ValueError("not an object of stage records with their seconds")
-    except (OSError, ValueError) as error:
+        if not (isinstance(stages, dict) and all(_is_record(s) for s in stages.values())):
+            raise ValueError("not an object of stage records (seconds, load_average, attempts)")
+    except (OSError, ValueError, RecursionError) as error:
         raise SystemExit(f"{_program()}: error: {path}: unreadable ({error}); remove it to redo the stages "
                          "(training runs resume from their checkpoints; their earlier time is then lost and "
                          "time limits read \"not measured\")") from None
     return stages
+
+
+def _is_record(record: Any) -> bool:
+    def real(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    return (isinstance(record, dict) and real(record.get("seconds")) and record["seconds"] >= 0
+            and real(record.get("load_average")) and isinstance(record.get("attempts"), int)
+            and not isinstance(record["attempts"], bool) and record["attempts"] >= 1
+            and all(record.get(flag, True) is True for flag in ("unfinished", "running", "untimed")))
 
 
 def stage_times(stages: Mapping[str, Mapping[str, Any]]) -> str:

@@ -161,7 +161,8 @@ def test_skip_records_bad_checkpoints(logs, tmp_path, capsys):
 @pytest.mark.parametrize("case", ["unknown game", "empty", "another dataset", "not a run", "unknown runner",
                                   "dataflow as documented", "out inside logs", "negative workers", "bad workers",
                                   "misspelt option", "flag Beam cannot take", "value without a flag",
-                                  "end of options", "single dash", "value of a flag without one"])
+                                  "end of options", "single dash", "value of a flag without one", "runner", "help",
+                                  "space in a name", "bad value as the next option"])
 def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir, tmp_path, capsys, case):
     out, options = tmp_path / "data", []
     if case == "unknown game":
@@ -201,6 +202,15 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir
         options = ["--runner", "DirectRunner", "--beam-option=--" if case == "end of options" else "--beam-option=-x",
                    "--beam-option=foo"]
         expected = f"--beam-option={'--' if case == 'end of options' else '-x'}: not a flag"
+    elif case in ("runner", "help", "space in a name"):  # another runner than checked; Beam's usage, exit 0; misread
+        option = {"runner": "--runner=FlinkRunner", "help": "--help", "space in a name": "--direct_num_workers 2"}[case]
+        options = ["--runner", "DirectRunner", f"--beam-option={option}"]
+        expected = {"runner": "--beam-option=--runner: not for --beam-option (give mgdt-convert's --runner)",
+                    "help": "--beam-option=--help: not for --beam-option",
+                    "space in a name": "--beam-option=--direct_num_workers 2: a space in a flag's name"}[case]
+    elif case == "bad value as the next option":  # Beam's own error, not advice to drop the value
+        options = ["--runner", "DirectRunner", "--beam-option=--direct_num_workers", "--beam-option=abc"]
+        expected = "--beam-option: argument --direct_num_workers: invalid int value: 'abc'"
     elif case == "value of a flag without one":  # --streaming false would stream: Beam drops the "false"
         options = ["--runner", "DirectRunner", "--beam-option=--streaming", "--beam-option=false"]
         expected = "--beam-option=false: dropped by Beam, --streaming takes no value (write --beam-option=--streaming alone)"
@@ -228,7 +238,7 @@ def test_options_that_reach_the_runner_are_not_refused():
                                                "--checkpointing_interval=1000"])
     beam_pipeline.check_runner("SparkRunner", ["--spark_submit_uber_jar", "--storage_level=MEMORY_ONLY"])
     beam_pipeline.check_runner("DirectRunner", ["--direct_num_workers", "2"])  # a flag's value as the next option
-    beam_pipeline.check_runner("FlinkRunner", ["--flink_master", "localhost:8081"])
+    beam_pipeline.check_runner("FlinkRunner", ["--flink_master", "localhost:8081", "--parallelism", "-1"])
     beam_pipeline.check_runner("PortableRunner", ["--job_endpoint", "localhost:8099", "--my_option", "on"])  # not Beam's
 
 

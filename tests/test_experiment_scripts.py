@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -115,7 +116,9 @@ def test_a_rerun_redoes_only_unfinished_stages_and_counts_every_attempt(tmp_path
     assert common.stage_seconds(tmp_path) == 13.0 and common.timed(tmp_path)
     assert common.stage_times({"training": done}).startswith("training 8 s (load ")
     assert common.stage_times({"training": done}).endswith(", 2 attempts)")
-    for damaged in ("{bad", "[]", '{"data": 3}', '{"data": {"unfinished": true}}'):
+    for damaged in ("{bad", "[]", '{"data": 3}', '{"data": {"unfinished": true}}', '{"data": {"seconds": 1}}',
+                    '{"data": {"seconds": NaN, "load_average": 0, "attempts": 1}}', "[" * 100_000,
+                    '{"data": {"seconds": 1, "load_average": 0, "attempts": "2", "unfinished": true}}'):
         (tmp_path / "stages.json").write_text(damaged)
         with pytest.raises(SystemExit, match="stages.json: unreadable .*; remove it to redo the stages .*"
                                              "time limits read \"not measured\""):
@@ -138,6 +141,17 @@ def test_a_stage_whose_output_is_gone_is_redone_and_an_untimed_attempt_is_flagge
     redone = common.stage(out, "ad", lambda: train("10 again"), output=run)
     assert (run / "checkpoint").read_text() == "10 again" and redone["attempts"] == 1
     assert "gone, though" in capsys.readouterr().err and common.timed(out)
+    shutil.rmtree(run)
+    run.mkdir()  # emptied: as gone
+    assert common.stage(out, "ad", lambda: train("10, a third time"), output=run)["attempts"] == 1
+
+    # A stopped stage whose run is removed starts over: the stopped attempt's time is not its time.
+    run = out / "bc"
+    with pytest.raises(KeyboardInterrupt):
+        common.stage(out, "bc", lambda: (train("5"), time.sleep(0.2), _raise(KeyboardInterrupt)), output=run)
+    shutil.rmtree(run)
+    fresh = common.stage(out, "bc", lambda: train("10"), output=run)
+    assert fresh["attempts"] == 1 and fresh["seconds"] < 0.2
 
     # What a SIGKILL leaves: the attempt's first record ("running"), never its last.
     stages = json.loads((out / "stages.json").read_text())
@@ -153,6 +167,10 @@ def test_a_stage_whose_output_is_gone_is_redone_and_an_untimed_attempt_is_flagge
     assert common.stage(out, "ad", lambda: None, output=run)["untimed"] and not common.timed(out)
     assert common.stage(out, "new", lambda: None, output=out / "new")["seconds"] >= 0 and "untimed" not in \
         json.loads((out / "stages.json").read_text())["new"]
+
+
+def _raise(error: type[BaseException]) -> None:
+    raise error
 
 
 def test_trial_outcomes_decompose_xland_returns_by_hand():
