@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import io
 import os
+import re
 import time
 from pathlib import Path
 
@@ -106,12 +107,9 @@ def _check_words(beam_options: list[str]) -> None:
 
 
 def _is_number(word: str) -> bool:
-    """A negative number is a flag's value to argparse (--parallelism -1), not a flag."""
-    try:
-        float(word)
-    except ValueError:
-        return False
-    return True
+    """A negative number is a flag's value to argparse (--parallelism -1), not a flag: the words its
+    parser reads as numbers (argparse's ``_negative_number_matcher``)."""
+    return re.fullmatch(r"-\d+|-\d*\.\d+", word) is not None
 
 
 def _parsed(flags: list[str]) -> dict | None:

@@ -93,9 +93,9 @@ def stage(out: Path, name: str, run: Callable[[], Any], output: Path | None = No
     average at the first one's start (the 2 cores may be shared).
 
     ``output`` is what the stage leaves (a training run's workdir): a stage, done or stopped, whose
-    output is gone or empty starts over (its earlier time dropped), with a line on stderr. A stage that raised (a SIGTERM or Ctrl-C
-    stopping its training, an error) is recorded as unfinished with its seconds so far, which the
-    next attempt adds to. An attempt whose seconds could not be recorded (killed by SIGKILL, or its
+    output is gone or empty starts over (its earlier time dropped), with a line on stderr. A stage
+    that raised (a SIGTERM or Ctrl-C stopping its training, an error) is recorded as unfinished
+    with its seconds so far, which the next attempt adds to. An attempt whose seconds could not be recorded (killed by SIGKILL, or its
     stages.json removed while ``output`` stayed) marks the record ``"untimed"``: its seconds are a
     lower bound and ``timed(out)`` is False.
     """
@@ -174,8 +174,8 @@ def _is_record(record: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
     return (isinstance(record, dict) and real(record.get("seconds")) and record["seconds"] >= 0
-            and real(record.get("load_average")) and isinstance(record.get("attempts"), int)
-            and not isinstance(record["attempts"], bool) and record["attempts"] >= 1
+            and real(record.get("load_average"))
+            and type(attempts := record.get("attempts", 1)) is int and attempts >= 1  # absent before attempts were counted
             and all(record.get(flag, True) is True for flag in ("unfinished", "running", "untimed")))
 
 

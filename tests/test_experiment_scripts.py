@@ -124,6 +124,8 @@ def test_a_rerun_redoes_only_unfinished_stages_and_counts_every_attempt(tmp_path
                                              "time limits read \"not measured\""):
             common.stage(tmp_path, "data", lambda: calls.append("never"))
     assert calls[-1] == "training resumed"
+    (tmp_path / "stages.json").write_text('{"data": {"seconds": 3.0, "load_average": 1.0}}')  # as jat_claims wrote before attempts
+    assert common.stage(tmp_path, "data", lambda: calls.append("never"))["seconds"] == 3.0
 
 
 def test_a_stage_whose_output_is_gone_is_redone_and_an_untimed_attempt_is_flagged(tmp_path, capsys):
