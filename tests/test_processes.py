@@ -1,6 +1,7 @@
 """Worker pools leave Ctrl-C to their parent, from the first instruction of each worker."""
 
 import concurrent.futures
+import multiprocessing.context
 import os
 import signal
 
@@ -21,15 +22,26 @@ def test_spawned_workers_never_see_ctrl_c_without_setting_it_themselves():
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # this process's is not
 
 
-def test_a_ctrl_c_while_workers_start_is_raised_and_shuts_them_down(monkeypatch):
-    workers, submit = [], concurrent.futures.ProcessPoolExecutor.submit
+@pytest.mark.parametrize("moment", ["after_start", "after_submit"])
+def test_a_ctrl_c_while_workers_start_is_raised_and_shuts_them_all_down(monkeypatch, moment):
+    """Right after a worker's start, before the pool has recorded it, is where a raised Ctrl-C left
+    a worker the pool never told to stop."""
+    workers = []
+    start, submit = multiprocessing.context.SpawnProcess.start, concurrent.futures.ProcessPoolExecutor.submit
+
+    def start_then_ctrl_c(process):
+        start(process)
+        workers.append(process)
+        if moment == "after_start":
+            os.kill(os.getpid(), signal.SIGINT)
 
     def submit_then_ctrl_c(pool, *args, **kwargs):
         future = submit(pool, *args, **kwargs)
-        workers.extend(process for process in pool._processes.values() if process not in workers)
-        os.kill(os.getpid(), signal.SIGINT)
+        if moment == "after_submit":
+            os.kill(os.getpid(), signal.SIGINT)
         return future
 
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", start_then_ctrl_c)
     monkeypatch.setattr(concurrent.futures.ProcessPoolExecutor, "submit", submit_then_ctrl_c)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a command (a test runner may differ)
     try:
@@ -37,7 +49,7 @@ def test_a_ctrl_c_while_workers_start_is_raised_and_shuts_them_down(monkeypatch)
             processes.spawn_pool(2)
     finally:
         signal.signal(signal.SIGINT, previous)
-    assert workers
+    assert len(workers) == 2  # the Ctrl-C waited for the starts
     for worker in workers:
         worker.join(timeout=60)
         assert worker.exitcode is not None  # the pool was shut down, no worker left behind

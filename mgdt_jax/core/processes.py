@@ -21,28 +21,36 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def _sigint_blocked_in_this_thread() -> Iterator[None]:
-    """Processes this thread starts inside inherit a blocked SIGINT. This process still gets a
-    Ctrl-C meanwhile: another of its threads takes it, or this one when the block ends."""
+def _ctrl_c_held() -> Iterator[None]:
+    """Processes this thread starts inside inherit a blocked SIGINT, and a Ctrl-C meanwhile is
+    held until the block ends, then answered by the handler that was in place. Held, not raised
+    where it lands: a KeyboardInterrupt between a worker's start and its registration in the pool
+    would leave a worker the pool does not know, which takes another's shut-down message and
+    leaves that one running."""
     if threading.current_thread() is not threading.main_thread():  # the others never run Python's handler
         yield
         return
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending Ctrl-C is recorded here
+        signal.signal(signal.SIGINT, previous)
+        if pressed:
+            signal.raise_signal(signal.SIGINT)  # the previous handler answers it: KeyboardInterrupt, exit or nothing
 
 
 def spawn_pool(workers: int, initializer: Callable[..., Any] | None = None,
                initargs: tuple = ()) -> concurrent.futures.ProcessPoolExecutor:
     """A pool of ``workers`` spawned processes (TensorFlow, array_record and XLA hold threads: no
     fork), all started now, each with SIGINT blocked from its start. A Ctrl-C while they start
-    shuts the pool down and is raised here."""
+    is answered once all have started: the pool is shut down and the KeyboardInterrupt raised here."""
     pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                                   initializer=initializer, initargs=initargs)
     try:
-        with _sigint_blocked_in_this_thread():
+        with _ctrl_c_held():
             for _ in range(workers):  # each submit starts one more process while none is idle
                 pool.submit(int)
     except BaseException:
