@@ -97,7 +97,7 @@ def stage(out: Path, name: str, run: Callable[[], Any], output: Path | None = No
     that raised (a SIGTERM or Ctrl-C stopping its training, an error) is recorded as unfinished
     with its seconds so far, which the next attempt adds to. An attempt whose seconds could not be recorded (killed by SIGKILL, or its
     stages.json removed while ``output`` stayed) marks the record ``"untimed"``: its seconds are a
-    lower bound and ``timed(out)`` is False.
+    lower bound and ``within`` answers None.
     """
     path = out / "stages.json"
     stages = _read_stages(path)
@@ -133,10 +133,12 @@ def stage_seconds(out: Path) -> float:
     return sum(s["seconds"] for s in _read_stages(out / "stages.json").values())
 
 
-def timed(out: Path) -> bool:
-    """False when an attempt of some stage in OUT went untimed (see ``stage``): a total then says
-    nothing about a time limit."""
-    return not any(s.get("untimed") for s in _read_stages(out / "stages.json").values())
+def within(out: Path, seconds: float, limit_s: float) -> bool | None:
+    """Whether a claim's total ``seconds`` is within ``limit_s``; None when an attempt of some
+    stage in OUT went untimed (see ``stage``), so that the total says nothing about the limit."""
+    if any(s.get("untimed") for s in _read_stages(out / "stages.json").values()):
+        return None
+    return seconds <= limit_s
 
 
 def verdict(passed: bool | None, words: tuple[str, str] = ("yes", "NO")) -> str:
