@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import trace_summary
-from benchmarks.train import matmul_peak, synthetic_batch
+from benchmarks.train import synthetic_batch
 from data_pipelines import replay_logs
 from experiments import mgdt_1b, mgdt_200m, tiny
 from mgdt_jax.core.files import path_argument
@@ -178,7 +178,7 @@ def matmul_peak_section(run: Run) -> None:
     run.record(device_kind=device.device_kind, datasheet_flops=flops.peak_flops_per_device(device, "bfloat16"))
     per_size = {}
     for size in run.scale.matmul_sizes:
-        per_size[str(size)] = matmul_peak(jnp.bfloat16, size, reps=10)
+        per_size[str(size)] = flops.matmul_peak(jnp.bfloat16, size, reps=10)
         run.log(f"bf16 matmul {size}^3: {per_size[str(size)] / 1e12:,.1f} TFLOP/s (best of 10)")
         run.record(per_size_flops=per_size, measured_flops=max(per_size.values()))
 

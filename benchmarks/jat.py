@@ -61,7 +61,8 @@ import numpy as np
 from flax import nnx
 
 from benchmarks.peer_on_cuda import PRECISIONS, peer_command
-from benchmarks.train import matmul_peak, peer_available  # the same probes as the MGDT benchmark's
+from benchmarks.train import peer_available
+from mgdt_jax.core.flops import matmul_peak  # the same probe as the MGDT benchmark's
 from mgdt_jax.core import host_memory, sharding
 from mgdt_jax.core.files import path_argument
 from mgdt_jax.core.flops import decoder_flops

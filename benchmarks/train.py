@@ -45,20 +45,6 @@ PEER_SIZES = ("tiny", "10m", "40m")  # what torch_mgdt.py implements
 REPO = Path(__file__).resolve().parents[1]
 
 
-def matmul_peak(dtype: jnp.dtype, size: int, reps: int = 5) -> float:
-    """Best FLOP/s of one square matmul on the default device (the same probe as the peer's)."""
-    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
-    b = jax.random.normal(jax.random.key(1), (size, size), dtype)
-    matmul = jax.jit(jnp.dot)
-    matmul(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        matmul(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best
-
-
 def synthetic_batch(batch_size: int, num_steps: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     shape = (batch_size, num_steps)
@@ -193,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     for index, (size, batch_size) in enumerate(sizes):
         # Re-measured before every size and the best kept: on a shared machine one early probe can
         # land in a busy moment and inflate every MFU after it.
-        probe = matmul_peak(peak_dtype, peak_size)
+        probe = flops.matmul_peak(peak_dtype, peak_size)
         peak = max(peak, probe)
         print(f"peak: {jnp.dtype(peak_dtype).name} matmul {peak_size}^3 {probe / 1e9:,.1f} GFLOP/s now, best "
               f"{peak / 1e9:,.1f} per device (used for MFU)"

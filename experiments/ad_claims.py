@@ -33,12 +33,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from experiments import ad_bandit, ad_darkroom, ad_key_to_door, common
@@ -188,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     # histories are generated again: the same for the same seed).
     resumed = common.check_settings(args.out, {name: value for name, value in vars(args).items() if name != "out"},
                                     "ad_claims")
+    host = common.describe_machine(common.machine())  # before the clock starts: not the claim's time
     started, earlier_s = time.perf_counter(), common.stage_seconds(args.out)
-    print(f"# {args.claim}{' (quick)' if args.quick else ''}: {claim}; seed {args.seed}; jax {jax.__version__} on {jax.devices()[0].platform}, "
-          f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}"
+    print(f"# {args.claim}{' (quick)' if args.quick else ''}: {claim}; seed {args.seed}; {host}"
           + (f"; resuming {args.out} ({earlier_s:.0f} s of training done or begun)" if resumed else ""), flush=True)
     train_tasks, _ = env.task_split(SPLIT_SEED, claim.num_train, claim.num_heldout)
     data = histories(claim, env, claim.source, train_tasks, args.seed)
@@ -239,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"check: {name}: {common.verdict(passed)}")
     (args.out / "summary.json").write_text(json.dumps({"claim": args.claim, "quick": args.quick, "seconds": {
         "data": data_s, "train_ad": ad_s, "train_ed": ed_s, "evaluation": eval_s, "total": total_s},
-        "finals": finals, "checks": checks}, indent=2))
+        "finals": finals, "checks": checks, "machine": common.machine()}, indent=2))
     written = ", ".join(path.name for path in sorted((args.out / "report").iterdir()))
     print(f"wrote {args.out / 'report'} ({written}), {args.out / 'summary.json'}, and the AD and ED runs in "
           f"{args.out / 'ad'} and {args.out / 'ed'}")

@@ -31,14 +31,12 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from experiments import common
@@ -330,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     existed = args.out.exists()  # then empty: check_settings refuses anything else that is not a rerun
     resumed = common.check_settings(args.out, settings, "ada_claims")
     earlier_s = common.stage_seconds(args.out)
-    print(f"# {args.claim}{' (quick)' if args.quick else ''}: {scale}; jax {jax.__version__} on "
-          f"{jax.devices()[0].platform}, {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}"
+    host = common.machine()
+    print(f"# {args.claim}{' (quick)' if args.quick else ''}: {scale}; {common.describe_machine(host)}"
           + (f"; resuming {args.out} ({earlier_s / 60:.1f} min of stages done or begun)" if resumed else ""), flush=True)
     try:
         benchmark, record = make_benchmark(args.out, scale, task)
@@ -421,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{scale.num_envs} envs x {scale.rollout_length}); held-out returns per trial, mean over tasks "
             f"[bootstrap 95% CI], {scale.eval_episodes} episodes per task, actions sampled. Training "
             + ", ".join(f"{name} {s / 60:.1f} min" for name, s in seconds.items())
-            + f"; evaluation {eval_s / 60:.1f} min; total {total_s / 60:.1f} min on {os.cpu_count()} CPU cores.\n\n"
+            + f"; evaluation {eval_s / 60:.1f} min; total {total_s / 60:.1f} min on {host['cpus']} CPU cores "
+            f"({host['cpu']}, {host['simd']}, float32 matmul {host['matmul_gflops']:.0f} GFLOP/s).\n\n"
             + table(report) + "\n\nBy goal type (held-out tasks, mean over each type's tasks and episodes):\n\n"
             + by_goal_type(report, np.asarray(generator.load(benchmark)[0].goals)) + "\n\n"
             + "\n".join(f"* {name}: {common.verdict(ok)}" for name, ok in checks.items())
@@ -431,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "summary.json").write_text(json.dumps({
         "claim": args.claim, "command": f"python experiments/ada_claims.py {' '.join(flags)} --out DIR",
         "quick": args.quick, "scale": dataclasses.asdict(scale), "task": dataclasses.asdict(task),
-        "benchmark": record,
+        "benchmark": record, "machine": host,
         "seconds": {**seconds, "evaluation": eval_s, "total": total_s}, "trial_means": means, "checks": checks}, indent=1))
     if args.docs:
         figures = [args.out / "report" / f"ada_{args.claim}_{kind}.png" for kind in ("scores", "training")]

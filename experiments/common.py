@@ -16,9 +16,11 @@ and arguments, it redoes only its unfinished stages, a training run resuming fro
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import platform
 import sys
 import time
 import types
@@ -145,6 +147,39 @@ def verdict(passed: bool | None, words: tuple[str, str] = ("yes", "NO")) -> str:
     """A check's word in a claim's report (``words``: passed, failed); None is a time limit that
     could not be measured."""
     return "not measured (an attempt went untimed: stages.json)" if passed is None else words[0 if passed else 1]
+
+
+@functools.cache
+def machine() -> dict[str, Any]:
+    """What a claim's times were measured on: CPU model and widest vector extension (from
+    /proc/cpuinfo where there is one), cores, the best float32 2048^3 matmul (GFLOP/s, ~1 s to
+    measure, once per process) and the load average then. Two-core machines differ about 2x in matmul speed (AVX-512 or
+    not), so a time limit reads with the matmul beside it."""
+    import jax
+    import jax.numpy as jnp
+
+    from mgdt_jax.core import flops
+
+    cpu, simd = platform.processor() or platform.machine(), ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    cpu = fields.get("model name", cpu)
+    extensions = set(fields.get("flags", "").split())
+    simd = next((name for name in ("avx512f", "avx2", "avx", "neon", "asimd") if name in extensions), simd)
+    return {"jax": jax.__version__, "platform": jax.devices()[0].platform, "cpus": os.cpu_count(), "cpu": cpu,
+            "simd": simd, "matmul_gflops": flops.matmul_peak(jnp.float32, 2048) / 1e9,
+            "load_average": os.getloadavg()[0]}
+
+
+def describe_machine(info: Mapping[str, Any]) -> str:
+    """``machine()`` in one phrase, for a claim's header and its time line."""
+    cpu = ", ".join(part for part in (info["cpu"], info["simd"]) if part)
+    return (f"jax {info['jax']} on {info['platform']}, {info['cpus']} cpus ({cpu}), float32 matmul "
+            f"{info['matmul_gflops']:.0f} GFLOP/s, load average {info['load_average']:.1f}")
 
 
 def _holds(output: Path) -> bool:

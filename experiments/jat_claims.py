@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import re
 import shutil
 import sys
@@ -41,7 +40,6 @@ import time
 import warnings
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from data_pipelines.jat import experts, record
@@ -215,7 +213,7 @@ def _header(name: str, setting: Setting, quick: bool, image_weight: float) -> st
                         if any(domain(t) == name for t in setting.tasks))
             + f". Evaluation: {setting.eval_episodes} episodes per task stepped together, sampled discrete actions"
             + (f", cut at {setting.max_eval_steps} steps" if setting.max_eval_steps else "")
-            + f"; jax {jax.__version__}, {os.cpu_count()} CPUs.\n")
+            + f"; {common.describe_machine(common.machine())}.\n")
 
 
 def task_table(report: dict, data_dir: Path) -> list[str]:
@@ -342,7 +340,7 @@ def _plot(series: dict[str, dict], path: Path, targets: dict[str, float]) -> Non
 def finish(out: Path, text: str, plot: Path, docs: Path | None, marker: str, summary: dict) -> None:
     print(text)
     (out / "results.md").write_text(text.replace("figures/", ""))
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "summary.json").write_text(json.dumps({**summary, "machine": common.machine()}, indent=1) + "\n")
     if docs:
         begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
         document = docs.read_text()
@@ -414,8 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="gymnasium")
     warnings.filterwarnings("ignore", module="metaworld")
     print(f"# {args.claim}{' (quick)' if args.quick else ''}: {len(setting.tasks)} tasks, {setting.train_steps} steps; "
-          f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cpus, "
-          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+          f"{common.describe_machine(common.machine())}", flush=True)
     try:
         if args.claim == "mini-jat":
             return mini_jat(args, setting, IMAGE_SAMPLING_WEIGHT)

@@ -16,9 +16,11 @@ by a peak: ``peak_flops_per_device`` gives the datasheet's.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 
 # Dense bfloat16 peak FLOP/s per device (vendor datasheets, no sparsity), by ``device_kind`` prefix;
@@ -45,6 +47,22 @@ def peak_flops_per_device(device: Any, compute_dtype: str) -> float | None:
     kind = getattr(device, "device_kind", "")
     matches = [prefix for prefix in BF16_PEAK_FLOPS if kind.startswith(prefix)]
     return BF16_PEAK_FLOPS[max(matches, key=len)] if matches else None
+
+
+def matmul_peak(dtype: jnp.dtype, size: int, reps: int = 5) -> float:
+    """Best FLOP/s of one jitted ``size`` x ``size`` matmul on the default device, over ``reps``
+    timed calls after a compiling one: the measured ceiling an MFU on a CPU (no datasheet peak)
+    is read against, and a machine's speed beside a time claim."""
+    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+    b = jax.random.normal(jax.random.key(1), (size, size), dtype)
+    matmul = jax.jit(jnp.dot)
+    matmul(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
 
 
 def non_embedding_parameters(num_layers: int, d_model: int, mlp_ratio: int) -> int:
