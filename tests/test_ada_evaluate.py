@@ -35,6 +35,7 @@ def test_report_holds_per_trial_statistics_of_the_returns(run_dir, tmp_path):
     run = report["runs"][run_dir.name]
     assert (run["tasks"], run["episodes_per_task"], run["trials"]) == (2, 200, 5)
     assert run["settings"]["split"] == "all" and run["settings"]["checkpoint_step"] == 1
+    assert run["settings"]["train_seed"] == ada_tiny.get_config().train.seed  # pooling needs no run folder
     task_scores = np.asarray(run["task_scores"])  # [2 arms, 5 trials]
     assert task_scores.shape == (2, 5)
     # By hand: a near-uniform policy over (wait, arm 1, arm 2) earns 1/3 on the pull and loses

@@ -194,13 +194,16 @@ def _five(rows):
     return [[first, 0.0, 0.0, 0.0, last] for first, last in rows]
 
 
-def _seed_report(tmp_path, name, agent, seed, task_scores, tasks=(3, 5), sha="abc"):
+def _seed_report(tmp_path, name, agent, seed, task_scores, tasks=(3, 5), sha="abc", seed_in_report=False):
+    """An evaluation report of one run; its training seed in the run's config.json (reports written
+    before the seed was recorded) or, with ``seed_in_report``, in the report alone (no run folder)."""
     workdir = tmp_path / name
-    workdir.mkdir()
-    (workdir / "config.json").write_text(json.dumps({"train": {"seed": seed}}))
+    if not seed_in_report:
+        workdir.mkdir()
+        (workdir / "config.json").write_text(json.dumps({"train": {"seed": seed}}))
     report = {"runs": {name: {
         "settings": {"workdir": str(workdir), "agent": agent, "env": {"benchmark_sha256": sha}, "split": "held-out",
-                     "actions": "sampled from the policy"},
+                     "actions": "sampled from the policy", **({"train_seed": seed} if seed_in_report else {})},
         "episodes_per_task": 8, "trials": len(task_scores[0]), "task_ids": list(tasks), "task_scores": task_scores}}}
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(report))
@@ -213,7 +216,7 @@ def test_ada_seeds_pools_task_scores_over_seeds(tmp_path, capsys):
     # Two tasks. Transformer-XL seed 0: trial means 0.2 -> 0.4 (trial 1 -> 5); seed 1: 0.4 -> 0.5.
     # Pooled per task: [[0.3, 0.4], [0.3, 0.5]] -> trial 1 0.3, trial 5 0.45, ratio 1.5.
     reports = [_seed_report(tmp_path, "t0", "trxl", 0, _five([[0.1, 0.3], [0.3, 0.5]])),
-               _seed_report(tmp_path, "t1", "trxl", 1, _five([[0.5, 0.5], [0.3, 0.5]])),
+               _seed_report(tmp_path, "t1", "trxl", 1, _five([[0.5, 0.5], [0.3, 0.5]]), seed_in_report=True),
                _seed_report(tmp_path, "g0", "gru", 0, _five([[0.3, 0.4], [0.3, 0.4]]))]
     out = tmp_path / "pooled.json"
     assert ada_seeds.main([*map(str, reports), "--json", str(out)]) == 0
@@ -237,11 +240,12 @@ def test_ada_seeds_refuses_runs_on_other_tasks_or_a_repeated_seed(tmp_path, caps
     repeated = _seed_report(tmp_path, "t2", "trxl", 0, _five([[0.1, 0.3], [0.3, 0.5]]))
     two_trials = _seed_report(tmp_path, "t3", "trxl", 3, [[0.1, 0.3], [0.3, 0.5]])
     text_scores = _seed_report(tmp_path, "t4", "trxl", 4, "abc")
+    text_seed = _seed_report(tmp_path, "t5", "trxl", "five", _five([[0.1, 0.3], [0.3, 0.5]]), seed_in_report=True)
     malformed = []
     for name, text in (("list", "[]"), ("null", "null"), ("no_runs", '{"runs": {}}'), ("truncated", '{"runs": {')):
         malformed.append(tmp_path / f"{name}.json")
         malformed[-1].write_text(text)
-    for bad in (other_tasks, repeated, two_trials, text_scores, *malformed, tmp_path / "missing.json"):
+    for bad in (other_tasks, repeated, two_trials, text_scores, text_seed, *malformed, tmp_path / "missing.json"):
         assert ada_seeds.main([str(first), str(bad)]) == 1
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and str(bad) in error

@@ -216,6 +216,7 @@ def evaluate_run(workdir: str | Path, *, trials: int | None = None, episodes: in
         "env": env.describe(), "trials": trials, "episodes_per_task": episodes, "tasks": len(task_ids), "split": split,
         "heldout_fraction": env_config.get("heldout_fraction"), "split_seed": env_config.get("split_seed"),
         "segment": segment, "seed": seed, "actions": "argmax of the policy" if greedy else "sampled from the policy",
+        "train_seed": (run_config.get("train") or {}).get("seed"),  # the report pools without the run's folder
     }
     return TrialScores(name or workdir.name, returns, task_ids, settings, steps_per_s, compile_s)
 
