@@ -419,8 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{scale.num_envs} envs x {scale.rollout_length}); held-out returns per trial, mean over tasks "
             f"[bootstrap 95% CI], {scale.eval_episodes} episodes per task, actions sampled. Training "
             + ", ".join(f"{name} {s / 60:.1f} min" for name, s in seconds.items())
-            + f"; evaluation {eval_s / 60:.1f} min; total {total_s / 60:.1f} min on {host['cpus']} CPU cores "
-            f"({host['cpu']}, {host['simd']}, float32 matmul {host['matmul_gflops']:.0f} GFLOP/s).\n\n"
+            + f"; evaluation {eval_s / 60:.1f} min; total {total_s / 60:.1f} min; {common.describe_machine(host)}.\n\n"
             + table(report) + "\n\nBy goal type (held-out tasks, mean over each type's tasks and episodes):\n\n"
             + by_goal_type(report, np.asarray(generator.load(benchmark)[0].goals)) + "\n\n"
             + "\n".join(f"* {name}: {common.verdict(ok)}" for name, ok in checks.items())

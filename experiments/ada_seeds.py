@@ -5,8 +5,8 @@
 Each REPORT.json is a held-out evaluation written by ``ada_claims.py`` (``OUT/report/report.json``)
 or ``mgdt-ada-eval``; every run in it is grouped by its agent (``trxl`` or ``gru``), and its training
 seed is the report's own (``settings.train_seed``), or, in reports written before it was recorded,
-read from the run's ``config.json`` (``train.seed``), so such a report needs its run folder. All runs must be scored on the same
-benchmark and the same held-out tasks with the same number of episodes, or the script stops with a
+read from the run's ``config.json`` (``train.seed``), so such a report needs its run folder. All
+runs must be scored on the same benchmark and the same held-out tasks with the same number of episodes, or the script stops with a
 one-line error. Prints (markdown, stdout) per agent and seed the mean trial-1 and trial-5 returns
 and their ratio, then per agent the pooled estimate: each task's score averaged over seeds, the
 ratio of the trial-5 to the trial-1 mean over tasks with a percentile bootstrap 95% interval
@@ -71,11 +71,11 @@ def load_runs(paths: list[Path]) -> dict[str, dict[int, np.ndarray]]:
             elif key != reference:
                 raise SeedError(f"{path}: run {name!r} is scored on other held-out tasks, benchmark, episodes, trials "
                                 "or actions than the first report's; pool runs of one protocol only")
+            recorded = settings.get("train_seed")  # absent from reports written before it was recorded
             try:
-                seed = settings.get("train_seed")
-                seed = int(json.loads(config_path.read_text())["train"]["seed"] if seed is None else seed)
+                seed = int(json.loads(config_path.read_text())["train"]["seed"] if recorded is None else recorded)
             except (OSError, ValueError, KeyError, TypeError) as error:
-                where = path if settings.get("train_seed") is not None else config_path
+                where = config_path if recorded is None else path
                 raise SeedError(f"{where}: the training seed of run {name!r} is unreadable ({error})") from None
             seeds = runs.setdefault(agent, {})
             if seed in seeds:

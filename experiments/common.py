@@ -153,8 +153,9 @@ def verdict(passed: bool | None, words: tuple[str, str] = ("yes", "NO")) -> str:
 def machine() -> dict[str, Any]:
     """What a claim's times were measured on: CPU model and widest vector extension (from
     /proc/cpuinfo where there is one), cores, the best float32 2048^3 matmul (GFLOP/s, ~1 s to
-    measure, once per process) and the load average then. Two-core machines differ about 2x in matmul speed (AVX-512 or
-    not), so a time limit reads with the matmul beside it."""
+    measure, once per process) and the load average then. The 2-core machines the claims run on
+    differ (the same AdA step took ~2x longer on some than on others), so a time limit reads with
+    the machine beside it."""
     import jax
     import jax.numpy as jnp
 
