@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mgdt_jax.core import checkpointing
 from mgdt_jax.core.checkpointing import CheckpointError
 from mgdt_jax.cli import import_checkpoint as import_cli
 from mgdt_jax.recipes.mgdt.evaluate import load_model
@@ -211,6 +212,7 @@ def test_import_command_writes_a_workdir_mgdt_eval_loads(released_pickle, tmp_pa
     model, step = load_model(workdir)
     assert step == 0
     _assert_matches_reference(model, load_released_pickle(released_pickle))
+    assert checkpointing.is_sealed(workdir / checkpointing.CHECKPOINTS / "0")  # its reads are checked
     # A second import into the same workdir is refused rather than overwriting.
     assert import_cli.main(["--pickle", str(released_pickle), "--workdir", str(workdir)]) == 1
     assert "already holds checkpoint 0" in capsys.readouterr().err

@@ -195,7 +195,7 @@ def test_checkpoint_of_another_model_is_refused_in_one_line(config_path, uninter
 
 
 def test_deleted_array_files_are_one_line_to_every_reader(config_path, uninterrupted_run, tmp_path):
-    workdir = copy_of_run(uninterrupted_run, tmp_path / "damaged")
+    workdir = copy_of_run(uninterrupted_run, tmp_path / "damaged", sealed=False)
     step = workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)
     data = [path for path in (step / checkpointing.PARAMS).rglob("*") if path.is_file() and "ocdbt.process_0" in path.parts]
     assert data, "no array files found to delete"
@@ -219,7 +219,7 @@ def test_deleted_array_files_are_one_line_to_every_reader(config_path, uninterru
     ("[1, 2]", r"is a list, not a JSON object; the file is damaged"),
 ])
 def test_a_damaged_data_position_is_one_line_to_every_reader(uninterrupted_run, tmp_path, text, fault):
-    workdir = copy_of_run(uninterrupted_run, tmp_path / "damaged")
+    workdir = copy_of_run(uninterrupted_run, tmp_path / "damaged", sealed=False)
     step = workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)
     (step / checkpointing.DATA / "metadata").write_text(text)
     expected = rf"^{step}: its data position {fault}$"
@@ -234,7 +234,7 @@ def test_a_damaged_data_position_is_one_line_to_every_reader(uninterrupted_run, 
 
 
 def test_damaged_array_metadata_is_one_line_when_resuming(config_path, uninterrupted_run, tmp_path):
-    workdir = copy_of_run(uninterrupted_run, tmp_path / "damaged")
+    workdir = copy_of_run(uninterrupted_run, tmp_path / "damaged", sealed=False)
     step = workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)
     (step / checkpointing.TRAINER / "_METADATA").write_text("{}")
     trainer = Trainer(load_config(config_path), sharding.make_mesh(load_config(config_path).mesh))
@@ -459,10 +459,81 @@ def test_metrics_of_a_killed_and_resumed_run_read_one_entry_per_step(tmp_path):
     assert [(e["step"], e["train/loss"]) for e in read_metrics(tmp_path)] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
 
 
-def copy_of_run(run: Path, workdir: Path) -> Path:
-    """A workdir holding a copy of ``run``'s checkpoints (steps 12, 18, 24) and nothing else."""
+def copy_of_run(run: Path, workdir: Path, *, sealed: bool = True) -> Path:
+    """A workdir holding a copy of ``run``'s checkpoints (steps 12, 18, 24) and nothing else.
+
+    ``sealed=False`` drops their digests, as in checkpoints saved before digests existed: their
+    damaged files reach Orbax and TensorStore, whose errors must still be one line.
+    """
     shutil.copytree(run / checkpointing.CHECKPOINTS, workdir / checkpointing.CHECKPOINTS)
+    if not sealed:
+        for digests in (workdir / checkpointing.CHECKPOINTS).glob(f"*/{checkpointing.DIGESTS}"):
+            digests.unlink()
     return workdir
+
+
+def flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def largest_file(directory: Path) -> Path:
+    return max((path for path in directory.rglob("*") if path.is_file()), key=lambda path: path.stat().st_size)
+
+
+def test_every_saved_checkpoint_is_sealed(uninterrupted_run):
+    directory = uninterrupted_run / checkpointing.CHECKPOINTS
+    assert saved_steps(uninterrupted_run) == [12, 18, 24]
+    for step in saved_steps(uninterrupted_run):
+        digests = json.loads((directory / str(step) / checkpointing.DIGESTS).read_text())
+        assert set(digests) >= {checkpointing.PARAMS, checkpointing.TRAINER, checkpointing.DATA}
+        checkpointing.verify(directory / str(step), list(digests))
+
+
+@pytest.mark.parametrize("item", [checkpointing.PARAMS, checkpointing.TRAINER, checkpointing.DATA])
+def test_a_flipped_bit_is_refused_by_every_reader_naming_the_file(config_path, uninterrupted_run, tmp_path, item):
+    # Without digests a flipped bit in the compressed array data restores as wrong numbers, silently.
+    workdir = copy_of_run(uninterrupted_run, tmp_path / "flipped")
+    damaged = largest_file(workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS) / item)
+    flip_a_bit(damaged)
+    expected = rf"^{damaged}: damaged, its bytes differ from those saved \(SHA-256 mismatch\)$"
+    if item != checkpointing.TRAINER:  # evaluation and init_from read the parameters and data position
+        with pytest.raises(checkpointing.CheckpointError, match=expected):
+            checkpointing.load_params(workdir)
+    trainer = Trainer(load_config(config_path), sharding.make_mesh(load_config(config_path).mesh))
+    checkpointer = checkpointing.Checkpointer(workdir, save_every=CHECKPOINT_EVERY, keep=3)
+    try:
+        with pytest.raises(checkpointing.CheckpointError, match=expected):
+            checkpointer.restore(trainer.abstract_state)
+        if item == checkpointing.DATA:
+            with pytest.raises(checkpointing.CheckpointError, match=expected):
+                checkpointer.data_position(NUM_STEPS)
+    finally:
+        checkpointer.close()
+    # The older steps are untouched and still read.
+    checkpointing.load_params(workdir, step=NUM_STEPS - CHECKPOINT_EVERY)
+
+
+def test_a_run_seals_the_unsealed_checkpoints_it_finds(uninterrupted_run, tmp_path):
+    workdir = copy_of_run(uninterrupted_run, tmp_path / "old", sealed=False)
+    newest = workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)
+    assert not checkpointing.is_sealed(newest)
+    checkpointing.load_params(workdir)  # read unchecked, and not written to by a reader
+    assert not checkpointing.is_sealed(newest)
+    checkpointing.Checkpointer(workdir, save_every=CHECKPOINT_EVERY, keep=3).close()
+    assert all(checkpointing.is_sealed(workdir / checkpointing.CHECKPOINTS / str(step)) for step in saved_steps(workdir))
+    flip_a_bit(largest_file(newest / checkpointing.PARAMS))
+    with pytest.raises(checkpointing.CheckpointError, match="SHA-256 mismatch"):
+        checkpointing.load_params(workdir)
+
+
+def test_damaged_digests_are_one_line(uninterrupted_run, tmp_path):
+    workdir = copy_of_run(uninterrupted_run, tmp_path / "digests")
+    digests = workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS) / checkpointing.DIGESTS
+    digests.write_text("[1, 2]")
+    with pytest.raises(checkpointing.CheckpointError, match=rf"^{digests}: damaged \(TypeError: list\); remove it to read"):
+        checkpointing.load_params(workdir)
 
 
 def test_every_reader_passes_over_a_half_written_newest_checkpoint(

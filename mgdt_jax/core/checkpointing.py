@@ -26,12 +26,22 @@ one way a step is picked: training resume, ``init_from``, evaluation and import 
 The newest complete checkpoint is used, with one warning line naming the steps passed over; a step
 asked for by number that is incomplete is an error. A resumed run moves incomplete steps out of
 its checkpoint directory (to ``checkpoints.incomplete/``) so that its own saves can reuse the steps.
+
+Damaged checkpoints: Orbax checksums only the index of its array shards, so a flipped bit in the
+(zstd-compressed) array data restores as wrong numbers without an error. Once a save has finished,
+``seal`` records the SHA-256 of every file of each item in the step's ``mgdt_digests.json``; every
+read (``restore``, ``load_checkpoint``, ``data_position``) first checks the files of the items it
+reads against it and refuses a mismatch in one line naming the file. A step without the file (saved
+before digests existed, or killed between its save and its seal) is sealed when a run opens its
+checkpoint directory, and read unchecked until then.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -51,6 +61,7 @@ TRAINING_ITEMS = (PARAMS, TRAINER, DATA)  # what resuming a run needs; evaluatio
 CHECKPOINTS = "checkpoints"  # subdirectory of the workdir
 INCOMPLETE = "checkpoints.incomplete"  # where a resumed run moves incomplete steps (subdirectory of the workdir)
 STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax's step-level file: the items a finished save wrote
+DIGESTS = "mgdt_digests.json"  # step-level file: {item: {file path within the item: SHA-256}}
 
 
 class CheckpointError(RuntimeError):
@@ -110,6 +121,59 @@ def _item_incomplete_reason(item_directory: Path) -> str | None:
     elif "metadata" not in names:  # a JSON item
         return "no metadata file"
     return None
+
+
+def _file_digests(item_directory: Path) -> dict[str, str]:
+    return {path.relative_to(item_directory).as_posix(): _sha256(path)
+            for path in sorted(item_directory.rglob("*")) if path.is_file()}
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def is_sealed(step_directory: Path) -> bool:
+    """Whether the step holds its digests file (``seal`` ran on it)."""
+    return (step_directory / DIGESTS).is_file()
+
+
+def seal(step_directory: Path) -> None:
+    """Writes ``DIGESTS`` for a finished checkpoint: the SHA-256 of every file of each item it holds.
+
+    Call it only once the save has finished (its files no longer change). Written to a temporary
+    name and renamed, so a digests file is never half-written. Reads every byte of the checkpoint
+    once (about a second per GB; the files were just written, so mostly from the page cache).
+    """
+    items = json.loads((step_directory / STEP_METADATA).read_text())["item_handlers"]
+    digests = {item: _file_digests(step_directory / item) for item in sorted(items)}
+    partial = step_directory / f"{DIGESTS}.partial"
+    partial.write_text(json.dumps(digests, indent=1))
+    os.replace(partial, step_directory / DIGESTS)
+
+
+def verify(step_directory: Path, items: Sequence[str]) -> None:
+    """Raises a one-line CheckpointError unless every file of ``items`` matches the step's digests.
+
+    The error names the first file that is missing or whose bytes changed since ``seal``. A step
+    without digests is not checked.
+    """
+    if not is_sealed(step_directory):
+        return
+    try:
+        recorded = json.loads((step_directory / DIGESTS).read_text())
+        if not isinstance(recorded, dict) or not all(isinstance(files, dict) for files in recorded.values()):
+            raise TypeError(type(recorded).__name__)
+    except (OSError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{step_directory / DIGESTS}: damaged ({_first_line(error)}); "
+                              "remove it to read the checkpoint unchecked") from None
+    for item in items:
+        for name, digest in recorded.get(item, {}).items():
+            path = step_directory / item / name
+            if not path.is_file():
+                raise CheckpointError(f"{path}: missing (recorded when the checkpoint was saved)")
+            if _sha256(path) != digest:
+                raise CheckpointError(f"{path}: damaged, its bytes differ from those saved (SHA-256 mismatch)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,39 +250,47 @@ def pick_checkpoint(path: str | Path, step: int | None = None, *, items: Sequenc
     return choice.directory, choice.step
 
 
-def _move_incomplete_steps(directory: Path, choice: CheckpointChoice) -> None:
-    """Moves the skipped steps of ``directory`` to its sibling INCOMPLETE, so new saves can use their numbers.
+def _tidy_directory(directory: Path, choice: CheckpointChoice) -> None:
+    """Moves the skipped steps of ``directory`` to its sibling INCOMPLETE, so new saves can use their
+    numbers, and seals the complete steps that lack digests.
 
     Moved, not deleted: an incomplete checkpoint may still be someone's copy in progress. Process 0
-    moves; every process has listed the steps before and waits until it is done.
+    moves and seals; every process has listed the steps before and waits until it is done.
     """
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("mgdt_jax: checkpoints listed")
-    if jax.process_index() == 0 and choice.skipped:
-        print_warning(choice)
-        aside = directory.parent / INCOMPLETE
-        aside.mkdir(exist_ok=True)
-        for step, _ in choice.skipped:
-            target, copy = aside / str(step), 1
-            while target.exists():
-                target, copy = aside / f"{step}.{copy}", copy + 1
-            shutil.move(directory / str(step), target)
+    if jax.process_index() == 0:
+        if choice.skipped:
+            print_warning(choice)
+            aside = directory.parent / INCOMPLETE
+            aside.mkdir(exist_ok=True)
+            for step, _ in choice.skipped:
+                target, copy = aside / str(step), 1
+                while target.exists():
+                    target, copy = aside / f"{step}.{copy}", copy + 1
+                shutil.move(directory / str(step), target)
+        for step in checkpoint_steps(directory):
+            if not is_sealed(directory / str(step)) and incomplete_reason(directory / str(step), items=()) is None:
+                seal(directory / str(step))
     if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("mgdt_jax: incomplete checkpoints moved")
+        multihost_utils.sync_global_devices("mgdt_jax: checkpoint directory tidied")
 
 
 class Checkpointer:
-    """The checkpoints of one run, saved asynchronously, the newest ``keep`` kept.
+    """The checkpoints of one run, saved asynchronously, the newest ``keep`` kept, each sealed once finished.
 
     On creation, steps left incomplete by an interrupted run are moved aside (``INCOMPLETE``) with a
-    warning line on stderr, so ``latest_step`` is the newest complete checkpoint.
+    warning line on stderr, so ``latest_step`` is the newest complete checkpoint, and complete steps
+    without digests are sealed. A save is sealed when the next one starts (Orbax waits for the
+    previous save first) or at ``wait_until_finished`` / ``close``.
     """
 
     def __init__(self, workdir: str | Path, *, save_every: int, keep: int):
         if save_every < 1 or keep < 1:
             raise ValueError(f"checkpoint_every ({save_every}) and keep_checkpoints ({keep}) must be >= 1")
         self.directory = Path(workdir).expanduser().absolute() / CHECKPOINTS
-        _move_incomplete_steps(self.directory, choose_checkpoint(self.directory, items=TRAINING_ITEMS))
+        _tidy_directory(self.directory, choose_checkpoint(self.directory, items=TRAINING_ITEMS))
+        self._unsealed: int | None = None  # the step of the save in flight
         options = ocp.CheckpointManagerOptions(
             # A custom save policy must list preemption itself, or preemption saves are lost.
             save_decision_policy=policies.AnySavePolicy(
@@ -251,7 +323,24 @@ class Checkpointer:
                 **({} if state.rollout is None else {ROLLOUT: ocp.args.StandardSave(_stored_keys(state.rollout))}),
             }
         )
-        return self._manager.save(step, args=args, force=force)
+        started = self._manager.save(step, args=args, force=force)
+        if started:  # the manager waited for the previous save before starting this one
+            self._seal_finished()
+            self._unsealed = step
+        return started
+
+    def _seal_finished(self) -> None:
+        """Seals the last save, now finished (process 0; a step the keep policy deleted is passed over)."""
+        step, self._unsealed = self._unsealed, None
+        if step is None or jax.process_index() != 0:
+            return
+        try:
+            seal(self.directory / str(step))
+        except FileNotFoundError:
+            # The keep policy may remove the step while it is read (Orbax deletes from its finalize
+            # thread); only a step still there is an error.
+            if (self.directory / str(step)).is_dir():
+                raise
 
     def restore(self, abstract_state: TrainState, step: int | None = None) -> tuple[TrainState, dict[str, Any]]:
         """The train state (laid out as ``abstract_state``'s shardings) and data position of a step.
@@ -259,6 +348,7 @@ class Checkpointer:
         ``step`` defaults to the newest complete checkpoint.
         """
         _, step = pick_checkpoint(self.directory, step, items=TRAINING_ITEMS)
+        verify(self.directory / str(step), TRAINING_ITEMS + ((ROLLOUT,) if abstract_state.rollout is not None else ()))
         targets = {PARAMS: abstract_state.params, TRAINER: _trainer_item(abstract_state)}
         if abstract_state.rollout is not None:
             if _item_metadata(self._manager, step, self.directory).get(ROLLOUT) is None:
@@ -281,14 +371,16 @@ class Checkpointer:
 
     def data_position(self, step: int) -> dict[str, Any]:
         """The data position saved with ``step`` alone (no array is read), e.g. to check its recipe."""
+        verify(self.directory / str(step), (DATA,))
         return _data_position(self._manager, step, self.directory)
 
     def wait_until_finished(self) -> None:
-        """Blocks until the last asynchronous save is on disk (and surfaces its errors)."""
+        """Blocks until the last asynchronous save is on disk and sealed (and surfaces its errors)."""
         self._manager.wait_until_finished()
+        self._seal_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        self.wait_until_finished()
         self._manager.close()
 
 
@@ -315,10 +407,12 @@ def load_checkpoint(path: str | Path, target: Any = None, step: int | None = Non
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such checkpoint directory")
     directory, step = pick_checkpoint(directory, step)
+    has_position = (directory / str(step) / DATA).exists()  # an imported checkpoint holds parameters only
+    verify(directory / str(step), (PARAMS, DATA) if has_position else (PARAMS,))
     options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
     with ocp.CheckpointManager(directory, options=options, handler_registry=_handler_registry()) as manager:
-        position = {}  # an imported checkpoint holds parameters only
-        if (directory / str(step) / DATA).exists():
+        position = {}
+        if has_position:
             position = _data_position(manager, step, directory)
         saved = position.get("recipe", "mgdt")  # checkpoints written before recipes existed are the MGDT's
         if recipe is not None and saved != recipe:

@@ -157,9 +157,10 @@ def build_model(params: Mapping[str, Mapping[str, np.ndarray]]) -> MultiGameDeci
 
 
 def save_params(model: nnx.Module, workdir: Path, step: int) -> Path:
-    """Writes the model's parameters as the ``params`` item of checkpoint `step` in `workdir`."""
+    """Writes the model's parameters as the ``params`` item of checkpoint `step` in `workdir`, sealed."""
     directory = workdir / checkpointing.CHECKPOINTS
     with ocp.CheckpointManager(directory) as manager:
         manager.save(step, args=ocp.args.Composite(**{checkpointing.PARAMS: ocp.args.StandardSave(nnx.state(model))}))
         manager.wait_until_finished()
+    checkpointing.seal(directory / str(step))
     return directory / str(step)
