@@ -114,11 +114,13 @@ def stage(out: Path, name: str, run: Callable[[], Any], output: Path | None = No
     untimed = earlier.get("untimed") or earlier.get("running") or (not earlier and output is not None and _holds(output))
     load, started = os.getloadavg()[0], time.perf_counter()
 
-    def record(**status: bool) -> None:
-        stages[name] = {"seconds": earlier.get("seconds", 0.0) + time.perf_counter() - started,
-                        "load_average": earlier.get("load_average", load), "attempts": earlier.get("attempts", 0) + 1,
-                        **({"untimed": True} if untimed else {}), **{key: True for key, on in status.items() if on}}
-        files.write_json(path, stages)
+    def record(**status: bool) -> dict[str, Any]:
+        entry = {"seconds": earlier.get("seconds", 0.0) + time.perf_counter() - started,
+                 "load_average": earlier.get("load_average", load), "attempts": earlier.get("attempts", 0) + 1,
+                 **({"untimed": True} if untimed else {}), **{key: True for key, on in status.items() if on}}
+        # Read again: a stage run inside this one has written its own record meanwhile.
+        files.write_json(path, {**_read_stages(path), name: entry})
+        return entry
 
     record(unfinished=True, running=True)
     try:
@@ -126,8 +128,7 @@ def stage(out: Path, name: str, run: Callable[[], Any], output: Path | None = No
     except BaseException:
         record(unfinished=True)
         raise
-    record()
-    return stages[name]
+    return record()
 
 
 def stage_seconds(out: Path) -> float:

@@ -128,6 +128,13 @@ def test_a_rerun_redoes_only_unfinished_stages_and_counts_every_attempt(tmp_path
     assert common.stage(tmp_path, "data", lambda: calls.append("never"))["seconds"] == 3.0
 
 
+def test_a_stage_run_inside_another_keeps_its_record(tmp_path):
+    outer = common.stage(tmp_path, "claim", lambda: common.stage(tmp_path, "training", lambda: None))
+    stages = json.loads((tmp_path / "stages.json").read_text())
+    assert set(stages) == {"claim", "training"} and stages["claim"] == outer
+    assert not stages["training"].get("unfinished")
+
+
 def test_a_stage_whose_output_is_gone_is_redone_and_an_untimed_attempt_is_flagged(tmp_path, capsys):
     out, run = tmp_path / "out", tmp_path / "out" / "ad"
     out.mkdir()
