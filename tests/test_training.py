@@ -572,6 +572,19 @@ def test_every_reader_passes_over_a_half_written_newest_checkpoint(
     assert (workdir / checkpointing.INCOMPLETE / str(NUM_STEPS)).is_dir()
 
 
+def test_jat_evaluation_loads_the_newest_complete_checkpoint(recipe_case, uninterrupted_run, half_write, tmp_path):
+    if recipe_case.name != "jat":
+        pytest.skip("the JAT evaluation's loader")
+    from mgdt_jax.recipes.jat import evaluate  # noqa: PLC0415
+
+    workdir = copy_of_run(uninterrupted_run, tmp_path / "run")
+    shutil.copy(uninterrupted_run / loop.CONFIG_FILE, workdir / loop.CONFIG_FILE)
+    half_write(workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS), "no_array_files")
+    assert evaluate.load_model(workdir)[2] == NUM_STEPS - CHECKPOINT_EVERY
+    with pytest.raises(checkpointing.CheckpointError, match=rf"{NUM_STEPS}: incomplete checkpoint: "):
+        evaluate.load_model(workdir, step=NUM_STEPS)
+
+
 def test_no_complete_checkpoint_left_is_one_error_naming_each_step(uninterrupted_run, half_write, tmp_path, capsys):
     workdir = copy_of_run(uninterrupted_run, tmp_path / "run")
     for step, how in ((12, "empty"), (18, "no_step_metadata"), (24, "no_array_files")):

@@ -367,7 +367,8 @@ def _plot(results: Sequence[TaskResult], aggregates: Mapping[str, Interval], pat
 
 
 def load_model(workdir: Path, step: int | None = None) -> tuple[JatModel, Any, int]:
-    """(model, run config, step) of a JAT run's checkpoint (the latest by default).
+    """(model, run config, step) of a JAT run's checkpoint (the newest complete one by default, as
+    every reader picks it: ``checkpointing.pick_checkpoint``).
 
     Raises CheckpointError (one line) for a missing or unreadable config or checkpoint, a run of
     another recipe, or a config that does not fit the weights.
@@ -386,14 +387,6 @@ def load_model(workdir: Path, step: int | None = None) -> tuple[JatModel, Any, i
         raise checkpointing.CheckpointError(f"{config_path}: a run of the {recipe_name(config)!r} recipe, not JAT")
     config = {**config, "mesh": {"data": 1, "fsdp": 1, "tensor": 1}}
     trainer = Trainer(config, sharding.make_mesh(config["mesh"], jax.devices()[:1]))
-    directory = checkpointing.checkpoint_directory(workdir)
-    try:
-        with checkpointing.ocp.CheckpointManager(directory, options=checkpointing.ocp.CheckpointManagerOptions(
-                read_only=True, create=False)) as manager:
-            step = manager.latest_step() if step is None else step
-    except Exception as error:  # noqa: BLE001  (Orbax raises many types for a damaged directory)
-        raise checkpointing.CheckpointError(f"{directory}: unreadable checkpoints ({error})") from None
-    if step is None:
-        raise checkpointing.CheckpointError(f"{directory}: no checkpoint")
+    directory, step = checkpointing.pick_checkpoint(checkpointing.checkpoint_directory(workdir), step)
     params = checkpointing.load_params(directory, target=trainer.abstract_state.params, step=step)
     return nnx.merge(trainer.graphdef, params), config, int(step)
