@@ -196,6 +196,8 @@ def half_write():
     import shutil
 
     def damage(step_dir, how: str) -> None:
+        # A save is sealed only once it has finished, so an interrupted one has no digests file.
+        (step_dir / "mgdt_digests.json").unlink(missing_ok=True)
         if how == "empty":  # the directory made, nothing written into it yet
             for path in step_dir.iterdir():
                 shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -256,7 +257,7 @@ def test_only_orbax_step_names_count_as_steps(uninterrupted_run, tmp_path):
 
 
 def test_step_metadata_without_its_items_is_an_incomplete_step(uninterrupted_run, tmp_path):
-    directory = copy_of_run(uninterrupted_run, tmp_path / "no_items") / checkpointing.CHECKPOINTS
+    directory = copy_of_run(uninterrupted_run, tmp_path / "no_items", sealed=False) / checkpointing.CHECKPOINTS
     metadata = directory / str(NUM_STEPS) / checkpointing.STEP_METADATA
     metadata.write_text(json.dumps({**json.loads(metadata.read_text()), "item_handlers": None}))
     assert "no readable" in checkpointing.incomplete_reason(directory / str(NUM_STEPS))
@@ -487,8 +488,10 @@ def test_every_saved_checkpoint_is_sealed(uninterrupted_run):
     assert saved_steps(uninterrupted_run) == [12, 18, 24]
     for step in saved_steps(uninterrupted_run):
         digests = json.loads((directory / str(step) / checkpointing.DIGESTS).read_text())
-        assert set(digests) >= {checkpointing.PARAMS, checkpointing.TRAINER, checkpointing.DATA}
-        checkpointing.verify(directory / str(step), list(digests))
+        items = {name.split("/")[0] for name in digests["sha256"] if "/" in name}
+        assert digests["step"] == step and items >= {checkpointing.PARAMS, checkpointing.TRAINER, checkpointing.DATA}
+        assert checkpointing.STEP_METADATA in digests["sha256"]
+        checkpointing.verify(directory / str(step), sorted(items))
 
 
 @pytest.mark.parametrize("item", [checkpointing.PARAMS, checkpointing.TRAINER, checkpointing.DATA])
@@ -528,12 +531,73 @@ def test_a_run_seals_the_unsealed_checkpoints_it_finds(uninterrupted_run, tmp_pa
         checkpointing.load_params(workdir)
 
 
-def test_damaged_digests_are_one_line(uninterrupted_run, tmp_path):
-    workdir = copy_of_run(uninterrupted_run, tmp_path / "digests")
-    digests = workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS) / checkpointing.DIGESTS
-    digests.write_text("[1, 2]")
-    with pytest.raises(checkpointing.CheckpointError, match=rf"^{digests}: damaged \(TypeError: list\); remove it to read"):
-        checkpointing.load_params(workdir)
+@pytest.mark.parametrize("damage, fault", [
+    ("list", r"damaged \(TypeError: .*\); remove it to read the checkpoint unchecked"),
+    ("no params", r"damaged \(records no file of params\); remove it"),
+    ("directory", r"damaged \(OSError: not a file: .*\); remove it"),
+    ("renamed step", r"damaged \(ValueError: the digests of step 24, not of step 30\); remove it"),
+])
+def test_damaged_digests_are_one_line(uninterrupted_run, tmp_path, damage, fault):
+    step = copy_of_run(uninterrupted_run, tmp_path / "digests") / checkpointing.CHECKPOINTS / str(NUM_STEPS)
+    digests = step / checkpointing.DIGESTS
+    recorded = json.loads(digests.read_text())
+    if damage == "list":
+        digests.write_text("[1, 2]")
+    elif damage == "no params":
+        recorded["sha256"] = {name: d for name, d in recorded["sha256"].items() if not name.startswith("params/")}
+        digests.write_text(json.dumps(recorded))
+    elif damage == "directory":
+        digests.unlink()
+        digests.mkdir()
+    else:  # a step directory renamed to a later step: resuming would start from the wrong state
+        step = step.rename(step.parent / "30")
+    with pytest.raises(checkpointing.CheckpointError, match=rf"^{step / checkpointing.DIGESTS}: {fault}"):
+        checkpointing.load_params(step.parent)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "emptied", "stray empty file"])
+def test_a_sealed_step_missing_a_file_is_refused_not_passed_over(uninterrupted_run, tmp_path, damage):
+    # A sealed save had finished: a file gone since is damage to report, not an interrupted save to skip.
+    directory = copy_of_run(uninterrupted_run, tmp_path / "sealed") / checkpointing.CHECKPOINTS
+    step = directory / str(NUM_STEPS)
+    target = step / checkpointing.PARAMS / "_METADATA"
+    if damage == "deleted":
+        target.unlink()
+    elif damage == "emptied":
+        target.write_bytes(b"")
+    else:
+        (step / checkpointing.PARAMS / ".nfs0001").touch()
+    assert checkpointing.incomplete_reason(step) is None
+    if damage == "stray empty file":
+        checkpointing.load_params(directory)  # nothing saved has changed
+        return
+    expected = "missing (recorded" if damage == "deleted" else "SHA-256 mismatch"
+    with pytest.raises(checkpointing.CheckpointError, match=rf"^{target}: .*{re.escape(expected)}"):
+        checkpointing.load_params(directory)
+    checkpointing.Checkpointer(directory.parent, save_every=CHECKPOINT_EVERY, keep=3).close()
+    assert saved_steps(directory.parent) == [12, 18, 24]  # not moved aside as incomplete
+
+
+def test_each_save_is_sealed_before_the_next_starts(recipe_case, config_path, tmp_path, monkeypatch):
+    # With keep_checkpoints=1 the next save's finalize thread deletes the previous step: sealing
+    # it then raced the deletion (a FileNotFoundError, or a digests file left in a deleted step).
+    if recipe_case.name != "ad":
+        pytest.skip("the checkpointer is the same for every recipe")
+    config = load_config(config_path)
+    config.train.update(num_steps=4, checkpoint_every=1, keep_checkpoints=1)
+    sealed, original = [], checkpointing.seal
+
+    def seal(step_directory: Path) -> None:
+        assert not in_flight[0]._manager.is_saving_in_progress(), f"{step_directory} sealed during a save"
+        sealed.append(int(step_directory.name))
+        original(step_directory)
+
+    in_flight, checkpointer = [], checkpointing.Checkpointer
+    monkeypatch.setattr(checkpointing, "seal", seal)
+    monkeypatch.setattr(checkpointing, "Checkpointer", lambda *a, **k: in_flight.append(checkpointer(*a, **k)) or in_flight[-1])
+    loop.train(config, tmp_path / "keep1")
+    assert sealed == [1, 2, 3, 4] and saved_steps(tmp_path / "keep1") == [4]
+    checkpointing.verify(tmp_path / "keep1" / checkpointing.CHECKPOINTS / "4", checkpointing.TRAINING_ITEMS)
 
 
 def test_every_reader_passes_over_a_half_written_newest_checkpoint(
@@ -600,7 +664,7 @@ def test_no_complete_checkpoint_left_is_one_error_naming_each_step(uninterrupted
 
 
 def test_a_parameters_only_checkpoint_cannot_be_resumed(config_path, uninterrupted_run, tmp_path):
-    workdir = copy_of_run(uninterrupted_run, tmp_path / "run")
+    workdir = copy_of_run(uninterrupted_run, tmp_path / "run", sealed=False)
     step_dir = workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)
     for item in (checkpointing.TRAINER, checkpointing.DATA):
         shutil.rmtree(step_dir / item)

@@ -29,11 +29,13 @@ its checkpoint directory (to ``checkpoints.incomplete/``) so that its own saves 
 
 Damaged checkpoints: Orbax checksums only the index of its array shards, so a flipped bit in the
 (zstd-compressed) array data restores as wrong numbers without an error. Once a save has finished,
-``seal`` records the SHA-256 of every file of each item in the step's ``mgdt_digests.json``; every
-read (``restore``, ``load_checkpoint``, ``data_position``) first checks the files of the items it
-reads against it and refuses a mismatch in one line naming the file. A step without the file (saved
-before digests existed, or killed between its save and its seal) is sealed when a run opens its
-checkpoint directory, and read unchecked until then.
+``seal`` records the step and the SHA-256 of each of its files in the step's ``mgdt_digests.json``;
+every read (``restore``, ``load_checkpoint``, ``data_position``) first checks Orbax's step files and
+those of the items it reads against it and refuses a mismatch in one line naming the file. A sealed
+step counts as complete whatever is missing from it (it had finished: a lost file is damage to
+report, not an interrupted save to pass over). A step without digests (saved before they existed,
+or killed between its save and its seal) is sealed when a run opens its checkpoint directory, and
+read unchecked until then.
 """
 
 from __future__ import annotations
@@ -77,10 +79,11 @@ def checkpoint_directory(path: str | Path) -> Path:
 def incomplete_reason(step_directory: Path, items: Sequence[str] = (PARAMS,)) -> str | None:
     """None if ``step_directory`` holds a complete checkpoint of ``items``, else what is wrong (a phrase).
 
-    Complete: Orbax's step metadata is readable and names every item in ``items``, and each item it
-    names holds its metadata and at least one array (or JSON) file, none of its files empty (an
-    interrupted write or copy leaves empty or missing files). Only directory listings and the small
-    JSON step metadata are read, never an array. Raises CheckpointError, instead of returning a
+    Complete: a sealed step (its save finished: a file missing or changed since is damage, which
+    ``verify`` refuses, not a save to pass over); or Orbax's step metadata is readable and names every
+    item in ``items``, and each item it names holds its metadata and at least one array (or JSON)
+    file, none of its files empty (an interrupted write or copy leaves empty or missing files). Only
+    directory listings and small JSON files are read, never an array. Raises CheckpointError, instead of returning a
     reason, for a finished checkpoint that lacks one of ``items`` (parameters only, as
     mgdt-import-checkpoint writes, where a training resume needs the trainer state): passing over it
     would silently start the run from scratch.
@@ -89,15 +92,17 @@ def incomplete_reason(step_directory: Path, items: Sequence[str] = (PARAMS,)) ->
         return "no such directory"
     if not any(step_directory.iterdir()):
         return "the directory is empty"
+    sealed = is_sealed(step_directory)  # damage in it, digests included, is verify's to name
     try:
         written = json.loads((step_directory / STEP_METADATA).read_text())["item_handlers"]
         if not isinstance(written, dict):
             raise TypeError(written)
     except (OSError, ValueError, KeyError, TypeError):
-        return f"no readable {STEP_METADATA} (the save or copy did not finish)"
-    for item in sorted(written):
-        if reason := _item_incomplete_reason(step_directory / item):
-            return f"{item}: {reason}"
+        return None if sealed else f"no readable {STEP_METADATA} (the save or copy did not finish)"
+    if not sealed:
+        for item in sorted(written):
+            if reason := _item_incomplete_reason(step_directory / item):
+                return f"{item}: {reason}"
     if lacking := [item for item in items if item not in written]:
         raise CheckpointError(
             f"{step_directory}: holds {', '.join(sorted(written))} but not {', '.join(lacking)} "
@@ -123,57 +128,78 @@ def _item_incomplete_reason(item_directory: Path) -> str | None:
     return None
 
 
-def _file_digests(item_directory: Path) -> dict[str, str]:
-    return {path.relative_to(item_directory).as_posix(): _sha256(path)
-            for path in sorted(item_directory.rglob("*")) if path.is_file()}
-
-
 def _sha256(path: Path) -> str:
     with path.open("rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def is_sealed(step_directory: Path) -> bool:
-    """Whether the step holds its digests file (``seal`` ran on it)."""
-    return (step_directory / DIGESTS).is_file()
+    """Whether the step has a digests file (``seal`` ran on it; anything at that name counts)."""
+    return os.path.lexists(step_directory / DIGESTS)
 
 
 def seal(step_directory: Path) -> None:
-    """Writes ``DIGESTS`` for a finished checkpoint: the SHA-256 of every file of each item it holds.
+    """Writes ``DIGESTS`` for a finished checkpoint: its step number and the SHA-256 of every file in
+    it (Orbax's step metadata and each item's files), by path relative to the step directory.
 
-    Call it only once the save has finished (its files no longer change). Written to a temporary
-    name and renamed, so a digests file is never half-written. Reads every byte of the checkpoint
-    once (about a second per GB; the files were just written, so mostly from the page cache).
+    Call it only once the save has finished (its files no longer change) and before Orbax's keep
+    policy may delete it. Written to a temporary name and renamed, so a digests file is never
+    half-written. Reads every byte of the checkpoint once (about a second per GB; the files were just
+    written, so mostly from the page cache).
     """
-    items = json.loads((step_directory / STEP_METADATA).read_text())["item_handlers"]
-    digests = {item: _file_digests(step_directory / item) for item in sorted(items)}
+    digests = {"step": int(step_directory.name), "sha256": {
+        path.relative_to(step_directory).as_posix(): _sha256(path)
+        for path in sorted(step_directory.rglob("*")) if path.is_file() and not path.name.startswith(DIGESTS)}}
     partial = step_directory / f"{DIGESTS}.partial"
-    partial.write_text(json.dumps(digests, indent=1))
-    os.replace(partial, step_directory / DIGESTS)
+    try:
+        partial.write_text(json.dumps(digests, indent=1))
+        os.replace(partial, step_directory / DIGESTS)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _read_digests(step_directory: Path) -> dict[str, Any]:
+    """The step's digests: ``files`` {path: SHA-256} and ``items``, the items they cover. OSError,
+    ValueError, KeyError or TypeError for a digests file that is absent, not a file, not JSON, not
+    of the expected form or of another step."""
+    path = step_directory / DIGESTS
+    if not path.is_file():
+        raise OSError(f"not a file: {path}")
+    recorded = json.loads(path.read_text())
+    files = recorded["sha256"]
+    if not isinstance(files, dict) or not all(isinstance(d, str) for d in files.values()):
+        raise TypeError("its sha256 entry is not {path: digest}")
+    if recorded["step"] != int(step_directory.name):
+        raise ValueError(f"the digests of step {recorded['step']}, not of step {step_directory.name}")
+    return {"files": files, "items": {name.split("/")[0] for name in files if "/" in name}}
 
 
 def verify(step_directory: Path, items: Sequence[str]) -> None:
-    """Raises a one-line CheckpointError unless every file of ``items`` matches the step's digests.
+    """Raises a one-line CheckpointError unless Orbax's step files and every file of ``items`` match
+    the step's digests.
 
-    The error names the first file that is missing or whose bytes changed since ``seal``. A step
-    without digests is not checked.
+    The error names the first file that is missing or whose bytes changed since ``seal``, an item
+    the digests do not cover, or the digests file itself when it is damaged (or of another step: a
+    renamed step directory). A step without digests is not checked.
     """
     if not is_sealed(step_directory):
         return
     try:
-        recorded = json.loads((step_directory / DIGESTS).read_text())
-        if not isinstance(recorded, dict) or not all(isinstance(files, dict) for files in recorded.values()):
-            raise TypeError(type(recorded).__name__)
-    except (OSError, ValueError, TypeError) as error:
+        recorded = _read_digests(step_directory)
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f"{step_directory / DIGESTS}: damaged ({_first_line(error)}); "
                               "remove it to read the checkpoint unchecked") from None
-    for item in items:
-        for name, digest in recorded.get(item, {}).items():
-            path = step_directory / item / name
-            if not path.is_file():
-                raise CheckpointError(f"{path}: missing (recorded when the checkpoint was saved)")
-            if _sha256(path) != digest:
-                raise CheckpointError(f"{path}: damaged, its bytes differ from those saved (SHA-256 mismatch)")
+    if uncovered := sorted(set(items) - recorded["items"]):
+        raise CheckpointError(f"{step_directory / DIGESTS}: damaged (records no file of {', '.join(uncovered)}); "
+                              "remove it to read the checkpoint unchecked")
+    for name, digest in recorded["files"].items():
+        if "/" in name and name.split("/")[0] not in items:
+            continue
+        path = step_directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (recorded when the checkpoint was saved)")
+        if _sha256(path) != digest:
+            raise CheckpointError(f"{path}: damaged, its bytes differ from those saved (SHA-256 mismatch)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,8 +307,8 @@ class Checkpointer:
 
     On creation, steps left incomplete by an interrupted run are moved aside (``INCOMPLETE``) with a
     warning line on stderr, so ``latest_step`` is the newest complete checkpoint, and complete steps
-    without digests are sealed. A save is sealed when the next one starts (Orbax waits for the
-    previous save first) or at ``wait_until_finished`` / ``close``.
+    without digests are sealed. A save is sealed before the next one starts (which waits for it, as
+    Orbax would) or at ``wait_until_finished`` / ``close``.
     """
 
     def __init__(self, workdir: str | Path, *, save_every: int, keep: int):
@@ -315,6 +341,11 @@ class Checkpointer:
     def save(self, state: TrainState, data_position: Mapping[str, Any], *, force: bool = False) -> bool:
         """Starts an asynchronous save of ``state`` at its step; False if the policy says not now."""
         step = int(state.step)
+        if not (force or self._manager.should_save(step)):
+            return False
+        # Seal the previous save now, before this one starts: this one's finalize thread may delete
+        # it (the keep policy). The manager would wait for it here anyway.
+        self.wait_until_finished()
         args = ocp.args.Composite(
             **{
                 PARAMS: ocp.args.StandardSave(state.params),
@@ -324,23 +355,15 @@ class Checkpointer:
             }
         )
         started = self._manager.save(step, args=args, force=force)
-        if started:  # the manager waited for the previous save before starting this one
-            self._seal_finished()
+        if started:
             self._unsealed = step
         return started
 
     def _seal_finished(self) -> None:
-        """Seals the last save, now finished (process 0; a step the keep policy deleted is passed over)."""
+        """Seals the last save, now finished (process 0)."""
         step, self._unsealed = self._unsealed, None
-        if step is None or jax.process_index() != 0:
-            return
-        try:
+        if step is not None and jax.process_index() == 0 and (self.directory / str(step)).is_dir():
             seal(self.directory / str(step))
-        except FileNotFoundError:
-            # The keep policy may remove the step while it is read (Orbax deletes from its finalize
-            # thread); only a step still there is an error.
-            if (self.directory / str(step)).is_dir():
-                raise
 
     def restore(self, abstract_state: TrainState, step: int | None = None) -> tuple[TrainState, dict[str, Any]]:
         """The train state (laid out as ``abstract_state``'s shardings) and data position of a step.
