@@ -123,3 +123,15 @@ def test_a_pickle_without_the_released_parameters_is_named_in_its_error(tmp_path
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"mgdt-import-checkpoint: error: {pickled}: missing parameter ") and "\n" not in error
     assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_atomic_write_leaves_neither_file_nor_partial(tmp_path):
+    from mgdt_jax.core import files  # noqa: PLC0415
+
+    target = tmp_path / "report.json"
+    target.mkdir()  # the rename onto it fails, after the partial file was written
+    with pytest.raises(OSError):
+        files.write_json(target, {"done": True})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["report.json"] and target.is_dir()
+    files.write_json(tmp_path / "ok.json", [1])
+    assert (tmp_path / "ok.json").read_text() == "[\n 1\n]\n" and not (tmp_path / "ok.json.partial").exists()

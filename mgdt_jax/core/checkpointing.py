@@ -56,6 +56,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from mgdt_jax.core import files
 from mgdt_jax.core.train_step import TrainState
 
 PARAMS, TRAINER, DATA, ROLLOUT = "params", "trainer", "data", "rollout"
@@ -63,7 +64,7 @@ TRAINING_ITEMS = (PARAMS, TRAINER, DATA)  # what resuming a run needs; evaluatio
 CHECKPOINTS = "checkpoints"  # subdirectory of the workdir
 INCOMPLETE = "checkpoints.incomplete"  # where a resumed run moves incomplete steps (subdirectory of the workdir)
 STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax's step-level file: the items a finished save wrote
-DIGESTS = "mgdt_digests.json"  # step-level file: {item: {file path within the item: SHA-256}}
+DIGESTS = "mgdt_digests.json"  # step-level file: {"step": N, "sha256": {path within the step: digest}}
 
 
 class CheckpointError(RuntimeError):
@@ -83,8 +84,8 @@ def incomplete_reason(step_directory: Path, items: Sequence[str] = (PARAMS,)) ->
     ``verify`` refuses, not a save to pass over); or Orbax's step metadata is readable and names every
     item in ``items``, and each item it names holds its metadata and at least one array (or JSON)
     file, none of its files empty (an interrupted write or copy leaves empty or missing files). Only
-    directory listings and small JSON files are read, never an array. Raises CheckpointError, instead of returning a
-    reason, for a finished checkpoint that lacks one of ``items`` (parameters only, as
+    directory listings and small JSON files are read, never an array. Raises CheckpointError,
+    instead of returning a reason, for a finished checkpoint that lacks one of ``items`` (parameters only, as
     mgdt-import-checkpoint writes, where a training resume needs the trainer state): passing over it
     would silently start the run from scratch.
     """
@@ -150,12 +151,7 @@ def seal(step_directory: Path) -> None:
     digests = {"step": int(step_directory.name), "sha256": {
         path.relative_to(step_directory).as_posix(): _sha256(path)
         for path in sorted(step_directory.rglob("*")) if path.is_file() and not path.name.startswith(DIGESTS)}}
-    partial = step_directory / f"{DIGESTS}.partial"
-    try:
-        partial.write_text(json.dumps(digests, indent=1))
-        os.replace(partial, step_directory / DIGESTS)
-    finally:
-        partial.unlink(missing_ok=True)
+    files.write_json(step_directory / DIGESTS, digests)
 
 
 def _read_digests(step_directory: Path) -> dict[str, Any]:
@@ -166,12 +162,12 @@ def _read_digests(step_directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise OSError(f"not a file: {path}")
     recorded = json.loads(path.read_text())
-    files = recorded["sha256"]
-    if not isinstance(files, dict) or not all(isinstance(d, str) for d in files.values()):
+    digests = recorded["sha256"]
+    if not isinstance(digests, dict) or not all(isinstance(d, str) for d in digests.values()):
         raise TypeError("its sha256 entry is not {path: digest}")
     if recorded["step"] != int(step_directory.name):
         raise ValueError(f"the digests of step {recorded['step']}, not of step {step_directory.name}")
-    return {"files": files, "items": {name.split("/")[0] for name in files if "/" in name}}
+    return {"files": digests, "items": {name.split("/")[0] for name in digests if "/" in name}}
 
 
 def verify(step_directory: Path, items: Sequence[str]) -> None:

@@ -25,11 +25,17 @@ def path_argument(text: str) -> Path:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through ``path.partial``; OSError as ``Path.write_text``.
-    ``path`` is a ``pathlib.Path`` or anything with its API, e.g. an ``etils.epath.Path``."""
+    """Writes ``text`` to ``path`` through ``path.partial``, removed if the write fails; OSError as
+    ``Path.write_text``. ``path`` is a ``pathlib.Path`` or anything with its API, e.g. an
+    ``etils.epath.Path``."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)
+    try:
+        partial.write_text(text)
+        partial.replace(path)
+    except BaseException:
+        if partial.exists():
+            partial.unlink()
+        raise
 
 
 def write_json(path: Path, content: Any) -> None:
