@@ -294,6 +294,42 @@ def test_the_gtrxl_gate_follows_its_formula_and_starts_near_the_identity():
     np.testing.assert_allclose(zero(x, y), (1 - sigmoid(-2.0)) * xn, atol=1e-6)
 
 
+@pytest.mark.parametrize("agent_name", ["gtrxl", "trxl", "gru"])
+def test_the_step_cost_counts_the_flops_xla_counts(agent_name):
+    """``agent_flops``, which ``AdaRecipe.step_cost`` (logged TFLOP/s, benchmarks' MFU) sums, is
+    within a few percent of XLA's cost analysis of the learner's and the actor's pass, with grid
+    observations and GTrXL gates (XLA also counts elementwise work, so it reads a little higher)."""
+    from mgdt_jax.core.flops import compiled_flops
+    from mgdt_jax.recipes.ada.recipe import agent_flops
+
+    shapes = EnvShapes(num_actions=6, extras_size=13, grid_shape=(5, 5, 2))
+    config = AgentConfig(agent="gru" if agent_name == "gru" else "trxl", gated=agent_name == "gtrxl", observation="grid",
+                         d_model=128, num_heads=4, num_layers=2, memory_length=16, head_hidden=128, gru_hidden=128)
+    batch, length, memory_length = 4, 16, config.memory_length
+    keys = jax.random.split(jax.random.key(0), 4)
+
+    def inputs(lead: tuple[int, ...]) -> dict[str, jax.Array]:
+        return {"observation": jax.random.randint(keys[0], (*lead, 5, 5, 2), 0, 12),
+                "previous_action": jax.random.randint(keys[1], lead, 0, shapes.num_actions + 1),
+                "previous_reward": jax.random.normal(keys[2], lead),
+                "extras": jax.random.normal(keys[3], (*lead, shapes.extras_size)), "reset": jnp.zeros(lead, bool)}
+
+    agent = make_agent(config, shapes, nnx.Rngs(0))
+    graph, params = nnx.split(agent)
+    memory = agent.initial_memory(batch)
+    context = memory_length + length if config.agent == "trxl" else 1
+    act = jax.jit(lambda p, x, cache: nnx.merge(graph, p).act(x, cache, jnp.int32(3)))
+    passes = {"act": (act.lower(params, inputs((batch,)), agent.begin_segment(memory, length)),
+                      agent_flops(config, shapes, queries=1, context=context, projected=1))}
+    if config.agent == "trxl":  # the GRU's learner pass is a scan, whose body XLA counts once
+        sequence = jax.jit(lambda p, x, m: nnx.merge(graph, p).sequence(x, m))
+        passes["sequence"] = (sequence.lower(params, inputs((batch, length)), memory),
+                              agent_flops(config, shapes, queries=length, context=context))
+    for name, (lowered, analytic) in passes.items():
+        ratio = compiled_flops(lowered.compile()) / (batch * analytic)
+        assert 1.0 <= ratio <= 1.06, (name, ratio)
+
+
 def test_the_claims_break_held_out_returns_down_by_goal_type():
     pytest.importorskip("xminigrid")
     from experiments import ada_claims

@@ -43,6 +43,7 @@ from mgdt_jax.core.transformer import Block, alibi_slopes, dense, layer_norm, sh
 
 AGENTS = ("trxl", "gru")
 OBSERVATIONS = ("discrete", "grid")
+GRID_CHANNELS = (16, 32, 64)  # the grid encoder's 2x2 convolutions (XLand-MiniGrid's training/nn.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,13 +103,13 @@ class InputEncoder(nnx.Module):
             self.observation = nnx.Embed(shapes.num_observations, d_out, embedding_init=embed_init, rngs=rngs)
         elif config.observation == "grid":
             # XLand-MiniGrid baseline encoder (training/nn.py): tile and colour embeddings, three
-            # 2x2 convolutions (16, 32, 64 channels), flattened.
+            # 2x2 convolutions (GRID_CHANNELS), flattened.
             self.tiles = nnx.Embed(config.num_tiles, config.grid_embedding, rngs=rngs)
             self.colors = nnx.Embed(config.num_colors, config.grid_embedding, rngs=rngs)
-            channels = (2 * config.grid_embedding, 16, 32, 64)
+            channels = (2 * config.grid_embedding, *GRID_CHANNELS)
             self.convs = nnx.List([nnx.Conv(c_in, c_out, (2, 2), padding="VALID", rngs=rngs) for c_in, c_out in zip(channels, channels[1:])])
-            height, width = shapes.grid_shape[0] - 3, shapes.grid_shape[1] - 3
-            self.observation = dense(height * width * 64, d_out, (None, "embed"), **linear)
+            height, width = shapes.grid_shape[0] - len(GRID_CHANNELS), shapes.grid_shape[1] - len(GRID_CHANNELS)
+            self.observation = dense(height * width * GRID_CHANNELS[-1], d_out, (None, "embed"), **linear)
         else:
             raise ValueError(f"model.observation {config.observation!r} is not one of {OBSERVATIONS}")
         self.previous_action = nnx.Embed(shapes.num_actions + 1, d_out, embedding_init=embed_init, rngs=rngs)

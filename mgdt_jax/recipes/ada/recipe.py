@@ -27,7 +27,7 @@ from mgdt_jax.core.config_sections import read_section, section
 from mgdt_jax.core.recipe import OnlineRecipe, RolloutState, StepCost
 from mgdt_jax.recipes.ada import env as ada_env
 from mgdt_jax.recipes.ada import ppo
-from mgdt_jax.recipes.ada.agents import AgentConfig, EnvShapes, make_agent
+from mgdt_jax.recipes.ada.agents import GRID_CHANNELS, AgentConfig, EnvShapes, make_agent
 
 
 
@@ -254,18 +254,29 @@ def agent_flops(config: AgentConfig, shapes: EnvShapes, *, queries: int, context
 
     Transformer-XL: each layer projects keys and values of ``projected`` slots (default all
     ``context``: the learner's pass; an acting step projects only its own, the rest is in the actor's
-    KV cache), queries/output/MLP for the queries, attention of each query over the context. GRU:
-    three gates per step. Both: the input projections and heads (embedding lookups and the grid
-    convolutions are not counted).
+    KV cache), queries/output/MLP for the queries, attention of each query over the context, and
+    with ``gated`` the two GTrXL gates (6 D^2 multiply-adds each). GRU: three gates per step. Both:
+    the input encoder (reward and extras projections; for grid observations the three 2x2
+    convolutions and the projection of their output) and the heads. Embedding lookups, LayerNorm,
+    softmax and activations are not counted (elementwise work, small beside the matmuls).
+    tests/test_ada.py checks the count against XLA's cost analysis of both passes.
     """
     projected = context if projected is None else projected
     d, h = config.d_model, config.head_hidden
-    embed = 2 * d * (1 + shapes.extras_size) + (2 * 4 * 64 * d if config.observation == "grid" else 0)
+    embed = 2 * d * (1 + shapes.extras_size)
+    if config.observation == "grid":
+        height, width = shapes.grid_shape[:2]
+        channels = (2 * config.grid_embedding, *GRID_CHANNELS)
+        for index, (c_in, c_out) in enumerate(zip(channels, channels[1:]), start=1):
+            embed += 2 * (height - index) * (width - index) * 4 * c_in * c_out
+        embed += 2 * (height - len(GRID_CHANNELS)) * (width - len(GRID_CHANNELS)) * GRID_CHANNELS[-1] * d
     heads = 2 * 2 * (config.gru_hidden if config.agent == "gru" else d) * h + 2 * h * (shapes.num_actions + 1)
     if config.agent == "gru":
         core = 2 * 3 * (d * config.gru_hidden + config.gru_hidden**2)
         return float(queries * (embed + core + heads))
-    per_layer = 2 * d * d * (2 * queries + 2 * projected) + 2 * 2 * queries * d * config.mlp_ratio * d + 2 * 2 * queries * context * d
+    gates = 2 * 2 * 6 * d * d if config.gated else 0
+    per_layer = (2 * d * d * (2 * queries + 2 * projected) + 2 * 2 * queries * d * config.mlp_ratio * d
+                 + 2 * 2 * queries * context * d + queries * gates)
     return float(queries * (embed + heads) + config.num_layers * per_layer)
 
 
