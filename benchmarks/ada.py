@@ -1,33 +1,44 @@
 """AdA training throughput: environment steps/s of the whole train step against the environments alone.
 
-    python benchmarks/ada.py [--envs 256] [--rollout 32] [--steps 5] [--agents trxl,gru]
+    python benchmarks/ada.py [--setting tiny|claim] [--envs N] [--rollout N] [--steps 5] [--agents trxl,gru]
                              [--d-model 64] [--layers 2] [--memory 32] [--peak-tflops X] [--json OUT]
 
-For each agent it builds the AdA recipe of experiments/ada_tiny.py (arm recall, or another
-``--env-factory``) at the given size, compiles the online train step (rollout of ``--envs``
+For each agent it builds an AdA recipe, compiles the online train step (rollout of ``--envs``
 environments for ``--rollout`` steps, GAE, PPO epochs and minibatches) and times ``--steps`` steps
-after one warm-up step. The baseline, measured in the same run on the same batch: the environments
-alone, stepped for the same ``--rollout`` steps by uniformly random actions with the same in-place
-resets of finished meta-episodes, in one jitted scan. Printed: env steps/s of both and their ratio
-(the share of the environments' own speed the learning agent keeps), parameter counts, the analytic
-FLOPs of a step (``AdaRecipe.step_cost``), achieved TFLOP/s and MFU against ``--peak-tflops``
-(float32 has no datasheet peak in mgdt_jax/core/flops.py, so MFU needs it given).
+after one warm-up step. ``--setting tiny`` (default): experiments/ada_tiny.py (arm recall, or
+another ``--env-factory``) at ``--d-model``/``--layers``/``--memory`` (256 envs x 32 steps unless
+given). ``--setting claim``: the meta-RL claim's standing setting of docs/ada.md (XLand-MiniGrid
+R1-9x9, 5 trials of at most 30 steps, the agent goals of 340 trivial rulesets generated here, goal
+hidden; gated Transformer-XL d 128 with a 128-step memory, or the claim's GRU; 16 minibatches; 256
+envs x 160 steps unless given), built by experiments/ada_claims.py's ``run_config``.
+
+The baseline, measured in the same run on the same batch: the environments alone, stepped for the
+same ``--rollout`` steps by uniformly random actions with the same in-place resets of finished
+meta-episodes, in one jitted scan. Printed: env steps/s of both and their ratio (the share of the
+environments' own speed the learning agent keeps), parameter counts, the analytic FLOPs of a step
+(``AdaRecipe.step_cost``), achieved TFLOP/s and MFU: against ``--peak-tflops`` if given, else
+against the best float32 matmul measured in the same run (``flops.matmul_peak``, before the first
+agent and after the last; float32 has no datasheet peak).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import ada_tiny
-from mgdt_jax.core import sharding
+from experiments import ada_claims, ada_tiny
+from mgdt_jax.core import flops, sharding
 from mgdt_jax.core.files import path_argument
 from mgdt_jax.core.train_step import Trainer
+
+MATMUL_SIZE = 2048  # float32; the size experiments/common.py's machine line measures
 
 
 def env_only_rollout(recipe, length: int):
@@ -53,7 +64,22 @@ def env_only_rollout(recipe, length: int):
     return run
 
 
-def measure(agent: str, args: argparse.Namespace) -> dict:
+# The meta-RL claim's standing setting (docs/ada.md, "Where the claims stand"): its command's flags.
+CLAIM_TASK = ada_claims.TaskSetting(goals="agent", observe_goal=False, trial_steps=30)
+CLAIM_TRXL = {"memory_length": 128, "gated": True, "d_model": 128, "head_hidden": 128}
+
+
+def claim_config(agent: str, envs: int, rollout: int, scratch: Path):
+    """The claim's training config for ``agent`` at ``envs`` x ``rollout``, its benchmark written
+    under ``scratch``."""
+    scale = ada_claims.Scale(rulesets=340, num_envs=envs, rollout_length=rollout, train_steps=600, teacher_steps=0,
+                             eval_episodes=32, num_minibatches=16)
+    benchmark, _ = ada_claims.make_benchmark(scratch, scale, CLAIM_TASK)
+    return ada_claims.run_config(agent, benchmark, scale, scale.train_steps, CLAIM_TASK, trxl_options=CLAIM_TRXL,
+                                 lr_schedule="linear", entropy_anneal=True)
+
+
+def tiny_config(agent: str, args: argparse.Namespace):
     config = ada_tiny.get_config()
     config.model.agent = agent
     config.model.d_model = args.d_model
@@ -65,8 +91,14 @@ def measure(agent: str, args: argparse.Namespace) -> dict:
     config.train.num_steps = 10**6
     if args.env_factory:
         config.env.factory = args.env_factory
-    mesh = sharding.make_mesh({"data": -1})
-    trainer = Trainer(config, mesh)
+    return config
+
+
+def measure(agent: str, args: argparse.Namespace) -> dict:
+    """One agent's figures (its MFU is set by ``main``, once the peak is known)."""
+    with tempfile.TemporaryDirectory(prefix="ada_bench_") as scratch:
+        config = claim_config(agent, args.envs, args.rollout, Path(scratch)) if args.setting == "claim" else tiny_config(agent, args)
+        trainer = Trainer(config, sharding.make_mesh({"data": -1}))  # reads the benchmark file here
     recipe = trainer.recipe
     state = trainer.init(0)
     start = time.perf_counter()
@@ -101,34 +133,52 @@ def measure(agent: str, args: argparse.Namespace) -> dict:
         "train_over_env_only": env_seconds / train_seconds,
         "flops_per_step": cost.flops,
         "tflops_per_second": flops_per_second / 1e12,
-        "mfu": flops_per_second / (args.peak_tflops * 1e12 * jax.device_count()) if args.peak_tflops else None,
         "episode_return": float(metrics["episode_return"]),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--envs", type=int, default=256)
-    parser.add_argument("--rollout", type=int, default=32)
+    parser.add_argument("--setting", choices=("tiny", "claim"), default="tiny")
+    parser.add_argument("--envs", type=int, help="environments per rollout (default 256)")
+    parser.add_argument("--rollout", type=int, help="steps per rollout (default 32, the claim's 160)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--agents", default="trxl,gru")
-    parser.add_argument("--d-model", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--memory", type=int, default=32)
-    parser.add_argument("--env-factory", default="", help="module:function (default: arm recall)")
-    parser.add_argument("--peak-tflops", type=float, default=0.0, help="per-device peak for MFU")
+    parser.add_argument("--d-model", type=int, default=64, help="tiny setting only")
+    parser.add_argument("--layers", type=int, default=2, help="tiny setting only")
+    parser.add_argument("--memory", type=int, default=32, help="tiny setting only")
+    parser.add_argument("--env-factory", default="", help="tiny setting only: module:function (default: arm recall)")
+    parser.add_argument("--peak-tflops", type=float, default=0.0,
+                        help="per-device peak for MFU (default: the best float32 matmul measured in this run)")
     parser.add_argument("--json", type=path_argument)
     args = parser.parse_args()
-    print(f"{jax.device_count()} {jax.devices()[0].platform} device(s); {args.envs} envs x {args.rollout} steps per train step")
-    results = []
-    for agent in args.agents.split(","):
-        result = measure(agent, args)
-        results.append(result)
-        mfu = f"{result['mfu']:.2%}" if result["mfu"] is not None else "n/a (no --peak-tflops)"
+    args.envs = args.envs or 256
+    args.rollout = args.rollout or (160 if args.setting == "claim" else 32)
+    for name in ("envs", "rollout", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)}: must be at least 1")
+    if args.setting == "claim" and args.envs % 16:
+        parser.error(f"--envs {args.envs}: the claim's 16 minibatches must divide it")
+    print(f"{jax.device_count()} {jax.devices()[0].platform} device(s); {args.setting} setting; "
+          f"{args.envs} envs x {args.rollout} steps per train step", flush=True)
+    # The ceiling is measured before the first agent and after the last; MFU is read against the best.
+    measured = [] if args.peak_tflops else [flops.matmul_peak(jnp.float32, MATMUL_SIZE)]
+    results = [measure(agent, args) for agent in args.agents.split(",")]
+    if args.peak_tflops:
+        peak = args.peak_tflops * 1e12
+    else:
+        measured.append(flops.matmul_peak(jnp.float32, MATMUL_SIZE))
+        peak = max(measured)
+        print(f"float32 matmul {MATMUL_SIZE}^3: {' and '.join(f'{m / 1e9:.1f}' for m in measured)} GFLOP/s "
+              "(before and after the agents; MFU against the best)")
+    for result in results:
+        result["peak_flops_per_second"] = peak
+        result["mfu"] = result["tflops_per_second"] * 1e12 / (peak * jax.device_count())
+    for result in results:
         print(
-            f"{agent:5s} params {result['parameters']:,} | train {result['train_env_steps_per_second']:,.0f} env steps/s "
+            f"{result['agent']:5s} params {result['parameters']:,} | train {result['train_env_steps_per_second']:,.0f} env steps/s "
             f"| envs alone {result['env_only_steps_per_second']:,.0f} steps/s | ratio {result['train_over_env_only']:.3f} "
-            f"| {result['flops_per_step']:.3e} FLOPs/step, {result['tflops_per_second']:.4f} TFLOP/s, MFU {mfu} "
+            f"| {result['flops_per_step']:.3e} FLOPs/step, {result['tflops_per_second']:.4f} TFLOP/s, MFU {result['mfu']:.1%} "
             f"| compile {result['compile_seconds']:.1f} s"
         )
     if args.json:
