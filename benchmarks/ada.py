@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import ada_claims, ada_tiny
+from experiments import ada_tiny
 from mgdt_jax.core import flops, sharding
 from mgdt_jax.core.files import path_argument
 from mgdt_jax.core.train_step import Trainer
@@ -65,17 +65,22 @@ def env_only_rollout(recipe, length: int):
 
 
 # The meta-RL claim's standing setting (docs/ada.md, "Where the claims stand"): its command's flags.
-CLAIM_TASK = ada_claims.TaskSetting(goals="agent", observe_goal=False, trial_steps=30)
+CLAIM_TASK = {"goals": "agent", "observe_goal": False, "trial_steps": 30}
 CLAIM_TRXL = {"memory_length": 128, "gated": True, "d_model": 128, "head_hidden": 128}
 
 
 def claim_config(agent: str, envs: int, rollout: int, scratch: Path):
     """The claim's training config for ``agent`` at ``envs`` x ``rollout``, its benchmark written
     under ``scratch``."""
+    # Imported here: gpu_check imports this module (env_only_rollout) on machines without the
+    # claims' dependencies.
+    from experiments import ada_claims
+
+    task = ada_claims.TaskSetting(**CLAIM_TASK)
     scale = ada_claims.Scale(rulesets=340, num_envs=envs, rollout_length=rollout, train_steps=600, teacher_steps=0,
                              eval_episodes=32, num_minibatches=16)
-    benchmark, _ = ada_claims.make_benchmark(scratch, scale, CLAIM_TASK)
-    return ada_claims.run_config(agent, benchmark, scale, scale.train_steps, CLAIM_TASK, trxl_options=CLAIM_TRXL,
+    benchmark, _ = ada_claims.make_benchmark(scratch, scale, task)
+    return ada_claims.run_config(agent, benchmark, scale, scale.train_steps, task, trxl_options=CLAIM_TRXL,
                                  lr_schedule="linear", entropy_anneal=True)
 
 
