@@ -83,7 +83,8 @@ def compiled_flops(compiled: jax.stages.Compiled) -> float | None:
     """FLOPs XLA counts for one device's program of a compiled computation, or None if unknown.
 
     Useful once, to cross-check a recipe's analytic count: XLA also counts elementwise and
-    optimizer work, so it reads somewhat higher.
+    optimizer work, so it reads somewhat higher, but it counts the body of a loop (``lax.scan``:
+    a rollout, gradient accumulation) once, so a step with one reads far lower.
     """
     analysis = compiled.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older JAX: one dict per device program
