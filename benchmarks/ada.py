@@ -157,8 +157,10 @@ def main() -> None:
                         help="per-device peak for MFU (default: the best float32 matmul measured in this run)")
     parser.add_argument("--json", type=path_argument)
     args = parser.parse_args()
-    args.envs = args.envs or 256
-    args.rollout = args.rollout or (160 if args.setting == "claim" else 32)
+    if args.envs is None:
+        args.envs = 256
+    if args.rollout is None:
+        args.rollout = 160 if args.setting == "claim" else 32
     for name in ("envs", "rollout", "steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} {getattr(args, name)}: must be at least 1")

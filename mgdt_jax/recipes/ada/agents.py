@@ -77,6 +77,12 @@ class EnvShapes:
     grid_shape: tuple[int, ...] = ()  # grid observations only: (H, W, 2)
 
 
+def grid_channels(config: AgentConfig) -> tuple[int, ...]:
+    """Channels in and out of the grid encoder's convolutions: the tile and colour embeddings, then
+    ``GRID_CHANNELS``."""
+    return (2 * config.grid_embedding, *GRID_CHANNELS)
+
+
 def _kernel_init(scale: float = 1.0) -> nnx.Initializer:
     return nnx.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
 
@@ -106,7 +112,7 @@ class InputEncoder(nnx.Module):
             # 2x2 convolutions (GRID_CHANNELS), flattened.
             self.tiles = nnx.Embed(config.num_tiles, config.grid_embedding, rngs=rngs)
             self.colors = nnx.Embed(config.num_colors, config.grid_embedding, rngs=rngs)
-            channels = (2 * config.grid_embedding, *GRID_CHANNELS)
+            channels = grid_channels(config)
             self.convs = nnx.List([nnx.Conv(c_in, c_out, (2, 2), padding="VALID", rngs=rngs) for c_in, c_out in zip(channels, channels[1:])])
             height, width = shapes.grid_shape[0] - len(GRID_CHANNELS), shapes.grid_shape[1] - len(GRID_CHANNELS)
             self.observation = dense(height * width * GRID_CHANNELS[-1], d_out, (None, "embed"), **linear)

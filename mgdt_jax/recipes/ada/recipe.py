@@ -27,7 +27,7 @@ from mgdt_jax.core.config_sections import read_section, section
 from mgdt_jax.core.recipe import OnlineRecipe, RolloutState, StepCost
 from mgdt_jax.recipes.ada import env as ada_env
 from mgdt_jax.recipes.ada import ppo
-from mgdt_jax.recipes.ada.agents import GRID_CHANNELS, AgentConfig, EnvShapes, make_agent
+from mgdt_jax.recipes.ada.agents import GRID_CHANNELS, AgentConfig, EnvShapes, grid_channels, make_agent
 
 
 
@@ -266,7 +266,7 @@ def agent_flops(config: AgentConfig, shapes: EnvShapes, *, queries: int, context
     embed = 2 * d * (1 + shapes.extras_size)
     if config.observation == "grid":
         height, width = shapes.grid_shape[:2]
-        channels = (2 * config.grid_embedding, *GRID_CHANNELS)
+        channels = grid_channels(config)
         for index, (c_in, c_out) in enumerate(zip(channels, channels[1:]), start=1):
             embed += 2 * (height - index) * (width - index) * 4 * c_in * c_out
         embed += 2 * (height - len(GRID_CHANNELS)) * (width - len(GRID_CHANNELS)) * GRID_CHANNELS[-1] * d
