@@ -4,6 +4,7 @@ import concurrent.futures
 import multiprocessing.context
 import os
 import signal
+import time
 
 import pytest
 
@@ -50,6 +51,11 @@ def test_a_ctrl_c_while_workers_start_is_raised_and_shuts_them_all_down(monkeypa
     finally:
         signal.signal(signal.SIGINT, previous)
     assert len(workers) == 2  # the Ctrl-C waited for the starts
+    deadline = time.monotonic() + 60
     for worker in workers:
         worker.join(timeout=60)
+        # The pool's own thread reaps its workers too; when it wins the race, this join's waitpid
+        # finds no child and reads None until that thread has recorded the exit code.
+        while worker.exitcode is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert worker.exitcode is not None  # the pool was shut down, no worker left behind
