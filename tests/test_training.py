@@ -1,7 +1,7 @@
 """The train loop end to end on 8 fake CPU devices, for every recipe (tests/recipe_cases.py: the MGDT
 on recorded ALE data, AD, JAT and AdA): the loss falls; throughput and MFU follow the
 recipe's step cost; a run preempted with SIGTERM (or stopped by Ctrl-C), resumed, killed with SIGKILL and resumed again has
-the losses of an uninterrupted run, bit for bit; checkpoints restore onto other meshes; a diverging
+the losses of an uninterrupted run, bit for bit (and, launched as two hosts, within rounding); checkpoints restore onto other meshes; a diverging
 run stops and keeps its last good checkpoint; another recipe's checkpoints are refused; bad input
 ends the CLI cleanly."""
 
@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -163,6 +164,69 @@ def test_preempted_and_killed_run_resumes_with_the_losses_of_an_uninterrupted_ru
     resumed_losses, reference = losses(workdir), losses(uninterrupted_run)
     assert sorted(resumed_losses) == sorted(reference)
     np.testing.assert_array_equal([resumed_losses[s] for s in sorted(reference)], [reference[s] for s in sorted(reference)])
+
+
+def run_cli_on_two_hosts(config_path: Path, workdir: Path) -> list[subprocess.Popen]:
+    """The CLI as a two-host job on this machine: two processes of 4 CPU devices each (8 in all, as
+    the reference run), launched as docs/training.md says outside SLURM."""
+    with socket.socket() as probe:  # a free port for the coordinator
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    python_path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "mgdt_jax.cli.train", "--config", str(config_path), "--workdir", str(workdir)]
+    return [
+        popen_as_from_a_terminal(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={
+            **os.environ, "PYTHONPATH": python_path, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+            "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(index),
+        })
+        for index in range(2)
+    ]
+
+
+def finish(processes: list[subprocess.Popen]) -> list[tuple[int, list[str]]]:
+    """Each process's exit code and output lines (the collective library's connection lines left out);
+    all are killed if one is not done within 300 s (a host left waiting in a collective)."""
+    try:
+        outputs = [process.communicate(timeout=300)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    return [(process.returncode, [line for line in output.splitlines() if not line.startswith("[Gloo]")])
+            for process, output in zip(processes, outputs)]
+
+
+def test_a_two_host_job_preempted_on_one_host_resumes_with_the_losses_of_one_host(recipe_case, request, tmp_path):
+    if recipe_case.name not in ("ad", "ada"):
+        pytest.skip("one offline and one online recipe: each recipe's split of a batch over hosts has its own tests")
+    config_path, uninterrupted_run = (request.getfixturevalue(name) for name in ("config_path", "uninterrupted_run"))
+    workdir = tmp_path / "run"
+    processes = run_cli_on_two_hosts(config_path, workdir)
+    wait_for_checkpoint(processes[0], workdir, CHECKPOINT_EVERY)
+    processes[1].send_signal(signal.SIGTERM)  # one host's preemption notice: every host saves the same step
+    finished = finish(processes)
+    stopped_at = max(losses(workdir))
+    for returncode, lines in finished:
+        assert returncode == 0 and "Traceback" not in "\n".join(lines), lines
+        assert f"(preempted at step {stopped_at})" in lines[-1], lines
+    assert CHECKPOINT_EVERY <= stopped_at < NUM_STEPS and saved_steps(workdir)[-1] == stopped_at
+
+    for returncode, lines in finish(run_cli_on_two_hosts(config_path, workdir)):
+        assert returncode == 0 and f"trained steps {stopped_at}..{NUM_STEPS}" in lines[-1], lines
+    resumed, reference = losses(workdir), losses(uninterrupted_run)
+    assert sorted(resumed) == sorted(reference)
+    # Not bit for bit: the cross-process all-reduce adds in another order than one process does.
+    np.testing.assert_allclose([resumed[s] for s in sorted(reference)], [reference[s] for s in sorted(reference)],
+                               rtol=1e-5)
+
+    # The hosts share the hashing of a checkpoint's files; a damaged file that only the second host
+    # hashes must stop both, in the same line.
+    newest = workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)
+    names = sorted(json.loads((newest / checkpointing.DIGESTS).read_text())["sha256"])
+    damaged = newest / next(name for index, name in enumerate(names) if index % 2 and name.startswith("params/"))
+    flip_a_bit(damaged)
+    for returncode, lines in finish(run_cli_on_two_hosts(config_path, workdir)):
+        assert (returncode, lines[-1]) == (1, f"mgdt-train: error: {damaged}: damaged, its bytes differ from those "
+                                              "saved (SHA-256 mismatch)"), lines
 
 
 @pytest.mark.parametrize(
@@ -389,10 +453,21 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
         (["--config", str(config_path), "--workdir", str(a_file)], f"{a_file}: is a file, not a run folder"),
         (["--config", str(config_path), "--workdir", ""], "the workdir is empty: name a run folder"),
     ]
+    # A multi-host launch outside SLURM (docs/training.md) with a bad process count or index.
+    run_args = ["--config", str(config_path), "--workdir", str(tmp_path / "run")]
+    cases += [
+        (run_args, "cannot join the multi-host job: JAX_PROCESS_ID=2 is outside 0..1 (JAX_NUM_PROCESSES=2)",
+         {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"}),
+        (run_args, "cannot join the multi-host job: JAX_PROCESS_ID='first' is not a whole number",
+         {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "first"}),
+        (run_args, "cannot join the multi-host job: set both JAX_NUM_PROCESSES and JAX_PROCESS_ID (or neither, "
+         "where the launcher is detected)", {"JAX_NUM_PROCESSES": "2"}),
+    ]
     python_path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
-    for args, message in cases:
+    for args, message, *launch in cases:
+        launch_env = {"JAX_COORDINATOR_ADDRESS": "localhost:1", **launch[0]} if launch else {}
         done = subprocess.run([sys.executable, "-m", "mgdt_jax.cli.train", *args], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": python_path}, timeout=120)
+                              env={**os.environ, "PYTHONPATH": python_path, **launch_env}, timeout=120)
         assert (done.returncode, done.stderr.strip()) == (1, f"mgdt-train: error: {message}")
     assert not (tmp_path / "run").exists() and a_file.read_text() == "notes"
 

@@ -34,7 +34,11 @@ def _train(argv: list[str]) -> int:
         # Library INFO logs (Orbax writes a dozen lines per checkpoint) would bury the progress
         # lines; --verbosity=0 brings them back.
         logging.set_verbosity(logging.WARNING)
-    sharding.maybe_initialize_distributed()  # before any JAX computation
+    try:
+        sharding.maybe_initialize_distributed()  # before any JAX computation
+    except (ValueError, jax.errors.JaxRuntimeError) as error:
+        print(f"mgdt-train: error: cannot join the multi-host job: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1
     config_file = config_flags.get_config_filename(flags.FLAGS["config"])
     if not Path(config_file).is_file():  # ml_collections' own message spans five lines
         print(f"mgdt-train: error: --config {config_file}: no such file", file=sys.stderr)

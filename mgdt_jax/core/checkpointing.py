@@ -174,9 +174,11 @@ def verify(step_directory: Path, items: Sequence[str]) -> None:
     """Raises a one-line CheckpointError unless Orbax's step files and every file of ``items`` match
     the step's digests.
 
-    The error names the first file that is missing or whose bytes changed since ``seal``, an item
-    the digests do not cover, or the digests file itself when it is damaged (or of another step: a
-    renamed step directory). A step without digests is not checked.
+    The error names the first file (in path order) that is missing or whose bytes changed since
+    ``seal``, an item the digests do not cover, or the digests file itself when it is damaged (or of
+    another step: a renamed step directory). A step without digests is not checked. In a multi-host
+    job every process must call it (it is collective): each hashes its share of the files and all
+    raise the same error, so a job reads its checkpoint once, not once per host.
     """
     if not is_sealed(step_directory):
         return
@@ -188,14 +190,24 @@ def verify(step_directory: Path, items: Sequence[str]) -> None:
     if uncovered := sorted(set(items) - recorded["items"]):
         raise CheckpointError(f"{step_directory / DIGESTS}: damaged (records no file of {', '.join(uncovered)}); "
                               "remove it to read the checkpoint unchecked")
-    for name, digest in recorded["files"].items():
-        if "/" in name and name.split("/")[0] not in items:
-            continue
-        path = step_directory / name
+    names = sorted(name for name in recorded["files"] if "/" not in name or name.split("/")[0] in items)
+    faults = ("missing (recorded when the checkpoint was saved)",
+              "damaged, its bytes differ from those saved (SHA-256 mismatch)")
+    first = len(names) * len(faults)  # index * len(faults) + fault of the first bad file; this value: none
+    for index in range(jax.process_index(), len(names), jax.process_count()):
+        path = step_directory / names[index]
         if not path.is_file():
-            raise CheckpointError(f"{path}: missing (recorded when the checkpoint was saved)")
-        if _sha256(path) != digest:
-            raise CheckpointError(f"{path}: damaged, its bytes differ from those saved (SHA-256 mismatch)")
+            first = index * len(faults)
+        elif _sha256(path) != recorded["files"][names[index]]:
+            first = index * len(faults) + 1
+        else:
+            continue
+        break
+    if jax.process_count() > 1:
+        first = int(np.min(multihost_utils.process_allgather(np.asarray(first, np.int64))))
+    if first < len(names) * len(faults):
+        index, fault = divmod(first, len(faults))
+        raise CheckpointError(f"{step_directory / names[index]}: {faults[fault]}")
 
 
 @dataclasses.dataclass(frozen=True)

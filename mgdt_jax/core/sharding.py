@@ -47,8 +47,10 @@ def maybe_initialize_distributed() -> None:
     """Joins a multi-host job when the launcher says there is one; a no-op on one host.
 
     Must run before any JAX computation. SLURM, Open MPI and Cloud TPU pods are detected by
-    ``jax.distributed.initialize()`` itself; a plain launch can set ``JAX_COORDINATOR_ADDRESS``,
-    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``.
+    ``jax.distributed.initialize()`` itself; a plain launch sets ``JAX_COORDINATOR_ADDRESS``
+    (``host:port`` of process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` on every process
+    (JAX reads only the first, so the other two are read here). ValueError (one line) for a process
+    count or index that is not a whole number, or an index outside ``0..count - 1``.
     """
     launched_multi_host = any(
         name in os.environ
@@ -58,7 +60,22 @@ def maybe_initialize_distributed() -> None:
         return
     if "SLURM_NTASKS" in os.environ and int(os.environ["SLURM_NTASKS"]) <= 1:
         return
-    jax.distributed.initialize()
+    num_processes, process_id = (_environment_int(name) for name in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID"))
+    if (num_processes is None) != (process_id is None):
+        raise ValueError("set both JAX_NUM_PROCESSES and JAX_PROCESS_ID (or neither, where the launcher is detected)")
+    if num_processes is not None and not 0 <= process_id < num_processes:
+        raise ValueError(f"JAX_PROCESS_ID={process_id} is outside 0..{num_processes - 1} (JAX_NUM_PROCESSES={num_processes})")
+    jax.distributed.initialize(num_processes=num_processes, process_id=process_id)
+
+
+def _environment_int(name: str) -> int | None:
+    """The whole number in environment variable ``name``, None when unset; ValueError (one line) otherwise."""
+    if (text := os.environ.get(name)) is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a whole number") from None
 
 
 @dataclasses.dataclass(frozen=True)
