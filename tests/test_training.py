@@ -166,16 +166,18 @@ def test_preempted_and_killed_run_resumes_with_the_losses_of_an_uninterrupted_ru
     np.testing.assert_array_equal([resumed_losses[s] for s in sorted(reference)], [reference[s] for s in sorted(reference)])
 
 
-def run_cli_on_two_hosts(config_path: Path, workdir: Path) -> list[subprocess.Popen]:
+def run_cli_on_two_hosts(config_path: Path, workdir: Path, *, second_host_args: tuple[str, ...] = ()
+                         ) -> list[subprocess.Popen]:
     """The CLI as a two-host job on this machine: two processes of 4 CPU devices each (8 in all, as
-    the reference run), launched as docs/training.md says outside SLURM."""
+    the reference run), launched as docs/training.md says outside SLURM; the second process gets
+    ``second_host_args`` too."""
     with socket.socket() as probe:  # a free port for the coordinator
         probe.bind(("localhost", 0))
         port = probe.getsockname()[1]
     python_path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "mgdt_jax.cli.train", "--config", str(config_path), "--workdir", str(workdir)]
     return [
-        popen_as_from_a_terminal(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={
+        popen_as_from_a_terminal(command + list(second_host_args) * index, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={
             **os.environ, "PYTHONPATH": python_path, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
             "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(index),
         })
@@ -227,6 +229,20 @@ def test_a_two_host_job_preempted_on_one_host_resumes_with_the_losses_of_one_hos
     for returncode, lines in finish(run_cli_on_two_hosts(config_path, workdir)):
         assert (returncode, lines[-1]) == (1, f"mgdt-train: error: {damaged}: damaged, its bytes differ from those "
                                               "saved (SHA-256 mismatch)"), lines
+
+
+def test_a_host_whose_data_is_bad_stops_every_host_of_the_job_in_one_line(request, tmp_path):
+    # Each host reads its own copy of the data; one copy missing used to leave the other host to
+    # time out in its next collective with a traceback.
+    config_path = tmp_path / "tiny_ad.py"  # the loop's behaviour, the same for every recipe: the fastest checks it
+    config_path.write_text(CASES["ad"].config_file(request, num_steps=NUM_STEPS, checkpoint_every=CHECKPOINT_EVERY))
+    missing = tmp_path / "missing"
+    finished = finish(run_cli_on_two_hosts(config_path, tmp_path / "run",
+                                           second_host_args=(f"--config.data.sources={missing}",)))
+    reason = f"{missing}: no metadata.json: not a dataset written by mgdt-ad-histories"
+    assert [(returncode, lines[-1]) for returncode, lines in finished] == [
+        (1, f"mgdt-train: error: process 1 of 2 failed: {reason}"), (1, f"mgdt-train: error: {reason}")]
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(

@@ -100,18 +100,20 @@ def _train(
     config: Any, workdir: Path, recipe: Recipe | None, evaluate: Evaluator | None, progress: dict[str, bool]
 ) -> TrainResult:
     train_config = config.train
-    _check_counts(train_config)
-    check_optimizer_config(section(config, "optimizer", {}))
-    if workdir.exists() and not workdir.is_dir():
-        raise ValueError(f"{workdir}: is a file, not a run folder")
-    workdir.mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0
-    recipe = recipe if recipe is not None else load_recipe(config)
+    # A host's own data or folder may be bad where the others' are not: all stop here together.
+    with sharding.every_process_or_none():
+        _check_counts(train_config)
+        check_optimizer_config(section(config, "optimizer", {}))
+        if workdir.exists() and not workdir.is_dir():
+            raise ValueError(f"{workdir}: is a file, not a run folder")
+        workdir.mkdir(parents=True, exist_ok=True)
+        recipe = recipe if recipe is not None else load_recipe(config)
 
-    # --- Data (first, so a bad source fails before anything compiles) -----------------------------
-    data = recipe.training_data(process_index=jax.process_index(), process_count=jax.process_count())
-    if evaluate is None:
-        evaluate = recipe.evaluator(workdir)
+        # --- Data (first, so a bad source fails before anything compiles) -------------------------
+        data = recipe.training_data(process_index=jax.process_index(), process_count=jax.process_count())
+        if evaluate is None:
+            evaluate = recipe.evaluator(workdir)
 
     # --- Mesh and train step -------------------------------------------------------------------
     mesh = sharding.make_mesh(config.mesh)

@@ -1,4 +1,4 @@
-"""The device mesh, the logical-axis rules and global batch assembly.
+"""The device mesh, the logical-axis rules, global batch assembly and joining a multi-host job.
 
 This is the one place that maps the logical axis names carried by parameters and activations
 (``embed``, ``heads``, ``mlp``, ``batch`` ...) onto the physical mesh axes ``(data, fsdp, tensor)``:
@@ -15,15 +15,17 @@ per-op sharding annotations (Explicit mode would need ``out_sharding=`` on every
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from mgdt_jax.core.config_sections import read_section
@@ -76,6 +78,37 @@ def _environment_int(name: str) -> int | None:
         return int(text)
     except ValueError:
         raise ValueError(f"{name}={text!r} is not a whole number") from None
+
+
+FAILURE_BYTES = 1024  # of a process's one-line error, sent to the others
+
+
+@contextlib.contextmanager
+def every_process_or_none() -> Iterator[None]:
+    """Runs the block on every process of a multi-host job and makes a failure everyone's.
+
+    A ValueError, OSError or RuntimeError raised in the block on some process is raised on every
+    process: as itself where it happened, elsewhere as a ValueError naming the first failed process
+    and its error's first line. Without this the failed process exits and the others wait in their
+    next collective until it times out, ending in a traceback about the collective. Collective: every
+    process must enter the block. On one process it only runs the block.
+    """
+    error: Exception | None = None
+    try:
+        yield
+    except (ValueError, OSError, RuntimeError) as raised:
+        error = raised
+    if jax.process_count() > 1:
+        line = "" if error is None else (str(error).splitlines() or [type(error).__name__])[0]
+        sent = np.frombuffer(line.encode()[:FAILURE_BYTES].ljust(FAILURE_BYTES, b"\0"), np.uint8)
+        received = multihost_utils.process_allgather(sent)
+        failed = [(index, bytes(row).rstrip(b"\0").decode(errors="replace")) for index, row in enumerate(received)
+                  if row.any()]
+        if failed and error is None:
+            index, line = failed[0]
+            raise ValueError(f"process {index} of {jax.process_count()} failed: {line}")
+    if error is not None:
+        raise error
 
 
 @dataclasses.dataclass(frozen=True)
