@@ -60,7 +60,7 @@ def maybe_initialize_distributed() -> None:
     )
     if not launched_multi_host or jax.distributed.is_initialized():
         return
-    if "SLURM_NTASKS" in os.environ and int(os.environ["SLURM_NTASKS"]) <= 1:
+    if (slurm_tasks := _environment_int("SLURM_NTASKS")) is not None and slurm_tasks <= 1:
         return
     num_processes, process_id = (_environment_int(name) for name in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID"))
     if (num_processes is None) != (process_id is None):
