@@ -705,8 +705,9 @@ def jat_batch(model: Any, rows: int, group: str, rng: np.random.Generator) -> di
 def jat_train(run: Run) -> None:
     """JAT training at the released model's size through the core trainer: the step compiled for
     each modality group (a batch's keys name its group) and timed on synthetic rows of it, the image
-    group first. The step cost counts the decoder and linear encoders and heads, not the image
-    encoder's and decoder's convolutions: for image rows the FLOP/s and MFU are lower bounds."""
+    group first. Each group's FLOPs are the recipe's cost of a batch of it (``JatRecipe.batch_cost``:
+    the decoder, encoders and heads, and for image rows the image encoder's and decoder's
+    convolutions)."""
     from mgdt_jax.recipes.jat.recipe import JatRecipe
 
     config = jat_config(run)
@@ -723,7 +724,7 @@ def jat_train(run: Run) -> None:
     batches = {group: trainer.shard_batch(jat_batch(model, batch_size, group, rng)) for group in groups}
     run.record(num_layers=model.num_layers, d_model=model.d_model, num_heads=model.num_heads, num_steps=model.num_steps,
                tokens_per_row=2 * model.num_steps, image_shape=list(model.image_shape), batch=batch_size,
-               dtype=model.dtype, groups=groups, tokens_per_step=cost.tokens, flops_per_step=cost.flops)
+               dtype=model.dtype, groups=groups, tokens_per_step=cost.tokens)
     state = trainer.init(seed=0)
     run.record(params=sum(leaf.size for leaf in jax.tree.leaves(state.params)))
     measured = []
@@ -746,9 +747,10 @@ def jat_train(run: Run) -> None:
             break
         if not np.isfinite(timing["loss_last"]):
             raise RuntimeError(f"the {group} group's loss is {timing['loss_last']}")
-        measured.append({"group": group, **timing, "compile_s": compile_s, "xla_flops_per_step": flops.compiled_flops(step),
-                         "tokens_per_s": cost.tokens / timing["step_s"],
-                         "flops_per_s": cost.flops / timing["step_s"] / jax.device_count()})
+        group_flops = recipe.batch_cost(batch_size, batches[group]).flops
+        measured.append({"group": group, **timing, "compile_s": compile_s, "flops_per_step": group_flops,
+                         "xla_flops_per_step": flops.compiled_flops(step), "tokens_per_s": cost.tokens / timing["step_s"],
+                         "flops_per_s": group_flops / timing["step_s"] / jax.device_count()})
         headline = measured[0]
         stats = jax.devices()[0].memory_stats() or {}
         run.record(groups_measured=measured, headline_group=headline["group"],

@@ -194,3 +194,27 @@ def test_a_batch_carries_only_its_groups_fields_and_trains_that_groups_losses():
     without_frames = {name: value for name, value in image.items() if name != "image_observations"}
     with pytest.raises(tokens.InputError, match="observations of no group"):
         loss(model, without_frames)
+
+
+def test_an_image_batchs_cost_counts_the_convolutions_xla_counts():
+    """``JatRecipe.batch_cost`` (logged TFLOP/s and MFU, the GPU check's JAT figures) of an image
+    batch is within a few percent of XLA's count of the compiled train step: its 84x84 frames'
+    convolutions are most of the work (``step_cost`` alone, without them, reads ~200x too few)."""
+    from mgdt_jax.core import sharding
+    from mgdt_jax.core.flops import compiled_flops
+    from mgdt_jax.core.train_step import Trainer
+    from mgdt_jax.recipes.jat.recipe import JatRecipe
+
+    image_shape = (84, 84, 3)
+    config = {"recipe": "jat", "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
+              "model": {"num_layers": 1, "d_model": 64, "num_heads": 2, "num_steps": S, "continuous_width": 8,
+                        "image_shape": image_shape, "dropout_rate": 0.0},
+              "optimizer": {"learning_rate": 1e-3, "warmup_steps": 5},
+              "train": {"batch_size": B, "grad_accum_steps": 1, "num_steps": 10}}
+    recipe = JatRecipe(config)
+    trainer = Trainer(config, sharding.make_mesh(config["mesh"], jax.devices()[:1]), recipe)
+    batch = make_batch("image", config=dataclasses.replace(CONFIG, image_shape=image_shape))
+    lowered = trainer.lower_step(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch))
+    ratio = compiled_flops(lowered.compile()) / recipe.batch_cost(B, batch).flops
+    assert 1.0 <= ratio <= 1.1, ratio  # XLA also counts the optimizer's and elementwise work
+    assert recipe.batch_cost(B, make_batch("discrete")) == recipe.step_cost(B)

@@ -157,15 +157,15 @@ def _train(
         stream = data.iterate(first_step)
         batches = map(trainer.shard_batch, stream)
         first_batch = next(batches)
-        # A recipe may have several batch layouts (JAT: one per modality group), each its own program.
-        compiled = {jax.tree.structure(first_batch): trainer.lower_step(_shapes(first_batch)).compile()}
-        step_cost = recipe.step_cost(train_config.batch_size)
-        writer.print(_flops_cross_check(step_cost.flops, next(iter(compiled.values()))))
+        # A recipe may have several batch layouts (JAT: one per modality group), each its own program
+        # and its own cost.
+        first_layout = jax.tree.structure(first_batch)
+        compiled = {first_layout: trainer.lower_step(_shapes(first_batch)).compile()}
+        costs = {first_layout: recipe.batch_cost(train_config.batch_size, first_batch)}
+        writer.print(_flops_cross_check(costs[first_layout].flops, compiled[first_layout]))
         throughput = Throughput(
-            tokens_per_step=step_cost.tokens,
-            flops_per_step=step_cost.flops,
             num_devices=jax.device_count(),
-            peak_flops_per_device=flops.peak_flops_per_device(jax.devices()[0], step_cost.compute_dtype),
+            peak_flops_per_device=flops.peak_flops_per_device(jax.devices()[0], costs[first_layout].compute_dtype),
         )
 
         # --- Steps ---------------------------------------------------------------------------------
@@ -178,7 +178,10 @@ def _train(
             if layout not in compiled:  # a new layout: its compilation is not timed
                 with throughput.paused():
                     compiled[layout] = trainer.lower_step(_shapes(batch)).compile()
+                    costs[layout] = recipe.batch_cost(train_config.batch_size, batch)
             state, metrics = compiled[layout](state, batch)
+            if last_step > first_step + 1:  # the first step (with compilation) is not timed
+                throughput.count(costs[layout].tokens, costs[layout].flops)
             # At most two steps in flight: dispatch is asynchronous, and unbounded the loop ran up to
             # a log interval ahead of the device, so a SIGTERM or Ctrl-C was acted on that many steps
             # late (11 steps, 15 s, in a run of 1.3 s steps logging every 10).

@@ -138,20 +138,26 @@ class Throughput:
     """Rates over the steps since the last report, and the ETA from the average since the first.
 
     The clock starts after the first step of a run has finished, so compilation is not counted, and
-    stops while checkpoints are saved and evaluations run (``paused``), as in big_vision.
+    stops while checkpoints are saved and evaluations run (``paused``), as in big_vision. Each timed
+    step is ``count``-ed with its own tokens and FLOPs (a recipe's batch layouts may differ in cost).
     """
 
-    def __init__(self, *, tokens_per_step: int, flops_per_step: float, num_devices: int, peak_flops_per_device: float | None):
-        self._tokens_per_step = tokens_per_step
-        self._flops_per_step = flops_per_step
+    def __init__(self, *, num_devices: int, peak_flops_per_device: float | None):
         self._num_devices = num_devices
         self._peak = peak_flops_per_device
         self._start_time = self._last_time = 0.0
         self._start_step = self._last_step = 0
+        self._tokens = self._flops = 0.0  # of the steps counted since the last report
 
     def start(self, step: int) -> None:
         self._start_time = self._last_time = time.perf_counter()
         self._start_step = self._last_step = step
+        self._tokens = self._flops = 0.0
+
+    def count(self, tokens: int, flops: float) -> None:
+        """One timed step's tokens and model FLOPs (the global batch's), for the next report."""
+        self._tokens += tokens
+        self._flops += flops
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -168,13 +174,14 @@ class Throughput:
         """Scalars (tokens/s, TFLOP/s per device, MFU) and an ETA text, for steps since the last report."""
         now = time.perf_counter()
         steps, seconds = step - self._last_step, now - self._last_time
+        tokens, flops, self._tokens, self._flops = self._tokens, self._flops, 0.0, 0.0
         self._last_time, self._last_step = now, step
         if steps <= 0 or seconds <= 0:
             return {}, "ETA ?"
-        flops_per_device = self._flops_per_step * steps / seconds / self._num_devices
+        flops_per_device = flops / seconds / self._num_devices
         scalars = {
             "perf/steps_per_second": steps / seconds,
-            "perf/tokens_per_second": self._tokens_per_step * steps / seconds,
+            "perf/tokens_per_second": tokens / seconds,
             "perf/tflops_per_second_per_device": flops_per_device / 1e12,
         }
         if self._peak:

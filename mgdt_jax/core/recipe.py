@@ -14,7 +14,8 @@ The core (mesh, train step, loop, checkpoints, metrics) knows no agent. A recipe
                                            the config and ``k`` alone, which is what makes resumption
                                            exact
 ``step_cost(batch_size)``                  analytic FLOPs and tokens of one optimizer step, for
-                                           tokens/s, FLOP/s and MFU (``StepCost``)
+                                           tokens/s, FLOP/s and MFU (``StepCost``); ``batch_cost``
+                                           for recipes whose batch layouts differ in cost
 ``summary(metrics)``                       optional: the console text of the recipe's metrics
 ``evaluator(workdir)``                     optional: the periodic evaluation hook (``Evaluator``)
 =========================================  ===========================================================
@@ -140,6 +141,12 @@ class Recipe(abc.ABC):
     @abc.abstractmethod
     def step_cost(self, batch_size: int) -> StepCost:
         """The analytic cost of one optimizer step on a global batch of ``batch_size`` examples."""
+
+    def batch_cost(self, batch_size: int, batch: Mapping[str, Any]) -> StepCost:
+        """The cost of one step on a global batch of ``batch_size`` examples laid out as ``batch`` (the
+        step's input; only its keys and shapes are read): ``step_cost`` unless the recipe's batch
+        layouts differ in cost, as the JAT's modality groups do."""
+        return self.step_cost(batch_size)
 
     def summary(self, metrics: Mapping[str, float]) -> str:
         """The recipe's metrics on each console line, after the loss (names without ``train/``)."""

@@ -185,6 +185,24 @@ def conv_transpose_stride2(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> 
     return rows.reshape(x.shape[0], 2 * height, 2 * width, kernel.shape[-1]) + bias
 
 
+def image_codec_macs(image_shape: Sequence[int], d_model: int) -> tuple[int, int]:
+    """Multiply-adds per frame of ``ImageEncoder`` and ``ImageDecoder`` at ``image_shape`` (H, W, C):
+    their convolutions (3x3, stride 2; a transposed one's 9 taps per input pixel, each once, as
+    ``conv_transpose_stride2`` computes them) and linear layers, as (first convolution, the rest).
+    The first is apart because training needs no gradient of its input, the data."""
+    height, width, channels = image_shape
+    convolutions = []
+    for out_channels in IMAGE_CHANNELS:
+        height, width = (height + 1) // 2, (width + 1) // 2
+        convolutions.append(height * width * 9 * channels * out_channels)
+        channels = out_channels
+    flat = height * width * channels
+    for out_channels in (*IMAGE_CHANNELS[::-1][1:], image_shape[-1]):
+        convolutions.append(height * width * 9 * channels * out_channels)  # at the input's resolution
+        height, width, channels = 2 * height, 2 * width, out_channels
+    return convolutions[0], sum(convolutions[1:]) + 2 * flat * d_model
+
+
 class ImageEncoder(nnx.Module):
     """uint8 [..., H, W, C] images -> float32 [..., d_model] (JAT ``ImageEncoder``, modeling_jat.py L198-233)."""
 

@@ -8,6 +8,7 @@ importable without TensorFlow, TFDS or any environment package.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,8 @@ from flax import nnx
 from mgdt_jax.core.config_sections import section
 from mgdt_jax.core.flops import decoder_flops
 from mgdt_jax.core.recipe import Recipe, StepCost
-from mgdt_jax.recipes.jat.model import JatModel, ModelConfig, loss_and_metrics
+from mgdt_jax.recipes.jat import tokens
+from mgdt_jax.recipes.jat.model import JatModel, ModelConfig, image_codec_macs, loss_and_metrics
 
 if TYPE_CHECKING:
     from mgdt_jax.recipes.jat.data import JatBatches
@@ -44,11 +46,8 @@ class JatRecipe(Recipe):
         return data.training_data(self.config, process_index=process_index, process_count=process_count)
 
     def step_cost(self, batch_size: int) -> StepCost:
-        """The decoder over 2 * num_steps tokens per row plus the linear encoders and heads.
-
-        Image batches also run the convolutional encoder and decoder, which this does not count: for
-        them the reported MFU is a lower bound.
-        """
+        """The decoder over 2 * num_steps tokens per row plus the linear encoders and heads: the cost
+        of a discrete or continuous batch (``batch_cost`` adds an image batch's convolutions)."""
         config = self.model_config
         length = 2 * config.num_steps
         blocks, attention = decoder_flops(num_layers=config.num_layers, d_model=config.d_model,
@@ -60,6 +59,17 @@ class JatRecipe(Recipe):
         heads = d_model * (config.num_discrete_actions + 2 * width)
         linear = 6.0 * (encoders + heads) * batch_size * config.num_steps
         return StepCost(flops=blocks + attention + linear, tokens=batch_size * length, compute_dtype=config.dtype)
+
+    def batch_cost(self, batch_size: int, batch: Mapping[str, Any]) -> StepCost:
+        """``step_cost``, plus for an image batch the image encoder and decoder on each of its
+        ``batch_size * num_steps`` frames (model.image_codec_macs; 6 FLOPs a multiply-add forward and
+        backward, 4 for the first convolution, whose input needs no gradient)."""
+        cost = self.step_cost(batch_size)
+        if tokens.batch_group(batch) != "image":
+            return cost
+        first, rest = image_codec_macs(self.model_config.image_shape, self.model_config.d_model)
+        frames = batch_size * self.model_config.num_steps
+        return dataclasses.replace(cost, flops=cost.flops + (4.0 * first + 6.0 * rest) * frames)
 
     def summary(self, metrics: Mapping[str, float]) -> str:
         return (f"action {metrics.get('action_loss', float('nan')):.4f} "
