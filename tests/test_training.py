@@ -221,7 +221,9 @@ def test_a_two_host_job_preempted_on_one_host_resumes_with_the_losses_of_one_hos
                                rtol=1e-5)
 
     # The hosts share the hashing of a checkpoint's files; a damaged file that only the second host
-    # hashes must stop both, in the same line.
+    # hashes must stop both, in the same line. Verification is the same for every recipe: one checks it.
+    if recipe_case.name != "ad":
+        return
     newest = workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)
     names = sorted(json.loads((newest / checkpointing.DIGESTS).read_text())["sha256"])
     damaged = newest / next(name for index, name in enumerate(names) if index % 2 and name.startswith("params/"))
