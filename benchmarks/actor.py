@@ -148,6 +148,42 @@ def warm_up(policy: Policy, games: Sequence[str], envs_per_game: int) -> None:
         timed_play(policy, games, envs_per_game, steps=2, overlap=overlap)
 
 
+def policy_overhead(policy: Policy, game: str, num_envs: int, steps: int, repeats: int,
+                    cores: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Figure 1: the actor loop on ``num_envs`` environments of one game against its two parts alone,
+    ``repeats`` alternating runs of the three.
+
+    Returns (figures, per-run ratios). Figures: each run's env steps/s and CPU ms per env step
+    (medians over the runs) and the medians of the per-run ratios ``actor_over_raw``,
+    ``actor_over_slower_part`` (the target's), ``actor_over_serial`` (against ``1 / (1/environments +
+    1/policy)``) and ``actor_over_ceiling`` (against ``min(environments, policy, cores / (cpu_env +
+    cpu_policy))``). Every ratio is taken within a run: on a shared machine only those compare. The
+    policy must be warmed up for this game and size (`warm_up`).
+    """
+    runs: dict[str, list[Rate]] = {"raw": [], "actor": [], "policy_alone": []}
+    for _ in range(repeats):
+        runs["raw"].append(raw_env_rate([game], num_envs, steps))
+        runs["actor"].append(actor_rate(policy, [game], num_envs, steps))
+        runs["policy_alone"].append(policy_rate(policy, num_envs, steps))
+    figures: dict[str, float] = {"cores": cores}
+    for name, rates in runs.items():
+        figures[f"{name}_env_steps_per_s"] = float(np.median([r.steps_per_s for r in rates]))
+        figures[f"{name}_cpu_ms_per_step"] = float(np.median([r.cpu_s_per_step for r in rates])) * 1e3
+    ratios: dict[str, list[float]] = {"actor_over_raw": [], "actor_over_slower_part": [], "actor_over_serial": [],
+                                      "actor_over_ceiling": []}
+    for loop, env, pol in zip(runs["actor"], runs["raw"], runs["policy_alone"]):
+        # Serial: the loop's step costs both parts' times. Ceiling: no faster than either part alone,
+        # nor than the cores can supply the CPU time both parts spend per step.
+        serial = 1 / (1 / env.steps_per_s + 1 / pol.steps_per_s)
+        ceiling = min(env.steps_per_s, pol.steps_per_s, cores / (env.cpu_s_per_step + pol.cpu_s_per_step))
+        for key, reference in (("actor_over_raw", env.steps_per_s), ("actor_over_serial", serial),
+                               ("actor_over_slower_part", min(env.steps_per_s, pol.steps_per_s)),
+                               ("actor_over_ceiling", ceiling)):
+            ratios[key].append(loop.steps_per_s / reference)
+    figures.update({key: float(np.median(values)) for key, values in ratios.items()})
+    return figures, ratios
+
+
 def default_cores() -> int:
     """Cores this process may run on (the affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -176,31 +212,12 @@ def main() -> None:
     print(f"{args.size} model: {params:,} parameters on {jax.devices()[0].platform}; {jax.local_device_count()} device(s)")
     figures: dict[str, float] = {}
 
-    # 1. Policy overhead: one game, many environments. The three runs alternate; every ratio is
-    # taken within a run and its median over the runs quoted.
+    # 1. Policy overhead: one game, many environments.
     overhead_games, n = ["Breakout"], args.overhead_envs
     policy = Policy(model, sampling)
     warm_up(policy, overhead_games, n)
-    runs = {"raw": [], "actor": [], "policy_alone": []}
-    for _ in range(args.repeats):
-        runs["raw"].append(raw_env_rate(overhead_games, n, args.steps))
-        runs["actor"].append(actor_rate(policy, overhead_games, n, args.steps))
-        runs["policy_alone"].append(policy_rate(policy, n, args.steps))
-    for name, rates in runs.items():
-        figures[f"{name}_env_steps_per_s"] = float(np.median([r.steps_per_s for r in rates]))
-        figures[f"{name}_cpu_ms_per_step"] = float(np.median([r.cpu_s_per_step for r in rates])) * 1e3
-    ratios: dict[str, list[float]] = {"actor_over_raw": [], "actor_over_slower_part": [], "actor_over_serial": [],
-                                      "actor_over_ceiling": []}
-    for loop, env, pol in zip(runs["actor"], runs["raw"], runs["policy_alone"]):
-        # Serial: the loop's step costs both parts' times. Ceiling: no faster than either part alone,
-        # nor than the cores can supply the CPU time both parts spend per step.
-        serial = 1 / (1 / env.steps_per_s + 1 / pol.steps_per_s)
-        ceiling = min(env.steps_per_s, pol.steps_per_s, args.cores / (env.cpu_s_per_step + pol.cpu_s_per_step))
-        for key, reference in (("actor_over_raw", env.steps_per_s), ("actor_over_serial", serial),
-                               ("actor_over_slower_part", min(env.steps_per_s, pol.steps_per_s)),
-                               ("actor_over_ceiling", ceiling)):
-            ratios[key].append(loop.steps_per_s / reference)
-    figures.update({key: float(np.median(values)) for key, values in ratios.items()}, cores=args.cores)
+    overhead, ratios = policy_overhead(policy, overhead_games[0], n, args.steps, args.repeats, args.cores)
+    figures.update(overhead)
     figures["actor_one_batch_env_steps_per_s"] = actor_rate(policy, overhead_games, n, args.steps, False).steps_per_s
     print(
         f"1. Breakout x {n} envs, medians of {args.repeats} alternating run(s): raw env "

@@ -1,6 +1,6 @@
 """Every accelerator figure the project claims, in one command sized to finish within 10 minutes.
 
-    bash benchmarks/gpu_check.sh [--out DIR] [--only NAMES] [--skip NAMES] [--total-s S] [--dry-run]
+    bash benchmarks/gpu_check.sh [--out DIR] [--only NAMES] [--skip NAMES] [--total-s S] [--dry-run] [--wheels DIR]
 
 Runs the sections of ``SECTIONS`` one after another, each in its own process
 (benchmarks/gpu_check_sections.py): each then has its own peak device memory, an out-of-memory or a
@@ -21,7 +21,8 @@ their own, only the total.
 
 This process imports no JAX (it must not claim the accelerator's memory before the sections do);
 the sections need jax, flax, optax and numpy only, run from the repository root with
-``PYTHONPATH=.``: nothing needs installing on a machine that has those.
+``PYTHONPATH=.``: nothing needs installing on a machine that has those. A section that needs more
+(``Section.requires``) is skipped, naming what is missing, unless ``--wheels DIR`` brings it.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ DRY_RUN_TOTAL_S = 400.0  # toy sizes take ~75 s on a shared 2-core CPU; this bou
 MFU_GOAL = 0.45  # DT-200M bf16 on an H200, against the datasheet peak
 # ALE on the development machine: ~5,000 env steps/s on 2 cores (docs/evaluation.md), ~2,500 per core.
 ALE_STEPS_PER_CORE = 2_500
+ACTOR_GOAL = 0.85  # the actor loop's env steps/s over the slower of its two parts (docs/evaluation.md)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +71,8 @@ SECTIONS = (
     Section("train_1b", "1B training on one device (fsdp mesh, remat): it fits and runs, at what MFU", 130),
     Section("policy", "policy env steps/s at 64/256/1,024 envs (200M, tiny): the actor's ceiling when "
             "the emulators keep up; goal: at least ALE's rate on the host's cores", 60),
+    Section("actor", f"actor loop (200M, Breakout x 64 envs) vs the policy alone and the environments alone: "
+            f">= {ACTOR_GOAL:.0%} of the slower part", 90, requires=("ale_py", "gymnasium", "cv2")),
     Section("input_pipeline", "input pipeline windows/s on all host cores >= the 200M step's consumption", 60,
             requires=("grain", "tensorflow_datasets", "cv2")),
     Section("ad_train", "AD training tokens/s at the ad_darkroom size", 40),
@@ -239,6 +243,16 @@ def table_rows(results: dict[str, dict], cpus: int) -> list[tuple[str, str, str]
                 verdict = f"{'above' if rate['env_steps_per_s'] >= ale else 'below'} ~{ale:,} (ALE estimate, {cpus} cores)"
                 rows.append((f"policy {rate['model']} x {rate['envs']} envs",
                              f"{rate['env_steps_per_s']:,.0f} env steps/s ({rate['dtype']}){suffix}", verdict))
+        elif name == "actor" and figures.get("runs"):
+            ratio = figures["actor_over_slower_part"]
+            slower = "environments" if figures["raw_env_steps_per_s"] <= figures["policy_alone_env_steps_per_s"] else "policy"
+            rows.append((section.goal,
+                         f"{figures['model']} ({figures['dtype']}) x {figures['envs']} {figures['game']} envs, median of "
+                         f"{len(figures['runs'])} run(s): loop {figures['actor_env_steps_per_s']:,.0f}, policy alone "
+                         f"{figures['policy_alone_env_steps_per_s']:,.0f}, environments alone "
+                         f"{figures['raw_env_steps_per_s']:,.0f} env steps/s ({figures['cores']} cores){suffix}",
+                         f"{'meets' if ratio >= ACTOR_GOAL else 'misses'} >= {ACTOR_GOAL:.0%}: {ratio:.0%} of the "
+                         f"slower part ({slower})"))
         elif name == "input_pipeline" and figures.get("readers"):
             for setting in pipeline_verdict(results):
                 consumption = setting["consumption_windows_per_s"]
@@ -320,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         "dry_run": args.dry_run,
         "machine": {"host_cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     **environment},
+        # gpu_check.sh --wheels: the packages installed for this run only
+        "carried_wheels": [name for name in os.environ.get("GPU_CHECK_WHEELS", "").split(",") if name],
         "commit": git_commit(),
         "total_s": round(time.time() - start, 1),
         "total_budget_s": total,

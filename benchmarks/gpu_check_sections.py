@@ -64,6 +64,9 @@ class Scale:
     policy_envs: tuple[int, ...]
     policy_max_steps: int
     policy_timed_s: float
+    actor_envs: int  # Breakout environments of the actor loop, two halves
+    actor_steps: int  # agent steps per timed run
+    actor_repeats: int  # alternating runs of the loop and its two parts
     pipeline_games: tuple[str, ...]
     pipeline_episodes_per_game: int
     pipeline_steps_per_episode: int
@@ -85,6 +88,7 @@ FULL = Scale(
     toy_model=None, matmul_sizes=(8192, 16384), probe_batch=64, batch_granule=64, fit_compiles=3, batch_1b=256,
     assumed_memory_bytes=None, warmup_steps=2, max_timed_steps=20, timed_s=15.0,
     policy_envs=(64, 256, 1024), policy_max_steps=50, policy_timed_s=4.0,
+    actor_envs=64, actor_steps=60, actor_repeats=3,
     pipeline_games=("Pong", "Breakout"), pipeline_episodes_per_game=4, pipeline_steps_per_episode=10_000,
     pipeline_batch=64, pipeline_batches_per_worker=2, pipeline_timed_s=15.0,
     # JAT: the released model's 512 positions are 256 steps; 40 rows is one device's share of the released
@@ -99,6 +103,7 @@ TOY = Scale(
     toy_model={"num_layers": 1, "d_model": 64, "num_heads": 1}, matmul_sizes=(256,), probe_batch=2,
     batch_granule=2, fit_compiles=1, batch_1b=2, assumed_memory_bytes=64 << 20, warmup_steps=1, max_timed_steps=2, timed_s=2.0,
     policy_envs=(2,), policy_max_steps=2, policy_timed_s=1.0,
+    actor_envs=2, actor_steps=3, actor_repeats=1,
     pipeline_games=("Pong", "Breakout"), pipeline_episodes_per_game=1, pipeline_steps_per_episode=200,
     pipeline_batch=8, pipeline_batches_per_worker=2, pipeline_timed_s=2.0,
     # No image group: its convolutions take ~6 s more to compile and initialise on a CPU.
@@ -434,6 +439,38 @@ def policy(run: Run) -> None:
             run.record(rates=rates)
             run.log(f"{name} x {envs} envs: {rate['env_steps_per_s']:,.0f} env steps/s "
                     f"({rate['step_s'] * 1e3:.1f} ms per step; compiled in {rate['compile_s']:.1f} s)")
+
+
+# ---------------------------------------------------------------------------------------------
+# actor
+
+
+def actor_loop(run: Run) -> None:
+    """benchmarks/actor.py's figure 1 with DT-200M (its config's dtype): the actor loop playing
+    Breakout against the policy alone and the environments alone, alternating runs, each recorded
+    as it ends. Needs ale-py, gymnasium and cv2 (gpu_check.py skips the section without them)."""
+    try:
+        from benchmarks import actor as actor_benchmark  # imports the emulator
+    except ModuleNotFoundError as error:  # where gpu_check.py's look-up was fooled (a stub, a broken install)
+        raise SectionSkipped(f"the actor loop cannot run here: {error}") from None
+
+    config = model_config(mgdt_200m, run)
+    model = MultiGameDecisionTransformer(config.model, rngs=nnx.Rngs(0))
+    policy = Policy(model, sampling_preset("expert"))
+    game, envs, steps = "Breakout", run.scale.actor_envs, run.scale.actor_steps
+    cores = actor_benchmark.default_cores()
+    start = time.perf_counter()
+    actor_benchmark.warm_up(policy, [game], envs)
+    run.record(model="200m", dtype=config.model.dtype, game=game, envs=envs, steps=steps, cores=cores,
+               warm_up_s=time.perf_counter() - start)
+    runs = []
+    for _ in range(run.scale.actor_repeats):
+        figures, _ = actor_benchmark.policy_overhead(policy, game, envs, steps, repeats=1, cores=cores)
+        runs.append(figures)
+        run.record(runs=runs, **{key: float(np.median([r[key] for r in runs])) for key in figures if key != "cores"})
+        run.log(f"run {len(runs)}: loop {figures['actor_env_steps_per_s']:,.0f}, policy alone "
+                f"{figures['policy_alone_env_steps_per_s']:,.0f}, environments alone {figures['raw_env_steps_per_s']:,.0f} "
+                f"env steps/s: {figures['actor_over_slower_part']:.0%} of the slower part")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -892,6 +929,7 @@ SECTION_FUNCTIONS: dict[str, Callable[[Run], None]] = {
     "train_200m": train_200m,
     "train_1b": train_1b,
     "policy": policy,
+    "actor": actor_loop,
     "input_pipeline": input_pipeline,
     "ad_train": ad_train,
     "ad_eval": ad_eval,

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import jax
@@ -20,7 +21,7 @@ from benchmarks import gpu_check, trace_summary
 
 REPO = Path(__file__).resolve().parents[1]
 BUILT = ("matmul_peak", "train_200m", "train_1b", "policy", "input_pipeline", "ad_train", "ad_eval", "jat_train",
-         "ada_ppo")
+         "ada_ppo")  # and "actor", which needs the emulator
 
 
 def hide_modules(root: Path, names: tuple[str, ...]) -> Path:
@@ -75,6 +76,8 @@ def test_dry_run_measures_every_built_section_without_ml_collections_or_an_emula
     assert ada["env"] == "arm_recall" and any("arm recall" in note for note in sections["ada_ppo"]["notes"])
     assert ada["train_env_steps_per_s"] > 0 and ada["env_only_steps_per_s"] > 0 and ada["params"] > 0
     assert ada["train_over_env_only"] == pytest.approx(ada["train_env_steps_per_s"] / ada["env_only_steps_per_s"])
+    assert sections["actor"]["status"] == "skipped"
+    assert sections["actor"]["reason"] == "the actor loop cannot run here: No module named 'ale_py'"
     (comparison,) = report["input_pipeline_vs_training"]
     assert comparison["windows_per_s"] > 0
     assert comparison["consumption_windows_per_s"] == pytest.approx(fitted["windows_per_s"])
@@ -82,6 +85,62 @@ def test_dry_run_measures_every_built_section_without_ml_collections_or_an_emula
     table = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "env steps/s" in table and "windows/s" in table and "JAT 1 layers x 64 training, continuous rows" in table
     assert "of the environments' speed" in table and "figures in gpu_check.json" not in table  # every section has rows
+
+
+def test_the_actor_section_times_the_loop_against_its_parts_where_the_emulator_is(tmp_path):
+    completed, report = run_check(tmp_path, ("ml_collections",), "--only", "actor")
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    figures = report["sections"]["actor"]["figures"]
+    assert (figures["game"], figures["envs"], len(figures["runs"])) == ("Breakout", 2, 1)
+    (run,) = figures["runs"]
+    for part in ("actor", "policy_alone", "raw"):
+        assert run[f"{part}_env_steps_per_s"] > 0 and figures[f"{part}_env_steps_per_s"] == run[f"{part}_env_steps_per_s"]
+    slower = min(run["policy_alone_env_steps_per_s"], run["raw_env_steps_per_s"])
+    assert figures["actor_over_slower_part"] == pytest.approx(run["actor_env_steps_per_s"] / slower)
+    (row,) = report["table"]
+    assert row["verdict"].startswith(("meets >= 85%", "misses >= 85%")), row
+
+
+def a_wheel(folder: Path, module: str) -> Path:
+    """A pure-Python wheel of one module, as pip download would save it."""
+    folder.mkdir()
+    path = folder / f"{module}-1.0-py3-none-any.whl"
+    info = f"{module}-1.0.dist-info"
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr(f"{module}.py", "CARRIED = True\n")
+        wheel.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+        wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(f"{info}/RECORD", f"{module}.py,,\n{info}/METADATA,,\n{info}/WHEEL,,\n{info}/RECORD,,\n")
+    return path
+
+
+def test_wheels_brought_along_are_importable_by_the_check_and_removed_after(tmp_path):
+    # A machine with no package index: --wheels installs them for the run only.
+    wheel = a_wheel(tmp_path / "wheels", "carried_probe")
+    python = tmp_path / "python"  # the interpreter the check runs, which first imports the carried module
+    python.write_text(f'#!/bin/sh\nif [ "$1" = benchmarks/gpu_check.py ]; then "{sys.executable}" -c '
+                      f'"import carried_probe" || exit 7; fi\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    environment = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
+    environment.update(PYTHON=str(python), TMPDIR=str(scratch))
+    check = ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", "--only", "matmul_peak"]
+    completed = subprocess.run(check + ["--out", str(tmp_path / "out"), "--wheels", str(wheel.parent)],
+                               capture_output=True, text=True, env=environment, timeout=300)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert report["carried_wheels"] == [wheel.name] and report["sections"]["matmul_peak"]["status"] == "ok"
+    assert not list(scratch.glob("gpu_check_site.*"))
+
+    wheel.write_bytes(b"not a zip")
+    for folder, fault in ((tmp_path / "none", "no .whl files there"),
+                          (wheel.parent, "pip could not install them (its message is above)")):
+        folder.mkdir(exist_ok=True)
+        completed = subprocess.run(check + ["--wheels", str(folder)], capture_output=True, text=True, env=environment,
+                                   timeout=300)
+        assert completed.returncode == 2 and completed.stderr.splitlines()[-1] == f"gpu_check: --wheels {folder}: {fault}"
+    assert not list(scratch.glob("gpu_check_site.*"))
 
 
 def test_a_section_with_no_function_is_reported_skipped_by_name(tmp_path):
