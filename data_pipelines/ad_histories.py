@@ -28,7 +28,7 @@ from data_pipelines import rlds_writer
 from mgdt_jax import envs
 from mgdt_jax.cli import interruptible
 from mgdt_jax.core import processes
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.files import path_argument, seed_argument
 from mgdt_jax.envs.base import Environment, EnvError
 from mgdt_jax.recipes.ad import histories as history_format
 from mgdt_jax.recipes.ad import sources
@@ -216,10 +216,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="which side of the task split to run on")
     parser.add_argument("--num-train", type=int, default=None, help="training tasks in the split (env default)")
     parser.add_argument("--num-heldout", type=int, default=None, help="held-out tasks in the split (env default)")
-    parser.add_argument("--split-seed", type=int, default=0, help="fixes the task split")
+    parser.add_argument("--split-seed", type=seed_argument, default=0, help="fixes the task split")
     parser.add_argument("--histories-per-task", type=int, default=1)
     parser.add_argument("--episodes", type=int, required=True, help="episodes per history")
-    parser.add_argument("--seed", type=int, default=0, help="fixes the learners' randomness")
+    parser.add_argument("--seed", type=seed_argument, default=0, help="fixes the learners' randomness")
     parser.add_argument("--histories-per-shard", type=int, default=256)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes serialising and writing shards; default: all cores")

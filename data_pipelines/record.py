@@ -33,7 +33,7 @@ import tqdm
 
 from data_pipelines import experts, replay_logs
 from mgdt_jax.cli import interruptible
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.files import path_argument, seed_argument
 from mgdt_jax.envs import atari
 
 
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epsilon", "--epsilon-schedule", dest="epsilon", default="0",
                         help="probability of a random action, per episode: 0.1, linear:1.0:0.0 (over the run) "
                              "or cycle:1,0.5,0 (episode by episode)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_argument, default=0)
     parser.add_argument("--layout", choices=replay_logs.LAYOUTS, default="2019",
                         help="how episode ends are logged: as the DQN Replay Dataset (2019) or newer Dopamine")
     args = parser.parse_args(argv)

@@ -15,7 +15,7 @@ import dataclasses
 import sys
 
 from mgdt_jax.cli import interruptible
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.files import path_argument, seed_argument
 from mgdt_jax.envs.xland import generator
 
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-xland-benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(generator.PRESETS), default="trivial")
     parser.add_argument("--count", type=int, required=True, help="distinct rulesets to generate")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_argument, default=0)
     parser.add_argument("--out", type=path_argument, required=True, help="benchmark file to write (OUT.json beside it)")
     parser.add_argument("--chain-depth", type=int, default=None)
     parser.add_argument("--prune-prob", type=float, default=None)
@@ -40,8 +40,6 @@ def main(argv: list[str] | None = None) -> int:
                      "num_distractor_objects": ("--distractor-objects", args.distractor_objects)}
     if args.count < 1:
         parser.error(f"--count {args.count}: must be >= 1")
-    if args.seed < 0:  # numpy's default_rng takes non-negative seeds only
-        parser.error(f"--seed {args.seed}: must be >= 0")
     overrides = {name: value for name, (_, value) in setting_flags.items() if value is not None}
     settings = dataclasses.replace(generator.PRESETS[args.preset], **overrides)
     for name, why in settings.faults().items():

@@ -18,7 +18,7 @@ import pytest
 from absl import app
 
 from mgdt_jax.cli import INTERRUPTED
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.files import MAX_SEED, path_argument, seed_argument
 from tests.processes import popen_as_from_a_terminal
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -43,9 +43,8 @@ def test_ctrl_c_is_one_line_and_exit_status_130(program, monkeypatch, capsys):
     assert captured.err == f"{program}: interrupted\n" and captured.out == ""
 
 
-@pytest.mark.parametrize("program", sorted(set(SCRIPTS) - {"mgdt-train"}))  # absl: see test_training.py
-def test_an_empty_path_flag_is_refused_in_one_line(program, monkeypatch, capsys):
-    """``--out "$OUT"`` with OUT unset must not read or write the current folder."""
+def parser_of(program: str, monkeypatch, capsys) -> argparse.ArgumentParser:
+    """The argument parser of a console script, caught as it starts to parse."""
     module, function = SCRIPTS[program].split(":")
     parsers = []
 
@@ -57,6 +56,13 @@ def test_an_empty_path_flag_is_refused_in_one_line(program, monkeypatch, capsys)
     getattr(import_module(module), function)([])
     capsys.readouterr()
     (parser,) = parsers
+    return parser
+
+
+@pytest.mark.parametrize("program", sorted(set(SCRIPTS) - {"mgdt-train"}))  # absl: see test_training.py
+def test_an_empty_path_flag_is_refused_in_one_line(program, monkeypatch, capsys):
+    """``--out "$OUT"`` with OUT unset must not read or write the current folder."""
+    parser = parser_of(program, monkeypatch, capsys)
     assert not [action.dest for action in parser._actions if action.type is Path]  # every path flag checks
     for action in parser._actions:
         if action.type is not path_argument:
@@ -66,6 +72,24 @@ def test_an_empty_path_flag_is_refused_in_one_line(program, monkeypatch, capsys)
             parser.parse_known_args([name, ""] if action.option_strings else [""])
         assert exit_status.value.code == 2
         assert f"argument {name}: an empty path (an unset shell variable?)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("program", sorted(set(SCRIPTS) - {"mgdt-train"}))
+def test_a_seed_no_generator_takes_is_refused_in_one_line(program, monkeypatch, capsys):
+    # -1 seeded NumPy's generators as 2**32 - 1 without a word; 2**64 - 1 was a JAX overflow traceback.
+    parser = parser_of(program, monkeypatch, capsys)
+    for action in parser._actions:
+        if not any("seed" in name for name in action.option_strings):
+            continue
+        assert action.type is seed_argument, action.option_strings
+        name = action.option_strings[-1]
+        for value, fault in (("-1", "-1 is out of range"), (str(2**64 - 1), f"{2**64 - 1} is out of range"),
+                             ("1e3", "'1e3' is not a whole number")):
+            with pytest.raises(SystemExit) as exit_status:
+                parser.parse_known_args([name, value])
+            assert exit_status.value.code == 2
+            assert f"argument {name}: {fault}" in capsys.readouterr().err.splitlines()[-1]
+        assert action.type(str(MAX_SEED)) == MAX_SEED and action.type("0") == 0
 
 
 def test_ctrl_c_while_recording_leaves_the_logs_named_unfinished(tmp_path):

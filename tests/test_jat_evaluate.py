@@ -174,7 +174,7 @@ def test_cli_refuses_references_of_other_versions_in_one_line(tmp_path, capsys):
     (["--max-steps", "0"], "--max-steps must be >= 1, got 0"),
     (["--envs-per-task", "-1"], "--envs-per-task must be >= 1, got -1"),
     (["--tasks", ","], "--tasks names no task: ','"),
-    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["--seed", "-1"], "argument --seed: -1 is out of range: a seed is a whole number from 0 to 2147483647"),
     (["--tasks", "t,u, t"], "--tasks t,u, t: names t more than once (it would count twice in the IQM)"),
 ])
 def test_cli_refuses_settings_that_would_score_nothing(arguments, message, tmp_path, capsys):

@@ -179,7 +179,7 @@ def test_episodes_the_bot_cannot_plan_are_replaced(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("arguments,message", [
-    (["babyai-go-to-local", "--seed", "-1"], "mgdt-jat-record: error: --seed must be >= 0, got -1"),
+    (["babyai-go-to-local", "--seed", "-1"], "mgdt-jat-record: error: argument --seed: -1 is out of range: a seed is a whole number from 0 to 2147483647"),
     (["babyai-go-to-local", "metaworld-reach", "babyai-go-to-local"],
      "mgdt-jat-record: error: babyai-go-to-local: named more than once (a task is recorded once)"),
 ])

@@ -162,10 +162,9 @@ def test_a_capacity_beyond_memory_is_refused_in_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, expected", [
     (["--max-episode-steps", "536870912"], "--max-episode-steps 536870912: ALE takes episode caps of 1 to 536870911"),
-    (["--seed", "-1"], "--seed must be >= 0, got -1"),
     (["--run", "-1"], "--run must be >= 0, got -1"),
 ])
-def test_an_episode_cap_run_or_seed_no_run_can_use_is_refused_in_one_line(tmp_path, capsys, flags, expected):
+def test_an_episode_cap_or_run_no_run_can_use_is_refused_in_one_line(tmp_path, capsys, flags, expected):
     assert record.main(["--game", "Pong", "--steps", "10", "--out", str(tmp_path / "logs"), *flags]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f"mgdt-record: error: {expected}")

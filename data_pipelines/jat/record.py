@@ -28,7 +28,7 @@ import tqdm
 
 from data_pipelines.jat import experts, rlds
 from mgdt_jax.cli import interruptible
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.files import path_argument, seed_argument
 from mgdt_jax.envs import gym_tasks
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import references as jat_references
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "mujoco-pendulum babyai-rgb-go-to-red-ball-grey")
     parser.add_argument("--episodes", type=int, required=True, help="expert episodes per task")
     parser.add_argument("--out", type=path_argument, required=True, help="writes OUT/<task>/ for each task")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_argument, default=0)
     parser.add_argument("--random-episodes", type=int, default=DEFAULT_RANDOM_EPISODES,
                         help="episodes of the uniform-random policy measured for the reference")
     parser.add_argument("--experts", type=path_argument, default=None,
@@ -246,8 +246,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.random_episodes < 1:
         parser.error("--episodes and --random-episodes must be positive")
-    if args.seed < 0:  # gymnasium refuses it, but only once the first environment is made
-        parser.error(f"--seed must be >= 0, got {args.seed}")
     if twice := sorted({name for name in args.tasks if args.tasks.count(name) > 1}):
         parser.error(f"{', '.join(twice)}: named more than once (a task is recorded once)")
     started = time.perf_counter()

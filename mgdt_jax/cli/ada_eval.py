@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from mgdt_jax.cli import check_out_dir, interruptible
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.files import path_argument, seed_argument
 
 
 @interruptible("mgdt-ada-eval")
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=path_argument, required=True, help="report directory")
     parser.add_argument("--trials", type=int, help="trials per meta-episode (default: the run's env.num_trials)")
     parser.add_argument("--episodes", type=int, default=1, help="meta-episodes per task (default 1)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_argument, default=0)
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest complete one)")
     parser.add_argument("--greedy", action="store_true", help="act by the policy's argmax (default: sample from it)")
     args = parser.parse_args(argv)
@@ -32,8 +32,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--trials must be at least 1, got {args.trials}")
     if args.episodes < 1:
         parser.error(f"--episodes must be at least 1, got {args.episodes}")
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0, got {args.seed}")
 
     from mgdt_jax.recipes.ada import evaluate
 

@@ -14,7 +14,7 @@ import sys
 from absl import logging
 
 from mgdt_jax.cli import check_out_dir, interruptible
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.files import path_argument, seed_argument
 from mgdt_jax.recipes.mgdt import actor
 from mgdt_jax.envs import atari
 from mgdt_jax.core.checkpointing import CheckpointError
@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="paper: sticky actions 0.25, 108k-frame cap; colab: the released notebook's settings")
     parser.add_argument("--max-episode-frames", type=int, help="override the protocol's episode cap (emulator frames)")
     parser.add_argument("--max-envs-per-game", type=int, help="environments per game (default: one per episode)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_argument, default=0)
     parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
                         help="play only every N-th game starting at I (split a suite over processes)")
     return parser

@@ -14,7 +14,7 @@ import sys
 from absl import logging
 
 from mgdt_jax.cli import check_out_dir, interruptible
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.files import path_argument, seed_argument
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--envs-per-task", type=int, help="environments stepped together (default: all episodes)")
     parser.add_argument("--greedy", action="store_true", help="argmax discrete actions instead of sampling")
     parser.add_argument("--max-steps", type=int, help="cut episodes after this many steps (smoke runs)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_argument, default=0)
     parser.add_argument("--out", type=path_argument, required=True, help="report directory")
     return parser
 
@@ -41,8 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("envs_per_task", "max_steps"):
         if (value := getattr(args, name)) is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0, got {args.seed}")
     task_names = [name.strip() for name in args.tasks.split(",") if name.strip()]
     if not task_names:
         parser.error(f"--tasks names no task: {args.tasks!r}")

@@ -1,7 +1,7 @@
 """Files that appear whole or not at all: written under a temporary name beside their target, then
 renamed (a rename within a directory is atomic on POSIX filesystems), so an interrupted write
 never leaves a half file under the real name. The one line for a dataset shard that cannot be
-read, and the type of every command's path flags."""
+read, and the types of every command's path and seed flags."""
 
 from __future__ import annotations
 
@@ -22,6 +22,22 @@ def path_argument(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path (an unset shell variable?)")
     return Path(text)
+
+
+MAX_SEED = 2**31 - 1  # what every consumer takes: NumPy, JAX's keys, gymnasium and ALE (a C int)
+
+
+def seed_argument(text: str) -> int:
+    """``int(text)``, the argparse ``type`` of every seed flag; ArgumentTypeError unless it is a
+    whole number from 0 to `MAX_SEED`. Outside that range some consumers refuse the seed with a
+    traceback (JAX's and NumPy's overflow) and others silently wrap it (-1 seeding as 2**32 - 1)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{seed} is out of range: a seed is a whole number from 0 to {MAX_SEED}")
+    return seed
 
 
 def write_text(path: Path, text: str) -> None:
