@@ -142,6 +142,25 @@ def test_a_model_that_standardises_refuses_a_dataset_without_statistics_in_one_l
     assert data.load_task(jat_datasets["synthetic-discrete"], standardising).num_episodes == 40  # not continuous
 
 
+@pytest.mark.parametrize("field, value, fault", [
+    ("std", float("nan"), "a mean or std that is not a finite number"),
+    ("mean", float("inf"), "a mean or std that is not a finite number"),
+    ("std", -1.0, "or a negative std"),
+])
+def test_observation_statistics_that_would_standardise_to_nan_are_refused_naming_the_file(jat_datasets, tmp_path, field,
+                                                                                       value, fault):
+    copy = tmp_path / "task"
+    shutil.copytree(jat_datasets["synthetic-continuous"], copy)
+    path = copy / references.REFERENCES_FILE
+    content = json.loads(path.read_text())
+    content["observation_stats"][field][0] = value
+    path.write_text(json.dumps(content))  # NaN and Infinity as Python's json writes them
+    with pytest.raises(references.ReferenceError) as error:
+        references.load(copy)
+    assert str(error.value).startswith(f"{path}: unreadable references (observation_stats: ")
+    assert str(error.value).endswith(f"{fault})") and "\n" not in str(error.value)
+
+
 def test_an_image_task_loads_and_its_batches_carry_frames_and_mission_only(tmp_path):
     from data_pipelines.jat import rlds
     from mgdt_jax.recipes.jat import fields as jat_fields

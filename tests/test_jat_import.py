@@ -242,6 +242,32 @@ def test_a_task_name_that_is_not_a_plain_folder_name_is_refused_first(task, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]  # nothing written, here or above
 
 
+def test_a_task_name_of_an_unfinished_dataset_is_refused(tmp_path, capsys):
+    path = _write(tmp_path / "in.parquet", _episodes("metaworld", np.random.default_rng(7), 2))
+    assert _import_fails(path, tmp_path, capsys, "t.partial") == (
+        "task name 't.partial': ends in .partial, the mark of an unfinished dataset")
+
+
+def test_observations_with_no_values_are_refused_not_written_unreadable(tmp_path, capsys):
+    rows = _episodes("metaworld", np.random.default_rng(8), 2)
+    for row in rows:
+        row["continuous_observations"] = [[] for _ in row["continuous_observations"]]
+    path = _write(tmp_path / "in.parquet", rows)
+    assert _import_fails(path, tmp_path, capsys) == (
+        f"{path} row 0: continuous_observations entries of shape (0,) hold no values")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_named_twice_is_refused_not_imported_twice(tmp_path, capsys):
+    path = _write(tmp_path / "in.parquet", _episodes("metaworld", np.random.default_rng(7), 2))
+    again = tmp_path / "link.parquet"  # the same file by another name
+    again.symlink_to(path)
+    assert import_parquet.main([str(path), str(again), "--task", "t", "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"mgdt-jat-import: error: {again}: named more than once (as {path} too): its episodes would be imported twice")
+    assert not (tmp_path / "out").exists()
+
+
 def test_observations_of_another_shape_than_the_first_episodes_name_the_row(tmp_path, capsys):
     rows = _episodes("metaworld", np.random.default_rng(8), 3)
     rows[2]["continuous_observations"] = [step + [0.0] for step in rows[2]["continuous_observations"]]

@@ -191,6 +191,8 @@ def episodes(files: list[Path]) -> tuple[tuple[str, ...], Iterator[rlds.Episode]
                 found = _step_shapes(episode, names)
                 if shapes is None:
                     first, shapes = where, found
+                    if empty := [name for name, shape in found.items() if 0 in shape]:  # unreadable once written
+                        raise DatasetError(f"{where}: {empty[0]} entries of shape {found[empty[0]]} hold no values")
                 for name in names:  # checked here, where the file and row are known
                     if found[name] != shapes[name]:
                         raise DatasetError(f"{where}: {name} entries have shape {found[name]}, "
@@ -205,6 +207,8 @@ def check_task_name(task: str) -> None:
     if task in ("", ".", "..") or any(bad and bad in task for bad in (os.sep, os.altsep, "\0")):
         raise DatasetError(f"task name {task!r}: not a plain name (it names the folder OUT/<task>: "
                            "no path separators, not '.' or '..')")
+    if task.endswith(".partial"):  # the name of an unfinished import or recording, which reruns remove
+        raise DatasetError(f"task name {task!r}: ends in .partial, the mark of an unfinished dataset")
 
 
 def import_files(files: list[Path], task: str, out_dir: Path, episodes_per_shard: int = 1000,
@@ -217,6 +221,10 @@ def import_files(files: list[Path], task: str, out_dir: Path, episodes_per_shard
     """
     check_task_name(task)
     files = [Path(f) for f in files]
+    seen: dict[Path, Path] = {}
+    for path in files:
+        if (same := seen.setdefault(path.resolve(), path)) is not path:
+            raise DatasetError(f"{path}: named more than once (as {same} too): its episodes would be imported twice")
     final, partial = Path(out_dir) / task, Path(out_dir) / f"{task}.partial"
     if final.exists():
         raise DatasetError(f"{final}: already exists; choose another --out or remove it")

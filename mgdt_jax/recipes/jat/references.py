@@ -56,6 +56,8 @@ class ObservationStats:
         if len(stats.mean) != len(stats.std) or min(stats.std, default=0.0) < 0:
             raise ValueError(f"observation_stats: mean of {len(stats.mean)} and std of {len(stats.std)} "
                              f"dimensions, or a negative std")
+        if not all(math.isfinite(v) for v in stats.mean + stats.std):  # would standardise every observation to NaN
+            raise ValueError("observation_stats: a mean or std that is not a finite number")
         return stats
 
 
