@@ -228,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("histories_per_task", "episodes", "histories_per_shard", "workers"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be positive")
+    for flag in ("num_train", "num_heldout"):
+        if (value := getattr(args, flag)) is not None and value < 0:
+            parser.error(f"--{flag.replace('_', '-')} {value}: must not be negative")
     try:
         env = envs.get(args.env)
         source = sources.make_source(args.source, **_settings(args.param))

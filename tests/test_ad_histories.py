@@ -158,6 +158,15 @@ def test_cli_bad_requests_fail_with_one_line_and_write_nothing(tmp_path, capsys,
     assert not list(tmp_path.iterdir())
 
 
+def test_a_negative_split_size_is_named_by_its_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        _cli(capsys, "--env", "darkroom", "--source", "q_learning", "--num-heldout", -1, "--episodes", 2,
+             "--out", tmp_path / "out")
+    assert exit_status.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "mgdt-ad-histories: error: --num-heldout -1: must not be negative"
+    assert not list(tmp_path.iterdir())
+
+
 def test_cli_refuses_an_existing_output(darkroom_dir, capsys):
     code, _, err = _cli(capsys, "--env", "darkroom", "--source", "q_learning", "--episodes", 2, "--out", darkroom_dir)
     assert code == 1 and err == f"mgdt-ad-histories: error: {darkroom_dir}: already exists; choose a new --out"

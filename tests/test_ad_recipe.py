@@ -87,6 +87,11 @@ def test_eval_refuses_an_overlapping_split_and_other_runs_in_one_line(trained, t
         patch.setattr(ad_evaluate, "evaluate_in_context", lambda *args, **kwargs: pytest.fail("evaluated first"))
         assert "needs a bandit" in bad_eval(capsys, "--workdir", workdir, "--baselines", "ucb1", "--out", tmp_path / "r5")
     assert not (tmp_path / "r1" / "report.json").exists()
+    with pytest.raises(SystemExit) as exit_status:  # refused before anything is evaluated too
+        ad_eval.main(["--workdir", str(workdir), "--baselines", "q_learning, q_learning", "--out", str(tmp_path / "r6")])
+    assert exit_status.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "mgdt-ad-eval: error: --baselines q_learning, q_learning: names q_learning more than once")
 
 
 def test_training_refuses_histories_of_another_env_and_a_short_context(trained, tmp_path):

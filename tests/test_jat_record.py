@@ -201,6 +201,18 @@ def test_cli_refuses_a_file_as_out_or_experts_before_training_or_recording(optio
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] and (tmp_path / "a-file").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("name, fault", [("a" * 300, "cannot be used (File name too long)"),
+                                         ("new/deeper", None)])
+def test_an_out_that_cannot_be_made_is_refused_before_recording_and_a_probe_leaves_nothing(name, fault, tmp_path,
+                                                                                         capsys, monkeypatch):
+    monkeypatch.setattr(record, "record", lambda *args, **kwargs: {})  # nothing is played either way
+    out = tmp_path / name
+    status = record.main(["babyai-go-to-local", "--episodes", "2", "--out", str(out)])
+    if fault:
+        assert (status, capsys.readouterr().err) == (1, f"mgdt-jat-record: error: --out {out}: {fault}\n")
+    assert not any(tmp_path.iterdir())  # the folders made to find out are gone
+
+
 def test_a_failed_recording_removes_the_out_it_created(tmp_path, monkeypatch):
     def failing(task, out_dir, *args, **kwargs):
         raise record.RecordError(f"{task.name}: fails")

@@ -35,8 +35,11 @@ def test_round_trip_and_unusable_references(tmp_path):
     (tmp_path / references.REFERENCES_FILE).write_text("{not json")
     with pytest.raises(references.ReferenceError, match="unreadable references"):
         references.load(tmp_path)
+    with pytest.raises(references.ReferenceError, match=f"^{tmp_path / 'missing'}: no such dataset"):
+        references.load(tmp_path / "missing")  # a misspelt task or --data, named as such
+    (tmp_path / "empty").mkdir()
     with pytest.raises(references.ReferenceError, match="no references stored"):
-        references.load(tmp_path / "missing")
+        references.load(tmp_path / "empty")
     flat = references.TaskReferences(**{**REFS.__dict__, "random": REFS.expert})
     with pytest.raises(references.ReferenceError, match="does not exceed random"):
         references.normalized_score(1.0, flat)

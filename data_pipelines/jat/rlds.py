@@ -74,16 +74,30 @@ class Episode:
 
 def check_folder(path: Path, option: str) -> None:
     """Checks, before any work, that `path` (given as the CLI's `option`, e.g. "--out") is a writable
-    folder or can be made one; else OSError, one line naming the option, the path and the fault."""
+    folder or can be made one; else OSError, one line naming the option, the path and the fault.
+    Folders it makes to find out are removed again."""
     path, absolute = Path(path), Path(path).absolute()
-    if path.is_symlink() and not path.exists():
-        raise OSError(f"{option} {path}: a symlink to nothing")
-    existing = next(folder for folder in (absolute, *absolute.parents) if folder.exists())
+    try:
+        if path.is_symlink() and not path.exists():
+            raise OSError(f"{option} {path}: a symlink to nothing")
+        existing = next(folder for folder in (absolute, *absolute.parents) if folder.exists())
+    except OSError as error:  # a name too long, a folder on the way that cannot be searched
+        raise error if not error.errno else OSError(f"{option} {path}: cannot be used ({error.strerror})") from None
     fault = ("not a folder" if not existing.is_dir()
              else "not writable" if not os.access(existing, os.W_OK | os.X_OK) else None)
     if fault:
         raise OSError(f"{option} {path}: " + (f"exists and is {fault}" if existing == absolute
                                                else f"cannot be created ({existing} is {fault})"))
+    missing = [folder for folder in (absolute, *absolute.parents) if folder != existing and
+               existing in folder.parents]  # deepest first
+    try:  # what access() cannot tell (a filesystem such as /proc, root's rights) making it does
+        absolute.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"{option} {path}: cannot be created ({error.strerror or error})") from None
+    finally:
+        for folder in missing:  # the command makes them when it writes, and removes them if it fails
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 @contextlib.contextmanager

@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.episodes is not None and args.episodes < 1:
         parser.error("--episodes must be positive")
+    names = [name.strip() for name in args.baselines.split(",") if name.strip()]
+    if twice := sorted({name for name in names if names.count(name) > 1}):
+        parser.error(f"--baselines {args.baselines}: names {', '.join(twice)} more than once")
 
     from mgdt_jax.core.checkpointing import CheckpointError
     from mgdt_jax.envs.base import EnvError
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         check_out_dir(args.out, evaluate.REPORT_JSON)
-        baselines = [sources.make_source(name.strip()) for name in args.baselines.split(",") if name.strip()]
+        baselines = [sources.make_source(name) for name in names]
         report = evaluate.compare(args.workdir, args.out, ed_workdir=args.ed_workdir, baselines=baselines,
                                   episodes=args.episodes, seed=args.seed)
     except (ValueError, CheckpointError, EnvError, OSError) as error:  # HistoryError, SourceError are ValueErrors

@@ -75,7 +75,8 @@ def split_indices(name: str, seed: int, total: int, num_train: int | None, num_h
     num_heldout = round(heldout_fraction * total) if num_heldout is None else num_heldout
     num_train = total - num_heldout if num_train is None else num_train
     if num_train < 0 or num_heldout < 0:
-        raise EnvError(f"{name}: split sizes {num_train}/{num_heldout} must not be negative")
+        raise EnvError(f"{name}: a split of {num_train} train and {num_heldout} held-out tasks of {total}: "
+                       "neither may be negative")
     if num_train + num_heldout > total:
         raise EnvError(f"{name}: a split of {num_train} train and {num_heldout} held-out tasks overlaps "
                        f"(only {total} tasks exist)")

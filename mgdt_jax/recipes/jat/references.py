@@ -95,6 +95,8 @@ def load(dataset_dir: Path) -> TaskReferences:
     try:
         return TaskReferences.from_json(json.loads(path.read_text()))
     except FileNotFoundError:
+        if not Path(dataset_dir).is_dir():  # a task or --data misspelt, more often than a damaged dataset
+            raise ReferenceError(f"{dataset_dir}: no such dataset (no folder of that name)") from None
         raise ReferenceError(f"{path}: no references stored with this dataset") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ReferenceError(f"{path}: unreadable references ({error})") from None
