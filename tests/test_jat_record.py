@@ -2,6 +2,7 @@
 with them, resuming, and its one-line errors."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -127,6 +128,23 @@ def test_rerun_skips_recorded_tasks_and_redoes_partial_ones(recorded, tmp_path):
     fresh = record.record(["babyai-go-to-local"], tmp_path, 6, seed=3, random_episodes=6, progress=False)[0]
     assert not fresh["resumed"] and not (tmp_path / "babyai-go-to-local.partial").exists()
     assert fresh["references"] == summaries["babyai-go-to-local"]["references"]  # same seed, same data
+
+
+@pytest.mark.parametrize("damage, fault", [
+    (lambda shard: shard.unlink(), "shard {name} is missing"),
+    (lambda shard: os.truncate(shard, 1000), "its shards hold 1,000 bytes, {size:,} were written"),
+])
+def test_a_rerun_does_not_count_a_damaged_recording_as_recorded(recorded, tmp_path, capsys, damage, fault):
+    out, _ = recorded
+    shutil.copytree(out / "babyai-go-to-local", tmp_path / "babyai-go-to-local")
+    (shard,) = (tmp_path / "babyai-go-to-local").glob("*.array_record-*")
+    size = shard.stat().st_size
+    damage(shard)
+    assert record.main(["babyai-go-to-local", "--episodes", "6", "--random-episodes", "6", "--seed", "3",
+                        "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"mgdt-jat-record: error: {tmp_path / 'babyai-go-to-local'}: damaged since it was recorded "
+        f"({fault.format(name=shard.name, size=size)}); remove it to record babyai-go-to-local again")
 
 
 def test_cli_errors_are_one_line(recorded, capsys, tmp_path):

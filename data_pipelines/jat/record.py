@@ -125,12 +125,16 @@ def recorded(out_dir: Path, task: gym_tasks.Task, job: dict) -> bool:
             raise RecordError(f"{final}: exists but is not a complete dataset; remove it to record {task.name}")
         return False
     try:
-        previous = json.loads((final / jat_fields.METADATA_FILE).read_text())["job"]
-    except (OSError, ValueError, KeyError) as error:
+        metadata = json.loads((final / jat_fields.METADATA_FILE).read_text())
+        previous, summary = metadata["job"], metadata["summary"]
+        fault = rlds.shard_fault(final, task.name, summary)
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise RecordError(f"{final / jat_fields.METADATA_FILE}: unreadable ({error})") from None
     if previous != job:
         differ = sorted(key for key in job if previous.get(key) != job[key])
         raise RecordError(f"{final}: recorded with other {', '.join(differ)}; choose another --out or remove it")
+    if fault:  # not to be reported as "already recorded"
+        raise RecordError(f"{final}: damaged since it was recorded ({fault}); remove it to record {task.name} again")
     return True
 
 

@@ -270,6 +270,19 @@ def write_dataset(out_dir: Path, spec: TaskSpec, episodes: Iterable[Episode], me
     return summary
 
 
+def shard_fault(out_dir: Path, task: str, summary: dict) -> str | None:
+    """Why the shard files of a dataset `write_dataset` completed differ from what it wrote (its
+    `summary`: shard count and total bytes), or None. Sizes only, no reading: a shard deleted or cut
+    short is found, a flipped bit is left to the reader."""
+    paths = [rlds_writer.shard_path(out_dir, dataset_name(task), SPLIT, index, summary["shards"])
+             for index in range(summary["shards"])]
+    if missing := [path.name for path in paths if not path.is_file()]:
+        return f"shard {missing[0]} is missing"
+    if (size := sum(path.stat().st_size for path in paths)) != summary["num_bytes"]:
+        return f"its shards hold {size:,} bytes, {summary['num_bytes']:,} were written"
+    return None
+
+
 class ObservationMoments:
     """Running per-dimension mean and variance of the continuous observations of the episodes added.
 
