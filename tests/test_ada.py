@@ -155,6 +155,29 @@ def test_an_annealed_entropy_bonus_reaches_the_loss_with_its_rollout():
     assert [float(ppo.entropy_coef(constant, jnp.int32(step))) for step in (0, 10**6)] == pytest.approx([0.02, 0.02])
 
 
+@pytest.mark.parametrize("section, field, value, message", [
+    ("model", "memory_length", -1, "model.memory_length must be >= 0 (0: no memory beyond the segment), got -1"),
+    ("model", "d_model", 0, "model.d_model must be at least 1, got 0"),
+    ("model", "d_model", 30, "model.d_model 30 is not a multiple of model.num_heads 4"),
+    ("ppo", "rollout_length", 0, "ppo.rollout_length 0: must be at least 1"),
+    ("ppo", "num_minibatches", 0, "ppo.num_minibatches 0: must be at least 1"),
+    ("ppo", "num_epochs", 0, "ppo.num_epochs 0: must be at least 1"),
+    ("ppo", "discount", 1.5, "ppo.discount 1.5: must be in [0, 1]"),
+    ("ppo", "gae_lambda", float("nan"), "ppo.gae_lambda nan: must be in [0, 1]"),
+    ("ppo", "clip_epsilon", -1.0, "ppo.clip_epsilon -1.0: must be a positive number"),
+    ("ppo", "entropy_coef", float("nan"), "ppo.entropy_coef nan: must be a number >= 0"),
+    ("kickstart", "hold_steps", 200, "kickstart.hold_steps 200 and anneal_steps 100: need 0 <= hold_steps <= anneal_steps"),
+])
+def test_a_setting_no_run_can_use_is_refused_before_anything_is_built(section, field, value, message):
+    # Each used to compile and then fail as an XLA shape error, a division by zero or a NaN loss, or train silently.
+    config = ada_tiny.get_config()
+    config.model.num_heads = 4
+    config[section][field] = value
+    with pytest.raises(ValueError) as error:
+        AdaRecipe(config)
+    assert str(error.value) == message
+
+
 def test_arm_recall_pays_only_a_memory():
     env = ArmRecall(num_arms=2, num_trials=3, trial_length=2)
     state, timestep = env.reset(jax.random.key(0), jnp.int32(1))  # arm 1 is good: action 2

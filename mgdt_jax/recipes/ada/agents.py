@@ -66,6 +66,18 @@ class AgentConfig:
     num_colors: int = 12
     grid_embedding: int = 16
 
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "d_model", "num_heads", "mlp_ratio", "gru_hidden", "head_hidden", "num_tiles",
+                     "num_colors", "grid_embedding"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        if self.memory_length < 0:
+            raise ValueError(f"model.memory_length must be >= 0 (0: no memory beyond the segment), got {self.memory_length}")
+        if not 0 <= self.dropout_rate < 1:
+            raise ValueError(f"model.dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if self.agent == "trxl" and self.d_model % self.num_heads:
+            raise ValueError(f"model.d_model {self.d_model} is not a multiple of model.num_heads {self.num_heads}")
+
 
 @dataclasses.dataclass(frozen=True)
 class EnvShapes:

@@ -14,6 +14,7 @@ whose ``entropy_coef`` is the step's traced float32 [] weight: an objective uses
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 
 import jax
@@ -38,6 +39,24 @@ class PPOConfig:
     # sampled in late trials can sharpen once it knows the task (0: constant, XLand-MiniGrid's setting).
     entropy_anneal_steps: int = 0
     objective: str = "ppo_clip"  # a key of OBJECTIVES
+
+    def check(self) -> None:
+        """ValueError, one line naming the field, for a setting no run can use (each of these
+        compiled, then failed as an XLA shape error, a division by zero or a NaN loss, or trained on
+        silently). Not in ``__post_init__``: the loss replaces ``entropy_coef`` with a traced value."""
+        for name in ("rollout_length", "num_epochs", "num_minibatches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ppo.{name} {getattr(self, name)}: must be at least 1")
+        if self.entropy_anneal_steps < 0:
+            raise ValueError(f"ppo.entropy_anneal_steps {self.entropy_anneal_steps}: must be >= 0 (0: constant)")
+        for name in ("discount", "gae_lambda"):
+            if not 0 <= getattr(self, name) <= 1:  # NaN too
+                raise ValueError(f"ppo.{name} {getattr(self, name)}: must be in [0, 1]")
+        if not 0 < self.clip_epsilon < math.inf:
+            raise ValueError(f"ppo.clip_epsilon {self.clip_epsilon}: must be a positive number")
+        for name in ("value_coef", "entropy_coef"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"ppo.{name} {getattr(self, name)}: must be a number >= 0")
 
 
 def generalized_advantages(
@@ -129,6 +148,13 @@ class KickstartConfig:
     weight: float = 1.0
     hold_steps: int = 0
     anneal_steps: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.weight < math.inf:
+            raise ValueError(f"kickstart.weight {self.weight}: must be a number >= 0")
+        if not 0 <= self.hold_steps <= self.anneal_steps:
+            raise ValueError(f"kickstart.hold_steps {self.hold_steps} and anneal_steps {self.anneal_steps}: "
+                             "need 0 <= hold_steps <= anneal_steps")
 
 
 def linear_anneal(value: float, hold_steps: int, end_step: int, step: jax.Array) -> jax.Array:

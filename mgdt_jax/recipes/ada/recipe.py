@@ -67,10 +67,9 @@ class AdaRecipe(OnlineRecipe):
         super().__init__(config)
         self.agent_config = read_section(AgentConfig, section(config, "model", {}))
         self.ppo_config = read_section(ppo.PPOConfig, section(config, "ppo", {}))
+        self.ppo_config.check()
         self.kickstart_config = read_section(ppo.KickstartConfig, section(config, "kickstart", {}))
         self.objective = ppo.objective(self.ppo_config.objective)
-        if self.ppo_config.entropy_anneal_steps < 0:
-            raise ValueError(f"ppo.entropy_anneal_steps {self.ppo_config.entropy_anneal_steps}: must be >= 0 (0: constant)")
         self.env, self.tasks = ada_env.make(section(config, "env", {}))
         self.shapes = env_shapes(self.env, self.tasks, self.agent_config.observation)
         self.num_envs = int(section(section(config, "train", {}), "batch_size", 32))
