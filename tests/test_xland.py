@@ -231,6 +231,11 @@ def test_a_crafted_pickle_runs_no_code_and_xminigrids_own_files_still_load(tmp_p
     ("init_tiles", lambda a: a[:10], "init_tiles is uint8 [10, 6, 2]; xminigrid takes uint8 [N = 20, any, 2]"),
     ("num_rules", lambda a: a.astype(np.float32), "num_rules is float32 [20]; a benchmark holds integers"),
     ("rules", lambda a: a.tolist(), "rules is a list; xminigrid takes uint8"),
+    # values xminigrid would index with silently (clamped to another goal, or NaN embeddings)
+    ("goals", lambda a: _set(a, (3, 0), 255), "goals of ruleset 3 holds goal type id 255; xminigrid knows 0..14"),
+    ("rules", lambda a: _set(a, (5, 1, 0), 12), "rules of ruleset 5 holds rule type id 12; xminigrid knows 0..11"),
+    ("init_tiles", lambda a: _set(a, (0, 2, 0), 200), "init_tiles of ruleset 0 holds tile id 200; xminigrid knows 0..12"),
+    ("init_tiles", lambda a: _set(a, (7, 0, 1), 12), "init_tiles of ruleset 7 holds colour id 12; xminigrid knows 0..11"),
 ])
 def test_arrays_the_environment_cannot_take_are_one_line(tmp_path, key, change, message):
     from mgdt_jax.recipes.ada import xland as ada_xland
@@ -243,6 +248,12 @@ def test_arrays_the_environment_cannot_take_are_one_line(tmp_path, key, change, 
     assert str(error_info.value).startswith(f"{path}: ") and message in str(error_info.value)
     with pytest.raises(ValueError, match="shaped.pkl.bz2: "):  # what mgdt-train reports in one line
         ada_xland.make({"benchmark": str(path), "num_trials": 2})
+
+
+def _set(array, index, value):
+    array = array.copy()
+    array[index] = value
+    return array
 
 
 def _rollout(env, benchmark, num_envs, num_steps, seed=0):

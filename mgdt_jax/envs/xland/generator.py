@@ -142,18 +142,32 @@ def objects() -> np.ndarray:
     return np.array([(tile, colour) for tile in tiles for colour in colours], np.uint8)
 
 
+def _type_id(cls: type) -> int:
+    """The leading byte xminigrid's own `encode()` writes for a goal or rule class."""
+    blank = [np.zeros(2, np.uint8)] * len(dataclasses.fields(cls))
+    return int(np.asarray(cls(*blank).encode())[0])
+
+
 @functools.cache
 def type_ids() -> tuple[dict[str, int], dict[str, int]]:
-    """(goal type ids, rule type ids): the leading byte xminigrid's own `encode()` writes."""
+    """(goal type ids, rule type ids) of `GOAL_TYPES` and `RULE_TYPES`."""
     from xminigrid.core import goals, rules
 
-    def first_byte(module, class_name: str) -> int:
-        cls = getattr(module, class_name)
-        blank = [np.zeros(2, np.uint8)] * len(dataclasses.fields(cls))
-        return int(np.asarray(cls(*blank).encode())[0])
+    return ({name: _type_id(getattr(goals, cls)) for name, (cls, _) in GOAL_TYPES.items()},
+            {name: _type_id(getattr(rules, cls)) for name, (cls, _) in RULE_TYPES.items()})
 
-    return ({name: first_byte(goals, cls) for name, (cls, _) in GOAL_TYPES.items()},
-            {name: first_byte(rules, cls) for name, (cls, _) in RULE_TYPES.items()})
+
+@functools.cache
+def type_counts() -> tuple[int, int]:
+    """(goal types, rule types) xminigrid decodes: one more than the largest id of its goal and rule
+    classes (the empty one, 0, included). Its `lax.switch` clamps a larger id to the last type."""
+    from xminigrid.core import goals, rules
+
+    def count(module, base: type) -> int:
+        return 1 + max(_type_id(cls) for cls in vars(module).values()
+                       if isinstance(cls, type) and issubclass(cls, base) and cls is not base)
+
+    return count(goals, goals.BaseGoal), count(rules, rules.BaseRule)
 
 
 def encode_goal(name: str, goal_objects: np.ndarray) -> np.ndarray:
@@ -422,10 +436,28 @@ def check_arrays(arrays: dict[str, Any], path: str | os.PathLike) -> int:
     return count
 
 
+def check_values(arrays: dict[str, Any], path: str | os.PathLike) -> None:
+    """BenchmarkError naming `path`, the array, the ruleset and the value, for a goal or rule type id
+    or an initial object's tile or colour id that xminigrid does not know: indexing with it would
+    not fail but silently clamp (a goal type 255 trains on another goal) or yield NaN embeddings."""
+    from xminigrid.core.constants import NUM_COLORS, NUM_TILES
+
+    goal_types, rule_types = type_counts()
+    for key, ids, limit, what in (("goals", arrays["goals"][:, 0], goal_types, "goal type id"),
+                                  ("rules", arrays["rules"][..., 0], rule_types, "rule type id"),
+                                  ("init_tiles", arrays["init_tiles"][..., 0], NUM_TILES, "tile id"),
+                                  ("init_tiles", arrays["init_tiles"][..., 1], NUM_COLORS, "colour id")):
+        ids = np.asarray(ids)
+        if (ids >= limit).any():
+            where = tuple(int(i) for i in np.argwhere(ids >= limit)[0])
+            raise BenchmarkError(f"{path}: {key} of ruleset {where[0]} holds {what} {int(ids[where])}; "
+                                 f"xminigrid knows 0..{limit - 1}")
+
+
 def load(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     """(xminigrid Benchmark, record) for a file written by `write` (or by xminigrid's generator,
     given a record): checked against its record, read with `read_arrays` (no code in the file
-    runs) and its arrays checked with `check_arrays`. The record (sha256, generator settings) is
+    runs) and its arrays checked with `check_arrays` and `check_values`. The record (sha256, generator settings) is
     what results carry. BenchmarkError (one line naming `path`) for any fault."""
     from xminigrid.benchmarks import Benchmark
 
@@ -434,6 +466,7 @@ def load(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     count = check_arrays(arrays, path)
     if count != record.get("num_rulesets"):
         raise BenchmarkError(f"{path}: {count} rulesets, the record says {record.get('num_rulesets')}")
+    check_values(arrays, path)
     # xminigrid.load_benchmark_from_path builds exactly this from pickle.load's dict; that call
     # would unpickle anything, so the restricted read above stands in for it.
     return Benchmark(**{key: arrays[key] for key in BENCHMARK_KEYS}), record
