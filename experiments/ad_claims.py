@@ -167,21 +167,22 @@ def main(argv: list[str] | None = None) -> int:
         claim = dataclasses.replace(claim, episodes_per_history=args.episodes)
     for name in ("train_steps", "episodes", "subsample"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+            raise SystemExit(f"ad_claims: error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     env = envs.get(claim.env)
     try:
         sources.make_source(claim.source).check(env)
     except sources.SourceError as error:  # an unknown name, or a source for other environments
-        raise SystemExit(f"--source {claim.source}: {error}") from None
+        raise SystemExit(f"ad_claims: error: --source {claim.source}: {error}") from None
     try:
         ADRecipe(run_config(claim, claim.train_steps, args.seed))  # the model's settings, before any work
     except ValueError as error:
-        raise SystemExit(f"ad_claims: {args.claim}: {error}") from None
+        raise SystemExit(f"ad_claims: error: {args.claim}: {error}") from None
     context_episodes = -(-claim.config.get_config().model.context_steps // env.episode_length)
     kept = -(-claim.episodes_per_history // claim.subsample)
     if kept < context_episodes:
-        raise SystemExit(f"--subsample {claim.subsample}: keeps {kept} of {claim.episodes_per_history} episodes per "
-                         f"history, fewer than the {context_episodes} of the model's context")
+        raise SystemExit(f"ad_claims: error: --subsample {claim.subsample}: keeps {kept} of "
+                         f"{claim.episodes_per_history} episodes per history, fewer than the {context_episodes} "
+                         "of the model's context")
     # Rerun with the same --out and arguments, a stopped claim goes on where it stopped (its
     # histories are generated again: the same for the same seed).
     resumed = common.check_settings(args.out, {name: value for name, value in vars(args).items() if name != "out"},

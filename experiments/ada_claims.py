@@ -126,7 +126,14 @@ def make_benchmark(out: Path, scale: Scale, task: TaskSetting) -> tuple[Path, di
         generator.write(arrays, path, settings=settings, seed=SEED, preset="trivial", stats=stats)
 
     common.stage(out, "benchmark", write, output=path)
-    return path, generator.read_record(path)
+    record = generator.read_record(path)
+    wanted = {"preset": "trivial", "settings": settings.to_json(), "seed": SEED, "count": scale.rulesets}
+    if {key: record["generator"].get(key) for key in wanted} != wanted:  # replaced since, e.g. regenerated --force
+        differ = ", ".join(f"{key} {record['generator'].get(key)!r}" for key in wanted
+                           if record["generator"].get(key) != wanted[key])
+        raise generator.BenchmarkError(f"{path}: generated with {differ}, not this claim's settings; the runs "
+                                       "resumed on it would mix two benchmarks")
+    return path, record
 
 
 def run_config(model: str, benchmark: Path, scale: Scale, steps: int, task: TaskSetting = TaskSetting(), *,
@@ -249,7 +256,7 @@ def write_docs(claim: str, text: str, figures: list[Path]) -> None:
     path = DOCS / "ada.md"
     document = path.read_text()
     if begin not in document or end not in document:
-        raise SystemExit(f"{path}: lacks the markers {begin} ... {end}")
+        raise SystemExit(f"ada_claims: error: {path}: lacks the markers {begin} ... {end}")
     for figure in figures:
         shutil.copyfile(figure, DOCS / "figures" / figure.name)
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
@@ -299,28 +306,30 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"training seed of every run (default {SEED}); the benchmark, split and evaluation keep {SEED}")
     args = parser.parse_args(argv)
     if args.docs and args.quick:
-        raise SystemExit("--docs: a --quick run is no claim; docs take full runs only")
+        raise SystemExit("ada_claims: error: --docs: a --quick run is no claim; docs take full runs only")
     scale = QUICK if args.quick else FULL[args.claim]
     for name in ("rulesets", "envs", "train_steps", "rollout_length", "minibatches", "trial_steps", "memory_length", "width"):
         if (value := getattr(args, name)) is not None and value < (0 if name == "trial_steps" else 1):
-            raise SystemExit(f"--{name.replace('_', '-')} {value}: must be {'>= 0' if name == 'trial_steps' else '> 0'}")
+            raise SystemExit(f"ada_claims: error: --{name.replace('_', '-')} {value}: "
+                             f"must be {'>= 0' if name == 'trial_steps' else '> 0'}")
     if args.seed < 0:
-        raise SystemExit(f"--seed {args.seed}: must be >= 0")
+        raise SystemExit(f"ada_claims: error: --seed {args.seed}: must be >= 0")
     heads = MODELS["trxl"]["num_heads"]
     if args.width is not None and args.width % heads:
-        raise SystemExit(f"--width {args.width}: must be a multiple of the Transformer-XL's {heads} heads")
+        raise SystemExit(f"ada_claims: error: --width {args.width}: must be a multiple of the Transformer-XL's {heads} heads")
     if not (math.isfinite(args.trxl_lr) and args.trxl_lr > 0):
-        raise SystemExit(f"--trxl-lr {args.trxl_lr}: must be a finite number > 0")
+        raise SystemExit(f"ada_claims: error: --trxl-lr {args.trxl_lr}: must be a finite number > 0")
     scale = dataclasses.replace(scale, rulesets=args.rulesets or scale.rulesets, num_envs=args.envs or scale.num_envs,
                                 train_steps=args.train_steps or scale.train_steps,
                                 rollout_length=args.rollout_length or scale.rollout_length,
                                 num_minibatches=args.minibatches or scale.num_minibatches)
     if scale.num_envs % scale.num_minibatches:
-        raise SystemExit(f"--minibatches {scale.num_minibatches}: must divide the {scale.num_envs} environments")
+        raise SystemExit(f"ada_claims: error: --minibatches {scale.num_minibatches}: "
+                         f"must divide the {scale.num_envs} environments")
     try:  # the split the runs will make (10% held out), checked before any work
         generator.task_split(scale.rulesets, HELDOUT_FRACTION, SEED)
     except generator.BenchmarkError as error:
-        raise SystemExit(f"--rulesets {scale.rulesets}: {error}") from None
+        raise SystemExit(f"ada_claims: error: --rulesets {scale.rulesets}: {error}") from None
     task = TaskSetting(goals=args.goals, observe_goal=not args.hide_goal, trial_steps=args.trial_steps,
                        show_trial_end=args.show_trial_end, time_onehot=args.time_onehot)
     # Rerun with the same --out and arguments, an interrupted claim goes on where it stopped.
@@ -341,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(written)
             else:
                 written.unlink()
-        raise SystemExit(f"--rulesets {scale.rulesets}: {error}") from None
+        raise SystemExit(f"ada_claims: error: --rulesets {scale.rulesets}: {error}") from None
     print(f"benchmark {record['benchmark_id']} ({record['num_rulesets']} trivial rulesets, sha256 {record['sha256'][:16]}...)",
           flush=True)
 

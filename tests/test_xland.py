@@ -450,7 +450,7 @@ def test_an_ada_run_on_xland_resumes_exactly_and_its_evaluation_refuses_a_regene
     from experiments import ada_claims
     from mgdt_jax.cli import ada_eval
     from mgdt_jax.core import checkpointing, loop
-    from mgdt_jax.recipes.ada import evaluate
+    from mgdt_jax.recipes.ada import env as ada_env
 
     path = tmp_path / "b.pkl.bz2"  # the run's own: the test rewrites it
     trained_on = _write_benchmark(path, count=32)
@@ -478,10 +478,16 @@ def test_an_ada_run_on_xland_resumes_exactly_and_its_evaluation_refuses_a_regene
     assert len(lines) == 1 and lines[0].startswith(f"mgdt-ada-eval: error: {path}: sha256 {now[:12]}")
     assert f"{trained_on['sha256'][:12]}..., the benchmark {run} step 2 trained on" in lines[0]
     assert not (tmp_path / "report").exists()
+    # Nor does training go on with it: the environment states and the curriculum hold the old rulesets.
+    config.train.num_steps = 3
+    with pytest.raises(ValueError, match=f"^{path}: sha256 {now[:12]}.*the benchmark {run / checkpointing.CHECKPOINTS}/2 "
+                                         "trained on .*; its environments and curriculum hold the other's rulesets"):
+        loop.train(config, run)
+    assert checkpointing.Checkpointer(run, save_every=1, keep=2).latest_step() == 2
 
     class Env:  # the check alone: the same file, or nothing recorded, passes
         def describe(self):
             return {"benchmark_sha256": now}
 
-    evaluate.check_same_benchmark(Env(), {"env": {"benchmark_sha256": now}}, benchmark=path, checkpoint="run")
-    evaluate.check_same_benchmark(Env(), {"recipe": "ada"}, benchmark=path, checkpoint="run")
+    for position in ({"env": {"benchmark_sha256": now}}, {"recipe": "ada"}):
+        ada_env.check_same_benchmark(Env(), position, benchmark=path, checkpoint="run", why="")

@@ -135,6 +135,7 @@ def _train(
         data_identity = data.identity()
         if (latest := checkpointer.latest_step()) is not None:
             _check_same_recipe(checkpointer, latest, recipe.name)
+            recipe.check_resume(checkpointer.data_position(latest), str(checkpointer.directory / str(latest)))
             state, saved_position = checkpointer.restore(trainer.abstract_state, latest)
             _warn_if_data_changed(saved_position, data_identity, writer)
             writer.print(f"resumed from {checkpointer.directory / str(int(state.step))}")

@@ -148,6 +148,12 @@ class Recipe(abc.ABC):
         layouts differ in cost, as the JAT's modality groups do."""
         return self.step_cost(batch_size)
 
+    def check_resume(self, position: Mapping[str, Any], checkpoint: str) -> None:
+        """ValueError (one line naming ``checkpoint``) when the checkpoint whose data position is
+        ``position`` cannot go on under this config. By default any may: a changed data stream is
+        only warned about. An online recipe whose saved state belongs to its environment (as AdA's
+        environment states and curriculum belong to its benchmark's rulesets) refuses another."""
+
     def summary(self, metrics: Mapping[str, float]) -> str:
         """The recipe's metrics on each console line, after the loss (names without ``train/``)."""
         return " ".join(f"{name} {value:.3f}" for name, value in metrics.items() if name not in TRAINER_METRICS)

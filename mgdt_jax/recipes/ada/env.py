@@ -116,3 +116,18 @@ def evaluation_task_ids(tasks: TaskSource) -> tuple[np.ndarray, str]:
     if hasattr(tasks, "num_tasks"):
         return np.arange(tasks.num_tasks, dtype=np.int32), "all"
     raise ValueError(f"{type(tasks).__name__}: names no held-out tasks and no num_tasks to evaluate on")
+
+
+def check_same_benchmark(env: MetaEnvironment, position: Mapping[str, Any], *, benchmark: Any, checkpoint: str,
+                         why: str) -> None:
+    """ValueError (one line) when the benchmark ``env`` was made from (its ``describe()``'s
+    ``benchmark_sha256``) is not the one the checkpoint trained on (its data position's
+    ``env.benchmark_sha256``): a file regenerated or replaced would give other rulesets under the
+    same ids. ``benchmark`` (the file) and ``checkpoint`` name what is compared, ``why`` what would
+    go wrong. Environments without a benchmark, and checkpoints that recorded none, pass."""
+    saved_env = position.get("env")
+    trained = saved_env.get("benchmark_sha256") if isinstance(saved_env, Mapping) else None
+    current = env.describe().get("benchmark_sha256")
+    if trained and current and trained != current:
+        raise ValueError(f"{benchmark}: sha256 {current[:12]}... is not {trained[:12]}..., the benchmark {checkpoint} "
+                         f"trained on (regenerated or replaced since); {why}")

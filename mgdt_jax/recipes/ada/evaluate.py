@@ -156,22 +156,6 @@ def run_trials(agent: nnx.Module, env: ada_env.MetaEnvironment, tasks: ada_env.T
     return returns, batch * num_segments * segment / seconds, compile_s
 
 
-def check_same_benchmark(env: ada_env.MetaEnvironment, position: Mapping[str, Any], *, benchmark: Any,
-                         checkpoint: str) -> None:
-    """ValueError (one line) when the benchmark ``env`` was made from (its ``describe()``'s
-    ``benchmark_sha256``) is not the one the checkpoint trained on (its data position's
-    ``env.benchmark_sha256``): a file regenerated in place would give other rulesets under the same
-    ids, so the run's held-out split would hold out nothing it did not train on. ``benchmark`` (the
-    file) and ``checkpoint`` name what is compared. Environments without a benchmark, and checkpoints
-    that recorded none, pass."""
-    saved_env = position.get("env")
-    trained = saved_env.get("benchmark_sha256") if isinstance(saved_env, Mapping) else None
-    current = env.describe().get("benchmark_sha256")
-    if trained and current and trained != current:
-        raise ValueError(f"{benchmark}: sha256 {current[:12]}... is not {trained[:12]}..., the benchmark {checkpoint} "
-                         f"trained on (regenerated or replaced since); its held-out tasks would not be held out")
-
-
 def evaluate_run(workdir: str | Path, *, trials: int | None = None, episodes: int = 1, seed: int = 0,
                  name: str | None = None, step: int | None = None, greedy: bool = False) -> TrialScores:
     """The scores of the AdA run in ``workdir`` (its latest checkpoint, or ``step``) on its evaluation
@@ -182,7 +166,7 @@ def evaluate_run(workdir: str | Path, *, trials: int | None = None, episodes: in
     ValueError (one line) for a workdir that is not an AdA run or has no checkpoint, ``trials`` or
     ``episodes`` below 1, a negative ``seed``, ``trials`` beyond what the agent observes, an
     environment without ``num_trials`` or ``episode_length``, or a benchmark file that is not the
-    one the checkpoint trained on (``check_same_benchmark``).
+    one the checkpoint trained on (``env.check_same_benchmark``).
     """
     workdir = Path(workdir)
     if episodes < 1:
@@ -206,7 +190,8 @@ def evaluate_run(workdir: str | Path, *, trials: int | None = None, episodes: in
     if not hasattr(env, "episode_length"):
         raise ValueError(f"{type(env).__name__}: has no episode_length (the most steps of a meta-episode)")
     agent, run_config, chosen, position = load_agent(workdir, env, tasks, step=step)
-    check_same_benchmark(env, position, benchmark=env_config.get("benchmark"), checkpoint=f"{workdir} step {chosen}")
+    ada_env.check_same_benchmark(env, position, benchmark=env_config.get("benchmark"), checkpoint=f"{workdir} step {chosen}",
+                                 why="its held-out tasks would not be held out")
     task_ids, split = ada_env.evaluation_task_ids(tasks)
     segment = int((run_config.get("ppo") or {}).get("rollout_length", 16))
     returns, steps_per_s, compile_s = run_trials(agent, env, tasks, task_ids, episodes=episodes, segment=segment, seed=seed,

@@ -226,6 +226,11 @@ class AdaRecipe(OnlineRecipe):
             + (f", kickstarted from {self.kickstart_config.teacher}" if self.teacher is not None else "")
         )
 
+    def check_resume(self, position: Mapping[str, Any], checkpoint: str) -> None:
+        ada_env.check_same_benchmark(self.env, position, benchmark=section(section(self.config, "env", {}), "benchmark"),
+                                     checkpoint=checkpoint, why="its environments and curriculum hold the other's "
+                                     "rulesets; train on it in another workdir")
+
     def rollout_identity(self) -> dict[str, Any]:
         return {"env": self.env.describe(), "num_envs": self.num_envs, "rollout_length": self.ppo_config.rollout_length}
 
