@@ -439,6 +439,8 @@ def test_held_out_rulesets_are_never_drawn_and_plr_learns_from_finished_episodes
     assert int(state.step) == 1 and int(state.seen.sum()) == 2
     with pytest.raises(ValueError, match="env.curriculum 'nope' is not one of"):
         ada_xland.make({**env_config, "curriculum": "nope"})
+    with pytest.raises(ValueError, match=r"^env.split_seed -1: a seed is a whole number from 0 to 2147483647$"):
+        ada_xland.make({**env_config, "heldout_fraction": 0.2, "split_seed": -1})
     with pytest.raises(ValueError, match="env.curriculum_settings: .*unexpected keyword argument 'tempo'"):
         ada_xland.make({**env_config, "curriculum": "plr", "curriculum_settings": {"tempo": 1.0}})
 

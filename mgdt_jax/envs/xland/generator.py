@@ -285,9 +285,10 @@ def generate(settings: GeneratorSettings, count: int, seed: int, *, progress: bo
         arrays["init_tiles"][i, :len(init_tiles)] = init_tiles
         arrays["num_rules"][i] = len(rules)
     goal_names = {type_id: name for name, type_id in type_ids()[0].items()}
-    type_counts = np.bincount(arrays["goals"][:, 0], minlength=max(goal_names) + 1)
-    stats = {"duplicates_rejected": duplicates, "max_rules": max_rules, "max_init_tiles": max_tiles,
-             "goal_type_counts": {goal_names[i]: int(n) for i, n in enumerate(type_counts) if n},
+    per_goal_type = np.bincount(arrays["goals"][:, 0], minlength=max(goal_names) + 1)
+    # The largest counts, not the arrays' widths (at least 1 slot, an empty rule, where there are none).
+    stats = {"duplicates_rejected": duplicates, "max_rules": int(arrays["num_rules"].max()), "max_init_tiles": max_tiles,
+             "goal_type_counts": {goal_names[i]: int(n) for i, n in enumerate(per_goal_type) if n},
              "seconds": round(time.perf_counter() - started, 3)}
     return arrays, stats
 

@@ -237,7 +237,7 @@ class AdaRecipe(OnlineRecipe):
     def summary(self, metrics: Mapping[str, float]) -> str:
         trials = [metrics[f"return_trial_{k + 1}"] for k in range(self.env.num_trials) if f"return_trial_{k + 1}" in metrics]
         return (
-            f"return {metrics.get('episode_return', 0.0):.3f} per trial [{' '.join(f'{r:.2f}' for r in trials)}] "
+            f"return {metrics.get('episode_return', 0.0):.3f} (trials {' '.join(f'{r:.2f}' for r in trials)}) "
             f"value_loss {metrics.get('value_loss', 0.0):.3f} entropy {metrics.get('entropy', 0.0):.3f}"
         )
 

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mgdt_jax.core.config_sections import read_section
+from mgdt_jax.core.files import MAX_SEED
 from mgdt_jax.envs.xland import generator, trials
 from mgdt_jax.recipes.ada import curriculum
 from mgdt_jax.recipes.ada.env import TimeStep, UniformTasks
@@ -168,6 +169,8 @@ def make(env_config: Any) -> tuple[XLandTrials, UniformTasks | curriculum.Curric
     trial_features = settings.max_trials or settings.num_trials
     if trial_features < settings.num_trials:
         raise ValueError(f"env.max_trials {settings.max_trials}: below num_trials {settings.num_trials}")
+    if not 0 <= settings.split_seed <= MAX_SEED:  # NumPy's generator said "expected non-negative integer"
+        raise ValueError(f"env.split_seed {settings.split_seed}: a seed is a whole number from 0 to {MAX_SEED}")
     benchmark, record = generator.load(settings.benchmark)
     env = trials.TrialEnv(settings.env_id, num_trials=settings.num_trials, fixed_start=settings.fixed_start,
                           max_steps=settings.max_steps or None, show_trial_end=settings.show_trial_end)
