@@ -50,6 +50,27 @@ def test_mgdt_eval_plays_a_tiny_checkpoint_on_two_games(tiny_workdir, tmp_path, 
     assert json.loads((out / "report.json").read_text()) == written
 
 
+def test_an_out_another_evaluation_is_writing_to_is_refused_and_a_dead_ones_taken_over(tiny_workdir, tmp_path, capsys,
+                                                                                      monkeypatch):
+    # Two evaluations into one --out both passed the check before playing; the later report replaced the other.
+    import subprocess
+    import sys
+
+    from mgdt_jax.cli import CLAIM_FILE
+
+    out = tmp_path / "report"
+    out.mkdir()
+    argv = ["--workdir", str(tiny_workdir), "--games", "Pong", "--episodes", "1", "--max-episode-frames", "200",
+            "--out", str(out)]
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
+        (out / CLAIM_FILE).write_text(f"{other.pid}\n")
+        _fails_with(argv, capsys, f"--out {out}: another evaluation (process {other.pid}) is writing its report there")
+        other.kill()
+    assert (out / CLAIM_FILE).exists() and not (out / "report.json").exists()  # the other's claim stays while it runs
+    assert eval_cli.main(argv) == 0  # its process gone, the claim is taken over
+    assert (out / "report.json").exists() and not (out / CLAIM_FILE).exists()
+
+
 def test_an_interrupted_evaluation_leaves_no_video_under_a_finished_name(tiny_workdir, tmp_path, monkeypatch):
     def play_then_interrupt(*args, on_frame, **kwargs):
         for _ in range(3):

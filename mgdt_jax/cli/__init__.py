@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -94,3 +96,56 @@ def check_out_dir(out: Path, report_name: str) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise OSError(f"--out {out}: cannot be created ({parent} is not a writable directory)")
+
+
+CLAIM_FILE = ".evaluating"  # in --out while an evaluation CLI runs: the process id of the one writing there
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def claimed_out_dir(out: Path, report_name: str) -> Iterator[None]:
+    """``check_out_dir``, then holds ``out`` for this process while the block runs, so that two
+    evaluations given the same ``--out`` cannot both pass the check and the later one replace the
+    earlier one's report: ``OUT/.evaluating`` is created exclusively with this process's id (a file
+    left by a process no longer running is taken over). OSError (one line) when another evaluation
+    holds it or finished a report there meanwhile. Folders made for ``out`` are removed again if the
+    block leaves no report."""
+    check_out_dir(out, report_name)
+    made = [folder for folder in (out.absolute(), *out.absolute().parents) if not folder.exists()]  # deepest first
+    out.mkdir(parents=True, exist_ok=True)
+    claim = out / CLAIM_FILE
+    try:
+        for _ in range(2):  # a second try after taking over a dead process's claim
+            try:
+                descriptor = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                break
+            except FileExistsError:
+                holder = claim.read_text().strip()
+                if holder.isdigit() and _running(int(holder)):
+                    raise OSError(f"--out {out}: another evaluation (process {holder}) is writing its report there; "
+                                  "choose another directory") from None
+                claim.unlink(missing_ok=True)
+        else:
+            raise OSError(f"--out {out}: {claim} keeps reappearing; another evaluation is starting there")
+        with os.fdopen(descriptor, "w") as file:
+            file.write(f"{os.getpid()}\n")
+        try:
+            if (out / report_name).exists():  # finished by another process after the check above
+                raise OSError(f"--out {out}: already holds a report ({report_name}); choose another directory or remove it")
+            yield
+        finally:
+            claim.unlink(missing_ok=True)
+    finally:
+        if not (out / report_name).exists():
+            for folder in made:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()

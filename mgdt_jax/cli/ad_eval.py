@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mgdt_jax.cli import check_out_dir, interruptible
+from mgdt_jax.cli import claimed_out_dir, interruptible
 from mgdt_jax.core.files import path_argument, seed_argument
 
 
@@ -39,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     from mgdt_jax.recipes.ad import evaluate, sources
 
     try:
-        check_out_dir(args.out, evaluate.REPORT_JSON)
-        baselines = [sources.make_source(name) for name in names]
-        report = evaluate.compare(args.workdir, args.out, ed_workdir=args.ed_workdir, baselines=baselines,
-                                  episodes=args.episodes, seed=args.seed)
+        with claimed_out_dir(args.out, evaluate.REPORT_JSON):
+            baselines = [sources.make_source(name) for name in names]
+            report = evaluate.compare(args.workdir, args.out, ed_workdir=args.ed_workdir, baselines=baselines,
+                                      episodes=args.episodes, seed=args.seed)
     except (ValueError, CheckpointError, EnvError, OSError) as error:  # HistoryError, SourceError are ValueErrors
         print(f"mgdt-ad-eval: error: {error}", file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mgdt_jax.cli import check_out_dir, interruptible
+from mgdt_jax.cli import claimed_out_dir, interruptible
 from mgdt_jax.core.files import path_argument, seed_argument
 
 
@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     from mgdt_jax.recipes.ada import evaluate
 
     try:
-        check_out_dir(args.out, evaluate.REPORT_JSON)
-        scores = evaluate.evaluate_run(args.workdir, trials=args.trials, episodes=args.episodes, seed=args.seed,
-                                       step=args.step, greedy=args.greedy)
-        report = evaluate.write_report([scores], args.out)
+        with claimed_out_dir(args.out, evaluate.REPORT_JSON):
+            scores = evaluate.evaluate_run(args.workdir, trials=args.trials, episodes=args.episodes, seed=args.seed,
+                                           step=args.step, greedy=args.greedy)
+            report = evaluate.write_report([scores], args.out)
     except (ValueError, OSError) as error:  # BenchmarkError, CheckpointError surface as ValueError
         print(f"mgdt-ada-eval: error: {error}", file=sys.stderr)
         return 1

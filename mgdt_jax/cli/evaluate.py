@@ -13,7 +13,7 @@ import sys
 
 from absl import logging
 
-from mgdt_jax.cli import check_out_dir, interruptible
+from mgdt_jax.cli import claimed_out_dir, interruptible
 from mgdt_jax.core.files import path_argument, seed_argument
 from mgdt_jax.recipes.mgdt import actor
 from mgdt_jax.envs import atari
@@ -88,25 +88,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_episode_frames is not None:
         protocol = dataclasses.replace(protocol, max_episode_frames=args.max_episode_frames)
     try:
-        check_out_dir(args.out, REPORT_JSON)
-        games = resolve_games(args.suite, args.games.split(",") if args.games else None)
-        shard_index, shard_count = args.shard
-        games = games[shard_index::shard_count]
-        if not games:
-            raise ValueError(f"shard {shard_index}/{shard_count} has no games")
-        model, step = load_model(args.workdir, args.step)
-        summary = evaluate(
-            model,
-            games,
-            episodes=args.episodes,
-            sampling=sampling,
-            protocol=protocol,
-            seed=args.seed,
-            max_envs_per_game=args.max_envs_per_game,
-            out_dir=args.out,
-            video=args.video,
-            extra_settings={"workdir": str(args.workdir), "step": step, "shard": f"{shard_index}/{shard_count}"},
-        )
+        with claimed_out_dir(args.out, REPORT_JSON):
+            games = resolve_games(args.suite, args.games.split(",") if args.games else None)
+            shard_index, shard_count = args.shard
+            games = games[shard_index::shard_count]
+            if not games:
+                raise ValueError(f"shard {shard_index}/{shard_count} has no games")
+            model, step = load_model(args.workdir, args.step)
+            summary = evaluate(
+                model,
+                games,
+                episodes=args.episodes,
+                sampling=sampling,
+                protocol=protocol,
+                seed=args.seed,
+                max_envs_per_game=args.max_envs_per_game,
+                out_dir=args.out,
+                video=args.video,
+                extra_settings={"workdir": str(args.workdir), "step": step, "shard": f"{shard_index}/{shard_count}"},
+            )
     except (CheckpointError, atari.UnknownGameError, ValueError, OSError) as error:
         print(f"mgdt-eval: error: {error}", file=sys.stderr)
         return 1

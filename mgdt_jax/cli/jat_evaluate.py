@@ -13,7 +13,7 @@ import sys
 
 from absl import logging
 
-from mgdt_jax.cli import check_out_dir, interruptible
+from mgdt_jax.cli import claimed_out_dir, interruptible
 from mgdt_jax.core.files import path_argument, seed_argument
 
 
@@ -52,18 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     from mgdt_jax.recipes.jat import evaluate, references
 
     try:
-        check_out_dir(args.out, evaluate.REPORT_JSON)
-        refs = {name: references.load(args.data / name) for name in task_names}
-        for name, ref in refs.items():
-            references.check_versions(ref)
-        model, _, step = evaluate.load_model(args.workdir, args.step)
-        results = [evaluate.play_task(model, name, refs[name], episodes=args.episodes,
-                                      envs_per_task=args.envs_per_task, seed=args.seed, greedy=args.greedy,
-                                      max_steps=args.max_steps) for name in task_names]
-        aggregates = evaluate.domain_iqm(results)
-        evaluate.write_report(results, aggregates, args.out, {
-            "workdir": str(args.workdir), "step": step, "episodes": args.episodes, "seed": args.seed,
-            "greedy": args.greedy, "envs_per_task": args.envs_per_task, "max_steps": args.max_steps})
+        with claimed_out_dir(args.out, evaluate.REPORT_JSON):
+            refs = {name: references.load(args.data / name) for name in task_names}
+            for name, ref in refs.items():
+                references.check_versions(ref)
+            model, _, step = evaluate.load_model(args.workdir, args.step)
+            results = [evaluate.play_task(model, name, refs[name], episodes=args.episodes,
+                                          envs_per_task=args.envs_per_task, seed=args.seed, greedy=args.greedy,
+                                          max_steps=args.max_steps) for name in task_names]
+            aggregates = evaluate.domain_iqm(results)
+            evaluate.write_report(results, aggregates, args.out, {
+                "workdir": str(args.workdir), "step": step, "episodes": args.episodes, "seed": args.seed,
+                "greedy": args.greedy, "envs_per_task": args.envs_per_task, "max_steps": args.max_steps})
     except (CheckpointError, UnknownTaskError, ValueError, OSError) as error:  # ReferenceError is a ValueError
         print(f"mgdt-jat-eval: error: {error}", file=sys.stderr)
         return 1
