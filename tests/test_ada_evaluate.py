@@ -99,3 +99,13 @@ def test_a_run_without_checkpoint_or_too_many_trials_is_one_line(run_dir, tmp_pa
     assert "no config.json" in lines[1]
     assert "trial indices up to 6" in lines[2]
     assert not any((tmp_path / name / "report.json").exists() for name in "abc")
+
+    relative = tmp_path / "relative"  # a run trained on a benchmark named relative to another folder
+    relative.mkdir()
+    config = json.loads((run_dir / "config.json").read_text())
+    config["env"]["benchmark"] = "trivial_10k.pkl.bz2"
+    (relative / "config.json").write_text(json.dumps(config))
+    assert ada_eval.main(["--workdir", str(relative), "--out", str(tmp_path / "d")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"mgdt-ada-eval: error: trivial_10k.pkl.bz2: no such benchmark file here; {relative / 'config.json'} names it "
+        "relative to the folder training ran in: evaluate from there, or give training an absolute path")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from absl import logging
+
 from mgdt_jax.cli import claimed_out_dir, interruptible
 from mgdt_jax.core.files import path_argument, seed_argument
 
@@ -34,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if twice := sorted({name for name in names if names.count(name) > 1}):
         parser.error(f"--baselines {args.baselines}: names {', '.join(twice)} more than once")
 
+    logging.set_verbosity(logging.FATAL)  # errors reach the user as one line; Orbax logs are noise
     from mgdt_jax.core.checkpointing import CheckpointError
     from mgdt_jax.envs.base import EnvError
     from mgdt_jax.recipes.ad import evaluate, sources

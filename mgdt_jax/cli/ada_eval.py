@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from absl import logging
+
 from mgdt_jax.cli import claimed_out_dir, interruptible
 from mgdt_jax.core.files import path_argument, seed_argument
 
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.episodes < 1:
         parser.error(f"--episodes must be at least 1, got {args.episodes}")
 
+    logging.set_verbosity(logging.FATAL)  # errors reach the user as one line; Orbax logs are noise
     from mgdt_jax.recipes.ada import evaluate
 
     try:

@@ -186,6 +186,10 @@ def evaluate_run(workdir: str | Path, *, trials: int | None = None, episodes: in
         raise ValueError(f"trials {trials}: the agent of {workdir} observes trial indices up to {features} "
                          f"(train with env.max_trials >= {trials})")
     env_config.update(num_trials=trials, max_trials=features)
+    benchmark = env_config.get("benchmark")
+    if benchmark and not Path(benchmark).is_absolute() and not Path(benchmark).exists():
+        raise ValueError(f"{benchmark}: no such benchmark file here; {workdir / 'config.json'} names it relative to "
+                         "the folder training ran in: evaluate from there, or give training an absolute path")
     env, tasks = ada_env.make(env_config)
     if not hasattr(env, "episode_length"):
         raise ValueError(f"{type(env).__name__}: has no episode_length (the most steps of a meta-episode)")
