@@ -16,6 +16,8 @@ The core (mesh, train step, loop, checkpoints, metrics) knows no agent. A recipe
 ``step_cost(batch_size)``                  analytic FLOPs and tokens of one optimizer step, for
                                            tokens/s, FLOP/s and MFU (``StepCost``); ``batch_cost``
                                            for recipes whose batch layouts differ in cost
+``check_resume(position, checkpoint)``     optional: ValueError for a checkpoint this config cannot
+                                           go on from (AdA: one of another benchmark)
 ``summary(metrics)``                       optional: the console text of the recipe's metrics
 ``evaluator(workdir)``                     optional: the periodic evaluation hook (``Evaluator``)
 =========================================  ===========================================================
