@@ -89,6 +89,20 @@ def discover_shards(logs_dir: Path) -> list[ShardTask]:
             for index, (game, run, suffix, log_dir) in enumerate(found)]
 
 
+def _check_values(episode: replay_logs.Episode, task: ShardTask, num_actions: int) -> None:
+    """ReplayLogError naming the checkpoint's file for an action outside the game's minimal action
+    set (logs of another game, or damaged: it indexed past the action table, or went in as -1) or
+    a reward that is not finite (it trained into a NaN loss)."""
+    if (bad := (episode.actions < 0) | (episode.actions >= num_actions)).any():
+        raise replay_logs.ReplayLogError(
+            f"{replay_logs.log_file(Path(task.log_dir), '$store$_action', task.checkpoint)}: action "
+            f"{int(episode.actions[bad][0])} outside {task.game}'s {num_actions} actions (logs of another game?)")
+    if not np.isfinite(episode.rewards).all():
+        raise replay_logs.ReplayLogError(
+            f"{replay_logs.log_file(Path(task.log_dir), '$store$_reward', task.checkpoint)}: reward "
+            f"{episode.rewards[~np.isfinite(episode.rewards)][0]} is not a finite number")
+
+
 def shard_path(out_dir: Path, task: ShardTask) -> Path:
     return rlds_writer.shard_path(out_dir, rlds_format.DATASET_NAME, rlds_format.SPLIT, task.index, task.num_shards)
 
@@ -141,6 +155,7 @@ def convert_shard(task: ShardTask, out_dir: Path, max_episode_steps: int, on_bad
             with rlds_writer.shard_writer(path) as write:
                 reader = replay_logs.RunReader(Path(task.log_dir), max_episode_steps)
                 for episode in reader.episodes(task.checkpoint, counts):
+                    _check_values(episode, task, len(full_action_ids))
                     write(rlds_format.serialize_episode(episode, task.game, task.run))
                     part.add_episode(task.game, full_action_ids[episode.actions], episode.rewards, episode.observations)
                     on_episode(episode.num_steps)

@@ -234,9 +234,18 @@ def _gzip_errors_as(path: Path) -> Iterator[None]:
         raise ReplayLogError(f"{path}: unreadable ({type(error).__name__}: {error})") from error
 
 
-def _load_array(path: Path, dtype: np.dtype, shape: tuple[int, ...] | None) -> np.ndarray:
+def _load_npy(path: Path) -> np.ndarray:
+    """The array of a gzip'd .npy, read to the end of the stream: only there does gzip check the
+    CRC-32 and length that catch a flipped bit which still inflates (np.load stops at the array's end)."""
     with _gzip_errors_as(path), gzip.open(path, "rb") as f:
         array = np.load(f, allow_pickle=False)
+        if f.read(1):
+            raise ReplayLogError(f"{path}: unreadable (bytes after the array)")
+    return array
+
+
+def _load_array(path: Path, dtype: np.dtype, shape: tuple[int, ...] | None) -> np.ndarray:
+    array = _load_npy(path)
     if array.dtype != dtype or (shape is not None and array.shape != shape):
         raise ReplayLogError(f"{path}: expected {dtype} {list(shape or [])}, found {array.dtype} {list(array.shape)}")
     return array
@@ -356,8 +365,7 @@ def load_checkpoint(log_dir: Path, suffix: int) -> Checkpoint:
     rewards = _load_array(log_file(log_dir, "$store$_reward", suffix), STORE_DTYPES["reward"], (capacity,))
     terminals = _load_array(log_file(log_dir, "$store$_terminal", suffix), STORE_DTYPES["terminal"], (capacity,))
     add_count_path = log_file(log_dir, "add_count", suffix)
-    with _gzip_errors_as(add_count_path), gzip.open(add_count_path, "rb") as f:
-        add_count = np.load(f, allow_pickle=False)
+    add_count = _load_npy(add_count_path)
     if add_count.shape != () or add_count.dtype.kind not in "iu" or int(add_count) < 0:
         raise ReplayLogError(f"{add_count_path}: expected a non-negative integer scalar, found {add_count!r}")
     _load_array(log_file(log_dir, "invalid_range", suffix), np.dtype(np.int64), (_INVALID_RANGE_SIZE,))
@@ -426,6 +434,13 @@ class ObservationStream:
         if len(data) != num_bytes:
             raise ReplayLogError(f"{self.path}: truncated (observation rows end early)")
         return data
+
+    def check_to_end(self) -> None:
+        """Inflates the rest of the file, so that gzip checks its CRC-32 and length (ReplayLogError
+        if they differ): a flipped bit can inflate to wrong frames without any zlib error."""
+        with _gzip_errors_as(self.path):
+            while self._file.read(_STREAM_CHUNK_ROWS * FRAME_BYTES):
+                pass
 
     def close(self) -> None:
         self._file.close()
@@ -572,6 +587,7 @@ class RunReader:
         stream = ObservationStream(log_file(self.log_dir, "$store$_observation", suffix), checkpoint.capacity)
         try:
             yield from self._episodes_from(rows, padding_start, after_time_limit, stream, report)
+            stream.check_to_end()  # before the caller finishes what it wrote from these frames
         finally:
             stream.close()
 

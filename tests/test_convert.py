@@ -142,6 +142,23 @@ def test_a_missing_file_stops_before_anything_is_written(logs, tmp_path, capsys)
     assert code == 1 and f"{missing}: missing" in err and not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("store, value, fault", [
+    ("action", 99, "action 99 outside Breakout's 4 actions (logs of another game?)"),
+    ("action", -1, "action -1 outside Breakout's 4 actions (logs of another game?)"),
+    ("reward", np.nan, "reward nan is not a finite number"),
+])
+def test_values_no_game_has_stop_the_conversion_naming_the_file(logs, tmp_path, capsys, store, value, fault):
+    # An action of 99 was an IndexError traceback; -1 and a NaN reward were written (exit 0).
+    log_dir = logs / "Breakout" / "1" / "replay_logs"
+    checkpoint = replay_logs.load_checkpoint(log_dir, 1)
+    path = replay_logs.log_file(log_dir, "$store$_" + store, 1)
+    array = replay_logs._load_npy(path)
+    array[checkpoint.slots[len(checkpoint.slots) // 2]] = value
+    replay_logs._write_array(path, array)
+    code, _, err = _run(capsys, "--logs", logs, "--out", tmp_path / "data")
+    assert (code, err) == (1, f"mgdt-convert: error: {path}: {fault}")
+
+
 def test_skip_records_bad_checkpoints(logs, tmp_path, capsys):
     corrupt = replay_logs.log_file(logs / "Breakout" / "1" / "replay_logs", "$store$_observation", 0)
     corrupt.write_bytes(corrupt.read_bytes()[:3000])

@@ -68,7 +68,8 @@ def _assert_episode(episode, fed):
     np.testing.assert_array_equal(episode.rewards, rewards)
 
 
-@pytest.mark.parametrize("fault", ["truncated", "not gzip", "wrong length", "wrong dtype", "missing"])
+@pytest.mark.parametrize("fault", ["truncated", "not gzip", "wrong length", "wrong dtype", "missing", "frames' crc",
+                                   "rewards' crc"])
 def test_broken_files_are_named_in_one_line_errors(tmp_path, replay_logs_dir, fault):
     import shutil
 
@@ -78,6 +79,12 @@ def test_broken_files_are_named_in_one_line_errors(tmp_path, replay_logs_dir, fa
     if fault == "truncated":
         path = replay_logs.log_file(log_dir, "$store$_observation", 1)
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif fault.endswith("crc"):  # the data inflate as written; only the CRC-32 read at the end tells
+        if fault.startswith("frames"):
+            path = replay_logs.log_file(log_dir, "$store$_observation", 1)
+        data = bytearray(path.read_bytes())
+        data[-8] ^= 0xFF
+        path.write_bytes(bytes(data))
     elif fault == "not gzip":
         path.write_bytes(b"definitely not gzip")
     elif fault == "wrong length":
