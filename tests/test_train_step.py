@@ -70,6 +70,18 @@ def test_gradient_accumulation_equals_one_big_batch(recipe_case, request):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), accumulated_params, whole_params)
 
 
+@pytest.mark.parametrize("accumulation, message", [
+    (0, "train.grad_accum_steps must be >= 1, got 0"),
+    (3, f"train.batch_size {BATCH} does not split into train.grad_accum_steps = 3 equal micro-batches"),
+])
+def test_an_accumulation_the_batch_cannot_split_into_is_one_line(accumulation, message):
+    # 3 over a batch of 8 was a reshape traceback inside the compiled step.
+    config = step_config(CASES["mgdt"], {"data": 1}, grad_accum_steps=accumulation)
+    with pytest.raises(ValueError) as error:
+        Trainer(config, single_device_mesh())
+    assert str(error.value) == message
+
+
 def test_loss_falls_when_overfitting_real_frames(request):
     mgdt = CASES["mgdt"]
     mesh = sharding.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})

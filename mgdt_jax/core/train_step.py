@@ -91,6 +91,9 @@ class Trainer:
         )
         if self.online:
             self._check_online_batch(mesh)
+        elif self.train_config.batch_size % self.train_config.grad_accum_steps:  # was a reshape traceback
+            raise ValueError(f"train.batch_size {self.train_config.batch_size} does not split into "
+                             f"train.grad_accum_steps = {self.train_config.grad_accum_steps} equal micro-batches")
 
         abstract_model = nnx.eval_shape(lambda: self.recipe.model(nnx.Rngs(0)))
         self.graphdef, abstract_params = nnx.split(abstract_model)

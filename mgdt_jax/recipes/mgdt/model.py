@@ -86,6 +86,8 @@ class ModelConfig:
         for name in ("num_layers", "d_model", "num_heads", "mlp_ratio", "num_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout_rate < 1:
+            raise ValueError(f"model.dropout_rate must be in [0, 1), got {self.dropout_rate}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in FLOAT_DTYPES:
                 raise ValueError(f"model.{name} must be one of {', '.join(FLOAT_DTYPES)}, got {getattr(self, name)!r}")
