@@ -20,6 +20,7 @@ policies.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -167,7 +168,15 @@ def record(game: str, steps: int, out: Path, run: int = 1, capacity: int = repla
     # finished, shorter one (each dump is complete on its own).
     scratch = log_dir.with_name(log_dir.name + ".partial")
     shutil.rmtree(scratch, ignore_errors=True)  # left by an interrupted earlier recording
-    buffer = replay_logs.LoggedReplayBuffer(scratch, capacity, layout)
+    made = [folder for folder in (scratch, *scratch.parents) if not folder.exists()]  # deepest first
+    try:
+        buffer = replay_logs.LoggedReplayBuffer(scratch, capacity, layout)
+    except MemoryError:  # nothing recorded: no empty .partial that mgdt-convert would call interrupted
+        env.close()
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     returns, epsilons = [], []
     observation, _ = env.reset(seed=seed)
     agent.epsilon = schedule(0, 0.0)
@@ -211,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-episode-steps", type=int, default=replay_logs.DEFAULT_MAX_EPISODE_STEPS)
     parser.add_argument("--sticky-actions", type=float, default=0.25, help="repeat-action probability")
     parser.add_argument("--policy", default="random",
-                        help="random, or expert: the game's scripted expert (Pong, Breakout, Freeway, Boxing, DemonAttack)")
+                        help="random, or expert: the game's scripted expert (Pong, Breakout, Freeway, Boxing, DemonAttack, "
+                             "SpaceInvaders, Enduro)")
     parser.add_argument("--epsilon", "--epsilon-schedule", dest="epsilon", default="0",
                         help="probability of a random action, per episode: 0.1, linear:1.0:0.0 (over the run) "
                              "or cycle:1,0.5,0 (episode by episode)")

@@ -294,6 +294,16 @@ def test_wrong_shapes_missing_parameters_and_junk_are_named(tmp_path):
         load_released_pickle(junk)
 
 
+@pytest.mark.parametrize("name, field, shape", [(f"{ROOT}/~_embed_inputs/image_emb", "w", (14, 14, 1, 0)),
+                                               (ROOT, "positional_embeddings", (0, 128))])
+def test_an_empty_axis_is_named_as_not_fitting_the_layout(name, field, shape):
+    # Was a ZeroDivisionError, or a model-config ValueError with a traceback, from mgdt-import-checkpoint.
+    params = released_layout_params()
+    params[name][field] = np.zeros(shape, np.float32)
+    with pytest.raises(CheckpointImportError, match="do not fit the MGDT layout$"):
+        build_model(params)
+
+
 def test_a_released_pickle_with_non_finite_weights_is_refused(tmp_path):
     params = released_layout_params()
     params[f"{ROOT}/act_linear"]["w"][3, 5] = np.nan  # one bad weight would make every logit NaN

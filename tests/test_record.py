@@ -169,3 +169,20 @@ def test_an_episode_cap_or_run_no_run_can_use_is_refused_in_one_line(tmp_path, c
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f"mgdt-record: error: {expected}")
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_buffer_the_address_space_refuses_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    # The check against free memory passes a capacity that only reserving its address space finds
+    # too large (10**11 rows here); the empty .partial it left was later reported by mgdt-convert as
+    # an interrupted recording. The refusal is simulated: some kernels overcommit any size.
+    def refused(log_dir, *args, **kwargs):  # as the real one: its folder made, then the arrays refused
+        log_dir.mkdir(parents=True)
+        raise MemoryError
+
+    monkeypatch.setattr(replay_logs, "LoggedReplayBuffer", refused)
+    assert record.main(["--game", "Pong", "--steps", "500", "--out", str(tmp_path / "logs"),
+                        "--capacity", str(10**11)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "mgdt-record: error: capacity 100000000000: cannot allocate its buffer of")
+    assert not (tmp_path / "logs").exists()
+

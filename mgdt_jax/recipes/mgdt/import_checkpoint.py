@@ -85,7 +85,8 @@ def infer_model_config(params: Mapping[str, Mapping[str, np.ndarray]]) -> ModelC
         raise CheckpointImportError(f"transformer layers are not numbered 0..N-1: found {sorted(layers)}")
     mlp_width = _get(params, f"{SEQUENCE}/h0_mlp/linear", "w").shape[-1]
     positions = _get(params, ROOT, "positional_embeddings").shape[0]
-    if d_model % HEAD_SIZE or mlp_width % d_model or positions % tokens.TOKENS_PER_STEP:
+    if min(d_model, mlp_width, positions) < 1 or d_model % HEAD_SIZE or mlp_width % d_model \
+            or positions % tokens.TOKENS_PER_STEP:  # an empty axis was a ZeroDivisionError or config traceback
         raise CheckpointImportError(
             f"width {d_model}, MLP width {mlp_width} or {positions} positions do not fit the MGDT layout"
         )
