@@ -65,7 +65,7 @@ def discover_shards(logs_dir: Path) -> list[ShardTask]:
     logs_dir = Path(logs_dir)
     if not logs_dir.is_dir():
         raise ConversionError(f"{logs_dir}: not a directory")
-    found = []
+    found, runs = [], {}
     for game_dir in sorted(p for p in logs_dir.iterdir() if p.is_dir()):
         try:
             game = atari.check_game(game_dir.name)
@@ -78,6 +78,9 @@ def discover_shards(logs_dir: Path) -> list[ShardTask]:
                                       "rerun that recording or remove the run")
             if not run_dir.name.isdigit() or not log_dir.is_dir():
                 raise ConversionError(f"{run_dir}: expected a run number holding replay_logs/")
+            if (same := runs.setdefault((game, int(run_dir.name)), run_dir)) != run_dir:  # Pong/1 and PONG/01
+                raise ConversionError(f"{run_dir}: the same run as {same} ({game} run {int(run_dir.name)}); "
+                                      "its episodes would be converted twice")
             try:
                 suffixes = replay_logs.list_checkpoints(log_dir)
             except replay_logs.ReplayLogError as error:

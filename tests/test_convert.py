@@ -159,6 +159,14 @@ def test_values_no_game_has_stop_the_conversion_naming_the_file(logs, tmp_path, 
     assert (code, err) == (1, f"mgdt-convert: error: {path}: {fault}")
 
 
+def test_one_run_under_two_spellings_is_refused_not_converted_twice(logs, tmp_path, capsys):
+    shutil.copytree(logs / "Pong" / "1", logs / "PONG" / "01")  # game names are case-blind, run numbers numbers
+    code, _, err = _run(capsys, "--logs", logs, "--out", tmp_path / "data")
+    assert (code, err) == (1, f"mgdt-convert: error: {logs / 'Pong' / '1'}: the same run as {logs / 'PONG' / '01'} "
+                              "(Pong run 1); its episodes would be converted twice")
+    assert not (tmp_path / "data").exists()
+
+
 def test_skip_records_bad_checkpoints(logs, tmp_path, capsys):
     corrupt = replay_logs.log_file(logs / "Breakout" / "1" / "replay_logs", "$store$_observation", 0)
     corrupt.write_bytes(corrupt.read_bytes()[:3000])

@@ -64,7 +64,7 @@ def test_an_out_another_evaluation_is_writing_to_is_refused_and_a_dead_ones_take
             "--out", str(out)]
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
         (out / CLAIM_FILE).write_text(f"{other.pid}\n")
-        _fails_with(argv, capsys, f"--out {out}: another evaluation (process {other.pid}) is writing its report there")
+        _fails_with(argv, capsys, f"{out}: another evaluation (process {other.pid}) is writing there; wait for it")
         other.kill()
     assert (out / CLAIM_FILE).exists() and not (out / "report.json").exists()  # the other's claim stays while it runs
     assert eval_cli.main(argv) == 0  # its process gone, the claim is taken over

@@ -233,6 +233,24 @@ def test_a_two_host_job_preempted_on_one_host_resumes_with_the_losses_of_one_hos
                                               "saved (SHA-256 mismatch)"), lines
 
 
+def test_a_workdir_another_training_is_writing_to_is_refused_and_a_killed_ones_taken_over(request, tmp_path):
+    # Two runs started in one workdir: the second moved the first's logs aside and their checkpoints mixed.
+    config_path = tmp_path / "tiny_ad.py"
+    config_path.write_text(CASES["ad"].config_file(request, num_steps=2, checkpoint_every=1))
+    config = load_config(config_path)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
+        (workdir / loop.TRAINING_CLAIM).write_text(f"{other.pid}\n")
+        with pytest.raises(OSError, match=rf"^{re.escape(str(workdir))}: another training \(process {other.pid}\) is "
+                                          "writing there; wait for it or choose another folder$"):
+            loop.train(config, workdir)
+        other.kill()
+    assert [path.name for path in workdir.iterdir()] == [loop.TRAINING_CLAIM]  # nothing written beside it
+    assert loop.train(config, workdir).last_step == 2  # its holder gone, the claim is taken over
+    assert not (workdir / loop.TRAINING_CLAIM).exists()
+
+
 def test_a_host_whose_data_is_bad_stops_every_host_of_the_job_in_one_line(request, tmp_path):
     # Each host reads its own copy of the data; one copy missing used to leave the other host to
     # time out in its next collective with a traceback.

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
+from mgdt_jax.core import files
+
 INTERRUPTED = 130  # 128 + SIGINT: the exit status a shell gives a command stopped by Ctrl-C
 
 
@@ -101,16 +103,6 @@ def check_out_dir(out: Path, report_name: str) -> None:
 CLAIM_FILE = ".evaluating"  # in --out while an evaluation CLI runs: the process id of the one writing there
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def claimed_out_dir(out: Path, report_name: str) -> Iterator[None]:
     """``check_out_dir``, then holds ``out`` for this process while the block runs, so that two
@@ -122,28 +114,11 @@ def claimed_out_dir(out: Path, report_name: str) -> Iterator[None]:
     check_out_dir(out, report_name)
     made = [folder for folder in (out.absolute(), *out.absolute().parents) if not folder.exists()]  # deepest first
     out.mkdir(parents=True, exist_ok=True)
-    claim = out / CLAIM_FILE
     try:
-        for _ in range(2):  # a second try after taking over a dead process's claim
-            try:
-                descriptor = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                break
-            except FileExistsError:
-                holder = claim.read_text().strip()
-                if holder.isdigit() and _running(int(holder)):
-                    raise OSError(f"--out {out}: another evaluation (process {holder}) is writing its report there; "
-                                  "choose another directory") from None
-                claim.unlink(missing_ok=True)
-        else:
-            raise OSError(f"--out {out}: {claim} keeps reappearing; another evaluation is starting there")
-        with os.fdopen(descriptor, "w") as file:
-            file.write(f"{os.getpid()}\n")
-        try:
+        with files.held(out / CLAIM_FILE, "another evaluation"):
             if (out / report_name).exists():  # finished by another process after the check above
                 raise OSError(f"--out {out}: already holds a report ({report_name}); choose another directory or remove it")
             yield
-        finally:
-            claim.unlink(missing_ok=True)
     finally:
         if not (out / report_name).exists():
             for folder in made:

@@ -1,14 +1,16 @@
 """Files that appear whole or not at all: written under a temporary name beside their target, then
 renamed (a rename within a directory is atomic on POSIX filesystems), so an interrupted write
 never leaves a half file under the real name. The one line for a dataset shard that cannot be
-read, and the types of every command's path and seed flags."""
+read, the types of every command's path and seed flags, and the claim file that keeps two
+processes from writing one folder at once."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +74,40 @@ def unreadable_episodes(directory: str | os.PathLike, shard_files: Sequence[str 
     episodes = f"episode {first}" if first == last else f"episodes {first}..{last}"
     return (f"{directory}: {episodes} cannot be read, a shard is missing or damaged "
             f"({', '.join(held)}: {type(error).__name__}: {message})")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def held(claim: Path, what: str) -> Iterator[None]:
+    """Holds the file ``claim`` (created exclusively, holding this process's id) while the block
+    runs, and removes it after. One left by a process no longer running (killed) is taken over.
+    OSError ``"{what} (process N) ..."``, one line, when a running process holds it: two commands
+    writing one folder at once would mix or replace each other's files."""
+    for _ in range(2):  # a second try after taking over a dead process's claim
+        try:
+            descriptor = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            holder = claim.read_text().strip()
+            if holder.isdigit() and _running(int(holder)):
+                raise OSError(f"{claim.parent}: {what} (process {holder}) is writing there; wait for it or "
+                              "choose another folder") from None
+            claim.unlink(missing_ok=True)
+    else:
+        raise OSError(f"{claim}: keeps reappearing; {what} is starting there")
+    with os.fdopen(descriptor, "w") as file:
+        file.write(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        claim.unlink(missing_ok=True)
+

@@ -14,6 +14,7 @@ every step would stall the device queue).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -38,6 +39,7 @@ from mgdt_jax.core.optimizer import check_optimizer_config
 from mgdt_jax.core.train_step import Trainer, TrainState
 
 CONFIG_FILE = "config.json"
+TRAINING_CLAIM = ".training"  # in the workdir while a run trains there: the first host's process id
 
 
 class TrainingDiverged(RuntimeError):
@@ -89,7 +91,8 @@ def train(
     created = not workdir.exists()
     progress = {"stepping": False}  # set by _train when its first step starts
     try:
-        return _train(config, workdir, recipe, evaluate, progress)
+        with contextlib.ExitStack() as claim:  # entered by _train once the workdir is known to be usable
+            return _train(config, workdir, recipe, evaluate, progress, claim)
     except BaseException:
         if created and not progress["stepping"] and jax.process_index() == 0:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -97,7 +100,8 @@ def train(
 
 
 def _train(
-    config: Any, workdir: Path, recipe: Recipe | None, evaluate: Evaluator | None, progress: dict[str, bool]
+    config: Any, workdir: Path, recipe: Recipe | None, evaluate: Evaluator | None, progress: dict[str, bool],
+    claim: contextlib.ExitStack,
 ) -> TrainResult:
     train_config = config.train
     primary = jax.process_index() == 0
@@ -108,6 +112,8 @@ def _train(
         if workdir.exists() and not workdir.is_dir():
             raise ValueError(f"{workdir}: is a file, not a run folder")
         workdir.mkdir(parents=True, exist_ok=True)
+        if primary:  # a second run there would move this one's logs aside and mix checkpoints
+            claim.enter_context(files.held(workdir / TRAINING_CLAIM, "another training"))
         recipe = recipe if recipe is not None else load_recipe(config)
 
         # --- Data (first, so a bad source fails before anything compiles) -------------------------
