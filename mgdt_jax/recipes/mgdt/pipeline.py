@@ -125,8 +125,8 @@ class TrainingData:
     ):
         if global_batch_size < 1 or global_batch_size % process_count:
             raise DataError(f"global batch {global_batch_size} does not split evenly over {process_count} host(s)")
-        if num_threads < 1 or num_workers < 0:  # named here: Grain's own error named num_threads for either
-            raise DataError(f"data.num_threads {num_threads} must be >= 1 and data.num_workers {num_workers} >= 0")
+        if num_threads < 0 or num_workers < 0:  # named here: Grain's own error named num_threads for either
+            raise DataError(f"data.num_threads {num_threads} and data.num_workers {num_workers} must be >= 0")
         self.global_batch_size = global_batch_size
         self.local_batch_size = global_batch_size // process_count
         self._first_row = process_index * self.local_batch_size
