@@ -20,7 +20,6 @@ policies.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import os
 import shutil
@@ -34,7 +33,7 @@ import tqdm
 
 from data_pipelines import experts, replay_logs
 from mgdt_jax.cli import interruptible
-from mgdt_jax.core.files import path_argument, seed_argument
+from mgdt_jax.core.files import path_argument, removing_created_folders, seed_argument
 from mgdt_jax.envs import atari
 
 
@@ -168,14 +167,11 @@ def record(game: str, steps: int, out: Path, run: int = 1, capacity: int = repla
     # finished, shorter one (each dump is complete on its own).
     scratch = log_dir.with_name(log_dir.name + ".partial")
     shutil.rmtree(scratch, ignore_errors=True)  # left by an interrupted earlier recording
-    made = [folder for folder in (scratch, *scratch.parents) if not folder.exists()]  # deepest first
-    try:
-        buffer = replay_logs.LoggedReplayBuffer(scratch, capacity, layout)
-    except MemoryError:  # nothing recorded: no empty .partial that mgdt-convert would call interrupted
+    try:  # refused, it leaves no empty .partial that mgdt-convert would call an interrupted recording
+        with removing_created_folders(scratch):
+            buffer = replay_logs.LoggedReplayBuffer(scratch, capacity, layout)
+    except MemoryError:
         env.close()
-        for folder in made:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
         raise
     returns, epsilons = [], []
     observation, _ = env.reset(seed=seed)

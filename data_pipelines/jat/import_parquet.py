@@ -30,7 +30,7 @@ import tqdm
 
 from data_pipelines.jat import rlds
 from mgdt_jax.cli import interruptible
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.files import path_argument, removing_created_folders
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat.fields import DatasetError
 from mgdt_jax.recipes.jat import references as jat_references
@@ -240,7 +240,7 @@ def import_files(files: list[Path], task: str, out_dir: Path, episodes_per_shard
         yield first
         yield from stream
 
-    with rlds.removing_created_folders(out_dir), tqdm.tqdm(unit="episode", desc=task, disable=not progress) as bar:
+    with removing_created_folders(out_dir), tqdm.tqdm(unit="episode", desc=task, disable=not progress) as bar:
 
         def count(episode: rlds.Episode) -> None:
             returns.append(episode.episode_return)

@@ -28,7 +28,7 @@ import tqdm
 
 from data_pipelines.jat import experts, rlds
 from mgdt_jax.cli import interruptible
-from mgdt_jax.core.files import path_argument, seed_argument
+from mgdt_jax.core.files import path_argument, removing_created_folders, seed_argument
 from mgdt_jax.envs import gym_tasks
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import references as jat_references
@@ -206,7 +206,7 @@ def record(task_names: list[str], out_dir: Path, episodes: int, seed: int = 0,
     started, steps = time.perf_counter(), 0
     summaries = []
     total = len(resolved) * (episodes + random_episodes)
-    with rlds.removing_created_folders(out_dir), tqdm.tqdm(total=total, unit="episode", disable=not progress) as bar:
+    with removing_created_folders(out_dir), tqdm.tqdm(total=total, unit="episode", disable=not progress) as bar:
 
         def count(episode: rlds.Episode) -> None:
             nonlocal steps

@@ -21,12 +21,11 @@ written last, so a directory without it is incomplete.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import cv2
@@ -88,38 +87,12 @@ def check_folder(path: Path, option: str) -> None:
     if fault:
         raise OSError(f"{option} {path}: " + (f"exists and is {fault}" if existing == absolute
                                                else f"cannot be created ({existing} is {fault})"))
-    missing = [folder for folder in (absolute, *absolute.parents) if folder != existing and
-               existing in folder.parents]  # deepest first
-    try:  # what access() cannot tell (a filesystem such as /proc, root's rights) making it does
-        absolute.mkdir(parents=True, exist_ok=True)
+    try:  # what access() cannot tell (a filesystem such as /proc, root's rights) making it does; the
+        # command makes the folders again when it writes
+        with files.removing_created_folders(absolute, always=True):
+            absolute.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OSError(f"{option} {path}: cannot be created ({error.strerror or error})") from None
-    finally:
-        for folder in missing:  # the command makes them when it writes, and removes them if it fails
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-
-
-@contextlib.contextmanager
-def removing_created_folders(folder: Path) -> Iterator[None]:
-    """Runs the block; if it raises, removes the folders of `folder` (it and its parents) that were
-    missing before it and are empty now, so a failed command leaves its output folder as it found it."""
-    created = []
-    path = Path(folder).absolute()
-    while not path.exists() and not path.is_symlink():
-        created.append(path)  # deepest first
-        path = path.parent
-    try:
-        yield
-    except BaseException:
-        for path in created:
-            try:
-                path.rmdir()
-            except FileNotFoundError:  # never made
-                continue
-            except OSError:  # not empty (another writer's files): keep it and its parents
-                break
-        raise
 
 
 def dataset_name(task: str) -> str:

@@ -110,17 +110,11 @@ def claimed_out_dir(out: Path, report_name: str) -> Iterator[None]:
     earlier one's report: ``OUT/.evaluating`` is created exclusively with this process's id (a file
     left by a process no longer running is taken over). OSError (one line) when another evaluation
     holds it or finished a report there meanwhile. Folders made for ``out`` are removed again if the
-    block leaves no report."""
+    block fails."""
     check_out_dir(out, report_name)
-    made = [folder for folder in (out.absolute(), *out.absolute().parents) if not folder.exists()]  # deepest first
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with files.removing_created_folders(out):
+        out.mkdir(parents=True, exist_ok=True)
         with files.held(out / CLAIM_FILE, "another evaluation"):
             if (out / report_name).exists():  # finished by another process after the check above
                 raise OSError(f"--out {out}: already holds a report ({report_name}); choose another directory or remove it")
             yield
-    finally:
-        if not (out / report_name).exists():
-            for folder in made:
-                with contextlib.suppress(OSError):
-                    folder.rmdir()

@@ -76,6 +76,35 @@ def unreadable_episodes(directory: str | os.PathLike, shard_files: Sequence[str 
             f"({', '.join(held)}: {type(error).__name__}: {message})")
 
 
+@contextlib.contextmanager
+def removing_created_folders(folder: Path, *, always: bool = False) -> Iterator[None]:
+    """Runs the block; if it raises (with ``always``, in any case), removes the folders of ``folder``
+    (it and its parents) that were missing before it and are empty now, so a failed command leaves
+    its output folder as it found it (``always``: a probe that makes a folder to see whether it can)."""
+    created = []
+    path = Path(folder).absolute()
+    while not path.exists() and not path.is_symlink():
+        created.append(path)  # deepest first
+        path = path.parent
+
+    def remove() -> None:
+        for path in created:
+            try:
+                path.rmdir()
+            except FileNotFoundError:  # never made
+                continue
+            except OSError:  # not empty (another writer's files): keep it and its parents
+                break
+
+    try:
+        yield
+    except BaseException:
+        remove()
+        raise
+    if always:
+        remove()
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
