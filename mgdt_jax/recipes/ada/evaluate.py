@@ -194,7 +194,7 @@ def evaluate_run(workdir: str | Path, *, trials: int | None = None, episodes: in
     if not hasattr(env, "episode_length"):
         raise ValueError(f"{type(env).__name__}: has no episode_length (the most steps of a meta-episode)")
     agent, run_config, chosen, position = load_agent(workdir, env, tasks, step=step)
-    ada_env.check_same_benchmark(env, position, benchmark=env_config.get("benchmark"), checkpoint=f"{workdir} step {chosen}",
+    ada_env.check_same_benchmark(env, position, benchmark=benchmark, checkpoint=f"{workdir} step {chosen}",
                                  why="its held-out tasks would not be held out")
     task_ids, split = ada_env.evaluation_task_ids(tasks)
     segment = int((run_config.get("ppo") or {}).get("rollout_length", 16))
