@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from absl import app
 
-from mgdt_jax.cli import INTERRUPTED
+from mgdt_jax.cli import INTERRUPTED, ConsoleScript
 from mgdt_jax.core.files import MAX_SEED, path_argument, seed_argument
 from tests.processes import popen_as_from_a_terminal
 
@@ -41,6 +41,36 @@ def test_ctrl_c_is_one_line_and_exit_status_130(program, monkeypatch, capsys):
     assert status == INTERRUPTED
     captured = capsys.readouterr()
     assert captured.err == f"{program}: interrupted\n" and captured.out == ""
+
+
+@pytest.mark.parametrize("program", sorted(SCRIPTS))
+def test_every_console_script_runs_its_commands_main(program):
+    module, function = SCRIPTS[program].split(":")
+    script = getattr(import_module(module), function)
+    assert isinstance(script, ConsoleScript) and script.program == program
+    assert callable(import_module(script.module).main)
+
+
+def test_ctrl_c_while_a_command_still_imports_is_one_line(tmp_path):
+    # JAX and TensorFlow take seconds to import, before any command's main is running: a Ctrl-C
+    # then was a KeyboardInterrupt traceback. A module that stands for those imports says when it
+    # has started, then takes its time.
+    started = tmp_path / "started"
+    (tmp_path / "slow_imports.py").write_text(
+        f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(60)\ndef main(): return 0\n")
+    code = "import sys; from mgdt_jax.cli import ConsoleScript; sys.exit(ConsoleScript('mgdt-x', 'slow_imports')())"
+    python_path = os.pathsep.join(filter(None, [str(tmp_path), str(REPOSITORY), os.environ.get("PYTHONPATH")]))
+    process = popen_as_from_a_terminal([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": python_path},
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the import did not start within 60 s"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGINT, stderr
+    assert stderr == "mgdt-x: interrupted\n" and stdout == ""
 
 
 def parser_of(program: str, monkeypatch, capsys) -> argparse.ArgumentParser:
