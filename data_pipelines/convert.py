@@ -19,11 +19,12 @@ Layout of --logs: <Game>/<run>/replay_logs/*_ckpt.N.gz (as in gs://atari-replay-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from mgdt_jax.envs import atari
 from mgdt_jax.recipes.mgdt import step_store
 from mgdt_jax.recipes.mgdt.rlds_source import DataError
 
+CONVERTING_CLAIM = ".converting"  # in the output directory while a conversion writes there: its process id
 PROGRESS_DIR = "conversion"  # per-shard reports and the job description, inside the output directory
 REPORT_FILE = "conversion_report.json"
 
@@ -267,14 +269,27 @@ def convert(logs_dir: Path, out_dir: Path, max_episode_steps: int = replay_logs.
 
         beam_pipeline.check_runner(runner, beam_options)
     prepare_output(out_dir, tasks, max_episode_steps)
-    if runner == "local":
-        reports = convert_locally(tasks, out_dir, max_episode_steps, on_bad_checkpoint, progress)
-    else:
-        reports = beam_pipeline.convert_with_beam(tasks, out_dir, max_episode_steps, on_bad_checkpoint,
-                                                  runner, beam_options)
-    summary = finalize(out_dir, tasks, reports)
-    step_store.build_index(out_dir, progress=progress)
+    with converting_into(out_dir):
+        if runner == "local":
+            reports = convert_locally(tasks, out_dir, max_episode_steps, on_bad_checkpoint, progress)
+        else:
+            reports = beam_pipeline.convert_with_beam(tasks, out_dir, max_episode_steps, on_bad_checkpoint,
+                                                      runner, beam_options)
+        summary = finalize(out_dir, tasks, reports)
+        step_store.build_index(out_dir, progress=progress)
     return summary
+
+
+@contextlib.contextmanager
+def converting_into(out_dir: Path) -> Iterator[None]:
+    """Holds ``out_dir`` for this conversion (``OUT/.converting``, this process's id) while the block
+    runs: a second mgdt-convert into the same --out at once is refused in one line (OSError) instead
+    of writing the same shards beside the first (it ended in a rename error)."""
+    out_dir = Path(out_dir)
+    with files.removing_created_folders(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with files.held(out_dir / CONVERTING_CLAIM, "another mgdt-convert"):
+            yield
 
 
 def summary_line(report: dict, out_dir: Path, seconds: float) -> str:
@@ -327,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main_from_tfds(source: Path, out: Path) -> int:
     try:
         # The window index is what training reads; the shards stay the dataset of record.
-        converted = tfds_format.convert_to_array_record(source, out, lambda done: step_store.build_index(done.out))
+        with converting_into(out):
+            converted = tfds_format.convert_to_array_record(source, out, lambda done: step_store.build_index(done.out))
     except (tfds_format.TfdsFormatError, DataError, OSError) as error:
         print(f"mgdt-convert: error: {error}", file=sys.stderr)
         return 1

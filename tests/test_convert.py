@@ -1,6 +1,7 @@
 """mgdt-convert: the RLDS episodes it writes, resuming, and what it does with bad input."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -165,6 +166,25 @@ def test_one_run_under_two_spellings_is_refused_not_converted_twice(logs, tmp_pa
     assert (code, err) == (1, f"mgdt-convert: error: {logs / 'Pong' / '1'}: the same run as {logs / 'PONG' / '01'} "
                               "(Pong run 1); its episodes would be converted twice")
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("source", ["--logs", "--from-tfds"])
+def test_a_second_conversion_into_the_same_out_at_once_is_refused(logs, rlds_dataset_dir, tmp_path, capsys, source):
+    # The second wrote the same shards beside the first and ended in a raw rename error.
+    out = tmp_path / "data"
+    if source == "--logs":
+        convert.prepare_output(out, convert.discover_shards(logs), replay_logs.DEFAULT_MAX_EPISODE_STEPS)
+    else:
+        logs = tmp_path / "tfr"
+        _write_tfrecord_copy(rlds_dataset_dir, logs)
+        out.mkdir()
+    with convert.converting_into(out):  # the first conversion, still running
+        code, _, err = _run(capsys, source, logs, "--out", out)
+        assert (code, err) == (1, f"mgdt-convert: error: {out}: another mgdt-convert (process {os.getpid()}) is "
+                                  "writing there; wait for it or choose another folder")
+    assert not (out / convert.CONVERTING_CLAIM).exists()
+    code, _, err = _run(capsys, source, logs, "--out", out)
+    assert code == 0, err
 
 
 def test_skip_records_bad_checkpoints(logs, tmp_path, capsys):
@@ -371,7 +391,8 @@ def test_the_command_recommended_for_tfrecord_datasets_runs_and_gives_them_back(
     # Run as installed: the console script next to this Python, or (in a bare checkout) the module
     # pyproject.toml names for it.
     script = Path(sys.executable).parent / "mgdt-convert"
-    assert 'mgdt-convert = "data_pipelines.convert:main"' in (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    from mgdt_jax.cli import scripts
+    assert scripts.mgdt_convert.module == "data_pipelines.convert"
     program = [str(script)] if script.exists() else [sys.executable, "-m", "data_pipelines.convert"]
     root = str(Path(__file__).parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
