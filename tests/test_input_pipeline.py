@@ -27,7 +27,7 @@ from mgdt_jax.envs import atari
 from mgdt_jax.recipes.mgdt import tokens
 from mgdt_jax.recipes.mgdt import step_store, windows
 from mgdt_jax.recipes.mgdt.pipeline import TrainingData, mix_games, parse_game_weights, training_data, uniform_draws
-from mgdt_jax.recipes.mgdt.rlds_source import DataError, RldsDataset, find_datasets
+from mgdt_jax.recipes.mgdt.rlds_source import DataError, RldsDataset, find_datasets, stored_observation_shape
 
 STEPS = tokens.DEFAULT_NUM_STEPS
 
@@ -212,6 +212,19 @@ def test_a_missing_index_is_refused_in_one_line(rlds_dataset_dir, tmp_path):
     message = str(error.value)
     assert "\n" not in message and message.startswith(f"{copy}: has no window index")
     assert message.endswith(f"build it once with `mgdt-index {copy}`")
+
+
+def test_another_recipes_dataset_is_named_as_such_not_sent_to_mgdt_index(darkroom_histories_dir, rlds_dataset_dir,
+                                                                          capsys):
+    # Training MGDT on an AD dataset said "build it once with mgdt-index", which then failed too.
+    assert stored_observation_shape(rlds_dataset_dir) == tokens.FRAME_SHAPE
+    expected = (f"{darkroom_histories_dir}: observations are (), expected (84, 84, 1) (84x84 grayscale Atari "
+                "frames): not an MGDT dataset (another recipe's? its config sets config.recipe)")
+    with pytest.raises(DataError) as error:
+        training_data(config(darkroom_histories_dir))
+    assert str(error.value) == expected
+    assert build_index.main([str(darkroom_histories_dir)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == f"mgdt-index: error: {expected}"
 
 
 def test_a_stale_index_is_refused_and_rebuilt_where_it_changed(rlds_dataset_dir, tmp_path, capsys):

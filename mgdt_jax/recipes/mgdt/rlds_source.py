@@ -20,6 +20,7 @@ Training does not read episodes: it reads windows from the window index built fr
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -63,6 +64,30 @@ class Episode:
         return np.stack([self.decode_frame(self.encoded_frames[step]) for step in steps])
 
 
+def check_atari_frames(directory: str | os.PathLike, observation_shape: tuple[int, ...]) -> None:
+    """DataError (naming ``directory``) unless the dataset's observations are Atari frames
+    [84, 84, 1], the only input of the MGDT recipe (another recipe's dataset, e.g. Algorithm
+    Distillation's histories, is refused here rather than deeper in the pipeline)."""
+    if tuple(observation_shape) != tokens.FRAME_SHAPE:
+        raise DataError(f"{directory}: observations are {tuple(observation_shape)}, expected {tokens.FRAME_SHAPE} "
+                        "(84x84 grayscale Atari frames): not an MGDT dataset (another recipe's? its config sets "
+                        "config.recipe)")
+
+
+def stored_observation_shape(directory: str | os.PathLike) -> tuple[int, ...] | None:
+    """The shape of ``steps/observation`` as the dataset's TFDS ``features.json`` records it, read
+    without TensorFlow; None when the file is missing or not laid out as TFDS writes it."""
+    try:
+        features = json.loads((epath.Path(directory) / "features.json").read_text())
+        steps = features["featuresDict"]["features"]["steps"]["sequence"]["feature"]["featuresDict"]["features"]
+        # The feature's kind ("tensor", "image", ...) is the key of the entry that holds its shape.
+        (shape,) = [kind["shape"] for kind in steps["observation"].values() if isinstance(kind, dict) and "shape" in kind]
+        dimensions = shape.get("dimensions", [])
+        return tuple(int(size) for size in dimensions)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 class RldsDataset(Sequence[Episode]):
     """One RLDS dataset (a TFDS version directory) as a random-access sequence of episodes."""
 
@@ -84,11 +109,7 @@ class RldsDataset(Sequence[Episode]):
         if "steps" not in features or "observation" not in features["steps"]:
             raise DataError(f"{self.directory}: not an RLDS dataset (no steps/observation feature)")
         observation = features["steps"]["observation"]
-        if tuple(observation.shape) != tokens.FRAME_SHAPE:
-            raise DataError(
-                f"{self.directory}: observations are {tuple(observation.shape)}, expected "
-                f"{tokens.FRAME_SHAPE} (84x84 grayscale Atari frames)"
-            )
+        check_atari_frames(self.directory, tuple(observation.shape))
         self._decode_frame = observation.decode_example_np
         self._parser = example_parser.ExampleParserNp(features.get_serialized_info())
         self._has_game_metadata = "game" in features

@@ -55,7 +55,8 @@ from etils import epath
 from mgdt_jax.core import files, processes
 from mgdt_jax.recipes.mgdt import tokens
 from mgdt_jax.recipes.mgdt import windows
-from mgdt_jax.recipes.mgdt.rlds_source import DataError, Episode, RldsDataset, shard_paths
+from mgdt_jax.recipes.mgdt.rlds_source import (DataError, Episode, RldsDataset, check_atari_frames, shard_paths,
+                                               stored_observation_shape)
 
 FORMAT_VERSION = 1
 INDEX_DIR = "window_index"
@@ -354,6 +355,9 @@ def open_index(dataset_dir: str | os.PathLike) -> WindowIndex:
     try:
         manifest = json.loads(manifest_path.read_text())
     except FileNotFoundError:
+        shape = stored_observation_shape(dataset_dir)
+        if shape is not None:  # mgdt-index cannot build an index of what is not Atari frames
+            check_atari_frames(dataset_dir, shape)
         raise DataError(f"{dataset_dir}: has no window index ({manifest_path} is missing); build it once with {hint}") from None
     except (OSError, ValueError) as error:
         raise DataError(f"{manifest_path}: unreadable ({error}); rebuild it with {hint}") from None
