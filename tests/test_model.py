@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mgdt_jax.recipes.mgdt import model as model_module
 from mgdt_jax.recipes.mgdt import tokens
 from mgdt_jax.recipes.mgdt.model import (
     ModelConfig,
@@ -94,6 +95,18 @@ def test_attention_mask_spot_checks():
     assert not mask[3 * PER_STEP, PER_STEP + tokens.RETURN_OFFSET]  # later ones are hidden
     assert not mask[tokens.RETURN_OFFSET, tokens.ACTION_OFFSET]  # the return token cannot see its action
     assert mask.shape == (156, 156)
+
+
+def test_a_window_whose_attention_layout_cannot_be_built_is_refused_in_one_line(monkeypatch):
+    # model.num_steps 2000 built a 78,000-token [T, T] layout on the host and got killed compiling it.
+    config = ModelConfig(num_steps=STEPS)
+    monkeypatch.setattr(model_module.host_memory, "available_bytes", lambda: 4 * 156**2)
+    assert attention_mask(jnp.ones((1, STEPS), bool), config).shape == (1, 156, 156)
+    monkeypatch.setattr(model_module.host_memory, "available_bytes", lambda: 4 * 156**2 - 1)
+    with pytest.raises(ValueError, match=r"^model.num_steps 4: its 156 tokens make an attention layout of 23.8 KiB, "
+                                         r"and compiling the step takes about four copies of it; the host has 95.1 KiB "
+                                         r"free. Lower model.num_steps \(the released models use 4\)$"):
+        attention_mask(jnp.ones((1, STEPS), bool), config)
 
 
 def test_patchify_is_row_major_over_the_six_by_six_grid():

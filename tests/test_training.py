@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -29,6 +30,7 @@ from mgdt_jax.core import checkpointing, sharding
 from mgdt_jax.core.recipe import load_recipe
 from mgdt_jax.core import loop
 from mgdt_jax.core.metric_writer import EARLIER_RUNS_DIR, METRICS_FILE, TENSORBOARD_DIR, MetricWriter, read_metrics
+from mgdt_jax.core import train_step
 from mgdt_jax.core.train_step import Trainer
 from tests.processes import popen_as_from_a_terminal
 from tests.recipe_cases import CASES, MGDT_CONFIG_FILE
@@ -249,6 +251,38 @@ def test_a_workdir_another_training_is_writing_to_is_refused_and_a_killed_ones_t
     assert [path.name for path in workdir.iterdir()] == [loop.TRAINING_CLAIM]  # nothing written beside it
     assert loop.train(config, workdir).last_step == 2  # its holder gone, the claim is taken over
     assert not (workdir / loop.TRAINING_CLAIM).exists()
+
+
+def test_a_step_that_cannot_fit_in_memory_is_refused_before_it_runs(request, tmp_path, monkeypatch):
+    # A window or batch far too large (MGDT model.num_steps 2000) got the process killed by the kernel.
+    config_path = tmp_path / "tiny_ad.py"  # the loop's check, the same for every recipe: the fastest checks it
+    config_path.write_text(CASES["ad"].config_file(request, num_steps=2, checkpoint_every=1))
+    free = []
+    monkeypatch.setattr(train_step.host_memory, "available_bytes", lambda: free[-1])
+    free.append(2**20)  # 1 MiB for 8 CPU devices
+    with pytest.raises(ValueError, match=r"^the compiled train step needs [0-9.]+ [KMG]iB more memory and 8 CPU device\(s\) "
+                                         r"share the host's memory, which has 1.0 MiB free \(XLA's memory analysis\): "
+                                         r"lower config.train.batch_size"):
+        loop.train(load_config(config_path), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before its first step: no run folder left
+    free.append(2**40)
+    assert loop.train(load_config(config_path), tmp_path / "run").last_step == 2
+
+
+def test_an_accelerator_without_room_for_the_step_is_named():
+    class Device:  # what an accelerator's memory_stats reports; CPUs report none
+        device_kind = "NVIDIA H200"
+
+        def __init__(self, limit: int):
+            self.limit = limit
+
+        def memory_stats(self):
+            return {"bytes_limit": self.limit, "bytes_in_use": 1000}
+
+    compiled = jax.jit(lambda x: jnp.outer(x, x)).lower(jax.ShapeDtypeStruct((1024,), jnp.float32)).compile()
+    train_step.check_step_fits(compiled, [Device(2**30)])
+    with pytest.raises(ValueError, match=r"needs 4.0 MiB more memory and a NVIDIA H200 has 0 bytes free"):
+        train_step.check_step_fits(compiled, [Device(1000)])
 
 
 def test_a_host_whose_data_is_bad_stops_every_host_of_the_job_in_one_line(request, tmp_path):

@@ -1,4 +1,5 @@
-"""Host memory setting for the commands that run XLA programs on a CPU: huge pages for malloc.
+"""Host memory for the commands that run XLA programs on a CPU: huge pages for malloc, and how
+much memory is free (``available_bytes``).
 
 XLA on a CPU takes every step's temporaries (about 1 GB for the 10M model at batch 32) from
 glibc malloc, which maps large blocks fresh with mmap each time; the kernel then faults them in
@@ -58,3 +59,29 @@ def launch_environment() -> dict[str, str]:
         else:
             environment.pop("GLIBC_TUNABLES", None)
     return environment
+
+
+def available_bytes() -> int | None:
+    """Memory this process may still take (Linux: ``MemAvailable``, capped by a cgroup v2 limit), or None."""
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        available = int(meminfo["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit.isdigit():
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def describe_bytes(size: float) -> str:
+    """``size`` bytes for a message: "512 KiB", "3.2 GiB" (binary units; negative sizes keep their sign)."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(size) >= scale:
+            return f"{size / scale:,.1f} {unit}"
+    return f"{size:,.0f} bytes"
+

@@ -36,7 +36,7 @@ from mgdt_jax.core.recipe import DEFAULT_RECIPE, Evaluator, Recipe, load_recipe
 from mgdt_jax.core import flops
 from mgdt_jax.core.metric_writer import MetricWriter, Throughput
 from mgdt_jax.core.optimizer import check_optimizer_config
-from mgdt_jax.core.train_step import Trainer, TrainState
+from mgdt_jax.core.train_step import Trainer, TrainState, check_step_fits
 
 CONFIG_FILE = "config.json"
 TRAINING_CLAIM = ".training"  # in the workdir while a run trains there: the first host's process id
@@ -168,6 +168,8 @@ def _train(
         # and its own cost.
         first_layout = jax.tree.structure(first_batch)
         compiled = {first_layout: trainer.lower_step(_shapes(first_batch)).compile()}
+        with sharding.every_process_or_none():
+            check_step_fits(compiled[first_layout])
         costs = {first_layout: recipe.batch_cost(train_config.batch_size, first_batch)}
         writer.print(_flops_cross_check(costs[first_layout].flops, compiled[first_layout]))
         throughput = Throughput(
@@ -185,6 +187,8 @@ def _train(
             if layout not in compiled:  # a new layout: its compilation is not timed
                 with throughput.paused():
                     compiled[layout] = trainer.lower_step(_shapes(batch)).compile()
+                    with sharding.every_process_or_none():
+                        check_step_fits(compiled[layout])
                     costs[layout] = recipe.batch_cost(train_config.batch_size, batch)
             state, metrics = compiled[layout](state, batch)
             if last_step > first_step + 1:  # the first step (with compilation) is not timed

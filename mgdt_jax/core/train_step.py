@@ -8,7 +8,7 @@ recipe (mgdt_jax/core/recipe.py); this module knows no agent.
 How to use::
 
     import numpy as np
-    from mgdt_jax.core import sharding
+    from mgdt_jax.core import host_memory, sharding
     from mgdt_jax.core.train_step import Trainer
 
     config = experiments.tiny.get_config()          # or a plain dict-of-dicts with the same fields
@@ -37,7 +37,7 @@ optimizer steps; the rollout's own metrics are added as they are.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.struct
@@ -48,7 +48,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from mgdt_jax.core import sharding
+from mgdt_jax.core import host_memory, sharding
 from mgdt_jax.core.config_sections import read_section, section
 from mgdt_jax.core.recipe import OnlineRecipe, Recipe, RolloutState, load_recipe
 from mgdt_jax.core.optimizer import make_optimizer
@@ -271,3 +271,36 @@ class Trainer:
         metrics = {**metrics, **rollout_metrics, "learning_rate": self.learning_rate(state.step * self.updates_per_step)}
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng, rollout=rollout)
         return new_state, metrics
+
+
+def check_step_fits(compiled: jax.stages.Compiled, devices: Sequence[jax.Device] | None = None) -> None:
+    """ValueError (one line) when a compiled step needs more memory than the devices have free.
+
+    What the step adds to what is already allocated (the state and the batch are) is XLA's memory
+    analysis of one device's program: its temporaries plus the outputs not written over donated
+    inputs. An accelerator has ``bytes_limit - bytes_in_use`` of its own (``memory_stats``); CPU
+    devices share the host's memory, so the step needs that per local device out of the host's
+    available memory (``MemAvailable``, or less under a cgroup limit). Without the check a window
+    or batch too large (attention is quadratic in the sequence: ``model.num_steps`` 2000 asked for
+    terabytes) got the process killed by the kernel or ended in an allocation traceback. Says
+    nothing where the backend or the host does not report these figures.
+    """
+    devices = list(devices if devices is not None else jax.local_devices())
+    try:
+        analysis = compiled.memory_analysis()
+    except (NotImplementedError, jax.errors.JaxRuntimeError):
+        return
+    if analysis is None:
+        return
+    need = analysis.temp_size_in_bytes + max(analysis.output_size_in_bytes - analysis.alias_size_in_bytes, 0)
+    stats = devices[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        free, where = stats["bytes_limit"] - stats.get("bytes_in_use", 0), f"a {devices[0].device_kind} has"
+    else:
+        free, need = host_memory.available_bytes(), need * len(devices)
+        where = f"{len(devices)} CPU device(s) share the host's memory, which has"
+    if free is not None and need > free:
+        raise ValueError(
+            f"the compiled train step needs {host_memory.describe_bytes(need)} more memory and {where} "
+            f"{host_memory.describe_bytes(free)} free (XLA's memory analysis): lower config.train.batch_size or "
+            "the model's sequence (model.num_steps) or size, or set config.train.grad_accum_steps or config.model.remat")

@@ -55,6 +55,7 @@ import optax
 from flax import nnx
 
 from mgdt_jax.recipes.mgdt import tokens
+from mgdt_jax.core import host_memory
 from mgdt_jax.core.config_sections import read_section
 from mgdt_jax.core.transformer import Transformer, dense, sharded
 
@@ -152,16 +153,29 @@ def attention_mask(step_mask: jax.Array, config: ModelConfig) -> jax.Array:
     Keys of left-padding steps are hidden, and with ``single_return_token`` so are the return-to-go
     tokens of every step but the visible one (``visible_tokens``).
     """
-    per_step = config.tokens_per_step
     # The layout part is a compile-time constant (NumPy): computed on device, XLA fuses the integer
     # div/mod into every layer's attention and recomputes it B x H x T x T times per layer.
-    position = np.arange(config.sequence_length)
-    step, offset = position // per_step, position % per_step
-    is_patch = offset < tokens.NUM_PATCHES
-    causal = position[:, None] >= position[None, :]
-    same_frame = (step[:, None] == step[None, :]) & is_patch[:, None] & is_patch[None, :]
-    allowed = causal | same_frame  # [T, T]
+    length, per_step = config.sequence_length, config.tokens_per_step
+    _check_layout_fits(config)
+    allowed = np.tri(length, dtype=bool)  # causal: key position <= query position
+    for start in range(0, length, per_step):
+        allowed[start:start + tokens.NUM_PATCHES, start:start + tokens.NUM_PATCHES] = True  # one frame's patches
     return allowed[None, :, :] & visible_tokens(step_mask, config)[:, None, :]
+
+
+def _check_layout_fits(config: ModelConfig) -> None:
+    """ValueError (one line) when ``model.num_steps`` makes the [T, T] layout constant too large to
+    build: it is made on the host and copied through XLA's compilation (a 6.1 GB one, num_steps
+    2000, took over 16 GB before the process was killed), so four copies must fit in the host's
+    available memory. What the step itself needs is checked once it is compiled
+    (``train_step.check_step_fits``)."""
+    constant = config.sequence_length**2  # bytes: one bool per (query, key)
+    available = host_memory.available_bytes()
+    if available is not None and 4 * constant > available:
+        raise ValueError(
+            f"model.num_steps {config.num_steps}: its {config.sequence_length:,} tokens make an attention layout "
+            f"of {host_memory.describe_bytes(constant)}, and compiling the step takes about four copies of it; the host "
+            f"has {host_memory.describe_bytes(available)} free. Lower model.num_steps (the released models use {tokens.DEFAULT_NUM_STEPS})")
 
 
 class MultiGameDecisionTransformer(nnx.Module):
