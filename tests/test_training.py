@@ -521,6 +521,10 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
         (["--config", str(config_path), "--config.train.num_stepz=3", "--workdir", str(tmp_path / "run")],
          """a --config override names no field of the config ('num_stepz' Did you mean "num_steps" instead of "num_stepz"?)"""),
         (["--config", str(config_path), "--workdir", str(a_file)], f"{a_file}: is a file, not a run folder"),
+        # absl's own report of these was two lines under "FATAL Flags parsing error".
+        (["--config", str(config_path), "--config.train.batch_size=abc", "--workdir", str(tmp_path / "run")],
+         "flag --config.train.batch_size=abc: invalid literal for int() with base 10: 'abc'"),
+        (["--config", str(config_path)], "flag --workdir=None: Flag --workdir must have a value other than None."),
         (["--config", str(config_path), "--workdir", ""], "the workdir is empty: name a run folder"),
     ]
     # A multi-host launch outside SLURM (docs/training.md) with a bad process count or index.

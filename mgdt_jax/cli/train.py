@@ -71,10 +71,15 @@ def _train(argv: list[str]) -> int:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with a ``--config.FIELD=value`` naming no field of the config as one line:
-    ml_collections raises it as an AttributeError (or KeyError) that absl does not catch."""
+    """absl's parsing, with every fault in the flags as one line ``mgdt-train: error: ...`` and exit
+    status 1: a value of the wrong type or a missing flag (absl's own report is two lines under
+    "FATAL Flags parsing error"), and a ``--config.FIELD=value`` naming no field of the config
+    (ml_collections raises it as an AttributeError or KeyError that absl does not catch)."""
     try:
-        return app.parse_flags_with_usage(argv)
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        print(f"mgdt-train: error: {' '.join(str(error).split())}", file=sys.stderr)
+        sys.exit(1)
     except (AttributeError, KeyError) as error:
         text = str(error)
         with contextlib.suppress(ValueError, SyntaxError):
