@@ -78,6 +78,14 @@ def test_eval_refuses_an_overlapping_split_and_other_runs_in_one_line(trained, t
     (moved / "config.json").write_text(json.dumps(config))
     assert "the task split overlaps" in bad_eval(capsys, "--workdir", moved, "--out", tmp_path / "r1")
 
+    # Trained on a relative path and evaluated from another folder: it was "no metadata.json: not a
+    # dataset written by mgdt-ad-histories".
+    config["data"]["sources"] = ["data/dr_q"]
+    (moved / "config.json").write_text(json.dumps(config))
+    assert bad_eval(capsys, "--workdir", moved, "--out", tmp_path / "r1") == (
+        f"mgdt-ad-eval: error: data/dr_q: no such history directory here; {moved / 'config.json'} names it relative "
+        "to the folder training ran in: evaluate from there, or give training an absolute path")
+
     config["recipe"] = "mgdt"
     (moved / "config.json").write_text(json.dumps(config))
     assert "'mgdt' recipe" in bad_eval(capsys, "--workdir", moved, "--out", tmp_path / "r2")

@@ -23,7 +23,7 @@ import os
 import shutil
 import signal
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,16 @@ def read_run_config(workdir: str | Path, recipe: str) -> dict[str, Any]:
     if config.get("recipe", DEFAULT_RECIPE) != recipe:
         raise ValueError(f"{workdir}: a run of the {config.get('recipe', DEFAULT_RECIPE)!r} recipe, not {recipe!r}")
     return config
+
+
+def check_paths_found(workdir: str | Path, paths: Iterable[str], what: str) -> None:
+    """ValueError (one line) for a relative path of a run's config (a dataset, a benchmark) missing
+    from the current folder: training resolved it from the folder it ran in, so an evaluation started
+    elsewhere would otherwise report the file as damaged or of the wrong kind."""
+    for path in paths:
+        if path and not Path(path).is_absolute() and not Path(path).exists():
+            raise ValueError(f"{path}: no such {what} here; {Path(workdir) / CONFIG_FILE} names it relative to the "
+                             "folder training ran in: evaluate from there, or give training an absolute path")
 
 
 def train(

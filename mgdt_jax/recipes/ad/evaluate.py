@@ -282,10 +282,11 @@ def load_trained(workdir: str | Path, step: int | None = None) -> tuple[Any, nnx
     config.json, a run of another recipe, or histories that no longer match the config;
     CheckpointError for a missing checkpoint or parameters that do not fit."""
     from mgdt_jax.core import checkpointing
-    from mgdt_jax.core.loop import read_run_config
-    from mgdt_jax.recipes.ad.recipe import ADRecipe
+    from mgdt_jax.core.loop import check_paths_found, read_run_config
+    from mgdt_jax.recipes.ad.recipe import ADRecipe, data_config
 
     config = read_run_config(workdir, ADRecipe.name)
+    check_paths_found(workdir, data_config(config).sources, "history directory")
     recipe = ADRecipe(config)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: recipe.model(nnx.Rngs(0))))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -175,7 +175,7 @@ def evaluate_run(workdir: str | Path, *, trials: int | None = None, episodes: in
         raise ValueError(f"trials {trials}: must be at least 1")
     if seed < 0:
         raise ValueError(f"seed {seed}: must be >= 0")
-    from mgdt_jax.core.loop import read_run_config
+    from mgdt_jax.core.loop import check_paths_found, read_run_config
 
     env_config = dict(read_run_config(workdir, AdaRecipe.name).get("env") or {})
     if "num_trials" not in env_config:
@@ -187,9 +187,7 @@ def evaluate_run(workdir: str | Path, *, trials: int | None = None, episodes: in
                          f"(train with env.max_trials >= {trials})")
     env_config.update(num_trials=trials, max_trials=features)
     benchmark = env_config.get("benchmark")
-    if benchmark and not Path(benchmark).is_absolute() and not Path(benchmark).exists():
-        raise ValueError(f"{benchmark}: no such benchmark file here; {workdir / 'config.json'} names it relative to "
-                         "the folder training ran in: evaluate from there, or give training an absolute path")
+    check_paths_found(workdir, [benchmark], "benchmark file")
     env, tasks = ada_env.make(env_config)
     if not hasattr(env, "episode_length"):
         raise ValueError(f"{type(env).__name__}: has no episode_length (the most steps of a meta-episode)")
