@@ -27,7 +27,7 @@ import tqdm
 from data_pipelines import rlds_writer
 from mgdt_jax import envs
 from mgdt_jax.cli import interruptible
-from mgdt_jax.core import processes
+from mgdt_jax.core import files, processes
 from mgdt_jax.core.files import path_argument, seed_argument
 from mgdt_jax.envs.base import Environment, EnvError
 from mgdt_jax.recipes.ad import histories as history_format
@@ -130,6 +130,7 @@ def write_histories(env: Environment, source: sources.Source, tasks, out_dir: Pa
     started = time.perf_counter()
     pool, workers = None, min(workers, num_shards)
     pending: collections.deque = collections.deque()  # (future, histories, episodes), in shard order
+    shard_paths: list[Path] = []
     try:
         if workers > 1:
             pool = processes.spawn_pool(workers)
@@ -151,6 +152,7 @@ def write_histories(env: Environment, source: sources.Source, tasks, out_dir: Pa
                 generated = sources.Rollout(*(np.asarray(leaf)[:kept] for leaf in generated))
                 path = rlds_writer.shard_path(partial, history_format.DATASET_NAME, history_format.SPLIT,
                                               index, num_shards)
+                shard_paths.append(path)
                 if pool is None:
                     written = write_shard(path, generated, env.name, source.name)
                 else:
@@ -170,6 +172,9 @@ def write_histories(env: Environment, source: sources.Source, tasks, out_dir: Pa
             "num_observations": env.num_observations, "num_tasks": num_tasks,
             "num_histories": num_tasks * histories_per_task, "split": split or {},
             "task_ids": np.asarray(tasks.id).tolist(), "format_version": history_format.VERSION,
+            # Read back by read_histories: a shard swapped in from another recording of the same
+            # environment and source (another seed) passes every other check.
+            history_format.SHARD_DIGESTS: {path.name: files.sha256(path) for path in shard_paths},
         }
         rlds_writer.write_dataset_info(
             partial, name=history_format.DATASET_NAME, version=history_format.VERSION,

@@ -1,5 +1,6 @@
 """Learning histories as RLDS: exact round trips, the mgdt-ad-histories CLI, and bad input."""
 
+import re
 import shutil
 
 import jax
@@ -234,6 +235,22 @@ def test_a_damaged_dataset_is_one_line_naming_what_is_damaged(darkroom_dir, tmp_
         assert "cannot open as a learning-history dataset (ParseError: " in message
     else:
         assert "cannot be read, a shard is missing or damaged (" in message and shard.name in message
+
+
+def test_a_shard_of_another_recording_swapped_in_is_refused(darkroom_dir, darkroom_tasks, tmp_path):
+    # Another seed's shard of the same environment and source passed every other check and was trained on.
+    other = tmp_path / "seed1"
+    three = jax.tree.map(lambda leaf: leaf[:3], darkroom_tasks)
+    ad_histories.write_histories(envs.get("darkroom"), sources.make_source("q_learning"), three, other, seed=SEED + 1,
+                                 episodes_per_history=EPISODES, histories_per_task=PER_TASK, histories_per_shard=4,
+                                 split={"side": "train"}, progress=False)
+    copy = tmp_path / "copy"
+    shutil.copytree(darkroom_dir, copy)
+    shard = sorted(copy.glob("*.array_record*"))[-1]
+    shutil.copy(other / shard.name, shard)
+    with pytest.raises(HistoryError, match=rf"^{re.escape(str(shard))}: not the shard mgdt-ad-histories wrote here "
+                                           r"\(its SHA-256 differs from metadata.json's\): replaced or damaged"):
+        read_histories(copy)
 
 
 def test_histories_check_their_layout():

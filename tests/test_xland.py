@@ -13,6 +13,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from data_pipelines import xland_benchmark  # noqa: E402
+from mgdt_jax.core import files  # noqa: E402
 from mgdt_jax.envs.xland import generator, trials  # noqa: E402
 
 
@@ -103,7 +104,7 @@ def test_file_loads_through_xminigrid_load_benchmark_from_path(tmp_path):
     arrays, stats = generator.generate(settings, 50, seed=0)
     record = generator.write(arrays, path, settings=settings, seed=0, preset="small", stats=stats)
     assert json.loads(generator.sidecar_path(path).read_text()) == record
-    assert record["generator"]["settings"]["chain_depth"] == 1 and record["sha256"] == generator.file_sha256(path)
+    assert record["generator"]["settings"]["chain_depth"] == 1 and record["sha256"] == files.sha256(path)
     raw = load_benchmark_from_path(str(path))
     for key, value in arrays.items():
         np.testing.assert_array_equal(getattr(raw, key), value)
@@ -187,7 +188,7 @@ def _write_with_record(path, payload):
     from xminigrid.benchmarks import save_bz2_pickle
 
     save_bz2_pickle(payload, str(path))
-    generator.sidecar_path(path).write_text(json.dumps({"sha256": generator.file_sha256(path), "num_rulesets": 20}))
+    generator.sidecar_path(path).write_text(json.dumps({"sha256": files.sha256(path), "num_rulesets": 20}))
 
 
 class _MakesAFolder:

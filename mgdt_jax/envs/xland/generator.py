@@ -33,7 +33,6 @@ from __future__ import annotations
 import bz2
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import pickle
@@ -43,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from mgdt_jax.core import safe_pickle
+from mgdt_jax.core import files, safe_pickle
 
 GOAL_LEN = 5  # xminigrid.core.goals.MAX_GOAL_ENCODING_LEN
 RULE_LEN = 7  # xminigrid.core.rules.MAX_RULE_ENCODING_LEN
@@ -298,14 +297,6 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return Path(f"{os.fspath(path)}.json")
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write(arrays: dict[str, np.ndarray], path: str | os.PathLike, *, settings: GeneratorSettings, seed: int,
           preset: str | None = None, stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write `arrays` (from `generate`) to `path` as xminigrid's bz2 pickle and its record to
@@ -320,7 +311,7 @@ def write(arrays: dict[str, np.ndarray], path: str | os.PathLike, *, settings: G
         with bz2.open(partial, "wb") as f:
             pickle.dump({key: arrays[key] for key in ("goals", "rules", "init_tiles", "num_rules")}, f,
                         protocol=pickle.HIGHEST_PROTOCOL)
-        sha256 = file_sha256(partial)
+        sha256 = files.sha256(partial)
         count = int(arrays["goals"].shape[0])
         record = {
             "benchmark_id": f"{preset or 'custom'}-{count}-{sha256[:12]}",
@@ -363,7 +354,7 @@ def read_record(path: str | os.PathLike, *, verify: bool = True) -> dict[str, An
                              f"(generate with mgdt-xland-benchmark)") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise BenchmarkError(f"{record_file}: unreadable record ({error})") from None
-    if verify and file_sha256(path) != recorded:
+    if verify and files.sha256(path) != recorded:
         raise BenchmarkError(f"{path}: sha256 differs from the one in {record_file.name}; the file was altered")
     return record
 

@@ -22,8 +22,10 @@ need `Histories` but not the data stack.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +34,7 @@ from mgdt_jax.core import files
 DATASET_NAME = "ad_histories"
 VERSION = "1.0.0"
 SPLIT = "train"
+SHARD_DIGESTS = "shard_sha256"  # in metadata.json: each shard's file name -> the SHA-256 of its bytes as written
 EPISODE_FIELDS = ("task_id", "history_id", "episode_index", "episode_return", "env_name", "source")
 STEP_FIELDS = ("observation", "action", "reward", "discount", "is_first", "is_last", "is_terminal")
 
@@ -94,6 +97,22 @@ class Histories:
     def episode_returns(self) -> np.ndarray:
         """float32 [H, episodes_per_history]: the return of each episode of each history."""
         return self.rewards.reshape(self.num_histories, -1, self.episode_length).sum(-1)
+
+
+def _check_shard_digests(directory: Path, paths: Sequence[Any], digests: Any) -> None:
+    """HistoryError naming the shard whose bytes are not those mgdt-ad-histories wrote (metadata.json's
+    ``shard_sha256``): a shard of another recording of the same environment and source (another
+    seed) passes every other check and would be trained on. Datasets written before the digests
+    were recorded have none to check."""
+    if digests is None:
+        return
+    for path in paths:
+        name = Path(os.fspath(path)).name
+        if name not in digests:
+            raise HistoryError(f"{directory}: its metadata.json records no digest of shard {name}; regenerate the dataset")
+        if files.sha256(path) != digests[name]:
+            raise HistoryError(f"{Path(os.fspath(path))}: not the shard mgdt-ad-histories wrote here (its SHA-256 differs "
+                               "from metadata.json's): replaced or damaged; regenerate the dataset")
 
 
 def read_histories(directory: str | Path, *, env_name: str | None = None, source: str | None = None,
@@ -178,6 +197,7 @@ def read_histories(directory: str | Path, *, env_name: str | None = None, source
                     raise HistoryError(f"{directory}: episode {i} has {len(stored) - 1} steps, expected "
                                        f"{episode_length}")
                 values[i] = stored
+    _check_shard_digests(directory, split.filepaths, settings.get(SHARD_DIGESTS))  # after reading: a damaged shard is named as such
     if names != {(env.encode(), algorithm.encode())}:
         raise HistoryError(f"{directory}: episodes of {sorted(names)} in a dataset of {env}/{algorithm}")
 
