@@ -26,7 +26,7 @@ import tqdm
 
 from data_pipelines import rlds_writer
 from mgdt_jax import envs
-from mgdt_jax.cli import interruptible
+from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core import files, processes
 from mgdt_jax.core.files import path_argument, seed_argument
 from mgdt_jax.envs.base import Environment, EnvError

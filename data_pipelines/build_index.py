@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from mgdt_jax.cli import interruptible
+from mgdt_jax.core.commands import interruptible
 from mgdt_jax.recipes.mgdt import step_store
 from mgdt_jax.recipes.mgdt.rlds_source import DataError, find_dataset_dirs
 

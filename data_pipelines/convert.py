@@ -31,7 +31,7 @@ import numpy as np
 import tqdm
 
 from data_pipelines import replay_logs, rlds_format, rlds_writer, tfds_format
-from mgdt_jax.cli import interruptible
+from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core import files
 from mgdt_jax.envs import atari
 from mgdt_jax.recipes.mgdt import step_store

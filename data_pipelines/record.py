@@ -32,7 +32,7 @@ import numpy as np
 import tqdm
 
 from data_pipelines import experts, replay_logs
-from mgdt_jax.cli import interruptible
+from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core.files import path_argument, removing_created_folders, seed_argument
 from mgdt_jax.envs import atari
 

@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 import sys
 
-from mgdt_jax.cli import interruptible
+from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core.files import path_argument, seed_argument
 from mgdt_jax.envs.xland import generator
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from experiments import ad_bandit, ad_darkroom, ad_key_to_door, common
 from mgdt_jax import envs
-from mgdt_jax.cli import interruptible
+from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core.files import path_argument
 from mgdt_jax.recipes.ad import evaluate, sources
 from mgdt_jax.recipes.ad.model import OBSERVATION_EMBEDDINGS

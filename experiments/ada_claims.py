@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import common
-from mgdt_jax.cli import interruptible
+from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core.files import path_argument
 from mgdt_jax.core.metric_writer import read_metrics
 from mgdt_jax.envs.xland import generator

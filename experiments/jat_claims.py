@@ -45,7 +45,7 @@ import numpy as np
 from data_pipelines.jat import experts, record
 from experiments import common, jat_tiny
 from mgdt_jax.core import checkpointing
-from mgdt_jax.cli import interruptible
+from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core.files import path_argument
 from mgdt_jax.envs import gym_tasks
 from mgdt_jax.recipes.jat import fields as jat_fields

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines.jat import record
-from mgdt_jax.cli import interruptible
+from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core.files import path_argument
 from mgdt_jax.recipes.jat import references
 

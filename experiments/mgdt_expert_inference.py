@@ -48,7 +48,7 @@ from absl import logging  # noqa: E402
 
 from data_pipelines import convert, experts, record  # noqa: E402
 from experiments import common, expert_inference  # noqa: E402
-from mgdt_jax.cli import interruptible  # noqa: E402
+from mgdt_jax.core.commands import interruptible  # noqa: E402
 from mgdt_jax.core.files import path_argument  # noqa: E402
 from mgdt_jax.envs import atari  # noqa: E402
 from mgdt_jax.recipes.mgdt import actor, evaluate, report, scores  # noqa: E402

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from absl import app
 
-from mgdt_jax.cli import INTERRUPTED, ConsoleScript
+from mgdt_jax.core.commands import INTERRUPTED, ConsoleScript
 from mgdt_jax.core.files import MAX_SEED, path_argument, seed_argument
 from tests.processes import popen_as_from_a_terminal
 
@@ -58,7 +58,7 @@ def test_ctrl_c_while_a_command_still_imports_is_one_line(tmp_path):
     started = tmp_path / "started"
     (tmp_path / "slow_imports.py").write_text(
         f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(60)\ndef main(): return 0\n")
-    code = "import sys; from mgdt_jax.cli import ConsoleScript; sys.exit(ConsoleScript('mgdt-x', 'slow_imports')())"
+    code = "import sys; from mgdt_jax.core.commands import ConsoleScript; sys.exit(ConsoleScript('mgdt-x', 'slow_imports')())"
     python_path = os.pathsep.join(filter(None, [str(tmp_path), str(REPOSITORY), os.environ.get("PYTHONPATH")]))
     process = popen_as_from_a_terminal([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": python_path},
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from experiments import tiny
-from mgdt_jax.cli import INTERRUPTED
+from mgdt_jax.core.commands import INTERRUPTED
 from mgdt_jax.cli import evaluate as eval_cli
 from mgdt_jax.recipes.mgdt.import_checkpoint import save_params
 from mgdt_jax.recipes.mgdt.model import MultiGameDecisionTransformer

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from experiments import common, expert_inference, mgdt_expert_inference
-from mgdt_jax.cli import interruptible
+from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core import loop
 
 

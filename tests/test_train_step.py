@@ -130,10 +130,9 @@ def test_config_recipe_names_the_recipe_and_a_wrong_name_is_one_line():
 
 def test_imports_flow_one_way():
     """Every import, at module level or inside a function, points down the layers of
-    docs/architecture.md: core <- envs <- recipes <- the front ends (cli, data_pipelines, and
-    experiments, whose configs the CLIs read) <- benchmarks."""
-    layers = {"mgdt_jax.core": 0, "mgdt_jax.envs": 1, "mgdt_jax.recipes": 2, "mgdt_jax.cli": 3, "data_pipelines": 3,
-              "experiments": 3, "benchmarks": 4}
+    docs/architecture.md: core <- envs <- recipes <- data_pipelines <- experiments <- cli <- benchmarks."""
+    layers = {"mgdt_jax.core": 0, "mgdt_jax.envs": 1, "mgdt_jax.recipes": 2, "data_pipelines": 3, "experiments": 4,
+              "mgdt_jax.cli": 5, "benchmarks": 6}
 
     def layer(module: str) -> int | None:
         return next((rank for prefix, rank in layers.items() if module == prefix or module.startswith(prefix + ".")),

@@ -29,7 +29,7 @@ import numpy as np
 import tqdm
 
 from data_pipelines.jat import rlds
-from mgdt_jax.cli import interruptible
+from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core.files import path_argument, removing_created_folders
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat.fields import DatasetError

@@ -27,7 +27,7 @@ import numpy as np
 import tqdm
 
 from data_pipelines.jat import experts, rlds
-from mgdt_jax.cli import interruptible
+from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core.files import path_argument, removing_created_folders, seed_argument
 from mgdt_jax.envs import gym_tasks
 from mgdt_jax.recipes.jat import fields as jat_fields

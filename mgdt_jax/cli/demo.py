@@ -32,7 +32,7 @@ from absl import logging
 
 from data_pipelines import convert, experts, record
 from experiments import tiny
-from mgdt_jax.cli import interruptible
+from mgdt_jax.core.commands import interruptible
 from mgdt_jax.recipes.mgdt import actor
 from mgdt_jax.envs import atari
 from mgdt_jax.recipes.mgdt import evaluate

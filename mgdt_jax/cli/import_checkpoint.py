@@ -15,7 +15,7 @@ import sys
 from absl import logging
 
 from experiments import mgdt_200m
-from mgdt_jax.cli import interruptible
+from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core import checkpointing, files
 from mgdt_jax.recipes.mgdt.import_checkpoint import CheckpointImportError, build_model, load_released_pickle, save_params
 from mgdt_jax.core.loop import CONFIG_FILE

@@ -1,7 +1,7 @@
 """The console scripts of ``pyproject.toml``: each names its command and the module whose ``main``
 it runs (``ConsoleScript``: a Ctrl-C during that module's imports is one line, not a traceback)."""
 
-from mgdt_jax.cli import ConsoleScript
+from mgdt_jax.core.commands import ConsoleScript
 
 mgdt_record = ConsoleScript("mgdt-record", "data_pipelines.record")
 mgdt_convert = ConsoleScript("mgdt-convert", "data_pipelines.convert")

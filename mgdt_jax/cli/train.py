@@ -17,7 +17,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mgdt_jax.cli import interruptible
+from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core import host_memory, sharding
 from mgdt_jax.core.checkpointing import CHECKPOINTS, CheckpointError
 from mgdt_jax.core import loop

@@ -1,0 +1,123 @@
+"""What every command (console scripts, data pipelines, experiment scripts) shares: Ctrl-C ends it
+with one line ``PROGRAM: interrupted`` and SIGINT, not a KeyboardInterrupt traceback, from its first
+imports (``ConsoleScript``) through its ``main`` (``interruptible``)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import inspect
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable
+
+INTERRUPTED = 130  # 128 + SIGINT: the exit status a shell gives a command stopped by Ctrl-C
+
+
+def interruptible(program: str) -> Callable[[Callable[..., int | None]], Callable[..., int | None]]:
+    """Decorates a CLI's ``main`` so Ctrl-C ends it with ``PROGRAM: interrupted`` on stderr instead
+    of Python's KeyboardInterrupt traceback.
+
+    Started as the command (its console script, ``python -m`` or the module's file), the process
+    then kills itself with SIGINT, as Python ends a program stopped by Ctrl-C (a shell reads exit
+    status 130), so a calling shell loop stops too: bash goes on after a child that merely exits
+    130. It does so at once, without Python's finalisation, which can crash when XLA's threads are
+    stopped mid-compilation (the interrupted command's own clean-up has run by then). Called from
+    Python (tests, other code), ``main`` returns 130 instead.
+
+    A Ctrl-C whose KeyboardInterrupt Python swallows (raised inside a garbage-collector callback,
+    such as JAX's, it would be printed as "Exception ignored" and dropped) is remembered, without
+    that print: the command goes on to its end, which is then reported as interrupted. What an
+    interrupted command leaves on disk is each command's own design (partial names renamed when
+    complete, reports written last, created run folders removed); docs/troubleshooting.md.
+    """
+
+    def decorate(main: Callable[..., int | None]) -> Callable[..., int | None]:
+        @functools.wraps(main)
+        def wrapped(*args, **kwargs) -> int | None:
+            with _watching_ctrl_c() as seen:
+                try:
+                    status = main(*args, **kwargs)
+                    if not seen:
+                        return status
+                except SystemExit:  # absl's app.run ends every run so
+                    if not seen:
+                        raise
+                except KeyboardInterrupt:
+                    pass
+            print(f"{program}: interrupted", file=sys.stderr, flush=True)
+            if not _started_as(program, main):
+                return INTERRUPTED
+            return _end_as_interrupted()
+
+        return wrapped
+
+    return decorate
+
+
+@contextlib.contextmanager
+def _watching_ctrl_c() -> Iterator[list[int]]:
+    """Yields a list that gets an entry for every Ctrl-C (SIGINT) while the block runs, including
+    one whose KeyboardInterrupt Python drops (raised in a callback: the "Exception ignored" report
+    of those is left out). Only in the main thread, and only where SIGINT is handled as Python's
+    default (an ignored SIGINT, as in a shell's background job, stays ignored)."""
+    seen: list[int] = []
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield seen
+        return
+
+    def on_ctrl_c(signum: int, frame: object) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    def unraisable(report: object) -> None:
+        if not (seen and isinstance(report.exc_value, KeyboardInterrupt)):
+            previous_hook(report)
+
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
+
+
+def _end_as_interrupted() -> int:
+    """Ends the process by SIGINT, as Python ends a program stopped by Ctrl-C (see ``interruptible``)."""
+    sys.stdout.flush()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+    return INTERRUPTED  # not reached
+
+
+class ConsoleScript:
+    """What a console script calls (``pyproject.toml``): imports the command's module, then runs its
+    ``main``. The import itself (JAX, TensorFlow: 1-3 s) is where an early Ctrl-C lands, before
+    ``interruptible`` is in place; here it too ends with ``PROGRAM: interrupted`` and SIGINT, not a
+    KeyboardInterrupt traceback. Arguments are passed on to ``main`` (tests call it with argv)."""
+
+    def __init__(self, program: str, module: str) -> None:
+        self.program, self.module = program, module
+
+    def __call__(self, *args: object) -> int | None:
+        with _watching_ctrl_c() as seen:
+            try:
+                main = importlib.import_module(self.module).main
+            except KeyboardInterrupt:
+                pass
+        if seen:
+            print(f"{self.program}: interrupted", file=sys.stderr, flush=True)
+            return _end_as_interrupted()
+        return main(*args)
+
+
+def _started_as(program: str, main: Callable[..., object]) -> bool:
+    started = Path(sys.argv[0])
+    return started.name == program or started.resolve() == Path(inspect.getfile(main)).resolve()
