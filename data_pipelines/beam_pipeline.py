@@ -19,14 +19,14 @@ import re
 import time
 from pathlib import Path
 
-from data_pipelines import convert
+from data_pipelines import replay_shards
 
 
 def _convert_and_log(task_fields: dict, out_dir: str, max_episode_steps: int) -> dict:
     """One shard on a worker; faults are recorded in its report (status "skipped"), never raised,
     so that one bad checkpoint does not make Beam retry or abort the others."""
-    task = convert.ShardTask(**task_fields)
-    report = convert.convert_shard(task, Path(out_dir), max_episode_steps, on_bad_checkpoint="skip")
+    task = replay_shards.ShardTask(**task_fields)
+    report = replay_shards.convert_shard(task, Path(out_dir), max_episode_steps, on_bad_checkpoint="skip")
     rate = report["steps"] / max(report["seconds"], 1e-9)
     print(f"shard {task.index + 1}/{task.num_shards} {task.name}: {report['status']}, {report['episodes']} "
           f"episodes, {report['steps']} steps, {rate:,.0f} steps/s", flush=True)
@@ -44,12 +44,12 @@ def check_runner(runner: str, beam_options: list[str] = ()) -> None:
     try:
         runner_object = create_runner(runner)
     except (ValueError, ImportError) as error:
-        raise convert.ConversionError(f"--runner {runner}: {str(error).splitlines()[0]}") from None
+        raise replay_shards.ConversionError(f"--runner {runner}: {str(error).splitlines()[0]}") from None
     if runner == "DataflowRunner":
         try:
             from apache_beam.runners.dataflow.internal import apiclient  # noqa: F401
         except ImportError:
-            raise convert.ConversionError(
+            raise replay_shards.ConversionError(
                 f"--runner DataflowRunner: submitting to Dataflow needs Beam's GCP extra, which this install "
                 f"leaves out: pip install 'apache-beam[gcp]=={apache_beam.__version__}'") from None
     _check_words(beam_options)
@@ -61,13 +61,13 @@ def check_runner(runner: str, beam_options: list[str] = ()) -> None:
             workers = options.view_as(DirectOptions).direct_num_workers
             named = options.get_all_options(retain_unknown_options=True)
     except SystemExit:
-        raise convert.ConversionError(f"--beam-option: {usage.getvalue().strip().partition('error: ')[2]}") from None
+        raise replay_shards.ConversionError(f"--beam-option: {usage.getvalue().strip().partition('error: ')[2]}") from None
     except ValueError as error:  # a flag argparse cannot even declare, such as "--="
-        raise convert.ConversionError(f"--beam-option: {error}") from None
+        raise replay_shards.ConversionError(f"--beam-option: {error}") from None
     if errors:
-        raise convert.ConversionError(f"--runner {runner}: {'; '.join(error.strip() for error in errors)}")
+        raise replay_shards.ConversionError(f"--runner {runner}: {'; '.join(error.strip() for error in errors)}")
     if workers < 0:
-        raise convert.ConversionError(f"--beam-option=--direct_num_workers={workers}: must be >= 0 (0: one per core)")
+        raise replay_shards.ConversionError(f"--beam-option=--direct_num_workers={workers}: must be >= 0 (0: one per core)")
     # The DirectRunner drops an option it does not know with a warning and runs without it, so a
     # misspelt one (--direct_num_worker) would convert with other settings than asked; the portable
     # runners and Dataflow pass such options on to their own service, so there they stay.
@@ -78,7 +78,7 @@ def check_runner(runner: str, beam_options: list[str] = ()) -> None:
             typed = next((flag.split("=", 1)[0] for flag in beam_options
                           if flag.lstrip("-").split("=", 1)[0].replace("-", "_") == unknown[0]), f"--{unknown[0]}")
             close = difflib.get_close_matches(unknown[0], known, n=1)
-            raise convert.ConversionError(f"--beam-option={typed}: the DirectRunner knows no such option"
+            raise replay_shards.ConversionError(f"--beam-option={typed}: the DirectRunner knows no such option"
                                           + (f" (did you mean --{close[0]}?)" if close else ""))
 
 
@@ -91,18 +91,18 @@ def _check_words(beam_options: list[str]) -> None:
     for previous, option in zip([""] + beam_options, beam_options):
         name = option.split("=", 1)[0]
         if name in ("--runner", "--help"):
-            raise convert.ConversionError(f"--beam-option={name}: not for --beam-option"
+            raise replay_shards.ConversionError(f"--beam-option={name}: not for --beam-option"
                                           + (" (give mgdt-convert's --runner)" if name == "--runner" else ""))
         if name.startswith("--") and len(name) > 2:
             if any(character.isspace() for character in name):  # Beam would take the whole word as the flag's name
-                raise convert.ConversionError(f"--beam-option={option}: a space in a flag's name "
+                raise replay_shards.ConversionError(f"--beam-option={option}: a space in a flag's name "
                                               "(write --beam-option=--NAME=VALUE)")
             continue
         if (option.startswith("-") and not _is_number(option)) or not previous.startswith("--") or "=" in previous:
-            raise convert.ConversionError(f"--beam-option={option}: not a flag (write --beam-option=--NAME=VALUE)")
+            raise replay_shards.ConversionError(f"--beam-option={option}: not a flag (write --beam-option=--NAME=VALUE)")
         alone = _parsed([previous])
         if alone is not None and alone == _parsed([previous, option]):  # the flag parses alone, and the word changed nothing
-            raise convert.ConversionError(f"--beam-option={option}: dropped by Beam, {previous} takes no value "
+            raise replay_shards.ConversionError(f"--beam-option={option}: dropped by Beam, {previous} takes no value "
                                           f"(write --beam-option={previous} alone)")
 
 
@@ -142,7 +142,7 @@ def pipeline_options(runner: str, beam_options: list[str]):
     return PipelineOptions(flags + list(beam_options))
 
 
-def convert_with_beam(tasks: list[convert.ShardTask], out_dir: Path, max_episode_steps: int,
+def convert_with_beam(tasks: list[replay_shards.ShardTask], out_dir: Path, max_episode_steps: int,
                       on_bad_checkpoint: str, runner: str, beam_options: list[str]) -> list[dict]:
     """Runs every shard through Beam; returns the shard reports the workers wrote."""
     import apache_beam as beam
@@ -153,12 +153,12 @@ def convert_with_beam(tasks: list[convert.ShardTask], out_dir: Path, max_episode
              | "Shards" >> beam.Create([dataclasses.asdict(task) for task in tasks])  # plain data pickles anywhere
              | "Spread" >> beam.Reshuffle()
              | "Convert" >> beam.Map(_convert_and_log, out_dir=str(out_dir), max_episode_steps=max_episode_steps))
-    reports = [convert.shard_report(out_dir, task) for task in tasks]
+    reports = [replay_shards.shard_report(out_dir, task) for task in tasks]
     missing = [task.name for task, report in zip(tasks, reports) if report is None]
     if missing:
-        raise convert.ConversionError(f"{out_dir}: the {runner} pipeline finished without shards {missing}")
+        raise replay_shards.ConversionError(f"{out_dir}: the {runner} pipeline finished without shards {missing}")
     skipped = [report for report in reports if report["status"] == "skipped"]
     if skipped and on_bad_checkpoint == "fail":
-        raise convert.ConversionError(skipped[0]["error"])
+        raise replay_shards.ConversionError(skipped[0]["error"])
     print(f"{runner}: {len(tasks)} shards in {time.perf_counter() - started:.1f} s", flush=True)
     return reports

@@ -19,7 +19,7 @@
 * ``key_to_door``: the in-context curve of AD trained on Q-learning histories, beside Q-learning.
 
 Histories are generated in memory (sources.rollout, the generator mgdt-ad-histories runs) and
-trained through the core loop with the AD recipe; the report is mgdt-ad-eval's (evaluate.compare).
+trained through the core loop with the AD recipe; the report is mgdt-ad-eval's (comparison.compare).
 ``--quick`` shrinks data and training to a smoke run of the same pipeline (its figures are no claim).
 Prints a markdown table and the checks; writes the report (JSON, CSV, PNG) into OUT/report and, last,
 OUT/summary.json (a run without it did not finish), and ends by saying so. A claim stopped by a
@@ -43,7 +43,7 @@ from experiments import ad_bandit, ad_darkroom, ad_key_to_door, common
 from mgdt_jax import envs
 from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core.files import path_argument
-from mgdt_jax.recipes.ad import evaluate, sources
+from mgdt_jax.recipes.ad import comparison, sources
 from mgdt_jax.recipes.ad.model import OBSERVATION_EMBEDDINGS
 from mgdt_jax.recipes.ad.recipe import ADRecipe
 
@@ -204,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     ed_s = train(claim, expert, args.out, "ed", claim.ed_steps, args.seed)
     print(f"training: AD {claim.train_steps} steps in {ad_s:.1f} s, ED {claim.ed_steps} steps in {ed_s:.1f} s", flush=True)
     eval_started = time.perf_counter()
-    report = evaluate.compare(args.out / "ad", args.out / "report", ed_workdir=args.out / "ed",
-                              baselines=[sources.make_source(name) for name in claim.baselines], seed=args.seed,
-                              train_task_ids=np.asarray(train_tasks.id))
+    report = comparison.compare(args.out / "ad", args.out / "report", ed_workdir=args.out / "ed",
+                                baselines=[sources.make_source(name) for name in claim.baselines], seed=args.seed,
+                                train_task_ids=np.asarray(train_tasks.id))
     eval_s = time.perf_counter() - eval_started
     total_s = data_s + common.stage_seconds(args.out) + eval_s  # the training of every attempt, a redone run's last
     bandit = "cumulative_regret" in report["runs"]["AD sample"]["final"]

@@ -53,6 +53,7 @@ from mgdt_jax.core.files import path_argument  # noqa: E402
 from mgdt_jax.envs import atari  # noqa: E402
 from mgdt_jax.recipes.mgdt import actor, evaluate, report, scores  # noqa: E402
 from mgdt_jax.recipes.mgdt.policy import sampling_preset  # noqa: E402
+from mgdt_jax.recipes.mgdt.recipe import load_model  # noqa: E402
 
 METHODS = ("expert inference", "colab variant", "BC", "random")
 BEGIN, END = "<!-- mgdt_expert_inference:begin -->", "<!-- mgdt_expert_inference:end -->"
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = {"mgdt": train_config(config, pretrain_data), "bc": train_config(config, pretrain_data, **{"model.behaviour_cloning": True})}
     for name, run in runs.items():
         common.train_to_end(run, root / "train" / name)
-    models = {name: evaluate.load_model(root / "train" / name)[0] for name in runs}
+    models = {name: load_model(root / "train" / name)[0] for name in runs}
 
     print(f"[3/4] evaluating {', '.join(METHODS)} on {', '.join(games)}, {exp.eval_episodes} episodes each", flush=True)
     protocol = actor.EvalProtocol("expert-inference", sticky_action_probability=0.25,
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         run.optimizer.learning_rate = exp.finetune_learning_rate
         run.optimizer.warmup_steps = warmup
         common.train_to_end(run, root / "finetune" / name)
-        model = evaluate.load_model(root / "finetune" / name)[0]
+        model = load_model(root / "finetune" / name)[0]
         finetuned[name] = evaluate.evaluate(model, [heldout], episodes=exp.eval_episodes,
                                             sampling=sampling_preset("expert", kappa=exp.kappa),
                                             protocol=protocol, seed=exp.seed).games[0]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines import build_index, convert, replay_logs
+from data_pipelines import build_index, convert, replay_logs, replay_shards
 from mgdt_jax.envs import atari
 from mgdt_jax.recipes.mgdt import step_store
 from mgdt_jax.recipes.mgdt.step_store import open_index
@@ -107,13 +107,13 @@ def test_rerun_converts_only_missing_shards(logs, tmp_path, capsys):
     with pytest.raises(Exception):
         tfds.builder_from_directory(out)
     bad.write_bytes(good)
-    job = out / convert.PROGRESS_DIR / "job.json"
+    job = out / replay_shards.PROGRESS_DIR / "job.json"
     job_text = job.read_text()
     job.write_text("{cut")
     code, _, err = _run(capsys, "--logs", logs, "--out", out)
     assert code == 1 and err.strip().startswith(f"mgdt-convert: error: {job}: unreadable (") and "\n" not in err.strip()
     job.write_text(job_text)
-    first_report = sorted((out / convert.PROGRESS_DIR).glob("00000_*.json"))[0]
+    first_report = sorted((out / replay_shards.PROGRESS_DIR).glob("00000_*.json"))[0]
     first_report.write_text("{cut")  # a damaged shard report: that shard is converted again
     code, summary, _ = _run(capsys, "--logs", logs, "--out", out)
     assert code == 0 and summary.count("\n") == 1 and f"into 8 shards at {out}" in summary
@@ -173,7 +173,7 @@ def test_a_second_conversion_into_the_same_out_at_once_is_refused(logs, rlds_dat
     # The second wrote the same shards beside the first and ended in a raw rename error.
     out = tmp_path / "data"
     if source == "--logs":
-        convert.prepare_output(out, convert.discover_shards(logs), replay_logs.DEFAULT_MAX_EPISODE_STEPS)
+        convert.prepare_output(out, replay_shards.discover_shards(logs), replay_logs.DEFAULT_MAX_EPISODE_STEPS)
     else:
         logs = tmp_path / "tfr"
         _write_tfrecord_copy(rlds_dataset_dir, logs)

@@ -14,7 +14,7 @@ from mgdt_jax.cli import evaluate as eval_cli
 from mgdt_jax.recipes.mgdt.import_checkpoint import save_params
 from mgdt_jax.recipes.mgdt.model import MultiGameDecisionTransformer
 from mgdt_jax.recipes.mgdt import evaluate as mgdt_evaluate
-from mgdt_jax.recipes.mgdt.evaluate import CONFIG_FILE
+from mgdt_jax.core.loop import CONFIG_FILE
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 from mgdt_jax.core import checkpointing
 from mgdt_jax.core.checkpointing import CheckpointError
 from mgdt_jax.cli import import_checkpoint as import_cli
-from mgdt_jax.recipes.mgdt.evaluate import load_model
+from mgdt_jax.recipes.mgdt.recipe import load_model
 from mgdt_jax.recipes.mgdt.import_checkpoint import CheckpointImportError, build_model, load_released_pickle
 from mgdt_jax.recipes.mgdt.model import attention_mask, loss_and_metrics
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines import convert, record, replay_logs
+from data_pipelines import convert, record, replay_logs, replay_shards
 from mgdt_jax.envs import atari
 
 
@@ -144,8 +144,8 @@ def test_an_interrupted_recording_leaves_no_logs_that_look_finished(tmp_path, mo
     log_dir = tmp_path / "Pong" / "1" / "replay_logs"
     assert not log_dir.exists()
     assert replay_logs.list_checkpoints(log_dir.with_name("replay_logs.partial")) == [0, 1]
-    with pytest.raises(convert.ConversionError, match="1: holds an interrupted mgdt-record"):
-        convert.discover_shards(tmp_path)
+    with pytest.raises(replay_shards.ConversionError, match="1: holds an interrupted mgdt-record"):
+        replay_shards.discover_shards(tmp_path)
     monkeypatch.setattr(replay_logs.LoggedReplayBuffer, "add", add)
     result = record.record("Pong", steps=60, out=tmp_path, capacity=20, progress=False)  # a rerun starts over
     assert result.log_dir == log_dir and replay_logs.list_checkpoints(log_dir) == [0, 1, 2, 3]

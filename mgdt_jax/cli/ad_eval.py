@@ -40,13 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.set_verbosity(logging.FATAL)  # errors reach the user as one line; Orbax logs are noise
     from mgdt_jax.core.checkpointing import CheckpointError
     from mgdt_jax.envs.base import EnvError
-    from mgdt_jax.recipes.ad import evaluate, sources
+    from mgdt_jax.recipes.ad import comparison, evaluate, sources
 
     try:
         with claimed_out_dir(args.out, evaluate.REPORT_JSON):
             baselines = [sources.make_source(name) for name in names]
-            report = evaluate.compare(args.workdir, args.out, ed_workdir=args.ed_workdir, baselines=baselines,
-                                      episodes=args.episodes, seed=args.seed)
+            report = comparison.compare(args.workdir, args.out, ed_workdir=args.ed_workdir, baselines=baselines,
+                                        episodes=args.episodes, seed=args.seed)
     except (ValueError, CheckpointError, EnvError, OSError) as error:  # HistoryError, SourceError are ValueErrors
         print(f"mgdt-ad-eval: error: {error}", file=sys.stderr)
         return 1

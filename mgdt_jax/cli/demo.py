@@ -36,6 +36,7 @@ from mgdt_jax.core.commands import interruptible
 from mgdt_jax.recipes.mgdt import actor
 from mgdt_jax.envs import atari
 from mgdt_jax.recipes.mgdt import evaluate
+from mgdt_jax.recipes.mgdt.recipe import load_model
 from mgdt_jax.core import files, loop, metric_writer
 from mgdt_jax.core.checkpointing import CheckpointError
 
@@ -105,7 +106,7 @@ def _holds(report_file: Path, games: list[str], episodes: int, protocol: actor.E
 
 def evaluate_latest(train_dir: Path, games: list[str], episodes: int, max_frames: int, report_dir: Path) -> int:
     """Evaluates the newest checkpoint, and random play, unless the reports already hold those scores."""
-    model, step = evaluate.load_model(train_dir)
+    model, step = load_model(train_dir)
     protocol = actor.EvalProtocol("demo", sticky_action_probability=0.25, max_episode_frames=max_frames)
     report_file, random_file = report_dir / "report.json", report_dir / RANDOM_DIR / "report.json"
     if _holds(report_file, games, episodes, protocol, step=step):

@@ -19,7 +19,8 @@ from mgdt_jax.core.files import path_argument, seed_argument
 from mgdt_jax.recipes.mgdt import actor
 from mgdt_jax.envs import atari
 from mgdt_jax.core.checkpointing import CheckpointError
-from mgdt_jax.recipes.mgdt.evaluate import evaluate, load_model, resolve_games
+from mgdt_jax.recipes.mgdt.evaluate import evaluate, resolve_games
+from mgdt_jax.recipes.mgdt.recipe import load_model
 from mgdt_jax.recipes.mgdt.policy import SAMPLING_MODES, sampling_preset
 from mgdt_jax.recipes.mgdt.report import REPORT_JSON
 

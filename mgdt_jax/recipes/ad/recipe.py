@@ -229,6 +229,32 @@ class ADRecipe(Recipe):
         return run
 
 
+def load_trained(workdir: str | Path, step: int | None = None) -> tuple[Any, nnx.Module, dict]:
+    """``(recipe, model, config)`` of an AD run: its config.json and the parameters of its checkpoint
+    (the latest by default), restored onto one device. ValueError (one line) for a workdir without
+    config.json, a run of another recipe, or histories that no longer match the config;
+    CheckpointError for a missing checkpoint or parameters that do not fit."""
+    from mgdt_jax.core import checkpointing
+    from mgdt_jax.core.loop import check_paths_found, read_run_config
+
+    config = read_run_config(workdir, ADRecipe.name)
+    check_paths_found(workdir, data_config(config).sources, "history directory")
+    recipe = ADRecipe(config)
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: recipe.model(nnx.Rngs(0))))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+                          jax.eval_shape(lambda: nnx.state(recipe.model(nnx.Rngs(0)))))
+    params, _ = checkpointing.load_checkpoint(workdir, target=target, step=step, recipe=ADRecipe.name)
+    return recipe, nnx.merge(graphdef, params), config
+
+
+def training_task_ids(recipe: Any) -> np.ndarray:
+    """Every task id the recipe's history directories were generated on (from their metadata)."""
+    if not recipe.data.sources:
+        raise ValueError("the run trained on in-memory histories (no config.data.sources): pass its training task ids")
+    return np.concatenate([np.asarray(read_metadata(d).get("task_ids", []), np.int64) for d in recipe.data.sources])
+
+
 class ADWindows:
     """TrainingWindows as the core's ``TrainingData``."""
 

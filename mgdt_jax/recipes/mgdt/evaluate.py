@@ -3,80 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 from flax import nnx
 from tqdm import tqdm
 
 from mgdt_jax.recipes.mgdt import actor
 from mgdt_jax.envs import atari
-from mgdt_jax.core import checkpointing
 from mgdt_jax.recipes.mgdt import report
-from mgdt_jax.recipes.mgdt.model import ModelConfig, MultiGameDecisionTransformer
 from mgdt_jax.recipes.mgdt.policy import Policy, SamplingConfig, sampling_preset
-from mgdt_jax.core.recipe import recipe_name
-from mgdt_jax.recipes.mgdt.recipe import MgdtRecipe
-from mgdt_jax.core.loop import CONFIG_FILE
 
 EVAL_DIR = "eval"  # <workdir>/eval/<step>/: reports of the periodic evaluation during training
-
-
-def load_model(workdir: Path, step: int | None = None) -> tuple[MultiGameDecisionTransformer, int]:
-    """The model of a run's checkpoint (the newest complete one by default), built from the run's config.json.
-
-    Raises CheckpointError naming the file when the config or the checkpoint is missing, corrupt,
-    or the config does not fit the saved weights (naming the first parameter that differs). The
-    shapes are compared before anything is placed on a device, so a wrong config costs no restore.
-    """
-    config_path = Path(workdir) / CONFIG_FILE
-    try:
-        run_config = json.loads(config_path.read_text())
-        config = ModelConfig.from_config(run_config["model"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise checkpointing.CheckpointError(f"{config_path}: not a readable run config ({error})") from None
-    if (recipe := recipe_name(run_config)) != MgdtRecipe.name:
-        raise checkpointing.CheckpointError(f"{config_path}: a run of the {recipe!r} recipe, not an MGDT")
-    directory, step = checkpointing.pick_checkpoint(workdir, step)
-    try:
-        saved = _without_variable_level(checkpointing.load_params(directory, step=step))
-    except checkpointing.CheckpointError:
-        raise
-    except Exception as error:  # a damaged checkpoint surfaces as anything from TensorStore to JSON
-        raise checkpointing.CheckpointError(f"{directory / str(step)}: unreadable checkpoint ({error})") from None
-    abstract = nnx.eval_shape(lambda: MultiGameDecisionTransformer(config, rngs=nnx.Rngs(0)))
-    graphdef, params = nnx.split(abstract)
-    expected, found = _shapes(nnx.to_pure_dict(params)), _shapes(saved)
-    for name, shape in expected.items():
-        if found.get(name) != shape:
-            raise checkpointing.CheckpointError(
-                f"{config_path} does not fit the weights of {directory / str(step)}: parameter {name} should be "
-                f"{shape} for this config, the checkpoint has {found.get(name, 'none')}"
-            )
-    nnx.replace_by_pure_dict(params, jax.tree.map(jnp.asarray, saved))
-    return nnx.merge(graphdef, params), step
-
-
-def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    """{"transformer/blocks/0/ln_1/scale": shape, ...}; list indices and dict keys alike."""
-    def name(path) -> str:
-        return "/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path)
-
-    return {name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def _without_variable_level(tree: Any) -> Any:
-    """A saved nnx.State ({..., "kernel": {"value": array}}) -> the pure-dict layout ({"kernel": array})."""
-    if isinstance(tree, Mapping):
-        if set(tree) == {"value"} and not isinstance(tree["value"], Mapping):
-            return tree["value"]
-        return {key: _without_variable_level(value) for key, value in tree.items()}
-    return tree
 
 
 def resolve_games(suite: str | None = None, games: Sequence[str] | None = None) -> list[str]:

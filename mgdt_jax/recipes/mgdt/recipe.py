@@ -9,17 +9,19 @@ the train step stay importable without them.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from mgdt_jax.core.config_sections import read_section, section
 from mgdt_jax.recipes.mgdt.model import HEAD_NAMES, ModelConfig, MultiGameDecisionTransformer, loss_and_metrics
-from mgdt_jax.core.recipe import Evaluator, Recipe, StepCost
+from mgdt_jax.core.recipe import Evaluator, Recipe, StepCost, recipe_name
 from mgdt_jax.recipes.mgdt.flops import training_flops
 
 if TYPE_CHECKING:
@@ -78,6 +80,61 @@ class MgdtRecipe(Recipe):
         from mgdt_jax.recipes.mgdt.evaluate import training_evaluator  # plays ALE: imported only when used
 
         return training_evaluator(train, workdir)
+
+
+def load_model(workdir: Path, step: int | None = None) -> tuple[MultiGameDecisionTransformer, int]:
+    """The model of a run's checkpoint (the newest complete one by default), built from the run's config.json.
+
+    Raises CheckpointError naming the file when the config or the checkpoint is missing, corrupt,
+    or the config does not fit the saved weights (naming the first parameter that differs). The
+    shapes are compared before anything is placed on a device, so a wrong config costs no restore.
+    """
+    from mgdt_jax.core import checkpointing  # Orbax: only for loading a run, not for the train step
+    from mgdt_jax.core.loop import CONFIG_FILE
+
+    config_path = Path(workdir) / CONFIG_FILE
+    try:
+        run_config = json.loads(config_path.read_text())
+        config = ModelConfig.from_config(run_config["model"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise checkpointing.CheckpointError(f"{config_path}: not a readable run config ({error})") from None
+    if (recipe := recipe_name(run_config)) != MgdtRecipe.name:
+        raise checkpointing.CheckpointError(f"{config_path}: a run of the {recipe!r} recipe, not an MGDT")
+    directory, step = checkpointing.pick_checkpoint(workdir, step)
+    try:
+        saved = _without_variable_level(checkpointing.load_params(directory, step=step))
+    except checkpointing.CheckpointError:
+        raise
+    except Exception as error:  # a damaged checkpoint surfaces as anything from TensorStore to JSON
+        raise checkpointing.CheckpointError(f"{directory / str(step)}: unreadable checkpoint ({error})") from None
+    abstract = nnx.eval_shape(lambda: MultiGameDecisionTransformer(config, rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(abstract)
+    expected, found = _shapes(nnx.to_pure_dict(params)), _shapes(saved)
+    for name, shape in expected.items():
+        if found.get(name) != shape:
+            raise checkpointing.CheckpointError(
+                f"{config_path} does not fit the weights of {directory / str(step)}: parameter {name} should be "
+                f"{shape} for this config, the checkpoint has {found.get(name, 'none')}"
+            )
+    nnx.replace_by_pure_dict(params, jax.tree.map(jnp.asarray, saved))
+    return nnx.merge(graphdef, params), step
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{"transformer/blocks/0/ln_1/scale": shape, ...}; list indices and dict keys alike."""
+    def name(path) -> str:
+        return "/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path)
+
+    return {name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _without_variable_level(tree: Any) -> Any:
+    """A saved nnx.State ({..., "kernel": {"value": array}}) -> the pure-dict layout ({"kernel": array})."""
+    if isinstance(tree, Mapping):
+        if set(tree) == {"value"} and not isinstance(tree["value"], Mapping):
+            return tree["value"]
+        return {key: _without_variable_level(value) for key, value in tree.items()}
+    return tree
 
 
 class RldsWindows:
