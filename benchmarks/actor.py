@@ -30,6 +30,7 @@ environments).
 from __future__ import annotations
 
 import argparse
+import sys
 import dataclasses
 import json
 import os
@@ -42,7 +43,8 @@ import numpy as np
 from flax import nnx
 
 from experiments import mgdt_200m, tiny
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core.files import count_argument, output_file_argument
 from mgdt_jax.recipes.mgdt import actor
 from mgdt_jax.envs import atari
 from mgdt_jax.recipes.mgdt.model import MultiGameDecisionTransformer
@@ -189,15 +191,16 @@ def default_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def main() -> None:
+@interruptible("benchmarks/actor.py", errors=(ValueError, OSError))
+def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(CONFIGS), default="tiny")
-    parser.add_argument("--steps", type=int, default=150, help="agent steps per timed run")
-    parser.add_argument("--envs-per-game", type=int, default=2, help="for the 10-game comparisons")
-    parser.add_argument("--overhead-envs", type=int, default=16, help="environments of one game for figure 1")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of figure 1's three measurements")
-    parser.add_argument("--cores", type=int, default=default_cores(), help="cores the ceiling of figure 1 assumes")
-    parser.add_argument("--json", type=path_argument, help="also write the figures here")
+    parser.add_argument("--steps", type=count_argument(), default=150, help="agent steps per timed run")
+    parser.add_argument("--envs-per-game", type=count_argument(), default=2, help="for the 10-game comparisons")
+    parser.add_argument("--overhead-envs", type=count_argument(), default=16, help="environments of one game for figure 1")
+    parser.add_argument("--repeats", type=count_argument(), default=3, help="alternating runs of figure 1's three measurements")
+    parser.add_argument("--cores", type=count_argument(), default=default_cores(), help="cores the ceiling of figure 1 assumes")
+    parser.add_argument("--json", type=output_file_argument, help="also write the figures here")
     args = parser.parse_args()
     for name in ("steps", "repeats", "cores", "envs_per_game", "overhead_envs"):
         if getattr(args, name) < 1:
@@ -259,4 +262,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

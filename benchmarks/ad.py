@@ -51,7 +51,8 @@ from flax import nnx
 from benchmarks.peer_on_cuda import PRECISIONS, peer_command
 from mgdt_jax import envs
 from mgdt_jax.core import host_memory, sharding
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core.files import count_argument, output_file_argument, path_argument, seed_argument
 from mgdt_jax.core.train_step import Trainer
 from mgdt_jax.envs import bandit
 from mgdt_jax.recipes.ad import evaluate
@@ -240,24 +241,25 @@ def bench_peer(peer_python: str, peer_script: Path, modes: list[str], size: str,
         return json.loads(out.read_text())["results"]
 
 
+@interruptible("benchmarks/ad.py", errors=(ValueError, OSError))
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # run as a program, not called from Python
         host_memory.reexec_with_huge_page_malloc()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--modes", default="train,eval", help="comma list of train, eval, layout")
     parser.add_argument("--sizes", default="ad-small", help=f"comma list of {', '.join(SIZES)}")
-    parser.add_argument("--batch", type=int, default=64, help="training batch in windows (the peer's default)")
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed training steps (the first compiles)")
-    parser.add_argument("--eval-episodes", type=int, default=10, help="in-context Dark Room episodes per goal")
-    parser.add_argument("--layout-updates", type=int, default=300, help="training updates per layout (layout mode)")
-    parser.add_argument("--layout-batch", type=int, default=32, help="batch of the layout mode")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=count_argument(), default=64, help="training batch in windows (the peer's default)")
+    parser.add_argument("--steps", type=count_argument(), default=10, help="timed training steps")
+    parser.add_argument("--warmup", type=count_argument(0), default=3, help="untimed training steps (the first compiles)")
+    parser.add_argument("--eval-episodes", type=count_argument(), default=10, help="in-context Dark Room episodes per goal")
+    parser.add_argument("--layout-updates", type=count_argument(), default=300, help="training updates per layout (layout mode)")
+    parser.add_argument("--layout-batch", type=count_argument(), default=32, help="batch of the layout mode")
+    parser.add_argument("--seed", type=seed_argument, default=0)
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="our models' matmul dtype; bfloat16 runs the peer under torch's bf16 autocast (GPU only)")
     parser.add_argument("--peer-python", help="interpreter with torch; runs the PyTorch AD peer")
     parser.add_argument("--peer-script", type=path_argument, default=REPO.parent / "shared" / "peers" / "torch_ad.py")
-    parser.add_argument("--json", type=path_argument, help="write every figure here")
+    parser.add_argument("--json", type=output_file_argument, help="write every figure here")
     args = parser.parse_args(argv)
 
     modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]

@@ -17,13 +17,15 @@ other in a Python loop over NumPy (tabular Q-learning on Dark Room, Thompson sam
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import time
 
 import numpy as np
 
 from mgdt_jax import envs
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core.files import count_argument, output_file_argument
 from mgdt_jax.envs import grid
 from mgdt_jax.recipes.ad import sources
 
@@ -80,13 +82,14 @@ def numpy_thompson_bandit(num_tasks: int, num_pulls: int, seed: int = 0) -> dict
     return {"steps": steps, "seconds": seconds, "steps_per_s": steps / seconds}
 
 
-def main() -> None:
+@interruptible("benchmarks/ad_sources.py", errors=(ValueError, OSError))
+def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", type=int, default=1024, help="learners run at once (vmapped)")
-    parser.add_argument("--episodes", type=int, default=100, help="episodes per learner (bandit: pulls)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls; the best counts")
-    parser.add_argument("--baseline-tasks", type=int, default=8)
-    parser.add_argument("--json", type=path_argument, default=None)
+    parser.add_argument("--tasks", type=count_argument(), default=1024, help="learners run at once (vmapped)")
+    parser.add_argument("--episodes", type=count_argument(), default=100, help="episodes per learner (bandit: pulls)")
+    parser.add_argument("--repeats", type=count_argument(), default=3, help="timed calls; the best counts")
+    parser.add_argument("--baseline-tasks", type=count_argument(), default=8)
+    parser.add_argument("--json", type=output_file_argument, default=None)
     args = parser.parse_args()
 
     baselines = {("darkroom", "q_learning"): numpy_q_learning_darkroom(args.baseline_tasks, args.episodes),
@@ -111,4 +114,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

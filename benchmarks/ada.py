@@ -24,6 +24,7 @@ agent and after the last; float32 has no datasheet peak).
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import tempfile
 import time
@@ -35,7 +36,8 @@ import numpy as np
 
 from experiments import ada_tiny
 from mgdt_jax.core import flops, sharding
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core.files import count_argument, output_file_argument
 from mgdt_jax.core.train_step import Trainer
 
 MATMUL_SIZE = 2048  # float32; the size experiments/common.py's machine line measures
@@ -142,28 +144,28 @@ def measure(agent: str, args: argparse.Namespace) -> dict:
     }
 
 
-def main() -> None:
+@interruptible("benchmarks/ada.py", errors=(ValueError, OSError))
+def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setting", choices=("tiny", "claim"), default="tiny")
-    parser.add_argument("--envs", type=int, help="environments per rollout (default 256)")
-    parser.add_argument("--rollout", type=int, help="steps per rollout (default 32, the claim's 160)")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--envs", type=count_argument(), help="environments per rollout (default 256)")
+    parser.add_argument("--rollout", type=count_argument(), help="steps per rollout (default 32, the claim's 160)")
+    parser.add_argument("--steps", type=count_argument(), default=5)
     parser.add_argument("--agents", default="trxl,gru")
-    parser.add_argument("--d-model", type=int, default=64, help="tiny setting only")
-    parser.add_argument("--layers", type=int, default=2, help="tiny setting only")
-    parser.add_argument("--memory", type=int, default=32, help="tiny setting only")
+    parser.add_argument("--d-model", type=count_argument(), default=64, help="tiny setting only")
+    parser.add_argument("--layers", type=count_argument(), default=2, help="tiny setting only")
+    parser.add_argument("--memory", type=count_argument(), default=32, help="tiny setting only")
     parser.add_argument("--env-factory", default="", help="tiny setting only: module:function (default: arm recall)")
     parser.add_argument("--peak-tflops", type=float, default=0.0,
                         help="per-device peak for MFU (default: the best float32 matmul measured in this run)")
-    parser.add_argument("--json", type=path_argument)
+    parser.add_argument("--json", type=output_file_argument)
     args = parser.parse_args()
     if args.envs is None:
         args.envs = 256
     if args.rollout is None:
         args.rollout = 160 if args.setting == "claim" else 32
-    for name in ("envs", "rollout", "steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} {getattr(args, name)}: must be at least 1")
+    if args.peak_tflops < 0:
+        parser.error(f"--peak-tflops {args.peak_tflops:g}: must be positive (or 0: measure the best matmul)")
     if args.setting == "claim" and args.envs % 16:
         parser.error(f"--envs {args.envs}: the claim's 16 minibatches must divide it")
     print(f"{jax.device_count()} {jax.devices()[0].platform} device(s); {args.setting} setting; "
@@ -193,4 +195,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines import convert, record, replay_logs, rlds_format
+from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core.files import path_argument
 
 GAME = "Pong"
@@ -117,7 +118,8 @@ def measure(kind: str, log_root: Path, out_dir: Path) -> dict:
     return {**result, "steps_per_s": result["steps"] / result["seconds"], "peak_rss_gb": usage.ru_maxrss / 2**20}
 
 
-def main() -> None:
+@interruptible("benchmarks/convert.py", errors=(ValueError, OSError))
+def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100000,1000000", help="rows per checkpoint, comma-separated")
     parser.add_argument("--work", type=path_argument, help="keeps the synthetic logs here between runs (default: a temp dir)")
@@ -125,6 +127,14 @@ def main() -> None:
     parser.add_argument("--logs", type=path_argument, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=path_argument, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    try:
+        sizes = [int(size) for size in args.sizes.split(",")]
+    except ValueError:
+        parser.error(f"--sizes {args.sizes}: not a comma-separated list of whole numbers")
+    if min(sizes) < 1:
+        parser.error(f"--sizes {args.sizes}: every size must be at least 1 row")
+    if args.work is not None and args.work.exists() and not args.work.is_dir():
+        parser.error(f"--work {args.work}: is a file, not a folder")
     if args.child:
         child(args.child, args.logs, args.out)
         return
@@ -134,7 +144,7 @@ def main() -> None:
         if not recording.exists():
             record.record(GAME, steps=3000, out=recording, capacity=4000, progress=False)
         frames = next(replay_logs.read_run(recording / GAME / "1" / "replay_logs")).observations
-        for size in (int(s) for s in args.sizes.split(",")):
+        for size in sizes:
             log_root = work / f"logs_{size}"
             if not log_root.exists():
                 print(f"writing a {size:,}-row checkpoint of {len(frames)} recorded frames, repeated ...", flush=True)
@@ -155,4 +165,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

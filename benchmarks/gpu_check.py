@@ -42,6 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core.files import path_argument
 
 SECTIONS_SCRIPT = Path(__file__).with_name("gpu_check_sections.py")
@@ -105,6 +106,10 @@ def run_section(section: Section, seconds: float, dry_run: bool, scratch: Path) 
     stopped = False
     try:
         returncode = process.wait(timeout=seconds)
+    except KeyboardInterrupt:  # its own session does not get the Ctrl-C: stop it, then the run
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
     except subprocess.TimeoutExpired:
         stopped = True
         os.killpg(process.pid, signal.SIGTERM)
@@ -278,6 +283,7 @@ def git_commit() -> str | None:
         return None
 
 
+@interruptible("benchmarks/gpu_check.py")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=path_argument, default=Path(".bench/gpu_check"), help="where gpu_check.json and .md go")
@@ -304,10 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     started_at = datetime.datetime.now(datetime.timezone.utc)
     start = time.time()
     results: dict[str, dict] = {}
+    interrupted = False
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as scratch:
         missing = {s.name: [m for m in s.requires if not module_exists(m)] for s in sections}
         runnable = [s for s in sections if not missing[s.name]]
         for section in sections:
+            if interrupted:
+                results[section.name] = {"status": "skipped", "reason": "interrupted (Ctrl-C) before it started"}
+                continue
             left = total - (time.time() - start)
             if section not in runnable:
                 results[section.name] = {"status": "skipped",
@@ -321,7 +331,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 runnable.remove(section)
                 seconds = share
-                results[section.name] = run_section(section, seconds, args.dry_run, Path(scratch))
+                try:
+                    results[section.name] = run_section(section, seconds, args.dry_run, Path(scratch))
+                except KeyboardInterrupt:  # the sections finished so far are still reported
+                    interrupted = True
+                    results[section.name] = {"status": "failed", "reason": "interrupted (Ctrl-C)", "figures": {}}
             if results[section.name]["status"] != "ok":
                 print(f"-- {section.name}: {results[section.name]['status']}: {results[section.name].get('reason', '')}",
                       flush=True)
@@ -350,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['date']}, {environment.get('device_kind', 'unknown device')} "
         f"({'dry run, toy sizes' if args.dry_run else 'full sizes'}), {report['total_s']:.0f} s\n\n{table}")
     print(f"\n{table}\n{report['total_s']:.0f} s in all; wrote {args.out / 'gpu_check.json'} and {args.out / 'gpu_check.md'}")
+    if interrupted:
+        raise KeyboardInterrupt  # the report holds what finished; the command still ends as interrupted
     failed = [name for name, result in results.items() if result["status"] in ("failed", "stopped")]
     if failed:
         print(f"gpu_check: {', '.join(failed)} did not finish (see above)", file=sys.stderr)

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core.files import count_argument, output_file_argument
 
 REPO = Path(__file__).resolve().parents[1]
 EPISODE_STEPS = (200, 2_000, 27_000)
@@ -275,18 +276,29 @@ def measure_readers(root: Path, args: argparse.Namespace, cores: list[int]) -> l
     return measured
 
 
-def main() -> None:
+@interruptible("benchmarks/input_pipeline.py", errors=(ValueError, OSError))
+def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps-per-dataset", type=int, default=54_000, help="steps of each synthetic dataset")
-    parser.add_argument("--batch", type=int, default=64, help="windows per batch (window index)")
-    parser.add_argument("--baseline-batch", type=int, default=16, help="windows per batch (today's reader)")
+    parser.add_argument("--steps-per-dataset", type=count_argument(), default=54_000, help="steps of each synthetic dataset")
+    parser.add_argument("--batch", type=count_argument(), default=64, help="windows per batch (window index)")
+    parser.add_argument("--baseline-batch", type=count_argument(), default=16, help="windows per batch (today's reader)")
     parser.add_argument("--seconds", type=float, default=4.0, help="timed seconds per reader variant")
     parser.add_argument("--cores", default=f"1,2,{os.cpu_count()}", help="core counts (deduplicated)")
-    parser.add_argument("--train-steps", type=int, default=400, help="mgdt-train steps (0: skip end to end)")
+    parser.add_argument("--train-steps", type=count_argument(0), default=400, help="mgdt-train steps (0: skip end to end)")
     parser.add_argument("--skip-readers", action="store_true", help="only the end-to-end measurement")
-    parser.add_argument("--json", type=path_argument, help="also write the results here")
+    parser.add_argument("--json", type=output_file_argument, help="also write the results here")
     args = parser.parse_args()
-    cores = sorted({int(c) for c in args.cores.split(",") if 0 < int(c) <= (os.cpu_count() or 1)})
+    try:
+        asked = {int(c) for c in args.cores.split(",")}
+    except ValueError:
+        parser.error(f"--cores {args.cores}: not a comma-separated list of whole numbers")
+    cores = sorted(c for c in asked if 0 < c <= (os.cpu_count() or 1))
+    if not cores:
+        parser.error(f"--cores {args.cores}: none is from 1 to this machine's {os.cpu_count()} CPUs")
+    if args.seconds <= 0:
+        parser.error(f"--seconds {args.seconds:g}: must be positive")
+    if args.skip_readers and not args.train_steps:
+        parser.error("--skip-readers with --train-steps 0 measures nothing")
     print(f"{os.cpu_count()} CPUs; datasets of {args.steps_per_dataset:,} steps; cores {cores}; "
           f"{args.seconds:g} s per variant; {args.train_steps} mgdt-train steps", flush=True)
 
@@ -323,4 +335,4 @@ if __name__ == "__main__":  # Grain's worker processes re-import this module
         measure = {"reader": measure_reader, "fixed": fixed_batch_rate}[sys.argv[2]]
         print(json.dumps(measure(json.loads(sys.argv[3]))))
     else:
-        main()
+        sys.exit(main())

@@ -64,7 +64,8 @@ from benchmarks.peer_on_cuda import PRECISIONS, peer_command
 from benchmarks.train import peer_available
 from mgdt_jax.core.flops import matmul_peak  # the same probe as the MGDT benchmark's
 from mgdt_jax.core import host_memory, sharding
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core.files import count_argument, output_file_argument, path_argument, seed_argument
 from mgdt_jax.core.flops import decoder_flops
 from mgdt_jax.core.train_step import Trainer
 from mgdt_jax.recipes.jat.data import empty_batch
@@ -215,6 +216,7 @@ def parse_sizes(text: str, batch: int) -> list[tuple[str, int]]:
     return sizes
 
 
+@interruptible("benchmarks/jat.py", errors=(ValueError, OSError))
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # run as a program, not called from Python
         host_memory.reexec_with_huge_page_malloc()
@@ -222,19 +224,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="train", help="comma list of train, eval")
     parser.add_argument("--task", default="mujoco,atari", help=f"training tasks, comma list of {', '.join(TASKS)}")
     parser.add_argument("--sizes", default="jat-small,jat@2", help="comma list of jat-small, jat; NAME@B sets its batch")
-    parser.add_argument("--batch", type=int, default=8, help="training batch of a size without @B (the peer's default)")
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed training steps (the first compiles)")
+    parser.add_argument("--batch", type=count_argument(), default=8, help="training batch of a size without @B (the peer's default)")
+    parser.add_argument("--steps", type=count_argument(), default=10, help="timed training steps")
+    parser.add_argument("--warmup", type=count_argument(0), default=3, help="untimed training steps (the first compiles)")
     parser.add_argument("--all-groups", action="store_true", help="train the model of a mixed run (continuous + image)")
     parser.add_argument("--eval-task", default="metaworld-reach", help="a continuous Meta-World or MuJoCo JAT task")
-    parser.add_argument("--eval-episodes", type=int, default=10, help="environments (one episode each)")
-    parser.add_argument("--eval-max-steps", type=int, help="cut episodes after this many steps (default: the env's limit)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-episodes", type=count_argument(), default=10, help="environments (one episode each)")
+    parser.add_argument("--eval-max-steps", type=count_argument(), help="cut episodes after this many steps (default: the env's limit)")
+    parser.add_argument("--seed", type=seed_argument, default=0)
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="our models' matmul dtype; bfloat16 runs the peer under torch's bf16 autocast (GPU only)")
     parser.add_argument("--peer-python", help="interpreter with torch and transformers; runs the PyTorch JAT peer")
     parser.add_argument("--peer-script", type=path_argument, default=REPO.parent / "shared" / "peers" / "torch_jat.py")
-    parser.add_argument("--json", type=path_argument, help="write every figure here")
+    parser.add_argument("--json", type=output_file_argument, help="write every figure here")
     args = parser.parse_args(argv)
 
     modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]

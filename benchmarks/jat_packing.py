@@ -11,6 +11,7 @@ the same groups, tasks and start steps (same seed); only the row layout differs.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import jax
@@ -18,7 +19,8 @@ import numpy as np
 
 from experiments import jat_tiny
 from mgdt_jax.core import sharding
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core.files import count_argument, path_argument
 from mgdt_jax.core.train_step import Trainer
 from mgdt_jax.recipes.jat import data
 
@@ -45,12 +47,13 @@ def measure(config, packing: bool, steps: int) -> dict[str, float]:
     return {"real_fraction": real, "steps_per_second": steps / seconds, "real_steps_per_second": real_steps / seconds}
 
 
-def main() -> None:
+@interruptible("benchmarks/jat_packing.py", errors=(ValueError, OSError))
+def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=path_argument, required=True)
     parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=count_argument(), default=20)
+    parser.add_argument("--batch", type=count_argument(), default=16)
     args = parser.parse_args()
     config = jat_tiny.get_config()
     config.model.groups = ("discrete", "continuous")  # the default tasks have no images
@@ -65,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

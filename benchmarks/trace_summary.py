@@ -29,7 +29,8 @@ from typing import Any
 import jax
 from jax.profiler import ProfileData
 
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core.files import count_argument, path_argument
 
 MATMUL_MARKERS = ("gemm", "nvjet", "cutlass", "xmma", "cublas", "wgmma", "dot", "ynn", "xnn")
 # Events that enclose or wait for the work rather than being it (they would count it twice).
@@ -87,11 +88,12 @@ def traced_steps(step: Callable, state: Any, batch: Any, steps: int = 3) -> tupl
     return state, {**summary, "wall_s_per_step": wall / steps}
 
 
+@interruptible("benchmarks/trace_summary.py", errors=(ValueError, OSError))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("trace", type=path_argument, help="a .xplane.pb written by jax.profiler.trace")
-    parser.add_argument("--steps", type=int, default=1, help="steps the trace holds (figures are per step)")
-    parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--steps", type=count_argument(), default=1, help="steps the trace holds (figures are per step)")
+    parser.add_argument("--top", type=count_argument(), default=20)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.top < 1:
         raise SystemExit(f"trace_summary: --steps and --top must be at least 1, got {args.steps} and {args.top}")

@@ -34,7 +34,8 @@ import numpy as np
 
 from experiments import mgdt_1b, mgdt_10m, mgdt_40m, mgdt_200m, tiny
 from mgdt_jax.core import host_memory, sharding
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core.files import count_argument, output_file_argument, path_argument
 from mgdt_jax.recipes.mgdt import tokens
 from mgdt_jax.recipes.mgdt.flops import training_flops
 from mgdt_jax.core import flops
@@ -132,12 +133,13 @@ def parse_sizes(text: str, default_batch: int) -> list[tuple[str, int]]:
         name, _, batch = entry.lower().partition("@")
         if name not in SIZES:
             raise SystemExit(f"--sizes: unknown size {name!r}; choose from {', '.join(SIZES)}")
-        if batch and not batch.isdigit():
+        if batch and not (batch.isdigit() and int(batch) > 0):
             raise SystemExit(f"--sizes: batch of {entry!r} is not a positive integer")
         entries.append((name, int(batch) if batch else default_batch))
     return entries
 
 
+@interruptible("benchmarks/train.py", errors=(ValueError, OSError))
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # run as a program, not called from Python
         host_memory.reexec_with_huge_page_malloc()
@@ -145,16 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="tiny,10m,40m" if on_cpu else "tiny,10m,40m,200m,1b",
                         help="comma list of tiny,10m,40m,200m,1b; NAME@B sets that size's batch")
-    parser.add_argument("--batch", type=int, default=32 if on_cpu else 256, help="global batch in windows")
+    parser.add_argument("--batch", type=count_argument(), default=32 if on_cpu else 256, help="global batch in windows")
     parser.add_argument("--dtype", default="float32" if on_cpu else "bfloat16", choices=["float32", "bfloat16"],
                         help="matmul dtype (the peer is float32)")
     parser.add_argument("--optimizers", default="lamb,adamw",
                         help="lamb (our default, the paper's) and/or adamw (the peer's, for like-for-like)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per size")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per size (the first compiles)")
+    parser.add_argument("--steps", type=count_argument(), default=10, help="timed steps per size")
+    parser.add_argument("--warmup", type=count_argument(0), default=3, help="untimed steps per size (the first compiles)")
     parser.add_argument("--peer-python", help="interpreter with torch + transformers; runs the PyTorch peer")
     parser.add_argument("--peer-script", type=path_argument, default=REPO.parent / "shared" / "peers" / "torch_mgdt.py")
-    parser.add_argument("--json", type=path_argument, help="write every figure here")
+    parser.add_argument("--json", type=output_file_argument, help="write every figure here")
     args = parser.parse_args(argv)
 
     sizes = parse_sizes(args.sizes, args.batch)

@@ -19,6 +19,7 @@ under vmap).
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import tempfile
 import time
@@ -27,7 +28,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core.files import count_argument, output_file_argument
 from mgdt_jax.envs.xland import generator, trials
 
 
@@ -101,15 +103,16 @@ def plain_env_rollout(env_id: str, max_steps: int, rulesets, num_envs: int, num_
     return run
 
 
-def main() -> None:
+@interruptible("benchmarks/xland.py", errors=(ValueError, OSError))
+def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--envs", type=int, nargs="+", default=[256, 1024, 8192])
-    parser.add_argument("--steps", type=int, default=256, help="steps per environment in one timed call")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--envs", type=count_argument(), nargs="+", default=[256, 1024, 8192])
+    parser.add_argument("--steps", type=count_argument(), default=256, help="steps per environment in one timed call")
+    parser.add_argument("--repeats", type=count_argument(), default=3)
     parser.add_argument("--preset", choices=sorted(generator.PRESETS), default="trivial")
     parser.add_argument("--env-id", default="XLand-MiniGrid-R1-9x9")
-    parser.add_argument("--trials", type=int, default=5)
-    parser.add_argument("--json", type=path_argument, default=None)
+    parser.add_argument("--trials", type=count_argument(), default=5)
+    parser.add_argument("--json", type=output_file_argument, default=None)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -138,4 +141,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import os
 import sys
 
 from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core import files
 from mgdt_jax.core.files import path_argument, seed_argument
 from mgdt_jax.envs.xland import generator
 
@@ -55,8 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mgdt-xland-benchmark: error: {args.out} exists (use --force to overwrite)", file=sys.stderr)
         return 1
     try:
-        arrays, stats = generator.generate(settings, args.count, args.seed, progress=not args.no_progress)
-        record = generator.write(arrays, args.out, settings=settings, seed=args.seed, preset=preset, stats=stats)
+        with files.removing_created_folders(args.out.parent):
+            args.out.parent.mkdir(parents=True, exist_ok=True)  # made, and found writable, before generating
+            if not os.access(args.out.parent, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            arrays, stats = generator.generate(settings, args.count, args.seed, progress=not args.no_progress)
+            record = generator.write(arrays, args.out, settings=settings, seed=args.seed, preset=preset, stats=stats)
     except generator.BenchmarkError as error:
         print(f"mgdt-xland-benchmark: error: {error}", file=sys.stderr)
         return 1

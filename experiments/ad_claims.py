@@ -42,7 +42,7 @@ import numpy as np
 from experiments import ad_bandit, ad_darkroom, ad_key_to_door, common
 from mgdt_jax import envs
 from mgdt_jax.core.commands import interruptible
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.files import path_argument, seed_argument
 from mgdt_jax.recipes.ad import comparison, sources
 from mgdt_jax.recipes.ad.model import OBSERVATION_EMBEDDINGS
 from mgdt_jax.recipes.ad.recipe import ADRecipe
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("claim", choices=sorted(CLAIMS))
     parser.add_argument("--quick", action="store_true", help="a smoke run of the same pipeline (no claim)")
     parser.add_argument("--out", type=path_argument, required=True)
-    parser.add_argument("--seed", type=int, default=0, help="histories, initialisation, window order and evaluation "
+    parser.add_argument("--seed", type=seed_argument, default=0, help="histories, initialisation, window order and evaluation "
                         "(the task split stays the same)")
     parser.add_argument("--source", help="distil this source instead of the claim's (a variant, no claim)")
     parser.add_argument("--train-steps", type=int, help="AD updates instead of the claim's")

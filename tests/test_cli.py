@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 from absl import app
 
 from mgdt_jax.core.commands import INTERRUPTED, ConsoleScript
-from mgdt_jax.core.files import MAX_SEED, path_argument, seed_argument
+from mgdt_jax.core.files import MAX_SEED, count_argument, output_file_argument, path_argument, seed_argument
 from tests.processes import popen_as_from_a_terminal
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -120,6 +121,52 @@ def test_a_seed_no_generator_takes_is_refused_in_one_line(program, monkeypatch, 
             assert exit_status.value.code == 2
             assert f"argument {name}: {fault}" in capsys.readouterr().err.splitlines()[-1]
         assert action.type(str(MAX_SEED)) == MAX_SEED and action.type("0") == 0
+
+
+BENCHMARKS = sorted(path.stem for path in (REPOSITORY / "benchmarks").glob("*.py")
+                    if path.stem not in ("gpu_check_sections", "peer_on_cuda", "__init__"))
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_benchmark_scripts_check_their_arguments_before_measuring(name, monkeypatch, capsys, tmp_path):
+    # A --json in a missing folder failed only when the figures were written, at the end; a count of
+    # 0 divided by zero or measured nothing; a bad seed wrapped around.
+    module = import_module(f"benchmarks.{name}")
+    parsers = []
+
+    def capture(parser, *args, **kwargs):
+        parsers.append(parser)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    monkeypatch.setattr(sys, "argv", ["pytest"])  # not the script: interruptible would end this process
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")  # else some re-execute themselves first
+    assert module.main() == INTERRUPTED  # interruptible: Ctrl-C is one line here too
+    assert capsys.readouterr().err == f"benchmarks/{name}.py: interrupted\n"
+    (parser,) = parsers
+    for action in parser._actions:
+        assert action.type is not int, f"{action.option_strings}: a count says its least (files.count_argument)"
+        if "--json" in action.option_strings:
+            assert action.type is output_file_argument
+        if "--seed" in action.option_strings:
+            assert action.type is seed_argument
+    for action in parser._actions:
+        if "--json" in action.option_strings:
+            with pytest.raises(SystemExit):
+                parser.parse_known_args(["--json", str(tmp_path / "missing" / "figures.json")])
+            assert f"its folder {tmp_path / 'missing'} does not exist" in capsys.readouterr().err
+
+
+def test_count_and_output_file_arguments_name_the_fault(tmp_path):
+    count = count_argument(1)
+    assert count("3") == 3
+    for text, fault in (("0", "0: must be at least 1"), ("abc", "'abc' is not a whole number")):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(fault)):
+            count(text)
+    assert count_argument(0)("0") == 0
+    assert output_file_argument(str(tmp_path / "out.json")) == tmp_path / "out.json"
+    with pytest.raises(argparse.ArgumentTypeError, match="is a directory"):
+        output_file_argument(str(tmp_path))
 
 
 def test_ctrl_c_while_recording_leaves_the_logs_named_unfinished(tmp_path):

@@ -525,6 +525,18 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
         (["--config", str(config_path), "--config.train.batch_size=abc", "--workdir", str(tmp_path / "run")],
          "flag --config.train.batch_size=abc: invalid literal for int() with base 10: 'abc'"),
         (["--config", str(config_path)], "flag --workdir=None: Flag --workdir must have a value other than None."),
+    ]
+    for name, text in (("no_get_config", "def config():\n    return 1\n"), ("a_dict", "def get_config():\n    return {}\n"),
+                       ("broken", "def get_config(:\n")):
+        (tmp_path / f"{name}.py").write_text(text)
+    cases += [
+        (["--config", str(tmp_path / "no_get_config.py"), "--workdir", str(tmp_path / "run")],
+         f"--config {tmp_path / 'no_get_config.py'}: defines no get_config() (an experiment config is a Python file "
+         "whose get_config() returns an ml_collections ConfigDict)"),
+        (["--config", str(tmp_path / "a_dict.py"), "--workdir", str(tmp_path / "run")],
+         f"--config {tmp_path / 'a_dict.py'}: get_config() returned a dict, not an ml_collections ConfigDict"),
+        (["--config", str(tmp_path / "broken.py"), "--workdir", str(tmp_path / "run")],
+         f"--config {tmp_path / 'broken.py'}: line 1: invalid syntax"),
         (["--config", str(config_path), "--workdir", ""], "the workdir is empty: name a run folder"),
     ]
     # A multi-host launch outside SLURM (docs/training.md) with a bad process count or index.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import jax
 from absl import app, flags, logging
+import ml_collections
 from ml_collections import config_flags
 
 from mgdt_jax.core.commands import interruptible
@@ -44,6 +45,10 @@ def _train(argv: list[str]) -> int:
         print(f"mgdt-train: error: --config {config_file}: no such file", file=sys.stderr)
         return 1
     config = _CONFIG.value
+    if not isinstance(config, ml_collections.ConfigDict):  # a plain dict has no config.train to read
+        print(f"mgdt-train: error: --config {config_file}: get_config() returned a {type(config).__name__}, not an "
+              "ml_collections ConfigDict", file=sys.stderr)
+        return 1
     try:
         result = loop.train(config, _WORKDIR.value)
     except (CheckpointError, loop.TrainingDiverged, ValueError, OSError) as error:  # bad data is a ValueError
@@ -80,13 +85,30 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as error:
         print(f"mgdt-train: error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(1)
+    except SyntaxError as error:  # in the config file, loaded while the flags are parsed
+        print(f"mgdt-train: error: --config {error.filename}: line {error.lineno}: {error.msg}", file=sys.stderr)
+        sys.exit(1)
     except (AttributeError, KeyError) as error:
         text = str(error)
         with contextlib.suppress(ValueError, SyntaxError):
             text = str(ast.literal_eval(text))  # ml_collections nests the message in a repr
-        print(f"mgdt-train: error: a --config override names no field of the config ({' '.join(text.split())})",
-              file=sys.stderr)
+        if "has no attribute 'get_config'" in text:
+            print(f"mgdt-train: error: --config {_config_argument(argv)}: defines no get_config() (an experiment config "
+                  "is a Python file whose get_config() returns an ml_collections ConfigDict)", file=sys.stderr)
+        else:
+            print(f"mgdt-train: error: a --config override names no field of the config ({' '.join(text.split())})",
+                  file=sys.stderr)
         sys.exit(1)
+
+
+def _config_argument(argv: list[str]) -> str:
+    """The value of ``--config`` in ``argv`` (``--config FILE`` or ``--config=FILE``)."""
+    for index, argument in enumerate(argv):
+        if argument.startswith("--config="):
+            return argument.split("=", 1)[1]
+        if argument == "--config" and index + 1 < len(argv):
+            return argv[index + 1]
+    return "(none given)"
 
 
 @interruptible("mgdt-train")

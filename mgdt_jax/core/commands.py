@@ -19,9 +19,13 @@ from typing import Callable
 INTERRUPTED = 130  # 128 + SIGINT: the exit status a shell gives a command stopped by Ctrl-C
 
 
-def interruptible(program: str) -> Callable[[Callable[..., int | None]], Callable[..., int | None]]:
+def interruptible(program: str, *, errors: tuple[type[Exception], ...] = ()
+                  ) -> Callable[[Callable[..., int | None]], Callable[..., int | None]]:
     """Decorates a CLI's ``main`` so Ctrl-C ends it with ``PROGRAM: interrupted`` on stderr instead
-    of Python's KeyboardInterrupt traceback.
+    of Python's KeyboardInterrupt traceback. An exception of ``errors`` escaping ``main`` ends it with
+    ``PROGRAM: error: <its first line>`` and status 1: for scripts whose arguments go straight to the
+    library functions that check them (the benchmarks: the project's own faults are ValueErrors with
+    one-line messages, a missing or unwritable file an OSError).
 
     Started as the command (its console script, ``python -m`` or the module's file), the process
     then kills itself with SIGINT, as Python ends a program stopped by Ctrl-C (a shell reads exit
@@ -50,6 +54,11 @@ def interruptible(program: str) -> Callable[[Callable[..., int | None]], Callabl
                         raise
                 except KeyboardInterrupt:
                     pass
+                except errors as error:
+                    if not seen:
+                        print(f"{program}: error: {(str(error).strip().splitlines() or [type(error).__name__])[0]}",
+                              file=sys.stderr, flush=True)
+                        return 1
             print(f"{program}: interrupted", file=sys.stderr, flush=True)
             if not _started_as(program, main):
                 return INTERRUPTED

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,38 @@ def seed_argument(text: str) -> int:
     if not 0 <= seed <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"{seed} is out of range: a seed is a whole number from 0 to {MAX_SEED}")
     return seed
+
+
+def count_argument(least: int = 1) -> Callable[[str], int]:
+    """The argparse ``type`` of a count flag (steps, batch, repeats, ...): a whole number >= ``least``;
+    ArgumentTypeError otherwise (a zero count divided by zero or measured nothing)."""
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value}: must be at least {least}")
+        return value
+
+    count.__name__ = f"count (>= {least})"  # argparse names the type in some messages
+    return count
+
+
+def output_file_argument(text: str) -> Path:
+    """The argparse ``type`` of a flag naming a file a command writes at its end (``--json``):
+    checked before the work, so a bad path does not cost the figures. ArgumentTypeError for an empty
+    path, a directory, or a file whose folder does not exist or cannot be written."""
+    path = path_argument(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path}: is a directory; name the file to write")
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{path}: its folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"{path}: cannot be written")
+    return path
 
 
 def write_text(path: Path, text: str) -> None:
