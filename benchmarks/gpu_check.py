@@ -285,7 +285,9 @@ def git_commit() -> str | None:
 
 @interruptible("benchmarks/gpu_check.py")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="benchmarks/gpu_check.sh also takes --wheels DIR: the .whl files in DIR "
+                                            "(benchmarks/gpu_check_wheels.sh fetches ale-py's) installed for this run only")
     parser.add_argument("--out", type=path_argument, default=Path(".bench/gpu_check"), help="where gpu_check.json and .md go")
     parser.add_argument("--only", help=f"comma list of sections to run: {','.join(SECTIONS_BY_NAME)}")
     parser.add_argument("--skip", help="comma list of sections to leave out")
