@@ -285,6 +285,22 @@ def test_an_accelerator_without_room_for_the_step_is_named():
         train_step.check_step_fits(compiled, [Device(1000)])
 
 
+def test_a_file_named_like_a_step_is_moved_aside_not_replaced(request, tmp_path, capsys):
+    # The save of that step replaced the user's file.
+    config_path = tmp_path / "tiny_ad.py"
+    config_path.write_text(CASES["ad"].config_file(request, num_steps=2, checkpoint_every=1))
+    workdir = tmp_path / "run"
+    assert loop.train(load_config(config_path), workdir).last_step == 2
+    stray = workdir / checkpointing.CHECKPOINTS / "4"
+    stray.write_text("my notes")
+    config = load_config(config_path)
+    config.train.num_steps = 4
+    assert loop.train(config, workdir).last_checkpoint == 4
+    assert (workdir / checkpointing.CHECKPOINTS / "4").is_dir()
+    assert (workdir / checkpointing.INCOMPLETE / "4").read_text() == "my notes"
+    assert f"warning: {stray}: a file where checkpoint step 4 would be saved; moved to " in capsys.readouterr().err
+
+
 def test_a_host_whose_data_is_bad_stops_every_host_of_the_job_in_one_line(request, tmp_path):
     # Each host reads its own copy of the data; one copy missing used to leave the other host to
     # time out in its next collective with a traceback.

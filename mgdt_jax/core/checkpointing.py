@@ -284,25 +284,39 @@ def pick_checkpoint(path: str | Path, step: int | None = None, *, items: Sequenc
     return choice.directory, choice.step
 
 
+def _move_aside(path: Path, aside: Path) -> Path:
+    """Moves ``path`` into the folder ``aside`` under its name (``NAME.1``, ``NAME.2``, ... if taken); the new path."""
+    aside.mkdir(exist_ok=True)
+    target, copy = aside / path.name, 1
+    while target.exists():
+        target, copy = aside / f"{path.name}.{copy}", copy + 1
+    shutil.move(path, target)
+    return target
+
+
 def _tidy_directory(directory: Path, choice: CheckpointChoice) -> None:
     """Moves the skipped steps of ``directory`` to its sibling INCOMPLETE, so new saves can use their
     numbers, and seals the complete steps that lack digests.
 
-    Moved, not deleted: an incomplete checkpoint may still be someone's copy in progress. Process 0
-    moves and seals; every process has listed the steps before and waits until it is done.
+    A file (not a folder) named like a step goes there too, with a warning: the save of that step
+    would replace it. Moved, not deleted: an incomplete checkpoint may still be someone's copy in
+    progress. Process 0 moves and seals; every process has listed the steps before and waits until
+    it is done.
     """
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("mgdt_jax: checkpoints listed")
     if jax.process_index() == 0:
+        aside = directory.parent / INCOMPLETE
         if choice.skipped:
             print_warning(choice)
-            aside = directory.parent / INCOMPLETE
-            aside.mkdir(exist_ok=True)
             for step, _ in choice.skipped:
-                target, copy = aside / str(step), 1
-                while target.exists():
-                    target, copy = aside / f"{step}.{copy}", copy + 1
-                shutil.move(directory / str(step), target)
+                _move_aside(directory / str(step), aside)
+        strays = sorted(path for path in directory.iterdir() if _is_step_name(path.name) and not path.is_dir()) \
+            if directory.is_dir() else []
+        for path in strays:
+            target = _move_aside(path, aside)
+            print(f"warning: {path}: a file where checkpoint step {path.name} would be saved; moved to {target}",
+                  file=sys.stderr, flush=True)
         for step in checkpoint_steps(directory):
             if not is_sealed(directory / str(step)) and incomplete_reason(directory / str(step), items=()) is None:
                 seal(directory / str(step))
