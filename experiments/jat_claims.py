@@ -402,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         setting = dataclasses.replace(setting, eval_episodes=args.eval_episodes)
     if args.data is not None and args.claim != "kappa":
         parser.error("--data is for kappa (mini-jat records its own data into OUT/data)")
+    if args.out.exists() and not args.out.is_dir():  # before the machine's matmul is timed for the header
+        parser.error(f"--out {args.out}: is a file, not a folder")
     if args.data is not None and not args.data.is_dir():  # a typo would record every task afresh into it
         parser.error(f"--data {args.data}: no such folder of recorded tasks")
     if args.docs is not None and not args.docs.is_file():
