@@ -28,6 +28,7 @@ the sections need jax, flax, optax and numpy only, run from the repository root 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import importlib.util
@@ -105,19 +106,20 @@ def run_section(section: Section, seconds: float, dry_run: bool, scratch: Path) 
     process = subprocess.Popen(command, start_new_session=True, env=environment)
     stopped = False
     try:
-        returncode = process.wait(timeout=seconds)
-    except KeyboardInterrupt:  # its own session does not get the Ctrl-C: stop it, then the run
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        raise
-    except subprocess.TimeoutExpired:
-        stopped = True
-        os.killpg(process.pid, signal.SIGTERM)
         try:
-            returncode = process.wait(timeout=5)
+            returncode = process.wait(timeout=seconds)
         except subprocess.TimeoutExpired:
+            stopped = True
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                returncode = process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                returncode = process.wait()
+    finally:  # its own session gets no Ctrl-C: whatever ends the wait, nothing of it is left running
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-            returncode = process.wait()
+        process.wait()
     try:
         result = json.loads(result_path.read_text())
     except (OSError, json.JSONDecodeError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import filecmp
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -225,6 +226,13 @@ def test_another_recipes_dataset_is_named_as_such_not_sent_to_mgdt_index(darkroo
     assert str(error.value) == expected
     assert build_index.main([str(darkroom_histories_dir)]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == f"mgdt-index: error: {expected}"
+
+
+def test_a_jat_dataset_is_named_as_another_recipes(jat_datasets):
+    directory = next(iter(jat_datasets.values()))
+    with pytest.raises(DataError, match=re.escape(f"{directory}: observations are a dict of features, expected "
+                                                  "(84, 84, 1)")):
+        training_data(config(directory))
 
 
 def test_a_stale_index_is_refused_and_rebuilt_where_it_changed(rlds_dataset_dir, tmp_path, capsys):

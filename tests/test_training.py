@@ -253,6 +253,7 @@ def test_a_workdir_another_training_is_writing_to_is_refused_and_a_killed_ones_t
     assert not (workdir / loop.TRAINING_CLAIM).exists()
 
 
+@pytest.mark.skipif(jax.devices()[0].platform != "cpu", reason="checks the host memory of CPU devices")
 def test_a_step_that_cannot_fit_in_memory_is_refused_before_it_runs(request, tmp_path, monkeypatch):
     # A window or batch far too large (MGDT model.num_steps 2000) got the process killed by the kernel.
     config_path = tmp_path / "tiny_ad.py"  # the loop's check, the same for every recipe: the fastest checks it
@@ -543,7 +544,7 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
         (["--config", str(config_path)], "flag --workdir=None: Flag --workdir must have a value other than None."),
     ]
     for name, text in (("no_get_config", "def config():\n    return 1\n"), ("a_dict", "def get_config():\n    return {}\n"),
-                       ("broken", "def get_config(:\n")):
+                       ("broken", "def get_config(:\n"), ("raising", "def get_config():\n    return None.train\n")):
         (tmp_path / f"{name}.py").write_text(text)
     cases += [
         (["--config", str(tmp_path / "no_get_config.py"), "--workdir", str(tmp_path / "run")],
@@ -553,6 +554,9 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
          f"--config {tmp_path / 'a_dict.py'}: get_config() returned a dict, not an ml_collections ConfigDict"),
         (["--config", str(tmp_path / "broken.py"), "--workdir", str(tmp_path / "run")],
          f"--config {tmp_path / 'broken.py'}: line 1: invalid syntax"),
+        (["--config", str(tmp_path / "raising.py"), "--workdir", str(tmp_path / "run")],
+         f"--config {tmp_path / 'raising.py'}: get_config() failed: AttributeError: 'NoneType' object has no "
+         "attribute 'train'"),
         (["--config", str(config_path), "--workdir", ""], "the workdir is empty: name a run folder"),
     ]
     # A multi-host launch outside SLURM (docs/training.md) with a bad process count or index.

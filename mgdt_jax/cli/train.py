@@ -95,6 +95,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
         if "has no attribute 'get_config'" in text:
             print(f"mgdt-train: error: --config {_config_argument(argv)}: defines no get_config() (an experiment config "
                   "is a Python file whose get_config() returns an ml_collections ConfigDict)", file=sys.stderr)
+        elif not any(argument.startswith("--config.") for argument in argv):  # raised by the file's own code
+            print(f"mgdt-train: error: --config {_config_argument(argv)}: get_config() failed: {type(error).__name__}: "
+                  f"{' '.join(text.split())}", file=sys.stderr)
         else:
             print(f"mgdt-train: error: a --config override names no field of the config ({' '.join(text.split())})",
                   file=sys.stderr)

@@ -41,7 +41,6 @@ read unchecked until then.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -129,11 +128,6 @@ def _item_incomplete_reason(item_directory: Path) -> str | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
-
-
 def is_sealed(step_directory: Path) -> bool:
     """Whether the step has a digests file (``seal`` ran on it; anything at that name counts)."""
     return os.path.lexists(step_directory / DIGESTS)
@@ -149,7 +143,7 @@ def seal(step_directory: Path) -> None:
     written, so mostly from the page cache).
     """
     digests = {"step": int(step_directory.name), "sha256": {
-        path.relative_to(step_directory).as_posix(): _sha256(path)
+        path.relative_to(step_directory).as_posix(): files.sha256(path)
         for path in sorted(step_directory.rglob("*")) if path.is_file() and not path.name.startswith(DIGESTS)}}
     files.write_json(step_directory / DIGESTS, digests)
 
@@ -198,7 +192,7 @@ def verify(step_directory: Path, items: Sequence[str]) -> None:
         path = step_directory / names[index]
         if not path.is_file():
             first = index * len(faults)
-        elif _sha256(path) != recorded["files"][names[index]]:
+        elif files.sha256(path) != recorded["files"][names[index]]:
             first = index * len(faults) + 1
         else:
             continue

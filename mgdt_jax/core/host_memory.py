@@ -62,18 +62,23 @@ def launch_environment() -> dict[str, str]:
 
 
 def available_bytes() -> int | None:
-    """Memory this process may still take (Linux: ``MemAvailable``, capped by a cgroup v2 limit), or None."""
+    """Memory this process may still take, or None off Linux: ``MemAvailable``, capped by the limit
+    of this process's cgroup (v2: ``memory.max`` less what it uses, page cache it can drop not
+    counted as used; v1 limits are not read)."""
     try:
         meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
         available = int(meminfo["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         return None
     try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        group = next(line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::"))
+        folder = Path("/sys/fs/cgroup") / group.strip().lstrip("/")
+        limit = (folder / "memory.max").read_text().strip()
         if limit.isdigit():
+            stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines() if line.count(" ") == 1)
+            used = int((folder / "memory.current").read_text()) - int(stat.get("inactive_file", 0))
             available = min(available, int(limit) - used)
-    except (OSError, ValueError):
+    except (OSError, ValueError, StopIteration):
         pass
     return available
 

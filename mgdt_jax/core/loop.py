@@ -177,8 +177,8 @@ def _train(
         # A recipe may have several batch layouts (JAT: one per modality group), each its own program
         # and its own cost.
         first_layout = jax.tree.structure(first_batch)
-        compiled = {first_layout: trainer.lower_step(_shapes(first_batch)).compile()}
-        with sharding.every_process_or_none():
+        with sharding.every_process_or_none():  # a host whose step cannot fit stops them all
+            compiled = {first_layout: trainer.lower_step(_shapes(first_batch)).compile()}
             check_step_fits(compiled[first_layout])
         costs = {first_layout: recipe.batch_cost(train_config.batch_size, first_batch)}
         writer.print(_flops_cross_check(costs[first_layout].flops, compiled[first_layout]))
@@ -196,8 +196,8 @@ def _train(
             layout = jax.tree.structure(batch)
             if layout not in compiled:  # a new layout: its compilation is not timed
                 with throughput.paused():
-                    compiled[layout] = trainer.lower_step(_shapes(batch)).compile()
                     with sharding.every_process_or_none():
+                        compiled[layout] = trainer.lower_step(_shapes(batch)).compile()
                         check_step_fits(compiled[layout])
                     costs[layout] = recipe.batch_cost(train_config.batch_size, batch)
             state, metrics = compiled[layout](state, batch)

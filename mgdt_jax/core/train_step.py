@@ -8,7 +8,7 @@ recipe (mgdt_jax/core/recipe.py); this module knows no agent.
 How to use::
 
     import numpy as np
-    from mgdt_jax.core import host_memory, sharding
+    from mgdt_jax.core import sharding
     from mgdt_jax.core.train_step import Trainer
 
     config = experiments.tiny.get_config()          # or a plain dict-of-dicts with the same fields
@@ -283,24 +283,26 @@ def check_step_fits(compiled: jax.stages.Compiled, devices: Sequence[jax.Device]
     available memory (``MemAvailable``, or less under a cgroup limit). Without the check a window
     or batch too large (attention is quadratic in the sequence: ``model.num_steps`` 2000 asked for
     terabytes) got the process killed by the kernel or ended in an allocation traceback. Says
-    nothing where the backend or the host does not report these figures.
+    nothing where the backend, the accelerator's allocator or the host does not report these figures.
     """
     devices = list(devices if devices is not None else jax.local_devices())
     try:
         analysis = compiled.memory_analysis()
+        stats = devices[0].memory_stats() or {}
     except (NotImplementedError, jax.errors.JaxRuntimeError):
         return
     if analysis is None:
         return
     need = analysis.temp_size_in_bytes + max(analysis.output_size_in_bytes - analysis.alias_size_in_bytes, 0)
-    stats = devices[0].memory_stats() or {}
     if "bytes_limit" in stats:
         free, where = stats["bytes_limit"] - stats.get("bytes_in_use", 0), f"a {devices[0].device_kind} has"
-    else:
+    elif devices[0].platform == "cpu":
         free, need = host_memory.available_bytes(), need * len(devices)
         where = f"{len(devices)} CPU device(s) share the host's memory, which has"
+    else:  # an accelerator whose allocator reports no limit (e.g. XLA_PYTHON_CLIENT_ALLOCATOR=platform)
+        return
     if free is not None and need > free:
         raise ValueError(
             f"the compiled train step needs {host_memory.describe_bytes(need)} more memory and {where} "
-            f"{host_memory.describe_bytes(free)} free (XLA's memory analysis): lower config.train.batch_size or "
-            "the model's sequence (model.num_steps) or size, or set config.train.grad_accum_steps or config.model.remat")
+            f"{host_memory.describe_bytes(free)} free (XLA's memory analysis): lower config.train.batch_size or the "
+            "model's sequence length or size, or set config.train.grad_accum_steps (or the model's remat, where it has one)")

@@ -106,11 +106,17 @@ def _check_shard_digests(directory: Path, paths: Sequence[Any], digests: Any) ->
     were recorded have none to check."""
     if digests is None:
         return
+    if not isinstance(digests, dict):
+        raise HistoryError(f"{directory}: its metadata.json's {SHARD_DIGESTS} is not a table of shard digests")
     for path in paths:
         name = Path(os.fspath(path)).name
         if name not in digests:
             raise HistoryError(f"{directory}: its metadata.json records no digest of shard {name}; regenerate the dataset")
-        if files.sha256(path) != digests[name]:
+        try:
+            digest = files.sha256(path)
+        except OSError as error:
+            raise HistoryError(f"{Path(os.fspath(path))}: unreadable ({error.strerror or error})") from None
+        if digest != digests[name]:
             raise HistoryError(f"{Path(os.fspath(path))}: not the shard mgdt-ad-histories wrote here (its SHA-256 differs "
                                "from metadata.json's): replaced or damaged; regenerate the dataset")
 

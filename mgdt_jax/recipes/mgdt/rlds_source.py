@@ -64,22 +64,27 @@ class Episode:
         return np.stack([self.decode_frame(self.encoded_frames[step]) for step in steps])
 
 
-def check_atari_frames(directory: str | os.PathLike, observation_shape: tuple[int, ...]) -> None:
+def check_atari_frames(directory: str | os.PathLike, observation_shape: tuple[int, ...] | str) -> None:
     """DataError (naming ``directory``) unless the dataset's observations are Atari frames
     [84, 84, 1], the only input of the MGDT recipe (another recipe's dataset, e.g. Algorithm
-    Distillation's histories, is refused here rather than deeper in the pipeline)."""
-    if tuple(observation_shape) != tokens.FRAME_SHAPE:
-        raise DataError(f"{directory}: observations are {tuple(observation_shape)}, expected {tokens.FRAME_SHAPE} "
+    Distillation's histories or JAT's dict of features, is refused here rather than deeper in the
+    pipeline). ``observation_shape``: a shape, or a description of observations that have none."""
+    if observation_shape != tokens.FRAME_SHAPE:
+        found = tuple(observation_shape) if not isinstance(observation_shape, str) else observation_shape
+        raise DataError(f"{directory}: observations are {found}, expected {tokens.FRAME_SHAPE} "
                         "(84x84 grayscale Atari frames): not an MGDT dataset (another recipe's? its config sets "
                         "config.recipe)")
 
 
-def stored_observation_shape(directory: str | os.PathLike) -> tuple[int, ...] | None:
+def stored_observation_shape(directory: str | os.PathLike) -> tuple[int, ...] | str | None:
     """The shape of ``steps/observation`` as the dataset's TFDS ``features.json`` records it, read
-    without TensorFlow; None when the file is missing or not laid out as TFDS writes it."""
+    without TensorFlow ("a dict of features" for observations of several fields, as JAT's); None
+    when the file is missing or not laid out as TFDS writes it."""
     try:
         features = json.loads((epath.Path(directory) / "features.json").read_text())
         steps = features["featuresDict"]["features"]["steps"]["sequence"]["feature"]["featuresDict"]["features"]
+        if "featuresDict" in steps["observation"]:
+            return "a dict of features"
         # The feature's kind ("tensor", "image", ...) is the key of the entry that holds its shape.
         (shape,) = [kind["shape"] for kind in steps["observation"].values() if isinstance(kind, dict) and "shape" in kind]
         dimensions = shape.get("dimensions", [])
