@@ -32,6 +32,7 @@ import numpy as np
 import tqdm
 
 from data_pipelines import experts, replay_logs
+from mgdt_jax.core import host_memory
 from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core.files import path_argument, removing_created_folders, seed_argument
 from mgdt_jax.envs import atari
@@ -92,26 +93,6 @@ def make_environment(game: str, sticky_actions: float, max_episode_steps: int):
     return AtariPreprocessing(env, noop_max=0, frame_skip=4, screen_size=84, terminal_on_life_loss=False)
 
 
-def available_memory() -> int:
-    """Bytes this process can still take: Linux's MemAvailable, lowered to a cgroup's (container's)
-    memory limit less its usage where one is set; all physical memory where neither can be read."""
-    limits = []
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                limits.append(int(line.split()[1]) * 1024)
-    except OSError:
-        pass
-    try:
-        cgroup = Path("/sys/fs/cgroup")
-        limit = (cgroup / "memory.max").read_text().strip()
-        if limit != "max":
-            limits.append(int(limit) - int((cgroup / "memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
-    return min(limits) if limits else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 @dataclasses.dataclass
 class RecordReport:
     log_dir: Path
@@ -153,9 +134,10 @@ def record(game: str, steps: int, out: Path, run: int = 1, capacity: int = repla
         raise FileExistsError(f"{log_dir}: exists and is not a directory")
     # The buffer's arrays take memory only for rows written: at most capacity, fewer for a short run.
     needed = min(capacity, steps + replay_logs.PADDING_ROWS) * replay_logs.ROW_BYTES
-    if needed > (available := available_memory()):
-        raise ValueError(f"capacity {capacity} needs {needed / 2**30:.1f} GiB for its rows and "
-                         f"{available / 2**30:.1f} GiB are available: lower the capacity")
+    available = host_memory.available_bytes() or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise ValueError(f"capacity {capacity} needs {host_memory.describe_bytes(needed)} for its rows and "
+                         f"{host_memory.describe_bytes(available)} are available: lower the capacity")
     env = make_environment(game, sticky_actions, max_episode_steps)
     try:
         inner = POLICIES[policy](game, seed, env.unwrapped.ale)
