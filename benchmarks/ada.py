@@ -152,14 +152,21 @@ def main() -> int | None:
     parser.add_argument("--rollout", type=count_argument(), help="steps per rollout (default 32, the claim's 160)")
     parser.add_argument("--steps", type=count_argument(), default=5)
     parser.add_argument("--agents", default="trxl,gru")
-    parser.add_argument("--d-model", type=count_argument(), default=64, help="tiny setting only")
-    parser.add_argument("--layers", type=count_argument(), default=2, help="tiny setting only")
-    parser.add_argument("--memory", type=count_argument(), default=32, help="tiny setting only")
-    parser.add_argument("--env-factory", default="", help="tiny setting only: module:function (default: arm recall)")
+    tiny_only = {"d_model": 64, "layers": 2, "memory": 32, "env_factory": ""}
+    parser.add_argument("--d-model", type=count_argument(), help="tiny setting only (default 64)")
+    parser.add_argument("--layers", type=count_argument(), help="tiny setting only (default 2)")
+    parser.add_argument("--memory", type=count_argument(), help="tiny setting only (default 32)")
+    parser.add_argument("--env-factory", help="tiny setting only: module:function (default: arm recall)")
     parser.add_argument("--peak-tflops", type=float, default=0.0,
                         help="per-device peak for MFU (default: the best float32 matmul measured in this run)")
     parser.add_argument("--json", type=output_file_argument)
     args = parser.parse_args()
+    for name, default in tiny_only.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+        elif args.setting == "claim":
+            parser.error(f"--{name.replace('_', '-')} applies to --setting tiny only: the claim's setting is fixed "
+                         f"(docs/ada.md)")
     if args.envs is None:
         args.envs = 256
     if args.rollout is None:

@@ -236,3 +236,14 @@ def test_a_failed_atomic_write_leaves_neither_file_nor_partial(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["report.json"] and target.is_dir()
     files.write_json(tmp_path / "ok.json", [1])
     assert (tmp_path / "ok.json").read_text() == "[\n 1\n]\n" and not (tmp_path / "ok.json.partial").exists()
+
+
+def test_the_ada_benchmark_refuses_tiny_only_flags_in_the_claim_setting(monkeypatch, capsys):
+    # --d-model with --setting claim was silently ignored: the figures were of another width.
+    module = import_module("benchmarks.ada")
+    monkeypatch.setattr(sys, "argv", ["pytest", "--setting", "claim", "--d-model", "32"])
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    with pytest.raises(SystemExit) as exit:
+        module.main()
+    assert exit.value.code == 2
+    assert "--d-model applies to --setting tiny only" in capsys.readouterr().err

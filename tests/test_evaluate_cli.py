@@ -136,6 +136,9 @@ def test_bad_input_is_one_line_errors(tiny_workdir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         eval_cli.main(["--workdir", str(tiny_workdir), "--games", "Pong", "--kappa", "nan", *out])
     assert exit.value.code == 2 and "kappa must be a finite number, got nan" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:
+        eval_cli.main(["--workdir", str(tiny_workdir), "--games", "Pong", "--kappa=-1", *out])
+    assert exit.value.code == 2 and "kappa must be >= 0" in capsys.readouterr().err
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     _fails_with(["--workdir", str(tiny_workdir), "--games", "Pong", "--out", str(a_file)], capsys,

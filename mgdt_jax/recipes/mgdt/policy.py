@@ -56,6 +56,9 @@ class SamplingConfig:
         for name in ("kappa", "target_return", "return_inverse_temperature", "action_inverse_temperature"):
             if not np.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.kappa < 0:  # log P(expert | R) = kappa * normalised R rises with R (paper, section 3.4)
+            raise ValueError(f"kappa must be >= 0 (0 samples returns from the model's own distribution; "
+                             f"a negative kappa would favour low returns), got {self.kappa}")
 
 
 _PRESETS: dict[str, SamplingConfig] = {
