@@ -385,6 +385,13 @@ def test_a_damaged_data_position_is_one_line_to_every_reader(uninterrupted_run, 
         checkpointer.close()
 
 
+def test_reading_a_checkpoint_logs_no_read_only_warning(uninterrupted_run, caplog):
+    # Orbax warned "Given directory is read only" for every evaluation's deliberately read-only read.
+    with caplog.at_level("WARNING"):
+        checkpointing.load_params(uninterrupted_run)
+    assert not [record for record in caplog.records if "read only" in record.getMessage()]
+
+
 def test_damaged_array_metadata_is_one_line_when_resuming(config_path, uninterrupted_run, tmp_path):
     workdir = copy_of_run(uninterrupted_run, tmp_path / "damaged", sealed=False)
     step = workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)

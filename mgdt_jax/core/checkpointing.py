@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import sys
@@ -64,6 +65,17 @@ CHECKPOINTS = "checkpoints"  # subdirectory of the workdir
 INCOMPLETE = "checkpoints.incomplete"  # where a resumed run moves incomplete steps (subdirectory of the workdir)
 STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax's step-level file: the items a finished save wrote
 DIGESTS = "mgdt_digests.json"  # step-level file: {"step": N, "sha256": {path within the step: digest}}
+
+
+class _ReadOnlyNotice(logging.Filter):
+    """Drops Orbax's "Given directory is read only" warning: every read here opens its manager
+    read-only on purpose, and the warning read as a fault in the output of evaluations."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotice())
 
 
 class CheckpointError(RuntimeError):
