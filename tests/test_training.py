@@ -234,6 +234,19 @@ def test_a_two_host_job_preempted_on_one_host_resumes_with_the_losses_of_one_hos
         assert (returncode, lines[-1]) == (1, f"mgdt-train: error: {damaged}: damaged, its bytes differ from those "
                                               "saved (SHA-256 mismatch)"), lines
 
+    # Process 0 alone tidies the checkpoint folder; a move that fails there stopped only process 0,
+    # and the other host waited at the next barrier.
+    flip_a_bit(damaged)  # undone
+    stray, aside = workdir / checkpointing.CHECKPOINTS / "999", workdir / checkpointing.INCOMPLETE
+    stray.write_text("my notes")
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.write_text("not a folder")
+    finished = finish(run_cli_on_two_hosts(config_path, workdir))
+    assert [returncode for returncode, _ in finished] == [1, 1], finished
+    assert finished[0][1][-1].startswith(f"mgdt-train: error: [Errno 17] File exists: '{aside}'"), finished[0][1]
+    assert finished[1][1][-1].startswith("mgdt-train: error: process 0 of 2 failed: [Errno 17] File exists"), finished[1][1]
+    assert stray.read_text() == "my notes"
+
 
 def test_a_workdir_another_training_is_writing_to_is_refused_and_a_killed_ones_taken_over(request, tmp_path):
     # Two runs started in one workdir: the second moved the first's logs aside and their checkpoints mixed.

@@ -57,6 +57,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from mgdt_jax.core import files
+from mgdt_jax.core.sharding import every_process_or_none
 from mgdt_jax.core.train_step import TrainState
 
 PARAMS, TRAINER, DATA, ROLLOUT = "params", "trainer", "data", "rollout"
@@ -307,27 +308,26 @@ def _tidy_directory(directory: Path, choice: CheckpointChoice) -> None:
     A file (not a folder) named like a step goes there too, with a warning: the save of that step
     would replace it. Moved, not deleted: an incomplete checkpoint may still be someone's copy in
     progress. Process 0 moves and seals; every process has listed the steps before and waits until
-    it is done.
+    it is done (a failure there is raised on every process).
     """
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("mgdt_jax: checkpoints listed")
-    if jax.process_index() == 0:
-        aside = directory.parent / INCOMPLETE
-        if choice.skipped:
-            print_warning(choice)
-            for step, _ in choice.skipped:
-                _move_aside(directory / str(step), aside)
-        strays = sorted(path for path in directory.iterdir() if _is_step_name(path.name) and not path.is_dir()) \
-            if directory.is_dir() else []
-        for path in strays:
-            target = _move_aside(path, aside)
-            print(f"warning: {path}: a file where checkpoint step {path.name} would be saved; moved to {target}",
-                  file=sys.stderr, flush=True)
-        for step in checkpoint_steps(directory):
-            if not is_sealed(directory / str(step)) and incomplete_reason(directory / str(step), items=()) is None:
-                seal(directory / str(step))
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("mgdt_jax: checkpoint directory tidied")
+    with every_process_or_none():  # a move that fails on process 0 stops every process, not just its own
+        if jax.process_index() == 0:
+            aside = directory.parent / INCOMPLETE
+            if choice.skipped:
+                print_warning(choice)
+                for step, _ in choice.skipped:
+                    _move_aside(directory / str(step), aside)
+            strays = sorted(path for path in directory.iterdir() if _is_step_name(path.name) and not path.is_dir()) \
+                if directory.is_dir() else []
+            for path in strays:
+                target = _move_aside(path, aside)
+                print(f"warning: {path}: a file where checkpoint step {path.name} would be saved; moved to {target}",
+                      file=sys.stderr, flush=True)
+            for step in checkpoint_steps(directory):
+                if not is_sealed(directory / str(step)) and incomplete_reason(directory / str(step), items=()) is None:
+                    seal(directory / str(step))
 
 
 class Checkpointer:
