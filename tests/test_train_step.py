@@ -4,6 +4,7 @@ recipe (tests/recipe_cases.py); learning and batch assembly on the MGDT."""
 from __future__ import annotations
 
 import ast
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -70,15 +71,19 @@ def test_gradient_accumulation_equals_one_big_batch(recipe_case, request):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), accumulated_params, whole_params)
 
 
-@pytest.mark.parametrize("accumulation, message", [
-    (0, "train.grad_accum_steps must be >= 1, got 0"),
-    (3, f"train.batch_size {BATCH} does not split into train.grad_accum_steps = 3 equal micro-batches"),
+@pytest.mark.parametrize("accumulation, mesh, message", [
+    (0, {"data": 1}, "train.grad_accum_steps must be >= 1, got 0"),
+    (3, {"data": 1}, f"train.batch_size {BATCH} must divide over the mesh's 1 batch shards (mesh.data x mesh.fsdp) "
+                     "and into train.grad_accum_steps = 3 micro-batches"),
+    (1, {"data": 1, "fsdp": 3, "tensor": 1}, f"train.batch_size {BATCH} must divide over the mesh's 3 batch shards "
+                                             "(mesh.data x mesh.fsdp) and into train.grad_accum_steps = 1 micro-batches"),
 ])
-def test_an_accumulation_the_batch_cannot_split_into_is_one_line(accumulation, message):
-    # 3 over a batch of 8 was a reshape traceback inside the compiled step.
-    config = step_config(CASES["mgdt"], {"data": 1}, grad_accum_steps=accumulation)
+def test_a_batch_the_mesh_or_accumulation_cannot_split_is_one_line(accumulation, mesh, message):
+    # 3 micro-batches of a batch of 8 was a reshape traceback inside the compiled step; 8 rows over
+    # 3 shards a sharding error naming no config field.
+    config = step_config(CASES["mgdt"], mesh, grad_accum_steps=accumulation)
     with pytest.raises(ValueError) as error:
-        Trainer(config, single_device_mesh())
+        Trainer(config, sharding.make_mesh(mesh, jax.devices()[:math.prod(mesh.values())]))
     assert str(error.value) == message
 
 

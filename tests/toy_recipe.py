@@ -2,9 +2,10 @@
 
 Its sequences follow a fixed random permutation of a small vocabulary from a random first token
 (``x[t+1] = successor[x[t]]``), so a one-layer model learns them in tens of steps. It shares
-nothing with MGDT but the core (decoder, trainer, loop, checkpoints), which is what the generic
-tests need: every guarantee they check on MGDT they check here too. Selected by
-``config.recipe = "tests.toy_recipe"`` (a module path: recipes outside ``mgdt_jax.recipes``).
+nothing with the built-in recipes but the core (decoder, trainer, loop, checkpoints): it is the
+recipe outside ``mgdt_jax.recipes`` that tests/test_recipe_contract.py trains through the loop,
+as a user's own would be. Selected by ``config.recipe = "tests.toy_recipe"`` (a module path), its
+name.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class PermutationSequences:
 
 
 class ToyRecipe(Recipe):
-    name = "toy"
+    name = "tests.toy_recipe"  # a recipe outside mgdt_jax.recipes is named by its module path
 
     def __init__(self, config: Any):
         super().__init__(config)

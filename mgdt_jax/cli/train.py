@@ -52,7 +52,8 @@ def _train(argv: list[str]) -> int:
     try:
         result = loop.train(config, _WORKDIR.value)
     except (CheckpointError, loop.TrainingDiverged, ValueError, OSError) as error:  # bad data is a ValueError
-        print(f"mgdt-train: error: {error}", file=sys.stderr)
+        # First line only: JAX appends its traceback-filtering notice to an error raised while tracing.
+        print(f"mgdt-train: error: {(str(error).splitlines() or [type(error).__name__])[0]}", file=sys.stderr)
         return 1
     except jax.errors.JaxRuntimeError as error:
         if "RESOURCE_EXHAUSTED" not in str(error):
@@ -87,6 +88,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(1)
     except SyntaxError as error:  # in the config file, loaded while the flags are parsed
         print(f"mgdt-train: error: --config {error.filename}: line {error.lineno}: {error.msg}", file=sys.stderr)
+        sys.exit(1)
+    except ImportError as error:  # the config file's own imports, e.g. a recipe's package not on PYTHONPATH
+        print(f"mgdt-train: error: --config {_config_argument(argv)}: its imports failed: {type(error).__name__}: "
+              f"{error} (a recipe of your own must be importable: its folder on PYTHONPATH)", file=sys.stderr)
         sys.exit(1)
     except (AttributeError, KeyError) as error:
         text = str(error)

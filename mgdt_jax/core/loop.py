@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mgdt_jax.core import checkpointing, files, sharding
 from mgdt_jax.core.config_sections import section
@@ -44,6 +45,11 @@ TRAINING_CLAIM = ".training"  # in the workdir while a run trains there: the fir
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the message says at which step and which checkpoint is intact."""
+
+
+class DataStreamError(ValueError):
+    """The recipe's training data broke its contract mid-run (ended early, or a batch of another
+    size or shape); the message names the step and the fault."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +95,8 @@ def train(
 ) -> TrainResult:
     """Trains ``config`` in ``workdir``, resuming from its newest checkpoint if it has one.
 
-    ``recipe`` defaults to the one ``config.recipe`` names, ``evaluate`` to the recipe's evaluator.
+    ``config``: the experiment config, an ``ml_collections.ConfigDict`` or a dict of dicts (made one;
+    the config.json it writes is its JSON). ``recipe`` defaults to the one ``config.recipe`` names, ``evaluate`` to the recipe's evaluator.
     Raises CheckpointError (one line) when the workdir's checkpoints belong to another recipe,
     ValueError for an empty ``workdir`` or one that is a file. A workdir this call created is removed
     again when the run fails before its first step (a bad config or data source), so no run folder
@@ -97,6 +104,10 @@ def train(
     """
     if not str(workdir).strip():  # Path("") is the current folder: a run would fill it
         raise ValueError("the workdir is empty: name a run folder")
+    if isinstance(config, Mapping):  # the recipe's config may be a dict; the loop reads attributes and writes JSON
+        import ml_collections
+
+        config = ml_collections.ConfigDict(config)
     workdir = Path(workdir).expanduser().absolute()
     created = not workdir.exists()
     progress = {"stepping": False}  # set by _train when its first step starts
@@ -152,9 +163,12 @@ def _train(
         if (latest := checkpointer.latest_step()) is not None:
             _check_same_recipe(checkpointer, latest, recipe.name)
             recipe.check_resume(checkpointer.data_position(latest), str(checkpointer.directory / str(latest)))
+            _warn_if_config_changed(workdir / CONFIG_FILE, json.loads(config.to_json_best_effort()), writer)
             state, saved_position = checkpointer.restore(trainer.abstract_state, latest)
             _warn_if_data_changed(saved_position, data_identity, writer)
-            writer.print(f"resumed from {checkpointer.directory / str(int(state.step))}")
+            writer.print(f"resumed from {checkpointer.directory / str(int(state.step))}"
+                         + (f" (config.train.init_from {train_config.init_from} is not used: it initialises a new run "
+                            "only)" if train_config.init_from else ""))
         else:
             state = trainer.init(train_config.seed)
             writer.start_over()
@@ -164,6 +178,9 @@ def _train(
                 writer.print(f"initialised the parameters from {train_config.init_from}")
         if primary:
             files.write_text(workdir / CONFIG_FILE, config.to_json_best_effort(indent=1) + "\n")
+        if evaluate is None and train_config.eval_every:
+            writer.print(f"warning: config.train.eval_every is {train_config.eval_every}, but recipe {recipe.name} has "
+                         "no evaluator: nothing will be evaluated")
         first_step = last_step = int(state.step)
         preempted = False
         if first_step >= train_config.num_steps:
@@ -172,7 +189,7 @@ def _train(
 
         # --- The data from the restored step on; the step compiled ahead of time per batch layout --
         stream = data.iterate(first_step)
-        batches = map(trainer.shard_batch, stream)
+        batches = _checked_batches(stream, trainer, first_step, train_config.num_steps, data.describe())
         first_batch = next(batches)
         # A recipe may have several batch layouts (JAT: one per modality group), each its own program
         # and its own cost.
@@ -192,44 +209,53 @@ def _train(
         progress["stepping"] = True  # from here a failure leaves the run's metrics to read
         preemption.watch_interrupts()
         previous_metrics = None
-        for last_step, batch in zip(steps, itertools.chain([first_batch], batches)):
-            layout = jax.tree.structure(batch)
-            if layout not in compiled:  # a new layout: its compilation is not timed
-                with throughput.paused():
-                    with sharding.every_process_or_none():
-                        compiled[layout] = trainer.lower_step(_shapes(batch)).compile()
-                        check_step_fits(compiled[layout])
-                    costs[layout] = recipe.batch_cost(train_config.batch_size, batch)
-            state, metrics = compiled[layout](state, batch)
-            if last_step > first_step + 1:  # the first step (with compilation) is not timed
-                throughput.count(costs[layout].tokens, costs[layout].flops)
-            # At most two steps in flight: dispatch is asynchronous, and unbounded the loop ran up to
-            # a log interval ahead of the device, so a SIGTERM or Ctrl-C was acted on that many steps
-            # late (11 steps, 15 s, in a run of 1.3 s steps logging every 10).
-            jax.block_until_ready(previous_metrics)
-            previous_metrics = metrics
-            if last_step == first_step + 1:
-                jax.block_until_ready(metrics)
-                throughput.start(last_step)  # compilation and the first step are not timed
-            preempted = preemption.reached(last_step)
-            save = checkpointer.should_save(last_step) or preempted or last_step == steps[-1]
-            if last_step % train_config.log_every == 0 or save:
-                scalars = _finite_scalars(metrics, last_step, checkpointer)
-                rates, eta = throughput.report(last_step, steps[-1])
-                writer.write(last_step, {**scalars, **rates})
-                writer.print(_console_line(last_step, steps[-1], scalars, rates, eta, recipe))
-            if save:
-                with throughput.paused():
-                    _check_finite_params(state, last_step, checkpointer)
-                    position = {"recipe": recipe.name, **data_identity, "next_batch": last_step}
-                    checkpointer.save(state, position, force=True)
-            if preempted:
-                writer.print(f"{preemption.reason}: saved step {last_step}, stopping")
-                break
-            if evaluate is not None and train_config.eval_every and last_step % train_config.eval_every == 0:
-                with throughput.paused():
-                    scores = evaluate(trainer.model(state), last_step)
-                writer.write(last_step, {f"eval/{name}": value for name, value in scores.items()})
+
+        def save(step: int) -> None:
+            with throughput.paused():
+                _check_finite_params(state, step, checkpointer)
+                checkpointer.save(state, {"recipe": recipe.name, **data_identity, "next_batch": step}, force=True)
+
+        try:
+            for last_step, batch in zip(steps, itertools.chain([first_batch], batches)):
+                layout = jax.tree.structure(batch)
+                if layout not in compiled:  # a new layout: its compilation is not timed
+                    with throughput.paused():
+                        with sharding.every_process_or_none():
+                            compiled[layout] = trainer.lower_step(_shapes(batch)).compile()
+                            check_step_fits(compiled[layout])
+                        costs[layout] = recipe.batch_cost(train_config.batch_size, batch)
+                state, metrics = compiled[layout](state, batch)
+                if last_step > first_step + 1:  # the first step (with compilation) is not timed
+                    throughput.count(costs[layout].tokens, costs[layout].flops)
+                # At most two steps in flight: dispatch is asynchronous, and unbounded the loop ran up to
+                # a log interval ahead of the device, so a SIGTERM or Ctrl-C was acted on that many steps
+                # late (11 steps, 15 s, in a run of 1.3 s steps logging every 10).
+                jax.block_until_ready(previous_metrics)
+                previous_metrics = metrics
+                if last_step == first_step + 1:
+                    jax.block_until_ready(metrics)
+                    throughput.start(last_step)  # compilation and the first step are not timed
+                preempted = preemption.reached(last_step)
+                due = checkpointer.should_save(last_step) or preempted or last_step == steps[-1]
+                if last_step % train_config.log_every == 0 or due:
+                    scalars = _finite_scalars(metrics, last_step, checkpointer)
+                    rates, eta = throughput.report(last_step, steps[-1])
+                    writer.write(last_step, {**scalars, **rates})
+                    writer.print(_console_line(last_step, steps[-1], scalars, rates, eta, recipe))
+                if due:
+                    save(last_step)
+                if preempted:
+                    writer.print(f"{preemption.reason}: saved step {last_step}, stopping")
+                    break
+                if evaluate is not None and train_config.eval_every and last_step % train_config.eval_every == 0:
+                    with throughput.paused():
+                        scores = evaluate(trainer.model(state), last_step)
+                    writer.write(last_step, {f"eval/{name}": value for name, value in scores.items()})
+        except DataStreamError as error:  # the steps taken are kept: a rerun goes on once the data is mended
+            jax.block_until_ready(state)
+            if checkpointer.latest_step() != last_step:
+                save(last_step)
+            raise DataStreamError(f"{error}; saved step {last_step}") from None
     finally:
         preemption.close()  # first: a Ctrl-C during the rest of the clean-up must not skip it
         getattr(stream, "close", lambda: None)()  # stops the data worker processes
@@ -263,6 +289,29 @@ def _warn_if_data_changed(saved: Mapping[str, Any], current: Mapping[str, Any], 
             + ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
             + "); the resumed run will not see the batches an uninterrupted run would have"
         )
+
+
+def _warn_if_config_changed(path: Path, current: Mapping[str, Any], writer: MetricWriter) -> None:
+    """One warning line naming the config fields changed since the run's config.json was written: a
+    resumed run keeps the checkpoint's step, RNG and optimizer state, so a new ``train.seed`` has
+    no effect, and a new ``train.num_steps`` reshapes the learning-rate schedule mid-run."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # a run from before config.json, or one whose file was removed: nothing to compare
+
+    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(tree, Mapping):
+            return {prefix: tree}
+        return {key: value for name, child in tree.items() for key, value in flat(child, f"{prefix}{name}.").items()}
+
+    before, now = flat(saved), flat(current)
+    changed = [f"{key.rstrip('.')} {before.get(key)!r} -> {now.get(key)!r}"
+               for key in sorted(before.keys() | now.keys()) if before.get(key) != now.get(key)]
+    if changed:
+        writer.print("warning: the config differs from the run's " + CONFIG_FILE + " (" + ", ".join(changed) + "); "
+                     "the resumed run keeps the checkpoint's step, RNG and optimizer state: a changed train.seed has "
+                     "no effect, a changed num_steps or optimizer reshapes the learning-rate schedule from here")
 
 
 def _finite_scalars(metrics: Mapping[str, jax.Array], step: int, checkpointer: checkpointing.Checkpointer) -> dict[str, float]:
@@ -306,6 +355,52 @@ def _console_line(
         if "perf/mfu" in rates:
             line += f" MFU {rates['perf/mfu']:.1%}"
     return f"{line} | {eta}"
+
+
+def _checked_batches(
+    stream: Iterable[Mapping[str, Any]], trainer: Trainer, first_step: int, num_steps: int, description: str
+) -> Iterator[dict[str, jax.Array]]:
+    """The global batches for steps ``first_step + 1 ..``, each checked against the recipe contract
+    (``mgdt_jax/core/recipe.py``): a dict of numeric arrays holding this host's ``train.batch_size /
+    process_count`` rows (offline recipes), and the same shapes for every batch of one layout.
+    DataStreamError (one line naming the step) for a fault, and for a stream that ends before
+    ``num_steps``: a short stream used to end the run early as if it had reached its last step,
+    unsaved; a short batch trained silently on fewer rows than counted."""
+    signatures: dict[Any, dict[str, tuple]] = {}
+    rows = trainer.train_config.batch_size // jax.process_count()
+    step = first_step
+    for step, local_batch in enumerate(stream, first_step + 1):
+        if not isinstance(local_batch, Mapping):
+            raise DataStreamError(f"step {step}: a batch must be a dict of arrays, got a {type(local_batch).__name__}")
+        local_batch = {name: np.asarray(value) for name, value in local_batch.items()}
+        for name, array in local_batch.items():
+            if not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == np.bool_):
+                raise DataStreamError(f"step {step}: batch key {name!r} holds {array.dtype} values, not numbers")
+            if not trainer.online and (array.ndim == 0 or array.shape[0] != rows):
+                raise DataStreamError(
+                    f"step {step}: batch key {name!r} has shape {array.shape}; its leading axis must be this host's "
+                    f"{rows} rows (train.batch_size {trainer.train_config.batch_size} over {jax.process_count()} "
+                    "process(es))")
+        batch = trainer.shard_batch(local_batch)
+        signature = {name: (value.shape, value.dtype) for name, value in batch.items()}
+        expected = signatures.setdefault(jax.tree.structure(batch), signature)
+        if signature != expected:
+            changed = next(name for name in signature if signature[name] != expected[name])
+            raise DataStreamError(
+                f"step {step}: the training data's {changed!r} is {_describe(signature[changed])}, where earlier batches "
+                f"of this layout were {_describe(expected[changed])} (a layout's shapes must not change)")
+        yield batch
+        if step >= num_steps:
+            return
+    if step == first_step:
+        raise DataStreamError(f"the training data ({description}) yielded no batch for step {first_step + 1}")
+    if step < num_steps:
+        raise DataStreamError(f"the training data ({description}) ended after batch {step} of {num_steps}")
+
+
+def _describe(shape_and_dtype: tuple) -> str:
+    shape, dtype = shape_and_dtype
+    return f"{dtype}[{', '.join(map(str, shape))}]"
 
 
 def _shapes(batch: Mapping[str, jax.Array]) -> dict[str, jax.ShapeDtypeStruct]:

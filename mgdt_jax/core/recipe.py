@@ -33,14 +33,17 @@ Parameters name their logical axes (``out_sharding`` metadata, see ``mgdt_jax/co
 ``mgdt_jax.recipes.x.recipe``, a dotted name is a module path (a recipe outside this package). The
 module sets ``RECIPE`` to its ``Recipe`` subclass and is imported only when a run asks for it, so
 importing the core imports no recipe (and no TensorFlow or Grain). Configs without the field train
-``"mgdt"``. The recipe's ``name`` is saved with every checkpoint; resuming a run with a config of
-another recipe is refused in one line.
+``"mgdt"``. The recipe's ``name`` must be that same string (``load_recipe`` checks it); it is
+saved with every checkpoint, and resuming a run with a config of another recipe is refused in one
+line.
 
 **Adding one.** Write ``mgdt_jax/recipes/<name>/recipe.py`` with a ``Recipe`` subclass (its model,
-loss, data and FLOPs), set ``RECIPE``, write an experiment config with ``config.recipe = "<name>"``
-and add a case to ``CASES`` in ``tests/recipe_cases.py``: the generic training tests (sharded step
-equal to one device, gradient accumulation, bit-equal losses after SIGTERM, SIGKILL and resume,
-restore across meshes, NaN stop, throughput and MFU) then run on it too.
+loss, data and FLOPs) named ``"<name>"``, set ``RECIPE``, write an experiment config with
+``config.recipe = "<name>"`` and add a case to ``CASES`` in ``tests/recipe_cases.py``: the generic
+training tests (sharded step equal to one device, gradient accumulation, bit-equal losses after
+SIGTERM, SIGKILL and resume, restore across meshes, NaN stop, throughput and MFU) then run on it
+too. Outside this repository: any importable module (on ``PYTHONPATH``), its recipe named by the
+module path that ``config.recipe`` gives (docs/architecture.md).
 
 **Online recipes** (AdA-style meta-RL, where rollouts run inside the jitted step) subclass
 ``OnlineRecipe``. The train state then carries a recipe-owned pytree, a ``RolloutState``
@@ -117,7 +120,9 @@ class Recipe(abc.ABC):
     the train step runs without ml_collections (read sections with ``config_sections``).
     """
 
-    name: ClassVar[str]  # saved with checkpoints; what config.recipe calls it
+    # Saved with checkpoints; what config.recipe calls it: "x" for mgdt_jax.recipes.x.recipe, the
+    # module path for a recipe outside the package (load_recipe checks it).
+    name: ClassVar[str]
 
     def __init__(self, config: Any):
         self.config = config
@@ -173,7 +178,8 @@ def recipe_name(config: Any) -> str:
 def load_recipe(config: Any) -> Recipe:
     """The recipe ``config.recipe`` names, built from ``config``.
 
-    Raises ValueError (one line) for a name that is no module or whose module sets no ``RECIPE``.
+    Raises ValueError (one line) for a name that is no module, whose module sets no ``RECIPE``, or
+    whose ``RECIPE.name`` is not that name.
     """
     name = recipe_name(config)
     module_name = name if "." in name else f"{RECIPES_PACKAGE}.{name}.recipe"
@@ -186,6 +192,11 @@ def load_recipe(config: Any) -> Recipe:
     recipe_type = getattr(module, "RECIPE", None)
     if not (isinstance(recipe_type, type) and issubclass(recipe_type, Recipe)):
         raise ValueError(f"config.recipe {name!r}: {module_name} sets no RECIPE (a Recipe subclass)")
+    # One identity everywhere: checkpoints save ``name``, run configs save config.recipe.
+    if (named := getattr(recipe_type, "name", None)) != name:
+        raise ValueError(f"config.recipe {name!r}: {module_name}'s RECIPE, {recipe_type.__name__}, is named {named!r}; "
+                         f"a recipe's name must be what config.recipe calls it (outside {RECIPES_PACKAGE}: its "
+                         "module path)")
     return recipe_type(config)
 
 

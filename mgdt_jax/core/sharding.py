@@ -32,8 +32,8 @@ from mgdt_jax.core.config_sections import read_section
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# Logical name -> mesh axis (or axes, or None = replicated). Parameters name their axes in
-# mgdt_jax/models; the batch and activations use "batch".
+# Logical name -> mesh axis (or axes, or None = replicated). Parameters name their axes with these
+# (``out_sharding`` metadata: ``transformer.sharded`` and ``transformer.dense``); batches use "batch".
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
     ("embed", "fsdp"),
@@ -145,22 +145,41 @@ def make_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> 
 
 
 def logical_to_spec(logical_axes: Sequence[str | None]) -> PartitionSpec:
-    """Maps logical axis names to a PartitionSpec with LOGICAL_AXIS_RULES."""
+    """Maps logical axis names to a PartitionSpec with LOGICAL_AXIS_RULES (None: replicated).
+
+    ValueError for a name the rules do not know: a misspelt name replicated its axis silently.
+    """
     rules = dict(LOGICAL_AXIS_RULES)
-    return PartitionSpec(*(rules.get(name) if name is not None else None for name in logical_axes))
+    if unknown := [name for name in logical_axes if name is not None and name not in rules]:
+        raise ValueError(f"logical axis name {unknown[0]!r} is not one of {', '.join(rules)} (sharding.LOGICAL_AXIS_RULES)")
+    return PartitionSpec(*(rules[name] if name is not None else None for name in logical_axes))
 
 
 def variable_shardings(state: Any, mesh: Mesh) -> Any:
     """NamedShardings for a Flax NNX state from each Variable's logical ``out_sharding`` names.
 
     Works on concrete or abstract (``jax.ShapeDtypeStruct``) states; unnamed variables are replicated.
+    ValueError (one line naming the parameter) for an unknown logical name, or for an axis the mesh
+    axes it maps to do not divide (e.g. ``embed`` 36 over ``fsdp`` 8).
     """
 
-    def sharding_of(variable: nnx.Variable) -> nnx.Variable:
+    def sharding_of(path: tuple, variable: nnx.Variable) -> nnx.Variable:
         logical_axes = variable.get_metadata().get("out_sharding") or ()
-        return variable.replace(NamedSharding(mesh, logical_to_spec(logical_axes)))
+        where = "/".join(str(getattr(key, "key", key)) for key in path)
+        try:
+            spec = logical_to_spec(logical_axes)
+        except ValueError as error:
+            raise ValueError(f"parameter {where}: {error}") from None
+        for size, name, axes in zip(getattr(variable, "shape", ()), logical_axes, spec):
+            axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            shards = math.prod(mesh.shape[axis] for axis in axes)
+            if size % shards:
+                raise ValueError(f"parameter {where}: its {name!r} axis of size {size} does not divide over the "
+                                 f"mesh's {' x '.join(f'{axis} {mesh.shape[axis]}' for axis in axes)} (config.mesh); "
+                                 "change the model's size or the mesh")
+        return variable.replace(NamedSharding(mesh, spec))
 
-    return jax.tree.map(sharding_of, state, is_leaf=lambda node: isinstance(node, nnx.Variable))
+    return jax.tree.map_with_path(sharding_of, state, is_leaf=lambda node: isinstance(node, nnx.Variable))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -50,7 +50,7 @@ from jax.sharding import Mesh
 
 from mgdt_jax.core import host_memory, sharding
 from mgdt_jax.core.config_sections import read_section, section
-from mgdt_jax.core.recipe import OnlineRecipe, Recipe, RolloutState, load_recipe
+from mgdt_jax.core.recipe import TRAINER_METRICS, OnlineRecipe, Recipe, RolloutState, load_recipe
 from mgdt_jax.core.optimizer import make_optimizer
 
 
@@ -89,11 +89,7 @@ class Trainer:
         self.optimizer, self.learning_rate = make_optimizer(
             section(config, "optimizer", {}), self.train_config.num_steps * self.updates_per_step
         )
-        if self.online:
-            self._check_online_batch(mesh)
-        elif self.train_config.batch_size % self.train_config.grad_accum_steps:  # was a reshape traceback
-            raise ValueError(f"train.batch_size {self.train_config.batch_size} does not split into "
-                             f"train.grad_accum_steps = {self.train_config.grad_accum_steps} equal micro-batches")
+        self._check_batch_divides(mesh)
 
         abstract_model = nnx.eval_shape(lambda: self.recipe.model(nnx.Rngs(0)))
         self.graphdef, abstract_params = nnx.split(abstract_model)
@@ -149,15 +145,19 @@ class Trainer:
         """The lowered step for a batch of these shapes (cost analysis, AOT compile checks)."""
         return self._step.lower(self.abstract_state, batch)
 
-    def _check_online_batch(self, mesh: Mesh) -> None:
-        environments = self.train_config.batch_size
+    def _check_batch_divides(self, mesh: Mesh) -> None:
+        """ValueError (one line) for a global batch that does not split evenly over the mesh's batch
+        shards or into the updates' parts (was a sharding or reshape traceback naming no config field)."""
+        size, accum = self.train_config.batch_size, self.train_config.grad_accum_steps
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
-        per_update = self.recipe.num_minibatches * self.train_config.grad_accum_steps
-        if environments % shards or environments % per_update:
-            raise ValueError(
-                f"train.batch_size {environments} (environments) must divide over the mesh's {shards} batch "
-                f"shards and into num_minibatches x grad_accum_steps = {per_update} parts"
-            )
+        if self.online:
+            what, parts = "(environments) ", f"num_minibatches x grad_accum_steps = {self.recipe.num_minibatches * accum}"
+            count = self.recipe.num_minibatches * accum
+        else:
+            what, parts, count = "", f"train.grad_accum_steps = {accum} micro-batches", accum
+        if size % shards or size % count:
+            raise ValueError(f"train.batch_size {size} {what}must divide over the mesh's {shards} batch shards "
+                             f"(mesh.data x mesh.fsdp) and into {parts}")
 
     def _rollout_sharding(self, abstract_rollout: RolloutState | None, mesh: Mesh) -> RolloutState | None:
         if abstract_rollout is None:
@@ -184,7 +184,8 @@ class Trainer:
     def _loss(
         self, params: nnx.State, batch: Mapping[str, jax.Array], dropout_key: jax.Array
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        return self.recipe.loss(nnx.merge(self.graphdef, params), batch, dropout_key)
+        output = self.recipe.loss(nnx.merge(self.graphdef, params), batch, dropout_key)
+        return _checked_loss_output(self.recipe.name, output)
 
     def _loss_gradients(
         self, params: nnx.State, batch: Mapping[str, jax.Array], dropout_key: jax.Array
@@ -271,6 +272,22 @@ class Trainer:
         metrics = {**metrics, **rollout_metrics, "learning_rate": self.learning_rate(state.step * self.updates_per_step)}
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng, rollout=rollout)
         return new_state, metrics
+
+
+def _checked_loss_output(recipe: str, output: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The recipe's ``(loss, metrics)``, or ValueError (one line, at trace time) naming what breaks
+    ``Recipe.loss``'s contract: a wrong loss or metric raised a JAX traceback, and a metric named like
+    the trainer's own was silently overwritten."""
+    if not (isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], Mapping)):
+        got = f"an array of shape {jnp.shape(output)}" if hasattr(output, "shape") else f"a {type(output).__name__}"
+        raise ValueError(f"recipe {recipe!r}: loss must return (scalar loss, {{name: scalar metric}}), got {got}")
+    loss, metrics = output
+    for name, value in (("the loss", loss), *((f"metric {key!r}", value) for key, value in metrics.items())):
+        if jnp.shape(value) != ():
+            raise ValueError(f"recipe {recipe!r}: {name} must be a scalar, got shape {jnp.shape(value)}")
+    if clash := sorted(metrics.keys() & set(TRAINER_METRICS)):
+        raise ValueError(f"recipe {recipe!r}: metric names {clash} are the trainer's own (TRAINER_METRICS)")
+    return loss, dict(metrics)
 
 
 def check_step_fits(compiled: jax.stages.Compiled, devices: Sequence[jax.Device] | None = None) -> None:

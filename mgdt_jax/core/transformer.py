@@ -419,6 +419,21 @@ class KVCache(NamedTuple):
     positions: jax.Array
 
 
+def check_decoder_arguments(*, num_layers: int, d_model: int, num_heads: int, mlp_ratio: int, dropout_rate: float,
+                            prefix: str = "") -> None:
+    """ValueError (one line) for decoder sizes no model can have: a count under 1, ``d_model`` not a
+    multiple of ``num_heads``, a dropout rate outside [0, 1) (1.5 trained on garbage: the kept
+    activations were scaled by a negative factor). ``prefix`` names where they come from ("model.")."""
+    for name, value in (("num_layers", num_layers), ("d_model", d_model), ("num_heads", num_heads),
+                        ("mlp_ratio", mlp_ratio)):
+        if value < 1:
+            raise ValueError(f"{prefix}{name} must be at least 1, got {value}")
+    if d_model % num_heads:
+        raise ValueError(f"{prefix}d_model {d_model} is not a multiple of {prefix}num_heads {num_heads}")
+    if not 0 <= dropout_rate < 1:
+        raise ValueError(f"{prefix}dropout_rate must be in [0, 1), got {dropout_rate}")
+
+
 class Transformer(nnx.Module):
     """A stack of pre-LN GPT blocks followed by a final LayerNorm.
 
@@ -444,6 +459,8 @@ class Transformer(nnx.Module):
         alibi_unit: int = 1,
         rngs: nnx.Rngs,
     ):
+        check_decoder_arguments(num_layers=num_layers, d_model=d_model, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                                dropout_rate=dropout_rate)
         kernel_init = nnx.initializers.variance_scaling(2.0 / num_layers, "fan_in", "truncated_normal")
         self.num_heads = num_heads
         self.dtype = dtype

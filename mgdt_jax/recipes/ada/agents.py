@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mgdt_jax.core.transformer import Block, alibi_slopes, dense, layer_norm, sharded
+from mgdt_jax.core.transformer import Block, alibi_slopes, check_decoder_arguments, dense, layer_norm, sharded
 
 AGENTS = ("trxl", "gru")
 OBSERVATIONS = ("discrete", "grid")
@@ -67,16 +67,14 @@ class AgentConfig:
     grid_embedding: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("num_layers", "d_model", "num_heads", "mlp_ratio", "gru_hidden", "head_hidden", "num_tiles",
-                     "num_colors", "grid_embedding"):
+        for name in ("gru_hidden", "head_hidden", "num_tiles", "num_colors", "grid_embedding"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)}")
         if self.memory_length < 0:
             raise ValueError(f"model.memory_length must be >= 0 (0: no memory beyond the segment), got {self.memory_length}")
-        if not 0 <= self.dropout_rate < 1:
-            raise ValueError(f"model.dropout_rate must be in [0, 1), got {self.dropout_rate}")
-        if self.agent == "trxl" and self.d_model % self.num_heads:
-            raise ValueError(f"model.d_model {self.d_model} is not a multiple of model.num_heads {self.num_heads}")
+        check_decoder_arguments(num_layers=self.num_layers, d_model=self.d_model,
+                                num_heads=self.num_heads if self.agent == "trxl" else 1,  # the GRU has no heads
+                                mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout_rate, prefix="model.")
 
 
 @dataclasses.dataclass(frozen=True)

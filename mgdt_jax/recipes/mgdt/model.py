@@ -57,7 +57,7 @@ from flax import nnx
 from mgdt_jax.recipes.mgdt import tokens
 from mgdt_jax.core import host_memory
 from mgdt_jax.core.config_sections import read_section
-from mgdt_jax.core.transformer import Transformer, dense, sharded
+from mgdt_jax.core.transformer import Transformer, check_decoder_arguments, dense, sharded
 
 HEAD_NAMES = ("return", "action", "reward")
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")  # model.dtype (matmuls) and model.param_dtype
@@ -84,11 +84,10 @@ class ModelConfig:
     remat: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("num_layers", "d_model", "num_heads", "mlp_ratio", "num_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.dropout_rate < 1:
-            raise ValueError(f"model.dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        check_decoder_arguments(num_layers=self.num_layers, d_model=self.d_model, num_heads=self.num_heads,
+                                mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout_rate, prefix="model.")
+        if self.num_steps < 1:
+            raise ValueError(f"model.num_steps must be at least 1, got {self.num_steps}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in FLOAT_DTYPES:
                 raise ValueError(f"model.{name} must be one of {', '.join(FLOAT_DTYPES)}, got {getattr(self, name)!r}")
