@@ -355,7 +355,7 @@ def test_checkpoint_of_another_model_is_refused_in_one_line(config_path, uninter
     config = load_config(config_path)
     config.model.d_model *= 2
     trainer = Trainer(config, sharding.make_mesh(config.mesh))
-    with pytest.raises(checkpointing.CheckpointError, match=r"params do not fit this model: \S+ is \([\d, ]+\) in the checkpoint, \([\d, ]+\) here$"):
+    with pytest.raises(checkpointing.CheckpointError, match=r"its parameters do not fit this model: \S+ is \([\d, ]+\) in the checkpoint, \([\d, ]+\) here$"):
         checkpointing.load_params(uninterrupted_run, target=trainer.abstract_state.params)
 
 
@@ -403,6 +403,29 @@ def test_reading_a_checkpoint_logs_no_read_only_warning(uninterrupted_run, caplo
     with caplog.at_level("WARNING"):
         checkpointing.load_params(uninterrupted_run)
     assert not [record for record in caplog.records if "read only" in record.getMessage()]
+
+
+def test_a_step_folder_is_read_and_a_step_removed_while_read_is_passed_over(uninterrupted_run, tmp_path, monkeypatch):
+    # init_from RUN/checkpoints/18 said "holds no complete checkpoint"; mgdt-eval beside a running
+    # training whose keep policy removed the step being read called the checkpoint damaged.
+    workdir = copy_of_run(uninterrupted_run, tmp_path / "run")
+    steps = workdir / checkpointing.CHECKPOINTS
+    by_step = {step: jax.tree.leaves(checkpointing.load_params(workdir, step=step)) for step in (18, NUM_STEPS)}
+    for saved, read in zip(by_step[18], jax.tree.leaves(checkpointing.load_params(steps / "18"))):
+        np.testing.assert_array_equal(saved, read)
+    with pytest.raises(checkpointing.CheckpointError, match="the folder of step 18, and step 12 was asked for"):
+        checkpointing.load_params(steps / "18", step=12)
+
+    read = checkpointing._read_checkpoint
+
+    def removed_while_read(directory, step, *args):
+        if step == NUM_STEPS:
+            shutil.rmtree(directory / str(step))  # the training's keep policy, mid-read
+        return read(directory, step, *args)
+
+    monkeypatch.setattr(checkpointing, "_read_checkpoint", removed_while_read)
+    for saved, read_now in zip(by_step[18], jax.tree.leaves(checkpointing.load_params(workdir))):
+        np.testing.assert_array_equal(saved, read_now)
 
 
 def test_damaged_array_metadata_is_one_line_when_resuming(config_path, uninterrupted_run, tmp_path):
@@ -564,7 +587,8 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
         (["--config", str(config_path)], "flag --workdir=None: Flag --workdir must have a value other than None."),
     ]
     for name, text in (("no_get_config", "def config():\n    return 1\n"), ("a_dict", "def get_config():\n    return {}\n"),
-                       ("broken", "def get_config(:\n"), ("raising", "def get_config():\n    return None.train\n")):
+                       ("broken", "def get_config(:\n"), ("raising", "def get_config():\n    return None.train\n"),
+                       ("importing", "from my_recipes.bc import get_config\n")):
         (tmp_path / f"{name}.py").write_text(text)
     cases += [
         (["--config", str(tmp_path / "no_get_config.py"), "--workdir", str(tmp_path / "run")],
@@ -577,6 +601,9 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
         (["--config", str(tmp_path / "raising.py"), "--workdir", str(tmp_path / "run")],
          f"--config {tmp_path / 'raising.py'}: get_config() failed: AttributeError: 'NoneType' object has no "
          "attribute 'train'"),
+        (["--config", str(tmp_path / "importing.py"), "--workdir", str(tmp_path / "run")],  # was a traceback
+         f"--config {tmp_path / 'importing.py'}: its imports failed: ModuleNotFoundError: No module named 'my_recipes' "
+         "(a recipe of your own must be importable: its folder on PYTHONPATH)"),
         (["--config", str(config_path), "--workdir", ""], "the workdir is empty: name a run folder"),
     ]
     # A multi-host launch outside SLURM (docs/training.md) with a bad process count or index.

@@ -64,6 +64,7 @@ PARAMS, TRAINER, DATA, ROLLOUT = "params", "trainer", "data", "rollout"
 TRAINING_ITEMS = (PARAMS, TRAINER, DATA)  # what resuming a run needs; evaluation and init_from read PARAMS
 CHECKPOINTS = "checkpoints"  # subdirectory of the workdir
 INCOMPLETE = "checkpoints.incomplete"  # where a resumed run moves incomplete steps (subdirectory of the workdir)
+ROTATION_RETRIES = 3  # reads of the newest step again when a running training removed the one being read
 STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax's step-level file: the items a finished save wrote
 DIGESTS = "mgdt_digests.json"  # step-level file: {"step": N, "sha256": {path within the step: digest}}
 
@@ -249,12 +250,17 @@ def _is_step_name(name: str) -> bool:
 def choose_checkpoint(
     path: str | Path, step: int | None = None, *, items: Sequence[str] = (PARAMS,)
 ) -> CheckpointChoice:
-    """The checkpoint to read from a workdir or checkpoint directory: ``step``, or the newest complete one.
+    """The checkpoint to read from a workdir, checkpoint directory or one step's folder (``checkpoints/N``):
+    ``step`` (that folder's), or the newest complete one.
 
     A ``step`` given by number that is missing or incomplete raises a one-line CheckpointError. Without
     one, incomplete newer steps are passed over and listed in ``skipped`` (print ``warning()``).
     """
     directory = checkpoint_directory(path)
+    if _is_step_name(directory.name) and (directory / STEP_METADATA).is_file():  # one step's folder: that step
+        if step is not None and step != int(directory.name):
+            raise CheckpointError(f"{directory}: the folder of step {directory.name}, and step {step} was asked for")
+        directory, step = directory.parent, int(directory.name)
     if step is not None:
         if not (directory / str(step)).is_dir():
             steps = checkpoint_steps(directory)
@@ -426,8 +432,20 @@ class Checkpointer:
         return _data_position(self._manager, step, self.directory)
 
     def wait_until_finished(self) -> None:
-        """Blocks until the last asynchronous save is on disk and sealed (and surfaces its errors)."""
-        self._manager.wait_until_finished()
+        """Blocks until the last asynchronous save is on disk and sealed. CheckpointError (one line)
+        when it failed (a full disk, a removed folder): Orbax raises it from its background save
+        with a multi-line status, which named neither the step nor the checkpoint left intact."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:  # noqa: BLE001  (whatever the storage layer raised; the cause is kept in the line)
+            step, self._unsealed = self._unsealed, None
+            kept = choose_checkpoint(self.directory, items=TRAINING_ITEMS).step
+            cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise CheckpointError(
+                f"{self.directory / str(step) if step is not None else self.directory}: saving the checkpoint failed "
+                f"({type(error).__name__}: {cause}); "
+                + (f"the last complete checkpoint is step {kept}" if kept is not None else "no checkpoint is complete")
+            ) from None
         self._seal_finished()
 
     def close(self) -> None:
@@ -438,10 +456,11 @@ class Checkpointer:
 def load_params(path: str | Path, target: Any = None, step: int | None = None) -> Any:
     """The parameters of one checkpoint (the newest complete one by default), e.g. for evaluation or fine-tuning.
 
-    ``path`` is a workdir or its checkpoint directory. ``target`` is an abstract parameter tree
-    (``jax.ShapeDtypeStruct`` leaves with shardings, e.g. ``Trainer.abstract_state.params``) to
-    restore onto a mesh (it comes back as that tree); without one the saved tree comes back as nested
-    dicts of host NumPy arrays.
+    ``path`` is a workdir, its checkpoint directory or one step's folder (``checkpoints/N``).
+    ``target`` is an abstract parameter tree (``jax.ShapeDtypeStruct`` leaves with shardings, e.g.
+    ``Trainer.abstract_state.params``) to restore onto a mesh (it comes back as that tree); without
+    one the saved tree comes back as nested dicts of host NumPy arrays. The newest step, removed by
+    a running training's keep policy while it is read, is passed over for the next newest.
     """
     return load_checkpoint(path, target, step)[0]
 
@@ -457,7 +476,18 @@ def load_checkpoint(path: str | Path, target: Any = None, step: int | None = Non
     directory = checkpoint_directory(path)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such checkpoint directory")
-    directory, step = pick_checkpoint(directory, step)
+    for attempt in range(ROTATION_RETRIES + 1):
+        chosen_directory, chosen = pick_checkpoint(directory, step)
+        try:
+            return _read_checkpoint(chosen_directory, chosen, target, recipe)
+        except CheckpointError:
+            # A running training's keep policy may delete the newest step while it is read: read the
+            # new newest instead of calling a removed checkpoint damaged.
+            if step is not None or attempt == ROTATION_RETRIES or (chosen_directory / str(chosen)).is_dir():
+                raise
+
+
+def _read_checkpoint(directory: Path, step: int, target: Any, recipe: str | None) -> tuple[Any, dict[str, Any]]:
     has_position = (directory / str(step) / DATA).exists()  # an imported checkpoint holds parameters only
     verify(directory / str(step), (PARAMS, DATA) if has_position else (PARAMS,))
     options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
@@ -535,7 +565,9 @@ def _check_fits(manager: ocp.CheckpointManager, step: int, item: str, target: An
     """
     saved = _shapes_by_name(_item_metadata(manager, step, directory)[item])
     wanted = _shapes_by_name(target)
-    where = f"{directory / str(step)}: {item} do not fit this model"
+    what = {PARAMS: "its parameters do not fit this model",
+            TRAINER: "its optimizer state does not fit this config's optimizer and model"}.get(item, f"its {item} does not fit")
+    where = f"{directory / str(step)}: {what}"
     if missing := sorted(wanted.keys() - saved.keys()):
         raise CheckpointError(f"{where}: the checkpoint lacks {len(missing)} of its arrays, e.g. {missing[0]}")
     if extra := sorted(saved.keys() - wanted.keys()):

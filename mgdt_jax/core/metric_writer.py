@@ -109,8 +109,21 @@ class MetricWriter:
         self._starting_over = True
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Appends one step's scalars to both files. OSError naming the workdir when they cannot be
+        written (a full disk's error from a flush names no file)."""
         if not self.enabled:
             return
+        with self._naming_the_workdir():
+            self._write(step, scalars)
+
+    @contextlib.contextmanager
+    def _naming_the_workdir(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as error:
+            raise OSError(f"{self._workdir}: cannot write the run's metrics ({error.strerror or error})") from None
+
+    def _write(self, step: int, scalars: Mapping[str, float]) -> None:
         if self._tensorboard is None:
             if self._starting_over and (moved := _set_aside_earlier_logs(self._workdir)) is not None:
                 self.print(f"{self._workdir}: no checkpoint to resume from, so this run starts at step 0; "
@@ -130,8 +143,12 @@ class MetricWriter:
 
     def close(self) -> None:
         if self._tensorboard is not None:
-            self._tensorboard.close()
-            self._jsonl.close()
+            tensorboard, jsonl, self._tensorboard, self._jsonl = self._tensorboard, self._jsonl, None, None
+            with self._naming_the_workdir():
+                try:
+                    tensorboard.close()
+                finally:
+                    jsonl.close()
 
 
 class Throughput:
