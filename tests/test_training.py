@@ -148,7 +148,7 @@ def test_preempted_and_killed_run_resumes_with_the_losses_of_an_uninterrupted_ru
 ):
     workdir = tmp_path / "run"
     # SIGTERM (a preemption notice) once the first checkpoint exists: the run saves where it is and exits.
-    preempted_at = stop_once_saved(config_path, workdir, signal.SIGTERM, "preempted", 0)
+    preempted_at = stop_once_saved(config_path, workdir, signal.SIGTERM, "preempted", 128 + signal.SIGTERM)
 
     # Resumed, then SIGKILL once its next interval checkpoint exists: nothing is saved on the way out.
     next_checkpoint = (preempted_at // CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY
@@ -209,8 +209,8 @@ def test_a_two_host_job_preempted_on_one_host_resumes_with_the_losses_of_one_hos
     processes[1].send_signal(signal.SIGTERM)  # one host's preemption notice: every host saves the same step
     finished = finish(processes)
     stopped_at = max(losses(workdir))
-    for returncode, lines in finished:
-        assert returncode == 0 and "Traceback" not in "\n".join(lines), lines
+    for returncode, lines in finished:  # saved, not finished: `mgdt-train ... && next` must not go on
+        assert returncode == 128 + signal.SIGTERM and "Traceback" not in "\n".join(lines), lines
         assert f"(preempted at step {stopped_at})" in lines[-1], lines
     assert CHECKPOINT_EVERY <= stopped_at < NUM_STEPS and saved_steps(workdir)[-1] == stopped_at
 

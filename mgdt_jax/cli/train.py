@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import signal
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from mgdt_jax.core.metric_writer import METRICS_FILE, TENSORBOARD_DIR
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file, e.g. experiments/mgdt_40m.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, TensorBoard events, metrics")
+PREEMPTED = 128 + signal.SIGTERM  # the exit status of a run stopped by a preemption notice, as a shell reports one
 
 
 def _train(argv: list[str]) -> int:
@@ -73,6 +75,8 @@ def _train(argv: list[str]) -> int:
     )
     if result.stopped_by == "interrupted":
         raise KeyboardInterrupt  # saved, yet the command was stopped: `mgdt-train ... && mgdt-eval ...` must stop too
+    if result.stopped_by == "preempted":
+        return PREEMPTED  # saved, not finished: a following command must not take the run as done
     return 0
 
 

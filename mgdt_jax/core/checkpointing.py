@@ -347,7 +347,7 @@ class Checkpointer:
 
     def __init__(self, workdir: str | Path, *, save_every: int, keep: int):
         if save_every < 1 or keep < 1:
-            raise ValueError(f"checkpoint_every ({save_every}) and keep_checkpoints ({keep}) must be >= 1")
+            raise ValueError(f"config.train.checkpoint_every ({save_every}) and config.train.keep_checkpoints ({keep}) must be >= 1")
         self.directory = Path(workdir).expanduser().absolute() / CHECKPOINTS
         _tidy_directory(self.directory, choose_checkpoint(self.directory, items=TRAINING_ITEMS))
         self._unsealed: int | None = None  # the step of the save in flight
