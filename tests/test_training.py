@@ -417,15 +417,20 @@ def test_a_step_folder_is_read_and_a_step_removed_while_read_is_passed_over(unin
         checkpointing.load_params(steps / "18", step=12)
 
     read = checkpointing._read_checkpoint
+    newest = steps / str(NUM_STEPS)
+    newest.rename(tmp_path / "not_yet_saved")
 
-    def removed_while_read(directory, step, *args):
-        if step == NUM_STEPS:
-            shutil.rmtree(directory / str(step))  # the training's keep policy, mid-read
+    def rotated_while_read(directory, step, *args):
+        if step == 18 and not newest.exists():  # step 24's save finishes; the keep policy starts removing 18
+            (tmp_path / "not_yet_saved").rename(newest)
+            shutil.rmtree(directory / str(step) / checkpointing.PARAMS)
         return read(directory, step, *args)
 
-    monkeypatch.setattr(checkpointing, "_read_checkpoint", removed_while_read)
-    for saved, read_now in zip(by_step[18], jax.tree.leaves(checkpointing.load_params(workdir))):
+    monkeypatch.setattr(checkpointing, "_read_checkpoint", rotated_while_read)
+    for saved, read_now in zip(by_step[NUM_STEPS], jax.tree.leaves(checkpointing.load_params(workdir))):
         np.testing.assert_array_equal(saved, read_now)
+    with pytest.raises(checkpointing.CheckpointError, match="/18/params/_METADATA: missing"):  # asked for by number
+        checkpointing.load_params(workdir, step=18)
 
 
 def test_damaged_array_metadata_is_one_line_when_resuming(config_path, uninterrupted_run, tmp_path):
@@ -578,6 +583,8 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
     cases = [
         (["--config", str(tmp_path / "nosuch.py"), "--workdir", str(tmp_path / "run")],
          f"--config {tmp_path / 'nosuch.py'}: no such file"),
+        (["--config", "experiments/nosuch.py", "--config.train.num_steps=3", "--workdir", str(tmp_path / "run")],
+         "--config experiments/nosuch.py: no such file"),  # with an override: was two tracebacks
         (["--config", str(config_path), "--config.train.num_stepz=3", "--workdir", str(tmp_path / "run")],
          """a --config override names no field of the config ('num_stepz' Did you mean "num_steps" instead of "num_stepz"?)"""),
         (["--config", str(config_path), "--workdir", str(a_file)], f"{a_file}: is a file, not a run folder"),

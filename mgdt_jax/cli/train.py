@@ -93,6 +93,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except SyntaxError as error:  # in the config file, loaded while the flags are parsed
         print(f"mgdt-train: error: --config {error.filename}: line {error.lineno}: {error.msg}", file=sys.stderr)
         sys.exit(1)
+    except OSError as error:  # an override makes ml_collections load the file while parsing
+        config_file = _config_argument(argv)
+        fault = "no such file" if not Path(config_file).is_file() else f"cannot be loaded ({str(error).splitlines()[0]})"
+        print(f"mgdt-train: error: --config {config_file}: {fault}", file=sys.stderr)
+        sys.exit(1)
     except ImportError as error:  # the config file's own imports, e.g. a recipe's package not on PYTHONPATH
         print(f"mgdt-train: error: --config {_config_argument(argv)}: its imports failed: {type(error).__name__}: "
               f"{error} (a recipe of your own must be importable: its folder on PYTHONPATH)", file=sys.stderr)

@@ -481,9 +481,10 @@ def load_checkpoint(path: str | Path, target: Any = None, step: int | None = Non
         try:
             return _read_checkpoint(chosen_directory, chosen, target, recipe)
         except CheckpointError:
-            # A running training's keep policy may delete the newest step while it is read: read the
-            # new newest instead of calling a removed checkpoint damaged.
-            if step is not None or attempt == ROTATION_RETRIES or (chosen_directory / str(chosen)).is_dir():
+            # A running training's keep policy may delete the newest step while it is read (the folder
+            # half-removed, or gone): when a newer step has meanwhile become the newest, read that one
+            # instead of calling the removed checkpoint damaged.
+            if step is not None or attempt == ROTATION_RETRIES or choose_checkpoint(directory).step == chosen:
                 raise
 
 
