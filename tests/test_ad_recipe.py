@@ -56,7 +56,24 @@ def test_trained_run_evaluates_in_context_beside_its_source(trained, tmp_path, c
         assert (run["tasks"], run["episodes"]) == (16, 3)  # Dark Room's 16 held-out goals
         assert 0 <= run["final"]["return"]["low"] <= run["final"]["return"]["mean"] <= run["final"]["return"]["high"] <= 20
     assert (out / "curves.png").stat().st_size > 0 and (out / "curves.csv").read_text().count("\n") == 1 + 5 * 3
-    assert "AD sample" in capsys.readouterr().out
+    assert (report["settings"]["step"], report["settings"]["ed_step"]) == (3, 3)  # the report said no step
+    printed = capsys.readouterr().out
+    assert "darkroom: step 3 (ED step 3), 16 held-out tasks x 3" in printed and "AD sample" in printed
+
+
+def test_an_ed_run_trained_on_the_ad_runs_held_out_tasks_is_refused(trained, tmp_path, capsys):
+    # Its baseline was scored on tasks it had trained on (its histories of another split), silently.
+    _, workdir = trained
+    other_split = write(tmp_path, "dr_s1", "--env", "darkroom", "--source", "q_learning", "--episodes", 2,
+                        "--num-train", 8, "--split-seed", 1)
+    capsys.readouterr()  # the generator's progress bars
+    ed = tmp_path / "ed"
+    shutil.copytree(workdir, ed)
+    config = json.loads((ed / "config.json").read_text())
+    config["data"]["sources"] = [str(other_split)]
+    (ed / "config.json").write_text(json.dumps(config))
+    assert f"{ed} (the ED run): trained on " in bad_eval(capsys, "--workdir", workdir, "--ed-workdir", ed, "--out",
+                                                         tmp_path / "r")
 
 
 def bad_eval(capsys, *args) -> str:

@@ -9,6 +9,7 @@ import csv
 import dataclasses
 import json
 import shutil
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -156,6 +157,16 @@ def test_babyai_played_together_and_one_at_a_time_scores_as_computed_by_hand(mod
         assert len(list(csv.DictReader(handle))) == 10
     assert (tmp_path / "scores.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob("*.partial"))
+
+    # Ctrl-C while the plot is drawn left scores.csv.partial in --out, which then was not removed.
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    interrupted_out = tmp_path / "interrupted"
+    interrupted_out.mkdir()
+    with mock.patch.object(evaluate, "_plot", interrupted), pytest.raises(KeyboardInterrupt):
+        evaluate.write_report([together], aggregates, interrupted_out, {"seed": 3})
+    assert not list(interrupted_out.iterdir())
 
 
 def test_cli_refuses_references_of_other_versions_in_one_line(tmp_path, capsys):

@@ -9,15 +9,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mgdt_jax.core import files
+from mgdt_jax.core.checkpointing import CHECKPOINTS, INCOMPLETE
 
 
-def check_out_dir(out: Path, report_name: str) -> None:
+def check_out_dir(out: Path, report_name: str, workdir: Path | None = None) -> None:
     """Checks an evaluation CLI's ``--out`` before any playing, so a bad path costs no scores.
 
     ``report_name`` is the recipe's report file, written last: its presence marks a finished report.
     Raises OSError (one line, naming the path) when ``out`` is not a directory, holds a finished
-    report (which the run would replace: another shard's or an earlier run's), or cannot be created.
+    report (which the run would replace: another shard's or an earlier run's), cannot be created,
+    or is the evaluated run's ``workdir`` or inside its checkpoint folders (which training rotates
+    and hashes; a subfolder such as ``WORKDIR/eval`` is fine).
     """
+    if workdir is not None:
+        run, target = Path(workdir).resolve(), out.resolve()
+        if target == run or any(target.is_relative_to(run / name) for name in (CHECKPOINTS, INCOMPLETE)):
+            raise OSError(f"--out {out}: the run's own folder{'' if target == run else ' of checkpoints'}; give the "
+                          f"report a folder of its own, e.g. {Path(workdir) / 'eval'}")
     if out.is_symlink() and not out.exists():
         raise OSError(f"--out {out}: a symlink to nothing")
     if out.exists():
@@ -37,14 +45,14 @@ CLAIM_FILE = ".evaluating"  # in --out while an evaluation CLI runs: the process
 
 
 @contextlib.contextmanager
-def claimed_out_dir(out: Path, report_name: str) -> Iterator[None]:
+def claimed_out_dir(out: Path, report_name: str, workdir: Path | None = None) -> Iterator[None]:
     """``check_out_dir``, then holds ``out`` for this process while the block runs, so that two
     evaluations given the same ``--out`` cannot both pass the check and the later one replace the
     earlier one's report: ``OUT/.evaluating`` is created exclusively with this process's id (a file
     left by a process no longer running is taken over). OSError (one line) when another evaluation
     holds it or finished a report there meanwhile. Folders made for ``out`` are removed again if the
     block fails."""
-    check_out_dir(out, report_name)
+    check_out_dir(out, report_name, workdir)
     with files.removing_created_folders(out):
         out.mkdir(parents=True, exist_ok=True)
         with files.held(out / CLAIM_FILE, "another evaluation"):

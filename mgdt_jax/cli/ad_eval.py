@@ -17,13 +17,14 @@ from absl import logging
 
 from mgdt_jax.cli import claimed_out_dir
 from mgdt_jax.core.commands import interruptible
-from mgdt_jax.core.files import path_argument, seed_argument
+from mgdt_jax.core.files import count_argument, path_argument, seed_argument
 
 
 @interruptible("mgdt-ad-eval")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-ad-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=path_argument, required=True, help="the AD run (mgdt-train --workdir)")
+    parser.add_argument("--step", type=count_argument(0), help="the AD run's checkpoint step (default: the newest)")
     parser.add_argument("--ed-workdir", type=path_argument, help="an Expert Distillation run to compare with")
     parser.add_argument("--baselines", default="", help="comma list of source algorithms run from scratch, "
                                                         "e.g. thompson,ucb1 or q_learning")
@@ -43,16 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     from mgdt_jax.recipes.ad import comparison, evaluate, sources
 
     try:
-        with claimed_out_dir(args.out, evaluate.REPORT_JSON):
+        with claimed_out_dir(args.out, evaluate.REPORT_JSON, args.workdir):
             baselines = [sources.make_source(name) for name in names]
             report = comparison.compare(args.workdir, args.out, ed_workdir=args.ed_workdir, baselines=baselines,
-                                        episodes=args.episodes, seed=args.seed)
+                                        episodes=args.episodes, seed=args.seed, step=args.step)
     except (ValueError, CheckpointError, EnvError, OSError) as error:  # HistoryError, SourceError are ValueErrors
         print(f"mgdt-ad-eval: error: {error}", file=sys.stderr)
         return 1
     settings = report["settings"]
-    print(f"{settings['env']}: {settings['tasks']} held-out tasks x {settings['episodes']} in-context episodes; "
-          f"report in {args.out}")
+    print(f"{settings['env']}: step {settings['step']}"
+          + (f" (ED step {settings['ed_step']})" if settings["ed_step"] is not None else "")
+          + f", {settings['tasks']} held-out tasks x {settings['episodes']} in-context episodes; report in {args.out}")
     for name, run in report["runs"].items():
         metric = "cumulative_regret" if "cumulative_regret" in run["final"] else "return"
         final = run["final"][metric]

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from mgdt_jax.recipes.ada import evaluate
 
     try:
-        with claimed_out_dir(args.out, evaluate.REPORT_JSON):
+        with claimed_out_dir(args.out, evaluate.REPORT_JSON, args.workdir):
             scores = evaluate.evaluate_run(args.workdir, trials=args.trials, episodes=args.episodes, seed=args.seed,
                                            step=args.step, greedy=args.greedy)
             report = evaluate.write_report([scores], args.out)

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_episode_frames is not None:
         protocol = dataclasses.replace(protocol, max_episode_frames=args.max_episode_frames)
     try:
-        with claimed_out_dir(args.out, REPORT_JSON):
+        with claimed_out_dir(args.out, REPORT_JSON, args.workdir):
             games = resolve_games(args.suite, args.games.split(",") if args.games else None)
             shard_index, shard_count = args.shard
             games = games[shard_index::shard_count]

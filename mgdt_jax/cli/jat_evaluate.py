@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from absl import logging
 
@@ -53,18 +54,24 @@ def main(argv: list[str] | None = None) -> int:
     from mgdt_jax.recipes.jat import evaluate, references
 
     try:
-        with claimed_out_dir(args.out, evaluate.REPORT_JSON):
+        with claimed_out_dir(args.out, evaluate.REPORT_JSON, args.workdir):
             refs = {name: references.load(args.data / name) for name in task_names}
             for name, ref in refs.items():
                 references.check_versions(ref)
-            model, _, step = evaluate.load_model(args.workdir, args.step)
+            model, run_config, step = evaluate.load_model(args.workdir, args.step)
+            trained = {Path(str(task.get("path", ""))).name for task in (run_config.get("data") or {}).get("tasks", ())
+                       if isinstance(task, dict)}
+            if untrained := [name for name in task_names if name not in trained]:
+                print(f"warning: {', '.join(untrained)}: not among the run's training tasks (config.data.tasks): "
+                      "scored zero-shot", file=sys.stderr)
             results = [evaluate.play_task(model, name, refs[name], episodes=args.episodes,
                                           envs_per_task=args.envs_per_task, seed=args.seed, greedy=args.greedy,
                                           max_steps=args.max_steps) for name in task_names]
             aggregates = evaluate.domain_iqm(results)
             evaluate.write_report(results, aggregates, args.out, {
                 "workdir": str(args.workdir), "step": step, "episodes": args.episodes, "seed": args.seed,
-                "greedy": args.greedy, "envs_per_task": args.envs_per_task, "max_steps": args.max_steps})
+                "greedy": args.greedy, "envs_per_task": args.envs_per_task, "max_steps": args.max_steps,
+                "untrained_tasks": untrained})
     except (CheckpointError, UnknownTaskError, ValueError, OSError) as error:  # ReferenceError is a ValueError
         print(f"mgdt-jat-eval: error: {error}", file=sys.stderr)
         return 1

@@ -466,8 +466,8 @@ def load_params(path: str | Path, target: Any = None, step: int | None = None) -
 
 
 def load_checkpoint(path: str | Path, target: Any = None, step: int | None = None,
-                    recipe: str | None = None) -> tuple[Any, dict[str, Any]]:
-    """``(params, data position)`` of one complete checkpoint (the latest by default), read-only.
+                    recipe: str | None = None) -> tuple[Any, dict[str, Any], int]:
+    """``(params, data position, step read)`` of one complete checkpoint (the latest by default), read-only.
 
     ``path`` and ``target`` as in ``load_params``. Given ``recipe``, a checkpoint saved by another
     recipe (the data position's ``recipe``) is refused before any array is read. CheckpointError
@@ -479,7 +479,7 @@ def load_checkpoint(path: str | Path, target: Any = None, step: int | None = Non
     for attempt in range(ROTATION_RETRIES + 1):
         chosen_directory, chosen = pick_checkpoint(directory, step)
         try:
-            return _read_checkpoint(chosen_directory, chosen, target, recipe)
+            return (*_read_checkpoint(chosen_directory, chosen, target, recipe), chosen)
         except CheckpointError:
             # A running training's keep policy may delete the newest step while it is read (the folder
             # half-removed, or gone): when a newer step has meanwhile become the newest, read that one

@@ -229,8 +229,8 @@ class ADRecipe(Recipe):
         return run
 
 
-def load_trained(workdir: str | Path, step: int | None = None) -> tuple[Any, nnx.Module, dict]:
-    """``(recipe, model, config)`` of an AD run: its config.json and the parameters of its checkpoint
+def load_trained(workdir: str | Path, step: int | None = None) -> tuple[Any, nnx.Module, int]:
+    """``(recipe, model, step)`` of an AD run: its config.json and the parameters of its checkpoint
     (the latest by default), restored onto one device. ValueError (one line) for a workdir without
     config.json, a run of another recipe, or histories that no longer match the config;
     CheckpointError for a missing checkpoint or parameters that do not fit."""
@@ -244,8 +244,8 @@ def load_trained(workdir: str | Path, step: int | None = None) -> tuple[Any, nnx
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
                           jax.eval_shape(lambda: nnx.state(recipe.model(nnx.Rngs(0)))))
-    params, _ = checkpointing.load_checkpoint(workdir, target=target, step=step, recipe=ADRecipe.name)
-    return recipe, nnx.merge(graphdef, params), config
+    params, _, step = checkpointing.load_checkpoint(workdir, target=target, step=step, recipe=ADRecipe.name)
+    return recipe, nnx.merge(graphdef, params), step
 
 
 def training_task_ids(recipe: Any) -> np.ndarray:

@@ -323,8 +323,7 @@ def load_agent(workdir: str | Path, env: ada_env.MetaEnvironment, tasks: ada_env
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), abstract)
     try:
-        directory, chosen = checkpointing.pick_checkpoint(checkpointing.checkpoint_directory(workdir), step)
-        params, position = checkpointing.load_checkpoint(directory, target=target, step=chosen, recipe=AdaRecipe.name)
+        params, position, chosen = checkpointing.load_checkpoint(workdir, target=target, step=step, recipe=AdaRecipe.name)
     except (checkpointing.CheckpointError, FileNotFoundError) as error:
         raise ValueError(str(error)) from None
     return nnx.merge(graphdef, params), run_config, chosen, position

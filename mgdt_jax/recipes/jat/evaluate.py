@@ -332,15 +332,21 @@ def write_report(results: Sequence[TaskResult], aggregates: Mapping[str, Interva
                            "env_steps_per_second": r.env_steps / max(r.seconds, 1e-9)} for r in results},
         "domains": {name: dataclasses.asdict(interval) for name, interval in aggregates.items()},
     }
-    with open(out_dir / "scores.csv.partial", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["task", "domain", "episode", "return", "normalized_score"])
-        for r in results:
-            for episode, (value, score) in enumerate(zip(r.returns, r.normalized)):
-                writer.writerow([r.task, r.domain, episode, f"{value:.6g}", f"{score:.6g}"])
-    _plot(results, aggregates, out_dir / "scores.png.partial")
-    (out_dir / f"{REPORT_JSON}.partial").write_text(json.dumps(report, indent=1) + "\n")
-    for name in ("scores.csv", "scores.png", REPORT_JSON):  # report.json last: its presence means complete
+    names = ("scores.csv", "scores.png", REPORT_JSON)  # report.json last: its presence means complete
+    try:
+        with open(out_dir / "scores.csv.partial", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["task", "domain", "episode", "return", "normalized_score"])
+            for r in results:
+                for episode, (value, score) in enumerate(zip(r.returns, r.normalized)):
+                    writer.writerow([r.task, r.domain, episode, f"{value:.6g}", f"{score:.6g}"])
+        _plot(results, aggregates, out_dir / "scores.png.partial")
+        (out_dir / f"{REPORT_JSON}.partial").write_text(json.dumps(report, indent=1) + "\n")
+    except BaseException:  # Ctrl-C or a full disk: no .partial left beside an unfinished report
+        for name in names:
+            (out_dir / f"{name}.partial").unlink(missing_ok=True)
+        raise
+    for name in names:
         (out_dir / f"{name}.partial").replace(out_dir / name)
 
 
@@ -368,7 +374,7 @@ def _plot(results: Sequence[TaskResult], aggregates: Mapping[str, Interval], pat
 
 def load_model(workdir: Path, step: int | None = None) -> tuple[JatModel, Any, int]:
     """(model, run config, step) of a JAT run's checkpoint (the newest complete one by default, as
-    every reader picks it: ``checkpointing.pick_checkpoint``).
+    every reader picks it: ``checkpointing.load_checkpoint``).
 
     Raises CheckpointError (one line) for a missing or unreadable config or checkpoint, a run of
     another recipe, or a config that does not fit the weights.
@@ -387,6 +393,5 @@ def load_model(workdir: Path, step: int | None = None) -> tuple[JatModel, Any, i
         raise checkpointing.CheckpointError(f"{config_path}: a run of the {recipe_name(config)!r} recipe, not JAT")
     config = {**config, "mesh": {"data": 1, "fsdp": 1, "tensor": 1}}
     trainer = Trainer(config, sharding.make_mesh(config["mesh"], jax.devices()[:1]))
-    directory, step = checkpointing.pick_checkpoint(checkpointing.checkpoint_directory(workdir), step)
-    params = checkpointing.load_params(directory, target=trainer.abstract_state.params, step=step)
-    return nnx.merge(trainer.graphdef, params), config, int(step)
+    params, _, step = checkpointing.load_checkpoint(workdir, target=trainer.abstract_state.params, step=step)
+    return nnx.merge(trainer.graphdef, params), config, step

@@ -100,13 +100,14 @@ def load_model(workdir: Path, step: int | None = None) -> tuple[MultiGameDecisio
         raise checkpointing.CheckpointError(f"{config_path}: not a readable run config ({error})") from None
     if (recipe := recipe_name(run_config)) != MgdtRecipe.name:
         raise checkpointing.CheckpointError(f"{config_path}: a run of the {recipe!r} recipe, not an MGDT")
-    directory, step = checkpointing.pick_checkpoint(workdir, step)
+    directory = checkpointing.checkpoint_directory(workdir)
     try:
-        saved = _without_variable_level(checkpointing.load_params(directory, step=step))
+        params_read, _, step = checkpointing.load_checkpoint(workdir, step=step)
+        saved = _without_variable_level(params_read)
     except checkpointing.CheckpointError:
         raise
     except Exception as error:  # a damaged checkpoint surfaces as anything from TensorStore to JSON
-        raise checkpointing.CheckpointError(f"{directory / str(step)}: unreadable checkpoint ({error})") from None
+        raise checkpointing.CheckpointError(f"{directory}: unreadable checkpoint ({error})") from None
     abstract = nnx.eval_shape(lambda: MultiGameDecisionTransformer(config, rngs=nnx.Rngs(0)))
     graphdef, params = nnx.split(abstract)
     expected, found = _shapes(nnx.to_pure_dict(params)), _shapes(saved)
