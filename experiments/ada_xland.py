@@ -5,8 +5,10 @@ views, PPO) at the size of its first sweep, on a benchmark generated here before
     mgdt-train --config experiments/ada_xland.py --workdir runs/ada_xland
     mgdt-ada-eval --workdir runs/ada_xland --trials 5 --out runs/ada_xland/eval
 
-``--config.env.benchmark=PATH`` points at another benchmark, ``--config.model.agent=gru`` trains the
-GRU RL² baseline, ``--config.train.num_steps`` sets the PPO steps (128 environments x 32 steps each).
+``--config.env.benchmark=PATH`` points at another benchmark, ``--config.model.agent=gru
+--config.model.gru_hidden=128`` trains the claim's GRU RL² baseline (``ada_claims.MODELS["gru"]``:
+the other sizes are the Transformer-XL's), ``--config.train.num_steps`` sets the PPO steps (128
+environments x 32 steps each).
 The claims themselves (both agents, the task settings of docs/ada.md) run with experiments/ada_claims.py.
 """
 

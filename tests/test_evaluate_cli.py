@@ -140,11 +140,13 @@ def test_bad_input_is_one_line_errors(tiny_workdir, tmp_path, capsys):
         eval_cli.main(["--workdir", str(tiny_workdir), "--games", "Pong", "--kappa=-1", *out])
     assert exit.value.code == 2 and "kappa must be >= 0" in capsys.readouterr().err
     # A report written into the run's checkpoint folder mixed with what training rotates and hashes.
-    for inside, fault in ((tiny_workdir / "checkpoints", "the run's own folder of checkpoints"),
-                          (tiny_workdir / "checkpoints" / "eval", "the run's own folder of checkpoints"),
-                          (tiny_workdir, "the run's own folder;")):
-        _fails_with(["--workdir", str(tiny_workdir), "--games", "Pong", "--out", str(inside)], capsys,
-                    f"--out {inside}: {fault}", f"e.g. {tiny_workdir / 'eval'}")
+    for workdir, inside, fault in (
+            (tiny_workdir, tiny_workdir / "checkpoints", "the run's own folder of checkpoints"),
+            (tiny_workdir, tiny_workdir / "checkpoints" / "eval", "the run's own folder of checkpoints"),
+            (tiny_workdir, tiny_workdir, "the run's own folder;"),
+            (tiny_workdir / "checkpoints", tiny_workdir / "checkpoints" / "eval", "the run's own folder of checkpoints")):
+        _fails_with(["--workdir", str(workdir), "--games", "Pong", "--out", str(inside)], capsys,
+                    f"--out {inside}: {fault}", f"e.g. {tiny_workdir.resolve() / 'eval'}")
     assert not (tiny_workdir / "checkpoints" / "eval").exists()
     a_file = tmp_path / "a_file"
     a_file.write_text("")

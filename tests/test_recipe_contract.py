@@ -173,7 +173,8 @@ def test_resuming_with_a_changed_config_names_the_changes(tmp_path, capsys):
     assert loop.train(config, workdir).last_step == NUM_STEPS + 2
     out = capsys.readouterr().out
     assert (f"warning: the config differs from the run's config.json (train.eval_every 0 -> 2, train.num_steps "
-            f"{NUM_STEPS} -> {NUM_STEPS + 2}, train.seed 0 -> 5); the resumed run keeps") in out
+            f"{NUM_STEPS} -> {NUM_STEPS + 2}, train.seed 0 -> 5); a changed train.seed has no effect (the checkpoint's "
+            "RNG goes on); a changed num_steps or optimizer reshapes the learning-rate schedule from here") in out
     assert "warning: config.train.eval_every is 2, but recipe tests.toy_recipe has no evaluator" in out
     loop.train(config, workdir)
     assert "the config differs" not in capsys.readouterr().out
@@ -219,3 +220,14 @@ def test_metrics_that_cannot_be_written_name_the_workdir(tmp_path, monkeypatch):
     workdir = tmp_path / "run"
     with pytest.raises(OSError, match=f"^{re.escape(str(workdir))}: cannot write the run's metrics \\(No space left on device\\)$"):
         loop.train(toy_config(), workdir)
+
+
+def test_a_preemption_notice_during_the_last_step_leaves_a_finished_run(tmp_path, monkeypatch):
+    # The run was saved at num_steps, yet reported "preempted" and mgdt-train exited 143.
+    def noticed_at_the_last_step(self, step):
+        self.reason = "preempted"
+        return step == NUM_STEPS
+
+    monkeypatch.setattr(loop._Preemption, "reached", noticed_at_the_last_step)
+    result = loop.train(toy_config(), tmp_path / "run")
+    assert (result.last_step, result.stopped_by, result.last_checkpoint) == (NUM_STEPS, "", NUM_STEPS)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mgdt_jax.core import files
-from mgdt_jax.core.checkpointing import CHECKPOINTS, INCOMPLETE
+from mgdt_jax.core.checkpointing import CHECKPOINTS, INCOMPLETE, checkpoint_directory
 
 
 def check_out_dir(out: Path, report_name: str, workdir: Path | None = None) -> None:
@@ -22,10 +22,14 @@ def check_out_dir(out: Path, report_name: str, workdir: Path | None = None) -> N
     and hashes; a subfolder such as ``WORKDIR/eval`` is fine).
     """
     if workdir is not None:
-        run, target = Path(workdir).resolve(), out.resolve()
-        if target == run or any(target.is_relative_to(run / name) for name in (CHECKPOINTS, INCOMPLETE)):
+        # --workdir may also name the checkpoint folder itself (an imported checkpoint, RUN/checkpoints).
+        checkpoints = checkpoint_directory(workdir).resolve()
+        run = checkpoints.parent if checkpoints.name == CHECKPOINTS else Path(workdir).resolve()
+        target = out.resolve()
+        if target == run or any(target.is_relative_to(folder) for folder in (checkpoints, run / CHECKPOINTS,
+                                                                              run / INCOMPLETE)):
             raise OSError(f"--out {out}: the run's own folder{'' if target == run else ' of checkpoints'}; give the "
-                          f"report a folder of its own, e.g. {Path(workdir) / 'eval'}")
+                          f"report a folder of its own, e.g. {run / 'eval'}")
     if out.is_symlink() and not out.exists():
         raise OSError(f"--out {out}: a symlink to nothing")
     if out.exists():

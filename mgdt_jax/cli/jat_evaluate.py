@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from absl import logging
 
@@ -58,20 +57,14 @@ def main(argv: list[str] | None = None) -> int:
             refs = {name: references.load(args.data / name) for name in task_names}
             for name, ref in refs.items():
                 references.check_versions(ref)
-            model, run_config, step = evaluate.load_model(args.workdir, args.step)
-            trained = {Path(str(task.get("path", ""))).name for task in (run_config.get("data") or {}).get("tasks", ())
-                       if isinstance(task, dict)}
-            if untrained := [name for name in task_names if name not in trained]:
-                print(f"warning: {', '.join(untrained)}: not among the run's training tasks (config.data.tasks): "
-                      "scored zero-shot", file=sys.stderr)
+            model, _, step = evaluate.load_model(args.workdir, args.step)
             results = [evaluate.play_task(model, name, refs[name], episodes=args.episodes,
                                           envs_per_task=args.envs_per_task, seed=args.seed, greedy=args.greedy,
                                           max_steps=args.max_steps) for name in task_names]
             aggregates = evaluate.domain_iqm(results)
             evaluate.write_report(results, aggregates, args.out, {
                 "workdir": str(args.workdir), "step": step, "episodes": args.episodes, "seed": args.seed,
-                "greedy": args.greedy, "envs_per_task": args.envs_per_task, "max_steps": args.max_steps,
-                "untrained_tasks": untrained})
+                "greedy": args.greedy, "envs_per_task": args.envs_per_task, "max_steps": args.max_steps})
     except (CheckpointError, UnknownTaskError, ValueError, OSError) as error:  # ReferenceError is a ValueError
         print(f"mgdt-jat-eval: error: {error}", file=sys.stderr)
         return 1

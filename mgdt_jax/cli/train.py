@@ -95,7 +95,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(1)
     except OSError as error:  # an override makes ml_collections load the file while parsing
         config_file = _config_argument(argv)
-        fault = "no such file" if not Path(config_file).is_file() else f"cannot be loaded ({str(error).splitlines()[0]})"
+        fault = ("no such file" if not Path(config_file.split(":", 1)[0]).is_file()  # FILE:ARGUMENT names FILE
+                 else f"cannot be loaded ({str(error).splitlines()[0]})")
         print(f"mgdt-train: error: --config {config_file}: {fault}", file=sys.stderr)
         sys.exit(1)
     except ImportError as error:  # the config file's own imports, e.g. a recipe's package not on PYTHONPATH

@@ -460,7 +460,8 @@ def load_params(path: str | Path, target: Any = None, step: int | None = None) -
     ``target`` is an abstract parameter tree (``jax.ShapeDtypeStruct`` leaves with shardings, e.g.
     ``Trainer.abstract_state.params``) to restore onto a mesh (it comes back as that tree); without
     one the saved tree comes back as nested dicts of host NumPy arrays. The newest step, removed by
-    a running training's keep policy while it is read, is passed over for the next newest.
+    a running training's keep policy while it is read, is passed over for the new newest, with a
+    warning (in a single-process job).
     """
     return load_checkpoint(path, target, step)[0]
 
@@ -484,8 +485,12 @@ def load_checkpoint(path: str | Path, target: Any = None, step: int | None = Non
             # A running training's keep policy may delete the newest step while it is read (the folder
             # half-removed, or gone): when a newer step has meanwhile become the newest, read that one
             # instead of calling the removed checkpoint damaged.
-            if step is not None or attempt == ROTATION_RETRIES or choose_checkpoint(directory).step == chosen:
+            # One host only: hosts deciding apart would leave one waiting in the next read's collective.
+            if (step is not None or attempt == ROTATION_RETRIES or jax.process_count() > 1
+                    or choose_checkpoint(directory).step == chosen):
                 raise
+            print(f"warning: {chosen_directory / str(chosen)}: removed while it was read (a running training's "
+                  "keep policy); reading the newest step instead", file=sys.stderr, flush=True)
 
 
 def _read_checkpoint(directory: Path, step: int, target: Any, recipe: str | None) -> tuple[Any, dict[str, Any]]:

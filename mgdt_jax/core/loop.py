@@ -180,7 +180,7 @@ def _train(
             files.write_text(workdir / CONFIG_FILE, config.to_json_best_effort(indent=1) + "\n")
         if evaluate is None and train_config.eval_every:
             writer.print(f"warning: config.train.eval_every is {train_config.eval_every}, but recipe {recipe.name} has "
-                         "no evaluator: nothing will be evaluated")
+                         "no evaluator for this config: nothing will be evaluated")
         first_step = last_step = int(state.step)
         preempted = False
         if first_step >= train_config.num_steps:
@@ -252,16 +252,20 @@ def _train(
                         scores = evaluate(trainer.model(state), last_step)
                     writer.write(last_step, {f"eval/{name}": value for name, value in scores.items()})
         except DataStreamError as error:  # the steps taken are kept: a rerun goes on once the data is mended
-            jax.block_until_ready(state)
-            if checkpointer.latest_step() != last_step:
+            # Only on one host: the others would be inside the next step's collectives, not at this save.
+            if jax.process_count() == 1 and checkpointer.latest_step() != last_step:
+                _finite_scalars(metrics, last_step, checkpointer)  # nothing from a broken state is saved
                 save(last_step)
-            raise DataStreamError(f"{error}; saved step {last_step}") from None
+            kept = checkpointer.latest_step() if jax.process_count() > 1 else last_step
+            raise DataStreamError(f"{error}; " + (f"saved step {kept}" if kept == last_step else
+                                                  f"the last checkpoint is step {kept}")) from None
     finally:
         preemption.close()  # first: a Ctrl-C during the rest of the clean-up must not skip it
         getattr(stream, "close", lambda: None)()  # stops the data worker processes
         checkpointer.close()
         writer.close()
-    return TrainResult(workdir, first_step, last_step, checkpointer.latest_step(), preemption.reason if preempted else "")
+    stopped = preempted and last_step < train_config.num_steps  # a notice during the last step stopped nothing
+    return TrainResult(workdir, first_step, last_step, checkpointer.latest_step(), preemption.reason if stopped else "")
 
 
 def _check_counts(train_config: Any) -> None:
@@ -308,10 +312,16 @@ def _warn_if_config_changed(path: Path, current: Mapping[str, Any], writer: Metr
     before, now = flat(saved), flat(current)
     changed = [f"{key.rstrip('.')} {before.get(key)!r} -> {now.get(key)!r}"
                for key in sorted(before.keys() | now.keys()) if before.get(key) != now.get(key)]
-    if changed:
-        writer.print("warning: the config differs from the run's " + CONFIG_FILE + " (" + ", ".join(changed) + "); "
-                     "the resumed run keeps the checkpoint's step, RNG and optimizer state: a changed train.seed has "
-                     "no effect, a changed num_steps or optimizer reshapes the learning-rate schedule from here")
+    if not changed:
+        return
+    notes = []
+    if before.get("train.seed.") != now.get("train.seed."):
+        notes.append("a changed train.seed has no effect (the checkpoint's RNG goes on)")
+    if any(before.get(key) != now.get(key) for key in before.keys() | now.keys()
+           if key.startswith("optimizer.") or key == "train.num_steps."):
+        notes.append("a changed num_steps or optimizer reshapes the learning-rate schedule from here")
+    writer.print("warning: the config differs from the run's " + CONFIG_FILE + " (" + ", ".join(changed) + ")"
+                 + "".join(f"; {note}" for note in notes))
 
 
 def _finite_scalars(metrics: Mapping[str, jax.Array], step: int, checkpointer: checkpointing.Checkpointer) -> dict[str, float]:

@@ -89,7 +89,9 @@ class TrainingData(Protocol):
         """This host's rows of global batch ``step`` ([global batch / process_count, ...] per key)."""
 
     def iterate(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
-        """Batches ``start_step, start_step + 1, ...``, equal to ``batch(k)`` (built ahead of use).
+        """Batches ``start_step, start_step + 1, ...``, equal to ``batch(k)`` (built ahead of use),
+        at least until ``train.num_steps``: a stream that ends earlier stops the run
+        (``loop.DataStreamError``, the steps taken saved on a single host).
 
         The iterator may have a ``close()``, which the loop calls when training ends.
         """
@@ -193,7 +195,8 @@ def load_recipe(config: Any) -> Recipe:
     if not (isinstance(recipe_type, type) and issubclass(recipe_type, Recipe)):
         raise ValueError(f"config.recipe {name!r}: {module_name} sets no RECIPE (a Recipe subclass)")
     # One identity everywhere: checkpoints save ``name``, run configs save config.recipe.
-    if (named := getattr(recipe_type, "name", None)) != name:
+    named = getattr(recipe_type, "name", None)
+    if named != name and module_name != f"{RECIPES_PACKAGE}.{named}.recipe":  # "x" may also be given in full
         raise ValueError(f"config.recipe {name!r}: {module_name}'s RECIPE, {recipe_type.__name__}, is named {named!r}; "
                          f"a recipe's name must be what config.recipe calls it (outside {RECIPES_PACKAGE}: its "
                          "module path)")
