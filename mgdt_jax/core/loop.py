@@ -304,23 +304,23 @@ def _warn_if_config_changed(path: Path, current: Mapping[str, Any], writer: Metr
     except (OSError, ValueError):
         return  # a run from before config.json, or one whose file was removed: nothing to compare
 
-    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(tree, Mapping):
-            return {prefix: tree}
-        return {key: value for name, child in tree.items() for key, value in flat(child, f"{prefix}{name}.").items()}
+    def flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:  # {"train.seed": 0, ...}
+        fields = {}
+        for name, child in tree.items():
+            fields.update(flat(child, f"{prefix}{name}.") if isinstance(child, Mapping) else {f"{prefix}{name}": child})
+        return fields
 
     before, now = flat(saved), flat(current)
-    changed = [f"{key.rstrip('.')} {before.get(key)!r} -> {now.get(key)!r}"
-               for key in sorted(before.keys() | now.keys()) if before.get(key) != now.get(key)]
+    changed = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
     if not changed:
         return
     notes = []
-    if before.get("train.seed.") != now.get("train.seed."):
+    if "train.seed" in changed:
         notes.append("a changed train.seed has no effect (the checkpoint's RNG goes on)")
-    if any(before.get(key) != now.get(key) for key in before.keys() | now.keys()
-           if key.startswith("optimizer.") or key == "train.num_steps."):
+    if any(key == "train.num_steps" or key.startswith("optimizer.") for key in changed):
         notes.append("a changed num_steps or optimizer reshapes the learning-rate schedule from here")
-    writer.print("warning: the config differs from the run's " + CONFIG_FILE + " (" + ", ".join(changed) + ")"
+    writer.print(f"warning: the config differs from the run's {CONFIG_FILE} ("
+                 + ", ".join(f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in changed) + ")"
                  + "".join(f"; {note}" for note in notes))
 
 
@@ -376,7 +376,7 @@ def _checked_batches(
     DataStreamError (one line naming the step) for a fault, and for a stream that ends before
     ``num_steps``: a short stream used to end the run early as if it had reached its last step,
     unsaved; a short batch trained silently on fewer rows than counted."""
-    signatures: dict[Any, dict[str, tuple]] = {}
+    signatures: dict[frozenset, dict[str, tuple]] = {}  # per layout (its keys, as the loop's tree structure)
     rows = trainer.train_config.batch_size // jax.process_count()
     step = first_step
     for step, local_batch in enumerate(stream, first_step + 1):
@@ -393,7 +393,7 @@ def _checked_batches(
                     "process(es))")
         batch = trainer.shard_batch(local_batch)
         signature = {name: (value.shape, value.dtype) for name, value in batch.items()}
-        expected = signatures.setdefault(jax.tree.structure(batch), signature)
+        expected = signatures.setdefault(frozenset(batch), signature)
         if signature != expected:
             changed = next(name for name in signature if signature[name] != expected[name])
             raise DataStreamError(

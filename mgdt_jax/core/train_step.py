@@ -151,10 +151,11 @@ class Trainer:
         size, accum = self.train_config.batch_size, self.train_config.grad_accum_steps
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
         if self.online:
-            what, parts = "(environments) ", f"num_minibatches x grad_accum_steps = {self.recipe.num_minibatches * accum}"
             count = self.recipe.num_minibatches * accum
+            what, parts = "(environments) ", f"num_minibatches x grad_accum_steps = {count}"
         else:
-            what, parts, count = "", f"train.grad_accum_steps = {accum} micro-batches", accum
+            count = accum
+            what, parts = "", f"train.grad_accum_steps = {accum} micro-batches"
         if size % shards or size % count:
             raise ValueError(f"train.batch_size {size} {what}must divide over the mesh's {shards} batch shards "
                              f"(mesh.data x mesh.fsdp) and into {parts}")
