@@ -595,7 +595,8 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
     ]
     for name, text in (("no_get_config", "def config():\n    return 1\n"), ("a_dict", "def get_config():\n    return {}\n"),
                        ("broken", "def get_config(:\n"), ("raising", "def get_config():\n    return None.train\n"),
-                       ("importing", "from my_recipes.bc import get_config\n")):
+                       ("importing", "from my_recipes.bc import get_config\n"),
+                       ("valueerror", "def get_config():\n    raise ValueError('no preset tiny')\n")):
         (tmp_path / f"{name}.py").write_text(text)
     cases += [
         (["--config", str(tmp_path / "no_get_config.py"), "--workdir", str(tmp_path / "run")],
@@ -612,6 +613,12 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
          f"--config {tmp_path / 'importing.py'}: its imports failed: ModuleNotFoundError: No module named 'my_recipes' "
          "(a recipe of your own must be importable: its folder on PYTHONPATH)"),
         (["--config", str(config_path), "--workdir", ""], "the workdir is empty: name a run folder"),
+        # ml_collections re-raises a TypeError or ValueError of get_config() with its traceback in the message.
+        (["--config", str(tmp_path / "valueerror.py"), "--workdir", str(tmp_path / "run")],
+         f"--config {tmp_path / 'valueerror.py'}: get_config() failed: ValueError: no preset tiny"),
+        (["--config", f"{config_path}:small", "--config.train.num_steps=3", "--workdir", str(tmp_path / "run")],
+         f"--config {config_path}:small: get_config() failed: TypeError: get_config() takes 0 positional arguments "
+         "but 1 was given (FILE:ARGUMENT passes ARGUMENT to get_config)"),
     ]
     # A multi-host launch outside SLURM (docs/training.md) with a bad process count or index.
     run_args = ["--config", str(config_path), "--workdir", str(tmp_path / "run")]

@@ -88,7 +88,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
-        print(f"mgdt-train: error: {' '.join(str(error).split())}", file=sys.stderr)
+        text = str(error).strip()
+        if "Traceback (most recent call last)" in text:
+            # ml_collections re-raises get_config()'s TypeError or ValueError with the traceback in its message.
+            cause = text.splitlines()[-1]
+            hint = (" (FILE:ARGUMENT passes ARGUMENT to get_config)"
+                    if ":" in Path(_config_argument(argv)).name and "positional argument" in cause else "")
+            print(f"mgdt-train: error: --config {_config_argument(argv)}: get_config() failed: {cause}{hint}",
+                  file=sys.stderr)
+        else:
+            print(f"mgdt-train: error: {' '.join(text.split())}", file=sys.stderr)
         sys.exit(1)
     except SyntaxError as error:  # in the config file, loaded while the flags are parsed
         print(f"mgdt-train: error: --config {error.filename}: line {error.lineno}: {error.msg}", file=sys.stderr)
