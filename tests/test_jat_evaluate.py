@@ -187,6 +187,7 @@ def test_cli_refuses_references_of_other_versions_in_one_line(tmp_path, capsys):
     (["--tasks", ","], "--tasks names no task: ','"),
     (["--seed", "-1"], "argument --seed: -1 is out of range: a seed is a whole number from 0 to 2147483647"),
     (["--tasks", "t,u, t"], "--tasks t,u, t: names t more than once (it would count twice in the IQM)"),
+    (["--seed", "2147483640"], "--seed 2147483640 with --episodes 10: the last episode's seed would pass 2147483647"),
 ])
 def test_cli_refuses_settings_that_would_score_nothing(arguments, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:

@@ -15,7 +15,7 @@ from absl import logging
 
 from mgdt_jax.cli import claimed_out_dir
 from mgdt_jax.core.commands import interruptible
-from mgdt_jax.core.files import path_argument, seed_argument
+from mgdt_jax.core.files import MAX_SEED, path_argument, seed_argument
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.episodes < 10:
         parser.error(f"--episodes must be >= 10 (per-task IQM over fewer is noise), got {args.episodes}")
+    if args.seed + args.episodes - 1 > MAX_SEED:  # episode i is reset with seed + i
+        parser.error(f"--seed {args.seed} with --episodes {args.episodes}: the last episode's seed would pass {MAX_SEED}")
     for name in ("envs_per_task", "max_steps"):
         if (value := getattr(args, name)) is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
