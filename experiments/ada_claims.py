@@ -431,9 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             + f"; evaluation {eval_s / 60:.1f} min; total {total_s / 60:.1f} min; {common.describe_machine(host)}.\n\n"
             + table(report) + "\n\nBy goal type (held-out tasks, mean over each type's tasks and episodes):\n\n"
             + by_goal_type(report, np.asarray(generator.load(benchmark)[0].goals)) + "\n\n"
-            + "\n".join(f"* {name}: {common.verdict(ok)}" for name, ok in checks.items())
-            + f"\n\n![held-out return per trial](figures/ada_{args.claim}_scores.png)\n"
-            + f"![training return](figures/ada_{args.claim}_training.png)\n")
+            + "\n".join(f"* {name}: {common.verdict(ok)}" for name, ok in checks.items()) + "\n")
     print("\n" + text)
     (args.out / "summary.json").write_text(json.dumps({
         "claim": args.claim, "command": f"python experiments/ada_claims.py {' '.join(flags)} --out DIR",
@@ -444,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         figures = [args.out / "report" / f"ada_{args.claim}_{kind}.png" for kind in ("scores", "training")]
         shutil.copyfile(args.out / "report" / evaluate.SCORES_PNG, figures[0])
         shutil.copyfile(args.out / "report" / "training.png", figures[1])
-        write_docs(args.claim, text, figures)
+        write_docs(args.claim, text + f"\n![held-out return per trial](figures/ada_{args.claim}_scores.png)\n"
+                   f"![training return](figures/ada_{args.claim}_training.png)\n", figures)
     print(f"wrote {args.out / 'report'} (report.json, scores.csv, scores.png, training.png), {args.out / 'summary.json'}"
           + (f", the {args.claim} section of {DOCS / 'ada.md'} and its figures" if args.docs else ""))
     return 0
