@@ -107,7 +107,8 @@ def load_model(workdir: Path, step: int | None = None) -> tuple[MultiGameDecisio
     except checkpointing.CheckpointError:
         raise
     except Exception as error:  # a damaged checkpoint surfaces as anything from TensorStore to JSON
-        raise checkpointing.CheckpointError(f"{directory}: unreadable checkpoint ({error})") from None
+        where = directory if step is None else directory / str(step)  # the step asked for or read, where known
+        raise checkpointing.CheckpointError(f"{where}: unreadable checkpoint ({error})") from None
     abstract = nnx.eval_shape(lambda: MultiGameDecisionTransformer(config, rngs=nnx.Rngs(0)))
     graphdef, params = nnx.split(abstract)
     expected, found = _shapes(nnx.to_pure_dict(params)), _shapes(saved)
