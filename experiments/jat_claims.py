@@ -406,6 +406,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out {args.out}: is a file, not a folder")
     if args.data is not None and not args.data.is_dir():  # a typo would record every task afresh into it
         parser.error(f"--data {args.data}: no such folder of recorded tasks")
+    if args.data is not None and (missing := [task for task in setting.tasks
+                                              if not (args.data / task / references.REFERENCES_FILE).is_file()]):
+        # --data is read, never written: recording the missing tasks would put them into another run's folder
+        parser.error(f"--data {args.data}: holds no recording of {', '.join(missing)} (give a mini-JAT run's OUT/data "
+                     "of the same settings)")
     if args.docs is not None and not args.docs.is_file():
         parser.error(f"--docs {args.docs}: no such file")
     if args.docs is not None:

@@ -45,3 +45,15 @@ def test_tasks_recorded_side_by_side_are_those_of_one_process(tmp_path):
             assert a["text_observations"] == b["text_observations"]
             for name in ("discrete_observations", "discrete_actions", "rewards"):
                 np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_kappa_refuses_a_data_folder_without_the_recordings_and_writes_nothing_into_it(tmp_path, capsys):
+    other = tmp_path / "ad_histories"  # e.g. another recipe's dataset: --data is read, never recorded into
+    other.mkdir()
+    (other / "metadata.json").write_text("{}")
+    with pytest.raises(SystemExit) as raised:
+        jat_claims.main(["kappa", "--quick", "--data", str(other), "--out", str(tmp_path / "out")])
+    assert raised.value.code != 0
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"--data {other}: holds no recording of " in error and "metaworld-reach" in error
+    assert sorted(path.name for path in other.iterdir()) == ["metadata.json"] and not (tmp_path / "out").exists()
