@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         if (value := getattr(args, flag)) is not None and value < 0:
             parser.error(f"--{flag.replace('_', '-')} {value}: must not be negative")
     try:
+        files.check_folder(args.out, "--out")  # before any rollout: a path under a file said only where .partial failed
         env = envs.get(args.env)
         source = sources.make_source(args.source, **_settings(args.param))
         train, heldout = env.task_split(args.split_seed, args.num_train, args.num_heldout)

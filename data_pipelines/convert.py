@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -37,6 +38,10 @@ from mgdt_jax.recipes.mgdt.rlds_source import DataError
 
 CONVERTING_CLAIM = ".converting"  # in the output directory while a conversion writes there: its process id
 REPORT_FILE = "conversion_report.json"
+
+
+class NoEpisodesError(ConversionError):
+    """The logs converted to no episode at all: a rerun cannot finish it, so its shards are removed."""
 
 
 def prepare_output(out_dir: Path, tasks: list[ShardTask], max_episode_steps: int) -> None:
@@ -72,6 +77,9 @@ def finalize(out_dir: Path, tasks: list[ShardTask], reports: Iterable[dict]) -> 
     totals["discontinuities"] = sum(r["discontinuous_with_previous"] for r in reports)
     totals["skipped_checkpoints"] = sum(r["status"] == "skipped" for r in reports)
     totals["shards"] = len(reports)
+    if totals["episodes"] == 0:  # a dataset of no episode has no window to train on: its index cannot be built
+        raise NoEpisodesError(f"{out_dir}: the logs hold no complete episode ({totals['dropped_partial_episodes']} partial "
+                              "episode(s) dropped, every checkpoint skipped, or empty); record until an episode ends")
     summary = {"totals": totals, "shards": reports}
     files.write_json(out_dir / REPORT_FILE, summary)
     rlds_writer.write_dataset_info(  # last: the dataset is now complete
@@ -120,15 +128,23 @@ def convert(logs_dir: Path, out_dir: Path, max_episode_steps: int = replay_logs.
         from data_pipelines import beam_pipeline
 
         beam_pipeline.check_runner(runner, beam_options)
+    existed = Path(out_dir).exists()
     prepare_output(out_dir, tasks, max_episode_steps)
-    with converting_into(out_dir):
-        if runner == "local":
-            reports = convert_locally(tasks, out_dir, max_episode_steps, on_bad_checkpoint, progress)
-        else:
-            reports = beam_pipeline.convert_with_beam(tasks, out_dir, max_episode_steps, on_bad_checkpoint,
-                                                      runner, beam_options)
-        summary = finalize(out_dir, tasks, reports)
-        step_store.build_index(out_dir, progress=progress)
+    try:
+        with converting_into(out_dir):
+            if runner == "local":
+                reports = convert_locally(tasks, out_dir, max_episode_steps, on_bad_checkpoint, progress)
+            else:
+                reports = beam_pipeline.convert_with_beam(tasks, out_dir, max_episode_steps, on_bad_checkpoint,
+                                                          runner, beam_options)
+            summary = finalize(out_dir, tasks, reports)
+            step_store.build_index(out_dir, progress=progress)
+    except NoEpisodesError:
+        for path in Path(out_dir).iterdir():  # all this job's (prepare_output takes only an empty folder or its own)
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if not existed:
+            Path(out_dir).rmdir()
+        raise
     return summary
 
 
@@ -173,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_episode_steps < 1:
         parser.error("--max-episode-steps must be positive")
+    try:
+        files.check_folder(args.out, "--out")  # before any reading: a path under a file named only an inner folder
+    except OSError as error:
+        print(f"mgdt-convert: error: {error}", file=sys.stderr)
+        return 1
     if args.from_tfds is not None:
         if (args.max_episode_steps, args.on_bad_checkpoint, args.runner, args.beam_options) != (
                 replay_logs.DEFAULT_MAX_EPISODE_STEPS, "fail", "local", []):

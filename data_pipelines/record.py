@@ -34,7 +34,7 @@ import tqdm
 from data_pipelines import experts, replay_logs
 from mgdt_jax.core import host_memory
 from mgdt_jax.core.commands import interruptible
-from mgdt_jax.core.files import path_argument, removing_created_folders, seed_argument
+from mgdt_jax.core.files import check_folder, path_argument, removing_created_folders, seed_argument
 from mgdt_jax.envs import atari
 
 
@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.max_episode_steps < 1 or not 0.0 <= args.sticky_actions <= 1.0:
         parser.error("--steps and --max-episode-steps must be positive, --sticky-actions in [0, 1]")
     try:
+        check_folder(args.out, "--out")  # before the emulator starts: a path under a file named only the .partial
         report = record(args.game, args.steps, args.out, args.run, args.capacity, args.max_episode_steps,
                         args.sticky_actions, args.policy, args.seed, layout=args.layout, epsilon=args.epsilon)
     except (ValueError, OSError) as error:  # unknown game/policy/schedule, existing logs, unwritable --out

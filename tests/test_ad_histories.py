@@ -159,6 +159,14 @@ def test_cli_bad_requests_fail_with_one_line_and_write_nothing(tmp_path, capsys,
     assert not list(tmp_path.iterdir())
 
 
+def test_an_output_under_a_file_is_named_by_its_flag_before_any_rollout(tmp_path, capsys):
+    (tmp_path / "notes").write_text("kept")
+    out = tmp_path / "notes" / "histories"
+    code, _, err = _cli(capsys, "--env", "darkroom", "--source", "q_learning", "--episodes", 2, "--out", out)
+    assert (code, err) == (1, f"mgdt-ad-histories: error: --out {out}: cannot be created ({tmp_path / 'notes'} is not a folder)")
+    assert [path.name for path in tmp_path.iterdir()] == ["notes"] and (tmp_path / "notes").read_text() == "kept"
+
+
 def test_a_negative_split_size_is_named_by_its_flag(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_status:
         _cli(capsys, "--env", "darkroom", "--source", "q_learning", "--num-heldout", -1, "--episodes", 2,

@@ -275,6 +275,25 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(logs, rlds_dataset_dir
     assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == before
 
 
+def test_logs_without_a_complete_episode_are_refused_and_leave_no_output(tmp_path, capsys):
+    from data_pipelines import record
+
+    record.record("Pong", steps=300, out=tmp_path / "logs", capacity=200, seed=0, progress=False)  # no game ends
+    out = tmp_path / "data"
+    code, _, err = _run(capsys, "--logs", tmp_path / "logs", "--out", out)
+    assert (code, err) == (1, f"mgdt-convert: error: {out}: the logs hold no complete episode (1 partial episode(s) "
+                              "dropped, every checkpoint skipped, or empty); record until an episode ends")
+    assert not out.exists()  # was shards, a progress folder and no dataset_info.json: a rerun could not finish it
+
+
+def test_an_out_under_a_file_is_named_before_any_reading(logs, tmp_path, capsys):
+    (tmp_path / "notes").write_text("kept")
+    code, _, err = _run(capsys, "--logs", logs, "--out", tmp_path / "notes" / "data")
+    assert (code, err) == (1, f"mgdt-convert: error: --out {tmp_path / 'notes' / 'data'}: cannot be created "
+                              f"({tmp_path / 'notes'} is not a folder)")
+    assert (tmp_path / "notes").read_text() == "kept"
+
+
 def test_options_that_reach_the_runner_are_not_refused():
     from data_pipelines import beam_pipeline
 

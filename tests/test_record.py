@@ -163,8 +163,12 @@ def test_a_capacity_beyond_memory_is_refused_in_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("flags, expected", [
     (["--max-episode-steps", "536870912"], "--max-episode-steps 536870912: ALE takes episode caps of 1 to 536870911"),
     (["--run", "-1"], "--run must be >= 0, got -1"),
+    (["--out", "notes/logs"], "--out {tmp}/notes/logs: cannot be created ({tmp}/notes is not a folder)"),
 ])
-def test_an_episode_cap_or_run_no_run_can_use_is_refused_in_one_line(tmp_path, capsys, flags, expected):
+def test_an_episode_cap_run_or_output_no_run_can_use_is_refused_in_one_line(tmp_path, capsys, flags, expected):
+    (tmp_path / "notes").write_text("kept")
+    flags = [str(tmp_path / flag) if flag == "notes/logs" else flag for flag in flags]
+    expected = expected.format(tmp=tmp_path)
     assert record.main(["--game", "Pong", "--steps", "10", "--out", str(tmp_path / "logs"), *flags]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f"mgdt-record: error: {expected}")

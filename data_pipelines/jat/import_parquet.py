@@ -30,7 +30,7 @@ import tqdm
 
 from data_pipelines.jat import rlds
 from mgdt_jax.core.commands import interruptible
-from mgdt_jax.core.files import path_argument, removing_created_folders
+from mgdt_jax.core.files import check_folder, path_argument, removing_created_folders
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat.fields import DatasetError
 from mgdt_jax.recipes.jat import references as jat_references
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     task = args.task if args.task is not None else args.files[0].resolve().parent.name
     started = time.perf_counter()
     try:
-        rlds.check_folder(args.out, "--out")
+        check_folder(args.out, "--out")
         summary = import_files(args.files, task, args.out)
     except (jat_fields.UnknownFieldError, DatasetError, OSError) as error:
         print(f"mgdt-jat-import: error: {error}", file=sys.stderr)

@@ -28,7 +28,7 @@ import tqdm
 
 from data_pipelines.jat import experts, rlds
 from mgdt_jax.core.commands import interruptible
-from mgdt_jax.core.files import path_argument, removing_created_folders, seed_argument
+from mgdt_jax.core.files import check_folder, path_argument, removing_created_folders, seed_argument
 from mgdt_jax.envs import gym_tasks
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import references as jat_references
@@ -258,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="metaworld")
     experts_dir = args.experts if args.experts is not None else args.out / "experts"
     try:  # checked before any recording or expert training, which would fail only at their end
-        rlds.check_folder(args.out, "--out")
-        rlds.check_folder(experts_dir, "--experts")
+        check_folder(args.out, "--out")
+        check_folder(experts_dir, "--experts")
         summaries = record(args.tasks, args.out, args.episodes, args.seed, args.random_episodes, experts_dir)
     except (gym_tasks.UnknownTaskError, experts.ExpertError, RecordError, jat_fields.DatasetError, OSError) as error:
         print(f"mgdt-jat-record: error: {error}", file=sys.stderr)

@@ -179,3 +179,26 @@ def sha256(path: str | os.PathLike) -> str:
     with open(path, "rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
+
+def check_folder(path: Path, option: str) -> None:
+    """Checks, before any work, that `path` (given as the CLI's `option`, e.g. "--out") is a writable
+    folder or can be made one; else OSError, one line naming the option, the path and the fault.
+    Folders it makes to find out are removed again."""
+    path, absolute = Path(path), Path(path).absolute()
+    try:
+        if path.is_symlink() and not path.exists():
+            raise OSError(f"{option} {path}: a symlink to nothing")
+        existing = next(folder for folder in (absolute, *absolute.parents) if folder.exists())
+    except OSError as error:  # a name too long, a folder on the way that cannot be searched
+        raise error if not error.errno else OSError(f"{option} {path}: cannot be used ({error.strerror})") from None
+    fault = ("not a folder" if not existing.is_dir()
+             else "not writable" if not os.access(existing, os.W_OK | os.X_OK) else None)
+    if fault:
+        raise OSError(f"{option} {path}: " + (f"exists and is {fault}" if existing == absolute
+                                               else f"cannot be created ({existing} is {fault})"))
+    try:  # what access() cannot tell (a filesystem such as /proc, root's rights) making it does; the
+        # command makes the folders again when it writes
+        with removing_created_folders(absolute, always=True):
+            absolute.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"{option} {path}: cannot be created ({error.strerror or error})") from None
