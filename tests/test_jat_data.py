@@ -93,6 +93,16 @@ def test_a_field_of_an_unknown_modality_is_refused_in_one_line(jat_datasets, tmp
     assert str(copy) in str(error.value) and "\n" not in str(error.value)
 
 
+def test_a_dataset_of_another_recipe_is_refused_naming_what_its_metadata_lacks(tmp_path):
+    other = tmp_path / "darkroom"  # as mgdt-ad-histories writes it: a metadata.json without a JAT task spec
+    other.mkdir()
+    (other / "metadata.json").write_text(json.dumps({"env": "darkroom", "source": "q_learning"}))
+    with pytest.raises(ValueError) as error:
+        data.load_task(other, MODEL)
+    assert str(error.value) == (f"{other / 'metadata.json'}: not a JAT dataset's metadata (no 'spec' field: not written "
+                                "by mgdt-jat-record or mgdt-jat-import)")
+
+
 @pytest.mark.parametrize("entry", ["", " ", {"path": "", "sampling_weight": 2.0}])
 def test_an_empty_dataset_path_is_refused_not_read_as_the_current_folder(entry):
     config = {"model": {}, "data": {"tasks": ["unused", entry]}}

@@ -127,8 +127,12 @@ def test_global_batch_is_split_over_data_and_fsdp(breakout_windows):
 def test_config_recipe_names_the_recipe_and_a_wrong_name_is_one_line():
     assert load_recipe({}).name == "mgdt"  # configs written before recipes existed
     assert isinstance(load_recipe({"recipe": "tests.toy_recipe"}), ToyRecipe)
-    with pytest.raises(ValueError, match=r"^config.recipe 'nope': no module mgdt_jax.recipes.nope.recipe$"):
+    with pytest.raises(ValueError, match=r"^config.recipe 'nope': no module mgdt_jax.recipes.nope.recipe "
+                                         r"\(the built-in recipes: ad, ada, jat, mgdt\)$"):
         load_recipe({"recipe": "nope"})
+    with pytest.raises(ValueError, match=r"^config.recipe 'my_recipes.bc': no module my_recipes.bc \(a recipe of your "
+                                         r"own must be importable: its folder on PYTHONPATH\)$"):
+        load_recipe({"recipe": "my_recipes.bc"})
     with pytest.raises(ValueError, match=r"^config.recipe 'tests.recipe_cases': tests.recipe_cases sets no RECIPE"):
         load_recipe({"recipe": "tests.recipe_cases"})
 

@@ -323,7 +323,7 @@ def test_a_host_whose_data_is_bad_stops_every_host_of_the_job_in_one_line(reques
     missing = tmp_path / "missing"
     finished = finish(run_cli_on_two_hosts(config_path, tmp_path / "run",
                                            second_host_args=(f"--config.data.sources={missing}",)))
-    reason = f"{missing}: no metadata.json: not a dataset written by mgdt-ad-histories"
+    reason = f"{missing}: no such dataset directory"
     assert [(returncode, lines[-1]) for returncode, lines in finished] == [
         (1, f"mgdt-train: error: process 1 of 2 failed: {reason}"), (1, f"mgdt-train: error: {reason}")]
     assert not (tmp_path / "run").exists()

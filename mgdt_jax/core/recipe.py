@@ -63,6 +63,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
+import pkgutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -190,7 +191,11 @@ def load_recipe(config: Any) -> Recipe:
     except ModuleNotFoundError as error:
         if error.name is None or not f"{module_name}.".startswith(f"{error.name}."):
             raise  # the recipe exists but one of its own imports is missing
-        raise ValueError(f"config.recipe {name!r}: no module {module_name}") from None
+        builtin = importlib.import_module(RECIPES_PACKAGE).__path__  # the package only: no recipe is imported
+        where = (f"the built-in recipes: {', '.join(sorted(m.name for m in pkgutil.iter_modules(builtin) if m.ispkg))}"
+                 if "." not in name
+                 else "a recipe of your own must be importable: its folder on PYTHONPATH")
+        raise ValueError(f"config.recipe {name!r}: no module {module_name} ({where})") from None
     recipe_type = getattr(module, "RECIPE", None)
     if not (isinstance(recipe_type, type) and issubclass(recipe_type, Recipe)):
         raise ValueError(f"config.recipe {name!r}: {module_name} sets no RECIPE (a Recipe subclass)")

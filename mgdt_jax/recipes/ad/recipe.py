@@ -91,6 +91,8 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
+        if not Path(directory).is_dir():  # a misspelt or unset path, more often than another kind of folder
+            raise HistoryError(f"{directory}: no such dataset directory") from None
         raise HistoryError(f"{directory}: no {METADATA_FILE}: not a dataset written by mgdt-ad-histories") from None
     except (OSError, json.JSONDecodeError) as error:
         raise HistoryError(f"{path}: unreadable ({error})") from None

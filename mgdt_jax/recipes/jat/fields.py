@@ -102,7 +102,10 @@ def read_spec(dataset_dir: Path) -> TaskSpec:
     path = Path(dataset_dir) / METADATA_FILE
     try:
         return TaskSpec.from_json(json.loads(path.read_text())["spec"])
-    except (OSError, ValueError, KeyError) as error:
+    except KeyError as error:  # another writer's metadata.json (an AD or MGDT dataset): name what it lacks
+        raise DatasetError(f"{path}: not a JAT dataset's metadata (no {error} field: not written by mgdt-jat-record "
+                           "or mgdt-jat-import)") from None
+    except (OSError, ValueError) as error:
         raise DatasetError(f"{path}: not a JAT dataset's metadata ({error})") from None
 
 
