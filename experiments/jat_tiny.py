@@ -1,6 +1,7 @@
 """A tiny JAT (recipe "jat") on the datasets `python -m experiments.jat_data --out data/jat` records.
 
     mgdt-train --config experiments/jat_tiny.py --workdir runs/jat_tiny
+    mgdt-train --config experiments/jat_tiny.py:DIR --workdir runs/jat_tiny   # recorded with --out DIR
 
 One BabyAI level, its RGB image twin, one Meta-World task and one MuJoCo task; a 2-layer, 128-wide
 decoder over 32 steps (64 tokens). Loss weights are JAT's (tokenize_stream.py L64-69: Meta-World
@@ -20,7 +21,11 @@ TASKS = (  # (task, loss weight)
 )
 
 
-def get_config():
+def get_config(data_root: str = DATA_ROOT):
+    """``data_root``: the folder `experiments.jat_data --out` recorded the tasks into (``FILE:DIR`` on
+    mgdt-train's command line)."""
+    if not data_root.strip():
+        raise ValueError("the data folder after 'jat_tiny.py:' is empty")
     config = common.base_config()
     config.recipe = "jat"
 
@@ -46,7 +51,7 @@ def get_config():
     model.normalize_observations = True  # per-task standardised continuous observations (docs/jat.md §6)
 
     data = config.data = common._section()
-    data.tasks = tuple({"path": f"{DATA_ROOT}/{task}", "sampling_weight": 1.0, "loss_weight": weight}
+    data.tasks = tuple({"path": f"{data_root.rstrip('/')}/{task}", "sampling_weight": 1.0, "loss_weight": weight}
                        for task, weight in TASKS)
     data.seed = 0
     data.packing = True

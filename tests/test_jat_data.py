@@ -101,6 +101,11 @@ def test_a_dataset_of_another_recipe_is_refused_naming_what_its_metadata_lacks(t
         data.load_task(other, MODEL)
     assert str(error.value) == (f"{other / 'metadata.json'}: not a JAT dataset's metadata (no 'spec' field: not written "
                                 "by mgdt-jat-record or mgdt-jat-import)")
+    (other / "metadata.json").unlink()
+    with pytest.raises(ValueError, match=r"metadata.json: missing: not a JAT dataset \(mgdt-jat-record and "):
+        data.load_task(other, MODEL)
+    with pytest.raises(ValueError, match=r"/elsewhere: no such dataset directory$"):
+        data.load_task(tmp_path / "elsewhere", MODEL)
 
 
 @pytest.mark.parametrize("entry", ["", " ", {"path": "", "sampling_weight": 2.0}])

@@ -616,6 +616,9 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
         # ml_collections re-raises a TypeError or ValueError of get_config() with its traceback in the message.
         (["--config", str(tmp_path / "valueerror.py"), "--workdir", str(tmp_path / "run")],
          f"--config {tmp_path / 'valueerror.py'}: get_config() failed: ValueError: no preset tiny"),
+        # FILE:ARGUMENT passes ARGUMENT to get_config (jat_tiny's data folder); the file check was of "FILE:ARGUMENT".
+        (["--config", f"{REPOSITORY / 'experiments' / 'jat_tiny.py'}:{tmp_path / 'jat'}", "--workdir", str(tmp_path / "run")],
+         f"{tmp_path / 'jat' / 'babyai-go-to-local'}: no such dataset directory"),
         (["--config", f"{config_path}:small", "--config.train.num_steps=3", "--workdir", str(tmp_path / "run")],
          f"--config {config_path}:small: get_config() failed: TypeError: get_config() takes 0 positional arguments "
          "but 1 was given (FILE:ARGUMENT passes ARGUMENT to get_config)"),

@@ -43,7 +43,7 @@ def _train(argv: list[str]) -> int:
         print(f"mgdt-train: error: cannot join the multi-host job: {str(error).splitlines()[0]}", file=sys.stderr)
         return 1
     config_file = config_flags.get_config_filename(flags.FLAGS["config"])
-    if not Path(config_file).is_file():  # ml_collections' own message spans five lines
+    if not Path(config_file.split(":", 1)[0]).is_file():  # FILE:ARGUMENT names FILE; ml_collections' message is 5 lines
         print(f"mgdt-train: error: --config {config_file}: no such file", file=sys.stderr)
         return 1
     config = _CONFIG.value

@@ -102,6 +102,10 @@ def read_spec(dataset_dir: Path) -> TaskSpec:
     path = Path(dataset_dir) / METADATA_FILE
     try:
         return TaskSpec.from_json(json.loads(path.read_text())["spec"])
+    except FileNotFoundError:
+        if not Path(dataset_dir).is_dir():  # a misspelt task or data folder, more often than a damaged dataset
+            raise DatasetError(f"{dataset_dir}: no such dataset directory") from None
+        raise DatasetError(f"{path}: missing: not a JAT dataset (mgdt-jat-record and mgdt-jat-import write it)") from None
     except KeyError as error:  # another writer's metadata.json (an AD or MGDT dataset): name what it lacks
         raise DatasetError(f"{path}: not a JAT dataset's metadata (no {error} field: not written by mgdt-jat-record "
                            "or mgdt-jat-import)") from None
