@@ -74,6 +74,18 @@ def test_ctrl_c_while_a_command_still_imports_is_one_line(tmp_path):
     assert stderr == "mgdt-x: interrupted\n" and stdout == ""
 
 
+def test_a_console_script_imports_nothing_heavy_before_its_ctrl_c_handling():
+    # The console scripts import mgdt_jax.cli.scripts, hence the mgdt_jax.cli package, before
+    # ConsoleScript watches for Ctrl-C: JAX imported there made an early Ctrl-C a traceback (and one
+    # dropped in JAX's garbage-collector callback let the command run on and exit 0).
+    code = ("import sys; from mgdt_jax.cli import scripts; "
+            "print(sorted(m for m in ('jax', 'numpy', 'tensorflow', 'orbax') if m in sys.modules))")
+    python_path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": python_path},
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
+
+
 def parser_of(program: str, monkeypatch, capsys) -> argparse.ArgumentParser:
     """The argument parser of a console script, caught as it starts to parse."""
     module, function = SCRIPTS[program].split(":")

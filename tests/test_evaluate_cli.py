@@ -56,7 +56,7 @@ def test_an_out_another_evaluation_is_writing_to_is_refused_and_a_dead_ones_take
     import subprocess
     import sys
 
-    from mgdt_jax.cli import CLAIM_FILE
+    from mgdt_jax.cli.out_dir import CLAIM_FILE
 
     out = tmp_path / "report"
     out.mkdir()

@@ -15,7 +15,7 @@ import sys
 
 from absl import logging
 
-from mgdt_jax.cli import claimed_out_dir
+from mgdt_jax.cli.out_dir import claimed_out_dir
 from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core.files import count_argument, path_argument, seed_argument
 

@@ -13,7 +13,7 @@ import sys
 
 from absl import logging
 
-from mgdt_jax.cli import claimed_out_dir
+from mgdt_jax.cli.out_dir import claimed_out_dir
 from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core.files import path_argument, seed_argument
 from mgdt_jax.recipes.mgdt import actor
