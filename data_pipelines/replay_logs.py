@@ -244,10 +244,13 @@ def _load_npy(path: Path) -> np.ndarray:
     return array
 
 
-def _load_array(path: Path, dtype: np.dtype, shape: tuple[int, ...] | None) -> np.ndarray:
+def _load_array(path: Path, dtype: np.dtype, shape: tuple[int, ...] | None, rows_of: Path | None = None) -> np.ndarray:
+    """The array of ``path``, checked: ``shape`` None takes any shape (the caller checks it);
+    ``rows_of`` names the file whose row count ``shape`` was taken from."""
     array = _load_npy(path)
     if array.dtype != dtype or (shape is not None and array.shape != shape):
-        raise ReplayLogError(f"{path}: expected {dtype} {list(shape or [])}, found {array.dtype} {list(array.shape)}")
+        expected = "[rows]" if shape is None else str(list(shape)) + (f" (the rows of {rows_of.name})" if rows_of else "")
+        raise ReplayLogError(f"{path}: expected {dtype} {expected}, found {array.dtype} {list(array.shape)}")
     return array
 
 
@@ -361,9 +364,10 @@ def load_checkpoint(log_dir: Path, suffix: int) -> Checkpoint:
     if actions.ndim != 1 or len(actions) < PADDING_ROWS + 2:
         raise ReplayLogError(f"{log_file(log_dir, '$store$_action', suffix)}: expected a 1-d array of rows, "
                              f"found shape {list(actions.shape)}")
-    capacity = len(actions)
-    rewards = _load_array(log_file(log_dir, "$store$_reward", suffix), STORE_DTYPES["reward"], (capacity,))
-    terminals = _load_array(log_file(log_dir, "$store$_terminal", suffix), STORE_DTYPES["terminal"], (capacity,))
+    capacity, actions_path = len(actions), log_file(log_dir, "$store$_action", suffix)
+    rewards = _load_array(log_file(log_dir, "$store$_reward", suffix), STORE_DTYPES["reward"], (capacity,), actions_path)
+    terminals = _load_array(log_file(log_dir, "$store$_terminal", suffix), STORE_DTYPES["terminal"], (capacity,),
+                            actions_path)
     add_count_path = log_file(log_dir, "add_count", suffix)
     add_count = _load_npy(add_count_path)
     if add_count.shape != () or add_count.dtype.kind not in "iu" or int(add_count) < 0:
@@ -608,6 +612,7 @@ class RunReader:
                 # Nothing marks this end: only the padding after it shows it, so it must be there.
                 if not rows.has(end + PADDING_ROWS):
                     if start >= 0:
+                        self._check_no_padding_in_partial(own, start, stream)
                         report.dropped_partial_episodes += 1
                     return
             if start >= 0:
@@ -680,11 +685,31 @@ class RunReader:
         zero[candidates] = ~observations[candidates].reshape(len(candidates), -1).any(axis=1)
         padding_runs = np.flatnonzero(blank_runs & (np.convolve(zero, window, "valid") == PADDING_ROWS))
         if len(padding_runs):
-            steps = int(padding_runs[0])
-            raise ReplayLogError(
-                f"{self.log_dir} checkpoint {own.suffix}: the episode starting at row {start} holds "
-                f"{PADDING_ROWS} padding rows (zero frames, action 0, reward 0) after {steps} steps, where "
-                f"no end is marked: an end by a time limit of {steps} steps? (pass --max-episode-steps {steps})")
+            raise self._padding_inside(own, start, int(padding_runs[0]))
+
+    def _check_no_padding_in_partial(self, own: Checkpoint, start: int, stream: ObservationStream) -> None:
+        """The same check on the unfinished episode from row ``start`` to the checkpoint's end, which
+        is dropped: where the logs' time limit is shorter than max_episode_steps and no episode is
+        marked as ended, every episode reads as this one, so only here does the time limit show. Frames
+        are read only for runs of 3 rows with action 0 and reward 0, in order (the stream goes forward)."""
+        blank = (own.actions[start:] == 0) & (own.rewards[start:] == 0)
+        runs = np.flatnonzero(np.convolve(blank, np.ones(PADDING_ROWS, int), "valid") == PADDING_ROWS)
+        if not len(runs):
+            return
+        # Overlapping runs read as one block of rows, so each frame is read once and in order.
+        breaks = np.flatnonzero(np.diff(runs) > PADDING_ROWS) + 1
+        for group in np.split(runs, breaks):
+            lo, hi = start + int(group[0]), start + int(group[-1]) + PADDING_ROWS
+            zero = ~read_frames(own, lo, hi, stream).reshape(hi - lo, -1).any(axis=1)
+            for run in group:
+                if zero[start + run - lo:start + run - lo + PADDING_ROWS].all():
+                    raise self._padding_inside(own, start, int(run))
+
+    def _padding_inside(self, own: Checkpoint, start: int, steps: int) -> ReplayLogError:
+        return ReplayLogError(
+            f"{self.log_dir} checkpoint {own.suffix}: the episode starting at row {start} holds "
+            f"{PADDING_ROWS} padding rows (zero frames, action 0, reward 0) after {steps} steps, where "
+            f"no end is marked: an end by a time limit of {steps} steps? (pass --max-episode-steps {steps})")
 
 
 class _Rows:

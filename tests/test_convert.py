@@ -160,6 +160,22 @@ def test_values_no_game_has_stop_the_conversion_naming_the_file(logs, tmp_path, 
     assert (code, err) == (1, f"mgdt-convert: error: {path}: {fault}")
 
 
+@pytest.mark.parametrize("store, change, fault", [
+    ("action", lambda a: a.astype(np.float64), "expected int32 [rows], found float64 [400]"),
+    ("action", lambda a: a[:10], "expected float32 [10] (the rows of $store$_action_ckpt.1.gz), found float32 [400]"),
+])
+def test_arrays_of_another_type_or_length_are_named_with_what_was_expected(logs, tmp_path, capsys, store, change,
+                                                                            fault):
+    # A float action array was "expected int32 []" (read as a scalar); a short one blamed the
+    # reward file without saying where its expected length came from.
+    log_dir = logs / "Breakout" / "1" / "replay_logs"
+    path = replay_logs.log_file(log_dir, "$store$_" + store, 1)
+    replay_logs._write_array(path, change(replay_logs._load_npy(path)))
+    named = path if "[rows]" in fault else replay_logs.log_file(log_dir, "$store$_reward", 1)
+    code, _, err = _run(capsys, "--logs", logs, "--out", tmp_path / "data")
+    assert (code, err) == (1, f"mgdt-convert: error: {named}: {fault}")
+
+
 def test_one_run_under_two_spellings_is_refused_not_converted_twice(logs, tmp_path, capsys):
     shutil.copytree(logs / "Pong" / "1", logs / "PONG" / "01")  # game names are case-blind, run numbers numbers
     code, _, err = _run(capsys, "--logs", logs, "--out", tmp_path / "data")
@@ -284,6 +300,19 @@ def test_logs_without_a_complete_episode_are_refused_and_leave_no_output(tmp_pat
     assert (code, err) == (1, f"mgdt-convert: error: {out}: the logs hold no complete episode (1 partial episode(s) "
                               "dropped, every checkpoint skipped, or empty); record until an episode ends")
     assert not out.exists()  # was shards, a progress folder and no dataset_info.json: a rerun could not finish it
+
+
+def test_a_shorter_time_limit_shows_even_when_no_episode_is_marked_as_ended(tmp_path, capsys):
+    # 2021 layout: a time-limited end is marked nowhere, so at the default limit every episode
+    # read as one unfinished episode, dropped unchecked: "no complete episode" hid the cause.
+    from data_pipelines import record
+
+    record.record("Breakout", steps=300, out=tmp_path / "logs", capacity=400, seed=0, progress=False,
+                  max_episode_steps=30, layout="2021")
+    code, _, err = _run(capsys, "--logs", tmp_path / "logs", "--out", tmp_path / "data")
+    assert code == 1 and err.endswith("holds 3 padding rows (zero frames, action 0, reward 0) after 30 steps, where no "
+                                      "end is marked: an end by a time limit of 30 steps? (pass --max-episode-steps 30)")
+    assert not (tmp_path / "data" / "dataset_info.json").exists()
 
 
 def test_an_out_under_a_file_is_named_before_any_reading(logs, tmp_path, capsys):
