@@ -344,6 +344,22 @@ def test_beam_options_without_a_beam_runner_are_refused(logs, tmp_path, capsys):
     assert not (tmp_path / "data").exists()
 
 
+def test_a_shard_replaced_by_one_of_another_length_is_named_by_mgdt_index(rlds_dataset_dir, tmp_path, capsys):
+    # Episodes are read by index over all shards: an empty shard copied over a full one handed out
+    # other shards' records ("unknown game 'None'").
+    data = tmp_path / "data"
+    shutil.copytree(rlds_dataset_dir, data)
+    shutil.rmtree(step_store.index_dir(data))
+    shards = sorted(data.glob("*.array_record-*"))
+    lengths = [part.episodes for part in step_store.open_index(rlds_dataset_dir).parts]
+    full, empty = lengths.index(max(lengths)), lengths.index(0)
+    shutil.copyfile(shards[empty], shards[full])
+    assert build_index.main([str(data), "--no-progress", "--workers", "1"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"mgdt-index: error: {shards[full]}: holds 0 episodes where dataset_info.json counts {max(lengths)}: replaced or "
+        "damaged; convert the logs again")
+
+
 @pytest.mark.parametrize("info", ["", "{cut", '{"name": 5}'])
 def test_a_damaged_dataset_info_is_one_line_from_mgdt_index(rlds_dataset_dir, tmp_path, capsys, info):
     data = tmp_path / "data"

@@ -202,6 +202,7 @@ def build_part(dataset: RldsDataset, shard: int, directory: epath.Path,
     """Writes the part of one shard of ``dataset`` from its episodes (frames decoded, then recompressed)."""
     shard_path = dataset.shard_paths[shard]
     first = sum(dataset.shard_lengths[:shard])
+    _check_episode_count(shard_path, dataset.shard_lengths[shard])
     writer = PartWriter(directory / (shard_path.name + STEPS_SUFFIX))
     try:
         for index in range(first, first + dataset.shard_lengths[shard]):
@@ -218,6 +219,25 @@ def build_part(dataset: RldsDataset, shard: int, directory: epath.Path,
         writer.abort()
         raise
     return write_entry(directory, shard_path, writer.close())
+
+
+def _check_episode_count(shard_path: epath.Path, expected: int) -> None:
+    """DataError unless the shard holds the episodes dataset_info.json counts for it: episodes are read
+    by their index over all shards, so a shard with another count (replaced by another shard, cut
+    short) would hand out other shards' episodes under its name."""
+    from array_record.python.array_record_module import ArrayRecordReader  # noqa: PLC0415 (data code only)
+
+    try:
+        reader = ArrayRecordReader(str(shard_path))
+        try:
+            found = reader.num_records()
+        finally:
+            reader.close()
+    except (RuntimeError, ValueError, OSError) as error:  # what array_record raises for a damaged file
+        raise DataError(f"{shard_path}: cannot read episode 0 ({error})") from None
+    if found != expected:
+        raise DataError(f"{shard_path}: holds {found} episodes where dataset_info.json counts {expected}: replaced or "
+                        "damaged; convert the logs again")
 
 
 def _decoded_frames(episode: Episode, shard_path: epath.Path, number: int) -> Iterator[np.ndarray]:
