@@ -598,6 +598,8 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
                        ("importing", "from my_recipes.bc import get_config\n"),
                        ("valueerror", "def get_config():\n    raise ValueError('no preset tiny')\n")):
         (tmp_path / f"{name}.py").write_text(text)
+    (tmp_path / "dataset_info.json").write_text('{"name": true}')  # a JSON file given for the config: run as Python
+    (tmp_path / "binary.py").write_bytes(b"x\0y")
     cases += [
         (["--config", str(tmp_path / "no_get_config.py"), "--workdir", str(tmp_path / "run")],
          f"--config {tmp_path / 'no_get_config.py'}: defines no get_config() (an experiment config is a Python file "
@@ -619,6 +621,11 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
         # FILE:ARGUMENT passes ARGUMENT to get_config (jat_tiny's data folder); the file check was of "FILE:ARGUMENT".
         (["--config", f"{REPOSITORY / 'experiments' / 'jat_tiny.py'}:{tmp_path / 'jat'}", "--workdir", str(tmp_path / "run")],
          f"{tmp_path / 'jat' / 'babyai-go-to-local'}: no such dataset directory"),
+        (["--config", str(tmp_path / "dataset_info.json"), "--workdir", str(tmp_path / "run")],  # was a traceback
+         f"--config {tmp_path / 'dataset_info.json'}: cannot be loaded as an experiment config (NameError: name 'true' "
+         "is not defined)"),
+        (["--config", str(tmp_path / "binary.py"), "--workdir", str(tmp_path / "run")],  # was "--config None: line None"
+         f"--config {tmp_path / 'binary.py'}: source code string cannot contain null bytes"),
         (["--config", f"{config_path}:small", "--config.train.num_steps=3", "--workdir", str(tmp_path / "run")],
          f"--config {config_path}:small: get_config() failed: TypeError: get_config() takes 0 positional arguments "
          "but 1 was given (FILE:ARGUMENT passes ARGUMENT to get_config)"),

@@ -57,6 +57,10 @@ def _train(argv: list[str]) -> int:
         # First line only: JAX appends its traceback-filtering notice to an error raised while tracing.
         print(f"mgdt-train: error: {(str(error).splitlines() or [type(error).__name__])[0]}", file=sys.stderr)
         return 1
+    except MemoryError as error:  # a host array (the batch, the data) larger than the host's memory
+        print(f"mgdt-train: error: out of host memory ({(str(error).splitlines() or ['MemoryError'])[0]}); lower "
+              "train.batch_size or the data held in memory", file=sys.stderr)
+        return 1
     except jax.errors.JaxRuntimeError as error:
         if "RESOURCE_EXHAUSTED" not in str(error):
             raise
@@ -100,7 +104,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
             print(f"mgdt-train: error: {' '.join(text.split())}", file=sys.stderr)
         sys.exit(1)
     except SyntaxError as error:  # in the config file, loaded while the flags are parsed
-        print(f"mgdt-train: error: --config {error.filename}: line {error.lineno}: {error.msg}", file=sys.stderr)
+        where = f": line {error.lineno}" if error.lineno else ""  # no line for a file of null bytes
+        print(f"mgdt-train: error: --config {error.filename or _config_argument(argv)}{where}: {error.msg}",
+              file=sys.stderr)
         sys.exit(1)
     except OSError as error:  # an override makes ml_collections load the file while parsing
         config_file = _config_argument(argv)
@@ -125,6 +131,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
         else:
             print(f"mgdt-train: error: a --config override names no field of the config ({' '.join(text.split())})",
                   file=sys.stderr)
+        sys.exit(1)
+    except Exception as error:  # noqa: BLE001 (the config file is the user's code: a NameError, a JSON file run as Python)
+        print(f"mgdt-train: error: --config {_config_argument(argv)}: cannot be loaded as an experiment config "
+              f"({type(error).__name__}: {(str(error).splitlines() or [''])[0]})", file=sys.stderr)
         sys.exit(1)
 
 
