@@ -193,3 +193,15 @@ def test_a_run_config_of_a_model_without_layers_is_one_line(tiny_workdir, tmp_pa
     _fails_with(["--workdir", str(workdir), "--games", "Pong", "--out", str(tmp_path / "out")], capsys,
                 f"{workdir / CONFIG_FILE}: not a readable run config (model.num_layers must be at least 1, got 0)")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_random_baseline_takes_a_protocol_by_name_as_evaluate_does():
+    import dataclasses
+
+    from mgdt_jax.recipes.mgdt import actor
+
+    summary = mgdt_evaluate.evaluate_random(["Breakout"], episodes=1, protocol="paper")  # was an AttributeError
+    assert summary.settings["protocol"] == dataclasses.asdict(actor.PROTOCOLS["paper"])
+    assert summary.games[0].game == "Breakout"
+    with pytest.raises(ValueError, match="^unknown protocol 'papr': expected one of paper, colab$"):
+        mgdt_evaluate.evaluate_random(["Breakout"], episodes=1, protocol="papr")

@@ -51,10 +51,7 @@ def evaluate(
     With `out_dir`, writes report.json, scores.csv, scores.png (and one MP4 per game with `video`).
     """
     sampling = sampling_preset(sampling) if isinstance(sampling, str) else sampling
-    if isinstance(protocol, str):
-        if protocol not in actor.PROTOCOLS:
-            raise ValueError(f"unknown protocol {protocol!r}: expected one of {', '.join(actor.PROTOCOLS)}")
-        protocol = actor.PROTOCOLS[protocol]
+    protocol = _protocol(protocol)
     games = [atari.check_game(game) for game in games]
     policy = Policy(model, sampling)
     videos = report.VideoWriter(out_dir / "videos") if video and out_dir is not None else None
@@ -96,11 +93,20 @@ def evaluate(
     return summary
 
 
+def _protocol(protocol: actor.EvalProtocol | str) -> actor.EvalProtocol:
+    """A protocol given by name (``actor.PROTOCOLS``) or as itself; ValueError for an unknown name."""
+    if not isinstance(protocol, str):
+        return protocol
+    if protocol not in actor.PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}: expected one of {', '.join(actor.PROTOCOLS)}")
+    return actor.PROTOCOLS[protocol]
+
+
 def evaluate_random(
     games: Sequence[str],
     *,
     episodes: int,
-    protocol: actor.EvalProtocol,
+    protocol: actor.EvalProtocol | str = "paper",
     seed: int = 0,
     out_dir: Path | None = None,
     extra_settings: Mapping[str, Any] | None = None,
@@ -110,6 +116,7 @@ def evaluate_random(
     Each game is played by `actor.UniformRandomPolicy` over its minimal action set, so its scores
     are measured under the protocol the model is scored with, not taken from a reference table.
     """
+    protocol = _protocol(protocol)
     games = [atari.check_game(game) for game in games]
     start = time.perf_counter()
     results = [actor.play(actor.UniformRandomPolicy(game), [game], episodes_per_game=episodes, protocol=protocol,
