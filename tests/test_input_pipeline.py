@@ -416,6 +416,9 @@ def test_bad_sources_fail_with_a_clear_message(index, tmp_path, capsys):
     assert build_index.main([str(tmp_path / "missing"), "--no-progress"]) == 1
     error = capsys.readouterr().err
     assert error == f"mgdt-index: error: {tmp_path / 'missing'}: no such dataset directory\n"
+    (tmp_path / "notes").write_text("a file")
+    assert build_index.main([str(tmp_path / "notes"), "--no-progress"]) == 1
+    assert capsys.readouterr().err == f"mgdt-index: error: {tmp_path / 'notes'}: a file, not a dataset directory\n"
     assert build_index.main(["", "--no-progress"]) == 1  # not the current folder
     assert capsys.readouterr().err == "mgdt-index: error: an empty dataset path (an unset shell variable?)\n"
 

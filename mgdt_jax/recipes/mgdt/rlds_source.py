@@ -189,7 +189,7 @@ def find_dataset_dirs(sources: Sequence[str | os.PathLike]) -> list[epath.Path]:
             raise DataError("an empty dataset path (an unset shell variable?)")
         path = epath.Path(source).expanduser()
         if not path.is_dir():
-            raise DataError(f"{path}: no such dataset directory")
+            raise DataError(f"{path}: {'a file, not a dataset directory' if path.exists() else 'no such dataset directory'}")
         found = sorted(_dataset_dirs_below(path))
         if not found:
             raise DataError(f"{path}: holds no RLDS dataset (no {_DATASET_INFO} below it)")
