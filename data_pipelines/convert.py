@@ -162,7 +162,8 @@ def converting_into(out_dir: Path) -> Iterator[None]:
 
 def summary_line(report: dict, out_dir: Path, seconds: float) -> str:
     t = report["totals"]
-    return (f"converted {t['episodes']} episodes ({t['steps']} steps, {t['steps'] / max(seconds, 1e-9):,.0f} "
+    converted_now = sum(shard["steps"] for shard in report["shards"] if not shard.get("resumed"))  # not a rerun's skips
+    return (f"converted {t['episodes']} episodes ({t['steps']} steps, {converted_now / max(seconds, 1e-9):,.0f} "
             f"steps/s, {t['truncated_episodes']} truncated by the time limit) into {t['shards']} shards at "
             f"{out_dir}; dropped {t['dropped_partial_episodes']} partial "
             f"episodes, {t['discontinuities']} discontinuities, {t['skipped_checkpoints']} skipped checkpoints; "

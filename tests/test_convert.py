@@ -123,6 +123,8 @@ def test_rerun_converts_only_missing_shards(logs, tmp_path, capsys):
     assert [bool(s.get("resumed")) for s in shards] == [False] + [True] * 3 + [False] * 4
     assert len(_episodes(out)) == 7
     assert sum(part.episodes for part in step_store.open_index(out).parts) == 7
+    code, summary, _ = _run(capsys, "--logs", logs, "--out", out)  # all done: the rate counts none of the skipped steps
+    assert code == 0 and ", 0 steps/s," in summary
 
 
 def test_rerun_builds_the_index_of_shards_converted_without_one(replay_logs_dir, rlds_dataset_dir, tmp_path, capsys):
