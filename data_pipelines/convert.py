@@ -41,11 +41,13 @@ REPORT_FILE = "conversion_report.json"
 
 
 class NoEpisodesError(ConversionError):
-    """The logs converted to no episode at all: a rerun cannot finish it, so its shards are removed."""
+    """The logs converted to no episode at all: there is nothing to train on, and a job started by
+    this run removes what it wrote."""
 
 
-def prepare_output(out_dir: Path, tasks: list[ShardTask], max_episode_steps: int) -> None:
-    """Creates out_dir for this job, or checks that it holds an earlier run of the same job."""
+def prepare_output(out_dir: Path, tasks: list[ShardTask], max_episode_steps: int) -> bool:
+    """Creates out_dir for this job, or checks that it holds an earlier run of the same job; True
+    when this call started the job (out_dir was missing or empty), so all it holds is this job's."""
     out_dir = Path(out_dir)
     job = {"dataset": rlds_format.DATASET_NAME, "version": rlds_format.VERSION,
            "max_episode_steps": max_episode_steps,
@@ -59,11 +61,12 @@ def prepare_output(out_dir: Path, tasks: list[ShardTask], max_episode_steps: int
         if previous != job:
             raise ConversionError(f"{out_dir}: holds a conversion of other logs or options "
                                   f"({job_path} differs); choose an empty --out")
-        return
+        return False
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConversionError(f"{out_dir}: not empty and not an earlier run of this conversion; choose an empty --out")
     job_path.parent.mkdir(parents=True, exist_ok=True)
     files.write_json(job_path, job)
+    return True
 
 
 def finalize(out_dir: Path, tasks: list[ShardTask], reports: Iterable[dict]) -> dict:
@@ -78,8 +81,12 @@ def finalize(out_dir: Path, tasks: list[ShardTask], reports: Iterable[dict]) -> 
     totals["skipped_checkpoints"] = sum(r["status"] == "skipped" for r in reports)
     totals["shards"] = len(reports)
     if totals["episodes"] == 0:  # a dataset of no episode has no window to train on: its index cannot be built
-        raise NoEpisodesError(f"{out_dir}: the logs hold no complete episode ({totals['dropped_partial_episodes']} partial "
-                              "episode(s) dropped, every checkpoint skipped, or empty); record until an episode ends")
+        if totals["skipped_checkpoints"]:
+            raise NoEpisodesError(f"{out_dir}: no episode converted: {totals['skipped_checkpoints']} of {len(reports)} "
+                                  "checkpoints skipped as bad (--on-bad-checkpoint skip), the rest holding no complete "
+                                  "episode; see the warnings above")
+        raise NoEpisodesError(f"{out_dir}: the logs hold no complete episode ({totals['dropped_partial_episodes']} "
+                              "unfinished episode(s) dropped); record until an episode ends")
     summary = {"totals": totals, "shards": reports}
     files.write_json(out_dir / REPORT_FILE, summary)
     rlds_writer.write_dataset_info(  # last: the dataset is now complete
@@ -128,23 +135,23 @@ def convert(logs_dir: Path, out_dir: Path, max_episode_steps: int = replay_logs.
         from data_pipelines import beam_pipeline
 
         beam_pipeline.check_runner(runner, beam_options)
-    existed = Path(out_dir).exists()
-    prepare_output(out_dir, tasks, max_episode_steps)
-    try:
+    with files.removing_created_folders(out_dir):  # folders made for --out go again if it ends with nothing in them
+        started_here = prepare_output(out_dir, tasks, max_episode_steps)
         with converting_into(out_dir):
-            if runner == "local":
-                reports = convert_locally(tasks, out_dir, max_episode_steps, on_bad_checkpoint, progress)
-            else:
-                reports = beam_pipeline.convert_with_beam(tasks, out_dir, max_episode_steps, on_bad_checkpoint,
-                                                          runner, beam_options)
-            summary = finalize(out_dir, tasks, reports)
+            try:
+                if runner == "local":
+                    reports = convert_locally(tasks, out_dir, max_episode_steps, on_bad_checkpoint, progress)
+                else:
+                    reports = beam_pipeline.convert_with_beam(tasks, out_dir, max_episode_steps, on_bad_checkpoint,
+                                                              runner, beam_options)
+                summary = finalize(out_dir, tasks, reports)
+            except NoEpisodesError:
+                if started_here:  # everything in out_dir is this job's: shards of nothing would look resumable
+                    for path in Path(out_dir).iterdir():
+                        if path.name != CONVERTING_CLAIM:  # removed as the claim is let go
+                            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+                raise
             step_store.build_index(out_dir, progress=progress)
-    except NoEpisodesError:
-        for path in Path(out_dir).iterdir():  # all this job's (prepare_output takes only an empty folder or its own)
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        if not existed:
-            Path(out_dir).rmdir()
-        raise
     return summary
 
 

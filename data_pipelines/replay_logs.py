@@ -691,9 +691,10 @@ class RunReader:
         """The same check on the unfinished episode from row ``start`` to the checkpoint's end, which
         is dropped: where the logs' time limit is shorter than max_episode_steps and no episode is
         marked as ended, every episode reads as this one, so only here does the time limit show. Frames
-        are read only for runs of 3 rows with action 0 and reward 0, in order (the stream goes forward)."""
-        blank = (own.actions[start:] == 0) & (own.rewards[start:] == 0)
-        runs = np.flatnonzero(np.convolve(blank, np.ones(PADDING_ROWS, int), "valid") == PADDING_ROWS)
+        are read only for runs of 3 blank rows (action 0, reward 0, no end), in order (the stream goes
+        forward). Only the rows in this checkpoint are checked: one whose capacity is below the time
+        limit may hold no whole time limit, and a later checkpoint does not check an episode begun before it."""
+        runs = np.flatnonzero(np.convolve(own.blank[start:], np.ones(PADDING_ROWS, int), "valid") == PADDING_ROWS)
         if not len(runs):
             return
         # Overlapping runs read as one block of rows, so each frame is read once and in order.

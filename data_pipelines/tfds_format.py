@@ -21,10 +21,11 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+from array_record.python.array_record_module import ArrayRecordWriter
 from tensorflow_datasets.core import dataset_info, file_adapters
 
 from mgdt_jax.core import files
+from mgdt_jax.recipes.mgdt.rlds_source import shard_num_records
 
 DATASET_INFO = "dataset_info.json"
 _TFRECORD = file_adapters.FileFormat.TFRECORD
@@ -128,7 +129,7 @@ def _convert_version_dir(info, version_dir: Path, out_dir: Path) -> Converted:
             in_path = Path(split.filename_template.sharded_filepath(shard_index=index, num_shards=num_shards))
             out_path = Path(out_template.sharded_filepath(shard_index=index, num_shards=num_shards))
             source_files.add(in_path.name)
-            if not (out_path.exists() and _num_records(out_path) == expected):
+            if not (out_path.exists() and shard_num_records(out_path) == expected):
                 _copy_shard(in_path, out_path, expected)
             shards += 1
             records += expected
@@ -137,14 +138,6 @@ def _convert_version_dir(info, version_dir: Path, out_dir: Path) -> Converted:
             shutil.copy2(path, out_dir / path.name)
     files.write_text(out_dir / DATASET_INFO, _converted_info_json(info))
     return Converted(version_dir, out_dir, shards, records)
-
-
-def _num_records(path: Path) -> int:
-    reader = ArrayRecordReader(str(path))
-    try:
-        return reader.num_records()
-    finally:
-        reader.close()
 
 
 def _copy_shard(in_path: Path, out_path: Path, expected: int) -> None:

@@ -132,8 +132,12 @@ def test_training_refuses_histories_of_another_env_and_a_short_context(trained, 
         ADRecipe(config).training_data(process_index=0, process_count=1)
     config = ad_key_to_door.get_config()
     config.data.sources = (str(tmp_path / "missing"),)
-    with pytest.raises(ValueError, match="missing: no metadata.json"):
+    with pytest.raises(ValueError, match="missing: no such dataset directory$"):
         ADRecipe(config)
+    (tmp_path / "missing").mkdir()  # a folder, but not a dataset
+    with pytest.raises(ValueError, match="missing: no metadata.json: not a dataset written by mgdt-ad-histories$"):
+        ADRecipe(config)
+    (tmp_path / "missing").rmdir()
     other = tmp_path / "jat_task"  # another recipe's dataset, with a metadata.json of its own
     other.mkdir()
     (other / "metadata.json").write_text(json.dumps({"task": "metaworld-reach", "spec": {}}))

@@ -297,11 +297,15 @@ def test_logs_without_a_complete_episode_are_refused_and_leave_no_output(tmp_pat
     from data_pipelines import record
 
     record.record("Pong", steps=300, out=tmp_path / "logs", capacity=200, seed=0, progress=False)  # no game ends
-    out = tmp_path / "data"
+    out = tmp_path / "new" / "data"
     code, _, err = _run(capsys, "--logs", tmp_path / "logs", "--out", out)
-    assert (code, err) == (1, f"mgdt-convert: error: {out}: the logs hold no complete episode (1 partial episode(s) "
-                              "dropped, every checkpoint skipped, or empty); record until an episode ends")
-    assert not out.exists()  # was shards, a progress folder and no dataset_info.json: a rerun could not finish it
+    assert (code, err) == (1, f"mgdt-convert: error: {out}: the logs hold no complete episode (1 unfinished "
+                              "episode(s) dropped); record until an episode ends")
+    assert not (tmp_path / "new").exists()  # was shards, a progress folder and no dataset_info.json
+    out.mkdir(parents=True)
+    (out.parent / "notes").write_text("kept")
+    code, _, err = _run(capsys, "--logs", tmp_path / "logs", "--out", out)  # an empty folder given: left empty
+    assert code == 1 and list(out.iterdir()) == [] and (out.parent / "notes").read_text() == "kept"
 
 
 def test_a_shorter_time_limit_shows_even_when_no_episode_is_marked_as_ended(tmp_path, capsys):

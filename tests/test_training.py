@@ -415,6 +415,10 @@ def test_a_step_folder_is_read_and_a_step_removed_while_read_is_passed_over(unin
         np.testing.assert_array_equal(saved, read)
     with pytest.raises(checkpointing.CheckpointError, match="the folder of step 18, and step 12 was asked for"):
         checkpointing.load_params(steps / "18", step=12)
+    (steps / "30").mkdir()  # an empty step folder was "holds no complete checkpoint", the reason left out
+    with pytest.raises(checkpointing.CheckpointError, match=r"checkpoints/30: incomplete checkpoint: "):
+        checkpointing.load_params(steps / "30")
+    (steps / "30").rmdir()
 
     read = checkpointing._read_checkpoint
     newest = steps / str(NUM_STEPS)
@@ -596,7 +600,9 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
     for name, text in (("no_get_config", "def config():\n    return 1\n"), ("a_dict", "def get_config():\n    return {}\n"),
                        ("broken", "def get_config(:\n"), ("raising", "def get_config():\n    return None.train\n"),
                        ("importing", "from my_recipes.bc import get_config\n"),
-                       ("valueerror", "def get_config():\n    raise ValueError('no preset tiny')\n")):
+                       ("valueerror", "def get_config():\n    raise ValueError('no preset tiny')\n"),
+                       ("runtimeerror", "def get_config():\n    raise RuntimeError('boom')\n"),
+                       ("toplevel", "raise ValueError('top\\nlevel')\ndef get_config():\n    return 1\n")):
         (tmp_path / f"{name}.py").write_text(text)
     (tmp_path / "dataset_info.json").write_text('{"name": true}')  # a JSON file given for the config: run as Python
     (tmp_path / "binary.py").write_bytes(b"x\0y")
@@ -622,8 +628,12 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
         (["--config", f"{REPOSITORY / 'experiments' / 'jat_tiny.py'}:{tmp_path / 'jat'}", "--workdir", str(tmp_path / "run")],
          f"{tmp_path / 'jat' / 'babyai-go-to-local'}: no such dataset directory"),
         (["--config", str(tmp_path / "dataset_info.json"), "--workdir", str(tmp_path / "run")],  # was a traceback
-         f"--config {tmp_path / 'dataset_info.json'}: cannot be loaded as an experiment config (NameError: name 'true' "
-         "is not defined)"),
+         f"--config {tmp_path / 'dataset_info.json'}: cannot be loaded as an experiment config: NameError: name 'true' "
+         "is not defined"),
+        (["--config", str(tmp_path / "runtimeerror.py"), "--workdir", str(tmp_path / "run")],
+         f"--config {tmp_path / 'runtimeerror.py'}: get_config() failed: RuntimeError: boom"),
+        (["--config", str(tmp_path / "toplevel.py"), "--workdir", str(tmp_path / "run")],  # the file, not get_config
+         f"--config {tmp_path / 'toplevel.py'}: cannot be loaded as an experiment config: ValueError: top level"),
         (["--config", str(tmp_path / "binary.py"), "--workdir", str(tmp_path / "run")],  # was "--config None: line None"
          f"--config {tmp_path / 'binary.py'}: source code string cannot contain null bytes"),
         (["--config", f"{config_path}:small", "--config.train.num_steps=3", "--workdir", str(tmp_path / "run")],

@@ -12,6 +12,7 @@ import ast
 import contextlib
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 import jax
@@ -44,7 +45,7 @@ def _train(argv: list[str]) -> int:
         return 1
     config_file = config_flags.get_config_filename(flags.FLAGS["config"])
     if not Path(config_file.split(":", 1)[0]).is_file():  # FILE:ARGUMENT names FILE; ml_collections' message is 5 lines
-        print(f"mgdt-train: error: --config {config_file}: no such file", file=sys.stderr)
+        print(f"mgdt-train: error: --config {config_file.split(':', 1)[0]}: no such file", file=sys.stderr)
         return 1
     config = _CONFIG.value
     if not isinstance(config, ml_collections.ConfigDict):  # a plain dict has no config.train to read
@@ -93,12 +94,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
     except flags.Error as error:
         text = str(error).strip()
-        if "Traceback (most recent call last)" in text:
-            # ml_collections re-raises get_config()'s TypeError or ValueError with the traceback in its message.
-            cause = text.splitlines()[-1]
-            hint = (" (FILE:ARGUMENT passes ARGUMENT to get_config)"
-                    if ":" in Path(_config_argument(argv)).name and "positional argument" in cause else "")
-            print(f"mgdt-train: error: --config {_config_argument(argv)}: get_config() failed: {cause}{hint}",
+        if "Traceback (most recent call last):" in text:
+            # ml_collections re-raises the config file's TypeError or ValueError with the traceback in its message.
+            frames, cause = _traceback_parts(text)
+            called = [line for line in frames if line.lstrip().startswith("File ")]
+            # A TypeError at ml_collections' own call of get_config: the argument after ':' does not fit it.
+            hint = (" (FILE:ARGUMENT passes ARGUMENT to get_config)" if ":" in _config_argument(argv) and called
+                    and "config_flags" in called[-1] and cause.startswith("TypeError") else "")
+            print(f"mgdt-train: error: --config {_config_argument(argv)}: "
+                  f"{'get_config() failed' if hint else _failed(frames)}: {cause}{hint}",
                   file=sys.stderr)
         else:
             print(f"mgdt-train: error: {' '.join(text.split())}", file=sys.stderr)
@@ -110,9 +114,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(1)
     except OSError as error:  # an override makes ml_collections load the file while parsing
         config_file = _config_argument(argv)
-        fault = ("no such file" if not Path(config_file.split(":", 1)[0]).is_file()  # FILE:ARGUMENT names FILE
-                 else f"cannot be loaded ({str(error).splitlines()[0]})")
-        print(f"mgdt-train: error: --config {config_file}: {fault}", file=sys.stderr)
+        if not Path(config_file.split(":", 1)[0]).is_file():  # FILE:ARGUMENT names FILE
+            print(f"mgdt-train: error: --config {config_file.split(':', 1)[0]}: no such file", file=sys.stderr)
+        else:
+            print(f"mgdt-train: error: --config {config_file}: cannot be loaded ({str(error).splitlines()[0]})",
+                  file=sys.stderr)
         sys.exit(1)
     except ImportError as error:  # the config file's own imports, e.g. a recipe's package not on PYTHONPATH
         print(f"mgdt-train: error: --config {_config_argument(argv)}: its imports failed: {type(error).__name__}: "
@@ -133,9 +139,25 @@ def _parse_flags(argv: list[str]) -> list[str]:
                   file=sys.stderr)
         sys.exit(1)
     except Exception as error:  # noqa: BLE001 (the config file is the user's code: a NameError, a JSON file run as Python)
-        print(f"mgdt-train: error: --config {_config_argument(argv)}: cannot be loaded as an experiment config "
-              f"({type(error).__name__}: {(str(error).splitlines() or [''])[0]})", file=sys.stderr)
+        frames = [f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}'
+                  for frame in traceback.extract_tb(error.__traceback__)]
+        print(f"mgdt-train: error: --config {_config_argument(argv)}: {_failed(frames)}: {type(error).__name__}: "
+              f"{' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(1)
+
+
+def _traceback_parts(text: str) -> tuple[list[str], str]:
+    """(frame lines, the exception in one line) of the formatted traceback in an error message."""
+    lines = text.split("Traceback (most recent call last):", 1)[1].strip("\n").splitlines()
+    first = next((i for i, line in enumerate(lines) if line and not line.startswith(" ")), len(lines))
+    return lines[:first], " ".join(" ".join(lines[first:]).split())
+
+
+def _failed(frames: list[str]) -> str:
+    """What failed, from a traceback's frame lines: the config's get_config() or loading the file itself."""
+    if any(line.rstrip().endswith(", in get_config") for line in frames):
+        return "get_config() failed"
+    return "cannot be loaded as an experiment config"
 
 
 def _config_argument(argv: list[str]) -> str:

@@ -257,7 +257,10 @@ def choose_checkpoint(
     one, incomplete newer steps are passed over and listed in ``skipped`` (print ``warning()``).
     """
     directory = checkpoint_directory(path)
-    if _is_step_name(directory.name) and (directory / STEP_METADATA).is_file():  # one step's folder: that step
+    # One step's folder means that step: a complete one has its metadata; an incomplete one (say, empty)
+    # holds no steps of its own, and is then named with what it lacks rather than as holding no checkpoint.
+    if _is_step_name(directory.name) and directory.is_dir() and (
+            (directory / STEP_METADATA).is_file() or not checkpoint_steps(directory)):
         if step is not None and step != int(directory.name):
             raise CheckpointError(f"{directory}: the folder of step {directory.name}, and step {step} was asked for")
         directory, step = directory.parent, int(directory.name)

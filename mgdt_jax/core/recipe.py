@@ -191,9 +191,10 @@ def load_recipe(config: Any) -> Recipe:
     except ModuleNotFoundError as error:
         if error.name is None or not f"{module_name}.".startswith(f"{error.name}."):
             raise  # the recipe exists but one of its own imports is missing
-        builtin = importlib.import_module(RECIPES_PACKAGE).__path__  # the package only: no recipe is imported
-        where = (f"the built-in recipes: {', '.join(sorted(m.name for m in pkgutil.iter_modules(builtin) if m.ispkg))}"
-                 if "." not in name
+        package = importlib.import_module(RECIPES_PACKAGE).__path__  # the package only: no recipe is imported
+        builtin = sorted(m.name for m in pkgutil.iter_modules(package)
+                         if m.ispkg and any((Path(folder) / m.name / "recipe.py").is_file() for folder in package))
+        where = (f"the built-in recipes: {', '.join(builtin)}" if "." not in name or name.startswith(RECIPES_PACKAGE)
                  else "a recipe of your own must be importable: its folder on PYTHONPATH")
         raise ValueError(f"config.recipe {name!r}: no module {module_name} ({where})") from None
     recipe_type = getattr(module, "RECIPE", None)

@@ -98,19 +98,24 @@ class TaskSpec:
 
 
 def read_spec(dataset_dir: Path) -> TaskSpec:
-    """The task spec stored in a dataset's metadata.json."""
+    """The task spec stored in a dataset's metadata.json; DatasetError (one line) naming the folder or
+    file and the fault."""
     path = Path(dataset_dir) / METADATA_FILE
     try:
-        return TaskSpec.from_json(json.loads(path.read_text())["spec"])
+        content = json.loads(path.read_text())
     except FileNotFoundError:
         if not Path(dataset_dir).is_dir():  # a misspelt task or data folder, more often than a damaged dataset
             raise DatasetError(f"{dataset_dir}: no such dataset directory") from None
         raise DatasetError(f"{path}: missing: not a JAT dataset (mgdt-jat-record and mgdt-jat-import write it)") from None
-    except KeyError as error:  # another writer's metadata.json (an AD or MGDT dataset): name what it lacks
-        raise DatasetError(f"{path}: not a JAT dataset's metadata (no {error} field: not written by mgdt-jat-record "
-                           "or mgdt-jat-import)") from None
     except (OSError, ValueError) as error:
         raise DatasetError(f"{path}: not a JAT dataset's metadata ({error})") from None
+    if not isinstance(content, dict) or "spec" not in content:  # another writer's (an AD or MGDT dataset)
+        raise DatasetError(f"{path}: not a JAT dataset's metadata (no 'spec' field: not written by mgdt-jat-record "
+                           "or mgdt-jat-import)")
+    try:
+        return TaskSpec.from_json(content["spec"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise DatasetError(f"{path}: a damaged task spec ({type(error).__name__}: {error})") from None
 
 
 def episode_fields(episode: dict) -> dict[str, np.ndarray | list[str]]:

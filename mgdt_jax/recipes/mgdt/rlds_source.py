@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from array_record.python.array_record_module import ArrayRecordReader
 from etils import epath
 from google.protobuf import json_format
 from tensorflow_datasets.core import example_parser
@@ -212,3 +213,13 @@ def _dataset_dirs_below(path: epath.Path) -> list[epath.Path]:
 def find_datasets(sources: Sequence[str | os.PathLike]) -> list[RldsDataset]:
     """Opens every dataset under the given paths (``find_dataset_dirs``) as episodes."""
     return [RldsDataset(directory) for directory in find_dataset_dirs(sources)]
+
+
+def shard_num_records(path: str | os.PathLike) -> int | None:
+    """The records (episodes) of an array_record shard; None where array_record cannot read it
+    (missing, damaged, another format: its reader then reports 0 records rather than raising)."""
+    reader = ArrayRecordReader(str(path))
+    try:
+        return reader.num_records() if reader.ok() else None
+    finally:
+        reader.close()

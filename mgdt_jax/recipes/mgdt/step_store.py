@@ -56,7 +56,7 @@ from mgdt_jax.core import files, processes
 from mgdt_jax.recipes.mgdt import tokens
 from mgdt_jax.recipes.mgdt import windows
 from mgdt_jax.recipes.mgdt.rlds_source import (DataError, Episode, RldsDataset, check_atari_frames, shard_paths,
-                                               stored_observation_shape)
+                                               shard_num_records, stored_observation_shape)
 
 FORMAT_VERSION = 1
 INDEX_DIR = "window_index"
@@ -225,16 +225,9 @@ def _check_episode_count(shard_path: epath.Path, expected: int) -> None:
     """DataError unless the shard holds the episodes dataset_info.json counts for it: episodes are read
     by their index over all shards, so a shard with another count (replaced by another shard, cut
     short) would hand out other shards' episodes under its name."""
-    from array_record.python.array_record_module import ArrayRecordReader  # noqa: PLC0415 (data code only)
-
-    try:
-        reader = ArrayRecordReader(str(shard_path))
-        try:
-            found = reader.num_records()
-        finally:
-            reader.close()
-    except (RuntimeError, ValueError, OSError) as error:  # what array_record raises for a damaged file
-        raise DataError(f"{shard_path}: cannot read episode 0 ({error})") from None
+    found = shard_num_records(shard_path)
+    if found is None:
+        raise DataError(f"{shard_path}: not a readable array_record shard (damaged or replaced); convert the logs again")
     if found != expected:
         raise DataError(f"{shard_path}: holds {found} episodes where dataset_info.json counts {expected}: replaced or "
                         "damaged; convert the logs again")
