@@ -151,7 +151,7 @@ def test_bad_input_is_one_line_errors(tiny_workdir, tmp_path, capsys):
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     _fails_with(["--workdir", str(tiny_workdir), "--games", "Pong", "--out", str(a_file)], capsys,
-                f"--out {a_file}: exists and is not a directory")
+                f"--out {a_file}: exists and is not a folder")
 
 
 def test_mgdt_eval_passes_over_a_half_written_newest_checkpoint(tiny_workdir, half_write, tmp_path, capsys):

@@ -4,7 +4,6 @@ they write (a Ctrl-C handled by mgdt_jax/core/commands.py)."""
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,19 +29,9 @@ def check_out_dir(out: Path, report_name: str, workdir: Path | None = None) -> N
                                                                               run / INCOMPLETE)):
             raise OSError(f"--out {out}: the run's own folder{'' if target == run else ' of checkpoints'}; give the "
                           f"report a folder of its own, e.g. {run / 'eval'}")
-    if out.is_symlink() and not out.exists():
-        raise OSError(f"--out {out}: a symlink to nothing")
-    if out.exists():
-        if not out.is_dir():
-            raise OSError(f"--out {out}: exists and is not a directory")
-        if (out / report_name).exists():
-            raise OSError(f"--out {out}: already holds a report ({report_name}); choose another directory or remove it")
-        return
-    parent = out.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise OSError(f"--out {out}: cannot be created ({parent} is not a writable directory)")
+    if out.is_dir() and (out / report_name).exists():
+        raise OSError(f"--out {out}: already holds a report ({report_name}); choose another directory or remove it")
+    files.check_folder(out, "--out")  # a symlink to nothing, a file, a folder that cannot be made or written
 
 
 CLAIM_FILE = ".evaluating"  # in --out while an evaluation CLI runs: the process id of the one writing there
