@@ -612,6 +612,8 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
          "whose get_config() returns an ml_collections ConfigDict)"),
         (["--config", str(tmp_path / "a_dict.py"), "--workdir", str(tmp_path / "run")],
          f"--config {tmp_path / 'a_dict.py'}: get_config() returned a dict, not an ml_collections ConfigDict"),
+        (["--config", str(tmp_path / "a_dict.py"), "--config.train.num_steps=3", "--workdir", str(tmp_path / "run")],
+         f"--config {tmp_path / 'a_dict.py'}: get_config() returned a dict, not an ml_collections ConfigDict"),
         (["--config", str(tmp_path / "broken.py"), "--workdir", str(tmp_path / "run")],
          f"--config {tmp_path / 'broken.py'}: line 1: invalid syntax"),
         (["--config", str(tmp_path / "raising.py"), "--workdir", str(tmp_path / "run")],

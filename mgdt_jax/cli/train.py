@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import runpy
 import signal
 import sys
 import traceback
@@ -134,6 +135,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
         elif not any(argument.startswith("--config.") for argument in argv):  # raised by the file's own code
             print(f"mgdt-train: error: --config {_config_argument(argv)}: get_config() failed: {type(error).__name__}: "
                   f"{' '.join(text.split())}", file=sys.stderr)
+        elif (returned := _returned_type(_config_argument(argv))) not in (None, "ConfigDict"):
+            # An override of a config that is no ConfigDict fails as a field it cannot find.
+            print(f"mgdt-train: error: --config {_config_argument(argv)}: get_config() returned a {returned}, not an "
+                  "ml_collections ConfigDict", file=sys.stderr)
         else:
             print(f"mgdt-train: error: a --config override names no field of the config ({' '.join(text.split())})",
                   file=sys.stderr)
@@ -144,6 +149,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
         print(f"mgdt-train: error: --config {_config_argument(argv)}: {_failed(frames)}: {type(error).__name__}: "
               f"{' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(1)
+
+
+def _returned_type(config_argument: str) -> str | None:
+    """The type name of what FILE[:ARGUMENT]'s get_config returns; None if it cannot be run."""
+    file, *argument = config_argument.split(":", 1)
+    with contextlib.suppress(Exception):
+        return type(runpy.run_path(file)["get_config"](*argument)).__name__
+    return None
 
 
 def _traceback_parts(text: str) -> tuple[list[str], str]:
