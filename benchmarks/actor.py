@@ -195,7 +195,7 @@ def default_cores() -> int:
 def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(CONFIGS), default="tiny")
-    parser.add_argument("--steps", type=count_argument(), default=150, help="agent steps per timed run")
+    parser.add_argument("--steps", type=count_argument(2), default=150, help="agent steps per timed run (timed from the first step's end: at least 2)")
     parser.add_argument("--envs-per-game", type=count_argument(), default=2, help="for the 10-game comparisons")
     parser.add_argument("--overhead-envs", type=count_argument(), default=16, help="environments of one game for figure 1")
     parser.add_argument("--repeats", type=count_argument(), default=3, help="alternating runs of figure 1's three measurements")

@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="ad-small", help=f"comma list of {', '.join(SIZES)}")
     parser.add_argument("--batch", type=count_argument(), default=64, help="training batch in windows (the peer's default)")
     parser.add_argument("--steps", type=count_argument(), default=10, help="timed training steps")
-    parser.add_argument("--warmup", type=count_argument(0), default=3, help="untimed training steps (the first compiles)")
+    parser.add_argument("--warmup", type=count_argument(1), default=3, help="untimed training steps (the first compiles: at least 1)")
     parser.add_argument("--eval-episodes", type=count_argument(), default=10, help="in-context Dark Room episodes per goal")
     parser.add_argument("--layout-updates", type=count_argument(), default=300, help="training updates per layout (layout mode)")
     parser.add_argument("--layout-batch", type=count_argument(), default=32, help="batch of the layout mode")

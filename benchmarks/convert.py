@@ -108,12 +108,16 @@ def child(kind: str, log_root: Path, out_dir: Path) -> None:
 
 def measure(kind: str, log_root: Path, out_dir: Path) -> dict:
     """Runs `child` in a fresh process; adds its peak RSS (from wait4, this child only)."""
-    process = subprocess.Popen([sys.executable, __file__, "--child", kind, "--logs", str(log_root),
-                                "--out", str(out_dir)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{kind} conversion of {log_root} failed (status {status})")
+    with tempfile.TemporaryFile() as errors:  # a file, not a pipe: a child writing much to both cannot block
+        process = subprocess.Popen([sys.executable, __file__, "--child", kind, "--logs", str(log_root),
+                                    "--out", str(out_dir)], stdout=subprocess.PIPE, stderr=errors)
+        output = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        if status != 0:
+            errors.seek(0)
+            last = ([line for line in errors.read().decode(errors="replace").splitlines() if line.strip()] or [""])[-1]
+            raise SystemExit(f"{kind} conversion of {log_root} failed (exit status "
+                             f"{os.waitstatus_to_exitcode(status)}): {last.strip()}")
     result = json.loads(output.decode().strip().splitlines()[-1])
     return {**result, "steps_per_s": result["steps"] / result["seconds"], "peak_rss_gb": usage.ru_maxrss / 2**20}
 

@@ -227,12 +227,11 @@ def table_rows(results: dict[str, dict], cpus: int) -> list[tuple[str, str, str]
                              f"env steps/s (compiled in {rate['compile_s']:.0f} s){suffix}", "runs"))
         elif name == "jat_train" and figures.get("groups_measured"):
             for group in figures["groups_measured"]:
-                lower = " (convolutions not counted: FLOP/s and MFU are lower bounds)" if group["group"] == "image" else ""
                 memory = f", peak memory {_gib(figures.get('peak_bytes_in_use'))}" if group["group"] == figures["headline_group"] else ""
                 rows.append((f"JAT {figures['num_layers']} layers x {figures['d_model']} training, {group['group']} rows",
                              f"batch {figures['batch']} x {figures['tokens_per_row']} tokens: {group['tokens_per_s']:,.0f} "
                              f"tokens/s, {_tflops(group['flops_per_s'])}, MFU {_percent(group.get('mfu_vs_measured'))} of "
-                             f"measured / {_percent(group.get('mfu_vs_datasheet'))} of datasheet{lower}, loss "
+                             f"measured / {_percent(group.get('mfu_vs_datasheet'))} of datasheet, loss "
                              f"{group['loss_first']:.3f} -> {group['loss_last']:.3f}{memory}{suffix}", "runs"))
         elif name == "ada_ppo" and figures.get("train_env_steps_per_s"):
             env_only = figures.get("env_only_steps_per_s")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -140,20 +141,22 @@ def measure_reader(spec: dict) -> dict:
     """Windows/s of one reader after a warm-up, for at least ``seconds``; peak RSS of this process
     and of its largest worker process (read before the workers stop)."""
     stream = reader_stream(spec["reader"], spec["dataset"], spec["batch"], spec["cores"])
-    for _ in range(2 * spec["cores"] + 1):  # start-up; each worker's first batch
-        next(stream)
-    batches, started = 0, time.perf_counter()
-    while batches < 2 or time.perf_counter() - started < spec["seconds"]:
-        next(stream)
-        batches += 1
-    seconds = time.perf_counter() - started
-    workers = []
-    for pid in descendants(os.getpid()):
-        try:
-            workers.append(peak_rss_mb(pid))
-        except OSError:
-            continue
-    getattr(stream, "close", lambda: None)()
+    try:  # closed however it ends: a Ctrl-C left Grain's worker processes running
+        for _ in range(2 * spec["cores"] + 1):  # start-up; each worker's first batch
+            next(stream)
+        batches, started = 0, time.perf_counter()
+        while batches < 2 or time.perf_counter() - started < spec["seconds"]:
+            next(stream)
+            batches += 1
+        seconds = time.perf_counter() - started
+        workers = []
+        for pid in descendants(os.getpid()):
+            try:
+                workers.append(peak_rss_mb(pid))
+            except OSError:
+                continue
+    finally:
+        getattr(stream, "close", lambda: None)()
     return {**spec, "windows_per_s": batches * spec["batch"] / seconds, "rss_main_mb": peak_rss_mb(os.getpid()),
             "rss_worker_mb": max(workers, default=float("nan"))}
 
@@ -295,8 +298,8 @@ def main() -> int | None:
     cores = sorted(c for c in asked if 0 < c <= (os.cpu_count() or 1))
     if not cores:
         parser.error(f"--cores {args.cores}: none is from 1 to this machine's {os.cpu_count()} CPUs")
-    if args.seconds <= 0:
-        parser.error(f"--seconds {args.seconds:g}: must be positive")
+    if not 0 < args.seconds < math.inf:  # nan ended each timed loop at once; inf never
+        parser.error(f"--seconds {args.seconds:g}: must be a positive finite number")
     if args.skip_readers and not args.train_steps:
         parser.error("--skip-readers with --train-steps 0 measures nothing")
     print(f"{os.cpu_count()} CPUs; datasets of {args.steps_per_dataset:,} steps; cores {cores}; "

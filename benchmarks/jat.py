@@ -33,11 +33,11 @@ With ``--peer-python`` (an interpreter with torch and transformers) ``train`` al
 ../shared/peers/torch_jat.py at the same task, size and batch, right after ours in the same run; on
 the GPU where JAX runs, when it runs on one (benchmarks/peer_on_cuda.py).
 
-Run from the repository root with it on the path (``PYTHONPATH=.``, as benchmarks/gpu_check.sh):
+Run from the repository root (the install makes `benchmarks` importable; benchmarks/gpu_check.sh sets PYTHONPATH):
 
-    PYTHONPATH=. python benchmarks/jat.py --modes train --task mujoco,atari --sizes jat-small,jat@2 --batch 8 \\
+    python benchmarks/jat.py --modes train --task mujoco,atari --sizes jat-small,jat@2 --batch 8 \\
         --peer-python ../peer-venv/bin/python --json jat_train.json
-    PYTHONPATH=. python benchmarks/jat.py --modes eval --sizes jat-small,jat --eval-task metaworld-reach --json jat_eval.json
+    python benchmarks/jat.py --modes eval --sizes jat-small,jat --eval-task metaworld-reach --json jat_eval.json
 """
 
 from __future__ import annotations

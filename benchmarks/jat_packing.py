@@ -2,7 +2,7 @@
 
     python benchmarks/jat_packing.py --data data/jat [--tasks a,b,...] [--steps 20] [--batch 16]
 
-Prints, for each scheme, the fraction of real (non-padding) steps over 50 batches and the training
+Prints, for each scheme, the fraction of real (non-padding) steps of the timed batches and the training
 throughput of the tiny JAT (experiments/jat_tiny.py's model) on one CPU device: optimizer steps/s and
 real steps/s, and the ratio packed/padded of real steps/s measured in the same run. Both schemes draw
 the same groups, tasks and start steps (same seed); only the row layout differs.
@@ -22,29 +22,35 @@ from mgdt_jax.core import sharding
 from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core.files import count_argument, path_argument
 from mgdt_jax.core.train_step import Trainer
-from mgdt_jax.recipes.jat import data
+from mgdt_jax.recipes.jat import data, tokens
 
 DEFAULT_TASKS = ("babyai-go-to-local", "babyai-pickup-loc", "metaworld-reach", "mujoco-pendulum")
+WARMUP_SEARCH = 50  # batches searched for one of each group, to compile its step before timing
 
 
 def measure(config, packing: bool, steps: int) -> dict[str, float]:
+    """Real-step fraction and throughput over the same ``steps`` timed batches; every group's step is
+    compiled first (a group first met in the timed loop made short runs measure its compilation)."""
     config.data.packing = packing
     stream = data.training_data(config, process_index=0, process_count=1)
-    real = float(np.mean([np.mean(stream.batch(k)["segment"] >= 0) for k in range(50)]))
     trainer = Trainer(config, sharding.make_mesh({"data": 1}, jax.devices()[:1]))
     state = trainer.init(0)
-    batches = [trainer.shard_batch(stream.batch(k)) for k in range(steps + 2)]
-    for batch in batches[:2]:  # compile every group's path before timing
-        state, metrics = trainer.step(state, batch)
+    first_of_group: dict[str, int] = {}
+    for k in range(WARMUP_SEARCH):
+        first_of_group.setdefault(tokens.batch_group(stream.batch(k)), k)
+    for k in first_of_group.values():
+        state, metrics = trainer.step(state, trainer.shard_batch(stream.batch(k)))
     jax.block_until_ready(metrics)
+    host_batches = [stream.batch(WARMUP_SEARCH + k) for k in range(steps)]
+    real_steps = float(sum(np.sum(batch["segment"] >= 0) for batch in host_batches))
+    batches = [trainer.shard_batch(batch) for batch in host_batches]
     started = time.perf_counter()
-    real_steps = 0.0
-    for batch in batches[2:]:
+    for batch in batches:
         state, metrics = trainer.step(state, batch)
-        real_steps += float(np.sum(np.asarray(batch["segment"]) >= 0))
     jax.block_until_ready(metrics)
     seconds = time.perf_counter() - started
-    return {"real_fraction": real, "steps_per_second": steps / seconds, "real_steps_per_second": real_steps / seconds}
+    return {"real_fraction": real_steps / sum(batch["segment"].size for batch in host_batches),
+            "steps_per_second": steps / seconds, "real_steps_per_second": real_steps / seconds}
 
 
 @interruptible("benchmarks/jat_packing.py", errors=(ValueError, OSError))

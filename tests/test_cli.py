@@ -250,6 +250,23 @@ def test_a_failed_atomic_write_leaves_neither_file_nor_partial(tmp_path):
     assert (tmp_path / "ok.json").read_text() == "[\n 1\n]\n" and not (tmp_path / "ok.json.partial").exists()
 
 
+@pytest.mark.parametrize("name, args, message", [
+    ("train", ["--warmup", "0"], "argument --warmup: 0: must be at least 1"),  # the first step compiles: untimed
+    ("ad", ["--warmup", "0"], "argument --warmup: 0: must be at least 1"),
+    ("actor", ["--steps", "1"], "argument --steps: 1: must be at least 2"),  # timed from the first step's end
+    ("input_pipeline", ["--seconds", "nan"], "--seconds nan: must be a positive finite number"),
+])
+def test_benchmark_settings_that_would_measure_nothing_are_refused(name, args, message, monkeypatch, capsys):
+    # Each was accepted, then ended in a traceback (UnboundLocalError, a None formatted, ZeroDivisionError)
+    # or, for nan seconds, figures of two batches.
+    module = import_module(f"benchmarks.{name}")
+    monkeypatch.setattr(sys, "argv", ["pytest", *args])
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    with pytest.raises(SystemExit) as exit:
+        module.main()
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_the_ada_benchmark_refuses_tiny_only_flags_in_the_claim_setting(monkeypatch, capsys):
     # --d-model with --setting claim was silently ignored: the figures were of another width.
     module = import_module("benchmarks.ada")
