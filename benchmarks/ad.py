@@ -52,7 +52,7 @@ from benchmarks.peer_on_cuda import PRECISIONS, peer_command
 from mgdt_jax import envs
 from mgdt_jax.core import host_memory, sharding
 from mgdt_jax.core.commands import interruptible
-from mgdt_jax.core.files import count_argument, output_file_argument, path_argument, seed_argument
+from mgdt_jax.core.files import count_argument, names_argument, output_file_argument, path_argument, seed_argument
 from mgdt_jax.core.train_step import Trainer
 from mgdt_jax.envs import bandit
 from mgdt_jax.recipes.ad import evaluate
@@ -246,8 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # run as a program, not called from Python
         host_memory.reexec_with_huge_page_malloc()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--modes", default="train,eval", help="comma list of train, eval, layout")
-    parser.add_argument("--sizes", default="ad-small", help=f"comma list of {', '.join(SIZES)}")
+    parser.add_argument("--modes", type=names_argument(("train", "eval", "layout")), default="train,eval",
+                        help="comma list of train, eval, layout")
+    parser.add_argument("--sizes", type=names_argument(tuple(SIZES)), default="ad-small",
+                        help=f"comma list of {', '.join(SIZES)}")
     parser.add_argument("--batch", type=count_argument(), default=64, help="training batch in windows (the peer's default)")
     parser.add_argument("--steps", type=count_argument(), default=10, help="timed training steps")
     parser.add_argument("--warmup", type=count_argument(1), default=3, help="untimed training steps (the first compiles: at least 1)")
@@ -262,12 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=output_file_argument, help="write every figure here")
     args = parser.parse_args(argv)
 
-    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
-    if unknown := set(modes) - {"train", "eval", "layout"}:
-        raise SystemExit(f"--modes: unknown {sorted(unknown)}; choose from train, eval, layout")
-    sizes = [size.strip() for size in args.sizes.split(",") if size.strip()]
-    if unknown := set(sizes) - set(SIZES):
-        raise SystemExit(f"--sizes: unknown {sorted(unknown)}; choose from {', '.join(SIZES)}")
+    modes, sizes = args.modes, args.sizes
     for name in ("batch", "steps", "warmup", "eval_episodes", "layout_updates", "layout_batch"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")

@@ -37,7 +37,7 @@ import numpy as np
 from experiments import ada_tiny
 from mgdt_jax.core import flops, sharding
 from mgdt_jax.core.commands import interruptible
-from mgdt_jax.core.files import count_argument, output_file_argument
+from mgdt_jax.core.files import count_argument, names_argument, output_file_argument
 from mgdt_jax.core.train_step import Trainer
 
 MATMUL_SIZE = 2048  # float32; the size experiments/common.py's machine line measures
@@ -151,7 +151,7 @@ def main() -> int | None:
     parser.add_argument("--envs", type=count_argument(), help="environments per rollout (default 256)")
     parser.add_argument("--rollout", type=count_argument(), help="steps per rollout (default 32, the claim's 160)")
     parser.add_argument("--steps", type=count_argument(), default=5)
-    parser.add_argument("--agents", default="trxl,gru")
+    parser.add_argument("--agents", type=names_argument(("trxl", "gru")), default="trxl,gru", help="comma list of trxl, gru")
     tiny_only = {"d_model": 64, "layers": 2, "memory": 32, "env_factory": ""}
     parser.add_argument("--d-model", type=count_argument(), help="tiny setting only (default 64)")
     parser.add_argument("--layers", type=count_argument(), help="tiny setting only (default 2)")
@@ -179,7 +179,7 @@ def main() -> int | None:
           f"{args.envs} envs x {args.rollout} steps per train step", flush=True)
     # The ceiling is measured before the first agent and after the last; MFU is read against the best.
     measured = [] if args.peak_tflops else [flops.matmul_peak(jnp.float32, MATMUL_SIZE)]
-    results = [measure(agent, args) for agent in args.agents.split(",")]
+    results = [measure(agent, args) for agent in args.agents]
     if args.peak_tflops:
         peak = args.peak_tflops * 1e12
     else:

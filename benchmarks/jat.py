@@ -61,11 +61,11 @@ import numpy as np
 from flax import nnx
 
 from benchmarks.peer_on_cuda import PRECISIONS, peer_command
-from benchmarks.train import peer_available
+from benchmarks.train import parse_sizes, peer_available
 from mgdt_jax.core.flops import matmul_peak  # the same probe as the MGDT benchmark's
 from mgdt_jax.core import host_memory, sharding
 from mgdt_jax.core.commands import interruptible
-from mgdt_jax.core.files import count_argument, output_file_argument, path_argument, seed_argument
+from mgdt_jax.core.files import count_argument, names_argument, output_file_argument, path_argument, seed_argument
 from mgdt_jax.core.flops import decoder_flops
 from mgdt_jax.core.train_step import Trainer
 from mgdt_jax.recipes.jat.data import empty_batch
@@ -199,30 +199,14 @@ def bench_peer(peer_python: str, peer_script: Path, task: str, size: str, batch_
         return {**report["results"][0], "peer_peak_gflops": report["peak_gflops_used_for_mfu"]}
 
 
-def parse_sizes(text: str, batch: int) -> list[tuple[str, int]]:
-    """"jat-small,jat@2" -> [("jat-small", batch), ("jat", 2)]; SystemExit (one line) on a bad entry."""
-    sizes = []
-    for entry in (part.strip() for part in text.split(",")):
-        if not entry:
-            continue
-        name, _, count = entry.partition("@")
-        if name not in SIZES:
-            raise SystemExit(f"--sizes: unknown size {name!r}; choose from {', '.join(SIZES)}")
-        if count and not (count.isdigit() and int(count) > 0):
-            raise SystemExit(f"--sizes: {entry!r}: the batch after @ must be a positive integer")
-        sizes.append((name, int(count) if count else batch))
-    if not sizes:
-        raise SystemExit("--sizes: no size given")
-    return sizes
-
-
 @interruptible("benchmarks/jat.py", errors=(ValueError, OSError))
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # run as a program, not called from Python
         host_memory.reexec_with_huge_page_malloc()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--modes", default="train", help="comma list of train, eval")
-    parser.add_argument("--task", default="mujoco,atari", help=f"training tasks, comma list of {', '.join(TASKS)}")
+    parser.add_argument("--modes", type=names_argument(("train", "eval")), default="train", help="comma list of train, eval")
+    parser.add_argument("--task", type=names_argument(tuple(TASKS)), default="mujoco,atari",
+                        help=f"training tasks, comma list of {', '.join(TASKS)}")
     parser.add_argument("--sizes", default="jat-small,jat@2", help="comma list of jat-small, jat; NAME@B sets its batch")
     parser.add_argument("--batch", type=count_argument(), default=8, help="training batch of a size without @B (the peer's default)")
     parser.add_argument("--steps", type=count_argument(), default=10, help="timed training steps")
@@ -239,17 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=output_file_argument, help="write every figure here")
     args = parser.parse_args(argv)
 
-    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
-    if not modes or (unknown := set(modes) - {"train", "eval"}):
-        raise SystemExit(f"--modes: {sorted(unknown) if modes else 'none given'}; choose from train, eval")
-    tasks = [task.strip() for task in args.task.split(",") if task.strip()]
-    if unknown := set(tasks) - set(TASKS):
-        raise SystemExit(f"--task: unknown {sorted(unknown)}; choose from {', '.join(TASKS)}")
+    modes, tasks = args.modes, args.task
     for name in ("batch", "steps", "warmup", "eval_episodes", "eval_max_steps"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmup" else 1):
             raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {value}")
-    sizes = parse_sizes(args.sizes, args.batch)
+    sizes = parse_sizes(args.sizes, args.batch, tuple(SIZES))
     if "eval" in modes:
         from mgdt_jax.envs import gym_tasks  # environments: only for this mode
         from mgdt_jax.recipes.jat import tokens

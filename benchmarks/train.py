@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -35,7 +36,7 @@ import numpy as np
 from experiments import mgdt_1b, mgdt_10m, mgdt_40m, mgdt_200m, tiny
 from mgdt_jax.core import host_memory, sharding
 from mgdt_jax.core.commands import interruptible
-from mgdt_jax.core.files import count_argument, output_file_argument, path_argument
+from mgdt_jax.core.files import count_argument, names_argument, output_file_argument, path_argument
 from mgdt_jax.recipes.mgdt import tokens
 from mgdt_jax.recipes.mgdt.flops import training_flops
 from mgdt_jax.core import flops
@@ -127,15 +128,19 @@ def bench_peer(peer_python: str, peer_script: Path, size: str, batch_size: int, 
     return result
 
 
-def parse_sizes(text: str, default_batch: int) -> list[tuple[str, int]]:
+def parse_sizes(text: str, default_batch: int, known: Sequence[str] = tuple(SIZES)) -> list[tuple[str, int]]:
+    """"tiny,40m@64" -> [("tiny", default_batch), ("40m", 64)]: names from ``known``, NAME@B sets that
+    size's batch; SystemExit (one line) on an unknown name, a bad batch or no size at all."""
     entries = []
     for entry in filter(None, (part.strip() for part in text.split(","))):
         name, _, batch = entry.lower().partition("@")
-        if name not in SIZES:
-            raise SystemExit(f"--sizes: unknown size {name!r}; choose from {', '.join(SIZES)}")
+        if name not in known:
+            raise SystemExit(f"--sizes: unknown size {name!r}; choose from {', '.join(known)}")
         if batch and not (batch.isdigit() and int(batch) > 0):
             raise SystemExit(f"--sizes: batch of {entry!r} is not a positive integer")
         entries.append((name, int(batch) if batch else default_batch))
+    if not entries:  # ran nothing and exited 0
+        raise SystemExit(f"--sizes {text!r}: no size given; choose from {', '.join(known)}")
     return entries
 
 
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=count_argument(), default=32 if on_cpu else 256, help="global batch in windows")
     parser.add_argument("--dtype", default="float32" if on_cpu else "bfloat16", choices=["float32", "bfloat16"],
                         help="matmul dtype (the peer is float32)")
-    parser.add_argument("--optimizers", default="lamb,adamw",
+    parser.add_argument("--optimizers", type=names_argument(("lamb", "adamw")), default="lamb,adamw",
                         help="lamb (our default, the paper's) and/or adamw (the peer's, for like-for-like)")
     parser.add_argument("--steps", type=count_argument(), default=10, help="timed steps per size")
     parser.add_argument("--warmup", type=count_argument(1), default=3, help="untimed steps per size (the first compiles: at least 1)")
@@ -160,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sizes = parse_sizes(args.sizes, args.batch)
-    optimizers = [name.strip() for name in args.optimizers.split(",") if name.strip()]
-    if unknown := set(optimizers) - {"lamb", "adamw"}:
-        raise SystemExit(f"--optimizers: unknown {sorted(unknown)}; choose lamb and/or adamw")
+    optimizers = args.optimizers
     run_peer = args.peer_python is not None
     if run_peer:
         if not args.peer_script.is_file():

@@ -43,6 +43,22 @@ def seed_argument(text: str) -> int:
     return seed
 
 
+def names_argument(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    """The argparse ``type`` of a comma-separated list of names from ``choices`` (modes, sizes,
+    agents): the names given, stripped; ArgumentTypeError for an unknown name or a list naming none
+    (an empty list ran nothing and exited 0)."""
+
+    def names(text: str) -> list[str]:
+        given = [name.strip() for name in text.split(",") if name.strip()]
+        if not given:
+            raise argparse.ArgumentTypeError(f"{text!r} names nothing; choose from {', '.join(choices)}")
+        if unknown := [name for name in given if name not in choices]:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; choose from {', '.join(choices)}")
+        return given
+
+    return names
+
+
 def count_argument(least: int = 1) -> Callable[[str], int]:
     """The argparse ``type`` of a count flag (steps, batch, repeats, ...): a whole number >= ``least``;
     ArgumentTypeError otherwise (a zero count divided by zero or measured nothing)."""
