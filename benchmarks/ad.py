@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     peer_modes = [mode for mode in modes if mode in (("train",) if jax.default_backend() == "gpu" else ("train", "eval"))]
     if args.peer_python is not None:
         if not args.peer_script.is_file():
-            raise SystemExit(f"--peer-script: {args.peer_script} does not exist")
+            raise SystemExit(f"--peer-script: {args.peer_script} is not a file")
         if why := peer_available(args.peer_python):
             raise SystemExit(f"--peer-python {args.peer_python}: cannot import torch ({why})")
         try:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -171,8 +172,9 @@ def main() -> int | None:
         args.envs = 256
     if args.rollout is None:
         args.rollout = 160 if args.setting == "claim" else 32
-    if args.peak_tflops < 0:
-        parser.error(f"--peak-tflops {args.peak_tflops:g}: must be positive (or 0: measure the best matmul)")
+    if not 0 <= args.peak_tflops < math.inf:  # nan gave an MFU of nan%
+        parser.error(f"--peak-tflops {args.peak_tflops:g}: must be a positive finite number (or 0: measure the best "
+                     "matmul)")
     if args.setting == "claim" and args.envs % 16:
         parser.error(f"--envs {args.envs}: the claim's 16 minibatches must divide it")
     print(f"{jax.device_count()} {jax.devices()[0].platform} device(s); {args.setting} setting; "

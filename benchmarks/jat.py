@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"choose a Meta-World or MuJoCo task")
     if args.peer_python is not None and "train" in modes:
         if not args.peer_script.is_file():
-            raise SystemExit(f"--peer-script: {args.peer_script} does not exist")
+            raise SystemExit(f"--peer-script: {args.peer_script} is not a file")
         try:
             why = peer_available(args.peer_python)
         except OSError as error:  # no such interpreter, or not executable

@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     run_peer = args.peer_python is not None
     if run_peer:
         if not args.peer_script.is_file():
-            raise SystemExit(f"--peer-script: {args.peer_script} does not exist")
+            raise SystemExit(f"--peer-script: {args.peer_script} is not a file")
         if why := peer_available(args.peer_python):
             raise SystemExit(f"--peer-python {args.peer_python}: cannot import torch and transformers ({why})")
 

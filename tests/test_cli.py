@@ -257,6 +257,8 @@ def test_a_failed_atomic_write_leaves_neither_file_nor_partial(tmp_path):
     ("input_pipeline", ["--seconds", "nan"], "--seconds nan: must be a positive finite number"),
     ("ad", ["--modes", ","], "argument --modes: ',' names nothing; choose from train, eval, layout"),  # ran nothing, exit 0
     ("ada", ["--agents", "trxl,lstm"], "argument --agents: unknown lstm; choose from trxl, gru"),  # after trxl's run
+    ("ada", ["--peak-tflops", "nan"], "--peak-tflops nan: must be a positive finite number"),  # MFU nan%
+    ("train", ["--json", str(REPOSITORY / "README.md" / "x.json")], "README.md is a file, not a folder"),
 ])
 def test_benchmark_settings_that_would_measure_nothing_are_refused(name, args, message, monkeypatch, capsys):
     # Each was accepted, then ended in a traceback (UnboundLocalError, a None formatted, ZeroDivisionError)

@@ -85,7 +85,8 @@ def output_file_argument(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"{path}: is a directory; name the file to write")
     folder = path.absolute().parent
     if not folder.is_dir():
-        raise argparse.ArgumentTypeError(f"{path}: its folder {folder} does not exist")
+        fault = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise argparse.ArgumentTypeError(f"{path}: its folder {folder} {fault}")
     if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise argparse.ArgumentTypeError(f"{path}: cannot be written")
     return path
