@@ -43,11 +43,19 @@ if TYPE_CHECKING:
 
 def train_to_end(config: Any, workdir: Path, **kwargs: Any) -> TrainResult:
     """``loop.train(config, workdir, **kwargs)`` run to its last step; a partly trained model is never
-    evaluated or reported as if it were finished. Stopped first (saved, its checkpoint kept in
+    evaluated or reported as if it were finished. A workdir trained before with another config is
+    refused (SystemExit, one line naming the fields), as its model would be reported under this
+    config's settings (another --train-steps in the same folder). Stopped first (saved, its checkpoint kept in
     ``workdir``): by a SIGTERM, SystemExit (one line, exit status 1); by a Ctrl-C, one line on stderr
     and KeyboardInterrupt, which a script's ``interruptible`` main ends as interrupted (status 130)."""
     from mgdt_jax.core import loop
 
+    current = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else config
+    if changes := loop.config_changes(Path(workdir) / loop.CONFIG_FILE, current):
+        # Resumed, it would be reported under these settings while trained (partly or wholly) under others.
+        raise SystemExit(f"{workdir}: trained before with another config ("
+                         + ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes[:4])
+                         + (f" and {len(changes) - 4} more" if len(changes) > 4 else "") + "); use another --out or --workdir")
     result = loop.train(config, workdir, **kwargs)
     if result.stopped_by == "interrupted":
         print(f"{workdir}: training interrupted at step {result.last_step} of {config.train.num_steps}; its "

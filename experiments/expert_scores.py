@@ -20,7 +20,8 @@ import sys
 import numpy as np
 
 from data_pipelines import experts, record
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core.files import count_argument, output_file_argument
 from mgdt_jax.envs import atari
 from mgdt_jax.recipes.mgdt import scores
 
@@ -48,15 +49,14 @@ def _play(job: tuple[str, str, int, int]) -> list[float]:
     return play(*job)
 
 
+@interruptible("experiments/expert_scores.py")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--episodes", type=int, default=20)
-    parser.add_argument("--max-episode-steps", type=int, default=2500, help="agent steps (4 frames each)")
-    parser.add_argument("--processes", type=int, default=3)
-    parser.add_argument("--json", type=path_argument, help="also write every episode's score here")
+    parser.add_argument("--episodes", type=count_argument(), default=20)
+    parser.add_argument("--max-episode-steps", type=count_argument(), default=2500, help="agent steps (4 frames each)")
+    parser.add_argument("--processes", type=count_argument(), default=3)
+    parser.add_argument("--json", type=output_file_argument, help="also write every episode's score here (checked first)")
     args = parser.parse_args(argv)
-    if args.episodes < 1 or args.max_episode_steps < 1:
-        parser.error("--episodes and --max-episode-steps must be positive")
     games = sorted(experts.EXPERTS)
     jobs = [(game, policy, args.episodes, args.max_episode_steps) for game in games for policy in ("expert", "random")]
     with multiprocessing.get_context("spawn").Pool(args.processes) as pool:

@@ -272,7 +272,8 @@ def mini_jat(args, setting: Setting, image_weight: float) -> int:
 
 def kappa(args, setting: Setting) -> int:
     out = args.out
-    common.check_settings(out, {"claim": "kappa", "setting": dataclasses.asdict(setting), "kappas": list(KAPPAS)}, "jat_claims")
+    common.check_settings(out, {"claim": "kappa", "setting": dataclasses.asdict(setting), "kappas": list(KAPPAS),
+                                "babyai_sampling_weights": BABYAI_SAMPLING_WEIGHTS}, "jat_claims")
     data_dir = args.data or out / "data"
     runs, stages = {}, {"data": common.stage(out, "data", lambda: record_data(setting, data_dir),
                                              output=None if args.data else data_dir)}  # --data's folder is not ours to redo
@@ -411,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         # --data is read, never written: recording the missing tasks would put them into another run's folder
         parser.error(f"--data {args.data}: holds no recording of {', '.join(missing)} (give a mini-JAT run's OUT/data "
                      "of the same settings)")
+    if args.docs is not None and args.quick:  # would replace the claim's result with a smoke run's
+        parser.error("--docs: a --quick run is no claim; docs take full runs only")
     if args.docs is not None and not args.docs.is_file():
         parser.error(f"--docs {args.docs}: no such file")
     if args.docs is not None:

@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     variants.add_argument("--seed", type=int,
                           help="seeds recording, parameters, batches and evaluation alike (default: the config's)")
     args = parser.parse_args(argv)
+    if args.docs is not None and args.quick:  # would replace the claim's result with a smoke run's
+        parser.error("--docs: a --quick run is no claim; docs take full runs only")
     config = expert_inference.get_config()
     if args.quick:
         config = expert_inference.quick(config)

@@ -35,6 +35,23 @@ def test_negative_seed_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert not workdir.exists()
 
 
+@pytest.mark.parametrize("script, args, message", [
+    ("mgdt_expert_inference", ["--quick", "--docs", "docs/results.md"], "--docs: a --quick run is no claim"),
+    ("expert_scores", ["--processes", "0"], "argument --processes: 0: must be at least 1"),  # was a traceback
+    ("expert_scores", ["--json", "{tmp}/missing/x.json"], "its folder {tmp}/missing does not exist"),  # after every game
+])
+def test_arguments_that_would_overwrite_a_claim_or_fail_at_the_end_are_refused_first(tmp_path, capsys, script, args,
+                                                                                       message):
+    from importlib import import_module
+
+    main = import_module(f"experiments.{script}").main
+    args = [arg.format(tmp=tmp_path) for arg in args]
+    with pytest.raises(SystemExit) as stopped:
+        main(["--workdir", str(tmp_path / "run"), *args] if script == "mgdt_expert_inference" else args)
+    assert stopped.value.code == 2 and message.format(tmp=tmp_path) in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_recordings_of_another_schedule_cap_or_seed_are_not_reused(tmp_path):
     exp = expert_inference.get_config().experiment
     recorded = {game: {"part": "pretrain", "steps": 10, "returns": [0.0], "epsilons": [1.0], "schedule": exp.epsilon,

@@ -180,6 +180,20 @@ def test_resuming_with_a_changed_config_names_the_changes(tmp_path, capsys):
     assert "the config differs" not in capsys.readouterr().out
 
 
+def test_an_experiment_refuses_to_resume_a_run_trained_with_another_config(tmp_path):
+    # mgdt_expert_inference --train-steps 50 in a folder trained for 100 steps evaluated the 100-step
+    # model and reported it as trained for 50.
+    from experiments import common
+
+    workdir = tmp_path / "run"
+    common.train_to_end(toy_config(), workdir)
+    assert common.train_to_end(toy_config(), workdir).last_step == NUM_STEPS  # the same config: resumed, done
+    with pytest.raises(SystemExit) as stopped:
+        common.train_to_end(toy_config(num_steps=NUM_STEPS - 2), workdir)
+    assert str(stopped.value) == (f"{workdir}: trained before with another config (train.num_steps {NUM_STEPS} -> "
+                                  f"{NUM_STEPS - 2}); use another --out or --workdir")
+
+
 def test_a_checkpoint_save_that_fails_in_the_background_is_one_line_naming_the_intact_step(tmp_path, monkeypatch):
     # A full disk during an asynchronous save surfaced as Orbax's multi-line status, naming neither
     # the step nor the checkpoint left intact.

@@ -295,14 +295,14 @@ def _warn_if_data_changed(saved: Mapping[str, Any], current: Mapping[str, Any], 
         )
 
 
-def _warn_if_config_changed(path: Path, current: Mapping[str, Any], writer: MetricWriter) -> None:
-    """One warning line naming the config fields changed since the run's config.json was written: a
-    resumed run keeps the checkpoint's step, RNG and optimizer state, so a new ``train.seed`` has
-    no effect, and a new ``train.num_steps`` reshapes the learning-rate schedule mid-run."""
+def config_changes(path: Path, current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(field, saved value, current value) for each config field that differs from the run's
+    config.json at ``path`` (fields as dotted names, e.g. ``train.seed``; a missing field is None);
+    nothing for a run without a readable config.json."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
-        return  # a run from before config.json, or one whose file was removed: nothing to compare
+        return []  # a run from before config.json, or one whose file was removed: nothing to compare
 
     def flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:  # {"train.seed": 0, ...}
         fields = {}
@@ -311,16 +311,25 @@ def _warn_if_config_changed(path: Path, current: Mapping[str, Any], writer: Metr
         return fields
 
     before, now = flat(saved), flat(current)
-    changed = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
-    if not changed:
+    return [(key, before.get(key), now.get(key)) for key in sorted(before.keys() | now.keys())
+            if before.get(key) != now.get(key)]
+
+
+def _warn_if_config_changed(path: Path, current: Mapping[str, Any], writer: MetricWriter) -> None:
+    """One warning line naming the config fields changed since the run's config.json was written: a
+    resumed run keeps the checkpoint's step, RNG and optimizer state, so a new ``train.seed`` has
+    no effect, and a new ``train.num_steps`` reshapes the learning-rate schedule mid-run."""
+    changes = config_changes(path, current)
+    if not changes:
         return
+    changed = [key for key, _, _ in changes]
     notes = []
     if "train.seed" in changed:
         notes.append("a changed train.seed has no effect (the checkpoint's RNG goes on)")
     if any(key == "train.num_steps" or key.startswith("optimizer.") for key in changed):
         notes.append("a changed num_steps or optimizer reshapes the learning-rate schedule from here")
     writer.print(f"warning: the config differs from the run's {CONFIG_FILE} ("
-                 + ", ".join(f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in changed) + ")"
+                 + ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes) + ")"
                  + "".join(f"; {note}" for note in notes))
 
 
