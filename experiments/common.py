@@ -82,9 +82,11 @@ def check_settings(out: Path, settings: Mapping[str, Any], program: str) -> bool
         if not isinstance(previous, dict):
             raise SystemExit(f"{program}: error: {path}: not an object of settings; choose a new --out")
         if previous != settings:
-            differ = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-            raise SystemExit(f"{program}: error: --out {out}: made with other settings ({', '.join(differ)}); "
-                             "choose a new --out")
+            from mgdt_jax.core import loop
+
+            differ = [field for field, _, _ in loop.differing_fields(previous, settings)]  # nested fields named whole
+            raise SystemExit(f"{program}: error: --out {out}: made with other settings ({', '.join(differ[:6])}"
+                             f"{f' and {len(differ) - 6} more' if len(differ) > 6 else ''}); choose a new --out")
         return True
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SystemExit(f"{program}: error: --out {out}: exists and is not a folder of this experiment "

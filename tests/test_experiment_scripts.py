@@ -94,7 +94,7 @@ def test_an_out_is_reused_only_by_the_same_settings(tmp_path, capsys):
     out = tmp_path / "out"
     assert common.check_settings(out, {"claim": "kappa", "setting": {"tasks": ("a", "b")}}, "jat_claims") is False
     assert common.check_settings(out, {"claim": "kappa", "setting": {"tasks": ("a", "b")}}, "jat_claims") is True
-    with pytest.raises(SystemExit, match=r"jat_claims: error: --out .*: made with other settings \(setting\)"):
+    with pytest.raises(SystemExit, match=r"jat_claims: error: --out .*: made with other settings \(setting.tasks\)"):
         common.check_settings(out, {"claim": "kappa", "setting": {"tasks": ("a",)}}, "jat_claims")
     other = tmp_path / "other"
     other.mkdir()

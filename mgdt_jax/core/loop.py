@@ -303,6 +303,12 @@ def config_changes(path: Path, current: Mapping[str, Any]) -> list[tuple[str, An
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return []  # a run from before config.json, or one whose file was removed: nothing to compare
+    return differing_fields(saved, current)
+
+
+def differing_fields(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(field, value before, value now) for each leaf of two nested mappings that differs, fields as
+    dotted names (``train.seed``), sorted; a field missing on one side is None there."""
 
     def flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:  # {"train.seed": 0, ...}
         fields = {}
@@ -310,9 +316,8 @@ def config_changes(path: Path, current: Mapping[str, Any]) -> list[tuple[str, An
             fields.update(flat(child, f"{prefix}{name}.") if isinstance(child, Mapping) else {f"{prefix}{name}": child})
         return fields
 
-    before, now = flat(saved), flat(current)
-    return [(key, before.get(key), now.get(key)) for key in sorted(before.keys() | now.keys())
-            if before.get(key) != now.get(key)]
+    old, new = flat(before), flat(now)
+    return [(key, old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
 
 
 def _warn_if_config_changed(path: Path, current: Mapping[str, Any], writer: MetricWriter) -> None:
