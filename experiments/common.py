@@ -50,7 +50,7 @@ def train_to_end(config: Any, workdir: Path, **kwargs: Any) -> TrainResult:
     and KeyboardInterrupt, which a script's ``interruptible`` main ends as interrupted (status 130)."""
     from mgdt_jax.core import loop
 
-    current = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else config
+    current = json.loads(config.to_json_best_effort() if hasattr(config, "to_json_best_effort") else json.dumps(config))
     if changes := loop.config_changes(Path(workdir) / loop.CONFIG_FILE, current):
         # Resumed, it would be reported under these settings while trained (partly or wholly) under others.
         raise SystemExit(f"{workdir}: trained before with another config ("

@@ -339,7 +339,7 @@ def _plot(series: dict[str, dict], path: Path, targets: dict[str, float]) -> Non
 
 
 def finish(out: Path, text: str, plot: Path, docs: Path | None, marker: str, summary: dict) -> None:
-    print(text)
+    print(text.replace("figures/", ""))  # as OUT/results.md: the plot beside it (docs keep figures/)
     (out / "results.md").write_text(text.replace("figures/", ""))
     (out / "summary.json").write_text(json.dumps({**summary, "machine": common.machine()}, indent=1) + "\n")
     if docs:

@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                             time.perf_counter() - started)
     _plot(summaries, games, root / "expert_inference.png")
     (root / "results.md").write_text(text.replace("figures/expert_inference", "expert_inference"))
-    print(text)
+    print(text.replace("figures/expert_inference", "expert_inference"))  # as results.md: the plot beside it
     written = [root / "results.md", root / "expert_inference.png"]
     if args.docs:
         write_docs_section(args.docs, text, root / "expert_inference.png")
