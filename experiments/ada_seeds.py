@@ -146,6 +146,18 @@ def summary(runs: dict[str, dict[int, np.ndarray]]) -> tuple[str, dict]:
     return "\n".join(lines), values
 
 
+def _undefined_as_null(value):
+    """``value`` with every NaN (a ratio over a trial-1 return of 0) as None: JSON has no NaN, and
+    strict parsers refuse the bare ``NaN`` Python writes."""
+    if isinstance(value, dict):
+        return {key: _undefined_as_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_undefined_as_null(item) for item in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return None
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("reports", nargs="+", type=path_argument, help="report.json of held-out evaluations")
@@ -163,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         partial = args.json.with_name(args.json.name + ".partial")
         try:
-            partial.write_text(json.dumps(values, indent=1, default=float))
+            partial.write_text(json.dumps(_undefined_as_null(values), indent=1, default=float, allow_nan=False))
             partial.replace(args.json)
         except OSError as error:
             partial.unlink(missing_ok=True)

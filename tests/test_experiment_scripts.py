@@ -254,6 +254,10 @@ def test_ada_seeds_pools_task_scores_over_seeds(tmp_path, capsys):
     thirteen = [row + [0.9] * 8 for row in _five([[0.5, 0.5], [0.3, 0.5]])]
     assert ada_seeds.main([str(_seed_report(tmp_path, "k13", "trxl", 1, thirteen))]) == 0
     assert "| Transformer-XL | 1 | 0.400 | 0.500 | 1.25 |" in capsys.readouterr().out
+    # A trial-1 return of 0 leaves the ratio undefined: null in the JSON (a bare NaN is no JSON).
+    zero = _seed_report(tmp_path, "z0", "trxl", 0, _five([[0.0, 0.3], [0.0, 0.5]]))
+    assert ada_seeds.main([str(zero), "--json", str(out)]) == 0
+    assert "NaN" not in out.read_text() and json.loads(out.read_text())["pooled"]["trxl"]["ratio"][0] is None
 
 
 def test_ada_seeds_refuses_runs_on_other_tasks_or_a_repeated_seed(tmp_path, capsys):
