@@ -180,6 +180,19 @@ def test_resuming_with_a_changed_config_names_the_changes(tmp_path, capsys):
     assert "the config differs" not in capsys.readouterr().out
 
 
+def test_a_new_run_in_a_folder_of_something_else_is_warned_about(tmp_path, capsys):
+    # mgdt-train pointed at another tool's output folder trained into it without a word.
+    workdir = tmp_path / "experiment_out"
+    workdir.mkdir()
+    (workdir / "settings.json").write_text("{}")
+    loop.train(toy_config(), workdir)
+    assert (f"warning: {workdir} already holds settings.json, which no run writes: a new run starts in a folder of "
+            "something else; its files go beside them") in capsys.readouterr().out
+    loop.train(toy_config(num_steps=NUM_STEPS + 1), workdir)  # resumed: its own folder by now
+    loop.train(toy_config(), tmp_path / "new")
+    assert "which no run writes" not in capsys.readouterr().out
+
+
 def test_an_experiment_refuses_to_resume_a_run_trained_with_another_config(tmp_path):
     # mgdt_expert_inference --train-steps 50 in a folder trained for 100 steps evaluated the 100-step
     # model and reported it as trained for 50.

@@ -35,12 +35,16 @@ from mgdt_jax.core import checkpointing, files, sharding
 from mgdt_jax.core.config_sections import section
 from mgdt_jax.core.recipe import DEFAULT_RECIPE, Evaluator, Recipe, load_recipe
 from mgdt_jax.core import flops
+from mgdt_jax.core import metric_writer
 from mgdt_jax.core.metric_writer import MetricWriter, Throughput
 from mgdt_jax.core.optimizer import check_optimizer_config
 from mgdt_jax.core.train_step import Trainer, TrainState, check_step_fits
 
 CONFIG_FILE = "config.json"
 TRAINING_CLAIM = ".training"  # in the workdir while a run trains there: the first host's process id
+# What a run (and the evaluation hook, eval/) writes in its workdir; anything else predates the run.
+RUN_ENTRIES = frozenset({CONFIG_FILE, TRAINING_CLAIM, "eval", checkpointing.CHECKPOINTS, checkpointing.INCOMPLETE,
+                         metric_writer.TENSORBOARD_DIR, metric_writer.METRICS_FILE, metric_writer.EARLIER_RUNS_DIR})
 
 
 class TrainingDiverged(RuntimeError):
@@ -132,6 +136,8 @@ def _train(
         check_optimizer_config(section(config, "optimizer", {}))
         if workdir.exists() and not workdir.is_dir():
             raise ValueError(f"{workdir}: is a file, not a run folder")
+        # What is there before this run that no run writes: a run started in another tool's folder.
+        foreign = sorted(path.name for path in workdir.iterdir() if path.name not in RUN_ENTRIES) if workdir.is_dir() else []
         workdir.mkdir(parents=True, exist_ok=True)
         if primary:  # a second run there would move this one's logs aside and mix checkpoints
             claim.enter_context(files.held(workdir / TRAINING_CLAIM, "another training"))
@@ -170,6 +176,10 @@ def _train(
                          + (f" (config.train.init_from {train_config.init_from} is not used: it initialises a new run "
                             "only)" if train_config.init_from else ""))
         else:
+            if foreign:
+                writer.print(f"warning: {workdir} already holds {', '.join(foreign[:3])}"
+                             f"{f' and {len(foreign) - 3} more' if len(foreign) > 3 else ''}, which no run writes: "
+                             "a new run starts in a folder of something else; its files go beside them")
             state = trainer.init(train_config.seed)
             writer.start_over()
             if train_config.init_from:
