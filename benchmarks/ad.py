@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=count_argument(), default=10, help="timed training steps")
     parser.add_argument("--warmup", type=count_argument(1), default=3, help="untimed training steps (the first compiles: at least 1)")
     parser.add_argument("--eval-episodes", type=count_argument(), default=10, help="in-context Dark Room episodes per goal")
-    parser.add_argument("--layout-updates", type=count_argument(), default=300, help="training updates per layout (layout mode)")
+    parser.add_argument("--layout-updates", type=count_argument(2), default=300,
+                        help="training updates per layout (layout mode; the first compiles, so at least 2)")
     parser.add_argument("--layout-batch", type=count_argument(), default=32, help="batch of the layout mode")
     parser.add_argument("--seed", type=seed_argument, default=0)
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
@@ -265,9 +266,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     modes, sizes = args.modes, args.sizes
-    for name in ("batch", "steps", "warmup", "eval_episodes", "layout_updates", "layout_batch"):
-        if getattr(args, name) < (0 if name == "warmup" else 1):
-            raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     # On a GPU the peer runs through benchmarks/peer_on_cuda.py, whose hooks cover its training only.
     peer_modes = [mode for mode in modes if mode in (("train",) if jax.default_backend() == "gpu" else ("train", "eval"))]
     if args.peer_python is not None:

@@ -224,10 +224,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     modes, tasks = args.modes, args.task
-    for name in ("batch", "steps", "warmup", "eval_episodes", "eval_max_steps"):
-        value = getattr(args, name)
-        if value is not None and value < (0 if name == "warmup" else 1):
-            raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {value}")
     sizes = parse_sizes(args.sizes, args.batch, tuple(SIZES))
     if "eval" in modes:
         from mgdt_jax.envs import gym_tasks  # environments: only for this mode
