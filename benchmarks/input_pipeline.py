@@ -298,6 +298,8 @@ def main() -> int | None:
     cores = sorted(c for c in asked if 0 < c <= (os.cpu_count() or 1))
     if not cores:
         parser.error(f"--cores {args.cores}: none is from 1 to this machine's {os.cpu_count()} CPUs")
+    if args.train_steps == 1:  # its one logged rate is the warm-up one, which is left out: nothing to take
+        parser.error("--train-steps 1: give 0 (skip the end-to-end run) or at least 2")
     if not 0 < args.seconds < math.inf:  # nan ended each timed loop at once; inf never
         parser.error(f"--seconds {args.seconds:g}: must be a positive finite number")
     if args.skip_readers and not args.train_steps:

@@ -255,6 +255,7 @@ def test_a_failed_atomic_write_leaves_neither_file_nor_partial(tmp_path):
     ("ad", ["--warmup", "0"], "argument --warmup: 0: must be at least 1"),
     ("actor", ["--steps", "1"], "argument --steps: 1: must be at least 2"),  # timed from the first step's end
     ("input_pipeline", ["--seconds", "nan"], "--seconds nan: must be a positive finite number"),
+    ("input_pipeline", ["--train-steps", "1"], "--train-steps 1: give 0 (skip the end-to-end run) or at least 2"),
     ("ad", ["--modes", ","], "argument --modes: ',' names nothing; choose from train, eval, layout"),  # ran nothing, exit 0
     ("ada", ["--agents", "trxl,lstm"], "argument --agents: unknown lstm; choose from trxl, gru"),  # after trxl's run
     ("ada", ["--peak-tflops", "nan"], "--peak-tflops nan: must be a positive finite number"),  # MFU nan%
