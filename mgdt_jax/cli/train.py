@@ -45,8 +45,8 @@ def _train(argv: list[str]) -> int:
         print(f"mgdt-train: error: cannot join the multi-host job: {str(error).splitlines()[0]}", file=sys.stderr)
         return 1
     config_file = config_flags.get_config_filename(flags.FLAGS["config"])
-    if not Path(config_file.split(":", 1)[0]).is_file():  # FILE:ARGUMENT names FILE; ml_collections' message is 5 lines
-        print(f"mgdt-train: error: --config {config_file.split(':', 1)[0]}: no such file", file=sys.stderr)
+    if not Path(_config_path(config_file)).is_file():  # ml_collections' own message spans five lines
+        print(f"mgdt-train: error: --config {_config_path(config_file)}: no such file", file=sys.stderr)
         return 1
     config = _CONFIG.value
     if not isinstance(config, ml_collections.ConfigDict):  # a plain dict has no config.train to read
@@ -115,8 +115,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(1)
     except OSError as error:  # an override makes ml_collections load the file while parsing
         config_file = _config_argument(argv)
-        if not Path(config_file.split(":", 1)[0]).is_file():  # FILE:ARGUMENT names FILE
-            print(f"mgdt-train: error: --config {config_file.split(':', 1)[0]}: no such file", file=sys.stderr)
+        if not Path(_config_path(config_file)).is_file():
+            print(f"mgdt-train: error: --config {_config_path(config_file)}: no such file", file=sys.stderr)
         else:
             print(f"mgdt-train: error: --config {config_file}: cannot be loaded ({str(error).splitlines()[0]})",
                   file=sys.stderr)
@@ -151,11 +151,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(1)
 
 
+def _config_path(config_argument: str) -> str:
+    """FILE of ``--config FILE[:ARGUMENT]`` (ml_collections passes ARGUMENT to get_config)."""
+    return config_argument.split(":", 1)[0]
+
+
 def _returned_type(config_argument: str) -> str | None:
     """The type name of what FILE[:ARGUMENT]'s get_config returns; None if it cannot be run."""
-    file, *argument = config_argument.split(":", 1)
+    argument = config_argument.split(":", 1)[1:]
     with contextlib.suppress(Exception):
-        return type(runpy.run_path(file)["get_config"](*argument)).__name__
+        return type(runpy.run_path(_config_path(config_argument))["get_config"](*argument)).__name__
     return None
 
 
