@@ -107,7 +107,7 @@ def main() -> int | None:
                         **figures, "numpy_steps_per_s": baseline and baseline["steps_per_s"], "ratio": ratio})
         print(f"{env_name:<14} {source_name:<11} {args.tasks:>6} {figures['steps']:>10,} {figures['compile_s']:>9.1f} "
               f"{figures['steps_per_s']:>12,.0f} "
-              + (f"{baseline['steps_per_s']:>11,.0f} {ratio:>6.0f}x" if baseline else f"{'':>11} {'':>7}")
+              + (f"{baseline['steps_per_s']:>11,.0f} {ratio:>6.{0 if ratio >= 10 else 2}f}x" if baseline else f"{'':>11} {'':>7}")
               + f"  {figures['first_return']:.2f} -> {figures['last_return']:.2f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

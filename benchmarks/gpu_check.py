@@ -104,12 +104,13 @@ def run_section(section: Section, seconds: float, dry_run: bool, scratch: Path) 
     if dry_run:  # toy figures mean nothing: compile without LLVM's optimisations, ~40% less CPU time
         environment["XLA_FLAGS"] = f"{environment.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
     process = subprocess.Popen(command, start_new_session=True, env=environment)
-    stopped = False
+    stopped = interrupted = False
     try:
         try:
             returncode = process.wait(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            stopped = True
+        except (subprocess.TimeoutExpired, KeyboardInterrupt) as cause:
+            # SIGTERM first: the section's process then removes its temporary folders (gpu_check_sections.main)
+            stopped, interrupted = True, isinstance(cause, KeyboardInterrupt)
             os.killpg(process.pid, signal.SIGTERM)
             try:
                 returncode = process.wait(timeout=5)
@@ -124,7 +125,9 @@ def run_section(section: Section, seconds: float, dry_run: bool, scratch: Path) 
         result = json.loads(result_path.read_text())
     except (OSError, json.JSONDecodeError):
         result = {"status": "running", "figures": {}}
-    if stopped:
+    if interrupted:  # the caller reports what finished, then ends as interrupted
+        result.update(status="stopped", reason="interrupted (Ctrl-C); figures are what it had measured", interrupted=True)
+    elif stopped:
         result.update(status="stopped", reason=f"exceeded its {seconds:.0f} s budget; figures are what it had measured")
     elif result["status"] == "running":  # the process ended without finishing: killed or crashed
         result.update(status="failed", reason=f"its process ended with exit code {returncode} before finishing")
@@ -200,7 +203,8 @@ def table_rows(results: dict[str, dict], cpus: int) -> list[tuple[str, str, str]
         if result["status"] not in ("ok", "stopped") or not figures:
             rows.append((section.goal, f"{result['status']}: {result.get('reason', '')}", "-"))
             continue
-        suffix = " (stopped at its budget: partial)" if result["status"] == "stopped" else ""
+        suffix = f" ({'interrupted' if result.get('interrupted') else 'stopped at its budget'}: partial)" \
+            if result["status"] == "stopped" else ""
         if name == "matmul_peak" and measured:
             ratio = f"{measured / datasheet:.0%} of the datasheet" if datasheet else "no datasheet peak for this device"
             rows.append((section.goal, f"{_tflops(measured)} measured, {_tflops(datasheet)} datasheet{suffix}", ratio))
@@ -334,11 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 runnable.remove(section)
                 seconds = share
-                try:
-                    results[section.name] = run_section(section, seconds, args.dry_run, Path(scratch))
-                except KeyboardInterrupt:  # the sections finished so far are still reported
-                    interrupted = True
-                    results[section.name] = {"status": "failed", "reason": "interrupted (Ctrl-C)", "figures": {}}
+                results[section.name] = run_section(section, seconds, args.dry_run, Path(scratch))
+                interrupted = results[section.name].get("interrupted", False)  # what finished is still reported
             if results[section.name]["status"] != "ok":
                 print(f"-- {section.name}: {results[section.name]['status']}: {results[section.name].get('reason', '')}",
                       flush=True)

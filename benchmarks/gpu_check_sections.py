@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -118,6 +119,15 @@ OUT_OF_MEMORY = "RESOURCE_EXHAUSTED"
 
 class SectionSkipped(Exception):
     """The section cannot run here; the message says why."""
+
+
+class SectionStopped(BaseException):
+    """gpu_check.py's SIGTERM (budget spent, or Ctrl-C there): unwinds the section, so that its
+    temporary folders are removed; not an Exception, so no section's handler takes it for a fault."""
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise SectionStopped
 
 
 class Run:
@@ -906,6 +916,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = Run(args.section, args.result, args.deadline, args.dry_run)
     function = SECTION_FUNCTIONS.get(args.section)
+    signal.signal(signal.SIGTERM, _stop)
     try:
         if function is None:
             raise SectionSkipped(f"no measurement is written for it yet (a function {args.section} in {Path(__file__).name})")
@@ -916,6 +927,8 @@ def main(argv: list[str] | None = None) -> int:
     except SectionSkipped as reason:
         run.finish("skipped", str(reason))
         return 0
+    except SectionStopped:  # the result stays "running": gpu_check.py reports it stopped, with what it recorded
+        return 1
     except Exception as error:  # reported by the parent; the traceback is for whoever reads the log
         traceback.print_exc()
         run.finish("failed", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:500])

@@ -115,9 +115,9 @@ def main() -> int | None:
     parser.add_argument("--json", type=output_file_argument, default=None)
     args = parser.parse_args()
 
+    env = trials.TrialEnv(args.env_id, num_trials=args.trials)  # an unknown --env-id fails before the generation
     with tempfile.TemporaryDirectory() as scratch:
         benchmark, record = generator.load(write_benchmark(args.preset, max(args.envs), 0, Path(scratch)))
-    env = trials.TrialEnv(args.env_id, num_trials=args.trials)
     print(f"{args.env_id}, {args.trials} trials of up to {env.trial_length} steps, benchmark {record['benchmark_id']} "
           f"({record['max_rules']} rules, {record['max_init_tiles']} objects padded); {jax.devices()[0].platform}")
     print(f"{'envs':>6} {'steps':>10} {'compile s':>9} {'TrialEnv steps/s':>17} {'xminigrid steps/s':>18} {'ratio':>6}")

@@ -42,7 +42,7 @@ import numpy as np
 from experiments import ad_bandit, ad_darkroom, ad_key_to_door, common
 from mgdt_jax import envs
 from mgdt_jax.core.commands import interruptible
-from mgdt_jax.core.files import path_argument, seed_argument
+from mgdt_jax.core.files import count_argument, path_argument, seed_argument
 from mgdt_jax.recipes.ad import comparison, sources
 from mgdt_jax.recipes.ad.model import OBSERVATION_EMBEDDINGS
 from mgdt_jax.recipes.ad.recipe import ADRecipe
@@ -84,6 +84,8 @@ QUICK = {"darkroom": dict(histories_per_task=4, episodes_per_history=60, subsamp
                              batch_size=16),
          "bandit": dict(num_train=512, train_steps=100, ed_steps=20)}
 QUICK_MODEL = {"num_layers": 2, "d_model": 64, "num_heads": 2}
+VARIANT_FLAGS = ("quick", "source", "train_steps", "small", "config_model", "episodes", "subsample",
+                 "observation_embedding")  # each changes the claim's setting: its checks are no verdict on it
 SPLIT_SEED = 0  # the training / held-out task split, the same for every --seed
 
 
@@ -139,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=seed_argument, default=0, help="histories, initialisation, window order and evaluation "
                         "(the task split stays the same)")
     parser.add_argument("--source", help="distil this source instead of the claim's (a variant, no claim)")
-    parser.add_argument("--train-steps", type=int, help="AD updates instead of the claim's")
+    parser.add_argument("--train-steps", type=count_argument(), help="AD updates instead of the claim's")
     parser.add_argument("--small", action="store_true", help=f"the model {QUICK_MODEL} instead of the claim's")
     parser.add_argument("--config-model", action="store_true", help="the experiment config's model instead of the claim's")
-    parser.add_argument("--episodes", type=int, help="episodes per generated history instead of the claim's")
-    parser.add_argument("--subsample", type=int, help="train on every K-th episode of each history (claim's: 1 or 10)")
+    parser.add_argument("--episodes", type=count_argument(), help="episodes per generated history instead of the claim's")
+    parser.add_argument("--subsample", type=count_argument(), help="train on every K-th episode of each history (claim's: 1 or 10)")
     parser.add_argument("--observation-embedding", choices=OBSERVATION_EMBEDDINGS,
                         help="grid observations as one vector per cell, or row + column (the claim's otherwise)")
     args = parser.parse_args(argv)
@@ -165,24 +167,20 @@ def main(argv: list[str] | None = None) -> int:
         claim = dataclasses.replace(claim, train_steps=args.train_steps)
     if args.episodes:
         claim = dataclasses.replace(claim, episodes_per_history=args.episodes)
-    for name in ("train_steps", "episodes", "subsample"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise SystemExit(f"ad_claims: error: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     env = envs.get(claim.env)
     try:
         sources.make_source(claim.source).check(env)
     except sources.SourceError as error:  # an unknown name, or a source for other environments
-        raise SystemExit(f"ad_claims: error: --source {claim.source}: {error}") from None
+        parser.error(f"--source {claim.source}: {error}")
     try:
         ADRecipe(run_config(claim, claim.train_steps, args.seed))  # the model's settings, before any work
     except ValueError as error:
-        raise SystemExit(f"ad_claims: error: {args.claim}: {error}") from None
+        parser.error(f"{args.claim}: {error}")
     context_episodes = -(-claim.config.get_config().model.context_steps // env.episode_length)
     kept = -(-claim.episodes_per_history // claim.subsample)
     if kept < context_episodes:
-        raise SystemExit(f"ad_claims: error: --subsample {claim.subsample}: keeps {kept} of "
-                         f"{claim.episodes_per_history} episodes per history, fewer than the {context_episodes} "
-                         "of the model's context")
+        parser.error(f"--subsample {claim.subsample}: keeps {kept} of {claim.episodes_per_history} episodes per "
+                     f"history, fewer than the {context_episodes} of the model's context")
     # Rerun with the same --out and arguments, a stopped claim goes on where it stopped (its
     # histories are generated again: the same for the same seed).
     resumed = common.check_settings(args.out, {name: value for name, value in vars(args).items() if name != "out"},
@@ -234,9 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         checks = {"rising (last 5 episodes above the first 5)": bool(np.mean(curve[-5:]) > np.mean(curve[:5]))}
         if args.claim == "darkroom":
             checks["AD sampled at the last episode >= 10"] = bool(curve[-1] >= 10)
+    variant = [f"--{name.replace('_', '-')}" for name in VARIANT_FLAGS if getattr(args, name)]
+    if variant:
+        print(f"\n{', '.join(variant)}: not the claim's setting; the checks below apply its thresholds, no verdict on it")
     for name, passed in checks.items():
         print(f"check: {name}: {common.verdict(passed)}")
-    (args.out / "summary.json").write_text(json.dumps({"claim": args.claim, "quick": args.quick, "seconds": {
+    (args.out / "summary.json").write_text(json.dumps({"claim": args.claim, "quick": args.quick, "variant": variant, "seconds": {
         "data": data_s, "train_ad": ad_s, "train_ed": ed_s, "evaluation": eval_s, "total": total_s},
         "finals": finals, "checks": checks, "machine": common.machine()}, indent=2))
     written = ", ".join(path.name for path in sorted((args.out / "report").iterdir()))

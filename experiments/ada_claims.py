@@ -41,7 +41,7 @@ import numpy as np
 
 from experiments import common
 from mgdt_jax.core.commands import interruptible
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.files import count_argument, path_argument, seed_argument
 from mgdt_jax.core.metric_writer import read_metrics
 from mgdt_jax.envs.xland import generator
 from mgdt_jax.recipes.ada import evaluate
@@ -273,19 +273,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--goals", choices=("all", "agent"), default="all",
                         help="agent: only the agent_* goal types (360 tasks; ask --rulesets 340 or fewer)")
     parser.add_argument("--hide-goal", action="store_true", help="the agents see the view only (XLand-MiniGrid's RL²)")
-    parser.add_argument("--trial-steps", type=int, default=0, help="a trial's step limit (0: 243, xminigrid's)")
-    parser.add_argument("--rulesets", type=int, help="generated rulesets (default: the claim's scale)")
-    parser.add_argument("--train-steps", type=int, help="PPO steps per run (default: the claim's scale)")
-    parser.add_argument("--envs", type=int,
+    parser.add_argument("--trial-steps", type=count_argument(0), default=0, help="a trial's step limit (0: 243, xminigrid's)")
+    parser.add_argument("--rulesets", type=count_argument(), help="generated rulesets (default: the claim's scale)")
+    parser.add_argument("--train-steps", type=count_argument(), help="PPO steps per run (default: the claim's scale)")
+    parser.add_argument("--envs", type=count_argument(),
                         help="environments stepped together, the rollout batch (default: the claim's scale, 128)")
-    parser.add_argument("--rollout-length", type=int,
+    parser.add_argument("--rollout-length", type=count_argument(),
                         help="environment steps per rollout, the span of backpropagation through time (default: the "
                              "claim's scale, 32)")
-    parser.add_argument("--minibatches", type=int,
+    parser.add_argument("--minibatches", type=count_argument(),
                         help="PPO minibatches per rollout (default: the claim's scale, 4); they split the environments")
-    parser.add_argument("--memory-length", type=int,
+    parser.add_argument("--memory-length", type=count_argument(),
                         help=f"the Transformer-XL's cached steps per layer (default {MODELS['trxl']['memory_length']})")
-    parser.add_argument("--width", type=int,
+    parser.add_argument("--width", type=count_argument(),
                         help=f"the Transformer-XL's model and head width (default {MODELS['trxl']['d_model']}; the GRU's "
                              f"state is {MODELS['gru']['gru_hidden']} wide)")
     parser.add_argument("--gated", action="store_true", help="the Transformer-XL with GTrXL's GRU-type gates")
@@ -302,34 +302,27 @@ def main(argv: list[str] | None = None) -> int:
                         help="Adam's rate after warm-up: constant at its peak or linear decay to 0 (XLand-MiniGrid's meta config)")
     parser.add_argument("--entropy-anneal", action="store_true",
                         help="decay PPO's entropy bonus linearly from 0.01 to 0 over the run (default: constant)")
-    parser.add_argument("--seed", type=int, default=SEED,
+    parser.add_argument("--seed", type=seed_argument, default=SEED,
                         help=f"training seed of every run (default {SEED}); the benchmark, split and evaluation keep {SEED}")
     args = parser.parse_args(argv)
     if args.docs and args.quick:
-        raise SystemExit("ada_claims: error: --docs: a --quick run is no claim; docs take full runs only")
+        parser.error("--docs: a --quick run is no claim; docs take full runs only")
     scale = QUICK if args.quick else FULL[args.claim]
-    for name in ("rulesets", "envs", "train_steps", "rollout_length", "minibatches", "trial_steps", "memory_length", "width"):
-        if (value := getattr(args, name)) is not None and value < (0 if name == "trial_steps" else 1):
-            raise SystemExit(f"ada_claims: error: --{name.replace('_', '-')} {value}: "
-                             f"must be {'>= 0' if name == 'trial_steps' else '> 0'}")
-    if args.seed < 0:
-        raise SystemExit(f"ada_claims: error: --seed {args.seed}: must be >= 0")
     heads = MODELS["trxl"]["num_heads"]
     if args.width is not None and args.width % heads:
-        raise SystemExit(f"ada_claims: error: --width {args.width}: must be a multiple of the Transformer-XL's {heads} heads")
+        parser.error(f"--width {args.width}: must be a multiple of the Transformer-XL's {heads} heads")
     if not (math.isfinite(args.trxl_lr) and args.trxl_lr > 0):
-        raise SystemExit(f"ada_claims: error: --trxl-lr {args.trxl_lr}: must be a finite number > 0")
+        parser.error(f"--trxl-lr {args.trxl_lr}: must be a finite number > 0")
     scale = dataclasses.replace(scale, rulesets=args.rulesets or scale.rulesets, num_envs=args.envs or scale.num_envs,
                                 train_steps=args.train_steps or scale.train_steps,
                                 rollout_length=args.rollout_length or scale.rollout_length,
                                 num_minibatches=args.minibatches or scale.num_minibatches)
     if scale.num_envs % scale.num_minibatches:
-        raise SystemExit(f"ada_claims: error: --minibatches {scale.num_minibatches}: "
-                         f"must divide the {scale.num_envs} environments")
+        parser.error(f"--minibatches {scale.num_minibatches}: must divide the {scale.num_envs} environments")
     try:  # the split the runs will make (10% held out), checked before any work
         generator.task_split(scale.rulesets, HELDOUT_FRACTION, SEED)
     except generator.BenchmarkError as error:
-        raise SystemExit(f"ada_claims: error: --rulesets {scale.rulesets}: {error}") from None
+        parser.error(f"--rulesets {scale.rulesets}: {error}")
     task = TaskSetting(goals=args.goals, observe_goal=not args.hide_goal, trial_steps=args.trial_steps,
                        show_trial_end=args.show_trial_end, time_onehot=args.time_onehot)
     # Rerun with the same --out and arguments, an interrupted claim goes on where it stopped.

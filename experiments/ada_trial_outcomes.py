@@ -19,7 +19,8 @@ import sys
 
 import numpy as np
 
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core.files import count_argument, path_argument, seed_argument
 from mgdt_jax.recipes.ada import evaluate
 
 
@@ -44,21 +45,18 @@ def outcomes(returns: np.ndarray, max_steps: int) -> dict[str, np.ndarray]:
             "kept_steps": kept_steps}
 
 
+@interruptible("ada_trial_outcomes", errors=(ValueError, OSError))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", type=path_argument, nargs="+")
-    parser.add_argument("--episodes", type=int, default=8, help="meta-episodes per held-out task (default 8)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--episodes", type=count_argument(), default=8, help="meta-episodes per held-out task (default 8)")
+    parser.add_argument("--seed", type=seed_argument, default=0)
     args = parser.parse_args(argv)
     rows = []
     for run in args.runs:
         for greedy in (False, True):
             print(f"evaluating {run} ({'argmax' if greedy else 'sampled'} actions)", file=sys.stderr, flush=True)
-            try:
-                scores = evaluate.evaluate_run(run, episodes=args.episodes, seed=args.seed, greedy=greedy)
-            except (ValueError, OSError) as error:
-                print(f"ada_trial_outcomes: error: {error}", file=sys.stderr)
-                return 1
+            scores = evaluate.evaluate_run(run, episodes=args.episodes, seed=args.seed, greedy=greedy)
             max_steps = scores.settings["env"].get("trial_length")
             if not max_steps:
                 print(f"ada_trial_outcomes: error: {run}: not an XLand run (no trial_length)", file=sys.stderr)

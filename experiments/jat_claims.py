@@ -46,7 +46,7 @@ from data_pipelines.jat import experts, record
 from experiments import common, jat_tiny
 from mgdt_jax.core import checkpointing
 from mgdt_jax.core.commands import interruptible
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.files import count_argument, path_argument
 from mgdt_jax.envs import gym_tasks
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import evaluate, references
@@ -351,16 +351,6 @@ def finish(out: Path, text: str, plot: Path, docs: Path | None, marker: str, sum
         shutil.copy(plot, docs.parent / "figures" / plot.name)
 
 
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 @interruptible("jat_claims")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -369,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run of the same pipeline (no claim)")
     parser.add_argument("--no-image", action="store_true", help="mini-jat without the BabyAI-RGB image task")
     parser.add_argument("--tasks", help="comma-separated tasks instead of the claim's (a variant, no claim)")
-    parser.add_argument("--train-steps", type=positive, help="optimizer steps instead of the claim's")
-    parser.add_argument("--eval-episodes", type=positive, help="evaluation episodes per task (at least 10)")
+    parser.add_argument("--train-steps", type=count_argument(), help="optimizer steps instead of the claim's")
+    parser.add_argument("--eval-episodes", type=count_argument(), help="evaluation episodes per task (at least 10)")
     parser.add_argument("--raw-observations", action="store_true",
                         help="continuous observations unstandardised, as JAT (a variant, no claim)")
     parser.add_argument("--data", type=path_argument, help="kappa: the recorded tasks to reuse (e.g. a mini-jat's OUT/data)")

@@ -253,7 +253,7 @@ def test_the_grid_encoders_convolution_equals_flax_conv():
     np.testing.assert_allclose(_valid_conv_2x2(conv, x), conv(x.reshape(-1, 5, 5, 6)).reshape(3, 4, 4, 4, 5), atol=1e-5)
 
 
-def test_the_claims_options_reach_their_runs(tmp_path):
+def test_the_claims_options_reach_their_runs(tmp_path, capsys):
     from experiments import ada_claims
 
     scale, benchmark = ada_claims.FULL["meta-rl"], tmp_path / "benchmark.pkl.bz2"
@@ -277,24 +277,20 @@ def test_the_claims_options_reach_their_runs(tmp_path):
     onehot = ada_claims.TaskSetting(time_onehot=True)
     assert all(ada_claims.run_config(model, benchmark, scale, 10, onehot).env.time_onehot for model in ("trxl", "gru"))
     assert not plain.env.time_onehot
-    with pytest.raises(SystemExit, match="--memory-length 0: must be > 0"):
-        ada_claims.main(["meta-rl", "--memory-length", "0", "--out", str(tmp_path / "out")])
-    with pytest.raises(SystemExit, match="--rollout-length 0: must be > 0"):
-        ada_claims.main(["meta-rl", "--rollout-length", "0", "--out", str(tmp_path / "out")])
-    with pytest.raises(SystemExit, match="--minibatches 3: must divide the 128 environments"):
-        ada_claims.main(["meta-rl", "--minibatches", "3", "--out", str(tmp_path / "out")])
-    with pytest.raises(SystemExit, match="--minibatches 16: must divide the 24 environments"):
-        ada_claims.main(["meta-rl", "--envs", "24", "--minibatches", "16", "--out", str(tmp_path / "out")])
-    with pytest.raises(SystemExit, match="--envs 0: must be > 0"):
-        ada_claims.main(["meta-rl", "--envs", "0", "--out", str(tmp_path / "out")])
-    with pytest.raises(SystemExit, match="--trxl-lr nan: must be a finite number > 0"):
-        ada_claims.main(["meta-rl", "--trxl-lr", "nan", "--out", str(tmp_path / "out")])
-    with pytest.raises(SystemExit, match="--width 3: must be a multiple of the Transformer-XL's 4 heads"):
-        ada_claims.main(["meta-rl", "--width", "3", "--out", str(tmp_path / "out")])
-    with pytest.raises(SystemExit, match="--seed -1: must be >= 0"):
-        ada_claims.main(["meta-rl", "--seed", "-1", "--out", str(tmp_path / "out")])
-    with pytest.raises(SystemExit, match="--rulesets 5: 5 rulesets with heldout_fraction 0.1: one side of the split"):
-        ada_claims.main(["meta-rl", "--quick", "--rulesets", "5", "--out", str(tmp_path / "out")])
+    for args, message in [(["--memory-length", "0"], "argument --memory-length: 0: must be at least 1"),
+                          (["--rollout-length", "0"], "argument --rollout-length: 0: must be at least 1"),
+                          (["--minibatches", "3"], "--minibatches 3: must divide the 128 environments"),
+                          (["--envs", "24", "--minibatches", "16"], "--minibatches 16: must divide the 24 environments"),
+                          (["--envs", "0"], "argument --envs: 0: must be at least 1"),
+                          (["--trxl-lr", "nan"], "--trxl-lr nan: must be a finite number > 0"),
+                          (["--width", "3"], "--width 3: must be a multiple of the Transformer-XL's 4 heads"),
+                          (["--seed", "-1"], "argument --seed: -1 is out of range"),
+                          (["--quick", "--rulesets", "5"], "--rulesets 5: 5 rulesets with heldout_fraction 0.1: one side"),
+                          (["--quick", "--docs"], "--docs: a --quick run is no claim")]:
+        with pytest.raises(SystemExit) as raised:  # argparse's usage line and exit status 2, as a bad flag
+            ada_claims.main(["meta-rl", *args, "--out", str(tmp_path / "out")])
+        assert raised.value.code == 2
+        assert message in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
 
 

@@ -304,3 +304,18 @@ def test_an_ad_claim_reruns_only_with_its_own_settings(tmp_path):
     with pytest.raises(SystemExit, match=r"ad_claims: error: --out .*: made with other settings \(claim, .*quick"):
         ad_claims.main(["bandit", "--quick", "--out", str(out)])
     assert sorted(p.name for p in out.iterdir()) == ["settings.json"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bandit", "--train-steps", "0"], "argument --train-steps: 0: must be at least 1"),
+    (["darkroom", "--source", "ucb1"], "--source ucb1:"),
+    (["bandit", "--observation-embedding", "coordinates"], "bandit: observation_embedding 'coordinates' needs a grid"),
+])
+def test_an_ad_claim_refuses_bad_arguments_as_argparse_does(tmp_path, capsys, args, message):
+    from experiments import ad_claims
+
+    with pytest.raises(SystemExit) as raised:
+        ad_claims.main([*args, "--out", str(tmp_path / "out")])
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()

@@ -294,3 +294,50 @@ def test_the_peer_runs_in_bfloat16_only_through_the_gpu_hook():
         "python3", hook, "--autocast", "bfloat16", str(script)]
     with pytest.raises(ValueError, match="float16"):
         peer_command("python3", script, on_gpu=True, precision="float16")
+
+
+def test_a_ctrl_c_stops_the_running_section_keeping_its_figures(tmp_path, monkeypatch):
+    import signal
+    import threading
+
+    script = tmp_path / "slow_section.py"
+    script.write_text(
+        "import json, sys, time\n"
+        "result = sys.argv[sys.argv.index('--result') + 1]\n"
+        "json.dump({'status': 'running', 'figures': {'tokens_per_s': 5.0}}, open(result, 'w'))\n"
+        "time.sleep(60)\n"
+    )
+    monkeypatch.setattr(gpu_check, "SECTIONS_SCRIPT", script)
+    threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    result = gpu_check.run_section(gpu_check.Section("slow", "a goal", 30), 30, dry_run=True, scratch=tmp_path)
+    assert result["status"] == "stopped" and result["interrupted"] and "Ctrl-C" in result["reason"]
+    assert result["figures"]["tokens_per_s"] == 5.0
+    row = gpu_check.table_rows({"matmul_peak": {**result, "figures": {"measured_flops": 1e12}}}, cpus=2)[0]
+    assert "(interrupted: partial)" in row[1]
+
+
+def test_a_stopped_section_removes_its_temporary_folders(tmp_path):
+    # gpu_check.py stops a section with SIGTERM (its budget spent, or a Ctrl-C there): a section
+    # inside a temporary folder (a profiler trace's) unwinds and removes it.
+    marker = tmp_path / "folder.txt"
+    code = (
+        "import sys, tempfile, time\n"
+        "from benchmarks import gpu_check_sections as sections\n"
+        "def section(run):\n"
+        "    with tempfile.TemporaryDirectory(dir=sys.argv[2]) as folder:\n"
+        "        open(sys.argv[1], 'w').write(folder)\n"
+        "        time.sleep(60)\n"
+        "sections.SECTION_FUNCTIONS['held'] = section\n"
+        "sys.exit(sections.main(['held', '--result', sys.argv[3], '--deadline', str(time.time() + 60), '--dry-run']))\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code, str(marker), str(tmp_path), str(tmp_path / "result.json")],
+                               cwd=REPO)
+    deadline = time.time() + 120
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    folder = Path(marker.read_text())
+    assert folder.is_dir()
+    process.terminate()
+    assert process.wait(timeout=30) == 1
+    assert not folder.exists()
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "running"  # gpu_check.py says stopped

@@ -8,7 +8,7 @@ from experiments import jat_claims
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--train-steps", "0"], "--train-steps: must be at least 1, got 0"),
+    (["--train-steps", "0"], "--train-steps: 0: must be at least 1"),
     (["--eval-episodes", "5"], "--eval-episodes must be >= 10"),
     (["--tasks", "babyai-go-to-local,mujoco-foo"], "mujoco-foo: unknown task"),
     (["--data", "somewhere"], "--data is for kappa"),
