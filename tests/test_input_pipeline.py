@@ -302,6 +302,9 @@ def test_batches_follow_the_contract_and_the_game_weights(index, reference_episo
     assert games(weighted, range(4)).count("Pong") == 24
     only_breakout = TrainingData([index], global_batch_size=8, num_steps=STEPS, seed=0, game_weights={"Breakout": 1})
     assert set(games(only_breakout, range(2))) == {"Breakout"}
+    # The start line's episode count is of the games batches are drawn from.
+    breakout_episodes = sum(ref["game"] == "Breakout" for ref in reference_episodes)
+    assert (only_breakout.num_episodes, uniform.num_episodes) == (breakout_episodes, len(reference_episodes))
 
 
 @pytest.mark.parametrize("weights", [[1.0, 1.0, 1.0], [3.0, 1.0], [1.5, 1.0, 0.25, 7.0]])

@@ -195,3 +195,18 @@ def test_cli_refuses_settings_that_would_score_nothing(arguments, message, tmp_p
                            "--out", str(tmp_path / "out"), *arguments])
     assert exit.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_says_which_tasks_the_run_never_trained_on(model, tmp_path, capsys):
+    pytest.importorskip("minigrid")
+    refs = babyai_references()
+    (tmp_path / "data" / refs.task).mkdir(parents=True)
+    references.save(refs, tmp_path / "data" / refs.task)
+    config = {"data": {"tasks": [{"path": "data/jat/babyai-go-to-local", "sampling_weight": 1.0}]}}
+    with mock.patch.object(evaluate, "load_model", return_value=(model, config, 7)):
+        code = jat_evaluate.main(["--workdir", str(tmp_path / "run"), "--data", str(tmp_path / "data"), "--tasks",
+                                  refs.task, "--max-steps", "6", "--out", str(tmp_path / "out")])
+    assert code == 0
+    assert capsys.readouterr().err.strip() == (f"mgdt-jat-eval: {refs.task}: not among the run's training tasks "
+                                               "(babyai-go-to-local): scored zero-shot")
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["settings"]["not_trained_on"] == [refs.task]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from absl import logging
 
@@ -59,14 +60,20 @@ def main(argv: list[str] | None = None) -> int:
             refs = {name: references.load(args.data / name) for name in task_names}
             for name, ref in refs.items():
                 references.check_versions(ref)
-            model, _, step = evaluate.load_model(args.workdir, args.step)
+            model, config, step = evaluate.load_model(args.workdir, args.step)
+            trained = {Path(str(task.get("path", "") if isinstance(task, dict) else task)).name  # the task folders
+                       for task in config.get("data", {}).get("tasks", ())}
+            if untrained := [name for name in task_names if name not in trained]:
+                print(f"mgdt-jat-eval: {', '.join(untrained)}: not among the run's training tasks "
+                      f"({', '.join(sorted(trained)) or 'none recorded'}): scored zero-shot", file=sys.stderr)
             results = [evaluate.play_task(model, name, refs[name], episodes=args.episodes,
                                           envs_per_task=args.envs_per_task, seed=args.seed, greedy=args.greedy,
                                           max_steps=args.max_steps) for name in task_names]
             aggregates = evaluate.domain_iqm(results)
             evaluate.write_report(results, aggregates, args.out, {
                 "workdir": str(args.workdir), "step": step, "episodes": args.episodes, "seed": args.seed,
-                "greedy": args.greedy, "envs_per_task": args.envs_per_task, "max_steps": args.max_steps})
+                "greedy": args.greedy, "envs_per_task": args.envs_per_task, "max_steps": args.max_steps,
+                "not_trained_on": untrained})
     except (CheckpointError, UnknownTaskError, ValueError, OSError) as error:  # ReferenceError is a ValueError
         print(f"mgdt-jat-eval: error: {error}", file=sys.stderr)
         return 1

@@ -133,7 +133,6 @@ class TrainingData:
         self.num_steps = num_steps
         self.num_threads = num_threads
         self.num_workers = num_workers
-        self.num_episodes = sum(index.num_episodes for index in indexes)
         parts_by_game: dict[str, list[Part]] = {}
         for index in indexes:
             for part in index.parts:
@@ -142,6 +141,8 @@ class TrainingData:
         if not parts_by_game:
             raise DataError(f"the data sources hold no steps: {[str(index.dataset_dir) for index in indexes]}")
         self.game_weights = _resolve_weights(sorted(parts_by_game), game_weights)
+        # the episodes batches are drawn from: the games of weight 0 are left out
+        self.num_episodes = sum(part.episodes for game in self.game_weights for part in parts_by_game[game])
         self._games = [_Game(_game_seed(seed, game), parts_by_game[game]) for game in self.game_weights]
         smallest = min(self.game_weights.values())
         self._proportions = [int(weight * _MIN_PROPORTION / smallest) for weight in self.game_weights.values()]
