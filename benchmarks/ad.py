@@ -36,9 +36,7 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks.peers import check_peer, run_peer
 from benchmarks.peer_on_cuda import PRECISIONS, peer_command
 from mgdt_jax import envs
 from mgdt_jax.core import host_memory, sharding
@@ -219,26 +218,11 @@ def bench_layouts(updates: int, batch_size: int, seed: int) -> list[dict[str, An
     return results
 
 
-def peer_available(peer_python: str) -> str | None:
-    """None if the interpreter can import torch, else why not."""
-    probe = subprocess.run([peer_python, "-c", "import torch"], capture_output=True, text=True)
-    if probe.returncode:
-        return probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "import failed"
-    return None
-
-
 def bench_peer(peer_python: str, peer_script: Path, modes: list[str], size: str, batch_size: int, steps: int,
                warmup: int, episodes: int, precision: str = "float32") -> list[dict[str, Any]]:
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(scratch) / "peer.json"
-        command = peer_command(peer_python, peer_script, jax.default_backend() == "gpu", precision) + [
-            "--modes", ",".join(modes), "--sizes", f"{size}@{batch_size}",
-            "--steps", str(steps), "--warmup", str(warmup), "--envs", str(DARK_ROOM_SIZE**2),
-            "--eval-episodes", str(episodes), "--threads", str(os.cpu_count()), "--json", str(out)]
-        run = subprocess.run(command, capture_output=True, text=True, env=host_memory.launch_environment())
-        if run.returncode or not out.exists():
-            raise RuntimeError(f"peer benchmark failed ({' '.join(command)}): {run.stderr.strip()[-500:]}")
-        return json.loads(out.read_text())["results"]
+    return run_peer(peer_command(peer_python, peer_script, jax.default_backend() == "gpu", precision) + [
+        "--modes", ",".join(modes), "--sizes", f"{size}@{batch_size}", "--steps", str(steps), "--warmup", str(warmup),
+        "--envs", str(DARK_ROOM_SIZE**2), "--eval-episodes", str(episodes), "--threads", str(os.cpu_count())])["results"]
 
 
 @interruptible("benchmarks/ad.py", errors=(ValueError, OSError))
@@ -269,14 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     # On a GPU the peer runs through benchmarks/peer_on_cuda.py, whose hooks cover its training only.
     peer_modes = [mode for mode in modes if mode in (("train",) if jax.default_backend() == "gpu" else ("train", "eval"))]
     if args.peer_python is not None:
-        if not args.peer_script.is_file():
-            raise SystemExit(f"--peer-script: {args.peer_script} is not a file")
-        if why := peer_available(args.peer_python):
-            raise SystemExit(f"--peer-python {args.peer_python}: cannot import torch ({why})")
-        try:
-            peer_command(args.peer_python, args.peer_script, jax.default_backend() == "gpu", args.precision)
-        except ValueError as error:
-            raise SystemExit(f"--precision: {error}") from None
+        check_peer(args.peer_python, args.peer_script, "torch", on_gpu=jax.default_backend() == "gpu",
+                         precision=args.precision)
 
     print(f"# jax {jax.__version__}  backend={jax.default_backend()}  {jax.devices()[0].device_kind}  "
           f"cpus={os.cpu_count()}  load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)

@@ -48,9 +48,7 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -60,8 +58,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks.peers import check_peer, run_peer
 from benchmarks.peer_on_cuda import PRECISIONS, peer_command
-from benchmarks.train import parse_sizes, peer_available
+from benchmarks.train import parse_sizes
 from mgdt_jax.core.flops import matmul_peak  # the same probe as the MGDT benchmark's
 from mgdt_jax.core import host_memory, sharding
 from mgdt_jax.core.commands import interruptible
@@ -187,16 +186,10 @@ def bench_eval(size: str, task_name: str, episodes: int, max_steps: int | None, 
 
 def bench_peer(peer_python: str, peer_script: Path, task: str, size: str, batch_size: int, steps: int,
                warmup: int, precision: str = "float32") -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(scratch) / "peer.json"
-        command = peer_command(peer_python, peer_script, jax.default_backend() == "gpu", precision) + [
-            "--task", task, "--sizes", f"{size}@{batch_size}", "--steps",
-            str(steps), "--warmup", str(warmup), "--threads", str(os.cpu_count()), "--json", str(out)]
-        run = subprocess.run(command, capture_output=True, text=True, env=host_memory.launch_environment())
-        if run.returncode or not out.exists():
-            raise RuntimeError(f"peer benchmark failed ({' '.join(command)}): {run.stderr.strip()[-500:]}")
-        report = json.loads(out.read_text())
-        return {**report["results"][0], "peer_peak_gflops": report["peak_gflops_used_for_mfu"]}
+    report = run_peer(peer_command(peer_python, peer_script, jax.default_backend() == "gpu", precision) + [
+        "--task", task, "--sizes", f"{size}@{batch_size}", "--steps", str(steps), "--warmup", str(warmup),
+        "--threads", str(os.cpu_count())])
+    return {**report["results"][0], "peer_peak_gflops": report["peak_gflops_used_for_mfu"]}
 
 
 @interruptible("benchmarks/jat.py", errors=(ValueError, OSError))
@@ -238,18 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--eval-task {args.eval_task}: a {group} task; the eval mode plays the mujoco model, "
                              f"choose a Meta-World or MuJoCo task")
     if args.peer_python is not None and "train" in modes:
-        if not args.peer_script.is_file():
-            raise SystemExit(f"--peer-script: {args.peer_script} is not a file")
-        try:
-            why = peer_available(args.peer_python)
-        except OSError as error:  # no such interpreter, or not executable
-            why = error.strerror
-        if why:
-            raise SystemExit(f"--peer-python {args.peer_python}: cannot run the peer ({why})")
-        try:
-            peer_command(args.peer_python, args.peer_script, jax.default_backend() == "gpu", args.precision)
-        except ValueError as error:
-            raise SystemExit(f"--precision: {error}") from None
+        check_peer(args.peer_python, args.peer_script, "torch, transformers",
+                         on_gpu=jax.default_backend() == "gpu", precision=args.precision)
 
     print(f"# jax {jax.__version__}  backend={jax.default_backend()}  {jax.devices()[0].device_kind}  "
           f"cpus={os.cpu_count()}  load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)

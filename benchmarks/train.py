@@ -22,9 +22,7 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.peers import check_peer, run_peer
 from experiments import mgdt_1b, mgdt_10m, mgdt_40m, mgdt_200m, tiny
 from mgdt_jax.core import host_memory, sharding
 from mgdt_jax.core.commands import interruptible
@@ -105,24 +104,9 @@ def bench_ours(size: str, batch_size: int, optimizer: str, dtype: str, steps: in
     return result
 
 
-def peer_available(peer_python: str) -> str | None:
-    """None if the interpreter can run the peer, else why not."""
-    probe = subprocess.run([peer_python, "-c", "import torch, transformers"], capture_output=True, text=True)
-    if probe.returncode:
-        return probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "import failed"
-    return None
-
-
 def bench_peer(peer_python: str, peer_script: Path, size: str, batch_size: int, steps: int, warmup: int) -> dict:
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(scratch) / "peer.json"
-        command = [peer_python, str(peer_script), "--sizes", f"{size}@{batch_size}", "--steps", str(steps),
-                   "--warmup", str(warmup), "--threads", str(os.cpu_count()), "--json", str(out)]
-        # The peer runs in the environment the benchmark was launched in (its malloc as a user has it).
-        run = subprocess.run(command, capture_output=True, text=True, env=host_memory.launch_environment())
-        if run.returncode or not out.exists():
-            raise RuntimeError(f"peer benchmark failed ({' '.join(command)}): {run.stderr.strip()[-500:]}")
-        report = json.loads(out.read_text())
+    report = run_peer([peer_python, str(peer_script), "--sizes", f"{size}@{batch_size}", "--steps", str(steps),
+                             "--warmup", str(warmup), "--threads", str(os.cpu_count())])
     result = report["results"][0]
     result["peer_peak_flops"] = report["peak_gflops_used_for_mfu"] * 1e9
     return result
@@ -166,12 +150,9 @@ def main(argv: list[str] | None = None) -> int:
 
     sizes = parse_sizes(args.sizes, args.batch)
     optimizers = args.optimizers
-    run_peer = args.peer_python is not None
-    if run_peer:
-        if not args.peer_script.is_file():
-            raise SystemExit(f"--peer-script: {args.peer_script} is not a file")
-        if why := peer_available(args.peer_python):
-            raise SystemExit(f"--peer-python {args.peer_python}: cannot import torch and transformers ({why})")
+    with_peer = args.peer_python is not None
+    if with_peer:
+        check_peer(args.peer_python, args.peer_script, "torch, transformers", on_gpu=False)
 
     device = jax.devices()[0]
     print(f"# jax {jax.__version__}  backend={jax.default_backend()}  devices={jax.device_count()} x "
@@ -199,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ours  {size:>4} {optimizer:<5} {ours['tokens_per_s']:>9,.0f} tok/s  step {ours['step_s_median']:.3f}s  "
                   f"{ours['achieved_flops'] / 1e9:,.1f} GFLOP/s  MFU {100 * ours['mfu']:.1f}%  "
                   f"loss {ours['loss_first']:.3f}->{ours['loss_last']:.3f}", flush=True)
-        if run_peer and size in PEER_SIZES:
+        if with_peer and size in PEER_SIZES:
             print(f"{size} B={batch_size}: PyTorch peer (AdamW, float32)...", flush=True)
             peer = bench_peer(args.peer_python, args.peer_script, size, batch_size, args.steps, args.warmup)
             peers.append(peer)

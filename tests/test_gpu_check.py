@@ -341,3 +341,23 @@ def test_a_stopped_section_removes_its_temporary_folders(tmp_path):
     assert process.wait(timeout=30) == 1
     assert not folder.exists()
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "running"  # gpu_check.py says stopped
+
+
+def test_a_peer_is_checked_before_any_work_and_its_report_read_back(tmp_path):
+    from benchmarks.peers import check_peer, run_peer
+
+    peer = tmp_path / "peer.py"
+    peer.write_text("import json, sys\n"
+                    "if '--fail' in sys.argv: sys.exit('peer: error: no such size')\n"
+                    "json.dump({'results': [{'argv': sys.argv[1:-2]}]}, open(sys.argv[-1], 'w'))\n")
+    check_peer(sys.executable, peer, "json", on_gpu=False, precision="float32")
+    assert run_peer([sys.executable, str(peer), "--sizes", "tiny@8"]) == {"results": [{"argv": ["--sizes", "tiny@8"]}]}
+    with pytest.raises(RuntimeError, match="peer benchmark failed .*peer: error: no such size"):
+        run_peer([sys.executable, str(peer), "--fail"])
+    for args, message in [((sys.executable, tmp_path / "none.py", "json"), "--peer-script: .*none.py is not a file"),
+                          ((str(tmp_path / "python"), peer, "json"), "--peer-python .*python: cannot import json"),
+                          ((sys.executable, peer, "no_such_module"), "cannot import no_such_module \\(ModuleNotFound")]:
+        with pytest.raises(SystemExit, match=message):
+            check_peer(*args, on_gpu=False)
+    with pytest.raises(SystemExit, match="--precision: precision bfloat16: the peer runs in bfloat16 on a GPU only"):
+        check_peer(sys.executable, peer, "json", on_gpu=False, precision="bfloat16")
