@@ -194,7 +194,8 @@ def default_cores() -> int:
 @interruptible("benchmarks/actor.py", errors=(ValueError, OSError))
 def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=sorted(CONFIGS), default="tiny")
+    parser.add_argument("--size", choices=sorted(CONFIGS), default="tiny",
+                        help="the model: tiny (CPU) or 200m, the released size (accelerator)")
     parser.add_argument("--steps", type=count_argument(2), default=150, help="agent steps per timed run (timed from the first step's end: at least 2)")
     parser.add_argument("--envs-per-game", type=count_argument(), default=2, help="for the 10-game comparisons")
     parser.add_argument("--overhead-envs", type=count_argument(), default=16, help="environments of one game for figure 1")

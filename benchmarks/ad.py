@@ -241,11 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout-updates", type=count_argument(2), default=300,
                         help="training updates per layout (layout mode; the first compiles, so at least 2)")
     parser.add_argument("--layout-batch", type=count_argument(), default=32, help="batch of the layout mode")
-    parser.add_argument("--seed", type=seed_argument, default=0)
+    parser.add_argument("--seed", type=seed_argument, default=0, help="data, parameters and evaluation")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="our models' matmul dtype; bfloat16 runs the peer under torch's bf16 autocast (GPU only)")
     parser.add_argument("--peer-python", help="interpreter with torch; runs the PyTorch AD peer")
-    parser.add_argument("--peer-script", type=path_argument, default=REPO.parent / "shared" / "peers" / "torch_ad.py")
+    parser.add_argument("--peer-script", type=path_argument, default=REPO.parent / "shared" / "peers" / "torch_ad.py",
+                        help="the PyTorch AD peer run by --peer-python (default: %(default)s)")
     parser.add_argument("--json", type=output_file_argument, help="write every figure here")
     args = parser.parse_args(argv)
 

@@ -88,8 +88,9 @@ def main() -> int | None:
     parser.add_argument("--tasks", type=count_argument(), default=1024, help="learners run at once (vmapped)")
     parser.add_argument("--episodes", type=count_argument(), default=100, help="episodes per learner (bandit: pulls)")
     parser.add_argument("--repeats", type=count_argument(), default=3, help="timed calls; the best counts")
-    parser.add_argument("--baseline-tasks", type=count_argument(), default=8)
-    parser.add_argument("--json", type=output_file_argument, default=None)
+    parser.add_argument("--baseline-tasks", type=count_argument(), default=8,
+                        help="learners of the NumPy baseline loops (one after another)")
+    parser.add_argument("--json", type=output_file_argument, default=None, help="write every figure here")
     args = parser.parse_args()
 
     baselines = {("darkroom", "q_learning"): numpy_q_learning_darkroom(args.baseline_tasks, args.episodes),

@@ -148,10 +148,11 @@ def measure(agent: str, args: argparse.Namespace) -> dict:
 @interruptible("benchmarks/ada.py", errors=(ValueError, OSError))
 def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--setting", choices=("tiny", "claim"), default="tiny")
+    parser.add_argument("--setting", choices=("tiny", "claim"), default="tiny",
+                        help="tiny: experiments/ada_tiny.py; claim: the meta-RL claim's setting (docs/ada.md)")
     parser.add_argument("--envs", type=count_argument(), help="environments per rollout (default 256)")
     parser.add_argument("--rollout", type=count_argument(), help="steps per rollout (default 32, the claim's 160)")
-    parser.add_argument("--steps", type=count_argument(), default=5)
+    parser.add_argument("--steps", type=count_argument(), default=5, help="timed train steps per agent")
     parser.add_argument("--agents", type=names_argument(("trxl", "gru")), default="trxl,gru", help="comma list of trxl, gru")
     tiny_only = {"d_model": 64, "layers": 2, "memory": 32, "env_factory": ""}
     parser.add_argument("--d-model", type=count_argument(), help="tiny setting only (default 64)")
@@ -160,7 +161,7 @@ def main() -> int | None:
     parser.add_argument("--env-factory", help="tiny setting only: module:function (default: arm recall)")
     parser.add_argument("--peak-tflops", type=float, default=0.0,
                         help="per-device peak for MFU (default: the best float32 matmul measured in this run)")
-    parser.add_argument("--json", type=output_file_argument)
+    parser.add_argument("--json", type=output_file_argument, help="write every figure here")
     args = parser.parse_args()
     for name, default in tiny_only.items():
         if getattr(args, name) is None:

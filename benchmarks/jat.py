@@ -208,11 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-task", default="metaworld-reach", help="a continuous Meta-World or MuJoCo JAT task")
     parser.add_argument("--eval-episodes", type=count_argument(), default=10, help="environments (one episode each)")
     parser.add_argument("--eval-max-steps", type=count_argument(), help="cut episodes after this many steps (default: the env's limit)")
-    parser.add_argument("--seed", type=seed_argument, default=0)
+    parser.add_argument("--seed", type=seed_argument, default=0, help="data, parameters and evaluation")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="our models' matmul dtype; bfloat16 runs the peer under torch's bf16 autocast (GPU only)")
     parser.add_argument("--peer-python", help="interpreter with torch and transformers; runs the PyTorch JAT peer")
-    parser.add_argument("--peer-script", type=path_argument, default=REPO.parent / "shared" / "peers" / "torch_jat.py")
+    parser.add_argument("--peer-script", type=path_argument, default=REPO.parent / "shared" / "peers" / "torch_jat.py",
+                        help="the PyTorch JAT peer run by --peer-python (default: %(default)s)")
     parser.add_argument("--json", type=output_file_argument, help="write every figure here")
     args = parser.parse_args(argv)
 

@@ -56,10 +56,11 @@ def measure(config, packing: bool, steps: int) -> dict[str, float]:
 @interruptible("benchmarks/jat_packing.py", errors=(ValueError, OSError))
 def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=path_argument, required=True)
-    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
-    parser.add_argument("--steps", type=count_argument(), default=20)
-    parser.add_argument("--batch", type=count_argument(), default=16)
+    parser.add_argument("--data", type=path_argument, required=True,
+                        help="folder of recorded JAT tasks (DATA/<task>: experiments/jat_data.py)")
+    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma list of tasks in DATA (default: %(default)s)")
+    parser.add_argument("--steps", type=count_argument(), default=20, help="timed optimizer steps per scheme")
+    parser.add_argument("--batch", type=count_argument(), default=16, help="rows per batch")
     args = parser.parse_args()
     config = jat_tiny.get_config()
     config.model.groups = ("discrete", "continuous")  # the default tasks have no images

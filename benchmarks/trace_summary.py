@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("trace", type=path_argument, help="a .xplane.pb written by jax.profiler.trace")
     parser.add_argument("--steps", type=count_argument(), default=1, help="steps the trace holds (figures are per step)")
-    parser.add_argument("--top", type=count_argument(), default=20)
+    parser.add_argument("--top", type=count_argument(), default=20, help="kernels listed, the busiest first")
     args = parser.parse_args(argv)
     if not args.trace.exists():
         raise SystemExit(f"trace_summary: {args.trace} does not exist")

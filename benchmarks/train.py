@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=count_argument(), default=10, help="timed steps per size")
     parser.add_argument("--warmup", type=count_argument(1), default=3, help="untimed steps per size (the first compiles: at least 1)")
     parser.add_argument("--peer-python", help="interpreter with torch + transformers; runs the PyTorch peer")
-    parser.add_argument("--peer-script", type=path_argument, default=REPO.parent / "shared" / "peers" / "torch_mgdt.py")
+    parser.add_argument("--peer-script", type=path_argument, default=REPO.parent / "shared" / "peers" / "torch_mgdt.py",
+                        help="the PyTorch MGDT peer run by --peer-python (default: %(default)s)")
     parser.add_argument("--json", type=output_file_argument, help="write every figure here")
     args = parser.parse_args(argv)
 

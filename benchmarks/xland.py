@@ -106,13 +106,14 @@ def plain_env_rollout(env_id: str, max_steps: int, rulesets, num_envs: int, num_
 @interruptible("benchmarks/xland.py", errors=(ValueError, OSError))
 def main() -> int | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--envs", type=count_argument(), nargs="+", default=[256, 1024, 8192])
+    parser.add_argument("--envs", type=count_argument(), nargs="+", default=[256, 1024, 8192],
+                        help="batch sizes, each timed (default: %(default)s)")
     parser.add_argument("--steps", type=count_argument(), default=256, help="steps per environment in one timed call")
-    parser.add_argument("--repeats", type=count_argument(), default=3)
-    parser.add_argument("--preset", choices=sorted(generator.PRESETS), default="trivial")
-    parser.add_argument("--env-id", default="XLand-MiniGrid-R1-9x9")
-    parser.add_argument("--trials", type=count_argument(), default=5)
-    parser.add_argument("--json", type=output_file_argument, default=None)
+    parser.add_argument("--repeats", type=count_argument(), default=3, help="timed calls of each side, alternating; the best counts")
+    parser.add_argument("--preset", choices=sorted(generator.PRESETS), default="trivial", help="generator preset of the rulesets")
+    parser.add_argument("--env-id", default="XLand-MiniGrid-R1-9x9", help="xminigrid environment (default: %(default)s)")
+    parser.add_argument("--trials", type=count_argument(), default=5, help="trials per episode")
+    parser.add_argument("--json", type=output_file_argument, default=None, help="write every figure here")
     args = parser.parse_args()
 
     env = trials.TrialEnv(args.env_id, num_trials=args.trials)  # an unknown --env-id fails before the generation

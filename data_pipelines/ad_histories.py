@@ -213,8 +213,9 @@ def _settings(pairs: list[str]) -> dict[str, str]:
 @interruptible("mgdt-ad-histories")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-ad-histories", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--env", required=True, choices=sorted(envs.ENVS))
-    parser.add_argument("--source", required=True, choices=sorted(sources.SOURCES))
+    parser.add_argument("--env", required=True, choices=sorted(envs.ENVS), help="the task family")
+    parser.add_argument("--source", required=True, choices=sorted(sources.SOURCES),
+                        help="the learning algorithm whose histories are written")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a source setting, e.g. --param learning_rate=0.3 (repeatable)")
     parser.add_argument("--split", choices=("train", "heldout"), default="train",
@@ -222,10 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-train", type=int, default=None, help="training tasks in the split (env default)")
     parser.add_argument("--num-heldout", type=int, default=None, help="held-out tasks in the split (env default)")
     parser.add_argument("--split-seed", type=seed_argument, default=0, help="fixes the task split")
-    parser.add_argument("--histories-per-task", type=int, default=1)
+    parser.add_argument("--histories-per-task", type=int, default=1, help="learners run from scratch on each task")
     parser.add_argument("--episodes", type=int, required=True, help="episodes per history")
     parser.add_argument("--seed", type=seed_argument, default=0, help="fixes the learners' randomness")
-    parser.add_argument("--histories-per-shard", type=int, default=256)
+    parser.add_argument("--histories-per-shard", type=int, default=256, help="histories in one array_record shard")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes serialising and writing shards; default: all cores")
     parser.add_argument("--out", type=path_argument, required=True, help="dataset directory to create")

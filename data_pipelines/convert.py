@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-episode-steps", type=int, default=replay_logs.DEFAULT_MAX_EPISODE_STEPS,
                         help="the time limit the logs were written with, in agent steps: an episode that "
                              "nothing else ends stops there; one running past it is an error")
-    parser.add_argument("--on-bad-checkpoint", choices=("fail", "skip"), default="fail")
+    parser.add_argument("--on-bad-checkpoint", choices=("fail", "skip"), default="fail",
+                        help="a checkpoint that cannot be read: stop (fail) or leave it out and go on (skip)")
     parser.add_argument("--runner", default="local",
                         help="local (in-process), or a Beam runner: DirectRunner, DataflowRunner, FlinkRunner...")
     parser.add_argument("--beam-option", action="append", default=[], dest="beam_options", metavar="FLAG",

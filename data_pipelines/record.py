@@ -192,10 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--game", required=True, help="one of the 60 DQN Replay games, e.g. Pong")
     parser.add_argument("--steps", type=int, required=True, help="agent steps (logged rows) to play")
     parser.add_argument("--out", type=path_argument, required=True, help="writes OUT/<Game>/<run>/replay_logs/")
-    parser.add_argument("--run", type=int, default=1)
+    parser.add_argument("--run", type=int, default=1, help="the run number in OUT/<Game>/<run>/ (DQN Replay has 1-5)")
     parser.add_argument("--capacity", type=int, default=replay_logs.DEFAULT_CAPACITY,
                         help="rows per dump (the replay buffer size)")
-    parser.add_argument("--max-episode-steps", type=int, default=replay_logs.DEFAULT_MAX_EPISODE_STEPS)
+    parser.add_argument("--max-episode-steps", type=int, default=replay_logs.DEFAULT_MAX_EPISODE_STEPS,
+                        help="agent steps after which an episode ends by the time limit (default: %(default)s)")
     parser.add_argument("--sticky-actions", type=float, default=0.25, help="repeat-action probability")
     parser.add_argument("--policy", default="random",
                         help="random, or expert: the game's scripted expert (Pong, Breakout, Freeway, Boxing, DemonAttack, "
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epsilon", "--epsilon-schedule", dest="epsilon", default="0",
                         help="probability of a random action, per episode: 0.1, linear:1.0:0.0 (over the run) "
                              "or cycle:1,0.5,0 (episode by episode)")
-    parser.add_argument("--seed", type=seed_argument, default=0)
+    parser.add_argument("--seed", type=seed_argument, default=0, help="the emulator's and the policy's randomness")
     parser.add_argument("--layout", choices=replay_logs.LAYOUTS, default="2019",
                         help="how episode ends are logged: as the DQN Replay Dataset (2019) or newer Dopamine")
     args = parser.parse_args(argv)

@@ -25,16 +25,18 @@ from mgdt_jax.envs.xland import generator
 @interruptible("mgdt-xland-benchmark")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-xland-benchmark", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(generator.PRESETS), default="trivial")
+    parser.add_argument("--preset", choices=sorted(generator.PRESETS), default="trivial",
+                        help="XLand-MiniGrid's settings of that name as defaults")
     parser.add_argument("--count", type=int, required=True, help="distinct rulesets to generate")
-    parser.add_argument("--seed", type=seed_argument, default=0)
+    parser.add_argument("--seed", type=seed_argument, default=0, help="the same seed and settings give the same file")
     parser.add_argument("--out", type=path_argument, required=True, help="benchmark file to write (OUT.json beside it)")
-    parser.add_argument("--chain-depth", type=int, default=None)
-    parser.add_argument("--prune-prob", type=float, default=None)
-    parser.add_argument("--distractor-rules", type=int, default=None)
-    parser.add_argument("--distractor-objects", type=int, default=None)
+    parser.add_argument("--chain-depth", type=int, default=None, help="levels of production rules to the goal (0..3)")
+    parser.add_argument("--prune-prob", type=float, default=None,
+                        help="chance that a needed object is placed as is instead of produced ([0, 1))")
+    parser.add_argument("--distractor-rules", type=int, default=None, help="rules that lead nowhere the goal needs")
+    parser.add_argument("--distractor-objects", type=int, default=None, help="objects in the world the task does not need")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
     # Flag -> the generator setting it overrides, so a bad value is reported by its flag, up front.

@@ -135,9 +135,10 @@ def train(claim: Claim, data, out: Path, name: str, steps: int, seed: int) -> fl
 @interruptible("ad_claims")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("claim", choices=sorted(CLAIMS))
+    parser.add_argument("claim", choices=sorted(CLAIMS), help="which claim (the module docstring says each)")
     parser.add_argument("--quick", action="store_true", help="a smoke run of the same pipeline (no claim)")
-    parser.add_argument("--out", type=path_argument, required=True)
+    parser.add_argument("--out", type=path_argument, required=True,
+                        help="runs, report and summary.json go here; rerun with it to go on where it stopped")
     parser.add_argument("--seed", type=seed_argument, default=0, help="histories, initialisation, window order and evaluation "
                         "(the task split stays the same)")
     parser.add_argument("--source", help="distil this source instead of the claim's (a variant, no claim)")

@@ -266,9 +266,10 @@ def write_docs(claim: str, text: str, figures: list[Path]) -> None:
 @interruptible("ada_claims")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("claim", choices=("meta-rl", "curriculum", "kickstart"))
+    parser.add_argument("claim", choices=("meta-rl", "curriculum", "kickstart"), help="which claim (docs/ada.md)")
     parser.add_argument("--quick", action="store_true", help="a smoke run of the same pipeline (no claim)")
-    parser.add_argument("--out", type=path_argument, required=True)
+    parser.add_argument("--out", type=path_argument, required=True,
+                        help="benchmark, runs and report go here; rerun with it to go on where it stopped")
     parser.add_argument("--docs", action="store_true", help="write the table and figures into docs/")
     parser.add_argument("--goals", choices=("all", "agent"), default="all",
                         help="agent: only the agent_* goal types (360 tasks; ask --rulesets 340 or fewer)")

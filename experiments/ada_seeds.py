@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mgdt_jax.core.files import path_argument
+from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core.files import output_file_argument, path_argument, write_text
 from mgdt_jax.recipes.ada import evaluate
 
 AGENT_NAMES = {"trxl": "Transformer-XL", "gru": "GRU RL2"}
@@ -158,13 +159,12 @@ def _undefined_as_null(value):
     return value
 
 
+@interruptible("ada_seeds")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("reports", nargs="+", type=path_argument, help="report.json of held-out evaluations")
-    parser.add_argument("--json", type=path_argument, help="also write the values here")
+    parser.add_argument("--json", type=output_file_argument, help="also write the values here")
     args = parser.parse_args(argv)
-    if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()):
-        parser.error(f"--json {args.json}: {'is a directory' if args.json.is_dir() else 'its directory does not exist'}")
     try:
         runs = load_runs(args.reports)
     except SeedError as error:
@@ -173,12 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     text, values = summary(runs)
     print(text)
     if args.json:
-        partial = args.json.with_name(args.json.name + ".partial")
         try:
-            partial.write_text(json.dumps(_undefined_as_null(values), indent=1, default=float, allow_nan=False))
-            partial.replace(args.json)
+            write_text(args.json, json.dumps(_undefined_as_null(values), indent=1, default=float, allow_nan=False))
         except OSError as error:
-            partial.unlink(missing_ok=True)
             print(f"ada_seeds: error: --json {args.json}: {error.strerror or error}", file=sys.stderr)
             return 1
         print(f"wrote {args.json}", file=sys.stderr)

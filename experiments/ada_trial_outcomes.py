@@ -48,9 +48,9 @@ def outcomes(returns: np.ndarray, max_steps: int) -> dict[str, np.ndarray]:
 @interruptible("ada_trial_outcomes", errors=(ValueError, OSError))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", type=path_argument, nargs="+")
+    parser.add_argument("runs", type=path_argument, nargs="+", help="trained XLand runs (an ada_claims run's trxl or gru folder)")
     parser.add_argument("--episodes", type=count_argument(), default=8, help="meta-episodes per held-out task (default 8)")
-    parser.add_argument("--seed", type=seed_argument, default=0)
+    parser.add_argument("--seed", type=seed_argument, default=0, help="evaluation seed (the claims' is 0)")
     args = parser.parse_args(argv)
     rows = []
     for run in args.runs:

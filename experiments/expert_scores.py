@@ -52,9 +52,9 @@ def _play(job: tuple[str, str, int, int]) -> list[float]:
 @interruptible("experiments/expert_scores.py")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--episodes", type=count_argument(), default=20)
+    parser.add_argument("--episodes", type=count_argument(), default=20, help="episodes per game and policy")
     parser.add_argument("--max-episode-steps", type=count_argument(), default=2500, help="agent steps (4 frames each)")
-    parser.add_argument("--processes", type=count_argument(), default=3)
+    parser.add_argument("--processes", type=count_argument(), default=3, help="games played at once, one process each")
     parser.add_argument("--json", type=output_file_argument, help="also write every episode's score here (checked first)")
     args = parser.parse_args(argv)
     games = sorted(experts.EXPERTS)

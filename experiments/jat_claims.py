@@ -354,7 +354,7 @@ def finish(out: Path, text: str, plot: Path, docs: Path | None, marker: str, sum
 @interruptible("jat_claims")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("claim", choices=("mini-jat", "kappa"))
+    parser.add_argument("claim", choices=("mini-jat", "kappa"), help="which claim (docs/jat.md)")
     parser.add_argument("--out", type=path_argument, required=True, help="data, runs, reports and tables go here")
     parser.add_argument("--quick", action="store_true", help="a smoke run of the same pipeline (no claim)")
     parser.add_argument("--no-image", action="store_true", help="mini-jat without the BabyAI-RGB image task")

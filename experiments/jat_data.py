@@ -68,7 +68,7 @@ def ppo_table(out: Path) -> str:
 @interruptible("jat_data")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=path_argument, required=True)
+    parser.add_argument("--out", type=path_argument, required=True, help="writes OUT/<task>/ for every task")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", module="gymnasium")
     warnings.filterwarnings("ignore", module="metaworld")

@@ -49,7 +49,7 @@ from absl import logging  # noqa: E402
 from data_pipelines import convert, experts, record  # noqa: E402
 from experiments import common, expert_inference  # noqa: E402
 from mgdt_jax.core.commands import interruptible  # noqa: E402
-from mgdt_jax.core.files import path_argument  # noqa: E402
+from mgdt_jax.core.files import count_argument, path_argument, seed_argument  # noqa: E402
 from mgdt_jax.envs import atari  # noqa: E402
 from mgdt_jax.recipes.mgdt import actor, evaluate, report, scores  # noqa: E402
 from mgdt_jax.recipes.mgdt.policy import sampling_preset  # noqa: E402
@@ -148,18 +148,19 @@ def _plot(summaries: dict[str, report.EvaluationSummary], games: list[str], path
 @interruptible("mgdt_expert_inference")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=path_argument, required=True)
+    parser.add_argument("--workdir", type=path_argument, required=True,
+                        help="recordings, runs and report go here; a rerun goes on where it stopped")
     parser.add_argument("--quick", action="store_true", help="smoke-test size (minutes); its figures claim nothing")
     parser.add_argument("--docs", type=path_argument, help="also write the results into this markdown file's section")
     variants = parser.add_argument_group("variants (the report's command shows those given)")
     variants.add_argument("--games", help="comma-separated pretraining games (default: the config's)")
     variants.add_argument("--heldout-game", help="the fine-tuning game (default: the config's)")
-    variants.add_argument("--train-steps", type=int, help="MGDT and BC training steps (default: the config's)")
-    variants.add_argument("--eval-episodes", type=int, help="per game and method (default: the config's)")
+    variants.add_argument("--train-steps", type=count_argument(), help="MGDT and BC training steps (default: the config's)")
+    variants.add_argument("--eval-episodes", type=count_argument(), help="per game and method (default: the config's)")
     variants.add_argument("--epsilon", help="the recordings' epsilon schedule, e.g. cycle:1,0 (default: the config's)")
-    variants.add_argument("--max-episode-steps", type=int,
+    variants.add_argument("--max-episode-steps", type=count_argument(),
                           help="episode cap in agent steps, in recording and evaluation (default: the config's)")
-    variants.add_argument("--seed", type=int,
+    variants.add_argument("--seed", type=seed_argument,
                           help="seeds recording, parameters, batches and evaluation alike (default: the config's)")
     args = parser.parse_args(argv)
     if args.docs is not None and args.quick:  # would replace the claim's result with a smoke run's
@@ -178,9 +179,6 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in (("train-steps", args.train_steps), ("eval-episodes", args.eval_episodes),
                         ("max-episode-steps", args.max_episode_steps)):
         if value is not None:
-            if value < 1:
-                print(f"mgdt_expert_inference: error: --{name} must be at least 1, not {value}", file=sys.stderr)
-                return 2
             flags.append(f"--{name} {value}")
     if args.train_steps:
         config.train.num_steps = args.train_steps
@@ -190,9 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_episode_steps:
         exp.max_episode_steps = args.max_episode_steps
     if args.seed is not None:
-        if args.seed < 0:
-            print(f"mgdt_expert_inference: error: --seed must be at least 0, not {args.seed}", file=sys.stderr)
-            return 2
         exp.seed = args.seed
         flags.append(f"--seed {args.seed}")
     config.train.seed = config.data.seed = exp.seed

@@ -4,6 +4,7 @@ what a real Ctrl-C in the middle of a recording leaves is marked unfinished."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import pickle
 import re
@@ -281,3 +282,32 @@ def test_the_ada_benchmark_refuses_tiny_only_flags_in_the_claim_setting(monkeypa
         module.main()
     assert exit.value.code == 2
     assert "--d-model applies to --setting tiny only" in capsys.readouterr().err
+
+
+EXPERIMENT_SCRIPTS = sorted(path.stem for path in (REPOSITORY / "experiments").glob("*.py")
+                            if "\ndef main(" in path.read_text())
+COMMANDS = ([f"console:{program}" for program in sorted(set(SCRIPTS) - {"mgdt-train"})]  # absl flags have help by law
+            + [f"benchmarks.{name}" for name in BENCHMARKS] + [f"experiments.{name}" for name in EXPERIMENT_SCRIPTS])
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_flag_says_what_it_does_in_help(command, monkeypatch, capsys):
+    if command.startswith("console:"):
+        parser = parser_of(command.removeprefix("console:"), monkeypatch, capsys)
+    else:
+        parsers = []
+
+        def capture(parser, *args, **kwargs):
+            parsers.append(parser)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+        monkeypatch.setattr(sys, "argv", ["pytest"])  # not the script: interruptible would end this process
+        monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")  # else some re-execute themselves first
+        main = import_module(command).main
+        main() if not inspect.signature(main).parameters else main([])
+        capsys.readouterr()
+        (parser,) = parsers
+    silent = [action.option_strings[-1] if action.option_strings else action.dest for action in parser._actions
+              if not action.help and not isinstance(action, argparse._HelpAction)]
+    assert not silent, f"{command}: no --help text for {', '.join(silent)}"

@@ -29,9 +29,10 @@ def test_bad_epsilon_schedule_is_one_line_and_writes_nothing(tmp_path, capsys):
 
 def test_negative_seed_is_one_line_and_writes_nothing(tmp_path, capsys):
     workdir = tmp_path / "run"
-    assert mgdt_expert_inference.main(["--workdir", str(workdir), "--seed", "-1"]) == 2
-    error = capsys.readouterr().err.strip()
-    assert error == "mgdt_expert_inference: error: --seed must be at least 0, not -1"
+    with pytest.raises(SystemExit) as exit_status:
+        mgdt_expert_inference.main(["--workdir", str(workdir), "--seed", "-1"])
+    assert exit_status.value.code == 2
+    assert "argument --seed: -1 is out of range" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not workdir.exists()
 
 

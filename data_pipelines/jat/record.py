@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  "mujoco-pendulum babyai-rgb-go-to-red-ball-grey")
     parser.add_argument("--episodes", type=int, required=True, help="expert episodes per task")
     parser.add_argument("--out", type=path_argument, required=True, help="writes OUT/<task>/ for each task")
-    parser.add_argument("--seed", type=seed_argument, default=0)
+    parser.add_argument("--seed", type=seed_argument, default=0,
+                        help="the environments' resets, the experts' and the random policy's actions")
     parser.add_argument("--random-episodes", type=int, default=DEFAULT_RANDOM_EPISODES,
                         help="episodes of the uniform-random policy measured for the reference")
     parser.add_argument("--experts", type=path_argument, default=None,

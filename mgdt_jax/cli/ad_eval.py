@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baselines", default="", help="comma list of source algorithms run from scratch, "
                                                         "e.g. thompson,ucb1 or q_learning")
     parser.add_argument("--episodes", type=int, default=None, help="in-context episodes (default 100 pulls / 40)")
-    parser.add_argument("--seed", type=seed_argument, default=0)
+    parser.add_argument("--seed", type=seed_argument, default=0, help="seeds the environments and sampling")
     parser.add_argument("--out", type=path_argument, required=True, help="report directory")
     args = parser.parse_args(argv)
     if args.episodes is not None and args.episodes < 1:

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=path_argument, required=True, help="report directory")
     parser.add_argument("--trials", type=int, help="trials per meta-episode (default: the run's env.num_trials)")
     parser.add_argument("--episodes", type=int, default=1, help="meta-episodes per task (default 1)")
-    parser.add_argument("--seed", type=seed_argument, default=0)
+    parser.add_argument("--seed", type=seed_argument, default=0, help="seeds the environments and sampling")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest complete one)")
     parser.add_argument("--greedy", action="store_true", help="act by the policy's argmax (default: sample from it)")
     args = parser.parse_args(argv)

@@ -143,21 +143,19 @@ def print_report(report_dir: Path) -> None:
 @interruptible("mgdt-demo")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mgdt-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=files.path_argument, default=Path("mgdt_demo"))
+    parser.add_argument("--workdir", type=files.path_argument, default=Path("mgdt_demo"),
+                        help="recordings, dataset, run and report go here (default: %(default)s)")
     parser.add_argument("--games", default=",".join(DEFAULT_GAMES), help="comma-separated Atari games")
-    parser.add_argument("--record-steps", type=int, default=10_000, help="agent steps recorded per game")
+    parser.add_argument("--record-steps", type=files.count_argument(), default=10_000, help="agent steps recorded per game")
     parser.add_argument("--policy", default="expert", choices=sorted(record.POLICIES),
                         help="the recording policy: the game's scripted expert, or random play")
     parser.add_argument("--epsilon", "--epsilon-schedule", dest="epsilon", default="linear:1.0:0.0",
                         help="per-episode chance of a random action (mgdt-record's schedules)")
-    parser.add_argument("--max-episode-steps", type=int, default=1000,
+    parser.add_argument("--max-episode-steps", type=files.count_argument(), default=1000,
                         help="episode cap in agent steps (4 frames each), recording and evaluation alike")
-    parser.add_argument("--train-steps", type=int, default=1000)
-    parser.add_argument("--episodes", type=int, default=4, help="evaluation episodes per game and policy")
+    parser.add_argument("--train-steps", type=files.count_argument(), default=1000, help="MGDT training steps")
+    parser.add_argument("--episodes", type=files.count_argument(), default=4, help="evaluation episodes per game and policy")
     args = parser.parse_args(argv)
-    for name in ("record_steps", "max_episode_steps", "train_steps", "episodes"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.max_episode_steps > atari.MAX_EPISODE_FRAMES // 4:
         parser.error(f"--max-episode-steps must be <= {atari.MAX_EPISODE_FRAMES // 4} (ALE's largest episode cap)")
     try:

@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="paper: sticky actions 0.25, 108k-frame cap; colab: the released notebook's settings")
     parser.add_argument("--max-episode-frames", type=int, help="override the protocol's episode cap (emulator frames)")
     parser.add_argument("--max-envs-per-game", type=int, help="environments per game (default: one per episode)")
-    parser.add_argument("--seed", type=seed_argument, default=0)
+    parser.add_argument("--seed", type=seed_argument, default=0, help="seeds the environments and sampling")
     parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
                         help="play only every N-th game starting at I (split a suite over processes)")
     return parser

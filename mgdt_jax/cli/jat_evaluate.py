@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--envs-per-task", type=int, help="environments stepped together (default: all episodes)")
     parser.add_argument("--greedy", action="store_true", help="argmax discrete actions instead of sampling")
     parser.add_argument("--max-steps", type=int, help="cut episodes after this many steps (smoke runs)")
-    parser.add_argument("--seed", type=seed_argument, default=0)
+    parser.add_argument("--seed", type=seed_argument, default=0, help="seeds the environments and sampling")
     parser.add_argument("--out", type=path_argument, required=True, help="report directory")
     return parser
 
