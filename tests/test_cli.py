@@ -87,9 +87,9 @@ def test_a_console_script_imports_nothing_heavy_before_its_ctrl_c_handling():
     assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
 
 
-def parser_of(program: str, monkeypatch, capsys) -> argparse.ArgumentParser:
-    """The argument parser of a console script, caught as it starts to parse."""
-    module, function = SCRIPTS[program].split(":")
+def caught_parser(main, monkeypatch, *args) -> tuple[argparse.ArgumentParser, int | None]:
+    """The argument parser ``main(*args)`` builds, caught as it starts to parse (a Ctrl-C there),
+    and main's exit status."""
     parsers = []
 
     def capture(parser, *args, **kwargs):
@@ -97,9 +97,18 @@ def parser_of(program: str, monkeypatch, capsys) -> argparse.ArgumentParser:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
-    getattr(import_module(module), function)([])
-    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["pytest"])  # not the script: interruptible would end this process
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")  # else some re-execute themselves first
+    status = main(*args)
     (parser,) = parsers
+    return parser, status
+
+
+def parser_of(program: str, monkeypatch, capsys) -> argparse.ArgumentParser:
+    """The argument parser of a console script."""
+    module, function = SCRIPTS[program].split(":")
+    parser, _ = caught_parser(getattr(import_module(module), function), monkeypatch, [])
+    capsys.readouterr()
     return parser
 
 
@@ -144,19 +153,9 @@ BENCHMARKS = sorted(path.stem for path in (REPOSITORY / "benchmarks").glob("*.py
 def test_benchmark_scripts_check_their_arguments_before_measuring(name, monkeypatch, capsys, tmp_path):
     # A --json in a missing folder failed only when the figures were written, at the end; a count of
     # 0 divided by zero or measured nothing; a bad seed wrapped around.
-    module = import_module(f"benchmarks.{name}")
-    parsers = []
-
-    def capture(parser, *args, **kwargs):
-        parsers.append(parser)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
-    monkeypatch.setattr(sys, "argv", ["pytest"])  # not the script: interruptible would end this process
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")  # else some re-execute themselves first
-    assert module.main() == INTERRUPTED  # interruptible: Ctrl-C is one line here too
+    parser, status = caught_parser(import_module(f"benchmarks.{name}").main, monkeypatch)
+    assert status == INTERRUPTED  # interruptible: Ctrl-C is one line here too
     assert capsys.readouterr().err == f"benchmarks/{name}.py: interrupted\n"
-    (parser,) = parsers
     for action in parser._actions:
         assert action.type is not int, f"{action.option_strings}: a count says its least (files.count_argument)"
         if "--json" in action.option_strings:
@@ -295,19 +294,10 @@ def test_every_flag_says_what_it_does_in_help(command, monkeypatch, capsys):
     if command.startswith("console:"):
         parser = parser_of(command.removeprefix("console:"), monkeypatch, capsys)
     else:
-        parsers = []
-
-        def capture(parser, *args, **kwargs):
-            parsers.append(parser)
-            raise KeyboardInterrupt
-
-        monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
-        monkeypatch.setattr(sys, "argv", ["pytest"])  # not the script: interruptible would end this process
-        monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")  # else some re-execute themselves first
         main = import_module(command).main
-        main() if not inspect.signature(main).parameters else main([])
+        parser, status = caught_parser(main, monkeypatch, *([[]] if inspect.signature(main).parameters else []))
+        assert status == INTERRUPTED  # interruptible: Ctrl-C is one line here too
         capsys.readouterr()
-        (parser,) = parsers
     silent = [action.option_strings[-1] if action.option_strings else action.dest for action in parser._actions
               if not action.help and not isinstance(action, argparse._HelpAction)]
     assert not silent, f"{command}: no --help text for {', '.join(silent)}"
