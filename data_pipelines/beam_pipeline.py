@@ -142,13 +142,29 @@ def pipeline_options(runner: str, beam_options: list[str]):
     return PipelineOptions(flags + list(beam_options))
 
 
+def local_runner(options):
+    """The runner of ``--runner DirectRunner``: Beam's FnApiRunner, with ``options`` handed to its
+    workers (so that they log at the level asked). Beam's DirectRunner, given this pipeline, first
+    tries its Prism runner, a binary it downloads from GitHub at run time, and only after that fails
+    (offline) runs it on the FnApiRunner: seconds lost, and an empty /tmp/beam-temp* folder left
+    by every run."""
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    provision = beam_provision_api_pb2.ProvisionInfo(
+        pipeline_options=JobServiceHandle.encode_pipeline_options(options.get_all_options()))
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(provision))
+
+
 def convert_with_beam(tasks: list[replay_shards.ShardTask], out_dir: Path, max_episode_steps: int,
                       on_bad_checkpoint: str, runner: str, beam_options: list[str]) -> list[dict]:
     """Runs every shard through Beam; returns the shard reports the workers wrote."""
     import apache_beam as beam
 
     started = time.perf_counter()
-    with beam.Pipeline(options=pipeline_options(runner, beam_options)) as pipeline:
+    options = pipeline_options(runner, beam_options)
+    with beam.Pipeline(runner=local_runner(options) if runner == "DirectRunner" else None, options=options) as pipeline:
         _ = (pipeline
              | "Shards" >> beam.Create([dataclasses.asdict(task) for task in tasks])  # plain data pickles anywhere
              | "Spread" >> beam.Reshuffle()

@@ -376,11 +376,18 @@ def test_a_damaged_dataset_info_is_one_line_from_mgdt_index(rlds_dataset_dir, tm
     assert error.startswith(f"mgdt-index: error: {data}: cannot open as an RLDS dataset (") and "\n" not in error
 
 
-def test_beam_direct_runner_writes_the_same_episodes(replay_logs_dir, rlds_dataset_dir, tmp_path, capsys):
+def test_beam_direct_runner_writes_the_same_episodes(replay_logs_dir, rlds_dataset_dir, tmp_path, capsys, monkeypatch):
+    import tempfile
+
     out = tmp_path / "data"
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     code, summary, _ = _run(capsys, "--logs", replay_logs_dir, "--out", out, "--runner", "DirectRunner",
                             "--beam-option=--direct_num_workers=2")
     assert code == 0 and f"into 8 shards at {out}" in summary
+    # Beam's DirectRunner first tried its Prism runner (a binary downloaded from GitHub at run time)
+    # and, offline, left the empty folder of that attempt's job server.
+    assert not list((tmp_path / "tmp").glob("beam-temp*"))
 
     def contents(data_dir):
         return [(e["game"], e["checkpoint_id"], e["episode_id"], np.stack([s["observation"] for s in e["steps"]]),
