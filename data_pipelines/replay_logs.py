@@ -676,14 +676,13 @@ class RunReader:
                                  actions: np.ndarray, rewards: np.ndarray) -> None:
         """Padding rows inside an episode are an end that nothing marks and the time limit did not
         place: the logs' time limit is shorter than max_episode_steps (2021 layout)."""
-        window = np.ones(PADDING_ROWS, int)
-        blank_runs = np.convolve((actions == 0) & (rewards == 0), window, "valid") == PADDING_ROWS
-        if not blank_runs.any():
+        blank_runs = _padding_length_runs((actions == 0) & (rewards == 0))
+        if not len(blank_runs):
             return
-        candidates = np.unique(np.flatnonzero(blank_runs)[:, None] + np.arange(PADDING_ROWS))
+        candidates = np.unique(blank_runs[:, None] + np.arange(PADDING_ROWS))
         zero = np.zeros(len(actions), bool)
         zero[candidates] = ~observations[candidates].reshape(len(candidates), -1).any(axis=1)
-        padding_runs = np.flatnonzero(blank_runs & (np.convolve(zero, window, "valid") == PADDING_ROWS))
+        padding_runs = np.intersect1d(blank_runs, _padding_length_runs(zero))
         if len(padding_runs):
             raise self._padding_inside(own, start, int(padding_runs[0]))
 
@@ -694,7 +693,7 @@ class RunReader:
         are read only for runs of 3 blank rows (action 0, reward 0, no end), in order (the stream goes
         forward). Only the rows in this checkpoint are checked: one whose capacity is below the time
         limit may hold no whole time limit, and a later checkpoint does not check an episode begun before it."""
-        runs = np.flatnonzero(np.convolve(own.blank[start:], np.ones(PADDING_ROWS, int), "valid") == PADDING_ROWS)
+        runs = _padding_length_runs(own.blank[start:])
         if not len(runs):
             return
         # Overlapping runs read as one block of rows, so each frame is read once and in order.
@@ -711,6 +710,11 @@ class RunReader:
             f"{self.log_dir} checkpoint {own.suffix}: the episode starting at row {start} holds "
             f"{PADDING_ROWS} padding rows (zero frames, action 0, reward 0) after {steps} steps, where "
             f"no end is marked: an end by a time limit of {steps} steps? (pass --max-episode-steps {steps})")
+
+
+def _padding_length_runs(rows: np.ndarray) -> np.ndarray:
+    """The first rows of every run of PADDING_ROWS True rows in ``rows`` (bool [n]; runs overlap)."""
+    return np.flatnonzero(np.convolve(rows, np.ones(PADDING_ROWS, int), "valid") == PADDING_ROWS)
 
 
 class _Rows:
