@@ -621,7 +621,7 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
          "attribute 'train'"),
         (["--config", str(tmp_path / "importing.py"), "--workdir", str(tmp_path / "run")],  # was a traceback
          f"--config {tmp_path / 'importing.py'}: its imports failed: ModuleNotFoundError: No module named 'my_recipes' "
-         "(a recipe of your own must be importable: its folder on PYTHONPATH)"),
+         "(a package not installed, or a recipe of your own whose folder is not on PYTHONPATH)"),
         (["--config", str(config_path), "--workdir", ""], "the workdir is empty: name a run folder"),
         # ml_collections re-raises a TypeError or ValueError of get_config() with its traceback in the message.
         (["--config", str(tmp_path / "valueerror.py"), "--workdir", str(tmp_path / "run")],

@@ -123,7 +123,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(1)
     except ImportError as error:  # the config file's own imports, e.g. a recipe's package not on PYTHONPATH
         print(f"mgdt-train: error: --config {_config_argument(argv)}: its imports failed: {type(error).__name__}: "
-              f"{error} (a recipe of your own must be importable: its folder on PYTHONPATH)", file=sys.stderr)
+              f"{error} (a package not installed, or a recipe of your own whose folder is not on PYTHONPATH)",
+              file=sys.stderr)
         sys.exit(1)
     except (AttributeError, KeyError) as error:
         text = str(error)

@@ -361,6 +361,7 @@ class Checkpointer:
             ),
             preservation_policy=policies.LatestN(keep),
             enable_async_checkpointing=True,
+            cleanup_tmp_directories=True,  # a save cut short (a second Ctrl-C, a kill) left STEP.orbax-checkpoint-tmp
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=_handler_registry())
 

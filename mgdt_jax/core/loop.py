@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import itertools
 import json
 import math
@@ -29,19 +30,21 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 
 from mgdt_jax.core import checkpointing, files, sharding
-from mgdt_jax.core.config_sections import section
+from mgdt_jax.core.config_sections import read_section, section
 from mgdt_jax.core.recipe import DEFAULT_RECIPE, Evaluator, Recipe, load_recipe
 from mgdt_jax.core import flops
 from mgdt_jax.core import metric_writer
 from mgdt_jax.core.metric_writer import MetricWriter, Throughput
 from mgdt_jax.core.optimizer import check_optimizer_config
-from mgdt_jax.core.train_step import Trainer, TrainState, check_step_fits
+from mgdt_jax.core.train_step import Trainer, TrainConfig, TrainState, check_step_fits
 
 CONFIG_FILE = "config.json"
 TRAINING_CLAIM = ".training"  # in the workdir while a run trains there: the first host's process id
+EVALUATION_SKIPPED = "evaluation_skipped"  # in a checkpoint's data position: stopped before its step's evaluation
 # What a run (and the evaluation hook, eval/) writes in its workdir; anything else predates the run.
 RUN_ENTRIES = frozenset({CONFIG_FILE, TRAINING_CLAIM, "eval", checkpointing.CHECKPOINTS, checkpointing.INCOMPLETE,
                          metric_writer.TENSORBOARD_DIR, metric_writer.METRICS_FILE, metric_writer.EARLIER_RUNS_DIR})
@@ -54,6 +57,32 @@ class TrainingDiverged(RuntimeError):
 class DataStreamError(ValueError):
     """The recipe's training data broke its contract mid-run (ended early, or a batch of another
     size or shape); the message names the step and the fault."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig(TrainConfig):
+    """The ``train`` section as the loop reads it: a config may leave out any field (these defaults;
+    a section's other fields are the recipe's, e.g. the MGDT's ``eval_games``)."""
+
+    seed: int = 0  # parameter initialisation and dropout
+    log_every: int = 100
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    eval_every: int = 0  # steps between calls of the recipe's evaluator; 0: never
+    init_from: str = ""  # a run or step folder whose parameters start a new run (fine-tuning)
+
+
+def read_train_section(config: Any) -> LoopConfig:
+    """``config.train`` as a ``LoopConfig``. ValueError (one line) for a field whose name is a
+    near miss of one the loop reads and left out (``chekpoint_every``), which would otherwise run
+    with the default in silence."""
+    given = section(config, "train", {})
+    names = set(given.keys()) if hasattr(given, "keys") else set()  # a ConfigDict or a dict
+    known = {field.name for field in dataclasses.fields(LoopConfig)}
+    for name in sorted(names - known):
+        if close := difflib.get_close_matches(name, sorted(known - names), n=1, cutoff=0.8):
+            raise ValueError(f"config.train.{name}: no field the loop reads (did you mean {close[0]}?)")
+    return read_section(LoopConfig, given)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +157,7 @@ def _train(
     config: Any, workdir: Path, recipe: Recipe | None, evaluate: Evaluator | None, progress: dict[str, bool],
     claim: contextlib.ExitStack,
 ) -> TrainResult:
-    train_config = config.train
+    train_config = read_train_section(config)
     primary = jax.process_index() == 0
     # A host's own data or folder may be bad where the others' are not: all stop here together.
     with sharding.every_process_or_none():
@@ -149,8 +178,12 @@ def _train(
             evaluate = recipe.evaluator(workdir)
 
     # --- Mesh and train step -------------------------------------------------------------------
-    mesh = sharding.make_mesh(config.mesh)
+    mesh = sharding.make_mesh(section(config, "mesh", {}))
     trainer = Trainer(config, mesh, recipe)
+    if primary and not trainer.shards_parameters and (splits := {axis: mesh.shape[axis] for axis in ("fsdp", "tensor")
+                                                      if mesh.shape[axis] > 1}):
+        print(f"warning: mesh {splits} shards no parameter: the model's parameters name no logical axis "
+              "(mgdt_jax.core.transformer.sharded), so every device holds them all", flush=True)
 
     writer = MetricWriter(workdir, enabled=primary)
     checkpointer = checkpointing.Checkpointer(
@@ -193,6 +226,18 @@ def _train(
                          "no evaluator for this config: nothing will be evaluated")
         first_step = last_step = int(state.step)
         preempted = False
+
+        def evaluation_due(step: int) -> bool:
+            return bool(evaluate is not None and train_config.eval_every and step % train_config.eval_every == 0)
+
+        def run_evaluation(step: int) -> None:
+            scores = evaluate(trainer.model(state), step)
+            writer.write(step, {f"eval/{name}": value for name, value in scores.items()})
+
+        if (first_step and evaluation_due(first_step) and checkpointer.data_position(first_step).get(EVALUATION_SKIPPED)
+                and not _evaluated(workdir, first_step, primary)):
+            writer.print(f"evaluating step {first_step}: the run was stopped there before its evaluation")
+            run_evaluation(first_step)
         if first_step >= train_config.num_steps:
             writer.print(f"nothing to do: the run is at step {first_step} of {train_config.num_steps}")
             return TrainResult(workdir, first_step, last_step, checkpointer.latest_step(), "")
@@ -220,10 +265,11 @@ def _train(
         preemption.watch_interrupts()
         previous_metrics = None
 
-        def save(step: int) -> None:
+        def save(step: int, evaluation_skipped: bool = False) -> None:
             with throughput.paused():
                 _check_finite_params(state, step, checkpointer)
-                checkpointer.save(state, {"recipe": recipe.name, **data_identity, "next_batch": step}, force=True)
+                checkpointer.save(state, {"recipe": recipe.name, **data_identity, "next_batch": step,
+                                          **({EVALUATION_SKIPPED: True} if evaluation_skipped else {})}, force=True)
 
         try:
             for last_step, batch in zip(steps, itertools.chain([first_batch], batches)):
@@ -252,15 +298,17 @@ def _train(
                     rates, eta = throughput.report(last_step, steps[-1])
                     writer.write(last_step, {**scalars, **rates})
                     writer.print(_console_line(last_step, steps[-1], scalars, rates, eta, recipe))
+                # A stop is quick, so its step's evaluation is left to the rerun, which runs it first.
+                skipped = preempted and evaluation_due(last_step)
                 if due:
-                    save(last_step)
+                    save(last_step, evaluation_skipped=skipped)
                 if preempted:
-                    writer.print(f"{preemption.reason}: saved step {last_step}, stopping")
+                    writer.print(f"{preemption.reason}: saved step {last_step}, stopping"
+                                 + (" (its evaluation runs when the run is resumed)" if skipped else ""))
                     break
-                if evaluate is not None and train_config.eval_every and last_step % train_config.eval_every == 0:
+                if evaluation_due(last_step):
                     with throughput.paused():
-                        scores = evaluate(trainer.model(state), last_step)
-                    writer.write(last_step, {f"eval/{name}": value for name, value in scores.items()})
+                        run_evaluation(last_step)
         except DataStreamError as error:  # the steps taken are kept: a rerun goes on once the data is mended
             # Only on one host: the others would be inside the next step's collectives, not at this save.
             if jax.process_count() == 1 and checkpointer.latest_step() != last_step:
@@ -274,8 +322,20 @@ def _train(
         getattr(stream, "close", lambda: None)()  # stops the data worker processes
         checkpointer.close()
         writer.close()
-    stopped = preempted and last_step < train_config.num_steps  # a notice during the last step stopped nothing
+    # A notice during the last step stopped nothing, but for that step's evaluation.
+    stopped = preempted and (last_step < train_config.num_steps or evaluation_due(last_step))
     return TrainResult(workdir, first_step, last_step, checkpointer.latest_step(), preemption.reason if stopped else "")
+
+
+def _evaluated(workdir: Path, step: int, primary: bool) -> bool:
+    """Whether the metrics (the first host's file) hold an evaluation of ``step``: every host gets
+    the first host's answer, so that all evaluate or none."""
+    try:
+        found = primary and any(name.startswith("eval/") for entry in metric_writer.read_metrics(workdir)
+                                if entry["step"] == step for name in entry)
+    except FileNotFoundError:
+        found = False
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(found)))
 
 
 def _check_counts(train_config: Any) -> None:

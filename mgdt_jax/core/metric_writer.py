@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
@@ -74,7 +75,8 @@ def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
     A step's lines (training scalars, then evaluation scalars on evaluation steps) are merged into
     one entry. A resumed run logs again the steps between the checkpoint it resumed from and where
     the earlier run stopped; its values replace the earlier ones, so a curve never goes back in
-    steps. A line a kill cut short is skipped. FileNotFoundError when the run logged nothing.
+    steps. A line a kill cut short is skipped. A value the file holds as null (written for NaN and
+    infinities, which strict JSON has not) reads as NaN. FileNotFoundError when the run logged nothing.
     """
     by_step: dict[int, dict[str, Any]] = {}
     for line in (Path(workdir) / METRICS_FILE).read_text().splitlines():
@@ -82,8 +84,18 @@ def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue
+        entry = {name: math.nan if value is None else value for name, value in entry.items()}
         by_step[entry["step"]] = {**by_step.get(entry["step"], {}), **entry}
     return [by_step[step] for step in sorted(by_step)]
+
+
+def _scalar(name: str, value: Any, step: int) -> float:
+    try:
+        return float(np.asarray(value).item())
+    except (TypeError, ValueError):  # several elements, or not a number
+        shape = getattr(np.asarray(value, dtype=object), "shape", ())
+        raise ValueError(f"{name} at step {step}: not one number ({type(value).__name__}"
+                         f"{f' of shape {shape}' if shape else ''}); a metric is a scalar") from None
 
 
 class MetricWriter:
@@ -109,12 +121,14 @@ class MetricWriter:
         self._starting_over = True
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
-        """Appends one step's scalars to both files. OSError naming the workdir when they cannot be
-        written (a full disk's error from a flush names no file)."""
+        """Appends one step's scalars to both files (NaN and infinities as null in the JSONL, which
+        is strict JSON). ValueError naming the value for one that is not a number (an array of
+        several elements: an evaluator's vector); OSError naming the workdir when the files cannot
+        be written (a full disk's error from a flush names no file)."""
         if not self.enabled:
             return
         with self._naming_the_workdir():
-            self._write(step, scalars)
+            self._write(step, {name: _scalar(name, value, step) for name, value in scalars.items()})
 
     @contextlib.contextmanager
     def _naming_the_workdir(self) -> Iterator[None]:
@@ -132,9 +146,9 @@ class MetricWriter:
             self._jsonl = open(self._workdir / METRICS_FILE, "a")  # a resumed run appends
             if self._jsonl.tell() and not _ends_a_line(self._workdir / METRICS_FILE):
                 self._jsonl.write("\n")  # a kill cut the last line short: end it, so readers skip it alone
-        scalars = {name: float(value) for name, value in scalars.items()}
         self._tensorboard.scalars(step, scalars)
-        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        strict = {name: value if math.isfinite(value) else None for name, value in scalars.items()}
+        self._jsonl.write(json.dumps({"step": step, **strict}, allow_nan=False) + "\n")
         self._jsonl.flush()
 
     def print(self, line: str) -> None:

@@ -64,6 +64,7 @@ import abc
 import dataclasses
 import importlib
 import pkgutil
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -181,8 +182,9 @@ def recipe_name(config: Any) -> str:
 def load_recipe(config: Any) -> Recipe:
     """The recipe ``config.recipe`` names, built from ``config``.
 
-    Raises ValueError (one line) for a name that is no module, whose module sets no ``RECIPE``, or
-    whose ``RECIPE.name`` is not that name.
+    Raises ValueError (one line) for a name that is no module, a module that fails to import (with
+    the file and line at fault), one that sets no ``RECIPE``, a ``RECIPE`` whose ``name`` is not
+    that name or that leaves an abstract method of ``Recipe`` undefined.
     """
     name = recipe_name(config)
     module_name = name if "." in name else f"{RECIPES_PACKAGE}.{name}.recipe"
@@ -190,13 +192,16 @@ def load_recipe(config: Any) -> Recipe:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         if error.name is None or not f"{module_name}.".startswith(f"{error.name}."):
-            raise  # the recipe exists but one of its own imports is missing
+            raise ValueError(f"config.recipe {name!r}: importing {module_name} failed: {_fault_in_code(error)} (a "
+                             "package it needs is not installed)") from None
         package = importlib.import_module(RECIPES_PACKAGE).__path__  # the package only: no recipe is imported
         builtin = sorted(m.name for m in pkgutil.iter_modules(package)
                          if m.ispkg and any((Path(folder) / m.name / "recipe.py").is_file() for folder in package))
         where = (f"the built-in recipes: {', '.join(builtin)}" if "." not in name or name.startswith(RECIPES_PACKAGE)
                  else "a recipe of your own must be importable: its folder on PYTHONPATH")
         raise ValueError(f"config.recipe {name!r}: no module {module_name} ({where})") from None
+    except Exception as error:  # noqa: BLE001 (a recipe's own code: a SyntaxError, a NameError...)
+        raise ValueError(f"config.recipe {name!r}: importing {module_name} failed: {_fault_in_code(error)}") from None
     recipe_type = getattr(module, "RECIPE", None)
     if not (isinstance(recipe_type, type) and issubclass(recipe_type, Recipe)):
         raise ValueError(f"config.recipe {name!r}: {module_name} sets no RECIPE (a Recipe subclass)")
@@ -206,7 +211,19 @@ def load_recipe(config: Any) -> Recipe:
         raise ValueError(f"config.recipe {name!r}: {module_name}'s RECIPE, {recipe_type.__name__}, is named {named!r}; "
                          f"a recipe's name must be what config.recipe calls it (outside {RECIPES_PACKAGE}: its "
                          "module path)")
+    if abstract := sorted(getattr(recipe_type, "__abstractmethods__", ())):
+        raise ValueError(f"config.recipe {name!r}: {recipe_type.__name__} does not define {', '.join(abstract)} "
+                         "(abstract in Recipe: every recipe defines it)")
     return recipe_type(config)
+
+
+def _fault_in_code(error: BaseException) -> str:
+    """``error`` in one line, with the file and line of the code that raised it."""
+    if isinstance(error, SyntaxError) and error.filename:
+        return f"{error.filename}, line {error.lineno}: {type(error).__name__}: {error.msg}"
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__) if not frame.filename.startswith("<")]
+    where = f"{frames[-1].filename}, line {frames[-1].lineno}: " if frames else ""
+    return f"{where}{type(error).__name__}: {' '.join(str(error).split())}"
 
 
 @flax.struct.dataclass

@@ -159,8 +159,8 @@ def variable_shardings(state: Any, mesh: Mesh) -> Any:
     """NamedShardings for a Flax NNX state from each Variable's logical ``out_sharding`` names.
 
     Works on concrete or abstract (``jax.ShapeDtypeStruct``) states; unnamed variables are replicated.
-    ValueError (one line naming the parameter) for an unknown logical name, or for an axis the mesh
-    axes it maps to do not divide (e.g. ``embed`` 36 over ``fsdp`` 8).
+    ValueError (one line naming the parameter) for an unknown logical name, more names than the
+    array has axes, or an axis the mesh axes it maps to do not divide (e.g. ``embed`` 36 over ``fsdp`` 8).
     """
 
     def sharding_of(path: tuple, variable: nnx.Variable) -> nnx.Variable:
@@ -170,7 +170,11 @@ def variable_shardings(state: Any, mesh: Mesh) -> Any:
             spec = logical_to_spec(logical_axes)
         except ValueError as error:
             raise ValueError(f"parameter {where}: {error}") from None
-        for size, name, axes in zip(getattr(variable, "shape", ()), logical_axes, spec):
+        shape = getattr(variable, "shape", ())
+        if len(logical_axes) > len(shape):
+            raise ValueError(f"parameter {where}: {len(logical_axes)} axis names {tuple(logical_axes)} for an array of "
+                             f"shape {tuple(shape)}; give one name (or None) per axis")
+        for size, name, axes in zip(shape, logical_axes, spec):
             axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
             shards = math.prod(mesh.shape[axis] for axis in axes)
             if size % shards:

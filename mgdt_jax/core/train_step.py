@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
 from mgdt_jax.core import host_memory, sharding
 from mgdt_jax.core.config_sections import read_section, section
@@ -91,9 +91,11 @@ class Trainer:
         )
         self._check_batch_divides(mesh)
 
-        abstract_model = nnx.eval_shape(lambda: self.recipe.model(nnx.Rngs(0)))
+        abstract_model = nnx.eval_shape(lambda: self._model(jax.random.key(0)))
         self.graphdef, abstract_params = nnx.split(abstract_model)
         params_sharding = sharding.variable_shardings(abstract_params, mesh)
+        # False where every parameter is replicated: a model that names no axis, under fsdp or tensor
+        self.shards_parameters = any(leaf.spec != PartitionSpec() for leaf in jax.tree.leaves(params_sharding))
         abstract_state = jax.eval_shape(self._init_state, jnp.int32(0))
         replicated = sharding.replicated(mesh)
         self.state_sharding = TrainState(
@@ -169,10 +171,33 @@ class Trainer:
             shared=jax.tree.map(lambda _: replicated, abstract_rollout.shared),
         )
 
+    def _model(self, params_key: jax.Array) -> nnx.Module:
+        """The recipe's model, built from an ``nnx.Rngs`` of one stream, ``params``. ValueError (one
+        line, saying what to write instead) for the two Flax idioms the trainer cannot take: RNG
+        state kept in the model (``nnx.Dropout(rate, rngs=rngs)``: randomness comes as the loss's
+        ``dropout_key``) and parameters laid out as they are made (``nnx.with_partitioning``'s
+        default eager sharding: the trainer places the parameters on the mesh itself)."""
+        try:
+            return self.recipe.model(nnx.Rngs(params=params_key))
+        except KeyError as error:
+            if "RngStream" not in str(error):
+                raise
+            raise ValueError(f"recipe {self.recipe.name}: its model asks for an RNG stream other than params when "
+                             f"built ({error.args[0]}): keep no RNG in the model and pass the loss's dropout_key when called "
+                             "(nnx.Dropout(rate) without rngs, called as dropout(x, rngs=key); or "
+                             "mgdt_jax.core.transformer.dropout(x, rate, key))") from None
+        except ValueError as error:
+            if "auto mesh context" not in str(error):
+                raise
+            raise ValueError(f"recipe {self.recipe.name}: a parameter's axis names are given with eager sharding "
+                             "(nnx.with_partitioning's default, which needs a mesh as it is made): name them with "
+                             "mgdt_jax.core.transformer.sharded(initializer, axes), or with_partitioning(..., "
+                             "eager_sharding=False); the trainer lays the parameters out on the mesh") from None
+
     def _init_state(self, seed: jax.Array) -> TrainState:
         base_key = jax.random.key(seed)
         params_key, dropout_key = jax.random.split(base_key)
-        params = nnx.state(self.recipe.model(nnx.Rngs(params=params_key)))
+        params = nnx.state(self._model(params_key))
         rollout = self.recipe.init_rollout(jax.random.fold_in(base_key, 1)) if self.online else None
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -277,8 +302,9 @@ class Trainer:
 
 def _checked_loss_output(recipe: str, output: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The recipe's ``(loss, metrics)``, or ValueError (one line, at trace time) naming what breaks
-    ``Recipe.loss``'s contract: a wrong loss or metric raised a JAX traceback, and a metric named like
-    the trainer's own was silently overwritten."""
+    ``Recipe.loss``'s contract: a wrong loss or metric raised a JAX traceback (an integer loss too),
+    a metric named like the trainer's own was silently overwritten, and a bfloat16 loss was logged
+    at its 3 significant digits."""
     if not (isinstance(output, tuple) and len(output) == 2 and isinstance(output[1], Mapping)):
         got = f"an array of shape {jnp.shape(output)}" if hasattr(output, "shape") else f"a {type(output).__name__}"
         raise ValueError(f"recipe {recipe!r}: loss must return (scalar loss, {{name: scalar metric}}), got {got}")
@@ -286,6 +312,9 @@ def _checked_loss_output(recipe: str, output: Any) -> tuple[jax.Array, dict[str,
     for name, value in (("the loss", loss), *((f"metric {key!r}", value) for key, value in metrics.items())):
         if jnp.shape(value) != ():
             raise ValueError(f"recipe {recipe!r}: {name} must be a scalar, got shape {jnp.shape(value)}")
+    if jnp.result_type(loss) != jnp.float32:  # an integer one has no gradient; a bfloat16 one logs 3 digits
+        raise ValueError(f"recipe {recipe!r}: the loss must be float32, got {jnp.result_type(loss)} "
+                         "(compute it in float32, or cast it: loss.astype(jnp.float32))")
     if clash := sorted(metrics.keys() & set(TRAINER_METRICS)):
         raise ValueError(f"recipe {recipe!r}: metric names {clash} are the trainer's own (TRAINER_METRICS)")
     return loss, dict(metrics)
