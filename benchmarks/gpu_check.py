@@ -114,7 +114,7 @@ def run_section(section: Section, seconds: float, dry_run: bool, scratch: Path) 
             os.killpg(process.pid, signal.SIGTERM)
             try:
                 returncode = process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):  # inside XLA it may not hear SIGTERM; a second Ctrl-C
                 os.killpg(process.pid, signal.SIGKILL)
                 returncode = process.wait()
     finally:  # its own session gets no Ctrl-C: whatever ends the wait, nothing of it is left running

@@ -302,13 +302,15 @@ def test_a_ctrl_c_stops_the_running_section_keeping_its_figures(tmp_path, monkey
 
     script = tmp_path / "slow_section.py"
     script.write_text(
-        "import json, sys, time\n"
+        "import json, signal, sys, time\n"
         "result = sys.argv[sys.argv.index('--result') + 1]\n"
         "json.dump({'status': 'running', 'figures': {'tokens_per_s': 5.0}}, open(result, 'w'))\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"  # as a section inside an XLA call
         "time.sleep(60)\n"
     )
     monkeypatch.setattr(gpu_check, "SECTIONS_SCRIPT", script)
     threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT)).start()  # a second one, while it ignores SIGTERM
     result = gpu_check.run_section(gpu_check.Section("slow", "a goal", 30), 30, dry_run=True, scratch=tmp_path)
     assert result["status"] == "stopped" and result["interrupted"] and "Ctrl-C" in result["reason"]
     assert result["figures"]["tokens_per_s"] == 5.0

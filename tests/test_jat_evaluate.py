@@ -210,3 +210,10 @@ def test_cli_says_which_tasks_the_run_never_trained_on(model, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (f"mgdt-jat-eval: {refs.task}: not among the run's training tasks "
                                                "(babyai-go-to-local): scored zero-shot")
     assert json.loads((tmp_path / "out" / "report.json").read_text())["settings"]["not_trained_on"] == [refs.task]
+
+
+def test_the_trained_tasks_are_named_by_their_datasets_not_their_folders(jat_datasets, tmp_path):
+    task, folder = next(iter(jat_datasets.items()))
+    shutil.copytree(folder, tmp_path / "renamed_v2")
+    config = {"data": {"tasks": [{"path": str(tmp_path / "renamed_v2")}, str(tmp_path / "moved" / "babyai-pickup-loc")]}}
+    assert jat_evaluate._trained_tasks(config) == {task, "babyai-pickup-loc"}  # moved since: its folder's name

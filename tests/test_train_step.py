@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import ml_collections
 import pytest
 from jax.sharding import PartitionSpec
 
@@ -112,6 +113,9 @@ def test_mesh_sizes_resolve_and_bad_sizes_are_named():
         sharding.mesh_shape({"data": -1, "fsdp": -1, "tensor": 1}, 8)
     with pytest.raises(ValueError, match="uses 4 of 8"):
         sharding.mesh_shape({"data": 2, "fsdp": 2, "tensor": 1}, 8)
+    # Set in a config file, an axis of another framework's name was ignored: a data-parallel run, exit 0.
+    with pytest.raises(ValueError, match=r"^mesh.model: no such mesh axis \(the axes are data, fsdp, tensor;"):
+        sharding.mesh_shape(ml_collections.ConfigDict({"data": -1, "model": 2}), 8)
 
 
 def test_global_batch_is_split_over_data_and_fsdp(breakout_windows):

@@ -487,6 +487,12 @@ def test_checkpoints_of_another_recipe_are_refused_in_one_line(config_path, unin
         loop.train(config, workdir, recipe=Renamed(config))
     assert (workdir / loop.CONFIG_FILE).read_text() == run_config  # the run's config is left as it was
     assert sorted(workdir.rglob("*")) == files  # and nothing else is written
+    # Fine-tuning from it said only that parameters were missing (another recipe's names them otherwise).
+    config.train.init_from = str(workdir)
+    with pytest.raises(checkpointing.CheckpointError, match=rf"^{workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)}: "
+                                                            rf"a checkpoint of the '{recipe.name}' recipe, not 'renamed'$"):
+        loop.train(config, tmp_path / "fine_tuned", recipe=Renamed(config))
+    assert not (tmp_path / "fine_tuned").exists()
 
 
 def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(config_path, uninterrupted_run, tmp_path):
@@ -590,7 +596,10 @@ def test_cli_reports_a_bad_config_file_override_or_workdir_in_one_line(tmp_path)
         (["--config", "experiments/nosuch.py", "--config.train.num_steps=3", "--workdir", str(tmp_path / "run")],
          "--config experiments/nosuch.py: no such file"),  # with an override: was two tracebacks
         (["--config", str(config_path), "--config.train.num_stepz=3", "--workdir", str(tmp_path / "run")],
-         """a --config override names no field of the config ('num_stepz' Did you mean "num_steps" instead of "num_stepz"?)"""),
+         """--config.train.num_stepz names no field of the config ('num_stepz' Did you mean "num_steps" instead of "num_stepz"?)"""),
+        # ml_collections names the last part alone: 'model', which the config also has (config.model).
+        (["--config", str(config_path), "--config.mesh.model=2", "--workdir", str(tmp_path / "run")],
+         "--config.mesh.model names no field of the config ('model')"),
         (["--config", str(config_path), "--workdir", str(a_file)], f"{a_file}: is a file, not a run folder"),
         # absl's own report of these was two lines under "FATAL Flags parsing error".
         (["--config", str(config_path), "--config.train.batch_size=abc", "--workdir", str(tmp_path / "run")],

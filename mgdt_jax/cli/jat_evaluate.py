@@ -61,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, ref in refs.items():
                 references.check_versions(ref)
             model, config, step = evaluate.load_model(args.workdir, args.step)
-            trained = {Path(str(task.get("path", "") if isinstance(task, dict) else task)).name  # the task folders
-                       for task in config.get("data", {}).get("tasks", ())}
+            trained = _trained_tasks(config)
             if untrained := [name for name in task_names if name not in trained]:
                 print(f"mgdt-jat-eval: {', '.join(untrained)}: not among the run's training tasks "
                       f"({', '.join(sorted(trained)) or 'none recorded'}): scored zero-shot", file=sys.stderr)
@@ -80,6 +79,21 @@ def main(argv: list[str] | None = None) -> int:
     line = ", ".join(f"{name} IQM {i.value:.3f} [{i.low:.3f}, {i.high:.3f}]" for name, i in aggregates.items())
     print(f"step {step}, {len(results)} task(s) x {args.episodes} episodes: {line}; report in {args.out}")
     return 0
+
+
+def _trained_tasks(config: dict) -> set[str]:
+    """The task names of a run config's ``data.tasks``: each dataset's ``spec.task``, or the name of
+    its folder where the dataset cannot be read now (moved, or a path relative to another folder)."""
+    from mgdt_jax.recipes.jat.fields import DatasetError, read_spec
+
+    names = set()
+    for task in config.get("data", {}).get("tasks", ()):
+        path = Path(str(task.get("path", "") if isinstance(task, dict) else task))
+        try:
+            names.add(read_spec(path).task)
+        except DatasetError:
+            names.add(path.name)
+    return names
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import runpy
 import signal
 import sys
 import traceback
+from typing import Any
 from pathlib import Path
 
 import jax
@@ -136,13 +137,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
         elif not any(argument.startswith("--config.") for argument in argv):  # raised by the file's own code
             print(f"mgdt-train: error: --config {_config_argument(argv)}: get_config() failed: {type(error).__name__}: "
                   f"{' '.join(text.split())}", file=sys.stderr)
-        elif (returned := _returned_type(_config_argument(argv))) not in (None, "ConfigDict"):
+        elif (returned := type(loaded := _config_object(_config_argument(argv))).__name__) not in ("NoneType", "ConfigDict"):
             # An override of a config that is no ConfigDict fails as a field it cannot find.
             print(f"mgdt-train: error: --config {_config_argument(argv)}: get_config() returned a {returned}, not an "
                   "ml_collections ConfigDict", file=sys.stderr)
-        else:
-            print(f"mgdt-train: error: a --config override names no field of the config ({' '.join(text.split())})",
-                  file=sys.stderr)
+        else:  # ml_collections names the last part only: 'model' of --config.mesh.model, a field of the config too
+            missing = _unknown_override(loaded, argv) if loaded is not None else None
+            print(f"mgdt-train: error: {f'--config.{missing}' if missing else 'a --config override'} names no field "
+                  f"of the config ({' '.join(text.split())})", file=sys.stderr)
         sys.exit(1)
     except Exception as error:  # noqa: BLE001 (the config file is the user's code: a NameError, a JSON file run as Python)
         frames = [f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}'
@@ -157,11 +159,25 @@ def _config_path(config_argument: str) -> str:
     return config_argument.split(":", 1)[0]
 
 
-def _returned_type(config_argument: str) -> str | None:
-    """The type name of what FILE[:ARGUMENT]'s get_config returns; None if it cannot be run."""
+def _config_object(config_argument: str) -> Any:
+    """What FILE[:ARGUMENT]'s get_config returns (run again, on this error path only); None if it
+    cannot be run."""
     argument = config_argument.split(":", 1)[1:]
     with contextlib.suppress(Exception):
-        return type(runpy.run_path(_config_path(config_argument))["get_config"](*argument)).__name__
+        return runpy.run_path(_config_path(config_argument))["get_config"](*argument)
+    return None
+
+
+def _unknown_override(config: Any, argv: list[str]) -> str | None:
+    """The dotted name of the first ``--config.NAME=VALUE`` in ``argv`` that names no field of ``config``."""
+    for argument in argv:
+        if argument.startswith("--config."):
+            name, node = argument.removeprefix("--config.").split("=", 1)[0], config
+            for part in name.split("."):
+                try:
+                    node = node[part]
+                except (KeyError, TypeError, AttributeError, IndexError):
+                    return name
     return None
 
 

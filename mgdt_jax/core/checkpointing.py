@@ -444,13 +444,21 @@ class Checkpointer:
         except Exception as error:  # noqa: BLE001  (whatever the storage layer raised; the cause is kept in the line)
             step, self._unsealed = self._unsealed, None
             kept = choose_checkpoint(self.directory, items=TRAINING_ITEMS).step
-            cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            # TensorStore appends its whole JSON spec (~1,900 characters) to the OS's reason
+            cause = (str(error).strip().splitlines() or [type(error).__name__])[0].split(" [tensorstore_spec=")[0]
             raise CheckpointError(
                 f"{self.directory / str(step) if step is not None else self.directory}: saving the checkpoint failed "
                 f"({type(error).__name__}: {cause}); "
                 + (f"the last complete checkpoint is step {kept}" if kept is not None else "no checkpoint is complete")
             ) from None
         self._seal_finished()
+
+    def save_ended(self) -> bool:
+        """Whether the last asynchronous save has ended, unsealed: then ``wait_until_finished`` seals it
+        or raises its failure (a full disk) at once. The loop asks after every step, so a failed save
+        stops the run at the step after it failed, not at the next save, ``checkpoint_every`` steps
+        that could not be saved later. False on several hosts (the next save finds the failure there)."""
+        return self._unsealed is not None and jax.process_count() == 1 and not self._manager.is_saving_in_progress()
 
     def close(self) -> None:
         self.wait_until_finished()

@@ -62,7 +62,7 @@ class DataStreamError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class LoopConfig(TrainConfig):
     """The ``train`` section as the loop reads it: a config may leave out any field (these defaults;
-    a section's other fields are the recipe's, e.g. the MGDT's ``eval_games``)."""
+    a section's other fields are the recipe's, e.g. the MGDT's ``eval_games``; ``near_misses``)."""
 
     seed: int = 0  # parameter initialisation and dropout
     log_every: int = 100
@@ -72,17 +72,17 @@ class LoopConfig(TrainConfig):
     init_from: str = ""  # a run or step folder whose parameters start a new run (fine-tuning)
 
 
-def read_train_section(config: Any) -> LoopConfig:
-    """``config.train`` as a ``LoopConfig``. ValueError (one line) for a field whose name is a
-    near miss of one the loop reads and left out (``chekpoint_every``), which would otherwise run
-    with the default in silence."""
+def near_misses(config: Any) -> list[str]:
+    """Warning lines for the ``train`` fields named like one the loop reads that the section leaves
+    out (``chekpoint_every``): a typo there runs with the default in silence. Warnings, not errors:
+    the section's other fields are the recipe's, and one may be named so on purpose."""
     given = section(config, "train", {})
     names = set(given.keys()) if hasattr(given, "keys") else set()  # a ConfigDict or a dict
-    known = {field.name for field in dataclasses.fields(LoopConfig)}
-    for name in sorted(names - known):
-        if close := difflib.get_close_matches(name, sorted(known - names), n=1, cutoff=0.8):
-            raise ValueError(f"config.train.{name}: no field the loop reads (did you mean {close[0]}?)")
-    return read_section(LoopConfig, given)
+    defaults = {field.name: field.default for field in dataclasses.fields(LoopConfig)}
+    return [f"warning: config.train.{name} is no field the loop reads; did you mean {close[0]}? (it is not set: "
+            f"{defaults[close[0]]!r} is used)"
+            for name in sorted(names - set(defaults))
+            if (close := difflib.get_close_matches(name, sorted(set(defaults) - names), n=1, cutoff=0.85))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,8 +157,10 @@ def _train(
     config: Any, workdir: Path, recipe: Recipe | None, evaluate: Evaluator | None, progress: dict[str, bool],
     claim: contextlib.ExitStack,
 ) -> TrainResult:
-    train_config = read_train_section(config)
+    train_config = read_section(LoopConfig, section(config, "train", {}))
     primary = jax.process_index() == 0
+    for line in near_misses(config) if primary else ():
+        print(line, flush=True)
     # A host's own data or folder may be bad where the others' are not: all stop here together.
     with sharding.every_process_or_none():
         _check_counts(train_config)
@@ -180,10 +182,11 @@ def _train(
     # --- Mesh and train step -------------------------------------------------------------------
     mesh = sharding.make_mesh(section(config, "mesh", {}))
     trainer = Trainer(config, mesh, recipe)
-    if primary and not trainer.shards_parameters and (splits := {axis: mesh.shape[axis] for axis in ("fsdp", "tensor")
-                                                      if mesh.shape[axis] > 1}):
-        print(f"warning: mesh {splits} shards no parameter: the model's parameters name no logical axis "
-              "(mgdt_jax.core.transformer.sharded), so every device holds them all", flush=True)
+    if primary and (idle := {axis: mesh.shape[axis] for axis in ("fsdp", "tensor")
+                             if mesh.shape[axis] > 1 and axis not in trainer.parameter_axes}):
+        print(f"warning: mesh {idle} splits no parameter: no parameter names a logical axis mapped there "
+              f"(sharding.LOGICAL_AXIS_RULES; mgdt_jax.core.transformer.sharded), so those devices hold the same "
+              "parameters", flush=True)
 
     writer = MetricWriter(workdir, enabled=primary)
     checkpointer = checkpointing.Checkpointer(
@@ -216,7 +219,8 @@ def _train(
             state = trainer.init(train_config.seed)
             writer.start_over()
             if train_config.init_from:
-                params = checkpointing.load_params(train_config.init_from, target=trainer.abstract_state.params)
+                params = checkpointing.load_checkpoint(train_config.init_from, target=trainer.abstract_state.params,
+                                                       recipe=recipe.name)[0]  # another recipe's: named as such
                 state = state.replace(params=params)
                 writer.print(f"initialised the parameters from {train_config.init_from}")
         if primary:
@@ -291,6 +295,9 @@ def _train(
                 if last_step == first_step + 1:
                     jax.block_until_ready(metrics)
                     throughput.start(last_step)  # compilation and the first step are not timed
+                if checkpointer.save_ended():
+                    with throughput.paused():  # sealing reads the checkpoint's files
+                        checkpointer.wait_until_finished()
                 preempted = preemption.reached(last_step)
                 due = checkpointer.should_save(last_step) or preempted or last_step == steps[-1]
                 if last_step % train_config.log_every == 0 or due:

@@ -125,10 +125,11 @@ class MetricWriter:
         is strict JSON). ValueError naming the value for one that is not a number (an array of
         several elements: an evaluator's vector); OSError naming the workdir when the files cannot
         be written (a full disk's error from a flush names no file)."""
+        checked = {name: _scalar(name, value, step) for name, value in scalars.items()}  # on every host: all stop
         if not self.enabled:
             return
         with self._naming_the_workdir():
-            self._write(step, {name: _scalar(name, value, step) for name, value in scalars.items()})
+            self._write(step, checked)
 
     @contextlib.contextmanager
     def _naming_the_workdir(self) -> Iterator[None]:

@@ -119,7 +119,15 @@ class MeshConfig:
 
 
 def mesh_shape(mesh_config: Any, num_devices: int) -> tuple[int, int, int]:
-    """Resolves ``(data, fsdp, tensor)`` sizes from a config where at most one size is -1 (= the rest)."""
+    """Resolves ``(data, fsdp, tensor)`` sizes from a config where at most one size is -1 (= the rest).
+
+    ValueError (one line) for a field that names no mesh axis (``mesh.model``: set in a config file,
+    it was ignored, and the run silently data-parallel), a size no mesh can have, or sizes that do not
+    use every device.
+    """
+    if unknown := sorted(set(mesh_config.keys() if hasattr(mesh_config, "keys") else ()) - set(MESH_AXES)):
+        raise ValueError(f"mesh.{unknown[0]}: no such mesh axis (the axes are {', '.join(MESH_AXES)}; a model is split "
+                         "over tensor, its parameters and optimizer state over fsdp)")
     config = read_section(MeshConfig, mesh_config)
     sizes = [int(getattr(config, axis)) for axis in MESH_AXES]
     if sizes.count(-1) > 1:

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh
 
 from mgdt_jax.core import host_memory, sharding
 from mgdt_jax.core.config_sections import read_section, section
@@ -94,8 +94,10 @@ class Trainer:
         abstract_model = nnx.eval_shape(lambda: self._model(jax.random.key(0)))
         self.graphdef, abstract_params = nnx.split(abstract_model)
         params_sharding = sharding.variable_shardings(abstract_params, mesh)
-        # False where every parameter is replicated: a model that names no axis, under fsdp or tensor
-        self.shards_parameters = any(leaf.spec != PartitionSpec() for leaf in jax.tree.leaves(params_sharding))
+        # The mesh axes some parameter is split over: fsdp or tensor of size > 1 missing here splits nothing
+        self.parameter_axes = frozenset(axis for leaf in jax.tree.leaves(params_sharding) for entry in leaf.spec
+                                        for axis in ((entry,) if isinstance(entry, str) else entry or ())
+                                        if mesh.shape[axis] > 1)
         abstract_state = jax.eval_shape(self._init_state, jnp.int32(0))
         replicated = sharding.replicated(mesh)
         self.state_sharding = TrainState(
@@ -179,7 +181,7 @@ class Trainer:
         default eager sharding: the trainer places the parameters on the mesh itself)."""
         try:
             return self.recipe.model(nnx.Rngs(params=params_key))
-        except KeyError as error:
+        except (KeyError, AttributeError) as error:  # rngs["dropout"], rngs.dropout() (nnx.MultiHeadAttention's)
             if "RngStream" not in str(error):
                 raise
             raise ValueError(f"recipe {self.recipe.name}: its model asks for an RNG stream other than params when "
