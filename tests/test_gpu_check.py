@@ -296,7 +296,7 @@ def test_the_peer_runs_in_bfloat16_only_through_the_gpu_hook():
         peer_command("python3", script, on_gpu=True, precision="float16")
 
 
-def test_a_ctrl_c_stops_the_running_section_keeping_its_figures(tmp_path, monkeypatch):
+def test_a_ctrl_c_stops_the_running_section_keeping_its_figures(tmp_path, monkeypatch, request):
     import signal
     import threading
 
@@ -309,6 +309,8 @@ def test_a_ctrl_c_stops_the_running_section_keeping_its_figures(tmp_path, monkey
         "time.sleep(60)\n"
     )
     monkeypatch.setattr(gpu_check, "SECTIONS_SCRIPT", script)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # pytest-xdist's workers ignore SIGINT
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT)).start()
     threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT)).start()  # a second one, while it ignores SIGTERM
     result = gpu_check.run_section(gpu_check.Section("slow", "a goal", 30), 30, dry_run=True, scratch=tmp_path)
