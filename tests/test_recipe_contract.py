@@ -8,6 +8,7 @@ import errno
 import itertools
 import re
 import shutil
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -407,3 +408,34 @@ def test_a_resumed_run_removes_the_temporary_folder_of_a_save_cut_short(tmp_path
     config = toy_config(num_steps=4, checkpoint_every=2)
     assert loop.train(config, tmp_path / "run", recipe=ToyRecipe(config)).last_checkpoint == 4
     assert sorted(path.name for path in (tmp_path / "run" / checkpointing.CHECKPOINTS).iterdir()) == ["2", "4"]
+
+
+def test_a_sigterm_during_start_up_ends_mgdt_train_in_one_line_leaving_no_run_folder(tmp_path):
+    # Python's default action ended it silently (143) and left the new folder with a stale claim.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "reading"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "slow.py").write_text(
+        "import pathlib, time\nfrom tests.toy_recipe import ToyRecipe, get_config as toy_config\n\n"
+        "class Slow(ToyRecipe):\n    name = 'mine.slow'\n\n    def training_data(self, **hosts):\n"
+        f"        pathlib.Path({str(marker)!r}).touch()\n        time.sleep(60)\n\nRECIPE = Slow\n\n"
+        "def get_config():\n    config = toy_config()\n    config.recipe = 'mine.slow'\n    return config\n")
+    repository = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mgdt_jax.cli.train", "--config", str(tmp_path / "mine" / "slow.py"),
+         "--workdir", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(repository)])})
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert stderr.strip().splitlines()[-1] == "mgdt-train: terminated (SIGTERM) before the first step; nothing was saved"
+    assert "Traceback" not in stderr and not (tmp_path / "run").exists()

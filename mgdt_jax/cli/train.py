@@ -54,8 +54,14 @@ def _train(argv: list[str]) -> int:
         print(f"mgdt-train: error: --config {config_file}: get_config() returned a {type(config).__name__}, not an "
               "ml_collections ConfigDict", file=sys.stderr)
         return 1
+    # Until the loop takes SIGTERM over (its preemption save), a notice ends the start-up cleanly: the
+    # loop removes a workdir it created and its claim, where Python's default action left both.
+    previous = signal.signal(signal.SIGTERM, _terminate) if jax.process_count() == 1 else None
     try:
         result = loop.train(config, _WORKDIR.value)
+    except _Terminated:
+        print("mgdt-train: terminated (SIGTERM) before the first step; nothing was saved", file=sys.stderr)
+        return PREEMPTED
     except (CheckpointError, loop.TrainingDiverged, ValueError, OSError) as error:  # bad data is a ValueError
         # First line only: JAX appends its traceback-filtering notice to an error raised while tracing.
         print(f"mgdt-train: error: {(str(error).splitlines() or [type(error).__name__])[0]}", file=sys.stderr)
@@ -73,6 +79,9 @@ def _train(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     checkpoint = "none" if result.last_checkpoint is None else f"latest step {result.last_checkpoint}"
     stopped = f"{result.stopped_by} at" if result.stopped_by else "reached"
     print(
@@ -85,6 +94,14 @@ def _train(argv: list[str]) -> int:
     if result.stopped_by == "preempted":
         return PREEMPTED  # saved, not finished: a following command must not take the run as done
     return 0
+
+
+class _Terminated(BaseException):  # not an Exception: no handler of the start-up may take it for a fault
+    """SIGTERM during mgdt-train's start-up (``_terminate``)."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
