@@ -232,15 +232,17 @@ def test_a_checkpoint_save_that_fails_in_the_background_is_one_line_naming_the_i
         if saves and saves[-1] == 4:  # step 4's write "failed": no step folder, a status error
             saves.append(None)
             shutil.rmtree(self.directory / "4")
-            raise ValueError("RESOURCE_EXHAUSTED: Error writing \"params\": No space left on device "
+            raise ValueError("RESOURCE_EXHAUSTED: Error writing \"params.w/0\" in OCDBT database at local file "
+                             "\"/c/4.orbax-checkpoint-tmp/\": Failed writing: \"/c/d/c846\": Failed to write 1383687 "
+                             "bytes to file 11: No space left on device [os_error_code='28'] "
                              "[tensorstore_spec='{\"context\":{\"cache_pool\":{}}}']\n  (more lines)")
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", recording_save)
     monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", failing_wait)
     monkeypatch.setattr(ocp.CheckpointManager, "is_saving_in_progress", lambda self: False)  # step 4's save ended
     workdir = tmp_path / "run"
-    fault = (f"{workdir / 'checkpoints' / '4'}: saving the checkpoint failed (ValueError: RESOURCE_EXHAUSTED: Error "
-             "writing \"params\": No space left on device); the last complete checkpoint is step 2")
+    fault = (f"{workdir / 'checkpoints' / '4'}: saving the checkpoint failed (ValueError: RESOURCE_EXHAUSTED: No space "
+             "left on device (errno 28)); the last complete checkpoint is step 2")
     with pytest.raises(checkpointing.CheckpointError, match=f"^{re.escape(fault)}$"):
         loop.train(toy_config(checkpoint_every=2, log_every=1), workdir)
     # Found after the next step, not at the next save (step 6): up to checkpoint_every steps later.

@@ -44,6 +44,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -339,6 +340,16 @@ def _tidy_directory(directory: Path, choice: CheckpointChoice) -> None:
                     seal(directory / str(step))
 
 
+def _storage_fault(line: str) -> str:
+    """The first line of a storage error, short: TensorStore's (~2,000 characters) holds its status,
+    the files it was writing, the OS's reason with ``[os_error_code='28']`` and its whole JSON spec;
+    of those, the status and the OS's reason (``RESOURCE_EXHAUSTED: No space left on device (errno 28)``)."""
+    line = line.split(" [tensorstore_spec=")[0]
+    if os_error := re.search(r"([^:\"]+?) \[os_error_code='(\d+)'\]", line):
+        return f"{line.split(':', 1)[0]}: {os_error.group(1).strip()} (errno {os_error.group(2)})"
+    return line
+
+
 class Checkpointer:
     """The checkpoints of one run, saved asynchronously, the newest ``keep`` kept, each sealed once finished.
 
@@ -444,8 +455,7 @@ class Checkpointer:
         except Exception as error:  # noqa: BLE001  (whatever the storage layer raised; the cause is kept in the line)
             step, self._unsealed = self._unsealed, None
             kept = choose_checkpoint(self.directory, items=TRAINING_ITEMS).step
-            # TensorStore appends its whole JSON spec (~1,900 characters) to the OS's reason
-            cause = (str(error).strip().splitlines() or [type(error).__name__])[0].split(" [tensorstore_spec=")[0]
+            cause = _storage_fault((str(error).strip().splitlines() or [type(error).__name__])[0])
             raise CheckpointError(
                 f"{self.directory / str(step) if step is not None else self.directory}: saving the checkpoint failed "
                 f"({type(error).__name__}: {cause}); "
