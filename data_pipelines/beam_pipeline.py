@@ -33,6 +33,15 @@ def _convert_and_log(task_fields: dict, out_dir: str, max_episode_steps: int) ->
     return report
 
 
+def runner_name(runner: str) -> str:
+    """Beam's own spelling of a runner Beam finds by another (``directrunner``, ``direct``), so that
+    what this module does for the DirectRunner applies to it (unknown names are left to ``check_runner``)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    spellings = {name.lower(): name for name in StandardOptions.KNOWN_RUNNER_NAMES}
+    return spellings.get(runner.lower(), spellings.get(runner.lower() + "runner", runner))
+
+
 def check_runner(runner: str, beam_options: list[str] = ()) -> None:
     """Fails before anything is written when Beam does not know the runner, cannot run it from this
     install, or rejects the options (what Beam would otherwise raise, with a traceback, on start)."""
@@ -133,9 +142,10 @@ def pipeline_options(runner: str, beam_options: list[str]):
         return any(option.startswith(flag) for option in beam_options)
 
     flags = [f"--runner={runner}"]
-    if runner == "DirectRunner" and not given("--direct_running_mode"):
-        flags += ["--direct_running_mode=multi_processing"]
-        if not given("--direct_num_workers"):
+    if runner == "DirectRunner":
+        if not given("--direct_running_mode"):
+            flags += ["--direct_running_mode=multi_processing"]
+        if not given("--direct_num_workers"):  # also with a mode given: Beam's default is one worker
             flags += [f"--direct_num_workers={os.cpu_count() or 1}"]
     if not given("--default_sdk_harness_log_level"):
         flags += ["--default_sdk_harness_log_level=WARNING"]

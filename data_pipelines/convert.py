@@ -134,6 +134,7 @@ def convert(logs_dir: Path, out_dir: Path, max_episode_steps: int = replay_logs.
     if runner != "local":
         from data_pipelines import beam_pipeline
 
+        runner = beam_pipeline.runner_name(runner)
         beam_pipeline.check_runner(runner, beam_options)
     with files.removing_created_folders(out_dir):  # folders made for --out go again if it ends with nothing in them
         started_here = prepare_output(out_dir, tasks, max_episode_steps)

@@ -341,6 +341,22 @@ def test_options_that_reach_the_runner_are_not_refused():
     beam_pipeline.check_runner("PortableRunner", ["--job_endpoint", "localhost:8099", "--my_option", "on"])  # not Beam's
 
 
+def test_the_direct_runner_is_found_by_any_spelling_and_gets_a_worker_per_core():
+    import os
+
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    from data_pipelines import beam_pipeline
+
+    # "directrunner" ran Beam's own DirectRunner, in one process, with options unchecked.
+    assert [beam_pipeline.runner_name(name) for name in ("directrunner", "direct", "FlinkRunner", "SparkRunnr")] == [
+        "DirectRunner", "DirectRunner", "FlinkRunner", "SparkRunnr"]
+    # With a running mode given, Beam's default was one worker, where the docs say one per core.
+    options = beam_pipeline.pipeline_options("DirectRunner", ["--direct_running_mode=multi_threading"])
+    assert options.view_as(DirectOptions).direct_num_workers == (os.cpu_count() or 1)
+    assert options.view_as(DirectOptions).direct_running_mode == "multi_threading"
+
+
 def test_beam_options_without_a_beam_runner_are_refused(logs, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         convert.main(["--logs", str(logs), "--out", str(tmp_path / "data"), "--beam-option=--direct_num_workers=2"])
@@ -364,6 +380,21 @@ def test_a_shard_replaced_by_one_of_another_length_is_named_by_mgdt_index(rlds_d
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"mgdt-index: error: {shards[full]}: holds 0 episodes where dataset_info.json counts {max(lengths)}: replaced or "
         "damaged; convert the logs again")
+
+
+@pytest.mark.parametrize("size", [0, 100_000])
+def test_a_shard_cut_short_is_named_by_mgdt_index(rlds_dataset_dir, tmp_path, capsys, size):
+    # array_record raised a bare RuntimeError (a traceback) on opening an empty file or closing a cut one.
+    data = tmp_path / "data"
+    shutil.copytree(rlds_dataset_dir, data)
+    shutil.rmtree(step_store.index_dir(data))
+    lengths = [part.episodes for part in step_store.open_index(rlds_dataset_dir).parts]
+    shard = sorted(data.glob("*.array_record-*"))[lengths.index(max(lengths))]
+    with open(shard, "r+b") as file:
+        file.truncate(min(size, shard.stat().st_size // 2))
+    assert build_index.main([str(data), "--no-progress", "--workers", "1"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"mgdt-index: error: {shard}: not a readable array_record shard (damaged or replaced); convert the logs again")
 
 
 @pytest.mark.parametrize("info", ["", "{cut", '{"name": 5}'])

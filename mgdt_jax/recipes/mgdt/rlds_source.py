@@ -19,6 +19,7 @@ Training does not read episodes: it reads windows from the window index built fr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -217,9 +218,14 @@ def find_datasets(sources: Sequence[str | os.PathLike]) -> list[RldsDataset]:
 
 def shard_num_records(path: str | os.PathLike) -> int | None:
     """The records (episodes) of an array_record shard; None where array_record cannot read it
-    (missing, damaged, another format: its reader then reports 0 records rather than raising)."""
-    reader = ArrayRecordReader(str(path))
+    (missing, damaged, another format: its reader then reports 0 records, or raises a bare
+    RuntimeError, on opening or on closing a file cut short)."""
+    try:
+        reader = ArrayRecordReader(str(path))
+    except RuntimeError:  # "should be at least 64KB big": an empty or truncated copy
+        return None
     try:
         return reader.num_records() if reader.ok() else None
     finally:
-        reader.close()
+        with contextlib.suppress(RuntimeError):  # "chunk header hash mismatch": a file cut short
+            reader.close()
