@@ -414,6 +414,13 @@ def test_bad_sources_fail_with_a_clear_message(index, tmp_path, capsys):
         TrainingData([index], global_batch_size=8, num_steps=STEPS, seed=0, game_weights={"Qbert": 1.0})
     with pytest.raises(DataError, match="not Game=weight"):
         parse_game_weights("Pong:2")
+    # Each was a traceback or a line naming no field ("cannot convert float NaN to integer"), or silent (twice).
+    for weights, fault in (("Pong=inf", "must be finite and >= 0"), ("Pong=1e300,Breakout=1e-300", "more than 1e+06 times"),
+                           ("Pong=1,Pong=3", "Pong is given twice")):
+        with pytest.raises(DataError, match=re.escape(fault)):
+            TrainingData([index], global_batch_size=8, num_steps=STEPS, seed=0, game_weights=weights)
+    with pytest.raises(DataError, match=r"^data.seed -1: must be a whole number >= 0$"):
+        TrainingData([index], global_batch_size=8, num_steps=STEPS, seed=-1)
     with pytest.raises(DataError, match="does not split evenly over 3 host"):
         TrainingData([index], global_batch_size=8, num_steps=STEPS, seed=0, process_count=3)
     assert build_index.main([str(tmp_path / "missing"), "--no-progress"]) == 1

@@ -21,6 +21,7 @@ a few integers per shard of the sources (nothing per episode or step) plus the p
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import zlib
@@ -36,6 +37,9 @@ from mgdt_jax.recipes.mgdt.step_store import Part, StepReader, WindowIndex, open
 SAMPLING = "window end uniform over each game's steps"  # recorded in stream_identity
 
 _MIN_PROPORTION = 100  # weights become integer proportions, the smallest scaled to this
+# Largest / smallest game weight: the proportions then sum to ~1e8, and position x sum stays in int64
+# for 2e10 positions (the paper's 10M steps of 2,048 windows)
+MAX_WEIGHT_RATIO = 1e6
 
 
 def mix_games(positions: np.ndarray, proportions: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -125,6 +129,8 @@ class TrainingData:
     ):
         if global_batch_size < 1 or global_batch_size % process_count:
             raise DataError(f"global batch {global_batch_size} does not split evenly over {process_count} host(s)")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:  # NumPy's line named no field
+            raise DataError(f"data.seed {seed!r}: must be a whole number >= 0")
         if num_threads < 0 or num_workers < 0:  # named here: Grain's own error named num_threads for either
             raise DataError(f"data.num_threads {num_threads} and data.num_workers {num_workers} must be >= 0")
         self.global_batch_size = global_batch_size
@@ -184,6 +190,10 @@ def prefetch(batch: Callable[[int], dict[str, np.ndarray]], start_step: int, num
     read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * max(num_threads, 1))
     stream = batches.to_iter_dataset(read_options)
     if num_workers:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags: from a plain script, unparsed
+            flags.FLAGS.mark_as_parsed()
         stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2),
                                     worker_init_fn=_leave_ctrl_c_to_the_trainer)
     return iter(stream)
@@ -234,9 +244,12 @@ def parse_game_weights(text: str) -> dict[str, float]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         game, _, weight = item.partition("=")
         try:
-            weights[game.strip()] = float(weight)
+            value = float(weight)
         except ValueError:
             raise DataError(f"game_weights: {item!r} is not Game=weight (e.g. 'Pong=2,Breakout=1')") from None
+        if game.strip() in weights:  # the later one silently won
+            raise DataError(f"game_weights: {game.strip()} is given twice in {text!r}")
+        weights[game.strip()] = value
     return weights
 
 
@@ -249,10 +262,14 @@ def _resolve_weights(games: Sequence[str], weights: Mapping[str, float] | str | 
     unknown = sorted(set(weights) - set(games))
     if unknown:
         raise DataError(f"game_weights names {unknown}, which no data source holds (found {list(games)})")
-    bad = {game: weight for game, weight in weights.items() if not weight >= 0}
+    bad = {game: weight for game, weight in weights.items() if not 0 <= weight < math.inf}
     if bad or not any(weights.values()):
-        raise DataError(f"game_weights must be >= 0 with at least one > 0, got {dict(weights)}")
-    return {game: float(weights[game]) for game in games if weights.get(game, 0) > 0}
+        raise DataError(f"game_weights must be finite and >= 0 with at least one > 0, got {dict(weights)}")
+    used = {game: float(weights[game]) for game in games if weights.get(game, 0) > 0}
+    if max(used.values()) / min(used.values()) > MAX_WEIGHT_RATIO:  # each game's share is a whole count per cycle
+        raise DataError(f"game_weights {dict(weights)}: the largest is more than {MAX_WEIGHT_RATIO:.0e} times the "
+                        "smallest; give the smallest game weight 0 instead")
+    return used
 
 
 def _game_seed(seed: int, game: str) -> int:
