@@ -145,6 +145,10 @@ def convert(logs_dir: Path, out_dir: Path, max_episode_steps: int = replay_logs.
                 else:
                     reports = beam_pipeline.convert_with_beam(tasks, out_dir, max_episode_steps, on_bad_checkpoint,
                                                               runner, beam_options)
+                for report in reports:  # the report file holds them too, but a folder of nothing is removed
+                    if report["status"] == "skipped":
+                        print(f"warning: {report['game']} run {report['run']} checkpoint {report['checkpoint']} skipped "
+                              f"(--on-bad-checkpoint skip): {report['error']}", file=sys.stderr, flush=True)
                 summary = finalize(out_dir, tasks, reports)
             except NoEpisodesError:
                 if started_here:  # everything in out_dir is this job's: shards of nothing would look resumable

@@ -208,8 +208,10 @@ def test_a_second_conversion_into_the_same_out_at_once_is_refused(logs, rlds_dat
 def test_skip_records_bad_checkpoints(logs, tmp_path, capsys):
     corrupt = replay_logs.log_file(logs / "Breakout" / "1" / "replay_logs", "$store$_observation", 0)
     corrupt.write_bytes(corrupt.read_bytes()[:3000])
-    code, summary, _ = _run(capsys, "--logs", logs, "--out", tmp_path / "data", "--on-bad-checkpoint", "skip")
+    code, summary, err = _run(capsys, "--logs", logs, "--out", tmp_path / "data", "--on-bad-checkpoint", "skip")
     assert code == 0 and "1 skipped checkpoints" in summary
+    # Named on the console too: the summary said only how many (and a folder of nothing is removed).
+    assert f"warning: Breakout run 1 checkpoint 0 skipped (--on-bad-checkpoint skip): {corrupt}: " in err
     shards = json.loads((tmp_path / "data" / convert.REPORT_FILE).read_text())["shards"]
     skipped = [s for s in shards if s["status"] == "skipped"]
     assert [(s["game"], s["checkpoint"]) for s in skipped] == [("Breakout", 0)]
