@@ -107,12 +107,21 @@ def shard_report(out_dir: Path, task: ShardTask) -> dict | None:
     return report if isinstance(report, dict) and "status" in report else None
 
 
+def log_bytes(task: ShardTask) -> list[int]:
+    """The byte sizes of the files of the task's checkpoint and of the next one (where its last
+    episode ends), in name order: another recording of the same game, run and checkpoint differs."""
+    return [path.stat().st_size for checkpoint in (task.checkpoint, task.checkpoint + 1)
+            for path in sorted(Path(task.log_dir).glob(f"*_ckpt.{checkpoint}.gz"))]
+
+
 def completed_shard(out_dir: Path, task: ShardTask) -> dict | None:
-    """The report of a shard an earlier run converted, if its file is still there unchanged."""
+    """The report of a shard an earlier run converted, if its file is still there unchanged and was
+    made from logs of the same sizes (a report of an earlier version, without them, is taken as is)."""
     report = shard_report(out_dir, task)
     path = shard_path(out_dir, task)
     if report is None or report["status"] != "converted" or not path.exists() \
-            or path.stat().st_size != report.get("num_bytes"):
+            or path.stat().st_size != report.get("num_bytes") \
+            or report.get("log_bytes", log_bytes(task)) != log_bytes(task):  # other logs: converted again
         return None
     return report
 
@@ -163,6 +172,7 @@ def convert_shard(task: ShardTask, out_dir: Path, max_episode_steps: int, on_bad
         "status": "converted" if error is None else "skipped", "error": error,
         **{k: v for k, v in dataclasses.asdict(counts).items() if k != "suffix"},
         "num_bytes": path.stat().st_size, "seconds": round(time.perf_counter() - started, 3),
+        "log_bytes": log_bytes(task),
     }
     files.write_json(_shard_report_path(out_dir, task), report)
     return report

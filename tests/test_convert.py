@@ -566,3 +566,20 @@ def test_from_tfds_indexes_each_dataset_as_it_is_converted(rlds_dataset_dir, tmp
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "out" / "a").glob("*.array_record-*")) == kept
     for name in ("a", "b"):
         assert (tmp_path / "out" / name / step_store.INDEX_DIR / step_store.MANIFEST).exists()
+
+
+def test_a_rerun_over_other_recordings_of_the_same_checkpoints_converts_them_again(tmp_path, capsys):
+    # The job named games, runs and checkpoints only: the earlier shards were kept, "converted", exit 0.
+    from data_pipelines import record
+
+    for seed, logs in ((0, "first"), (1, "second")):
+        record.record("Breakout", steps=600, out=tmp_path / logs, capacity=200, seed=seed, progress=False)
+    for logs, out in (("first", "data"), ("second", "data"), ("second", "fresh")):
+        assert _run(capsys, "--logs", tmp_path / logs, "--out", tmp_path / out)[0] == 0
+
+    def actions(data_dir):
+        return [[int(step["action"]) for step in episode["steps"]] for episode in _episodes(data_dir)]
+
+    assert actions(tmp_path / "data") == actions(tmp_path / "fresh") != []
+    reports = json.loads((tmp_path / "data" / convert.REPORT_FILE).read_text())["shards"]
+    assert not any(report.get("resumed") for report in reports)
