@@ -305,6 +305,9 @@ def test_batches_follow_the_contract_and_the_game_weights(index, reference_episo
     # The start line's episode count is of the games batches are drawn from.
     breakout_episodes = sum(ref["game"] == "Breakout" for ref in reference_episodes)
     assert (only_breakout.num_episodes, uniform.num_episodes) == (breakout_episodes, len(reference_episodes))
+    # What the sources hold per game, saved with checkpoints (data replaced under the same path warns on resume).
+    assert {game: episodes for game, (episodes, _) in only_breakout.content.items()} == {
+        "Breakout": breakout_episodes, "Pong": len(reference_episodes) - breakout_episodes}
 
 
 @pytest.mark.parametrize("weights", [[1.0, 1.0, 1.0], [3.0, 1.0], [1.5, 1.0, 0.25, 7.0]])

@@ -441,3 +441,25 @@ def test_a_sigterm_during_start_up_ends_mgdt_train_in_one_line_leaving_no_run_fo
     assert process.returncode == 128 + signal.SIGTERM
     assert stderr.strip().splitlines()[-1] == "mgdt-train: terminated (SIGTERM) before the first step; nothing was saved"
     assert "Traceback" not in stderr and not (tmp_path / "run").exists()
+
+
+def test_resuming_on_other_data_warns_and_a_key_the_checkpoint_lacks_is_no_change(tmp_path, capsys):
+    class Content(ToyRecipe):
+        """The toy recipe whose data identity gained a key (the MGDT's per-game content did)."""
+
+        def training_data(self, **hosts):
+            data = super().training_data(**hosts)
+            identity = data.identity()
+            data.identity = lambda: {**identity, "games": {"toy": [8, 64]}}
+            return data
+
+    config = toy_config(num_steps=2, checkpoint_every=2)
+    loop.train(config, tmp_path / "run", recipe=ToyRecipe(config))
+    config = toy_config(num_steps=4, checkpoint_every=2)
+    loop.train(config, tmp_path / "run", recipe=Content(config))  # saved before "games" existed
+    assert "data stream differs" not in capsys.readouterr().out
+    config = toy_config(num_steps=6, checkpoint_every=2)
+    config.data.seed = 1
+    loop.train(config, tmp_path / "run", recipe=Content(config))
+    assert ("warning: the data stream differs from the checkpoint's (saved -> now: seed 0 -> 1); the resumed run "
+            "will not see the batches an uninterrupted run would have") in capsys.readouterr().out

@@ -363,7 +363,8 @@ def _check_same_recipe(checkpointer: checkpointing.Checkpointer, step: int, name
 
 
 def _warn_if_data_changed(saved: Mapping[str, Any], current: Mapping[str, Any], writer: MetricWriter) -> None:
-    changed = {key: (saved.get(key), value) for key, value in current.items() if saved.get(key) != value}
+    # A key the checkpoint lacks was added to the identity after it was saved: not a change of the data.
+    changed = {key: (saved[key], value) for key, value in current.items() if key in saved and saved[key] != value}
     if changed:
         writer.print(
             "warning: the data stream differs from the checkpoint's (saved -> now: "

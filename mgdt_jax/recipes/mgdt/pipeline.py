@@ -146,6 +146,10 @@ class TrainingData:
                     parts_by_game.setdefault(part.game, []).append(part)
         if not parts_by_game:
             raise DataError(f"the data sources hold no steps: {[str(index.dataset_dir) for index in indexes]}")
+        # What the sources hold, per game: [episodes, steps] (saved with checkpoints: data changed
+        # under the same paths shows here)
+        self.content = {game: [sum(part.episodes for part in parts), sum(part.steps for part in parts)]
+                        for game, parts in sorted(parts_by_game.items())}
         self.game_weights = _resolve_weights(sorted(parts_by_game), game_weights)
         # the episodes batches are drawn from: the games of weight 0 are left out
         self.num_episodes = sum(part.episodes for game in self.game_weights for part in parts_by_game[game])
