@@ -282,6 +282,18 @@ def test_a_truncated_step_file_is_refused(rlds_dataset_dir, tmp_path):
         step_store.StepReader().read([part], [0], STEPS)
 
 
+def test_a_step_file_damaged_in_place_is_refused_naming_it(rlds_dataset_dir, tmp_path):
+    # Of the right size, it was read: zstandard's "Destination buffer is too small" as a Grain traceback.
+    copy = copy_dataset(rlds_dataset_dir, tmp_path / "dqn_replay")
+    part = next(part for part in step_store.open_index(copy).parts if part.steps)
+    with open(part.path, "r+b") as file:
+        file.seek(4)  # inside the first frame's zstd header
+        file.write(b"\xff\xff\xff\xff")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(part.path))}: a frame cannot be decompressed \(.*\): damaged; "
+                                        r"delete it and rebuild the window index with `mgdt-index`$"):
+        step_store.StepReader().read([part], [0], STEPS)
+
+
 def test_batches_follow_the_contract_and_the_game_weights(index, reference_episodes):
     game_of_frame = {frame_key(frame): ref["game"] for ref in reference_episodes for frame in ref["frames"]}
 

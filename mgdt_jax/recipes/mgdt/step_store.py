@@ -465,7 +465,11 @@ class StepReader:
             frames = memoryview(_read_exactly(file, part, records[-1][0] + records[-1][1] - start))
             slot = row * num_steps + num_steps - real
             for offset, size, return_to_go, reward, action, _ in records:
-                frame = decompress(frames[offset - start:offset - start + size])
+                try:
+                    frame = decompress(frames[offset - start:offset - start + size])
+                except zstandard.ZstdError as error:  # bytes changed in place: the file's size still matches
+                    raise DataError(f"{part.path}: a frame cannot be decompressed ({error}): damaged; delete it and "
+                                    f"rebuild the window index with `{REBUILD_COMMAND}`") from None
                 if len(frame) != FRAME_BYTES:
                     raise DataError(f"{part.path}: a frame of {len(frame)} bytes, not {FRAME_BYTES}; rebuild the "
                                     f"window index with `{REBUILD_COMMAND}`")
