@@ -67,12 +67,17 @@ def convert_to_array_record(source: Path, out: Path,
 
     Raises TfdsFormatError for a dataset that is not TFRecord (array_record already, or another
     format), unreadable metadata or shards, a shard with another number of records than its
-    metadata says, or an output directory that already holds another dataset. A dataset already
+    metadata says, or an output directory that already holds another dataset or lies inside one. A dataset already
     converted there by an earlier, interrupted run is kept as it is (and passed to ``on_converted``).
     """
     source, out = Path(source), Path(out)
     plan = [(version_dir, out / version_dir.relative_to(source)) for version_dir in find_version_dirs(source)]
     infos = [_read_info(version_dir) for version_dir, _ in plan]  # every input is checked before writing
+    targets = {out_dir for _, out_dir in plan}
+    for folder in (out, *out.parents):  # readers stop at the first dataset_info.json: one below it is never found
+        if folder not in targets and (folder / DATASET_INFO).is_file():
+            raise TfdsFormatError(f"{folder}: holds a dataset ({DATASET_INFO}), and datasets written below it would "
+                                  "not be found; choose another --out")
     done = []
     for info, (version_dir, out_dir) in zip(infos, plan):
         existing = out_dir / DATASET_INFO

@@ -521,12 +521,17 @@ def test_the_command_recommended_for_tfrecord_datasets_runs_and_gives_them_back(
         np.testing.assert_array_equal(got.frames(range(len(got))), want.frames(range(len(want))))
 
 
-@pytest.mark.parametrize("case", ["array_record already", "corrupt shard", "out holds a dataset", "not a dataset"])
+@pytest.mark.parametrize("case", ["array_record already", "corrupt shard", "out holds a dataset", "not a dataset",
+                                  "out inside a dataset"])
 def test_from_tfds_bad_input_fails_with_one_line(rlds_dataset_dir, tmp_path, capsys, case):
     tfrecord_dir = tmp_path / "tfr"
     _write_tfrecord_copy(rlds_dataset_dir, tfrecord_dir)
     source, out = tfrecord_dir, tmp_path / "out"
-    if case == "array_record already":
+    if case == "out inside a dataset":  # written, exit 0, but never found: readers stop at the outer dataset_info.json
+        shutil.copytree(rlds_dataset_dir, tmp_path / "outer")
+        out = tmp_path / "outer" / "nested"
+        expected = f"{tmp_path / 'outer'}: holds a dataset (dataset_info.json), and datasets written below it"
+    elif case == "array_record already":
         source, expected = rlds_dataset_dir, f"{rlds_dataset_dir}: already stored as array_record"
     elif case == "corrupt shard":
         shard = sorted(tfrecord_dir.glob("*.tfrecord-00003-of-00008"))[0]
@@ -542,7 +547,7 @@ def test_from_tfds_bad_input_fails_with_one_line(rlds_dataset_dir, tmp_path, cap
         source.mkdir()
     code, _, err = _run(capsys, "--from-tfds", source, "--out", out)
     assert code == 1 and err.startswith("mgdt-convert: error: ") and expected in err
-    if case != "out holds a dataset":
+    if case not in ("out holds a dataset", "out inside a dataset"):
         assert not list(out.rglob("dataset_info.json"))  # nothing that looks like a dataset
 
 
