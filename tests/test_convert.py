@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import tensorflow_datasets as tfds
 from data_pipelines import build_index, convert, replay_logs, replay_shards
 from mgdt_jax.envs import atari
 from mgdt_jax.recipes.mgdt import step_store
+from mgdt_jax.recipes.mgdt.rlds_source import DataError
 from mgdt_jax.recipes.mgdt.step_store import open_index
 
 
@@ -588,3 +590,11 @@ def test_a_rerun_over_other_recordings_of_the_same_checkpoints_converts_them_aga
     assert actions(tmp_path / "data") == actions(tmp_path / "fresh") != []
     reports = json.loads((tmp_path / "data" / convert.REPORT_FILE).read_text())["shards"]
     assert not any(report.get("resumed") for report in reports)
+
+
+def test_training_on_a_tfrecord_dataset_says_to_convert_it(rlds_dataset_dir, tmp_path):
+    # It said "has no window index ... build it with mgdt-index", which then said to convert it first.
+    _write_tfrecord_copy(rlds_dataset_dir, tmp_path / "tfr")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path / 'tfr'))}: not stored as array_record \(training "
+                                        r"reads episodes by index\); convert it with `mgdt-convert --from-tfds "):
+        step_store.open_index(tmp_path / "tfr")

@@ -95,6 +95,23 @@ def stored_observation_shape(directory: str | os.PathLike) -> tuple[int, ...] | 
         return None
 
 
+def check_array_record(directory: str | os.PathLike) -> None:
+    """DataError naming the conversion command for a dataset stored otherwise than as array_record
+    (TFDS's default, TFRecord, as ``rlu_atari``): training reads episodes by index. Says nothing
+    where dataset_info.json cannot be read (the reader names that)."""
+    try:
+        stored = json.loads((epath.Path(directory) / "dataset_info.json").read_text()).get("fileFormat") or "tfrecord"
+    except (OSError, ValueError, AttributeError):
+        return
+    if stored != "array_record":
+        raise _not_array_record(directory)
+
+
+def _not_array_record(directory: str | os.PathLike) -> DataError:
+    return DataError(f"{directory}: not stored as array_record (training reads episodes by index); convert it with "
+                     f"`mgdt-convert --from-tfds {directory} --out NEW_DIR` and train on NEW_DIR")
+
+
 class RldsDataset(Sequence[Episode]):
     """One RLDS dataset (a TFDS version directory) as a random-access sequence of episodes."""
 
@@ -106,10 +123,7 @@ class RldsDataset(Sequence[Episode]):
                 split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
             )
         except NotImplementedError:
-            raise DataError(
-                f"{self.directory}: not stored as array_record (training reads episodes by index); "
-                f"convert it with `mgdt-convert --from-tfds {self.directory} --out NEW_DIR` and train on NEW_DIR"
-            ) from None
+            raise _not_array_record(self.directory) from None
         except (KeyError, ValueError, OSError, json_format.ParseError) as error:  # ParseError: damaged metadata
             raise DataError(f"{self.directory}: cannot open as an RLDS dataset ({error})") from None
         features = builder.info.features

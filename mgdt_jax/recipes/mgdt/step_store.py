@@ -55,8 +55,8 @@ from etils import epath
 from mgdt_jax.core import files, processes
 from mgdt_jax.recipes.mgdt import tokens
 from mgdt_jax.recipes.mgdt import windows
-from mgdt_jax.recipes.mgdt.rlds_source import (DataError, Episode, RldsDataset, check_atari_frames, shard_paths,
-                                               shard_num_records, stored_observation_shape)
+from mgdt_jax.recipes.mgdt.rlds_source import (DataError, Episode, RldsDataset, check_array_record, check_atari_frames,
+                                               shard_paths, shard_num_records, stored_observation_shape)
 
 FORMAT_VERSION = 1
 INDEX_DIR = "window_index"
@@ -368,6 +368,7 @@ def open_index(dataset_dir: str | os.PathLike) -> WindowIndex:
     try:
         manifest = json.loads(manifest_path.read_text())
     except FileNotFoundError:
+        check_array_record(dataset_dir)  # TFRecord (rlu_atari): convert first; mgdt-index would say so
         shape = stored_observation_shape(dataset_dir)
         if shape is not None:  # mgdt-index cannot build an index of what is not Atari frames
             check_atari_frames(dataset_dir, shape)
