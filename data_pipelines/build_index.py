@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from mgdt_jax.core import files
 from mgdt_jax.core.commands import interruptible
 from mgdt_jax.recipes.mgdt import step_store
 from mgdt_jax.recipes.mgdt.rlds_source import DataError, find_dataset_dirs
@@ -28,14 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1")
+    folder = " ".join(map(str, args.sources))
     try:
         for dataset_dir in find_dataset_dirs(args.sources):
+            folder = dataset_dir
             report = step_store.build_index(dataset_dir, workers=args.workers, progress=not args.no_progress)
             print(f"{dataset_dir}: window index of {report.episodes} episodes ({report.steps} steps) at "
                   f"{report.directory}; {report.parts_built} parts built, {report.parts_current} up to date, "
                   f"{report.seconds:.1f} s")
     except (DataError, OSError) as error:
-        print(f"mgdt-index: error: {error}", file=sys.stderr)
+        print(f"mgdt-index: error: {files.naming_folder(error, folder)}", file=sys.stderr)
         return 1
     return 0
 

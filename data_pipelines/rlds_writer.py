@@ -45,10 +45,15 @@ def shard_writer(path: Path) -> Iterator[Callable[[bytes], None]]:
     try:
         yield writer.write
     except BaseException:
-        writer.close()
+        with contextlib.suppress(RuntimeError):  # the write failed (a full disk): its own error is the one to tell
+            writer.close()
         partial.unlink(missing_ok=True)
         raise
-    writer.close()
+    try:
+        writer.close()
+    except RuntimeError as error:  # array_record's bare error of a failed write ("No space left on device")
+        partial.unlink(missing_ok=True)
+        raise OSError(f"{path}: cannot be written ({str(error).splitlines()[0].split(';')[0]})") from None
     os.replace(partial, path)
 
 

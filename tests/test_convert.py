@@ -598,3 +598,30 @@ def test_training_on_a_tfrecord_dataset_says_to_convert_it(rlds_dataset_dir, tmp
     with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path / 'tfr'))}: not stored as array_record \(training "
                                         r"reads episodes by index\); convert it with `mgdt-convert --from-tfds "):
         step_store.open_index(tmp_path / "tfr")
+
+
+def test_a_full_disk_is_one_line_naming_where_it_wrote(tmp_path, monkeypatch):
+    # array_record's bare RuntimeError at a shard's close was a traceback; an OSError of a flush named no file.
+    from data_pipelines import rlds_writer
+    from mgdt_jax.core import files
+
+    class FullDisk:
+        def __init__(self, path, options):
+            self.path = path
+
+        def write(self, record):
+            pass
+
+        def close(self):
+            raise RuntimeError("write() failed: No space left on device; writing x.partial; Failed to close chunk_writer")
+
+    monkeypatch.setattr(rlds_writer, "ArrayRecordWriter", FullDisk)
+    shard = tmp_path / "shard-00000-of-00001"
+    with pytest.raises(OSError, match=rf"^{re.escape(str(shard))}: cannot be written \(write\(\) failed: No space left "
+                                      r"on device\)$"):
+        with rlds_writer.shard_writer(shard) as write:
+            write(b"episode")
+    assert not list(tmp_path.iterdir())
+    assert files.naming_folder(OSError(28, "No space left on device"), tmp_path) == (
+        f"{tmp_path}: cannot be written (No space left on device)")
+    assert files.naming_folder(OSError(2, "No such file or directory", "/x"), tmp_path).endswith("'/x'")

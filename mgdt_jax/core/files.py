@@ -92,6 +92,14 @@ def output_file_argument(text: str) -> Path:
     return path
 
 
+def naming_folder(error: Exception, folder: str | os.PathLike) -> str:
+    """The error's line; an OSError the OS raised naming no file (``[Errno 28] No space left on
+    device`` from a write or a flush) names ``folder``, where the command writes."""
+    if isinstance(error, OSError) and error.errno is not None and error.filename is None:
+        return f"{folder}: cannot be written ({error.strerror})"
+    return str(error)
+
+
 def write_text(path: Path, text: str) -> None:
     """Writes ``text`` to ``path`` through ``path.partial``, removed if the write fails; OSError as
     ``Path.write_text``. ``path`` is a ``pathlib.Path`` or anything with its API, e.g. an
