@@ -362,8 +362,15 @@ def test_the_train_section_needs_no_field_and_a_misspelt_one_is_warned_about(tmp
     config.train = {"batch_size": 8, "num_steps": 3, "chekpoint_every": 1, "checkpoint_dir": "/c"}
     loop.train(config, tmp_path / "typo", recipe=ToyRecipe(config))
     warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning")]
-    assert warnings == ["warning: config.train.chekpoint_every is no field the loop reads; did you mean "
-                        "checkpoint_every? (it is not set: 1000 is used)"]  # checkpoint_dir may be the recipe's
+    assert warnings == ["warning: config.train.chekpoint_every is no field the core reads; did you mean "
+                        "checkpoint_every? (that one is not set: its default is used)"]  # checkpoint_dir: the recipe's?
+    # An experiment config sets every field: a misspelt one beside it, and one of the optimizer, were silent.
+    config = toy_config(chekpoint_every=5)
+    config.optimizer.shedule = "cosine"
+    assert loop.near_misses(config) == [
+        "warning: config.train.chekpoint_every is no field the core reads; did you mean checkpoint_every? (that one "
+        "is 6)", "warning: config.optimizer.shedule is no field the core reads; did you mean schedule? (that one is "
+        "not set: its default is used)"]
 
 
 @pytest.mark.parametrize("num_steps", [4, 2])
@@ -463,3 +470,25 @@ def test_resuming_on_other_data_warns_and_a_key_the_checkpoint_lacks_is_no_chang
     loop.train(config, tmp_path / "run", recipe=Content(config))
     assert ("warning: the data stream differs from the checkpoint's (saved -> now: seed 0 -> 1); the resumed run "
             "will not see the batches an uninterrupted run would have") in capsys.readouterr().out
+
+
+def test_a_start_with_nothing_to_do_leaves_the_runs_config(tmp_path):
+    # It rewrote config.json with settings that never trained (what mgdt-eval and the resume warning read).
+    config = toy_config(num_steps=2, checkpoint_every=2)
+    loop.train(config, tmp_path / "run", recipe=ToyRecipe(config))
+    written = (tmp_path / "run" / loop.CONFIG_FILE).read_text()
+    config = toy_config(num_steps=1)
+    config.optimizer.learning_rate = 5.0
+    assert loop.train(config, tmp_path / "run", recipe=ToyRecipe(config)).last_step == 2
+    assert (tmp_path / "run" / loop.CONFIG_FILE).read_text() == written
+
+
+def test_the_mgdt_evaluations_episode_count_is_checked_at_the_start():
+    # eval_episodes 0 was refused at the first evaluation, eval_every steps in, as "episodes_per_game".
+    from experiments import tiny
+    from mgdt_jax.recipes.mgdt.recipe import MgdtRecipe
+
+    config = tiny.get_config()
+    config.train.eval_every, config.train.eval_games, config.train.eval_episodes = 2, ("Pong",), 0
+    with pytest.raises(ValueError, match=r"^config.train.eval_episodes must be an integer >= 1, got 0$"):
+        MgdtRecipe(config).evaluator(Path("run"))

@@ -39,7 +39,7 @@ from mgdt_jax.core.recipe import DEFAULT_RECIPE, Evaluator, Recipe, load_recipe
 from mgdt_jax.core import flops
 from mgdt_jax.core import metric_writer
 from mgdt_jax.core.metric_writer import MetricWriter, Throughput
-from mgdt_jax.core.optimizer import check_optimizer_config
+from mgdt_jax.core.optimizer import OptimizerConfig, check_optimizer_config
 from mgdt_jax.core.train_step import Trainer, TrainConfig, TrainState, check_step_fits
 
 CONFIG_FILE = "config.json"
@@ -73,16 +73,20 @@ class LoopConfig(TrainConfig):
 
 
 def near_misses(config: Any) -> list[str]:
-    """Warning lines for the ``train`` fields named like one the loop reads that the section leaves
-    out (``chekpoint_every``): a typo there runs with the default in silence. Warnings, not errors:
-    the section's other fields are the recipe's, and one may be named so on purpose."""
-    given = section(config, "train", {})
-    names = set(given.keys()) if hasattr(given, "keys") else set()  # a ConfigDict or a dict
-    defaults = {field.name: field.default for field in dataclasses.fields(LoopConfig)}
-    return [f"warning: config.train.{name} is no field the loop reads; did you mean {close[0]}? (it is not set: "
-            f"{defaults[close[0]]!r} is used)"
-            for name in sorted(names - set(defaults))
-            if (close := difflib.get_close_matches(name, sorted(set(defaults) - names), n=1, cutoff=0.85))]
+    """Warning lines for the ``train`` and ``optimizer`` fields the core does not read but named
+    much like one it does (``chekpoint_every``, ``shedule``): a typo in a config file (which
+    ml_collections does not lock) runs with the other field's value in silence. Warnings, not errors:
+    a section's other fields may be the recipe's, named so on purpose."""
+    lines = []
+    for name, section_type in (("train", LoopConfig), ("optimizer", OptimizerConfig)):
+        given = section(config, name, {})
+        names = set(given.keys()) if hasattr(given, "keys") else set()  # a ConfigDict or a dict
+        known = sorted(field.name for field in dataclasses.fields(section_type))
+        lines += [f"warning: config.{name}.{field} is no field the core reads; did you mean {close[0]}? (that one "
+                  f"{'is ' + repr(given[close[0]]) if close[0] in names else 'is not set: its default is used'})"
+                  for field in sorted(names - set(known))
+                  if (close := difflib.get_close_matches(field, known, n=1, cutoff=0.85))]
+    return lines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +227,7 @@ def _train(
                                                        recipe=recipe.name)[0]  # another recipe's: named as such
                 state = state.replace(params=params)
                 writer.print(f"initialised the parameters from {train_config.init_from}")
-        if primary:
+        if primary and int(state.step) < train_config.num_steps:  # a run with nothing to do keeps its own config
             files.write_text(workdir / CONFIG_FILE, config.to_json_best_effort(indent=1) + "\n")
         if evaluate is None and train_config.eval_every:
             writer.print(f"warning: config.train.eval_every is {train_config.eval_every}, but recipe {recipe.name} has "

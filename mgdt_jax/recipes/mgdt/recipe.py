@@ -77,6 +77,9 @@ class MgdtRecipe(Recipe):
         train = read_section(EvalConfig, section(self.config, "train", {}))
         if not (train.eval_every and train.eval_games):
             return None
+        if isinstance(train.eval_episodes, bool) or not isinstance(train.eval_episodes, int) or train.eval_episodes < 1:
+            # else refused at the first evaluation, eval_every steps in, under another name
+            raise ValueError(f"config.train.eval_episodes must be an integer >= 1, got {train.eval_episodes!r}")
         from mgdt_jax.recipes.mgdt.evaluate import training_evaluator  # plays ALE: imported only when used
 
         return training_evaluator(train, workdir)
