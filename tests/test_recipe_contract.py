@@ -371,6 +371,10 @@ def test_the_train_section_needs_no_field_and_a_misspelt_one_is_warned_about(tmp
         "warning: config.train.chekpoint_every is no field the core reads; did you mean checkpoint_every? (that one "
         "is 6)", "warning: config.optimizer.shedule is no field the core reads; did you mean schedule? (that one is "
         "not set: its default is used)"]
+    config.optimizer.schedule = "cosine"  # toy_config warms up 4 steps, and trains 6
+    config.optimizer.warmup_steps = 6
+    assert loop.near_misses(config)[-1] == ("warning: config.optimizer.warmup_steps 6 >= train.num_steps 6: the "
+                                            "cosine schedule never decays, the run ends still warming up")
 
 
 @pytest.mark.parametrize("num_steps", [4, 2])

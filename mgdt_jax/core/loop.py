@@ -76,7 +76,8 @@ def near_misses(config: Any) -> list[str]:
     """Warning lines for the ``train`` and ``optimizer`` fields the core does not read but named
     much like one it does (``chekpoint_every``, ``shedule``): a typo in a config file (which
     ml_collections does not lock) runs with the other field's value in silence. Warnings, not errors:
-    a section's other fields may be the recipe's, named so on purpose."""
+    a section's other fields may be the recipe's, named so on purpose. Also a decaying schedule
+    whose warm-up does not end before the run does."""
     lines = []
     for name, section_type in (("train", LoopConfig), ("optimizer", OptimizerConfig)):
         given = section(config, name, {})
@@ -86,6 +87,11 @@ def near_misses(config: Any) -> list[str]:
                   f"{'is ' + repr(given[close[0]]) if close[0] in names else 'is not set: its default is used'})"
                   for field in sorted(names - set(known))
                   if (close := difflib.get_close_matches(field, known, n=1, cutoff=0.85))]
+    optimizer, steps = read_section(OptimizerConfig, section(config, "optimizer", {})), section(config, "train", {})
+    num_steps = read_section(LoopConfig, steps).num_steps
+    if optimizer.schedule != "constant" and optimizer.warmup_steps >= num_steps:  # a shrunk config keeps 4,000
+        lines.append(f"warning: config.optimizer.warmup_steps {optimizer.warmup_steps} >= train.num_steps {num_steps}: "
+                     f"the {optimizer.schedule} schedule never decays, the run ends still warming up")
     return lines
 
 
