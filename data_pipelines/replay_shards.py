@@ -120,8 +120,9 @@ def completed_shard(out_dir: Path, task: ShardTask) -> dict | None:
     report = shard_report(out_dir, task)
     path = shard_path(out_dir, task)
     if report is None or report["status"] != "converted" or not path.exists() \
-            or path.stat().st_size != report.get("num_bytes") \
-            or report.get("log_bytes", log_bytes(task)) != log_bytes(task):  # other logs: converted again
+            or path.stat().st_size != report.get("num_bytes"):
+        return None
+    if "log_bytes" in report and report["log_bytes"] != log_bytes(task):  # other logs: converted again
         return None
     return report
 

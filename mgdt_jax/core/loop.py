@@ -355,10 +355,10 @@ def _evaluated(workdir: Path, step: int, primary: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.asarray(found)))
 
 
-def _check_counts(train_config: Any) -> None:
+def _check_counts(train_config: LoopConfig) -> None:
     """ValueError (one line) for a count no run can use: no steps to take, an empty batch, or no log step."""
     for name, least in (("num_steps", 1), ("batch_size", 1), ("log_every", 1), ("eval_every", 0)):
-        value = getattr(train_config, name, least)
+        value = getattr(train_config, name)
         if not isinstance(value, int) or value < least:
             raise ValueError(f"config.train.{name} must be an integer >= {least}, got {value!r}")
 
