@@ -153,6 +153,8 @@ def train(
         config = ml_collections.ConfigDict(config)
     workdir = Path(workdir).expanduser().absolute()
     created = not workdir.exists()
+    if jax.process_count() > 1:  # before any host makes the folder: else the first host may find another's
+        multihost_utils.sync_global_devices("mgdt_jax workdir looked at")
     progress = {"stepping": False}  # set by _train when its first step starts
     try:
         with contextlib.ExitStack() as claim:  # entered by _train once the workdir is known to be usable
