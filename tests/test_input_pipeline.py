@@ -25,8 +25,7 @@ from tensorflow_datasets.core import dataset_info, naming, splits
 from data_pipelines import build_index
 from data_pipelines.rlds_format import encode_png
 from mgdt_jax.envs import atari
-from mgdt_jax.recipes.mgdt import tokens
-from mgdt_jax.recipes.mgdt import step_store, windows
+from mgdt_jax.recipes.mgdt import pipeline, step_store, tokens, windows
 from mgdt_jax.recipes.mgdt.pipeline import TrainingData, mix_games, parse_game_weights, training_data, uniform_draws
 from mgdt_jax.recipes.mgdt.rlds_source import DataError, RldsDataset, find_datasets, stored_observation_shape
 
@@ -320,6 +319,24 @@ def test_batches_follow_the_contract_and_the_game_weights(index, reference_episo
     # What the sources hold per game, saved with checkpoints (data replaced under the same path warns on resume).
     assert {game: episodes for game, (episodes, _) in only_breakout.content.items()} == {
         "Breakout": breakout_episodes, "Pong": len(reference_episodes) - breakout_episodes}
+
+
+def test_one_folder_by_two_paths_is_read_once_and_spellings_of_one_stream_are_one_identity(
+        rlds_dataset_dir, monkeypatch):
+    # A relative and an absolute path of one folder read its episodes twice, and resuming with the
+    # other spelling (or with weights Pong=2,Breakout=1 written as a mapping) warned that the data changed.
+    monkeypatch.chdir(rlds_dataset_dir.parent)
+    relative = Path(rlds_dataset_dir.name)
+    once = training_data(config(rlds_dataset_dir))
+    twice = training_data(config(relative, rlds_dataset_dir))
+    assert twice.num_episodes == once.num_episodes and twice.content == once.content
+    as_text = config(relative, game_weights="Pong=2,Breakout=1")
+    as_mapping = config(rlds_dataset_dir, game_weights={"Breakout": 2.0, "Pong": 4.0})
+    identities = [pipeline.stream_identity(c, training_data(c)) for c in (as_text, as_mapping)]
+    assert identities[0] == identities[1]
+    assert identities[0]["proportions"] == {"Breakout": 1.0, "Pong": 2.0}
+    other = config(rlds_dataset_dir, game_weights="Pong=3,Breakout=1")
+    assert pipeline.stream_identity(other, training_data(other))["proportions"] != identities[0]["proportions"]
 
 
 @pytest.mark.parametrize("weights", [[1.0, 1.0, 1.0], [3.0, 1.0], [1.5, 1.0, 0.25, 7.0]])

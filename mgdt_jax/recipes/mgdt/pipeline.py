@@ -31,7 +31,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from mgdt_jax.recipes.mgdt.rlds_source import DataError, find_dataset_dirs
+from mgdt_jax.recipes.mgdt.rlds_source import DataError, find_dataset_dirs, folder_of
 from mgdt_jax.recipes.mgdt.step_store import Part, StepReader, WindowIndex, open_index
 
 SAMPLING = "window end uniform over each game's steps"  # recorded in stream_identity
@@ -229,12 +229,16 @@ def training_data(config: Any, *, process_index: int = 0, process_count: int = 1
     )
 
 
-def stream_identity(config: Any) -> dict[str, Any]:
-    """The config values that fix the stream, saved with checkpoints: with them, batch ``k`` is known."""
-    weights = config.data.game_weights
+def stream_identity(config: Any, data: TrainingData) -> dict[str, Any]:
+    """What fixes the stream, saved with checkpoints: with it, batch ``k`` is known. Sources as the
+    folders they name (a relative and an absolute path of one folder are the same stream), weights as
+    the proportions drawn (``Pong=2,Breakout=1`` is ``{"Breakout": 1, "Pong": 2}`` is ``Pong=4,Breakout=2``),
+    and what the sources hold per game, [episodes, steps] (data replaced under the same paths)."""
+    smallest = min(data.game_weights.values())
     return {
-        "sources": [str(source) for source in config.data.sources],
-        "game_weights": weights if isinstance(weights, str) else {k: float(v) for k, v in dict(weights).items()},
+        "source_folders": [folder_of(source) for source in config.data.sources],
+        "proportions": {game: weight / smallest for game, weight in data.game_weights.items()},
+        "games": data.content,
         "seed": config.data.seed,
         "global_batch_size": config.train.batch_size,
         "num_steps": config.model.num_steps,

@@ -58,7 +58,7 @@ class MgdtRecipe(Recipe):
         from mgdt_jax.recipes.mgdt import pipeline  # Grain and TFDS: only when training
 
         data = pipeline.training_data(self.config, process_index=process_index, process_count=process_count)
-        return RldsWindows(data, {**pipeline.stream_identity(self.config), "games": data.content})
+        return RldsWindows(data, pipeline.stream_identity(self.config, data))
 
     def step_cost(self, batch_size: int) -> StepCost:
         analytic = training_flops(self.model_config, batch_size)

@@ -194,7 +194,8 @@ def shard_paths(directory: str | os.PathLike, split: str = "train") -> list[epat
 
 
 def find_dataset_dirs(sources: Sequence[str | os.PathLike]) -> list[epath.Path]:
-    """Every dataset version directory under the given paths, in a stable order, without duplicates.
+    """Every dataset version directory under the given paths, in a stable order, without duplicates
+    (one folder reached by two paths is read once, under the first).
 
     A path is either a dataset version directory (it holds ``dataset_info.json``) or any directory
     above such directories, e.g. a TFDS data dir holding ``rlu_atari/<Game>_run_<r>/1.3.0``.
@@ -210,7 +211,16 @@ def find_dataset_dirs(sources: Sequence[str | os.PathLike]) -> list[epath.Path]:
         if not found:
             raise DataError(f"{path}: holds no RLDS dataset (no {_DATASET_INFO} below it)")
         directories.extend(found)
-    return list(dict.fromkeys(directories))
+    first_path: dict[str, epath.Path] = {}
+    for directory in directories:
+        first_path.setdefault(folder_of(directory), directory)
+    return list(first_path.values())
+
+
+def folder_of(path: str | os.PathLike) -> str:
+    """The folder a path names: a local path resolved (``~``, ``..``, symbolic links), so that a
+    relative and an absolute path of one folder are one; a remote one (``gs://...``) as written."""
+    return str(path) if "://" in str(path) else os.path.realpath(os.path.expanduser(path))
 
 
 def _dataset_dirs_below(path: epath.Path) -> list[epath.Path]:
