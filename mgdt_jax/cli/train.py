@@ -27,6 +27,7 @@ from mgdt_jax.core import host_memory, sharding
 from mgdt_jax.core.checkpointing import CHECKPOINTS, CheckpointError
 from mgdt_jax.core import loop
 from mgdt_jax.core.metric_writer import METRICS_FILE, TENSORBOARD_DIR
+from mgdt_jax.core.train_step import remat_hint
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file, e.g. experiments/mgdt_40m.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, TensorBoard events, metrics")
@@ -75,7 +76,8 @@ def _train(argv: list[str]) -> int:
             raise
         print(
             f"mgdt-train: error: the step does not fit in device memory ({str(error).splitlines()[0]}); "
-            "lower train.batch_size, raise train.grad_accum_steps, shard with mesh.fsdp, or set model.remat=True",
+            "lower train.batch_size, raise train.grad_accum_steps or shard with mesh.fsdp"
+            f"{remat_hint(jax.devices()[0].platform)}",
             file=sys.stderr,
         )
         return 1
