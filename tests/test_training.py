@@ -721,17 +721,29 @@ def test_the_loop_keeps_at_most_two_steps_in_flight(request, tmp_path, monkeypat
 
 
 def test_metrics_of_a_killed_and_resumed_run_read_one_entry_per_step(tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator, plugin_event_accumulator
+    from tensorboard.util import tensor_util
+
     killed = MetricWriter(tmp_path)
+    killed.start_over()
     for step in (1, 2, 3):
         killed.write(step, {"train/loss": float(step)})
     killed.close()
     with open(tmp_path / METRICS_FILE, "a") as file:
         file.write('{"step": 4, "train/lo')  # the kill came mid-line
-    resumed = MetricWriter(tmp_path)  # from the checkpoint of step 2
+    time.sleep(1.1)  # event files are named by the second: the resumed run's sorts after
+    resumed = MetricWriter(tmp_path)
+    resumed.resume(2)  # from the checkpoint of step 2
     for step in (3, 4):
         resumed.write(step, {"train/loss": 10.0 * step})
     resumed.close()
-    assert [(e["step"], e["train/loss"]) for e in read_metrics(tmp_path)] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+    expected = [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+    assert [(e["step"], e["train/loss"]) for e in read_metrics(tmp_path)] == expected
+    # TensorBoard's loaders both: step 3 once, the resumed run's (it showed both runs' step 3)
+    legacy = event_accumulator.EventAccumulator(str(tmp_path / TENSORBOARD_DIR)).Reload()
+    assert [(event.step, event.value) for event in legacy.Scalars("train/loss")] == expected
+    plugin = plugin_event_accumulator.EventAccumulator(str(tmp_path / TENSORBOARD_DIR)).Reload()
+    assert [(event.step, float(tensor_util.make_ndarray(event.tensor_proto))) for event in plugin.Tensors("train/loss")] == expected
 
 
 def copy_of_run(run: Path, workdir: Path, *, sealed: bool = True) -> Path:

@@ -220,6 +220,7 @@ def _train(
             _warn_if_config_changed(workdir / CONFIG_FILE, json.loads(config.to_json_best_effort()), writer)
             state, saved_position = checkpointer.restore(trainer.abstract_state, latest)
             _warn_if_data_changed(saved_position, data_identity, writer)
+            writer.resume(int(state.step))
             writer.print(f"resumed from {checkpointer.directory / str(int(state.step))}"
                          + (f" (config.train.init_from {train_config.init_from} is not used: it initialises a new run "
                             "only)" if train_config.init_from else ""))

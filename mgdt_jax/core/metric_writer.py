@@ -30,11 +30,14 @@ EARLIER_RUNS_DIR = "earlier_runs"  # logs of runs that started over from step 0 
 class _EventFile:
     """One TensorBoard event file of scalar summaries."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, session_start: int | None):
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
         self._records = RecordWriter(open(path, "ab"))
         self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        if session_start is not None:  # TensorBoard drops the run's events from this step on read before it
+            self._write(event_pb2.Event(wall_time=time.time(), step=session_start,
+                                        session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
     def scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         values = [summary_pb2.Summary.Value(tag=name, simple_value=value) for name, value in scalars.items()]
@@ -110,6 +113,7 @@ class MetricWriter:
         self._tensorboard: _EventFile | None = None
         self._jsonl: TextIO | None = None
         self._starting_over = False
+        self._session_start: int | None = None
 
     def start_over(self) -> None:
         """Marks a run that starts from step 0, with no checkpoint to resume from.
@@ -119,6 +123,14 @@ class MetricWriter:
         line saying so, so that the new run's steps do not mix with the old ones.
         """
         self._starting_over = True
+        self._session_start = 0
+
+    def resume(self, step: int) -> None:
+        """Marks a run resumed from the checkpoint of ``step``: the steps after it that an earlier run
+        logged before it was killed are logged again. TensorBoard is told (a ``SessionLog.START`` event
+        at ``step + 1``, as TensorFlow's supervisor wrote) to drop the earlier run's events from there,
+        so its curves hold each step once; ``read_metrics`` keeps the later entry of a step likewise."""
+        self._session_start = step + 1
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         """Appends one step's scalars to both files (NaN and infinities as null in the JSONL, which
@@ -143,7 +155,7 @@ class MetricWriter:
             if self._starting_over and (moved := _set_aside_earlier_logs(self._workdir)) is not None:
                 self.print(f"{self._workdir}: no checkpoint to resume from, so this run starts at step 0; "
                            f"the logs of the earlier run here were moved to {moved}")
-            self._tensorboard = _EventFile(self._workdir / TENSORBOARD_DIR)
+            self._tensorboard = _EventFile(self._workdir / TENSORBOARD_DIR, self._session_start)
             self._jsonl = open(self._workdir / METRICS_FILE, "a")  # a resumed run appends
             if self._jsonl.tell() and not _ends_a_line(self._workdir / METRICS_FILE):
                 self._jsonl.write("\n")  # a kill cut the last line short: end it, so readers skip it alone
