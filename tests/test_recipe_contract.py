@@ -19,6 +19,8 @@ from mgdt_jax.core import checkpointing, loop, sharding
 from mgdt_jax.core.metric_writer import METRICS_FILE, read_metrics
 from mgdt_jax.core.train_step import Trainer
 from mgdt_jax.core.recipe import load_recipe
+from mgdt_jax.recipes.mgdt.recipe import MgdtRecipe
+from experiments import tiny
 from tests.toy_recipe import ToyRecipe, get_config
 
 NUM_STEPS = 6
@@ -350,7 +352,7 @@ def test_a_recipe_module_that_fails_to_load_is_one_line_naming_its_line(tmp_path
     assert fault in str(error.value) and "\n" not in str(error.value)
 
 
-def test_the_train_section_needs_no_field_and_a_misspelt_one_is_warned_about(tmp_path, capsys):
+def test_the_train_section_needs_no_field_and_a_misspelt_field_of_any_section_is_warned_about(tmp_path, capsys):
     # Without log_every or eval_every a step ran, then a KeyError traceback; without keep_checkpoints,
     # seed, init_from, checkpoint_every or the mesh, an AttributeError traceback.
     config = toy_config()
@@ -362,15 +364,31 @@ def test_the_train_section_needs_no_field_and_a_misspelt_one_is_warned_about(tmp
     config.train = {"batch_size": 8, "num_steps": 3, "chekpoint_every": 1, "checkpoint_dir": "/c"}
     loop.train(config, tmp_path / "typo", recipe=ToyRecipe(config))
     warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning")]
-    assert warnings == ["warning: config.train.chekpoint_every is no field the core reads; did you mean "
+    assert warnings == ["warning: config.train.chekpoint_every is no field the core or the recipe reads; did you mean "
                         "checkpoint_every? (that one is not set: its default is used)"]  # checkpoint_dir: the recipe's?
     # An experiment config sets every field: a misspelt one beside it, and one of the optimizer, were silent.
     config = toy_config(chekpoint_every=5)
     config.optimizer.shedule = "cosine"
     assert loop.near_misses(config) == [
-        "warning: config.train.chekpoint_every is no field the core reads; did you mean checkpoint_every? (that one "
-        "is 6)", "warning: config.optimizer.shedule is no field the core reads; did you mean schedule? (that one is "
+        "warning: config.train.chekpoint_every is no field the core or the recipe reads; did you mean checkpoint_every? (that one "
+        "is 6)", "warning: config.optimizer.shedule is no field the core or the recipe reads; did you mean schedule? (that one is "
         "not set: its default is used)"]
+    # The recipe's sections likewise, through the fields it declares (an MGDT model.num_layer trained the default depth)
+    config = toy_config()
+    config.model.d_modle = 32
+    config.model.sequence_lenght = 8
+    assert loop.near_misses(config, {"model": ("d_model", "sequence_length")}) == [
+        "warning: config.model.d_modle is no field the core or the recipe reads; did you mean d_model? (that one is 16)",
+        "warning: config.model.sequence_lenght is no field the core or the recipe reads; did you mean sequence_length? "
+        "(that one is 8)"]
+    assert loop.near_misses(config) == []  # a recipe declaring none is not checked
+    mgdt = tiny.get_config()
+    mgdt.model.num_layer = 2
+    mgdt.data.game_weight = "Pong=2"
+    assert [line.split(";")[0] for line in loop.near_misses(mgdt, MgdtRecipe(mgdt).config_fields())] == [
+        "warning: config.model.num_layer is no field the core or the recipe reads",
+        "warning: config.data.game_weight is no field the core or the recipe reads"]
+    config = toy_config(chekpoint_every=5)
     config.optimizer.schedule = "cosine"  # toy_config warms up 4 steps, and trains 6
     config.optimizer.warmup_steps = 6
     assert loop.near_misses(config)[-1] == ("warning: config.optimizer.warmup_steps 6 >= train.num_steps 6: the "

@@ -21,12 +21,17 @@ def read_section(section_type: type[Section], config: Any) -> Section:
     """
     if isinstance(config, section_type):
         return config
-    names = [field.name for field in dataclasses.fields(section_type)]  # type: ignore[arg-type]
+    names = field_names(section_type)
     if isinstance(config, Mapping):
         values = {name: config[name] for name in names if name in config}
     else:
         values = {name: getattr(config, name) for name in names if hasattr(config, name)}
     return section_type(**values)
+
+
+def field_names(section_type: type) -> tuple[str, ...]:
+    """The fields a section dataclass declares (what ``read_section`` reads)."""
+    return tuple(field.name for field in dataclasses.fields(section_type))
 
 
 def section(config: Any, name: str, default: Any = None) -> Any:

@@ -24,7 +24,7 @@ import os
 import shutil
 import signal
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from mgdt_jax.core import checkpointing, files, sharding
-from mgdt_jax.core.config_sections import read_section, section
+from mgdt_jax.core.config_sections import field_names, read_section, section
 from mgdt_jax.core.recipe import DEFAULT_RECIPE, Evaluator, Recipe, load_recipe
 from mgdt_jax.core import flops
 from mgdt_jax.core import metric_writer
@@ -62,7 +62,7 @@ class DataStreamError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class LoopConfig(TrainConfig):
     """The ``train`` section as the loop reads it: a config may leave out any field (these defaults;
-    a section's other fields are the recipe's, e.g. the MGDT's ``eval_games``; ``near_misses``)."""
+    a section's other fields are the recipe's, e.g. the MGDT's ``eval_games``: ``Recipe.config_fields``)."""
 
     seed: int = 0  # parameter initialisation and dropout
     log_every: int = 100
@@ -72,21 +72,24 @@ class LoopConfig(TrainConfig):
     init_from: str = ""  # a run or step folder whose parameters start a new run (fine-tuning)
 
 
-def near_misses(config: Any) -> list[str]:
-    """Warning lines for the ``train`` and ``optimizer`` fields the core does not read but named
-    much like one it does (``chekpoint_every``, ``shedule``): a typo in a config file (which
-    ml_collections does not lock) runs with the other field's value in silence. Warnings, not errors:
-    a section's other fields may be the recipe's, named so on purpose. Also a decaying schedule
-    whose warm-up does not end before the run does."""
+def near_misses(config: Any, recipe_fields: Mapping[str, Collection[str]] | None = None) -> list[str]:
+    """Warning lines for the fields a config section gives that nothing reads but named much like one
+    that is read (``chekpoint_every``, ``shedule``, the MGDT's ``num_layer``): a typo in a config
+    file (which ml_collections does not lock) runs with the other field's value in silence. The
+    fields read are the core's (``train``, ``optimizer``) and ``recipe_fields``, the recipe's
+    (``Recipe.config_fields``). Warnings, not errors: a field nothing declares may be read by code
+    of one's own. Also a decaying schedule whose warm-up does not end before the run does."""
+    read: dict[str, set[str]] = {"train": set(field_names(LoopConfig)), "optimizer": set(field_names(OptimizerConfig))}
+    for name, fields in (recipe_fields or {}).items():
+        read.setdefault(name, set()).update(fields)
     lines = []
-    for name, section_type in (("train", LoopConfig), ("optimizer", OptimizerConfig)):
+    for name, known in read.items():
         given = section(config, name, {})
         names = set(given.keys()) if hasattr(given, "keys") else set()  # a ConfigDict or a dict
-        known = sorted(field.name for field in dataclasses.fields(section_type))
-        lines += [f"warning: config.{name}.{field} is no field the core reads; did you mean {close[0]}? (that one "
+        lines += [f"warning: config.{name}.{field} is no field the core or the recipe reads; did you mean {close[0]}? (that one "
                   f"{'is ' + repr(given[close[0]]) if close[0] in names else 'is not set: its default is used'})"
-                  for field in sorted(names - set(known))
-                  if (close := difflib.get_close_matches(field, known, n=1, cutoff=0.85))]
+                  for field in sorted(names - known)
+                  if (close := difflib.get_close_matches(field, sorted(known), n=1, cutoff=0.85))]
     optimizer, steps = read_section(OptimizerConfig, section(config, "optimizer", {})), section(config, "train", {})
     num_steps = read_section(LoopConfig, steps).num_steps
     if optimizer.schedule != "constant" and optimizer.warmup_steps >= num_steps:  # a shrunk config keeps 4,000
@@ -171,8 +174,6 @@ def _train(
 ) -> TrainResult:
     train_config = read_section(LoopConfig, section(config, "train", {}))
     primary = jax.process_index() == 0
-    for line in near_misses(config) if primary else ():
-        print(line, flush=True)
     # A host's own data or folder may be bad where the others' are not: all stop here together.
     with sharding.every_process_or_none():
         _check_counts(train_config)
@@ -185,6 +186,8 @@ def _train(
         if primary:  # a second run there would move this one's logs aside and mix checkpoints
             claim.enter_context(files.held(workdir / TRAINING_CLAIM, "another training"))
         recipe = recipe if recipe is not None else load_recipe(config)
+        for line in near_misses(config, recipe.config_fields()) if primary else ():
+            print(line, flush=True)
 
         # --- Data (first, so a bad source fails before anything compiles) -------------------------
         data = recipe.training_data(process_index=jax.process_index(), process_count=jax.process_count())

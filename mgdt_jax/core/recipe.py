@@ -65,7 +65,7 @@ import dataclasses
 import importlib
 import pkgutil
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -158,6 +158,13 @@ class Recipe(abc.ABC):
         step's input; only its keys and shapes are read): ``step_cost`` unless the recipe's batch
         layouts differ in cost, as the JAT's modality groups do."""
         return self.step_cost(batch_size)
+
+    def config_fields(self) -> Mapping[str, Collection[str]]:
+        """The fields this recipe reads, by config section (``{"model": ("num_layers", ...)}``; a
+        section dataclass's with ``config_sections.field_names``). A field a config gives that
+        neither the core nor the recipe reads, named much like one that is read, gets a warning line
+        at start (``loop.near_misses``): a typo there trains with the default in silence."""
+        return {}
 
     def check_resume(self, position: Mapping[str, Any], checkpoint: str) -> None:
         """ValueError (one line naming ``checkpoint``) when the checkpoint whose data position is

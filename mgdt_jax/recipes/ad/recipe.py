@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from mgdt_jax import envs
-from mgdt_jax.core.config_sections import read_section, section
+from mgdt_jax.core.config_sections import field_names, read_section, section
 from mgdt_jax.core.recipe import Evaluator, Recipe, StepCost
 from mgdt_jax.envs.base import Environment, EnvError
 from mgdt_jax.recipes.ad.data import TrainingWindows
@@ -199,6 +199,10 @@ class ADRecipe(Recipe):
             tail_episodes=self.data.tail_episodes or None,
         )
         return ADWindows(windows, self.data)
+
+    def config_fields(self) -> dict[str, tuple[str, ...]]:
+        return {"model": field_names(ADModelConfig), "data": field_names(DataConfig),
+                "evaluation": field_names(EvaluationConfig)}
 
     def step_cost(self, batch_size: int) -> StepCost:
         return StepCost(flops=training_flops(self.model_config, batch_size),

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mgdt_jax.core.config_sections import read_section, section
+from mgdt_jax.core.config_sections import field_names, read_section, section
 from mgdt_jax.core.recipe import OnlineRecipe, RolloutState, StepCost
 from mgdt_jax.recipes.ada import env as ada_env
 from mgdt_jax.recipes.ada import ppo
@@ -225,6 +225,11 @@ class AdaRecipe(OnlineRecipe):
             f"{self.agent_config.agent} agent"
             + (f", kickstarted from {self.kickstart_config.teacher}" if self.teacher is not None else "")
         )
+
+    def config_fields(self) -> dict[str, tuple[str, ...]]:
+        # env: each environment factory reads its own fields
+        return {"model": field_names(AgentConfig), "ppo": field_names(ppo.PPOConfig),
+                "kickstart": field_names(ppo.KickstartConfig)}
 
     def check_resume(self, position: Mapping[str, Any], checkpoint: str) -> None:
         ada_env.check_same_benchmark(self.env, position, benchmark=section(section(self.config, "env", {}), "benchmark"),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 from flax import nnx
 
-from mgdt_jax.core.config_sections import section
+from mgdt_jax.core.config_sections import field_names, section
 from mgdt_jax.core.flops import decoder_flops
 from mgdt_jax.core.recipe import Recipe, StepCost
 from mgdt_jax.recipes.jat import tokens
@@ -44,6 +44,11 @@ class JatRecipe(Recipe):
         from mgdt_jax.recipes.jat import data  # TFDS: only when training
 
         return data.training_data(self.config, process_index=process_index, process_count=process_count)
+
+    def config_fields(self) -> dict[str, tuple[str, ...]]:
+        from mgdt_jax.recipes.jat.data import DataConfig
+
+        return {"model": field_names(ModelConfig), "data": field_names(DataConfig)}
 
     def step_cost(self, batch_size: int) -> StepCost:
         """The decoder over 2 * num_steps tokens per row plus the linear encoders and heads: the cost

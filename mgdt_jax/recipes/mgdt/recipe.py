@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mgdt_jax.core.config_sections import read_section, section
+from mgdt_jax.core.config_sections import field_names, read_section, section
 from mgdt_jax.recipes.mgdt.model import HEAD_NAMES, ModelConfig, MultiGameDecisionTransformer, loss_and_metrics
 from mgdt_jax.core.recipe import Evaluator, Recipe, StepCost, recipe_name
 from mgdt_jax.recipes.mgdt.flops import training_flops
@@ -59,6 +59,10 @@ class MgdtRecipe(Recipe):
 
         data = pipeline.training_data(self.config, process_index=process_index, process_count=process_count)
         return RldsWindows(data, pipeline.stream_identity(self.config, data))
+
+    def config_fields(self) -> dict[str, tuple[str, ...]]:
+        return {"model": field_names(ModelConfig), "train": field_names(EvalConfig),
+                "data": ("sources", "game_weights", "seed", "num_threads", "num_workers")}  # pipeline.training_data's
 
     def step_cost(self, batch_size: int) -> StepCost:
         analytic = training_flops(self.model_config, batch_size)
