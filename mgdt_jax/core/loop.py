@@ -536,8 +536,9 @@ def _flops_cross_check(analytic_flops: float, compiled_step: jax.stages.Compiled
     xla_flops = per_device * jax.device_count()
     return (
         f"FLOPs per step: analytic {analytic_flops:.3e}, XLA cost analysis {xla_flops:.3e} "
-        f"(XLA / analytic = {xla_flops / analytic_flops:.3f}; XLA also counts optimizer and elementwise work, "
-        "and a loop's body once: lower for a step with a rollout or accumulation scan)"
+        f"(XLA / analytic = {xla_flops / analytic_flops:.3f}; XLA also counts optimizer and elementwise work and "
+        "what remat recomputes, the analytic count neither, as MFU requires; and a loop's body once: lower for a "
+        "step with a rollout or accumulation scan)"
     )
 
 
