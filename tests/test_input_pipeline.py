@@ -271,13 +271,18 @@ def test_a_stale_index_is_refused_and_rebuilt_where_it_changed(rlds_dataset_dir,
         step_store.open_index(copy)
 
 
-def test_a_truncated_step_file_is_refused(rlds_dataset_dir, tmp_path):
+def test_a_truncated_or_deleted_step_file_is_refused_with_the_command_that_rebuilds_it(rlds_dataset_dir, tmp_path):
     copy = copy_dataset(rlds_dataset_dir, tmp_path / "dqn_replay")
     index = step_store.open_index(copy)
     part = next(part for part in index.parts if part.steps)
     with open(part.path, "r+b") as file:
         file.truncate(part.file_size - 1)
-    with pytest.raises(DataError, match=rf"{part.path}: {part.file_size - 1} bytes where the window index recorded"):
+    with pytest.raises(DataError, match=rf"{part.path}: {part.file_size - 1} bytes where the window index recorded"
+                                        rf".*; rebuild it with `mgdt-index {copy}`$"):
+        step_store.StepReader().read([part], [0], STEPS)
+    Path(part.path).unlink()  # deleted after the index was opened: the line named no fix
+    with pytest.raises(DataError, match=rf"^{re.escape(str(part.path))}: cannot read the window index \(.*No such file.*\); "
+                                        rf"rebuild it with `mgdt-index {copy}`$"):
         step_store.StepReader().read([part], [0], STEPS)
 
 
@@ -289,7 +294,7 @@ def test_a_step_file_damaged_in_place_is_refused_naming_it(rlds_dataset_dir, tmp
         file.seek(4)  # inside the first frame's zstd header
         file.write(b"\xff\xff\xff\xff")
     with pytest.raises(DataError, match=rf"^{re.escape(str(part.path))}: a frame cannot be decompressed \(.*\): damaged; "
-                                        r"delete it and rebuild the window index with `mgdt-index`$"):
+                                        rf"delete it and rebuild the window index with `mgdt-index {copy}`$"):
         step_store.StepReader().read([part], [0], STEPS)
 
 

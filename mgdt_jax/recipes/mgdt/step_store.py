@@ -89,6 +89,11 @@ def rebuild_hint(dataset_dir: str | os.PathLike) -> str:
     return f"`{REBUILD_COMMAND} {dataset_dir}`"
 
 
+def part_rebuild_hint(part: Part) -> str:
+    """The command that rebuilds the index a part file belongs to (``<dataset>/window_index/<part>``)."""
+    return rebuild_hint(epath.Path(part.path).parent.parent)
+
+
 def shard_fingerprint(path: epath.Path) -> dict[str, Any]:
     """Name, size and SHA-256 of the last 128 KiB of a shard file (see the module docstring)."""
     with path.open("rb") as file:
@@ -435,11 +440,11 @@ class StepReader:
             file = epath.Path(part.path).open("rb")
             size = file.seek(0, os.SEEK_END)
         except OSError as error:
-            raise DataError(f"{part.path}: cannot read the window index ({error})") from None
+            raise DataError(f"{part.path}: cannot read the window index ({error}); rebuild it with {part_rebuild_hint(part)}") from None
         if size != part.file_size:
             file.close()
             raise DataError(f"{part.path}: {size} bytes where the window index recorded {part.file_size}; rebuild "
-                            f"it with `{REBUILD_COMMAND}`")
+                            f"it with {part_rebuild_hint(part)}")
         files[part.path] = file
         if len(files) > self._max_open_files:
             files.popitem(last=False)[1].close()
@@ -470,10 +475,10 @@ class StepReader:
                     frame = decompress(frames[offset - start:offset - start + size])
                 except zstandard.ZstdError as error:  # bytes changed in place: the file's size still matches
                     raise DataError(f"{part.path}: a frame cannot be decompressed ({error}): damaged; delete it and "
-                                    f"rebuild the window index with `{REBUILD_COMMAND}`") from None
+                                    f"rebuild the window index with {part_rebuild_hint(part)}") from None
                 if len(frame) != FRAME_BYTES:
                     raise DataError(f"{part.path}: a frame of {len(frame)} bytes, not {FRAME_BYTES}; rebuild the "
-                                    f"window index with `{REBUILD_COMMAND}`")
+                                    f"window index with {part_rebuild_hint(part)}")
                 flat_frames[slot] = np.frombuffer(frame, np.uint8)
                 values[slot] = return_to_go, reward, action
                 step_mask[slot] = True
@@ -492,5 +497,5 @@ class StepReader:
 def _read_exactly(file, part: Part, size: int) -> bytes:
     data = file.read(size)
     if len(data) != size:
-        raise DataError(f"{part.path}: ends early; rebuild the window index with `{REBUILD_COMMAND}`")
+        raise DataError(f"{part.path}: ends early; rebuild the window index with {part_rebuild_hint(part)}")
     return data
