@@ -144,6 +144,10 @@ def test_training_refuses_histories_of_another_env_and_a_short_context(trained, 
     config.data.sources = (str(other),)
     with pytest.raises(ValueError, match=rf"^{other}: its metadata.json is not one written by mgdt-ad-histories"):
         ADRecipe(config)
+    config = ad_darkroom.get_config()
+    config.data.sources = (str(histories), str(histories.parent / ".." / histories.parent.name / histories.name))
+    with pytest.raises(ValueError, match=r"^config.data.sources: .* and .* are one folder; give it once$"):
+        ADRecipe(config)  # read twice, each history weighed double
 
 
 def test_mgdt_train_reports_histories_of_another_env_in_one_line(trained, tmp_path):

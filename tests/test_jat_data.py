@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 
 import numpy as np
@@ -112,6 +113,16 @@ def test_a_dataset_of_another_recipe_is_refused_naming_what_its_metadata_lacks(t
 def test_an_empty_dataset_path_is_refused_not_read_as_the_current_folder(entry):
     config = {"model": {}, "data": {"tasks": ["unused", entry]}}
     with pytest.raises(ValueError, match=r"^data.tasks\[1\]: an empty dataset path \(an unset shell variable\?\)$"):
+        data.training_data(config, process_index=0, process_count=1)
+
+
+def test_one_dataset_given_twice_by_two_paths_is_refused(jat_datasets, monkeypatch):
+    # Read twice, it weighed double in the mix without a word.
+    directory = next(iter(jat_datasets.values()))
+    monkeypatch.chdir(directory.parent)
+    config = {"model": {}, "data": {"tasks": [str(directory), {"path": f"./{directory.name}", "sampling_weight": 2.0}]}}
+    with pytest.raises(ValueError, match=rf"^config.data.tasks: {re.escape(str(directory))} and {directory.name} are "
+                                         r"one folder; give it once$"):
         data.training_data(config, process_index=0, process_count=1)
 
 

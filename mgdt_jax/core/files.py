@@ -100,6 +100,22 @@ def naming_folder(error: Exception, folder: str | os.PathLike) -> str:
     return str(error)
 
 
+def folder_of(path: str | os.PathLike) -> str:
+    """The folder a path names: a local path resolved (``~``, ``..``, symbolic links), so that a
+    relative and an absolute path of one folder are one; a remote one (``gs://...``) as written."""
+    return str(path) if "://" in str(path) else os.path.realpath(os.path.expanduser(path))
+
+
+def check_each_folder_once(paths: Sequence[str | os.PathLike], field: str) -> None:
+    """ValueError (one line) when two of ``paths`` name one folder (``data`` and ``./data``, a link):
+    its data would be read twice and weigh double, without a word."""
+    seen: dict[str, str | os.PathLike] = {}
+    for path in paths:
+        if (folder := folder_of(path)) in seen:
+            raise ValueError(f"{field}: {seen[folder]} and {path} are one folder; give it once")
+        seen[folder] = path
+
+
 def write_text(path: Path, text: str) -> None:
     """Writes ``text`` to ``path`` through ``path.partial``, removed if the write fails; OSError as
     ``Path.write_text``. ``path`` is a ``pathlib.Path`` or anything with its API, e.g. an

@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from mgdt_jax import envs
+from mgdt_jax.core import files
 from mgdt_jax.core.config_sections import field_names, read_section, section
 from mgdt_jax.core.recipe import Evaluator, Recipe, StepCost
 from mgdt_jax.envs.base import Environment, EnvError
@@ -62,6 +63,7 @@ def data_config(config: Any) -> DataConfig:
     sources = (data.sources,) if isinstance(data.sources, str) else tuple(str(s) for s in data.sources)
     if not data.env:
         raise ValueError("config.data.env is not set: name the environment the histories are of")
+    files.check_each_folder_once(sources, "config.data.sources")
     return dataclasses.replace(data, sources=sources)
 
 

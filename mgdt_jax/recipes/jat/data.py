@@ -304,6 +304,7 @@ def training_data(config: Any, *, process_index: int, process_count: int) -> Jat
     if not data.tasks:
         raise ValueError("data.tasks is empty: give the JAT dataset directories to train on")
     entries = [_task_entry(entry, i) for i, entry in enumerate(data.tasks)]  # every entry checked before reading
+    files.check_each_folder_once([path for path, _, _ in entries], "config.data.tasks")
     tasks = [load_task(path, model, sampling_weight=sampling, loss_weight=loss) for path, sampling, loss in entries]
     batch_size = int(section(section(config, "train", {}), "batch_size", 32))
     return JatBatches(tasks, model, data, global_batch_size=batch_size, process_index=process_index,

@@ -31,7 +31,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from mgdt_jax.recipes.mgdt.rlds_source import DataError, find_dataset_dirs, folder_of
+from mgdt_jax.core.files import folder_of
+from mgdt_jax.recipes.mgdt.rlds_source import DataError, find_dataset_dirs
 from mgdt_jax.recipes.mgdt.step_store import Part, StepReader, WindowIndex, open_index
 
 SAMPLING = "window end uniform over each game's steps"  # recorded in stream_identity

@@ -33,6 +33,7 @@ from etils import epath
 from google.protobuf import json_format
 from tensorflow_datasets.core import example_parser
 
+from mgdt_jax.core.files import folder_of
 from mgdt_jax.envs import atari
 from mgdt_jax.recipes.mgdt import tokens
 
@@ -215,12 +216,6 @@ def find_dataset_dirs(sources: Sequence[str | os.PathLike]) -> list[epath.Path]:
     for directory in directories:
         first_path.setdefault(folder_of(directory), directory)
     return list(first_path.values())
-
-
-def folder_of(path: str | os.PathLike) -> str:
-    """The folder a path names: a local path resolved (``~``, ``..``, symbolic links), so that a
-    relative and an absolute path of one folder are one; a remote one (``gs://...``) as written."""
-    return str(path) if "://" in str(path) else os.path.realpath(os.path.expanduser(path))
 
 
 def _dataset_dirs_below(path: epath.Path) -> list[epath.Path]:
