@@ -301,3 +301,20 @@ def test_every_flag_says_what_it_does_in_help(command, monkeypatch, capsys):
     silent = [action.option_strings[-1] if action.option_strings else action.dest for action in parser._actions
               if not action.help and not isinstance(action, argparse._HelpAction)]
     assert not silent, f"{command}: no --help text for {', '.join(silent)}"
+
+
+def test_mgdt_train_out_of_device_memory_is_one_line_offering_remat_only_off_cpu(tmp_path):
+    # XLA's RESOURCE_EXHAUSTED at run time; on CPU remat saves nothing, so the line must not offer it there.
+    code = ("import sys, jax; from mgdt_jax.core import loop; "
+            "loop.train = lambda *a, **k: (_ for _ in ()).throw(jax.errors.JaxRuntimeError("
+            "'RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9 bytes.')); "
+            f"sys.argv = ['mgdt-train', '--config', {str(REPOSITORY / 'tests' / 'toy_recipe.py')!r}, "
+            f"'--workdir', {str(tmp_path / 'run')!r}]; "
+            "from mgdt_jax.cli import train; sys.exit(train.main())")
+    python_path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": python_path, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "mgdt-train: error: the step does not fit in device memory (RESOURCE_EXHAUSTED: Out of memory while trying to "
+        "allocate 9 bytes.); lower train.batch_size, raise train.grad_accum_steps or shard with mesh.fsdp")

@@ -339,9 +339,18 @@ def test_one_folder_by_two_paths_is_read_once_and_spellings_of_one_stream_are_on
     as_mapping = config(rlds_dataset_dir, game_weights={"Breakout": 2.0, "Pong": 4.0})
     identities = [pipeline.stream_identity(c, training_data(c)) for c in (as_text, as_mapping)]
     assert identities[0] == identities[1]
-    assert identities[0]["proportions"] == {"Breakout": 1.0, "Pong": 2.0}
-    other = config(rlds_dataset_dir, game_weights="Pong=3,Breakout=1")
-    assert pipeline.stream_identity(other, training_data(other))["proportions"] != identities[0]["proportions"]
+    assert identities[0]["proportions"] == {"Breakout": 100, "Pong": 200}  # what the mix draws per cycle
+    # Weights that draw other proportions are another identity, however close (1.7:0.1 and 5.1:0.3 drew 1700 and 1699).
+    for weights, drawn in [("Pong=3,Breakout=1", 300), ("Pong=1.7,Breakout=0.1", 1700), ("Pong=5.1,Breakout=0.3", 1699)]:
+        other = config(rlds_dataset_dir, game_weights=weights)
+        assert pipeline.stream_identity(other, training_data(other))["proportions"]["Pong"] == drawn
+    # A checkpoint saved before the identity held proportions held the weights as written: still compared.
+    older = {key: value for key, value in identities[0].items() if key != "proportions"}
+    upgraded = pipeline.upgrade_identity({**older, "game_weights": "Breakout=1,Pong=2"}, ["Pong", "Breakout"])
+    assert upgraded == {**identities[0], "game_weights": "Breakout=1,Pong=2"}
+    assert pipeline.upgrade_identity({**older, "game_weights": {"Pong": 1.0}}, [])["proportions"] == {"Pong": 100}
+    assert pipeline.upgrade_identity({"seed": 0, "game_weights": ""}, ["Pong", "Breakout"])["proportions"] == {
+        "Breakout": 100, "Pong": 100}  # no games saved: today's
 
 
 @pytest.mark.parametrize("weights", [[1.0, 1.0, 1.0], [3.0, 1.0], [1.5, 1.0, 0.25, 7.0]])

@@ -8,6 +8,7 @@ import errno
 import itertools
 import re
 import shutil
+import time
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -492,6 +493,20 @@ def test_resuming_on_other_data_warns_and_a_key_the_checkpoint_lacks_is_no_chang
     loop.train(config, tmp_path / "run", recipe=Content(config))
     assert ("warning: the data stream differs from the checkpoint's (saved -> now: seed 0 -> 1); the resumed run "
             "will not see the batches an uninterrupted run would have") in capsys.readouterr().out
+
+
+def test_a_run_killed_after_logging_past_its_checkpoint_shows_each_step_once_in_tensorboard(tmp_path):
+    # Resumed, it logs again the steps after its checkpoint: TensorBoard showed both runs' points.
+    from tensorboard.backend.event_processing import event_accumulator
+
+    config = toy_config(num_steps=4, checkpoint_every=2, log_every=1)
+    loop.train(config, tmp_path / "run", recipe=ToyRecipe(config))
+    shutil.rmtree(tmp_path / "run" / checkpointing.CHECKPOINTS / "4")  # killed after logging step 4, before saving it
+    time.sleep(1.1)  # event files are named by the second
+    assert loop.train(config, tmp_path / "run", recipe=ToyRecipe(config)).first_step == 2
+    events = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert len(list((tmp_path / "run" / "tensorboard").iterdir())) == 2
 
 
 def test_a_start_with_nothing_to_do_leaves_the_runs_config(tmp_path):

@@ -222,7 +222,8 @@ def _train(
             recipe.check_resume(checkpointer.data_position(latest), str(checkpointer.directory / str(latest)))
             _warn_if_config_changed(workdir / CONFIG_FILE, json.loads(config.to_json_best_effort()), writer)
             state, saved_position = checkpointer.restore(trainer.abstract_state, latest)
-            _warn_if_data_changed(saved_position, data_identity, writer)
+            _warn_if_data_changed(getattr(data, "upgrade_identity", lambda saved: saved)(saved_position),
+                                  data_identity, writer)
             writer.resume(int(state.step))
             writer.print(f"resumed from {checkpointer.directory / str(int(state.step))}"
                          + (f" (config.train.init_from {train_config.init_from} is not used: it initialises a new run "

@@ -104,7 +104,10 @@ class TrainingData(Protocol):
     def identity(self) -> dict[str, Any]:
         """JSON values that fix the stream (seed, sources, global batch ...), saved with checkpoints.
 
-        A resumed run whose identity differs is warned that it no longer sees the original batches.
+        A resumed run whose identity differs is warned that it no longer sees the original batches;
+        a key the saved identity lacks is no change. Optionally ``upgrade_identity(saved) -> dict``
+        translates an identity saved by an earlier version into today's keys (the loop calls it first
+        where the stream has one), so a change against an older checkpoint still warns.
         """
 
 

@@ -58,6 +58,11 @@ class EvaluationConfig:
     seed: int = 0
 
 
+def _config_model_fields() -> tuple[str, ...]:
+    """The model fields a config sets: the rest come from the environment (``ADRecipe._model_config``)."""
+    return tuple(name for name in field_names(ADModelConfig) if name not in ("num_observations", "num_actions", "grid_size"))
+
+
 def data_config(config: Any) -> DataConfig:
     data = read_section(DataConfig, section(config, "data", {}))
     sources = (data.sources,) if isinstance(data.sources, str) else tuple(str(s) for s in data.sources)
@@ -147,8 +152,7 @@ class ADRecipe(Recipe):
     def _model_config(self, model: Any) -> ADModelConfig:
         from_env = {"num_observations": self.env.num_observations, "num_actions": self.env.num_actions,
                     "grid_size": getattr(self.env, "size", 0)}
-        names = [f.name for f in dataclasses.fields(ADModelConfig) if f.name not in from_env]
-        values = {name: section(model, name) for name in names if section(model, name) is not None}
+        values = {name: section(model, name) for name in _config_model_fields() if section(model, name) is not None}
         return ADModelConfig(**from_env, **values)
 
     def model(self, rngs: nnx.Rngs) -> AlgorithmDistillation:
@@ -203,7 +207,7 @@ class ADRecipe(Recipe):
         return ADWindows(windows, self.data)
 
     def config_fields(self) -> dict[str, tuple[str, ...]]:
-        return {"model": field_names(ADModelConfig), "data": field_names(DataConfig),
+        return {"model": _config_model_fields(), "data": field_names(DataConfig),
                 "evaluation": field_names(EvaluationConfig)}
 
     def step_cost(self, batch_size: int) -> StepCost:

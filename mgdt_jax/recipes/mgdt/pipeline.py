@@ -31,7 +31,6 @@ from typing import Any
 import grain
 import numpy as np
 
-from mgdt_jax.core.files import folder_of
 from mgdt_jax.recipes.mgdt.rlds_source import DataError, find_dataset_dirs
 from mgdt_jax.recipes.mgdt.step_store import Part, StepReader, WindowIndex, open_index
 
@@ -155,14 +154,13 @@ class TrainingData:
         # the episodes batches are drawn from: the games of weight 0 are left out
         self.num_episodes = sum(part.episodes for game in self.game_weights for part in parts_by_game[game])
         self._games = [_Game(_game_seed(seed, game), parts_by_game[game]) for game in self.game_weights]
-        smallest = min(self.game_weights.values())
-        self._proportions = [int(weight * _MIN_PROPORTION / smallest) for weight in self.game_weights.values()]
+        self.proportions = drawn_proportions(self.game_weights)
         self._reader = StepReader()
 
     def window_ends(self, step: int) -> tuple[list[Part], np.ndarray]:
         """Which windows this host's rows of global batch ``step`` are: their parts and end steps in them."""
         positions = step * self.global_batch_size + self._first_row + np.arange(self.local_batch_size)
-        game_numbers, draws = mix_games(positions, self._proportions)
+        game_numbers, draws = mix_games(positions, list(self.proportions.values()))
         parts: list[Part] = [None] * self.local_batch_size  # type: ignore[list-item]
         ends = np.zeros(self.local_batch_size, np.int64)
         for number in np.unique(game_numbers).tolist():
@@ -231,20 +229,37 @@ def training_data(config: Any, *, process_index: int = 0, process_count: int = 1
 
 
 def stream_identity(config: Any, data: TrainingData) -> dict[str, Any]:
-    """What fixes the stream, saved with checkpoints: with it, batch ``k`` is known. Sources as the
-    folders they name (a relative and an absolute path of one folder are the same stream), weights as
-    the proportions drawn (``Pong=2,Breakout=1`` is ``{"Breakout": 1, "Pong": 2}`` is ``Pong=4,Breakout=2``),
-    and what the sources hold per game, [episodes, steps] (data replaced under the same paths)."""
-    smallest = min(data.game_weights.values())
+    """What fixes the stream, saved with checkpoints: with it, batch ``k`` is known. The games'
+    proportions as drawn (``Pong=2,Breakout=1`` and ``{"Breakout": 2, "Pong": 4}`` are one stream)
+    and what the sources hold per game, [episodes, steps] (data replaced under the same paths), not
+    the paths: one folder by two spellings, or data moved, is the same stream."""
     return {
-        "source_folders": [folder_of(source) for source in config.data.sources],
-        "proportions": {game: weight / smallest for game, weight in data.game_weights.items()},
+        "proportions": data.proportions,
         "games": data.content,
         "seed": config.data.seed,
         "global_batch_size": config.train.batch_size,
         "num_steps": config.model.num_steps,
         "sampling": SAMPLING,
     }
+
+
+def upgrade_identity(saved: Mapping[str, Any], games: Sequence[str]) -> dict[str, Any]:
+    """An identity saved before it held ``proportions`` (it held the weights as written, and
+    ``games``, when saved, the games then found; else ``games`` is today's) with the proportions
+    those weights drew, so a change of weights against an older checkpoint still warns."""
+    if "proportions" in saved or "game_weights" not in saved:
+        return dict(saved)
+    try:
+        weights = _resolve_weights(sorted(saved.get("games") or games), saved["game_weights"])
+    except DataError:
+        return dict(saved)  # weights no stream could draw: nothing to compare
+    return {**saved, "proportions": drawn_proportions(weights)}
+
+
+def drawn_proportions(weights: Mapping[str, float]) -> dict[str, int]:
+    """Game -> how many windows of it each cycle of the mix draws (``mix_games``), from weights > 0."""
+    smallest = min(weights.values())
+    return {game: int(weight * _MIN_PROPORTION / smallest) for game, weight in weights.items()}
 
 
 def parse_game_weights(text: str) -> dict[str, float]:

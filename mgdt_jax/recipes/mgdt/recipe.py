@@ -165,5 +165,10 @@ class RldsWindows:
     def identity(self) -> dict[str, Any]:
         return self._identity
 
+    def upgrade_identity(self, saved: Mapping[str, Any]) -> dict[str, Any]:
+        from mgdt_jax.recipes.mgdt import pipeline
+
+        return pipeline.upgrade_identity(saved, list(self._data.content))
+
 
 RECIPE = MgdtRecipe

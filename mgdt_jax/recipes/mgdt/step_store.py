@@ -439,8 +439,10 @@ class StepReader:
         try:
             file = epath.Path(part.path).open("rb")
             size = file.seek(0, os.SEEK_END)
-        except OSError as error:
+        except FileNotFoundError as error:
             raise DataError(f"{part.path}: cannot read the window index ({error}); rebuild it with {part_rebuild_hint(part)}") from None
+        except OSError as error:  # permissions, open files, a remote store: a rebuild would not help
+            raise DataError(f"{part.path}: cannot read the window index ({error})") from None
         if size != part.file_size:
             file.close()
             raise DataError(f"{part.path}: {size} bytes where the window index recorded {part.file_size}; rebuild "
@@ -477,8 +479,8 @@ class StepReader:
                     raise DataError(f"{part.path}: a frame cannot be decompressed ({error}): damaged; delete it and "
                                     f"rebuild the window index with {part_rebuild_hint(part)}") from None
                 if len(frame) != FRAME_BYTES:
-                    raise DataError(f"{part.path}: a frame of {len(frame)} bytes, not {FRAME_BYTES}; rebuild the "
-                                    f"window index with {part_rebuild_hint(part)}")
+                    raise DataError(f"{part.path}: a frame of {len(frame)} bytes, not {FRAME_BYTES}: damaged; delete it "
+                                    f"and rebuild the window index with {part_rebuild_hint(part)}")
                 flat_frames[slot] = np.frombuffer(frame, np.uint8)
                 values[slot] = return_to_go, reward, action
                 step_mask[slot] = True
