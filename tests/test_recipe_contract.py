@@ -509,6 +509,27 @@ def test_a_run_killed_after_logging_past_its_checkpoint_shows_each_step_once_in_
     assert len(list((tmp_path / "run" / "tensorboard").iterdir())) == 2
 
 
+def test_profile_steps_traces_steps_after_the_compiling_one_for_tensorboard_and_perfetto(tmp_path, capsys):
+    import gzip
+    import json
+
+    config = toy_config(num_steps=5, profile_steps=2)
+    loop.train(config, tmp_path / "run", recipe=ToyRecipe(config))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("profiled")]
+    traces = list((tmp_path / "run" / "profile" / "plugins" / "profile").iterdir())
+    assert lines == [f"profiled steps 2..3: {traces[0]} (`tensorboard --logdir {tmp_path / 'run' / 'profile'}`, Profile "
+                     "tab; or the .trace.json.gz in Perfetto)"]
+    assert any(path.name.endswith(".xplane.pb") for path in traces[0].iterdir())
+    events = json.loads(gzip.decompress(next(traces[0].glob("*.trace.json.gz")).read_bytes()))["traceEvents"]
+    assert any("_train_step" in str(event.get("name", "")) for event in events)  # the step's own calls
+    # More steps than the run has left: traced to its end.
+    config = toy_config(num_steps=3, profile_steps=10)
+    loop.train(config, tmp_path / "short", recipe=ToyRecipe(config))
+    assert "profiled steps 2..3: " in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"^config.train.profile_steps must be an integer >= 0, got -1$"):
+        loop.train(toy_config(profile_steps=-1), tmp_path / "bad", recipe=ToyRecipe(toy_config()))
+
+
 def test_a_start_with_nothing_to_do_leaves_the_runs_config(tmp_path):
     # It rewrote config.json with settings that never trained (what mgdt-eval and the resume warning read).
     config = toy_config(num_steps=2, checkpoint_every=2)

@@ -46,8 +46,10 @@ CONFIG_FILE = "config.json"
 TRAINING_CLAIM = ".training"  # in the workdir while a run trains there: the first host's process id
 EVALUATION_SKIPPED = "evaluation_skipped"  # in a checkpoint's data position: stopped before its step's evaluation
 # What a run (and the evaluation hook, eval/) writes in its workdir; anything else predates the run.
+PROFILE_DIR = "profile"  # config.train.profile_steps' traces: tensorboard --logdir <workdir>/profile
 RUN_ENTRIES = frozenset({CONFIG_FILE, TRAINING_CLAIM, "eval", checkpointing.CHECKPOINTS, checkpointing.INCOMPLETE,
-                         metric_writer.TENSORBOARD_DIR, metric_writer.METRICS_FILE, metric_writer.EARLIER_RUNS_DIR})
+                         metric_writer.TENSORBOARD_DIR, metric_writer.METRICS_FILE, metric_writer.EARLIER_RUNS_DIR,
+                         PROFILE_DIR})
 
 
 class TrainingDiverged(RuntimeError):
@@ -70,6 +72,7 @@ class LoopConfig(TrainConfig):
     keep_checkpoints: int = 3
     eval_every: int = 0  # steps between calls of the recipe's evaluator; 0: never
     init_from: str = ""  # a run or step folder whose parameters start a new run (fine-tuning)
+    profile_steps: int = 0  # steps traced with jax.profiler after the run's first (compiling) one; 0: none
 
 
 def near_misses(config: Any, recipe_fields: Mapping[str, Collection[str]] | None = None) -> list[str]:
@@ -208,6 +211,7 @@ def _train(
         workdir, save_every=train_config.checkpoint_every, keep=train_config.keep_checkpoints
     )
     preemption = _Preemption(checkpointer)
+    trace = _StepTrace(workdir / PROFILE_DIR, train_config.profile_steps, writer, enabled=primary)
     stream: Iterator[dict[str, Any]] = iter(())
     try:
         writer.print(
@@ -285,6 +289,7 @@ def _train(
         progress["stepping"] = True  # from here a failure leaves the run's metrics to read
         preemption.watch_interrupts()
         previous_metrics = None
+        trace.begin_at(first_step + 2)  # the first step compiles
 
         def save(step: int, evaluation_skipped: bool = False) -> None:
             with throughput.paused():
@@ -295,6 +300,7 @@ def _train(
         try:
             for last_step, batch in zip(steps, itertools.chain([first_batch], batches)):
                 layout = jax.tree.structure(batch)
+                trace.before(last_step)
                 if layout not in compiled:  # a new layout: its compilation is not timed
                     with throughput.paused():
                         with sharding.every_process_or_none():
@@ -309,6 +315,7 @@ def _train(
                 # late (11 steps, 15 s, in a run of 1.3 s steps logging every 10).
                 jax.block_until_ready(previous_metrics)
                 previous_metrics = metrics
+                trace.after(last_step, metrics)
                 if last_step == first_step + 1:
                     jax.block_until_ready(metrics)
                     throughput.start(last_step)  # compilation and the first step are not timed
@@ -343,6 +350,7 @@ def _train(
                                                   f"the last checkpoint is step {kept}")) from None
     finally:
         preemption.close()  # first: a Ctrl-C during the rest of the clean-up must not skip it
+        trace.stop()  # a run that ended or failed inside the traced steps keeps its trace
         getattr(stream, "close", lambda: None)()  # stops the data worker processes
         checkpointer.close()
         writer.close()
@@ -364,7 +372,7 @@ def _evaluated(workdir: Path, step: int, primary: bool) -> bool:
 
 def _check_counts(train_config: LoopConfig) -> None:
     """ValueError (one line) for a count no run can use: no steps to take, an empty batch, or no log step."""
-    for name, least in (("num_steps", 1), ("batch_size", 1), ("log_every", 1), ("eval_every", 0)):
+    for name, least in (("num_steps", 1), ("batch_size", 1), ("log_every", 1), ("eval_every", 0), ("profile_steps", 0)):
         value = getattr(train_config, name)
         if not isinstance(value, int) or value < least:
             raise ValueError(f"config.train.{name} must be an integer >= {least}, got {value!r}")
@@ -541,6 +549,49 @@ def _flops_cross_check(analytic_flops: float, compiled_step: jax.stages.Compiled
         "what remat recomputes, the analytic count neither, as MFU requires; and a loop's body once: lower for a "
         "step with a rollout or accumulation scan)"
     )
+
+
+class _StepTrace:
+    """Traces ``count`` steps with ``jax.profiler`` (XLA's device and host activity, as MaxText's and
+    big_vision's profiler options do) into ``<directory>/plugins/profile/<time>/``, apart from the
+    run's TensorBoard scalars (a run starting over moves those aside): TensorBoard's Profile tab
+    (with the ``tensorboard-plugin-profile`` package) reads the ``.xplane.pb``, Perfetto the
+    ``.trace.json.gz``. The first host only; the traced steps' throughput includes the tracer's cost."""
+
+    def __init__(self, directory: Path, count: int, writer: MetricWriter, *, enabled: bool):
+        self._directory, self._count, self._writer = directory, count, writer
+        self._enabled = enabled and count > 0
+        self._first: int | None = None
+        self._traced: list[int] = []  # the steps run while tracing
+
+    def begin_at(self, step: int) -> None:
+        self._first = step
+
+    def before(self, step: int) -> None:
+        if self._enabled and step == self._first:
+            try:
+                jax.profiler.start_trace(str(self._directory))
+            except RuntimeError as error:  # a trace started elsewhere in the process: one at a time
+                self._writer.print(f"warning: config.train.profile_steps: cannot start the trace ({error})")
+                self._enabled = False
+                return
+            self._traced.append(step)
+        elif self._traced and self._enabled:
+            self._traced.append(step)
+
+    def after(self, step: int, metrics: Any) -> None:
+        if self._enabled and len(self._traced) == self._count:
+            jax.block_until_ready(metrics)  # the traced steps' device work, not only their dispatch
+            self.stop()
+
+    def stop(self) -> None:
+        if self._enabled and self._traced:
+            self._enabled = False
+            jax.profiler.stop_trace()
+            traces = sorted((self._directory / "plugins" / "profile").glob("*"), key=lambda path: path.stat().st_mtime)
+            self._writer.print(f"profiled steps {self._traced[0]}..{self._traced[-1]}: "
+                               f"{traces[-1] if traces else self._directory} (`tensorboard --logdir {self._directory}`"
+                               ", Profile tab; or the .trace.json.gz in Perfetto)")
 
 
 class _Preemption:
