@@ -169,7 +169,7 @@ def run_config(model: str, benchmark: Path, scale: Scale, steps: int, task: Task
                       "grad_clip_norm": 0.5, "eps": 1e-5},
         "train": {"batch_size": scale.num_envs, "grad_accum_steps": 1, "num_steps": steps, "seed": seed,
                   "log_every": max(min(steps // 20, 10), 1), "checkpoint_every": max(steps // 10, 1), "keep_checkpoints": 1,
-                  "eval_every": 0, "init_from": ""},
+                  "eval_every": 0, "init_from": "", "profile_steps": 0},
     })
 
 

@@ -37,7 +37,7 @@ def get_config() -> ConfigDict:
                           "grad_clip_norm": 0.5, "eps": 1e-5},
             "train": {
                 "batch_size": 64, "grad_accum_steps": 1, "num_steps": 300, "seed": 0, "log_every": 20,
-                "checkpoint_every": 100, "keep_checkpoints": 2, "eval_every": 0, "init_from": "",
+                "checkpoint_every": 100, "keep_checkpoints": 2, "eval_every": 0, "init_from": "", "profile_steps": 0,
             },
         }
     )

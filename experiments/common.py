@@ -315,4 +315,5 @@ def base_config() -> ConfigDict:
     train.eval_games = ()  # games played at evaluation; empty = none
     train.eval_episodes = 16  # per game (paper: 16 trials)
     train.init_from = ""  # a checkpoint directory to start from (fine-tuning); empty = scratch
+    train.profile_steps = 0  # steps traced with jax.profiler into <workdir>/profile after the first; 0 = none
     return config

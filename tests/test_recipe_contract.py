@@ -522,6 +522,10 @@ def test_profile_steps_traces_steps_after_the_compiling_one_for_tensorboard_and_
     assert any(path.name.endswith(".xplane.pb") for path in traces[0].iterdir())
     events = json.loads(gzip.decompress(next(traces[0].glob("*.trace.json.gz")).read_bytes()))["traceEvents"]
     assert any("_train_step" in str(event.get("name", "")) for event in events)  # the step's own calls
+    # Profiling (or logging) another way is no change of what the run trains: neither warned nor refused.
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    traced_again = {**saved, "train": {**saved["train"], "profile_steps": 4, "log_every": 1}}
+    assert loop.config_changes(tmp_path / "run" / "config.json", traced_again) == []
     # More steps than the run has left: traced to its end.
     config = toy_config(num_steps=3, profile_steps=10)
     loop.train(config, tmp_path / "short", recipe=ToyRecipe(config))

@@ -174,7 +174,7 @@ def get_config() -> ml_collections.ConfigDict:
             "data": {"seed": 0},
             "train": {
                 "batch_size": 16, "grad_accum_steps": 1, "num_steps": 100, "seed": 0, "log_every": 10,
-                "checkpoint_every": 50, "keep_checkpoints": 3, "eval_every": 0, "init_from": "",
+                "checkpoint_every": 50, "keep_checkpoints": 3, "eval_every": 0, "init_from": "", "profile_steps": 0,
             },
         }
     )

@@ -47,6 +47,8 @@ TRAINING_CLAIM = ".training"  # in the workdir while a run trains there: the fir
 EVALUATION_SKIPPED = "evaluation_skipped"  # in a checkpoint's data position: stopped before its step's evaluation
 # What a run (and the evaluation hook, eval/) writes in its workdir; anything else predates the run.
 PROFILE_DIR = "profile"  # config.train.profile_steps' traces: tensorboard --logdir <workdir>/profile
+# Fields a resumed run or an experiment may change without changing what is trained (config_changes)
+REPORTING_FIELDS = frozenset({"train.log_every", "train.profile_steps"})
 RUN_ENTRIES = frozenset({CONFIG_FILE, TRAINING_CLAIM, "eval", checkpointing.CHECKPOINTS, checkpointing.INCOMPLETE,
                          metric_writer.TENSORBOARD_DIR, metric_writer.METRICS_FILE, metric_writer.EARLIER_RUNS_DIR,
                          PROFILE_DIR})
@@ -401,12 +403,13 @@ def _warn_if_data_changed(saved: Mapping[str, Any], current: Mapping[str, Any], 
 def config_changes(path: Path, current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     """(field, saved value, current value) for each config field that differs from the run's
     config.json at ``path`` (fields as dotted names, e.g. ``train.seed``; a missing field is None);
-    nothing for a run without a readable config.json."""
+    nothing for a run without a readable config.json. ``REPORTING_FIELDS`` are left out: they change
+    what a run reports, not what it trains."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return []  # a run from before config.json, or one whose file was removed: nothing to compare
-    return differing_fields(saved, current)
+    return [change for change in differing_fields(saved, current) if change[0] not in REPORTING_FIELDS]
 
 
 def differing_fields(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
