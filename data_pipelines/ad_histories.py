@@ -121,83 +121,87 @@ def write_histories(env: Environment, source: sources.Source, tasks, out_dir: Pa
     num_tasks = int(tasks.id.shape[0])
     if num_tasks == 0:
         raise EnvError(f"{env.name}: no tasks to run on (the split is empty)")
-    tasks_per_shard = max(1, histories_per_shard // histories_per_task)
-    num_shards = -(-num_tasks // tasks_per_shard)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # a crashed earlier run of this same output
-    partial.mkdir(parents=True)
-    first_returns, last_returns, shard_lengths, num_bytes = [], [], [], 0
-    started = time.perf_counter()
-    pool, workers = None, min(workers, num_shards)
-    pending: collections.deque = collections.deque()  # (future, histories, episodes), in shard order
-    shard_paths: list[Path] = []
-    try:
-        if workers > 1:
-            pool = processes.spawn_pool(workers)
-        with tqdm.tqdm(total=num_tasks * histories_per_task, unit="history", disable=not progress) as bar:
+    # Held beside OUT: a second run into the same --out at once deleted this one's OUT.partial
+    with files.writing_into(out_dir.parent, f".{out_dir.name}.writing", "another mgdt-ad-histories"):
+        if out_dir.exists():  # finished meanwhile by a run that held it
+            raise HistoryError(f"{out_dir}: already exists; choose a new --out")
+        tasks_per_shard = max(1, histories_per_shard // histories_per_task)
+        num_shards = -(-num_tasks // tasks_per_shard)
+        partial = out_dir.with_name(out_dir.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)  # a crashed earlier run of this same output
+        partial.mkdir(parents=True)
+        first_returns, last_returns, shard_lengths, num_bytes = [], [], [], 0
+        started = time.perf_counter()
+        pool, workers = None, min(workers, num_shards)
+        pending: collections.deque = collections.deque()  # (future, histories, episodes), in shard order
+        shard_paths: list[Path] = []
+        try:
+            if workers > 1:
+                pool = processes.spawn_pool(workers)
+            with tqdm.tqdm(total=num_tasks * histories_per_task, unit="history", disable=not progress) as bar:
 
-            def finish_oldest() -> None:
-                nonlocal num_bytes
-                written, histories, episodes = pending.popleft()
-                num_bytes += written.result() if pool is not None else written
-                shard_lengths.append(episodes)
-                bar.update(histories)
-                steps = sum(shard_lengths) * env.episode_length
-                bar.set_postfix_str(f"{steps:,} steps, {steps / (time.perf_counter() - started):,.0f} steps/s")
+                def finish_oldest() -> None:
+                    nonlocal num_bytes
+                    written, histories, episodes = pending.popleft()
+                    num_bytes += written.result() if pool is not None else written
+                    shard_lengths.append(episodes)
+                    bar.update(histories)
+                    steps = sum(shard_lengths) * env.episode_length
+                    bar.set_postfix_str(f"{steps:,} steps, {steps / (time.perf_counter() - started):,.0f} steps/s")
 
-            for index, (start, count, chunk) in enumerate(_chunks(tasks, tasks_per_shard)):
-                generated = sources.rollout(env, source, chunk, seed, episodes_per_history, histories_per_task,
-                                            first_history_id=start * histories_per_task)
-                kept = count * histories_per_task
-                generated = sources.Rollout(*(np.asarray(leaf)[:kept] for leaf in generated))
-                path = rlds_writer.shard_path(partial, history_format.DATASET_NAME, history_format.SPLIT,
-                                              index, num_shards)
-                shard_paths.append(path)
-                if pool is None:
-                    written = write_shard(path, generated, env.name, source.name)
-                else:
-                    written = pool.submit(write_shard, path, generated, env.name, source.name)
-                pending.append((written, kept, kept * episodes_per_history))
-                returns = generated.rewards.sum(-1)
-                first_returns.append(returns[:, 0])
-                last_returns.append(returns[:, -1])
-                while len(pending) > (2 * workers if pool is not None else 0):  # bounded memory
+                for index, (start, count, chunk) in enumerate(_chunks(tasks, tasks_per_shard)):
+                    generated = sources.rollout(env, source, chunk, seed, episodes_per_history, histories_per_task,
+                                                first_history_id=start * histories_per_task)
+                    kept = count * histories_per_task
+                    generated = sources.Rollout(*(np.asarray(leaf)[:kept] for leaf in generated))
+                    path = rlds_writer.shard_path(partial, history_format.DATASET_NAME, history_format.SPLIT,
+                                                  index, num_shards)
+                    shard_paths.append(path)
+                    if pool is None:
+                        written = write_shard(path, generated, env.name, source.name)
+                    else:
+                        written = pool.submit(write_shard, path, generated, env.name, source.name)
+                    pending.append((written, kept, kept * episodes_per_history))
+                    returns = generated.rewards.sum(-1)
+                    first_returns.append(returns[:, 0])
+                    last_returns.append(returns[:, -1])
+                    while len(pending) > (2 * workers if pool is not None else 0):  # bounded memory
+                        finish_oldest()
+                while pending:
                     finish_oldest()
-            while pending:
-                finish_oldest()
-        settings = {
-            "env_name": env.name, "source_name": source.name, "env": env.config(), "source": source.config(),
-            "seed": seed, "episodes_per_history": episodes_per_history, "histories_per_task": histories_per_task,
-            "episode_length": env.episode_length, "num_actions": env.num_actions,
-            "num_observations": env.num_observations, "num_tasks": num_tasks,
-            "num_histories": num_tasks * histories_per_task, "split": split or {},
-            "task_ids": np.asarray(tasks.id).tolist(), "format_version": history_format.VERSION,
-            # Read back by read_histories: a shard swapped in from another recording of the same
-            # environment and source (another seed) passes every other check.
-            history_format.SHARD_DIGESTS: {path.name: files.sha256(path) for path in shard_paths},
-        }
-        rlds_writer.write_dataset_info(
-            partial, name=history_format.DATASET_NAME, version=history_format.VERSION,
-            module_name=__name__, features=features(), split=history_format.SPLIT, shard_lengths=shard_lengths,
-            num_bytes=num_bytes, metadata=settings,
-            description=f"Learning histories of {source.name} on {env.name} for Algorithm Distillation; "
-                        "one RLDS episode per RL episode.")
-        partial.rename(out_dir)
-    except BaseException:
-        # The folder goes first: a second Ctrl-C while waiting for the workers must not leave it.
-        shutil.rmtree(partial, ignore_errors=True)
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)  # a worker may be in the middle of a shard
-            shutil.rmtree(partial, ignore_errors=True)  # and what it wrote meanwhile
-        raise
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    return {"histories": num_tasks * histories_per_task, "episodes": sum(shard_lengths),
-            "steps": sum(shard_lengths) * env.episode_length, "shards": num_shards, "num_bytes": num_bytes,
-            "seconds": time.perf_counter() - started,
-            "first_episode_return": float(np.concatenate(first_returns).mean()),
-            "last_episode_return": float(np.concatenate(last_returns).mean())}
+            settings = {
+                "env_name": env.name, "source_name": source.name, "env": env.config(), "source": source.config(),
+                "seed": seed, "episodes_per_history": episodes_per_history, "histories_per_task": histories_per_task,
+                "episode_length": env.episode_length, "num_actions": env.num_actions,
+                "num_observations": env.num_observations, "num_tasks": num_tasks,
+                "num_histories": num_tasks * histories_per_task, "split": split or {},
+                "task_ids": np.asarray(tasks.id).tolist(), "format_version": history_format.VERSION,
+                # Read back by read_histories: a shard swapped in from another recording of the same
+                # environment and source (another seed) passes every other check.
+                history_format.SHARD_DIGESTS: {path.name: files.sha256(path) for path in shard_paths},
+            }
+            rlds_writer.write_dataset_info(
+                partial, name=history_format.DATASET_NAME, version=history_format.VERSION,
+                module_name=__name__, features=features(), split=history_format.SPLIT, shard_lengths=shard_lengths,
+                num_bytes=num_bytes, metadata=settings,
+                description=f"Learning histories of {source.name} on {env.name} for Algorithm Distillation; "
+                            "one RLDS episode per RL episode.")
+            partial.rename(out_dir)
+        except BaseException:
+            # The folder goes first: a second Ctrl-C while waiting for the workers must not leave it.
+            shutil.rmtree(partial, ignore_errors=True)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)  # a worker may be in the middle of a shard
+                shutil.rmtree(partial, ignore_errors=True)  # and what it wrote meanwhile
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown()
+        return {"histories": num_tasks * histories_per_task, "episodes": sum(shard_lengths),
+                "steps": sum(shard_lengths) * env.episode_length, "shards": num_shards, "num_bytes": num_bytes,
+                "seconds": time.perf_counter() - started,
+                "first_episode_return": float(np.concatenate(first_returns).mean()),
+                "last_episode_return": float(np.concatenate(last_returns).mean())}
 
 
 def _settings(pairs: list[str]) -> dict[str, str]:

@@ -165,11 +165,8 @@ def converting_into(out_dir: Path) -> Iterator[None]:
     """Holds ``out_dir`` for this conversion (``OUT/.converting``, this process's id) while the block
     runs: a second mgdt-convert into the same --out at once is refused in one line (OSError) instead
     of writing the same shards beside the first (it ended in a rename error)."""
-    out_dir = Path(out_dir)
-    with files.removing_created_folders(out_dir):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with files.held(out_dir / CONVERTING_CLAIM, "another mgdt-convert"):
-            yield
+    with files.writing_into(Path(out_dir), CONVERTING_CLAIM, "another mgdt-convert"):
+        yield
 
 
 def summary_line(report: dict, out_dir: Path, seconds: float) -> str:

@@ -1,5 +1,6 @@
 """Learning histories as RLDS: exact round trips, the mgdt-ad-histories CLI, and bad input."""
 
+import os
 import re
 import shutil
 
@@ -179,6 +180,18 @@ def test_a_negative_split_size_is_named_by_its_flag(tmp_path, capsys):
 def test_cli_refuses_an_existing_output(darkroom_dir, capsys):
     code, _, err = _cli(capsys, "--env", "darkroom", "--source", "q_learning", "--episodes", 2, "--out", darkroom_dir)
     assert code == 1 and err == f"mgdt-ad-histories: error: {darkroom_dir}: already exists; choose a new --out"
+
+
+def test_a_second_run_into_the_same_out_at_once_is_refused_and_leaves_the_first_alone(tmp_path, capsys):
+    # It deleted the first run's OUT.partial: both failed, one with a traceback.
+    claim = tmp_path / ".bandit.writing"
+    claim.write_text(f"{os.getpid()}\n")  # a run writing tmp_path/bandit
+    (tmp_path / "bandit.partial").mkdir()
+    (tmp_path / "bandit.partial" / "shard").write_text("the first run's")
+    code, _, err = _cli(capsys, "--env", "bandit", "--source", "thompson", "--episodes", 2, "--out", tmp_path / "bandit")
+    assert code == 1 and err == (f"mgdt-ad-histories: error: {tmp_path}: another mgdt-ad-histories (process "
+                                 f"{os.getpid()}) is writing there; wait for it or choose another folder")
+    assert (tmp_path / "bandit.partial" / "shard").read_text() == "the first run's" and claim.exists()
 
 
 def test_an_interrupted_write_leaves_nothing(tmp_path, darkroom_tasks, monkeypatch):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from data_pipelines.jat import experts, record
+from data_pipelines.jat import experts, record, rlds
+from mgdt_jax.envs import gym_tasks
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import references
 
@@ -92,6 +93,13 @@ def test_the_metaworld_expert_adds_seeded_noise_to_the_scripted_action(recorded)
     assert len(noise) > 100 and abs(noise.std() - experts.METAWORLD_ACTION_NOISE) < 0.03
     first, again = (experts.ScriptedMetaWorldPolicy("reach", seed=5) for _ in range(2))
     assert np.array_equal([first.act(o) for o in observations[:5]], [again.act(o) for o in observations[:5]])
+    # The recording's --seed seeds the noise (every seed drew seed 0's before)
+    task = gym_tasks.get_task("metaworld-reach")
+    policies = {seed: record.expert(task, None, seed) for seed in (0, 5)}
+    by_seed = {seed: [policy.act(o) for o in observations[:5]] for seed, policy in policies.items()}
+    fresh = experts.ScriptedMetaWorldPolicy("reach", seed=5)
+    assert np.array_equal(by_seed[5], [fresh.act(o) for o in observations[:5]])
+    assert not np.array_equal(by_seed[0], by_seed[5])
 
 
 def test_observation_stats_are_numpys_over_the_recorded_expert_steps(recorded):
@@ -145,6 +153,17 @@ def test_a_rerun_does_not_count_a_damaged_recording_as_recorded(recorded, tmp_pa
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"mgdt-jat-record: error: {tmp_path / 'babyai-go-to-local'}: damaged since it was recorded "
         f"({fault.format(name=shard.name, size=size)}); remove it to record babyai-go-to-local again")
+
+
+def test_a_second_recording_into_the_same_out_at_once_is_refused(tmp_path, capsys):
+    # It deleted the first one's OUT/<task>.partial, and the two wrote into each other's files: a
+    # finished dataset labelled with one seed held the other's episodes.
+    (tmp_path / rlds.WRITING_CLAIM).write_text(f"{os.getpid()}\n")  # a recording running there
+    assert record.main(["babyai-go-to-local", "--episodes", "2", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"mgdt-jat-record: error: {tmp_path}: another mgdt-jat-record or mgdt-jat-import (process {os.getpid()}) is "
+        "writing there; wait for it or choose another folder")
+    assert sorted(path.name for path in tmp_path.iterdir()) == [rlds.WRITING_CLAIM]
 
 
 def test_cli_errors_are_one_line(recorded, capsys, tmp_path):

@@ -30,7 +30,7 @@ import tqdm
 
 from data_pipelines.jat import rlds
 from mgdt_jax.core.commands import interruptible
-from mgdt_jax.core.files import check_folder, path_argument, removing_created_folders
+from mgdt_jax.core.files import check_folder, path_argument, writing_into
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat.fields import DatasetError
 from mgdt_jax.recipes.jat import references as jat_references
@@ -233,14 +233,17 @@ def import_files(files: list[Path], task: str, out_dir: Path, episodes_per_shard
     if first is None:
         raise DatasetError(f"{files[0]}: no episodes")
     spec = jat_fields.TaskSpec(task, _step_shapes(first, names))
-    shutil.rmtree(partial, ignore_errors=True)
     returns, moments = [], rlds.ObservationMoments()
 
     def chained() -> Iterator[rlds.Episode]:
         yield first
         yield from stream
 
-    with removing_created_folders(out_dir), tqdm.tqdm(unit="episode", desc=task, disable=not progress) as bar:
+    with writing_into(Path(out_dir), rlds.WRITING_CLAIM, rlds.WRITERS), \
+            tqdm.tqdm(unit="episode", desc=task, disable=not progress) as bar:
+        if final.exists():  # written meanwhile by a command that held the folder
+            raise DatasetError(f"{final}: already exists; choose another --out or remove it")
+        shutil.rmtree(partial, ignore_errors=True)  # an interrupted earlier import's
 
         def count(episode: rlds.Episode) -> None:
             returns.append(episode.episode_return)

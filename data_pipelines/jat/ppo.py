@@ -281,8 +281,10 @@ def load(path: Path, env_id: str, versions: dict, seed: int = 0) -> ExpertPolicy
     return ExpertPolicy(policy, log_std, obs_mean, obs_var, seed)
 
 
-def load_expert(task: str, experts_dir: Path | None, env_id: str, seed: int = 0) -> ExpertPolicy:
-    """EXPERTS/<task>.npz, trained first (TASK_CONFIGS[task]) when it does not exist."""
+def load_expert(task: str, experts_dir: Path | None, env_id: str, seed: int = 0,
+                action_seed: int | None = None) -> ExpertPolicy:
+    """EXPERTS/<task>.npz, trained first (TASK_CONFIGS[task], ``seed``) when it does not exist; its
+    sampled actions' noise seeded by ``action_seed`` (default ``seed``)."""
     if experts_dir is None:
         raise ExpertError(f"{task}: needs a directory of PPO experts (--experts)")
     versions = installed_versions(("gymnasium", "mujoco"))
@@ -294,4 +296,4 @@ def load_expert(task: str, experts_dir: Path | None, env_id: str, seed: int = 0)
         save(path, trained, env_id, versions, config, seed)
         print(f"trained a PPO expert for {task} in {time.perf_counter() - started:.0f}s "
               f"(last training returns {np.mean(trained['train_returns']):.1f}): {path}")
-    return load(path, env_id, versions, seed)
+    return load(path, env_id, versions, seed if action_seed is None else action_seed)

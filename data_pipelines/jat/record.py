@@ -28,7 +28,7 @@ import tqdm
 
 from data_pipelines.jat import experts, rlds
 from mgdt_jax.core.commands import interruptible
-from mgdt_jax.core.files import check_folder, path_argument, removing_created_folders, seed_argument
+from mgdt_jax.core.files import check_folder, path_argument, seed_argument, writing_into
 from mgdt_jax.envs import gym_tasks
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import references as jat_references
@@ -67,16 +67,17 @@ def play_episode(task: gym_tasks.Task, env, policy: experts.Policy, seed: int | 
     return rlds.Episode(observations, np.asarray(actions), np.asarray(rewards, np.float32), bool(terminated), success)
 
 
-def expert(task: gym_tasks.Task, experts_dir: Path | None) -> experts.Policy:
-    """The policy that records ``task`` (experts.py); a MuJoCo task's PPO expert is read from
-    ``experts_dir``, trained first when missing (ExpertError without a directory)."""
+def expert(task: gym_tasks.Task, experts_dir: Path | None, seed: int = 0) -> experts.Policy:
+    """The policy that records ``task`` (experts.py), its action noise seeded by ``seed``; a MuJoCo
+    task's PPO expert is read from ``experts_dir``, trained first when missing (with its own seed
+    0, whatever ``seed``; ExpertError without a directory)."""
     if task.domain == "babyai":
         return experts.BabyAIBotPolicy()
     if task.domain == "metaworld":
-        return experts.ScriptedMetaWorldPolicy(task.env_id.removesuffix("-v3"))
+        return experts.ScriptedMetaWorldPolicy(task.env_id.removesuffix("-v3"), seed=seed)
     from data_pipelines.jat import ppo  # JAX and the PPO trainer: only for the MuJoCo tasks
 
-    return ppo.load_expert(task.name, experts_dir, task.env_id)
+    return ppo.load_expert(task.name, experts_dir, task.env_id, action_seed=seed)
 
 
 def play(task: gym_tasks.Task, policy_factory: Callable, episodes: int, seed: int,
@@ -170,7 +171,7 @@ def record_task(task: gym_tasks.Task, out_dir: Path, episodes: int, seed: int = 
     try:  # an interrupted recording leaves nothing: the folder is complete only once renamed
         summary = rlds.write_dataset(
             partial, jat_fields.TaskSpec(task.name, task.shapes),
-            play(task, lambda env: expert(task, experts_dir), episodes, seed, skipped),
+            play(task, lambda env: expert(task, experts_dir, seed), episodes, seed, skipped),
             {"job": job, "final_observation": "recorded", "skipped_expert_episodes": skipped}, episodes_per_shard,
             description=f"JAT task {task.name} ({task.env_id}) played by {experts.EXPERT_NAMES[task.domain]}.",
             on_episode=count)
@@ -206,7 +207,8 @@ def record(task_names: list[str], out_dir: Path, episodes: int, seed: int = 0,
     started, steps = time.perf_counter(), 0
     summaries = []
     total = len(resolved) * (episodes + random_episodes)
-    with removing_created_folders(out_dir), tqdm.tqdm(total=total, unit="episode", disable=not progress) as bar:
+    with writing_into(out_dir, rlds.WRITING_CLAIM, rlds.WRITERS), tqdm.tqdm(total=total, unit="episode",
+                                                                           disable=not progress) as bar:
 
         def count(episode: rlds.Episode) -> None:
             nonlocal steps
@@ -214,7 +216,6 @@ def record(task_names: list[str], out_dir: Path, episodes: int, seed: int = 0,
             bar.update()
             bar.set_postfix_str(f"{steps:,} steps, {steps / (time.perf_counter() - started):,.0f} steps/s")
 
-        out_dir.mkdir(parents=True, exist_ok=True)
         for task in resolved:
             bar.set_description(task.name)
             summary = record_task(task, out_dir, episodes, seed, random_episodes, experts_dir, on_episode=count)

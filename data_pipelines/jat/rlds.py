@@ -42,6 +42,9 @@ from mgdt_jax.recipes.jat.fields import METADATA_FILE, DatasetError, TaskSpec
 
 VERSION = "1.0.0"
 SPLIT = "train"
+# Held in OUT while mgdt-jat-record or mgdt-jat-import writes there: a second one at once is refused
+WRITING_CLAIM = ".writing"
+WRITERS = "another mgdt-jat-record or mgdt-jat-import"
 
 
 @dataclasses.dataclass

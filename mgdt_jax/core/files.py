@@ -179,6 +179,19 @@ def removing_created_folders(folder: Path, *, always: bool = False) -> Iterator[
         remove()
 
 
+@contextlib.contextmanager
+def writing_into(folder: Path, claim: str, what: str) -> Iterator[None]:
+    """Makes ``folder`` (removed again, with the parents made for it, if the block fails and leaves it
+    empty) and holds ``folder/claim`` while the block writes there (``held``): a second command
+    writing into the same folder at once is refused in one line instead of deleting or mixing in
+    the first one's unfinished files."""
+    folder = Path(folder)
+    with removing_created_folders(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        with held(folder / claim, what):
+            yield
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
