@@ -255,6 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     except (EnvError, sources.SourceError, HistoryError, OSError) as error:
         print(f"mgdt-ad-histories: error: {error}", file=sys.stderr)
         return 1
+    except (MemoryError, jax.errors.JaxRuntimeError) as error:  # a task split of a billion tasks
+        line = (str(error).splitlines() or [type(error).__name__])[0]
+        if isinstance(error, jax.errors.JaxRuntimeError) and not any(
+                mark in line.lower() for mark in ("out of memory", "resource_exhausted")):
+            raise
+        print(f"mgdt-ad-histories: error: out of memory ({line[:200]}): ask for fewer tasks (--num-train, "
+              "--num-heldout) or histories", file=sys.stderr)
+        return 1
     print(f"wrote {summary['histories']} histories x {args.episodes} episodes ({summary['steps']:,} steps, "
           f"{summary['shards']} shards, {summary['num_bytes'] / 2**20:.1f} MiB) of {source.name} on {env.name} "
           f"({args.split} split, {int(tasks.id.shape[0])} tasks) to {args.out} in {summary['seconds']:.1f} s; "

@@ -39,22 +39,47 @@ def shard_path(out_dir: Path, dataset_name: str, split: str, index: int, num_sha
 @contextlib.contextmanager
 def shard_writer(path: Path) -> Iterator[Callable[[bytes], None]]:
     """Yields `write(record)`; the shard appears at `path` only when the block ends normally, and
-    an exception leaves nothing behind."""
+    an exception leaves nothing behind. OSError naming `path` when it cannot be written."""
     partial = path.with_name(path.name + ".partial")
-    writer = ArrayRecordWriter(str(partial), "group_size:1")
+    writer = ShardFile(partial, name=path)
     try:
         yield writer.write
     except BaseException:
-        with contextlib.suppress(RuntimeError):  # the write failed (a full disk): its own error is the one to tell
+        with contextlib.suppress(OSError):  # the write failed (a full disk): its own error is the one to tell
             writer.close()
         partial.unlink(missing_ok=True)
         raise
     try:
         writer.close()
-    except RuntimeError as error:  # array_record's bare error of a failed write ("No space left on device")
+    except OSError:
         partial.unlink(missing_ok=True)
-        raise OSError(f"{path}: cannot be written ({str(error).splitlines()[0].split(';')[0]})") from None
+        raise
     os.replace(partial, path)
+
+
+class ShardFile:
+    """An array_record file being written, one record per chunk (``group_size:1``, RLDS's episodes
+    read by index). array_record's bare RuntimeError of a failed write or close (``write() failed:
+    No space left on device``, a traceback before) is an OSError naming the shard (``name``)."""
+
+    def __init__(self, path: Path, *, name: Path | None = None):
+        self._name = name or path
+        self._writer = ArrayRecordWriter(str(path), "group_size:1")
+
+    def write(self, record: bytes) -> None:
+        try:
+            self._writer.write(record)
+        except RuntimeError as error:
+            raise self._fault(error) from None
+
+    def close(self) -> None:
+        try:
+            self._writer.close()
+        except RuntimeError as error:
+            raise self._fault(error) from None
+
+    def _fault(self, error: RuntimeError) -> OSError:
+        return OSError(f"{self._name}: cannot be written ({str(error).splitlines()[0].split(';')[0]})")
 
 
 class RecordSerializer:

@@ -21,9 +21,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from array_record.python.array_record_module import ArrayRecordWriter
 from tensorflow_datasets.core import dataset_info, file_adapters
 
+from data_pipelines.rlds_writer import ShardFile
 from mgdt_jax.core import files
 from mgdt_jax.recipes.mgdt.rlds_source import shard_num_records
 
@@ -154,7 +154,7 @@ def _copy_shard(in_path: Path, out_path: Path, expected: int) -> None:
     except ImportError:
         raise TfdsFormatError(f"{in_path}: reading TFRecord needs TensorFlow (pip install mgdt_jax[data])") from None
     partial = out_path.with_name(out_path.name + ".partial")
-    writer = ArrayRecordWriter(str(partial), "group_size:1")
+    writer = ShardFile(partial, name=out_path)  # a full disk: OSError naming the shard
     count = 0
     try:  # whatever stops the copy (a damaged file, a wrong count, an interrupt) leaves no partial shard
         try:

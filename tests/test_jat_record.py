@@ -141,6 +141,8 @@ def test_rerun_skips_recorded_tasks_and_redoes_partial_ones(recorded, tmp_path):
 @pytest.mark.parametrize("damage, fault", [
     (lambda shard: shard.unlink(), "shard {name} is missing"),
     (lambda shard: os.truncate(shard, 1000), "its shards hold 1,000 bytes, {size:,} were written"),
+    (lambda shard: shard.write_bytes(shard.read_bytes()[:3000] + b"\xff\xff\xff\xff" + shard.read_bytes()[3004:]),
+     "shard {name} is not the one written: its SHA-256 differs"),  # in place, same size: was "already recorded"
 ])
 def test_a_rerun_does_not_count_a_damaged_recording_as_recorded(recorded, tmp_path, capsys, damage, fault):
     out, _ = recorded

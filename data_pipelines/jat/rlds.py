@@ -31,7 +31,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import tensorflow_datasets as tfds
-from array_record.python.array_record_module import ArrayRecordWriter
 from tensorflow_datasets.core import example_serializer
 
 from data_pipelines import rlds_writer
@@ -42,6 +41,7 @@ from mgdt_jax.recipes.jat.fields import METADATA_FILE, DatasetError, TaskSpec
 
 VERSION = "1.0.0"
 SPLIT = "train"
+SHARD_DIGESTS = "shard_sha256"  # in a dataset's summary: each shard's SHA-256 as written, in order
 # Held in OUT while mgdt-jat-record or mgdt-jat-import writes there: a second one at once is refused
 WRITING_CLAIM = ".writing"
 WRITERS = "another mgdt-jat-record or mgdt-jat-import"
@@ -192,7 +192,7 @@ def write_dataset(out_dir: Path, spec: TaskSpec, episodes: Iterable[Episode], me
         for episode_id, episode in enumerate(episodes):
             if writer is None:
                 pending.append(out_dir / f"shard{len(pending):05d}.partial")
-                writer = ArrayRecordWriter(str(pending[-1]), "group_size:1")
+                writer = rlds_writer.ShardFile(pending[-1])
                 lengths.append(0)
             writer.write(serialize_episode(spec, episode, episode_id))
             lengths[-1] += 1
@@ -207,13 +207,14 @@ def write_dataset(out_dir: Path, spec: TaskSpec, episodes: Iterable[Episode], me
             writer.close()
     if not lengths:
         raise DatasetError(f"{spec.task}: no episodes to write")
-    num_bytes = 0
+    num_bytes, digests = 0, []
     for index, path in enumerate(pending):
         final = rlds_writer.shard_path(out_dir, dataset_name(spec.task), SPLIT, index, len(pending))
         os.replace(path, final)
         num_bytes += final.stat().st_size
+        digests.append(files.sha256(final))
     summary = {"task": spec.task, "episodes": len(returns), "steps": steps, "shards": len(pending),
-               "num_bytes": num_bytes, "mean_return": float(np.mean(returns))}
+               "num_bytes": num_bytes, "mean_return": float(np.mean(returns)), SHARD_DIGESTS: digests}
     files.write_json(out_dir / METADATA_FILE, {**metadata, "spec": spec.to_json(), "summary": summary})
     rlds_writer.write_dataset_info(  # last: the dataset is complete
         out_dir, name=dataset_name(spec.task), version=VERSION, module_name=__name__, features=features(spec),
@@ -224,14 +225,18 @@ def write_dataset(out_dir: Path, spec: TaskSpec, episodes: Iterable[Episode], me
 
 def shard_fault(out_dir: Path, task: str, summary: dict) -> str | None:
     """Why the shard files of a dataset `write_dataset` completed differ from what it wrote (its
-    `summary`: shard count and total bytes), or None. Sizes only, no reading: a shard deleted or cut
-    short is found, a flipped bit is left to the reader."""
+    `summary`: shard count, total bytes and each shard's SHA-256), or None: a shard deleted, cut
+    short or damaged in place (a rerun told "already recorded" of a dataset training then refused).
+    Datasets written before the digests were recorded are checked by size."""
     paths = [rlds_writer.shard_path(out_dir, dataset_name(task), SPLIT, index, summary["shards"])
              for index in range(summary["shards"])]
     if missing := [path.name for path in paths if not path.is_file()]:
         return f"shard {missing[0]} is missing"
     if (size := sum(path.stat().st_size for path in paths)) != summary["num_bytes"]:
         return f"its shards hold {size:,} bytes, {summary['num_bytes']:,} were written"
+    for path, digest in zip(paths, summary.get(SHARD_DIGESTS) or [None] * len(paths)):
+        if digest is not None and files.sha256(path) != digest:
+            return f"shard {path.name} is not the one written: its SHA-256 differs"
     return None
 
 

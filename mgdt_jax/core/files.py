@@ -124,9 +124,11 @@ def write_text(path: Path, text: str) -> None:
     try:
         partial.write_text(text)
         partial.replace(path)
-    except BaseException:
+    except BaseException as error:
         if partial.exists():
             partial.unlink()
+        if isinstance(error, OSError) and error.errno is not None and error.filename is None:  # a full disk's flush
+            raise OSError(error.errno, error.strerror, str(path)) from None
         raise
 
 

@@ -184,6 +184,7 @@ def read_histories(directory: str | Path, *, env_name: str | None = None, source
         try:
             chunk_records = records.__getitems__(range(start, end))
         except (RuntimeError, OSError) as error:
+            _check_shard_digests(directory, split.filepaths, settings.get(SHARD_DIGESTS))  # names the damaged one
             raise HistoryError(files.unreadable_episodes(directory, split.filepaths, split.shard_lengths, start,
                                                          end - 1, error)) from None
         for offset, record in enumerate(chunk_records):
@@ -194,6 +195,7 @@ def read_histories(directory: str | Path, *, env_name: str | None = None, source
                            feature["task_id"].int64_list.value[0])
                 names.add((feature["env_name"].bytes_list.value[0], feature["source"].bytes_list.value[0]))
             except (DecodeError, IndexError) as error:
+                _check_shard_digests(directory, split.filepaths, settings.get(SHARD_DIGESTS))
                 raise HistoryError(files.unreadable_episodes(directory, split.filepaths, split.shard_lengths, i, i,
                                                              error)) from None
             for name, values in steps.items():
