@@ -271,7 +271,8 @@ def load(path: Path, env_id: str, versions: dict, seed: int = 0) -> ExpertPolicy
             obs_mean, obs_var = content["obs_mean"], content["obs_var"]
             log_std = content["log_std"] if "log_std" in content.files else None
     except (OSError, ValueError, KeyError) as error:
-        raise ExpertError(f"{path}: not an expert file ({error})") from None
+        # First sentence only: numpy's pickle refusal goes on to advise loading the file unsafely
+        raise ExpertError(f"{path}: not an expert file ({str(error).split('. ')[0]})") from None
     if log_std is None:
         raise ExpertError(f"{path}: an expert saved without its policy's log std (it acted with its mean); "
                           "remove it to train a new expert")
