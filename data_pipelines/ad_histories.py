@@ -230,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--histories-per-task", type=int, default=1, help="learners run from scratch on each task")
     parser.add_argument("--episodes", type=int, required=True, help="episodes per history")
     parser.add_argument("--seed", type=seed_argument, default=0, help="fixes the learners' randomness")
-    parser.add_argument("--histories-per-shard", type=int, default=256, help="histories in one array_record shard, at most (a shard holds whole tasks: at least --histories-per-task)")
+    parser.add_argument("--histories-per-shard", type=int, default=256,
+                        help="histories in one array_record shard, at most (a shard holds whole tasks: at least "
+                             "--histories-per-task)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes serialising and writing shards; default: all cores")
     parser.add_argument("--out", type=path_argument, required=True, help="dataset directory to create")
