@@ -212,6 +212,18 @@ def test_cli_says_which_tasks_the_run_never_trained_on(model, tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "report.json").read_text())["settings"]["not_trained_on"] == [refs.task]
 
 
+def test_references_of_another_task_are_refused(tmp_path, capsys):
+    # A dataset copied under another task's name scored that task against its references, exit 0.
+    refs = babyai_references()
+    other = "babyai-go-to-red-ball" if refs.task != "babyai-go-to-red-ball" else "babyai-pickup-loc"
+    (tmp_path / "data" / other).mkdir(parents=True)
+    references.save(refs, tmp_path / "data" / other)
+    with pytest.raises(references.ReferenceError, match=rf"references.json: the references of task {refs.task!r}, "
+                                                        rf"not {other!r} \(a dataset copied or renamed"):
+        references.load(tmp_path / "data" / other, task=other)
+    assert references.load(tmp_path / "data" / other).task == refs.task  # without a task: as stored
+
+
 def test_the_trained_tasks_are_named_by_their_datasets_not_their_folders(jat_datasets, tmp_path):
     task, folder = next(iter(jat_datasets.items()))
     shutil.copytree(folder, tmp_path / "renamed_v2")

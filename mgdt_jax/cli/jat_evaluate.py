@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with claimed_out_dir(args.out, evaluate.REPORT_JSON, args.workdir):
-            refs = {name: references.load(args.data / name) for name in task_names}
+            refs = {name: references.load(args.data / name, task=name) for name in task_names}
             for name, ref in refs.items():
                 references.check_versions(ref)
             model, config, step = evaluate.load_model(args.workdir, args.step)

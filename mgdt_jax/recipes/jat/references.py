@@ -89,17 +89,23 @@ class TaskReferences:
                    observation_stats=None if stats is None else ObservationStats.from_json(stats))
 
 
-def load(dataset_dir: Path) -> TaskReferences:
-    """The references stored with a dataset; ReferenceError if they are missing or unreadable."""
+def load(dataset_dir: Path, task: str | None = None) -> TaskReferences:
+    """The references stored with a dataset; ReferenceError if they are missing or unreadable, or
+    (``task`` given) of another task: a dataset copied under another task's name would score that
+    task against these references and observation statistics."""
     path = Path(dataset_dir) / REFERENCES_FILE
     try:
-        return TaskReferences.from_json(json.loads(path.read_text()))
+        loaded = TaskReferences.from_json(json.loads(path.read_text()))
     except FileNotFoundError:
         if not Path(dataset_dir).is_dir():  # a task or --data misspelt, more often than a damaged dataset
             raise ReferenceError(f"{dataset_dir}: no such dataset (no folder of that name)") from None
         raise ReferenceError(f"{path}: no references stored with this dataset") from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ReferenceError(f"{path}: unreadable references ({error})") from None
+    if task is not None and loaded.task != task:
+        raise ReferenceError(f"{path}: the references of task {loaded.task!r}, not {task!r} (a dataset copied or "
+                             "renamed under another task's name?)")
+    return loaded
 
 
 def save(references: TaskReferences, dataset_dir: Path) -> None:
