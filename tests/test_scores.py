@@ -57,6 +57,17 @@ def test_bootstrap_resamples_within_games_only():
         assert interval.low == interval.high == interval.value
 
 
+def test_the_same_scores_and_seed_give_the_same_intervals_whatever_numpys_global_state():
+    # rliable draws from np.random's global state, not the random_state it is given: reports differed run to run.
+    by_game = {"A": np.array([0.0, 1.0, 2.0, 3.0, 7.0]), "B": np.array([1.0, 4.0, 4.0, 5.0, 9.0])}
+    first = scores.aggregate(by_game, reps=300, seed=0)
+    np.random.seed(12345)
+    state = np.random.get_state()
+    assert scores.aggregate(by_game, reps=300, seed=0) == first
+    assert np.array_equal(np.random.get_state()[1], state[1])  # the caller's random state is left as it was
+    assert scores.aggregate(by_game, reps=300, seed=1) != first
+
+
 def test_aggregates_need_the_same_episode_count_per_game():
     with pytest.raises(ValueError, match="same number of episodes"):
         scores.aggregate({"A": np.zeros(3), "B": np.zeros(4)})

@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mgdt_jax.core.bootstrap import BOOTSTRAP_REPS, CONFIDENCE
+
 REPORT_JSON, CURVES_CSV, CURVES_PNG = "report.json", "curves.csv", "curves.png"
-BOOTSTRAP_REPS = 2000
-CONFIDENCE = 0.95
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,13 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mgdt_jax.core.bootstrap import BOOTSTRAP_REPS, CONFIDENCE
 from mgdt_jax.recipes.ada import env as ada_env
 from mgdt_jax.recipes.ada.recipe import AdaRecipe, agent_inputs, load_agent
 
 REPORT_JSON, SCORES_CSV, SCORES_PNG = "report.json", "scores.csv", "scores.png"
 STATISTICS = ("mean", "median", "p20")
-BOOTSTRAP_REPS = 2000
-CONFIDENCE = 0.95
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,6 @@ import dataclasses
 import io
 import json
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -39,14 +38,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mgdt_jax.core import bootstrap
+from mgdt_jax.core.bootstrap import BOOTSTRAP_REPS, Interval
 from mgdt_jax.envs import gym_tasks
 from mgdt_jax.recipes.jat import references as jat_references
 from mgdt_jax.recipes.jat import tokens
 from mgdt_jax.recipes.jat.model import JatModel
 
 REPORT_JSON = "report.json"  # written last: its presence marks a complete report
-BOOTSTRAP_REPS = 2000
-CONFIDENCE = 0.95
 
 
 def domain_of(task: str) -> str:
@@ -291,17 +290,10 @@ def play_episodes(model: JatModel, task_name: str, *, episodes: int, envs_per_ta
     return returns, env_steps, time.perf_counter() - started
 
 
-@dataclasses.dataclass(frozen=True)
-class Interval:
-    value: float
-    low: float
-    high: float
-
-
 def domain_iqm(results: Sequence[TaskResult], *, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> dict[str, Interval]:
     """Per domain: the IQM of its tasks' normalised episode scores, with rliable's stratified-bootstrap
     95% interval (episodes as runs, tasks as tasks; a domain's tasks need equal episode counts)."""
-    from rliable import library, metrics  # noqa: PLC0415  (report dependencies: only when scoring)
+    from rliable import metrics  # noqa: PLC0415  (report dependencies: only when scoring)
 
     out = {}
     for domain in sorted({result.domain for result in results}):
@@ -309,13 +301,7 @@ def domain_iqm(results: Sequence[TaskResult], *, reps: int = BOOTSTRAP_REPS, see
         if len({len(result.normalized) for result in members}) != 1:
             raise ValueError(f"domain {domain}: tasks have different episode counts")
         matrix = np.stack([np.asarray(result.normalized, np.float64) for result in members], axis=1)
-        with warnings.catch_warnings():  # arch deprecates the random_state rliable passes it
-            warnings.simplefilter("ignore", FutureWarning)
-            points, intervals = library.get_interval_estimates(
-                {domain: matrix}, lambda sample: np.array([metrics.aggregate_iqm(sample)]), reps=reps,
-                confidence_interval_size=CONFIDENCE, random_state=np.random.RandomState(seed))
-        (low,), (high,) = intervals[domain]
-        out[domain] = Interval(float(points[domain][0]), float(low), float(high))
+        out[domain] = bootstrap.interval(matrix, metrics.aggregate_iqm, reps=reps, seed=seed)
     return out
 
 

@@ -13,32 +13,20 @@ rliable needs pandas < 3 (its `arch` dependency breaks on pandas 3), which .ci/c
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
 from collections.abc import Callable, Mapping
 
 import numpy as np
-from rliable import library, metrics
+from rliable import metrics
 
+from mgdt_jax.core import bootstrap
+from mgdt_jax.core.bootstrap import BOOTSTRAP_REPS, Interval
 from mgdt_jax.envs import atari
-
-BOOTSTRAP_REPS = 2000
-CONFIDENCE = 0.95
 
 AGGREGATES: dict[str, Callable[[np.ndarray], float]] = {
     "iqm": metrics.aggregate_iqm,
     "median": metrics.aggregate_median,
     "mean": metrics.aggregate_mean,
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Interval:
-    """A point estimate with its bootstrap confidence interval."""
-
-    value: float
-    low: float
-    high: float
 
 
 def has_human_score(game: str) -> bool:
@@ -54,26 +42,9 @@ def human_normalised(game: str, raw_scores: np.ndarray) -> np.ndarray:
     return (np.asarray(raw_scores, np.float64) - reference.random) / (reference.human - reference.random)
 
 
-def _bootstrap_interval(
-    scores: np.ndarray, statistic: Callable[[np.ndarray], float], reps: int, seed: int
-) -> Interval:
-    """rliable's stratified-bootstrap percentile interval; scores: [num_runs, num_tasks]."""
-    with warnings.catch_warnings():  # arch deprecates the random_state that rliable passes it
-        warnings.simplefilter("ignore", FutureWarning)
-        points, intervals = library.get_interval_estimates(
-            {"scores": scores},
-            lambda sample: np.array([statistic(sample)]),
-            reps=reps,
-            confidence_interval_size=CONFIDENCE,
-            random_state=np.random.RandomState(seed),
-        )
-    (low,), (high,) = intervals["scores"]
-    return Interval(float(points["scores"][0]), float(low), float(high))
-
-
 def game_interval(normalised_scores: np.ndarray, *, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> Interval:
     """Mean score of one game's episodes with a bootstrap 95% interval."""
-    return _bootstrap_interval(np.asarray(normalised_scores, np.float64)[:, None], metrics.aggregate_mean, reps, seed)
+    return bootstrap.interval(np.asarray(normalised_scores, np.float64)[:, None], metrics.aggregate_mean, reps=reps, seed=seed)
 
 
 def aggregate(
@@ -89,4 +60,4 @@ def aggregate(
     if len(set(counts.values())) != 1:
         raise ValueError(f"aggregates need the same number of episodes for every game, got {counts}")
     matrix = np.stack([np.asarray(s, np.float64) for s in normalised_by_game.values()], axis=1)  # [runs, games]
-    return {name: _bootstrap_interval(matrix, fn, reps, seed) for name, fn in AGGREGATES.items()}
+    return {name: bootstrap.interval(matrix, fn, reps=reps, seed=seed) for name, fn in AGGREGATES.items()}
