@@ -360,6 +360,17 @@ def test_checkpoint_of_another_model_is_refused_in_one_line(config_path, uninter
         checkpointing.load_params(uninterrupted_run, target=trainer.abstract_state.params)
 
 
+def test_a_saved_checkpoint_whose_data_folder_vanished_is_damaged_not_an_imported_one(uninterrupted_run, tmp_path):
+    # Read as an imported (parameters-only) MGDT checkpoint: another recipe's evaluation said "a
+    # checkpoint of the 'mgdt' recipe", the MGDT's evaluated it without a word.
+    workdir = copy_of_run(uninterrupted_run, tmp_path / "damaged")
+    step = workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)
+    shutil.rmtree(step / checkpointing.DATA)
+    with pytest.raises(checkpointing.CheckpointError, match=rf"^{re.escape(str(step / checkpointing.DATA))}/\S+: "
+                                                            r"missing \(recorded when the checkpoint was saved\)$"):
+        checkpointing.load_checkpoint(workdir, step=NUM_STEPS)
+
+
 def test_deleted_array_files_are_one_line_to_every_reader(config_path, uninterrupted_run, tmp_path):
     workdir = copy_of_run(uninterrupted_run, tmp_path / "damaged", sealed=False)
     step = workdir / checkpointing.CHECKPOINTS / str(NUM_STEPS)

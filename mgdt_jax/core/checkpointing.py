@@ -219,6 +219,17 @@ def verify(step_directory: Path, items: Sequence[str]) -> None:
         raise CheckpointError(f"{step_directory / names[index]}: {faults[fault]}")
 
 
+def _sealed_items(step_directory: Path) -> set[str]:
+    """The items a step's digests record (none for a step without readable digests: ``verify``
+    names damaged ones)."""
+    if not is_sealed(step_directory):
+        return set()
+    try:
+        return set(_read_digests(step_directory)["items"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
 @dataclasses.dataclass(frozen=True)
 class CheckpointChoice:
     """The step ``choose_checkpoint`` picked (None: no complete checkpoint) and the newer ones it passed over."""
@@ -516,7 +527,9 @@ def load_checkpoint(path: str | Path, target: Any = None, step: int | None = Non
 
 
 def _read_checkpoint(directory: Path, step: int, target: Any, recipe: str | None) -> tuple[Any, dict[str, Any]]:
-    has_position = (directory / str(step) / DATA).exists()  # an imported checkpoint holds parameters only
+    # An imported checkpoint holds parameters only; a saved one whose data folder vanished is damaged
+    # (its digests record it), not an imported MGDT checkpoint
+    has_position = (directory / str(step) / DATA).exists() or DATA in _sealed_items(directory / str(step))
     verify(directory / str(step), (PARAMS, DATA) if has_position else (PARAMS,))
     options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
     with ocp.CheckpointManager(directory, options=options, handler_registry=_handler_registry()) as manager:
