@@ -514,14 +514,17 @@ def load_checkpoint(path: str | Path, target: Any = None, step: int | None = Non
         chosen_directory, chosen = pick_checkpoint(directory, step)
         try:
             return (*_read_checkpoint(chosen_directory, chosen, target, recipe), chosen)
-        except CheckpointError:
+        except (CheckpointError, OSError, KeyError) as error:
             # A running training's keep policy may delete the newest step while it is read (the folder
-            # half-removed, or gone): when a newer step has meanwhile become the newest, read that one
-            # instead of calling the removed checkpoint damaged.
+            # half-removed, or gone; Orbax then raises whatever it met: FileNotFoundError,
+            # NotADirectoryError, KeyError "Unknown key: params"): when a newer step has meanwhile
+            # become the newest, read that one instead of calling the removed checkpoint damaged.
             # One host only: hosts deciding apart would leave one waiting in the next read's collective.
             if (step is not None or attempt == ROTATION_RETRIES or jax.process_count() > 1
                     or choose_checkpoint(directory).step == chosen):
-                raise
+                if isinstance(error, CheckpointError):
+                    raise
+                raise CheckpointError(f"{chosen_directory / str(chosen)}: unreadable ({_first_line(error)})") from None
             print(f"warning: {chosen_directory / str(chosen)}: removed while it was read (a running training's "
                   "keep policy); reading the newest step instead", file=sys.stderr, flush=True)
 
