@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mgdt-ada-eval: error: {error}", file=sys.stderr)
         return 1
     run = report["runs"][scores.name]
-    print(f"{scores.name} (step {run['settings']['checkpoint_step']}): {run['tasks']} {run['settings']['split']} tasks x "
+    split = "held-out tasks" if run['settings']['split'] == "held-out" else "tasks (all: none held out)"
+    print(f"{scores.name} (step {run['settings']['checkpoint_step']}): {run['tasks']} {split} x "
           f"{run['episodes_per_task']} episodes x {run['trials']} trials; report in {args.out}")
     for name in evaluate.STATISTICS:
         entry = run["scores"][name]
