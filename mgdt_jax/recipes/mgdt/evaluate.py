@@ -20,14 +20,16 @@ EVAL_DIR = "eval"  # <workdir>/eval/<step>/: reports of the periodic evaluation 
 
 
 def resolve_games(suite: str | None = None, games: Sequence[str] | None = None) -> list[str]:
-    """A suite name (train41, heldout5, all46, dqn60) or a list of games -> canonical game names."""
+    """A suite name (train41, heldout5, all46, dqn60) or a list of games -> canonical game names
+    (blank names, as a trailing comma leaves, and repeats dropped)."""
+    games = [game.strip() for game in games or () if game.strip()]
     if (suite is None) == (not games):
         raise ValueError("give exactly one of a suite or a list of games")
     if suite is not None:
         if suite not in atari.SUITES:
             raise ValueError(f"unknown suite {suite!r}: expected one of {', '.join(atari.SUITES)}")
         return list(atari.SUITES[suite])
-    canonical = [atari.check_game(game.strip()) for game in games]
+    canonical = [atari.check_game(game) for game in games]
     return list(dict.fromkeys(canonical))  # drop repeats, keep order
 
 
