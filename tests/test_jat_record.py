@@ -157,15 +157,16 @@ def test_a_rerun_does_not_count_a_damaged_recording_as_recorded(recorded, tmp_pa
         f"({fault.format(name=shard.name, size=size)}); remove it to record babyai-go-to-local again")
 
 
-def test_a_second_recording_into_the_same_out_at_once_is_refused(tmp_path, capsys):
+def test_a_second_recording_of_a_task_into_the_same_out_at_once_is_refused(tmp_path, capsys):
     # It deleted the first one's OUT/<task>.partial, and the two wrote into each other's files: a
     # finished dataset labelled with one seed held the other's episodes.
-    (tmp_path / rlds.WRITING_CLAIM).write_text(f"{os.getpid()}\n")  # a recording running there
+    claim = rlds.writing_claim(tmp_path, "babyai-go-to-local")
+    claim.write_text(f"{os.getpid()}\n")  # a recording of that task running there
     assert record.main(["babyai-go-to-local", "--episodes", "2", "--out", str(tmp_path)]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"mgdt-jat-record: error: {tmp_path}: another mgdt-jat-record or mgdt-jat-import (process {os.getpid()}) is "
-        "writing there; wait for it or choose another folder")
-    assert sorted(path.name for path in tmp_path.iterdir()) == [rlds.WRITING_CLAIM]
+        f"mgdt-jat-record: error: {tmp_path}: another mgdt-jat-record or mgdt-jat-import of babyai-go-to-local "
+        f"(process {os.getpid()}) is writing there; wait for it or choose another folder")
+    assert sorted(path.name for path in tmp_path.iterdir()) == [claim.name]
 
 
 def test_cli_errors_are_one_line(recorded, capsys, tmp_path):

@@ -30,7 +30,7 @@ import tqdm
 
 from data_pipelines.jat import rlds
 from mgdt_jax.core.commands import interruptible
-from mgdt_jax.core.files import check_folder, path_argument, writing_into
+from mgdt_jax.core.files import check_folder, held, path_argument, removing_created_folders
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat.fields import DatasetError
 from mgdt_jax.recipes.jat import references as jat_references
@@ -239,30 +239,32 @@ def import_files(files: list[Path], task: str, out_dir: Path, episodes_per_shard
         yield first
         yield from stream
 
-    with writing_into(Path(out_dir), rlds.WRITING_CLAIM, rlds.WRITERS), \
-            tqdm.tqdm(unit="episode", desc=task, disable=not progress) as bar:
-        if final.exists():  # written meanwhile by a command that held the folder
-            raise DatasetError(f"{final}: already exists; choose another --out or remove it")
-        shutil.rmtree(partial, ignore_errors=True)  # an interrupted earlier import's
+    with removing_created_folders(out_dir), tqdm.tqdm(unit="episode", desc=task, disable=not progress) as bar:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        # a second import or recording of the task into OUT at once would delete this one's .partial
+        with held(rlds.writing_claim(Path(out_dir), task), f"{rlds.WRITERS} of {task}"):
+            if final.exists():  # written meanwhile by a command that held the folder
+                raise DatasetError(f"{final}: already exists; choose another --out or remove it")
+            shutil.rmtree(partial, ignore_errors=True)  # an interrupted earlier import's
 
-        def count(episode: rlds.Episode) -> None:
-            returns.append(episode.episode_return)
-            moments.add(episode)
-            bar.update()
+            def count(episode: rlds.Episode) -> None:
+                returns.append(episode.episode_return)
+                moments.add(episode)
+                bar.update()
 
-        try:
-            summary = rlds.write_dataset(
-                partial, spec, chained(), {"source": SOURCE, "files": [f.name for f in files],
-                                           "final_observation": "repeated"},
-                episodes_per_shard, description=f"JAT task {task} imported from {SOURCE}.", on_episode=count)
-            expert = jat_references.Reference(mean_return=float(np.mean(returns)), std_return=float(np.std(returns)),
-                                              episodes=len(returns))
-            jat_references.save(jat_references.TaskReferences(task=task, env_id="", expert=expert, random=None,
-                                                              versions={}, observation_stats=moments.stats()), partial)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-    partial.rename(final)
+            try:
+                summary = rlds.write_dataset(
+                    partial, spec, chained(), {"source": SOURCE, "files": [f.name for f in files],
+                                               "final_observation": "repeated"},
+                    episodes_per_shard, description=f"JAT task {task} imported from {SOURCE}.", on_episode=count)
+                expert = jat_references.Reference(mean_return=float(np.mean(returns)), std_return=float(np.std(returns)),
+                                                  episodes=len(returns))
+                jat_references.save(jat_references.TaskReferences(task=task, env_id="", expert=expert, random=None,
+                                                                  versions={}, observation_stats=moments.stats()), partial)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+            partial.rename(final)
     return summary
 
 

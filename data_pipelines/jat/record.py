@@ -28,7 +28,7 @@ import tqdm
 
 from data_pipelines.jat import experts, rlds
 from mgdt_jax.core.commands import interruptible
-from mgdt_jax.core.files import check_folder, path_argument, seed_argument, writing_into
+from mgdt_jax.core.files import check_folder, held, path_argument, removing_created_folders, seed_argument
 from mgdt_jax.envs import gym_tasks
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import references as jat_references
@@ -142,10 +142,21 @@ def recorded(out_dir: Path, task: gym_tasks.Task, job: dict) -> bool:
 def record_task(task: gym_tasks.Task, out_dir: Path, episodes: int, seed: int = 0,
                 random_episodes: int = DEFAULT_RANDOM_EPISODES, experts_dir: Path | None = None,
                 episodes_per_shard: int = 1000, on_episode: Callable[[rlds.Episode], None] = lambda e: None) -> dict:
-    """Records one task into OUT/<task> (or finds it recorded); returns its summary with references."""
+    """Records one task into OUT/<task> (or finds it recorded); returns its summary with references.
+
+    Holds ``OUT/<task>.writing`` meanwhile: a second recording of the task into OUT at once is
+    refused in one line (it deleted this one's OUT/<task>.partial and the two wrote into each
+    other's files); other tasks may be recorded into OUT beside it."""
     if episodes < 1 or random_episodes < 1:
         raise RecordError(f"{task.name}: episodes and random episodes must be positive")
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with held(rlds.writing_claim(out_dir, task.name), f"{rlds.WRITERS} of {task.name}"):
+        return _record_task(task, out_dir, episodes, seed, random_episodes, experts_dir, episodes_per_shard, on_episode)
+
+
+def _record_task(task: gym_tasks.Task, out_dir: Path, episodes: int, seed: int, random_episodes: int,
+                 experts_dir: Path | None, episodes_per_shard: int, on_episode: Callable[[rlds.Episode], None]) -> dict:
     job = _job(task, episodes, random_episodes, seed)
     final = out_dir / task.name
     if recorded(out_dir, task, job):
@@ -207,8 +218,7 @@ def record(task_names: list[str], out_dir: Path, episodes: int, seed: int = 0,
     started, steps = time.perf_counter(), 0
     summaries = []
     total = len(resolved) * (episodes + random_episodes)
-    with writing_into(out_dir, rlds.WRITING_CLAIM, rlds.WRITERS), tqdm.tqdm(total=total, unit="episode",
-                                                                           disable=not progress) as bar:
+    with removing_created_folders(out_dir), tqdm.tqdm(total=total, unit="episode", disable=not progress) as bar:
 
         def count(episode: rlds.Episode) -> None:
             nonlocal steps
@@ -216,6 +226,7 @@ def record(task_names: list[str], out_dir: Path, episodes: int, seed: int = 0,
             bar.update()
             bar.set_postfix_str(f"{steps:,} steps, {steps / (time.perf_counter() - started):,.0f} steps/s")
 
+        out_dir.mkdir(parents=True, exist_ok=True)
         for task in resolved:
             bar.set_description(task.name)
             summary = record_task(task, out_dir, episodes, seed, random_episodes, experts_dir, on_episode=count)

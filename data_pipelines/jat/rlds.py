@@ -42,9 +42,13 @@ from mgdt_jax.recipes.jat.fields import METADATA_FILE, DatasetError, TaskSpec
 VERSION = "1.0.0"
 SPLIT = "train"
 SHARD_DIGESTS = "shard_sha256"  # in a dataset's summary: each shard's SHA-256 as written, in order
-# Held in OUT while mgdt-jat-record or mgdt-jat-import writes there: a second one at once is refused
-WRITING_CLAIM = ".writing"
-WRITERS = "another mgdt-jat-record or mgdt-jat-import"
+WRITERS = "another mgdt-jat-record or mgdt-jat-import"  # what holds a task's writing claim
+
+
+def writing_claim(out_dir: Path, task: str) -> Path:
+    """``OUT/<task>.writing``, held while a task is recorded or imported into OUT: a second writer of
+    that task at once is refused (``files.held``); other tasks may be written into OUT beside it."""
+    return Path(out_dir) / f"{task}.writing"
 
 
 @dataclasses.dataclass
