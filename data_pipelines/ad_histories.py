@@ -122,7 +122,7 @@ def write_histories(env: Environment, source: sources.Source, tasks, out_dir: Pa
     if num_tasks == 0:
         raise EnvError(f"{env.name}: no tasks to run on (the split is empty)")
     # Held beside OUT: a second run into the same --out at once deleted this one's OUT.partial
-    with files.writing_into(out_dir.parent, f".{out_dir.name}.writing", "another mgdt-ad-histories"):
+    with files.writing_into(out_dir.parent, f".{out_dir.name}.writing", "another mgdt-ad-histories", output=out_dir):
         if out_dir.exists():  # finished meanwhile by a run that held it
             raise HistoryError(f"{out_dir}: already exists; choose a new --out")
         tasks_per_shard = max(1, histories_per_shard // histories_per_task)

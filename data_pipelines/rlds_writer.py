@@ -79,7 +79,7 @@ class ShardFile:
             raise self._fault(error) from None
 
     def _fault(self, error: RuntimeError) -> OSError:
-        return OSError(f"{self._name}: cannot be written ({str(error).splitlines()[0].split(';')[0]})")
+        return OSError(f"{self._name}: cannot be written ({(str(error).splitlines() or ['RuntimeError'])[0].split(';')[0]})")
 
 
 class RecordSerializer:

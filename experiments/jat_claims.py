@@ -184,7 +184,7 @@ def evaluate_run(setting: Setting, workdir: Path, data_dir: Path, report_dir: Pa
     model, _, step = evaluate.load_model(workdir)
     results = []
     for task in setting.tasks:
-        results.append(evaluate.play_task(model, task, references.load(data_dir / task),
+        results.append(evaluate.play_task(model, task, references.load(data_dir / task, task=task),
                                           episodes=setting.eval_episodes, seed=EVAL_SEED,
                                           max_steps=setting.max_eval_steps))
         print(f"evaluated {task}: normalised mean {np.mean(results[-1].normalized):.3f} "
@@ -219,7 +219,7 @@ def _header(name: str, setting: Setting, quick: bool, image_weight: float) -> st
 def task_table(report: dict, data_dir: Path) -> list[str]:
     lines = ["| task | mean return | expert / random return | mean normalised score |", "|---|---|---|---|"]
     for task, result in report["tasks"].items():
-        refs = references.load(data_dir / task)
+        refs = references.load(data_dir / task, task=task)
         lines.append(f"| `{task}` | {result['mean_return']:.4g} | {refs.expert.mean_return:.4g} / "
                      f"{refs.random.mean_return:.4g} | {result['mean_normalized']:.3f} |")
     return lines

@@ -3,6 +3,8 @@
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -185,12 +187,15 @@ def test_cli_refuses_an_existing_output(darkroom_dir, capsys):
 def test_a_second_run_into_the_same_out_at_once_is_refused_and_leaves_the_first_alone(tmp_path, capsys):
     # It deleted the first run's OUT.partial: both failed, one with a traceback.
     claim = tmp_path / ".bandit.writing"
-    claim.write_text(f"{os.getpid()}\n")  # a run writing tmp_path/bandit
     (tmp_path / "bandit.partial").mkdir()
     (tmp_path / "bandit.partial" / "shard").write_text("the first run's")
-    code, _, err = _cli(capsys, "--env", "bandit", "--source", "thompson", "--episodes", 2, "--out", tmp_path / "bandit")
-    assert code == 1 and err == (f"mgdt-ad-histories: error: {tmp_path}: another mgdt-ad-histories (process "
-                                 f"{os.getpid()}) is writing there; wait for it or choose another folder")
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as first:  # a run writing tmp_path/bandit
+        claim.write_text(f"{first.pid}\n")
+        code, _, err = _cli(capsys, "--env", "bandit", "--source", "thompson", "--episodes", 2, "--out",
+                            tmp_path / "bandit")
+        first.kill()
+    assert code == 1 and err == (f"mgdt-ad-histories: error: {tmp_path / 'bandit'}: another mgdt-ad-histories (process "
+                                 f"{first.pid}) is writing there; wait for it or choose another folder")
     assert (tmp_path / "bandit.partial" / "shard").read_text() == "the first run's" and claim.exists()
 
 

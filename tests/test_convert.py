@@ -203,6 +203,9 @@ def test_a_second_conversion_into_the_same_out_at_once_is_refused(logs, rlds_dat
         assert (code, err) == (1, f"mgdt-convert: error: {out}: another mgdt-convert (process {os.getpid()}) is "
                                   "writing there; wait for it or choose another folder")
     assert not (out / convert.CONVERTING_CLAIM).exists()
+    # A claim naming this process's id that this process does not hold: left by a killed run whose
+    # container restarted (the command is process 1 again), it read as a live holder for good.
+    (out / convert.CONVERTING_CLAIM).write_text(f"{os.getpid()}\n")
     code, _, err = _run(capsys, source, logs, "--out", out)
     assert code == 0, err
 

@@ -4,6 +4,8 @@ with them, resuming, and its one-line errors."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -161,11 +163,13 @@ def test_a_second_recording_of_a_task_into_the_same_out_at_once_is_refused(tmp_p
     # It deleted the first one's OUT/<task>.partial, and the two wrote into each other's files: a
     # finished dataset labelled with one seed held the other's episodes.
     claim = rlds.writing_claim(tmp_path, "babyai-go-to-local")
-    claim.write_text(f"{os.getpid()}\n")  # a recording of that task running there
-    assert record.main(["babyai-go-to-local", "--episodes", "2", "--out", str(tmp_path)]) == 1
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as first:  # recording that task there
+        claim.write_text(f"{first.pid}\n")
+        assert record.main(["babyai-go-to-local", "--episodes", "2", "--out", str(tmp_path)]) == 1
+        first.kill()
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"mgdt-jat-record: error: {tmp_path}: another mgdt-jat-record or mgdt-jat-import of babyai-go-to-local "
-        f"(process {os.getpid()}) is writing there; wait for it or choose another folder")
+        f"(process {first.pid}) is writing there; wait for it or choose another folder")
     assert sorted(path.name for path in tmp_path.iterdir()) == [claim.name]
 
 

@@ -533,6 +533,23 @@ def test_profile_steps_traces_steps_after_the_compiling_one_for_tensorboard_and_
     with pytest.raises(ValueError, match=r"^config.train.profile_steps must be an integer >= 0, got -1$"):
         loop.train(toy_config(profile_steps=-1), tmp_path / "bad", recipe=ToyRecipe(toy_config()))
 
+def test_a_trace_that_cannot_be_written_leaves_the_run_and_its_last_save_alone(tmp_path, capsys, monkeypatch):
+    # stop_trace raising in the loop's finally skipped the checkpointer's close: the last save was lost.
+    import jax
+
+    stop_trace = jax.profiler.stop_trace
+
+    def full_disk() -> None:
+        stop_trace()  # the profiler's session ends (a later trace in this process can start), then its write fails
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(jax.profiler, "stop_trace", full_disk)
+    config = toy_config(num_steps=3, profile_steps=10, checkpoint_every=3)
+    result = loop.train(config, tmp_path / "run", recipe=ToyRecipe(config))
+    assert (result.last_step, result.last_checkpoint) == (3, 3)
+    assert ("warning: config.train.profile_steps: the trace of steps 2..3 could not be written ([Errno 28] No space "
+            "left on device)") in capsys.readouterr().out
+
 
 def test_a_start_with_nothing_to_do_leaves_the_runs_config(tmp_path):
     # It rewrote config.json with settings that never trained (what mgdt-eval and the resume warning read).

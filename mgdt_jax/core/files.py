@@ -182,15 +182,15 @@ def removing_created_folders(folder: Path, *, always: bool = False) -> Iterator[
 
 
 @contextlib.contextmanager
-def writing_into(folder: Path, claim: str, what: str) -> Iterator[None]:
+def writing_into(folder: Path, claim: str, what: str, *, output: Path | None = None) -> Iterator[None]:
     """Makes ``folder`` (removed again, with the parents made for it, if the block fails and leaves it
-    empty) and holds ``folder/claim`` while the block writes there (``held``): a second command
-    writing into the same folder at once is refused in one line instead of deleting or mixing in
-    the first one's unfinished files."""
+    empty) and holds ``folder/claim`` while the block writes ``output`` (default ``folder``) there
+    (``held``): a second command writing the same output at once is refused in one line naming it,
+    instead of deleting or mixing in the first one's unfinished files."""
     folder = Path(folder)
     with removing_created_folders(folder):
         folder.mkdir(parents=True, exist_ok=True)
-        with held(folder / claim, what):
+        with held(folder / claim, what, folder=output):
             yield
 
 
@@ -204,29 +204,38 @@ def _running(pid: int) -> bool:
     return True
 
 
+_HELD: set[str] = set()  # the claims this process holds (``held``)
+
+
 @contextlib.contextmanager
-def held(claim: Path, what: str) -> Iterator[None]:
+def held(claim: Path, what: str, *, folder: Path | None = None) -> Iterator[None]:
     """Holds the file ``claim`` (created exclusively, holding this process's id) while the block
-    runs, and removes it after. One left by a process no longer running (killed) is taken over.
-    OSError ``"{what} (process N) ..."``, one line, when a running process holds it: two commands
-    writing one folder at once would mix or replace each other's files."""
+    runs, and removes it after. One left by a process no longer running (killed) is taken over, as
+    is one naming this process's id that this process does not hold: a container restarted after a
+    kill runs its command as the same process id again (1), which read as a live holder for good.
+    OSError ``"FOLDER: {what} (process N) ..."`` (``folder``, default the claim's), one line, when a
+    running process holds it: two commands writing one folder at once would mix or replace each
+    other's files."""
+    key = os.path.abspath(claim)
     for _ in range(2):  # a second try after taking over a dead process's claim
         try:
             descriptor = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             break
         except FileExistsError:
             holder = claim.read_text().strip()
-            if holder.isdigit() and _running(int(holder)):
-                raise OSError(f"{claim.parent}: {what} (process {holder}) is writing there; wait for it or "
+            if holder.isdigit() and _running(int(holder)) and (int(holder) != os.getpid() or key in _HELD):
+                raise OSError(f"{folder or claim.parent}: {what} (process {holder}) is writing there; wait for it or "
                               "choose another folder") from None
             claim.unlink(missing_ok=True)
     else:
         raise OSError(f"{claim}: keeps reappearing; {what} is starting there")
     with os.fdopen(descriptor, "w") as file:
         file.write(f"{os.getpid()}\n")
+    _HELD.add(key)
     try:
         yield
     finally:
+        _HELD.discard(key)
         claim.unlink(missing_ok=True)
 
 

@@ -574,8 +574,9 @@ class _StepTrace:
         if self._enabled and step == self._first:
             try:
                 jax.profiler.start_trace(str(self._directory))
-            except RuntimeError as error:  # a trace started elsewhere in the process: one at a time
-                self._writer.print(f"warning: config.train.profile_steps: cannot start the trace ({error})")
+            except Exception as error:  # a trace started elsewhere in the process, a folder not writable: train on
+                self._writer.print(f"warning: config.train.profile_steps: cannot start the trace "
+                                   f"({(str(error).splitlines() or [type(error).__name__])[0]})")
                 self._enabled = False
                 return
             self._traced.append(step)
@@ -588,9 +589,17 @@ class _StepTrace:
             self.stop()
 
     def stop(self) -> None:
+        """Ends the trace and writes it; a failure to write (a full disk) is a warning line, never the
+        end of the run or of its clean-up (``stop`` runs in the loop's ``finally``)."""
         if self._enabled and self._traced:
             self._enabled = False
-            jax.profiler.stop_trace()
+            try:
+                jax.profiler.stop_trace()
+            except Exception as error:
+                self._writer.print(f"warning: config.train.profile_steps: the trace of steps {self._traced[0]}.."
+                                   f"{self._traced[-1]} could not be written "
+                                   f"({(str(error).splitlines() or [type(error).__name__])[0]})")
+                return
             traces = sorted((self._directory / "plugins" / "profile").glob("*"), key=lambda path: path.stat().st_mtime)
             self._writer.print(f"profiled steps {self._traced[0]}..{self._traced[-1]}: "
                                f"{traces[-1] if traces else self._directory} (`tensorboard --logdir {self._directory}`"

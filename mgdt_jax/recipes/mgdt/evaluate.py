@@ -22,6 +22,8 @@ EVAL_DIR = "eval"  # <workdir>/eval/<step>/: reports of the periodic evaluation 
 def resolve_games(suite: str | None = None, games: Sequence[str] | None = None) -> list[str]:
     """A suite name (train41, heldout5, all46, dqn60) or a list of games -> canonical game names
     (blank names, as a trailing comma leaves, and repeats dropped)."""
+    if suite is None and games is not None and not any(game.strip() for game in games):
+        raise ValueError(f"the games {','.join(games)!r} name no game")
     games = [game.strip() for game in games or () if game.strip()]
     if (suite is None) == (not games):
         raise ValueError("give exactly one of a suite or a list of games")
