@@ -106,6 +106,9 @@ def test_eval_refuses_an_overlapping_split_and_other_runs_in_one_line(trained, t
     config["recipe"] = "mgdt"
     (moved / "config.json").write_text(json.dumps(config))
     assert "'mgdt' recipe" in bad_eval(capsys, "--workdir", moved, "--out", tmp_path / "r2")
+    (moved / "config.json").write_text("{}")  # was "a run of the 'mgdt' recipe"
+    assert bad_eval(capsys, "--workdir", moved, "--out", tmp_path / "r2") == (
+        f"mgdt-ad-eval: error: {moved / 'config.json'}: an empty config: not one a training run wrote")
     assert "no config.json" in bad_eval(capsys, "--workdir", tmp_path / "nothing", "--out", tmp_path / "r3")
     assert "unknown source" in bad_eval(capsys, "--workdir", workdir, "--baselines", "sarsa", "--out", tmp_path / "r4")
     with pytest.MonkeyPatch.context() as patch:  # refused before any (long) in-context evaluation

@@ -126,6 +126,8 @@ def read_run_config(workdir: str | Path, recipe: str) -> dict[str, Any]:
         raise ValueError(f"{path}: unreadable ({error})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path}: not a config (a JSON {type(config).__name__})")
+    if not config:  # else read as a run of the default recipe, from before recipes were named
+        raise ValueError(f"{path}: an empty config: not one a training run wrote")
     if config.get("recipe", DEFAULT_RECIPE) != recipe:
         raise ValueError(f"{workdir}: a run of the {config.get('recipe', DEFAULT_RECIPE)!r} recipe, not {recipe!r}")
     return config
