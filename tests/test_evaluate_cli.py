@@ -94,8 +94,9 @@ def test_videos_get_their_finished_names_only_after_the_report(tiny_workdir, tmp
     assert eval_cli.main(argv) == INTERRUPTED
     assert [p.name for p in (tmp_path / "report" / "videos").iterdir()] == ["Pong.partial.mp4"]
     monkeypatch.undo()
+    (tmp_path / "report" / "videos" / "Breakout.partial.mp4").write_bytes(b"cut off")  # of a killed earlier run
     assert eval_cli.main(argv) == 0  # the rerun into the same folder writes over the partial video
-    assert sorted(p.name for p in (tmp_path / "report" / "videos").iterdir()) == ["Pong.mp4"]
+    assert sorted(p.name for p in (tmp_path / "report" / "videos").iterdir()) == ["Pong.mp4"]  # and drops the stale one
 
 
 def _fails_with(argv, capsys, *fragments):

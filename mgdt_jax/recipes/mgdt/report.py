@@ -183,7 +183,10 @@ class VideoWriter:
     def publish(self) -> None:
         """Renames the finished videos to their final names, right before report.json: an evaluation
         stopped before its report leaves only partial names, which a rerun into the same folder
-        overwrites, never finished-looking videos that no report lists."""
+        overwrites, never finished-looking videos that no report lists. The partial videos of a
+        killed earlier evaluation into this folder (of other games) are removed."""
         for partial, path in self._finished:
             os.replace(partial, path)
         self._finished.clear()
+        for stale in self._out_dir.glob("*.partial.mp4"):
+            stale.unlink(missing_ok=True)
