@@ -530,6 +530,10 @@ def test_profile_steps_traces_steps_after_the_compiling_one_for_tensorboard_and_
     config = toy_config(num_steps=3, profile_steps=10)
     loop.train(config, tmp_path / "short", recipe=ToyRecipe(config))
     assert "profiled steps 2..3: " in capsys.readouterr().out
+    config = toy_config(num_steps=4, profile_steps=10)  # resumed at step 3: its one step compiles, none is traced
+    loop.train(config, tmp_path / "short", recipe=ToyRecipe(config))
+    assert ("warning: config.train.profile_steps: nothing traced: the run ended or stopped before step 5, the first "
+            "after its compiling one") in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"^config.train.profile_steps must be an integer >= 0, got -1$"):
         loop.train(toy_config(profile_steps=-1), tmp_path / "bad", recipe=ToyRecipe(toy_config()))
 

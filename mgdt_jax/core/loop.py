@@ -593,6 +593,10 @@ class _StepTrace:
     def stop(self) -> None:
         """Ends the trace and writes it; a failure to write (a full disk) is a warning line, never the
         end of the run or of its clean-up (``stop`` runs in the loop's ``finally``)."""
+        if self._enabled and not self._traced and self._first is not None:  # a resumed run one step from its end
+            self._enabled = False
+            self._writer.print(f"warning: config.train.profile_steps: nothing traced: the run ended or stopped before "
+                               f"step {self._first}, the first after its compiling one")
         if self._enabled and self._traced:
             self._enabled = False
             try:
