@@ -153,6 +153,25 @@ def test_training_refuses_histories_of_another_env_and_a_short_context(trained, 
         ADRecipe(config)  # read twice, each history weighed double
 
 
+def test_the_data_identity_is_the_histories_content_not_their_paths(trained, tmp_path):
+    # A folder spelt otherwise warned of changed data on resume; other histories under the same path did not.
+    histories, _ = trained
+    identities = []
+    for source in (str(histories), f"{histories}/", str(histories.parent / ".." / histories.parent.name / histories.name)):
+        config = ad_darkroom.get_config()
+        config.data.sources = (source,)
+        identities.append(ADRecipe(config).training_data(process_index=0, process_count=1).identity())
+    assert identities[0] == identities[1] == identities[2] and "sources" not in identities[0]
+    other = tmp_path / "other"
+    shutil.copytree(histories, other)
+    metadata = json.loads((other / "metadata.json").read_text())
+    metadata["seed"] = metadata.get("seed", 0) + 1  # another recording's metadata under the path
+    (other / "metadata.json").write_text(json.dumps(metadata))
+    config = ad_darkroom.get_config()
+    config.data.sources = (str(other),)
+    assert ADRecipe(config).training_data(process_index=0, process_count=1).identity() != identities[0]
+
+
 def test_mgdt_train_reports_histories_of_another_env_in_one_line(trained, tmp_path):
     histories, _ = trained
     command = [sys.executable, "-m", "mgdt_jax.cli.train", "--config", str(REPOSITORY / "experiments/ad_bandit.py"),

@@ -389,6 +389,21 @@ def test_the_train_section_needs_no_field_and_a_misspelt_field_of_any_section_is
     assert [line.split(";")[0] for line in loop.near_misses(mgdt, MgdtRecipe(mgdt).config_fields())] == [
         "warning: config.model.num_layer is no field the core or the recipe reads",
         "warning: config.data.game_weight is no field the core or the recipe reads"]
+    # Two letters swapped in a short name (difflib rated them far apart), a section's own name, and a
+    # close field whose value is a ConfigDict (its repr spans lines).
+    mgdt = tiny.get_config()
+    mgdt.optimizer.esp = 1e-6
+    mgdt.model.dtpye = "bfloat16"
+    mgdt.data.game_weights = {}
+    mgdt.data.game_weight = "Pong=2"
+    mgdt.optimzer = {"learning_rate": 1.0}
+    assert loop.near_misses(mgdt, MgdtRecipe(mgdt).config_fields()) == [
+        "warning: config.optimzer is no section the core or the recipe reads; did you mean optimizer?",
+        "warning: config.optimizer.esp is no field the core or the recipe reads; did you mean eps? (that one is 1e-06)",
+        "warning: config.model.dtpye is no field the core or the recipe reads; did you mean dtype? (that one is "
+        "'float32')",
+        "warning: config.data.game_weight is no field the core or the recipe reads; did you mean game_weights? (that "
+        "one is {})"]
     config = toy_config(chekpoint_every=5)
     config.optimizer.schedule = "cosine"  # toy_config warms up 4 steps, and trains 6
     config.optimizer.warmup_steps = 6

@@ -87,20 +87,34 @@ def near_misses(config: Any, recipe_fields: Mapping[str, Collection[str]] | None
     read: dict[str, set[str]] = {"train": set(field_names(LoopConfig)), "optimizer": set(field_names(OptimizerConfig))}
     for name, fields in (recipe_fields or {}).items():
         read.setdefault(name, set()).update(fields)
-    lines = []
+    sections = set(read) | {"mesh", "recipe"}
+    given_sections = set(config.keys()) if hasattr(config, "keys") else set()
+    lines = [f"warning: config.{name} is no section the core or the recipe reads; did you mean {close[0]}?"
+             for name in sorted(given_sections - sections) if (close := _near(name, sections))]
     for name, known in read.items():
         given = section(config, name, {})
         names = set(given.keys()) if hasattr(given, "keys") else set()  # a ConfigDict or a dict
         lines += [f"warning: config.{name}.{field} is no field the core or the recipe reads; did you mean {close[0]}? (that one "
-                  f"{'is ' + repr(given[close[0]]) if close[0] in names else 'is not set: its default is used'})"
-                  for field in sorted(names - known)
-                  if (close := difflib.get_close_matches(field, sorted(known), n=1, cutoff=0.85))]
+                  f"{'is ' + _shown(given[close[0]]) if close[0] in names else 'is not set: its default is used'})"
+                  for field in sorted(names - known) if (close := _near(field, known))]
     optimizer, steps = read_section(OptimizerConfig, section(config, "optimizer", {})), section(config, "train", {})
     num_steps = read_section(LoopConfig, steps).num_steps
     if optimizer.schedule != "constant" and optimizer.warmup_steps >= num_steps:  # a shrunk config keeps 4,000
         lines.append(f"warning: config.optimizer.warmup_steps {optimizer.warmup_steps} >= train.num_steps {num_steps}: "
                      f"the {optimizer.schedule} schedule never decays, the run ends still warming up")
     return lines
+
+
+def _near(name: str, known: Collection[str]) -> list[str]:
+    """The known name ``name`` is a likely typo of: two adjacent letters swapped (``dtpye``, ``esp``,
+    which difflib's ratio rates low in short names), else difflib's closest at ratio >= 0.85."""
+    swapped = [k for k in sorted(known) if name != k and name in {k[:j] + k[j + 1] + k[j] + k[j + 2:] for j in range(len(k) - 1)}]
+    return swapped or difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.85)
+
+
+def _shown(value: Any) -> str:
+    """A config value on one line (a ConfigDict's repr is YAML, across lines)."""
+    return repr(dict(value) if hasattr(value, "keys") else value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,7 +333,8 @@ def _train(
                 # late (11 steps, 15 s, in a run of 1.3 s steps logging every 10).
                 jax.block_until_ready(previous_metrics)
                 previous_metrics = metrics
-                trace.after(last_step, metrics)
+                with throughput.paused():  # writing the trace out is not training time
+                    trace.after(last_step, metrics)
                 if last_step == first_step + 1:
                     jax.block_until_ready(metrics)
                     throughput.start(last_step)  # compilation and the first step are not timed

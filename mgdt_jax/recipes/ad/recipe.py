@@ -287,8 +287,11 @@ class ADWindows:
                 f"{histories.env_name} episodes on {len(np.unique(histories.task_ids))} tasks{tail}")
 
     def identity(self) -> dict[str, Any]:
+        # The histories by their metadata's digest (it lists every shard's SHA-256), not their paths:
+        # a folder spelt otherwise is the same stream, other histories under the same path are not.
         return {"seed": self._data.seed, "global_batch_size": self._windows.global_batch_size,
-                "sources": list(self._data.sources), "tail_episodes": self._data.tail_episodes}
+                "histories": [files.sha256(Path(source) / METADATA_FILE) for source in self._data.sources],
+                "tail_episodes": self._data.tail_episodes}
 
 
 RECIPE = ADRecipe

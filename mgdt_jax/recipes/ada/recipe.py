@@ -227,9 +227,9 @@ class AdaRecipe(OnlineRecipe):
         )
 
     def config_fields(self) -> dict[str, tuple[str, ...]]:
-        # env: each environment factory reads its own fields
+        # env: a section each environment factory reads fields of its own from (none declared here)
         return {"model": field_names(AgentConfig), "ppo": field_names(ppo.PPOConfig),
-                "kickstart": field_names(ppo.KickstartConfig)}
+                "kickstart": field_names(ppo.KickstartConfig), "env": ()}
 
     def check_resume(self, position: Mapping[str, Any], checkpoint: str) -> None:
         ada_env.check_same_benchmark(self.env, position, benchmark=section(section(self.config, "env", {}), "benchmark"),

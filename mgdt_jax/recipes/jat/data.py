@@ -251,7 +251,8 @@ class JatBatches:
     def identity(self) -> dict[str, Any]:
         return {"seed": self.data.seed, "global_batch_size": self.global_batch_size, "packing": self.data.packing,
                 "num_steps": self.model.num_steps,
-                "tasks": [[t.path, t.sampling_weight, t.loss_weight, t.num_steps] for t in self.tasks]}
+                # tasks by name and content, not path: a folder spelt otherwise is the same stream
+                "task_content": [[t.name, t.num_episodes, t.num_steps, t.sampling_weight, t.loss_weight] for t in self.tasks]}
 
 
 class _Prefetch:
