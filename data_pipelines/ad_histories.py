@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mgdt-ad-histories: error: {error}", file=sys.stderr)
         return 1
     except (MemoryError, jax.errors.JaxRuntimeError) as error:  # a task split of a billion tasks
-        line = (str(error).splitlines() or [type(error).__name__])[0]
+        line = files.first_line(error)
         if isinstance(error, jax.errors.JaxRuntimeError) and not any(
                 mark in line.lower() for mark in ("out of memory", "resource_exhausted")):
             raise

@@ -21,6 +21,8 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from tensorflow_datasets.core import dataset_info, naming, splits, utils
 from tensorflow_datasets.proto import tf_example_pb2, tf_feature_pb2
 
+from mgdt_jax.core import files
+
 FILE_FORMAT = "array_record"
 STEPS = "steps"
 
@@ -79,7 +81,7 @@ class ShardFile:
             raise self._fault(error) from None
 
     def _fault(self, error: RuntimeError) -> OSError:
-        return OSError(f"{self._name}: cannot be written ({(str(error).splitlines() or ['RuntimeError'])[0].split(';')[0]})")
+        return OSError(f"{self._name}: cannot be written ({files.first_line(error).split(';')[0]})")
 
 
 class RecordSerializer:

@@ -23,7 +23,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from mgdt_jax.core.commands import interruptible
-from mgdt_jax.core import host_memory, sharding
+from mgdt_jax.core import files, host_memory, sharding
 from mgdt_jax.core.checkpointing import CHECKPOINTS, CheckpointError
 from mgdt_jax.core import loop
 from mgdt_jax.core.metric_writer import METRICS_FILE, TENSORBOARD_DIR
@@ -65,7 +65,7 @@ def _train(argv: list[str]) -> int:
         return PREEMPTED
     except (CheckpointError, loop.TrainingDiverged, ValueError, OSError) as error:  # bad data is a ValueError
         # First line only: JAX appends its traceback-filtering notice to an error raised while tracing.
-        print(f"mgdt-train: error: {(str(error).splitlines() or [type(error).__name__])[0]}", file=sys.stderr)
+        print(f"mgdt-train: error: {files.first_line(error)}", file=sys.stderr)
         return 1
     except MemoryError as error:  # a host array (the batch, the data) larger than the host's memory
         print(f"mgdt-train: error: out of host memory ({(str(error).splitlines() or ['MemoryError'])[0]}); lower "

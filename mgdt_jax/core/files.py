@@ -92,6 +92,12 @@ def output_file_argument(text: str) -> Path:
     return path
 
 
+def first_line(error: BaseException) -> str:
+    """An error's message as one line: its first, or its type's name when it has none (the one-line
+    errors every command prints; JAX appends its traceback notice to an error raised while tracing)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def naming_folder(error: Exception, folder: str | os.PathLike) -> str:
     """The error's line; an OSError the OS raised naming no file (``[Errno 28] No space left on
     device`` from a write or a flush) names ``folder``, where the command writes."""

@@ -333,8 +333,9 @@ def _train(
                 # late (11 steps, 15 s, in a run of 1.3 s steps logging every 10).
                 jax.block_until_ready(previous_metrics)
                 previous_metrics = metrics
-                with throughput.paused():  # writing the trace out is not training time
-                    trace.after(last_step, metrics)
+                if trace.ends_at(last_step):
+                    with throughput.paused():  # writing the trace out is not training time
+                        trace.stop(metrics)
                 if last_step == first_step + 1:
                     jax.block_until_ready(metrics)
                     throughput.start(last_step)  # compilation and the first step are not timed
@@ -581,50 +582,49 @@ class _StepTrace:
     def __init__(self, directory: Path, count: int, writer: MetricWriter, *, enabled: bool):
         self._directory, self._count, self._writer = directory, count, writer
         self._enabled = enabled and count > 0
-        self._first: int | None = None
-        self._traced: list[int] = []  # the steps run while tracing
+        self._first: int | None = None  # the first step to trace (begin_at)
+        self._last: int | None = None  # the last step run while tracing; None: not tracing yet
 
     def begin_at(self, step: int) -> None:
         self._first = step
 
     def before(self, step: int) -> None:
-        if self._enabled and step == self._first:
+        if not self._enabled or self._first is None or step < self._first:
+            return
+        if step == self._first:
             try:
                 jax.profiler.start_trace(str(self._directory))
             except Exception as error:  # a trace started elsewhere in the process, a folder not writable: train on
-                self._writer.print(f"warning: config.train.profile_steps: cannot start the trace "
-                                   f"({(str(error).splitlines() or [type(error).__name__])[0]})")
+                self._writer.print(f"warning: config.train.profile_steps: cannot start the trace ({files.first_line(error)})")
                 self._enabled = False
                 return
-            self._traced.append(step)
-        elif self._traced and self._enabled:
-            self._traced.append(step)
+        self._last = step
 
-    def after(self, step: int, metrics: Any) -> None:
-        if self._enabled and len(self._traced) == self._count:
-            jax.block_until_ready(metrics)  # the traced steps' device work, not only their dispatch
-            self.stop()
+    def ends_at(self, step: int) -> bool:
+        """Whether ``step`` is the last to trace (``stop`` then writes the trace out)."""
+        return self._enabled and self._first is not None and step == self._first + self._count - 1
 
-    def stop(self) -> None:
-        """Ends the trace and writes it; a failure to write (a full disk) is a warning line, never the
-        end of the run or of its clean-up (``stop`` runs in the loop's ``finally``)."""
-        if self._enabled and not self._traced and self._first is not None:  # a resumed run one step from its end
-            self._enabled = False
+    def stop(self, metrics: Any = None) -> None:
+        """Ends the trace once ``metrics`` (the last traced step's) are computed, and writes it; a
+        failure to write (a full disk) is a warning line, never the end of the run or of its clean-up
+        (``stop`` also runs in the loop's ``finally``)."""
+        if not self._enabled or self._first is None:
+            return
+        self._enabled = False
+        if self._last is None:  # a resumed run one step from its end
             self._writer.print(f"warning: config.train.profile_steps: nothing traced: the run ended or stopped before "
                                f"step {self._first}, the first after its compiling one")
-        if self._enabled and self._traced:
-            self._enabled = False
-            try:
-                jax.profiler.stop_trace()
-            except Exception as error:
-                self._writer.print(f"warning: config.train.profile_steps: the trace of steps {self._traced[0]}.."
-                                   f"{self._traced[-1]} could not be written "
-                                   f"({(str(error).splitlines() or [type(error).__name__])[0]})")
-                return
-            traces = sorted((self._directory / "plugins" / "profile").glob("*"), key=lambda path: path.stat().st_mtime)
-            self._writer.print(f"profiled steps {self._traced[0]}..{self._traced[-1]}: "
-                               f"{traces[-1] if traces else self._directory} (`tensorboard --logdir {self._directory}`"
-                               ", Profile tab; or the .trace.json.gz in Perfetto)")
+            return
+        jax.block_until_ready(metrics)  # the traced steps' device work, not only their dispatch
+        try:
+            jax.profiler.stop_trace()
+        except Exception as error:
+            self._writer.print(f"warning: config.train.profile_steps: the trace of steps {self._first}..{self._last} "
+                               f"could not be written ({files.first_line(error)})")
+            return
+        traces = sorted((self._directory / "plugins" / "profile").glob("*"), key=lambda path: path.stat().st_mtime)
+        self._writer.print(f"profiled steps {self._first}..{self._last}: {traces[-1] if traces else self._directory} "
+                           f"(`tensorboard --logdir {self._directory}`, Profile tab; or the .trace.json.gz in Perfetto)")
 
 
 class _Preemption:

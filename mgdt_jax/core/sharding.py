@@ -28,6 +28,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from mgdt_jax.core import files
 from mgdt_jax.core.config_sections import read_section
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -99,7 +100,7 @@ def every_process_or_none() -> Iterator[None]:
     except (ValueError, OSError, RuntimeError) as raised:
         error = raised
     if jax.process_count() > 1:
-        line = "" if error is None else (str(error).splitlines() or [type(error).__name__])[0]
+        line = "" if error is None else files.first_line(error)
         sent = np.frombuffer(line.encode()[:FAILURE_BYTES].ljust(FAILURE_BYTES, b"\0"), np.uint8)
         received = multihost_utils.process_allgather(sent)
         failed = [(index, bytes(row).rstrip(b"\0").decode(errors="replace")) for index, row in enumerate(received)

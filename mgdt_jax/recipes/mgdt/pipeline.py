@@ -155,12 +155,13 @@ class TrainingData:
         self.num_episodes = sum(part.episodes for game in self.game_weights for part in parts_by_game[game])
         self._games = [_Game(_game_seed(seed, game), parts_by_game[game]) for game in self.game_weights]
         self.proportions = drawn_proportions(self.game_weights)
+        self._mix = list(self.proportions.values())  # per batch, in the games' order
         self._reader = StepReader()
 
     def window_ends(self, step: int) -> tuple[list[Part], np.ndarray]:
         """Which windows this host's rows of global batch ``step`` are: their parts and end steps in them."""
         positions = step * self.global_batch_size + self._first_row + np.arange(self.local_batch_size)
-        game_numbers, draws = mix_games(positions, list(self.proportions.values()))
+        game_numbers, draws = mix_games(positions, self._mix)
         parts: list[Part] = [None] * self.local_batch_size  # type: ignore[list-item]
         ends = np.zeros(self.local_batch_size, np.int64)
         for number in np.unique(game_numbers).tolist():
