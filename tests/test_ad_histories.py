@@ -325,3 +325,26 @@ print(read_histories({str(darkroom_dir)!r}).observations.shape)
 """)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "(6, 80)"
+
+
+def test_sigterm_stops_the_workers_and_leaves_nothing(tmp_path):
+    # Python's default action for SIGTERM (a scheduler's stop) left OUT.partial, the claim and the workers.
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "data_pipelines.ad_histories", "--env", "darkroom", "--source", "q_learning",
+         "--episodes", "300", "--workers", "2", "--out", str(tmp_path / "darkroom")],
+        env={**os.environ, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "darkroom.partial").exists():  # writing
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "nothing written after 120 s"
+        time.sleep(0.1)
+    time.sleep(2)
+    process.terminate()
+    _, stderr = process.communicate(timeout=60)  # returns once the workers, which share its stderr, are gone too
+    assert process.returncode == -signal.SIGTERM, stderr
+    assert stderr.strip().splitlines()[-1] == "mgdt-ad-histories: terminated (SIGTERM)" and "Traceback" not in stderr
+    assert not list(tmp_path.iterdir())

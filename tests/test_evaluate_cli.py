@@ -206,3 +206,32 @@ def test_the_random_baseline_takes_a_protocol_by_name_as_evaluate_does():
     assert summary.games[0].game == "Breakout"
     with pytest.raises(ValueError, match="^unknown protocol 'papr': expected one of paper, colab$"):
         mgdt_evaluate.evaluate_random(["Breakout"], episodes=1, protocol="papr")
+
+
+def test_sigterm_ends_an_evaluation_in_one_line_and_lets_its_out_go(tiny_workdir, tmp_path):
+    # Python's default action for SIGTERM (a scheduler's stop) ended it silently, leaving the claim.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mgdt_jax.cli.out_dir import CLAIM_FILE
+
+    out = tmp_path / "report"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mgdt_jax.cli.evaluate", "--workdir", str(tiny_workdir), "--games", "Pong",
+         "--episodes", "64", "--out", str(out)],
+        env={**os.environ, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    deadline = time.monotonic() + 120
+    while not (out / CLAIM_FILE).exists():  # evaluating
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no evaluation started after 120 s"
+        time.sleep(0.1)
+    time.sleep(3)
+    process.terminate()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGTERM, stderr
+    assert stderr.strip().splitlines()[-1] == "mgdt-eval: terminated (SIGTERM)" and "Traceback" not in stderr
+    assert not out.exists()  # the folder it made for the report, removed with its claim

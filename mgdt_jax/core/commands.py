@@ -1,6 +1,7 @@
 """What every command (console scripts, data pipelines, experiment scripts) shares: Ctrl-C ends it
-with one line ``PROGRAM: interrupted`` and SIGINT, not a KeyboardInterrupt traceback, from its first
-imports (``ConsoleScript``) through its ``main`` (``interruptible``)."""
+with one line ``PROGRAM: interrupted`` and SIGINT, not a KeyboardInterrupt traceback, and SIGTERM
+(a scheduler's stop, ``kill``) with ``PROGRAM: terminated (SIGTERM)`` and SIGTERM after the same
+clean-up, from its first imports (``ConsoleScript``) through its ``main`` (``interruptible``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,13 @@ from pathlib import Path
 from typing import Callable
 
 INTERRUPTED = 130  # 128 + SIGINT: the exit status a shell gives a command stopped by Ctrl-C
+TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM while a command runs (``interruptible``). A KeyboardInterrupt, so that every clean-up
+    written for Ctrl-C (claims let go, partial files removed, worker pools shut down) runs for it
+    too; Python's default action for SIGTERM ended the process at once and left them all."""
 
 
 def interruptible(program: str, *, errors: tuple[type[Exception], ...] = ()
@@ -34,6 +42,11 @@ def interruptible(program: str, *, errors: tuple[type[Exception], ...] = ()
     stopped mid-compilation (the interrupted command's own clean-up has run by then). Called from
     Python (tests, other code), ``main`` returns 130 instead.
 
+    SIGTERM, where the process has Python's default action for it, is answered the same way:
+    ``Terminated`` raised where it lands, the line ``PROGRAM: terminated (SIGTERM)``, then the
+    process ended by SIGTERM (or 143 returned). A command that saves on SIGTERM (training's
+    preemption save) sets its own handler meanwhile.
+
     A Ctrl-C whose KeyboardInterrupt Python swallows (raised inside a garbage-collector callback,
     such as JAX's, it would be printed as "Exception ignored" and dropped) is remembered, without
     that print: the command goes on to its end, which is then reported as interrupted. What an
@@ -44,7 +57,7 @@ def interruptible(program: str, *, errors: tuple[type[Exception], ...] = ()
     def decorate(main: Callable[..., int | None]) -> Callable[..., int | None]:
         @functools.wraps(main)
         def wrapped(*args, **kwargs) -> int | None:
-            with _watching_ctrl_c() as seen:
+            with _watching_stops() as seen:
                 try:
                     status = main(*args, **kwargs)
                     if not seen:
@@ -59,10 +72,10 @@ def interruptible(program: str, *, errors: tuple[type[Exception], ...] = ()
                         print(f"{program}: error: {(str(error).strip().splitlines() or [type(error).__name__])[0]}",
                               file=sys.stderr, flush=True)
                         return 1
-            print(f"{program}: interrupted", file=sys.stderr, flush=True)
+            signum = _report_stop(program, seen)
             if not _started_as(program, main):
-                return INTERRUPTED
-            return _end_as_interrupted()
+                return 128 + signum
+            return _end_by(signum)
 
         return wrapped
 
@@ -70,60 +83,72 @@ def interruptible(program: str, *, errors: tuple[type[Exception], ...] = ()
 
 
 @contextlib.contextmanager
-def _watching_ctrl_c() -> Iterator[list[int]]:
-    """Yields a list that gets an entry for every Ctrl-C (SIGINT) while the block runs, including
-    one whose KeyboardInterrupt Python drops (raised in a callback: the "Exception ignored" report
-    of those is left out). Only in the main thread, and only where SIGINT is handled as Python's
-    default (an ignored SIGINT, as in a shell's background job, stays ignored)."""
+def _watching_stops() -> Iterator[list[int]]:
+    """Yields a list that gets the signal number of every Ctrl-C (SIGINT) and SIGTERM while the block
+    runs, including one whose KeyboardInterrupt Python drops (raised in a callback: the "Exception
+    ignored" report of those is left out). Only in the main thread, and only for a signal handled as
+    Python's default (an ignored SIGINT, as in a shell's background job, stays ignored)."""
     seen: list[int] = []
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    if threading.current_thread() is not threading.main_thread():
         yield seen
         return
 
-    def on_ctrl_c(signum: int, frame: object) -> None:
+    def on_signal(signum: int, frame: object) -> None:
         seen.append(signum)
-        raise KeyboardInterrupt
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
     def unraisable(report: object) -> None:
         if not (seen and isinstance(report.exc_value, KeyboardInterrupt)):
             previous_hook(report)
 
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    previous = {signum: signal.getsignal(signum) for signum, default in defaults.items()
+                if signal.getsignal(signum) is default}
     previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
-    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    for signum in previous:
+        signal.signal(signum, on_signal)
     try:
         yield seen
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         sys.unraisablehook = previous_hook
 
 
-def _end_as_interrupted() -> int:
-    """Ends the process by SIGINT, as Python ends a program stopped by Ctrl-C (see ``interruptible``)."""
+def _report_stop(program: str, seen: list[int]) -> int:
+    """Prints the stop's one line; returns its signal (SIGINT unless SIGTERM came first: a
+    KeyboardInterrupt with none seen is a Ctrl-C a training loop took to save first)."""
+    signum = seen[0] if seen else signal.SIGINT
+    stop = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+    print(f"{program}: {stop}", file=sys.stderr, flush=True)
+    return signum
+
+
+def _end_by(signum: int) -> int:
+    """Ends the process by ``signum``, as Python ends a program stopped by Ctrl-C (see ``interruptible``)."""
     sys.stdout.flush()
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGINT)
-    return INTERRUPTED  # not reached
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    return 128 + signum  # not reached
 
 
 class ConsoleScript:
     """What a console script calls (``pyproject.toml``): imports the command's module, then runs its
-    ``main``. The import itself (JAX, TensorFlow: 1-3 s) is where an early Ctrl-C lands, before
-    ``interruptible`` is in place; here it too ends with ``PROGRAM: interrupted`` and SIGINT, not a
+    ``main``. The import itself (JAX, TensorFlow: 1-3 s) is where an early Ctrl-C or SIGTERM lands,
+    before ``interruptible`` is in place; here it too ends with its one line and its signal, not a
     KeyboardInterrupt traceback. Arguments are passed on to ``main`` (tests call it with argv)."""
 
     def __init__(self, program: str, module: str) -> None:
         self.program, self.module = program, module
 
     def __call__(self, *args: object) -> int | None:
-        with _watching_ctrl_c() as seen:
+        with _watching_stops() as seen:
             try:
                 main = importlib.import_module(self.module).main
             except KeyboardInterrupt:
                 pass
         if seen:
-            print(f"{self.program}: interrupted", file=sys.stderr, flush=True)
-            return _end_as_interrupted()
+            return _end_by(_report_stop(self.program, seen))
         return main(*args)
 
 
