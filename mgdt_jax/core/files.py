@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -213,30 +214,57 @@ def _running(pid: int) -> bool:
 _HELD: set[str] = set()  # the claims this process holds (``held``)
 
 
+def _create_holding_pid(claim: Path) -> bool:
+    """Creates ``claim`` holding this process's id, whole: written under another name, then linked
+    (which fails if ``claim`` exists), so no other process ever reads it empty and takes it for a dead
+    holder's. False when it exists. Where hard links are not supported, an exclusive create and write."""
+    whole = claim.with_name(f"{claim.name}.{os.getpid()}.{threading.get_ident()}")
+    whole.write_text(f"{os.getpid()}\n")
+    try:
+        os.link(whole, claim)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here (some network and FUSE filesystems)
+        try:
+            descriptor = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "w") as file:
+            file.write(f"{os.getpid()}\n")
+        return True
+    finally:
+        whole.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def held(claim: Path, what: str, *, folder: Path | None = None) -> Iterator[None]:
-    """Holds the file ``claim`` (created exclusively, holding this process's id) while the block
-    runs, and removes it after. One left by a process no longer running (killed) is taken over, as
+    """Holds the file ``claim`` (created exclusively, holding this process's id from its first
+    moment) while the block runs, and removes it after. One left by a process no longer running (killed) is taken over, as
     is one naming this process's id that this process does not hold: a container restarted after a
     kill runs its command as the same process id again (1), which read as a live holder for good.
     OSError ``"FOLDER: {what} (process N) ..."`` (``folder``, default the claim's), one line, when a
     running process holds it: two commands writing one folder at once would mix or replace each
-    other's files."""
+    other's files; ``"FOLDER: cannot be written (REASON)"`` when the claim cannot be made there."""
     key = os.path.abspath(claim)
     for _ in range(2):  # a second try after taking over a dead process's claim
         try:
-            descriptor = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
+            if _create_holding_pid(claim):
+                break
+        except OSError as error:  # a read-only or full folder: name it, not the claim's file
+            if error.errno is None:
+                raise
+            raise OSError(f"{folder or claim.parent}: cannot be written ({error.strerror})") from None
+        try:
             holder = claim.read_text().strip()
-            if holder.isdigit() and _running(int(holder)) and (int(holder) != os.getpid() or key in _HELD):
-                raise OSError(f"{folder or claim.parent}: {what} (process {holder}) is writing there; wait for it or "
-                              "choose another folder") from None
-            claim.unlink(missing_ok=True)
+        except FileNotFoundError:  # let go meanwhile
+            continue
+        if holder.isdigit() and _running(int(holder)) and (int(holder) != os.getpid() or key in _HELD):
+            raise OSError(f"{folder or claim.parent}: {what} (process {holder}) is writing there; wait for it or "
+                          "choose another folder") from None
+        claim.unlink(missing_ok=True)
     else:
         raise OSError(f"{claim}: keeps reappearing; {what} is starting there")
-    with os.fdopen(descriptor, "w") as file:
-        file.write(f"{os.getpid()}\n")
     _HELD.add(key)
     try:
         yield
