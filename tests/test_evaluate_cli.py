@@ -235,3 +235,12 @@ def test_sigterm_ends_an_evaluation_in_one_line_and_lets_its_out_go(tiny_workdir
     assert process.returncode == -signal.SIGTERM, stderr
     assert stderr.strip().splitlines()[-1] == "mgdt-eval: terminated (SIGTERM)" and "Traceback" not in stderr
     assert not out.exists()  # the folder it made for the report, removed with its claim
+
+
+def test_a_file_where_the_videos_go_is_refused_before_playing(tiny_workdir, tmp_path, capsys):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "videos").write_text("not a folder")
+    argv = ["--workdir", str(tiny_workdir), "--games", "Pong", "--episodes", "1", "--out", str(out), "--video"]
+    _fails_with(argv, capsys, f"--out {out / 'videos'}: exists and is not a folder")
+    assert sorted(path.name for path in out.iterdir()) == ["videos"]

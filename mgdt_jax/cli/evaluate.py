@@ -15,6 +15,7 @@ from absl import logging
 
 from mgdt_jax.cli.out_dir import claimed_out_dir
 from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core import files
 from mgdt_jax.core.files import path_argument, seed_argument
 from mgdt_jax.recipes.mgdt import actor
 from mgdt_jax.envs import atari
@@ -22,7 +23,7 @@ from mgdt_jax.core.checkpointing import CheckpointError
 from mgdt_jax.recipes.mgdt.evaluate import evaluate, resolve_games
 from mgdt_jax.recipes.mgdt.recipe import load_model
 from mgdt_jax.recipes.mgdt.policy import SAMPLING_MODES, sampling_preset
-from mgdt_jax.recipes.mgdt.report import REPORT_JSON
+from mgdt_jax.recipes.mgdt.report import REPORT_JSON, VIDEOS
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         protocol = dataclasses.replace(protocol, max_episode_frames=args.max_episode_frames)
     try:
         with claimed_out_dir(args.out, REPORT_JSON, args.workdir):
+            if args.video:  # a file there failed at the first frame, as "[Errno 17] File exists"
+                files.check_folder(args.out / VIDEOS, "--out")
             games = resolve_games(args.suite, args.games.split(",") if args.games else None)
             shard_index, shard_count = args.shard
             games = games[shard_index::shard_count]

@@ -58,7 +58,7 @@ def evaluate(
     protocol = _protocol(protocol)
     games = [atari.check_game(game) for game in games]
     policy = Policy(model, sampling)
-    videos = report.VideoWriter(out_dir / "videos") if video and out_dir is not None else None
+    videos = report.VideoWriter(out_dir / report.VIDEOS) if video and out_dir is not None else None
     bar = tqdm(total=episodes * len(games), unit="episode", desc="evaluating", disable=not show_progress)
     start = time.perf_counter()
 

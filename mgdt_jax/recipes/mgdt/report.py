@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from mgdt_jax.recipes.mgdt.actor import GameResult  # noqa: E402
 from mgdt_jax.recipes.mgdt import scores  # noqa: E402
 
-REPORT_JSON, SCORES_CSV, SCORES_PNG = "report.json", "scores.csv", "scores.png"
+REPORT_JSON, SCORES_CSV, SCORES_PNG, VIDEOS = "report.json", "scores.csv", "scores.png", "videos"
 VIDEO_FPS = 15  # agent steps per second: 60 emulator frames / frame skip 4
 VIDEO_UPSCALE = 4  # 84 -> 336 pixels, a multiple of the encoder's 16-pixel blocks
 
