@@ -109,3 +109,17 @@ def test_a_run_without_checkpoint_or_too_many_trials_is_one_line(run_dir, tmp_pa
     assert capsys.readouterr().err.strip() == (
         f"mgdt-ada-eval: error: trivial_10k.pkl.bz2: no such benchmark file here; {relative / 'config.json'} names it "
         "relative to the folder training ran in: evaluate from there, or give training an absolute path")
+
+
+def test_a_config_without_its_model_section_is_named_not_the_checkpoint(run_dir, tmp_path, capsys):
+    # The default agent was built and its weights reported missing: "the checkpoint lacks 16 of its arrays".
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    config = json.loads((run / "config.json").read_text())
+    del config["model"]
+    (run / "config.json").write_text(json.dumps(config))
+    assert ada_eval.main(["--workdir", str(run), "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"mgdt-ada-eval: error: {run / 'config.json'}: no model section: not the config a training run wrote")

@@ -126,6 +126,10 @@ def test_bad_input_is_one_line_errors(tiny_workdir, tmp_path, capsys):
     config["recipe"] = "ad"
     (other_recipe / CONFIG_FILE).write_text(json.dumps(config))
     _fails_with(["--workdir", str(other_recipe), "--games", "Pong", *out], capsys, "a run of the 'ad' recipe, not an MGDT")
+    del config["recipe"], config["model"]  # the default model's weights read as missing from the checkpoint
+    (other_recipe / CONFIG_FILE).write_text(json.dumps(config))
+    _fails_with(["--workdir", str(other_recipe), "--games", "Pong", *out], capsys,
+                f"{other_recipe / CONFIG_FILE}: no model section: not the config a training run wrote")
 
     corrupt = tmp_path / "corrupt"
     shutil.copytree(tiny_workdir, corrupt)

@@ -24,7 +24,7 @@ import os
 import shutil
 import signal
 import threading
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,10 +126,12 @@ class TrainResult:
     stopped_by: str  # "" when num_steps was reached; "preempted" (SIGTERM) or "interrupted" (Ctrl-C): saved, stopped
 
 
-def read_run_config(workdir: str | Path, recipe: str) -> dict[str, Any]:
+def read_run_config(workdir: str | Path, recipe: str, sections: Sequence[str] = ()) -> dict[str, Any]:
     """The config a training run wrote into ``workdir`` (its ``CONFIG_FILE``), checked to be a run of
-    ``recipe`` (runs from before recipes existed are the default recipe's). ValueError (one line)
-    for a missing or unreadable file or a run of another recipe."""
+    ``recipe`` (runs from before recipes existed are the default recipe's) holding each of
+    ``sections`` (e.g. ``model``: without it a reader would build the default model and report its
+    weights missing from the checkpoint). ValueError (one line) for a missing or unreadable file, a
+    run of another recipe or a section missing."""
     workdir = Path(workdir).expanduser()
     path = workdir / CONFIG_FILE
     try:
@@ -144,6 +146,8 @@ def read_run_config(workdir: str | Path, recipe: str) -> dict[str, Any]:
         raise ValueError(f"{path}: an empty config: not one a training run wrote")
     if config.get("recipe", DEFAULT_RECIPE) != recipe:
         raise ValueError(f"{workdir}: a run of the {config.get('recipe', DEFAULT_RECIPE)!r} recipe, not {recipe!r}")
+    if missing := [section for section in sections if not isinstance(config.get(section), dict)]:
+        raise ValueError(f"{path}: no {', '.join(missing)} section: not the config a training run wrote")
     return config
 
 

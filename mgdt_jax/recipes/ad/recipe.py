@@ -244,12 +244,12 @@ class ADRecipe(Recipe):
 def load_trained(workdir: str | Path, step: int | None = None) -> tuple[Any, nnx.Module, int]:
     """``(recipe, model, step)`` of an AD run: its config.json and the parameters of its checkpoint
     (the latest by default), restored onto one device. ValueError (one line) for a workdir without
-    config.json, a run of another recipe, or histories that no longer match the config;
-    CheckpointError for a missing checkpoint or parameters that do not fit."""
+    config.json or its model and data sections, a run of another recipe, or histories that no longer
+    match the config; CheckpointError for a missing checkpoint or parameters that do not fit."""
     from mgdt_jax.core import checkpointing
     from mgdt_jax.core.loop import check_paths_found, read_run_config
 
-    config = read_run_config(workdir, ADRecipe.name)
+    config = read_run_config(workdir, ADRecipe.name, sections=("model", "data"))
     check_paths_found(workdir, data_config(config).sources, "history directory")
     recipe = ADRecipe(config)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: recipe.model(nnx.Rngs(0))))

@@ -176,7 +176,7 @@ def evaluate_run(workdir: str | Path, *, trials: int | None = None, episodes: in
         raise ValueError(f"seed {seed}: must be >= 0")
     from mgdt_jax.core.loop import check_paths_found, read_run_config
 
-    env_config = dict(read_run_config(workdir, AdaRecipe.name).get("env") or {})
+    env_config = dict(read_run_config(workdir, AdaRecipe.name, sections=("env",))["env"])
     if "num_trials" not in env_config:
         raise ValueError(f"{workdir}: its env section has no num_trials (not a multi-trial AdA environment)")
     features = int(env_config.get("max_trials") or env_config["num_trials"])

@@ -317,12 +317,12 @@ def load_agent(workdir: str | Path, env: ada_env.MetaEnvironment, tasks: ada_env
     config.json's model section, the parameters of its latest checkpoint, or of ``step``) on one device,
     for ``env``; the data position is what the checkpoint recorded of its rollouts (``rollout_identity``:
     the environment it trained on, e.g. its benchmark's sha256). ValueError (one line) for a workdir
-    without config.json, a run of another recipe, a missing checkpoint or parameters that do not fit."""
+    without config.json or its model section, a run of another recipe, a missing checkpoint or parameters that do not fit."""
     from mgdt_jax.core import checkpointing  # Orbax only when loading
     from mgdt_jax.core.loop import read_run_config
 
-    run_config = read_run_config(workdir, AdaRecipe.name)
-    agent_config = read_section(AgentConfig, run_config.get("model", {}))
+    run_config = read_run_config(workdir, AdaRecipe.name, sections=("model",))
+    agent_config = read_section(AgentConfig, run_config["model"])
     agent = nnx.eval_shape(lambda: make_agent(agent_config, env_shapes(env, tasks, agent_config.observation), nnx.Rngs(0)))
     graphdef, abstract = nnx.split(agent)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -377,6 +377,8 @@ def load_model(workdir: Path, step: int | None = None) -> tuple[JatModel, Any, i
         raise checkpointing.CheckpointError(f"{config_path}: not a readable run config ({error})") from None
     if recipe_name(config) != "jat":
         raise checkpointing.CheckpointError(f"{config_path}: a run of the {recipe_name(config)!r} recipe, not JAT")
+    if not isinstance(config.get("model"), dict):  # the default model's weights would read as missing
+        raise checkpointing.CheckpointError(f"{config_path}: no model section: not the config a training run wrote")
     config = {**config, "mesh": {"data": 1, "fsdp": 1, "tensor": 1}}
     trainer = Trainer(config, sharding.make_mesh(config["mesh"], jax.devices()[:1]))
     params, _, step = checkpointing.load_checkpoint(workdir, target=trainer.abstract_state.params, step=step)

@@ -102,8 +102,10 @@ def load_model(workdir: Path, step: int | None = None) -> tuple[MultiGameDecisio
     config_path = Path(workdir) / CONFIG_FILE
     try:
         run_config = json.loads(config_path.read_text())
+        if not isinstance(run_config.get("model"), dict):  # the default model's weights would read as missing
+            raise checkpointing.CheckpointError(f"{config_path}: no model section: not the config a training run wrote")
         config = ModelConfig.from_config(run_config["model"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as error:
         raise checkpointing.CheckpointError(f"{config_path}: not a readable run config ({error})") from None
     if (recipe := recipe_name(run_config)) != MgdtRecipe.name:
         raise checkpointing.CheckpointError(f"{config_path}: a run of the {recipe!r} recipe, not an MGDT")
