@@ -229,3 +229,18 @@ def test_the_trained_tasks_are_named_by_their_datasets_not_their_folders(jat_dat
     shutil.copytree(folder, tmp_path / "renamed_v2")
     config = {"data": {"tasks": [{"path": str(tmp_path / "renamed_v2")}, str(tmp_path / "moved" / "babyai-pickup-loc")]}}
     assert jat_evaluate._trained_tasks(config) == {task, "babyai-pickup-loc"}  # moved since: its folder's name
+
+
+def test_an_unknown_task_is_one_line_before_anything_else(model, tmp_path, capsys):
+    # Its references read, it was first reported as "not among the run's training tasks: scored zero-shot".
+    import dataclasses
+
+    refs = dataclasses.replace(babyai_references(), task="babyai-foo")
+    (tmp_path / "data" / refs.task).mkdir(parents=True)
+    references.save(refs, tmp_path / "data" / refs.task)
+    with mock.patch.object(evaluate, "load_model", return_value=(model, {"data": {"tasks": []}}, 7)):
+        code = jat_evaluate.main(["--workdir", str(tmp_path / "run"), "--data", str(tmp_path / "data"), "--tasks",
+                                  refs.task, "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code == 1 and error.count("\n") == 1 and error.startswith("mgdt-jat-eval: error: babyai-foo: no BabyAI level 'foo'")
+    assert not (tmp_path / "out").exists()

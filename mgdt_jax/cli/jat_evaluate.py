@@ -52,11 +52,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--tasks {args.tasks}: names {', '.join(twice)} more than once (it would count twice in the IQM)")
     logging.set_verbosity(logging.FATAL)
     from mgdt_jax.core.checkpointing import CheckpointError
-    from mgdt_jax.envs.gym_tasks import UnknownTaskError
+    from mgdt_jax.envs.gym_tasks import UnknownTaskError, get_task
     from mgdt_jax.recipes.jat import evaluate, references
 
     try:
         with claimed_out_dir(args.out, evaluate.REPORT_JSON, args.workdir):
+            for name in task_names:  # before the run's tasks are compared with them (the zero-shot line)
+                get_task(name)
             refs = {name: references.load(args.data / name, task=name) for name in task_names}
             for name, ref in refs.items():
                 references.check_versions(ref)
