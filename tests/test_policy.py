@@ -195,3 +195,15 @@ def test_visible_frame_return_logits_equal_the_full_forward_pass():
     full = nnx.jit(lambda m, c: m(c, deterministic=True)["return_logits"])(model, context)[jnp.arange(8), slots]
     fast = nnx.jit(lambda m, c, s: m.visible_frame_return_logits(c, s))(model, context, slots)
     np.testing.assert_allclose(fast, full, atol=1e-5)
+
+
+def test_a_report_lists_only_the_settings_its_sampling_mode_reads():
+    # A colab report recorded kappa = 10, read as if expert inference's weighting had been applied.
+    from mgdt_jax.recipes.mgdt.policy import sampling_preset
+
+    common = {"mode", "action_top_percentile", "action_inverse_temperature", "mask_episode_start"}
+    assert set(sampling_preset("expert", kappa=3.0).settings()) == common | {"kappa"}
+    assert sampling_preset("expert", kappa=3.0).settings()["kappa"] == 3.0
+    assert set(sampling_preset("colab").settings()) == common | {"num_return_samples", "return_inverse_temperature"}
+    assert set(sampling_preset("target").settings()) == common | {"target_return"}
+    assert set(sampling_preset("bc").settings()) == common

@@ -86,7 +86,7 @@ def evaluate(
         "episodes_per_game": episodes,
         "seed": seed,
         "protocol": dataclasses.asdict(protocol),
-        "sampling": dataclasses.asdict(sampling),
+        "sampling": sampling.settings(),
         "seconds": round(time.perf_counter() - start, 1),
         "videos": [str(p.relative_to(out_dir)) for p in video_paths],
         **(extra_settings or {}),

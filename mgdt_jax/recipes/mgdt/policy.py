@@ -60,6 +60,16 @@ class SamplingConfig:
             raise ValueError(f"kappa must be >= 0 (0 samples returns from the model's own distribution; "
                              f"a negative kappa would favour low returns), got {self.kappa}")
 
+    def settings(self) -> dict[str, object]:
+        """The fields this mode reads, for a report: a colab or BC report listing ``kappa`` read as
+        if it had been applied."""
+        unused = {name for mode, names in _MODE_FIELDS.items() if mode != self.mode for name in names}
+        return {name: value for name, value in dataclasses.asdict(self).items() if name not in unused}
+
+
+_MODE_FIELDS = {"expert": ("kappa",), "colab": ("num_return_samples", "return_inverse_temperature"),
+                "target": ("target_return",), "bc": ()}  # the return settings each mode reads (`Policy`)
+
 
 _PRESETS: dict[str, SamplingConfig] = {
     "expert": SamplingConfig(mode="expert"),
