@@ -1,8 +1,9 @@
 """Writing TFDS/RLDS datasets as array_record shards, generic over the feature spec.
 
 What every dataset writer here shares (mgdt-convert's Atari episodes, mgdt-ad-histories' learning
-histories): records serialized exactly as `FeaturesDict.serialize_example` would, but with the step
-fields passed as the stacked arrays they already are; shards written under a temporary name and
+histories, JAT's tasks): records holding the Example `FeaturesDict.serialize_example` would, but
+with the step fields passed as the stacked arrays they already are, and serialized in one order
+(byte for byte the same in every process: a rerun's shards have the same digests); shards written under a temporary name and
 renamed when complete; and `dataset_info.json`, which makes a directory loadable with
 `tfds.builder_from_directory`, written last. None of it needs TensorFlow.
 """
@@ -85,14 +86,17 @@ class ShardFile:
 
 
 class RecordSerializer:
-    """example -> the bytes `features.serialize_example(example)` gives, faster.
+    """example -> the Example `features.serialize_example(example)` gives, faster, as bytes that do
+    not depend on the process.
 
     The `steps` fields must already be stacked arrays (encoded bytes for images), one value per
     step; the episode-level fields go through the features' own encoding. TFDS's serializer walks
     every step of a sequence feature in Python to support ragged nesting, which these datasets
     never use (a step field is a scalar or an image); here each field becomes its proto list in one
     call, with TFDS's conversions: bool and integers to int64_list, floats to float_list (after a
-    cast to the spec's dtype), strings to bytes_list, in the spec's key order.
+    cast to the spec's dtype), strings to bytes_list, in the spec's key order. Protobuf writes a map
+    field (the Example's features) in an order of its own per process, so TFDS's bytes for one
+    example differ from run to run; these are written in key order (``deterministic``).
     """
 
     def __init__(self, features: tfds.features.FeaturesDict):
@@ -119,8 +123,8 @@ class RecordSerializer:
                     value=array.astype(np.int64).ravel().tolist()))
             else:
                 feature[key] = tf_feature_pb2.Feature(float_list=tf_feature_pb2.FloatList(value=array.ravel().tolist()))
-        # One dict into Features, as TFDS does: the map's serialized order, hence the bytes, match.
-        return tf_example_pb2.Example(features=tf_feature_pb2.Features(feature=feature)).SerializeToString()
+        return tf_example_pb2.Example(features=tf_feature_pb2.Features(feature=feature)).SerializeToString(
+            deterministic=True)
 
 
 def _list_kind(dtype: np.dtype) -> str:

@@ -265,3 +265,29 @@ def test_a_failed_recording_removes_the_out_it_created(tmp_path, monkeypatch):
     with pytest.raises(record.RecordError):
         record.record(["babyai-go-to-local"], tmp_path / "new" / "out", 1, progress=False)
     assert not (tmp_path / "new").exists()
+
+
+SERIALIZE_AN_EPISODE = """
+import hashlib
+import numpy as np
+from tensorflow.core.example.example_pb2 import Example
+from data_pipelines.jat import rlds
+from mgdt_jax.recipes.jat.fields import TaskSpec
+spec = TaskSpec("babyai-go-to-local", {"discrete_observations": (148,), "text_observations": (), "discrete_actions": (),
+                                       "rewards": ()})
+episode = rlds.Episode({"discrete_observations": np.arange(4 * 148).reshape(4, 148) % 11,
+                        "text_observations": ["go to the red ball"] * 4}, np.array([0, 1, 2]), np.array([0, 0, 1.0]),
+                       terminated=True, success=True)
+record = rlds.serialize_episode(spec, episode, 7)
+tfds_record = rlds.features(spec).serialize_example(rlds.episode_to_example(spec, episode, 7))
+assert Example.FromString(record) == Example.FromString(tfds_record)
+print(hashlib.sha256(record).hexdigest())
+"""
+
+
+def test_a_record_is_the_same_bytes_in_every_process():
+    # Protobuf writes the Example's feature map in an order of its own per process: identical
+    # recordings had shards of other digests, and a shard copied from a rerun was refused as damaged.
+    digests = {subprocess.run([sys.executable, "-c", SERIALIZE_AN_EPISODE], capture_output=True, text=True,
+                              check=True).stdout.strip() for _ in range(3)}
+    assert len(digests) == 1

@@ -31,7 +31,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core import example_serializer
 
 from data_pipelines import rlds_writer
 from mgdt_jax.core import files
@@ -164,19 +163,15 @@ def episode_to_example(spec: TaskSpec, episode: Episode, episode_id: int) -> dic
 
 
 @functools.cache
-def _serializer(spec_json: str) -> tuple[tfds.features.FeaturesDict, example_serializer.ExampleSerializer]:
-    feature_dict = features(TaskSpec.from_json(json.loads(spec_json)))
-    return feature_dict, example_serializer.ExampleSerializer(feature_dict.get_serialized_info())
+def _serializer(spec_json: str) -> rlds_writer.RecordSerializer:
+    return rlds_writer.RecordSerializer(features(TaskSpec.from_json(json.loads(spec_json))))
 
 
 def serialize_episode(spec: TaskSpec, episode: Episode, episode_id: int) -> bytes:
-    """An episode as one record of a shard: the bytes of `features(spec).serialize_example`, with the
-    per-step encoding skipped (the step fields are stacked arrays of their final dtypes already)."""
-    feature_dict, serializer = _serializer(json.dumps(spec.to_json(), sort_keys=True))
-    example = episode_to_example(spec, episode, episode_id)
-    encoded = {key: feature_dict[key].encode_example(value) for key, value in example.items() if key != "steps"}
-    encoded["steps"] = example["steps"]
-    return serializer.serialize_example(encoded)
+    """An episode as one record of a shard: the Example of `features(spec).serialize_example`, with
+    the per-step encoding skipped (the step fields are stacked arrays of their final dtypes already),
+    as bytes that do not depend on the process (`rlds_writer.RecordSerializer`)."""
+    return _serializer(json.dumps(spec.to_json(), sort_keys=True))(episode_to_example(spec, episode, episode_id))
 
 
 def write_dataset(out_dir: Path, spec: TaskSpec, episodes: Iterable[Episode], metadata: dict,
