@@ -36,7 +36,6 @@ import json
 import re
 import shutil
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -123,10 +122,9 @@ def _record_task(task: str, data_dir: Path, episodes: int, random_episodes: int)
     """Records one task (a worker process's job); its summary line."""
     warnings.filterwarnings("ignore", module="gymnasium")
     warnings.filterwarnings("ignore", module="metaworld")
-    begun = time.perf_counter()
     summaries = record.record([task], data_dir, episodes, seed=SEED, random_episodes=random_episodes,
                               experts_dir=data_dir / "experts", progress=False)
-    return record.summary_line(summaries, data_dir, time.perf_counter() - begun)
+    return record.summary_line(summaries, data_dir)
 
 
 def record_data(setting: Setting, data_dir: Path) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -73,10 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="gymnasium")
     warnings.filterwarnings("ignore", module="metaworld")
     for tasks, episodes in GROUPS:
-        started = time.perf_counter()
         summaries = record.record(list(tasks), args.out, episodes, seed=0, random_episodes=episodes,
                                   experts_dir=args.out / "experts")
-        print(record.summary_line(summaries, args.out, time.perf_counter() - started))
+        print(record.summary_line(summaries, args.out))
     print(table(args.out))
     print()
     print(ppo_table(args.out))

@@ -291,3 +291,22 @@ def test_a_record_is_the_same_bytes_in_every_process():
     digests = {subprocess.run([sys.executable, "-c", SERIALIZE_AN_EPISODE], capture_output=True, text=True,
                               check=True).stdout.strip() for _ in range(3)}
     assert len(digests) == 1
+
+
+def test_the_recording_speed_leaves_out_the_time_spent_making_the_expert(tmp_path, monkeypatch, capsys):
+    # A MuJoCo task's PPO expert trains for minutes first: that time was divided into the steps/s.
+    import time
+
+    made = record.expert
+
+    def slow_expert(*args, **kwargs):
+        time.sleep(2.0)  # as training one would
+        return made(*args, **kwargs)
+
+    monkeypatch.setattr(record, "expert", slow_expert)
+    [summary] = record.record(["babyai-go-to-red-ball-grey"], tmp_path, 2, random_episodes=2, progress=False)
+    assert summary["expert_seconds"] >= 2.0 and summary["seconds"] < 2.0
+    line = record.summary_line([summary], tmp_path)
+    steps_per_s = float(line.split(" steps/s")[0].rsplit(" ", 1)[1].replace(",", ""))
+    assert steps_per_s == pytest.approx(summary["played_steps"] / summary["seconds"], abs=0.51)  # printed as a whole number
+    assert ", after 2 s making experts)" in line

@@ -172,6 +172,13 @@ def _record_task(task: gym_tasks.Task, out_dir: Path, episodes: int, seed: int, 
     started = time.perf_counter()
     expert_returns, expert_successes, skipped = [], [], []
     moments = rlds.ObservationMoments()
+    preparing = []  # seconds spent making the expert (a MuJoCo PPO expert's training): not recording
+
+    def make_expert(env) -> experts.Policy:
+        begun = time.perf_counter()
+        policy = expert(task, experts_dir, seed)
+        preparing.append(time.perf_counter() - begun)
+        return policy
 
     def count(episode: rlds.Episode) -> None:
         expert_returns.append(episode.episode_return)
@@ -182,7 +189,7 @@ def _record_task(task: gym_tasks.Task, out_dir: Path, episodes: int, seed: int, 
     try:  # an interrupted recording leaves nothing: the folder is complete only once renamed
         summary = rlds.write_dataset(
             partial, jat_fields.TaskSpec(task.name, task.shapes),
-            play(task, lambda env: expert(task, experts_dir, seed), episodes, seed, skipped),
+            play(task, make_expert, episodes, seed, skipped),
             {"job": job, "final_observation": "recorded", "skipped_expert_episodes": skipped}, episodes_per_shard,
             description=f"JAT task {task.name} ({task.env_id}) played by {experts.EXPERT_NAMES[task.domain]}.",
             on_episode=count)
@@ -202,8 +209,8 @@ def _record_task(task: gym_tasks.Task, out_dir: Path, episodes: int, seed: int, 
         raise
     partial.rename(final)
     return {**summary, "references": references.to_json(), "resumed": False,
-            "played_steps": summary["steps"] + random_steps, "seconds": round(time.perf_counter() - started, 3),
-            "skipped_expert_episodes": len(skipped)}
+            "played_steps": summary["steps"] + random_steps, "expert_seconds": round(sum(preparing), 3),
+            "seconds": round(time.perf_counter() - started - sum(preparing), 3), "skipped_expert_episodes": len(skipped)}
 
 
 def record(task_names: list[str], out_dir: Path, episodes: int, seed: int = 0,
@@ -236,15 +243,18 @@ def record(task_names: list[str], out_dir: Path, episodes: int, seed: int = 0,
     return summaries
 
 
-def summary_line(summaries: list[dict], out_dir: Path, seconds: float) -> str:
+def summary_line(summaries: list[dict], out_dir: Path) -> str:
+    """The command's last line. Its steps/s are of the recording (playing, writing) alone: the time
+    spent making an expert (training a MuJoCo task's PPO expert: minutes) is given apart."""
     new = [s for s in summaries if not s["resumed"]]
-    played = sum(s["played_steps"] for s in new)
+    played, seconds = sum(s["played_steps"] for s in new), sum(s["seconds"] for s in new)
+    preparing = sum(s["expert_seconds"] for s in new)
     scores = "; ".join(f"{s['task']} expert {s['references']['expert']['mean_return']:.3g} "
                        f"random {s['references']['random']['mean_return']:.3g}" for s in summaries)
     return (f"recorded {len(new)} tasks ({sum(s['episodes'] for s in new)} expert episodes, "
             f"{sum(s['steps'] for s in new):,} steps; {played / max(seconds, 1e-9):,.0f} steps/s with the random "
-            f"reference episodes), {len(summaries) - len(new)} already recorded, "
-            f"into {out_dir}; mean returns: {scores}")
+            f"reference episodes{f', after {preparing:.0f} s making experts' if preparing >= 1 else ''}), "
+            f"{len(summaries) - len(new)} already recorded, into {out_dir}; mean returns: {scores}")
 
 
 @interruptible("mgdt-jat-record")
@@ -265,7 +275,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--episodes and --random-episodes must be positive")
     if twice := sorted({name for name in args.tasks if args.tasks.count(name) > 1}):
         parser.error(f"{', '.join(twice)}: named more than once (a task is recorded once)")
-    started = time.perf_counter()
     # The env checker's and the scripted policies' chatter would break the progress bar.
     warnings.filterwarnings("ignore", module="gymnasium")
     warnings.filterwarnings("ignore", module="metaworld")
@@ -277,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     except (gym_tasks.UnknownTaskError, experts.ExpertError, RecordError, jat_fields.DatasetError, OSError) as error:
         print(f"mgdt-jat-record: error: {error}", file=sys.stderr)
         return 1
-    print(summary_line(summaries, args.out, time.perf_counter() - started))
+    print(summary_line(summaries, args.out))
     return 0
 
 
