@@ -527,6 +527,24 @@ def load_checkpoint(path: str | Path, target: Any = None, step: int | None = Non
                 raise CheckpointError(f"{chosen_directory / str(chosen)}: unreadable ({_first_line(error)})") from None
             print(f"warning: {chosen_directory / str(chosen)}: removed while it was read (a running training's "
                   "keep policy); reading the newest step instead", file=sys.stderr, flush=True)
+            _drop_closed_loop_reports()
+
+
+def _drop_closed_loop_reports() -> None:
+    """From now on, leaves out Python's reports of ``RuntimeError: Event loop is closed``: a read
+    Orbax abandoned leaves TensorStore callbacks that fire later, from its own threads, into the
+    event loop Orbax closed, each printed as a traceback (~190 lines after one retried read, the
+    read itself right). Installed once, for the process: the callbacks come after the read returns."""
+    hook = sys.unraisablehook
+    if getattr(hook, "drops_closed_loop_reports", False):
+        return
+
+    def unraisable(report: Any) -> None:
+        if not (isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed"):
+            hook(report)
+
+    unraisable.drops_closed_loop_reports = True
+    sys.unraisablehook = unraisable
 
 
 def _read_checkpoint(directory: Path, step: int, target: Any, recipe: str | None) -> tuple[Any, dict[str, Any]]:

@@ -112,7 +112,8 @@ def _watching_stops() -> Iterator[list[int]]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        sys.unraisablehook = previous_hook
+        if sys.unraisablehook is unraisable:  # else a hook installed meanwhile wraps it and stays (checkpointing's)
+            sys.unraisablehook = previous_hook
 
 
 def _report_stop(program: str, seen: list[int]) -> int:
