@@ -53,20 +53,16 @@ def test_mgdt_eval_plays_a_tiny_checkpoint_on_two_games(tiny_workdir, tmp_path, 
 def test_an_out_another_evaluation_is_writing_to_is_refused_and_a_dead_ones_taken_over(tiny_workdir, tmp_path, capsys,
                                                                                       monkeypatch):
     # Two evaluations into one --out both passed the check before playing; the later report replaced the other.
-    import subprocess
-    import sys
-
     from mgdt_jax.cli.out_dir import CLAIM_FILE
+    from tests.processes import another_process_holding
 
     out = tmp_path / "report"
     out.mkdir()
     argv = ["--workdir", str(tiny_workdir), "--games", "Pong", "--episodes", "1", "--max-episode-frames", "200",
             "--out", str(out)]
-    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
-        (out / CLAIM_FILE).write_text(f"{other.pid}\n")
+    with another_process_holding(out / CLAIM_FILE) as other:
         _fails_with(argv, capsys, f"{out}: another evaluation (process {other.pid}) is writing there; wait for it")
-        other.kill()
-    assert (out / CLAIM_FILE).exists() and not (out / "report.json").exists()  # the other's claim stays while it runs
+    assert (out / CLAIM_FILE).exists() and not (out / "report.json").exists()  # a killed one's claim stays
     assert eval_cli.main(argv) == 0  # its process gone, the claim is taken over
     assert (out / "report.json").exists() and not (out / CLAIM_FILE).exists()
 

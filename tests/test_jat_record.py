@@ -15,6 +15,7 @@ from data_pipelines.jat import experts, record, rlds
 from mgdt_jax.envs import gym_tasks
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat import references
+from tests.processes import another_process_holding
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -163,10 +164,8 @@ def test_a_second_recording_of_a_task_into_the_same_out_at_once_is_refused(tmp_p
     # It deleted the first one's OUT/<task>.partial, and the two wrote into each other's files: a
     # finished dataset labelled with one seed held the other's episodes.
     claim = rlds.writing_claim(tmp_path, "babyai-go-to-local")
-    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as first:  # recording that task there
-        claim.write_text(f"{first.pid}\n")
+    with another_process_holding(claim) as first:  # recording that task there
         assert record.main(["babyai-go-to-local", "--episodes", "2", "--out", str(tmp_path)]) == 1
-        first.kill()
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"mgdt-jat-record: error: {tmp_path}: another mgdt-jat-record or mgdt-jat-import of babyai-go-to-local "
         f"(process {first.pid}) is writing there; wait for it or choose another folder")

@@ -32,7 +32,7 @@ from mgdt_jax.core import loop
 from mgdt_jax.core.metric_writer import EARLIER_RUNS_DIR, METRICS_FILE, TENSORBOARD_DIR, MetricWriter, read_metrics
 from mgdt_jax.core import train_step
 from mgdt_jax.core.train_step import Trainer
-from tests.processes import popen_as_from_a_terminal
+from tests.processes import another_process_holding, popen_as_from_a_terminal
 from tests.recipe_cases import CASES, MGDT_CONFIG_FILE
 
 NUM_STEPS = 24
@@ -255,12 +255,10 @@ def test_a_workdir_another_training_is_writing_to_is_refused_and_a_killed_ones_t
     config = load_config(config_path)
     workdir = tmp_path / "run"
     workdir.mkdir()
-    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
-        (workdir / loop.TRAINING_CLAIM).write_text(f"{other.pid}\n")
+    with another_process_holding(workdir / loop.TRAINING_CLAIM) as other:
         with pytest.raises(OSError, match=rf"^{re.escape(str(workdir))}: another training \(process {other.pid}\) is "
                                           "writing there; wait for it or choose another folder$"):
             loop.train(config, workdir)
-        other.kill()
     assert [path.name for path in workdir.iterdir()] == [loop.TRAINING_CLAIM]  # nothing written beside it
     assert loop.train(config, workdir).last_step == 2  # its holder gone, the claim is taken over
     assert not (workdir / loop.TRAINING_CLAIM).exists()

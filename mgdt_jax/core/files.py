@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -211,66 +211,71 @@ def _running(pid: int) -> bool:
     return True
 
 
-_HELD: set[str] = set()  # the claims this process holds (``held``)
-
-
-def _create_holding_pid(claim: Path) -> bool:
-    """Creates ``claim`` holding this process's id, whole: written under another name, then linked
-    (which fails if ``claim`` exists), so no other process ever reads it empty and takes it for a dead
-    holder's. False when it exists. Where hard links are not supported, an exclusive create and write."""
-    whole = claim.with_name(f"{claim.name}.{os.getpid()}.{threading.get_ident()}")
-    whole.write_text(f"{os.getpid()}\n")
-    try:
-        os.link(whole, claim)
-        return True
-    except FileExistsError:
-        return False
-    except OSError:  # no hard links here (some network and FUSE filesystems)
-        try:
-            descriptor = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return False
-        with os.fdopen(descriptor, "w") as file:
-            file.write(f"{os.getpid()}\n")
-        return True
-    finally:
-        whole.unlink(missing_ok=True)
-
-
 @contextlib.contextmanager
 def held(claim: Path, what: str, *, folder: Path | None = None) -> Iterator[None]:
-    """Holds the file ``claim`` (created exclusively, holding this process's id from its first
-    moment) while the block runs, and removes it after. One left by a process no longer running (killed) is taken over, as
-    is one naming this process's id that this process does not hold: a container restarted after a
-    kill runs its command as the same process id again (1), which read as a live holder for good.
-    OSError ``"FOLDER: {what} (process N) ..."`` (``folder``, default the claim's), one line, when a
-    running process holds it: two commands writing one folder at once would mix or replace each
-    other's files; ``"FOLDER: cannot be written (REASON)"`` when the claim cannot be made there."""
-    key = os.path.abspath(claim)
-    for _ in range(2):  # a second try after taking over a dead process's claim
+    """Holds the file ``claim`` while the block runs, and removes it after: the file is locked
+    (``flock``, which the system lets go when its holder ends, killed or not) and holds the
+    holder's process id. A claim file left by a process that ended is taken over; so is one that
+    names a running process without holding the lock (a container restarted after a kill runs its
+    command as the same process id again). OSError ``"FOLDER: {what} (process N) ..."``
+    (``folder``, default the claim's), one line, when another process holds it: two commands
+    writing one folder at once would mix or replace each other's files; ``"FOLDER: cannot be
+    written (REASON)"`` when the claim cannot be made there. On a filesystem without locks, the
+    process id alone decides: a claim naming a running process other than this one is held."""
+    where = folder or claim.parent
+    for _ in range(100):  # again only when the file was let go or replaced while it was being locked
         try:
-            if _create_holding_pid(claim):
-                break
+            descriptor = os.open(claim, os.O_CREAT | os.O_RDWR, 0o644)
         except OSError as error:  # a read-only or full folder: name it, not the claim's file
             if error.errno is None:
                 raise
-            raise OSError(f"{folder or claim.parent}: cannot be written ({error.strerror})") from None
+            raise OSError(f"{where}: cannot be written ({error.strerror})") from None
         try:
-            holder = claim.read_text().strip()
-        except FileNotFoundError:  # let go meanwhile
-            continue
-        if holder.isdigit() and _running(int(holder)) and (int(holder) != os.getpid() or key in _HELD):
-            raise OSError(f"{folder or claim.parent}: {what} (process {holder}) is writing there; wait for it or "
+            if _lock(descriptor, claim) and _still_named(descriptor, claim):
+                os.ftruncate(descriptor, 0)
+                os.write(descriptor, f"{os.getpid()}\n".encode())
+                break
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip()
+            os.close(descriptor)
+            raise OSError(f"{where}: {what} (process {holder or 'starting'}) is writing there; wait for it or "
                           "choose another folder") from None
-        claim.unlink(missing_ok=True)
+        except BaseException:
+            os.close(descriptor)
+            raise
+        os.close(descriptor)
     else:
         raise OSError(f"{claim}: keeps reappearing; {what} is starting there")
-    _HELD.add(key)
     try:
         yield
     finally:
-        _HELD.discard(key)
-        claim.unlink(missing_ok=True)
+        claim.unlink(missing_ok=True)  # before the lock goes: a process waiting on this file then sees it replaced
+        os.close(descriptor)
+
+
+def _lock(descriptor: int, claim: Path) -> bool:
+    """True once ``descriptor`` holds the claim's lock; BlockingIOError while another process does.
+    Without locks on this filesystem, the process id the file names decides (BlockingIOError when
+    it is a running process other than this one)."""
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        raise
+    except OSError:  # ENOLCK, EOPNOTSUPP: some network and FUSE filesystems
+        holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip()
+        if holder.isdigit() and int(holder) != os.getpid() and _running(int(holder)):
+            raise BlockingIOError from None
+        return True
+
+
+def _still_named(descriptor: int, claim: Path) -> bool:
+    """Whether ``claim`` still names the file ``descriptor`` locked: a holder ending removes the file
+    before its lock goes, so a process that opened it meanwhile locks a file no longer in the folder."""
+    try:
+        return os.path.samestat(os.fstat(descriptor), os.stat(claim))
+    except FileNotFoundError:
+        return False
 
 
 def sha256(path: str | os.PathLike) -> str:
