@@ -43,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core.commands import Terminated, interruptible
 from mgdt_jax.core.files import path_argument
 
 SECTIONS_SCRIPT = Path(__file__).with_name("gpu_check_sections.py")
@@ -104,13 +104,15 @@ def run_section(section: Section, seconds: float, dry_run: bool, scratch: Path) 
     if dry_run:  # toy figures mean nothing: compile without LLVM's optimisations, ~40% less CPU time
         environment["XLA_FLAGS"] = f"{environment.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
     process = subprocess.Popen(command, start_new_session=True, env=environment)
-    stopped = interrupted = False
+    stopped, interrupted = False, ""  # interrupted: what stopped it, "Ctrl-C" or "SIGTERM"
     try:
         try:
             returncode = process.wait(timeout=seconds)
         except (subprocess.TimeoutExpired, KeyboardInterrupt) as cause:
             # SIGTERM first: the section's process then removes its temporary folders (gpu_check_sections.main)
-            stopped, interrupted = True, isinstance(cause, KeyboardInterrupt)
+            stopped = True
+            if isinstance(cause, KeyboardInterrupt):
+                interrupted = "SIGTERM" if isinstance(cause, Terminated) else "Ctrl-C"
             os.killpg(process.pid, signal.SIGTERM)
             try:
                 returncode = process.wait(timeout=5)
@@ -126,7 +128,8 @@ def run_section(section: Section, seconds: float, dry_run: bool, scratch: Path) 
     except (OSError, json.JSONDecodeError):
         result = {"status": "running", "figures": {}}
     if interrupted:  # the caller reports what finished, then ends as interrupted
-        result.update(status="stopped", reason="interrupted (Ctrl-C); figures are what it had measured", interrupted=True)
+        result.update(status="stopped", reason=f"interrupted ({interrupted}); figures are what it had measured",
+                      interrupted=interrupted)
     elif stopped:
         result.update(status="stopped", reason=f"exceeded its {seconds:.0f} s budget; figures are what it had measured")
     elif result["status"] == "running":  # the process ended without finishing: killed or crashed
@@ -317,13 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     started_at = datetime.datetime.now(datetime.timezone.utc)
     start = time.time()
     results: dict[str, dict] = {}
-    interrupted = False
+    interrupted = ""  # what stopped a section: "Ctrl-C" or "SIGTERM"
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as scratch:
         missing = {s.name: [m for m in s.requires if not module_exists(m)] for s in sections}
         runnable = [s for s in sections if not missing[s.name]]
         for section in sections:
             if interrupted:
-                results[section.name] = {"status": "skipped", "reason": "interrupted (Ctrl-C) before it started"}
+                results[section.name] = {"status": "skipped", "reason": f"interrupted ({interrupted}) before it started"}
                 continue
             left = total - (time.time() - start)
             if section not in runnable:
@@ -339,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                 runnable.remove(section)
                 seconds = share
                 results[section.name] = run_section(section, seconds, args.dry_run, Path(scratch))
-                interrupted = results[section.name].get("interrupted", False)  # what finished is still reported
+                interrupted = results[section.name].get("interrupted", "")  # what finished is still reported
             if results[section.name]["status"] != "ok":
                 print(f"-- {section.name}: {results[section.name]['status']}: {results[section.name].get('reason', '')}",
                       flush=True)
@@ -369,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({'dry run, toy sizes' if args.dry_run else 'full sizes'}), {report['total_s']:.0f} s\n\n{table}")
     print(f"\n{table}\n{report['total_s']:.0f} s in all; wrote {args.out / 'gpu_check.json'} and {args.out / 'gpu_check.md'}")
     if interrupted:
-        raise KeyboardInterrupt  # the report holds what finished; the command still ends as interrupted
+        # the report holds what finished; the command still ends as stopped
+        raise Terminated if interrupted == "SIGTERM" else KeyboardInterrupt
     failed = [name for name, result in results.items() if result["status"] in ("failed", "stopped")]
     if failed:
         print(f"gpu_check: {', '.join(failed)} did not finish (see above)", file=sys.stderr)

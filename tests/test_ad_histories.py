@@ -17,6 +17,7 @@ from data_pipelines import ad_histories, rlds_writer
 from mgdt_jax import envs
 from mgdt_jax.recipes.ad import sources
 from mgdt_jax.recipes.ad.histories import Histories, HistoryError, read_histories
+from tests.processes import another_process_holding
 
 EPISODES, PER_TASK, SEED = 4, 2, 5
 
@@ -192,11 +193,9 @@ def test_a_second_run_into_the_same_out_at_once_is_refused_and_leaves_the_first_
     claim = tmp_path / ".bandit.writing"
     (tmp_path / "bandit.partial").mkdir()
     (tmp_path / "bandit.partial" / "shard").write_text("the first run's")
-    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as first:  # a run writing tmp_path/bandit
-        claim.write_text(f"{first.pid}\n")
+    with another_process_holding(claim) as first:  # a run writing tmp_path/bandit
         code, _, err = _cli(capsys, "--env", "bandit", "--source", "thompson", "--episodes", 2, "--out",
                             tmp_path / "bandit")
-        first.kill()
     assert code == 1 and err == (f"mgdt-ad-histories: error: {tmp_path / 'bandit'}: another mgdt-ad-histories (process "
                                  f"{first.pid}) is writing there; wait for it or choose another folder")
     assert (tmp_path / "bandit.partial" / "shard").read_text() == "the first run's" and claim.exists()
@@ -337,15 +336,14 @@ def test_sigterm_stops_the_workers_and_leaves_nothing(tmp_path):
 
     process = subprocess.Popen(
         [sys.executable, "-m", "data_pipelines.ad_histories", "--env", "darkroom", "--source", "q_learning",
-         "--episodes", "300", "--workers", "2", "--out", str(tmp_path / "darkroom")],
+         "--episodes", "3000", "--workers", "2", "--histories-per-shard", "4", "--out", str(tmp_path / "darkroom")],
         env={**os.environ, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     deadline = time.monotonic() + 120
-    while not (tmp_path / "darkroom.partial").exists():  # writing
+    while not any((tmp_path / "darkroom.partial").glob("*.array_record-*")):  # both workers writing shards
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "nothing written after 120 s"
         time.sleep(0.1)
-    time.sleep(2)
     process.terminate()
     _, stderr = process.communicate(timeout=60)  # returns once the workers, which share its stderr, are gone too
     assert process.returncode == -signal.SIGTERM, stderr

@@ -20,35 +20,40 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 
+_STOPS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def _ctrl_c_held() -> Iterator[None]:
-    """Processes this thread starts inside inherit a blocked SIGINT, and a Ctrl-C meanwhile is
-    held until the block ends, then answered by the handler that was in place. Held, not raised
-    where it lands: a KeyboardInterrupt between a worker's start and its registration in the pool
-    would leave a worker the pool does not know, which takes another's shut-down message and
-    leaves that one running."""
+    """Processes this thread starts inside inherit a blocked SIGINT and SIGTERM, and a Ctrl-C or
+    SIGTERM meanwhile is held until the block ends, then answered by the handler that was in place.
+    Held, not raised where it lands: a KeyboardInterrupt between a worker's start and its
+    registration in the pool would leave a worker the pool does not know, which takes another's
+    shut-down message and leaves that one running."""
     if threading.current_thread() is not threading.main_thread():  # the others never run Python's handler
         yield
         return
     pressed: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = {signum: signal.signal(signum, lambda signum, frame: pressed.append(signum)) for signum in _STOPS}
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending Ctrl-C is recorded here
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)  # a pending signal is recorded here
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if pressed:
-            signal.raise_signal(signal.SIGINT)  # the previous handler answers it: KeyboardInterrupt, exit or nothing
+            signal.raise_signal(pressed[0])  # the previous handler answers it: KeyboardInterrupt, exit or nothing
 
 
 def spawn_pool(workers: int, initializer: Callable[..., Any] | None = None,
                initargs: tuple = ()) -> concurrent.futures.ProcessPoolExecutor:
     """A pool of ``workers`` spawned processes (TensorFlow, array_record and XLA hold threads: no
-    fork), all started now, each with SIGINT blocked from its start. A Ctrl-C while they start
-    is answered once all have started: the pool is shut down and the KeyboardInterrupt raised here."""
+    fork), all started now, each with SIGINT blocked from its start (SIGTERM until its imports are
+    done: the pool stops a broken pool's workers with it). A Ctrl-C or SIGTERM while they start is
+    answered once all have started: the pool is shut down and the KeyboardInterrupt raised here."""
     pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=initializer, initargs=initargs)
+                                                  initializer=_started, initargs=(initializer, initargs))
     try:
         with _ctrl_c_held():
             for _ in range(workers):  # each submit starts one more process while none is idle
@@ -57,3 +62,10 @@ def spawn_pool(workers: int, initializer: Callable[..., Any] | None = None,
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     return pool
+
+
+def _started(initializer: Callable[..., Any] | None, initargs: tuple) -> None:
+    """A worker's first call, its imports done: SIGTERM reaches it again, then ``initializer`` runs."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    if initializer is not None:
+        initializer(*initargs)
