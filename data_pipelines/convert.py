@@ -29,7 +29,7 @@ from pathlib import Path
 
 import tqdm
 
-from data_pipelines import replay_logs, rlds_format, rlds_writer, tfds_format
+from data_pipelines import replay_logs, replay_shards, rlds_format, rlds_writer, tfds_format
 from data_pipelines.replay_shards import PROGRESS_DIR, ConversionError, ShardTask, convert_shard, discover_shards
 from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core import files
@@ -61,12 +61,29 @@ def prepare_output(out_dir: Path, tasks: list[ShardTask], max_episode_steps: int
         if previous != job:
             raise ConversionError(f"{out_dir}: holds a conversion of other logs or options "
                                   f"({job_path} differs); choose an empty --out")
+        _check_finished_from_these_logs(out_dir, tasks)
         return False
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConversionError(f"{out_dir}: not empty and not an earlier run of this conversion; choose an empty --out")
     job_path.parent.mkdir(parents=True, exist_ok=True)
     files.write_json(job_path, job)
     return True
+
+
+def _check_finished_from_these_logs(out_dir: Path, tasks: list[ShardTask]) -> None:
+    """ConversionError when ``out_dir`` holds a finished dataset converted from other logs of the
+    same layout (other recordings of the same games, runs and checkpoints: a converted shard's logs
+    have other sizes now). An unfinished conversion converts such shards again (logs repaired after
+    a failure); a finished one would be replaced without a word."""
+    if not (out_dir / REPORT_FILE).exists():
+        return
+    for task in tasks:
+        report = replay_shards.shard_report(out_dir, task)
+        if report and report["status"] == "converted" and report.get("log_bytes", replay_shards.log_bytes(task)) \
+                != replay_shards.log_bytes(task):
+            raise ConversionError(f"{out_dir}: a finished conversion of other logs ({task.name}'s log files have "
+                                  "other sizes than those it was converted from); choose an empty --out, or remove "
+                                  "it to convert these logs there")
 
 
 def finalize(out_dir: Path, tasks: list[ShardTask], reports: Iterable[dict]) -> dict:

@@ -581,19 +581,29 @@ def test_from_tfds_indexes_each_dataset_as_it_is_converted(rlds_dataset_dir, tmp
         assert (tmp_path / "out" / name / step_store.INDEX_DIR / step_store.MANIFEST).exists()
 
 
-def test_a_rerun_over_other_recordings_of_the_same_checkpoints_converts_them_again(tmp_path, capsys):
-    # The job named games, runs and checkpoints only: the earlier shards were kept, "converted", exit 0.
+def test_other_recordings_of_the_same_checkpoints_are_converted_again_unless_finished(tmp_path, capsys):
+    # The job named games, runs and checkpoints only: the earlier shards were kept, "converted", exit 0;
+    # then a finished dataset was replaced by the other logs' conversion without a word.
     from data_pipelines import record
 
     for seed, logs in ((0, "first"), (1, "second")):
         record.record("Breakout", steps=600, out=tmp_path / logs, capacity=200, seed=seed, progress=False)
-    for logs, out in (("first", "data"), ("second", "data"), ("second", "fresh")):
+    for logs, out in (("first", "data"), ("second", "fresh")):
         assert _run(capsys, "--logs", tmp_path / logs, "--out", tmp_path / out)[0] == 0
 
     def actions(data_dir):
         return [[int(step["action"]) for step in episode["steps"]] for episode in _episodes(data_dir)]
 
-    assert actions(tmp_path / "data") == actions(tmp_path / "fresh") != []
+    finished = actions(tmp_path / "data")
+    code, _, err = _run(capsys, "--logs", tmp_path / "second", "--out", tmp_path / "data")
+    assert code == 1 and err == (f"mgdt-convert: error: {tmp_path / 'data'}: a finished conversion of other logs "
+                                 "(Breakout_run1_ckpt000's log files have other sizes than those it was converted "
+                                 "from); choose an empty --out, or remove it to convert these logs there")
+    assert actions(tmp_path / "data") == finished
+    for last in (convert.REPORT_FILE, "dataset_info.json"):  # as a conversion stopped before its end leaves it
+        (tmp_path / "data" / last).unlink()
+    assert _run(capsys, "--logs", tmp_path / "second", "--out", tmp_path / "data")[0] == 0
+    assert actions(tmp_path / "data") == actions(tmp_path / "fresh") != finished
     reports = json.loads((tmp_path / "data" / convert.REPORT_FILE).read_text())["shards"]
     assert not any(report.get("resumed") for report in reports)
 
