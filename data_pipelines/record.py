@@ -32,10 +32,12 @@ import numpy as np
 import tqdm
 
 from data_pipelines import experts, replay_logs
-from mgdt_jax.core import host_memory
+from mgdt_jax.core import files, host_memory
 from mgdt_jax.core.commands import interruptible
 from mgdt_jax.core.files import check_folder, path_argument, removing_created_folders, seed_argument
 from mgdt_jax.envs import atari
+
+RECORDING_CLAIM = ".recording"  # in OUT/<Game>/<run>/ while a recording writes there: its process id
 
 
 class Policy(Protocol):
@@ -128,62 +130,66 @@ def record(game: str, steps: int, out: Path, run: int = 1, capacity: int = repla
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
     log_dir = Path(out) / game / str(run) / "replay_logs"
-    if log_dir.is_dir() and any(log_dir.iterdir()):
-        raise FileExistsError(f"{log_dir}: already holds replay logs; choose another --run or --out")
-    if log_dir.exists() and not log_dir.is_dir():
-        raise FileExistsError(f"{log_dir}: exists and is not a directory")
-    # The buffer's arrays take memory only for rows written: at most capacity, fewer for a short run.
-    needed = min(capacity, steps + replay_logs.PADDING_ROWS) * replay_logs.ROW_BYTES
-    available = host_memory.available_bytes() or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if needed > available:
-        raise ValueError(f"capacity {capacity} needs {host_memory.describe_bytes(needed)} for its rows and "
-                         f"{host_memory.describe_bytes(available)} are available: lower the capacity")
-    env = make_environment(game, sticky_actions, max_episode_steps)
-    try:
-        inner = POLICIES[policy](game, seed, env.unwrapped.ale)
-    except ValueError:
+    # Held from the check on: a second recording of this run at once restarted the first's .partial
+    # under it (one failed, the other's logs replaced the first's).
+    with files.writing_into(log_dir.parent, RECORDING_CLAIM, f"another mgdt-record of {game} run {run}",
+                            output=log_dir):
+        if log_dir.is_dir() and any(log_dir.iterdir()):
+            raise FileExistsError(f"{log_dir}: already holds replay logs; choose another --run or --out")
+        if log_dir.exists() and not log_dir.is_dir():
+            raise FileExistsError(f"{log_dir}: exists and is not a directory")
+        # The buffer's arrays take memory only for rows written: at most capacity, fewer for a short run.
+        needed = min(capacity, steps + replay_logs.PADDING_ROWS) * replay_logs.ROW_BYTES
+        available = host_memory.available_bytes() or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if needed > available:
+            raise ValueError(f"capacity {capacity} needs {host_memory.describe_bytes(needed)} for its rows and "
+                             f"{host_memory.describe_bytes(available)} are available: lower the capacity")
+        env = make_environment(game, sticky_actions, max_episode_steps)
+        try:
+            inner = POLICIES[policy](game, seed, env.unwrapped.ale)
+        except ValueError:
+            env.close()
+            raise
+        agent = experts.EpsilonGreedy(inner, len(atari.MINIMAL_ACTION_SETS[game]), seed + 1)
+        # Dumps go to a scratch folder renamed at the end: an interrupted recording never looks like a
+        # finished, shorter one (each dump is complete on its own).
+        scratch = log_dir.with_name(log_dir.name + ".partial")
+        shutil.rmtree(scratch, ignore_errors=True)  # left by an interrupted earlier recording
+        try:  # refused, it leaves no empty .partial that mgdt-convert would call an interrupted recording
+            with removing_created_folders(scratch):
+                buffer = replay_logs.LoggedReplayBuffer(scratch, capacity, layout)
+        except MemoryError:
+            env.close()
+            raise
+        returns, epsilons = [], []
+        observation, _ = env.reset(seed=seed)
+        agent.epsilon = schedule(0, 0.0)
+        action = agent.begin_episode(observation)
+        episode_steps, episode_return = 0, 0.0
+        with tqdm.tqdm(total=steps, unit="step", desc=f"record {game}", disable=not progress) as bar:
+            for played in range(1, steps + 1):
+                next_observation, reward, game_over, ale_truncated, _ = env.step(action)
+                episode_steps += 1
+                episode_return += float(reward)
+                reward = float(np.clip(reward, -1.0, 1.0))
+                end = game_over or ale_truncated or episode_steps == max_episode_steps
+                buffer.add(observation, action, reward, terminal=game_over, episode_end=end)
+                bar.update()
+                if end:
+                    agent.end_episode(reward)
+                    returns.append(episode_return)
+                    epsilons.append(agent.epsilon)
+                    episode_steps, episode_return = 0, 0.0
+                    observation, _ = env.reset()
+                    agent.epsilon = schedule(len(returns), played / steps)
+                    action = agent.begin_episode(observation)
+                else:
+                    observation = next_observation
+                    action = agent.step(reward, observation)
+        buffer.log_final_buffer()
         env.close()
-        raise
-    agent = experts.EpsilonGreedy(inner, len(atari.MINIMAL_ACTION_SETS[game]), seed + 1)
-    # Dumps go to a scratch folder renamed at the end: an interrupted recording never looks like a
-    # finished, shorter one (each dump is complete on its own).
-    scratch = log_dir.with_name(log_dir.name + ".partial")
-    shutil.rmtree(scratch, ignore_errors=True)  # left by an interrupted earlier recording
-    try:  # refused, it leaves no empty .partial that mgdt-convert would call an interrupted recording
-        with removing_created_folders(scratch):
-            buffer = replay_logs.LoggedReplayBuffer(scratch, capacity, layout)
-    except MemoryError:
-        env.close()
-        raise
-    returns, epsilons = [], []
-    observation, _ = env.reset(seed=seed)
-    agent.epsilon = schedule(0, 0.0)
-    action = agent.begin_episode(observation)
-    episode_steps, episode_return = 0, 0.0
-    with tqdm.tqdm(total=steps, unit="step", desc=f"record {game}", disable=not progress) as bar:
-        for played in range(1, steps + 1):
-            next_observation, reward, game_over, ale_truncated, _ = env.step(action)
-            episode_steps += 1
-            episode_return += float(reward)
-            reward = float(np.clip(reward, -1.0, 1.0))
-            end = game_over or ale_truncated or episode_steps == max_episode_steps
-            buffer.add(observation, action, reward, terminal=game_over, episode_end=end)
-            bar.update()
-            if end:
-                agent.end_episode(reward)
-                returns.append(episode_return)
-                epsilons.append(agent.epsilon)
-                episode_steps, episode_return = 0, 0.0
-                observation, _ = env.reset()
-                agent.epsilon = schedule(len(returns), played / steps)
-                action = agent.begin_episode(observation)
-            else:
-                observation = next_observation
-                action = agent.step(reward, observation)
-    buffer.log_final_buffer()
-    env.close()
-    scratch.replace(log_dir)
-    return RecordReport(log_dir, steps, len(returns), buffer.num_dumps, returns, epsilons)
+        scratch.replace(log_dir)
+        return RecordReport(log_dir, steps, len(returns), buffer.num_dumps, returns, epsilons)
 
 
 @interruptible("mgdt-record")

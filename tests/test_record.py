@@ -190,3 +190,19 @@ def test_a_buffer_the_address_space_refuses_leaves_no_folder(tmp_path, capsys, m
         "mgdt-record: error: capacity 100000000000: cannot allocate its buffer of")
     assert not (tmp_path / "logs").exists()
 
+
+
+def test_a_second_recording_of_a_run_at_once_is_refused_and_leaves_the_first_alone(tmp_path, capsys):
+    # It restarted the first one's replay_logs.partial under it: one failed, and the other's logs replaced it.
+    from data_pipelines.record import RECORDING_CLAIM
+    from tests.processes import another_process_holding
+
+    run = tmp_path / "logs" / "Boxing" / "1"
+    (run / "replay_logs.partial").mkdir(parents=True)
+    (run / "replay_logs.partial" / "dump").write_text("the first one's")
+    with another_process_holding(run / RECORDING_CLAIM) as first:
+        assert record.main(["--game", "Boxing", "--steps", "300", "--out", str(tmp_path / "logs")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"mgdt-record: error: {run / 'replay_logs'}: another mgdt-record of Boxing run 1 (process {first.pid}) is "
+        "writing there; wait for it or choose another folder")
+    assert (run / "replay_logs.partial" / "dump").read_text() == "the first one's"
