@@ -53,13 +53,17 @@ def test_every_console_script_runs_its_commands_main(program):
     assert callable(import_module(script.module).main)
 
 
-def test_ctrl_c_while_a_command_still_imports_is_one_line(tmp_path):
+@pytest.mark.parametrize("stop, line", [(signal.SIGINT, "mgdt-x: interrupted"),
+                                        (signal.SIGTERM, "mgdt-x: terminated (SIGTERM)")])
+def test_ctrl_c_or_sigterm_while_a_command_still_imports_is_one_line(tmp_path, stop, line):
     # JAX and TensorFlow take seconds to import, before any command's main is running: a Ctrl-C
-    # then was a KeyboardInterrupt traceback. A module that stands for those imports says when it
-    # has started, then takes its time.
-    started = tmp_path / "started"
+    # then was a KeyboardInterrupt traceback, and raised inside a C extension's initialisation it
+    # crashed the process (or gave an ImportError traceback). A module that stands for those
+    # imports says when it has started, then takes its time; the imports finish, main never runs.
+    started, ran = tmp_path / "started", tmp_path / "ran"
     (tmp_path / "slow_imports.py").write_text(
-        f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(60)\ndef main(): return 0\n")
+        f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(3)\n"
+        f"def main(): pathlib.Path({str(ran)!r}).touch()\n")
     code = "import sys; from mgdt_jax.core.commands import ConsoleScript; sys.exit(ConsoleScript('mgdt-x', 'slow_imports')())"
     python_path = os.pathsep.join(filter(None, [str(tmp_path), str(REPOSITORY), os.environ.get("PYTHONPATH")]))
     process = popen_as_from_a_terminal([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": python_path},
@@ -69,10 +73,32 @@ def test_ctrl_c_while_a_command_still_imports_is_one_line(tmp_path):
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "the import did not start within 60 s"
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGINT, stderr
-    assert stderr == "mgdt-x: interrupted\n" and stdout == ""
+    assert process.returncode == -stop, stderr
+    assert stderr == f"{line}\n" and stdout == "" and not ran.exists()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_as_a_finished_command_exits_leaves_its_success(tmp_path, stop):
+    # A Ctrl-C in a command's last moments (Python's shutdown) gave its success line and exit status
+    # 130 with no line of its own (a scheduler counts the run failed), and once hung it for good.
+    script = tmp_path / "finishing.py"
+    script.write_text(
+        "import atexit, os, signal, sys, time\n"
+        "from mgdt_jax.core.commands import interruptible\n"
+        "@interruptible('finishing')\n"
+        "def main():\n"
+        "    print('done')\n"
+        f"    atexit.register(lambda: (os.kill(os.getpid(), {int(stop)}), time.sleep(0.5)))  # as the process ends\n"
+        "    return 0\n"
+        "if __name__ == '__main__':\n"
+        "    sys.exit(main())\n")
+    python_path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
+    process = popen_as_from_a_terminal([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": python_path},
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = process.communicate(timeout=60)
+    assert (process.returncode, stdout, stderr) == (0, "done\n", "")
 
 
 def test_a_console_script_imports_nothing_heavy_before_its_ctrl_c_handling():

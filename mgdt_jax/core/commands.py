@@ -57,21 +57,26 @@ def interruptible(program: str, *, errors: tuple[type[Exception], ...] = ()
     def decorate(main: Callable[..., int | None]) -> Callable[..., int | None]:
         @functools.wraps(main)
         def wrapped(*args, **kwargs) -> int | None:
-            with _watching_stops() as seen:
-                try:
-                    status = main(*args, **kwargs)
-                    if not seen:
-                        return status
-                except SystemExit:  # absl's app.run ends every run so
-                    if not seen:
-                        raise
-                except KeyboardInterrupt:
-                    pass
-                except errors as error:
-                    if not seen:
-                        print(f"{program}: error: {(str(error).strip().splitlines() or [type(error).__name__])[0]}",
-                              file=sys.stderr, flush=True)
-                        return 1
+            ended = False  # main ended by itself, its last line printed
+            try:
+                with _watching_stops() as seen:
+                    try:
+                        status = main(*args, **kwargs)
+                        if ended := not seen:
+                            return status
+                    except SystemExit:  # absl's app.run ends every run so
+                        if ended := not seen:
+                            raise
+                    except KeyboardInterrupt:
+                        pass
+                    except errors as error:
+                        if ended := not seen:
+                            print(f"{program}: error: {(str(error).strip().splitlines() or [type(error).__name__])[0]}",
+                                  file=sys.stderr, flush=True)
+                            return 1
+            finally:
+                if ended and _started_as(program, main):
+                    _ignore_stops()
             signum = _report_stop(program, seen)
             if not _started_as(program, main):
                 return 128 + signum
@@ -83,11 +88,14 @@ def interruptible(program: str, *, errors: tuple[type[Exception], ...] = ()
 
 
 @contextlib.contextmanager
-def _watching_stops() -> Iterator[list[int]]:
+def _watching_stops(raising: bool = True) -> Iterator[list[int]]:
     """Yields a list that gets the signal number of every Ctrl-C (SIGINT) and SIGTERM while the block
     runs, including one whose KeyboardInterrupt Python drops (raised in a callback: the "Exception
-    ignored" report of those is left out). Only in the main thread, and only for a signal handled as
-    Python's default (an ignored SIGINT, as in a shell's background job, stays ignored)."""
+    ignored" report of those is left out); ``raising`` False only records them, for a block that must
+    not be broken off (imports: a KeyboardInterrupt raised inside a C extension's initialisation
+    crashed the process or left the extension half made). Only in the main thread, and only for a
+    signal handled as Python's default (an ignored SIGINT, as in a shell's background job, stays
+    ignored)."""
     seen: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield seen
@@ -95,7 +103,8 @@ def _watching_stops() -> Iterator[list[int]]:
 
     def on_signal(signum: int, frame: object) -> None:
         seen.append(signum)
-        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        if raising:
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
     def unraisable(report: object) -> None:
         if not (seen and isinstance(report.exc_value, KeyboardInterrupt)):
@@ -114,6 +123,15 @@ def _watching_stops() -> Iterator[list[int]]:
             signal.signal(signum, handler)
         if sys.unraisablehook is unraisable:  # else a hook installed meanwhile wraps it and stays (checkpointing's)
             sys.unraisablehook = previous_hook
+
+
+def _ignore_stops() -> None:
+    """Ignores Ctrl-C and SIGTERM from here on, in a process whose command has ended and said so: a
+    stop in its last moments (Python's shutdown) turned a finished command's success line into exit
+    status 130 with no line of its own, and once left it waiting in a thread's lock for good."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def _report_stop(program: str, seen: list[int]) -> int:
@@ -136,18 +154,16 @@ def _end_by(signum: int) -> int:
 class ConsoleScript:
     """What a console script calls (``pyproject.toml``): imports the command's module, then runs its
     ``main``. The import itself (JAX, TensorFlow: 1-3 s) is where an early Ctrl-C or SIGTERM lands,
-    before ``interruptible`` is in place; here it too ends with its one line and its signal, not a
-    KeyboardInterrupt traceback. Arguments are passed on to ``main`` (tests call it with argv)."""
+    before ``interruptible`` is in place; it is noted, the imports finish (raised inside one, it
+    crashed the process or gave an ImportError traceback), and the command ends with its one line
+    and its signal without running ``main``. Arguments are passed on to ``main`` (tests call it with argv)."""
 
     def __init__(self, program: str, module: str) -> None:
         self.program, self.module = program, module
 
     def __call__(self, *args: object) -> int | None:
-        with _watching_stops() as seen:
-            try:
-                main = importlib.import_module(self.module).main
-            except KeyboardInterrupt:
-                pass
+        with _watching_stops(raising=False) as seen:  # imports run to their end: 1-3 s
+            main = importlib.import_module(self.module).main
         if seen:
             return _end_by(_report_stop(self.program, seen))
         return main(*args)
