@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                                   histories_per_task=args.histories_per_task,
                                   histories_per_shard=args.histories_per_shard, split=split, workers=args.workers)
     except (EnvError, sources.SourceError, HistoryError, OSError) as error:
-        print(f"mgdt-ad-histories: error: {error}", file=sys.stderr)
+        print(f"mgdt-ad-histories: error: {files.error_line(error, args.out)}", file=sys.stderr)
         return 1
     except (MemoryError, jax.errors.JaxRuntimeError) as error:  # a task split of a billion tasks
         line = files.first_line(error)

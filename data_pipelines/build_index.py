@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{report.directory}; {report.parts_built} parts built, {report.parts_current} up to date, "
                   f"{report.seconds:.1f} s")
     except (DataError, OSError) as error:
-        print(f"mgdt-index: error: {files.naming_folder(error, folder)}", file=sys.stderr)
+        print(f"mgdt-index: error: {files.error_line(error, folder)}", file=sys.stderr)
         return 1
     return 0
 

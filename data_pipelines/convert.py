@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         files.check_folder(args.out, "--out")  # before any reading: a path under a file named only an inner folder
     except OSError as error:
-        print(f"mgdt-convert: error: {error}", file=sys.stderr)
+        print(f"mgdt-convert: error: {files.error_line(error, args.out)}", file=sys.stderr)
         return 1
     if args.from_tfds is not None:
         if (args.max_episode_steps, args.on_bad_checkpoint, args.runner, args.beam_options) != (
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         report = convert(args.logs, args.out, args.max_episode_steps, args.on_bad_checkpoint, args.runner,
                          args.beam_options)
     except (ConversionError, DataError, OSError) as error:
-        print(f"mgdt-convert: error: {files.naming_folder(error, args.out)}", file=sys.stderr)
+        print(f"mgdt-convert: error: {files.error_line(error, args.out)}", file=sys.stderr)
         return 1
     print(summary_line(report, args.out, time.perf_counter() - started))
     return 0
@@ -247,7 +247,7 @@ def _main_from_tfds(source: Path, out: Path) -> int:
         with converting_into(out):
             converted = tfds_format.convert_to_array_record(source, out, lambda done: step_store.build_index(done.out))
     except (tfds_format.TfdsFormatError, DataError, OSError) as error:
-        print(f"mgdt-convert: error: {files.naming_folder(error, out)}", file=sys.stderr)
+        print(f"mgdt-convert: error: {files.error_line(error, out)}", file=sys.stderr)
         return 1
     for done in converted:
         print(f"converted {done.source} ({done.records} episodes, {done.shards} shards) to array_record at "

@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         report = record(args.game, args.steps, args.out, args.run, args.capacity, args.max_episode_steps,
                         args.sticky_actions, args.policy, args.seed, layout=args.layout, epsilon=args.epsilon)
     except (ValueError, OSError) as error:  # unknown game/policy/schedule, existing logs, unwritable --out
-        print(f"mgdt-record: error: {error}", file=sys.stderr)
+        print(f"mgdt-record: error: {files.error_line(error, args.out)}", file=sys.stderr)
         return 2
     except MemoryError:  # the address space, not the free memory checked above, refused the buffer
         print(f"mgdt-record: error: capacity {args.capacity}: cannot allocate its buffer of "

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             arrays, stats = generator.generate(settings, args.count, args.seed, progress=not args.no_progress)
             record = generator.write(arrays, args.out, settings=settings, seed=args.seed, preset=preset, stats=stats)
     except generator.BenchmarkError as error:
-        print(f"mgdt-xland-benchmark: error: {error}", file=sys.stderr)
+        print(f"mgdt-xland-benchmark: error: {files.error_line(error, args.out)}", file=sys.stderr)
         return 1
     except OSError as error:  # e.g. a missing or read-only folder; the error names a scratch file, so name OUT
         print(f"mgdt-xland-benchmark: error: {args.out}: cannot write ({error.strerror or error})", file=sys.stderr)

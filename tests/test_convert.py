@@ -638,9 +638,9 @@ def test_a_full_disk_is_one_line_naming_where_it_wrote(tmp_path, monkeypatch):
         with rlds_writer.shard_writer(shard) as write:
             write(b"episode")
     assert not list(tmp_path.iterdir())
-    assert files.naming_folder(OSError(28, "No space left on device"), tmp_path) == (
+    assert files.error_line(OSError(28, "No space left on device"), tmp_path) == (
         f"{tmp_path}: cannot be written (No space left on device)")
-    assert files.naming_folder(OSError(2, "No such file or directory", "/x"), tmp_path).endswith("'/x'")
+    assert files.error_line(OSError(2, "No such file or directory", "/x"), tmp_path).endswith("'/x'")
     # A metadata file written on a full disk: the flush's error named no file.
     monkeypatch.setattr(Path, "write_text", lambda self, text: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(OSError, match=rf"No space left on device: '{re.escape(str(tmp_path / 'metadata.json'))}'$"):

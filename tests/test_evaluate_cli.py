@@ -88,7 +88,7 @@ def test_videos_get_their_finished_names_only_after_the_report(tiny_workdir, tmp
     argv = ["--workdir", str(tiny_workdir), "--games", "Pong", "--episodes", "1", "--out", str(tmp_path / "report"),
             "--video", "--max-episode-frames", "400"]
     assert eval_cli.main(argv) == INTERRUPTED
-    assert [p.name for p in (tmp_path / "report" / "videos").iterdir()] == ["Pong.partial.mp4"]
+    assert [p.name for p in (tmp_path / "report" / "videos").iterdir()] == []  # no report, no video
     monkeypatch.undo()
     (tmp_path / "report" / "videos" / "Breakout.partial.mp4").write_bytes(b"cut off")  # of a killed earlier run
     assert eval_cli.main(argv) == 0  # the rerun into the same folder writes over the partial video
@@ -244,3 +244,20 @@ def test_a_file_where_the_videos_go_is_refused_before_playing(tiny_workdir, tmp_
     argv = ["--workdir", str(tiny_workdir), "--games", "Pong", "--episodes", "1", "--out", str(out), "--video"]
     _fails_with(argv, capsys, f"--out {out / 'videos'}: exists and is not a folder")
     assert sorted(path.name for path in out.iterdir()) == ["videos"]
+
+
+def test_a_full_disk_while_the_report_is_written_leaves_no_results_and_is_one_line(tiny_workdir, tmp_path, monkeypatch,
+                                                                                  capsys):
+    # The CSV was left complete beside no report, the videos as .partial.mp4, and an error naming no file.
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")  # as a flush raises it: no file named
+
+    monkeypatch.setattr(mgdt_evaluate.report, "_plot", full_disk)
+    out = tmp_path / "report"
+    out.mkdir()
+    argv = ["--workdir", str(tiny_workdir), "--games", "Pong", "--episodes", "1", "--max-episode-frames", "200",
+            "--out", str(out), "--video"]
+    assert eval_cli.main(argv) == 1
+    error = capsys.readouterr().err
+    assert error.splitlines()[-1] == f"mgdt-eval: error: {out}: cannot be written (No space left on device)"
+    assert "Traceback" not in error and [path for path in out.rglob("*") if path.is_file()] == []

@@ -30,6 +30,7 @@ import tqdm
 
 from data_pipelines.jat import rlds
 from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core import files
 from mgdt_jax.core.files import check_folder, held, path_argument, removing_created_folders
 from mgdt_jax.recipes.jat import fields as jat_fields
 from mgdt_jax.recipes.jat.fields import DatasetError
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         check_folder(args.out, "--out")
         summary = import_files(args.files, task, args.out)
     except (jat_fields.UnknownFieldError, DatasetError, OSError) as error:
-        print(f"mgdt-jat-import: error: {error}", file=sys.stderr)
+        print(f"mgdt-jat-import: error: {files.error_line(error, args.out)}", file=sys.stderr)
         return 1
     print(f"imported {summary['episodes']} episodes ({summary['steps']:,} steps, {summary['shards']} shards) of "
           f"{task} in {time.perf_counter() - started:.1f}s into {args.out / task}; "

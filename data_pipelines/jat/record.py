@@ -28,6 +28,7 @@ import tqdm
 
 from data_pipelines.jat import experts, rlds
 from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core import files
 from mgdt_jax.core.files import check_folder, held, path_argument, removing_created_folders, seed_argument
 from mgdt_jax.envs import gym_tasks
 from mgdt_jax.recipes.jat import fields as jat_fields
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         check_folder(experts_dir, "--experts")
         summaries = record(args.tasks, args.out, args.episodes, args.seed, args.random_episodes, experts_dir)
     except (gym_tasks.UnknownTaskError, experts.ExpertError, RecordError, jat_fields.DatasetError, OSError) as error:
-        print(f"mgdt-jat-record: error: {error}", file=sys.stderr)
+        print(f"mgdt-jat-record: error: {files.error_line(error, args.out)}", file=sys.stderr)
         return 1
     print(summary_line(summaries, args.out))
     return 0

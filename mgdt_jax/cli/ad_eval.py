@@ -17,6 +17,7 @@ from absl import logging
 
 from mgdt_jax.cli.out_dir import claimed_out_dir
 from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core import files
 from mgdt_jax.core.files import count_argument, path_argument, seed_argument
 
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             report = comparison.compare(args.workdir, args.out, ed_workdir=args.ed_workdir, baselines=baselines,
                                         episodes=args.episodes, seed=args.seed, step=args.step)
     except (ValueError, CheckpointError, EnvError, OSError) as error:  # HistoryError, SourceError are ValueErrors
-        print(f"mgdt-ad-eval: error: {error}", file=sys.stderr)
+        print(f"mgdt-ad-eval: error: {files.error_line(error, args.out)}", file=sys.stderr)
         return 1
     settings = report["settings"]
     print(f"{settings['env']}: step {settings['step']}"

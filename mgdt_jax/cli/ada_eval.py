@@ -17,6 +17,7 @@ from absl import logging
 
 from mgdt_jax.cli.out_dir import claimed_out_dir
 from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core import files
 from mgdt_jax.core.files import path_argument, seed_argument
 
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                                            step=args.step, greedy=args.greedy)
             report = evaluate.write_report([scores], args.out)
     except (ValueError, OSError) as error:  # BenchmarkError, CheckpointError surface as ValueError
-        print(f"mgdt-ada-eval: error: {error}", file=sys.stderr)
+        print(f"mgdt-ada-eval: error: {files.error_line(error, args.out)}", file=sys.stderr)
         return 1
     run = report["runs"][scores.name]
     split = "held-out tasks" if run['settings']['split'] == "held-out" else "tasks (all: none held out)"

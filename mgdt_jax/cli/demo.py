@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         check_settings(workdir, {"games": games, **{name: getattr(args, name) for name in DATA_SETTINGS}})
         return _run_stages(args, games, workdir, started)
     except (ValueError, OSError, CheckpointError, loop.TrainingDiverged) as error:  # data errors are ValueErrors
-        print(f"mgdt-demo: error: {error}", file=sys.stderr)
+        print(f"mgdt-demo: error: {files.error_line(error, args.workdir)}", file=sys.stderr)
         return 1
 
 

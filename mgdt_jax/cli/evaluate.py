@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 extra_settings={"workdir": str(args.workdir), "step": step, "shard": f"{shard_index}/{shard_count}"},
             )
     except (CheckpointError, atari.UnknownGameError, ValueError, OSError) as error:
-        print(f"mgdt-eval: error: {error}", file=sys.stderr)
+        print(f"mgdt-eval: error: {files.error_line(error, args.out)}", file=sys.stderr)
         return 1
     print(f"step {step} on {len(games)} game(s) x {args.episodes} episodes: {summary.one_line()}; report in {args.out}")
     return 0

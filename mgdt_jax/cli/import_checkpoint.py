@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = save_params(model, workdir, args.step)
         imported = True
     except (CheckpointImportError, checkpointing.CheckpointError, OSError) as error:
-        print(f"mgdt-import-checkpoint: error: {error}", file=sys.stderr)
+        print(f"mgdt-import-checkpoint: error: {files.error_line(error, args.workdir)}", file=sys.stderr)
         return 1
     finally:
         if created and not imported:  # a failed or interrupted import leaves no workdir behind

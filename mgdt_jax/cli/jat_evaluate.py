@@ -16,6 +16,7 @@ from absl import logging
 
 from mgdt_jax.cli.out_dir import claimed_out_dir
 from mgdt_jax.core.commands import interruptible
+from mgdt_jax.core import files
 from mgdt_jax.core.files import MAX_SEED, path_argument, seed_argument
 
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                 "greedy": args.greedy, "envs_per_task": args.envs_per_task, "max_steps": args.max_steps,
                 "not_trained_on": untrained})
     except (CheckpointError, UnknownTaskError, ValueError, OSError) as error:  # ReferenceError is a ValueError
-        print(f"mgdt-jat-eval: error: {error}", file=sys.stderr)
+        print(f"mgdt-jat-eval: error: {files.error_line(error, args.out)}", file=sys.stderr)
         return 1
     line = ", ".join(f"{name} IQM {i.value:.3f} [{i.low:.3f}, {i.high:.3f}]" for name, i in aggregates.items())
     print(f"step {step}, {len(results)} task(s) x {args.episodes} episodes: {line}; report in {args.out}")

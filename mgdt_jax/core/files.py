@@ -99,12 +99,13 @@ def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-def naming_folder(error: Exception, folder: str | os.PathLike) -> str:
-    """The error's line; an OSError the OS raised naming no file (``[Errno 28] No space left on
-    device`` from a write or a flush) names ``folder``, where the command writes."""
-    if isinstance(error, OSError) and error.errno is not None and error.filename is None:
+def error_line(error: BaseException, folder: str | os.PathLike | None = None) -> str:
+    """The one line a command prints for ``error`` (``first_line``); an OSError the OS raised naming
+    no file (``[Errno 28] No space left on device`` from a write or a flush) names ``folder``, where
+    the command writes."""
+    if folder is not None and isinstance(error, OSError) and error.errno is not None and error.filename is None:
         return f"{folder}: cannot be written ({error.strerror})"
-    return str(error)
+    return first_line(error)
 
 
 def folder_of(path: str | os.PathLike) -> str:
@@ -123,20 +124,28 @@ def check_each_folder_once(paths: Sequence[str | os.PathLike], field: str) -> No
         seen[folder] = path
 
 
-def write_text(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through ``path.partial``, removed if the write fails; OSError as
-    ``Path.write_text``. ``path`` is a ``pathlib.Path`` or anything with its API, e.g. an
-    ``etils.epath.Path``."""
-    partial = path.with_name(path.name + ".partial")
+@contextlib.contextmanager
+def written_whole(path: Path, partial: Path | None = None) -> Iterator[Path]:
+    """Yields the path to write ``path``'s content to (``partial``, default ``path.partial``),
+    renamed to ``path`` when the block ends, removed if it fails. An OSError the OS raised naming no
+    file (a full disk's flush) is raised naming ``path``. ``path`` is a ``pathlib.Path`` or anything
+    with its API, e.g. an ``etils.epath.Path``."""
+    partial = partial or path.with_name(path.name + ".partial")
     try:
-        partial.write_text(text)
+        yield partial
         partial.replace(path)
     except BaseException as error:
         if partial.exists():
             partial.unlink()
-        if isinstance(error, OSError) and error.errno is not None and error.filename is None:  # a full disk's flush
+        if isinstance(error, OSError) and error.errno is not None and error.filename is None:
             raise OSError(error.errno, error.strerror, str(path)) from None
         raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` whole (``written_whole``); OSError as ``Path.write_text``."""
+    with written_whole(path) as partial:
+        partial.write_text(text)
 
 
 def write_json(path: Path, content: Any) -> None:

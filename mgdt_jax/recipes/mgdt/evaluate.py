@@ -93,7 +93,12 @@ def evaluate(
     }
     summary = report.summarise(results, settings)
     if out_dir is not None:
-        report.write_report(summary, out_dir, videos)
+        try:
+            report.write_report(summary, out_dir, videos)
+        except BaseException:
+            if videos:
+                videos.discard()
+            raise
     return summary
 
 

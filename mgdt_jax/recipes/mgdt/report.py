@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 import warnings
@@ -21,6 +22,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mgdt_jax.core import files  # noqa: E402
 from mgdt_jax.recipes.mgdt.actor import GameResult  # noqa: E402
 from mgdt_jax.recipes.mgdt import scores  # noqa: E402
 
@@ -96,28 +98,32 @@ def summarise(results: Sequence[GameResult], settings: Mapping[str, Any]) -> Eva
 
 def write_report(summary: EvaluationSummary, out_dir: Path, videos: VideoWriter | None = None) -> Path:
     """Writes the CSV and the plot, then report.json (atomically); returns the JSON's path.
-    ``videos`` (closed) get their finished names right before report.json appears."""
+    ``videos`` (closed) get their finished names right before report.json appears. If any of it
+    cannot be written (a full disk), the CSV and plot written go again: no report, no results."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_csv(summary, out_dir / SCORES_CSV)
-    _plot(summary, out_dir / SCORES_PNG)
     report_path = out_dir / REPORT_JSON
-    partial = report_path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(summary.to_json(), indent=2))
-    if videos is not None:
-        videos.publish()
-    os.replace(partial, report_path)
+    try:
+        _write_csv(summary, out_dir / SCORES_CSV)
+        _plot(summary, out_dir / SCORES_PNG)
+        with files.written_whole(report_path) as partial:
+            partial.write_text(json.dumps(summary.to_json(), indent=2))
+            if videos is not None:
+                videos.publish()
+    except BaseException:
+        for path in (out_dir / SCORES_CSV, out_dir / SCORES_PNG):
+            path.unlink(missing_ok=True)
+        raise
     return report_path
 
 
 def _write_csv(summary: EvaluationSummary, path: Path) -> None:
-    partial = path.with_suffix(".csv.partial")
-    with partial.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["game", "episodes", "raw_mean", "raw_std", "hns_mean", "hns_low", "hns_high", "in_aggregates"])
-        for g in summary.games:
-            hns = ("", "", "") if g.normalised is None else (g.normalised.value, g.normalised.low, g.normalised.high)
-            writer.writerow([g.game, len(g.raw_scores), g.raw_mean, float(np.std(g.raw_scores)), *hns, g.normalised is not None])
-    os.replace(partial, path)
+    rows = io.StringIO(newline="")
+    writer = csv.writer(rows)
+    writer.writerow(["game", "episodes", "raw_mean", "raw_std", "hns_mean", "hns_low", "hns_high", "in_aggregates"])
+    for g in summary.games:
+        hns = ("", "", "") if g.normalised is None else (g.normalised.value, g.normalised.low, g.normalised.high)
+        writer.writerow([g.game, len(g.raw_scores), g.raw_mean, float(np.std(g.raw_scores)), *hns, g.normalised is not None])
+    files.write_text(path, rows.getvalue())
 
 
 def _plot(summary: EvaluationSummary, path: Path) -> None:
@@ -140,10 +146,11 @@ def _plot(summary: EvaluationSummary, path: Path) -> None:
     if summary.excluded_from_aggregates:
         ax.set_title(f"not shown (no human score): {', '.join(summary.excluded_from_aggregates)}", fontsize=8)
     fig.tight_layout()
-    partial = path.with_suffix(".partial.png")
-    fig.savefig(partial, dpi=100)
-    plt.close(fig)
-    os.replace(partial, path)
+    try:
+        with files.written_whole(path, path.with_suffix(".partial.png")) as partial:  # the suffix names the format
+            fig.savefig(partial, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 class VideoWriter:
@@ -159,26 +166,45 @@ class VideoWriter:
         """frame: uint8 [84, 84, 1]."""
         if game not in self._writers:
             self._out_dir.mkdir(parents=True, exist_ok=True)
-            self._writers[game] = imageio.get_writer(
-                self._out_dir / f"{game}.partial.mp4", fps=VIDEO_FPS, macro_block_size=16
+            self._writers[game] = imageio.get_writer(  # ffmpeg's own error lines: ours says it in one
+                self._out_dir / f"{game}.partial.mp4", fps=VIDEO_FPS, macro_block_size=16, ffmpeg_log_level="fatal"
             )
         big = np.repeat(np.repeat(frame[..., 0], VIDEO_UPSCALE, axis=0), VIDEO_UPSCALE, axis=1)
         with warnings.catch_warnings():  # the first frame starts ffmpeg: JAX warns on any fork, this one execs
             warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
-            self._writers[game].append_data(big)
+            try:
+                self._writers[game].append_data(big)
+            except Exception as error:  # ffmpeg ended (a full disk): imageio's error spans its whole command line
+                raise OSError(f"{self._out_dir / f'{game}.partial.mp4'}: cannot be written (ffmpeg stopped: "
+                              f"{files.first_line(error)})") from None
 
     def close(self, keep: bool = True) -> list[Path]:
         """Finishes every video and returns the paths ``publish`` will give them; with ``keep`` False
-        (the evaluation did not finish) deletes them instead, so no cut-off episode is ever published."""
+        (the evaluation did not finish) deletes them instead, so no cut-off episode is ever published.
+        OSError (one line, naming the folder) when ffmpeg cannot finish one (a full disk): then none
+        is kept."""
+        failure = None
         for game, writer in self._writers.items():
-            writer.close()
             partial, path = self._out_dir / f"{game}.partial.mp4", self._out_dir / f"{game}.mp4"
-            if keep:
+            try:
+                writer.close()
+            except Exception as error:  # imageio's or ffmpeg's own error types
+                failure = failure or error
+            if keep and failure is None:
                 self._finished.append((partial, path))
             else:
                 partial.unlink(missing_ok=True)
         self._writers.clear()
+        if failure is not None:
+            self.discard()
+            raise OSError(f"{self._out_dir}: a video cannot be finished ({files.first_line(failure)})")
         return [path for _, path in self._finished]
+
+    def discard(self) -> None:
+        """Deletes the finished videos not yet published: the report they belong to was not written."""
+        for partial, _ in self._finished:
+            partial.unlink(missing_ok=True)
+        self._finished.clear()
 
     def publish(self) -> None:
         """Renames the finished videos to their final names, right before report.json: an evaluation
