@@ -321,3 +321,15 @@ def test_report_has_json_csv_and_png_for_every_run(tmp_path):
     assert not list((tmp_path / "report").glob("*.partial*"))
     with pytest.raises(ValueError, match="distinct"):
         evaluate.write_report([runs[1], runs[1]], tmp_path / "again", {})
+
+
+def test_a_report_stopped_while_written_leaves_none_of_its_files(tmp_path, monkeypatch):
+    # A Ctrl-C while the plot was drawn left curves.csv, finished-looking, beside no report.
+    def stopped(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "_plot", stopped)
+    runs = [evaluate.InContextRun("source", np.random.default_rng(0).random((8, 5)))]
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.write_report(runs, tmp_path / "report", {})
+    assert list((tmp_path / "report").iterdir()) == []

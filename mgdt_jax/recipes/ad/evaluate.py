@@ -22,7 +22,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mgdt_jax.core import files
 from mgdt_jax.core.bootstrap import BOOTSTRAP_REPS, CONFIDENCE
 
 REPORT_JSON, CURVES_CSV, CURVES_PNG = "report.json", "curves.csv", "curves.png"
@@ -168,8 +168,9 @@ def bootstrap_curve(
 
 
 def write_report(runs: Sequence[InContextRun], out_dir: Path, settings: Mapping[str, Any]) -> Path:
-    """Writes curves.csv and curves.png, then report.json (atomically, so a directory holding a
-    report.json holds a complete report); returns report.json's path.
+    """Writes curves.csv, curves.png and report.json as a whole (``files.write_together``: a
+    directory holding a report.json holds a complete report, and a failed write leaves none of
+    them); returns report.json's path.
 
     ``runs`` must have distinct names. ValueError otherwise or if there is none.
     """
@@ -182,17 +183,15 @@ def write_report(runs: Sequence[InContextRun], out_dir: Path, settings: Mapping[
     out_dir.mkdir(parents=True, exist_ok=True)
     curves = {run.name: _curves(run) for run in runs}
 
-    partial = out_dir / (CURVES_CSV + ".partial")
-    with partial.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["run", "metric", "index", "mean", "low", "high", "tasks"])
-        for run in runs:
-            for metric, curve in curves[run.name].items():
-                for index in range(curve.mean.shape[0]):
-                    writer.writerow([run.name, metric, index + 1, curve.mean[index], curve.low[index],
-                                     curve.high[index], run.returns.shape[0]])
-    os.replace(partial, out_dir / CURVES_CSV)
-    _plot(curves, out_dir / CURVES_PNG)
+    def write_csv(path: Path) -> None:
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["run", "metric", "index", "mean", "low", "high", "tasks"])
+            for run in runs:
+                for metric, curve in curves[run.name].items():
+                    for index in range(curve.mean.shape[0]):
+                        writer.writerow([run.name, metric, index + 1, curve.mean[index], curve.low[index],
+                                         curve.high[index], run.returns.shape[0]])
 
     def final(curve: Curve) -> dict[str, float]:
         return {"mean": float(curve.mean[-1]), "low": float(curve.low[-1]), "high": float(curve.high[-1])}
@@ -216,11 +215,9 @@ def write_report(runs: Sequence[InContextRun], out_dir: Path, settings: Mapping[
             for run in runs
         },
     }
-    path = out_dir / REPORT_JSON
-    partial = out_dir / (REPORT_JSON + ".partial")
-    partial.write_text(json.dumps(report, indent=2))
-    os.replace(partial, path)
-    return path
+    files.write_together(out_dir, {CURVES_CSV: write_csv, CURVES_PNG: lambda path: _plot(curves, path),
+                                   REPORT_JSON: lambda path: path.write_text(json.dumps(report, indent=2))})
+    return out_dir / REPORT_JSON
 
 
 def _curves(run: InContextRun) -> dict[str, Curve]:
@@ -252,10 +249,10 @@ def _plot(curves: Mapping[str, Mapping[str, Curve]], path: Path) -> None:
         axis.set_ylabel(f"{labels[metric][1]} (mean, {math.floor(CONFIDENCE * 100)}% CI)")
         axis.legend(fontsize=8)
     fig.tight_layout()
-    partial = path.with_suffix(".partial.png")
-    fig.savefig(partial, dpi=100)
-    plt.close(fig)
-    os.replace(partial, path)
+    try:
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def source_run(env: Any, source: Any, tasks: Any, *, num_episodes: int, seed: int,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mgdt_jax.core import files
 from mgdt_jax.core.bootstrap import BOOTSTRAP_REPS, CONFIDENCE
 from mgdt_jax.recipes.ada import env as ada_env
 from mgdt_jax.recipes.ada.recipe import AdaRecipe, agent_inputs, load_agent
@@ -208,8 +208,8 @@ def evaluate_run(workdir: str | Path, *, trials: int | None = None, episodes: in
 
 
 def write_report(runs: Sequence[TrialScores], out_dir: str | Path, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """scores.csv, scores.png, then report.json in ``out_dir``; returns the report. ValueError for no run,
-    repeated names, or runs of different trial counts."""
+    """scores.csv, scores.png and report.json in ``out_dir``, as a whole (``files.write_together``);
+    returns the report. ValueError for no run, repeated names, or runs of different trial counts."""
     if not runs:
         raise ValueError("write_report: no run to report")
     names = [run.name for run in runs]
@@ -221,18 +221,17 @@ def write_report(runs: Sequence[TrialScores], out_dir: str | Path, extra: Mappin
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = {run.name: bootstrap(run.task_scores) for run in runs}
 
-    partial = out_dir / (SCORES_CSV + ".partial")
-    with partial.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["run", "statistic", "trial", "value", "low", "high", "tasks", "episodes_per_task"])
-        for run in runs:
-            for name in STATISTICS:
-                entry = stats[run.name][name]
-                for k in range(run.returns.shape[2]):
-                    writer.writerow([run.name, name, k + 1, entry["value"][k], entry["low"][k], entry["high"][k],
-                                     run.returns.shape[0], run.returns.shape[1]])
-    os.replace(partial, out_dir / SCORES_CSV)
-    plot(stats, out_dir / SCORES_PNG)
+
+    def write_csv(path: Path) -> None:
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["run", "statistic", "trial", "value", "low", "high", "tasks", "episodes_per_task"])
+            for run in runs:
+                for name in STATISTICS:
+                    entry = stats[run.name][name]
+                    for k in range(run.returns.shape[2]):
+                        writer.writerow([run.name, name, k + 1, entry["value"][k], entry["low"][k], entry["high"][k],
+                                         run.returns.shape[0], run.returns.shape[1]])
 
     report = {
         "confidence": CONFIDENCE,
@@ -253,9 +252,8 @@ def write_report(runs: Sequence[TrialScores], out_dir: str | Path, extra: Mappin
             for run in runs
         },
     }
-    partial = out_dir / (REPORT_JSON + ".partial")
-    partial.write_text(json.dumps(report, indent=1))
-    os.replace(partial, out_dir / REPORT_JSON)
+    files.write_together(out_dir, {SCORES_CSV: write_csv, SCORES_PNG: lambda path: plot(stats, path),
+                                   REPORT_JSON: lambda path: path.write_text(json.dumps(report, indent=1))})
     return report
 
 
@@ -282,7 +280,7 @@ def plot(stats: Mapping[str, Mapping[str, Mapping[str, list[float]]]], path: Pat
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    partial = path.with_suffix(".partial.png")
-    fig.savefig(partial, dpi=100)
-    plt.close(fig)
-    os.replace(partial, path)
+    try:
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mgdt_jax.core import bootstrap
+from mgdt_jax.core import bootstrap, files
 from mgdt_jax.core.bootstrap import BOOTSTRAP_REPS, Interval
 from mgdt_jax.envs import gym_tasks
 from mgdt_jax.recipes.jat import references as jat_references
@@ -318,22 +318,18 @@ def write_report(results: Sequence[TaskResult], aggregates: Mapping[str, Interva
                            "env_steps_per_second": r.env_steps / max(r.seconds, 1e-9)} for r in results},
         "domains": {name: dataclasses.asdict(interval) for name, interval in aggregates.items()},
     }
-    names = ("scores.csv", "scores.png", REPORT_JSON)  # report.json last: its presence means complete
-    try:
-        with open(out_dir / "scores.csv.partial", "w", newline="") as handle:
+
+    def write_csv(path: Path) -> None:
+        with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["task", "domain", "episode", "return", "normalized_score"])
             for r in results:
                 for episode, (value, score) in enumerate(zip(r.returns, r.normalized)):
                     writer.writerow([r.task, r.domain, episode, f"{value:.6g}", f"{score:.6g}"])
-        _plot(results, aggregates, out_dir / "scores.png.partial")
-        (out_dir / f"{REPORT_JSON}.partial").write_text(json.dumps(report, indent=1) + "\n")
-    except BaseException:  # Ctrl-C or a full disk: no .partial left beside an unfinished report
-        for name in names:
-            (out_dir / f"{name}.partial").unlink(missing_ok=True)
-        raise
-    for name in names:
-        (out_dir / f"{name}.partial").replace(out_dir / name)
+
+    # report.json last: its presence means complete; a failed write leaves none of them
+    files.write_together(out_dir, {"scores.csv": write_csv, "scores.png": lambda path: _plot(results, aggregates, path),
+                                   REPORT_JSON: lambda path: path.write_text(json.dumps(report, indent=1) + "\n")})
 
 
 def _plot(results: Sequence[TaskResult], aggregates: Mapping[str, Interval], path: Path) -> None:
@@ -354,8 +350,10 @@ def _plot(results: Sequence[TaskResult], aggregates: Mapping[str, Interval], pat
     right.set_ylabel("mean expert-normalised score")
     right.tick_params(axis="x", rotation=60)
     figure.tight_layout()
-    figure.savefig(path, format="png", dpi=100)
-    plt.close(figure)
+    try:
+        figure.savefig(path, format="png", dpi=100)
+    finally:
+        plt.close(figure)
 
 
 def load_model(workdir: Path, step: int | None = None) -> tuple[JatModel, Any, int]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import os
 import warnings
@@ -99,31 +98,24 @@ def summarise(results: Sequence[GameResult], settings: Mapping[str, Any]) -> Eva
 def write_report(summary: EvaluationSummary, out_dir: Path, videos: VideoWriter | None = None) -> Path:
     """Writes the CSV and the plot, then report.json (atomically); returns the JSON's path.
     ``videos`` (closed) get their finished names right before report.json appears. If any of it
-    cannot be written (a full disk), the CSV and plot written go again: no report, no results."""
+    cannot be written (a full disk), none is left (``files.write_together``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    report_path = out_dir / REPORT_JSON
-    try:
-        _write_csv(summary, out_dir / SCORES_CSV)
-        _plot(summary, out_dir / SCORES_PNG)
-        with files.written_whole(report_path) as partial:
-            partial.write_text(json.dumps(summary.to_json(), indent=2))
-            if videos is not None:
-                videos.publish()
-    except BaseException:
-        for path in (out_dir / SCORES_CSV, out_dir / SCORES_PNG):
-            path.unlink(missing_ok=True)
-        raise
-    return report_path
+    files.write_together(out_dir, {
+        SCORES_CSV: lambda path: _write_csv(summary, path),
+        SCORES_PNG: lambda path: _plot(summary, path),
+        REPORT_JSON: lambda path: path.write_text(json.dumps(summary.to_json(), indent=2)),
+    }, then=videos.publish if videos is not None else None)
+    return out_dir / REPORT_JSON
 
 
 def _write_csv(summary: EvaluationSummary, path: Path) -> None:
-    rows = io.StringIO(newline="")
-    writer = csv.writer(rows)
-    writer.writerow(["game", "episodes", "raw_mean", "raw_std", "hns_mean", "hns_low", "hns_high", "in_aggregates"])
-    for g in summary.games:
-        hns = ("", "", "") if g.normalised is None else (g.normalised.value, g.normalised.low, g.normalised.high)
-        writer.writerow([g.game, len(g.raw_scores), g.raw_mean, float(np.std(g.raw_scores)), *hns, g.normalised is not None])
-    files.write_text(path, rows.getvalue())
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["game", "episodes", "raw_mean", "raw_std", "hns_mean", "hns_low", "hns_high", "in_aggregates"])
+        for g in summary.games:
+            hns = ("", "", "") if g.normalised is None else (g.normalised.value, g.normalised.low, g.normalised.high)
+            writer.writerow([g.game, len(g.raw_scores), g.raw_mean, float(np.std(g.raw_scores)), *hns,
+                             g.normalised is not None])
 
 
 def _plot(summary: EvaluationSummary, path: Path) -> None:
@@ -147,8 +139,7 @@ def _plot(summary: EvaluationSummary, path: Path) -> None:
         ax.set_title(f"not shown (no human score): {', '.join(summary.excluded_from_aggregates)}", fontsize=8)
     fig.tight_layout()
     try:
-        with files.written_whole(path, path.with_suffix(".partial.png")) as partial:  # the suffix names the format
-            fig.savefig(partial, dpi=100)
+        fig.savefig(path, dpi=100)
     finally:
         plt.close(fig)
 
