@@ -309,3 +309,16 @@ def test_the_recording_speed_leaves_out_the_time_spent_making_the_expert(tmp_pat
     steps_per_s = float(line.split(" steps/s")[0].rsplit(" ", 1)[1].replace(",", ""))
     assert steps_per_s == pytest.approx(summary["played_steps"] / summary["seconds"], abs=0.51)  # printed as a whole number
     assert ", after 2 s making experts)" in line
+
+
+def test_a_failure_names_the_tasks_recorded_before_it(tmp_path, capsys):
+    # The line named only the failing task: the one recorded before it, kept, went unmentioned.
+    claim = rlds.writing_claim(tmp_path, "babyai-go-to-local")
+    with another_process_holding(claim) as other:
+        assert record.main(["babyai-go-to-red-ball-grey", "babyai-go-to-local", "--episodes", "2", "--random-episodes",
+                            "2", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"mgdt-jat-record: error: {tmp_path}: another mgdt-jat-record or mgdt-jat-import of babyai-go-to-local "
+        f"(process {other.pid}) is writing there; wait for it or choose another folder; before it, "
+        "babyai-go-to-red-ball-grey recorded (kept)")
+    assert (tmp_path / "babyai-go-to-red-ball-grey" / "references.json").exists()

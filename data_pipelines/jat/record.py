@@ -216,15 +216,17 @@ def _record_task(task: gym_tasks.Task, out_dir: Path, episodes: int, seed: int, 
 
 def record(task_names: list[str], out_dir: Path, episodes: int, seed: int = 0,
            random_episodes: int = DEFAULT_RANDOM_EPISODES, experts_dir: Path | None = None,
-           progress: bool = True) -> list[dict]:
+           progress: bool = True, summaries: list[dict] | None = None) -> list[dict]:
     """Records every task in turn (each as record_task); the bar counts episodes, expert and random.
+    Each task's summary is appended to ``summaries`` (default a new list, returned) once it is done,
+    so a caller knows what was recorded before a later task failed.
 
     A failure removes OUT (and its parents) again where this call created it and it is still empty.
     """
     resolved = [gym_tasks.get_task(name) for name in task_names]
     out_dir = Path(out_dir)
     started, steps = time.perf_counter(), 0
-    summaries = []
+    summaries = [] if summaries is None else summaries
     total = len(resolved) * (episodes + random_episodes)
     with removing_created_folders(out_dir), tqdm.tqdm(total=total, unit="episode", disable=not progress) as bar:
 
@@ -280,12 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="gymnasium")
     warnings.filterwarnings("ignore", module="metaworld")
     experts_dir = args.experts if args.experts is not None else args.out / "experts"
+    summaries: list[dict] = []
     try:  # checked before any recording or expert training, which would fail only at their end
         check_folder(args.out, "--out")
         check_folder(experts_dir, "--experts")
-        summaries = record(args.tasks, args.out, args.episodes, args.seed, args.random_episodes, experts_dir)
+        record(args.tasks, args.out, args.episodes, args.seed, args.random_episodes, experts_dir, summaries=summaries)
     except (gym_tasks.UnknownTaskError, experts.ExpertError, RecordError, jat_fields.DatasetError, OSError) as error:
-        print(f"mgdt-jat-record: error: {files.error_line(error, args.out)}", file=sys.stderr)
+        done = f"; before it, {', '.join(s['task'] for s in summaries)} recorded (kept)" if summaries else ""
+        print(f"mgdt-jat-record: error: {files.error_line(error, args.out)}{done}", file=sys.stderr)
         return 1
     print(summary_line(summaries, args.out))
     return 0
