@@ -63,7 +63,7 @@ def prepare_output(out_dir: Path, tasks: list[ShardTask], max_episode_steps: int
                                   f"({job_path} differs); choose an empty --out")
         _check_finished_from_these_logs(out_dir, tasks)
         return False
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    if out_dir.exists() and (not out_dir.is_dir() or any(path.name != CONVERTING_CLAIM for path in out_dir.iterdir())):
         raise ConversionError(f"{out_dir}: not empty and not an earlier run of this conversion; choose an empty --out")
     job_path.parent.mkdir(parents=True, exist_ok=True)
     files.write_json(job_path, job)
@@ -75,7 +75,7 @@ def _check_finished_from_these_logs(out_dir: Path, tasks: list[ShardTask]) -> No
     same layout (other recordings of the same games, runs and checkpoints: a converted shard's logs
     have other sizes now). An unfinished conversion converts such shards again (logs repaired after
     a failure); a finished one would be replaced without a word."""
-    if not (out_dir / REPORT_FILE).exists():
+    if not (out_dir / tfds_format.DATASET_INFO).exists():  # written last: the dataset is complete
         return
     for task in tasks:
         report = replay_shards.shard_report(out_dir, task)
@@ -154,8 +154,8 @@ def convert(logs_dir: Path, out_dir: Path, max_episode_steps: int = replay_logs.
         runner = beam_pipeline.runner_name(runner)
         beam_pipeline.check_runner(runner, beam_options)
     with files.removing_created_folders(out_dir):  # folders made for --out go again if it ends with nothing in them
-        started_here = prepare_output(out_dir, tasks, max_episode_steps)
-        with converting_into(out_dir):
+        with converting_into(out_dir):  # held before what is there is checked: another may finish meanwhile
+            started_here = prepare_output(out_dir, tasks, max_episode_steps)
             try:
                 if runner == "local":
                     reports = convert_locally(tasks, out_dir, max_episode_steps, on_bad_checkpoint, progress)

@@ -43,3 +43,23 @@ def test_of_processes_claiming_one_folder_at_once_one_holds_it_at_a_time(tmp_pat
     assert [holder.wait(timeout=120) for holder in holders] == [0] * 6
     held = log.read_text()
     assert held and held == "+-" * (len(held) // 2)  # never a second "+" before the first "-"
+
+
+def test_a_claim_that_cannot_be_written_is_one_line_and_leaves_no_file(tmp_path, monkeypatch):
+    # On a full disk the empty claim file stayed: its folder could not be removed, and mgdt-convert
+    # then took a recording's run folder holding only it for a run without logs.
+    import errno
+    import os
+
+    import pytest
+
+    from mgdt_jax.core import files
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "ftruncate", full)
+    with pytest.raises(OSError, match=rf"^{tmp_path}: cannot be written \(No space left on device\)$"):
+        with files.held(tmp_path / ".writing", "another writer"):
+            pass
+    assert list(tmp_path.iterdir()) == []

@@ -61,8 +61,10 @@ def test_ctrl_c_or_sigterm_while_a_command_still_imports_is_one_line(tmp_path, s
     # crashed the process (or gave an ImportError traceback). A module that stands for those
     # imports says when it has started, then takes its time; the imports finish, main never runs.
     started, ran = tmp_path / "started", tmp_path / "ran"
+    imported = tmp_path / "imported"
     (tmp_path / "slow_imports.py").write_text(
         f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(3)\n"
+        f"pathlib.Path({str(imported)!r}).touch()\n"
         f"def main(): pathlib.Path({str(ran)!r}).touch()\n")
     code = "import sys; from mgdt_jax.core.commands import ConsoleScript; sys.exit(ConsoleScript('mgdt-x', 'slow_imports')())"
     python_path = os.pathsep.join(filter(None, [str(tmp_path), str(REPOSITORY), os.environ.get("PYTHONPATH")]))
@@ -76,29 +78,34 @@ def test_ctrl_c_or_sigterm_while_a_command_still_imports_is_one_line(tmp_path, s
     process.send_signal(stop)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == -stop, stderr
-    assert stderr == f"{line}\n" and stdout == "" and not ran.exists()
+    assert stderr == f"{line}\n" and stdout == "" and imported.exists() and not ran.exists()
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
-def test_a_stop_as_a_finished_command_exits_leaves_its_success(tmp_path, stop):
+def test_a_stop_as_a_finished_command_exits_ends_it_with_its_own_status(tmp_path, stop):
     # A Ctrl-C in a command's last moments (Python's shutdown) gave its success line and exit status
     # 130 with no line of its own (a scheduler counts the run failed), and once hung it for good.
+    # Here the shutdown waits a minute on a thread main left running.
     script = tmp_path / "finishing.py"
     script.write_text(
-        "import atexit, os, signal, sys, time\n"
+        "import sys, threading, time\n"
         "from mgdt_jax.core.commands import interruptible\n"
         "@interruptible('finishing')\n"
         "def main():\n"
-        "    print('done')\n"
-        f"    atexit.register(lambda: (os.kill(os.getpid(), {int(stop)}), time.sleep(0.5)))  # as the process ends\n"
+        "    threading.Thread(target=time.sleep, args=(60,)).start()\n"
+        "    print('done', flush=True)\n"
         "    return 0\n"
         "if __name__ == '__main__':\n"
         "    sys.exit(main())\n")
     python_path = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
     process = popen_as_from_a_terminal([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": python_path},
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stdout, stderr = process.communicate(timeout=60)
-    assert (process.returncode, stdout, stderr) == (0, "done\n", "")
+    assert process.stdout.readline() == "done\n"
+    time.sleep(0.5)  # main has returned: the process waits for the thread
+    started = time.monotonic()
+    process.send_signal(stop)
+    stdout, stderr = process.communicate(timeout=30)
+    assert (process.returncode, stdout, stderr) == (0, "", "") and time.monotonic() - started < 10
 
 
 def test_a_console_script_imports_nothing_heavy_before_its_ctrl_c_handling():

@@ -319,6 +319,6 @@ def test_a_failure_names_the_tasks_recorded_before_it(tmp_path, capsys):
                             "2", "--out", str(tmp_path)]) == 1
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"mgdt-jat-record: error: {tmp_path}: another mgdt-jat-record or mgdt-jat-import of babyai-go-to-local "
-        f"(process {other.pid}) is writing there; wait for it or choose another folder; before it, "
-        "babyai-go-to-red-ball-grey recorded (kept)")
+        f"(process {other.pid}) is writing there; wait for it or choose another folder; babyai-go-to-red-ball-grey "
+        "recorded before it (kept)")
     assert (tmp_path / "babyai-go-to-red-ball-grey" / "references.json").exists()

@@ -288,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         check_folder(experts_dir, "--experts")
         record(args.tasks, args.out, args.episodes, args.seed, args.random_episodes, experts_dir, summaries=summaries)
     except (gym_tasks.UnknownTaskError, experts.ExpertError, RecordError, jat_fields.DatasetError, OSError) as error:
-        done = f"; before it, {', '.join(s['task'] for s in summaries)} recorded (kept)" if summaries else ""
+        done = "".join(f"; {', '.join(names)} {state} (kept)" for state, names in (
+            ("recorded before it", [s["task"] for s in summaries if not s["resumed"]]),
+            ("already recorded", [s["task"] for s in summaries if s["resumed"]])) if names)
         print(f"mgdt-jat-record: error: {files.error_line(error, args.out)}{done}", file=sys.stderr)
         return 1
     print(summary_line(summaries, args.out))

@@ -65,7 +65,7 @@ def _train(argv: list[str]) -> int:
         return PREEMPTED
     except (CheckpointError, loop.TrainingDiverged, ValueError, OSError) as error:  # bad data is a ValueError
         # First line only: JAX appends its traceback-filtering notice to an error raised while tracing.
-        print(f"mgdt-train: error: {files.first_line(error)}", file=sys.stderr)
+        print(f"mgdt-train: error: {files.error_line(error, _WORKDIR.value)}", file=sys.stderr)
         return 1
     except MemoryError as error:  # a host array (the batch, the data) larger than the host's memory
         print(f"mgdt-train: error: out of host memory ({(str(error).splitlines() or ['MemoryError'])[0]}); lower "

@@ -57,28 +57,30 @@ def interruptible(program: str, *, errors: tuple[type[Exception], ...] = ()
     def decorate(main: Callable[..., int | None]) -> Callable[..., int | None]:
         @functools.wraps(main)
         def wrapped(*args, **kwargs) -> int | None:
-            ended = False  # main ended by itself, its last line printed
-            try:
-                with _watching_stops() as seen:
-                    try:
-                        status = main(*args, **kwargs)
-                        if ended := not seen:
-                            return status
-                    except SystemExit:  # absl's app.run ends every run so
-                        if ended := not seen:
-                            raise
-                    except KeyboardInterrupt:
-                        pass
-                    except errors as error:
-                        if ended := not seen:
-                            print(f"{program}: error: {(str(error).strip().splitlines() or [type(error).__name__])[0]}",
-                                  file=sys.stderr, flush=True)
-                            return 1
-            finally:
-                if ended and _started_as(program, main):
-                    _ignore_stops()
+            command = _started_as(program, main)
+            with _watching_stops() as seen:
+                try:
+                    status = main(*args, **kwargs)
+                    if not seen:
+                        if command:
+                            _exit_on_stop(status)
+                        return status
+                except SystemExit as exit:  # absl's app.run ends every run so
+                    if not seen:
+                        if command:
+                            _exit_on_stop(exit.code)
+                        raise
+                except KeyboardInterrupt:
+                    pass
+                except errors as error:
+                    if not seen:
+                        print(f"{program}: error: {(str(error).strip().splitlines() or [type(error).__name__])[0]}",
+                              file=sys.stderr, flush=True)
+                        if command:
+                            _exit_on_stop(1)
+                        return 1
             signum = _report_stop(program, seen)
-            if not _started_as(program, main):
+            if not command:
                 return 128 + signum
             return _end_by(signum)
 
@@ -120,18 +122,31 @@ def _watching_stops(raising: bool = True) -> Iterator[list[int]]:
         yield seen
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            if signal.getsignal(signum) is on_signal:  # else set meanwhile for what follows (_exit_on_stop)
+                signal.signal(signum, handler)
         if sys.unraisablehook is unraisable:  # else a hook installed meanwhile wraps it and stays (checkpointing's)
             sys.unraisablehook = previous_hook
 
 
-def _ignore_stops() -> None:
-    """Ignores Ctrl-C and SIGTERM from here on, in a process whose command has ended and said so: a
-    stop in its last moments (Python's shutdown) turned a finished command's success line into exit
-    status 130 with no line of its own, and once left it waiting in a thread's lock for good."""
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_IGN)
+def _exit_on_stop(status: object) -> None:
+    """From here on, in a process whose command has ended and printed its last line, a Ctrl-C or
+    SIGTERM ends the process at once with the command's own exit status (``status``: main's return
+    value or SystemExit's code). Raised as a KeyboardInterrupt during Python's shutdown, a stop
+    turned a finished command's success into status 130 with no line of its own, and once left it
+    waiting in a thread's lock; a shutdown that waits (on a thread, an atexit call) is still cut
+    short by it."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    code = status if isinstance(status, int) else 0 if status is None else 1  # as sys.exit reads it
+
+    def finish(signum: int, frame: object) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, finish)
 
 
 def _report_stop(program: str, seen: list[int]) -> int:

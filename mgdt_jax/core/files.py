@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -99,11 +100,15 @@ def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+_WRITE_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}  # what only a write meets
+
+
 def error_line(error: BaseException, folder: str | os.PathLike | None = None) -> str:
-    """The one line a command prints for ``error`` (``first_line``); an OSError the OS raised naming
-    no file (``[Errno 28] No space left on device`` from a write or a flush) names ``folder``, where
-    the command writes."""
-    if folder is not None and isinstance(error, OSError) and error.errno is not None and error.filename is None:
+    """The one line a command prints for ``error`` (``first_line``); an OSError of a write the OS
+    raised naming no file (``[Errno 28] No space left on device`` from a flush) names ``folder``,
+    where the command writes."""
+    if (folder is not None and isinstance(error, OSError) and error.errno in _WRITE_FAULTS
+            and error.filename is None):
         return f"{folder}: cannot be written ({error.strerror})"
     return first_line(error)
 
@@ -270,10 +275,7 @@ def held(claim: Path, what: str, *, folder: Path | None = None) -> Iterator[None
                 raise
             raise OSError(f"{where}: cannot be written ({error.strerror})") from None
         try:
-            if _lock(descriptor, claim) and _still_named(descriptor, claim):
-                os.ftruncate(descriptor, 0)
-                os.write(descriptor, f"{os.getpid()}\n".encode())
-                break
+            locked = _lock(descriptor, claim) and _still_named(descriptor, claim)
         except BlockingIOError:
             holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip()
             os.close(descriptor)
@@ -282,7 +284,19 @@ def held(claim: Path, what: str, *, folder: Path | None = None) -> Iterator[None
         except BaseException:
             os.close(descriptor)
             raise
-        os.close(descriptor)
+        if not locked:
+            os.close(descriptor)
+            continue
+        try:
+            os.ftruncate(descriptor, 0)
+            os.write(descriptor, f"{os.getpid()}\n".encode())
+            break
+        except BaseException as error:  # a full disk: no empty claim left behind (it kept its folder from going)
+            claim.unlink(missing_ok=True)
+            os.close(descriptor)
+            if isinstance(error, OSError) and error.errno is not None:
+                raise OSError(f"{where}: cannot be written ({error.strerror})") from None
+            raise
     else:
         raise OSError(f"{claim}: keeps reappearing; {what} is starting there")
     try:

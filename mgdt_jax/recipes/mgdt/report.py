@@ -9,6 +9,7 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -166,8 +167,9 @@ class VideoWriter:
             try:
                 self._writers[game].append_data(big)
             except Exception as error:  # ffmpeg ended (a full disk): imageio's error spans its whole command line
+                full = shutil.disk_usage(self._out_dir).free < 2**20
                 raise OSError(f"{self._out_dir / f'{game}.partial.mp4'}: cannot be written (ffmpeg stopped: "
-                              f"{files.first_line(error)})") from None
+                              f"{'no space left on the disk' if full else files.first_line(error)})") from None
 
     def close(self, keep: bool = True) -> list[Path]:
         """Finishes every video and returns the paths ``publish`` will give them; with ``keep`` False
