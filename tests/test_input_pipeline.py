@@ -456,13 +456,22 @@ def test_bad_sources_fail_with_a_clear_message(index, tmp_path, capsys):
         training_data(config(tmp_path / "missing"))
     with pytest.raises(DataError, match="holds no RLDS dataset"):
         training_data(config(tmp_path))
+    with pytest.raises(DataError, match=r"^config.data.sources: 5 is not a dataset path"):  # etils' TypeError traceback
+        training_data(config(tmp_path, sources=(5,)))
+    junk = tmp_path / "junk"  # said "has no window index; build it with mgdt-index", which could not read it either
+    junk.mkdir()
+    (junk / "dataset_info.json").write_text("{cut")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(junk / 'dataset_info.json'))}: unreadable \(.*\): not an RLDS "):
+        training_data(config(junk))
     with pytest.raises(DataError, match=r"game_weights names \['Qbert'\]"):
         TrainingData([index], global_batch_size=8, num_steps=STEPS, seed=0, game_weights={"Qbert": 1.0})
     with pytest.raises(DataError, match="not Game=weight"):
         parse_game_weights("Pong:2")
     # Each was a traceback or a line naming no field ("cannot convert float NaN to integer"), or silent (twice).
     for weights, fault in (("Pong=inf", "must be finite and >= 0"), ("Pong=1e300,Breakout=1e-300", "more than 1e+06 times"),
-                           ("Pong=1,Pong=3", "Pong is given twice")):
+                           ("Pong=1,Pong=3", "Pong is given twice"),
+                           # a number or a text weight given on the command line: TypeError tracebacks
+                           (5, "5 is neither 'Game=weight,...'"), ({"Pong": "2"}, "must be finite and >= 0")):
         with pytest.raises(DataError, match=re.escape(fault)):
             TrainingData([index], global_batch_size=8, num_steps=STEPS, seed=0, game_weights=weights)
     with pytest.raises(DataError, match=r"^data.seed -1: must be a whole number >= 0$"):

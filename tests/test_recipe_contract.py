@@ -189,6 +189,13 @@ def test_resuming_with_a_changed_config_names_the_changes(tmp_path, capsys):
     assert "warning: config.train.eval_every is 2, but recipe tests.toy_recipe has no evaluator" in out
     loop.train(config, workdir)
     assert "the config differs" not in capsys.readouterr().out
+    # Its config.json damaged or removed, a resume compared nothing and said nothing.
+    for damage, fault in ((lambda path: path.write_text("{bad"), "is unreadable (Expecting property name"),
+                          (lambda path: path.unlink(), "is missing")):
+        damage(workdir / loop.CONFIG_FILE)
+        config.train.num_steps += 1
+        loop.train(config, workdir)
+        assert (f"warning: {workdir / loop.CONFIG_FILE} {fault}") in capsys.readouterr().out
 
 
 def test_a_new_run_in_a_folder_of_something_else_is_warned_about(tmp_path, capsys):

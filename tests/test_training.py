@@ -600,6 +600,39 @@ def test_each_start_over_gets_its_own_earlier_runs_folder(tmp_path):
     assert [entry["train/loss"] for entry in read_metrics(tmp_path)] == [3.0, 4.0]
 
 
+@pytest.mark.parametrize("entry, kind", [("checkpoints", "file"), ("metrics.jsonl", "folder")])
+def test_a_run_entry_of_the_other_kind_is_refused_before_the_first_step(request, tmp_path, entry, kind):
+    # A file named checkpoints was found at the first save, every step before it lost (after a
+    # traceback from Orbax's thread); a folder named metrics.jsonl at the first log.
+    config_path = tmp_path / "tiny_ad.py"
+    config_path.write_text(CASES["ad"].config_file(request, num_steps=2, checkpoint_every=1))
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / entry).mkdir() if kind == "folder" else (workdir / entry).write_text("")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(workdir / entry))}: is a {kind}, where the run keeps its "):
+        loop.train(load_config(config_path), workdir)
+    assert sorted(path.name for path in workdir.iterdir()) == [entry]
+
+
+def test_a_workdir_linking_to_nothing_is_one_line(request, tmp_path):
+    config_path = tmp_path / "tiny_ad.py"
+    config_path.write_text(CASES["ad"].config_file(request, num_steps=2, checkpoint_every=1))
+    (tmp_path / "run").symlink_to(tmp_path / "gone")  # was "[Errno 17] File exists"
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / 'run'))}: a symbolic link to .*gone, which does "
+                                         "not exist$"):
+        loop.train(load_config(config_path), tmp_path / "run")
+
+
+def test_metrics_that_cannot_be_written_are_one_line_and_close_cleanly(tmp_path):
+    # The event file was open and the metrics file not: close() failed on it with an AttributeError
+    # traceback after the one line, and mgdt-train printed no line of its own.
+    (tmp_path / METRICS_FILE).mkdir()
+    writer = MetricWriter(tmp_path)
+    with pytest.raises(OSError, match=rf"^{re.escape(str(tmp_path))}: cannot write the run's metrics \(Is a directory\)$"):
+        writer.write(1, {"train/loss": 1.0})
+    writer.close()
+
+
 def test_cli_reports_a_bad_mgdt_data_source_in_one_line(tmp_path):
     config_path = tmp_path / "config.py"
     missing = tmp_path / "no_such_dataset"

@@ -54,6 +54,21 @@ RUN_ENTRIES = frozenset({CONFIG_FILE, TRAINING_CLAIM, "eval", checkpointing.CHEC
                          PROFILE_DIR})
 
 
+_RUN_FOLDERS = (checkpointing.CHECKPOINTS, checkpointing.INCOMPLETE, metric_writer.TENSORBOARD_DIR,
+                metric_writer.EARLIER_RUNS_DIR, PROFILE_DIR, "eval")
+_RUN_FILES = (CONFIG_FILE, metric_writer.METRICS_FILE)
+
+
+def _check_run_entries(workdir: Path) -> None:
+    """ValueError (one line) for an entry of the run's own that is of the other kind (a file named
+    ``checkpoints``): found only when first written, after every step up to the first save or log."""
+    for names, folder in ((_RUN_FOLDERS, True), (_RUN_FILES, False)):
+        for name in names:
+            if (path := workdir / name).exists() and path.is_dir() != folder:
+                raise ValueError(f"{path}: is a {'file' if folder else 'folder'}, where the run keeps its "
+                                 f"{'folder' if folder else 'file'} of that name; move it away")
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the message says at which step and which checkpoint is intact."""
 
@@ -205,6 +220,9 @@ def _train(
         check_optimizer_config(section(config, "optimizer", {}))
         if workdir.exists() and not workdir.is_dir():
             raise ValueError(f"{workdir}: is a file, not a run folder")
+        if workdir.is_symlink() and not workdir.exists():  # mkdir said "[Errno 17] File exists"
+            raise ValueError(f"{workdir}: a symbolic link to {os.readlink(workdir)}, which does not exist")
+        _check_run_entries(workdir)
         # What is there before this run that no run writes: a run started in another tool's folder.
         foreign = sorted(path.name for path in workdir.iterdir() if path.name not in RUN_ENTRIES) if workdir.is_dir() else []
         workdir.mkdir(parents=True, exist_ok=True)
@@ -452,6 +470,13 @@ def _warn_if_config_changed(path: Path, current: Mapping[str, Any], writer: Metr
     """One warning line naming the config fields changed since the run's config.json was written: a
     resumed run keeps the checkpoint's step, RNG and optimizer state, so a new ``train.seed`` has
     no effect, and a new ``train.num_steps`` reshapes the learning-rate schedule mid-run."""
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError) as error:  # no other config to compare with: resumed in silence, then replaced
+        fault = "is missing" if isinstance(error, FileNotFoundError) else f"is unreadable ({files.first_line(error)})"
+        writer.print(f"warning: {path} {fault}: the config the checkpoints were trained with cannot be compared with "
+                     "this one; it is written anew from this config")
+        return
     changes = config_changes(path, current)
     if not changes:
         return

@@ -155,8 +155,13 @@ class MetricWriter:
             if self._starting_over and (moved := _set_aside_earlier_logs(self._workdir)) is not None:
                 self.print(f"{self._workdir}: no checkpoint to resume from, so this run starts at step 0; "
                            f"the logs of the earlier run here were moved to {moved}")
-            self._tensorboard = _EventFile(self._workdir / TENSORBOARD_DIR, self._session_start)
-            self._jsonl = open(self._workdir / METRICS_FILE, "a")  # a resumed run appends
+            tensorboard = _EventFile(self._workdir / TENSORBOARD_DIR, self._session_start)
+            try:
+                self._jsonl = open(self._workdir / METRICS_FILE, "a")  # a resumed run appends
+            except BaseException:
+                tensorboard.close()
+                raise
+            self._tensorboard = tensorboard  # both open, or neither: close() closes what is
             if self._jsonl.tell() and not _ends_a_line(self._workdir / METRICS_FILE):
                 self._jsonl.write("\n")  # a kill cut the last line short: end it, so readers skip it alone
         self._tensorboard.scalars(step, scalars)

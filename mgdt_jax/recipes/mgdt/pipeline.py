@@ -22,6 +22,7 @@ a few integers per shard of the sources (nothing per episode or step) plus the p
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import zlib
@@ -216,8 +217,12 @@ def training_data(config: Any, *, process_index: int = 0, process_count: int = 1
     """
     if not config.data.sources:
         raise DataError("config.data.sources is empty: give one or more RLDS dataset directories")
+    sources = [config.data.sources] if isinstance(config.data.sources, str) else config.data.sources
+    if not isinstance(sources, Sequence) or (bad := [s for s in sources if not isinstance(s, (str, os.PathLike))]):
+        raise DataError(f"config.data.sources: {(bad or [sources])[0]!r} is not a dataset path (e.g. "
+                        "--config.data.sources=data/rlds)")
     return TrainingData(
-        [open_index(directory) for directory in find_dataset_dirs(list(config.data.sources))],
+        [open_index(directory) for directory in find_dataset_dirs(list(sources))],
         global_batch_size=config.train.batch_size,
         num_steps=config.model.num_steps,
         seed=config.data.seed,
@@ -282,12 +287,16 @@ def _resolve_weights(games: Sequence[str], weights: Mapping[str, float] | str | 
     """Game -> mixing weight: uniform when none are given, else only the games given (> 0)."""
     if isinstance(weights, str):
         weights = parse_game_weights(weights)
+    if weights is not None and not hasattr(weights, "items"):  # a number from the command line (ConfigDicts have items)
+        raise DataError(f"game_weights: {weights!r} is neither 'Game=weight,...' (e.g. 'Pong=2,Breakout=1') nor a "
+                        "mapping of games to weights")
     if not weights:
         return {game: 1.0 for game in games}
     unknown = sorted(set(weights) - set(games))
     if unknown:
         raise DataError(f"game_weights names {unknown}, which no data source holds (found {list(games)})")
-    bad = {game: weight for game, weight in weights.items() if not 0 <= weight < math.inf}
+    bad = {game: weight for game, weight in weights.items()
+           if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf}
     if bad or not any(weights.values()):
         raise DataError(f"game_weights must be finite and >= 0 with at least one > 0, got {dict(weights)}")
     used = {game: float(weights[game]) for game in games if weights.get(game, 0) > 0}

@@ -373,6 +373,11 @@ def open_index(dataset_dir: str | os.PathLike) -> WindowIndex:
     try:
         manifest = json.loads(manifest_path.read_text())
     except FileNotFoundError:
+        try:  # a folder the index command cannot read either: building an index would not help
+            json.loads((dataset_dir / _DATASET_INFO).read_text())
+        except (OSError, ValueError) as error:
+            raise DataError(f"{dataset_dir / _DATASET_INFO}: unreadable ({files.first_line(error)}): not an RLDS "
+                            "dataset, or a damaged one") from None
         check_array_record(dataset_dir)  # TFRecord (rlu_atari): convert first; mgdt-index would say so
         shape = stored_observation_shape(dataset_dir)
         if shape is not None:  # mgdt-index cannot build an index of what is not Atari frames
