@@ -129,24 +129,6 @@ def check_each_folder_once(paths: Sequence[str | os.PathLike], field: str) -> No
         seen[folder] = path
 
 
-@contextlib.contextmanager
-def written_whole(path: Path, partial: Path | None = None) -> Iterator[Path]:
-    """Yields the path to write ``path``'s content to (``partial``, default ``path.partial``),
-    renamed to ``path`` when the block ends, removed if it fails. An OSError the OS raised naming no
-    file (a full disk's flush) is raised naming ``path``. ``path`` is a ``pathlib.Path`` or anything
-    with its API, e.g. an ``etils.epath.Path``."""
-    partial = partial or path.with_name(path.name + ".partial")
-    try:
-        yield partial
-        partial.replace(path)
-    except BaseException as error:
-        if partial.exists():
-            partial.unlink()
-        if isinstance(error, OSError):
-            raise _naming(error, path) from None
-        raise
-
-
 def _naming(error: OSError, path: Path) -> OSError:
     """``error``, or, raised by the OS naming no file (a full disk's flush), the same naming ``path``."""
     return OSError(error.errno, error.strerror, str(path)) if error.errno is not None and error.filename is None else error
@@ -178,9 +160,19 @@ def write_together(out_dir: Path, contents: Mapping[str, Callable[[Path], None]]
 
 
 def write_text(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` whole (``written_whole``); OSError as ``Path.write_text``."""
-    with written_whole(path) as partial:
+    """Writes ``text`` to ``path`` through ``path.partial``, removed if the write fails; OSError as
+    ``Path.write_text``, one the OS raised naming no file (a full disk's flush) naming ``path``.
+    ``path`` is a ``pathlib.Path`` or anything with its API, e.g. an ``etils.epath.Path``."""
+    partial = path.with_name(path.name + ".partial")
+    try:
         partial.write_text(text)
+        partial.replace(path)
+    except BaseException as error:
+        if partial.exists():
+            partial.unlink()
+        if isinstance(error, OSError):
+            raise _naming(error, path) from None
+        raise
 
 
 def write_json(path: Path, content: Any) -> None:

@@ -45,18 +45,14 @@ from mgdt_jax.core.train_step import Trainer, TrainConfig, TrainState, check_ste
 CONFIG_FILE = "config.json"
 TRAINING_CLAIM = ".training"  # in the workdir while a run trains there: the first host's process id
 EVALUATION_SKIPPED = "evaluation_skipped"  # in a checkpoint's data position: stopped before its step's evaluation
-# What a run (and the evaluation hook, eval/) writes in its workdir; anything else predates the run.
 PROFILE_DIR = "profile"  # config.train.profile_steps' traces: tensorboard --logdir <workdir>/profile
 # Fields a resumed run or an experiment may change without changing what is trained (config_changes)
 REPORTING_FIELDS = frozenset({"train.log_every", "train.profile_steps"})
-RUN_ENTRIES = frozenset({CONFIG_FILE, TRAINING_CLAIM, "eval", checkpointing.CHECKPOINTS, checkpointing.INCOMPLETE,
-                         metric_writer.TENSORBOARD_DIR, metric_writer.METRICS_FILE, metric_writer.EARLIER_RUNS_DIR,
-                         PROFILE_DIR})
-
-
+# What a run (and the evaluation hook, eval/) writes in its workdir, by kind; anything else predates the run.
 _RUN_FOLDERS = (checkpointing.CHECKPOINTS, checkpointing.INCOMPLETE, metric_writer.TENSORBOARD_DIR,
                 metric_writer.EARLIER_RUNS_DIR, PROFILE_DIR, "eval")
 _RUN_FILES = (CONFIG_FILE, metric_writer.METRICS_FILE)
+RUN_ENTRIES = frozenset({*_RUN_FOLDERS, *_RUN_FILES, TRAINING_CLAIM})
 
 
 def _check_run_entries(workdir: Path) -> None:
